@@ -1,0 +1,32 @@
+# The two commands: `make demo` and `make test`. Each creates .venv and installs the project on first use.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint typecheck unit ray e2e bench-prepare clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/geomoe run jobs/quickstart.yaml
+
+lint: $(STAMP)
+	$(BIN)/ruff check platform tests
+	$(BIN)/ruff format --check platform tests
+
+typecheck: $(STAMP)
+	$(BIN)/mypy platform/geomoe
+
+test: lint typecheck
+	$(BIN)/pytest tests -m "not slow"
+
+bench-prepare: $(STAMP)
+	$(BIN)/geomoe bench prepare
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,131 @@
+"""Retrieval and localization metrics (REFERENCE.md sec. 1-3). NumPy only.
+
+Ranking convention: gallery items are ordered by descending score, ties broken by gallery index (a stable
+sort of -score). This is the order a submission file would list, so metrics and submissions agree.
+Relevance is label equality: the image index for the exact-image protocol, the building for the
+building-level protocol. Ranks are computed in query chunks without any query x gallery mask in memory
+beyond one chunk.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+NO_RELEVANT = -1
+
+
+def first_relevant_rank(
+    scores_QN: np.ndarray, query_labels_Q: np.ndarray, gallery_labels_N: np.ndarray, chunk: int = 1024
+) -> np.ndarray:
+    """0-based rank of the best-ranked relevant gallery item per query, or -1 if the query has none."""
+    scores_QN = np.asarray(scores_QN)
+    query_labels_Q, gallery_labels_N = np.asarray(query_labels_Q), np.asarray(gallery_labels_N)
+    if scores_QN.shape != (len(query_labels_Q), len(gallery_labels_N)):
+        raise ValueError(f"scores {scores_QN.shape} do not match {len(query_labels_Q)} x {len(gallery_labels_N)}")
+    if np.isnan(scores_QN).any():
+        raise ValueError("scores contain NaN")
+    ranks = np.full(len(query_labels_Q), NO_RELEVANT, dtype=np.int64)
+    index_N = np.arange(len(gallery_labels_N))
+    for start in range(0, len(query_labels_Q), chunk):
+        scores = scores_QN[start : start + chunk]
+        relevant = query_labels_Q[start : start + chunk, None] == gallery_labels_N[None, :]
+        has_relevant = relevant.any(axis=1)
+        best = np.where(relevant, scores, -np.inf).max(axis=1, keepdims=True)
+        # first relevant item (lowest index) among those tied at the best relevant score
+        first = np.argmax(relevant & (scores == best), axis=1)[:, None]
+        rank = (scores > best).sum(axis=1) + ((scores == best) & (index_N[None, :] < first)).sum(axis=1)
+        ranks[start : start + chunk] = np.where(has_relevant, rank, NO_RELEVANT)
+    return ranks
+
+
+def recall_at_k(ranks: np.ndarray, ks: Sequence[int]) -> dict[str, float]:
+    """Percent of queries whose first relevant item is within the top K. Queries with none count as misses."""
+    ranks = np.asarray(ranks)
+    if len(ranks) == 0:
+        raise ValueError("no queries to evaluate")
+    hit = ranks >= 0
+    return {f"R@{k}": float(100.0 * np.mean(hit & (ranks < k))) for k in ks}
+
+
+def track4_score(recalls: Mapping[str, float]) -> float:
+    """RoboSense Track 4 leaderboard score: (R@1 + R@10) / 2."""
+    return (recalls["R@1"] + recalls["R@10"]) / 2.0
+
+
+def _by_group(ranks: np.ndarray, groups: np.ndarray | None, ks: Sequence[int]) -> dict[str, dict[str, float]]:
+    if groups is None:
+        return {}
+    return {str(g): recall_at_k(ranks[groups == g], ks) for g in sorted(set(groups.tolist()))}
+
+
+def retrieval_report(
+    scores_TI: np.ndarray,
+    caption_image: np.ndarray,
+    image_building: np.ndarray,
+    image_platform: np.ndarray | None = None,
+    ks: Sequence[int] = (1, 5, 10),
+    protocols: Sequence[str] = ("exact", "building"),
+) -> dict[str, dict[str, object]]:
+    """Bidirectional recall under each protocol, overall and per platform of the caption's image.
+
+    ``scores_TI``: caption x image similarity; ``caption_image``: image index of each caption;
+    ``image_building``: building label of each image; ``image_platform``: platform name of each image.
+    Returns {protocol: {"t2i": R@K, "i2t": R@K, "t2i_by_platform": ..., "i2t_by_platform": ...,
+    "score": Track 4 score (when 1 and 10 are among ks), "r_mean": mean of both directions' means}}.
+    """
+    caption_image, image_building = np.asarray(caption_image), np.asarray(image_building)
+    image_index = np.arange(len(image_building))
+    labels = {
+        "exact": (caption_image, image_index),
+        "building": (image_building[caption_image], image_building),
+    }
+    caption_platform = None if image_platform is None else np.asarray(image_platform)[caption_image]
+    report: dict[str, dict[str, object]] = {}
+    for protocol in protocols:
+        caption_labels, image_labels = labels[protocol]
+        t2i = first_relevant_rank(scores_TI, caption_labels, image_labels)
+        i2t = first_relevant_rank(np.asarray(scores_TI).T, image_labels, caption_labels)
+        t2i_recall, i2t_recall = recall_at_k(t2i, ks), recall_at_k(i2t, ks)
+        entry: dict[str, object] = {
+            "t2i": t2i_recall,
+            "i2t": i2t_recall,
+            "t2i_by_platform": _by_group(t2i, caption_platform, ks),
+            "i2t_by_platform": _by_group(i2t, image_platform if image_platform is None else np.asarray(image_platform), ks),
+            "r_mean": float((np.mean(list(t2i_recall.values())) + np.mean(list(i2t_recall.values()))) / 2),
+        }
+        if 1 in ks and 10 in ks:
+            entry["score"] = track4_score(t2i_recall)
+        report[protocol] = entry
+    return report
+
+
+def box_iou(pred_N4: np.ndarray, gt_N4: np.ndarray) -> np.ndarray:
+    """IoU of paired absolute xyxy boxes; a degenerate union gives 0."""
+    pred_N4, gt_N4 = np.asarray(pred_N4, dtype=np.float64), np.asarray(gt_N4, dtype=np.float64)
+    lt = np.maximum(pred_N4[:, :2], gt_N4[:, :2])
+    rb = np.minimum(pred_N4[:, 2:], gt_N4[:, 2:])
+    inter = np.clip(rb - lt, 0, None).prod(axis=1)
+    area = lambda b: np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None)  # noqa: E731
+    union = area(pred_N4) + area(gt_N4) - inter
+    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+
+
+def clamp_boxes(boxes_N4: np.ndarray, sizes_N2: np.ndarray) -> np.ndarray:
+    """Clamp xyxy boxes to [0, width] x [0, height] of their images (sizes as (width, height))."""
+    boxes_N4, sizes_N2 = np.asarray(boxes_N4, dtype=np.float64), np.asarray(sizes_N2, dtype=np.float64)
+    upper = np.concatenate([sizes_N2, sizes_N2], axis=1)
+    return np.clip(boxes_N4, 0, upper)
+
+
+def localization_metrics(
+    pred_N4: np.ndarray, gt_N4: np.ndarray, sizes_N2: np.ndarray, thresholds: Sequence[float] = (0.25, 0.5)
+) -> dict[str, float]:
+    """DetGeo protocol on absolute boxes: both boxes clamped to the tile; acc@t = %(IoU > t); mIoU in %."""
+    iou = box_iou(clamp_boxes(pred_N4, sizes_N2), clamp_boxes(gt_N4, sizes_N2))
+    if len(iou) == 0:
+        raise ValueError("no boxes to evaluate")
+    result = {f"acc@{t:g}": float(100.0 * np.mean(iou > t)) for t in thresholds}
+    result["mIoU"] = float(100.0 * iou.mean())
+    return result
