@@ -1,0 +1,84 @@
+"""``geomoe`` command line: run | synth | prepare | bench. Thin: parse, load a spec, call the library."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+
+from geomoe.errors import GeomoeError
+
+
+def _cmd_run(args: argparse.Namespace) -> None:
+    from geomoe.config import load_job
+    from geomoe.jobs import run_job
+    from geomoe.report import manifest_summary
+
+    spec = load_job(args.job, args.set)
+    results = run_job(spec)
+    if "synth" in results:
+        print("synthgeo:", json.dumps(results["synth"]))
+    if "prepare" in results:
+        print(manifest_summary(results["prepare"]))
+
+
+def _cmd_synth(args: argparse.Namespace) -> None:
+    from geomoe.config import SynthSpec, parse_spec
+    from geomoe.data.synthgeo import generate
+
+    spec = parse_spec(SynthSpec, {}, "--set", args.set)
+    print(json.dumps(generate(args.out, spec, force=args.force), indent=2))
+
+
+def _cmd_prepare(args: argparse.Namespace) -> None:
+    from geomoe.config import load_job
+    from geomoe.pipelines.prepare import prepare
+    from geomoe.report import manifest_summary
+
+    print(manifest_summary(prepare(load_job(args.job, args.set))))
+
+
+def _cmd_bench(args: argparse.Namespace) -> None:
+    from geomoe.bench import run_benchmark
+
+    run_benchmark(args.name, args.out, args.set)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="geomoe", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run a job spec (jobs/*.yaml) on a local or connected Ray cluster")
+    run.add_argument("job")
+    run.set_defaults(fn=_cmd_run)
+    synth = sub.add_parser("synth", help="write a synthgeo benchmark in the GeoText, Track 4 and CVOGL layouts")
+    synth.add_argument("--out", required=True)
+    synth.add_argument("--force", action="store_true", help="regenerate even if OUT holds the same benchmark")
+    synth.set_defaults(fn=_cmd_synth)
+    prep = sub.add_parser("prepare", help="run only the prepare stage of a job spec")
+    prep.add_argument("job")
+    prep.set_defaults(fn=_cmd_prepare)
+    bench = sub.add_parser("bench", help="run a benchmark and write a JSON result")
+    bench.add_argument("name", choices=["prepare"])
+    bench.add_argument("--out", default="bench_results")
+    bench.set_defaults(fn=_cmd_bench)
+    for command in (run, synth, prep, bench):
+        command.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a spec key")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        args.fn(args)
+    except GeomoeError as err:
+        print(f"geomoe: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
