@@ -108,8 +108,8 @@ class TrainSpec(Strict):
 
 
 class EvalSpec(Strict):
-    protocols: list[Literal["exact", "building"]] = Field(default_factory=lambda: ["exact", "building"])
-    ks: list[int] = Field(default_factory=lambda: [1, 5, 10])
+    protocols: list[Literal["exact", "building"]] = ["exact", "building"]  # pydantic copies list defaults
+    ks: list[int] = [1, 5, 10]
 
     @field_validator("ks")
     @classmethod
@@ -132,13 +132,13 @@ class JobSpec(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     seed: int = 0
     output_root: str = "runs"
-    stages: list[Literal["synth", "prepare"]] = Field(default_factory=lambda: ["synth", "prepare"])
+    stages: list[Literal["synth", "prepare"]] = ["synth", "prepare"]
     data: DataSpec
     preprocess: PreprocessSpec
-    model: ModelSpec = Field(default_factory=ModelSpec)
-    train: TrainSpec = Field(default_factory=TrainSpec)
-    eval: EvalSpec = Field(default_factory=EvalSpec)
-    resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
+    model: ModelSpec = Field(default_factory=lambda: ModelSpec())
+    train: TrainSpec = Field(default_factory=lambda: TrainSpec())
+    eval: EvalSpec = Field(default_factory=lambda: EvalSpec())
+    resources: ResourcesSpec = Field(default_factory=lambda: ResourcesSpec())
 
     @model_validator(mode="after")
     def _synth_needs_source(self) -> JobSpec:
@@ -182,9 +182,7 @@ def _first_error(err: ValidationError) -> tuple[str, str]:
     return key, detail["msg"]
 
 
-def parse_spec(
-    model: type[SpecT], raw: Any, source: str, overrides: list[str] | None = None
-) -> SpecT:
+def parse_spec(model: type[SpecT], raw: Any, source: str, overrides: list[str] | None = None) -> SpecT:
     """Validate a raw mapping as ``model``; raise SpecError naming ``source`` and the first bad key."""
     if not isinstance(raw, dict):
         raise SpecError(source, "", f"the top level must be a mapping, got {type(raw).__name__}")

@@ -92,7 +92,9 @@ def retrieval_report(
             "t2i": t2i_recall,
             "i2t": i2t_recall,
             "t2i_by_platform": _by_group(t2i, caption_platform, ks),
-            "i2t_by_platform": _by_group(i2t, image_platform if image_platform is None else np.asarray(image_platform), ks),
+            "i2t_by_platform": _by_group(
+                i2t, image_platform if image_platform is None else np.asarray(image_platform), ks
+            ),
             "r_mean": float((np.mean(list(t2i_recall.values())) + np.mean(list(i2t_recall.values()))) / 2),
         }
         if 1 in ks and 10 in ks:

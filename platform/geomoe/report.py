@@ -15,5 +15,7 @@ def manifest_summary(manifest: dict[str, Any]) -> str:
     if "augmented_rows" in manifest:
         lines.append(f"  augmented satellite rows (sanitised captions): {manifest['augmented_rows']}")
     rejected = manifest["rejected"]
-    lines.append(f"  rejected records: {rejected['count']}" + (f" {rejected['by_reason']}" if rejected["count"] else ""))
+    lines.append(
+        f"  rejected records: {rejected['count']}" + (f" {rejected['by_reason']}" if rejected["count"] else "")
+    )
     return "\n".join(lines)

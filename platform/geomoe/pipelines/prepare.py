@@ -24,9 +24,8 @@ import pyarrow.compute as pc
 from geomoe import __version__
 from geomoe.config import JobSpec
 from geomoe.data.prepare import PREPARED_SCHEMA, RowPreparer, check_localization_rows
-from geomoe.data.records import LOCALIZATION_SCHEMA, RejectLog, records_to_table, RETRIEVAL_SCHEMA
+from geomoe.data.records import LOCALIZATION_SCHEMA, RETRIEVAL_SCHEMA, RejectLog, records_to_table
 from geomoe.data.sources import SourceRecords, read_source
-from geomoe.errors import BadRecordError
 from geomoe.io import text_sha256, write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -35,8 +34,15 @@ MANIFEST = "manifest.json"
 
 def _inputs_key(spec: JobSpec, source: SourceRecords) -> str:
     options = spec.preprocess.model_dump(exclude={"force", "rows_per_file"})
-    blob = json.dumps({"data": spec.data.model_dump(mode="json", exclude={"synthesize"}), "options": options,
-                       "files": source.files, "seed": spec.seed}, sort_keys=True)  # fmt: skip
+    blob = json.dumps(
+        {
+            "data": spec.data.model_dump(mode="json", exclude={"synthesize"}),
+            "options": options,
+            "files": source.files,
+            "seed": spec.seed,
+        },
+        sort_keys=True,
+    )
     return text_sha256(blob)
 
 
@@ -66,7 +72,9 @@ def _process(spec: JobSpec, source: SourceRecords, out: Path) -> Any:
         fn = lambda t: pa.Table.from_pylist(check_localization_rows(t.to_pylist(), check), schema=schema)  # noqa: E731
     blocks = max(1, min(len(table) // batch, 4 * concurrency))
     ds = ray.data.from_arrow(table).repartition(blocks)
-    return ds.map_batches(fn, batch_format="pyarrow", batch_size=batch, concurrency=concurrency, num_cpus=1).materialize()
+    return ds.map_batches(
+        fn, batch_format="pyarrow", batch_size=batch, concurrency=concurrency, num_cpus=1
+    ).materialize()
 
 
 def _counts(processed: Any, kind: str) -> dict[str, Any]:
@@ -88,7 +96,7 @@ def _write_table(good: Any, out: Path, kind: str, rows_per_file: int) -> Path:
     tmp_dir = out / f".{table_dir.name}.tmp"
     shutil.rmtree(tmp_dir, ignore_errors=True)
     partition = ["split", "platform"] if kind == "retrieval" else ["split"]
-    good.write_parquet(str(tmp_dir.resolve()), partition_cols=partition, min_rows_per_file=rows_per_file)
+    good.write_parquet(str(tmp_dir.resolve()), partition_cols=partition, max_rows_per_file=rows_per_file)
     shutil.rmtree(table_dir, ignore_errors=True)
     tmp_dir.rename(table_dir)
     return table_dir
@@ -116,12 +124,21 @@ def prepare(spec: JobSpec) -> dict[str, Any]:
     good = good.materialize()
     table_dir = _write_table(good, out, source.kind, spec.preprocess.rows_per_file)
     manifest = {
-        "geomoe_version": __version__, "job": spec.name, "kind": source.kind, "inputs_key": key,
+        "geomoe_version": __version__,
+        "job": spec.name,
+        "kind": source.kind,
+        "inputs_key": key,
         "source": {"format": spec.data.format, "root": str(Path(spec.data.root).resolve()), "files": source.files},
-        "preprocess": spec.preprocess.model_dump(mode="json"), "table": str(table_dir.resolve()),
-        "input_records": len(source), **_counts(good, source.kind),
-        "rejected": {"count": len(rejects), "by_reason": rejects.reasons(), "rows": [r.to_row() for r in rejects.rejects]},
+        "preprocess": spec.preprocess.model_dump(mode="json"),
+        "table": str(table_dir.resolve()),
+        "input_records": len(source),
+        **_counts(good, source.kind),
+        "rejected": {
+            "count": len(rejects),
+            "by_reason": rejects.reasons(),
+            "rows": [r.to_row() for r in rejects.rejects],
+        },
         "seconds": round(time.perf_counter() - started, 2),
-    }  # fmt: skip
+    }
     write_json_atomic(out / MANIFEST, manifest)
     return manifest

@@ -1,0 +1,102 @@
+"""The prepare pipeline on a real local Ray cluster."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pyarrow.dataset as pads
+import pytest
+
+from geomoe.config import JobSpec, parse_spec
+from geomoe.errors import BadRecordError
+from geomoe.pipelines.prepare import prepare
+
+
+def job(root: Path, out: Path, fmt: str = "geotext", **preprocess: object) -> JobSpec:
+    raw = {
+        "name": "t",
+        "stages": ["prepare"],
+        "data": {"format": fmt, "root": str(root)},
+        "preprocess": {"output_dir": str(out), **preprocess},
+        "resources": {"data_concurrency": 2},
+    }
+    return parse_spec(JobSpec, raw, "test")
+
+
+def read_pairs(manifest: dict) -> list[dict]:
+    return pads.dataset(manifest["table"], format="parquet", partitioning="hive").to_table().to_pylist()
+
+
+def test_prepare_geotext(tiny_synth: tuple[Path, dict], tmp_path: Path) -> None:
+    root, counts = tiny_synth
+    manifest = prepare(job(root / "geotext", tmp_path / "out", satellite_copies=2))
+    rows = read_pairs(manifest)
+    originals = [r for r in rows if not r["augment"]]
+    assert len(originals) == counts["geotext"]["train"]["pairs"] + counts["geotext"]["test"]["pairs"]
+    assert manifest["total"] == len(rows) and manifest["rejected"]["count"] == 0
+    augmented = [r for r in rows if r["augment"]]
+    assert len(augmented) == manifest["augmented_rows"] > 0
+    assert all(r["platform"] == "satellite" and r["split"] == "train" for r in augmented)
+    directional = ("north", "south", "east", "west", "left", "right")
+    assert all(not any(w in r["caption"].split() for w in directional) for r in augmented)
+    assert all(Path(r["image_path"]).is_file() for r in augmented)
+    assert all(r["caption"] == r["caption"].lower() and r["statements"] for r in originals)
+    for split, per_platform in manifest["rows"].items():
+        for platform, n in per_platform.items():
+            assert n == sum(r["split"] == split and r["platform"] == platform for r in rows)
+    assert set(manifest["source"]["files"]) >= {str(root / "geotext" / "train.json")}
+
+
+def test_rerun_is_noop_unless_forced(tiny_synth: tuple[Path, dict], tmp_path: Path) -> None:
+    root, _ = tiny_synth
+    spec = job(root / "geotext", tmp_path / "out", satellite_copies=0)
+    first = prepare(spec)
+    stamp = (tmp_path / "out" / "manifest.json").stat().st_mtime_ns
+    assert prepare(spec) == first
+    assert (tmp_path / "out" / "manifest.json").stat().st_mtime_ns == stamp
+    forced = prepare(job(root / "geotext", tmp_path / "out", satellite_copies=0, force=True))
+    assert forced["total"] == first["total"]
+    assert (tmp_path / "out" / "manifest.json").stat().st_mtime_ns != stamp
+
+
+def broken_copy(root: Path, tmp_path: Path) -> Path:
+    data = tmp_path / "geotext"
+    shutil.copytree(root / "geotext", data)
+    entries = json.loads((data / "train.json").read_text())
+    entries.append({"image_id": "0001/weird.png", "image": "train/0001/weird.png", "caption": "x"})
+    (data / "train.json").write_text(json.dumps(entries))
+    victim = data / "images" / entries[0]["image"]
+    victim.write_bytes(victim.read_bytes()[:100])  # truncated JPEG
+    return data
+
+
+def test_bad_records_fail_or_are_counted(tiny_synth: tuple[Path, dict], tmp_path: Path) -> None:
+    root, counts = tiny_synth
+    data = broken_copy(root, tmp_path)
+    with pytest.raises(BadRecordError, match=r"train.json: record \d+: unknown platform"):
+        prepare(job(data, tmp_path / "fail"))
+    assert not (tmp_path / "fail" / "manifest.json").exists()
+    manifest = prepare(job(data, tmp_path / "skip", on_bad_record="skip", satellite_copies=0))
+    reasons = manifest["rejected"]["by_reason"]
+    assert reasons["unknown platform"] == 1
+    assert reasons["unreadable image"] == 2  # the truncated image carries two captions
+    assert manifest["total"] + 2 == counts["geotext"]["train"]["pairs"] + counts["geotext"]["test"]["pairs"]
+    assert all(r["source"].endswith("train.json") for r in manifest["rejected"]["rows"])
+
+
+def test_truncated_image_fails_with_file_and_record(tiny_synth: tuple[Path, dict], tmp_path: Path) -> None:
+    root, _ = tiny_synth
+    data = broken_copy(root, tmp_path)
+    entries = json.loads((data / "train.json").read_text())[:-1]  # drop the unknown-platform entry
+    (data / "train.json").write_text(json.dumps(entries))
+    with pytest.raises(BadRecordError, match=r"train.json: record 0: unreadable image: .*0001/0001.jpg: Truncated"):
+        prepare(job(data, tmp_path / "out"))
+
+
+def test_prepare_cvogl(tiny_synth: tuple[Path, dict], tmp_path: Path) -> None:
+    root, counts = tiny_synth
+    manifest = prepare(job(root / "cvogl", tmp_path / "out", fmt="cvogl"))
+    rows = read_pairs(manifest)
+    assert {s: sum(v.values()) for s, v in manifest["rows"].items()} == counts["cvogl"]
+    assert len(rows) == sum(counts["cvogl"].values())
+    assert all(len(r["box"]) == 4 and r["box"][0] < r["box"][2] for r in rows)

@@ -1,0 +1,94 @@
+from pathlib import Path
+
+import pytest
+
+from geomoe.config import JobSpec, SynthSpec, apply_overrides, load_job, parse_spec
+from geomoe.errors import SpecError
+
+GOOD = """
+name: demo
+data: {format: geotext, root: data/x}
+preprocess: {output_dir: out}
+stages: [prepare]
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "job.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_loads_valid_spec_with_defaults(tmp_path: Path) -> None:
+    spec = load_job(write(tmp_path, GOOD))
+    assert spec.name == "demo" and spec.preprocess.satellite_copies == 2
+    assert spec.eval.ks == [1, 5, 10] and spec.data.platform_rules
+
+
+def test_unknown_key_names_file_and_dotted_key(tmp_path: Path) -> None:
+    path = write(tmp_path, GOOD.replace("root: data/x", "root: data/x, rooot: typo"))
+    with pytest.raises(SpecError) as err:
+        load_job(path)
+    assert str(path) in str(err.value) and err.value.key == "data.rooot"
+    assert "Extra inputs are not permitted" in err.value.reason
+
+
+def test_nested_bad_value_names_dotted_key(tmp_path: Path) -> None:
+    path = write(tmp_path, GOOD.replace("output_dir: out", "output_dir: out, satellite_copies: -1"))
+    with pytest.raises(SpecError) as err:
+        load_job(path)
+    assert err.value.key == "preprocess.satellite_copies"
+    assert "greater than or equal to 0" in err.value.reason
+
+
+def test_overrides_are_typed_and_nested(tmp_path: Path) -> None:
+    spec = load_job(write(tmp_path, GOOD), ["preprocess.satellite_copies=5", "eval.ks=[1, 3]", "seed=7"])
+    assert spec.preprocess.satellite_copies == 5 and spec.eval.ks == [1, 3] and spec.seed == 7
+
+
+def test_override_unknown_key_is_rejected(tmp_path: Path) -> None:
+    with pytest.raises(SpecError) as err:
+        load_job(write(tmp_path, GOOD), ["preprocess.nope=1"])
+    assert err.value.key == "preprocess.nope"
+
+
+def test_override_into_scalar_is_rejected() -> None:
+    with pytest.raises(SpecError, match="seed: is not a section"):
+        apply_overrides({"seed": 1}, ["seed.x=2"], "cli")
+    with pytest.raises(SpecError, match=r"dotted\.key=value"):
+        apply_overrides({}, ["noequals"], "cli")
+
+
+def test_invalid_yaml_and_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(SpecError, match="not valid YAML"):
+        load_job(write(tmp_path, "name: [unclosed"))
+    with pytest.raises(SpecError, match="file not found"):
+        load_job(tmp_path / "absent.yaml")
+    with pytest.raises(SpecError, match="top level must be a mapping"):
+        load_job(write(tmp_path, "- a\n- b\n"))
+
+
+def test_synth_stage_requires_synthesize_section() -> None:
+    with pytest.raises(SpecError, match=r"data\.synthesize"):
+        parse_spec(JobSpec, {"name": "x", "data": {"root": "r"}, "preprocess": {"output_dir": "o"}}, "t")
+
+
+def test_bad_platform_rule_regex() -> None:
+    raw = {
+        "name": "x",
+        "stages": [],
+        "data": {"root": "r", "platform_rules": [{"pattern": "(", "platform": "drone"}]},
+        "preprocess": {"output_dir": "o"},
+    }
+    with pytest.raises(SpecError) as err:
+        parse_spec(JobSpec, raw, "t")
+    assert err.value.key == "data.platform_rules"
+
+
+def test_fingerprint_changes_with_content() -> None:
+    a = parse_spec(SynthSpec, {}, "t")
+    b = parse_spec(SynthSpec, {"seed": 1}, "t")
+    assert a != b
+    raw = {"name": "x", "stages": [], "data": {"root": "r"}, "preprocess": {"output_dir": "o"}}
+    s1, s2 = parse_spec(JobSpec, dict(raw), "t"), parse_spec(JobSpec, {**raw, "seed": 3}, "t")
+    assert s1.fingerprint() != s2.fingerprint()
