@@ -1,0 +1,116 @@
+"""GeoText-1652 on disk (REFERENCE.md sec. 1): images/<split>/<building>/<file>, train.json, test JSON.
+
+train.json: one entry per (image, caption) with optional ``sentences`` and ``bboxes``.
+test JSON: one entry per image with ``caption`` a list. Both become one RetrievalRecord per caption.
+There is no platform field: it is inferred from the file name by ordered ``PlatformRule`` regexes.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from geomoe.data.records import RejectLog, RetrievalRecord
+from geomoe.errors import DatasetError
+from geomoe.io import write_json_atomic
+
+
+class PlatformClassifier:
+    """Ordered (regex, platform) rules over the image file name; first full match wins."""
+
+    def __init__(self, rules: Sequence[tuple[str, str]]) -> None:
+        self._rules = [(re.compile(pattern), platform) for pattern, platform in rules]
+
+    def __call__(self, image_id: str) -> str | None:
+        name = image_id.rsplit("/", 1)[-1]
+        for pattern, platform in self._rules:
+            if pattern.fullmatch(name):
+                return platform
+        return None
+
+
+def load_json_list(path: Path) -> list[Any]:
+    if not path.is_file():
+        raise DatasetError(f"{path}: file not found")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise DatasetError(f"{path}: malformed JSON at line {err.lineno} column {err.colno}: {err.msg}") from err
+    if not isinstance(data, list):
+        raise DatasetError(f"{path}: expected a JSON list of entries, got {type(data).__name__}")
+    return data
+
+
+def _entry_problem(entry: Any) -> str | None:
+    if not isinstance(entry, dict):
+        return f"wrong type: entry is {type(entry).__name__}, expected an object"
+    for key in ("image_id", "image"):
+        if not isinstance(entry.get(key), str) or not entry[key]:
+            return f"wrong type: field '{key}' must be a non-empty string"
+    if len(entry["image_id"]) < 4:
+        return f"bad field 'image_id': {entry['image_id']!r} is shorter than the 4-character building id"
+    caption = entry.get("caption")
+    if not (isinstance(caption, str) or (isinstance(caption, list) and all(isinstance(c, str) for c in caption))):
+        return "wrong type: field 'caption' must be a string or a list of strings"
+    sentences = entry.get("sentences")
+    if sentences is not None and not (isinstance(sentences, list) and all(isinstance(s, str) for s in sentences)):
+        return "wrong type: field 'sentences' must be null or a list of strings"
+    return None
+
+
+def read_geotext(
+    root: str | Path,
+    split: str,
+    annotation_file: str,
+    classify: PlatformClassifier,
+    rejects: RejectLog,
+) -> list[RetrievalRecord]:
+    """Read one GeoText-1652 annotation file into records; bad entries go to ``rejects``.
+
+    Image files are checked for existence here (cheap); decoding is left to the pipeline's workers.
+    """
+    root = Path(root).resolve()
+    path = root / annotation_file
+    records: list[RetrievalRecord] = []
+    for index, entry in enumerate(load_json_list(path)):
+        problem = _entry_problem(entry)
+        platform = classify(entry["image_id"]) if problem is None else None
+        if problem is None and platform is None:
+            problem = f"unknown platform: file name of {entry['image_id']!r} matches no platform rule"
+        image_path = root / "images" / entry["image"] if problem is None else None
+        if image_path is not None and not image_path.is_file():
+            problem = f"missing image: {image_path}"
+        if problem is not None:
+            rejects.reject(str(path), index, problem)
+            continue
+        assert image_path is not None and platform is not None
+        captions = entry["caption"] if isinstance(entry["caption"], list) else [entry["caption"]]
+        for caption_index, caption in enumerate(captions):
+            if not caption.strip():
+                rejects.reject(str(path), f"{index} caption {caption_index}", "empty caption")
+                continue
+            records.append(
+                RetrievalRecord(
+                    image_path=str(image_path),
+                    image_id=entry["image_id"],
+                    building_id=entry["image_id"][:4],
+                    platform=platform,
+                    caption=caption,
+                    split=split,
+                    caption_index=caption_index,
+                    sentences=entry.get("sentences"),
+                    source=str(path),
+                    record=index,
+                )
+            )
+    return records
+
+
+def write_geotext_annotations(root: str | Path, file_name: str, entries: list[dict[str, Any]]) -> Path:
+    """Write an annotation file in the GeoText-1652 layout (atomically)."""
+    path = Path(root) / file_name
+    write_json_atomic(path, entries)
+    return path

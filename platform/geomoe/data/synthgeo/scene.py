@@ -1,0 +1,135 @@
+"""Scene graphs of synthgeo: one building with its surroundings, in unit coordinates (x east, y south).
+
+Everything visible in a rendered view is an attribute here, and every caption is generated from these
+attributes, so text and pixels agree by construction. Randomness comes only from the generator passed in.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+ROOF_COLORS: dict[str, tuple[int, int, int]] = {
+    "red": (186, 48, 40), "blue": (48, 84, 186), "green": (52, 140, 64), "gray": (128, 128, 132),
+    "white": (232, 232, 226), "orange": (232, 132, 36), "black": (36, 36, 40), "yellow": (226, 204, 58),
+}
+FACADE_COLORS: dict[str, tuple[int, int, int]] = {
+    "white": (236, 234, 228), "beige": (214, 196, 160), "brick": (150, 70, 50),
+    "gray": (140, 142, 148), "glass": (90, 140, 170),
+}
+SHAPES = ("square", "rectangular", "l-shaped", "round")
+ROOF_TYPES = ("flat", "pitched", "domed")
+SIDES = ("north", "south", "east", "west")
+EXTRAS = ("tennis court", "basketball court", "pond", "parking lot", "roundabout")
+EXTRA_COLORS: dict[str, tuple[int, int, int]] = {
+    "tennis court": (70, 130, 90), "basketball court": (196, 120, 70), "pond": (60, 110, 200),
+    "parking lot": (92, 92, 96), "roundabout": (110, 110, 112),
+}
+GRASS = (96, 138, 70)
+ROAD = (70, 70, 74)
+TREE = (34, 96, 40)
+
+
+@dataclass(frozen=True)
+class Extra:
+    kind: str
+    side: str
+    center: tuple[float, float]
+    size: float
+
+
+@dataclass(frozen=True)
+class Building:
+    building_id: str
+    shape: str
+    size: str  # small | large
+    roof_color: str
+    roof_type: str
+    floors: int
+    facade: str
+    center: tuple[float, float]
+    half_wh: tuple[float, float]
+    road_side: str
+    extras: tuple[Extra, ...]
+    trees: tuple[tuple[float, float, float], ...]  # (x, y, radius)
+    ground_tint: tuple[int, int, int] = field(default=GRASS)
+
+    @property
+    def height_class(self) -> str:
+        return "low-rise" if self.floors <= 2 else ("mid-rise" if self.floors <= 6 else "high-rise")
+
+    @property
+    def window_density(self) -> str:
+        return "many windows" if self.floors >= 4 or self.shape == "rectangular" else "few windows"
+
+    @property
+    def tree_amount(self) -> str:
+        return "no trees" if not self.trees else ("a few trees" if len(self.trees) <= 3 else "many trees")
+
+    def footprint(self) -> list[tuple[float, float]]:
+        """Polygon of the footprint in unit coordinates (a round footprint is approximated by 24 points)."""
+        (cx, cy), (hw, hh) = self.center, self.half_wh
+        if self.shape == "round":
+            angles = np.linspace(0, 2 * np.pi, 24, endpoint=False)
+            return [(cx + hw * np.cos(a), cy + hh * np.sin(a)) for a in angles]
+        x0, y0, x1, y1 = cx - hw, cy - hh, cx + hw, cy + hh
+        if self.shape == "l-shaped":  # the north-east quarter is missing
+            return [(x0, y0), (cx, y0), (cx, cy), (x1, cy), (x1, y1), (x0, y1)]
+        return [(x0, y0), (x1, y0), (x1, y1), (x0, y1)]
+
+
+def _shift(color: tuple[int, int, int], by: np.ndarray) -> tuple[int, int, int]:
+    r, g, b = (int(np.clip(c + d, 0, 255)) for c, d in zip(color, by, strict=True))
+    return r, g, b
+
+
+def _side_center(side: str, offset: float) -> tuple[float, float]:
+    return {
+        "north": (0.5, offset),
+        "south": (0.5, 1 - offset),
+        "west": (offset, 0.5),
+        "east": (1 - offset, 0.5),
+    }[side]
+
+
+def sample_building(building_id: str, rng: np.random.Generator) -> Building:
+    shape = str(rng.choice(SHAPES))
+    size = str(rng.choice(("small", "large")))
+    half = 0.12 if size == "small" else 0.19
+    aspect = 1.0 if shape in ("square", "round") else float(rng.uniform(0.5, 0.7))
+    horizontal = bool(rng.integers(0, 2))
+    half_wh = (half, half * aspect) if horizontal else (half * aspect, half)
+    if shape == "round":
+        half_wh = (half, half)
+    roof_type = "domed" if shape == "round" else str(rng.choice(ROOF_TYPES[:2]))
+    sides = list(rng.permutation(SIDES))
+    road_side = str(sides.pop())
+    n_extras = int(rng.integers(0, 3))
+    kinds = rng.choice(EXTRAS, size=n_extras, replace=False)
+    extras = tuple(
+        Extra(str(kind), str(side), _side_center(str(side), 0.14), float(rng.uniform(0.08, 0.11)))
+        for kind, side in zip(kinds, sides, strict=False)
+    )
+    n_trees = int(rng.choice((0, 2, 3, 6, 9)))
+    trees: list[tuple[float, float, float]] = []
+    while len(trees) < n_trees:
+        x, y = rng.uniform(0.06, 0.94, size=2)
+        if abs(x - 0.5) > half + 0.06 or abs(y - 0.5) > half + 0.06:
+            trees.append((float(x), float(y), float(rng.uniform(0.03, 0.05))))
+    jitter = rng.uniform(-8, 8, size=3).astype(int)
+    return Building(
+        building_id=building_id,
+        shape=shape,
+        size=size,
+        roof_color=str(rng.choice(list(ROOF_COLORS))),
+        roof_type=roof_type,
+        floors=int(rng.choice((1, 2, 3, 4, 5, 6, 8, 10, 12))),
+        facade=str(rng.choice(list(FACADE_COLORS))),
+        center=(0.5 + float(rng.uniform(-0.03, 0.03)), 0.5 + float(rng.uniform(-0.03, 0.03))),
+        half_wh=half_wh,
+        road_side=road_side,
+        extras=extras,
+        trees=tuple(trees),
+        ground_tint=_shift(GRASS, jitter),
+    )
