@@ -95,16 +95,85 @@ class PreprocessSpec(Strict):
     force: bool = False
 
 
+class TextEncoderSpec(Strict):
+    """BGE-M3-style text backbone: a hub id or local folder of an XLM-RoBERTa model."""
+
+    source: str = "BAAI/bge-m3"
+    tail_layers: int = Field(2, ge=1, description="last layers each expert copies and trains")
+    max_length: int = Field(64, ge=8)
+
+
+class ImageEncoderSpec(Strict):
+    """EVA-CLIP image backbone through open_clip. ``pretrained``: a tag, a local checkpoint file, or None."""
+
+    name: str = "EVA02-L-14"
+    pretrained: str | None = "merged2b_s4b_b131k"
+    image_size: int = Field(384, ge=16)
+    tail_blocks: int = Field(4, ge=1)
+
+
+class ExpertSpec(Strict):
+    name: str
+    platforms: list[Platform] = Field(min_length=1)
+
+
+def _platform_experts() -> list[ExpertSpec]:
+    return [ExpertSpec(name=p.value, platforms=[p]) for p in Platform]
+
+
+class TinyModelsSpec(Strict):
+    """Build random tiny models at text.source / image.pretrained when absent (demo and tests; no downloads)."""
+
+    text_hidden: int = Field(64, ge=8)
+    text_layers: int = Field(4, ge=2)
+    text_heads: int = Field(2, ge=1)
+
+
 class ModelSpec(Strict):
     name: Literal["pe_moe", "smgeo"] = "pe_moe"
     embed_dim: int = Field(1024, ge=8)
+    text: TextEncoderSpec = Field(default_factory=lambda: TextEncoderSpec())
+    image: ImageEncoderSpec = Field(default_factory=lambda: ImageEncoderSpec())
+    experts: list[ExpertSpec] = Field(default_factory=_platform_experts, min_length=1)
+    fusion: Literal["unified", "static", "dynamic"] = "dynamic"
+    gate_hidden: int = Field(512, ge=1)
+    gate_top_k: int | None = Field(None, ge=1)
+    static_weights: list[float] | None = None
+    temperature: float = Field(0.07, gt=0)
+    tiny: TinyModelsSpec | None = None
+
+    @model_validator(mode="after")
+    def _experts_partition_platforms(self) -> ModelSpec:
+        owned = [p for e in self.experts for p in e.platforms]
+        if len(owned) != len(set(owned)):
+            raise ValueError("experts: a platform may belong to one expert only (the gate routes to exactly one)")
+        if self.fusion == "unified" and len(self.experts) != 1:
+            raise ValueError("fusion 'unified' trains one head on all data: give exactly one expert")
+        if self.gate_top_k is not None and self.gate_top_k > len(self.experts):
+            raise ValueError(f"gate_top_k {self.gate_top_k} exceeds the {len(self.experts)} experts")
+        return self
+
+    def expert_of(self) -> dict[str, int]:
+        """platform name -> expert index."""
+        return {p.value: k for k, e in enumerate(self.experts) for p in e.platforms}
 
 
 class TrainSpec(Strict):
-    epochs: int = Field(1, ge=0)
-    batch_size: int = Field(32, ge=1)
+    batch_size: int = Field(128, ge=2, description="global batch (split across workers)")
     lr: float = Field(2e-5, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
+    warmup_ratio: float = Field(0.1, ge=0, lt=1)
+    grad_clip: float = Field(1.0, gt=0)
+    stage1_epochs: int = Field(5, ge=0)
+    stage2_epochs: int = Field(2, ge=0)
+    gate_weight: float = Field(1.0, ge=0)
+    hard_negatives: int = Field(1, ge=1, description="mined negatives per query in stage 2")
+    stage2_contrastive_weight: float = Field(1.0, ge=0)
+    stage2_hard_weight: float = Field(1.0, ge=0)
+    mining_chunk: int = Field(1024, ge=1, description="queries scored at once while mining")
+    mixed_precision: bool = Field(True, description="bf16 autocast on GPU; ignored on CPU")
+    max_failures: int = Field(1, ge=0)
+    use_statements: bool = Field(True, description="train on a random short statement half of the time")
 
 
 class EvalSpec(Strict):

@@ -71,7 +71,7 @@ def load_split(path: Path) -> list[Any]:
         raise DatasetError(f"{path}: file not found")
     try:
         data = torch.load(path, weights_only=True)
-    except Exception as err:  # noqa: BLE001 - torch raises many types for a corrupt file
+    except Exception as err:
         raise DatasetError(f"{path}: not a readable torch-saved list: {err}") from err
     if not isinstance(data, list):
         raise DatasetError(f"{path}: expected a list of 8-tuples, got {type(data).__name__}")

@@ -83,8 +83,16 @@ class RowPreparer:
         copies = []
         for copy in range(self.spec.satellite_copies):
             augment, path = self._augmented_image(base["image_path"], base["image_id"], copy)
-            copies.append({**base, "image_path": path, "image_id": f"{base['image_id']}#aug{copy}",
-                           "caption": clean.caption, "statements": clean.statements, "augment": augment.tag()})
+            copies.append(
+                {
+                    **base,
+                    "image_path": path,
+                    "image_id": f"{base['image_id']}#aug{copy}",
+                    "caption": clean.caption,
+                    "statements": clean.statements,
+                    "augment": augment.tag(),
+                }
+            )
         return copies
 
     def _augmented_image(self, source: str, image_id: str, copy: int) -> tuple[SatelliteAugment, str]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from typing import Any, Literal
 
 import pyarrow as pa
@@ -18,7 +18,7 @@ from geomoe.errors import BadRecordError
 OnBadRecord = Literal["fail", "skip"]
 
 
-class Platform(str, Enum):
+class Platform(StrEnum):
     SATELLITE = "satellite"
     DRONE = "drone"
     GROUND = "ground"

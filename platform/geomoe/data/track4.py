@@ -89,9 +89,8 @@ def write_submission(out_dir: str | Path, rankings: Mapping[str, Sequence[str]])
     txt, archive = out_dir / "submission.txt", out_dir / "submission.zip"
     with atomic_path(txt) as tmp:
         tmp.write_text(text, encoding="utf-8")
-    with atomic_path(archive) as tmp:
-        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as bundle:
-            bundle.writestr("submission.txt", text)
+    with atomic_path(archive) as tmp, zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as bundle:
+        bundle.writestr("submission.txt", text)
     return txt, archive
 
 

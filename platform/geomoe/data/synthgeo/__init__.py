@@ -61,8 +61,15 @@ def _write_retrieval_split(
             if split == "train":
                 for _ in range(spec.train_captions):
                     caption = TRAIN_CAPTION[platform](building, rng)
-                    entries.append({"image_id": image_id, "image": f"{split}/{image_id}", "caption": caption,
-                                    "sentences": split_sentences(caption), "bboxes": None})
+                    entries.append(
+                        {
+                            "image_id": image_id,
+                            "image": f"{split}/{image_id}",
+                            "caption": caption,
+                            "sentences": split_sentences(caption),
+                            "bboxes": None,
+                        }
+                    )
             else:
                 captions = [TEST_QUERY[platform](building, rng) for _ in range(spec.test_captions)]
                 entries.append({"image_id": image_id, "image": f"{split}/{image_id}", "caption": captions})
@@ -117,8 +124,18 @@ def _write_cvogl(root: Path, spec: SynthSpec) -> dict[str, int]:
             x1, y1, x2, y2 = (v * spec.tile_size for v in target.bounds())
             polygon = [x1, y1, x2, y1, x2, y2, x1, y2]
             # the 4th field is the click at twice the query scale (inferred from CVOGL's own tuples)
-            entries.append((sample_id, query_name, tile_name, (round(2 * cx), round(2 * cy)), (round(cx), round(cy)),
-                            [x1, y1, x2, y2], polygon, target.class_name))
+            entries.append(
+                (
+                    sample_id,
+                    query_name,
+                    tile_name,
+                    (round(2 * cx), round(2 * cy)),
+                    (round(cx), round(cy)),
+                    [x1, y1, x2, y2],
+                    polygon,
+                    target.class_name,
+                )
+            )
             sample_id += 1
         write_cvogl_split(root, "DroneAerial", split, entries)
         counts[split] = len(entries)
@@ -149,7 +166,10 @@ def generate(out: str | Path, spec: SynthSpec, force: bool = False) -> dict[str,
         test = _write_retrieval_split(geotext, "test", test_ids, spec, counts)
         write_geotext_annotations(geotext, "train.json", train)
         write_geotext_annotations(geotext, GEOTEXT_TEST_FILE, test)
-        result = {"geotext": counts, "track4": _write_track4(tmp / "track4", geotext, test),
-                  "cvogl": _write_cvogl(tmp / "cvogl", spec)}
+        result = {
+            "geotext": counts,
+            "track4": _write_track4(tmp / "track4", geotext, test),
+            "cvogl": _write_cvogl(tmp / "cvogl", spec),
+        }
         write_json_atomic(tmp / MANIFEST, {"spec": spec.model_dump(), "counts": result})
     return result

@@ -225,7 +225,9 @@ def render_ground(b: Building, size: int, rng: np.random.Generator) -> Image.Ima
         for k in range(cols):
             x, y = left + (k + 0.3) * col_w, top + (r + 0.25) * row_h
             draw.rectangle([x, y, x + col_w * 0.4, y + row_h * 0.5], fill=(50, 62, 82))
-    draw.rectangle([left + width / 2 - 0.03 * c, horizon - 0.1 * c, left + width / 2 + 0.03 * c, horizon], fill=(80, 50, 30))
+    draw.rectangle(
+        [left + width / 2 - 0.03 * c, horizon - 0.1 * c, left + width / 2 + 0.03 * c, horizon], fill=(80, 50, 30)
+    )
     _ground_clutter(draw, c, horizon, rng, trees=len(b.trees) > 3)
     return image.resize((size, size), Image.Resampling.BILINEAR)
 

@@ -11,20 +11,32 @@ from dataclasses import dataclass, field
 import numpy as np
 
 ROOF_COLORS: dict[str, tuple[int, int, int]] = {
-    "red": (186, 48, 40), "blue": (48, 84, 186), "green": (52, 140, 64), "gray": (128, 128, 132),
-    "white": (232, 232, 226), "orange": (232, 132, 36), "black": (36, 36, 40), "yellow": (226, 204, 58),
+    "red": (186, 48, 40),
+    "blue": (48, 84, 186),
+    "green": (52, 140, 64),
+    "gray": (128, 128, 132),
+    "white": (232, 232, 226),
+    "orange": (232, 132, 36),
+    "black": (36, 36, 40),
+    "yellow": (226, 204, 58),
 }
 FACADE_COLORS: dict[str, tuple[int, int, int]] = {
-    "white": (236, 234, 228), "beige": (214, 196, 160), "brick": (150, 70, 50),
-    "gray": (140, 142, 148), "glass": (90, 140, 170),
+    "white": (236, 234, 228),
+    "beige": (214, 196, 160),
+    "brick": (150, 70, 50),
+    "gray": (140, 142, 148),
+    "glass": (90, 140, 170),
 }
 SHAPES = ("square", "rectangular", "l-shaped", "round")
 ROOF_TYPES = ("flat", "pitched", "domed")
 SIDES = ("north", "south", "east", "west")
 EXTRAS = ("tennis court", "basketball court", "pond", "parking lot", "roundabout")
 EXTRA_COLORS: dict[str, tuple[int, int, int]] = {
-    "tennis court": (70, 130, 90), "basketball court": (196, 120, 70), "pond": (60, 110, 200),
-    "parking lot": (92, 92, 96), "roundabout": (110, 110, 112),
+    "tennis court": (70, 130, 90),
+    "basketball court": (196, 120, 70),
+    "pond": (60, 110, 200),
+    "parking lot": (92, 92, 96),
+    "roundabout": (110, 110, 112),
 }
 GRASS = (96, 138, 70)
 ROAD = (70, 70, 74)

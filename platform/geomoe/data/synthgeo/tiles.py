@@ -54,9 +54,18 @@ def sample_tile(rng: np.random.Generator) -> list[TileObject]:
                 shape = str(rng.choice(("square", "rectangular", "l-shaped")))
                 floors = int(rng.choice((1, 2, 4, 6, 9)))
                 b = Building(
-                    building_id=f"t{gx}{gy}", shape=shape, size="small", roof_color=str(rng.choice(list(ROOF_COLORS))),
-                    roof_type=str(rng.choice(("flat", "pitched"))), floors=floors, facade=str(rng.choice(list(FACADE_COLORS))),
-                    center=(float(cx), float(cy)), half_wh=(half, half * aspect), road_side="north", extras=(), trees=(),
+                    building_id=f"t{gx}{gy}",
+                    shape=shape,
+                    size="small",
+                    roof_color=str(rng.choice(list(ROOF_COLORS))),
+                    roof_type=str(rng.choice(("flat", "pitched"))),
+                    floors=floors,
+                    facade=str(rng.choice(list(FACADE_COLORS))),
+                    center=(float(cx), float(cy)),
+                    half_wh=(half, half * aspect),
+                    road_side="north",
+                    extras=(),
+                    trees=(),
                 )
                 objects.append(TileObject(b, _building_class(floors)))
             else:

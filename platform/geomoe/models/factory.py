@@ -1,0 +1,71 @@
+"""Build models from a ModelSpec; build tiny local models first when the spec asks for them."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from geomoe.config import ModelSpec
+from geomoe.models.encoders import IMAGE_MEAN, IMAGE_STD, ImageTrunk, TextTrunk, load_image_tower, load_text_model
+from geomoe.models.pe_moe import PEMoE
+
+log = logging.getLogger(__name__)
+
+
+def ensure_tiny_models(spec: ModelSpec, corpus: Iterable[str]) -> None:
+    """With ``spec.tiny``, write a random text model at text.source and image weights at image.pretrained."""
+    from geomoe.models.tiny import save_tiny_image_model, save_tiny_text_model
+
+    if spec.tiny is None:
+        return
+    text_dir = Path(spec.text.source)
+    if not (text_dir / "config.json").is_file():
+        log.info("building a tiny random text model at %s", text_dir)
+        tiny = spec.tiny
+        save_tiny_text_model(
+            text_dir, corpus, tiny.text_hidden, tiny.text_layers, tiny.text_heads, spec.text.max_length
+        )
+    if spec.image.pretrained is None:
+        raise ValueError("model.tiny needs model.image.pretrained: the file to write the tiny image weights to")
+    image_file = Path(spec.image.pretrained)
+    if not image_file.is_file():
+        log.info("building a tiny random image model at %s", image_file)
+        save_tiny_image_model(image_file, spec.image.name)
+
+
+def build_pe_moe(spec: ModelSpec) -> tuple[PEMoE, Any]:
+    """(PE-MoE model, tokenizer) from the spec: real hub ids / paths, or the tiny local models."""
+    text_model, tokenizer = load_text_model(spec.text.source)
+    eva = load_image_tower(spec.image.name, spec.image.pretrained, spec.image.image_size)
+    model = PEMoE(
+        TextTrunk(text_model, spec.text.tail_layers),
+        ImageTrunk(eva, spec.image.tail_blocks),
+        num_experts=len(spec.experts),
+        embed_dim=spec.embed_dim,
+        fusion=spec.fusion,
+        gate_hidden=spec.gate_hidden,
+        gate_top_k=spec.gate_top_k,
+        static_weights=spec.static_weights,
+        temperature=spec.temperature,
+    )
+    return model, tokenizer
+
+
+def image_array(path: str, size: int) -> np.ndarray:
+    """Decode, resize (bicubic) and normalise an image for EVA-CLIP: float32 (3, size, size)."""
+    with Image.open(path) as image:
+        rgb = np.asarray(image.convert("RGB").resize((size, size), Image.Resampling.BICUBIC), dtype=np.float32)
+    mean, std = np.asarray(IMAGE_MEAN, np.float32), np.asarray(IMAGE_STD, np.float32)
+    normalised: np.ndarray = (rgb / np.float32(255.0) - mean) / std
+    return normalised.transpose(2, 0, 1).copy()
+
+
+def tokenize(tokenizer: Any, texts: list[str], max_length: int) -> tuple[Any, Any]:
+    """(input_ids, attention_mask) padded to the batch and truncated to ``max_length`` tokens."""
+    enc = tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+    return enc["input_ids"], enc["attention_mask"]

@@ -1,0 +1,123 @@
+"""PE-MoE (pe_moe_paper.md sec. 3.2-3.3): frozen shared trunks, one lightweight head per expert, a gate.
+
+Forward steps:
+1. text trunk once -> token states; the shared text feature is their CLS state (gate input, t_shared);
+2. each expert's text tail (its own copy of the last layers) -> CLS -> text projection -> t_k, normalised;
+3. image trunk once -> token states; each expert's image tail -> class token -> visual projection -> v_k;
+4. gate: 2-layer MLP on t_shared -> softmax over experts -> g(q) (optionally only the top-k kept);
+5. Eq. 1: S(q, I) = sum_k g_k(q) * cos(t_k(q), v_k(I)).
+Fusion modes (Table 1 ablation): ``unified`` (one head on all data), ``static`` (fixed weights), ``dynamic``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal, cast
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from geomoe.models.encoders import ImageTail, ImageTrunk, TextTail, TextTrunk
+
+Fusion = Literal["unified", "static", "dynamic"]
+
+
+class ExpertHead(nn.Module):
+    """One platform expert: own text tail, own image tail, own projections into the shared space."""
+
+    def __init__(self, text_tail: TextTail, image_tail: ImageTail, text_width: int, image_width: int, dim: int):
+        super().__init__()
+        self.text_tail, self.image_tail = text_tail, image_tail
+        self.text_proj: nn.Module = nn.Identity() if text_width == dim else nn.Linear(text_width, dim, bias=False)
+        self.visual_proj = nn.Linear(image_width, dim, bias=False)
+
+    def text(self, hidden: torch.Tensor, mask: Any) -> torch.Tensor:
+        return F.normalize(self.text_proj(self.text_tail(hidden, mask)), dim=-1)
+
+    def image(self, tokens: torch.Tensor, rope: torch.Tensor | None) -> torch.Tensor:
+        return F.normalize(self.visual_proj(self.image_tail(tokens, rope)), dim=-1)
+
+
+class PEMoE(nn.Module):
+    def __init__(
+        self,
+        text_trunk: TextTrunk,
+        image_trunk: ImageTrunk,
+        num_experts: int,
+        embed_dim: int = 1024,
+        fusion: Fusion = "dynamic",
+        gate_hidden: int = 512,
+        gate_top_k: int | None = None,
+        static_weights: list[float] | None = None,
+        temperature: float = 0.07,
+    ) -> None:
+        super().__init__()
+        if fusion == "unified" and num_experts != 1:
+            raise ValueError("fusion 'unified' trains one head on all data: use exactly one expert")
+        if gate_top_k is not None and not 1 <= gate_top_k <= num_experts:
+            raise ValueError(f"gate_top_k must be in 1..{num_experts}")
+        self.text_trunk: TextTrunk = text_trunk
+        self.image_trunk: ImageTrunk = image_trunk
+        for param in [*text_trunk.parameters(), *image_trunk.parameters()]:
+            param.requires_grad_(False)
+        self.experts = nn.ModuleList(
+            ExpertHead(
+                text_trunk.make_tail(), image_trunk.make_tail(), text_trunk.hidden_size, image_trunk.width, embed_dim
+            )
+            for _ in range(num_experts)
+        )
+        hidden = text_trunk.hidden_size
+        self.gate = nn.Sequential(nn.Linear(hidden, gate_hidden), nn.GELU(), nn.Linear(gate_hidden, num_experts))
+        weights = torch.tensor(static_weights or [1.0 / num_experts] * num_experts)
+        if weights.numel() != num_experts or (weights < 0).any() or weights.sum() <= 0:
+            raise ValueError(f"static_weights must be {num_experts} non-negative numbers with a positive sum")
+        self.register_buffer("static_weights", weights / weights.sum())
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / temperature)))
+        self.fusion, self.gate_top_k = fusion, gate_top_k
+
+    @property
+    def num_experts(self) -> int:
+        return len(self.experts)
+
+    def heads(self) -> list[ExpertHead]:
+        return cast(list[ExpertHead], list(self.experts))
+
+    def train(self, mode: bool = True) -> PEMoE:
+        super().train(mode)
+        self.text_trunk.eval()  # frozen: no dropout, no statistics updates
+        self.image_trunk.eval()
+        return self
+
+    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(t_shared (B, H), t_KBD (K, B, D) normalised). The trunk runs once, without gradient."""
+        with torch.no_grad():
+            hidden, mask = self.text_trunk(input_ids, attention_mask)
+        shared = hidden[:, 0]
+        return shared, torch.stack([expert.text(hidden, mask) for expert in self.heads()])
+
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        """v_KND (K, N, D) normalised. The trunk runs once, without gradient."""
+        with torch.no_grad():
+            tokens, rope = self.image_trunk(images)
+        return torch.stack([expert.image(tokens, rope) for expert in self.heads()])
+
+    def gate_logits(self, shared_BH: torch.Tensor) -> torch.Tensor:
+        return cast(torch.Tensor, self.gate(shared_BH))
+
+    def gate_weights(self, shared_BH: torch.Tensor) -> torch.Tensor:
+        """g (B, K): softmax of the gate (dynamic), the fixed weights (static), or ones (unified)."""
+        batch = shared_BH.shape[0]
+        if self.fusion != "dynamic":
+            return cast(torch.Tensor, self.static_weights).expand(batch, -1)
+        weights = self.gate_logits(shared_BH).softmax(dim=-1)
+        if self.gate_top_k is not None and self.gate_top_k < self.num_experts:
+            top = weights.topk(self.gate_top_k, dim=-1)
+            weights = torch.zeros_like(weights).scatter(-1, top.indices, top.values)
+            weights = weights / weights.sum(dim=-1, keepdim=True)
+        return weights
+
+    @staticmethod
+    def fused_scores(t_KQD: torch.Tensor, v_KND: torch.Tensor, g_QK: torch.Tensor) -> torch.Tensor:
+        """Eq. 1: S_QN = sum_k g_qk * <t_kq, v_kn> (inputs normalised, so the dot product is the cosine)."""
+        return torch.einsum("kqd,knd,qk->qn", t_KQD, v_KND, g_QK)

@@ -1,0 +1,136 @@
+"""PE-MoE on tiny real model classes (XLMRobertaModel, open_clip EVA-CLIP with a micro timm Eva)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from geomoe.config import ImageEncoderSpec, ModelSpec, TextEncoderSpec, TinyModelsSpec
+from geomoe.losses import gate_loss, hard_negative_loss, multi_positive_info_nce
+from geomoe.models.factory import build_pe_moe, ensure_tiny_models, tokenize
+from geomoe.models.pe_moe import PEMoE
+
+CORPUS = ["a red flat roof with a pond", "drone view of a tall white building", "street view of a brick facade"] * 20
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("tiny")
+    ensure_tiny_models(spec(root), CORPUS)
+    return root
+
+
+def spec(root: Path, **kw: object) -> ModelSpec:
+    image = ImageEncoderSpec(name="geomoe-eva02-micro", pretrained=str(root / "image.pt"), image_size=64, tail_blocks=2)
+    base = dict(
+        embed_dim=32,
+        gate_hidden=16,
+        text=TextEncoderSpec(source=str(root / "text"), tail_layers=2, max_length=16),
+        image=image,
+        tiny=TinyModelsSpec(text_hidden=32, text_layers=3, text_heads=2),
+    )
+    return ModelSpec.model_validate({**base, **kw})
+
+
+def batch(tokenizer: object, n: int = 4) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    ids, mask = tokenize(tokenizer, CORPUS[:n], max_length=16)
+    return ids, mask, torch.randn(n, 3, 64, 64)
+
+
+@pytest.mark.parametrize(
+    ("fusion", "experts"),
+    [
+        ("unified", [{"name": "all", "platforms": ["satellite", "drone", "ground"]}]),
+        ("static", None),
+        ("dynamic", None),
+    ],
+)
+def test_each_fusion_mode_forward_backward(tiny_dir: Path, fusion: str, experts: object) -> None:
+    extra = {"fusion": fusion} | ({"experts": experts} if experts else {})
+    model, tok = build_pe_moe(spec(tiny_dir, **extra))
+    ids, mask, images = batch(tok)
+    shared, t = model.encode_text(ids, mask)
+    v = model.encode_image(images)
+    g = model.gate_weights(shared)
+    scores = model.fused_scores(t, v, g)
+    k = 1 if fusion == "unified" else 3
+    assert t.shape == (k, 4, 32) and v.shape == (k, 4, 32) and g.shape == (4, k) and scores.shape == (4, 4)
+    assert torch.allclose(g.sum(dim=1), torch.ones(4))
+    loss = multi_positive_info_nce(t[0], v[0], model.logit_scale.exp(), torch.arange(4))
+    if fusion == "dynamic":
+        loss = loss + gate_loss(model.gate_logits(shared), torch.tensor([0, 1, 2, 0]))
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert model.experts[0].visual_proj.weight.grad is not None
+    assert model.experts[0].text_tail.layers[0].attention.self.query.weight.grad is not None
+
+
+def test_trunk_is_frozen_and_runs_once_per_batch(tiny_dir: Path) -> None:
+    model, tok = build_pe_moe(spec(tiny_dir))
+    calls = {"text": 0, "image": 0}
+    model.text_trunk.register_forward_hook(lambda *a: calls.__setitem__("text", calls["text"] + 1))
+    model.image_trunk.register_forward_hook(lambda *a: calls.__setitem__("image", calls["image"] + 1))
+    ids, mask, images = batch(tok)
+    shared, t = model.encode_text(ids, mask)
+    v = model.encode_image(images)
+    model.fused_scores(t, v, model.gate_weights(shared)).sum().backward()
+    assert calls == {"text": 1, "image": 1}  # three experts, one trunk pass each
+    trunk_params = [*model.text_trunk.parameters(), *model.image_trunk.parameters()]
+    assert trunk_params and all(p.grad is None and not p.requires_grad for p in trunk_params)
+    model.train()
+    assert not model.text_trunk.training and not model.image_trunk.training
+
+
+def test_fused_score_equals_per_expert_formula(tiny_dir: Path) -> None:
+    model, tok = build_pe_moe(spec(tiny_dir))
+    ids, mask, images = batch(tok)
+    with torch.no_grad():
+        shared, t = model.encode_text(ids, mask)
+        v = model.encode_image(images)
+        g = model.gate_weights(shared)
+        fused = model.fused_scores(t, v, g)
+    for q in range(4):
+        for n in range(4):
+            expected = sum(g[q, k] * torch.cosine_similarity(t[k, q], v[k, n], dim=0) for k in range(3))
+            assert torch.allclose(fused[q, n], expected, atol=1e-5)
+
+
+def test_gate_top_k_keeps_k_experts(tiny_dir: Path) -> None:
+    model, tok = build_pe_moe(spec(tiny_dir, gate_top_k=1))
+    ids, mask, _ = batch(tok)
+    with torch.no_grad():
+        g = model.gate_weights(model.encode_text(ids, mask)[0])
+    assert ((g > 0).sum(dim=1) == 1).all() and torch.allclose(g.sum(dim=1), torch.ones(4))
+
+
+def test_spec_rejects_overlapping_experts() -> None:
+    with pytest.raises(ValueError, match="one expert only"):
+        ModelSpec(experts=[{"name": "a", "platforms": ["drone"]}, {"name": "b", "platforms": ["drone"]}])  # type: ignore[list-item]
+
+
+def test_hard_negative_loss_prefers_the_positive() -> None:
+    t = torch.nn.functional.normalize(torch.randn(3, 8), dim=-1)
+    good = hard_negative_loss(t, t, -t[:, None, :].repeat(1, 2, 1), torch.tensor(10.0))
+    bad = hard_negative_loss(t, -t, t[:, None, :].repeat(1, 2, 1), torch.tensor(10.0))
+    assert good < 0.01 < bad
+
+
+def test_multi_positive_pulls_same_building_images_together() -> None:
+    t = torch.nn.functional.normalize(torch.tensor([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0]]), dim=-1)
+
+    def pull_on_image1_towards_caption0(groups: list[int]) -> float:
+        v = t.clone().requires_grad_(True)
+        multi_positive_info_nce(t, v, torch.tensor(10.0), torch.tensor(groups)).backward()
+        assert v.grad is not None
+        return float(-(v.grad[1] @ t[0]))  # > 0: a descent step moves image 1 towards caption 0
+
+    assert pull_on_image1_towards_caption0([0, 0, 1]) > 0  # same building: a positive
+    assert pull_on_image1_towards_caption0([0, 1, 2]) < 0  # different buildings: pushed apart
+
+
+def test_pe_moe_rejects_unified_with_many_experts(tiny_dir: Path) -> None:
+    model, _ = build_pe_moe(spec(tiny_dir))
+    with pytest.raises(ValueError, match="exactly one expert"):
+        PEMoE(model.text_trunk, model.image_trunk, num_experts=3, embed_dim=32, fusion="unified")
