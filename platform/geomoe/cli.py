@@ -22,6 +22,13 @@ def _cmd_run(args: argparse.Namespace) -> None:
         print("synthgeo:", json.dumps(results["synth"]))
     if "prepare" in results:
         print(manifest_summary(results["prepare"]))
+    if "train" in results:
+        from geomoe.report import retrieval_table, sample_query
+
+        for protocol in spec.eval.protocols:
+            print(retrieval_table(results["train"], protocol))
+        final = results["train"]["model"]
+        print(sample_query(final.get("stage2") or final["stage1"]))
 
 
 def _cmd_synth(args: argparse.Namespace) -> None:

@@ -101,6 +101,9 @@ class TextEncoderSpec(Strict):
     source: str = "BAAI/bge-m3"
     tail_layers: int = Field(2, ge=1, description="last layers each expert copies and trains")
     max_length: int = Field(64, ge=8)
+    pool: Literal["cls", "mean"] = Field(
+        "cls", description="cls = BGE-M3's dense vector; mean suits random tiny models"
+    )
 
 
 class ImageEncoderSpec(Strict):
@@ -110,6 +113,7 @@ class ImageEncoderSpec(Strict):
     pretrained: str | None = "merged2b_s4b_b131k"
     image_size: int = Field(384, ge=16)
     tail_blocks: int = Field(4, ge=1)
+    pool: Literal["token", "avg"] = Field("token", description="token = EVA-CLIP's class token; avg suits tiny models")
 
 
 class ExpertSpec(Strict):
@@ -174,6 +178,7 @@ class TrainSpec(Strict):
     mixed_precision: bool = Field(True, description="bf16 autocast on GPU; ignored on CPU")
     max_failures: int = Field(1, ge=0)
     use_statements: bool = Field(True, description="train on a random short statement half of the time")
+    materialize_inputs: bool = Field(False, description="decode training images once into the object store")
 
 
 class EvalSpec(Strict):
@@ -201,19 +206,49 @@ class JobSpec(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     seed: int = 0
     output_root: str = "runs"
-    stages: list[Literal["synth", "prepare"]] = ["synth", "prepare"]
+    stages: list[Literal["synth", "prepare", "train"]] = ["synth", "prepare", "train"]
     data: DataSpec
     preprocess: PreprocessSpec
     model: ModelSpec = Field(default_factory=lambda: ModelSpec())
     train: TrainSpec = Field(default_factory=lambda: TrainSpec())
     eval: EvalSpec = Field(default_factory=lambda: EvalSpec())
     resources: ResourcesSpec = Field(default_factory=lambda: ResourcesSpec())
+    baselines: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="name -> dotted overrides: extra models trained and evaluated on the same data",
+    )
 
     @model_validator(mode="after")
     def _synth_needs_source(self) -> JobSpec:
         if "synth" in self.stages and self.data.synthesize is None:
             raise ValueError("stage 'synth' needs data.synthesize")
         return self
+
+    def baseline(self, name: str) -> JobSpec:
+        """This spec with a baseline's overrides applied (same data, same preparation)."""
+        raw = apply_overrides(self.model_dump(mode="json"), self.baselines[name], f"baselines.{name}")
+        raw["baselines"] = {}
+        return parse_spec(JobSpec, raw, f"baselines.{name}")
+
+    def with_absolute_paths(self, base: str | Path | None = None) -> JobSpec:
+        """Local paths made absolute against ``base`` (default: the working directory), once, at the edge.
+
+        Ray workers do not share the driver's working directory. Hub ids and pretrained tags stay as they are:
+        a model source counts as local when it exists or when ``model.tiny`` will build it there.
+        """
+        root = Path(base or Path.cwd()).resolve()
+        absolute = lambda p: str((root / p).resolve()) if p and not Path(p).is_absolute() else p  # noqa: E731
+        raw = self.model_dump(mode="json")
+        raw["output_root"] = absolute(raw["output_root"])
+        raw["data"]["root"] = absolute(raw["data"]["root"])
+        raw["preprocess"]["output_dir"] = absolute(raw["preprocess"]["output_dir"])
+        tiny = self.model.tiny is not None
+        text, image = raw["model"]["text"], raw["model"]["image"]
+        if tiny or (root / text["source"]).exists():
+            text["source"] = absolute(text["source"])
+        if image["pretrained"] and (tiny or (root / image["pretrained"]).is_file()):
+            image["pretrained"] = absolute(image["pretrained"])
+        return JobSpec.model_validate(raw)
 
     def fingerprint(self) -> str:
         """Stable hash of the resolved spec (for manifests and checkpoints)."""

@@ -6,14 +6,34 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import pyarrow.compute as pc
+
 from geomoe.config import JobSpec
 from geomoe.io import write_json_atomic
 
 log = logging.getLogger(__name__)
 
 
+def _train(spec: JobSpec, manifest: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+    from geomoe.models.factory import ensure_tiny_models
+    from geomoe.ray_env import ensure_ray
+    from geomoe.train.run import split_rows, train_and_evaluate
+
+    if manifest.get("kind") != "retrieval":
+        raise ValueError("stage 'train' (PE-MoE) needs a retrieval dataset (data.format: geotext)")
+    ensure_ray(spec.resources)
+    table = split_rows(manifest, "train", spec)
+    ensure_tiny_models(spec.model, table.filter(pc.equal(table["augment"], ""))["caption"].to_pylist())
+    results = {"model": train_and_evaluate(spec, manifest, run_dir)}
+    for name in spec.baselines:
+        log.info("baseline %s", name)
+        results[name] = train_and_evaluate(spec.baseline(name), manifest, run_dir / "baselines" / name)
+    return results
+
+
 def run_job(spec: JobSpec) -> dict[str, Any]:
     """Run every stage of ``spec``; return {stage: result}. Results are also saved under the run folder."""
+    spec = spec.with_absolute_paths()
     run_dir = Path(spec.output_root) / spec.name
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(run_dir / "spec.json", spec.model_dump(mode="json"))
@@ -29,5 +49,14 @@ def run_job(spec: JobSpec) -> dict[str, Any]:
             from geomoe.pipelines.prepare import prepare
 
             results["prepare"] = prepare(spec)
+        elif stage == "train":
+            from geomoe.pipelines.prepare import finished_manifest
+
+            manifest = results.get("prepare") or finished_manifest(spec.preprocess.output_dir)
+            if manifest is None:
+                raise ValueError(
+                    f"stage 'train' needs a prepared dataset at {spec.preprocess.output_dir}: run 'prepare' first"
+                )
+            results["train"] = _train(spec, manifest, run_dir)
     write_json_atomic(run_dir / "results.json", results)
     return results

@@ -35,3 +35,34 @@ def hard_negative_loss(
 def gate_loss(gate_logits_BK: torch.Tensor, expert_B: torch.Tensor) -> torch.Tensor:
     """The gate learns to route a query to the expert of its image's platform."""
     return F.cross_entropy(gate_logits_BK, expert_B)
+
+
+def pe_moe_objective(
+    out: dict[str, torch.Tensor],
+    expert_B: torch.Tensor,
+    building_B: torch.Tensor,
+    scale: torch.Tensor,
+    gate_weight: float,
+    contrastive_weight: float = 1.0,
+    hard_weight: float = 0.0,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Total loss of one batch and its parts.
+
+    Each expert's contrastive (and, in stage 2, hard-negative) loss uses only the pairs of its own platforms,
+    so an expert is trained exclusively on its subset; the gate learns the routing on every pair.
+    """
+    parts: dict[str, torch.Tensor] = {}
+    zero = out["t"].sum() * 0.0
+    contrastive, hard = zero, zero
+    for k in range(out["t"].shape[0]):
+        rows = (expert_B == k).nonzero(as_tuple=True)[0]
+        if len(rows) >= 2:
+            contrastive = contrastive + multi_positive_info_nce(
+                out["t"][k, rows], out["v"][k, rows], scale, building_B[rows]
+            )
+        if hard_weight and "v_neg" in out and len(rows):
+            hard = hard + hard_negative_loss(out["t"][k, rows], out["v"][k, rows], out["v_neg"][k, rows], scale)
+    parts["contrastive"], parts["hard_negative"] = contrastive, hard
+    parts["gate"] = gate_loss(out["gate_logits"], expert_B) if gate_weight else zero
+    total = contrastive_weight * contrastive + hard_weight * hard + gate_weight * parts["gate"]
+    return total, {name: float(value.detach()) for name, value in parts.items()}

@@ -19,3 +19,38 @@ def manifest_summary(manifest: dict[str, Any]) -> str:
         f"  rejected records: {rejected['count']}" + (f" {rejected['by_reason']}" if rejected["count"] else "")
     )
     return "\n".join(lines)
+
+
+def retrieval_table(train_results: dict[str, Any], protocol: str = "exact") -> str:
+    """R@K table of every trained model (main and baselines) and stage, plus chance, for one protocol."""
+    lines = [
+        f"text -> image retrieval, {protocol} protocol (%)",
+        f"  {'model':<24}{'R@1':>8}{'R@5':>8}{'R@10':>8}{'Score':>8}{'routing':>9}",
+    ]
+    chance = None
+    for name, result in train_results.items():
+        for stage in ("stage1", "stage2"):
+            if stage not in result:
+                continue
+            report = result[stage]
+            recall = report["retrieval"][protocol]["t2i"]
+            routing = f"{report['routing_accuracy']:.1f}" if "routing_accuracy" in report else "-"
+            label = f"{name} {stage}"
+            lines.append(
+                f"  {label:<24}{recall['R@1']:>8.2f}{recall['R@5']:>8.2f}{recall['R@10']:>8.2f}"
+                f"{report['retrieval'][protocol].get('score', float('nan')):>8.2f}{routing:>9}"
+            )
+            chance = report["chance"][protocol]
+    if chance:
+        lines.append(f"  {'chance':<24}{chance['R@1']:>8.2f}{chance['R@5']:>8.2f}{chance['R@10']:>8.2f}")
+    return "\n".join(lines)
+
+
+def sample_query(report: dict[str, Any]) -> str:
+    sample = report["sample"]
+    lines = [f"sample query: {sample['query']!r} (building {sample['building']})"]
+    for rank, hit in enumerate(sample["top5"], start=1):
+        mark = "*" if hit["same_building"] else " "
+        lines.append(f"  {rank}. {mark} {hit['image_id']:<28} {hit['score']:.3f}")
+    lines.append("  (* = the query's building)")
+    return "\n".join(lines)

@@ -46,21 +46,30 @@ class TextTrunk(nn.Module):
             hidden = layer(hidden, mask)
         return hidden, mask
 
-    def make_tail(self) -> TextTail:
-        return TextTail(copy.deepcopy(self.tail_template)).requires_grad_(True)  # trainable even if the trunk is frozen
+    def make_tail(self, pool: str = "cls") -> TextTail:
+        return TextTail(copy.deepcopy(self.tail_template), pool).requires_grad_(
+            True
+        )  # trainable though the trunk is frozen
 
 
 class TextTail(nn.Module):
-    """An expert's own copy of the last text layers; returns the CLS state (B, H)."""
+    """An expert's own copy of the last text layers; returns the pooled state (B, H).
 
-    def __init__(self, layers: nn.ModuleList) -> None:
+    ``pool="cls"`` is BGE-M3's dense vector; ``"mean"`` (over real tokens) suits random tiny models, whose
+    untrained CLS state barely varies between texts.
+    """
+
+    def __init__(self, layers: nn.ModuleList, pool: str = "cls") -> None:
         super().__init__()
-        self.layers = layers
+        self.layers, self.pool = layers, pool
 
-    def forward(self, hidden: torch.Tensor, mask: Any) -> torch.Tensor:
+    def forward(self, hidden: torch.Tensor, mask: Any, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         for layer in self.layers:
             hidden = layer(hidden, mask)
-        return hidden[:, 0]
+        if self.pool == "cls" or attention_mask is None:
+            return hidden[:, 0]
+        weights = attention_mask.to(hidden.dtype).unsqueeze(-1)
+        return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
 
 
 class ImageTrunk(nn.Module):
@@ -87,24 +96,30 @@ class ImageTrunk(nn.Module):
             tokens = block(tokens, rope=rope)
         return tokens, rope
 
-    def make_tail(self) -> ImageTail:
-        tail = ImageTail(
-            copy.deepcopy(self.tail_template), copy.deepcopy(self.eva.norm), copy.deepcopy(self.eva.fc_norm)
-        )
+    def make_tail(self, pool: str = "token") -> ImageTail:
+        norms = copy.deepcopy(self.eva.norm), copy.deepcopy(self.eva.fc_norm)
+        tail = ImageTail(copy.deepcopy(self.tail_template), *norms, pool, int(self.eva.num_prefix_tokens))
         return tail.requires_grad_(True)  # trainable even if the trunk is frozen
 
 
 class ImageTail(nn.Module):
-    """An expert's own copy of the last image blocks and final norms; returns the class-token state (B, W)."""
+    """An expert's own copy of the last image blocks and final norms; returns the pooled state (B, W).
 
-    def __init__(self, blocks: nn.ModuleList, norm: nn.Module, fc_norm: nn.Module) -> None:
+    ``pool="token"`` is EVA-CLIP's class token; ``"avg"`` averages patch tokens (for random tiny models).
+    """
+
+    def __init__(
+        self, blocks: nn.ModuleList, norm: nn.Module, fc_norm: nn.Module, pool: str = "token", prefix: int = 1
+    ):
         super().__init__()
-        self.blocks, self.norm, self.fc_norm = blocks, norm, fc_norm
+        self.blocks, self.norm, self.fc_norm, self.pool, self.prefix = blocks, norm, fc_norm, pool, prefix
 
     def forward(self, tokens: torch.Tensor, rope: torch.Tensor | None) -> torch.Tensor:
         for block in self.blocks:
             tokens = block(tokens, rope=rope)
-        return self.fc_norm(self.norm(tokens)[:, 0])
+        tokens = self.norm(tokens)
+        pooled = tokens[:, 0] if self.pool == "token" else tokens[:, self.prefix :].mean(dim=1)
+        return self.fc_norm(pooled)
 
 
 def register_tiny_architectures() -> None:

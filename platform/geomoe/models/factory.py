@@ -52,6 +52,8 @@ def build_pe_moe(spec: ModelSpec) -> tuple[PEMoE, Any]:
         gate_top_k=spec.gate_top_k,
         static_weights=spec.static_weights,
         temperature=spec.temperature,
+        text_pool=spec.text.pool,
+        image_pool=spec.image.pool,
     )
     return model, tokenizer
 

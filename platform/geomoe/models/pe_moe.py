@@ -32,8 +32,8 @@ class ExpertHead(nn.Module):
         self.text_proj: nn.Module = nn.Identity() if text_width == dim else nn.Linear(text_width, dim, bias=False)
         self.visual_proj = nn.Linear(image_width, dim, bias=False)
 
-    def text(self, hidden: torch.Tensor, mask: Any) -> torch.Tensor:
-        return F.normalize(self.text_proj(self.text_tail(hidden, mask)), dim=-1)
+    def text(self, hidden: torch.Tensor, mask: Any, attention_mask: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.text_proj(self.text_tail(hidden, mask, attention_mask)), dim=-1)
 
     def image(self, tokens: torch.Tensor, rope: torch.Tensor | None) -> torch.Tensor:
         return F.normalize(self.visual_proj(self.image_tail(tokens, rope)), dim=-1)
@@ -51,6 +51,8 @@ class PEMoE(nn.Module):
         gate_top_k: int | None = None,
         static_weights: list[float] | None = None,
         temperature: float = 0.07,
+        text_pool: str = "cls",
+        image_pool: str = "token",
     ) -> None:
         super().__init__()
         if fusion == "unified" and num_experts != 1:
@@ -63,7 +65,11 @@ class PEMoE(nn.Module):
             param.requires_grad_(False)
         self.experts = nn.ModuleList(
             ExpertHead(
-                text_trunk.make_tail(), image_trunk.make_tail(), text_trunk.hidden_size, image_trunk.width, embed_dim
+                text_trunk.make_tail(text_pool),
+                image_trunk.make_tail(image_pool),
+                text_trunk.hidden_size,
+                image_trunk.width,
+                embed_dim,
             )
             for _ in range(num_experts)
         )
@@ -93,8 +99,12 @@ class PEMoE(nn.Module):
         """(t_shared (B, H), t_KBD (K, B, D) normalised). The trunk runs once, without gradient."""
         with torch.no_grad():
             hidden, mask = self.text_trunk(input_ids, attention_mask)
-        shared = hidden[:, 0]
-        return shared, torch.stack([expert.text(hidden, mask) for expert in self.heads()])
+        if self.heads()[0].text_tail.pool == "cls":
+            shared = hidden[:, 0]
+        else:
+            weights = attention_mask.to(hidden.dtype).unsqueeze(-1)
+            shared = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+        return shared, torch.stack([expert.text(hidden, mask, attention_mask) for expert in self.heads()])
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         """v_KND (K, N, D) normalised. The trunk runs once, without gradient."""
@@ -116,6 +126,30 @@ class PEMoE(nn.Module):
             weights = torch.zeros_like(weights).scatter(-1, top.indices, top.values)
             weights = weights / weights.sum(dim=-1, keepdim=True)
         return weights
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        images: torch.Tensor,
+        negatives: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """One training step's encodings (called through DDP, which needs forward() to track parameters).
+
+        Returns t_shared (B, H), t (K, B, D), v (K, B, D), gate_logits (B, K), the contrastive scale and,
+        with ``negatives`` (B, M, 3, S, S), v_neg (K, B, M, D): negatives share the positives' trunk call.
+        """
+        shared, t = self.encode_text(input_ids, attention_mask)
+        batch = images.shape[0]
+        if negatives is not None:
+            m = negatives.shape[1]
+            v_all = self.encode_image(torch.cat([images, negatives.flatten(0, 1)]))
+            out = {"v": v_all[:, :batch], "v_neg": v_all[:, batch:].unflatten(1, (batch, m))}
+        else:
+            out = {"v": self.encode_image(images)}
+        # the scale is returned from forward so DDP sees every trainable parameter used inside it
+        scale = self.logit_scale.exp().clamp(max=100.0)
+        return {"t_shared": shared, "t": t, "gate_logits": self.gate_logits(shared), "scale": scale, **out}
 
     @staticmethod
     def fused_scores(t_KQD: torch.Tensor, v_KND: torch.Tensor, g_QK: torch.Tensor) -> torch.Tensor:

@@ -75,7 +75,9 @@ def _process(spec: JobSpec, source: SourceRecords, out: Path) -> Any:
     blocks = max(1, min(len(table) // 256, 4 * concurrency))
     step = -(-len(table) // blocks)
     ds = ray.data.from_arrow([table.slice(i, step) for i in range(0, len(table), step)])
-    return ds.map_batches(fn, batch_format="pyarrow", batch_size=512, concurrency=concurrency, num_cpus=1).materialize()
+    return ds.map_batches(
+        fn, batch_format="pyarrow", batch_size=512, compute=ray.data.TaskPoolStrategy(size=concurrency), num_cpus=1
+    ).materialize()
 
 
 def _counts(processed: Any, kind: str) -> dict[str, Any]:

@@ -1,0 +1,53 @@
+"""PE-MoE checkpoints: the trainable state (experts, gate, scale) plus the full resolved job spec and stage.
+
+The frozen trunks are not saved: they are the backbone weights named in the spec and are reloaded from
+there, which keeps a real-size checkpoint at the size of the experts rather than of BGE-M3 + EVA02-L.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from geomoe.config import JobSpec
+from geomoe.models.factory import build_pe_moe
+from geomoe.models.pe_moe import PEMoE
+
+STATE_FILE = "state.pt"
+FROZEN_PREFIXES = ("text_trunk.", "image_trunk.")
+
+
+def trainable_state(model: PEMoE) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu() for k, v in model.state_dict().items() if not k.startswith(FROZEN_PREFIXES)}
+
+
+def save_checkpoint(directory: str | Path, model: PEMoE, spec: JobSpec, stage: int, epoch: int, **extra: Any) -> Path:
+    path = Path(directory) / STATE_FILE
+    payload = {"model": trainable_state(model), "spec": spec.model_dump(mode="json"), "stage": stage, "epoch": epoch}
+    torch.save({**payload, **extra}, path)
+    return path
+
+
+def read_checkpoint(directory: str | Path) -> dict[str, Any]:
+    path = Path(directory) / STATE_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: not a geomoe checkpoint (no {STATE_FILE})")
+    return dict(torch.load(path, map_location="cpu", weights_only=False))
+
+
+def load_into(model: PEMoE, state: dict[str, torch.Tensor]) -> None:
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.startswith(FROZEN_PREFIXES)]
+    if missing or unexpected:
+        raise ValueError(f"checkpoint does not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
+
+
+def load_pe_moe(directory: str | Path) -> tuple[PEMoE, Any, JobSpec, dict[str, Any]]:
+    """(model, tokenizer, the spec it was trained with, the raw checkpoint) from a checkpoint folder."""
+    payload = read_checkpoint(directory)
+    spec = JobSpec.model_validate(payload["spec"])
+    model, tokenizer = build_pe_moe(spec.model)
+    load_into(model, payload["model"])
+    return model.eval(), tokenizer, spec, payload

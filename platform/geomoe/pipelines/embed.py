@@ -1,0 +1,46 @@
+"""Batch inference on Ray Data: embed images with every expert of a PE-MoE checkpoint."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+
+class ImageEmbedder:
+    """A Ray Data actor: loads the checkpoint once, then embeds batches of image paths."""
+
+    def __init__(self, checkpoint: str) -> None:
+        from geomoe.models.checkpoint import load_pe_moe
+
+        self.model, _, spec, _ = load_pe_moe(checkpoint)
+        self.size = spec.model.image.image_size
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        import torch
+
+        from geomoe.models.factory import image_array
+
+        pixels = np.stack([image_array(str(p), self.size) for p in batch["image_path"]])
+        with torch.no_grad():
+            vectors = self.model.encode_image(torch.from_numpy(pixels)).float().numpy()
+        return {"index": batch["index"], "vector": vectors.transpose(1, 0, 2)}  # (B, K, D)
+
+
+def embed_images(checkpoint: str, paths: Sequence[str], concurrency: int = 1, batch_size: int = 64) -> np.ndarray:
+    """v (K, N, D) for ``paths`` in order, computed by ``concurrency`` actors."""
+    import ray.data
+
+    items: list[dict[str, Any]] = [{"index": i, "image_path": p} for i, p in enumerate(paths)]
+    ds: Any = ray.data.from_items(items, override_num_blocks=max(1, min(len(items) // batch_size, 4 * concurrency)))
+    ds = ds.map_batches(
+        ImageEmbedder,
+        fn_constructor_args=(checkpoint,),
+        batch_size=batch_size,
+        compute=ray.data.ActorPoolStrategy(size=concurrency),
+        num_cpus=1,
+        batch_format="numpy",
+    )
+    rows = sorted(ds.take_all(), key=lambda r: r["index"])
+    return np.stack([r["vector"] for r in rows], axis=1)

@@ -1,0 +1,45 @@
+"""Embed captions and images with a PE-MoE model in batches (no gradient)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from geomoe.models.factory import image_array, tokenize
+from geomoe.models.pe_moe import PEMoE
+
+
+@torch.no_grad()
+def embed_texts(
+    model: PEMoE, tokenizer: Any, texts: Sequence[str], max_length: int, batch_size: int = 256
+) -> tuple[np.ndarray, np.ndarray]:
+    """(t_KQD per-expert normalised embeddings, g_QK gate weights) as float32 arrays."""
+    model.eval()
+    device = next(model.parameters()).device
+    t_parts, g_parts = [], []
+    for start in range(0, len(texts), batch_size):
+        ids, mask = tokenize(tokenizer, list(texts[start : start + batch_size]), max_length)
+        shared, t = model.encode_text(ids.to(device), mask.to(device))
+        t_parts.append(t.float().cpu().numpy())
+        g_parts.append(model.gate_weights(shared).float().cpu().numpy())
+    return np.concatenate(t_parts, axis=1), np.concatenate(g_parts, axis=0)
+
+
+@torch.no_grad()
+def embed_images(model: PEMoE, paths: Sequence[str], image_size: int, batch_size: int = 128) -> np.ndarray:
+    """v_KND per-expert normalised image embeddings as float32."""
+    model.eval()
+    device = next(model.parameters()).device
+    parts = []
+    for start in range(0, len(paths), batch_size):
+        pixels = np.stack([image_array(p, image_size) for p in paths[start : start + batch_size]])
+        parts.append(model.encode_image(torch.from_numpy(pixels).to(device)).float().cpu().numpy())
+    return np.concatenate(parts, axis=1)
+
+
+def fused_scores(t_KQD: np.ndarray, v_KND: np.ndarray, g_QK: np.ndarray) -> np.ndarray:
+    """Eq. 1 in NumPy: S_QN = sum_k g_qk <t_kq, v_kn>."""
+    return np.einsum("kqd,knd,qk->qn", t_KQD, v_KND, g_QK, optimize=True)

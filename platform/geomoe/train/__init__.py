@@ -1,0 +1,1 @@
+"""Ray Train (Ray layer): PE-MoE's two-stage training as TorchTrainer runs built from a JobSpec."""

@@ -1,0 +1,140 @@
+"""The per-worker training loop of PE-MoE (stage 1: contrastive; stage 2: + mined hard negatives)."""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from geomoe.config import JobSpec
+from geomoe.losses import pe_moe_objective
+from geomoe.models.checkpoint import load_into, read_checkpoint, save_checkpoint
+from geomoe.models.factory import build_pe_moe, tokenize
+
+
+def warmup_cosine(total_steps: int, warmup_ratio: float) -> Any:
+    warmup = max(1, int(total_steps * warmup_ratio))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total_steps - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+def _texts(batch: dict[str, np.ndarray], use_statements: bool, rng: np.random.Generator) -> list[str]:
+    """The caption, or half of the time one of its short statements (PE-MoE's sentence-level alignment)."""
+    texts = []
+    for caption, statements in zip(batch["caption"], batch["statements"], strict=True):
+        if use_statements and len(statements) > 1 and rng.random() < 0.5:
+            caption = statements[int(rng.integers(0, len(statements)))]
+        texts.append(str(caption))
+    return texts
+
+
+def _maybe_inject_failure(config: dict[str, Any], epoch: int, step: int) -> None:
+    """Test hook: kill this worker process once at (epoch, step) to exercise FailureConfig recovery."""
+    fail = config.get("fail_once_at")
+    if fail and [epoch, step] == list(fail["at"]) and not Path(fail["marker"]).exists():
+        Path(fail["marker"]).write_text("killed")
+        os._exit(1)
+
+
+def train_loop(config: dict[str, Any]) -> None:
+    import ray.train
+    import ray.train.torch
+    from ray.train import Checkpoint
+
+    spec, stage = JobSpec.model_validate(config["spec"]), int(config["stage"])
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch.manual_seed(spec.seed + rank)
+    rng = np.random.default_rng([spec.seed, rank, stage])
+    epochs = spec.train.stage1_epochs if stage == 1 else spec.train.stage2_epochs
+    steps = int(config["steps_per_epoch"])
+    per_worker = max(2, spec.train.batch_size // world)
+
+    model, tokenizer = build_pe_moe(spec.model)
+    resumed, start_epoch = ray.train.get_checkpoint(), 0
+    payload = None
+    if resumed is not None:
+        with resumed.as_directory() as directory:
+            payload = read_checkpoint(directory)
+        start_epoch = int(payload["epoch"]) + 1
+    elif config.get("init_checkpoint"):
+        load_into(model, read_checkpoint(config["init_checkpoint"])["model"])
+    if payload is not None:
+        load_into(model, payload["model"])
+    core = model  # the plain module: parameters, scale, checkpoints; ``wrapped`` runs the forward (DDP)
+    wrapped = ray.train.torch.prepare_model(model, parallel_strategy_kwargs={"find_unused_parameters": True})
+    device = ray.train.torch.get_device()
+    params = [p for p in core.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=spec.train.lr, weight_decay=spec.train.weight_decay)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, warmup_cosine(max(1, epochs * steps), spec.train.warmup_ratio)
+    )
+    if payload is not None:
+        optimizer.load_state_dict(payload["optimizer"])
+        schedule.load_state_dict(payload["scheduler"])
+    autocast = device.type == "cuda" and spec.train.mixed_precision
+    weights = {"gate_weight": spec.train.gate_weight if core.fusion == "dynamic" and core.num_experts > 1 else 0.0}
+    if stage == 2:
+        weights |= {
+            "contrastive_weight": spec.train.stage2_contrastive_weight,
+            "hard_weight": spec.train.stage2_hard_weight,
+        }
+    shard = ray.train.get_dataset_shard("train")
+    for epoch in range(start_epoch, epochs):
+        wrapped.train()
+        sums: dict[str, float] = {}
+        batches = shard.iter_batches(
+            batch_size=per_worker, batch_format="numpy", drop_last=True, local_shuffle_buffer_size=4 * per_worker
+        )
+        for step, batch in zip(range(steps), batches, strict=False):
+            _maybe_inject_failure(config, epoch, step)
+            ids, mask = tokenize(tokenizer, _texts(batch, spec.train.use_statements, rng), spec.model.text.max_length)
+            negatives = torch.from_numpy(batch["negatives"]).to(device) if stage == 2 else None
+            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=autocast):
+                out = wrapped(ids.to(device), mask.to(device), torch.from_numpy(batch["image"]).to(device), negatives)
+                buildings = torch.from_numpy(np.unique(batch["building_id"], return_inverse=True)[1]).to(device)
+                loss, parts = pe_moe_objective(
+                    out,
+                    torch.from_numpy(batch["expert"]).to(device),
+                    buildings,
+                    out["scale"],
+                    **weights,
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, spec.train.grad_clip)
+            optimizer.step()
+            schedule.step()
+            for name, value in {"loss": float(loss.detach()), **parts}.items():
+                sums[name] = sums.get(name, 0.0) + value
+        metrics = {
+            "stage": stage,
+            "epoch": epoch,
+            "start_epoch": start_epoch,
+            **{k: v / max(1, steps) for k, v in sums.items()},
+        }
+        with tempfile.TemporaryDirectory() as directory:
+            checkpoint = None
+            if rank == 0:
+                save_checkpoint(
+                    directory,
+                    core,
+                    spec,
+                    stage,
+                    epoch,
+                    optimizer=optimizer.state_dict(),
+                    scheduler=schedule.state_dict(),
+                )
+                checkpoint = Checkpoint.from_directory(directory)
+            ray.train.report(metrics, checkpoint=checkpoint)

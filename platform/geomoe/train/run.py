@@ -1,0 +1,192 @@
+"""Driver side of PE-MoE training: Ray Data inputs, TorchTrainer per stage, mining, evaluation.
+
+Each step leaves a result file in the run folder; a rerun with the same job name skips finished steps,
+and an interrupted Ray Train run resumes from its last checkpoint (same RunConfig name and storage path).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
+
+from geomoe.config import JobSpec
+from geomoe.io import write_json_atomic
+
+log = logging.getLogger(__name__)
+COLUMNS = ["caption", "statements", "image_path", "image_id", "building_id", "platform"]
+
+
+def split_rows(manifest: dict[str, Any], split: str, spec: JobSpec) -> pa.Table:
+    """Rows of one split of a prepared table, with the expert index of each row's platform."""
+    table = pads.dataset(manifest["table"], format="parquet", partitioning="hive").to_table(
+        columns=[*COLUMNS, "augment"], filter=pc.field("split") == split
+    )
+    expert_of = spec.model.expert_of()
+    unknown = sorted(set(table["platform"].to_pylist()) - set(expert_of))
+    if unknown:
+        raise ValueError(f"model.experts: no expert owns platform(s) {unknown} present in the {split} split")
+    experts = pa.array([expert_of[p] for p in table["platform"].to_pylist()], pa.int64())
+    return table.append_column("expert", experts)
+
+
+class DecodeImages:
+    """Ray Data map: image paths -> normalised pixel arrays (and the mined negatives in stage 2)."""
+
+    def __init__(self, size: int, negatives: bool) -> None:
+        self.size, self.negatives = size, negatives
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from geomoe.models.factory import image_array
+
+        batch["image"] = np.stack([image_array(str(p), self.size) for p in batch["image_path"]])
+        if self.negatives:
+            batch["negatives"] = np.stack(
+                [np.stack([image_array(str(p), self.size) for p in row]) for row in batch["negative_paths"]]
+            )
+        return batch
+
+
+def training_dataset(table: pa.Table, spec: JobSpec, negatives: bool) -> Any:
+    import ray.data
+
+    blocks = max(1, min(table.num_rows // 64, 8))
+    step = -(-table.num_rows // blocks)
+    ds: Any = ray.data.from_arrow([table.slice(i, step) for i in range(0, table.num_rows, step)])
+    ds = ds.map_batches(
+        DecodeImages(spec.model.image.image_size, negatives), batch_format="numpy", batch_size=64, num_cpus=0.5
+    )
+    return ds.materialize() if spec.train.materialize_inputs else ds
+
+
+def fit_stage(
+    spec: JobSpec,
+    run_dir: Path,
+    stage: int,
+    table: pa.Table,
+    init: str | None,
+    test_hooks: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Run one training stage on Ray Train (or return its recorded result); returns {checkpoint, metrics}."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from geomoe.train.loop import train_loop
+
+    marker = run_dir / f"stage{stage}.json"
+    if marker.is_file() and json.loads(marker.read_text()).get("fingerprint") == spec.fingerprint():
+        log.info("stage %d already finished: %s", stage, marker)
+        return dict(json.loads(marker.read_text()))
+    res = spec.resources
+    config = {
+        "spec": spec.model_dump(mode="json"),
+        "stage": stage,
+        "init_checkpoint": init,
+        "steps_per_epoch": max(1, table.num_rows // spec.train.batch_size),
+        **(test_hooks or {}),
+    }
+    trainer = TorchTrainer(
+        train_loop,
+        train_loop_config=config,
+        scaling_config=ScalingConfig(
+            num_workers=max(1, res.num_workers), use_gpu=res.use_gpu, resources_per_worker={"CPU": res.cpus_per_worker}
+        ),
+        run_config=RunConfig(
+            name=f"stage{stage}",
+            storage_path=str((run_dir / "ray_train").resolve()),
+            failure_config=FailureConfig(max_failures=spec.train.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+        ),
+        datasets={"train": training_dataset(table, spec, negatives=stage == 2)},
+    )
+    result = trainer.fit()
+    if result.checkpoint is None:
+        raise RuntimeError(f"stage {stage} finished without a checkpoint (did it run zero epochs?)")
+    record = {"checkpoint": result.checkpoint.path, "metrics": result.metrics, "fingerprint": spec.fingerprint()}
+    write_json_atomic(marker, record)
+    return record
+
+
+def mine_negatives(spec: JobSpec, checkpoint: str, table: pa.Table) -> pa.Table:
+    """Append ``negative_paths``: per row, its expert's highest-scoring images of other buildings."""
+    from geomoe.models.checkpoint import load_pe_moe
+    from geomoe.pipelines.embed import embed_images
+    from geomoe.retrieval.embed import embed_texts
+    from geomoe.retrieval.mining import mine_hard_negatives
+
+    model, tokenizer, _, _ = load_pe_moe(checkpoint)
+    rows = table.to_pylist()
+    paths = sorted({r["image_path"] for r in rows})
+    image_meta = {r["image_path"]: (r["building_id"], r["expert"]) for r in rows}
+    vectors = embed_images(checkpoint, paths, concurrency=spec.resources.data_concurrency)
+    texts, _ = embed_texts(model, tokenizer, [r["caption"] for r in rows], spec.model.text.max_length)
+    negatives: list[list[str]] = [[] for _ in rows]
+    for k, expert in enumerate(spec.model.experts):
+        query_idx = [i for i, r in enumerate(rows) if r["expert"] == k]
+        gallery_idx = [j for j, p in enumerate(paths) if image_meta[p][1] == k]
+        if not query_idx:
+            continue
+        found = mine_hard_negatives(
+            texts[k, query_idx],
+            np.array([rows[i]["building_id"] for i in query_idx]),
+            vectors[k, gallery_idx],
+            np.array([image_meta[paths[j]][0] for j in gallery_idx]),
+            spec.train.hard_negatives,
+            spec.train.mining_chunk,
+        )
+        if (found < 0).any():
+            raise ValueError(
+                f"expert {expert.name!r}: fewer than {spec.train.hard_negatives} images of other buildings to mine"
+            )
+        for i, picks in zip(query_idx, found, strict=True):
+            negatives[i] = [paths[gallery_idx[j]] for j in picks]
+    return table.append_column("negative_paths", pa.array(negatives, pa.list_(pa.string())))
+
+
+def evaluate_checkpoint(spec: JobSpec, checkpoint: str, manifest: dict[str, Any]) -> dict[str, Any]:
+    from geomoe.evaluate import evaluate_pe_moe, gallery_from_rows
+    from geomoe.models.checkpoint import load_pe_moe
+    from geomoe.pipelines.embed import embed_images
+
+    model, tokenizer, _, _ = load_pe_moe(checkpoint)
+    rows = split_rows(manifest, "test", spec).filter(pc.equal(pc.field("augment"), "")).to_pylist()
+    images, _ = gallery_from_rows(rows)
+    vectors = embed_images(checkpoint, [im["image_path"] for im in images], concurrency=spec.resources.data_concurrency)
+    return evaluate_pe_moe(model, tokenizer, spec, rows, vectors)
+
+
+def train_and_evaluate(spec: JobSpec, manifest: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+    """Stage 1 -> evaluation -> mining -> stage 2 -> evaluation; each step skipped if already recorded."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    table = split_rows(manifest, "train", spec)
+    results: dict[str, Any] = {}
+    stage1 = fit_stage(spec, run_dir, 1, table, None)
+    results["stage1"] = _cached(
+        run_dir / "eval_stage1.json", spec, lambda: evaluate_checkpoint(spec, stage1["checkpoint"], manifest)
+    )
+    if spec.train.stage2_epochs:
+        mined = mine_negatives(spec, stage1["checkpoint"], table)
+        stage2 = fit_stage(spec, run_dir, 2, mined, stage1["checkpoint"])
+        results["stage2"] = _cached(
+            run_dir / "eval_stage2.json", spec, lambda: evaluate_checkpoint(spec, stage2["checkpoint"], manifest)
+        )
+        results["checkpoint"] = stage2["checkpoint"]
+    else:
+        results["checkpoint"] = stage1["checkpoint"]
+    return results
+
+
+def _cached(path: Path, spec: JobSpec, compute: Any) -> dict[str, Any]:
+    if path.is_file():
+        saved = json.loads(path.read_text())
+        if saved.get("fingerprint") == spec.fingerprint():
+            return dict(saved["result"])
+    result = compute()
+    write_json_atomic(path, {"fingerprint": spec.fingerprint(), "result": result})
+    return dict(result)

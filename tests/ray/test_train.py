@@ -1,0 +1,86 @@
+"""PE-MoE training on Ray Train: a fit with checkpoints, a killed worker, a resumed rerun, mining, evaluation."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow.compute as pc
+import pytest
+
+from geomoe.config import JobSpec, parse_spec
+from geomoe.models.checkpoint import read_checkpoint
+from geomoe.models.factory import ensure_tiny_models
+from geomoe.pipelines.prepare import prepare
+from geomoe.train.run import evaluate_checkpoint, fit_stage, mine_negatives, split_rows
+
+
+def make_spec(root: Path, out: Path, **train: object) -> JobSpec:
+    raw = {
+        "name": "t", "stages": ["prepare", "train"], "data": {"format": "geotext", "root": str(root / "geotext")},
+        "preprocess": {"output_dir": str(out / "prepared"), "satellite_copies": 1},
+        "model": {"embed_dim": 16, "gate_hidden": 16,
+                  "text": {"source": str(out / "tiny_text"), "tail_layers": 1, "max_length": 32, "pool": "mean"},
+                  "image": {"name": "geomoe-eva02-micro", "pretrained": str(out / "tiny_image.pt"), "image_size": 32,
+                            "tail_blocks": 1, "pool": "avg"},
+                  "tiny": {"text_hidden": 16, "text_layers": 2, "text_heads": 2}},
+        "train": {"batch_size": 8, "lr": 1e-3, "stage1_epochs": 2, "stage2_epochs": 1, "max_failures": 1,
+                  "materialize_inputs": True, **train},
+        "resources": {"num_workers": 2, "cpus_per_worker": 0.5, "data_concurrency": 1},
+    }  # fmt: skip
+    return parse_spec(JobSpec, raw, "test")
+
+
+@pytest.fixture(scope="module")
+def prepared(tiny_synth: tuple[Path, dict], tmp_path_factory: pytest.TempPathFactory) -> tuple[JobSpec, dict]:
+    root, _ = tiny_synth
+    spec = make_spec(root, tmp_path_factory.mktemp("train"))
+    manifest = prepare(spec)
+    table = split_rows(manifest, "train", spec)
+    ensure_tiny_models(spec.model, table["caption"].to_pylist())
+    return spec, manifest
+
+
+def test_killed_worker_resumes_from_last_checkpoint(prepared: tuple[JobSpec, dict], tmp_path: Path) -> None:
+    spec, manifest = prepared
+    table = split_rows(manifest, "train", spec)
+    marker = tmp_path / "killed"
+    spec = spec.model_copy(update={"train": spec.train.model_copy(update={"stage1_epochs": 3})})
+    hooks = {"fail_once_at": {"at": [2, 2], "marker": str(marker)}}  # kill a worker mid-way through epoch 2
+    record = fit_stage(spec, tmp_path / "run", 1, table, None, test_hooks=hooks)
+    assert marker.exists(), "the fault was never injected"
+    assert record["metrics"]["epoch"] == 2
+    assert record["metrics"]["start_epoch"] >= 1  # the restarted group resumed from a checkpoint, not from scratch
+    payload = read_checkpoint(record["checkpoint"])
+    assert payload["stage"] == 1 and payload["epoch"] == 2 and payload["spec"]["name"] == "t"
+
+
+def test_rerun_of_finished_stage_resumes_instead_of_restarting(prepared: tuple[JobSpec, dict], tmp_path: Path) -> None:
+    spec, manifest = prepared
+    table = split_rows(manifest, "train", spec)
+    first = fit_stage(spec, tmp_path / "run", 1, table, None)
+    again = fit_stage(spec, tmp_path / "run", 1, table, None)  # the recorded result: nothing is retrained
+    assert again == json.loads(json.dumps(first))
+    (tmp_path / "run" / "stage1.json").unlink()  # without the record, Ray Train itself restores the run
+    restored = fit_stage(spec, tmp_path / "run", 1, table, None)
+    assert (
+        restored["metrics"]["start_epoch"] == spec.train.stage1_epochs or restored["checkpoint"] == first["checkpoint"]
+    )
+
+
+def test_mining_then_stage2_then_evaluation(prepared: tuple[JobSpec, dict], tmp_path: Path) -> None:
+    spec, manifest = prepared
+    table = split_rows(manifest, "train", spec)
+    stage1 = fit_stage(spec, tmp_path / "run", 1, table, None)
+    mined = mine_negatives(spec, stage1["checkpoint"], table)
+    for row in mined.to_pylist():
+        negative_buildings = {Path(p).parent.name for p in row["negative_paths"]}
+        assert row["building_id"] not in negative_buildings and len(row["negative_paths"]) == spec.train.hard_negatives
+    stage2 = fit_stage(spec, tmp_path / "run", 2, mined, stage1["checkpoint"])
+    assert read_checkpoint(stage2["checkpoint"])["stage"] == 2
+    report = evaluate_checkpoint(spec, stage2["checkpoint"], manifest)
+    n_test = split_rows(manifest, "test", spec).filter(pc.equal(pc.field("augment"), "")).num_rows
+    assert report["counts"]["queries"] == n_test
+    for protocol in ("exact", "building"):
+        assert set(report["retrieval"][protocol]["t2i"]) == {"R@1", "R@5", "R@10"}
+    assert 0.0 <= report["routing_accuracy"] <= 100.0

@@ -1,0 +1,45 @@
+import numpy as np
+import pytest
+
+from geomoe.evaluate import chance_recall, gallery_from_rows
+from geomoe.retrieval.embed import fused_scores
+from geomoe.retrieval.mining import mine_hard_negatives
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 1000])
+def test_mining_never_returns_a_positive_and_takes_the_hardest(chunk: int) -> None:
+    rng = np.random.default_rng(0)
+    queries, gallery = rng.normal(size=(40, 8)), rng.normal(size=(60, 8))
+    qg, gg = rng.integers(0, 6, size=40), rng.integers(0, 6, size=60)
+    found = mine_hard_negatives(queries, qg, gallery, gg, per_query=3, chunk=chunk)
+    scores = queries @ gallery.T
+    for q in range(40):
+        assert (gg[found[q]] != qg[q]).all()
+        wrong = np.nonzero(gg != qg[q])[0]
+        expected = wrong[np.argsort(-scores[q, wrong], kind="stable")[:3]]
+        np.testing.assert_array_equal(np.sort(found[q]), np.sort(expected))
+
+
+def test_mining_marks_missing_negatives() -> None:
+    found = mine_hard_negatives(np.ones((2, 2)), np.array([0, 0]), np.ones((3, 2)), np.array([0, 0, 1]), per_query=2)
+    assert (found[:, 0] == 2).all() and (found[:, 1] == -1).all()
+
+
+def test_fused_scores_numpy_matches_loop() -> None:
+    rng = np.random.default_rng(1)
+    t, v, g = rng.normal(size=(3, 4, 5)), rng.normal(size=(3, 6, 5)), rng.random((4, 3))
+    expected = sum(g[:, k, None] * (t[k] @ v[k].T) for k in range(3))
+    np.testing.assert_allclose(fused_scores(t, v, g), expected)
+
+
+def test_chance_levels_and_gallery() -> None:
+    rows = [
+        {"image_id": i, "image_path": i, "building_id": b, "platform": "drone"}
+        for i, b in [("a", "1"), ("a", "1"), ("b", "1"), ("c", "2")]
+    ]
+    images, caption_image = gallery_from_rows(rows)
+    assert [im["image_id"] for im in images] == ["a", "b", "c"] and caption_image.tolist() == [0, 0, 1, 2]
+    chance = chance_recall(np.array(["1", "1", "2"]), caption_image, [1, 3])
+    assert chance["exact"] == {"R@1": pytest.approx(100 / 3), "R@3": 100.0}
+    # building 1 has 2 of 3 images: P(hit@1) = 2/3; building 2: 1/3 -> mean over captions (1,1,1,2)
+    assert chance["building"]["R@1"] == pytest.approx(100 * (3 * 2 / 3 + 1 / 3) / 4)
