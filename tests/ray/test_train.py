@@ -17,17 +17,34 @@ from geomoe.train.run import evaluate_checkpoint, fit_stage, mine_negatives, spl
 
 def make_spec(root: Path, out: Path, **train: object) -> JobSpec:
     raw = {
-        "name": "t", "stages": ["prepare", "train"], "data": {"format": "geotext", "root": str(root / "geotext")},
+        "name": "t",
+        "stages": ["prepare", "train"],
+        "data": {"format": "geotext", "root": str(root / "geotext")},
         "preprocess": {"output_dir": str(out / "prepared"), "satellite_copies": 1},
-        "model": {"embed_dim": 16, "gate_hidden": 16,
-                  "text": {"source": str(out / "tiny_text"), "tail_layers": 1, "max_length": 32, "pool": "mean"},
-                  "image": {"name": "geomoe-eva02-micro", "pretrained": str(out / "tiny_image.pt"), "image_size": 32,
-                            "tail_blocks": 1, "pool": "avg"},
-                  "tiny": {"text_hidden": 16, "text_layers": 2, "text_heads": 2}},
-        "train": {"batch_size": 8, "lr": 1e-3, "stage1_epochs": 2, "stage2_epochs": 1, "max_failures": 1,
-                  "materialize_inputs": True, **train},
+        "model": {
+            "embed_dim": 16,
+            "gate_hidden": 16,
+            "text": {"source": str(out / "tiny_text"), "tail_layers": 1, "max_length": 32, "pool": "mean"},
+            "image": {
+                "name": "geomoe-eva02-micro",
+                "pretrained": str(out / "tiny_image.pt"),
+                "image_size": 32,
+                "tail_blocks": 1,
+                "pool": "avg",
+            },
+            "tiny": {"text_hidden": 16, "text_layers": 2, "text_heads": 2},
+        },
+        "train": {
+            "batch_size": 8,
+            "lr": 1e-3,
+            "stage1_epochs": 2,
+            "stage2_epochs": 1,
+            "max_failures": 1,
+            "materialize_inputs": True,
+            **train,
+        },
         "resources": {"num_workers": 2, "cpus_per_worker": 0.5, "data_concurrency": 1},
-    }  # fmt: skip
+    }
     return parse_spec(JobSpec, raw, "test")
 
 

@@ -17,9 +17,22 @@ def run_benchmark(name: str, out: str, overrides: list[str]) -> dict[str, Any]:
         from geomoe.bench.prepare import bench_prepare
 
         result = bench_prepare(Path(out), overrides)
+    elif name == "pe_moe_step":
+        from geomoe.bench.pe_moe import bench_pe_moe_step
+
+        layers = int(overrides[0].split("=", 1)[1]) if overrides and overrides[0].startswith("text_layers=") else 4
+        result = bench_pe_moe_step(Path(out), text_layers=layers)
+    elif name == "mining":
+        from geomoe.bench.pe_moe import bench_mining
+
+        result = bench_mining()
     else:
         raise ValueError(f"unknown benchmark {name!r}")
-    suffix = f"-{result['image_size']}px" if "image_size" in result else ""
+    suffix = (
+        f"-{result['image_size']}px"
+        if name == "prepare"
+        else (f"-{result['text_layers']}layers" if "text_layers" in result else "")
+    )
     write_json_atomic(Path(out) / f"{name}{suffix}.json", result)
     print(json.dumps(result, indent=2))
     print(result["summary"])

@@ -1,0 +1,143 @@
+"""``geomoe bench pe_moe_step`` and ``geomoe bench mining``.
+
+pe_moe_step: training samples/s of PE-MoE with K=3 experts on one shared trunk (trunk once per batch)
+against a naive ensemble of three independent full encoders (each runs its own whole backbone), same batch.
+mining: time and peak memory of chunked hard-negative mining against scoring the full query x gallery matrix.
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+import tracemalloc
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from geomoe.config import ImageEncoderSpec, ModelSpec, TextEncoderSpec, TinyModelsSpec
+from geomoe.losses import pe_moe_objective
+from geomoe.models.factory import build_pe_moe, ensure_tiny_models, tokenize
+from geomoe.models.pe_moe import PEMoE
+from geomoe.retrieval.mining import mine_hard_negatives
+
+CORPUS = [
+    f"a {c} roof beside a {k} with {n} trees"
+    for c in ("red", "blue", "green")
+    for k in ("pond", "court")
+    for n in range(9)
+]
+
+
+def _tiny_spec(work: Path, image_size: int, text_layers: int) -> ModelSpec:
+    return ModelSpec(
+        embed_dim=64,
+        gate_hidden=64,
+        text=TextEncoderSpec(source=str(work / f"text{text_layers}"), tail_layers=2, max_length=32),
+        image=ImageEncoderSpec(
+            name="geomoe-eva02-micro", pretrained=str(work / "image.pt"), image_size=image_size, tail_blocks=2
+        ),
+        tiny=TinyModelsSpec(text_hidden=64, text_layers=text_layers, text_heads=2),
+    )
+
+
+def _step_time(models: list[PEMoE], ids: torch.Tensor, mask: torch.Tensor, images: torch.Tensor, steps: int) -> float:
+    """Seconds per training step summed over ``models`` (one model = PE-MoE; three = the naive ensemble)."""
+    params = [p for m in models for p in m.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-4)
+    expert = torch.arange(len(ids)) % models[0].num_experts
+    building = torch.arange(len(ids))
+    for step in range(steps + 1):
+        if step == 1:
+            started = time.perf_counter()  # the first step warms up allocators and kernels
+        optimizer.zero_grad(set_to_none=True)
+        loss = sum(pe_moe_objective(m(ids, mask, images), expert, building, torch.tensor(14.0), 1.0)[0] for m in models)
+        loss.backward()  # type: ignore[union-attr]
+        optimizer.step()
+    return (time.perf_counter() - started) / steps
+
+
+def bench_pe_moe_step(
+    out: Path, batch: int = 32, steps: int = 5, image_size: int = 64, text_layers: int = 4
+) -> dict[str, Any]:
+    """``text_layers`` sets how much of the tiny text model is frozen trunk (the tail is always 2 layers)."""
+    work = out / "tiny_models"
+    spec = _tiny_spec(work, image_size, text_layers)
+    ensure_tiny_models(spec, CORPUS)
+    shared, tokenizer = build_pe_moe(spec)
+    # the naive ensemble: three single-expert models, each with its own full backbone run per batch
+    single = spec.model_copy(update={"experts": spec.experts[:1], "fusion": "unified"})
+    naive = [build_pe_moe(single)[0] for _ in range(3)]
+    ids, mask = tokenize(tokenizer, (CORPUS * 4)[:batch], spec.text.max_length)
+    images = torch.randn(batch, 3, image_size, image_size)
+    shared_s = _step_time([shared], ids, mask, images, steps)
+    naive_s = _step_time(naive, ids, mask, images, steps)
+    return {
+        "benchmark": "pe_moe_step",
+        "batch": batch,
+        "text_layers": text_layers,
+        "image_size": image_size,
+        "experts": 3,
+        "device": "cpu",
+        "shared_trunk": {"s_per_step": round(shared_s, 4), "samples_per_s": round(batch / shared_s, 1)},
+        "naive_ensemble": {"s_per_step": round(naive_s, 4), "samples_per_s": round(batch / naive_s, 1)},
+        "speedup": round(naive_s / shared_s, 2),
+        "summary": f"pe_moe_step (tiny models, {text_layers} text layers, batch {batch}, CPU): "
+        f"shared trunk {batch / shared_s:.1f} samples/s, "
+        f"3 independent encoders {batch / naive_s:.1f} samples/s, speedup {naive_s / shared_s:.2f}x",
+    }
+
+
+def _measure(fn: Any) -> tuple[float, float]:
+    """(seconds, peak MiB of NumPy allocations) of ``fn()``."""
+    gc.collect()
+    tracemalloc.start()
+    started = time.perf_counter()
+    fn()
+    seconds = time.perf_counter() - started
+    peak = tracemalloc.get_traced_memory()[1] / 2**20
+    tracemalloc.stop()
+    return seconds, peak
+
+
+def _full_matrix_mining(queries: np.ndarray, qg: np.ndarray, gallery: np.ndarray, gg: np.ndarray, m: int) -> np.ndarray:
+    scores = queries @ gallery.T
+    scores[qg[:, None] == gg[None, :]] = -np.inf
+    return np.argsort(-scores, axis=1)[:, :m]
+
+
+def bench_mining(
+    queries: int = 2000, dim: int = 1024, sizes: tuple[int, ...] = (1_000, 10_000, 100_000)
+) -> dict[str, Any]:
+    rng = np.random.default_rng(0)
+    q = rng.standard_normal((queries, dim), dtype=np.float32)
+    qg = rng.integers(0, 500, size=queries)
+    rows = []
+    for n in sizes:
+        g = rng.standard_normal((n, dim), dtype=np.float32)
+        gg = rng.integers(0, 500, size=n)
+        chunked_s, chunked_mb = _measure(partial(mine_hard_negatives, q, qg, g, gg, per_query=4, chunk=256))
+        full_s, full_mb = _measure(partial(_full_matrix_mining, q, qg, g, gg, 4))
+        rows.append(
+            {
+                "gallery": n,
+                "chunked_s": round(chunked_s, 2),
+                "chunked_peak_mib": round(chunked_mb, 1),
+                "full_matrix_s": round(full_s, 2),
+                "full_matrix_peak_mib": round(full_mb, 1),
+            }
+        )
+    last = rows[-1]
+    return {
+        "benchmark": "mining",
+        "queries": queries,
+        "dim": dim,
+        "chunk": 256,
+        "per_query": 4,
+        "rows": rows,
+        "summary": f"mining {queries} queries x {last['gallery']} gallery (d={dim}): chunked {last['chunked_s']} s / "
+        f"{last['chunked_peak_mib']} MiB peak, "
+        f"full matrix {last['full_matrix_s']} s / {last['full_matrix_peak_mib']} MiB",
+    }
