@@ -193,6 +193,15 @@ class EvalSpec(Strict):
         return sorted(set(ks))
 
 
+class Track4Spec(Strict):
+    """RoboSense Track 4 submission: a query file and a gallery folder in the challenge layout."""
+
+    queries: str
+    gallery: str
+    output_dir: str
+    checkpoint: str | None = Field(None, description="None = the checkpoint this job trained")
+
+
 class ResourcesSpec(Strict):
     address: str | None = Field(None, description="Ray address; None starts a local cluster")
     num_cpus: int | None = Field(None, ge=1, description="logical CPUs of a local cluster")
@@ -206,13 +215,14 @@ class JobSpec(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     seed: int = 0
     output_root: str = "runs"
-    stages: list[Literal["synth", "prepare", "train"]] = ["synth", "prepare", "train"]
+    stages: list[Literal["synth", "prepare", "train", "track4_submission"]] = ["synth", "prepare", "train"]
     data: DataSpec
     preprocess: PreprocessSpec
     model: ModelSpec = Field(default_factory=lambda: ModelSpec())
     train: TrainSpec = Field(default_factory=lambda: TrainSpec())
     eval: EvalSpec = Field(default_factory=lambda: EvalSpec())
     resources: ResourcesSpec = Field(default_factory=lambda: ResourcesSpec())
+    track4: Track4Spec | None = None
     baselines: dict[str, list[str]] = Field(
         default_factory=dict,
         description="name -> dotted overrides: extra models trained and evaluated on the same data",
@@ -242,6 +252,9 @@ class JobSpec(Strict):
         raw["output_root"] = absolute(raw["output_root"])
         raw["data"]["root"] = absolute(raw["data"]["root"])
         raw["preprocess"]["output_dir"] = absolute(raw["preprocess"]["output_dir"])
+        if raw.get("track4"):
+            for key in ("queries", "gallery", "output_dir", "checkpoint"):
+                raw["track4"][key] = absolute(raw["track4"][key])
         tiny = self.model.tiny is not None
         text, image = raw["model"]["text"], raw["model"]["image"]
         if tiny or (root / text["source"]).exists():

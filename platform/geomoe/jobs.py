@@ -31,6 +31,19 @@ def _train(spec: JobSpec, manifest: dict[str, Any], run_dir: Path) -> dict[str, 
     return results
 
 
+def _submit(spec: JobSpec, results: dict[str, Any]) -> dict[str, Any]:
+    from geomoe.pipelines.submit import submit_track4
+    from geomoe.ray_env import ensure_ray
+
+    if spec.track4 is None:
+        raise ValueError("stage 'track4_submission' needs a track4 section (queries, gallery, output_dir)")
+    checkpoint = spec.track4.checkpoint or results.get("train", {}).get("model", {}).get("checkpoint")
+    if checkpoint is None:
+        raise ValueError("stage 'track4_submission' needs track4.checkpoint or a 'train' stage before it")
+    ensure_ray(spec.resources)
+    return submit_track4(checkpoint, spec.track4, spec.resources.data_concurrency)
+
+
 def run_job(spec: JobSpec) -> dict[str, Any]:
     """Run every stage of ``spec``; return {stage: result}. Results are also saved under the run folder."""
     spec = spec.with_absolute_paths()
@@ -58,5 +71,7 @@ def run_job(spec: JobSpec) -> dict[str, Any]:
                     f"stage 'train' needs a prepared dataset at {spec.preprocess.output_dir}: run 'prepare' first"
                 )
             results["train"] = _train(spec, manifest, run_dir)
+        elif stage == "track4_submission":
+            results["track4_submission"] = _submit(spec, results)
     write_json_atomic(run_dir / "results.json", results)
     return results

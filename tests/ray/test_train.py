@@ -101,3 +101,31 @@ def test_mining_then_stage2_then_evaluation(prepared: tuple[JobSpec, dict], tmp_
     for protocol in ("exact", "building"):
         assert set(report["retrieval"][protocol]["t2i"]) == {"R@1", "R@5", "R@10"}
     assert 0.0 <= report["routing_accuracy"] <= 100.0
+
+
+def test_track4_submission_from_checkpoint(
+    prepared: tuple[JobSpec, dict], tiny_synth: tuple[Path, dict], tmp_path: Path
+) -> None:
+    import zipfile
+
+    from geomoe.config import Track4Spec
+    from geomoe.data.records import RejectLog
+    from geomoe.data.track4 import list_gallery, read_queries
+    from geomoe.pipelines.submit import submit_track4
+
+    spec, manifest = prepared
+    root, counts = tiny_synth
+    stage1 = fit_stage(spec, tmp_path / "run", 1, split_rows(manifest, "train", spec), None)
+    track4 = Track4Spec(
+        queries=str(root / "track4/queries.txt"), gallery=str(root / "track4/gallery"), output_dir=str(tmp_path / "sub")
+    )
+    result = submit_track4(stage1["checkpoint"], track4)
+    lines = Path(result["submission"]).read_text().splitlines()
+    queries = read_queries(track4.queries, RejectLog())
+    gallery = {g for g, _ in list_gallery(track4.gallery, RejectLog())}
+    assert len(lines) == len(queries) == counts["track4"]["queries"]
+    for line, (qid, _) in zip(lines, queries, strict=True):
+        fields = line.split(" ")
+        assert fields[0] == f"q{int(qid[2:])}" and len(fields) == 11 and set(fields[1:]) <= gallery
+    with zipfile.ZipFile(result["zip"]) as bundle:
+        assert bundle.read("submission.txt").decode().splitlines() == lines

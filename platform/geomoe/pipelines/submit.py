@@ -1,0 +1,38 @@
+"""RoboSense Track 4 submission from a trained PE-MoE checkpoint (gallery embedded on Ray Data)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from geomoe.config import Track4Spec
+from geomoe.data.records import RejectLog
+from geomoe.data.track4 import SUBMISSION_DEPTH, list_gallery, read_queries, write_submission
+
+
+def rank_track4(checkpoint: str, track4: Track4Spec, concurrency: int = 1) -> dict[str, list[str]]:
+    """query id -> the 10 best gallery ids by the fused score (Eq. 1), best first, ties by gallery order."""
+    from geomoe.models.checkpoint import load_pe_moe
+    from geomoe.pipelines.embed import embed_images
+    from geomoe.retrieval.embed import embed_texts, fused_scores
+
+    rejects = RejectLog("fail")  # a submission must answer every query: nothing may be skipped
+    queries = read_queries(track4.queries, rejects)
+    gallery = list_gallery(track4.gallery, rejects)
+    if len(gallery) < SUBMISSION_DEPTH:
+        raise ValueError(f"{track4.gallery}: a submission ranks 10 images, the gallery has {len(gallery)}")
+    model, tokenizer, spec, _ = load_pe_moe(checkpoint)
+    vectors = embed_images(checkpoint, [path for _, path in gallery], concurrency=concurrency)
+    texts, gates = embed_texts(model, tokenizer, [text for _, text in queries], spec.model.text.max_length)
+    scores = fused_scores(texts, vectors, gates)
+    top = np.argsort(-scores, axis=1, kind="stable")[:, :SUBMISSION_DEPTH]
+    return {qid: [gallery[j][0] for j in row] for (qid, _), row in zip(queries, top, strict=True)}
+
+
+def submit_track4(checkpoint: str, track4: Track4Spec, concurrency: int = 1) -> dict[str, Any]:
+    rankings = rank_track4(checkpoint, track4, concurrency)
+    txt, archive = write_submission(track4.output_dir, rankings)
+    return {"submission": str(txt), "zip": str(archive), "queries": len(rankings), "checkpoint": checkpoint,
+            "output_dir": str(Path(track4.output_dir).resolve())}  # fmt: skip

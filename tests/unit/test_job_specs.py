@@ -1,0 +1,29 @@
+"""Every shipped job spec validates (a typo in a YAML key fails here, not on a cluster)."""
+
+from pathlib import Path
+
+import pytest
+
+from geomoe.config import load_job
+
+JOBS = sorted((Path(__file__).resolve().parents[2] / "jobs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", JOBS, ids=[p.stem for p in JOBS])
+def test_job_spec_is_valid(path: Path) -> None:
+    spec = load_job(path)
+    assert spec.name == path.stem
+    for name in spec.baselines:
+        spec.baseline(name)  # baseline overrides validate too
+
+
+def test_paper_configuration() -> None:
+    spec = load_job(JOBS[0].parent / "pe_moe_geotext.yaml")
+    assert (spec.model.text.source, spec.model.image.name, spec.model.image.image_size) == (
+        "BAAI/bge-m3",
+        "EVA02-L-14",
+        384,
+    )
+    assert [e.name for e in spec.model.experts] == ["satellite", "drone", "ground"]
+    assert (spec.train.lr, spec.train.weight_decay, spec.train.batch_size) == (2e-5, 1e-4, 128)
+    assert spec.resources.num_workers == 8 and spec.resources.use_gpu
