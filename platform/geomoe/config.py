@@ -144,6 +144,9 @@ class ModelSpec(Strict):
     gate_top_k: int | None = Field(None, ge=1)
     static_weights: list[float] | None = None
     temperature: float = Field(0.07, gt=0)
+    learn_temperature: bool = Field(
+        False, description="learnable logit scale; with small per-expert batches it tends to collapse towards zero"
+    )
     tiny: TinyModelsSpec | None = None
 
     @model_validator(mode="after")

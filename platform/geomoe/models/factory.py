@@ -54,6 +54,7 @@ def build_pe_moe(spec: ModelSpec) -> tuple[PEMoE, Any]:
         temperature=spec.temperature,
         text_pool=spec.text.pool,
         image_pool=spec.image.pool,
+        learn_temperature=spec.learn_temperature,
     )
     return model, tokenizer
 

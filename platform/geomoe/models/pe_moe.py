@@ -53,6 +53,7 @@ class PEMoE(nn.Module):
         temperature: float = 0.07,
         text_pool: str = "cls",
         image_pool: str = "token",
+        learn_temperature: bool = False,
     ) -> None:
         super().__init__()
         if fusion == "unified" and num_experts != 1:
@@ -79,7 +80,9 @@ class PEMoE(nn.Module):
         if weights.numel() != num_experts or (weights < 0).any() or weights.sum() <= 0:
             raise ValueError(f"static_weights must be {num_experts} non-negative numbers with a positive sum")
         self.register_buffer("static_weights", weights / weights.sum())
-        self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / temperature)))
+        # Fixed by default: at initialisation wrong but confident logits make the optimiser shrink a learnable
+        # scale until every logit is equal (loss = log n, no gradient), which small per-expert batches hit.
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / temperature)), requires_grad=learn_temperature)
         self.fusion, self.gate_top_k = fusion, gate_top_k
 
     @property
@@ -148,7 +151,7 @@ class PEMoE(nn.Module):
         else:
             out = {"v": self.encode_image(images)}
         # the scale is returned from forward so DDP sees every trainable parameter used inside it
-        scale = self.logit_scale.exp().clamp(max=100.0)
+        scale = self.logit_scale.exp().clamp(min=1.0, max=100.0)
         return {"t_shared": shared, "t": t, "gate_logits": self.gate_logits(shared), "scale": scale, **out}
 
     @staticmethod
