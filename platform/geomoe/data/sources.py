@@ -44,4 +44,4 @@ def read_source(data: DataSpec, rejects: RejectLog) -> SourceRecords:
             out.files[str(path)] = file_sha256(path)
         out.files[str(path.parent)] = "tree:" + tree_sha256(path.parent, keep=lambda p: p.suffix != ".pth")
         return out
-    raise DatasetError(f"data.format {data.format!r} cannot be prepared (track4 is a test-time layout)")
+    raise DatasetError(f"data.format {data.format!r} has no reader")

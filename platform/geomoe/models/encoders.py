@@ -22,6 +22,12 @@ IMAGE_MEAN = (0.48145466, 0.4578275, 0.40821073)  # EVA-CLIP / OpenAI CLIP norma
 IMAGE_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
+def masked_mean(hidden_BLH: torch.Tensor, attention_mask_BL: torch.Tensor) -> torch.Tensor:
+    """Mean of the token states over real (unpadded) tokens: (B, H)."""
+    weights = attention_mask_BL.to(hidden_BLH.dtype).unsqueeze(-1)
+    return (hidden_BLH * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+
+
 class TextTrunk(nn.Module):
     """Embeddings and all but the last ``tail_layers`` transformer layers of an XLM-R model."""
 
@@ -68,8 +74,7 @@ class TextTail(nn.Module):
             hidden = layer(hidden, mask)
         if self.pool == "cls" or attention_mask is None:
             return hidden[:, 0]
-        weights = attention_mask.to(hidden.dtype).unsqueeze(-1)
-        return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+        return masked_mean(hidden, attention_mask)
 
 
 class ImageTrunk(nn.Module):

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from geomoe.models.encoders import ImageTail, ImageTrunk, TextTail, TextTrunk
+from geomoe.models.encoders import ImageTail, ImageTrunk, TextTail, TextTrunk, masked_mean
 
 Fusion = Literal["unified", "static", "dynamic"]
 
@@ -83,7 +83,7 @@ class PEMoE(nn.Module):
         # Fixed by default: at initialisation wrong but confident logits make the optimiser shrink a learnable
         # scale until every logit is equal (loss = log n, no gradient), which small per-expert batches hit.
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / temperature)), requires_grad=learn_temperature)
-        self.fusion, self.gate_top_k = fusion, gate_top_k
+        self.fusion, self.gate_top_k, self.text_pool = fusion, gate_top_k, text_pool
 
     @property
     def num_experts(self) -> int:
@@ -102,11 +102,7 @@ class PEMoE(nn.Module):
         """(t_shared (B, H), t_KBD (K, B, D) normalised). The trunk runs once, without gradient."""
         with torch.no_grad():
             hidden, mask = self.text_trunk(input_ids, attention_mask)
-        if self.heads()[0].text_tail.pool == "cls":
-            shared = hidden[:, 0]
-        else:
-            weights = attention_mask.to(hidden.dtype).unsqueeze(-1)
-            shared = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+        shared = hidden[:, 0] if self.text_pool == "cls" else masked_mean(hidden, attention_mask)
         return shared, torch.stack([expert.text(hidden, mask, attention_mask) for expert in self.heads()])
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:

@@ -18,14 +18,12 @@ class ImageEmbedder:
         self.size = spec.model.image.image_size
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        import torch
+        from geomoe.retrieval.embed import embed_image_batch
 
-        from geomoe.models.factory import image_array
-
-        pixels = np.stack([image_array(str(p), self.size) for p in batch["image_path"]])
-        with torch.no_grad():
-            vectors = self.model.encode_image(torch.from_numpy(pixels)).float().numpy()
-        return {"index": batch["index"], "vector": vectors.transpose(1, 0, 2)}  # (B, K, D)
+        return {
+            "index": batch["index"],
+            "vector": embed_image_batch(self.model, batch["image_path"].tolist(), self.size),
+        }
 
 
 def embed_images(checkpoint: str, paths: Sequence[str], concurrency: int = 1, batch_size: int = 64) -> np.ndarray:

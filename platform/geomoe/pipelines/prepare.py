@@ -64,12 +64,12 @@ def _process(spec: JobSpec, source: SourceRecords, out: Path) -> Any:
         table = records_to_table(source.retrieval, RETRIEVAL_SCHEMA)
         (out / "augmented").mkdir(parents=True, exist_ok=True)
         preparer = RowPreparer(spec.preprocess, str((out / "augmented").resolve()), spec.seed)
-        fn, schema = (lambda t: pa.Table.from_pylist(preparer(t.to_pylist()), schema=PREPARED_SCHEMA)), None
+        fn = lambda t: pa.Table.from_pylist(preparer(t.to_pylist()), schema=PREPARED_SCHEMA)  # noqa: E731
     else:
         table = records_to_table(source.localization, LOCALIZATION_SCHEMA)
-        schema = LOCALIZATION_SCHEMA.append(pa.field("reject", pa.string()))
+        checked_schema = LOCALIZATION_SCHEMA.append(pa.field("reject", pa.string()))
         check = spec.preprocess.validate_images
-        fn = lambda t: pa.Table.from_pylist(check_localization_rows(t.to_pylist(), check), schema=schema)  # noqa: E731
+        fn = lambda t: pa.Table.from_pylist(check_localization_rows(t.to_pylist(), check), schema=checked_schema)  # noqa: E731
     # Contiguous slices, not repartition(): an all-to-all shuffle costs more than the map on small data,
     # and contiguity keeps an image's captions together so its decode check is cached within a batch.
     blocks = max(1, min(len(table) // 256, 4 * concurrency))

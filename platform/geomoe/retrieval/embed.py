@@ -29,15 +29,15 @@ def embed_texts(
 
 
 @torch.no_grad()
-def embed_images(model: PEMoE, paths: Sequence[str], image_size: int, batch_size: int = 128) -> np.ndarray:
-    """v_KND per-expert normalised image embeddings as float32."""
+def embed_image_batch(model: PEMoE, paths: Sequence[str], image_size: int) -> np.ndarray:
+    """v (B, K, D): every expert's normalised embedding of each image in one batch of paths.
+
+    Batches of a gallery are spread over Ray Data actors by ``geomoe.pipelines.embed``.
+    """
     model.eval()
     device = next(model.parameters()).device
-    parts = []
-    for start in range(0, len(paths), batch_size):
-        pixels = np.stack([image_array(p, image_size) for p in paths[start : start + batch_size]])
-        parts.append(model.encode_image(torch.from_numpy(pixels).to(device)).float().cpu().numpy())
-    return np.concatenate(parts, axis=1)
+    pixels = torch.from_numpy(np.stack([image_array(str(p), image_size) for p in paths])).to(device)
+    return model.encode_image(pixels).float().cpu().numpy().transpose(1, 0, 2)
 
 
 def fused_scores(t_KQD: np.ndarray, v_KND: np.ndarray, g_QK: np.ndarray) -> np.ndarray:

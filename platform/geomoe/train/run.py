@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
-from geomoe.config import JobSpec
+from geomoe.config import TRAINING_SECTIONS, JobSpec
 from geomoe.io import write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -79,10 +80,9 @@ def fit_stage(
 
     from geomoe.train.loop import train_loop
 
-    marker = run_dir / f"stage{stage}.json"
-    if marker.is_file() and json.loads(marker.read_text()).get("fingerprint") == spec.fingerprint():
-        log.info("stage %d already finished: %s", stage, marker)
-        return dict(json.loads(marker.read_text()))
+    recorded = recorded_stage(spec, run_dir, stage)
+    if recorded is not None:
+        return recorded
     res = spec.resources
     config = {
         "spec": spec.model_dump(mode="json"),
@@ -95,7 +95,7 @@ def fit_stage(
         train_loop,
         train_loop_config=config,
         scaling_config=ScalingConfig(
-            num_workers=max(1, res.num_workers), use_gpu=res.use_gpu, resources_per_worker={"CPU": res.cpus_per_worker}
+            num_workers=res.num_workers, use_gpu=res.use_gpu, resources_per_worker={"CPU": res.cpus_per_worker}
         ),
         run_config=RunConfig(
             name=f"stage{stage}",
@@ -108,9 +108,24 @@ def fit_stage(
     result = trainer.fit()
     if result.checkpoint is None:
         raise RuntimeError(f"stage {stage} finished without a checkpoint (did it run zero epochs?)")
-    record = {"checkpoint": result.checkpoint.path, "metrics": result.metrics, "fingerprint": spec.fingerprint()}
-    write_json_atomic(marker, record)
+    record = {
+        "checkpoint": result.checkpoint.path,
+        "metrics": result.metrics,
+        "fingerprint": spec.fingerprint(*TRAINING_SECTIONS),
+    }
+    write_json_atomic(run_dir / f"stage{stage}.json", record)
     return record
+
+
+def recorded_stage(spec: JobSpec, run_dir: Path, stage: int) -> dict[str, Any] | None:
+    """The recorded result of a finished stage trained from the same data, model and training settings."""
+    marker = run_dir / f"stage{stage}.json"
+    if marker.is_file():
+        record = json.loads(marker.read_text())
+        if record.get("fingerprint") == spec.fingerprint(*TRAINING_SECTIONS):
+            log.info("stage %d already finished: %s", stage, marker)
+            return dict(record)
+    return None
 
 
 def mine_negatives(spec: JobSpec, checkpoint: str, table: pa.Table) -> pa.Table:
@@ -171,8 +186,10 @@ def train_and_evaluate(spec: JobSpec, manifest: dict[str, Any], run_dir: Path) -
         run_dir / "eval_stage1.json", spec, lambda: evaluate_checkpoint(spec, stage1["checkpoint"], manifest)
     )
     if spec.train.stage2_epochs:
-        mined = mine_negatives(spec, stage1["checkpoint"], table)
-        stage2 = fit_stage(spec, run_dir, 2, mined, stage1["checkpoint"])
+        stage2 = recorded_stage(spec, run_dir, 2)  # a finished stage 2 needs no mining
+        if stage2 is None:
+            mined = mine_negatives(spec, stage1["checkpoint"], table)
+            stage2 = fit_stage(spec, run_dir, 2, mined, stage1["checkpoint"])
         results["stage2"] = _cached(
             run_dir / "eval_stage2.json", spec, lambda: evaluate_checkpoint(spec, stage2["checkpoint"], manifest)
         )
@@ -182,11 +199,13 @@ def train_and_evaluate(spec: JobSpec, manifest: dict[str, Any], run_dir: Path) -
     return results
 
 
-def _cached(path: Path, spec: JobSpec, compute: Any) -> dict[str, Any]:
+def _cached(path: Path, spec: JobSpec, compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """An evaluation, recomputed only when the model's training or the evaluation settings changed."""
+    key = spec.fingerprint(*TRAINING_SECTIONS, "eval")
     if path.is_file():
         saved = json.loads(path.read_text())
-        if saved.get("fingerprint") == spec.fingerprint():
+        if saved.get("fingerprint") == key:
             return dict(saved["result"])
     result = compute()
-    write_json_atomic(path, {"fingerprint": spec.fingerprint(), "result": result})
+    write_json_atomic(path, {"fingerprint": key, "result": result})
     return dict(result)
