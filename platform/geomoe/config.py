@@ -91,6 +91,10 @@ class PreprocessSpec(Strict):
     directional_phrases: list[str] | None = Field(None, description="None = the built-in list")
     validate_images: bool = True
     on_bad_record: Literal["fail", "skip"] = "fail"
+    refine: Literal["none", "rules"] = Field(
+        "none", description="textual domain alignment of training captions: rules = platform framing, no LLM"
+    )
+    refine_rules: str | None = Field(None, description="rules file for refine=rules; None = the built-in v1")
     rows_per_file: int = Field(50_000, ge=1)
     force: bool = False
 
@@ -175,8 +179,13 @@ class TrainSpec(Strict):
     stage2_epochs: int = Field(2, ge=0)
     gate_weight: float = Field(1.0, ge=0)
     hard_negatives: int = Field(1, ge=1, description="mined negatives per query in stage 2")
+    semi_hard: bool = Field(False, description="mine only images scoring below the query's own image")
+    mining_pool: int = Field(
+        1, ge=1, description="negatives are drawn from this many hardest wrong images (1 = the very hardest)"
+    )
     stage2_contrastive_weight: float = Field(1.0, ge=0)
     stage2_hard_weight: float = Field(1.0, ge=0)
+    stage2_lr_scale: float = Field(0.1, gt=0, description="stage 2 fine-tunes the stage-1 model at lr x this")
     mining_chunk: int = Field(1024, ge=1, description="queries scored at once while mining")
     mixed_precision: bool = Field(True, description="bf16 autocast on GPU; ignored on CPU")
     max_failures: int = Field(1, ge=0)
@@ -216,6 +225,11 @@ class ResourcesSpec(Strict):
 
 # The spec sections a trained stage depends on (see JobSpec.fingerprint).
 TRAINING_SECTIONS = ("seed", "data", "preprocess", "model", "train")
+# train fields that only stage 2 (and its mining) reads: changing them keeps a finished stage 1
+STAGE2_FIELDS = frozenset(
+    {"stage2_epochs", "stage2_contrastive_weight", "stage2_hard_weight", "stage2_lr_scale", "hard_negatives"}
+    | {"mining_chunk", "mining_pool", "semi_hard"}
+)
 
 
 class JobSpec(Strict):
@@ -279,6 +293,15 @@ class JobSpec(Strict):
         dump = self.model_dump(mode="json")
         blob = json.dumps({k: dump[k] for k in sections} if sections else dump, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def stage_fingerprint(self, stage: int) -> str:
+        """What a trained stage depends on: TRAINING_SECTIONS, less STAGE2_FIELDS for stage 1 (so tuning
+        stage 2 reuses a finished stage 1)."""
+        dump = self.model_dump(mode="json")
+        blob = {k: dump[k] for k in TRAINING_SECTIONS}
+        if stage == 1:
+            blob["train"] = {k: v for k, v in blob["train"].items() if k not in STAGE2_FIELDS}
+        return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str], source: str) -> dict[str, Any]:

@@ -23,7 +23,7 @@ def _train(spec: JobSpec, manifest: dict[str, Any], run_dir: Path) -> dict[str, 
         raise ValueError("stage 'train' (PE-MoE) needs a retrieval dataset (data.format: geotext)")
     ensure_ray(spec.resources)
     table = split_rows(manifest, "train", spec)
-    ensure_tiny_models(spec.model, table.filter(pc.equal(table["augment"], ""))["caption"].to_pylist())
+    ensure_tiny_models(spec.model, table.filter(pc.equal(table["augment"], ""))["caption"].to_pylist(), spec.seed)
     results = {"model": train_and_evaluate(spec, manifest, run_dir)}
     for name in spec.baselines:
         log.info("baseline %s", name)

@@ -48,20 +48,19 @@ def pe_moe_objective(
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Total loss of one batch and its parts.
 
-    Each expert's contrastive (and, in stage 2, hard-negative) loss uses only the pairs of its own platforms,
-    so an expert is trained exclusively on its subset; the gate learns the routing on every pair.
+    ``out`` holds each row's embeddings from its own expert (``PEMoE.forward``); each expert's contrastive (and,
+    in stage 2, hard-negative) loss uses only the pairs of its own platforms, so an expert is trained exclusively
+    on its subset and its in-batch negatives come from that subset; the gate learns the routing on every pair.
     """
     parts: dict[str, torch.Tensor] = {}
     zero = out["t"].sum() * 0.0
     contrastive, hard = zero, zero
-    for k in range(out["t"].shape[0]):
+    for k in range(out["gate_logits"].shape[1]):
         rows = (expert_B == k).nonzero(as_tuple=True)[0]
         if len(rows) >= 2:
-            contrastive = contrastive + multi_positive_info_nce(
-                out["t"][k, rows], out["v"][k, rows], scale, building_B[rows]
-            )
+            contrastive = contrastive + multi_positive_info_nce(out["t"][rows], out["v"][rows], scale, building_B[rows])
         if hard_weight and "v_neg" in out and len(rows):
-            hard = hard + hard_negative_loss(out["t"][k, rows], out["v"][k, rows], out["v_neg"][k, rows], scale)
+            hard = hard + hard_negative_loss(out["t"][rows], out["v"][rows], out["v_neg"][rows], scale)
     parts["contrastive"], parts["hard_negative"] = contrastive, hard
     parts["gate"] = gate_loss(out["gate_logits"], expert_B) if gate_weight else zero
     total = contrastive_weight * contrastive + hard_weight * hard + gate_weight * parts["gate"]

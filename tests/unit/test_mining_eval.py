@@ -20,6 +20,24 @@ def test_mining_never_returns_a_positive_and_takes_the_hardest(chunk: int) -> No
         np.testing.assert_array_equal(np.sort(found[q]), np.sort(expected))
 
 
+def test_semi_hard_mining_stays_below_the_own_image_and_pool_draws_from_the_top() -> None:
+    rng = np.random.default_rng(2)
+    queries, gallery = rng.normal(size=(30, 8)), rng.normal(size=(80, 8))
+    qg, gg = np.arange(30) % 10, np.arange(80) % 10
+    own = np.arange(30)  # gallery item q belongs to query q's building (q % 10)
+    scores = queries @ gallery.T
+    semi = mine_hard_negatives(queries, qg, gallery, gg, per_query=2, positive_Q=own)
+    pooled = mine_hard_negatives(queries, qg, gallery, gg, per_query=2, pool=5, seed=3)
+    for q in range(30):
+        wrong = np.nonzero(gg != qg[q])[0]
+        below = wrong[scores[q, wrong] < scores[q, own[q]]]
+        if len(below) >= 2:  # otherwise the rule is waived for this query
+            expected = below[np.argsort(-scores[q, below], kind="stable")[:2]]
+            np.testing.assert_array_equal(np.sort(semi[q]), np.sort(expected))
+        top5 = wrong[np.argsort(-scores[q, wrong], kind="stable")[:5]]
+        assert set(pooled[q]) <= set(top5) and len(set(pooled[q])) == 2 and (gg[pooled[q]] != qg[q]).all()
+
+
 def test_mining_marks_missing_negatives() -> None:
     found = mine_hard_negatives(np.ones((2, 2)), np.array([0, 0]), np.ones((3, 2)), np.array([0, 0, 1]), per_query=2)
     assert (found[:, 0] == 2).all() and (found[:, 1] == -1).all()

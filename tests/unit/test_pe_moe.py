@@ -97,6 +97,24 @@ def test_fused_score_equals_per_expert_formula(tiny_dir: Path) -> None:
             assert torch.allclose(fused[q, n], expected, atol=1e-5)
 
 
+def test_training_forward_routes_each_row_to_its_own_expert(tiny_dir: Path) -> None:
+    model, tok = build_pe_moe(spec(tiny_dir))
+    ids, mask, images = batch(tok, 6)
+    experts = torch.tensor([0, 1, 2, 2, 1, 0])
+    negatives = torch.randn(6, 2, 3, 64, 64)
+    model.eval()
+    with torch.no_grad():
+        out = model(ids, mask, images, experts, negatives)
+        _, t_all = model.encode_text(ids, mask)
+        v_all = model.encode_image(images)
+        v_neg_all = model.encode_image(negatives.flatten(0, 1)).unflatten(1, (6, 2))
+    rows = torch.arange(6)
+    assert out["t"].shape == (6, 32) and out["v"].shape == (6, 32) and out["v_neg"].shape == (6, 2, 32)
+    torch.testing.assert_close(out["t"], t_all[experts, rows], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(out["v"], v_all[experts, rows], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(out["v_neg"], v_neg_all[experts, rows], atol=1e-5, rtol=1e-4)
+
+
 def test_gate_top_k_keeps_k_experts(tiny_dir: Path) -> None:
     model, tok = build_pe_moe(spec(tiny_dir, gate_top_k=1))
     ids, mask, _ = batch(tok)

@@ -29,5 +29,6 @@ def test_real_size_pe_moe_builds_and_runs() -> None:
     assert 200e6 < trainable < 300e6  # 3 x (2 text layers + 4 image blocks + projection) + gate
     assert frozen > 800e6
     with torch.no_grad():
-        out = model(torch.tensor([[0, 100, 200, 2]]), torch.ones(1, 4, dtype=torch.long), torch.randn(1, 3, 384, 384))
-    assert out["t"].shape == (3, 1, 1024) and out["v"].shape == (3, 1, 1024) and out["gate_logits"].shape == (1, 3)
+        ids, mask = torch.tensor([[0, 100, 200, 2]] * 3), torch.ones(3, 4, dtype=torch.long)
+        out = model(ids, mask, torch.randn(3, 3, 384, 384), torch.arange(3))
+    assert out["t"].shape == (3, 1024) and out["v"].shape == (3, 1024) and out["gate_logits"].shape == (3, 3)

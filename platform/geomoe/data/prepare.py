@@ -1,7 +1,8 @@
 """Per-row preprocessing of canonical records (core, no Ray): the work ``pipelines.prepare`` distributes.
 
 For each retrieval row: decode-check the image, normalise the caption (train and test word limits),
-split it into short statements; for satellite training rows, sanitise the caption (directional sentences
+split it into short statements; with ``refine: rules``, rewrite training captions for their platform first
+(``geomoe.data.refine_rules``); for satellite training rows, sanitise the caption (directional sentences
 removed) and only then write ``satellite_copies`` geometrically/photometrically augmented copies of the image.
 Every output row carries a ``reject`` reason; empty means the row is good.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 from dataclasses import dataclass
+from functools import cached_property, partial
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,7 @@ from PIL import Image
 
 from geomoe.config import PreprocessSpec
 from geomoe.data.images import image_problem
+from geomoe.data.refine_rules import FramingRules, load_rules
 from geomoe.data.transforms import DEFAULT_DIRECTIONAL_PHRASES, SatelliteAugment, directional_matcher, prepare_caption
 
 PREPARED_SCHEMA = pa.schema(
@@ -50,6 +53,16 @@ class RowPreparer:
     augment_dir: str
     seed: int = 0
 
+    @cached_property
+    def rules(self) -> FramingRules | None:
+        return load_rules(self.spec.refine_rules) if self.spec.refine == "rules" else None
+
+    def _refiner(self, row: dict[str, Any]) -> Any:
+        """The training caption's refinement for its platform (None for test rows or refine: none)."""
+        if self.rules is None or row["split"] != "train":
+            return None
+        return partial(self.rules.refine, platform=row["platform"], key=f"{row['image_id']}#{row['caption_index']}")
+
     def __call__(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         matcher = directional_matcher(self.spec.directional_phrases or DEFAULT_DIRECTIONAL_PHRASES)
         checked: dict[str, str | None] = {}  # an image carries several captions: decode it once per batch
@@ -67,17 +80,20 @@ class RowPreparer:
         if problem:
             return [{**base, "reject": problem}]
         words = self.spec.max_words_train if row["split"] == "train" else self.spec.max_words_test
-        prepared = prepare_caption(row["caption"], words, self.spec.statement_words, matcher=matcher)
+        refine = self._refiner(row)
+        prepared = prepare_caption(row["caption"], words, self.spec.statement_words, matcher=matcher, refine=refine)
         if not prepared.caption:
             return [{**base, "reject": "empty caption: nothing left after normalisation"}]
         rows = [{**base, "caption": prepared.caption, "statements": prepared.statements}]
         if row["split"] == "train" and row["platform"] == "satellite" and self.spec.satellite_copies:
-            rows.extend(self._augmented(base, words, matcher))
+            rows.extend(self._augmented(base, words, matcher, refine))
         return rows
 
-    def _augmented(self, base: dict[str, Any], words: int, matcher: Any) -> list[dict[str, Any]]:
-        # Sanitise first: rotations and flips would contradict any directional sentence.
-        clean = prepare_caption(base["caption_raw"], words, self.spec.statement_words, sanitize=True, matcher=matcher)
+    def _augmented(self, base: dict[str, Any], words: int, matcher: Any, refine: Any) -> list[dict[str, Any]]:
+        # Sanitise first (then refine): rotations and flips would contradict any directional sentence.
+        clean = prepare_caption(
+            base["caption_raw"], words, self.spec.statement_words, sanitize=True, matcher=matcher, refine=refine
+        )
         if not clean.caption:
             return []  # every sentence was directional: no caption can describe a rotated copy
         copies = []

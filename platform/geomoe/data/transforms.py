@@ -7,7 +7,7 @@ removes the periods it splits on), directional sanitisation runs per sentence, n
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -135,14 +135,18 @@ def prepare_caption(
     statement_words: int = 12,
     sanitize: bool = False,
     matcher: re.Pattern[str] = _DEFAULT_MATCHER,
+    refine: Callable[[list[str]], list[str]] | None = None,
 ) -> PreparedCaption:
-    """Raw caption -> normalised caption and statements; with ``sanitize``, directional sentences removed.
+    """Raw caption -> normalised caption and statements; with ``sanitize``, directional sentences removed;
+    ``refine`` rewrites the (sanitised) sentences before normalisation (textual domain alignment).
 
     A sanitised caption may come out empty (every sentence was directional); the caller decides.
     """
     sentences = split_sentences(raw)
     if sanitize:
         sentences = remove_directional(sentences, matcher)
+    if refine is not None:
+        sentences = refine(sentences)
     caption = normalize_caption(" ".join(sentences), max_words)
     statements = [normalize_caption(s) for s in split_statements(". ".join(sentences), statement_words)]
     return PreparedCaption(caption, [s for s in statements if s])

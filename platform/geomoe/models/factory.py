@@ -17,7 +17,7 @@ from geomoe.models.pe_moe import PEMoE
 log = logging.getLogger(__name__)
 
 
-def ensure_tiny_models(spec: ModelSpec, corpus: Iterable[str]) -> None:
+def ensure_tiny_models(spec: ModelSpec, corpus: Iterable[str], seed: int = 0) -> None:
     """With ``spec.tiny``, write a random text model at text.source and image weights at image.pretrained."""
     from geomoe.models.tiny import save_tiny_image_model, save_tiny_text_model
 
@@ -28,14 +28,14 @@ def ensure_tiny_models(spec: ModelSpec, corpus: Iterable[str]) -> None:
         log.info("building a tiny random text model at %s", text_dir)
         tiny = spec.tiny
         save_tiny_text_model(
-            text_dir, corpus, tiny.text_hidden, tiny.text_layers, tiny.text_heads, spec.text.max_length
+            text_dir, corpus, tiny.text_hidden, tiny.text_layers, tiny.text_heads, spec.text.max_length, seed
         )
     if spec.image.pretrained is None:
         raise ValueError("model.tiny needs model.image.pretrained: the file to write the tiny image weights to")
     image_file = Path(spec.image.pretrained)
     if not image_file.is_file():
         log.info("building a tiny random image model at %s", image_file)
-        save_tiny_image_model(image_file, spec.image.name)
+        save_tiny_image_model(image_file, spec.image.name, seed)
 
 
 def build_pe_moe(spec: ModelSpec) -> tuple[PEMoE, Any]:

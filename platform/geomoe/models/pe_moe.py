@@ -83,7 +83,7 @@ class PEMoE(nn.Module):
         # Fixed by default: at initialisation wrong but confident logits make the optimiser shrink a learnable
         # scale until every logit is equal (loss = log n, no gradient), which small per-expert batches hit.
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / temperature)), requires_grad=learn_temperature)
-        self.fusion, self.gate_top_k, self.text_pool = fusion, gate_top_k, text_pool
+        self.fusion, self.gate_top_k, self.text_pool, self.embed_dim = fusion, gate_top_k, text_pool, embed_dim
 
     @property
     def num_experts(self) -> int:
@@ -131,21 +131,38 @@ class PEMoE(nn.Module):
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor,
         images: torch.Tensor,
+        expert_B: torch.Tensor,
         negatives: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """One training step's encodings (called through DDP, which needs forward() to track parameters).
 
-        Returns t_shared (B, H), t (K, B, D), v (K, B, D), gate_logits (B, K), the contrastive scale and,
-        with ``negatives`` (B, M, 3, S, S), v_neg (K, B, M, D): negatives share the positives' trunk call.
+        Training routes each pair to the expert of its platform only (``expert_B``), so an expert's tails run
+        on its own rows and a K-expert step costs about what a one-head step costs. Returns t_shared (B, H),
+        t (B, D) and v (B, D) from each row's own expert, gate_logits (B, K), the contrastive scale and, with
+        ``negatives`` (B, M, 3, S, S), v_neg (B, M, D): negatives share the positives' trunk call.
         """
-        shared, t = self.encode_text(input_ids, attention_mask)
         batch = images.shape[0]
+        with torch.no_grad():
+            hidden, mask = self.text_trunk(input_ids, attention_mask)
+            pixels = images if negatives is None else torch.cat([images, negatives.flatten(0, 1)])
+            tokens, rope = self.image_trunk(pixels)
+        shared = hidden[:, 0] if self.text_pool == "cls" else masked_mean(hidden, attention_mask)
+        m = 0 if negatives is None else negatives.shape[1]
+        # image rows: the B positives, then each query's M negatives, all encoded by the query's expert
+        image_expert = torch.cat([expert_B, expert_B.repeat_interleave(m)])
+        t = torch.zeros(batch, self.embed_dim, device=hidden.device)  # float32 embeddings for the losses
+        v = torch.zeros(len(image_expert), self.embed_dim, device=hidden.device)
+        for k, expert in enumerate(self.heads()):
+            text_rows = (expert_B == k).nonzero(as_tuple=True)[0]
+            if len(text_rows):
+                encoded = expert.text(hidden[text_rows], _rows(mask, text_rows, batch), attention_mask[text_rows])
+                t = t.index_copy(0, text_rows, encoded.to(t.dtype))
+            image_rows = (image_expert == k).nonzero(as_tuple=True)[0]
+            if len(image_rows):
+                v = v.index_copy(0, image_rows, expert.image(tokens[image_rows], rope).to(v.dtype))
+        out = {"v": v[:batch]}
         if negatives is not None:
-            m = negatives.shape[1]
-            v_all = self.encode_image(torch.cat([images, negatives.flatten(0, 1)]))
-            out = {"v": v_all[:, :batch], "v_neg": v_all[:, batch:].unflatten(1, (batch, m))}
-        else:
-            out = {"v": self.encode_image(images)}
+            out["v_neg"] = v[batch:].unflatten(0, (batch, m))
         # the scale is returned from forward so DDP sees every trainable parameter used inside it
         scale = self.logit_scale.exp().clamp(min=1.0, max=100.0)
         return {"t_shared": shared, "t": t, "gate_logits": self.gate_logits(shared), "scale": scale, **out}
@@ -154,3 +171,10 @@ class PEMoE(nn.Module):
     def fused_scores(t_KQD: torch.Tensor, v_KND: torch.Tensor, g_QK: torch.Tensor) -> torch.Tensor:
         """Eq. 1: S_QN = sum_k g_qk * <t_kq, v_kn> (inputs normalised, so the dot product is the cosine)."""
         return torch.einsum("kqd,knd,qk->qn", t_KQD, v_KND, g_QK)
+
+
+def _rows(mask: Any, rows: torch.Tensor, batch: int) -> Any:
+    """The text tail's attention mask for a subset of rows (None and batch-broadcast masks pass through)."""
+    if isinstance(mask, torch.Tensor) and mask.dim() > 0 and mask.shape[0] == batch:
+        return mask[rows]
+    return mask

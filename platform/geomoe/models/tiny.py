@@ -16,16 +16,33 @@ from geomoe.io import atomic_dir
 SPECIALS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]  # XLM-R ids 0..4
 
 
-def train_tokenizer(corpus: Iterable[str], vocab_size: int = 1000) -> Any:
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+def train_tokenizer(corpus: Iterable[str]) -> Any:
+    """A SentencePiece-style Unigram tokenizer (XLM-R's kind) whose pieces are the corpus's words and characters.
+
+    The pieces are scored by log frequency, so known words stay whole and unseen words fall back to characters.
+    Built directly rather than with ``UnigramTrainer``, which on a small, repetitive caption corpus collapses
+    to single characters (then a 48-token limit keeps only the first 48 characters of a caption).
+    """
+    import math
+    from collections import Counter
+
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
     from transformers import XLMRobertaTokenizer  # the fast (tokenizers-backed) class in transformers 5
 
-    tokenizer = Tokenizer(models.Unigram())
+    words: Counter[str] = Counter()
+    chars: Counter[str] = Counter()
+    for text in corpus:
+        for word in text.lower().split():
+            words["\u2581" + word] += 1
+            chars.update(word)
+    total = sum(words.values()) + sum(chars.values()) + 1
+    pieces = [(t, 0.0) for t in SPECIALS] + [("\u2581", math.log(1 / total))]
+    pieces += [(w, math.log(n / total)) for w, n in sorted(words.items())]
+    pieces += [(c, math.log(n / total) - 10.0) for c, n in sorted(chars.items())]  # fallback: costly
+    tokenizer = Tokenizer(models.Unigram(pieces, unk_id=SPECIALS.index("<unk>"), byte_fallback=False))
     tokenizer.normalizer = normalizers.Lowercase()
     tokenizer.pre_tokenizer = pre_tokenizers.Metaspace()
     tokenizer.decoder = decoders.Metaspace()
-    trainer = trainers.UnigramTrainer(vocab_size=vocab_size, special_tokens=SPECIALS, unk_token="<unk>")
-    tokenizer.train_from_iterator(list(corpus), trainer=trainer)
     tokenizer.post_processor = processors.TemplateProcessing(
         single="<s> $A </s>",
         pair="<s> $A </s> </s> $B </s>",
@@ -44,9 +61,16 @@ def train_tokenizer(corpus: Iterable[str], vocab_size: int = 1000) -> Any:
 
 
 def save_tiny_text_model(
-    out: str | Path, corpus: Iterable[str], hidden: int = 64, layers: int = 4, heads: int = 2, max_length: int = 64
+    out: str | Path,
+    corpus: Iterable[str],
+    hidden: int = 64,
+    layers: int = 4,
+    heads: int = 2,
+    max_length: int = 64,
+    seed: int = 0,
 ) -> Path:
     """Write a random XLM-R model and its tokenizer to ``out`` (a folder AutoModel and BGE-M3 loaders accept)."""
+    import torch
     from transformers import XLMRobertaConfig, XLMRobertaModel
 
     tokenizer = train_tokenizer(corpus)
@@ -61,15 +85,24 @@ def save_tiny_text_model(
         pad_token_id=1,
         bos_token_id=0,
         eos_token_id=2,
-        initializer_range=0.2,  # tiny random models with the default 0.02 embed every text almost identically
+        initializer_range=0.02,  # XLM-R's own: layers start near identity, so the trunk keeps word identity
     )
+    with torch.random.fork_rng():  # the same seed always gives the same weights; the caller's RNG is untouched
+        torch.manual_seed(seed)
+        model = XLMRobertaModel(config, add_pooling_layer=False)
+    with torch.no_grad():
+        # Position (and segment) embeddings as large as the word embeddings make a random model's state of a text
+        # depend on its length more than on its words; a pretrained model's do not. A tenth of the scale keeps
+        # word identity dominant, so short queries and long captions with the same words land close together.
+        model.embeddings.position_embeddings.weight.mul_(0.1)
+        model.embeddings.token_type_embeddings.weight.mul_(0.1)
     with atomic_dir(out) as tmp:
-        XLMRobertaModel(config, add_pooling_layer=False).save_pretrained(tmp)
+        model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
     return Path(out)
 
 
-def save_tiny_image_model(out: str | Path, name: str = "geomoe-eva02-micro") -> Path:
+def save_tiny_image_model(out: str | Path, name: str = "geomoe-eva02-micro", seed: int = 0) -> Path:
     """Write the random weights of a tiny EVA-CLIP as an open_clip checkpoint file (``pretrained=<file>``)."""
     import open_clip
     import torch
@@ -77,7 +110,9 @@ def save_tiny_image_model(out: str | Path, name: str = "geomoe-eva02-micro") -> 
     from geomoe.models.encoders import register_tiny_architectures
 
     register_tiny_architectures()
-    model = open_clip.create_model(name, pretrained=None)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = open_clip.create_model(name, pretrained=None)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tmp")

@@ -25,11 +25,20 @@ from geomoe import __version__
 from geomoe.config import JobSpec
 from geomoe.data.prepare import PREPARED_SCHEMA, RowPreparer, check_localization_rows
 from geomoe.data.records import LOCALIZATION_SCHEMA, RETRIEVAL_SCHEMA, RejectLog, records_to_table
+from geomoe.data.refine_rules import load_rules
 from geomoe.data.sources import SourceRecords, read_source
 from geomoe.io import text_sha256, write_json_atomic
 
 log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
+
+
+def _refinement(spec: JobSpec) -> dict[str, Any] | None:
+    """Which refinement the training captions get, with the rules' hash (part of the inputs)."""
+    if spec.preprocess.refine == "none":
+        return None
+    rules = load_rules(spec.preprocess.refine_rules)
+    return {"engine": "rules", "rules": spec.preprocess.refine_rules or "builtin:v1", "rules_sha256": rules.sha256}
 
 
 def _inputs_key(spec: JobSpec, source: SourceRecords) -> str:
@@ -38,6 +47,7 @@ def _inputs_key(spec: JobSpec, source: SourceRecords) -> str:
         {
             "data": spec.data.model_dump(mode="json", exclude={"synthesize"}),
             "options": options,
+            "refine": _refinement(spec),
             "files": source.files,
             "seed": spec.seed,
         },
@@ -136,6 +146,7 @@ def prepare(spec: JobSpec) -> dict[str, Any]:
         "table": str(table_dir.resolve()),
         "input_records": len(source),
         **_counts(good, source.kind),
+        "refine": _refinement(spec),
         "rejected": {
             "count": len(rejects),
             "by_reason": rejects.reasons(),

@@ -76,7 +76,8 @@ def train_loop(config: dict[str, Any]) -> None:
     wrapped = ray.train.torch.prepare_model(model, parallel_strategy_kwargs={"find_unused_parameters": True})
     device = ray.train.torch.get_device()
     params = [p for p in core.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=spec.train.lr, weight_decay=spec.train.weight_decay)
+    lr = spec.train.lr * (spec.train.stage2_lr_scale if stage == 2 else 1.0)
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=spec.train.weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, warmup_cosine(max(1, epochs * steps), spec.train.warmup_ratio)
     )
@@ -101,16 +102,12 @@ def train_loop(config: dict[str, Any]) -> None:
             _maybe_inject_failure(config, epoch, step)
             ids, mask = tokenize(tokenizer, _texts(batch, spec.train.use_statements, rng), spec.model.text.max_length)
             negatives = torch.from_numpy(batch["negatives"]).to(device) if stage == 2 else None
+            experts = torch.from_numpy(batch["expert"]).to(device)
+            buildings = torch.from_numpy(np.unique(batch["building_id"], return_inverse=True)[1]).to(device)
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=autocast):
-                out = wrapped(ids.to(device), mask.to(device), torch.from_numpy(batch["image"]).to(device), negatives)
-                buildings = torch.from_numpy(np.unique(batch["building_id"], return_inverse=True)[1]).to(device)
-                loss, parts = pe_moe_objective(
-                    out,
-                    torch.from_numpy(batch["expert"]).to(device),
-                    buildings,
-                    out["scale"],
-                    **weights,
-                )
+                images = torch.from_numpy(batch["image"]).to(device)
+                out = wrapped(ids.to(device), mask.to(device), images, experts, negatives)
+                loss, parts = pe_moe_objective(out, experts, buildings, out["scale"], **weights)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, spec.train.grad_clip)

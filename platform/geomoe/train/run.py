@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,8 +18,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
-from geomoe.config import TRAINING_SECTIONS, JobSpec
-from geomoe.io import write_json_atomic
+from geomoe.config import JobSpec
+from geomoe.io import write_json_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
 COLUMNS = ["caption", "statements", "image_path", "image_id", "building_id", "platform"]
@@ -57,6 +58,10 @@ class DecodeImages:
 def training_dataset(table: pa.Table, spec: JobSpec, negatives: bool) -> Any:
     import ray.data
 
+    # The prepared table is grouped by platform; shuffle it once so that batches mix platforms (the local
+    # shuffle buffer alone would give runs of one platform, and the gate would chase the latest one).
+    order = np.random.default_rng(spec.seed).permutation(table.num_rows)
+    table = table.take(pa.array(order))
     blocks = max(1, min(table.num_rows // 64, 8))
     step = -(-table.num_rows // blocks)
     ds: Any = ray.data.from_arrow([table.slice(i, step) for i in range(0, table.num_rows, step)])
@@ -83,6 +88,7 @@ def fit_stage(
     recorded = recorded_stage(spec, run_dir, stage)
     if recorded is not None:
         return recorded
+    _forget_other_runs(spec, run_dir, stage)
     res = spec.resources
     config = {
         "spec": spec.model_dump(mode="json"),
@@ -111,10 +117,26 @@ def fit_stage(
     record = {
         "checkpoint": result.checkpoint.path,
         "metrics": result.metrics,
-        "fingerprint": spec.fingerprint(*TRAINING_SECTIONS),
+        "fingerprint": spec.stage_fingerprint(stage),
     }
     write_json_atomic(run_dir / f"stage{stage}.json", record)
     return record
+
+
+def _forget_other_runs(spec: JobSpec, run_dir: Path, stage: int) -> None:
+    """Ray Train resumes a run from the checkpoints under its name; keep them only if they come from this spec.
+
+    An interrupted run of the same spec resumes; a run of a changed spec (say, a new stage-2 learning rate)
+    must start over instead of resuming someone else's epochs.
+    """
+    storage = run_dir / "ray_train" / f"stage{stage}"
+    marker = run_dir / "ray_train" / f"stage{stage}.fingerprint"
+    fingerprint = spec.stage_fingerprint(stage)
+    if storage.exists() and (not marker.is_file() or marker.read_text() != fingerprint):
+        log.info("stage %d: checkpoints under %s come from another spec; starting over", stage, storage)
+        shutil.rmtree(storage)
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(marker, fingerprint)
 
 
 def recorded_stage(spec: JobSpec, run_dir: Path, stage: int) -> dict[str, Any] | None:
@@ -122,7 +144,7 @@ def recorded_stage(spec: JobSpec, run_dir: Path, stage: int) -> dict[str, Any] |
     marker = run_dir / f"stage{stage}.json"
     if marker.is_file():
         record = json.loads(marker.read_text())
-        if record.get("fingerprint") == spec.fingerprint(*TRAINING_SECTIONS):
+        if record.get("fingerprint") == spec.stage_fingerprint(stage):
             log.info("stage %d already finished: %s", stage, marker)
             return dict(record)
     return None
@@ -147,6 +169,7 @@ def mine_negatives(spec: JobSpec, checkpoint: str, table: pa.Table) -> pa.Table:
         gallery_idx = [j for j, p in enumerate(paths) if image_meta[p][1] == k]
         if not query_idx:
             continue
+        gallery_pos = {paths[j]: n for n, j in enumerate(gallery_idx)}
         found = mine_hard_negatives(
             texts[k, query_idx],
             np.array([rows[i]["building_id"] for i in query_idx]),
@@ -154,6 +177,11 @@ def mine_negatives(spec: JobSpec, checkpoint: str, table: pa.Table) -> pa.Table:
             np.array([image_meta[paths[j]][0] for j in gallery_idx]),
             spec.train.hard_negatives,
             spec.train.mining_chunk,
+            pool=spec.train.mining_pool,
+            seed=spec.seed + k,
+            positive_Q=np.array([gallery_pos[rows[i]["image_path"]] for i in query_idx])
+            if spec.train.semi_hard
+            else None,
         )
         if (found < 0).any():
             raise ValueError(
@@ -183,7 +211,7 @@ def train_and_evaluate(spec: JobSpec, manifest: dict[str, Any], run_dir: Path) -
     results: dict[str, Any] = {}
     stage1 = fit_stage(spec, run_dir, 1, table, None)
     results["stage1"] = _cached(
-        run_dir / "eval_stage1.json", spec, lambda: evaluate_checkpoint(spec, stage1["checkpoint"], manifest)
+        run_dir / "eval_stage1.json", spec, 1, lambda: evaluate_checkpoint(spec, stage1["checkpoint"], manifest)
     )
     if spec.train.stage2_epochs:
         stage2 = recorded_stage(spec, run_dir, 2)  # a finished stage 2 needs no mining
@@ -191,7 +219,7 @@ def train_and_evaluate(spec: JobSpec, manifest: dict[str, Any], run_dir: Path) -
             mined = mine_negatives(spec, stage1["checkpoint"], table)
             stage2 = fit_stage(spec, run_dir, 2, mined, stage1["checkpoint"])
         results["stage2"] = _cached(
-            run_dir / "eval_stage2.json", spec, lambda: evaluate_checkpoint(spec, stage2["checkpoint"], manifest)
+            run_dir / "eval_stage2.json", spec, 2, lambda: evaluate_checkpoint(spec, stage2["checkpoint"], manifest)
         )
         results["checkpoint"] = stage2["checkpoint"]
     else:
@@ -199,9 +227,9 @@ def train_and_evaluate(spec: JobSpec, manifest: dict[str, Any], run_dir: Path) -
     return results
 
 
-def _cached(path: Path, spec: JobSpec, compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-    """An evaluation, recomputed only when the model's training or the evaluation settings changed."""
-    key = spec.fingerprint(*TRAINING_SECTIONS, "eval")
+def _cached(path: Path, spec: JobSpec, stage: int, compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """An evaluation, recomputed only when the stage's training or the evaluation settings changed."""
+    key = spec.stage_fingerprint(stage) + spec.fingerprint("eval")
     if path.is_file():
         saved = json.loads(path.read_text())
         if saved.get("fingerprint") == key:
