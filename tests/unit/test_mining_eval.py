@@ -38,6 +38,15 @@ def test_semi_hard_mining_stays_below_the_own_image_and_pool_draws_from_the_top(
         assert set(pooled[q]) <= set(top5) and len(set(pooled[q])) == 2 and (gg[pooled[q]] != qg[q]).all()
 
 
+def test_semi_hard_rule_is_waived_when_only_own_building_images_score_below() -> None:
+    query = np.array([[1.0, 0.0]])
+    gallery = np.array([[0.5, 0.0], [0.1, 0.0], [0.9, 0.0], [0.8, 0.0]])  # own image 0, its building's 1; others
+    found = mine_hard_negatives(
+        query, np.array([7]), gallery, np.array([7, 7, 1, 2]), per_query=1, positive_Q=np.array([0])
+    )
+    assert found.tolist() == [[2]]  # the hardest wrong image, not -1
+
+
 def test_mining_marks_missing_negatives() -> None:
     found = mine_hard_negatives(np.ones((2, 2)), np.array([0, 0]), np.ones((3, 2)), np.array([0, 0, 1]), per_query=2)
     assert (found[:, 0] == 2).all() and (found[:, 1] == -1).all()

@@ -37,12 +37,12 @@ def mine_hard_negatives(
     for start in range(0, len(queries_QD), chunk):
         rows = slice(start, start + chunk)
         scores = queries_QD[rows] @ gallery_ND.T
-        if positive_Q is not None:
-            own = np.take_along_axis(scores, np.asarray(positive_Q)[rows, None], axis=1)
-            below = scores < own
+        own = None if positive_Q is None else np.take_along_axis(scores, np.asarray(positive_Q)[rows, None], axis=1)
+        scores[query_groups_Q[rows, None] == gallery_groups_N[None, :]] = -np.inf
+        if own is not None:
+            below = np.isfinite(scores) & (scores < own)
             enough = below.sum(axis=1, keepdims=True) >= per_query  # else: no semi-hard rule for that query
             scores[~below & enough] = -np.inf
-        scores[query_groups_Q[rows, None] == gallery_groups_N[None, :]] = -np.inf
         top = np.argpartition(-scores, take - 1, axis=1)[:, :take] if take else np.empty((len(scores), 0), int)
         order = np.argsort(-np.take_along_axis(scores, top, axis=1), axis=1, kind="stable")
         top = np.take_along_axis(top, order, axis=1)
