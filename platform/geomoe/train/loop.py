@@ -96,7 +96,11 @@ def train_loop(config: dict[str, Any]) -> None:
         wrapped.train()
         sums: dict[str, float] = {}
         batches = shard.iter_batches(
-            batch_size=per_worker, batch_format="numpy", drop_last=True, local_shuffle_buffer_size=4 * per_worker
+            batch_size=per_worker,
+            batch_format="numpy",
+            drop_last=True,
+            local_shuffle_buffer_size=4 * per_worker,
+            local_shuffle_seed=spec.seed * 1000 + stage * 100 + epoch,  # reproducible, new order each epoch
         )
         for step, batch in zip(range(steps), batches, strict=False):
             _maybe_inject_failure(config, epoch, step)
