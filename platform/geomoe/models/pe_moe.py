@@ -102,8 +102,12 @@ class PEMoE(nn.Module):
         """(t_shared (B, H), t_KBD (K, B, D) normalised). The trunk runs once, without gradient."""
         with torch.no_grad():
             hidden, mask = self.text_trunk(input_ids, attention_mask)
-        shared = hidden[:, 0] if self.text_pool == "cls" else masked_mean(hidden, attention_mask)
-        return shared, torch.stack([expert.text(hidden, mask, attention_mask) for expert in self.heads()])
+        t = torch.stack([expert.text(hidden, mask, attention_mask) for expert in self.heads()])
+        return self._shared(hidden, attention_mask), t
+
+    def _shared(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The gate's input: the trunk's pooled text state (B, H)."""
+        return hidden[:, 0] if self.text_pool == "cls" else masked_mean(hidden, attention_mask)
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         """v_KND (K, N, D) normalised. The trunk runs once, without gradient."""
@@ -146,7 +150,7 @@ class PEMoE(nn.Module):
             hidden, mask = self.text_trunk(input_ids, attention_mask)
             pixels = images if negatives is None else torch.cat([images, negatives.flatten(0, 1)])
             tokens, rope = self.image_trunk(pixels)
-        shared = hidden[:, 0] if self.text_pool == "cls" else masked_mean(hidden, attention_mask)
+        shared = self._shared(hidden, attention_mask)
         m = 0 if negatives is None else negatives.shape[1]
         # image rows: the B positives, then each query's M negatives, all encoded by the query's expert
         image_expert = torch.cat([expert_B, expert_B.repeat_interleave(m)])
