@@ -22,7 +22,11 @@ def _cmd_run(args: argparse.Namespace) -> None:
         print("synthgeo:", json.dumps(results["synth"]))
     if "prepare" in results:
         print(manifest_summary(results["prepare"]))
-    if "train" in results:
+    if "train" in results and spec.model.name == "smgeo":
+        from geomoe.report import localization_table
+
+        print(localization_table(results["train"]["model"]))
+    elif "train" in results:
         from geomoe.report import retrieval_table, sample_query
 
         for protocol in spec.eval.protocols:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -138,7 +138,9 @@ class TinyModelsSpec(Strict):
 
 
 class ModelSpec(Strict):
-    name: Literal["pe_moe"] = "pe_moe"  # smgeo arrives with its model (issue 4)
+    """PE-MoE: frozen text and image trunks, one expert head per platform group, a gate over the experts."""
+
+    name: Literal["pe_moe"] = "pe_moe"
     embed_dim: int = Field(1024, ge=8)
     text: TextEncoderSpec = Field(default_factory=lambda: TextEncoderSpec())
     image: ImageEncoderSpec = Field(default_factory=lambda: ImageEncoderSpec())
@@ -169,12 +171,108 @@ class ModelSpec(Strict):
         return {p.value: k for k, e in enumerate(self.experts) for p in e.platforms}
 
 
+class SwinSpec(Strict):
+    """Swin backbone built by timm (windowed and shifted-window attention, relative position bias).
+
+    ``pretrained``: None = random weights; else a local timm checkpoint file (deployments put hub weights there).
+    """
+
+    name: str = "swin_tiny_patch4_window7_224"
+    pretrained: str | None = None
+    embed_dim: int = Field(96, ge=8)
+    depths: list[int] = [2, 2, 6, 2]
+    num_heads: list[int] = [3, 6, 12, 24]
+    window_size: int = Field(7, ge=1)
+    drop_path: float = Field(0.1, ge=0, lt=1)
+
+    @model_validator(mode="after")
+    def _stages_agree(self) -> SwinSpec:
+        if len(self.depths) != len(self.num_heads) or not self.depths or min(self.depths) < 1:
+            raise ValueError("depths and num_heads need one positive entry per stage")
+        return self
+
+
+BlockChoice = Literal["none", "even", "all"] | list[int]
+
+
+class GMoESpec(Strict):
+    """Grid-level sparse mixture of experts replacing the FFN of chosen Swin blocks (SMGeo Eq. 7-9)."""
+
+    experts: int = Field(6, ge=1)
+    top_k: int = Field(2, ge=1)
+    grid: list[int] = Field([8, 8], min_length=2, max_length=2, description="g_h, g_w cells per feature map")
+    noise_std: float = Field(0.1, ge=0, description="Gaussian noise on router logits while training")
+    blocks: list[BlockChoice] = Field(
+        ["none", "even", "even", "even"], description="per stage: none | even | all | explicit block indices"
+    )
+    share_per_stage: bool = Field(True, description="one expert pool per stage, a router per block")
+    expert_mlp_ratio: float | None = Field(None, gt=0, description="expert hidden size / dim; None = the FFN's")
+
+    @model_validator(mode="after")
+    def _k_fits(self) -> GMoESpec:
+        if self.top_k > self.experts:
+            raise ValueError(f"top_k {self.top_k} exceeds the {self.experts} experts")
+        if min(self.grid) < 1:
+            raise ValueError("grid cells must be positive")
+        return self
+
+
+class SMGeoLossSpec(Strict):
+    """SMGeo Eq. 18: heatmap * focal (Eq. 19) + box * L1 (Eq. 20) + entropy * gate entropy term (Eq. 22)."""
+
+    heatmap: float = Field(0.9, ge=0)
+    box: float = Field(1.1, ge=0)
+    entropy: float = Field(0.015, ge=0)
+    focal_gamma: float = Field(2.0, ge=0)
+    focal_beta: float = Field(4.0, ge=0)
+    sigma_ratio: float = Field(0.15, gt=0, description="heatmap Gaussian sigma / sqrt(box w*h), in feature cells")
+
+
+class SMGeoModelSpec(Strict):
+    """SMGeo: shared Swin + GMoE for query and reference, query-guided fusion, anchor-free head."""
+
+    name: Literal["smgeo"]
+    backbone: SwinSpec = Field(default_factory=lambda: SwinSpec())
+    gmoe: GMoESpec = Field(default_factory=lambda: GMoESpec())
+    query_size: int = Field(1024, ge=16, description="drone query side after resizing")
+    reference_size: int = Field(1024, ge=16, description="satellite tile side after resizing")
+    click_sigma: float = Field(0.03, gt=0, description="click heat Gaussian sigma / query side")
+    query_pool: Literal["click", "mean"] = Field(
+        "click", description="query vector for Eq. 10: click-heat-weighted or plain average of query features"
+    )
+    head_channels: int = Field(256, ge=4)
+    loss: SMGeoLossSpec = Field(default_factory=lambda: SMGeoLossSpec())
+
+    @model_validator(mode="after")
+    def _blocks_fit(self) -> SMGeoModelSpec:
+        depths = self.backbone.depths
+        if len(self.gmoe.blocks) != len(depths):
+            raise ValueError(f"gmoe.blocks needs one entry per backbone stage ({len(depths)})")
+        for stage, (choice, depth) in enumerate(zip(self.gmoe.blocks, depths, strict=True)):
+            if isinstance(choice, list) and any(not 0 <= b < depth for b in choice):
+                raise ValueError(f"gmoe.blocks[{stage}]: indices {choice} outside the stage's {depth} blocks")
+        return self
+
+    def moe_blocks(self) -> list[list[int]]:
+        """Block indices that get a GMoE, per stage."""
+        picks = {"none": lambda d: [], "even": lambda d: list(range(0, d, 2)), "all": lambda d: list(range(d))}
+        return [
+            sorted(set(c)) if isinstance(c, list) else picks[c](d)
+            for c, d in zip(self.gmoe.blocks, self.backbone.depths, strict=True)
+        ]
+
+
 class TrainSpec(Strict):
+    """Training settings. PE-MoE trains in two stages (stage1_epochs, stage2_epochs); SMGeo in one (epochs)."""
+
     batch_size: int = Field(128, ge=2, description="global batch (split across workers)")
     lr: float = Field(2e-5, gt=0)
+    optimizer: Literal["adamw", "adam"] = "adamw"
     weight_decay: float = Field(1e-4, ge=0)
     warmup_ratio: float = Field(0.1, ge=0, lt=1)
     grad_clip: float = Field(1.0, gt=0)
+    epochs: int = Field(25, ge=1, description="SMGeo: training epochs")
+    augment: bool = Field(True, description="SMGeo: bbox-safe flip and crop of training pairs (never validation)")
     stage1_epochs: int = Field(5, ge=0)
     stage2_epochs: int = Field(2, ge=0)
     gate_weight: float = Field(1.0, ge=0)
@@ -189,6 +287,7 @@ class TrainSpec(Strict):
     mining_chunk: int = Field(1024, ge=1, description="queries scored at once while mining")
     mixed_precision: bool = Field(True, description="bf16 autocast on GPU; ignored on CPU")
     max_failures: int = Field(1, ge=0)
+    keep_checkpoints: int = Field(2, ge=1, description="checkpoints kept per stage (SMGeo: the best ones + latest)")
     use_statements: bool = Field(True, description="train on a random short statement half of the time")
     materialize_inputs: bool = Field(False, description="decode training images once into the object store")
 
@@ -230,6 +329,11 @@ STAGE2_FIELDS = frozenset(
     {"stage2_epochs", "stage2_contrastive_weight", "stage2_hard_weight", "stage2_lr_scale", "hard_negatives"}
     | {"mining_chunk", "mining_pool", "semi_hard"}
 )
+# train fields that mean something to one model only: setting one in the other model's job is an error
+MODEL_ONLY_TRAIN_FIELDS = {
+    "pe_moe": STAGE2_FIELDS | {"stage1_epochs", "gate_weight", "use_statements"},
+    "smgeo": frozenset({"epochs", "augment"}),
+}
 
 
 class JobSpec(Strict):
@@ -239,7 +343,9 @@ class JobSpec(Strict):
     stages: list[Literal["synth", "prepare", "train", "track4_submission"]] = ["synth", "prepare", "train"]
     data: DataSpec
     preprocess: PreprocessSpec
-    model: ModelSpec = Field(default_factory=lambda: ModelSpec())
+    model: Annotated[ModelSpec | SMGeoModelSpec, Field(discriminator="name")] = Field(
+        default_factory=lambda: ModelSpec()
+    )
     train: TrainSpec = Field(default_factory=lambda: TrainSpec())
     eval: EvalSpec = Field(default_factory=lambda: EvalSpec())
     resources: ResourcesSpec = Field(default_factory=lambda: ResourcesSpec())
@@ -254,6 +360,34 @@ class JobSpec(Strict):
         if "synth" in self.stages and self.data.synthesize is None:
             raise ValueError("stage 'synth' needs data.synthesize")
         return self
+
+    @model_validator(mode="after")
+    def _train_fields_fit_model(self) -> JobSpec:
+        # compared with the defaults, not model_fields_set: a re-validated dump sets every field
+        changed = {f for f, info in TrainSpec.model_fields.items() if getattr(self.train, f) != info.default}
+        for model, fields in MODEL_ONLY_TRAIN_FIELDS.items():
+            misplaced = sorted(fields & changed)
+            if model != self.model.name and misplaced:
+                raise ValueError(
+                    f"train.{misplaced[0]} applies to {model} jobs, and this job's model is {self.model.name}"
+                )
+        if self.model.name == "smgeo" and (self.baselines or self.track4):
+            raise ValueError("baselines and track4 are PE-MoE sections; SMGeo evaluates its own baselines")
+        return self
+
+    @property
+    def pe_moe(self) -> ModelSpec:
+        """The model section of a PE-MoE job (an error for any other model)."""
+        if not isinstance(self.model, ModelSpec):
+            raise ValueError(f"job {self.name!r} trains {self.model.name}, not pe_moe")
+        return self.model
+
+    @property
+    def smgeo(self) -> SMGeoModelSpec:
+        """The model section of an SMGeo job (an error for any other model)."""
+        if not isinstance(self.model, SMGeoModelSpec):
+            raise ValueError(f"job {self.name!r} trains {self.model.name}, not smgeo")
+        return self.model
 
     def baseline(self, name: str) -> JobSpec:
         """This spec with a baseline's overrides applied (same data, same preparation)."""
@@ -276,6 +410,11 @@ class JobSpec(Strict):
         if raw.get("track4"):
             for key in ("queries", "gallery", "output_dir", "checkpoint"):
                 raw["track4"][key] = absolute(raw["track4"][key])
+        if isinstance(self.model, SMGeoModelSpec):
+            backbone = raw["model"]["backbone"]
+            if backbone["pretrained"]:
+                backbone["pretrained"] = absolute(backbone["pretrained"])
+            return JobSpec.model_validate(raw)
         tiny = self.model.tiny is not None
         text, image = raw["model"]["text"], raw["model"]["image"]
         if tiny or (root / text["source"]).exists():

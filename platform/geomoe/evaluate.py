@@ -45,7 +45,7 @@ def evaluate_pe_moe(
 ) -> dict[str, Any]:
     """Metrics of ``model`` on caption ``rows``; ``image_vectors`` (K, N, D) embed the rows' unique images."""
     images, caption_image = gallery_from_rows(rows)
-    t, g = embed_texts(model, tokenizer, [r["caption"] for r in rows], spec.model.text.max_length)
+    t, g = embed_texts(model, tokenizer, [r["caption"] for r in rows], spec.pe_moe.text.max_length)
     scores = fused_scores(t, image_vectors, g)
     building = np.array([im["building_id"] for im in images])
     platform = np.array([im["platform"] for im in images])
@@ -56,7 +56,7 @@ def evaluate_pe_moe(
     report["chance"] = chance_recall(building, caption_image, ks)
     report["counts"] = {"queries": len(rows), "gallery": len(images)}
     if model.fusion == "dynamic" and model.num_experts > 1:
-        expert_of = spec.model.expert_of()
+        expert_of = spec.pe_moe.expert_of()
         truth = np.array([expert_of[platform[i]] for i in caption_image])
         report["routing_accuracy"] = float(100.0 * np.mean(g.argmax(axis=1) == truth))
     report["sample"] = _sample_query(rows[0]["caption"], scores[0], images, rows[0]["building_id"])

@@ -19,11 +19,15 @@ def _train(spec: JobSpec, manifest: dict[str, Any], run_dir: Path) -> dict[str, 
     from geomoe.ray_env import ensure_ray
     from geomoe.train.run import split_rows, train_and_evaluate
 
+    ensure_ray(spec.resources)
+    if spec.model.name == "smgeo":
+        from geomoe.train.smgeo_run import train_smgeo
+
+        return {"model": train_smgeo(spec, manifest, run_dir)}
     if manifest.get("kind") != "retrieval":
         raise ValueError("stage 'train' (PE-MoE) needs a retrieval dataset (data.format: geotext)")
-    ensure_ray(spec.resources)
     table = split_rows(manifest, "train", spec)
-    ensure_tiny_models(spec.model, table.filter(pc.equal(table["augment"], ""))["caption"].to_pylist(), spec.seed)
+    ensure_tiny_models(spec.pe_moe, table.filter(pc.equal(table["augment"], ""))["caption"].to_pylist(), spec.seed)
     results = {"model": train_and_evaluate(spec, manifest, run_dir)}
     for name in spec.baselines:
         log.info("baseline %s", name)

@@ -1,7 +1,8 @@
-"""PE-MoE checkpoints: the trainable state (experts, gate, scale) plus the full resolved job spec and stage.
+"""Checkpoints: the trainable state plus the full resolved job spec, stage and epoch.
 
-The frozen trunks are not saved: they are the backbone weights named in the spec and are reloaded from
+PE-MoE's frozen trunks are not saved: they are the backbone weights named in the spec and are reloaded from
 there, which keeps a real-size checkpoint at the size of the experts rather than of BGE-M3 + EVA02-L.
+SMGeo trains everything, so its checkpoint is the whole model.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from geomoe.config import JobSpec
 from geomoe.models.factory import build_pe_moe
@@ -19,11 +21,13 @@ STATE_FILE = "state.pt"
 FROZEN_PREFIXES = ("text_trunk.", "image_trunk.")
 
 
-def trainable_state(model: PEMoE) -> dict[str, torch.Tensor]:
+def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu() for k, v in model.state_dict().items() if not k.startswith(FROZEN_PREFIXES)}
 
 
-def save_checkpoint(directory: str | Path, model: PEMoE, spec: JobSpec, stage: int, epoch: int, **extra: Any) -> Path:
+def save_checkpoint(
+    directory: str | Path, model: nn.Module, spec: JobSpec, stage: int, epoch: int, **extra: Any
+) -> Path:
     path = Path(directory) / STATE_FILE
     payload = {"model": trainable_state(model), "spec": spec.model_dump(mode="json"), "stage": stage, "epoch": epoch}
     torch.save({**payload, **extra}, path)
@@ -37,7 +41,7 @@ def read_checkpoint(directory: str | Path) -> dict[str, Any]:
     return dict(torch.load(path, map_location="cpu", weights_only=False))
 
 
-def load_into(model: PEMoE, state: dict[str, torch.Tensor]) -> None:
+def load_into(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.startswith(FROZEN_PREFIXES)]
     if missing or unexpected:
@@ -48,6 +52,17 @@ def load_pe_moe(directory: str | Path) -> tuple[PEMoE, Any, JobSpec, dict[str, A
     """(model, tokenizer, the spec it was trained with, the raw checkpoint) from a checkpoint folder."""
     payload = read_checkpoint(directory)
     spec = JobSpec.model_validate(payload["spec"])
-    model, tokenizer = build_pe_moe(spec.model)
+    model, tokenizer = build_pe_moe(spec.pe_moe)
     load_into(model, payload["model"])
     return model.eval(), tokenizer, spec, payload
+
+
+def load_smgeo(directory: str | Path) -> tuple[Any, JobSpec, dict[str, Any]]:
+    """(SMGeo model in eval mode, the spec it was trained with, the raw checkpoint) from a checkpoint folder."""
+    from geomoe.models.smgeo import SMGeo
+
+    payload = read_checkpoint(directory)
+    spec = JobSpec.model_validate(payload["spec"])
+    model = SMGeo(spec.smgeo)
+    load_into(model, payload["model"])
+    return model.eval(), spec, payload

@@ -15,7 +15,7 @@ class ImageEmbedder:
         from geomoe.models.checkpoint import load_pe_moe
 
         self.model, _, spec, _ = load_pe_moe(checkpoint)
-        self.size = spec.model.image.image_size
+        self.size = spec.pe_moe.image.image_size
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from geomoe.retrieval.embed import embed_image_batch

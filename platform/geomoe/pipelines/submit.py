@@ -25,7 +25,7 @@ def rank_track4(checkpoint: str, track4: Track4Spec, concurrency: int = 1) -> di
         raise ValueError(f"{track4.gallery}: a submission ranks 10 images, the gallery has {len(gallery)}")
     model, tokenizer, spec, _ = load_pe_moe(checkpoint)
     vectors = embed_images(checkpoint, [path for _, path in gallery], concurrency=concurrency)
-    texts, gates = embed_texts(model, tokenizer, [text for _, text in queries], spec.model.text.max_length)
+    texts, gates = embed_texts(model, tokenizer, [text for _, text in queries], spec.pe_moe.text.max_length)
     scores = fused_scores(texts, vectors, gates)
     top = np.argsort(-scores, axis=1, kind="stable")[:, :SUBMISSION_DEPTH]
     return {qid: [gallery[j][0] for j in row] for (qid, _), row in zip(queries, top, strict=True)}

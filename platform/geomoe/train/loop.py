@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from geomoe.config import JobSpec
+from geomoe.config import JobSpec, TrainSpec
 from geomoe.losses import pe_moe_objective
 from geomoe.models.checkpoint import load_into, read_checkpoint, save_checkpoint
 from geomoe.models.factory import build_pe_moe, tokenize
@@ -29,6 +29,12 @@ def warmup_cosine(total_steps: int, warmup_ratio: float) -> Any:
     return factor
 
 
+def make_optimizer(train: TrainSpec, params: list[torch.nn.Parameter], lr: float) -> torch.optim.Optimizer:
+    """Adam or AdamW (decoupled weight decay) as ``train.optimizer`` says."""
+    kind = torch.optim.AdamW if train.optimizer == "adamw" else torch.optim.Adam
+    return kind(params, lr=lr, weight_decay=train.weight_decay)
+
+
 def _texts(batch: dict[str, np.ndarray], use_statements: bool, rng: np.random.Generator) -> list[str]:
     """The caption, or half of the time one of its short statements (PE-MoE's sentence-level alignment)."""
     texts = []
@@ -39,7 +45,7 @@ def _texts(batch: dict[str, np.ndarray], use_statements: bool, rng: np.random.Ge
     return texts
 
 
-def _maybe_inject_failure(config: dict[str, Any], epoch: int, step: int) -> None:
+def maybe_inject_failure(config: dict[str, Any], epoch: int, step: int) -> None:
     """Test hook: kill this worker process once at (epoch, step) to exercise FailureConfig recovery."""
     fail = config.get("fail_once_at")
     if fail and [epoch, step] == list(fail["at"]) and not Path(fail["marker"]).exists():
@@ -61,7 +67,7 @@ def train_loop(config: dict[str, Any]) -> None:
     steps = int(config["steps_per_epoch"])
     per_worker = max(2, spec.train.batch_size // world)
 
-    model, tokenizer = build_pe_moe(spec.model)
+    model, tokenizer = build_pe_moe(spec.pe_moe)
     resumed, start_epoch = ray.train.get_checkpoint(), 0
     payload = None
     if resumed is not None:
@@ -77,7 +83,7 @@ def train_loop(config: dict[str, Any]) -> None:
     device = ray.train.torch.get_device()
     params = [p for p in core.parameters() if p.requires_grad]
     lr = spec.train.lr * (spec.train.stage2_lr_scale if stage == 2 else 1.0)
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=spec.train.weight_decay)
+    optimizer = make_optimizer(spec.train, params, lr)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, warmup_cosine(max(1, epochs * steps), spec.train.warmup_ratio)
     )
@@ -103,8 +109,8 @@ def train_loop(config: dict[str, Any]) -> None:
             local_shuffle_seed=spec.seed * 1000 + stage * 100 + epoch,  # reproducible, new order each epoch
         )
         for step, batch in zip(range(steps), batches, strict=False):
-            _maybe_inject_failure(config, epoch, step)
-            ids, mask = tokenize(tokenizer, _texts(batch, spec.train.use_statements, rng), spec.model.text.max_length)
+            maybe_inject_failure(config, epoch, step)
+            ids, mask = tokenize(tokenizer, _texts(batch, spec.train.use_statements, rng), spec.pe_moe.text.max_length)
             negatives = torch.from_numpy(batch["negatives"]).to(device) if stage == 2 else None
             experts = torch.from_numpy(batch["expert"]).to(device)
             buildings = torch.from_numpy(np.unique(batch["building_id"], return_inverse=True)[1]).to(device)

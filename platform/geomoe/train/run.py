@@ -30,7 +30,7 @@ def split_rows(manifest: dict[str, Any], split: str, spec: JobSpec) -> pa.Table:
     table = pads.dataset(manifest["table"], format="parquet", partitioning="hive").to_table(
         columns=[*COLUMNS, "augment"], filter=pc.field("split") == split
     )
-    expert_of = spec.model.expert_of()
+    expert_of = spec.pe_moe.expert_of()
     unknown = sorted(set(table["platform"].to_pylist()) - set(expert_of))
     if unknown:
         raise ValueError(f"model.experts: no expert owns platform(s) {unknown} present in the {split} split")
@@ -66,7 +66,7 @@ def training_dataset(table: pa.Table, spec: JobSpec, negatives: bool) -> Any:
     step = -(-table.num_rows // blocks)
     ds: Any = ray.data.from_arrow([table.slice(i, step) for i in range(0, table.num_rows, step)])
     ds = ds.map_batches(
-        DecodeImages(spec.model.image.image_size, negatives), batch_format="numpy", batch_size=64, num_cpus=0.5
+        DecodeImages(spec.pe_moe.image.image_size, negatives), batch_format="numpy", batch_size=64, num_cpus=0.5
     )
     return ds.materialize() if spec.train.materialize_inputs else ds
 
@@ -79,26 +79,48 @@ def fit_stage(
     init: str | None,
     test_hooks: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Run one training stage on Ray Train (or return its recorded result); returns {checkpoint, metrics}."""
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
+    """Run one PE-MoE training stage on Ray Train (or return its recorded result); returns {checkpoint, metrics}."""
     from geomoe.train.loop import train_loop
 
     recorded = recorded_stage(spec, run_dir, stage)
     if recorded is not None:
         return recorded
+    datasets = {"train": training_dataset(table, spec, negatives=stage == 2)}
+    steps = max(1, table.num_rows // spec.train.batch_size)
+    return run_trainer(spec, run_dir, stage, train_loop, datasets, steps, init=init, test_hooks=test_hooks)
+
+
+def run_trainer(
+    spec: JobSpec,
+    run_dir: Path,
+    stage: int,
+    loop: Callable[[dict[str, Any]], None],
+    datasets: dict[str, Any],
+    steps_per_epoch: int,
+    init: str | None = None,
+    test_hooks: dict[str, Any] | None = None,
+    best_by: str | None = None,
+) -> dict[str, Any]:
+    """One TorchTrainer fit of ``loop`` under the run folder, resumable; records and returns its result.
+
+    ``best_by``: a reported metric to maximise; Ray Train then keeps the best checkpoints (and the latest, for
+    resuming) and the record points at the best, not the last.
+    """
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
     _forget_other_runs(spec, run_dir, stage)
     res = spec.resources
     config = {
         "spec": spec.model_dump(mode="json"),
         "stage": stage,
         "init_checkpoint": init,
-        "steps_per_epoch": max(1, table.num_rows // spec.train.batch_size),
+        "steps_per_epoch": steps_per_epoch,
         **(test_hooks or {}),
     }
+    keep = CheckpointConfig(num_to_keep=spec.train.keep_checkpoints, checkpoint_score_attribute=best_by)
     trainer = TorchTrainer(
-        train_loop,
+        loop,
         train_loop_config=config,
         scaling_config=ScalingConfig(
             num_workers=res.num_workers, use_gpu=res.use_gpu, resources_per_worker={"CPU": res.cpus_per_worker}
@@ -107,18 +129,23 @@ def fit_stage(
             name=f"stage{stage}",
             storage_path=str((run_dir / "ray_train").resolve()),
             failure_config=FailureConfig(max_failures=spec.train.max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=2),
+            checkpoint_config=keep,
         ),
-        datasets={"train": training_dataset(table, spec, negatives=stage == 2)},
+        datasets=datasets,
     )
     result = trainer.fit()
-    if result.checkpoint is None:
+    checkpoint = result.get_best_checkpoint(best_by, "max") if best_by else result.checkpoint
+    if checkpoint is None:
         raise RuntimeError(f"stage {stage} finished without a checkpoint (did it run zero epochs?)")
     record = {
-        "checkpoint": result.checkpoint.path,
+        "checkpoint": checkpoint.path,
         "metrics": result.metrics,
         "fingerprint": spec.stage_fingerprint(stage),
     }
+    if best_by:
+        kept = [(ckpt.path, metrics) for ckpt, metrics in result.best_checkpoints or []]
+        record["best"] = next(metrics for path, metrics in kept if path == checkpoint.path)
+        record["kept"] = [{"epoch": m["epoch"], best_by: m[best_by], "checkpoint": path} for path, m in kept]
     write_json_atomic(run_dir / f"stage{stage}.json", record)
     return record
 
@@ -162,9 +189,9 @@ def mine_negatives(spec: JobSpec, checkpoint: str, table: pa.Table) -> pa.Table:
     paths = sorted({r["image_path"] for r in rows})
     image_meta = {r["image_path"]: (r["building_id"], r["expert"]) for r in rows}
     vectors = embed_images(checkpoint, paths, concurrency=spec.resources.data_concurrency)
-    texts, _ = embed_texts(model, tokenizer, [r["caption"] for r in rows], spec.model.text.max_length)
+    texts, _ = embed_texts(model, tokenizer, [r["caption"] for r in rows], spec.pe_moe.text.max_length)
     negatives: list[list[str]] = [[] for _ in rows]
-    for k, expert in enumerate(spec.model.experts):
+    for k, expert in enumerate(spec.pe_moe.experts):
         query_idx = [i for i, r in enumerate(rows) if r["expert"] == k]
         gallery_idx = [j for j, p in enumerate(paths) if image_meta[p][1] == k]
         if not query_idx:
@@ -210,7 +237,7 @@ def train_and_evaluate(spec: JobSpec, manifest: dict[str, Any], run_dir: Path) -
     table = split_rows(manifest, "train", spec)
     results: dict[str, Any] = {}
     stage1 = fit_stage(spec, run_dir, 1, table, None)
-    results["stage1"] = _cached(
+    results["stage1"] = cached_result(
         run_dir / "eval_stage1.json", spec, 1, lambda: evaluate_checkpoint(spec, stage1["checkpoint"], manifest)
     )
     if spec.train.stage2_epochs:
@@ -218,7 +245,7 @@ def train_and_evaluate(spec: JobSpec, manifest: dict[str, Any], run_dir: Path) -
         if stage2 is None:
             mined = mine_negatives(spec, stage1["checkpoint"], table)
             stage2 = fit_stage(spec, run_dir, 2, mined, stage1["checkpoint"])
-        results["stage2"] = _cached(
+        results["stage2"] = cached_result(
             run_dir / "eval_stage2.json", spec, 2, lambda: evaluate_checkpoint(spec, stage2["checkpoint"], manifest)
         )
         results["checkpoint"] = stage2["checkpoint"]
@@ -227,7 +254,7 @@ def train_and_evaluate(spec: JobSpec, manifest: dict[str, Any], run_dir: Path) -
     return results
 
 
-def _cached(path: Path, spec: JobSpec, stage: int, compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+def cached_result(path: Path, spec: JobSpec, stage: int, compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     """An evaluation, recomputed only when the stage's training or the evaluation settings changed."""
     key = spec.stage_fingerprint(stage) + spec.fingerprint("eval")
     if path.is_file():

@@ -1,0 +1,183 @@
+"""SMGeo (../shared/seeds/smgeo_paper.md): drone query + click -> box of that object in a satellite tile.
+
+Forward steps (``SMGeo.forward``):
+1. query input = RGB + a click heat channel (a Gaussian at the click); reference input = RGB + a zero channel;
+2. one shared Swin (timm: windowed and shifted-window attention with relative position bias, Eq. 1-6) encodes
+   both, with the FFN of chosen blocks replaced by a grid-level sparse MoE (``gmoe.GridMoE``, Eq. 7-9);
+3. query-guided fusion (Eq. 10): a pooled query vector against every reference location, sigmoid, weighting
+   the reference features. The query vector is the click-heat-weighted average of the query features
+   (``query_pool: click``) or their plain average (``mean``, the paper's wording);
+4. anchor-free head (Eq. 11-12): two conv-BN-ReLU layers, then a centre heatmap and (dx, dy, w, h) per cell.
+``decode_boxes`` turns the most confident cell into an absolute xyxy box in reference pixels (DetGeo protocol).
+Targets and losses (Eq. 14-22) live in ``geomoe.losses``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from geomoe.config import SMGeoModelSpec, SwinSpec
+from geomoe.models.gmoe import ExpertFFN, GridMoE
+
+HEATMAP_PRIOR = 0.1  # initial centre probability per cell (CenterNet's bias initialisation)
+
+
+def build_swin(spec: SwinSpec, image_size: int) -> Any:
+    """timm Swin with 4 input channels (RGB + click heat), any input size, no classifier.
+
+    ``spec.pretrained`` is a local file loaded through timm's own filter (it adapts the patch embedding to 4
+    channels and the relative position tables to the window size); None keeps random weights.
+    """
+    import timm
+
+    overlay = {"file": spec.pretrained} if spec.pretrained else None
+    return timm.create_model(
+        spec.name,
+        pretrained=spec.pretrained is not None,
+        pretrained_cfg_overlay=overlay,
+        num_classes=0,
+        in_chans=4,
+        img_size=image_size,
+        embed_dim=spec.embed_dim,
+        depths=tuple(spec.depths),
+        num_heads=tuple(spec.num_heads),
+        window_size=spec.window_size,
+        drop_path_rate=spec.drop_path,
+        dynamic_img_size=True,
+        strict_img_size=False,
+    )
+
+
+class _TokenMoE(nn.Module):
+    """Stands in for a Swin block's MLP: the block hands it (B, H*W, C); the map shape comes from a hook."""
+
+    def __init__(self, moe: GridMoE) -> None:
+        super().__init__()
+        self.moe = moe
+        self.hw = (0, 0)
+
+    def forward(self, x_BLC: torch.Tensor) -> torch.Tensor:
+        batch, _, dim = x_BLC.shape
+        return self.moe(x_BLC.reshape(batch, *self.hw, dim)).reshape(batch, -1, dim)
+
+
+def _remember_map_shape(block: Any, args: tuple[torch.Tensor, ...]) -> None:
+    block.mlp.hw = tuple(args[0].shape[1:3])  # Swin blocks take (B, H, W, C)
+
+
+def insert_gmoe(backbone: Any, spec: SMGeoModelSpec) -> list[GridMoE]:
+    """Replace the MLP of the chosen blocks by GMoE layers; experts start as copies of the stage's dense FFN."""
+    layers: list[GridMoE] = []
+    g = spec.gmoe
+    for stage, picks in zip(backbone.layers, spec.moe_blocks(), strict=True):
+        pool: nn.ModuleList | None = None
+        for index in picks:
+            block: Any = stage.blocks[index]
+            dense = block.mlp
+            dim = dense.fc1.in_features
+            if pool is None or not g.share_per_stage:
+                hidden = dense.fc1.out_features if g.expert_mlp_ratio is None else round(dim * g.expert_mlp_ratio)
+                experts = [ExpertFFN(dim, hidden) for _ in range(g.experts)]
+                if hidden <= dense.fc1.out_features:
+                    for expert in experts:
+                        expert.copy_from(dense.fc1, dense.fc2)
+                pool = nn.ModuleList(experts)
+            moe = GridMoE(dim, pool, g.top_k, (g.grid[0], g.grid[1]), g.noise_std)
+            block.mlp = _TokenMoE(moe)
+            block.register_forward_pre_hook(_remember_map_shape)
+            layers.append(moe)
+    return layers
+
+
+def click_heat(clicks_B2: torch.Tensor, height: int, width: int, sigma: float) -> torch.Tensor:
+    """(B, 1, H, W) Gaussian bumps at the clicks (x, y in pixels), peak 1."""
+    ys = torch.arange(height, device=clicks_B2.device, dtype=torch.float32)[:, None] + 0.5
+    xs = torch.arange(width, device=clicks_B2.device, dtype=torch.float32)[None, :] + 0.5
+    dx = xs[None] - clicks_B2[:, 0, None, None].float()
+    dy = ys[None] - clicks_B2[:, 1, None, None].float()
+    return torch.exp(-(dx**2 + dy**2) / (2 * sigma**2))[:, None]
+
+
+def conv_bn_relu(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+
+class SMGeo(nn.Module):
+    def __init__(self, spec: SMGeoModelSpec) -> None:
+        super().__init__()
+        self.spec = spec
+        self.backbone = build_swin(spec.backbone, spec.reference_size)
+        self.moe_layers = insert_gmoe(self.backbone, spec)  # also reachable through backbone (registered there)
+        dim = int(self.backbone.num_features)
+        self.head = nn.Sequential(
+            conv_bn_relu(dim, spec.head_channels), conv_bn_relu(spec.head_channels, spec.head_channels)
+        )
+        self.heatmap = nn.Conv2d(spec.head_channels, 1, 1)
+        self.box = nn.Conv2d(spec.head_channels, 4, 1)
+        nn.init.constant_(self.heatmap.bias, -math.log((1 - HEATMAP_PRIOR) / HEATMAP_PRIOR))  # type: ignore[arg-type]
+
+    def encode(self, image_B4HW: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Shared backbone: (B, h, w, C) features and each GMoE layer's neg-entropy of this pass."""
+        features = self.backbone.forward_features(image_B4HW)
+        return features, [layer.neg_entropy for layer in self.moe_layers]
+
+    def query_vector(self, features_BhwC: torch.Tensor, heat_B1HW: torch.Tensor) -> torch.Tensor:
+        """Pooled query (B, C): click-heat-weighted average; the plain average without a click or in mean mode."""
+        batch, h, w, _ = features_BhwC.shape
+        flat = features_BhwC.reshape(batch, h * w, -1)
+        if self.spec.query_pool == "mean":
+            return flat.mean(dim=1)
+        weight_BL = F.adaptive_avg_pool2d(heat_B1HW, (h, w)).reshape(batch, h * w)
+        total = weight_BL.sum(dim=1, keepdim=True)
+        weight_BL = torch.where(
+            total > 1e-6, weight_BL / total.clamp_min(1e-6), torch.full_like(weight_BL, 1 / (h * w))
+        )
+        return torch.einsum("bl,blc->bc", weight_BL.to(flat.dtype), flat)
+
+    def forward(
+        self, query_B3HW: torch.Tensor, clicks_B2: torch.Tensor, reference_B3HW: torch.Tensor, use_click: bool = True
+    ) -> dict[str, torch.Tensor]:
+        """Heatmap logits (B, h, w), box regression (B, 4, h, w) in feature cells, fusion map (B, h, w), and
+        the GMoE neg-entropy averaged over layers and both views (a scalar with gradient; 0 without GMoE)."""
+        batch, _, qh, qw = query_B3HW.shape
+        heat = click_heat(clicks_B2, qh, qw, self.spec.click_sigma * qw)
+        if not use_click:
+            heat = torch.zeros_like(heat)
+        query, entropy_q = self.encode(torch.cat([query_B3HW, heat.to(query_B3HW.dtype)], dim=1))
+        blank = reference_B3HW.new_zeros(batch, 1, *reference_B3HW.shape[2:])
+        reference, entropy_r = self.encode(torch.cat([reference_B3HW, blank], dim=1))
+        q_BC = self.query_vector(query, heat)
+        dim = reference.shape[-1]
+        attention_Bhw = torch.sigmoid(torch.einsum("bc,bhwc->bhw", q_BC, reference) / math.sqrt(dim))  # Eq. 10
+        fused = (reference * attention_Bhw[..., None]).permute(0, 3, 1, 2)
+        trunk = self.head(fused)  # Eq. 11
+        entropies = entropy_q + entropy_r
+        return {
+            "heatmap_logits": self.heatmap(trunk)[:, 0],  # Eq. 12 (sigmoid applied in the loss and decoding)
+            "box": self.box(trunk),
+            "attention": attention_Bhw,
+            "neg_entropy": torch.stack(entropies).mean() if entropies else fused.new_zeros(()),
+        }
+
+    def expert_usage(self) -> list[list[int]]:
+        """Per GMoE layer, how many (cell, slot) choices each expert got in the last reference pass."""
+        return [[int(n) for n in layer.usage.tolist()] for layer in self.moe_layers]
+
+
+def decode_boxes(
+    heatmap_logits_Bhw: torch.Tensor, box_B4hw: torch.Tensor, reference_hw: tuple[int, int]
+) -> torch.Tensor:
+    """Most confident cell -> absolute xyxy box (B, 4) in reference input pixels (inverse of Eq. 14-17)."""
+    batch, h, w = heatmap_logits_Bhw.shape
+    best = heatmap_logits_Bhw.reshape(batch, -1).argmax(dim=1)
+    row, col = best // w, best % w
+    dx, dy, bw, bh = box_B4hw.reshape(batch, 4, -1)[torch.arange(batch), :, best].unbind(dim=1)
+    sx, sy = reference_hw[1] / w, reference_hw[0] / h
+    cx, cy = (col + dx) * sx, (row + dy) * sy
+    half_w, half_h = bw.clamp_min(0) * sx / 2, bh.clamp_min(0) * sy / 2
+    return torch.stack([cx - half_w, cy - half_h, cx + half_w, cy + half_h], dim=1)

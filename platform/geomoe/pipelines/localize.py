@@ -1,0 +1,86 @@
+"""Ray Data for SMGeo: decode prepared rows into model inputs, and predict boxes with a checkpoint (batch
+inference on an actor pool, one model per actor)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from geomoe.data.localization import decode_pair, to_file_pixels
+
+
+class DecodePairs:
+    """Ray Data map: prepared rows -> query, click, reference, box (model-input pixels), reference_wh."""
+
+    def __init__(self, query_size: int, reference_size: int) -> None:
+        self.query_size, self.reference_size = query_size, reference_size
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        rows = [dict(zip(batch, values, strict=True)) for values in zip(*batch.values(), strict=True)]
+        decoded = [decode_pair(row, self.query_size, self.reference_size) for row in rows]
+        arrays = {key: np.stack([d[key] for d in decoded]) for key in decoded[0]}
+        return {"sample_id": batch["sample_id"], "class_name": batch["class_name"], **arrays}
+
+
+def pairs_dataset(table: pa.Table, query_size: int, reference_size: int, materialize: bool) -> Any:
+    """Decoded pairs of ``table``'s rows as a Ray Dataset (decoded once into the object store if ``materialize``)."""
+    import ray.data
+
+    blocks = max(1, min(table.num_rows // 32, 8))
+    step = -(-table.num_rows // blocks)
+    ds: Any = ray.data.from_arrow([table.slice(i, step) for i in range(0, table.num_rows, step)])
+    ds = ds.map_batches(DecodePairs(query_size, reference_size), batch_format="numpy", batch_size=32, num_cpus=0.5)
+    return ds.materialize() if materialize else ds
+
+
+class PredictBoxes:
+    """Ray Data actor: a checkpoint's boxes in reference file pixels; ``use_click=False`` zeroes the click."""
+
+    def __init__(self, checkpoint: str, use_click: bool, device: str) -> None:
+        import torch
+
+        from geomoe.models.checkpoint import load_smgeo
+
+        self.torch = torch
+        self.model, spec, _ = load_smgeo(checkpoint)
+        self.model.to(device)
+        self.device, self.use_click, self.size = device, use_click, spec.smgeo.reference_size
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from geomoe.models.smgeo import decode_boxes
+
+        torch = self.torch
+        with torch.no_grad():
+            inputs = [torch.from_numpy(batch[k]).to(self.device) for k in ("query", "click", "reference")]
+            out = self.model(*inputs, use_click=self.use_click)
+            pred = decode_boxes(out["heatmap_logits"], out["box"], (self.size, self.size)).float().cpu().numpy()
+        return {
+            "sample_id": batch["sample_id"],
+            "pred": to_file_pixels(pred, batch["reference_wh"], self.size),
+            "reference_wh": batch["reference_wh"],
+        }
+
+
+def predict_boxes(
+    checkpoint: str, pairs: Any, use_click: bool, concurrency: int, use_gpu: bool
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """sample_id -> (predicted xyxy box in file pixels, reference file (width, height)) for every decoded pair."""
+    predicted = pairs.map_batches(
+        PredictBoxes,
+        fn_constructor_kwargs={
+            "checkpoint": checkpoint,
+            "use_click": use_click,
+            "device": "cuda" if use_gpu else "cpu",
+        },
+        batch_size=16,
+        batch_format="numpy",
+        concurrency=concurrency,
+        num_cpus=0 if use_gpu else 1,
+        num_gpus=1 if use_gpu else 0,
+    )
+    return {
+        str(row["sample_id"]): (np.asarray(row["pred"]), np.asarray(row["reference_wh"]))
+        for row in predicted.iter_rows()
+    }
