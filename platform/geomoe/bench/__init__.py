@@ -22,6 +22,10 @@ def run_benchmark(name: str, out: str, overrides: list[str]) -> dict[str, Any]:
 
         layers = int(overrides[0].split("=", 1)[1]) if overrides and overrides[0].startswith("text_layers=") else 4
         result = bench_pe_moe_step(Path(out), text_layers=layers)
+    elif name == "gmoe":
+        from geomoe.bench.gmoe import bench_gmoe
+
+        result = bench_gmoe()
     elif name == "mining":
         from geomoe.bench.pe_moe import bench_mining
 
