@@ -40,3 +40,21 @@ def test_cli_reports_spec_errors_clearly(tmp_path: Path) -> None:
     )
     assert done.returncode == 2
     assert "quickstart.yaml: preprocess.satellite_copies:" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_smgeo_quickstart_job_runs_and_reports(tmp_path: Path) -> None:
+    small = [
+        "data.synthesize.localization_train=8",
+        "data.synthesize.localization_val=4",
+        "data.synthesize.localization_test=4",
+        "train.epochs=2",
+        "train.batch_size=4",
+    ]
+    args = ["run", str(REPO / "jobs" / "smgeo_quickstart.yaml"), *[a for s in small for a in ("--set", s)]]
+    done = run_cli(*args, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "object localization, test split, DetGeo protocol (%), 4 samples" in done.stdout
+    for method in ("smgeo", "click_zeroed", "centre_box", "best epoch", "by size"):
+        assert method in done.stdout
+    results = json.loads((tmp_path / "runs" / "smgeo_quickstart" / "results.json").read_text())
+    assert results["prepare"]["rows"]["train"] and results["train"]["model"]["test"]["smgeo"]["count"] == 4

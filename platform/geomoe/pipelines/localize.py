@@ -67,6 +67,8 @@ def predict_boxes(
     checkpoint: str, pairs: Any, use_click: bool, concurrency: int, use_gpu: bool
 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """sample_id -> (predicted xyxy box in file pixels, reference file (width, height)) for every decoded pair."""
+    import ray.data
+
     predicted = pairs.map_batches(
         PredictBoxes,
         fn_constructor_kwargs={
@@ -76,7 +78,7 @@ def predict_boxes(
         },
         batch_size=16,
         batch_format="numpy",
-        concurrency=concurrency,
+        compute=ray.data.ActorPoolStrategy(size=concurrency),
         num_cpus=0 if use_gpu else 1,
         num_gpus=1 if use_gpu else 0,
     )

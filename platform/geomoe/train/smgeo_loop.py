@@ -114,8 +114,10 @@ def smgeo_train_loop(config: dict[str, Any]) -> None:
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=autocast):
             metrics |= validate(wrapped, val_shard, per_worker, device, size)
         usage = np.array(core.expert_usage(), dtype=np.float64)
-        if usage.size:  # share of the busiest expert, averaged over layers: 1/E is balanced, 1 is collapse
-            metrics["expert_max_share"] = float((usage.max(axis=1) / usage.sum(axis=1)).mean())
+        if usage.size:  # cells using the busiest expert, averaged over layers: k/E is balanced, 1 = every cell
+            metrics["busiest_expert_cells"] = float(
+                (usage.max(axis=1) * model_spec.gmoe.top_k / usage.sum(axis=1)).mean()
+            )
         with tempfile.TemporaryDirectory() as directory:
             checkpoint = None
             if rank == 0:
