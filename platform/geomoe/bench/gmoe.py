@@ -94,7 +94,7 @@ def bench_gmoe(
     last = rows[-1]
     result["summary"] = (
         f"gmoe E={experts} k={top_k} dim={dim}: at {last['tokens']} tokens sparse dispatch is {last['speedup']}x "
-        f"faster than dense and keeps {last["memory_ratio"]}x less memory for backward ({result['device']})"
+        f"faster than dense and keeps {last['memory_ratio']}x less memory for backward ({result['device']})"
     )
     return result
 
