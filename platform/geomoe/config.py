@@ -14,7 +14,16 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from geomoe.data.records import Platform
 from geomoe.errors import SpecError
@@ -322,6 +331,15 @@ class ResourcesSpec(Strict):
     data_concurrency: int = Field(2, ge=1, description="parallel Ray Data tasks for CPU stages")
 
 
+def _model_name(value: Any) -> str:
+    """The model a ``model`` section describes; a section without ``name`` is PE-MoE (as before SMGeo)."""
+    return str(value.get("name", "pe_moe") if isinstance(value, dict) else getattr(value, "name", "pe_moe"))
+
+
+AnyModelSpec = Annotated[
+    Annotated[ModelSpec, Tag("pe_moe")] | Annotated[SMGeoModelSpec, Tag("smgeo")], Discriminator(_model_name)
+]
+
 # The spec sections a trained stage depends on (see JobSpec.fingerprint).
 TRAINING_SECTIONS = ("seed", "data", "preprocess", "model", "train")
 # train fields that only stage 2 (and its mining) reads: changing them keeps a finished stage 1
@@ -343,9 +361,7 @@ class JobSpec(Strict):
     stages: list[Literal["synth", "prepare", "train", "track4_submission"]] = ["synth", "prepare", "train"]
     data: DataSpec
     preprocess: PreprocessSpec
-    model: Annotated[ModelSpec | SMGeoModelSpec, Field(discriminator="name")] = Field(
-        default_factory=lambda: ModelSpec()
-    )
+    model: AnyModelSpec = Field(default_factory=lambda: ModelSpec())
     train: TrainSpec = Field(default_factory=lambda: TrainSpec())
     eval: EvalSpec = Field(default_factory=lambda: EvalSpec())
     resources: ResourcesSpec = Field(default_factory=lambda: ResourcesSpec())
@@ -469,8 +485,10 @@ SpecT = TypeVar("SpecT", bound=BaseModel)
 
 def _first_error(err: ValidationError) -> tuple[str, str]:
     detail = err.errors()[0]
-    key = ".".join(str(part) for part in detail["loc"])
-    return key, detail["msg"]
+    loc = [str(part) for part in detail["loc"]]
+    if loc[:1] == ["model"] and loc[1:2] and loc[1] in ("pe_moe", "smgeo"):
+        del loc[1]  # pydantic inserts the union's tag; the user wrote model.<key>
+    return ".".join(loc), detail["msg"]
 
 
 def parse_spec(model: type[SpecT], raw: Any, source: str, overrides: list[str] | None = None) -> SpecT:

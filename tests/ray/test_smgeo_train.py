@@ -52,3 +52,24 @@ def test_smgeo_job_trains_keeps_the_best_epoch_and_evaluates(tiny_synth: tuple[P
         assert set(test[method]["overall"]) == {"acc@0.25", "acc@0.5", "mIoU"}
         assert 0 <= test[method]["overall"]["mIoU"] <= 100
     assert run_job(spec)["train"] == results["train"]  # the recorded run and evaluation are reused
+
+
+def test_smgeo_fit_survives_a_killed_worker_and_resumes(tiny_synth: tuple[Path, dict], tmp_path: Path) -> None:
+    from geomoe.pipelines.localize import pairs_dataset
+    from geomoe.pipelines.prepare import prepare
+    from geomoe.train.run import run_trainer
+    from geomoe.train.smgeo_loop import VAL_METRIC, smgeo_train_loop
+    from geomoe.train.smgeo_run import localization_rows
+
+    root, _ = tiny_synth
+    spec = smgeo_job(root, tmp_path)
+    manifest = prepare(spec)
+    m = spec.smgeo
+    datasets = {
+        s: pairs_dataset(localization_rows(manifest, s), m.query_size, m.reference_size, True) for s in ("train", "val")
+    }
+    hooks = {"fail_once_at": {"at": [2, 0], "marker": str(tmp_path / "killed")}}
+    record = run_trainer(spec, tmp_path / "run", 1, smgeo_train_loop, datasets, 1, test_hooks=hooks, best_by=VAL_METRIC)
+    assert (tmp_path / "killed").exists()  # the worker really died once, in epoch 2
+    # the restarted worker group resumed from a checkpoint (the latest one registered), not from scratch
+    assert record["metrics"]["epoch"] == 2 and record["metrics"]["start_epoch"] >= 1
