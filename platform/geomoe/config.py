@@ -301,7 +301,21 @@ class TrainSpec(Strict):
     materialize_inputs: bool = Field(False, description="decode training images once into the object store")
 
 
+class RerankSpec(Strict):
+    """CGRS: re-score each query's first-stage top ``top_n`` with query-caption text similarity, fused with the
+    first-stage score after per-query normalisation: (1 - weight) * first + weight * caption."""
+
+    captions: str = Field(description="caption store (Parquet: image_id, caption, model_id, prompt_sha256)")
+    top_n: int = Field(20, ge=2)
+    weight: float = Field(0.5, ge=0, le=1)
+    dense_weight: float = Field(1.0, ge=0, description="cosine of the text trunk's shared features (BGE-M3 dense)")
+    lexical_weight: float = Field(0.0, ge=0, description="IDF-weighted token overlap")
+    normalise: Literal["zscore", "minmax"] = "zscore"
+    diversity: float | None = Field(None, gt=0, le=1, description="push down near-duplicate images (cosine >=)")
+
+
 class EvalSpec(Strict):
+    rerank: RerankSpec | None = None
     protocols: list[Literal["exact", "building"]] = ["exact", "building"]  # pydantic copies list defaults
     ks: list[int] = [1, 5, 10]
 
@@ -426,6 +440,8 @@ class JobSpec(Strict):
         if raw.get("track4"):
             for key in ("queries", "gallery", "output_dir", "checkpoint"):
                 raw["track4"][key] = absolute(raw["track4"][key])
+        if raw["eval"].get("rerank"):
+            raw["eval"]["rerank"]["captions"] = absolute(raw["eval"]["rerank"]["captions"])
         if isinstance(self.model, SMGeoModelSpec):
             backbone = raw["model"]["backbone"]
             if backbone["pretrained"]:

@@ -8,10 +8,13 @@ from typing import Any
 
 import numpy as np
 
-from geomoe.config import JobSpec
-from geomoe.metrics import retrieval_report
+from geomoe.config import JobSpec, RerankSpec
+from geomoe.data.caption_store import read_caption_store
+from geomoe.errors import DatasetError
+from geomoe.metrics import first_relevant_rank, recall_at_k, retrieval_report
 from geomoe.models.pe_moe import PEMoE
-from geomoe.retrieval.embed import embed_texts, fused_scores
+from geomoe.retrieval.embed import embed_shared_texts, embed_texts, fused_scores
+from geomoe.retrieval.rerank import LexicalScorer, diversify, fuse_top_n, top_n
 
 
 def gallery_from_rows(rows: Sequence[dict[str, Any]]) -> tuple[list[dict[str, Any]], np.ndarray]:
@@ -59,8 +62,62 @@ def evaluate_pe_moe(
         expert_of = spec.pe_moe.expert_of()
         truth = np.array([expert_of[platform[i]] for i in caption_image])
         report["routing_accuracy"] = float(100.0 * np.mean(g.argmax(axis=1) == truth))
+    if spec.eval.rerank is not None:
+        reranked = rerank_scores(model, tokenizer, spec, rows, scores, images, image_vectors, spec.eval.rerank)
+        report["reranked"] = {
+            protocol: {"t2i": recall_at_k(first_relevant_rank(reranked, *labels), ks)}
+            for protocol, labels in _t2i_labels(caption_image, building).items()
+            if protocol in spec.eval.protocols
+        }
     report["sample"] = _sample_query(rows[0]["caption"], scores[0], images, rows[0]["building_id"])
     return report
+
+
+def _t2i_labels(caption_image: np.ndarray, building: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    return {"exact": (caption_image, np.arange(len(building))), "building": (building[caption_image], building)}
+
+
+def rerank_scores(
+    model: PEMoE,
+    tokenizer: Any,
+    spec: JobSpec,
+    rows: Sequence[dict[str, Any]],
+    scores_QN: np.ndarray,
+    images: Sequence[dict[str, Any]],
+    image_vectors_KND: np.ndarray,
+    rerank: RerankSpec,
+) -> np.ndarray:
+    """CGRS: the first stage's scores with each query's top ``top_n`` re-ordered by query-caption similarity."""
+    store = read_caption_store(rerank.captions)
+    missing = [im["image_id"] for im in images if im["image_id"] not in store]
+    if missing:
+        raise DatasetError(f"{rerank.captions}: no caption for {len(missing)} gallery images, e.g. {missing[0]!r}")
+    owner = np.array([n for n, im in enumerate(images) for _ in store[im["image_id"]]])
+    captions = [c for im in images for c in store[im["image_id"]]]
+    top_QT = top_n(scores_QN, rerank.top_n)
+    queries = [r["caption"] for r in rows]
+    caption_QT = np.zeros(top_QT.shape)
+    if rerank.dense_weight:
+        length = spec.pe_moe.text.max_length
+        q_QH = embed_shared_texts(model, tokenizer, queries, length)
+        c_MH = embed_shared_texts(model, tokenizer, captions, length)
+        caption_QT += rerank.dense_weight * _best_caption(q_QH @ c_MH.T, owner, top_QT)
+    if rerank.lexical_weight:
+        lexical = LexicalScorer(captions)
+        lexical_QM = np.stack([lexical.score(q, captions) for q in queries])
+        caption_QT += rerank.lexical_weight * _best_caption(lexical_QM, owner, top_QT)
+    fused = fuse_top_n(scores_QN, caption_QT, top_QT, rerank.weight, rerank.normalise)
+    if rerank.diversity is not None:
+        flat_ND = image_vectors_KND.transpose(1, 0, 2).reshape(len(images), -1)
+        fused = diversify(fused, flat_ND, rerank.top_n, rerank.diversity)
+    return fused
+
+
+def _best_caption(sim_QM: np.ndarray, owner_M: np.ndarray, top_QT: np.ndarray) -> np.ndarray:
+    """Per query and candidate image, the best similarity over that image's captions."""
+    per_image = np.full((sim_QM.shape[0], int(owner_M.max()) + 1), -np.inf)
+    np.maximum.at(per_image.T, owner_M, sim_QM.T)  # rows of the transposed view are images
+    return np.take_along_axis(per_image, top_QT, axis=1)
 
 
 def _sample_query(caption: str, scores_N: np.ndarray, images: list[dict[str, Any]], building: str) -> dict[str, Any]:

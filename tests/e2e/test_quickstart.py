@@ -25,6 +25,7 @@ def test_quickstart_job_runs_and_reports(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
     assert "prepared" in done.stdout and "rejected records: 0" in done.stdout
     assert "text -> image retrieval, exact protocol" in done.stdout and "unified stage2" in done.stdout
+    assert "model stage2 +CGRS" in done.stdout  # re-ranked with the scene-graph caption store
     assert "sample query:" in done.stdout
     results = json.loads((tmp_path / "runs" / "quickstart" / "results.json").read_text())
     synth, manifest = results["synth"], results["prepare"]

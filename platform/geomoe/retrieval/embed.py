@@ -29,6 +29,22 @@ def embed_texts(
 
 
 @torch.no_grad()
+def embed_shared_texts(
+    model: PEMoE, tokenizer: Any, texts: Sequence[str], max_length: int, batch_size: int = 256
+) -> np.ndarray:
+    """(Q, H) normalised shared text features of the frozen text trunk (BGE-M3's dense vectors in the paper
+    configuration): a text-to-text similarity space for re-ranking by captions."""
+    model.eval()
+    device = next(model.parameters()).device
+    parts = []
+    for start in range(0, len(texts), batch_size):
+        ids, mask = tokenize(tokenizer, list(texts[start : start + batch_size]), max_length)
+        shared, _ = model.encode_text(ids.to(device), mask.to(device))
+        parts.append(torch.nn.functional.normalize(shared.float(), dim=-1).cpu().numpy())
+    return np.concatenate(parts, axis=0)
+
+
+@torch.no_grad()
 def embed_image_batch(model: PEMoE, paths: Sequence[str], image_size: int) -> np.ndarray:
     """v (B, K, D): every expert's normalised embedding of each image in one batch of paths.
 

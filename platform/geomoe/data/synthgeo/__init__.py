@@ -1,7 +1,9 @@
 """synthgeo: a procedural geo-localization benchmark written in the real datasets' on-disk layouts.
 
 ``generate(out, spec)`` writes, under ``out``:
-- ``geotext/``: GeoText-1652 layout (images/<split>/<building>/..., train.json, test_951_version.json);
+- ``geotext/``: GeoText-1652 layout (images/<split>/<building>/..., train.json, test_951_version.json), plus
+  ``gallery_captions.parquet``: a caption store of the test images written from the scene graph, standing in
+  for a perfect captioner (CGRS re-ranking's upper bound);
 - ``track4/``: RoboSense Track 4 layout (queries.txt, gallery/image_<8 hex>.jpeg) plus ``labels.json``, the
   answer key the challenge keeps hidden (query -> target image and building, gallery -> building, platform);
 - ``cvogl/CVOGL_DroneAerial/``: CVOGL layout (split .pth files of 8-tuples, query/, satellite/);
@@ -21,6 +23,7 @@ import numpy as np
 from PIL import Image
 
 from geomoe.config import SynthSpec
+from geomoe.data.caption_store import write_caption_store
 from geomoe.data.cvogl import write_cvogl_split
 from geomoe.data.geotext import write_geotext_annotations
 from geomoe.data.synthgeo.captions import TEST_QUERY, TRAIN_CAPTION
@@ -34,6 +37,8 @@ from geomoe.io import atomic_dir, write_json_atomic
 log = logging.getLogger(__name__)
 MANIFEST = "synthgeo.json"
 GEOTEXT_TEST_FILE = "test_951_version.json"
+GALLERY_CAPTIONS = "gallery_captions.parquet"
+VERSION = 2  # 2: + gallery_captions.parquet; a benchmark of another version is regenerated
 
 
 def _views(b: Building, spec: SynthSpec, rng: np.random.Generator) -> list[tuple[str, str, Image.Image]]:
@@ -45,12 +50,18 @@ def _views(b: Building, spec: SynthSpec, rng: np.random.Generator) -> list[tuple
     return views
 
 
+SCENE_CAPTIONER = "synthgeo-scene-graph"
+
+
 def _write_retrieval_split(
     root: Path, split: str, ids: list[str], spec: SynthSpec, counts: dict[str, Any]
-) -> list[dict[str, Any]]:
+) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
+    """Annotation entries of one split, and scene-graph captions of its images (one per image)."""
     entries: list[dict[str, Any]] = []
+    described: list[dict[str, str]] = []
     for building_id in ids:
         rng = np.random.default_rng([spec.seed, int(building_id)])
+        caption_rng = np.random.default_rng([spec.seed, int(building_id), 1])  # leaves the images' draws alone
         building = sample_building(building_id, rng)
         for name, platform, image in _views(building, spec, rng):
             image_id = f"{building_id}/{name}"
@@ -58,6 +69,8 @@ def _write_retrieval_split(
             path.parent.mkdir(parents=True, exist_ok=True)
             image.save(path, quality=92)
             counts[split]["images"][platform] += 1
+            scene = TRAIN_CAPTION[platform](building, caption_rng)
+            described.append({"image_id": image_id, "caption": scene, "model_id": SCENE_CAPTIONER, "prompt_sha256": ""})
             if split == "train":
                 for _ in range(spec.train_captions):
                     caption = TRAIN_CAPTION[platform](building, rng)
@@ -75,7 +88,7 @@ def _write_retrieval_split(
                 entries.append({"image_id": image_id, "image": f"{split}/{image_id}", "caption": captions})
         counts[split]["buildings"] += 1
     counts[split]["pairs"] = sum(len(e["caption"]) if isinstance(e["caption"], list) else 1 for e in entries)
-    return entries
+    return entries, described
 
 
 def _gallery_id(image_id: str) -> str:
@@ -151,7 +164,7 @@ def generate(out: str | Path, spec: SynthSpec, force: bool = False) -> dict[str,
     manifest_path = out / MANIFEST
     if manifest_path.is_file() and not force:
         existing = json.loads(manifest_path.read_text())
-        if existing.get("spec") == spec.model_dump():
+        if existing.get("spec") == spec.model_dump() and existing.get("version") == VERSION:
             log.info("synthgeo already generated at %s; reusing it", out)
             return dict(existing["counts"])
     n_train, n_test = spec.train_buildings, spec.test_buildings
@@ -162,8 +175,9 @@ def generate(out: str | Path, spec: SynthSpec, force: bool = False) -> dict[str,
     }
     with atomic_dir(out) as tmp:
         geotext = tmp / "geotext"
-        train = _write_retrieval_split(geotext, "train", train_ids, spec, counts)
-        test = _write_retrieval_split(geotext, "test", test_ids, spec, counts)
+        train, _ = _write_retrieval_split(geotext, "train", train_ids, spec, counts)
+        test, test_captions = _write_retrieval_split(geotext, "test", test_ids, spec, counts)
+        write_caption_store(geotext / GALLERY_CAPTIONS, test_captions)
         write_geotext_annotations(geotext, "train.json", train)
         write_geotext_annotations(geotext, GEOTEXT_TEST_FILE, test)
         result = {
@@ -171,5 +185,5 @@ def generate(out: str | Path, spec: SynthSpec, force: bool = False) -> dict[str,
             "track4": _write_track4(tmp / "track4", geotext, test),
             "cvogl": _write_cvogl(tmp / "cvogl", spec),
         }
-        write_json_atomic(tmp / MANIFEST, {"spec": spec.model_dump(), "counts": result})
+        write_json_atomic(tmp / MANIFEST, {"spec": spec.model_dump(), "version": VERSION, "counts": result})
     return result

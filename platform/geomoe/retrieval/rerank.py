@@ -1,0 +1,93 @@
+"""CGRS re-ranking (cgrs_abstract.md; REFERENCE.md sec. 2), NumPy only.
+
+For each query, the first stage's top N candidates are re-scored by text similarity between the query and the
+candidates' captions (written once per gallery image, offline, into a caption store), fused with the first-stage
+score after per-query normalisation, and re-ordered; everything below the top N keeps its first-stage order.
+Optionally, the diversity rule of a peer's submission pushes down a candidate whose image is a near-duplicate
+(cosine >= threshold) of one already placed above it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Sequence
+
+import numpy as np
+
+
+def normalise(scores_QT: np.ndarray, how: str) -> np.ndarray:
+    """Per-query (row) normalisation: ``zscore`` (mean 0, std 1) or ``minmax`` ([0, 1]); constant rows -> 0."""
+    scores = np.asarray(scores_QT, np.float64)
+    if how == "zscore":
+        centred = scores - scores.mean(axis=1, keepdims=True)
+        std = scores.std(axis=1, keepdims=True)
+        return np.divide(centred, std, out=np.zeros_like(centred), where=std > 1e-12)
+    if how == "minmax":
+        low = scores.min(axis=1, keepdims=True)
+        span = scores.max(axis=1, keepdims=True) - low
+        return np.divide(scores - low, span, out=np.zeros_like(scores), where=span > 1e-12)
+    raise ValueError(f"unknown normalisation {how!r}; expected zscore or minmax")
+
+
+class LexicalScorer:
+    """IDF-weighted token overlap between a query and captions (a sparse, lexical match).
+
+    With BGE-M3 the sparse weights would come from its lexical head; this keeps the same form,
+    sum over shared tokens of w_query(t) * w_caption(t), with IDF weights fitted on the caption store.
+    """
+
+    def __init__(self, captions: Sequence[str]) -> None:
+        docs = [set(_tokens(c)) for c in captions]
+        df = Counter(t for d in docs for t in d)
+        self.idf = {t: math.log((1 + len(docs)) / (1 + n)) + 1.0 for t, n in df.items()}
+
+    def weights(self, text: str) -> dict[str, float]:
+        counts = Counter(_tokens(text))
+        raw = {t: self.idf.get(t, 0.0) * (1 + math.log(n)) for t, n in counts.items()}
+        norm = math.sqrt(sum(v * v for v in raw.values())) or 1.0
+        return {t: v / norm for t, v in raw.items()}
+
+    def score(self, query: str, captions: Sequence[str]) -> np.ndarray:
+        q = self.weights(query)
+        return np.array([sum(w * q.get(t, 0.0) for t, w in self.weights(c).items()) for c in captions])
+
+
+def _tokens(text: str) -> list[str]:
+    return [t for t in "".join(ch if ch.isalnum() else " " for ch in text.lower()).split() if t]
+
+
+def fuse_top_n(first_QN: np.ndarray, caption_QT: np.ndarray, top_QT: np.ndarray, weight: float, how: str) -> np.ndarray:
+    """Scores (Q, N) whose order is the re-ranked one: the top T candidates get
+    (1 - weight) * norm(first) + weight * norm(caption), lifted above every other item; the rest keep theirs."""
+    first = np.asarray(first_QN, np.float64)
+    first_top = np.take_along_axis(first, top_QT, axis=1)
+    fused = (1 - weight) * normalise(first_top, how) + weight * normalise(caption_QT, how)
+    lift = first.max(axis=1, keepdims=True) - fused.min(axis=1, keepdims=True) + 1.0
+    out = first.copy()
+    np.put_along_axis(out, top_QT, fused + lift, axis=1)
+    return out
+
+
+def top_n(scores_QN: np.ndarray, n: int) -> np.ndarray:
+    """(Q, n) indices of the best n items per query, best first, ties by index (the metrics' order)."""
+    return np.argsort(-np.asarray(scores_QN), axis=1, kind="stable")[:, : min(n, scores_QN.shape[1])]
+
+
+def diversify(scores_QN: np.ndarray, image_vectors_ND: np.ndarray, n: int, threshold: float) -> np.ndarray:
+    """Within each query's top n, push a candidate below the others when its image has cosine >= threshold
+    with a candidate already placed above it (kept in order among the pushed). Returns new scores (Q, N)."""
+    scores = np.asarray(scores_QN, np.float64).copy()
+    vectors = np.asarray(image_vectors_ND, np.float64)
+    vectors = vectors / np.clip(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12, None)
+    for q, order in enumerate(top_n(scores, n)):
+        kept: list[int] = []
+        pushed: list[int] = []
+        for item in order:
+            similar = kept and float(np.max(vectors[kept] @ vectors[item])) >= threshold
+            (pushed if similar else kept).append(int(item))
+        ranked = kept + pushed
+        # new values span the old top values (so nothing below the top n moves), strictly decreasing
+        hi, lo = scores[q, order[0]], scores[q, order[-1]]
+        scores[q, ranked] = np.linspace(hi, lo, len(ranked)) + np.arange(len(ranked))[::-1] * 1e-9
+    return scores
