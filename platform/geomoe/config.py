@@ -336,6 +336,34 @@ class Track4Spec(Strict):
     checkpoint: str | None = Field(None, description="None = the checkpoint this job trained")
 
 
+class EngineSpec(Strict):
+    """A text generation engine (geomoe.engines): ``transformers`` locally; ``http`` and ``vllm`` through
+    ray.data.llm processors (the Ray layer). ``model``: a local folder or hub id (http: the served model name)."""
+
+    kind: Literal["transformers", "http", "vllm"] = "transformers"
+    model: str
+    max_new_tokens: int = Field(64, ge=1)
+    temperature: float = Field(0.0, ge=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    batch_size: int = Field(8, ge=1)
+    concurrency: int = Field(1, ge=1, description="engine replicas (actors)")
+    use_gpu: bool = False
+    url: str | None = Field(None, description="http: the OpenAI-compatible chat completions URL")
+    qps: float | None = Field(None, gt=0, description="http: request rate limit")
+    max_retries: int = Field(3, ge=0, description="http: retries of a failed request")
+    engine_kwargs: dict[str, Any] = Field(default_factory=dict, description="vllm: engine arguments")
+
+
+class RefineSpec(Strict):
+    """LLM caption refinement of the prepared training captions (stage ``refine``)."""
+
+    engine: EngineSpec
+    output_dir: str
+    prompts: str | None = Field(None, description="prompt file; None = the built-in refine_v1")
+    min_words: int = Field(3, ge=1)
+    max_words: int = Field(40, ge=1)
+
+
 class ResourcesSpec(Strict):
     address: str | None = Field(None, description="Ray address; None starts a local cluster")
     num_cpus: int | None = Field(None, ge=1, description="logical CPUs of a local cluster")
@@ -355,7 +383,7 @@ AnyModelSpec = Annotated[
 ]
 
 # The spec sections a trained stage depends on (see JobSpec.fingerprint).
-TRAINING_SECTIONS = ("seed", "data", "preprocess", "model", "train")
+TRAINING_SECTIONS = ("seed", "data", "preprocess", "refine", "model", "train")
 # train fields that only stage 2 (and its mining) reads: changing them keeps a finished stage 1
 STAGE2_FIELDS = frozenset(
     {"stage2_epochs", "stage2_contrastive_weight", "stage2_hard_weight", "stage2_lr_scale", "hard_negatives"}
@@ -372,7 +400,7 @@ class JobSpec(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     seed: int = 0
     output_root: str = "runs"
-    stages: list[Literal["synth", "prepare", "train", "track4_submission"]] = ["synth", "prepare", "train"]
+    stages: list[Literal["synth", "prepare", "refine", "train", "track4_submission"]] = ["synth", "prepare", "train"]
     data: DataSpec
     preprocess: PreprocessSpec
     model: AnyModelSpec = Field(default_factory=lambda: ModelSpec())
@@ -380,6 +408,7 @@ class JobSpec(Strict):
     eval: EvalSpec = Field(default_factory=lambda: EvalSpec())
     resources: ResourcesSpec = Field(default_factory=lambda: ResourcesSpec())
     track4: Track4Spec | None = None
+    refine: RefineSpec | None = None
     baselines: dict[str, list[str]] = Field(
         default_factory=dict,
         description="name -> dotted overrides: extra models trained and evaluated on the same data",
@@ -389,6 +418,8 @@ class JobSpec(Strict):
     def _synth_needs_source(self) -> JobSpec:
         if "synth" in self.stages and self.data.synthesize is None:
             raise ValueError("stage 'synth' needs data.synthesize")
+        if "refine" in self.stages and self.refine is None:
+            raise ValueError("stage 'refine' needs a refine section (engine, output_dir)")
         return self
 
     @model_validator(mode="after")
@@ -420,9 +451,17 @@ class JobSpec(Strict):
         return self.model
 
     def baseline(self, name: str) -> JobSpec:
-        """This spec with a baseline's overrides applied (same data, same preparation)."""
-        raw = apply_overrides(self.model_dump(mode="json"), self.baselines[name], f"baselines.{name}")
+        """This spec with a baseline's overrides applied, on the same data.
+
+        A baseline that changes ``preprocess`` (say, ``preprocess.refine=none``) is prepared into its own folder,
+        ``<output_dir>-<name>``, unless its overrides name one.
+        """
+        overrides = self.baselines[name]
+        raw = apply_overrides(self.model_dump(mode="json"), overrides, f"baselines.{name}")
         raw["baselines"] = {}
+        own_dir = any(o.startswith("preprocess.output_dir=") for o in overrides)
+        if raw["preprocess"] != self.preprocess.model_dump(mode="json") and not own_dir:
+            raw["preprocess"]["output_dir"] = f"{self.preprocess.output_dir.rstrip('/')}-{name}"
         return parse_spec(JobSpec, raw, f"baselines.{name}")
 
     def with_absolute_paths(self, base: str | Path | None = None) -> JobSpec:
@@ -440,6 +479,10 @@ class JobSpec(Strict):
         if raw.get("track4"):
             for key in ("queries", "gallery", "output_dir", "checkpoint"):
                 raw["track4"][key] = absolute(raw["track4"][key])
+        if raw.get("refine"):
+            raw["refine"]["output_dir"] = absolute(raw["refine"]["output_dir"])
+            if raw["refine"]["prompts"]:
+                raw["refine"]["prompts"] = absolute(raw["refine"]["prompts"])
         if raw["eval"].get("rerank"):
             raw["eval"]["rerank"]["captions"] = absolute(raw["eval"]["rerank"]["captions"])
         if isinstance(self.model, SMGeoModelSpec):

@@ -31,8 +31,37 @@ def _train(spec: JobSpec, manifest: dict[str, Any], run_dir: Path) -> dict[str, 
     results = {"model": train_and_evaluate(spec, manifest, run_dir)}
     for name in spec.baselines:
         log.info("baseline %s", name)
-        results[name] = train_and_evaluate(spec.baseline(name), manifest, run_dir / "baselines" / name)
+        baseline = spec.baseline(name)
+        prepared = manifest if baseline.preprocess == spec.preprocess else _prepare(baseline)
+        results[name] = train_and_evaluate(baseline, prepared, run_dir / "baselines" / name)
     return results
+
+
+def _prepared(spec: JobSpec, results: dict[str, Any]) -> dict[str, Any]:
+    from geomoe.pipelines.prepare import finished_manifest
+
+    manifest = results.get("prepare") or finished_manifest(spec.preprocess.output_dir)
+    if manifest is None:
+        raise ValueError(f"a prepared dataset is needed at {spec.preprocess.output_dir}: run 'prepare' first")
+    return dict(manifest)
+
+
+def _training_data(spec: JobSpec, results: dict[str, Any]) -> dict[str, Any]:
+    """The refined dataset when the job refines captions (this run or an earlier one), else the prepared one."""
+    if spec.refine is None:
+        return _prepared(spec, results)
+    from geomoe.pipelines.prepare import finished_manifest
+
+    refined = results.get("refine") or finished_manifest(spec.refine.output_dir)
+    if refined is None:
+        raise ValueError(f"stage 'train' needs refined captions at {spec.refine.output_dir}: run 'refine' first")
+    return dict(refined)
+
+
+def _prepare(spec: JobSpec) -> dict[str, Any]:
+    from geomoe.pipelines.prepare import prepare
+
+    return prepare(spec)
 
 
 def _submit(spec: JobSpec, results: dict[str, Any]) -> dict[str, Any]:
@@ -63,18 +92,15 @@ def run_job(spec: JobSpec) -> dict[str, Any]:
             assert spec.data.synthesize is not None  # checked by JobSpec validation
             results["synth"] = generate(Path(spec.data.root).parent, spec.data.synthesize)
         elif stage == "prepare":
-            from geomoe.pipelines.prepare import prepare
+            results["prepare"] = _prepare(spec)
+        elif stage == "refine":
+            from geomoe.pipelines.refine import refine_captions
+            from geomoe.ray_env import ensure_ray
 
-            results["prepare"] = prepare(spec)
+            ensure_ray(spec.resources)
+            results["refine"] = refine_captions(spec, _prepared(spec, results))
         elif stage == "train":
-            from geomoe.pipelines.prepare import finished_manifest
-
-            manifest = results.get("prepare") or finished_manifest(spec.preprocess.output_dir)
-            if manifest is None:
-                raise ValueError(
-                    f"stage 'train' needs a prepared dataset at {spec.preprocess.output_dir}: run 'prepare' first"
-                )
-            results["train"] = _train(spec, manifest, run_dir)
+            results["train"] = _train(spec, _training_data(spec, results), run_dir)
         elif stage == "track4_submission":
             results["track4_submission"] = _submit(spec, results)
     write_json_atomic(run_dir / "results.json", results)

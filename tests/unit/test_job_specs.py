@@ -27,3 +27,12 @@ def test_paper_configuration() -> None:
     assert [e.name for e in spec.model.experts] == ["satellite", "drone", "ground"]
     assert (spec.train.lr, spec.train.weight_decay, spec.train.batch_size) == (2e-5, 1e-4, 128)
     assert spec.resources.num_workers == 8 and spec.resources.use_gpu
+
+
+def test_a_baseline_that_prepares_differently_gets_its_own_prepared_folder() -> None:
+    spec = load_job(Path(__file__).resolve().parents[2] / "jobs" / "quickstart.yaml")
+    no_refine, unified = spec.baseline("no_refine"), spec.baseline("unified")
+    assert no_refine.preprocess.refine == "none" and spec.preprocess.refine == "rules"
+    assert no_refine.preprocess.output_dir == spec.preprocess.output_dir + "-no_refine"
+    assert unified.preprocess == spec.preprocess  # same data: the main job's prepared folder is reused
+    assert no_refine.model == spec.model and unified.model.fusion == "unified"

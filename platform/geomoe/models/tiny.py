@@ -119,3 +119,41 @@ def save_tiny_image_model(out: str | Path, name: str = "geomoe-eva02-micro", see
     torch.save(model.state_dict(), tmp)
     tmp.replace(out)
     return out
+
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}assistant:{% endif %}"
+)
+
+
+def build_tiny_causal_lm(path: str | Path, corpus: Iterable[str], seed: int = 0) -> Path:
+    """A random 2-layer Llama with a chat template, saved where ``transformers`` loads it (tests, CPU demos).
+
+    It generates words from the corpus in random order: enough to run the real generation and validation path.
+    """
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tokenizer = train_tokenizer(corpus)
+    tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer.padding_side = "left"  # decoder-only generation pads on the left
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(config)
+    with atomic_dir(path) as tmp:
+        tokenizer.save_pretrained(tmp)
+        model.save_pretrained(tmp)
+    return Path(path)

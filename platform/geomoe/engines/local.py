@@ -1,0 +1,57 @@
+"""``transformers`` engine: local chat generation with a causal LM (small GPUs, CPU tests)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any, cast
+
+log = logging.getLogger(__name__)
+
+
+class TransformersEngine:
+    """Chat requests -> generated texts with ``AutoModelForCausalLM``; a failed batch gives None per request."""
+
+    def __init__(
+        self,
+        source: str,
+        max_new_tokens: int = 64,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        seed: int = 0,
+        device: str = "cpu",
+        batch_size: int = 8,
+    ) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.torch = torch
+        self.tokenizer = AutoTokenizer.from_pretrained(source)
+        self.tokenizer.padding_side = "left"
+        self.model = cast(Any, AutoModelForCausalLM.from_pretrained(source))
+        self.model.to(device).eval()
+        self.device, self.batch_size, self.seed = device, batch_size, seed
+        self.sampling: dict[str, Any] = {"max_new_tokens": max_new_tokens, "do_sample": temperature > 0}
+        if temperature > 0:
+            self.sampling |= {"temperature": temperature, "top_p": top_p}
+
+    def generate(self, requests: Sequence[list[dict[str, Any]]]) -> list[str | None]:
+        out: list[str | None] = []
+        for start in range(0, len(requests), self.batch_size):
+            batch = list(requests[start : start + self.batch_size])
+            try:
+                out += self._generate(batch)
+            except Exception as err:  # one bad batch must not lose the others; the caller counts the Nones
+                log.warning("generation failed for %d requests: %s", len(batch), err)
+                out += [None] * len(batch)
+        return out
+
+    def _generate(self, batch: list[list[dict[str, Any]]]) -> list[str | None]:
+        torch = self.torch
+        prompts = [self.tokenizer.apply_chat_template(m, tokenize=False, add_generation_prompt=True) for m in batch]
+        encoded = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
+        torch.manual_seed(self.seed)
+        with torch.no_grad():
+            generated = self.model.generate(**encoded, pad_token_id=self.tokenizer.pad_token_id, **self.sampling)
+        new_tokens = generated[:, encoded["input_ids"].shape[1] :]
+        return [str(t) for t in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]

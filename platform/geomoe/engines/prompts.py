@@ -1,0 +1,85 @@
+"""Refinement prompts as versioned data, and the checks a generated caption must pass before it replaces one.
+
+A generated text is rejected (and the original caption kept, the row counted by reason) when it is empty, too
+short or too long, looks like chat boilerplate ("Sure, here is ..."), or, for an augmented satellite sample
+(a flipped or rotated tile), brings in a directional phrase the original did not have.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from geomoe.data.transforms import has_directional
+from geomoe.errors import SpecError
+from geomoe.io import file_sha256
+
+BUILTIN_PROMPTS = Path(__file__).resolve().parents[1] / "data" / "prompts" / "refine_v1.yaml"
+BOILERPLATE = re.compile(
+    r"^\s*(sure|certainly|of course|here is|here's|as an ai|i cannot|i can't|rewritten description)\b"
+    r"|<\|?im_|\[/?inst\]",
+    re.IGNORECASE,
+)
+
+
+@dataclass(frozen=True)
+class RefinePrompts:
+    system: str
+    platforms: dict[str, str]
+    sha256: str
+
+    def messages(self, caption: str, platform: str) -> list[dict[str, Any]]:
+        template = self.platforms.get(platform)
+        if template is None:
+            raise ValueError(f"refinement prompts have no template for platform {platform!r}")
+        return [
+            {"role": "system", "content": self.system},
+            {"role": "user", "content": template.format(caption=caption)},
+        ]
+
+
+def load_prompts(path: str | Path | None = None) -> RefinePrompts:
+    """Prompts from ``path`` (default: the built-in v1); a bad file is a SpecError naming file and field."""
+    path = Path(path) if path else BUILTIN_PROMPTS
+    if not path.is_file():
+        raise SpecError(str(path), "", "prompt file not found")
+    raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    if not isinstance(raw, dict) or not isinstance(raw.get("system"), str):
+        raise SpecError(str(path), "system", "a prompt file needs a 'system' text")
+    platforms = raw.get("platforms")
+    if not isinstance(platforms, dict) or not platforms:
+        raise SpecError(str(path), "platforms", "a mapping platform -> user prompt template is required")
+    for name, template in platforms.items():
+        if not isinstance(template, str) or "{caption}" not in template:
+            raise SpecError(str(path), f"platforms.{name}", "a template must be text containing {caption}")
+    return RefinePrompts(raw["system"], {str(k): v for k, v in platforms.items()}, file_sha256(path))
+
+
+def clean_generation(text: str) -> str:
+    """Strip whitespace and one pair of surrounding quotes; collapse internal whitespace."""
+    text = " ".join(text.split())
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'":
+        text = text[1:-1].strip()
+    return text
+
+
+def rejection(generated: str | None, original: str, augmented: bool, min_words: int, max_words: int) -> str | None:
+    """Why ``generated`` may not replace ``original`` (a short reason), or None when it may."""
+    if generated is None:
+        return "engine failed"
+    words = len(generated.split())
+    if words == 0:
+        return "empty"
+    if words < min_words:
+        return "too short"
+    if words > max_words:
+        return "too long"
+    if BOILERPLATE.search(generated):
+        return "chat boilerplate"
+    if augmented and has_directional(generated) and not has_directional(original):
+        return "new directional phrase on an augmented satellite sample"
+    return None
