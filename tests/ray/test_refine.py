@@ -62,3 +62,6 @@ def test_refinement_replaces_only_valid_outputs_and_resumes(tiny_synth: tuple[Pa
     assert again["shards_refined"] == 1 and again["shards_reused"] == 2
     redone = {r["original_caption"]: r["caption"] for r in rows(refine_captions(prepared_spec, manifest), "train")}
     assert redone == {r["original_caption"]: r["caption"] for r in after}  # greedy decoding: the same outputs
+    from geomoe.jobs import _training_data
+
+    assert _training_data(prepared_spec, {})["table"] == refined["table"]  # training reads the refined captions
