@@ -24,7 +24,7 @@ def refine_job(root: Path, out: Path, model: Path) -> JobSpec:
             "engine": {"kind": "transformers", "model": str(model), "max_new_tokens": 12, "batch_size": 4},
             "output_dir": str(out / "refined"),
             "min_words": 1,
-            "max_words": 6,
+            "max_words": 40,
         },
         "resources": {"data_concurrency": 1},
     }
@@ -47,11 +47,12 @@ def test_refinement_replaces_only_valid_outputs_and_resumes(tiny_synth: tuple[Pa
     report = refined["refinement"]
     before, after = rows(manifest, "train"), rows(refined, "train")
     assert len(after) == len(before) and report["rows_refined"] + report["rows_kept"] == len(before)
+    assert report["rows_refined"] > 0  # the replacing path ran (the kept path: tests/unit/test_engines.py)
     assert report["shards_refined"] == 3 and report["shards_reused"] == 0  # one shard per platform
     for row in after:
         assert row["refine_status"] == "refined" or row["caption"] == row["original_caption"]
         if row["refine_status"] == "refined":
-            assert 1 <= len(row["caption"].split()) <= 6
+            assert 1 <= len(row["caption"].split()) <= 40 and row["statements"] == [row["caption"]]
     assert set(report["kept_by_reason"]) <= {"empty", "too short", "too long", "chat boilerplate", "engine failed"}
     assert sorted(r["caption"] for r in rows(refined, "test")) == sorted(r["caption"] for r in rows(manifest, "test"))
     assert len(report["prompts_sha256"]) == 64

@@ -48,3 +48,44 @@ def test_rejection_reasons(generated: str | None, augmented: bool, reason: str |
 
 def test_clean_generation_strips_quotes_and_whitespace() -> None:
     assert clean_generation('  "drone view of\n a roof"  ') == "drone view of a roof"
+
+
+class FixedEngine:
+    """A test double for an engine: returns the given outputs in order (None = a failed call)."""
+
+    def __init__(self, outputs: list[str | None]) -> None:
+        self.outputs = outputs
+
+    def generate(self, requests: list) -> list[str | None]:
+        assert len(requests) == len(self.outputs)
+        return self.outputs
+
+
+def test_refine_batch_replaces_only_valid_outputs_and_counts_the_rest() -> None:
+    import pyarrow as pa
+
+    from geomoe.config import RefineSpec
+    from geomoe.pipelines.refine import RefineBatch
+
+    batch = RefineBatch.__new__(RefineBatch)  # everything but the model load
+    batch.prompts = load_prompts()
+    batch.refine = RefineSpec(engine={"model": "unused"}, output_dir="unused", min_words=2, max_words=10)
+    batch.engine = FixedEngine([None, "Sure, here it is", "drone view of a red building", "a roof to the north"])
+    rows = pa.table(
+        {
+            "caption": ["c0", "c1", "c2", "a red roof"],
+            "statements": [["c0"], ["c1"], ["c2"], ["a red roof"]],
+            "platform": ["drone", "drone", "drone", "satellite"],
+            "augment": ["", "", "", "rot90"],
+        }
+    )
+    out = batch(rows).to_pylist()
+    assert [r["refine_status"] for r in out] == [
+        "engine failed",
+        "chat boilerplate",
+        "refined",
+        "new directional phrase on an augmented satellite sample",
+    ]
+    assert [r["caption"] for r in out] == ["c0", "c1", "drone view of a red building", "a red roof"]
+    assert [r["original_caption"] for r in out] == ["c0", "c1", "c2", "a red roof"]
+    assert out[2]["statements"] == ["drone view of a red building"] and out[0]["statements"] == ["c0"]

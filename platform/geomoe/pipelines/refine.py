@@ -56,6 +56,13 @@ class RefineBatch:
             status.append(reason or "refined")
         index = batch.schema.get_field_index("caption")
         batch = batch.set_column(index, "caption", pa.array(new, pa.string()))
+        # a refined caption is already a short statement; a kept one keeps its statements from prepare
+        statements = [
+            s if why != "refined" else [c]
+            for s, c, why in zip(batch["statements"].to_pylist(), new, status, strict=True)
+        ]
+        index = batch.schema.get_field_index("statements")
+        batch = batch.set_column(index, "statements", pa.array(statements, batch.schema.field("statements").type))
         return batch.append_column("original_caption", pa.array(captions, pa.string())).append_column(
             "refine_status", pa.array(status, pa.string())
         )
@@ -64,8 +71,6 @@ class RefineBatch:
 def _refine_shard(source: Path, target: Path, refine: RefineSpec) -> None:
     import ray.data
 
-    if refine.engine.kind != "transformers":
-        raise NotImplementedError(f"engine {refine.engine.kind!r} is not wired into refine yet (issue 5)")
     table = pq.read_table(source)
     from_path = {k: v for k, _, v in (part.partition("=") for part in source.parent.parts if "=" in part)}
     for name, value in from_path.items():  # hive partition values live in the path, not in the file
@@ -90,6 +95,8 @@ def _refine_shard(source: Path, target: Path, refine: RefineSpec) -> None:
 def refine_captions(spec: JobSpec, manifest: dict[str, Any]) -> dict[str, Any]:
     """Refine the training shards of a prepared dataset; returns the refined dataset's manifest (with a report)."""
     assert spec.refine is not None  # checked by JobSpec validation
+    if spec.refine.engine.kind != "transformers":
+        raise NotImplementedError(f"refine.engine.kind {spec.refine.engine.kind!r} is not wired in yet (issue 5)")
     refine, prompts = spec.refine, load_prompts(spec.refine.prompts)
     source_root, out = Path(manifest["table"]), Path(refine.output_dir)
     started = time.perf_counter()
