@@ -349,8 +349,9 @@ class EngineSpec(Strict):
     concurrency: int = Field(1, ge=1, description="engine replicas (actors)")
     use_gpu: bool = False
     url: str | None = Field(None, description="http: the OpenAI-compatible chat completions URL")
-    qps: float | None = Field(None, gt=0, description="http: request rate limit")
+    qps: int | None = Field(None, gt=0, description="http: requests per second (None: one at a time)")
     max_retries: int = Field(3, ge=0, description="http: retries of a failed request")
+    retry_wait_s: float = Field(1.0, gt=0, description="http: first retry's wait; doubles per retry")
     engine_kwargs: dict[str, Any] = Field(default_factory=dict, description="vllm: engine arguments")
 
 

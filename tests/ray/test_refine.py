@@ -66,3 +66,55 @@ def test_refinement_replaces_only_valid_outputs_and_resumes(tiny_synth: tuple[Pa
     from geomoe.jobs import _training_data
 
     assert _training_data(prepared_spec, {})["table"] == refined["table"]  # training reads the refined captions
+
+
+def test_http_engine_refines_through_an_openai_compatible_server_and_counts_failures(
+    tiny_synth: tuple[Path, dict], tmp_path: Path
+) -> None:
+    """ray.data.llm's HTTP processor against a tiny Llama served by Ray Serve on 127.0.0.1; then against a
+    port where nothing listens: every request fails after its retries and every row is counted, none lost."""
+    from geomoe.serving.chat import chat_app
+    from ray import serve
+
+    root, _ = tiny_synth
+    spec = refine_job(root, tmp_path, tmp_path / "lm")
+    manifest = prepare(spec)
+    build_tiny_causal_lm(tmp_path / "lm", [r["caption"] for r in rows(manifest, "train")])
+    engine = {
+        "kind": "http",
+        "model": "tiny",
+        "max_new_tokens": 12,
+        "batch_size": 4,
+        "max_retries": 1,
+        "retry_wait_s": 0.01,
+    }
+    try:
+        serve.run(chat_app(str(tmp_path / "lm")), name="chat", route_prefix="/v1/chat/completions", blocking=False)
+        good = spec.model_copy(
+            update={
+                "refine": spec.refine.model_copy(
+                    update={"engine": {**engine, "url": "http://127.0.0.1:8000/v1/chat/completions"}}
+                )
+            }
+        )
+        good = parse_spec(JobSpec, good.model_dump(mode="json"), "test")
+        report = refine_captions(good, manifest)["refinement"]
+        n = len(rows(manifest, "train"))
+        assert report["rows_refined"] > 0 and report["rows_refined"] + report["rows_kept"] == n
+    finally:
+        serve.shutdown()
+    bad = parse_spec(
+        JobSpec,
+        {
+            **spec.model_dump(mode="json"),
+            "refine": {
+                **spec.refine.model_dump(mode="json"),
+                "output_dir": str(tmp_path / "r2"),
+                "engine": {**engine, "url": "http://127.0.0.1:9/v1/chat/completions"},
+            },
+        },
+        "test",
+    )
+    failed = refine_captions(bad, manifest)
+    assert failed["refinement"]["kept_by_reason"] == {"engine failed": n} and failed["refinement"]["rows_refined"] == 0
+    assert [r["caption"] for r in rows(failed, "train")] == [r["original_caption"] for r in rows(failed, "train")]

@@ -31,27 +31,40 @@ class TransformersEngine:
         self.model = cast(Any, AutoModelForCausalLM.from_pretrained(source))
         self.model.to(device).eval()
         self.device, self.batch_size, self.seed = device, batch_size, seed
-        self.sampling: dict[str, Any] = {"max_new_tokens": max_new_tokens, "do_sample": temperature > 0}
-        if temperature > 0:
-            self.sampling |= {"temperature": temperature, "top_p": top_p}
+        self.sampling = self._sampling(max_new_tokens, temperature, top_p)
 
-    def generate(self, requests: Sequence[list[dict[str, Any]]]) -> list[str | None]:
+    @staticmethod
+    def _sampling(max_new_tokens: int, temperature: float, top_p: float) -> dict[str, Any]:
+        sampling: dict[str, Any] = {"max_new_tokens": max_new_tokens, "do_sample": temperature > 0}
+        return sampling | ({"temperature": temperature, "top_p": top_p} if temperature > 0 else {})
+
+    def generate(self, requests: Sequence[list[dict[str, Any]]], **sampling: Any) -> list[str | None]:
+        """Texts for chat ``requests``; ``sampling`` (max_new_tokens, temperature, top_p) overrides the defaults."""
+        settings = (
+            self.sampling
+            if not sampling
+            else self._sampling(
+                int(sampling.get("max_new_tokens", self.sampling["max_new_tokens"])),
+                float(sampling.get("temperature", 0.0)),
+                float(sampling.get("top_p", 1.0)),
+            )
+        )
         out: list[str | None] = []
         for start in range(0, len(requests), self.batch_size):
             batch = list(requests[start : start + self.batch_size])
             try:
-                out += self._generate(batch)
+                out += self._generate(batch, settings)
             except Exception as err:  # one bad batch must not lose the others; the caller counts the Nones
                 log.warning("generation failed for %d requests: %s", len(batch), err)
                 out += [None] * len(batch)
         return out
 
-    def _generate(self, batch: list[list[dict[str, Any]]]) -> list[str | None]:
+    def _generate(self, batch: list[list[dict[str, Any]]], settings: dict[str, Any]) -> list[str | None]:
         torch = self.torch
         prompts = [self.tokenizer.apply_chat_template(m, tokenize=False, add_generation_prompt=True) for m in batch]
         encoded = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
         torch.manual_seed(self.seed)
         with torch.no_grad():
-            generated = self.model.generate(**encoded, pad_token_id=self.tokenizer.pad_token_id, **self.sampling)
+            generated = self.model.generate(**encoded, pad_token_id=self.tokenizer.pad_token_id, **settings)
         new_tokens = generated[:, encoded["input_ids"].shape[1] :]
         return [str(t) for t in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]

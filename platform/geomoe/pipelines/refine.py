@@ -23,15 +23,34 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from geomoe.config import JobSpec, RefineSpec
-from geomoe.engines.prompts import clean_generation, load_prompts, rejection
+from geomoe.engines.prompts import RefinePrompts, clean_generation, load_prompts, rejection
 from geomoe.io import atomic_path, write_json_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
 
 
+def apply_refinement(batch: pa.Table, generated: list[str | None], refine: RefineSpec) -> pa.Table:
+    """Replace each caption by its generated text when that passes the checks; record why not otherwise."""
+    captions = batch["caption"].to_pylist()
+    new, status = [], []
+    for original, text, augment in zip(captions, generated, batch["augment"].to_pylist(), strict=True):
+        text = None if text is None else clean_generation(text)
+        reason = rejection(text, original, bool(augment), refine.min_words, refine.max_words)
+        new.append(original if reason else text)
+        status.append(reason or "refined")
+    # a refined caption is already a short statement; a kept one keeps its statements from prepare
+    old_statements = batch["statements"].to_pylist()
+    statements = [s if why != "refined" else [c] for s, c, why in zip(old_statements, new, status, strict=True)]
+    batch = batch.set_column(batch.schema.get_field_index("caption"), "caption", pa.array(new, pa.string()))
+    field = batch.schema.field("statements")
+    batch = batch.set_column(batch.schema.get_field_index("statements"), field, pa.array(statements, field.type))
+    batch = batch.append_column("original_caption", pa.array(captions, pa.string()))
+    return batch.append_column("refine_status", pa.array(status, pa.string()))
+
+
 class RefineBatch:
-    """Ray Data actor: rows of one shard -> their refined captions (or the originals) and a status each."""
+    """Ray Data actor for the ``transformers`` engine: rows of a shard -> refined (or kept) captions."""
 
     def __init__(self, refine: RefineSpec) -> None:
         from geomoe.engines.local import TransformersEngine
@@ -44,31 +63,60 @@ class RefineBatch:
         self.prompts, self.refine = load_prompts(refine.prompts), refine
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        captions = batch["caption"].to_pylist()
-        platforms, augments = batch["platform"].to_pylist(), batch["augment"].to_pylist()
-        requests = [self.prompts.messages(c, p) for c, p in zip(captions, platforms, strict=True)]
-        generated = self.engine.generate(requests)
-        new, status = [], []
-        for original, text, augment in zip(captions, generated, augments, strict=True):
-            text = None if text is None else clean_generation(text)
-            reason = rejection(text, original, bool(augment), self.refine.min_words, self.refine.max_words)
-            new.append(original if reason else text)
-            status.append(reason or "refined")
-        index = batch.schema.get_field_index("caption")
-        batch = batch.set_column(index, "caption", pa.array(new, pa.string()))
-        # a refined caption is already a short statement; a kept one keeps its statements from prepare
-        statements = [
-            s if why != "refined" else [c]
-            for s, c, why in zip(batch["statements"].to_pylist(), new, status, strict=True)
-        ]
-        index = batch.schema.get_field_index("statements")
-        batch = batch.set_column(index, "statements", pa.array(statements, batch.schema.field("statements").type))
-        return batch.append_column("original_caption", pa.array(captions, pa.string())).append_column(
-            "refine_status", pa.array(status, pa.string())
+        pairs = zip(batch["caption"].to_pylist(), batch["platform"].to_pylist(), strict=True)
+        generated = self.engine.generate([self.prompts.messages(c, p) for c, p in pairs])
+        return apply_refinement(batch, generated, self.refine)
+
+
+def _generate_http(table: pa.Table, refine: RefineSpec, prompts: RefinePrompts) -> list[str | None]:
+    """Texts from an OpenAI-compatible server through ray.data.llm; a request that still fails after its
+    retries (or answers without a message) gives None, so its row is counted, never dropped."""
+    import ray.data
+    from ray.data.llm import HttpRequestProcessorConfig, build_processor
+
+    e = refine.engine
+    config = HttpRequestProcessorConfig(
+        url=e.url,
+        qps=e.qps,
+        max_retries=e.max_retries,
+        base_retry_wait_time_in_s=e.retry_wait_s,
+        batch_size=e.batch_size,
+        concurrency=e.concurrency,
+    )
+    sampling = {"model": e.model, "max_tokens": e.max_new_tokens, "temperature": e.temperature, "top_p": e.top_p}
+    processor = build_processor(
+        config,
+        preprocess=lambda row: {"row": row["row"], "payload": {**sampling, "messages": row["messages"]}},
+        postprocess=lambda row: {"row": row["row"], "text": _message(row.get("http_response"))},
+    )
+    pairs = zip(table["caption"].to_pylist(), table["platform"].to_pylist(), strict=True)
+    generated: list[str | None] = [None] * table.num_rows
+    context = ray.data.DataContext.get_current()
+    saved = context.max_errored_blocks
+    # The HTTP stage raises once a request has used up its retries. Let that batch fail alone: its rows come
+    # back as None and are counted as "engine failed", instead of one bad request failing the whole shard.
+    context.max_errored_blocks = -1
+    try:
+        requests = ray.data.from_items(
+            [{"row": i, "messages": prompts.messages(c, p)} for i, (c, p) in enumerate(pairs)],
+            override_num_blocks=max(1, table.num_rows // e.batch_size),
         )
+        for row in processor(requests).iter_rows():
+            if row.get("text") is not None:
+                generated[int(row["row"])] = str(row["text"])
+    finally:
+        context.max_errored_blocks = saved
+    return generated
 
 
-def _refine_shard(source: Path, target: Path, refine: RefineSpec) -> None:
+def _message(response: Any) -> str | None:
+    try:
+        return str(response["choices"][0]["message"]["content"])
+    except (KeyError, IndexError, TypeError):
+        return None
+
+
+def _refine_shard(source: Path, target: Path, refine: RefineSpec, prompts: RefinePrompts) -> None:
     import ray.data
 
     table = pq.read_table(source)
@@ -76,18 +124,20 @@ def _refine_shard(source: Path, target: Path, refine: RefineSpec) -> None:
     for name, value in from_path.items():  # hive partition values live in the path, not in the file
         if name not in table.column_names:
             table = table.append_column(name, pa.array([value] * table.num_rows, pa.string()))
-    ds = ray.data.from_arrow(table).map_batches(
-        RefineBatch,
-        fn_constructor_kwargs={"refine": refine},
-        batch_size=refine.engine.batch_size * 4,
-        batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(size=refine.engine.concurrency),
-        num_cpus=0 if refine.engine.use_gpu else 1,
-        num_gpus=1 if refine.engine.use_gpu else 0,
-    )
-    refined = pa.concat_tables(
-        [pa.Table.from_pandas(b, preserve_index=False) for b in ds.iter_batches(batch_format="pandas")]
-    )
+    if refine.engine.kind == "http":
+        refined = apply_refinement(table, _generate_http(table, refine, prompts), refine)
+    else:
+        ds = ray.data.from_arrow(table).map_batches(
+            RefineBatch,
+            fn_constructor_kwargs={"refine": refine},
+            batch_size=refine.engine.batch_size * 4,
+            batch_format="pyarrow",
+            compute=ray.data.ActorPoolStrategy(size=refine.engine.concurrency),
+            num_cpus=0 if refine.engine.use_gpu else 1,
+            num_gpus=1 if refine.engine.use_gpu else 0,
+        )
+        refined = pa.concat_tables(list(ds.iter_batches(batch_format="pyarrow")))
+    refined = refined.drop_columns([n for n in from_path if n not in pq.read_schema(source).names])
     with atomic_path(target) as tmp:
         pq.write_table(refined, tmp)
 
@@ -95,8 +145,10 @@ def _refine_shard(source: Path, target: Path, refine: RefineSpec) -> None:
 def refine_captions(spec: JobSpec, manifest: dict[str, Any]) -> dict[str, Any]:
     """Refine the training shards of a prepared dataset; returns the refined dataset's manifest (with a report)."""
     assert spec.refine is not None  # checked by JobSpec validation
-    if spec.refine.engine.kind != "transformers":
-        raise NotImplementedError(f"refine.engine.kind {spec.refine.engine.kind!r} is not wired in yet (issue 5)")
+    if spec.refine.engine.kind == "vllm":
+        raise NotImplementedError("refine.engine.kind 'vllm' is not wired in yet (issue 5); use http or transformers")
+    if spec.refine.engine.kind == "http" and not spec.refine.engine.url:
+        raise ValueError("refine.engine.url is required for the http engine")
     refine, prompts = spec.refine, load_prompts(spec.refine.prompts)
     source_root, out = Path(manifest["table"]), Path(refine.output_dir)
     started = time.perf_counter()
@@ -117,7 +169,7 @@ def refine_captions(spec: JobSpec, manifest: dict[str, Any]) -> dict[str, Any]:
             done += 1
             continue
         log.info("refine: %s", relative)
-        _refine_shard(shard, target, refine)
+        _refine_shard(shard, target, refine, prompts)
         redone += 1
     report = _report(out / "pairs")
     refined_manifest = {
