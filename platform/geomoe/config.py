@@ -365,6 +365,16 @@ class RefineSpec(Strict):
     max_words: int = Field(40, ge=1)
 
 
+class CaptionSpec(Strict):
+    """Gallery captioning for CGRS (stage ``caption``): every image of a prepared split, once, into a caption
+    store that ``eval.rerank.captions`` can name. ``engine.model``: an image-to-text model (transformers)."""
+
+    engine: EngineSpec
+    output: str = Field(description="caption store to write (Parquet)")
+    split: Literal["test", "train"] = "test"
+    max_words: int = Field(60, ge=1)
+
+
 class ResourcesSpec(Strict):
     address: str | None = Field(None, description="Ray address; None starts a local cluster")
     num_cpus: int | None = Field(None, ge=1, description="logical CPUs of a local cluster")
@@ -401,7 +411,11 @@ class JobSpec(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     seed: int = 0
     output_root: str = "runs"
-    stages: list[Literal["synth", "prepare", "refine", "train", "track4_submission"]] = ["synth", "prepare", "train"]
+    stages: list[Literal["synth", "prepare", "refine", "caption", "train", "track4_submission"]] = [
+        "synth",
+        "prepare",
+        "train",
+    ]
     data: DataSpec
     preprocess: PreprocessSpec
     model: AnyModelSpec = Field(default_factory=lambda: ModelSpec())
@@ -410,6 +424,7 @@ class JobSpec(Strict):
     resources: ResourcesSpec = Field(default_factory=lambda: ResourcesSpec())
     track4: Track4Spec | None = None
     refine: RefineSpec | None = None
+    caption: CaptionSpec | None = None
     baselines: dict[str, list[str]] = Field(
         default_factory=dict,
         description="name -> dotted overrides: extra models trained and evaluated on the same data",
@@ -421,6 +436,8 @@ class JobSpec(Strict):
             raise ValueError("stage 'synth' needs data.synthesize")
         if "refine" in self.stages and self.refine is None:
             raise ValueError("stage 'refine' needs a refine section (engine, output_dir)")
+        if "caption" in self.stages and self.caption is None:
+            raise ValueError("stage 'caption' needs a caption section (engine, output)")
         return self
 
     @model_validator(mode="after")
@@ -484,6 +501,8 @@ class JobSpec(Strict):
             raw["refine"]["output_dir"] = absolute(raw["refine"]["output_dir"])
             if raw["refine"]["prompts"]:
                 raw["refine"]["prompts"] = absolute(raw["refine"]["prompts"])
+        if raw.get("caption"):
+            raw["caption"]["output"] = absolute(raw["caption"]["output"])
         if raw["eval"].get("rerank"):
             raw["eval"]["rerank"]["captions"] = absolute(raw["eval"]["rerank"]["captions"])
         if isinstance(self.model, SMGeoModelSpec):

@@ -63,12 +63,15 @@ def evaluate_pe_moe(
         truth = np.array([expert_of[platform[i]] for i in caption_image])
         report["routing_accuracy"] = float(100.0 * np.mean(g.argmax(axis=1) == truth))
     if spec.eval.rerank is not None:
-        reranked = rerank_scores(model, tokenizer, spec, rows, scores, images, image_vectors, spec.eval.rerank)
+        reranked, uncaptioned = rerank_scores(
+            model, tokenizer, spec, rows, scores, images, image_vectors, spec.eval.rerank
+        )
         report["reranked"] = {
             protocol: {"t2i": recall_at_k(first_relevant_rank(reranked, *labels), ks)}
             for protocol, labels in _t2i_labels(caption_image, building).items()
             if protocol in spec.eval.protocols
         }
+        report["reranked"]["images_without_caption"] = uncaptioned
     report["sample"] = _sample_query(rows[0]["caption"], scores[0], images, rows[0]["building_id"])
     return report
 
@@ -86,12 +89,14 @@ def rerank_scores(
     images: Sequence[dict[str, Any]],
     image_vectors_KND: np.ndarray,
     rerank: RerankSpec,
-) -> np.ndarray:
-    """CGRS: the first stage's scores with each query's top ``top_n`` re-ordered by query-caption similarity."""
+) -> tuple[np.ndarray, int]:
+    """CGRS: the first stage's scores with each query's top ``top_n`` re-ordered by query-caption similarity,
+    and how many gallery images have no caption (a candidate without one gets the query's lowest caption score:
+    no evidence, never a boost)."""
     store = read_caption_store(rerank.captions)
-    missing = [im["image_id"] for im in images if im["image_id"] not in store]
-    if missing:
-        raise DatasetError(f"{rerank.captions}: no caption for {len(missing)} gallery images, e.g. {missing[0]!r}")
+    uncaptioned = sum(im["image_id"] not in store for im in images)
+    if uncaptioned == len(images):
+        raise DatasetError(f"{rerank.captions}: none of the {len(images)} gallery images has a caption")
     owner = np.array([n for n, im in enumerate(images) for _ in store[im["image_id"]]])
     captions = [c for im in images for c in store[im["image_id"]]]
     top_QT = top_n(scores_QN, rerank.top_n)
@@ -110,14 +115,16 @@ def rerank_scores(
     if rerank.diversity is not None:
         flat_ND = image_vectors_KND.transpose(1, 0, 2).reshape(len(images), -1)
         fused = diversify(fused, flat_ND, rerank.top_n, rerank.diversity)
-    return fused
+    return fused, uncaptioned
 
 
 def _best_caption(sim_QM: np.ndarray, owner_M: np.ndarray, top_QT: np.ndarray) -> np.ndarray:
     """Per query and candidate image, the best similarity over that image's captions."""
-    per_image = np.full((sim_QM.shape[0], int(owner_M.max()) + 1), -np.inf)
+    per_image = np.full((sim_QM.shape[0], max(int(owner_M.max()), int(top_QT.max())) + 1), -np.inf)
     np.maximum.at(per_image.T, owner_M, sim_QM.T)  # rows of the transposed view are images
-    return np.take_along_axis(per_image, top_QT, axis=1)
+    best = np.take_along_axis(per_image, top_QT, axis=1)
+    finite = np.where(np.isfinite(best), best, np.inf).min(axis=1, keepdims=True)
+    return np.where(np.isfinite(best), best, np.where(np.isfinite(finite), finite, 0.0))  # uncaptioned: row min
 
 
 def _sample_query(caption: str, scores_N: np.ndarray, images: list[dict[str, Any]], building: str) -> dict[str, Any]:

@@ -99,6 +99,12 @@ def run_job(spec: JobSpec) -> dict[str, Any]:
 
             ensure_ray(spec.resources)
             results["refine"] = refine_captions(spec, _prepared(spec, results))
+        elif stage == "caption":
+            from geomoe.pipelines.caption import caption_gallery
+            from geomoe.ray_env import ensure_ray
+
+            ensure_ray(spec.resources)
+            results["caption"] = caption_gallery(spec, _prepared(spec, results))
         elif stage == "train":
             results["train"] = _train(spec, _training_data(spec, results), run_dir)
         elif stage == "track4_submission":

@@ -41,7 +41,7 @@ def retrieval_table(train_results: dict[str, Any], protocol: str = "exact") -> s
                 f"  {label:<24}{recall['R@1']:>8.2f}{recall['R@5']:>8.2f}{recall['R@10']:>8.2f}"
                 f"{report['retrieval'][protocol].get('score', float('nan')):>8.2f}{routing:>9}"
             )
-            if protocol in report.get("reranked", {}) and stage == final:
+            if protocol in report.get("reranked", {}) and stage == final:  # images_without_caption: in the JSON
                 again = report["reranked"][protocol]["t2i"]
                 label = f"{name} {stage} +CGRS"
                 score = (again["R@1"] + again["R@10"]) / 2 if "R@1" in again and "R@10" in again else float("nan")

@@ -83,3 +83,9 @@ def test_synthgeo_writes_scene_graph_captions_for_every_test_image(tiny_synth: t
     import pyarrow.parquet as pq
 
     assert set(pq.read_table(root / "geotext" / GALLERY_CAPTIONS)["model_id"].to_pylist()) == {SCENE_CAPTIONER}
+
+
+def test_a_candidate_without_caption_gets_the_lowest_caption_score() -> None:
+    sim = np.array([[0.9, 0.2]])  # captions of images 0 and 2; image 1 has none
+    best = _best_caption(sim, np.array([0, 2]), np.array([[1, 0, 2]]))
+    np.testing.assert_allclose(best, [[0.2, 0.9, 0.2]])

@@ -68,3 +68,44 @@ class TransformersEngine:
             generated = self.model.generate(**encoded, pad_token_id=self.tokenizer.pad_token_id, **settings)
         new_tokens = generated[:, encoded["input_ids"].shape[1] :]
         return [str(t) for t in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+
+
+class TransformersCaptioner:
+    """Image paths -> captions with a transformers image-to-text model (``AutoModelForVision2Seq`` class, e.g.
+    VisionEncoderDecoder). Chat VLMs that take a prompt are served through the ``http`` or ``vllm`` engines."""
+
+    def __init__(
+        self, source: str, max_new_tokens: int = 48, min_new_tokens: int = 1, device: str = "cpu", batch_size: int = 8
+    ) -> None:
+        from transformers import AutoImageProcessor, AutoTokenizer, VisionEncoderDecoderModel
+
+        self.tokenizer = AutoTokenizer.from_pretrained(source)
+        self.processor = AutoImageProcessor.from_pretrained(source)
+        self.model = cast(Any, VisionEncoderDecoderModel.from_pretrained(source))
+        self.model.to(device).eval()
+        self.device, self.batch_size = device, batch_size
+        self.settings = {"max_new_tokens": max_new_tokens, "min_new_tokens": min_new_tokens}
+
+    def caption(self, paths: Sequence[str]) -> list[str | None]:
+        out: list[str | None] = []
+        for start in range(0, len(paths), self.batch_size):
+            batch = list(paths[start : start + self.batch_size])
+            try:
+                out += self._caption(batch)
+            except Exception as err:  # unreadable image or generation error: counted by the caller
+                log.warning("captioning failed for %d images: %s", len(batch), err)
+                out += [None] * len(batch)
+        return out
+
+    def _caption(self, paths: list[str]) -> list[str | None]:
+        import torch
+        from PIL import Image
+
+        images = []
+        for path in paths:
+            with Image.open(path) as image:
+                images.append(image.convert("RGB"))
+        pixels = self.processor(images=images, return_tensors="pt").pixel_values.to(self.device)
+        with torch.no_grad():
+            generated = self.model.generate(pixel_values=pixels, **self.settings)
+        return [str(t) for t in self.tokenizer.batch_decode(generated, skip_special_tokens=True)]

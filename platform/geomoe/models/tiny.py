@@ -157,3 +157,33 @@ def build_tiny_causal_lm(path: str | Path, corpus: Iterable[str], seed: int = 0)
         tokenizer.save_pretrained(tmp)
         model.save_pretrained(tmp)
     return Path(path)
+
+
+def build_tiny_captioner(path: str | Path, corpus: Iterable[str], image_size: int = 64, seed: int = 0) -> Path:
+    """A random image-to-text model (transformers' VisionEncoderDecoder: a 1-layer ViT and a 1-layer GPT-2)
+    with its tokenizer and image processor, saved locally: a stand-in VLM for tests and CPU demos."""
+    import torch
+    from transformers import GPT2Config, VisionEncoderDecoderConfig, ViTConfig, ViTImageProcessor
+    from transformers import VisionEncoderDecoderModel as Captioner
+
+    tokenizer = train_tokenizer(corpus)
+    encoder = ViTConfig(
+        image_size=image_size, patch_size=16, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+        intermediate_size=64,
+    )  # fmt: skip
+    special = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id}
+    decoder = GPT2Config(
+        vocab_size=len(tokenizer), n_embd=32, n_layer=1, n_head=2, n_positions=128, add_cross_attention=True,
+        pad_token_id=tokenizer.pad_token_id, **special,
+    )  # fmt: skip
+    config = VisionEncoderDecoderConfig.from_encoder_decoder_configs(encoder, decoder)
+    config.decoder_start_token_id, config.pad_token_id = tokenizer.bos_token_id, tokenizer.pad_token_id
+    config.eos_token_id = tokenizer.eos_token_id
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = Captioner(config)
+    with atomic_dir(path) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        ViTImageProcessor(size={"height": image_size, "width": image_size}).save_pretrained(tmp)
+    return Path(path)
