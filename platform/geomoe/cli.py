@@ -72,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("job")
     prep.set_defaults(fn=_cmd_prepare)
     bench = sub.add_parser("bench", help="run a benchmark and write a JSON result")
-    bench.add_argument("name", choices=["prepare", "pe_moe_step", "mining", "gmoe"])
+    bench.add_argument("name", choices=["prepare", "pe_moe_step", "mining", "gmoe", "rerank"])
     bench.add_argument("--out", default="bench_results")
     bench.set_defaults(fn=_cmd_bench)
     for command in (run, synth, prep, bench):

@@ -26,6 +26,10 @@ def run_benchmark(name: str, out: str, overrides: list[str]) -> dict[str, Any]:
         from geomoe.bench.gmoe import bench_gmoe
 
         result = bench_gmoe()
+    elif name == "rerank":
+        from geomoe.bench.rerank import bench_rerank
+
+        result = bench_rerank()
     elif name == "mining":
         from geomoe.bench.pe_moe import bench_mining
 
