@@ -31,6 +31,12 @@ def refine_job(root: Path, out: Path, model: Path) -> JobSpec:
     return parse_spec(JobSpec, raw, "test")
 
 
+def with_engine(spec: JobSpec, engine: dict, output_dir: Path) -> JobSpec:
+    assert spec.refine is not None
+    refine = {**spec.refine.model_dump(mode="json"), "engine": engine, "output_dir": str(output_dir)}
+    return parse_spec(JobSpec, {**spec.model_dump(mode="json"), "refine": refine}, "test")
+
+
 def rows(manifest: dict, split: str) -> list[dict]:
     table = pads.dataset(manifest["table"], format="parquet", partitioning="hive").to_table(
         filter=pc.field("split") == split
@@ -90,31 +96,14 @@ def test_http_engine_refines_through_an_openai_compatible_server_and_counts_fail
     }
     try:
         serve.run(chat_app(str(tmp_path / "lm")), name="chat", route_prefix="/v1/chat/completions", blocking=False)
-        good = spec.model_copy(
-            update={
-                "refine": spec.refine.model_copy(
-                    update={"engine": {**engine, "url": "http://127.0.0.1:8000/v1/chat/completions"}}
-                )
-            }
-        )
-        good = parse_spec(JobSpec, good.model_dump(mode="json"), "test")
+        url = "http://127.0.0.1:8000/v1/chat/completions"
+        good = with_engine(spec, {**engine, "url": url}, tmp_path / "r1")
         report = refine_captions(good, manifest)["refinement"]
         n = len(rows(manifest, "train"))
         assert report["rows_refined"] > 0 and report["rows_refined"] + report["rows_kept"] == n
     finally:
         serve.shutdown()
-    bad = parse_spec(
-        JobSpec,
-        {
-            **spec.model_dump(mode="json"),
-            "refine": {
-                **spec.refine.model_dump(mode="json"),
-                "output_dir": str(tmp_path / "r2"),
-                "engine": {**engine, "url": "http://127.0.0.1:9/v1/chat/completions"},
-            },
-        },
-        "test",
-    )
+    bad = with_engine(spec, {**engine, "url": "http://127.0.0.1:9/v1/chat/completions"}, tmp_path / "r2")
     failed = refine_captions(bad, manifest)
     assert failed["refinement"]["kept_by_reason"] == {"engine failed": n} and failed["refinement"]["rows_refined"] == 0
     assert [r["caption"] for r in rows(failed, "train")] == [r["original_caption"] for r in rows(failed, "train")]
