@@ -97,20 +97,21 @@ def rerank_scores(
     uncaptioned = sum(im["image_id"] not in store for im in images)
     if uncaptioned == len(images):
         raise DatasetError(f"{rerank.captions}: none of the {len(images)} gallery images has a caption")
-    owner = np.array([n for n, im in enumerate(images) for _ in store[im["image_id"]]])
-    captions = [c for im in images for c in store[im["image_id"]]]
+    captions = [c for im in images for c in store.get(im["image_id"], [])]
+    first_caption = np.cumsum([0] + [len(store.get(im["image_id"], [])) for im in images])
     top_QT = top_n(scores_QN, rerank.top_n)
+    # only the (query, candidate, caption) triples re-ranking needs: never a query x gallery matrix
+    q_P, t_P, c_P = candidate_triples(top_QT, first_caption)
     queries = [r["caption"] for r in rows]
-    caption_QT = np.zeros(top_QT.shape)
+    pair_P = np.zeros(len(q_P))
     if rerank.dense_weight:
         length = spec.pe_moe.text.max_length
         q_QH = embed_shared_texts(model, tokenizer, queries, length)
         c_MH = embed_shared_texts(model, tokenizer, captions, length)
-        caption_QT += rerank.dense_weight * _best_caption(q_QH @ c_MH.T, owner, top_QT)
+        pair_P += rerank.dense_weight * np.einsum("pd,pd->p", q_QH[q_P], c_MH[c_P])
     if rerank.lexical_weight:
-        lexical = LexicalScorer(captions)
-        lexical_QM = np.stack([lexical.score(q, captions) for q in queries])
-        caption_QT += rerank.lexical_weight * _best_caption(lexical_QM, owner, top_QT)
+        pair_P += rerank.lexical_weight * LexicalScorer(captions).pair_scores(queries, captions, q_P, c_P)
+    caption_QT = best_per_candidate(pair_P, q_P, t_P, top_QT.shape)
     fused = fuse_top_n(scores_QN, caption_QT, top_QT, rerank.weight, rerank.normalise)
     if rerank.diversity is not None:
         flat_ND = image_vectors_KND.transpose(1, 0, 2).reshape(len(images), -1)
@@ -118,13 +119,24 @@ def rerank_scores(
     return fused, uncaptioned
 
 
-def _best_caption(sim_QM: np.ndarray, owner_M: np.ndarray, top_QT: np.ndarray) -> np.ndarray:
-    """Per query and candidate image, the best similarity over that image's captions."""
-    per_image = np.full((sim_QM.shape[0], max(int(owner_M.max()), int(top_QT.max())) + 1), -np.inf)
-    np.maximum.at(per_image.T, owner_M, sim_QM.T)  # rows of the transposed view are images
-    best = np.take_along_axis(per_image, top_QT, axis=1)
-    finite = np.where(np.isfinite(best), best, np.inf).min(axis=1, keepdims=True)
-    return np.where(np.isfinite(best), best, np.where(np.isfinite(finite), finite, 0.0))  # uncaptioned: row min
+def candidate_triples(top_QT: np.ndarray, first_caption: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(query, candidate slot, caption) index triples for every caption of every top candidate; image n owns
+    captions first_caption[n] .. first_caption[n + 1] - 1."""
+    counts_QT = first_caption[top_QT + 1] - first_caption[top_QT]
+    q_P, t_P = np.nonzero(counts_QT > 0)
+    n_P = counts_QT[q_P, t_P]
+    q_P, t_P = np.repeat(q_P, n_P), np.repeat(t_P, n_P)
+    offset = np.arange(len(q_P)) - np.repeat(np.cumsum(n_P) - n_P, n_P)
+    return q_P, t_P, first_caption[top_QT[q_P, t_P]] + offset
+
+
+def best_per_candidate(values_P: np.ndarray, q_P: np.ndarray, t_P: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """(Q, T): the best value over each candidate's captions; a candidate without any gets its query's lowest
+    value (no evidence, never a boost), or 0 when the query has no captioned candidate at all."""
+    best = np.full(shape, -np.inf)
+    np.maximum.at(best, (q_P, t_P), values_P)
+    floor = np.where(np.isfinite(best), best, np.inf).min(axis=1, keepdims=True)
+    return np.where(np.isfinite(best), best, np.where(np.isfinite(floor), floor, 0.0))
 
 
 def _sample_query(caption: str, scores_N: np.ndarray, images: list[dict[str, Any]], building: str) -> dict[str, Any]:

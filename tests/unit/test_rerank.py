@@ -10,7 +10,7 @@ import pytest
 from geomoe.data.caption_store import read_caption_store, write_caption_store
 from geomoe.data.synthgeo import GALLERY_CAPTIONS, SCENE_CAPTIONER
 from geomoe.errors import DatasetError
-from geomoe.evaluate import _best_caption
+from geomoe.evaluate import best_per_candidate, candidate_triples
 from geomoe.retrieval.rerank import LexicalScorer, diversify, fuse_top_n, normalise, top_n
 
 
@@ -53,8 +53,16 @@ def test_lexical_scorer_prefers_shared_rare_words() -> None:
 
 
 def test_best_caption_per_candidate() -> None:
-    sim = np.array([[0.1, 0.5, 0.2, 0.3]])  # captions 0, 1 of image 0; caption 2 of image 2; caption 3 of image 1
-    np.testing.assert_allclose(_best_caption(sim, np.array([0, 0, 2, 1]), np.array([[2, 0, 1]])), [[0.2, 0.5, 0.3]])
+    # image 0 owns captions 0, 1; image 1 owns caption 2; image 2 owns caption 3
+    first_caption = np.array([0, 2, 3, 4])
+    top = np.array([[2, 0, 1], [1, 2, 0]])
+    q, t, c = candidate_triples(top, first_caption)
+    assert list(zip(q.tolist(), t.tolist(), c.tolist(), strict=True)) == [
+        (0, 0, 3), (0, 1, 0), (0, 1, 1), (0, 2, 2), (1, 0, 2), (1, 1, 3), (1, 2, 0), (1, 2, 1),
+    ]  # fmt: skip
+    sim_QM = np.array([[0.1, 0.5, 0.3, 0.2], [0.7, 0.0, 0.4, 0.9]])
+    best = best_per_candidate(sim_QM[q, c], q, t, top.shape)
+    np.testing.assert_allclose(best, [[0.2, 0.5, 0.3], [0.4, 0.9, 0.7]])
 
 
 def test_caption_store_round_trip_and_errors(tmp_path: Path) -> None:
@@ -86,6 +94,17 @@ def test_synthgeo_writes_scene_graph_captions_for_every_test_image(tiny_synth: t
 
 
 def test_a_candidate_without_caption_gets_the_lowest_caption_score() -> None:
-    sim = np.array([[0.9, 0.2]])  # captions of images 0 and 2; image 1 has none
-    best = _best_caption(sim, np.array([0, 2]), np.array([[1, 0, 2]]))
+    first_caption = np.array([0, 1, 1, 2])  # image 0: caption 0; image 1: none; image 2: caption 1
+    top = np.array([[1, 0, 2]])
+    q, t, c = candidate_triples(top, first_caption)
+    best = best_per_candidate(np.array([0.9, 0.2])[c], q, t, top.shape)
     np.testing.assert_allclose(best, [[0.2, 0.9, 0.2]])
+
+
+def test_lexical_pair_scores_match_full_scores() -> None:
+    captions = ["a red flat roof", "a blue pitched roof", "grey facade"]
+    scorer = LexicalScorer(captions)
+    queries = ["red roof", "grey facade with windows"]
+    q, c = np.array([0, 0, 1, 1]), np.array([0, 1, 2, 0])
+    expected = [scorer.score(queries[i], [captions[j]])[0] for i, j in zip(q, c, strict=True)]
+    np.testing.assert_allclose(scorer.pair_scores(queries, captions, q, c), expected)

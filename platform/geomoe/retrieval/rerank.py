@@ -52,6 +52,19 @@ class LexicalScorer:
         q = self.weights(query)
         return np.array([sum(w * q.get(t, 0.0) for t, w in self.weights(c).items()) for c in captions])
 
+    def pair_scores(
+        self, queries: Sequence[str], captions: Sequence[str], query_P: np.ndarray, caption_P: np.ndarray
+    ) -> np.ndarray:
+        """Scores of the given (query, caption) pairs; each text's weights are computed once."""
+        q_weights = {int(i): self.weights(queries[int(i)]) for i in np.unique(query_P)}
+        c_weights = {int(i): self.weights(captions[int(i)]) for i in np.unique(caption_P)}
+        return np.array(
+            [
+                sum(w * q_weights[int(q)].get(t, 0.0) for t, w in c_weights[int(c)].items())
+                for q, c in zip(query_P, caption_P, strict=True)
+            ]
+        )
+
 
 def _tokens(text: str) -> list[str]:
     return [t for t in "".join(ch if ch.isalnum() else " " for ch in text.lower()).split() if t]
