@@ -11,7 +11,7 @@ import numpy as np
 from geomoe.config import JobSpec, RerankSpec
 from geomoe.data.caption_store import read_caption_store
 from geomoe.errors import DatasetError
-from geomoe.metrics import first_relevant_rank, recall_at_k, retrieval_report
+from geomoe.metrics import first_relevant_rank, protocol_labels, recall_at_k, retrieval_report
 from geomoe.models.pe_moe import PEMoE
 from geomoe.retrieval.embed import embed_shared_texts, embed_texts, fused_scores
 from geomoe.retrieval.rerank import LexicalScorer, diversify, fuse_top_n, top_n
@@ -68,16 +68,12 @@ def evaluate_pe_moe(
         )
         report["reranked"] = {
             protocol: {"t2i": recall_at_k(first_relevant_rank(reranked, *labels), ks)}
-            for protocol, labels in _t2i_labels(caption_image, building).items()
+            for protocol, labels in protocol_labels(caption_image, building).items()
             if protocol in spec.eval.protocols
         }
         report["reranked"]["images_without_caption"] = uncaptioned
     report["sample"] = _sample_query(rows[0]["caption"], scores[0], images, rows[0]["building_id"])
     return report
-
-
-def _t2i_labels(caption_image: np.ndarray, building: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    return {"exact": (caption_image, np.arange(len(building))), "building": (building[caption_image], building)}
 
 
 def rerank_scores(

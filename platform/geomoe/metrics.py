@@ -60,6 +60,16 @@ def _by_group(ranks: np.ndarray, groups: np.ndarray | None, ks: Sequence[int]) -
     return {str(g): recall_at_k(ranks[groups == g], ks) for g in sorted(set(groups.tolist()))}
 
 
+def protocol_labels(caption_image: np.ndarray, image_building: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per protocol, (caption labels, image labels) whose equality means relevant: the image itself (exact) or
+    any image of the caption's building (building)."""
+    caption_image, image_building = np.asarray(caption_image), np.asarray(image_building)
+    return {
+        "exact": (caption_image, np.arange(len(image_building))),
+        "building": (image_building[caption_image], image_building),
+    }
+
+
 def retrieval_report(
     scores_TI: np.ndarray,
     caption_image: np.ndarray,
@@ -76,11 +86,7 @@ def retrieval_report(
     "score": Track 4 score (when 1 and 10 are among ks), "r_mean": mean of both directions' means}}.
     """
     caption_image, image_building = np.asarray(caption_image), np.asarray(image_building)
-    image_index = np.arange(len(image_building))
-    labels = {
-        "exact": (caption_image, image_index),
-        "building": (image_building[caption_image], image_building),
-    }
+    labels = protocol_labels(caption_image, image_building)
     caption_platform = None if image_platform is None else np.asarray(image_platform)[caption_image]
     report: dict[str, dict[str, object]] = {}
     for protocol in protocols:
@@ -121,11 +127,16 @@ def clamp_boxes(boxes_N4: np.ndarray, sizes_N2: np.ndarray) -> np.ndarray:
     return np.clip(boxes_N4, 0, upper)
 
 
+def clamped_iou(pred_N4: np.ndarray, gt_N4: np.ndarray, sizes_N2: np.ndarray) -> np.ndarray:
+    """IoU of absolute boxes after clamping both to their tile (DetGeo protocol)."""
+    return box_iou(clamp_boxes(pred_N4, sizes_N2), clamp_boxes(gt_N4, sizes_N2))
+
+
 def localization_metrics(
     pred_N4: np.ndarray, gt_N4: np.ndarray, sizes_N2: np.ndarray, thresholds: Sequence[float] = (0.25, 0.5)
 ) -> dict[str, float]:
     """DetGeo protocol on absolute boxes: both boxes clamped to the tile; acc@t = %(IoU > t); mIoU in %."""
-    iou = box_iou(clamp_boxes(pred_N4, sizes_N2), clamp_boxes(gt_N4, sizes_N2))
+    iou = clamped_iou(pred_N4, gt_N4, sizes_N2)
     if len(iou) == 0:
         raise ValueError("no boxes to evaluate")
     result = {f"acc@{t:g}": float(100.0 * np.mean(iou > t)) for t in thresholds}

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from geomoe.metrics import track4_score
+
 
 def manifest_summary(manifest: dict[str, Any]) -> str:
     lines = [f"prepared {manifest['total']} rows from {manifest['input_records']} records -> {manifest['table']}"]
@@ -44,7 +46,7 @@ def retrieval_table(train_results: dict[str, Any], protocol: str = "exact") -> s
             if protocol in report.get("reranked", {}) and stage == final:  # images_without_caption: in the JSON
                 again = report["reranked"][protocol]["t2i"]
                 label = f"{name} {stage} +CGRS"
-                score = (again["R@1"] + again["R@10"]) / 2 if "R@1" in again and "R@10" in again else float("nan")
+                score = track4_score(again) if "R@1" in again and "R@10" in again else float("nan")
                 lines.append(
                     f"  {label:<24}{again['R@1']:>8.2f}{again['R@5']:>8.2f}{again['R@10']:>8.2f}{score:>8.2f}{'-':>9}"
                 )

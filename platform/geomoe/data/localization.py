@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from geomoe.metrics import box_iou, clamp_boxes, localization_metrics
+from geomoe.metrics import localization_metrics
 
 # Swin's ImageNet statistics
 MEAN = np.array([0.485, 0.456, 0.406], np.float32)
@@ -118,10 +118,6 @@ def localization_report(
             for g in sorted(set(label.tolist()))
         }
     return report
-
-
-def ious(pred_N4: np.ndarray, gt_N4: np.ndarray, reference_wh_N2: np.ndarray) -> np.ndarray:
-    return box_iou(clamp_boxes(pred_N4, reference_wh_N2), clamp_boxes(gt_N4, reference_wh_N2))
 
 
 def centre_box_baseline(train_boxes_N4: np.ndarray, train_wh_N2: np.ndarray, test_wh_M2: np.ndarray) -> np.ndarray:

@@ -92,11 +92,13 @@ class GridMoE(nn.Module):
         self.neg_entropy = torch.zeros(())
         self.usage = torch.zeros(len(experts))
 
+    def cells(self, height: int, width: int) -> tuple[int, int]:
+        """The grid for an H x W map: ``grid``, or one token per cell on maps smaller than it."""
+        return min(self.grid[0], height), min(self.grid[1], width)
+
     def route(self, x_BHWC: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Top-k expert ids and gates per grid cell, (B, G, k) each (Eq. 8)."""
-        _, height, width, _ = x_BHWC.shape
-        grid_h, grid_w = min(self.grid[0], height), min(self.grid[1], width)
-        cells_BCG = F.adaptive_avg_pool2d(x_BHWC.permute(0, 3, 1, 2), (grid_h, grid_w)).flatten(2)
+        cells_BCG = F.adaptive_avg_pool2d(x_BHWC.permute(0, 3, 1, 2), self.cells(*x_BHWC.shape[1:3])).flatten(2)
         logits_BGE = self.router(cells_BCG.transpose(1, 2))
         if self.training and self.noise_std > 0:
             logits_BGE = logits_BGE + torch.randn_like(logits_BGE) * self.noise_std
@@ -109,8 +111,7 @@ class GridMoE(nn.Module):
     def forward(self, x_BHWC: torch.Tensor) -> torch.Tensor:
         batch, height, width, dim = x_BHWC.shape
         ids_BGK, gates_BGK = self.route(x_BHWC)
-        grid_h, grid_w = min(self.grid[0], height), min(self.grid[1], width)
-        cell_L = cell_of_tokens(height, width, grid_h, grid_w, x_BHWC.device)
+        cell_L = cell_of_tokens(height, width, *self.cells(height, width), x_BHWC.device)
         ids_BLK, gates_BLK = ids_BGK[:, cell_L], gates_BGK[:, cell_L]
         dispatch = dense_reference if self.dense else sparse_dispatch
         y_NC = dispatch(

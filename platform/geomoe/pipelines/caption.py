@@ -19,6 +19,7 @@ import pyarrow.dataset as pads
 from geomoe.config import CaptionSpec, JobSpec
 from geomoe.data.caption_store import write_caption_store
 from geomoe.engines.prompts import clean_generation, rejection
+from geomoe.pipelines.engine_pool import engine_pool_options
 
 
 class CaptionBatch:
@@ -66,11 +67,8 @@ def caption_gallery(spec: JobSpec, manifest: dict[str, Any]) -> dict[str, Any]:
     ds = ray.data.from_items(images).map_batches(
         CaptionBatch,
         fn_constructor_kwargs={"caption": caption},
-        batch_size=caption.engine.batch_size * 4,
         batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(size=caption.engine.concurrency),
-        num_cpus=0 if caption.engine.use_gpu else 1,
-        num_gpus=1 if caption.engine.use_gpu else 0,
+        **engine_pool_options(caption.engine),
     )
     produced = {str(r["image_id"]): None if r["failed"] else str(r["text"]) for r in ds.iter_rows()}
     rows: list[dict[str, str]] = []

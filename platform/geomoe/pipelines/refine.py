@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 from geomoe.config import JobSpec, RefineSpec
 from geomoe.engines.prompts import RefinePrompts, clean_generation, load_prompts, rejection
 from geomoe.io import atomic_path, write_json_atomic, write_text_atomic
+from geomoe.pipelines.engine_pool import engine_pool_options
 
 log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
@@ -130,11 +131,8 @@ def _refine_shard(source: Path, target: Path, refine: RefineSpec, prompts: Refin
         ds = ray.data.from_arrow(table).map_batches(
             RefineBatch,
             fn_constructor_kwargs={"refine": refine},
-            batch_size=refine.engine.batch_size * 4,
             batch_format="pyarrow",
-            compute=ray.data.ActorPoolStrategy(size=refine.engine.concurrency),
-            num_cpus=0 if refine.engine.use_gpu else 1,
-            num_gpus=1 if refine.engine.use_gpu else 0,
+            **engine_pool_options(refine.engine),
         )
         refined = pa.concat_tables(list(ds.iter_batches(batch_format="pyarrow")))
     refined = refined.drop_columns([n for n in from_path if n not in pq.read_schema(source).names])

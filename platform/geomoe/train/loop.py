@@ -53,10 +53,54 @@ def maybe_inject_failure(config: dict[str, Any], epoch: int, step: int) -> None:
         os._exit(1)
 
 
+def resumed_payload() -> dict[str, Any] | None:
+    """The checkpoint Ray Train hands a restarted (or rerun) worker group, read; None on a fresh start."""
+    import ray.train
+
+    resumed = ray.train.get_checkpoint()
+    if resumed is None:
+        return None
+    with resumed.as_directory() as directory:
+        return read_checkpoint(directory)
+
+
+def epoch_batches(shard: Any, per_worker: int, seed: int) -> Any:
+    """One epoch of this worker's shard in numpy batches, shuffled reproducibly (a new ``seed`` per epoch)."""
+    return shard.iter_batches(
+        batch_size=per_worker,
+        batch_format="numpy",
+        drop_last=True,
+        local_shuffle_buffer_size=4 * per_worker,
+        local_shuffle_seed=seed,
+    )
+
+
+def report_epoch(
+    metrics: dict[str, Any],
+    model: torch.nn.Module,
+    spec: JobSpec,
+    stage: int,
+    epoch: int,
+    optimizer: Any,
+    schedule: Any,
+) -> None:
+    """Report an epoch's metrics from every worker; rank 0 attaches the checkpoint (model, spec, optimizer state)."""
+    import ray.train
+    from ray.train import Checkpoint
+
+    with tempfile.TemporaryDirectory() as directory:
+        checkpoint = None
+        if ray.train.get_context().get_world_rank() == 0:
+            save_checkpoint(
+                directory, model, spec, stage, epoch, optimizer=optimizer.state_dict(), scheduler=schedule.state_dict()
+            )
+            checkpoint = Checkpoint.from_directory(directory)
+        ray.train.report(metrics, checkpoint=checkpoint)
+
+
 def train_loop(config: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
-    from ray.train import Checkpoint
 
     spec, stage = JobSpec.model_validate(config["spec"]), int(config["stage"])
     ctx = ray.train.get_context()
@@ -68,16 +112,12 @@ def train_loop(config: dict[str, Any]) -> None:
     per_worker = max(2, spec.train.batch_size // world)
 
     model, tokenizer = build_pe_moe(spec.pe_moe)
-    resumed, start_epoch = ray.train.get_checkpoint(), 0
-    payload = None
-    if resumed is not None:
-        with resumed.as_directory() as directory:
-            payload = read_checkpoint(directory)
-        start_epoch = int(payload["epoch"]) + 1
-    elif config.get("init_checkpoint"):
-        load_into(model, read_checkpoint(config["init_checkpoint"])["model"])
+    payload = resumed_payload()
+    start_epoch = 0 if payload is None else int(payload["epoch"]) + 1
     if payload is not None:
         load_into(model, payload["model"])
+    elif config.get("init_checkpoint"):
+        load_into(model, read_checkpoint(config["init_checkpoint"])["model"])
     core = model  # the plain module: parameters, scale, checkpoints; ``wrapped`` runs the forward (DDP)
     wrapped = ray.train.torch.prepare_model(model, parallel_strategy_kwargs={"find_unused_parameters": True})
     device = ray.train.torch.get_device()
@@ -101,13 +141,7 @@ def train_loop(config: dict[str, Any]) -> None:
     for epoch in range(start_epoch, epochs):
         wrapped.train()
         sums: dict[str, float] = {}
-        batches = shard.iter_batches(
-            batch_size=per_worker,
-            batch_format="numpy",
-            drop_last=True,
-            local_shuffle_buffer_size=4 * per_worker,
-            local_shuffle_seed=spec.seed * 1000 + stage * 100 + epoch,  # reproducible, new order each epoch
-        )
+        batches = epoch_batches(shard, per_worker, spec.seed * 1000 + stage * 100 + epoch)
         for step, batch in zip(range(steps), batches, strict=False):
             maybe_inject_failure(config, epoch, step)
             ids, mask = tokenize(tokenizer, _texts(batch, spec.train.use_statements, rng), spec.pe_moe.text.max_length)
@@ -131,17 +165,4 @@ def train_loop(config: dict[str, Any]) -> None:
             "start_epoch": start_epoch,
             **{k: v / max(1, steps) for k, v in sums.items()},
         }
-        with tempfile.TemporaryDirectory() as directory:
-            checkpoint = None
-            if rank == 0:
-                save_checkpoint(
-                    directory,
-                    core,
-                    spec,
-                    stage,
-                    epoch,
-                    optimizer=optimizer.state_dict(),
-                    scheduler=schedule.state_dict(),
-                )
-                checkpoint = Checkpoint.from_directory(directory)
-            ray.train.report(metrics, checkpoint=checkpoint)
+        report_epoch(metrics, core, spec, stage, epoch, optimizer, schedule)

@@ -6,18 +6,25 @@ always the latest, for resuming), and the driver takes the best one, so "best" r
 
 from __future__ import annotations
 
-import tempfile
 from typing import Any
 
 import numpy as np
 import torch
 
 from geomoe.config import JobSpec
-from geomoe.data.localization import augment_pair, ious, to_file_pixels
+from geomoe.data.localization import augment_pair, to_file_pixels
 from geomoe.losses import smgeo_objective
-from geomoe.models.checkpoint import load_into, read_checkpoint, save_checkpoint
+from geomoe.metrics import clamped_iou
+from geomoe.models.checkpoint import load_into
 from geomoe.models.smgeo import SMGeo, decode_boxes
-from geomoe.train.loop import make_optimizer, maybe_inject_failure, warmup_cosine
+from geomoe.train.loop import (
+    epoch_batches,
+    make_optimizer,
+    maybe_inject_failure,
+    report_epoch,
+    resumed_payload,
+    warmup_cosine,
+)
 
 VAL_METRIC = "val_acc50"
 
@@ -36,7 +43,7 @@ def validate(model: torch.nn.Module, shard: Any, batch_size: int, device: torch.
         out = model(query.to(device), click.to(device), reference.to(device))
         pred = decode_boxes(out["heatmap_logits"], out["box"], (size, size)).float().cpu().numpy()
         wh = batch["reference_wh"]
-        iou = ious(to_file_pixels(pred, wh, size), to_file_pixels(box.numpy(), wh, size), wh)
+        iou = clamped_iou(to_file_pixels(pred, wh, size), to_file_pixels(box.numpy(), wh, size), wh)
         sums += torch.tensor([len(iou), (iou > 0.25).sum(), (iou > 0.5).sum(), iou.sum()], dtype=torch.float64)
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.all_reduce(sums)
@@ -51,7 +58,6 @@ def validate(model: torch.nn.Module, shard: Any, batch_size: int, device: torch.
 def smgeo_train_loop(config: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
-    from ray.train import Checkpoint
 
     spec = JobSpec.model_validate(config["spec"])
     model_spec, train = spec.smgeo, spec.train
@@ -64,12 +70,10 @@ def smgeo_train_loop(config: dict[str, Any]) -> None:
     size = model_spec.reference_size
 
     model = SMGeo(model_spec)
-    resumed, start_epoch, payload = ray.train.get_checkpoint(), 0, None
-    if resumed is not None:
-        with resumed.as_directory() as directory:
-            payload = read_checkpoint(directory)
+    payload = resumed_payload()
+    start_epoch = 0 if payload is None else int(payload["epoch"]) + 1
+    if payload is not None:
         load_into(model, payload["model"])
-        start_epoch = int(payload["epoch"]) + 1
     core = model
     # unchosen experts get no gradient in a step: DDP must not wait for them
     wrapped = ray.train.torch.prepare_model(model, parallel_strategy_kwargs={"find_unused_parameters": True})
@@ -84,13 +88,7 @@ def smgeo_train_loop(config: dict[str, Any]) -> None:
     for epoch in range(start_epoch, train.epochs):
         wrapped.train()
         sums: dict[str, float] = {}
-        batches = shard.iter_batches(
-            batch_size=per_worker,
-            batch_format="numpy",
-            drop_last=True,
-            local_shuffle_buffer_size=4 * per_worker,
-            local_shuffle_seed=spec.seed * 1000 + epoch,
-        )
+        batches = epoch_batches(shard, per_worker, spec.seed * 1000 + epoch)
         for step, batch in zip(range(steps), batches, strict=False):
             maybe_inject_failure(config, epoch, step)
             query, click, reference, box = _tensors(batch)
@@ -118,11 +116,4 @@ def smgeo_train_loop(config: dict[str, Any]) -> None:
             metrics["busiest_expert_cells"] = float(
                 (usage.max(axis=1) * model_spec.gmoe.top_k / usage.sum(axis=1)).mean()
             )
-        with tempfile.TemporaryDirectory() as directory:
-            checkpoint = None
-            if rank == 0:
-                save_checkpoint(
-                    directory, core, spec, 1, epoch, optimizer=optimizer.state_dict(), scheduler=schedule.state_dict()
-                )
-                checkpoint = Checkpoint.from_directory(directory)
-            ray.train.report(metrics, checkpoint=checkpoint)
+        report_epoch(metrics, core, spec, 1, epoch, optimizer, schedule)
