@@ -305,6 +305,7 @@ class RerankSpec(Strict):
     """CGRS: re-score each query's first-stage top ``top_n`` with query-caption text similarity, fused with the
     first-stage score after per-query normalisation: (1 - weight) * first + weight * caption."""
 
+    name: str = Field("CGRS", pattern=r"^[A-Za-z0-9_.-]+$", description="the report row: '<model> +<name>'")
     captions: str = Field(description="caption store (Parquet: image_id, caption, model_id, prompt_sha256)")
     top_n: int = Field(20, ge=2)
     weight: float = Field(0.5, ge=0, le=1)
@@ -315,9 +316,22 @@ class RerankSpec(Strict):
 
 
 class EvalSpec(Strict):
-    rerank: RerankSpec | None = None
+    rerank: list[RerankSpec] = Field(default_factory=list, description="one re-ranking, or a list to compare")
     protocols: list[Literal["exact", "building"]] = ["exact", "building"]  # pydantic copies list defaults
     ks: list[int] = [1, 5, 10]
+
+    @field_validator("rerank", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return [value] if isinstance(value, dict) else ([] if value is None else value)
+
+    @field_validator("rerank")
+    @classmethod
+    def _distinct_names(cls, rerankers: list[RerankSpec]) -> list[RerankSpec]:
+        names = [r.name for r in rerankers]
+        if len(set(names)) != len(names):
+            raise ValueError(f"re-rankings need distinct names, got {names}")
+        return rerankers
 
     @field_validator("ks")
     @classmethod
@@ -337,8 +351,8 @@ class Track4Spec(Strict):
 
 
 class EngineSpec(Strict):
-    """A text generation engine (geomoe.engines): ``transformers`` locally; ``http`` and ``vllm`` through
-    ray.data.llm processors (the Ray layer). ``model``: a local folder or hub id (http: the served model name)."""
+    """A generation engine (geomoe.engines): ``transformers`` locally; ``http`` and ``vllm`` through ray.data.llm
+    processors (the Ray layer). ``model``: a local folder or hub id (http: the served model name)."""
 
     kind: Literal["transformers", "http", "vllm"] = "transformers"
     model: str
@@ -353,6 +367,8 @@ class EngineSpec(Strict):
     max_retries: int = Field(3, ge=0, description="http: retries of a failed request")
     retry_wait_s: float = Field(1.0, gt=0, description="http: first retry's wait; doubles per retry")
     engine_kwargs: dict[str, Any] = Field(default_factory=dict, description="vllm: engine arguments")
+    accelerator_type: str | None = Field(None, description="vllm: the GPU type to schedule on, e.g. H100")
+    tiny: bool = Field(False, description="build a tiny random model at ``model`` when it is missing (demos)")
 
 
 class RefineSpec(Strict):
@@ -367,10 +383,12 @@ class RefineSpec(Strict):
 
 class CaptionSpec(Strict):
     """Gallery captioning for CGRS (stage ``caption``): every image of a prepared split, once, into a caption
-    store that ``eval.rerank.captions`` can name. ``engine.model``: an image-to-text model (transformers)."""
+    store that ``eval.rerank[].captions`` can name. ``engine.model``: a chat VLM (any engine) or, with the
+    transformers engine, also an image-to-text model that takes no prompt (VisionEncoderDecoder)."""
 
     engine: EngineSpec
     output: str = Field(description="caption store to write (Parquet)")
+    prompts: str | None = Field(None, description="prompt file; None = the built-in caption_v1")
     split: Literal["test", "train"] = "test"
     max_words: int = Field(60, ge=1)
 
@@ -501,10 +519,15 @@ class JobSpec(Strict):
             raw["refine"]["output_dir"] = absolute(raw["refine"]["output_dir"])
             if raw["refine"]["prompts"]:
                 raw["refine"]["prompts"] = absolute(raw["refine"]["prompts"])
+        for section in ("refine", "caption"):
+            if raw.get(section) and self._local_engine_model(raw[section]["engine"], root):
+                raw[section]["engine"]["model"] = absolute(raw[section]["engine"]["model"])
         if raw.get("caption"):
             raw["caption"]["output"] = absolute(raw["caption"]["output"])
-        if raw["eval"].get("rerank"):
-            raw["eval"]["rerank"]["captions"] = absolute(raw["eval"]["rerank"]["captions"])
+            if raw["caption"]["prompts"]:
+                raw["caption"]["prompts"] = absolute(raw["caption"]["prompts"])
+        for rerank in raw["eval"]["rerank"]:
+            rerank["captions"] = absolute(rerank["captions"])
         if isinstance(self.model, SMGeoModelSpec):
             backbone = raw["model"]["backbone"]
             if backbone["pretrained"]:
@@ -517,6 +540,11 @@ class JobSpec(Strict):
         if image["pretrained"] and (tiny or (root / image["pretrained"]).is_file()):
             image["pretrained"] = absolute(image["pretrained"])
         return JobSpec.model_validate(raw)
+
+    @staticmethod
+    def _local_engine_model(engine: dict[str, Any], root: Path) -> bool:
+        """A served (http) model is a name; otherwise a model is local when it exists or ``tiny`` builds it."""
+        return engine["kind"] != "http" and (engine["tiny"] or (root / engine["model"]).exists())
 
     def fingerprint(self, *sections: str) -> str:
         """Stable hash of the resolved spec, or of only the named top-level ``sections``.

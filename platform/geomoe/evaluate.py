@@ -62,16 +62,16 @@ def evaluate_pe_moe(
         expert_of = spec.pe_moe.expert_of()
         truth = np.array([expert_of[platform[i]] for i in caption_image])
         report["routing_accuracy"] = float(100.0 * np.mean(g.argmax(axis=1) == truth))
-    if spec.eval.rerank is not None:
-        reranked, uncaptioned = rerank_scores(
-            model, tokenizer, spec, rows, scores, images, image_vectors, spec.eval.rerank
-        )
-        report["reranked"] = {
+    if spec.eval.rerank:
+        report["reranked"] = {}
+    for rerank in spec.eval.rerank:
+        reranked, uncaptioned = rerank_scores(model, tokenizer, spec, rows, scores, images, image_vectors, rerank)
+        report["reranked"][rerank.name] = {
             protocol: {"t2i": recall_at_k(first_relevant_rank(reranked, *labels), ks)}
             for protocol, labels in protocol_labels(caption_image, building).items()
             if protocol in spec.eval.protocols
         }
-        report["reranked"]["images_without_caption"] = uncaptioned
+        report["reranked"][rerank.name]["images_without_caption"] = uncaptioned
     report["sample"] = _sample_query(rows[0]["caption"], scores[0], images, rows[0]["building_id"])
     return report
 

@@ -7,8 +7,9 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow.compute as pc
+import pyarrow.dataset as pads
 
-from geomoe.config import JobSpec
+from geomoe.config import EngineSpec, JobSpec
 from geomoe.io import write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -58,6 +59,20 @@ def _training_data(spec: JobSpec, results: dict[str, Any]) -> dict[str, Any]:
     return dict(refined)
 
 
+def _with_engine(spec: JobSpec, engine: EngineSpec, manifest: dict[str, Any], vision: bool) -> dict[str, Any]:
+    """Start Ray and, for ``engine.tiny``, build the tiny model on the prepared training captions."""
+    from geomoe.models.factory import ensure_tiny_engine
+    from geomoe.ray_env import ensure_ray
+
+    ensure_ray(spec.resources)
+    if engine.tiny:
+        table = pads.dataset(manifest["table"], format="parquet", partitioning="hive").to_table(
+            columns=["caption"], filter=pc.field("split") == "train"
+        )
+        ensure_tiny_engine(engine, table["caption"].to_pylist(), vision, spec.seed)
+    return manifest
+
+
 def _prepare(spec: JobSpec) -> dict[str, Any]:
     from geomoe.pipelines.prepare import prepare
 
@@ -95,16 +110,16 @@ def run_job(spec: JobSpec) -> dict[str, Any]:
             results["prepare"] = _prepare(spec)
         elif stage == "refine":
             from geomoe.pipelines.refine import refine_captions
-            from geomoe.ray_env import ensure_ray
 
-            ensure_ray(spec.resources)
-            results["refine"] = refine_captions(spec, _prepared(spec, results))
+            assert spec.refine is not None  # checked by JobSpec validation
+            prepared = _with_engine(spec, spec.refine.engine, _prepared(spec, results), vision=False)
+            results["refine"] = refine_captions(spec, prepared)
         elif stage == "caption":
             from geomoe.pipelines.caption import caption_gallery
-            from geomoe.ray_env import ensure_ray
 
-            ensure_ray(spec.resources)
-            results["caption"] = caption_gallery(spec, _prepared(spec, results))
+            assert spec.caption is not None  # checked by JobSpec validation
+            prepared = _with_engine(spec, spec.caption.engine, _prepared(spec, results), vision=True)
+            results["caption"] = caption_gallery(spec, prepared)
         elif stage == "train":
             results["train"] = _train(spec, _training_data(spec, results), run_dir)
         elif stage == "track4_submission":

@@ -92,3 +92,24 @@ def test_fingerprint_changes_with_content() -> None:
     raw = {"name": "x", "stages": [], "data": {"root": "r"}, "preprocess": {"output_dir": "o"}}
     s1, s2 = parse_spec(JobSpec, dict(raw), "t"), parse_spec(JobSpec, {**raw, "seed": 3}, "t")
     assert s1.fingerprint() != s2.fingerprint()
+
+
+def test_rerank_takes_one_section_or_a_named_list() -> None:
+    raw = {"name": "x", "stages": [], "data": {"root": "r"}, "preprocess": {"output_dir": "o"}}
+    one = parse_spec(JobSpec, {**raw, "eval": {"rerank": {"captions": "c.parquet"}}}, "t")
+    assert [(r.name, r.captions) for r in one.eval.rerank] == [("CGRS", "c.parquet")]
+    two = [{"name": "scene", "captions": "a.parquet"}, {"name": "vlm", "captions": "b.parquet", "weight": 0.3}]
+    assert [r.name for r in parse_spec(JobSpec, {**raw, "eval": {"rerank": two}}, "t").eval.rerank] == ["scene", "vlm"]
+    with pytest.raises(SpecError, match="re-rankings need distinct names"):
+        parse_spec(JobSpec, {**raw, "eval": {"rerank": [two[0], two[0]]}}, "t")
+    absolute = one.with_absolute_paths("/base")
+    assert absolute.eval.rerank[0].captions == "/base/c.parquet"
+
+
+def test_engine_models_become_absolute_only_when_local(tmp_path: Path) -> None:
+    raw = {"name": "x", "stages": [], "data": {"root": "r"}, "preprocess": {"output_dir": "o"}}
+    caption = {"engine": {"kind": "transformers", "model": "models/vlm", "tiny": True}, "output": "c.parquet"}
+    refine = {"engine": {"kind": "vllm", "model": "Qwen/Qwen2.5-7B-Instruct"}, "output_dir": "refined"}
+    spec = parse_spec(JobSpec, {**raw, "caption": caption, "refine": refine}, "t").with_absolute_paths(tmp_path)
+    assert spec.caption is not None and spec.caption.engine.model == str(tmp_path / "models/vlm")  # tiny builds it
+    assert spec.refine is not None and spec.refine.engine.model == "Qwen/Qwen2.5-7B-Instruct"  # a hub id

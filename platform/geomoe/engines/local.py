@@ -1,4 +1,5 @@
-"""``transformers`` engine: local chat generation with a causal LM (small GPUs, CPU tests)."""
+"""``transformers`` engine: local chat generation with a causal LM, and image captioning with a VLM (small GPUs,
+CPU tests)."""
 
 from __future__ import annotations
 
@@ -71,41 +72,74 @@ class TransformersEngine:
 
 
 class TransformersCaptioner:
-    """Image paths -> captions with a transformers image-to-text model (``AutoModelForVision2Seq`` class, e.g.
-    VisionEncoderDecoder). Chat VLMs that take a prompt are served through the ``http`` or ``vllm`` engines."""
+    """Images (+ a prompt each) -> captions with a local transformers model. Two kinds load from a folder or id:
+    a chat VLM (``AutoModelForImageTextToText`` with its ``AutoProcessor``: LLaVA, Qwen2-VL, ...) that follows
+    the prompt, and an image-to-text model (VisionEncoderDecoder) that takes none (``takes_prompt`` False)."""
 
     def __init__(
         self, source: str, max_new_tokens: int = 48, min_new_tokens: int = 1, device: str = "cpu", batch_size: int = 8
     ) -> None:
-        from transformers import AutoImageProcessor, AutoTokenizer, VisionEncoderDecoderModel
+        from transformers import AutoConfig
 
-        self.tokenizer = AutoTokenizer.from_pretrained(source)
-        self.processor = AutoImageProcessor.from_pretrained(source)
-        self.model = cast(Any, VisionEncoderDecoderModel.from_pretrained(source))
+        self.takes_prompt = AutoConfig.from_pretrained(source).model_type != "vision-encoder-decoder"
+        if self.takes_prompt:
+            from transformers import AutoModelForImageTextToText, AutoProcessor
+
+            self.processor = AutoProcessor.from_pretrained(source)
+            self.processor.tokenizer.padding_side = "left"  # decoder-only generation pads on the left
+            self.tokenizer = self.processor.tokenizer
+            self.model = cast(Any, AutoModelForImageTextToText.from_pretrained(source))
+        else:
+            from transformers import AutoImageProcessor, AutoTokenizer, VisionEncoderDecoderModel
+
+            self.tokenizer = AutoTokenizer.from_pretrained(source)
+            self.processor = AutoImageProcessor.from_pretrained(source)
+            self.model = cast(Any, VisionEncoderDecoderModel.from_pretrained(source))
         self.model.to(device).eval()
         self.device, self.batch_size = device, batch_size
         self.settings = {"max_new_tokens": max_new_tokens, "min_new_tokens": min_new_tokens}
 
-    def caption(self, paths: Sequence[str]) -> list[str | None]:
+    def caption(self, paths: Sequence[str], prompts: Sequence[str] | None = None) -> list[str | None]:
+        """Captions of the image files; None for an unreadable image or a failed batch (the caller counts it)."""
         out: list[str | None] = []
         for start in range(0, len(paths), self.batch_size):
             batch = list(paths[start : start + self.batch_size])
+            texts = None if prompts is None else list(prompts[start : start + self.batch_size])
             try:
-                out += self._caption(batch)
+                out += self.describe([_open_rgb(p) for p in batch], texts)
             except Exception as err:  # unreadable image or generation error: counted by the caller
                 log.warning("captioning failed for %d images: %s", len(batch), err)
                 out += [None] * len(batch)
         return out
 
-    def _caption(self, paths: list[str]) -> list[str | None]:
+    def describe(self, images: Sequence[Any], prompts: Sequence[str] | None = None) -> list[str | None]:
+        """Captions of PIL images; ``prompts`` (one per image) are used by chat VLMs and ignored otherwise."""
         import torch
-        from PIL import Image
 
-        images = []
-        for path in paths:
-            with Image.open(path) as image:
-                images.append(image.convert("RGB"))
-        pixels = self.processor(images=images, return_tensors="pt").pixel_values.to(self.device)
+        if not self.takes_prompt:
+            pixels = self.processor(images=list(images), return_tensors="pt").pixel_values.to(self.device)
+            with torch.no_grad():
+                generated = self.model.generate(pixel_values=pixels, **self.settings)
+            return [str(t) for t in self.tokenizer.batch_decode(generated, skip_special_tokens=True)]
+        if prompts is None or len(prompts) != len(images):
+            raise ValueError("a chat VLM needs one prompt per image")
+        texts = [
+            self.processor.apply_chat_template(
+                [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": p}]}],
+                add_generation_prompt=True,
+                tokenize=False,
+            )
+            for p in prompts
+        ]
+        encoded = self.processor(text=texts, images=list(images), return_tensors="pt", padding=True).to(self.device)
         with torch.no_grad():
-            generated = self.model.generate(pixel_values=pixels, **self.settings)
-        return [str(t) for t in self.tokenizer.batch_decode(generated, skip_special_tokens=True)]
+            generated = self.model.generate(**encoded, pad_token_id=self.tokenizer.pad_token_id, **self.settings)
+        new_tokens = generated[:, encoded["input_ids"].shape[1] :]
+        return [str(t) for t in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+
+
+def _open_rgb(path: str) -> Any:
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return image.convert("RGB")

@@ -18,7 +18,9 @@ from geomoe.data.transforms import has_directional
 from geomoe.errors import SpecError
 from geomoe.io import file_sha256
 
-BUILTIN_PROMPTS = Path(__file__).resolve().parents[1] / "data" / "prompts" / "refine_v1.yaml"
+PROMPT_DIR = Path(__file__).resolve().parents[1] / "data" / "prompts"
+BUILTIN_PROMPTS = PROMPT_DIR / "refine_v1.yaml"
+BUILTIN_CAPTION_PROMPT = PROMPT_DIR / "caption_v1.yaml"
 BOILERPLATE = re.compile(
     r"^\s*(sure|certainly|of course|here is|here's|as an ai|i cannot|i can't|rewritten description)\b"
     r"|<\|?im_|\[/?inst\]",
@@ -57,6 +59,48 @@ def load_prompts(path: str | Path | None = None) -> RefinePrompts:
         if not isinstance(template, str) or "{caption}" not in template:
             raise SpecError(str(path), f"platforms.{name}", "a template must be text containing {caption}")
     return RefinePrompts(raw["system"], {str(k): v for k, v in platforms.items()}, file_sha256(path))
+
+
+@dataclass(frozen=True)
+class CaptionPrompt:
+    template: str
+    sha256: str
+
+    def text(self, platform: str) -> str:
+        return self.template.format(platform=platform)
+
+    def messages(self, image_url: str, platform: str) -> list[dict[str, Any]]:
+        """One OpenAI-style user turn with the image (a data: URL) and the prompt: what vLLM's multimodal stage
+        and any OpenAI-compatible server accept."""
+        content = [
+            {"type": "image_url", "image_url": {"url": image_url}},
+            {"type": "text", "text": self.text(platform)},
+        ]
+        return [{"role": "user", "content": content}]
+
+
+def load_caption_prompt(path: str | Path | None = None) -> CaptionPrompt:
+    """The captioning prompt from ``path`` (default: the built-in caption_v1)."""
+    path = Path(path) if path else BUILTIN_CAPTION_PROMPT
+    if not path.is_file():
+        raise SpecError(str(path), "", "prompt file not found")
+    raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    if not isinstance(raw, dict) or not isinstance(raw.get("prompt"), str) or not raw["prompt"].strip():
+        raise SpecError(str(path), "prompt", "a caption prompt file needs a non-empty 'prompt' text")
+    try:
+        raw["prompt"].format(platform="satellite")
+    except (KeyError, IndexError, ValueError) as err:
+        raise SpecError(str(path), "prompt", f"only {{platform}} may be substituted: {err}") from err
+    return CaptionPrompt(raw["prompt"], file_sha256(path))
+
+
+def image_data_url(path: str | Path) -> str:
+    """The image file as a base64 data: URL (images travel in the request; servers never fetch files)."""
+    import base64
+    import mimetypes
+
+    mime = mimetypes.guess_type(str(path))[0] or "application/octet-stream"
+    return f"data:{mime};base64,{base64.b64encode(Path(path).read_bytes()).decode()}"
 
 
 def clean_generation(text: str) -> str:

@@ -187,3 +187,53 @@ def build_tiny_captioner(path: str | Path, corpus: Iterable[str], image_size: in
         tokenizer.save_pretrained(tmp)
         ViTImageProcessor(size={"height": image_size, "width": image_size}).save_pretrained(tmp)
     return Path(path)
+
+
+VLM_CHAT_TEMPLATE = (
+    "{% for m in messages %}{{ m['role'] }}: {% if m['content'] is string %}{{ m['content'] }}{% else %}"
+    "{% for c in m['content'] %}{% if c['type'] in ('image', 'image_url') %}<image> {% else %}{{ c['text'] }}"
+    "{% endif %}{% endfor %}{% endif %} {% endfor %}{% if add_generation_prompt %}assistant:{% endif %}"
+)
+
+
+def build_tiny_vlm(path: str | Path, corpus: Iterable[str], image_size: int = 32, seed: int = 0) -> Path:
+    """A random chat VLM (LLaVA: a 1-layer CLIP vision tower, a projector and a 2-layer Llama) with its
+    processor and chat template, saved where ``AutoModelForImageTextToText``/``AutoProcessor`` load it: the
+    stand-in for Qwen2-VL or LLaVA in tests and CPU demos. It writes corpus words in random order."""
+    import torch
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaProcessor
+    from transformers import LlavaForConditionalGeneration as Llava
+
+    tokenizer = train_tokenizer(corpus)
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<image>"]})
+    tokenizer.chat_template, tokenizer.padding_side = VLM_CHAT_TEMPLATE, "left"
+    patch = max(4, image_size // 4)
+    vision = CLIPVisionConfig(
+        image_size=image_size, patch_size=patch, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+        num_attention_heads=2,
+    )  # fmt: skip
+    text = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=2, max_position_embeddings=512, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )  # fmt: skip
+    config = LlavaConfig(
+        vision_config=vision, text_config=text, image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+        vision_feature_layer=-1,
+    )  # fmt: skip
+    square = {"height": image_size, "width": image_size}
+    processor = LlavaProcessor(
+        image_processor=CLIPImageProcessor(size={"shortest_edge": image_size}, crop_size=square),
+        tokenizer=tokenizer,
+        patch_size=patch,
+        vision_feature_select_strategy="default",  # drops the class token: (image_size / patch)^2 image tokens
+        chat_template=VLM_CHAT_TEMPLATE,
+        num_additional_image_tokens=1,
+    )
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = Llava(config)
+    with atomic_dir(path) as tmp:
+        model.save_pretrained(tmp)
+        processor.save_pretrained(tmp)
+    return Path(path)

@@ -1,9 +1,11 @@
-"""``caption`` on Ray Data: a captioning model describes every gallery image once, offline, into a caption store
-(CGRS's image-to-text step moved from query time to index time).
+"""``caption`` on Ray Data: a VLM describes every gallery image once, offline, into a caption store (CGRS's
+image-to-text step moved from query time to index time).
 
-An actor pool holds the model; each caption is cleaned and checked (non-empty, at most ``max_words``, not chat
+Engines: ``transformers`` (an actor pool holding a chat VLM or an image-to-text model), ``http`` (an
+OpenAI-compatible server; the image travels in the request as a data: URL) and ``vllm`` (vLLM engine actors with
+the multimodal stage). Each caption is cleaned and checked (non-empty, at most ``max_words``, not chat
 boilerplate). A failed or rejected image gets no caption and is counted by reason; re-ranking then gives it no
-caption evidence. The store records the model and the prompt hash (empty: image-to-text models take no prompt).
+caption evidence. The store records the model and the prompt's sha256 (empty for a model that takes no prompt).
 """
 
 from __future__ import annotations
@@ -18,22 +20,25 @@ import pyarrow.dataset as pads
 
 from geomoe.config import CaptionSpec, JobSpec
 from geomoe.data.caption_store import write_caption_store
-from geomoe.engines.prompts import clean_generation, rejection
+from geomoe.engines.prompts import CaptionPrompt, clean_generation, image_data_url, load_caption_prompt, rejection
 from geomoe.pipelines.engine_pool import engine_pool_options
+from geomoe.pipelines.llm import generate
 
 
 class CaptionBatch:
-    """Ray Data actor: image paths -> captions (None where the model failed)."""
+    """Ray Data actor for the ``transformers`` engine: image paths -> captions (None where the model failed)."""
 
-    def __init__(self, caption: CaptionSpec) -> None:
+    def __init__(self, caption: CaptionSpec, prompt: CaptionPrompt) -> None:
         from geomoe.engines.local import TransformersCaptioner
 
         e = caption.engine
         device = "cuda" if e.use_gpu else "cpu"
         self.captioner = TransformersCaptioner(e.model, e.max_new_tokens, device=device, batch_size=e.batch_size)
+        self.prompt = prompt
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        texts = self.captioner.caption([str(p) for p in batch["image_path"]])
+        prompts = [self.prompt.text(str(p)) for p in batch["platform"]]
+        texts = self.captioner.caption([str(p) for p in batch["image_path"]], prompts)
         return {
             "image_id": batch["image_id"],
             "text": np.array(["" if t is None else t for t in texts], dtype=object),
@@ -41,36 +46,55 @@ class CaptionBatch:
         }
 
 
+class CaptionMessages:
+    """An image item -> the captioning chat request, the image read into a data: URL (in the Ray Data task)."""
+
+    def __init__(self, prompt: CaptionPrompt) -> None:
+        self.prompt = prompt
+
+    def __call__(self, item: dict[str, Any]) -> list[dict[str, Any]]:
+        return self.prompt.messages(image_data_url(item["image_path"]), item["platform"])
+
+
 def gallery_images(manifest: dict[str, Any], split: str) -> list[dict[str, str]]:
-    """Unique (image_id, image_path) of a prepared split, originals only (no augmented copies)."""
+    """Unique (image_id, image_path, platform) of a prepared split, originals only (no augmented copies)."""
     table = pads.dataset(manifest["table"], format="parquet", partitioning="hive").to_table(
-        columns=["image_id", "image_path"], filter=(pc.field("split") == split) & (pc.field("augment") == "")
+        columns=["image_id", "image_path", "platform"],
+        filter=(pc.field("split") == split) & (pc.field("augment") == ""),
     )
-    seen: dict[str, str] = {}
-    for image_id, path in zip(table["image_id"].to_pylist(), table["image_path"].to_pylist(), strict=True):
-        seen.setdefault(image_id, path)
-    return [{"image_id": k, "image_path": v} for k, v in seen.items()]
+    seen: dict[str, dict[str, str]] = {}
+    for row in table.to_pylist():
+        seen.setdefault(row["image_id"], row)
+    return list(seen.values())
+
+
+def _captions(caption: CaptionSpec, prompt: CaptionPrompt, images: list[dict[str, str]]) -> dict[str, str | None]:
+    """image_id -> raw generated text (None: the engine failed on it)."""
+    import ray.data
+
+    if caption.engine.kind in ("http", "vllm"):
+        texts = generate(caption.engine, images, CaptionMessages(prompt), multimodal=True)
+        return {im["image_id"]: t for im, t in zip(images, texts, strict=True)}
+    ds = ray.data.from_items(images).map_batches(
+        CaptionBatch,
+        fn_constructor_kwargs={"caption": caption, "prompt": prompt},
+        batch_format="numpy",
+        **engine_pool_options(caption.engine),
+    )
+    return {str(r["image_id"]): None if r["failed"] else str(r["text"]) for r in ds.iter_rows()}
 
 
 def caption_gallery(spec: JobSpec, manifest: dict[str, Any]) -> dict[str, Any]:
     """Caption the images of ``spec.caption.split`` into ``spec.caption.output``; return a report."""
-    import ray.data
-
     assert spec.caption is not None  # checked by JobSpec validation
     caption = spec.caption
-    if caption.engine.kind != "transformers":
-        raise NotImplementedError(f"caption.engine.kind {caption.engine.kind!r} is not wired in yet (issue 5)")
+    prompt = load_caption_prompt(caption.prompts)
     started = time.perf_counter()
     images = gallery_images(manifest, caption.split)
     if not images:
         raise ValueError(f"no {caption.split} images in the prepared dataset at {manifest['table']}")
-    ds = ray.data.from_items(images).map_batches(
-        CaptionBatch,
-        fn_constructor_kwargs={"caption": caption},
-        batch_format="numpy",
-        **engine_pool_options(caption.engine),
-    )
-    produced = {str(r["image_id"]): None if r["failed"] else str(r["text"]) for r in ds.iter_rows()}
+    produced = _captions(caption, prompt, images)
+    prompt_sha256 = "" if _takes_no_prompt(caption) else prompt.sha256
     rows: list[dict[str, str]] = []
     failures: Counter[str] = Counter()
     for image in images:
@@ -80,14 +104,30 @@ def caption_gallery(spec: JobSpec, manifest: dict[str, Any]) -> dict[str, Any]:
         if reason is not None or text is None:
             failures[reason or "engine failed"] += 1
             continue
-        row = {"image_id": image["image_id"], "caption": text, "model_id": caption.engine.model, "prompt_sha256": ""}
-        rows.append(row)
+        rows.append(
+            {
+                "image_id": image["image_id"],
+                "caption": text,
+                "model_id": caption.engine.model,
+                "prompt_sha256": prompt_sha256,
+            }
+        )
     write_caption_store(caption.output, rows)
     return {
         "store": caption.output,
         "model_id": caption.engine.model,
+        "prompt_sha256": prompt_sha256,
         "images": len(images),
         "captioned": len(rows),
         "failed_by_reason": dict(sorted(failures.items())),
         "seconds": round(time.perf_counter() - started, 2),
     }
+
+
+def _takes_no_prompt(caption: CaptionSpec) -> bool:
+    """A local image-to-text model (VisionEncoderDecoder) ignores the prompt; served VLMs always take it."""
+    if caption.engine.kind != "transformers":
+        return False
+    from transformers import AutoConfig
+
+    return bool(AutoConfig.from_pretrained(caption.engine.model).model_type == "vision-encoder-decoder")

@@ -26,6 +26,7 @@ from geomoe.config import JobSpec, RefineSpec
 from geomoe.engines.prompts import RefinePrompts, clean_generation, load_prompts, rejection
 from geomoe.io import atomic_path, write_json_atomic, write_text_atomic
 from geomoe.pipelines.engine_pool import engine_pool_options
+from geomoe.pipelines.llm import generate
 
 log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
@@ -69,52 +70,14 @@ class RefineBatch:
         return apply_refinement(batch, generated, self.refine)
 
 
-def _generate_http(table: pa.Table, refine: RefineSpec, prompts: RefinePrompts) -> list[str | None]:
-    """Texts from an OpenAI-compatible server through ray.data.llm; a request that still fails after its
-    retries (or answers without a message) gives None, so its row is counted, never dropped."""
-    import ray.data
-    from ray.data.llm import HttpRequestProcessorConfig, build_processor
+class RefineMessages:
+    """An item {caption, platform} -> the refinement chat request (runs in the Ray Data tasks)."""
 
-    e = refine.engine
-    config = HttpRequestProcessorConfig(
-        url=e.url,
-        qps=e.qps,
-        max_retries=e.max_retries,
-        base_retry_wait_time_in_s=e.retry_wait_s,
-        batch_size=e.batch_size,
-        concurrency=e.concurrency,
-    )
-    sampling = {"model": e.model, "max_tokens": e.max_new_tokens, "temperature": e.temperature, "top_p": e.top_p}
-    processor = build_processor(
-        config,
-        preprocess=lambda row: {"row": row["row"], "payload": {**sampling, "messages": row["messages"]}},
-        postprocess=lambda row: {"row": row["row"], "text": _message(row.get("http_response"))},
-    )
-    pairs = zip(table["caption"].to_pylist(), table["platform"].to_pylist(), strict=True)
-    generated: list[str | None] = [None] * table.num_rows
-    context = ray.data.DataContext.get_current()
-    saved = context.max_errored_blocks
-    # The HTTP stage raises once a request has used up its retries. Let that batch fail alone: its rows come
-    # back as None and are counted as "engine failed", instead of one bad request failing the whole shard.
-    context.max_errored_blocks = -1
-    try:
-        requests = ray.data.from_items(
-            [{"row": i, "messages": prompts.messages(c, p)} for i, (c, p) in enumerate(pairs)],
-            override_num_blocks=max(1, table.num_rows // e.batch_size),
-        )
-        for row in processor(requests).iter_rows():
-            if row.get("text") is not None:
-                generated[int(row["row"])] = str(row["text"])
-    finally:
-        context.max_errored_blocks = saved
-    return generated
+    def __init__(self, prompts: RefinePrompts) -> None:
+        self.prompts = prompts
 
-
-def _message(response: Any) -> str | None:
-    try:
-        return str(response["choices"][0]["message"]["content"])
-    except (KeyError, IndexError, TypeError):
-        return None
+    def __call__(self, item: dict[str, Any]) -> list[dict[str, Any]]:
+        return self.prompts.messages(item["caption"], item["platform"])
 
 
 def _refine_shard(source: Path, target: Path, refine: RefineSpec, prompts: RefinePrompts) -> None:
@@ -125,8 +88,9 @@ def _refine_shard(source: Path, target: Path, refine: RefineSpec, prompts: Refin
     for name, value in from_path.items():  # hive partition values live in the path, not in the file
         if name not in table.column_names:
             table = table.append_column(name, pa.array([value] * table.num_rows, pa.string()))
-    if refine.engine.kind == "http":
-        refined = apply_refinement(table, _generate_http(table, refine, prompts), refine)
+    if refine.engine.kind in ("http", "vllm"):
+        items = table.select(["caption", "platform"]).to_pylist()
+        refined = apply_refinement(table, generate(refine.engine, items, RefineMessages(prompts)), refine)
     else:
         ds = ray.data.from_arrow(table).map_batches(
             RefineBatch,
@@ -143,8 +107,6 @@ def _refine_shard(source: Path, target: Path, refine: RefineSpec, prompts: Refin
 def refine_captions(spec: JobSpec, manifest: dict[str, Any]) -> dict[str, Any]:
     """Refine the training shards of a prepared dataset; returns the refined dataset's manifest (with a report)."""
     assert spec.refine is not None  # checked by JobSpec validation
-    if spec.refine.engine.kind == "vllm":
-        raise NotImplementedError("refine.engine.kind 'vllm' is not wired in yet (issue 5); use http or transformers")
     if spec.refine.engine.kind == "http" and not spec.refine.engine.url:
         raise ValueError("refine.engine.url is required for the http engine")
     refine, prompts = spec.refine, load_prompts(spec.refine.prompts)

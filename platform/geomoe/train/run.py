@@ -19,7 +19,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
 from geomoe.config import JobSpec
-from geomoe.io import write_json_atomic, write_text_atomic
+from geomoe.io import file_sha256, write_json_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
 COLUMNS = ["caption", "statements", "image_path", "image_id", "building_id", "platform"]
@@ -255,8 +255,10 @@ def train_and_evaluate(spec: JobSpec, manifest: dict[str, Any], run_dir: Path) -
 
 
 def cached_result(path: Path, spec: JobSpec, stage: int, compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-    """An evaluation, recomputed only when the stage's training or the evaluation settings changed."""
-    key = spec.stage_fingerprint(stage) + spec.fingerprint("eval")
+    """An evaluation, recomputed only when the stage's training, the evaluation settings or a caption store
+    it re-ranks with changed (a caption stage may rewrite a store under the same name)."""
+    stores = [file_sha256(r.captions)[:16] for r in spec.eval.rerank if Path(r.captions).is_file()]
+    key = "".join([spec.stage_fingerprint(stage), spec.fingerprint("eval"), *stores])
     if path.is_file():
         saved = json.loads(path.read_text())
         if saved.get("fingerprint") == key:
