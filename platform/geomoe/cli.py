@@ -14,7 +14,7 @@ from geomoe.errors import GeomoeError
 def _cmd_run(args: argparse.Namespace) -> None:
     from geomoe.config import load_job
     from geomoe.jobs import run_job
-    from geomoe.report import manifest_summary
+    from geomoe.report import caption_summary, manifest_summary, refine_summary
 
     spec = load_job(args.job, args.set)
     results = run_job(spec)
@@ -22,6 +22,10 @@ def _cmd_run(args: argparse.Namespace) -> None:
         print("synthgeo:", json.dumps(results["synth"]))
     if "prepare" in results:
         print(manifest_summary(results["prepare"]))
+    if "refine" in results:
+        print(refine_summary(results["refine"]))
+    if "caption" in results:
+        print(caption_summary(results["caption"]))
     if "train" in results and spec.model.name == "smgeo":
         from geomoe.report import localization_table
 

@@ -23,6 +23,23 @@ def manifest_summary(manifest: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def refine_summary(manifest: dict[str, Any]) -> str:
+    r = manifest["refinement"]
+    return (
+        f"refined captions ({r['engine']['kind']} {r['engine']['model']}): {r['rows_refined']} refined, "
+        f"{r['rows_kept']} kept {r['kept_by_reason']}; shards {r['shards_refined']} done, {r['shards_reused']} reused"
+    )
+
+
+def caption_summary(report: dict[str, Any]) -> str:
+    lines = [
+        f"gallery captions ({report['model_id']}): {report['captioned']} of {report['images']} images captioned, "
+        f"failed {report['failed_by_reason']} -> {report['store']}"
+    ]
+    lines += [f"  {image_id}: {caption!r}" for image_id, caption in report.get("examples", [])]
+    return "\n".join(lines)
+
+
 def retrieval_table(train_results: dict[str, Any], protocol: str = "exact") -> str:
     """R@K table of every trained model (main and baselines) and stage, plus chance, for one protocol."""
     lines = [

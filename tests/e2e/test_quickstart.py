@@ -25,12 +25,16 @@ def test_quickstart_job_runs_and_reports(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
     assert "prepared" in done.stdout and "rejected records: 0" in done.stdout
     assert "text -> image retrieval, exact protocol" in done.stdout and "unified stage2" in done.stdout
-    assert "model stage2 +CGRS" in done.stdout  # re-ranked with the scene-graph caption store
+    assert "model stage2 +CGRS-scene" in done.stdout  # re-ranked with the scene-graph caption store
+    assert "model stage2 +CGRS-tinyVLM" in done.stdout  # and with the tiny VLM's captions, written by 'caption'
     assert "sample query:" in done.stdout
     results = json.loads((tmp_path / "runs" / "quickstart" / "results.json").read_text())
     synth, manifest = results["synth"], results["prepare"]
     expected = synth["geotext"]["train"]["pairs"] + synth["geotext"]["test"]["pairs"] + manifest["augmented_rows"]
     assert manifest["total"] == expected
+    captioned = results["caption"]
+    assert captioned["images"] == sum(synth["geotext"]["test"]["images"].values())
+    assert captioned["captioned"] + sum(captioned["failed_by_reason"].values()) == captioned["images"]
     again = run_cli(*args, cwd=tmp_path)  # finished outputs are reused, not redone
     assert again.returncode == 0 and json.loads((tmp_path / "runs/quickstart/results.json").read_text()) == results
 

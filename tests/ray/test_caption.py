@@ -42,6 +42,9 @@ def test_gallery_captioning_writes_a_store_and_counts_failures(tiny_synth: tuple
     assert report["prompt_sha256"] == ""  # an image-to-text model is given no prompt
     store = read_caption_store(tmp_path / "captions.parquet") if report["captioned"] else {}
     assert len(store) == report["captioned"] and all(len(c[0].split()) <= 3 for c in store.values())
+    assert caption_gallery(spec, manifest) == report  # the same inputs: the store is reused, not redone
+    longer = caption_job(root, tmp_path, engine, max_words=30)
+    assert caption_gallery(longer, manifest)["inputs_key"] != report["inputs_key"]  # changed settings: redone
 
 
 def test_chat_vlm_captions_alike_locally_and_over_http_and_counts_a_dead_server(

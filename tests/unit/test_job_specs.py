@@ -36,3 +36,14 @@ def test_a_baseline_that_prepares_differently_gets_its_own_prepared_folder() -> 
     assert no_refine.preprocess.output_dir == spec.preprocess.output_dir + "-no_refine"
     assert unified.preprocess == spec.preprocess  # same data: the main job's prepared folder is reused
     assert no_refine.model == spec.model and unified.model.fusion == "unified"
+
+
+def test_llm_jobs_share_prepared_data_and_refined_shards_with_the_paper_job() -> None:
+    jobs = JOBS[0].parent
+    paper, refine = load_job(jobs / "pe_moe_geotext.yaml"), load_job(jobs / "refine_captions_geotext.yaml")
+    captions = load_job(jobs / "cgrs_gallery_captions.yaml")
+    assert paper.preprocess == refine.preprocess == captions.preprocess
+    assert paper.refine == refine.refine and paper.refine is not None and paper.refine.engine.kind == "vllm"
+    assert captions.caption is not None and captions.caption.engine.kind == "vllm"
+    reranked = load_job(jobs / "pe_moe_geotext.yaml", [f"eval.rerank={{captions: {captions.caption.output}}}"])
+    assert [r.captions for r in reranked.eval.rerank] == [captions.caption.output]

@@ -6,8 +6,10 @@ it was given; empty for captioners without one). Written atomically.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -25,12 +27,26 @@ CAPTION_SCHEMA = pa.schema(
 )
 
 
-def write_caption_store(path: str | Path, rows: Iterable[dict[str, str]]) -> Path:
+REPORT_KEY = b"geomoe.caption_report"
+
+
+def write_caption_store(path: str | Path, rows: Iterable[dict[str, str]], report: dict[str, Any] | None = None) -> Path:
+    """Write the store; ``report`` (the captioning run's, with its inputs key) goes into the file's metadata."""
     path = Path(path)
-    table = pa.Table.from_pylist(list(rows), schema=CAPTION_SCHEMA)
+    schema = CAPTION_SCHEMA.with_metadata({REPORT_KEY: json.dumps(report or {})})
+    table = pa.Table.from_pylist(list(rows), schema=schema)
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp)
     return path
+
+
+def caption_store_report(path: str | Path) -> dict[str, Any] | None:
+    """The report saved with a store (None when there is no readable store)."""
+    try:
+        metadata = pq.read_schema(path).metadata or {}
+        return dict(json.loads(metadata[REPORT_KEY])) if REPORT_KEY in metadata else None
+    except (OSError, ValueError, pa.ArrowException):
+        return None
 
 
 def read_caption_store(path: str | Path) -> dict[str, list[str]]:

@@ -10,6 +10,7 @@ caption evidence. The store records the model and the prompt's sha256 (empty for
 
 from __future__ import annotations
 
+import json
 import time
 from collections import Counter
 from typing import Any
@@ -19,7 +20,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
 from geomoe.config import CaptionSpec, JobSpec
-from geomoe.data.caption_store import write_caption_store
+from geomoe.data.caption_store import caption_store_report, write_caption_store
 from geomoe.engines.prompts import CaptionPrompt, clean_generation, image_data_url, load_caption_prompt, rejection
 from geomoe.pipelines.engine_pool import engine_pool_options
 from geomoe.pipelines.llm import generate
@@ -89,6 +90,13 @@ def caption_gallery(spec: JobSpec, manifest: dict[str, Any]) -> dict[str, Any]:
     assert spec.caption is not None  # checked by JobSpec validation
     caption = spec.caption
     prompt = load_caption_prompt(caption.prompts)
+    inputs_key = json.dumps(
+        [manifest.get("inputs_key"), caption.model_dump(mode="json", exclude={"output"}), prompt.sha256],
+        sort_keys=True,
+    )
+    saved = caption_store_report(caption.output)
+    if saved is not None and saved.get("inputs_key") == inputs_key:
+        return saved  # the same images, captioner and prompt: captioning again would write the same store
     started = time.perf_counter()
     images = gallery_images(manifest, caption.split)
     if not images:
@@ -112,16 +120,19 @@ def caption_gallery(spec: JobSpec, manifest: dict[str, Any]) -> dict[str, Any]:
                 "prompt_sha256": prompt_sha256,
             }
         )
-    write_caption_store(caption.output, rows)
-    return {
+    report = {
         "store": caption.output,
         "model_id": caption.engine.model,
         "prompt_sha256": prompt_sha256,
         "images": len(images),
         "captioned": len(rows),
         "failed_by_reason": dict(sorted(failures.items())),
+        "examples": [[r["image_id"], r["caption"]] for r in rows[:3]],
         "seconds": round(time.perf_counter() - started, 2),
+        "inputs_key": inputs_key,
     }
+    write_caption_store(caption.output, rows, report)
+    return report
 
 
 def _takes_no_prompt(caption: CaptionSpec) -> bool:
