@@ -55,6 +55,21 @@ def _cmd_prepare(args: argparse.Namespace) -> None:
     print(manifest_summary(prepare(load_job(args.job, args.set))))
 
 
+def _cmd_sweep(args: argparse.Namespace) -> None:
+    from geomoe.sweep.report import write_report
+    from geomoe.sweep.tune import run_sweep
+
+    print(write_report(run_sweep(args.sweep, args.quickstart, args.resume)))
+
+
+def _cmd_report(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from geomoe.sweep.report import write_report
+
+    print(write_report(Path(args.experiment)))
+
+
 def _cmd_bench(args: argparse.Namespace) -> None:
     from geomoe.bench import run_benchmark
 
@@ -75,8 +90,16 @@ def build_parser() -> argparse.ArgumentParser:
     prep = sub.add_parser("prepare", help="run only the prepare stage of a job spec")
     prep.add_argument("job")
     prep.set_defaults(fn=_cmd_prepare)
+    sweep = sub.add_parser("sweep", help="run a sweep spec (search_spaces/*.yaml) on Ray Tune and report it")
+    sweep.add_argument("sweep")
+    sweep.add_argument("--quickstart", action="store_true", help="the sweep's 2-core variant (synthgeo, tiny models)")
+    sweep.add_argument("--resume", action="store_true", help="continue an interrupted sweep; finished trials stay")
+    sweep.set_defaults(fn=_cmd_sweep)
+    report = sub.add_parser("report", help="write and print a sweep's report (ours next to the paper's rows)")
+    report.add_argument("experiment", help="the sweep's folder, e.g. runs/sweeps/smgeo_experts-quickstart")
+    report.set_defaults(fn=_cmd_report)
     bench = sub.add_parser("bench", help="run a benchmark and write a JSON result")
-    bench.add_argument("name", choices=["prepare", "pe_moe_step", "mining", "gmoe", "rerank"])
+    bench.add_argument("name", choices=["prepare", "pe_moe_step", "mining", "gmoe", "rerank", "sweep"])
     bench.add_argument("--out", default="bench_results")
     bench.set_defaults(fn=_cmd_bench)
     for command in (run, synth, prep, bench):

@@ -25,3 +25,7 @@ class BadRecordError(GeomoeError):
 
 class DatasetError(GeomoeError):
     """A dataset as a whole is unusable (missing layout file, unparsable JSON, ...)."""
+
+
+class ExperimentError(GeomoeError):
+    """An experiment folder cannot be used as asked (it holds another run, or no sweep)."""

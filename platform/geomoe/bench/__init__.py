@@ -30,6 +30,10 @@ def run_benchmark(name: str, out: str, overrides: list[str]) -> dict[str, Any]:
         from geomoe.bench.rerank import bench_rerank
 
         result = bench_rerank()
+    elif name == "sweep":
+        from geomoe.bench.sweep import bench_sweep
+
+        result = bench_sweep()
     elif name == "mining":
         from geomoe.bench.pe_moe import bench_mining
 

@@ -130,6 +130,7 @@ def run_trainer(
             storage_path=str((run_dir / "ray_train").resolve()),
             failure_config=FailureConfig(max_failures=spec.train.max_failures),
             checkpoint_config=keep,
+            callbacks=_tune_callbacks(),
         ),
         datasets=datasets,
     )
@@ -148,6 +149,16 @@ def run_trainer(
         record["kept"] = [{"epoch": m["epoch"], best_by: m[best_by], "checkpoint": path} for path, m in kept]
     write_json_atomic(run_dir / f"stage{stage}.json", record)
     return record
+
+
+def _tune_callbacks() -> list[Any]:
+    """Inside a Tune trial (a sweep), forward every epoch's report to Tune, so schedulers such as ASHA see it."""
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    try:
+        return [TuneReportCallback()]
+    except RuntimeError:  # not in a Tune session: a plain job
+        return []
 
 
 def _forget_other_runs(spec: JobSpec, run_dir: Path, stage: int) -> None:

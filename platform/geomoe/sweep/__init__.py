@@ -1,0 +1,119 @@
+"""Sweeps (core, no Ray): a SweepSpec's trials as job specs, and the flat metrics a trial reports.
+
+A trial is the sweep's base job + its overrides + the trial's variant (a named override set) + its parameter
+values. Its folder is named by its values, so a rerun of the same values finds its recorded training stages.
+The Ray Tune layer is geomoe.sweep.tune; the report (ours next to the paper's rows) is geomoe.sweep.report.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+from pathlib import Path
+from typing import Any
+
+from geomoe.config import JobSpec, SweepSpec, load_job, load_yaml, parse_spec
+from geomoe.errors import SpecError
+from geomoe.metrics import track4_score
+
+VARIANT = "variant"  # the parameter name a sweep's variants are swept under
+
+
+def load_sweep(path: str | Path, quickstart: bool = False) -> tuple[SweepSpec, Path]:
+    """(spec, base job path); ``quickstart`` swaps in the sweep's 2-core variant (name suffixed -quickstart)."""
+    path = Path(path)
+    sweep = parse_spec(SweepSpec, load_yaml(path), str(path))
+    if quickstart:
+        if sweep.quickstart is None:
+            raise SpecError(str(path), "quickstart", "this sweep has no quickstart variant")
+        q = sweep.quickstart
+        raw = sweep.model_dump(mode="json", exclude={"quickstart"})
+        raw.update(name=f"{sweep.name}-quickstart", base=q.base, overrides=q.overrides)
+        given = q.model_dump(mode="json", exclude_none=True, exclude={"base", "overrides"})
+        for key, value in given.items():  # SearchSpec dumps keep only the one bound that is set
+            raw[key] = (
+                {k: {n: b for n, b in v.items() if b is not None} for k, v in value.items()}
+                if key == "params"
+                else value
+            )
+        sweep = parse_spec(SweepSpec, raw, f"{path} (quickstart)")
+    return sweep, (path.parent / sweep.base).resolve()
+
+
+def grid_points(sweep: SweepSpec) -> list[dict[str, Any]]:
+    """Every trial's values of a grid sweep (variants x grid values), in a stable order."""
+    axes: dict[str, list[Any]] = {VARIANT: list(sweep.variants)} if sweep.variants else {}
+    axes.update({k: list(p.grid or []) for k, p in sweep.params.items()})
+    return [dict(zip(axes, values, strict=True)) for values in itertools.product(*axes.values())]
+
+
+def ordered_point(sweep: SweepSpec, config: dict[str, Any]) -> dict[str, Any]:
+    """A trial's values in the sweep's order (variant first, then params as written): its key's order."""
+    order = ([VARIANT] if sweep.variants else []) + list(sweep.params)
+    return {k: config[k] for k in order if k in config}
+
+
+def trial_key(point: dict[str, Any]) -> str:
+    """A folder name for a trial's values: readable, and unique through a short hash."""
+    readable = "_".join(f"{k.split('.')[-1]}-{v}" for k, v in point.items() if not isinstance(v, list | dict))
+    digest = hashlib.sha256(json.dumps(point, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    safe = "".join(c if c.isalnum() or c in "._-" else "-" for c in readable)[:80]
+    return f"{safe}_{digest}" if safe else digest
+
+
+def trial_overrides(sweep: SweepSpec, point: dict[str, Any]) -> list[str]:
+    overrides = list(sweep.overrides)
+    if VARIANT in point:
+        overrides += sweep.variants[point[VARIANT]]
+    overrides += [f"{k}={json.dumps(v)}" for k, v in point.items() if k != VARIANT]
+    return overrides
+
+
+def trial_spec(sweep: SweepSpec, base_path: Path, point: dict[str, Any], experiment_dir: Path, root: Path) -> JobSpec:
+    """The trial's job: trained under <experiment>/trials/<key>; a variant that prepares differently from the
+    base job gets its own prepared folder (<base output_dir>-<variant>), as a job's baselines do. Relative paths
+    resolve against ``root`` (where the sweep was started; Tune runs trials in other folders)."""
+    base = load_job(base_path, list(sweep.overrides)).with_absolute_paths(root)
+    spec = load_job(base_path, trial_overrides(sweep, point)).with_absolute_paths(root)
+    raw = spec.model_dump(mode="json")
+    raw.update(name=trial_key(point), output_root=str(experiment_dir / "trials"), baselines={})
+    raw["stages"] = [s for s in spec.stages if s == "train"]
+    if spec.preprocess != base.preprocess:
+        raw["preprocess"]["output_dir"] = f"{base.preprocess.output_dir}-{point.get(VARIANT, trial_key(point))}"
+    return parse_spec(JobSpec, raw, f"{sweep.name}: trial {point}")
+
+
+def trial_metrics(spec: JobSpec, result: dict[str, Any]) -> dict[str, float]:
+    """The flat numbers a trial reports, from its train-stage result (the names report_metrics may use)."""
+    if spec.model.name == "smgeo":
+        test, val = result["test"]["smgeo"]["overall"], result["validation"]
+        metrics = {f"test_{k}": float(v) for k, v in test.items() if isinstance(v, int | float)}
+        metrics.update({k: float(v) for k, v in val.items() if isinstance(v, int | float)})
+        return metrics
+    final = result.get("stage2") or result["stage1"]
+    metrics = {}
+    for protocol, report in final["retrieval"].items():
+        prefix = "" if protocol == "exact" else f"{protocol}_"
+        recall = report["t2i"]
+        metrics.update({f"{prefix}{k}": float(v) for k, v in recall.items()})
+        if {"R@1", "R@5", "R@10"} <= set(recall):
+            metrics[f"{prefix}Score"] = track4_score(recall)
+    if "routing_accuracy" in final:
+        metrics["routing"] = float(final["routing_accuracy"])
+    return metrics
+
+
+def parameter_count(spec: JobSpec) -> dict[str, float]:
+    """Millions of parameters of the trial's model (all, and trainable), as the papers' #P column."""
+    if spec.model.name == "smgeo":
+        from geomoe.models.smgeo import SMGeo
+
+        model: Any = SMGeo(spec.smgeo)
+    else:
+        from geomoe.models.factory import build_pe_moe
+
+        model, _ = build_pe_moe(spec.pe_moe)
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return {"params_M": total / 1e6, "trainable_params_M": trainable / 1e6}

@@ -1,0 +1,198 @@
+"""``geomoe sweep`` on Ray Tune: a SweepSpec becomes a Tuner whose trainable fits the trial's TorchTrainer(s).
+
+Train inside Tune the way Ray 2.60 supports it: the trainable is a function that builds and fits the
+TorchTrainer (through the same code a job uses), reserving only ``trial_cpus`` for itself; its Train workers get
+their own placement group. ``max_concurrent`` trials run at once, so a 2-core machine runs two small trials and
+a GPU cluster packs as many as its GPUs take. Shared inputs (synthetic data, prepared tables, tiny models) are
+made once by the driver before any trial starts: concurrent trials never write the same folder.
+
+Results live under <output_root>/<name>/: tune/ (Tune's experiment, restorable), trials/<key>/ (each trial's
+Ray Train runs and trial_result.json), sweep.json and the report. ``resume`` continues an interrupted sweep:
+finished trials are not rerun, errored and unfinished ones are.
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from geomoe.config import JobSpec, SweepSpec, load_job
+from geomoe.errors import ExperimentError, SpecError
+from geomoe.io import write_json_atomic
+from geomoe.sweep import (
+    VARIANT,
+    grid_points,
+    load_sweep,
+    ordered_point,
+    parameter_count,
+    trial_key,
+    trial_metrics,
+    trial_spec,
+)
+from geomoe.sweep.report import RESULT_FILE
+
+log = logging.getLogger(__name__)
+
+
+def param_space(sweep: SweepSpec) -> dict[str, Any]:
+    from ray import tune
+
+    space: dict[str, Any] = {VARIANT: tune.grid_search(list(sweep.variants))} if sweep.variants else {}
+    for key, p in sweep.params.items():
+        if p.grid is not None:
+            space[key] = tune.grid_search(p.grid)
+        elif p.choice is not None:
+            space[key] = tune.choice(p.choice)
+        elif p.uniform is not None:
+            space[key] = tune.uniform(*p.uniform)
+        elif p.loguniform is not None:
+            space[key] = tune.loguniform(*p.loguniform)
+    return space
+
+
+def run_trial(config: dict[str, Any], sweep_raw: dict[str, Any], base_path: str, experiment: str, root: str) -> None:
+    """Tune trainable: one trial = the trial's job trained (and evaluated) on Ray Train, its metrics reported.
+
+    The outcome is also written to trials/<key>/trial_result.json, a failure with its error, so the report
+    shows what happened to every trial, never a blank."""
+    from geomoe.pipelines.prepare import finished_manifest
+    from ray import tune
+
+    sweep = SweepSpec.model_validate(sweep_raw)
+    point = ordered_point(sweep, config)
+    run_dir = Path(experiment) / "trials" / trial_key(point)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        spec = trial_spec(sweep, Path(base_path), point, Path(experiment), Path(root))
+        manifest = finished_manifest(spec.preprocess.output_dir)
+        if manifest is None:
+            raise ValueError(f"no prepared dataset at {spec.preprocess.output_dir} (the driver prepares it)")
+        metrics = trial_metrics(spec, _train(spec, dict(manifest), run_dir)) | parameter_count(spec)
+    except Exception as err:
+        outcome = {"params": point, "status": "failed", "error": f"{type(err).__name__}: {err}"}
+        outcome["traceback"] = traceback.format_exc()[-4000:]
+        write_json_atomic(run_dir / RESULT_FILE, outcome)
+        raise
+    write_json_atomic(run_dir / RESULT_FILE, {"params": point, "status": "finished", "metrics": metrics})
+    tune.report(metrics)
+
+
+def _train(spec: JobSpec, manifest: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+    if spec.model.name == "smgeo":
+        from geomoe.train.smgeo_run import train_smgeo
+
+        return train_smgeo(spec, manifest, run_dir)
+    from geomoe.train.run import train_and_evaluate
+
+    return train_and_evaluate(spec, manifest, run_dir)
+
+
+def prepare_inputs(sweep: SweepSpec, base_path: Path, experiment: Path, root: Path) -> None:
+    """Synthesize, prepare and build tiny models once, for the base job and every variant that prepares
+    differently (grid sweeps), before any trial runs."""
+    from geomoe.jobs import run_job
+
+    base = load_job(base_path, list(sweep.overrides))
+    stages = [s for s in base.stages if s in ("synth", "prepare")]
+    run_job(base.model_copy(update={"stages": stages, "output_root": str(experiment / "prepare")}))
+    points = grid_points(sweep) if sweep.searcher == "grid" else [{}]
+    seen: set[str] = set()
+    for point in points:
+        try:
+            spec = trial_spec(sweep, base_path, point, experiment, root)
+        except SpecError as err:  # the trial fails with this error and the report shows it
+            log.warning("trial %s is not a valid job: %s", point, err)
+            continue
+        if spec.preprocess.output_dir not in seen:
+            seen.add(spec.preprocess.output_dir)
+            run_job(spec.model_copy(update={"stages": ["prepare"], "output_root": str(experiment / "prepare")}))
+        if spec.model.name == "pe_moe":
+            _ensure_tiny(spec)
+
+
+def _ensure_tiny(spec: JobSpec) -> None:
+    import pyarrow.compute as pc
+
+    from geomoe.models.factory import ensure_tiny_models
+    from geomoe.pipelines.prepare import finished_manifest
+    from geomoe.train.run import split_rows
+
+    manifest = finished_manifest(spec.preprocess.output_dir)
+    assert manifest is not None  # prepared just before
+    table = split_rows(dict(manifest), "train", spec)
+    ensure_tiny_models(spec.pe_moe, table.filter(pc.equal(table["augment"], ""))["caption"].to_pylist(), spec.seed)
+
+
+def run_sweep(path: str | Path, quickstart: bool = False, resume: bool = False) -> Path:
+    """Run (or with ``resume`` continue) the sweep at ``path``; returns its experiment folder."""
+    from geomoe.ray_env import ensure_ray
+    from ray import tune
+
+    sweep, base_path = load_sweep(path, quickstart)
+    root = Path.cwd().resolve()
+    experiment = (root / sweep.output_root / sweep.name).resolve()
+    tune_dir = experiment / "tune"
+    restorable = tune.Tuner.can_restore(str(tune_dir))
+    if restorable and not resume:
+        raise ExperimentError(f"{experiment} holds this sweep already: add --resume to continue it, or remove it")
+    ensure_ray(load_job(base_path, list(sweep.overrides)).resources, dashboard=True)
+    prepare_inputs(sweep, base_path, experiment, root)
+    expected = [trial_key(p) for p in grid_points(sweep)] if sweep.searcher == "grid" else []
+    write_json_atomic(
+        experiment / "sweep.json",
+        {"sweep": sweep.model_dump(mode="json"), "base": str(base_path), "root": str(root), "expected": expected},
+    )
+    trainable = tune.with_resources(
+        partial(
+            run_trial,
+            sweep_raw=sweep.model_dump(mode="json"),
+            base_path=str(base_path),
+            experiment=str(experiment),
+            root=str(root),
+        ),
+        {"cpu": sweep.trial_cpus},
+    )
+    if restorable:
+        log.info("resuming the sweep in %s", tune_dir)
+        tuner = tune.Tuner.restore(str(tune_dir), trainable, resume_errored=True)
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            param_space=param_space(sweep),
+            tune_config=_tune_config(sweep),
+            run_config=tune.RunConfig(name="tune", storage_path=str(experiment), verbose=1),
+        )
+    tuner.fit()
+    return experiment
+
+
+def _tune_config(sweep: SweepSpec) -> Any:
+    from ray import tune
+
+    search_alg = None
+    if sweep.searcher == "optuna":
+        from ray.tune.search.optuna import OptunaSearch
+
+        search_alg = OptunaSearch(seed=0)
+    scheduler = None
+    if sweep.scheduler is not None:
+        from ray.tune.schedulers import ASHAScheduler
+
+        a = sweep.scheduler
+        scheduler = ASHAScheduler(
+            time_attr="training_iteration",
+            max_t=a.max_t,
+            grace_period=a.grace_period,
+            reduction_factor=a.reduction_factor,
+        )
+    return tune.TuneConfig(
+        metric=sweep.metric,
+        mode=sweep.mode,
+        num_samples=sweep.num_samples,
+        max_concurrent_trials=sweep.max_concurrent,
+        search_alg=search_alg,
+        scheduler=scheduler,
+    )

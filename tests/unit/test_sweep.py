@@ -1,0 +1,111 @@
+"""Sweep specs, trial jobs and the report, without Ray: every search space validates (both variants), a trial's
+job carries its values, and the report shows every trial as it ended (never an invented number)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from geomoe.config import SweepSpec, parse_spec
+from geomoe.errors import ExperimentError, SpecError
+from geomoe.io import write_json_atomic
+from geomoe.sweep import VARIANT, grid_points, load_sweep, trial_key, trial_metrics, trial_spec
+from geomoe.sweep.report import RESULT_FILE, write_report
+
+REPO = Path(__file__).resolve().parents[2]
+SPACES = sorted((REPO / "search_spaces").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", SPACES, ids=[p.stem for p in SPACES])
+@pytest.mark.parametrize("quickstart", [False, True])
+def test_every_search_space_validates_and_its_trials_are_valid_jobs(path: Path, quickstart: bool) -> None:
+    sweep, base = load_sweep(path, quickstart)
+    assert sweep.name == path.stem + ("-quickstart" if quickstart else "") and base.is_file()
+    points = grid_points(sweep) if sweep.searcher == "grid" else [{}]
+    for point in points:
+        spec = trial_spec(sweep, base, point, Path("/x/exp"), REPO)
+        assert spec.stages == ["train"] and spec.output_root == "/x/exp/trials" and not spec.baselines
+        for key, value in point.items():
+            if key != VARIANT:
+                node = spec.model_dump(mode="json")
+                for part in key.split("."):
+                    node = node[part]
+                assert node == value
+    for row in sweep.paper.rows if sweep.paper else []:
+        assert set(row.metrics) <= {*sweep.report_metrics, "params_M"}, row.label
+        assert set(row.params) <= {VARIANT, *sweep.params}, row.label
+
+
+def test_table_ii_has_the_papers_numbers_and_quickstart_keeps_them() -> None:
+    full, _ = load_sweep(REPO / "search_spaces" / "smgeo_experts.yaml")
+    quick, base = load_sweep(REPO / "search_spaces" / "smgeo_experts.yaml", quickstart=True)
+    assert [p["model.gmoe.experts"] for p in grid_points(full)] == [2, 3, 4, 5, 6, 7, 8]
+    assert full.paper is not None and quick.paper == full.paper
+    assert full.paper.rows[4].metrics == {"val_acc25": 85.25, "val_acc50": 58.96, "val_miou": 59.34, "params_M": 33.57}
+    assert base.name == "smgeo_quickstart.yaml" and quick.max_concurrent == 2
+
+
+def test_a_variant_that_prepares_differently_gets_its_own_prepared_folder() -> None:
+    sweep, base = load_sweep(REPO / "search_spaces" / "pe_moe_ablation.yaml", quickstart=True)
+    raw = trial_spec(sweep, base, {VARIANT: "unified_raw"}, Path("/x"), REPO)
+    aligned = trial_spec(sweep, base, {VARIANT: "unified_aligned"}, Path("/x"), REPO)
+    assert raw.preprocess.refine == "none" and raw.preprocess.satellite_copies == 0
+    assert raw.preprocess.output_dir == aligned.preprocess.output_dir + "-unified_raw"
+    assert aligned.pe_moe.fusion == "unified" and not aligned.eval.rerank
+
+
+def test_bad_sweeps_name_the_key() -> None:
+    raw = {"name": "s", "base": "b.yaml", "metric": "m", "report_metrics": ["m"]}
+    with pytest.raises(SpecError, match="a sweep needs params or variants"):
+        parse_spec(SweepSpec, raw, "s.yaml")
+    with pytest.raises(SpecError, match=r"s\.yaml: params\.lr: .*low < high"):
+        parse_spec(SweepSpec, {**raw, "params": {"lr": {"loguniform": [0.1, 0.01]}}}, "s.yaml")
+    with pytest.raises(SpecError, match="searcher grid takes grid values only"):
+        parse_spec(SweepSpec, {**raw, "params": {"lr": {"uniform": [0, 1]}}}, "s.yaml")
+    with pytest.raises(SpecError, match="optuna cannot take grid values"):
+        parse_spec(SweepSpec, {**raw, "searcher": "optuna", "params": {"a": {"grid": [1, 2]}}}, "s.yaml")
+    with pytest.raises(SpecError, match="sweep data or preprocess through variants"):
+        parse_spec(SweepSpec, {**raw, "params": {"preprocess.satellite_copies": {"grid": [1, 2]}}}, "s.yaml")
+
+
+def test_trial_keys_are_stable_distinct_folder_names() -> None:
+    a, b = trial_key({"model.gmoe.experts": 2}), trial_key({"model.gmoe.experts": 3})
+    assert a != b and a == trial_key({"model.gmoe.experts": 2}) and a.startswith("experts-2_")
+    assert "/" not in trial_key({VARIANT: "x", "model.loss.box": 0.5})
+
+
+def test_the_report_shows_finished_failed_and_missing_trials_as_they_are(tmp_path: Path) -> None:
+    sweep, _ = load_sweep(REPO / "search_spaces" / "smgeo_topk.yaml", quickstart=True)
+    points = grid_points(sweep)
+    keys = [trial_key(p) for p in points]
+    write_json_atomic(tmp_path / "sweep.json", {"sweep": sweep.model_dump(mode="json"), "expected": keys})
+    metrics = {"val_acc25": 40.0, "val_acc50": 31.5, "val_miou": 28.25, "params_M": 0.5}
+    finished = {"params": points[0], "status": "finished", "metrics": metrics}
+    write_json_atomic(tmp_path / "trials" / keys[0] / RESULT_FILE, finished)
+    failed = {"params": points[1], "status": "failed", "error": "RuntimeError: worker died"}
+    write_json_atomic(tmp_path / "trials" / keys[1] / RESULT_FILE, failed)
+    text = write_report(tmp_path)
+    rows = [line for line in text.splitlines() if line.startswith("| ours")]
+    assert len(rows) == len(points)
+    assert "| 31.50 |" in rows[0] and rows[0].endswith("finished |")
+    assert "failed: RuntimeError: worker died" in rows[1] and "| - |" in rows[1]
+    assert all(r.endswith("not run |") and "| - | - | - | - |" in r for r in rows[2:])
+    assert text.count("| paper: top-") == 5 and "best: {'model.gmoe.top_k': 1} val_acc50 31.50" in text
+    csv_lines = (tmp_path / "report.csv").read_text().splitlines()
+    assert len(csv_lines) == 1 + len(points) + 5 and ",failed,RuntimeError: worker died" in csv_lines[2]
+    assert (tmp_path / "plot-model_gmoe_top_k.png").is_file()
+    with pytest.raises(ExperimentError, match=r"no sweep\.json here"):
+        write_report(tmp_path / "trials")
+
+
+def test_trial_metrics_are_flat_and_named_for_the_report() -> None:
+    sweep, base = load_sweep(REPO / "search_spaces" / "pe_moe_ablation.yaml", quickstart=True)
+    spec = trial_spec(sweep, base, {VARIANT: "dynamic_gating"}, Path("/x"), REPO)
+    recall = {"R@1": 10.0, "R@5": 30.0, "R@10": 50.0}
+    stage = {"retrieval": {"exact": {"t2i": recall}, "building": {"t2i": recall}}, "routing_accuracy": 99.0}
+    metrics = trial_metrics(spec, {"stage1": stage, "stage2": stage})
+    assert metrics["R@1"] == 10.0 and metrics["Score"] == 30.0 and metrics["building_R@10"] == 50.0
+    assert metrics["routing"] == 99.0
+    assert json.dumps(metrics)  # Tune reports plain numbers
