@@ -59,9 +59,11 @@ def run_trial(config: dict[str, Any], sweep_raw: dict[str, Any], base_path: str,
     The outcome is also written to trials/<key>/trial_result.json, a failure with its error, so the report
     shows what happened to every trial, never a blank."""
     from geomoe.pipelines.prepare import finished_manifest
+    from geomoe.train.run import report_epochs_to_tune
     from ray import tune
 
     sweep = SweepSpec.model_validate(sweep_raw)
+    report_epochs_to_tune(sweep.metric)
     point = ordered_point(sweep, config)
     run_dir = Path(experiment) / "trials" / trial_key(point)
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -151,14 +151,27 @@ def run_trainer(
     return record
 
 
+_TUNE_METRIC: list[str] = []  # set in a sweep trial's process: the metric Tune schedules on
+
+
+def report_epochs_to_tune(metric: str) -> None:
+    """In a sweep trial: forward every epoch report that carries ``metric`` to Tune (for ASHA)."""
+    _TUNE_METRIC[:] = [metric]
+
+
 def _tune_callbacks() -> list[Any]:
-    """Inside a Tune trial (a sweep), forward every epoch's report to Tune, so schedulers such as ASHA see it."""
+    """Inside a Tune trial, forward the epoch reports that carry the sweep's metric (Tune rejects a result
+    without it; PE-MoE's epochs report losses only, SMGeo's also val_acc50)."""
+    if not _TUNE_METRIC:
+        return []
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    try:
-        return [TuneReportCallback()]
-    except RuntimeError:  # not in a Tune session: a plain job
-        return []
+    class WithMetric(TuneReportCallback):
+        def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
+            if metrics and _TUNE_METRIC[0] in metrics[0]:
+                super().after_report(run_context, metrics, checkpoint)
+
+    return [WithMetric()]
 
 
 def _forget_other_runs(spec: JobSpec, run_dir: Path, stage: int) -> None:
