@@ -350,6 +350,20 @@ class Track4Spec(Strict):
     checkpoint: str | None = Field(None, description="None = the checkpoint this job trained")
 
 
+class IndexSpec(Strict):
+    """The serving index of a PE-MoE checkpoint (stage ``index``): every image of a prepared split embedded by
+    every expert into one matrix of concatenated expert blocks (geomoe.retrieval.index), plus FAISS indexes."""
+
+    output_dir: str
+    checkpoint: str | None = Field(None, description="None = the checkpoint this job trained")
+    split: Literal["test", "train"] = "test"
+    dtype: Literal["float16", "float32"] = "float16"
+    faiss: list[Literal["flat", "ivf", "hnsw"]] = Field(default_factory=list)
+    ivf_nlist: int = Field(1024, ge=1)
+    ivf_nprobe: int = Field(16, ge=1)
+    hnsw_m: int = Field(32, ge=2)
+
+
 class EngineSpec(Strict):
     """A generation engine (geomoe.engines): ``transformers`` locally; ``http`` and ``vllm`` through ray.data.llm
     processors (the Ray layer). ``model``: a local folder or hub id (http: the served model name)."""
@@ -429,7 +443,7 @@ class JobSpec(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     seed: int = 0
     output_root: str = "runs"
-    stages: list[Literal["synth", "prepare", "refine", "caption", "train", "track4_submission"]] = [
+    stages: list[Literal["synth", "prepare", "refine", "caption", "train", "index", "track4_submission"]] = [
         "synth",
         "prepare",
         "train",
@@ -443,6 +457,7 @@ class JobSpec(Strict):
     track4: Track4Spec | None = None
     refine: RefineSpec | None = None
     caption: CaptionSpec | None = None
+    index: IndexSpec | None = None
     baselines: dict[str, list[str]] = Field(
         default_factory=dict,
         description="name -> dotted overrides: extra models trained and evaluated on the same data",
@@ -456,6 +471,8 @@ class JobSpec(Strict):
             raise ValueError("stage 'refine' needs a refine section (engine, output_dir)")
         if "caption" in self.stages and self.caption is None:
             raise ValueError("stage 'caption' needs a caption section (engine, output)")
+        if "index" in self.stages and self.index is None:
+            raise ValueError("stage 'index' needs an index section (output_dir)")
         return self
 
     @model_validator(mode="after")
@@ -526,6 +543,10 @@ class JobSpec(Strict):
             raw["caption"]["output"] = absolute(raw["caption"]["output"])
             if raw["caption"]["prompts"]:
                 raw["caption"]["prompts"] = absolute(raw["caption"]["prompts"])
+        if raw.get("index"):
+            raw["index"]["output_dir"] = absolute(raw["index"]["output_dir"])
+            if raw["index"]["checkpoint"]:
+                raw["index"]["checkpoint"] = absolute(raw["index"]["checkpoint"])
         for rerank in raw["eval"]["rerank"]:
             rerank["captions"] = absolute(rerank["captions"])
         if isinstance(self.model, SMGeoModelSpec):

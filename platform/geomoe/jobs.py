@@ -79,6 +79,20 @@ def _prepare(spec: JobSpec) -> dict[str, Any]:
     return prepare(spec)
 
 
+def _index(spec: JobSpec, results: dict[str, Any]) -> dict[str, Any]:
+    from geomoe.pipelines.index import build_index
+    from geomoe.ray_env import ensure_ray
+
+    assert spec.index is not None  # checked by JobSpec validation
+    checkpoint = spec.index.checkpoint or results.get("train", {}).get("model", {}).get("checkpoint")
+    if checkpoint is None:
+        raise ValueError("stage 'index' needs index.checkpoint or a 'train' stage before it")
+    if spec.model.name != "pe_moe":
+        raise ValueError("stage 'index' builds a PE-MoE gallery index; this job's model is " + spec.model.name)
+    ensure_ray(spec.resources)
+    return build_index(spec, _prepared(spec, results), checkpoint)
+
+
 def _submit(spec: JobSpec, results: dict[str, Any]) -> dict[str, Any]:
     from geomoe.pipelines.submit import submit_track4
     from geomoe.ray_env import ensure_ray
@@ -122,6 +136,8 @@ def run_job(spec: JobSpec) -> dict[str, Any]:
             results["caption"] = caption_gallery(spec, prepared)
         elif stage == "train":
             results["train"] = _train(spec, _training_data(spec, results), run_dir)
+        elif stage == "index":
+            results["index"] = _index(spec, results)
         elif stage == "track4_submission":
             results["track4_submission"] = _submit(spec, results)
     write_json_atomic(run_dir / "results.json", results)

@@ -129,3 +129,45 @@ def test_track4_submission_from_checkpoint(
         assert fields[0] == f"q{int(qid[2:])}" and len(fields) == 11 and set(fields[1:]) <= gallery
     with zipfile.ZipFile(result["zip"]) as bundle:
         assert bundle.read("submission.txt").decode().splitlines() == lines
+
+
+def test_index_search_returns_the_offline_fused_ranking(prepared: tuple[JobSpec, dict], tmp_path: Path) -> None:
+    """The index stage on Ray Data embeds the gallery into one matrix; a search with [g_k t_k] must rank exactly
+    as Eq. 1 computed per expert by the offline evaluator's functions, and FAISS flat must agree with it."""
+    import numpy as np
+    import torch
+
+    from geomoe.models.checkpoint import save_checkpoint
+    from geomoe.models.factory import build_pe_moe
+    from geomoe.pipelines.embed import embed_images
+    from geomoe.pipelines.index import _queries, build_index
+    from geomoe.retrieval.embed import embed_texts, fused_scores
+    from geomoe.retrieval.index import query_rows, read_index
+
+    spec, manifest = prepared
+    torch.manual_seed(0)
+    model, tokenizer = build_pe_moe(spec.pe_moe)  # untrained heads: the ranking contract does not need training
+    (tmp_path / "ckpt").mkdir()
+    save_checkpoint(tmp_path / "ckpt", model, spec, 1, 0)
+    raw = spec.model_dump(mode="json") | {
+        "index": {"output_dir": str(tmp_path / "index"), "dtype": "float32", "faiss": ["flat", "hnsw"]}
+    }
+    report = build_index(parse_spec(JobSpec, raw, "test"), manifest, str(tmp_path / "ckpt"))
+    index = read_index(tmp_path / "index")
+    assert report["count"] == len(index.ids) and index.manifest["checkpoint_sha256"] == report["checkpoint_sha256"]
+    assert report["faiss"]["flat"]["recall@10_vs_exact"] == 1.0
+    assert 0.0 < report["faiss"]["hnsw"]["recall@10_vs_exact"] <= 1.0
+    paths = dict(zip(*pc_ids_paths(manifest), strict=True))
+    v = embed_images(str(tmp_path / "ckpt"), [paths[i] for i in index.ids])
+    queries = _queries(manifest, "test")
+    t, g = embed_texts(model.eval(), tokenizer, queries, spec.pe_moe.text.max_length)
+    expected = np.argsort(-fused_scores(t, v, g), axis=1, kind="stable")[:, :10]
+    found = index.search(query_rows(t, g), 10)
+    assert [[image_id for image_id, _ in hits] for hits in found] == [[index.ids[n] for n in row] for row in expected]
+
+
+def pc_ids_paths(manifest: dict) -> tuple[list[str], list[str]]:
+    from geomoe.pipelines.caption import gallery_images
+
+    images = gallery_images(manifest, "test")
+    return [im["image_id"] for im in images], [im["image_path"] for im in images]

@@ -1,0 +1,97 @@
+"""``index`` stage: embed a gallery with every expert of a PE-MoE checkpoint on Ray Data (batch inference) into
+one matrix of concatenated expert blocks, plus FAISS indexes, for serving (geomoe.retrieval.index).
+
+The manifest records the checkpoint's and the gallery's content hashes, counts and layout; each FAISS index's
+recall@10 against exact search is measured on the split's own caption queries and reported.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from geomoe.config import IndexSpec, JobSpec
+from geomoe.io import file_sha256
+from geomoe.retrieval.index import (
+    build_faiss,
+    exact_search,
+    index_rows,
+    query_rows,
+    recall_at,
+    write_index,
+)
+
+
+def checkpoint_sha256(directory: str | Path) -> str:
+    """Content hash of a checkpoint folder (every file's bytes, in path order)."""
+    digest = hashlib.sha256()
+    root = Path(directory)
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        digest.update(f"{path.relative_to(root)}\0{file_sha256(path)}\n".encode())
+    return digest.hexdigest()
+
+
+def build_index(spec: JobSpec, manifest: dict[str, Any], checkpoint: str) -> dict[str, Any]:
+    """Embed the gallery of ``spec.index.split`` and write the index folder; return its manifest."""
+    from geomoe.models.checkpoint import load_pe_moe
+    from geomoe.pipelines.caption import gallery_images
+    from geomoe.pipelines.embed import embed_images
+    from geomoe.retrieval.embed import embed_texts
+
+    assert spec.index is not None  # checked by JobSpec validation
+    cfg, started = spec.index, time.perf_counter()
+    images = sorted(gallery_images(manifest, cfg.split), key=lambda im: im["image_id"])
+    if not images:
+        raise ValueError(f"no {cfg.split} images in the prepared dataset at {manifest['table']}")
+    v_KND = embed_images(checkpoint, [im["image_path"] for im in images], spec.resources.data_concurrency)
+    rows = index_rows(v_KND, cfg.dtype)
+    model, tokenizer, trained, _ = load_pe_moe(checkpoint)
+    queries = _queries(manifest, cfg.split)
+    t_KQD, g_QK = embed_texts(model, tokenizer, queries, trained.pe_moe.text.max_length)
+    faiss_info, faiss_indexes = _faiss_files(rows, query_rows(t_KQD, g_QK), cfg)
+    gallery_key = json.dumps([[im["image_id"], im["image_path"]] for im in images])
+    info = {
+        "checkpoint": checkpoint,
+        "checkpoint_sha256": checkpoint_sha256(checkpoint),
+        "gallery_sha256": hashlib.sha256(gallery_key.encode()).hexdigest(),
+        "split": cfg.split,
+        "experts": [e.name for e in trained.pe_moe.experts],
+        "expert_dim": int(v_KND.shape[2]),
+        "platforms": [im["platform"] for im in images],
+        "faiss": faiss_info,
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+    write_index(cfg.output_dir, rows, [im["image_id"] for im in images], info, faiss_indexes)
+    return {k: v for k, v in info.items() if k != "platforms"} | {"count": len(images), "queries": len(queries)}
+
+
+def _queries(manifest: dict[str, Any], split: str) -> list[str]:
+    import pyarrow.compute as pc
+    import pyarrow.dataset as pads
+
+    table = pads.dataset(manifest["table"], format="parquet", partitioning="hive").to_table(
+        columns=["caption"], filter=(pc.field("split") == split) & (pc.field("augment") == "")
+    )
+    return [str(c) for c in table["caption"].to_pylist()]
+
+
+def _faiss_files(
+    rows: np.ndarray, queries: np.ndarray, cfg: IndexSpec, k: int = 10
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(report, indexes): each requested FAISS index and its recall@k against exact search on ``queries``."""
+    _, exact = exact_search(rows, queries, k)
+    out: dict[str, Any] = {}
+    indexes: dict[str, Any] = {}
+    for kind in cfg.faiss:
+        index = build_faiss(rows, kind, nlist=cfg.ivf_nlist, m=cfg.hnsw_m)
+        if kind == "ivf":
+            index.nprobe = cfg.ivf_nprobe
+        _, found = index.search(np.ascontiguousarray(queries, np.float32), min(k, len(rows)))
+        out[kind] = {"file": f"faiss_{kind}.index", f"recall@{k}_vs_exact": round(recall_at(found, exact), 4)}
+        indexes[kind] = index
+    return out, indexes

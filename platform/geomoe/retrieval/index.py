@@ -1,0 +1,144 @@
+"""The gallery index of a PE-MoE checkpoint: one matrix whose row n concatenates image n's per-expert normalised
+embeddings [v_1n, ..., v_Kn], so PE-MoE's fused score S(q, n) = sum_k g_k(q) cos(t_k(q), v_kn) (Eq. 1) is ONE
+inner product between the query vector [g_1 t_1, ..., g_K t_K] and the row (core, no Ray).
+
+Exact search is a chunked matrix product over the rows (fp16 or bf16 storage, fp32 accumulation) with a running
+top-k; FAISS searches the same rows (flat: exact; IVF or HNSW: approximate) with inner product. An index folder
+holds the matrix (``vectors.npy``), the image ids (``ids.json``), optional FAISS files and ``manifest.json``
+(checkpoint and gallery hashes, counts, layout), written atomically.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from geomoe.errors import DatasetError
+from geomoe.io import atomic_dir
+
+Storage = Literal["float16", "float32"]
+MANIFEST = "manifest.json"
+
+
+def index_rows(v_KND: np.ndarray, dtype: Storage = "float16") -> np.ndarray:
+    """(N, K*D) rows [v_1n, ..., v_Kn] from per-expert embeddings (K, N, D)."""
+    k, n, d = v_KND.shape
+    return np.ascontiguousarray(v_KND.transpose(1, 0, 2).reshape(n, k * d), dtype=dtype)
+
+
+def query_rows(t_KQD: np.ndarray, g_QK: np.ndarray) -> np.ndarray:
+    """(Q, K*D) float32 query vectors [g_1 t_1, ..., g_K t_K]: their inner product with an index row is Eq. 1."""
+    k, q, d = t_KQD.shape
+    return np.ascontiguousarray((t_KQD * g_QK.T[:, :, None]).transpose(1, 0, 2).reshape(q, k * d), dtype=np.float32)
+
+
+def exact_search(
+    rows_ND: np.ndarray, queries_QD: np.ndarray, k: int, chunk: int = 65536
+) -> tuple[np.ndarray, np.ndarray]:
+    """(scores (Q, k), row indices (Q, k)), best first, by chunked inner products; ties go to the lower index.
+
+    Only ``chunk`` rows are widened to float32 at a time, so memory stays O(chunk x D + Q x (k + chunk))."""
+    n = rows_ND.shape[0]
+    k = min(k, n)
+    queries = queries_QD.astype(np.float32, copy=False)
+    best_s = np.full((len(queries), 0), -np.inf, np.float32)
+    best_i = np.zeros((len(queries), 0), np.int64)
+    for start in range(0, n, chunk):
+        block = rows_ND[start : start + chunk].astype(np.float32, copy=False)
+        scores = queries @ block.T
+        take = min(k, scores.shape[1])
+        part = np.argpartition(-scores, take - 1, axis=1)[:, :take] if take < scores.shape[1] else None
+        idx = part if part is not None else np.broadcast_to(np.arange(scores.shape[1]), scores.shape)
+        best_s = np.concatenate([best_s, np.take_along_axis(scores, idx, axis=1)], axis=1)
+        best_i = np.concatenate([best_i, idx + start], axis=1)
+        order = np.lexsort((best_i, -best_s), axis=1)[:, :k]
+        best_s, best_i = np.take_along_axis(best_s, order, axis=1), np.take_along_axis(best_i, order, axis=1)
+    return best_s, best_i
+
+
+def per_expert_search(v_KND: np.ndarray, t_KQD: np.ndarray, g_QK: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The naive way, for the benchmark and the tests: K separate similarity matrices, then the fusion."""
+    scores = np.zeros((t_KQD.shape[1], v_KND.shape[1]), np.float32)
+    for e in range(v_KND.shape[0]):
+        scores += g_QK[:, e : e + 1] * (t_KQD[e] @ v_KND[e].astype(np.float32).T)
+    order = np.lexsort((np.broadcast_to(np.arange(scores.shape[1]), scores.shape), -scores), axis=1)[:, :k]
+    return np.take_along_axis(scores, order, axis=1), order
+
+
+def build_faiss(rows_ND: np.ndarray, kind: Literal["flat", "ivf", "hnsw"], nlist: int = 1024, m: int = 32) -> Any:
+    """A FAISS inner-product index over the rows (float32 inside FAISS)."""
+    import faiss
+
+    data = np.ascontiguousarray(rows_ND, dtype=np.float32)
+    d = data.shape[1]
+    if kind == "flat":
+        index: Any = faiss.IndexFlatIP(d)
+    elif kind == "ivf":
+        nlist = max(1, min(nlist, len(data) // 39))  # FAISS wants >= 39 training points per list
+        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
+        index.train(data)
+    else:
+        index = faiss.IndexHNSWFlat(d, m, faiss.METRIC_INNER_PRODUCT)
+    index.add(data)
+    return index
+
+
+def recall_at(found_QK: np.ndarray, exact_QK: np.ndarray) -> float:
+    """Fraction of the exact top-k that an approximate search found (recall@k against exact)."""
+    hits = sum(len(set(a.tolist()) & set(b.tolist())) for a, b in zip(found_QK, exact_QK, strict=True))
+    return hits / exact_QK.size
+
+
+@dataclass(frozen=True)
+class GalleryIndex:
+    rows: np.ndarray  # (N, K*D)
+    ids: list[str]
+    manifest: dict[str, Any]
+
+    def search(self, queries_QD: np.ndarray, k: int) -> list[list[tuple[str, float]]]:
+        scores, rows = exact_search(self.rows, queries_QD, k)
+        return [
+            [(self.ids[r], float(s)) for r, s in zip(rr, ss, strict=True)] for rr, ss in zip(rows, scores, strict=True)
+        ]
+
+
+def write_index(
+    folder: str | Path,
+    rows_ND: np.ndarray,
+    ids: Sequence[str],
+    manifest: dict[str, Any],
+    faiss_indexes: dict[str, Any] | None = None,
+) -> Path:
+    """Write the matrix, ids, FAISS indexes (``faiss_<kind>.index``) and the manifest (plus counts and layout)
+    into ``folder`` atomically."""
+    import faiss
+
+    if len(ids) != rows_ND.shape[0]:
+        raise ValueError(f"{len(ids)} ids for {rows_ND.shape[0]} rows")
+    full = {**manifest, "count": int(rows_ND.shape[0]), "dim": int(rows_ND.shape[1]), "dtype": str(rows_ND.dtype)}
+    with atomic_dir(folder) as tmp:
+        np.save(tmp / "vectors.npy", rows_ND)
+        for kind, index in (faiss_indexes or {}).items():
+            faiss.write_index(index, str(tmp / f"faiss_{kind}.index"))
+        (tmp / "ids.json").write_text(json.dumps(list(ids)))
+        (tmp / MANIFEST).write_text(json.dumps(full, indent=2, sort_keys=True))
+    return Path(folder)
+
+
+def read_index(folder: str | Path, mmap: bool = True) -> GalleryIndex:
+    """Load an index folder; a missing or inconsistent part is a DatasetError naming the file."""
+    folder = Path(folder)
+    manifest_path = folder / MANIFEST
+    if not manifest_path.is_file():
+        raise DatasetError(f"{manifest_path}: index manifest not found (build the index first)")
+    manifest = json.loads(manifest_path.read_text())
+    rows = np.load(folder / "vectors.npy", mmap_mode="r" if mmap else None)
+    ids = json.loads((folder / "ids.json").read_text())
+    if rows.shape != (manifest["count"], manifest["dim"]) or len(ids) != manifest["count"]:
+        raise DatasetError(f"{folder}: vectors {rows.shape} / {len(ids)} ids disagree with the manifest")
+    return GalleryIndex(rows, ids, manifest)
