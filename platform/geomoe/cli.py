@@ -99,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("experiment", help="the sweep's folder, e.g. runs/sweeps/smgeo_experts-quickstart")
     report.set_defaults(fn=_cmd_report)
     bench = sub.add_parser("bench", help="run a benchmark and write a JSON result")
-    bench.add_argument("name", choices=["prepare", "pe_moe_step", "mining", "gmoe", "rerank", "sweep"])
+    bench.add_argument("name", choices=["prepare", "pe_moe_step", "mining", "gmoe", "rerank", "sweep", "index"])
     bench.add_argument("--out", default="bench_results")
     bench.set_defaults(fn=_cmd_bench)
     for command in (run, synth, prep, bench):

@@ -113,3 +113,13 @@ def test_engine_models_become_absolute_only_when_local(tmp_path: Path) -> None:
     spec = parse_spec(JobSpec, {**raw, "caption": caption, "refine": refine}, "t").with_absolute_paths(tmp_path)
     assert spec.caption is not None and spec.caption.engine.model == str(tmp_path / "models/vlm")  # tiny builds it
     assert spec.refine is not None and spec.refine.engine.model == "Qwen/Qwen2.5-7B-Instruct"  # a hub id
+
+
+def test_index_stage_needs_its_section_and_paths_become_absolute() -> None:
+    raw = {"name": "x", "stages": ["index"], "data": {"root": "r"}, "preprocess": {"output_dir": "o"}}
+    with pytest.raises(SpecError, match="stage 'index' needs an index section"):
+        parse_spec(JobSpec, raw, "t")
+    spec = parse_spec(JobSpec, {**raw, "index": {"output_dir": "idx", "faiss": ["ivf"]}}, "t")
+    assert spec.index is not None and spec.index.dtype == "float16"
+    absolute = spec.with_absolute_paths("/base")
+    assert absolute.index is not None and absolute.index.output_dir == "/base/idx"

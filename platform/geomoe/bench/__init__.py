@@ -30,6 +30,11 @@ def run_benchmark(name: str, out: str, overrides: list[str]) -> dict[str, Any]:
         from geomoe.bench.rerank import bench_rerank
 
         result = bench_rerank()
+    elif name == "index":
+        from geomoe.bench.index import bench_index
+
+        sizes = next((o.split("=", 1)[1] for o in overrides if o.startswith("sizes=")), "10000,100000,1000000")
+        result = bench_index(tuple(int(s) for s in sizes.split(",")))
     elif name == "sweep":
         from geomoe.bench.sweep import bench_sweep
 
