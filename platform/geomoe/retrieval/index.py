@@ -38,11 +38,12 @@ def query_rows(t_KQD: np.ndarray, g_QK: np.ndarray) -> np.ndarray:
 
 
 def exact_search(
-    rows_ND: np.ndarray, queries_QD: np.ndarray, k: int, chunk: int = 65536
+    rows_ND: np.ndarray, queries_QD: np.ndarray, k: int, chunk: int = 65536, allowed_N: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """(scores (Q, k), row indices (Q, k)), best first, by chunked inner products; ties go to the lower index.
 
-    Only ``chunk`` rows are widened to float32 at a time, so memory stays O(chunk x D + Q x (k + chunk))."""
+    Only ``chunk`` rows are widened to float32 at a time, so memory stays O(chunk x D + Q x (k + chunk)).
+    ``allowed_N`` (bool): rows outside it score -inf (callers drop those hits)."""
     n = rows_ND.shape[0]
     k = min(k, n)
     queries = queries_QD.astype(np.float32, copy=False)
@@ -51,6 +52,8 @@ def exact_search(
     for start in range(0, n, chunk):
         block = rows_ND[start : start + chunk].astype(np.float32, copy=False)
         scores = queries @ block.T
+        if allowed_N is not None:
+            scores[:, ~allowed_N[start : start + chunk]] = -np.inf
         take = min(k, scores.shape[1])
         part = np.argpartition(-scores, take - 1, axis=1)[:, :take] if take < scores.shape[1] else None
         idx = part if part is not None else np.broadcast_to(np.arange(scores.shape[1]), scores.shape)
@@ -100,10 +103,14 @@ class GalleryIndex:
     ids: list[str]
     manifest: dict[str, Any]
 
-    def search(self, queries_QD: np.ndarray, k: int) -> list[list[tuple[str, float]]]:
-        scores, rows = exact_search(self.rows, queries_QD, k)
+    def search(
+        self, queries_QD: np.ndarray, k: int, allowed_N: np.ndarray | None = None
+    ) -> list[list[tuple[str, float]]]:
+        """Per query, the best ``k`` (image id, fused score), best first; rows outside ``allowed_N`` never."""
+        scores, rows = exact_search(self.rows, queries_QD, k, allowed_N=allowed_N)
         return [
-            [(self.ids[r], float(s)) for r, s in zip(rr, ss, strict=True)] for rr, ss in zip(rows, scores, strict=True)
+            [(self.ids[r], float(s)) for r, s in zip(rr, ss, strict=True) if np.isfinite(s)]
+            for rr, ss in zip(rows, scores, strict=True)
         ]
 
 
