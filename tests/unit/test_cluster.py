@@ -1,0 +1,26 @@
+"""cluster/cluster.yaml passes Ray's own cluster-launcher validation (offline) and has the node types we rely on."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from jsonschema import ValidationError
+
+CLUSTER = Path(__file__).resolve().parents[2] / "cluster" / "cluster.yaml"
+
+
+def test_cluster_config_is_valid_for_the_ray_launcher() -> None:
+    from ray.autoscaler._private.util import prepare_config, validate_config  # private: Ray is pinned
+
+    config = yaml.safe_load(CLUSTER.read_text())
+    validate_config(prepare_config(config))
+    types = config["available_node_types"]
+    assert types[config["head_node_type"]]["resources"] == {"CPU": 0}
+    assert types["train_8gpu"]["resources"]["GPU"] == 8 and types["infer_1gpu"]["resources"]["GPU"] == 1
+    assert types["train_8gpu"]["min_workers"] == 0 < types["train_8gpu"]["max_workers"]  # autoscaled from zero
+    assert any("[gpu]" in command for command in config["setup_commands"])
+    broken = {**config, "available_node_types": {**types, "spare": {"resources": {}, "max_workers": 1}}}
+    with pytest.raises(ValidationError, match="node_config"):
+        validate_config(prepare_config(broken))
