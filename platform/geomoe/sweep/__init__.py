@@ -30,13 +30,7 @@ def load_sweep(path: str | Path, quickstart: bool = False) -> tuple[SweepSpec, P
         q = sweep.quickstart
         raw = sweep.model_dump(mode="json", exclude={"quickstart"})
         raw.update(name=f"{sweep.name}-quickstart", base=q.base, overrides=q.overrides)
-        given = q.model_dump(mode="json", exclude_none=True, exclude={"base", "overrides"})
-        for key, value in given.items():  # SearchSpec dumps keep only the one bound that is set
-            raw[key] = (
-                {k: {n: b for n, b in v.items() if b is not None} for k, v in value.items()}
-                if key == "params"
-                else value
-            )
+        raw.update(q.model_dump(mode="json", exclude_none=True, exclude={"base", "overrides"}))
         sweep = parse_spec(SweepSpec, raw, f"{path} (quickstart)")
     return sweep, (path.parent / sweep.base).resolve()
 
