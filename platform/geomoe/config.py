@@ -384,6 +384,12 @@ class EngineSpec(Strict):
     accelerator_type: str | None = Field(None, description="vllm: the GPU type to schedule on, e.g. H100")
     tiny: bool = Field(False, description="build a tiny random model at ``model`` when it is missing (demos)")
 
+    @model_validator(mode="after")
+    def _http_needs_url(self) -> EngineSpec:
+        if self.kind == "http" and not self.url:
+            raise ValueError("the http engine needs url (the chat completions endpoint)")
+        return self
+
 
 class RefineSpec(Strict):
     """LLM caption refinement of the prepared training captions (stage ``refine``)."""

@@ -15,10 +15,18 @@ from geomoe.io import write_json_atomic
 log = logging.getLogger(__name__)
 
 
-def _train(spec: JobSpec, manifest: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+def ensure_tiny_pe_moe(spec: JobSpec, manifest: dict[str, Any]) -> None:
+    """Build the tiny PE-MoE models ``model.tiny`` asks for, on the prepared training captions (originals)."""
     from geomoe.models.factory import ensure_tiny_models
+    from geomoe.train.run import split_rows
+
+    table = split_rows(manifest, "train", spec)
+    ensure_tiny_models(spec.pe_moe, table.filter(pc.equal(table["augment"], ""))["caption"].to_pylist(), spec.seed)
+
+
+def _train(spec: JobSpec, manifest: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     from geomoe.ray_env import ensure_ray
-    from geomoe.train.run import split_rows, train_and_evaluate
+    from geomoe.train.run import train_and_evaluate
 
     ensure_ray(spec.resources)
     if spec.model.name == "smgeo":
@@ -27,8 +35,7 @@ def _train(spec: JobSpec, manifest: dict[str, Any], run_dir: Path) -> dict[str, 
         return {"model": train_smgeo(spec, manifest, run_dir)}
     if manifest.get("kind") != "retrieval":
         raise ValueError("stage 'train' (PE-MoE) needs a retrieval dataset (data.format: geotext)")
-    table = split_rows(manifest, "train", spec)
-    ensure_tiny_models(spec.pe_moe, table.filter(pc.equal(table["augment"], ""))["caption"].to_pylist(), spec.seed)
+    ensure_tiny_pe_moe(spec, manifest)
     results = {"model": train_and_evaluate(spec, manifest, run_dir)}
     for name in spec.baselines:
         log.info("baseline %s", name)

@@ -123,3 +123,11 @@ def test_index_stage_needs_its_section_and_paths_become_absolute() -> None:
     assert spec.index is not None and spec.index.dtype == "float16"
     absolute = spec.with_absolute_paths("/base")
     assert absolute.index is not None and absolute.index.output_dir == "/base/idx"
+
+
+def test_http_engine_needs_its_url() -> None:
+    from geomoe.config import EngineSpec
+
+    with pytest.raises(SpecError, match=r"engine: .*the http engine needs url"):
+        parse_spec(EngineSpec, {"kind": "http", "model": "m"}, "engine")
+    assert parse_spec(EngineSpec, {"kind": "http", "model": "m", "url": "http://h/v1"}, "engine").url == "http://h/v1"

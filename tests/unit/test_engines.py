@@ -72,10 +72,10 @@ def test_refine_batch_replaces_only_valid_outputs_and_counts_the_rest() -> None:
     import pyarrow as pa
 
     from geomoe.config import RefineSpec
-    from geomoe.pipelines.refine import RefineBatch
+    from geomoe.pipelines.refine import RefineBatch, RefineMessages
 
     batch = RefineBatch.__new__(RefineBatch)  # everything but the model load
-    batch.prompts = load_prompts()
+    batch.to_messages = RefineMessages(load_prompts())
     batch.refine = RefineSpec(engine={"model": "unused"}, output_dir="unused", min_words=2, max_words=10)
     batch.engine = FixedEngine([None, "Sure, here it is", "drone view of a red building", "a roof to the north"])
     rows = pa.table(

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from geomoe.retrieval.index import exact_search, recall_at
+from geomoe.retrieval.index import exact_search, per_expert_search, recall_at
 
 EXPERTS, DIM, QUERIES, K = 3, 1024, 64, 10
 
@@ -37,18 +37,6 @@ def _gallery(n: int, rng: np.random.Generator, chunk: int = 100_000) -> np.ndarr
         block = np.repeat(centres, 20, axis=0)[:size] + rng.standard_normal((size, EXPERTS, DIM), dtype=np.float32)
         rows[start : start + size] = _unit(block).reshape(size, -1)
     return rows
-
-
-def _naive(v_KND: np.ndarray, t_KQD: np.ndarray, g_QK: np.ndarray, chunk: int = 65536) -> np.ndarray:
-    """K per-expert passes over per-expert matrices (each contiguous, as a per-expert index would store them),
-    each a full similarity matrix added into the fused scores with the gate, then the top k."""
-    scores = np.zeros((t_KQD.shape[1], v_KND.shape[1]), np.float32)
-    for e in range(EXPERTS):
-        for start in range(0, v_KND.shape[1], chunk):
-            block = v_KND[e, start : start + chunk].astype(np.float32)
-            scores[:, start : start + len(block)] += g_QK[:, e : e + 1] * (t_KQD[e] @ block.T)
-    top = np.argpartition(-scores, K, axis=1)[:, :K]
-    return np.take_along_axis(top, np.argsort(-np.take_along_axis(scores, top, axis=1), axis=1), axis=1)
 
 
 def _median_s(fn: Callable[[], Any], repeats: int = 3) -> tuple[float, Any]:
@@ -86,7 +74,7 @@ def bench_index(sizes: tuple[int, ...] = (10_000, 100_000, 1_000_000)) -> dict[s
         t = _unit(picked + 0.5 * rng.standard_normal(picked.shape, dtype=np.float32) / np.sqrt(DIM)).transpose(1, 0, 2)
         queries = np.ascontiguousarray((t * g.T[:, :, None]).transpose(1, 0, 2).reshape(QUERIES, -1))
         per_expert = np.ascontiguousarray(rows.reshape(n, EXPERTS, DIM).transpose(1, 0, 2))
-        naive_s, naive = _median_s(partial(_naive, per_expert, t, g))
+        naive_s, (_, naive) = _median_s(partial(per_expert_search, per_expert, t, g, K))
         del per_expert
         fused_s, (_, fused) = _median_s(partial(exact_search, rows, queries, K))
         build_start = time.perf_counter()

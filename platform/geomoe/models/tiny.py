@@ -7,13 +7,42 @@ EVA-CLIP class with a micro timm Eva. Real configurations load hub ids or paths 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from geomoe.io import atomic_dir
 
+T = TypeVar("T")
+
 SPECIALS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]  # XLM-R ids 0..4
+
+
+def seeded(seed: int, build: Callable[[], T]) -> T:
+    """``build()`` under ``seed``: the same seed always gives the same weights; the caller's RNG is untouched."""
+    import torch
+
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return build()
+
+
+def tiny_llama_config(tokenizer: Any) -> Any:
+    """The 2-layer, width-32 Llama of the tiny chat LLM and of the tiny VLM's language model."""
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
 
 
 def train_tokenizer(corpus: Iterable[str]) -> Any:
@@ -87,9 +116,7 @@ def save_tiny_text_model(
         eos_token_id=2,
         initializer_range=0.02,  # XLM-R's own: layers start near identity, so the trunk keeps word identity
     )
-    with torch.random.fork_rng():  # the same seed always gives the same weights; the caller's RNG is untouched
-        torch.manual_seed(seed)
-        model = XLMRobertaModel(config, add_pooling_layer=False)
+    model = seeded(seed, lambda: XLMRobertaModel(config, add_pooling_layer=False))
     with torch.no_grad():
         # Position (and segment) embeddings as large as the word embeddings make a random model's state of a text
         # depend on its length more than on its words; a pretrained model's do not. A tenth of the scale keeps
@@ -110,9 +137,7 @@ def save_tiny_image_model(out: str | Path, name: str = "geomoe-eva02-micro", see
     from geomoe.models.encoders import register_tiny_architectures
 
     register_tiny_architectures()
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        model = open_clip.create_model(name, pretrained=None)
+    model = seeded(seed, lambda: open_clip.create_model(name, pretrained=None))
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tmp")
@@ -132,27 +157,12 @@ def build_tiny_causal_lm(path: str | Path, corpus: Iterable[str], seed: int = 0)
 
     It generates words from the corpus in random order: enough to run the real generation and validation path.
     """
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
 
     tokenizer = train_tokenizer(corpus)
     tokenizer.chat_template = CHAT_TEMPLATE
     tokenizer.padding_side = "left"  # decoder-only generation pads on the left
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        model = LlamaForCausalLM(config)
+    model = seeded(seed, lambda: LlamaForCausalLM(tiny_llama_config(tokenizer)))
     with atomic_dir(path) as tmp:
         tokenizer.save_pretrained(tmp)
         model.save_pretrained(tmp)
@@ -162,7 +172,6 @@ def build_tiny_causal_lm(path: str | Path, corpus: Iterable[str], seed: int = 0)
 def build_tiny_captioner(path: str | Path, corpus: Iterable[str], image_size: int = 64, seed: int = 0) -> Path:
     """A random image-to-text model (transformers' VisionEncoderDecoder: a 1-layer ViT and a 1-layer GPT-2)
     with its tokenizer and image processor, saved locally: a stand-in VLM for tests and CPU demos."""
-    import torch
     from transformers import GPT2Config, VisionEncoderDecoderConfig, ViTConfig, ViTImageProcessor
     from transformers import VisionEncoderDecoderModel as Captioner
 
@@ -179,9 +188,7 @@ def build_tiny_captioner(path: str | Path, corpus: Iterable[str], image_size: in
     config = VisionEncoderDecoderConfig.from_encoder_decoder_configs(encoder, decoder)
     config.decoder_start_token_id, config.pad_token_id = tokenizer.bos_token_id, tokenizer.pad_token_id
     config.eos_token_id = tokenizer.eos_token_id
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        model = Captioner(config)
+    model = seeded(seed, lambda: Captioner(config))
     with atomic_dir(path) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
@@ -200,8 +207,7 @@ def build_tiny_vlm(path: str | Path, corpus: Iterable[str], image_size: int = 32
     """A random chat VLM (LLaVA: a 1-layer CLIP vision tower, a projector and a 2-layer Llama) with its
     processor and chat template, saved where ``AutoModelForImageTextToText``/``AutoProcessor`` load it: the
     stand-in for Qwen2-VL or LLaVA in tests and CPU demos. It writes corpus words in random order."""
-    import torch
-    from transformers import CLIPImageProcessor, CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaProcessor
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, LlavaConfig, LlavaProcessor
     from transformers import LlavaForConditionalGeneration as Llava
 
     tokenizer = train_tokenizer(corpus)
@@ -212,15 +218,12 @@ def build_tiny_vlm(path: str | Path, corpus: Iterable[str], image_size: int = 32
         image_size=image_size, patch_size=patch, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
         num_attention_heads=2,
     )  # fmt: skip
-    text = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-        num_key_value_heads=2, max_position_embeddings=512, bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-    )  # fmt: skip
     config = LlavaConfig(
-        vision_config=vision, text_config=text, image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+        vision_config=vision,
+        text_config=tiny_llama_config(tokenizer),
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
         vision_feature_layer=-1,
-    )  # fmt: skip
+    )
     square = {"height": image_size, "width": image_size}
     processor = LlavaProcessor(
         image_processor=CLIPImageProcessor(size={"shortest_edge": image_size}, crop_size=square),
@@ -230,9 +233,7 @@ def build_tiny_vlm(path: str | Path, corpus: Iterable[str], image_size: int = 32
         chat_template=VLM_CHAT_TEMPLATE,
         num_additional_image_tokens=1,
     )
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        model = Llava(config)
+    model = seeded(seed, lambda: Llava(config))
     with atomic_dir(path) as tmp:
         model.save_pretrained(tmp)
         processor.save_pretrained(tmp)

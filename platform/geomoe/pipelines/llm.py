@@ -22,8 +22,7 @@ def processor_config(engine: EngineSpec, multimodal: bool) -> Any:
     from ray.data.llm import HttpRequestProcessorConfig, vLLMEngineProcessorConfig
 
     if engine.kind == "http":
-        if not engine.url:
-            raise ValueError("engine.url is required for the http engine")
+        assert engine.url is not None  # checked by EngineSpec validation
         return HttpRequestProcessorConfig(
             url=engine.url,
             qps=engine.qps,

@@ -62,11 +62,11 @@ class RefineBatch:
         self.engine = TransformersEngine(
             e.model, e.max_new_tokens, e.temperature, e.top_p, device=device, batch_size=e.batch_size
         )
-        self.prompts, self.refine = load_prompts(refine.prompts), refine
+        self.to_messages, self.refine = RefineMessages(load_prompts(refine.prompts)), refine
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        pairs = zip(batch["caption"].to_pylist(), batch["platform"].to_pylist(), strict=True)
-        generated = self.engine.generate([self.prompts.messages(c, p) for c, p in pairs])
+        items = batch.select(["caption", "platform"]).to_pylist()
+        generated = self.engine.generate([self.to_messages(item) for item in items])
         return apply_refinement(batch, generated, self.refine)
 
 
@@ -107,8 +107,6 @@ def _refine_shard(source: Path, target: Path, refine: RefineSpec, prompts: Refin
 def refine_captions(spec: JobSpec, manifest: dict[str, Any]) -> dict[str, Any]:
     """Refine the training shards of a prepared dataset; returns the refined dataset's manifest (with a report)."""
     assert spec.refine is not None  # checked by JobSpec validation
-    if spec.refine.engine.kind == "http" and not spec.refine.engine.url:
-        raise ValueError("refine.engine.url is required for the http engine")
     refine, prompts = spec.refine, load_prompts(spec.refine.prompts)
     source_root, out = Path(manifest["table"]), Path(refine.output_dir)
     started = time.perf_counter()

@@ -64,13 +64,22 @@ def exact_search(
     return best_s, best_i
 
 
-def per_expert_search(v_KND: np.ndarray, t_KQD: np.ndarray, g_QK: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """The naive way, for the benchmark and the tests: K separate similarity matrices, then the fusion."""
-    scores = np.zeros((t_KQD.shape[1], v_KND.shape[1]), np.float32)
+def per_expert_search(
+    v_KND: np.ndarray, t_KQD: np.ndarray, g_QK: np.ndarray, k: int, chunk: int = 65536
+) -> tuple[np.ndarray, np.ndarray]:
+    """The naive way, for the benchmark and the tests: K passes over per-expert matrices, each adding a full
+    query x gallery similarity matrix into the fused scores with the gate, then the top k (ties: lower index)."""
+    n = v_KND.shape[1]
+    scores = np.zeros((t_KQD.shape[1], n), np.float32)
     for e in range(v_KND.shape[0]):
-        scores += g_QK[:, e : e + 1] * (t_KQD[e] @ v_KND[e].astype(np.float32).T)
-    order = np.lexsort((np.broadcast_to(np.arange(scores.shape[1]), scores.shape), -scores), axis=1)[:, :k]
-    return np.take_along_axis(scores, order, axis=1), order
+        for start in range(0, n, chunk):
+            block = v_KND[e, start : start + chunk].astype(np.float32, copy=False)
+            scores[:, start : start + len(block)] += g_QK[:, e : e + 1] * (t_KQD[e] @ block.T)
+    k = min(k, n)
+    top = np.argpartition(-scores, k - 1, axis=1)[:, :k] if k < n else np.broadcast_to(np.arange(n), scores.shape)
+    top_scores = np.take_along_axis(scores, top, axis=1)
+    order = np.lexsort((top, -top_scores), axis=1)
+    return np.take_along_axis(top_scores, order, axis=1), np.take_along_axis(top, order, axis=1)
 
 
 def build_faiss(rows_ND: np.ndarray, kind: Literal["flat", "ivf", "hnsw"], nlist: int = 1024, m: int = 32) -> Any:

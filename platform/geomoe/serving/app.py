@@ -62,15 +62,15 @@ class GallerySearch:
 
         self.index = read_index(index, mmap=False)
         self.platforms = np.array(self.index.manifest.get("platforms", []))
+        self.row_of = {image_id: n for n, image_id in enumerate(self.index.ids)}
 
     def search(self, vector: np.ndarray, k: int, platforms: list[str] | None) -> list[dict[str, Any]]:
         allowed = None
         if platforms and len(self.platforms) == len(self.index.ids):
             allowed = np.isin(self.platforms, platforms)
         hits = self.index.search(vector[None, :], k, allowed)[0]
-        position = {image_id: n for n, image_id in enumerate(self.index.ids)}
         return [
-            {"image_id": image_id, "score": score, "platform": _platform_of(self.platforms, position[image_id])}
+            {"image_id": image_id, "score": score, "platform": _platform_of(self.platforms, self.row_of[image_id])}
             for image_id, score in hits
         ]
 

@@ -116,16 +116,12 @@ def prepare_inputs(sweep: SweepSpec, base_path: Path, experiment: Path, root: Pa
 
 
 def _ensure_tiny(spec: JobSpec) -> None:
-    import pyarrow.compute as pc
-
-    from geomoe.models.factory import ensure_tiny_models
+    from geomoe.jobs import ensure_tiny_pe_moe
     from geomoe.pipelines.prepare import finished_manifest
-    from geomoe.train.run import split_rows
 
     manifest = finished_manifest(spec.preprocess.output_dir)
     assert manifest is not None  # prepared just before
-    table = split_rows(dict(manifest), "train", spec)
-    ensure_tiny_models(spec.pe_moe, table.filter(pc.equal(table["augment"], ""))["caption"].to_pylist(), spec.seed)
+    ensure_tiny_pe_moe(spec, dict(manifest))
 
 
 def run_sweep(path: str | Path, quickstart: bool = False, resume: bool = False) -> Path:
