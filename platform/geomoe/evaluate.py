@@ -14,7 +14,7 @@ from geomoe.errors import DatasetError
 from geomoe.metrics import first_relevant_rank, protocol_labels, recall_at_k, retrieval_report
 from geomoe.models.pe_moe import PEMoE
 from geomoe.retrieval.embed import embed_shared_texts, embed_texts, fused_scores
-from geomoe.retrieval.rerank import LexicalScorer, diversify, fuse_top_n, top_n
+from geomoe.retrieval.rerank import LexicalScorer, caption_evidence, diversify, fuse_top_n, top_n
 
 
 def gallery_from_rows(rows: Sequence[dict[str, Any]]) -> tuple[list[dict[str, Any]], np.ndarray]:
@@ -96,43 +96,22 @@ def rerank_scores(
     captions = [c for im in images for c in store.get(im["image_id"], [])]
     first_caption = np.cumsum([0] + [len(store.get(im["image_id"], [])) for im in images])
     top_QT = top_n(scores_QN, rerank.top_n)
-    # only the (query, candidate, caption) triples re-ranking needs: never a query x gallery matrix
-    q_P, t_P, c_P = candidate_triples(top_QT, first_caption)
-    queries = [r["caption"] for r in rows]
-    pair_P = np.zeros(len(q_P))
-    if rerank.dense_weight:
-        length = spec.pe_moe.text.max_length
-        q_QH = embed_shared_texts(model, tokenizer, queries, length)
-        c_MH = embed_shared_texts(model, tokenizer, captions, length)
-        pair_P += rerank.dense_weight * np.einsum("pd,pd->p", q_QH[q_P], c_MH[c_P])
-    if rerank.lexical_weight:
-        pair_P += rerank.lexical_weight * LexicalScorer(captions).pair_scores(queries, captions, q_P, c_P)
-    caption_QT = best_per_candidate(pair_P, q_P, t_P, top_QT.shape)
+    length = spec.pe_moe.text.max_length
+    caption_QT = caption_evidence(
+        [r["caption"] for r in rows],
+        top_QT,
+        first_caption,
+        captions,
+        rerank.dense_weight,
+        rerank.lexical_weight,
+        lambda texts: embed_shared_texts(model, tokenizer, texts, length),
+        LexicalScorer(captions),
+    )
     fused = fuse_top_n(scores_QN, caption_QT, top_QT, rerank.weight, rerank.normalise)
     if rerank.diversity is not None:
         flat_ND = image_vectors_KND.transpose(1, 0, 2).reshape(len(images), -1)
         fused = diversify(fused, flat_ND, rerank.top_n, rerank.diversity)
     return fused, uncaptioned
-
-
-def candidate_triples(top_QT: np.ndarray, first_caption: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(query, candidate slot, caption) index triples for every caption of every top candidate; image n owns
-    captions first_caption[n] .. first_caption[n + 1] - 1."""
-    counts_QT = first_caption[top_QT + 1] - first_caption[top_QT]
-    q_P, t_P = np.nonzero(counts_QT > 0)
-    n_P = counts_QT[q_P, t_P]
-    q_P, t_P = np.repeat(q_P, n_P), np.repeat(t_P, n_P)
-    offset = np.arange(len(q_P)) - np.repeat(np.cumsum(n_P) - n_P, n_P)
-    return q_P, t_P, first_caption[top_QT[q_P, t_P]] + offset
-
-
-def best_per_candidate(values_P: np.ndarray, q_P: np.ndarray, t_P: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    """(Q, T): the best value over each candidate's captions; a candidate without any gets its query's lowest
-    value (no evidence, never a boost), or 0 when the query has no captioned candidate at all."""
-    best = np.full(shape, -np.inf)
-    np.maximum.at(best, (q_P, t_P), values_P)
-    floor = np.where(np.isfinite(best), best, np.inf).min(axis=1, keepdims=True)
-    return np.where(np.isfinite(best), best, np.where(np.isfinite(floor), floor, 0.0))
 
 
 def _sample_query(caption: str, scores_N: np.ndarray, images: list[dict[str, Any]], building: str) -> dict[str, Any]:

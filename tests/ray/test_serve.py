@@ -1,8 +1,10 @@
 """The retriever on Ray Serve over real HTTP on 127.0.0.1: a query returns the offline index search's top k for
-the same checkpoint, the platform filter holds, bad requests get 4xx with a message, and the token is enforced."""
+the same checkpoint, re-ranking orders as the offline re-ranker does (captioning missing images once), the
+localizer predicts the offline batch path's box, bad requests get 4xx with a message, and the token is enforced."""
 
 from __future__ import annotations
 
+import base64
 import json
 import urllib.error
 import urllib.request
@@ -31,14 +33,30 @@ def call(path: str, body: dict | None = None, token: str | None = None) -> tuple
         return err.code, json.loads(err.read() or b"{}")
 
 
+def post_json(path: str, body: dict, token: str | None = "s3cret") -> tuple[int, Any]:
+    return call(path, body, token)
+
+
+def b64(path: Path) -> str:
+    return base64.b64encode(path.read_bytes()).decode()
+
+
 @pytest.fixture(scope="module")
 def served(tiny_synth: tuple[Path, dict], tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """The quickstart app's deployments on tiny models: PE-MoE + index, CGRS with a caption store that lacks a
+    third of the gallery and a tiny VLM captioner for those, and an SMGeo localizer."""
+    import pyarrow.parquet as pq
     import torch
+    from test_smgeo_train import smgeo_job  # the tiny SMGeo of the training tests
     from test_train import make_spec  # the tiny PE-MoE of the training tests
 
+    from geomoe.data.caption_store import write_caption_store
     from geomoe.models.checkpoint import save_checkpoint
     from geomoe.models.factory import build_pe_moe
+    from geomoe.models.smgeo import SMGeo
+    from geomoe.models.tiny import build_tiny_vlm
     from geomoe.pipelines.index import build_index
+    from geomoe.retrieval.index import read_index
     from geomoe.serving.app import build_app
     from ray import serve
 
@@ -53,10 +71,26 @@ def served(tiny_synth: tuple[Path, dict], tmp_path_factory: pytest.TempPathFacto
     save_checkpoint(out / "ckpt", model, spec, 1, 0)
     raw = spec.model_dump(mode="json") | {"index": {"output_dir": str(out / "index"), "dtype": "float32"}}
     build_index(parse_spec(JobSpec, raw, "test"), manifest, str(out / "ckpt"))
-    args = {"checkpoint": str(out / "ckpt"), "index": str(out / "index"), "token": "s3cret"}
+    ids = read_index(out / "index").ids
+    uncaptioned = set(ids[::3])
+    scene = pq.read_table(root / "geotext" / "gallery_captions.parquet").to_pylist()
+    write_caption_store(out / "captions.parquet", [r for r in scene if r["image_id"] not in uncaptioned])
+    smgeo_spec = smgeo_job(root, out)
+    torch.manual_seed(0)
+    (out / "smgeo").mkdir()
+    save_checkpoint(out / "smgeo", SMGeo(smgeo_spec.smgeo), smgeo_spec, 1, 0)
+    build_tiny_vlm(out / "vlm", [r["caption"] for r in scene])
+    args = {
+        "index": str(out / "index"),  # the checkpoint comes from the index's manifest
+        "token": "s3cret",
+        "rerank": {"captions": str(out / "captions.parquet"), "top_n": 8, "lexical_weight": 1.0},
+        "captioner": {"engine": {"kind": "transformers", "model": str(out / "vlm"), "max_new_tokens": 12}},
+        "localizer": str(out / "smgeo"),
+    }
     serve.run(build_app(args), name="retriever", route_prefix="/", blocking=False)
     try:
-        yield {"model": model.eval(), "tokenizer": tokenizer, "spec": spec, **args}
+        yield {"model": model.eval(), "tokenizer": tokenizer, "spec": spec, "checkpoint": str(out / "ckpt"),
+               "out": out, "uncaptioned": uncaptioned, "root": root, **args}  # fmt: skip
     finally:
         serve.shutdown()
 
@@ -88,3 +122,84 @@ def test_bad_requests_and_tokens_are_refused_with_a_message(served: dict[str, An
         assert status == 422 and field in json.dumps(body["detail"]), (bad, body)
     status, info = call("/info", token="s3cret")
     assert status == 200 and info["index"]["count"] > 0 and info["index"]["checkpoint"] == served["checkpoint"]
+
+
+def offline_reranked(served: dict[str, Any], query: str, generated: dict[str, str]) -> list[str]:
+    """The offline evaluator's CGRS over the whole gallery, with the store plus the service's VLM captions."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from geomoe.config import RerankSpec
+    from geomoe.data.caption_store import write_caption_store
+    from geomoe.evaluate import rerank_scores
+    from geomoe.retrieval.embed import embed_texts
+    from geomoe.retrieval.index import query_rows, read_index
+
+    store = pq.read_table(served["rerank"]["captions"]).to_pylist()
+    extra = [{"image_id": i, "caption": c, "model_id": "vlm", "prompt_sha256": ""} for i, c in generated.items()]
+    path = write_caption_store(served["out"] / "offline_captions.parquet", store + extra)
+    index = read_index(served["index"])
+    t, g = embed_texts(served["model"], served["tokenizer"], [query], served["spec"].pe_moe.text.max_length)
+    scores_1N = index.rows.astype(np.float64) @ query_rows(t, g)[0].astype(np.float64)
+    rerank = RerankSpec.model_validate(served["rerank"] | {"captions": str(path)})
+    images = [{"image_id": i} for i in index.ids]
+    vectors = np.zeros((1, len(images), 1))  # only diversity reads them
+    fused, _ = rerank_scores(
+        served["model"], served["tokenizer"], served["spec"], [{"caption": query}], scores_1N[None], images, vectors,
+        rerank,
+    )  # fmt: skip
+    return [index.ids[n] for n in np.argsort(-fused[0], kind="stable")[: rerank.top_n]]
+
+
+def test_reranking_matches_the_offline_reranker_and_captions_missing_images_once(served: dict[str, Any]) -> None:
+    changed = 0
+    for query in ("drone view of a building with a red roof", "a satellite image of a tall glass tower"):
+        status, first = post_json("/search", {"query": query, "k": 8})
+        status, body = post_json("/search", {"query": query, "k": 8, "rerank": True})
+        assert status == 200, body
+        online = [r["image_id"] for r in body["results"]]
+        assert sorted(online) == sorted(r["image_id"] for r in first["results"])  # re-ordered, same candidates
+        changed += online != [r["image_id"] for r in first["results"]]
+        generated = {r["image_id"]: r["captions"][0] for r in body["results"] if r["image_id"] in served["uncaptioned"]}
+        assert generated and all(generated.values())  # the VLM captioned the candidates the store lacks
+        assert online == offline_reranked(served, query, generated)
+    assert changed  # re-ranking changes the order for at least one query
+    status, info = call("/info", token="s3cret")
+    captioned = info["rerank"]["captions_generated"]
+    assert 0 < captioned <= len(served["uncaptioned"]) and info["rerank"]["captions_failed"] == 0
+    post_json("/search", {"query": "drone view of a building with a red roof", "k": 8, "rerank": True})
+    assert call("/info", token="s3cret")[1]["rerank"]["captions_generated"] == captioned  # cached, not asked again
+
+
+def test_localize_returns_the_offline_box_and_refuses_bad_images(served: dict[str, Any], tmp_path: Path) -> None:
+    import numpy as np
+    from PIL import Image
+
+    from geomoe.data.localization import decode_pair
+    from geomoe.models.checkpoint import load_smgeo
+    from geomoe.pipelines.localize import PredictBoxes
+
+    folder = served["root"] / "cvogl" / "CVOGL_DroneAerial"
+    drone, tile = sorted((folder / "query").iterdir())[0], sorted((folder / "satellite").iterdir())[0]
+    body = {"drone_image": b64(drone), "click": [10.0, 12.0], "satellite_tile": b64(tile)}
+    status, answer = post_json("/localize", body)
+    assert status == 200, answer
+    predictor = PredictBoxes(served["localizer"], use_click=True, device="cpu")  # the offline batch path
+    _, spec, _ = load_smgeo(served["localizer"])
+    row = {"query_path": str(drone), "reference_path": str(tile), "click_x": 10.0, "click_y": 12.0, "box": [0, 0, 1, 1]}
+    decoded = decode_pair(row, spec.smgeo.query_size, spec.smgeo.reference_size)
+    offline = predictor({k: v[None] for k, v in decoded.items()} | {"sample_id": np.array([0])})["pred"][0]
+    assert answer["box"] == pytest.approx(offline.tolist(), abs=1e-3)
+    assert 0.0 <= answer["score"] <= 1.0
+    huge = tmp_path / "huge.png"
+    Image.new("RGB", (4097, 4097)).save(huge)
+    for bad, code, words in (
+        ({**body, "satellite_tile": b64(huge)}, 413, "satellite_tile"),
+        ({**body, "drone_image": "x" * (12 * 1024 * 1024)}, 413, "drone_image"),
+        ({**body, "drone_image": "not base64!"}, 422, "drone_image"),
+        ({**body, "drone_image": base64.b64encode(b"plain text").decode()}, 422, "not a readable image"),
+        ({**body, "click": [10_000.0, 1.0]}, 422, "outside"),
+    ):
+        status, answer = post_json("/localize", bad)
+        assert status == code and words in json.dumps(answer["detail"]), (code, answer)
+    assert post_json("/localize", body, token=None)[0] == 401

@@ -131,3 +131,19 @@ def test_http_engine_needs_its_url() -> None:
     with pytest.raises(SpecError, match=r"engine: .*the http engine needs url"):
         parse_spec(EngineSpec, {"kind": "http", "model": "m"}, "engine")
     assert parse_spec(EngineSpec, {"kind": "http", "model": "m", "url": "http://h/v1"}, "engine").url == "http://h/v1"
+
+
+def test_serve_spec_refuses_inconsistent_args_naming_the_key() -> None:
+    from geomoe.config import ServeSpec
+
+    store = {"captions": "c.parquet"}
+    for raw, words in (
+        ({"index": "i", "rerank": store | {"diversity": 0.9}}, "diversity"),
+        ({"index": "i", "captioner": {"engine": {"model": "m"}}}, "captioner needs rerank"),
+        ({"index": "i", "token": "a", "token_env": "B"}, "token or token_env"),
+        ({"index": "i", "rerank": store, "captioner": {"engine": {"kind": "vllm", "model": "m"}}}, "ray.serve.llm"),
+        ({"index": "i", "rerank": store, "captioner": {"engine": {"kind": "http", "model": "m"}}}, "needs url"),
+        ({"index": "i", "replicas": 2}, "replicas"),
+    ):
+        with pytest.raises(SpecError, match=words):
+            parse_spec(ServeSpec, raw, "serve.yaml")

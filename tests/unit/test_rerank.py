@@ -10,8 +10,15 @@ import pytest
 from geomoe.data.caption_store import read_caption_store, write_caption_store
 from geomoe.data.synthgeo import GALLERY_CAPTIONS, SCENE_CAPTIONER
 from geomoe.errors import DatasetError
-from geomoe.evaluate import best_per_candidate, candidate_triples
-from geomoe.retrieval.rerank import LexicalScorer, diversify, fuse_top_n, normalise, top_n
+from geomoe.retrieval.rerank import (
+    LexicalScorer,
+    best_per_candidate,
+    candidate_triples,
+    diversify,
+    fuse_top_n,
+    normalise,
+    top_n,
+)
 
 
 def order(scores: np.ndarray) -> list[list[int]]:

@@ -7,6 +7,7 @@ them; predictions are scaled back to file pixels before any metric (DetGeo proto
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 from typing import Any
 
@@ -24,11 +25,27 @@ STD = np.array([0.229, 0.224, 0.225], np.float32)
 SIZE_BUCKETS_AT_1024 = (300.0, 512.0)
 
 
-def _load(path: str, size: int) -> tuple[np.ndarray, tuple[int, int]]:
+def _load(path: str | io.BytesIO, size: int) -> tuple[np.ndarray, tuple[int, int]]:
     with Image.open(path) as image:
         original = image.size
         rgb = np.asarray(image.convert("RGB").resize((size, size), Image.Resampling.BILINEAR), np.float32)
     return ((rgb / np.float32(255.0) - MEAN) / STD).transpose(2, 0, 1).copy(), original
+
+
+def decode_request(
+    query: bytes, click_xy: tuple[float, float], reference: bytes, query_size: int, reference_size: int
+) -> dict[str, np.ndarray]:
+    """Model inputs of one online request (encoded image bytes, click in query pixels): as ``decode_pair``
+    without a box, so a served prediction equals the offline one for the same files."""
+    query_CHW, (qw, qh) = _load(io.BytesIO(query), query_size)
+    reference_CHW, (rw, rh) = _load(io.BytesIO(reference), reference_size)
+    click = np.array([click_xy[0] * query_size / qw, click_xy[1] * query_size / qh], np.float32)
+    return {
+        "query": query_CHW,
+        "reference": reference_CHW,
+        "click": click,
+        "reference_wh": np.array([rw, rh], np.float32),
+    }
 
 
 def decode_pair(row: dict[str, Any], query_size: int, reference_size: int) -> dict[str, np.ndarray]:

@@ -63,11 +63,15 @@ def build_index(spec: JobSpec, manifest: dict[str, Any], checkpoint: str) -> dic
         "experts": [e.name for e in trained.pe_moe.experts],
         "expert_dim": int(v_KND.shape[2]),
         "platforms": [im["platform"] for im in images],
+        "image_paths": [im["image_path"] for im in images],  # what a re-ranker's captioner reads
         "faiss": faiss_info,
         "seconds": round(time.perf_counter() - started, 2),
     }
     write_index(cfg.output_dir, rows, [im["image_id"] for im in images], info, faiss_indexes)
-    return {k: v for k, v in info.items() if k != "platforms"} | {"count": len(images), "queries": len(queries)}
+    return {k: v for k, v in info.items() if k not in ("platforms", "image_paths")} | {
+        "count": len(images),
+        "queries": len(queries),
+    }
 
 
 def _queries(manifest: dict[str, Any], split: str) -> list[str]:

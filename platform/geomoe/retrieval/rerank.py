@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -38,13 +38,23 @@ class LexicalScorer:
     """
 
     def __init__(self, captions: Sequence[str]) -> None:
-        docs = [set(_tokens(c)) for c in captions]
-        df = Counter(t for d in docs for t in d)
-        self.idf = {t: math.log((1 + len(docs)) / (1 + n)) + 1.0 for t, n in df.items()}
+        self.documents = 0
+        self.document_frequency: Counter[str] = Counter()
+        self.add(captions)
+
+    def add(self, captions: Sequence[str]) -> None:
+        """Count more captions into the IDF (a service adds the captions its VLM writes, as a store would)."""
+        for caption in captions:
+            self.document_frequency.update(set(_tokens(caption)))
+            self.documents += 1
+
+    def idf(self, token: str) -> float:
+        n = self.document_frequency.get(token)
+        return 0.0 if n is None else math.log((1 + self.documents) / (1 + n)) + 1.0
 
     def weights(self, text: str) -> dict[str, float]:
         counts = Counter(_tokens(text))
-        raw = {t: self.idf.get(t, 0.0) * (1 + math.log(n)) for t, n in counts.items()}
+        raw = {t: self.idf(t) * (1 + math.log(n)) for t, n in counts.items()}
         norm = math.sqrt(sum(v * v for v in raw.values())) or 1.0
         return {t: v / norm for t, v in raw.items()}
 
@@ -68,6 +78,52 @@ class LexicalScorer:
 
 def _tokens(text: str) -> list[str]:
     return [t for t in "".join(ch if ch.isalnum() else " " for ch in text.lower()).split() if t]
+
+
+def caption_evidence(
+    queries: Sequence[str],
+    top_QT: np.ndarray,
+    first_caption: np.ndarray,
+    captions: Sequence[str],
+    dense_weight: float,
+    lexical_weight: float,
+    embed_texts: Callable[[list[str]], np.ndarray],
+    lexical: LexicalScorer,
+) -> np.ndarray:
+    """(Q, T) caption evidence for each query's top candidates: the best, over a candidate's captions, of
+    dense_weight * cos(query, caption) + lexical_weight * lexical(query, caption). Candidate n (a gallery index
+    in ``top_QT``) owns ``captions[first_caption[n]:first_caption[n + 1]]``; ``embed_texts`` gives normalised
+    (len, H) text features. Only the captions of candidates are embedded: never a query x gallery matrix."""
+    q_P, t_P, c_P = candidate_triples(top_QT, first_caption)
+    pair_P = np.zeros(len(q_P))
+    if dense_weight and len(c_P):
+        used_C, c_of_P = np.unique(c_P, return_inverse=True)
+        q_QH = embed_texts(list(queries))
+        c_CH = embed_texts([captions[int(c)] for c in used_C])
+        pair_P += dense_weight * np.einsum("pd,pd->p", q_QH[q_P], c_CH[c_of_P])
+    if lexical_weight and len(c_P):
+        pair_P += lexical_weight * lexical.pair_scores(queries, captions, q_P, c_P)
+    return best_per_candidate(pair_P, q_P, t_P, top_QT.shape)
+
+
+def candidate_triples(top_QT: np.ndarray, first_caption: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(query, candidate slot, caption) index triples for every caption of every top candidate; image n owns
+    captions first_caption[n] .. first_caption[n + 1] - 1."""
+    counts_QT = first_caption[top_QT + 1] - first_caption[top_QT]
+    q_P, t_P = np.nonzero(counts_QT > 0)
+    n_P = counts_QT[q_P, t_P]
+    q_P, t_P = np.repeat(q_P, n_P), np.repeat(t_P, n_P)
+    offset = np.arange(len(q_P)) - np.repeat(np.cumsum(n_P) - n_P, n_P)
+    return q_P, t_P, first_caption[top_QT[q_P, t_P]] + offset
+
+
+def best_per_candidate(values_P: np.ndarray, q_P: np.ndarray, t_P: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """(Q, T): the best value over each candidate's captions; a candidate without any gets its query's lowest
+    value (no evidence, never a boost), or 0 when the query has no captioned candidate at all."""
+    best = np.full(shape, -np.inf)
+    np.maximum.at(best, (q_P, t_P), values_P)
+    floor = np.where(np.isfinite(best), best, np.inf).min(axis=1, keepdims=True)
+    return np.where(np.isfinite(best), best, np.where(np.isfinite(floor), floor, 0.0))
 
 
 def fuse_top_n(first_QN: np.ndarray, caption_QT: np.ndarray, top_QT: np.ndarray, weight: float, how: str) -> np.ndarray:
