@@ -37,6 +37,10 @@ def _cmd_run(args: argparse.Namespace) -> None:
             print(retrieval_table(results["train"], protocol))
         final = results["train"]["model"]
         print(sample_query(final.get("stage2") or final["stage1"]))
+    if "index" in results:
+        from geomoe.report import index_summary
+
+        print(index_summary(results["index"]))
 
 
 def _cmd_synth(args: argparse.Namespace) -> None:
@@ -70,6 +74,20 @@ def _cmd_report(args: argparse.Namespace) -> None:
     print(write_report(Path(args.experiment)))
 
 
+def _cmd_serve(args: argparse.Namespace) -> None:
+    import os
+    import shutil
+
+    from geomoe.serving.config import check_serve_config
+
+    for line in check_serve_config(args.config):
+        print(line)
+    command = ["serve", "run", args.config] + (["--address", args.address] if args.address else [])
+    executable = shutil.which("serve") or str(__import__("pathlib").Path(sys.executable).with_name("serve"))
+    sys.stdout.flush()
+    os.execv(executable, command)  # Serve's own runner: it blocks, and Ctrl-C shuts the applications down
+
+
 def _cmd_bench(args: argparse.Namespace) -> None:
     from geomoe.bench import run_benchmark
 
@@ -98,8 +116,14 @@ def build_parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="write and print a sweep's report (ours next to the paper's rows)")
     report.add_argument("experiment", help="the sweep's folder, e.g. runs/sweeps/smgeo_experts-quickstart")
     report.set_defaults(fn=_cmd_report)
+    serve = sub.add_parser("serve", help="check a Serve config (serve/*.yaml) and run it with `serve run`")
+    serve.add_argument("config")
+    serve.add_argument("--address", help="a running Ray cluster (default: start a local one)")
+    serve.set_defaults(fn=_cmd_serve)
     bench = sub.add_parser("bench", help="run a benchmark and write a JSON result")
-    bench.add_argument("name", choices=["prepare", "pe_moe_step", "mining", "gmoe", "rerank", "sweep", "index"])
+    bench.add_argument(
+        "name", choices=["prepare", "pe_moe_step", "mining", "gmoe", "rerank", "sweep", "index", "serve"]
+    )
     bench.add_argument("--out", default="bench_results")
     bench.set_defaults(fn=_cmd_bench)
     for command in (run, synth, prep, bench):

@@ -31,6 +31,17 @@ def refine_summary(manifest: dict[str, Any]) -> str:
     )
 
 
+def index_summary(report: dict[str, Any]) -> str:
+    lines = [
+        f"serving index: {report['count']} {report['split']} images x {report['dim']} ({report['dtype']}, "
+        f"experts {'/'.join(report['experts'])}) in {report['seconds']} s"
+    ]
+    for kind, faiss in report.get("faiss", {}).items():
+        recall = {k: v for k, v in faiss.items() if k.startswith("recall")}
+        lines.append(f"  faiss {kind}: " + ", ".join(f"{k} {v}" for k, v in recall.items()))
+    return "\n".join(lines)
+
+
 def caption_summary(report: dict[str, Any]) -> str:
     lines = [
         f"gallery captions ({report['model_id']}): {report['captioned']} of {report['images']} images captioned, "

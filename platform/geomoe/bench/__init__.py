@@ -35,6 +35,11 @@ def run_benchmark(name: str, out: str, overrides: list[str]) -> dict[str, Any]:
 
         sizes = next((o.split("=", 1)[1] for o in overrides if o.startswith("sizes=")), "10000,100000,1000000")
         result = bench_index(tuple(int(s) for s in sizes.split(",")))
+    elif name == "serve":
+        from geomoe.bench.serve import bench_serve
+
+        seconds = next((float(o.split("=", 1)[1]) for o in overrides if o.startswith("seconds=")), 20.0)
+        result = bench_serve(seconds=seconds)
     elif name == "sweep":
         from geomoe.bench.sweep import bench_sweep
 

@@ -289,6 +289,17 @@ class Localizer:
                 for box, score in zip(to_file_pixels(boxes, wh, self.reference_size), scores, strict=True)]  # fmt: skip
 
 
+async def _once_more_if_replica_died(call: Any) -> Any:
+    """Await ``call()``; if the replica serving it died meanwhile (killed, node lost), send it once more: Serve
+    routes the retry to a live replica. Only for idempotent calls (encoding a query)."""
+    from ray.exceptions import RayActorError  # ActorDiedError and ActorUnavailableError
+
+    try:
+        return await call()
+    except RayActorError:
+        return await call()
+
+
 # Helpers the ingress calls are defined above it: ``serve.ingress`` pickles the FastAPI routes by value when the
 # class is decorated, with the module globals that exist at that moment.
 def _image_bytes(encoded: str, field: str) -> tuple[bytes, tuple[int, int]]:
@@ -361,7 +372,7 @@ class Ingress:
         self._authorise(authorization)
         if request.rerank and self.reranker is None:
             raise HTTPException(status_code=400, detail="rerank: this deployment has no re-ranker (args.rerank)")
-        encoded = await self.encode.remote(request.query)
+        encoded = await _once_more_if_replica_died(lambda: self.encode.remote(request.query))
         platforms = [p.value for p in request.platforms] if request.platforms else None
         depth = max(request.k, self.rerank_depth if request.rerank else 0)  # the re-ranker sees its whole top_n
         results = await self.gallery.search.remote(encoded["vector"], depth, platforms)
@@ -412,20 +423,22 @@ def serve_spec(args: dict[str, Any], source: str = "serve args") -> ServeSpec:
     return spec.model_copy(update=updates)
 
 
-def build_app(args: dict[str, Any], batched: bool = True) -> Any:
-    """The application from a ``ServeSpec`` mapping (the import_path builder of serve/*.yaml)."""
+def build_app(args: dict[str, Any], batched: bool = True, options: dict[str, dict[str, Any]] | None = None) -> Any:
+    """The application from a ``ServeSpec`` mapping (the import_path builder of serve/*.yaml). ``options``
+    (deployment name -> ``.options()`` keywords) is for Python callers; Serve config files set them per
+    deployment themselves. ``batched=False`` encodes one query per forward pass (``bench serve``)."""
     spec = serve_spec(args)
     assert spec.checkpoint is not None  # serve_spec fills it from the index
-    encoder = QueryEncoder.bind(spec.checkpoint)  # type: ignore[attr-defined]
-    gallery = GallerySearch.bind(spec.index)  # type: ignore[attr-defined]
+
+    def bound(deployment: Any, *init: Any) -> Any:
+        return deployment.options(**(options or {}).get(deployment.name, {})).bind(*init)
+
+    encoder, gallery = bound(QueryEncoder, spec.checkpoint), bound(GallerySearch, spec.index)
     reranker = localizer = None
     if spec.rerank is not None:
-        captioner = None
-        if spec.captioner is not None:
-            captioner = Captioner.bind(spec.captioner.model_dump(mode="json"))  # type: ignore[attr-defined]
-        rerank = spec.rerank.model_dump(mode="json")
-        reranker = Reranker.bind(spec.checkpoint, spec.index, rerank, captioner)  # type: ignore[attr-defined]
+        captioner = None if spec.captioner is None else bound(Captioner, spec.captioner.model_dump(mode="json"))
+        reranker = bound(Reranker, spec.checkpoint, spec.index, spec.rerank.model_dump(mode="json"), captioner)
     if spec.localizer is not None:
-        localizer = Localizer.bind(spec.localizer)  # type: ignore[attr-defined]
+        localizer = bound(Localizer, spec.localizer)
     depth = spec.rerank.top_n if spec.rerank is not None else 0
-    return Ingress.bind(encoder, gallery, spec.token, reranker, depth, localizer, batched)  # type: ignore[attr-defined]
+    return bound(Ingress, encoder, gallery, spec.token, reranker, depth, localizer, batched)

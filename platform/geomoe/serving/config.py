@@ -1,0 +1,71 @@
+"""Serve config files (serve/*.yaml) checked before anything starts: Ray Serve's own schema, then our builder's
+args (``ServeSpec``: files present, keys valid), so a bad config fails in a second with the file and key named."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from geomoe.errors import SpecError
+
+BUILDER = "geomoe.serving.app:build_app"
+DEPLOYMENTS = ("QueryEncoder", "GallerySearch", "Reranker", "Captioner", "Localizer", "Ingress")
+
+
+def check_serve_config(path: str | Path) -> list[str]:
+    """Lines describing each application (its route and deployments); SpecError naming the file and the key."""
+    from pydantic import ValidationError
+    from ray.serve.schema import ServeDeploySchema
+
+    from geomoe.serving.app import serve_spec
+
+    source = str(path)
+    if not Path(path).is_file():
+        raise SpecError(source, "", "Serve config not found")
+    raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    try:
+        ServeDeploySchema.model_validate(raw)
+    except ValidationError as err:
+        first = err.errors()[0]
+        raise SpecError(source, ".".join(str(p) for p in first["loc"]), first["msg"]) from err
+    lines: list[str] = []
+    for i, app in enumerate(raw.get("applications", [])):
+        _check_deployments(source, f"applications[{i}]", app)
+        key = f"applications[{i}].args"
+        if app.get("import_path") == BUILDER:
+            try:
+                spec = serve_spec(app.get("args") or {}, f"{source}: {key}")
+            except SpecError:
+                raise
+            except (FileNotFoundError, ValueError) as err:
+                raise SpecError(source, key, str(err)) from err
+            lines.append(_describe(app, spec.model_dump()))
+        else:
+            lines.append(f"{app.get('name')}: {app.get('import_path')} at {app.get('route_prefix', '/')}")
+    return lines
+
+
+def _check_deployments(source: str, key: str, app: dict[str, Any]) -> None:
+    """Ray's schema ignores unknown deployment keys (a misspelt autoscaling_config would silently not apply)."""
+    from ray.serve.schema import DeploymentSchema
+
+    known = set(DeploymentSchema.model_fields)
+    for j, deployment in enumerate(app.get("deployments") or []):
+        unknown = sorted(set(deployment) - known)
+        if unknown:
+            raise SpecError(source, f"{key}.deployments[{j}]", f"unknown deployment option(s) {unknown}")
+        if app.get("import_path") == BUILDER and deployment.get("name") not in DEPLOYMENTS:
+            reason = f"no deployment {deployment.get('name')!r} in the retriever; expected one of {list(DEPLOYMENTS)}"
+            raise SpecError(source, f"{key}.deployments[{j}].name", reason)
+
+
+def _describe(app: dict[str, Any], args: dict[str, Any]) -> str:
+    endpoints = ["/search", "/info", "/healthz"] + (["/localize"] if args.get("localizer") else [])
+    extras = [name for name in ("rerank", "captioner", "localizer") if args.get(name)]
+    deployments = ", ".join(d["name"] for d in app.get("deployments", []))
+    return (
+        f"{app.get('name')}: {' '.join(endpoints)} at {app.get('route_prefix', '/')}; index {args['index']}; "
+        f"with {', '.join(extras) or 'search only'}; deployments configured: {deployments or 'defaults'}"
+    )

@@ -1,0 +1,113 @@
+"""The retriever under load on the local cluster: the query encoder autoscales above its minimum and back down,
+and killing one of its replicas mid-load costs (almost) no request."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from geomoe.serving.load import drive
+
+URL = "http://127.0.0.1:8000/search"
+QUERIES = ["a drone view of a red roof", "a satellite image of a park", "a street view of a glass tower"]
+
+
+def body(i: int) -> dict[str, Any]:
+    return {"query": QUERIES[i % len(QUERIES)] + f" {i % 7}", "k": 5}
+
+
+def running_encoders() -> int:
+    from ray import serve
+
+    states = serve.status().applications["scaling"].deployments["QueryEncoder"].replica_states
+    return int(states.get("RUNNING", 0))
+
+
+def wait_for(condition: Any, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.5)
+    return False
+
+
+@pytest.fixture(scope="module")
+def app(tiny_synth: tuple[Path, dict], tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    import torch
+    from test_train import make_spec  # the tiny PE-MoE of the training tests
+
+    from geomoe.config import JobSpec, parse_spec
+    from geomoe.models.checkpoint import save_checkpoint
+    from geomoe.models.factory import build_pe_moe, ensure_tiny_models
+    from geomoe.pipelines.index import build_index
+    from geomoe.pipelines.prepare import prepare
+    from geomoe.serving.app import build_app
+    from geomoe.train.run import split_rows
+    from ray import serve
+
+    root, _ = tiny_synth
+    out = tmp_path_factory.mktemp("scaling")
+    spec = make_spec(root, out)
+    manifest = prepare(spec)
+    ensure_tiny_models(spec.pe_moe, split_rows(manifest, "train", spec)["caption"].to_pylist())
+    torch.manual_seed(0)
+    (out / "ckpt").mkdir()
+    save_checkpoint(out / "ckpt", build_pe_moe(spec.pe_moe)[0], spec, 1, 0)
+    raw = spec.model_dump(mode="json") | {"index": {"output_dir": str(out / "index")}}
+    build_index(parse_spec(JobSpec, raw, "test"), manifest, str(out / "ckpt"))
+    autoscaling = {
+        "min_replicas": 1,
+        "max_replicas": 3,
+        "target_ongoing_requests": 2,
+        "upscale_delay_s": 1,
+        "downscale_delay_s": 3,
+        "look_back_period_s": 2,
+    }
+    options = {
+        "QueryEncoder": {"autoscaling_config": autoscaling, "max_ongoing_requests": 8},
+        "GallerySearch": {"ray_actor_options": {"num_cpus": 0.25}},
+    }
+    serve.run(build_app({"index": str(out / "index")}, options=options), name="scaling", route_prefix="/")
+    try:
+        yield
+    finally:
+        serve.shutdown()
+
+
+def test_encoder_scales_up_under_load_and_back_down(app: None) -> None:
+    assert running_encoders() == 1
+    stop = threading.Event()
+    load = threading.Thread(target=drive, args=(URL, body, 12, 120.0), kwargs={"stop": stop})
+    load.start()
+    try:
+        assert wait_for(lambda: running_encoders() >= 2, 90), "no upscale under load"
+    finally:
+        stop.set()
+        load.join()
+    assert wait_for(lambda: running_encoders() == 1, 90), "no downscale after the load"
+
+
+def test_killing_an_encoder_replica_under_load_fails_under_one_percent(app: None) -> None:
+    import ray
+
+    stop = threading.Event()
+    result: dict[str, Any] = {}
+    load = threading.Thread(target=lambda: result.update(drive(URL, body, 12, 150.0, stop=stop)))
+    load.start()
+    try:
+        assert wait_for(lambda: running_encoders() >= 2, 90), "no second replica to survive on"
+        time.sleep(3)
+        names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if "QueryEncoder" in a["name"]]
+        ray.kill(ray.get_actor(names[0], namespace="serve"), no_restart=True)
+        time.sleep(10)  # keep the load on while Serve replaces the replica
+    finally:
+        stop.set()
+        load.join()
+    print("load while a replica was killed:", result)
+    assert result["requests"] > 100 and result["failed_fraction"] < 0.01, result

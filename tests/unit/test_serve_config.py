@@ -1,0 +1,40 @@
+"""Serve config files are checked before anything starts: Ray's schema, then the builder's args."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from geomoe.errors import SpecError
+from geomoe.serving.config import check_serve_config
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def write(tmp_path: Path, raw: dict) -> Path:
+    path = tmp_path / "serve.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def test_shipped_serve_configs_pass_ray_schema_and_fail_only_on_the_missing_index(tmp_path: Path) -> None:
+    for name in ("quickstart.yaml", "production.yaml"):
+        raw = yaml.safe_load((REPO / "serve" / name).read_text())
+        with pytest.raises(SpecError, match=r"applications\[\d\]\.args.*index.*not found"):
+            check_serve_config(write(tmp_path, raw))  # nothing is built in tmp_path
+
+
+def test_bad_serve_configs_name_the_key(tmp_path: Path) -> None:
+    index = tmp_path / "index"
+    index.mkdir()
+    (index / "manifest.json").write_text('{"checkpoint": "/ckpt"}')
+    app = {"name": "r", "route_prefix": "/", "import_path": "geomoe.serving.app:build_app"}
+    good = check_serve_config(write(tmp_path, {"applications": [app | {"args": {"index": str(index)}}]}))
+    assert "/search" in good[0] and "search only" in good[0]
+    for raw, words in (
+        ({"applications": [app | {"args": {"index": str(index), "k": 3}}]}, "k"),
+        ({"applications": [app | {"args": {"index": str(index)}, "deployments": [{"name": "X", "bad": 1}]}]}, "bad"),
+        ({"applications": [app | {"args": {"index": str(index), "token_env": "GEOMOE_NOT_SET_ANYWHERE"}}]}, "not set"),
+    ):
+        with pytest.raises(SpecError, match=words):
+            check_serve_config(write(tmp_path, raw))
