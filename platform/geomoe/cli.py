@@ -88,6 +88,16 @@ def _cmd_serve(args: argparse.Namespace) -> None:
     os.execv(executable, command)  # Serve's own runner: it blocks, and Ctrl-C shuts the applications down
 
 
+def _cmd_submit(args: argparse.Namespace) -> None:
+    from geomoe.remote import submit
+
+    result = submit(args.job, args.address, args.set, args.working_dir, args.wait)
+    print(result.pop("logs", ""), end="")
+    print(json.dumps(result))
+    if args.wait and result["status"] != "SUCCEEDED":
+        raise SystemExit(1)
+
+
 def _cmd_bench(args: argparse.Namespace) -> None:
     from geomoe.bench import run_benchmark
 
@@ -116,6 +126,12 @@ def build_parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="write and print a sweep's report (ours next to the paper's rows)")
     report.add_argument("experiment", help="the sweep's folder, e.g. runs/sweeps/smgeo_experts-quickstart")
     report.set_defaults(fn=_cmd_report)
+    submit = sub.add_parser("submit", help="run a job spec on a Ray cluster through Ray Jobs")
+    submit.add_argument("job", help="job spec, relative to --working-dir")
+    submit.add_argument("--address", required=True, help="the cluster's dashboard, e.g. http://head:8265")
+    submit.add_argument("--working-dir", default=".", help="uploaded with the job (data/ and runs/ excluded)")
+    submit.add_argument("--wait", action="store_true", help="follow the job to the end and print its logs")
+    submit.set_defaults(fn=_cmd_submit)
     serve = sub.add_parser("serve", help="check a Serve config (serve/*.yaml) and run it with `serve run`")
     serve.add_argument("config")
     serve.add_argument("--address", help="a running Ray cluster (default: start a local one)")
@@ -126,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--out", default="bench_results")
     bench.set_defaults(fn=_cmd_bench)
-    for command in (run, synth, prep, bench):
+    for command in (run, synth, prep, bench, submit):
         command.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a spec key")
     return parser
 

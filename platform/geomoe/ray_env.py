@@ -21,8 +21,10 @@ def ensure_ray(resources: ResourcesSpec, dashboard: bool = False) -> None:
         return
     # New local clusters in Ray 2.60 turn token auth on; a local test or demo cluster needs none.
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    if resources.address:
-        ray.init(address=resources.address, logging_level=logging.WARNING)
+    # Inside a Ray job (geomoe submit) RAY_ADDRESS names the job's cluster: join it, whatever the spec says.
+    address = resources.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, logging_level=logging.WARNING)
     else:
         # More logical CPUs than cores avoids the 2-core deadlock of a trial holding one CPU while its
         # workers wait for the rest (REFERENCE.md sec. 6).

@@ -47,7 +47,7 @@ def app(tiny_synth: tuple[Path, dict], tmp_path_factory: pytest.TempPathFactory)
     from geomoe.models.factory import build_pe_moe, ensure_tiny_models
     from geomoe.pipelines.index import build_index
     from geomoe.pipelines.prepare import prepare
-    from geomoe.serving.app import build_app
+    from geomoe.serving.app import compose
     from geomoe.train.run import split_rows
     from ray import serve
 
@@ -73,7 +73,7 @@ def app(tiny_synth: tuple[Path, dict], tmp_path_factory: pytest.TempPathFactory)
         "QueryEncoder": {"autoscaling_config": autoscaling, "max_ongoing_requests": 8},
         "GallerySearch": {"ray_actor_options": {"num_cpus": 0.25}},
     }
-    serve.run(build_app({"index": str(out / "index")}, options=options), name="scaling", route_prefix="/")
+    serve.run(compose({"index": str(out / "index")}, options=options), name="scaling", route_prefix="/")
     try:
         yield
     finally:
@@ -82,14 +82,18 @@ def app(tiny_synth: tuple[Path, dict], tmp_path_factory: pytest.TempPathFactory)
 
 def test_encoder_scales_up_under_load_and_back_down(app: None) -> None:
     assert running_encoders() == 1
+    from ray import serve
+
     stop = threading.Event()
-    load = threading.Thread(target=drive, args=(URL, body, 12, 120.0), kwargs={"stop": stop})
+    result: dict[str, Any] = {}
+    load = threading.Thread(target=lambda: result.update(drive(URL, body, 12, 120.0, stop=stop)))
     load.start()
     try:
-        assert wait_for(lambda: running_encoders() >= 2, 90), "no upscale under load"
+        scaled = wait_for(lambda: running_encoders() >= 2, 90)
     finally:
         stop.set()
         load.join()
+    assert scaled, (result, serve.status().applications["scaling"].deployments["QueryEncoder"])
     assert wait_for(lambda: running_encoders() == 1, 90), "no downscale after the load"
 
 

@@ -24,7 +24,7 @@ QUERIES = [
 
 def bench_serve(concurrencies: tuple[int, ...] = (1, 8, 32), seconds: float = 20.0) -> dict[str, Any]:
     import ray
-    from geomoe.serving.app import build_app
+    from geomoe.serving.app import compose
     from ray import serve
 
     args = yaml.safe_load(SERVE_CONFIG.read_text())["applications"][0]["args"]
@@ -34,7 +34,7 @@ def bench_serve(concurrencies: tuple[int, ...] = (1, 8, 32), seconds: float = 20
     points: dict[str, list[dict[str, Any]]] = {}
     try:
         for way, batched in (("batched", True), ("unbatched", False)):
-            serve.run(build_app(args, batched=batched, options=options), name="bench", route_prefix="/")
+            serve.run(compose(args, batched=batched, options=options), name="bench", route_prefix="/")
             drive("http://127.0.0.1:8000/search", _body, 4, 3.0)  # warm-up, not reported
             points[way] = [drive("http://127.0.0.1:8000/search", _body, c, seconds) for c in concurrencies]
             serve.delete("bench")

@@ -68,10 +68,8 @@ def build_index(spec: JobSpec, manifest: dict[str, Any], checkpoint: str) -> dic
         "seconds": round(time.perf_counter() - started, 2),
     }
     write_index(cfg.output_dir, rows, [im["image_id"] for im in images], info, faiss_indexes)
-    return {k: v for k, v in info.items() if k not in ("platforms", "image_paths")} | {
-        "count": len(images),
-        "queries": len(queries),
-    }
+    layout = {"count": len(images), "dim": int(rows.shape[1]), "dtype": str(rows.dtype), "queries": len(queries)}
+    return {k: v for k, v in info.items() if k not in ("platforms", "image_paths")} | layout
 
 
 def _queries(manifest: dict[str, Any], split: str) -> list[str]:

@@ -423,10 +423,15 @@ def serve_spec(args: dict[str, Any], source: str = "serve args") -> ServeSpec:
     return spec.model_copy(update=updates)
 
 
-def build_app(args: dict[str, Any], batched: bool = True, options: dict[str, dict[str, Any]] | None = None) -> Any:
-    """The application from a ``ServeSpec`` mapping (the import_path builder of serve/*.yaml). ``options``
-    (deployment name -> ``.options()`` keywords) is for Python callers; Serve config files set them per
-    deployment themselves. ``batched=False`` encodes one query per forward pass (``bench serve``)."""
+def build_app(args: dict[str, Any]) -> Any:
+    """The application from a ``ServeSpec`` mapping: the import_path builder of serve/*.yaml (Serve calls a
+    builder with exactly one argument)."""
+    return compose(args)
+
+
+def compose(args: dict[str, Any], batched: bool = True, options: dict[str, dict[str, Any]] | None = None) -> Any:
+    """``build_app`` for Python callers: ``options`` (deployment name -> ``.options()`` keywords) is what a Serve
+    config file sets per deployment; ``batched=False`` encodes one query per forward pass (``bench serve``)."""
     spec = serve_spec(args)
     assert spec.checkpoint is not None  # serve_spec fills it from the index
 
