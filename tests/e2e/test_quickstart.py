@@ -28,10 +28,12 @@ def test_quickstart_job_runs_and_reports(tmp_path: Path) -> None:
     assert "model stage2 +CGRS-scene" in done.stdout  # re-ranked with the scene-graph caption store
     assert "model stage2 +CGRS-tinyVLM" in done.stdout  # and with the tiny VLM's captions, written by 'caption'
     assert "sample query:" in done.stdout
+    assert "serving index:" in done.stdout and "faiss hnsw: recall@10_vs_exact" in done.stdout
     results = json.loads((tmp_path / "runs" / "quickstart" / "results.json").read_text())
     synth, manifest = results["synth"], results["prepare"]
     expected = synth["geotext"]["train"]["pairs"] + synth["geotext"]["test"]["pairs"] + manifest["augmented_rows"]
     assert manifest["total"] == expected
+    assert (tmp_path / "runs" / "quickstart" / "index" / "manifest.json").is_file()  # what serve/quickstart.yaml serves
     captioned = results["caption"]
     assert captioned["images"] == sum(synth["geotext"]["test"]["images"].values())
     assert captioned["captioned"] + sum(captioned["failed_by_reason"].values()) == captioned["images"]

@@ -4,9 +4,11 @@ the cluster through Ray Jobs, with the working directory uploaded; a bad spec fa
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -27,7 +29,10 @@ def free_port() -> int:
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     bin_dir = str(Path(sys.executable).parent)
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env |= {"PATH": f"{bin_dir}:{env.get('PATH', '')}", "RAY_AUTH_MODE": "disabled"}
+    # Its own TMPDIR: `ray start` records its address in $TMPDIR/ray/ray_current_cluster, and a later ray.init()
+    # anywhere on this machine would join this (by then stopped) cluster instead of starting its own.
+    temp = tempfile.mkdtemp(prefix="geomoe-submit-", dir="/tmp")  # short: Unix socket paths are limited
+    env |= {"PATH": f"{bin_dir}:{env.get('PATH', '')}", "RAY_AUTH_MODE": "disabled", "TMPDIR": temp}
     dashboard = free_port()
     ports = {
         "--port": free_port(),
@@ -56,6 +61,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     finally:
         head.terminate()  # --block: the head's processes go with it
         head.wait(timeout=60)
+        shutil.rmtree(temp, ignore_errors=True)
 
 
 def geomoe(*args: str) -> subprocess.CompletedProcess[str]:

@@ -29,7 +29,8 @@ def bench_serve(concurrencies: tuple[int, ...] = (1, 8, 32), seconds: float = 20
 
     args = yaml.safe_load(SERVE_CONFIG.read_text())["applications"][0]["args"]
     args = {"index": args["index"]}  # search only: no re-ranker, captioner or localizer replicas
-    options = {"QueryEncoder": {"max_ongoing_requests": 64}}
+    # Serve's default max_ongoing_requests (5) would queue 32 clients at the ingress, not at the encoder
+    options = {"QueryEncoder": {"max_ongoing_requests": 64}, "Ingress": {"max_ongoing_requests": 64}}
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
     points: dict[str, list[dict[str, Any]]] = {}
     try:
