@@ -48,16 +48,23 @@ def build_index(spec: JobSpec, manifest: dict[str, Any], checkpoint: str) -> dic
     images = sorted(gallery_images(manifest, cfg.split), key=lambda im: im["image_id"])
     if not images:
         raise ValueError(f"no {cfg.split} images in the prepared dataset at {manifest['table']}")
+    gallery_key = json.dumps([[im["image_id"], im["image_path"]] for im in images])
+    checkpoint_sha = checkpoint_sha256(checkpoint)
+    inputs_key = hashlib.sha256(
+        json.dumps([checkpoint_sha, gallery_key, cfg.model_dump(mode="json")]).encode()
+    ).hexdigest()
+    saved = _saved_report(cfg.output_dir, inputs_key)
+    if saved is not None:
+        return saved  # the same checkpoint, gallery and settings: embedding again would write the same index
     v_KND = embed_images(checkpoint, [im["image_path"] for im in images], spec.resources.data_concurrency)
     rows = index_rows(v_KND, cfg.dtype)
     model, tokenizer, trained, _ = load_pe_moe(checkpoint)
     queries = _queries(manifest, cfg.split)
     t_KQD, g_QK = embed_texts(model, tokenizer, queries, trained.pe_moe.text.max_length)
     faiss_info, faiss_indexes = _faiss_files(rows, query_rows(t_KQD, g_QK), cfg)
-    gallery_key = json.dumps([[im["image_id"], im["image_path"]] for im in images])
     info = {
         "checkpoint": checkpoint,
-        "checkpoint_sha256": checkpoint_sha256(checkpoint),
+        "checkpoint_sha256": checkpoint_sha,
         "gallery_sha256": hashlib.sha256(gallery_key.encode()).hexdigest(),
         "split": cfg.split,
         "experts": [e.name for e in trained.pe_moe.experts],
@@ -66,10 +73,25 @@ def build_index(spec: JobSpec, manifest: dict[str, Any], checkpoint: str) -> dic
         "image_paths": [im["image_path"] for im in images],  # what a re-ranker's captioner reads
         "faiss": faiss_info,
         "seconds": round(time.perf_counter() - started, 2),
+        "queries": len(queries),
+        "inputs_key": inputs_key,
     }
     write_index(cfg.output_dir, rows, [im["image_id"] for im in images], info, faiss_indexes)
-    layout = {"count": len(images), "dim": int(rows.shape[1]), "dtype": str(rows.dtype), "queries": len(queries)}
-    return {k: v for k, v in info.items() if k not in ("platforms", "image_paths")} | layout
+    saved = _saved_report(cfg.output_dir, inputs_key)
+    assert saved is not None  # just written
+    return saved
+
+
+def _saved_report(folder: str, inputs_key: str) -> dict[str, Any] | None:
+    """The report of the index in ``folder`` when it was built from the same inputs, else None."""
+    path = Path(folder) / "manifest.json"
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if manifest.get("inputs_key") != inputs_key:
+        return None
+    return {k: v for k, v in manifest.items() if k not in ("platforms", "image_paths", "inputs_key")}
 
 
 def _queries(manifest: dict[str, Any], split: str) -> list[str]:
