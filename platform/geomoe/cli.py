@@ -77,13 +77,14 @@ def _cmd_report(args: argparse.Namespace) -> None:
 def _cmd_serve(args: argparse.Namespace) -> None:
     import os
     import shutil
+    from pathlib import Path
 
     from geomoe.serving.config import check_serve_config
 
     for line in check_serve_config(args.config):
         print(line)
     command = ["serve", "run", args.config] + (["--address", args.address] if args.address else [])
-    executable = shutil.which("serve") or str(__import__("pathlib").Path(sys.executable).with_name("serve"))
+    executable = shutil.which("serve") or str(Path(sys.executable).with_name("serve"))
     sys.stdout.flush()
     os.execv(executable, command)  # Serve's own runner: it blocks, and Ctrl-C shuts the applications down
 

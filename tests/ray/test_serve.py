@@ -14,11 +14,6 @@ from typing import Any
 
 import pytest
 
-from geomoe.config import JobSpec, parse_spec
-from geomoe.models.factory import ensure_tiny_models
-from geomoe.pipelines.prepare import prepare
-from geomoe.train.run import split_rows
-
 URL = "http://127.0.0.1:8000"
 
 
@@ -48,29 +43,19 @@ def served(tiny_synth: tuple[Path, dict], tmp_path_factory: pytest.TempPathFacto
     import pyarrow.parquet as pq
     import torch
     from test_smgeo_train import smgeo_job  # the tiny SMGeo of the training tests
-    from test_train import make_spec  # the tiny PE-MoE of the training tests
+    from test_train import tiny_retriever  # the tiny PE-MoE of the training tests, checkpointed and indexed
 
     from geomoe.data.caption_store import write_caption_store
     from geomoe.models.checkpoint import save_checkpoint
-    from geomoe.models.factory import build_pe_moe
     from geomoe.models.smgeo import SMGeo
     from geomoe.models.tiny import build_tiny_vlm
-    from geomoe.pipelines.index import build_index
     from geomoe.retrieval.index import read_index
     from geomoe.serving.app import build_app
     from ray import serve
 
     root, _ = tiny_synth
     out = tmp_path_factory.mktemp("serve")
-    spec = make_spec(root, out)
-    manifest = prepare(spec)
-    ensure_tiny_models(spec.pe_moe, split_rows(manifest, "train", spec)["caption"].to_pylist())
-    torch.manual_seed(0)
-    model, tokenizer = build_pe_moe(spec.pe_moe)
-    (out / "ckpt").mkdir()
-    save_checkpoint(out / "ckpt", model, spec, 1, 0)
-    raw = spec.model_dump(mode="json") | {"index": {"output_dir": str(out / "index"), "dtype": "float32"}}
-    build_index(parse_spec(JobSpec, raw, "test"), manifest, str(out / "ckpt"))
+    spec, model, tokenizer = tiny_retriever(root, out, dtype="float32")
     ids = read_index(out / "index").ids
     uncaptioned = set(ids[::3])
     scene = pq.read_table(root / "geotext" / "gallery_captions.parquet").to_pylist()

@@ -39,28 +39,13 @@ def wait_for(condition: Any, seconds: float) -> bool:
 
 @pytest.fixture(scope="module")
 def app(tiny_synth: tuple[Path, dict], tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    import torch
-    from test_train import make_spec  # the tiny PE-MoE of the training tests
+    from test_train import tiny_retriever  # the tiny PE-MoE of the training tests, checkpointed and indexed
 
-    from geomoe.config import JobSpec, parse_spec
-    from geomoe.models.checkpoint import save_checkpoint
-    from geomoe.models.factory import build_pe_moe, ensure_tiny_models
-    from geomoe.pipelines.index import build_index
-    from geomoe.pipelines.prepare import prepare
     from geomoe.serving.app import compose
-    from geomoe.train.run import split_rows
     from ray import serve
 
-    root, _ = tiny_synth
     out = tmp_path_factory.mktemp("scaling")
-    spec = make_spec(root, out)
-    manifest = prepare(spec)
-    ensure_tiny_models(spec.pe_moe, split_rows(manifest, "train", spec)["caption"].to_pylist())
-    torch.manual_seed(0)
-    (out / "ckpt").mkdir()
-    save_checkpoint(out / "ckpt", build_pe_moe(spec.pe_moe)[0], spec, 1, 0)
-    raw = spec.model_dump(mode="json") | {"index": {"output_dir": str(out / "index")}}
-    build_index(parse_spec(JobSpec, raw, "test"), manifest, str(out / "ckpt"))
+    tiny_retriever(tiny_synth[0], out)
     autoscaling = {
         "min_replicas": 1,
         "max_replicas": 3,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pyarrow.compute as pc
 import pytest
@@ -46,6 +47,27 @@ def make_spec(root: Path, out: Path, **train: object) -> JobSpec:
         "resources": {"num_workers": 2, "cpus_per_worker": 0.5, "data_concurrency": 1},
     }
     return parse_spec(JobSpec, raw, "test")
+
+
+def tiny_retriever(root: Path, out: Path, dtype: str = "float16") -> tuple[JobSpec, Any, Any]:
+    """(spec, model, tokenizer): the tiny PE-MoE of these tests, untrained, saved to out/ckpt and indexed into
+    out/index (the Serve tests serve it)."""
+    import torch
+
+    from geomoe.models.checkpoint import save_checkpoint
+    from geomoe.models.factory import build_pe_moe
+    from geomoe.pipelines.index import build_index
+
+    spec = make_spec(root, out)
+    manifest = prepare(spec)
+    ensure_tiny_models(spec.pe_moe, split_rows(manifest, "train", spec)["caption"].to_pylist())
+    torch.manual_seed(0)
+    model, tokenizer = build_pe_moe(spec.pe_moe)
+    (out / "ckpt").mkdir()
+    save_checkpoint(out / "ckpt", model, spec, 1, 0)
+    raw = spec.model_dump(mode="json") | {"index": {"output_dir": str(out / "index"), "dtype": dtype}}
+    build_index(parse_spec(JobSpec, raw, "test"), manifest, str(out / "ckpt"))
+    return spec, model, tokenizer
 
 
 @pytest.fixture(scope="module")

@@ -111,6 +111,14 @@ def clean_generation(text: str) -> str:
     return text
 
 
+def caption_verdict(raw: str | None, max_words: int) -> tuple[str | None, str | None]:
+    """(cleaned caption, None) when a generated gallery caption may be used, else (None, why): the rule the
+    caption stage and the serving Captioner share. ``raw`` None: the engine failed."""
+    text = None if raw is None else clean_generation(raw)
+    reason = rejection(text, "", False, 1, max_words)
+    return (text, None) if reason is None else (None, reason)
+
+
 def rejection(generated: str | None, original: str, augmented: bool, min_words: int, max_words: int) -> str | None:
     """Why ``generated`` may not replace ``original`` (a short reason), or None when it may."""
     if generated is None:

@@ -21,7 +21,7 @@ import pyarrow.dataset as pads
 
 from geomoe.config import CaptionSpec, JobSpec
 from geomoe.data.caption_store import caption_store_report, write_caption_store
-from geomoe.engines.prompts import CaptionPrompt, clean_generation, image_data_url, load_caption_prompt, rejection
+from geomoe.engines.prompts import CaptionPrompt, caption_verdict, image_data_url, load_caption_prompt
 from geomoe.pipelines.engine_pool import engine_pool_options
 from geomoe.pipelines.llm import generate
 
@@ -107,9 +107,8 @@ def caption_gallery(spec: JobSpec, manifest: dict[str, Any]) -> dict[str, Any]:
     failures: Counter[str] = Counter()
     for image in images:
         raw = produced.get(image["image_id"])  # an image missing from the output counts as a failed call
-        text = None if raw is None else clean_generation(raw)
-        reason = rejection(text, "", False, 1, caption.max_words)  # None text: "engine failed"
-        if reason is not None or text is None:
+        text, reason = caption_verdict(raw, caption.max_words)
+        if text is None:
             failures[reason or "engine failed"] += 1
             continue
         rows.append(

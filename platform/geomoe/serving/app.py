@@ -132,17 +132,13 @@ class Captioner:
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
     async def caption(self, items: list[tuple[str, str]]) -> list[str | None]:
         """(image path, platform) -> caption, or None when the VLM failed or wrote an unusable caption."""
+        from geomoe.engines.prompts import caption_verdict
+
         if self.spec.engine.kind == "transformers":
             texts = self.local.caption([p for p, _ in items], [self.prompt.text(f) for _, f in items])
         else:
             texts = list(await asyncio.gather(*(asyncio.to_thread(self._over_http, p, f) for p, f in items)))
-        return [self._usable(t) for t in texts]
-
-    def _usable(self, text: str | None) -> str | None:
-        from geomoe.engines.prompts import clean_generation, rejection
-
-        text = None if text is None else clean_generation(text)
-        return text if rejection(text, "", False, 1, self.spec.max_words) is None else None
+        return [caption_verdict(t, self.spec.max_words)[0] for t in texts]
 
     def _over_http(self, path: str, platform: str) -> str | None:
         """One OpenAI chat request with the image as a data: URL; retried with backoff, None when it never works."""
@@ -336,7 +332,7 @@ class Ingress:
         localizer: Any | None = None,
         batched: bool = True,
     ) -> None:
-        self.encoder, self.gallery, self.token = encoder, search, token
+        self.gallery, self.token = search, token
         self.reranker, self.rerank_depth, self.localizer = reranker, rerank_depth, localizer
         self.encode = encoder.encode if batched else encoder.encode_unbatched
 
