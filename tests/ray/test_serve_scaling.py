@@ -51,12 +51,16 @@ def app(tiny_synth: tuple[Path, dict], tmp_path_factory: pytest.TempPathFactory)
         "max_replicas": 3,
         "target_ongoing_requests": 2,
         "upscale_delay_s": 1,
-        "downscale_delay_s": 3,
+        # longer than a replica's start (~10 s on 2 busy cores): a shorter delay cancelled the starting replica
+        # whenever the ongoing-request metric dipped, and the deployment flapped between 1 and 2 in CI
+        "downscale_delay_s": 20,
         "look_back_period_s": 2,
     }
     options = {
         "QueryEncoder": {"autoscaling_config": autoscaling, "max_ongoing_requests": 8},
         "GallerySearch": {"ray_actor_options": {"num_cpus": 0.25}},
+        # Serve's default (5) would cap what reaches the encoder at 5 requests, near its upscale target
+        "Ingress": {"max_ongoing_requests": 64},
     }
     serve.run(compose({"index": str(out / "index")}, options=options), name="scaling", route_prefix="/")
     try:
@@ -71,10 +75,10 @@ def test_encoder_scales_up_under_load_and_back_down(app: None) -> None:
 
     stop = threading.Event()
     result: dict[str, Any] = {}
-    load = threading.Thread(target=lambda: result.update(drive(URL, body, 12, 300.0, stop=stop)))
+    load = threading.Thread(target=lambda: result.update(drive(URL, body, 12, 180.0, stop=stop)))
     load.start()
     try:
-        scaled = wait_for(lambda: running_encoders() >= 2, 240)  # a replica starts slowly on 2 busy cores
+        scaled = wait_for(lambda: running_encoders() >= 2, 120)
     finally:
         stop.set()
         load.join()
@@ -87,10 +91,10 @@ def test_killing_an_encoder_replica_under_load_fails_under_one_percent(app: None
 
     stop = threading.Event()
     result: dict[str, Any] = {}
-    load = threading.Thread(target=lambda: result.update(drive(URL, body, 12, 300.0, stop=stop)))
+    load = threading.Thread(target=lambda: result.update(drive(URL, body, 12, 180.0, stop=stop)))
     load.start()
     try:
-        assert wait_for(lambda: running_encoders() >= 2, 240), "no second replica to survive on"
+        assert wait_for(lambda: running_encoders() >= 2, 120), "no second replica to survive on"
         time.sleep(3)
         names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if "QueryEncoder" in a["name"]]
         ray.kill(ray.get_actor(names[0], namespace="serve"), no_restart=True)
