@@ -25,6 +25,7 @@ from pydantic import (
     model_validator,
 )
 
+from geomoe import storage
 from geomoe.data.records import Platform
 from geomoe.errors import SpecError
 
@@ -483,6 +484,33 @@ MODEL_ONLY_TRAIN_FIELDS = {
 }
 
 
+class StorageSpec(Strict):
+    """Which local paths every node of a cluster sees. URIs (s3://, gs://, ...) are shared by nature; a local
+    path is shared only when it lies on a mount every node has (NFS, EFS), and a spec must say so: a multi-node
+    run with an undeclared local location stops before any work (``geomoe.ray_env.check_shared_storage``)."""
+
+    shared: bool = Field(False, description="every local path in this spec is on a mount all nodes share")
+    shared_mounts: list[str] = Field(default_factory=list, description="local path prefixes that all nodes share")
+
+    def is_shared(self, location: str) -> bool:
+        if not storage.is_local(location) or self.shared:
+            return True
+        path = Path(storage.absolute(location))
+        return any(path.is_relative_to(Path(storage.absolute(mount))) for mount in self.shared_mounts)
+
+
+def _credential_problem(value: Any, key: str = "") -> str | None:
+    """The dotted key of a URI that carries credentials (user:secret@), if any: they belong in the environment."""
+    if isinstance(value, str):
+        return key if storage.redact(value) != value else None
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else []
+    for name, item in items:
+        found = _credential_problem(item, f"{key}.{name}" if key else str(name))
+        if found:
+            return found
+    return None
+
+
 class JobSpec(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     seed: int = 0
@@ -506,6 +534,33 @@ class JobSpec(Strict):
         default_factory=dict,
         description="name -> dotted overrides: extra models trained and evaluated on the same data",
     )
+    storage: StorageSpec = Field(default_factory=lambda: StorageSpec())
+
+    @model_validator(mode="after")
+    def _no_credentials_in_uris(self) -> JobSpec:
+        key = _credential_problem(self.model_dump(mode="json"))
+        if key:
+            raise ValueError(
+                f"{key}: a URI carries credentials (user:secret@); set AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY "
+                "(or GOOGLE_APPLICATION_CREDENTIALS) in the environment instead"
+            )
+        return self
+
+    def locations(self) -> dict[str, str]:
+        """Every data and output location of the job, by dotted key (what must be shared on a cluster)."""
+        found = {"output_root": self.output_root, "data.root": self.data.root}
+        found["preprocess.output_dir"] = self.preprocess.output_dir
+        if self.refine:
+            found["refine.output_dir"] = self.refine.output_dir
+        if self.caption:
+            found["caption.output"] = self.caption.output
+        if self.index:
+            found["index.output_dir"] = self.index.output_dir
+        if self.track4:
+            found |= {f"track4.{k}": getattr(self.track4, k) for k in ("queries", "gallery", "output_dir")}
+        for i, rerank in enumerate(self.eval.rerank):
+            found[f"eval.rerank.{i}.captions"] = rerank.captions
+        return found
 
     @model_validator(mode="after")
     def _synth_needs_source(self) -> JobSpec:
@@ -568,7 +623,7 @@ class JobSpec(Strict):
         a model source counts as local when it exists or when ``model.tiny`` will build it there.
         """
         root = Path(base or Path.cwd()).resolve()
-        absolute = lambda p: str((root / p).resolve()) if p and not Path(p).is_absolute() else p  # noqa: E731
+        absolute = lambda p: storage.absolute(p, root) if p else p  # noqa: E731  (URIs stay as they are)
         raw = self.model_dump(mode="json")
         raw["output_root"] = absolute(raw["output_root"])
         raw["data"]["root"] = absolute(raw["data"]["root"])

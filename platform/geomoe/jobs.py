@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
 import pyarrow.compute as pc
-import pyarrow.dataset as pads
 
+from geomoe import storage
 from geomoe.config import EngineSpec, JobSpec
-from geomoe.io import write_json_atomic
+from geomoe.data.prepared import PreparedDataset
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +23,7 @@ def ensure_tiny_pe_moe(spec: JobSpec, manifest: dict[str, Any]) -> None:
     ensure_tiny_models(spec.pe_moe, table.filter(pc.equal(table["augment"], ""))["caption"].to_pylist(), spec.seed)
 
 
-def _train(spec: JobSpec, manifest: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+def _train(spec: JobSpec, manifest: dict[str, Any], run_dir: str) -> dict[str, Any]:
     from geomoe.ray_env import ensure_ray
     from geomoe.train.run import train_and_evaluate
 
@@ -41,7 +40,7 @@ def _train(spec: JobSpec, manifest: dict[str, Any], run_dir: Path) -> dict[str, 
         log.info("baseline %s", name)
         baseline = spec.baseline(name)
         prepared = manifest if baseline.preprocess == spec.preprocess else _prepare(baseline)
-        results[name] = train_and_evaluate(baseline, prepared, run_dir / "baselines" / name)
+        results[name] = train_and_evaluate(baseline, prepared, storage.join(run_dir, "baselines", name))
     return results
 
 
@@ -73,9 +72,7 @@ def _with_engine(spec: JobSpec, engine: EngineSpec, manifest: dict[str, Any], vi
 
     ensure_ray(spec.resources)
     if engine.tiny:
-        table = pads.dataset(manifest["table"], format="parquet", partitioning="hive").to_table(
-            columns=["caption"], filter=pc.field("split") == "train"
-        )
+        table = PreparedDataset.of(manifest).read_split("train", columns=["caption"])
         ensure_tiny_engine(engine, table["caption"].to_pylist(), vision, spec.seed)
     return manifest
 
@@ -116,9 +113,8 @@ def _submit(spec: JobSpec, results: dict[str, Any]) -> dict[str, Any]:
 def run_job(spec: JobSpec) -> dict[str, Any]:
     """Run every stage of ``spec``; return {stage: result}. Results are also saved under the run folder."""
     spec = spec.with_absolute_paths()
-    run_dir = Path(spec.output_root) / spec.name
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(run_dir / "spec.json", spec.model_dump(mode="json"))
+    run_dir = storage.join(spec.output_root, spec.name)
+    storage.write_json_atomic(storage.join(run_dir, "spec.json"), spec.model_dump(mode="json"))
     results: dict[str, Any] = {}
     for stage in spec.stages:
         log.info("stage %s", stage)
@@ -126,7 +122,7 @@ def run_job(spec: JobSpec) -> dict[str, Any]:
             from geomoe.data.synthgeo import generate
 
             assert spec.data.synthesize is not None  # checked by JobSpec validation
-            results["synth"] = generate(Path(spec.data.root).parent, spec.data.synthesize)
+            results["synth"] = generate(storage.parent(spec.data.root), spec.data.synthesize)
         elif stage == "prepare":
             results["prepare"] = _prepare(spec)
         elif stage == "refine":
@@ -147,5 +143,5 @@ def run_job(spec: JobSpec) -> dict[str, Any]:
             results["index"] = _index(spec, results)
         elif stage == "track4_submission":
             results["track4_submission"] = _submit(spec, results)
-    write_json_atomic(run_dir / "results.json", results)
+    storage.write_json_atomic(storage.join(run_dir, "results.json"), results)
     return results

@@ -190,7 +190,7 @@ def test_cvogl_bad_records(tmp_path: Path, change: dict, reason: str) -> None:
 
 
 def test_cvogl_unreadable_file(tmp_path: Path) -> None:
-    path = split_file(tmp_path, "SVI", "test")
+    path = Path(split_file(tmp_path, "SVI", "test"))
     path.parent.mkdir(parents=True)
     path.write_bytes(b"garbage")
     with pytest.raises(DatasetError, match="not a readable torch-saved list"):

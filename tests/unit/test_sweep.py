@@ -10,7 +10,7 @@ import pytest
 
 from geomoe.config import SweepSpec, parse_spec
 from geomoe.errors import ExperimentError, SpecError
-from geomoe.io import write_json_atomic
+from geomoe.storage import write_json_atomic
 from geomoe.sweep import VARIANT, grid_points, load_sweep, trial_key, trial_metrics, trial_spec
 from geomoe.sweep.report import RESULT_FILE, write_report
 

@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from geomoe.io import write_json_atomic
+from geomoe.storage import write_json_atomic
 
 log = logging.getLogger(__name__)
 

@@ -14,8 +14,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from geomoe import storage
 from geomoe.errors import DatasetError
-from geomoe.io import atomic_path
 
 CAPTION_SCHEMA = pa.schema(
     [
@@ -30,32 +30,34 @@ CAPTION_SCHEMA = pa.schema(
 REPORT_KEY = b"geomoe.caption_report"
 
 
-def write_caption_store(path: str | Path, rows: Iterable[dict[str, str]], report: dict[str, Any] | None = None) -> Path:
-    """Write the store; ``report`` (the captioning run's, with its inputs key) goes into the file's metadata."""
-    path = Path(path)
+def write_caption_store(path: str, rows: Iterable[dict[str, str]], report: dict[str, Any] | None = None) -> str:
+    """Write the store (a path or URI); ``report`` (the captioning run's, with its inputs key) goes into the
+    file's metadata."""
     schema = CAPTION_SCHEMA.with_metadata({REPORT_KEY: json.dumps(report or {})})
     table = pa.Table.from_pylist(list(rows), schema=schema)
-    with atomic_path(path) as tmp:
+    with storage.atomic_path(path) as tmp:
         pq.write_table(table, tmp)
-    return path
+    return str(path)
 
 
 def caption_store_report(path: str | Path) -> dict[str, Any] | None:
     """The report saved with a store (None when there is no readable store)."""
     try:
-        metadata = pq.read_schema(path).metadata or {}
+        fs, inner = storage.filesystem_and_path(path)
+        metadata = pq.read_schema(inner, filesystem=fs).metadata or {}
         return dict(json.loads(metadata[REPORT_KEY])) if REPORT_KEY in metadata else None
-    except (OSError, ValueError, pa.ArrowException):
+    except (OSError, ValueError, pa.ArrowException, storage.StorageError):
         return None
 
 
 def read_caption_store(path: str | Path) -> dict[str, list[str]]:
     """image_id -> its captions. A missing file, a wrong schema or an empty caption is an error naming it."""
-    path = Path(path)
-    if not path.is_file():
+    path = storage.redact(path)
+    if not storage.is_file(path):
         raise DatasetError(f"{path}: caption store not found")
     try:
-        table = pq.read_table(path)
+        fs, inner = storage.filesystem_and_path(path)
+        table = pq.read_table(inner, filesystem=fs)
     except Exception as err:
         raise DatasetError(f"{path}: not a readable Parquet caption store: {err}") from err
     missing = [f.name for f in CAPTION_SCHEMA if f.name not in table.column_names]

@@ -12,6 +12,7 @@ from numbers import Real
 from pathlib import Path
 from typing import Any
 
+from geomoe import storage
 from geomoe.data.images import image_size
 from geomoe.data.records import LocalizationRecord, RejectLog
 from geomoe.errors import DatasetError
@@ -20,8 +21,8 @@ SETTINGS = ("DroneAerial", "SVI")
 SPLITS = ("train", "val", "test")
 
 
-def split_file(root: str | Path, setting: str, split: str) -> Path:
-    return Path(root) / f"CVOGL_{setting}" / f"CVOGL_{setting}_{split}.pth"
+def split_file(root: str | Path, setting: str, split: str) -> str:
+    return storage.join(root, f"CVOGL_{setting}", f"CVOGL_{setting}_{split}.pth")
 
 
 def _numbers(value: Any, count: int) -> list[float] | None:
@@ -50,7 +51,7 @@ def _tuple_problem(entry: Any) -> str | None:
     return None
 
 
-def _geometry_problem(click: list[float], box: list[float], query: Path, tile: Path) -> str | None:
+def _geometry_problem(click: list[float], box: list[float], query: str, tile: str) -> str | None:
     qw, qh = image_size(query)
     tw, th = image_size(tile)
     if not (0 <= click[0] <= qw and 0 <= click[1] <= qh):
@@ -64,17 +65,19 @@ def _geometry_problem(click: list[float], box: list[float], query: Path, tile: P
     return None
 
 
-def load_split(path: Path) -> list[Any]:
+def load_split(path: str) -> list[Any]:
     import torch  # heavy; only readers of CVOGL pay for it
 
-    if not path.is_file():
-        raise DatasetError(f"{path}: file not found")
+    shown = storage.redact(path)
+    if not storage.is_file(path):
+        raise DatasetError(f"{shown}: file not found")
     try:
-        data = torch.load(path, weights_only=True)
+        with storage.open_input(path) as handle:  # a file object: the split may live in object storage
+            data = torch.load(handle, weights_only=True)
     except Exception as err:
-        raise DatasetError(f"{path}: not a readable torch-saved list: {err}") from err
+        raise DatasetError(f"{shown}: not a readable torch-saved list: {err}") from err
     if not isinstance(data, list):
-        raise DatasetError(f"{path}: expected a list of 8-tuples, got {type(data).__name__}")
+        raise DatasetError(f"{shown}: expected a list of 8-tuples, got {type(data).__name__}")
     return data
 
 
@@ -82,27 +85,34 @@ def read_cvogl(root: str | Path, setting: str, split: str, rejects: RejectLog) -
     """Read one CVOGL split into records; bad tuples, missing images and bad geometry go to ``rejects``."""
     if setting not in SETTINGS:
         raise DatasetError(f"unknown CVOGL setting {setting!r}; expected one of {SETTINGS}")
-    path = split_file(Path(root).resolve(), setting, split)
-    base = path.parent
+    path = split_file(storage.absolute(root), setting, split)
+    base = storage.parent(path)
+    present = {
+        folder: {rel for rel, _ in storage.list_files(storage.join(base, folder))} for folder in ("query", "satellite")
+    }  # one listing per folder, not one request per image
     records = []
     for index, entry in enumerate(load_split(path)):
         problem = _tuple_problem(entry)
         if problem is None:
-            query, tile = base / "query" / entry[1], base / "satellite" / entry[2]
-            missing = [p for p in (query, tile) if not p.is_file()]
+            query, tile = storage.join(base, "query", entry[1]), storage.join(base, "satellite", entry[2])
+            missing = [
+                p
+                for p, folder, name in ((query, "query", entry[1]), (tile, "satellite", entry[2]))
+                if name not in present[folder]
+            ]
             if missing:
-                problem = f"missing image: {missing[0]}"
+                problem = f"missing image: {storage.redact(missing[0])}"
             else:
                 problem = _geometry_problem(_numbers(entry[4], 2) or [], _numbers(entry[5], 4) or [], query, tile)
         if problem is not None:
-            rejects.reject(str(path), index, problem)
+            rejects.reject(storage.redact(path), index, problem)
             continue
         click = _numbers(entry[4], 2) or []
         records.append(
             LocalizationRecord(
                 sample_id=str(entry[0]),
-                query_path=str(query),
-                reference_path=str(tile),
+                query_path=query,
+                reference_path=tile,
                 click_x=click[0],
                 click_y=click[1],
                 box=_numbers(entry[5], 4) or [],
@@ -110,20 +120,18 @@ def read_cvogl(root: str | Path, setting: str, split: str, rejects: RejectLog) -
                 split=split,
                 setting=setting,
                 polygon=_numbers(entry[6], 8),
-                source=str(path),
+                source=storage.redact(path),
                 record=index,
             )
         )
     return records
 
 
-def write_cvogl_split(root: str | Path, setting: str, split: str, entries: list[tuple[Any, ...]]) -> Path:
+def write_cvogl_split(root: str | Path, setting: str, split: str, entries: list[tuple[Any, ...]]) -> str:
     """Save a split file in the CVOGL format (a torch-saved list of 8-tuples), atomically."""
     import torch
 
-    from geomoe.io import atomic_path
-
     path = split_file(root, setting, split)
-    with atomic_path(path) as tmp:
+    with storage.atomic_path(path) as tmp:
         torch.save(list(entries), tmp)
     return path

@@ -13,9 +13,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from geomoe import storage
 from geomoe.data.records import RejectLog, RetrievalRecord
 from geomoe.errors import DatasetError
-from geomoe.io import write_json_atomic
 
 
 class PlatformClassifier:
@@ -32,11 +32,11 @@ class PlatformClassifier:
         return None
 
 
-def load_json_list(path: Path) -> list[Any]:
-    if not path.is_file():
-        raise DatasetError(f"{path}: file not found")
+def load_json_list(path: str) -> list[Any]:
+    if not storage.is_file(path):
+        raise DatasetError(f"{storage.redact(path)}: file not found")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(storage.read_text(path))
     except json.JSONDecodeError as err:
         raise DatasetError(f"{path}: malformed JSON at line {err.lineno} column {err.colno}: {err.msg}") from err
     if not isinstance(data, list):
@@ -70,31 +70,34 @@ def read_geotext(
 ) -> list[RetrievalRecord]:
     """Read one GeoText-1652 annotation file into records; bad entries go to ``rejects``.
 
-    Image files are checked for existence here (cheap); decoding is left to the pipeline's workers.
+    Image files are checked for existence here against one listing of the images folder (one request per
+    thousand objects on a store, not one per image); decoding is left to the pipeline's workers.
     """
-    root = Path(root).resolve()
-    path = root / annotation_file
+    root = storage.absolute(root)
+    path = storage.join(root, annotation_file)
+    images = storage.join(root, "images")
+    present = {rel for rel, _ in storage.list_files(images)}
     records: list[RetrievalRecord] = []
     for index, entry in enumerate(load_json_list(path)):
         problem = _entry_problem(entry)
         platform = classify(entry["image_id"]) if problem is None else None
         if problem is None and platform is None:
             problem = f"unknown platform: file name of {entry['image_id']!r} matches no platform rule"
-        image_path = root / "images" / entry["image"] if problem is None else None
-        if image_path is not None and not image_path.is_file():
-            problem = f"missing image: {image_path}"
+        image_path = storage.join(images, entry["image"]) if problem is None else None
+        if image_path is not None and entry["image"] not in present:
+            problem = f"missing image: {storage.redact(image_path)}"
         if problem is not None:
-            rejects.reject(str(path), index, problem)
+            rejects.reject(storage.redact(path), index, problem)
             continue
         assert image_path is not None and platform is not None
         captions = entry["caption"] if isinstance(entry["caption"], list) else [entry["caption"]]
         for caption_index, caption in enumerate(captions):
             if not caption.strip():
-                rejects.reject(str(path), f"{index} caption {caption_index}", "empty caption")
+                rejects.reject(storage.redact(path), f"{index} caption {caption_index}", "empty caption")
                 continue
             records.append(
                 RetrievalRecord(
-                    image_path=str(image_path),
+                    image_path=image_path,
                     image_id=entry["image_id"],
                     building_id=entry["image_id"][:4],
                     platform=platform,
@@ -102,7 +105,7 @@ def read_geotext(
                     split=split,
                     caption_index=caption_index,
                     sentences=entry.get("sentences"),
-                    source=str(path),
+                    source=storage.redact(path),
                     record=index,
                 )
             )
@@ -112,5 +115,5 @@ def read_geotext(
 def write_geotext_annotations(root: str | Path, file_name: str, entries: list[dict[str, Any]]) -> Path:
     """Write an annotation file in the GeoText-1652 layout (atomically)."""
     path = Path(root) / file_name
-    write_json_atomic(path, entries)
+    storage.write_json_atomic(path, entries)
     return path

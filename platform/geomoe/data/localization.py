@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from geomoe import storage
 from geomoe.metrics import localization_metrics
 
 # Swin's ImageNet statistics
@@ -26,6 +27,8 @@ SIZE_BUCKETS_AT_1024 = (300.0, 512.0)
 
 
 def _load(path: str | io.BytesIO, size: int) -> tuple[np.ndarray, tuple[int, int]]:
+    if isinstance(path, str):
+        path = io.BytesIO(storage.read_bytes(path))  # a path or URI: bytes through the storage layer
     with Image.open(path) as image:
         original = image.size
         rgb = np.asarray(image.convert("RGB").resize((size, size), Image.Resampling.BILINEAR), np.float32)

@@ -10,18 +10,16 @@ Every output row carries a ``reject`` reason; empty means the row is good.
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass
 from functools import cached_property, partial
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
-from PIL import Image
 
+from geomoe import storage
 from geomoe.config import PreprocessSpec
-from geomoe.data.images import image_problem
+from geomoe.data.images import image_problem, open_image
 from geomoe.data.refine_rules import FramingRules, load_rules
 from geomoe.data.transforms import DEFAULT_DIRECTIONAL_PHRASES, SatelliteAugment, directional_matcher, prepare_caption
 
@@ -116,14 +114,12 @@ class RowPreparer:
         key = int.from_bytes(hashlib.sha256(f"{image_id}#{copy}".encode()).digest()[:8], "little")
         augment = SatelliteAugment.sample(np.random.default_rng([self.seed, key]), self.spec.augment_jitter)
         stem = image_id.replace("/", "__").rsplit(".", 1)[0]
-        path = Path(self.augment_dir) / f"{stem}_aug{copy}_{augment.tag()}.jpg"
-        if not path.exists():
-            with Image.open(source) as image:
-                result = augment.apply(image)
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-            result.save(tmp, format="JPEG", quality=95)
-            os.replace(tmp, path)
-        return augment, str(path)
+        path = storage.join(self.augment_dir, f"{stem}_aug{copy}_{augment.tag()}.jpg")
+        if not storage.is_file(path):
+            result = augment.apply(open_image(source))
+            with storage.atomic_path(path, ".jpg") as tmp:
+                result.save(tmp, format="JPEG", quality=95)
+        return augment, path
 
 
 def check_localization_rows(rows: list[dict[str, Any]], validate_images: bool) -> list[dict[str, Any]]:

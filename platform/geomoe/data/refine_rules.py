@@ -17,7 +17,7 @@ from pathlib import Path
 import yaml
 
 from geomoe.errors import SpecError
-from geomoe.io import file_sha256
+from geomoe.storage import file_sha256
 
 BUILTIN_RULES = Path(__file__).parent / "rules" / "platform_framing_v1.yaml"
 

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
+from geomoe import storage
 from geomoe.config import DataSpec
 from geomoe.data import cvogl
 from geomoe.data.geotext import PlatformClassifier, read_geotext
 from geomoe.data.records import LocalizationRecord, RejectLog, RetrievalRecord
 from geomoe.errors import DatasetError
-from geomoe.io import file_sha256, tree_sha256
 
 
 @dataclass
@@ -24,24 +23,29 @@ class SourceRecords:
         return len(self.retrieval) + len(self.localization)
 
 
+def _key(root: str, name: str) -> str:
+    return storage.redact(storage.join(root, name))
+
+
 def read_source(data: DataSpec, rejects: RejectLog) -> SourceRecords:
-    root = Path(data.root)
-    if not root.is_dir():
-        raise DatasetError(f"{root}: dataset root not found (data.root)")
+    root = storage.absolute(data.root)
+    if not storage.is_dir(root):
+        raise DatasetError(f"{storage.redact(root)}: dataset root not found (data.root)")
     if data.format == "geotext":
         classify = PlatformClassifier([(r.pattern, r.platform.value) for r in data.platform_rules])
         out = SourceRecords("retrieval")
         for split, name in (("train", data.train_file), ("test", data.test_file)):
             out.retrieval += read_geotext(root, split, name, classify, rejects)
-            out.files[str(root / name)] = file_sha256(root / name)
-        out.files[str(root / "images")] = "tree:" + tree_sha256(root / "images")
+            out.files[_key(root, name)] = storage.file_sha256(storage.join(root, name))
+        out.files[_key(root, "images")] = "tree:" + storage.tree_sha256(storage.join(root, "images"))
         return out
     if data.format == "cvogl":
         out = SourceRecords("localization")
         for split in cvogl.SPLITS:
             path = cvogl.split_file(root, data.cvogl_setting, split)
             out.localization += cvogl.read_cvogl(root, data.cvogl_setting, split, rejects)
-            out.files[str(path)] = file_sha256(path)
-        out.files[str(path.parent)] = "tree:" + tree_sha256(path.parent, keep=lambda p: p.suffix != ".pth")
+            out.files[storage.redact(path)] = storage.file_sha256(path)
+        folder = storage.parent(path)
+        out.files[storage.redact(folder)] = "tree:" + storage.tree_sha256(folder, keep=lambda p: not p.endswith(".pth"))
         return out
     raise DatasetError(f"data.format {data.format!r} has no reader")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from geomoe.data.records import RejectLog
 from geomoe.errors import DatasetError
-from geomoe.io import atomic_path
+from geomoe.storage import atomic_path
 
 QUERY_ID = re.compile(r"q_(\d+)")
 GALLERY_NAME = re.compile(r"(image_[0-9a-f]{8})\.jpeg")

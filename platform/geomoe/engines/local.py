@@ -139,7 +139,6 @@ class TransformersCaptioner:
 
 
 def _open_rgb(path: str) -> Any:
-    from PIL import Image
+    from geomoe.data.images import open_image
 
-    with Image.open(path) as image:
-        return image.convert("RGB")
+    return open_image(path).convert("RGB")

@@ -14,9 +14,10 @@ from typing import Any
 
 import yaml
 
+from geomoe import storage
 from geomoe.data.transforms import has_directional
 from geomoe.errors import SpecError
-from geomoe.io import file_sha256
+from geomoe.storage import file_sha256
 
 PROMPT_DIR = Path(__file__).resolve().parents[1] / "data" / "prompts"
 BUILTIN_PROMPTS = PROMPT_DIR / "refine_v1.yaml"
@@ -100,7 +101,7 @@ def image_data_url(path: str | Path) -> str:
     import mimetypes
 
     mime = mimetypes.guess_type(str(path))[0] or "application/octet-stream"
-    return f"data:{mime};base64,{base64.b64encode(Path(path).read_bytes()).decode()}"
+    return f"data:{mime};base64,{base64.b64encode(storage.read_bytes(path)).decode()}"
 
 
 def clean_generation(text: str) -> str:

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from geomoe import storage
 from geomoe.config import JobSpec
 from geomoe.models.factory import build_pe_moe
 from geomoe.models.pe_moe import PEMoE
@@ -35,10 +36,12 @@ def save_checkpoint(
 
 
 def read_checkpoint(directory: str | Path) -> dict[str, Any]:
-    path = Path(directory) / STATE_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: not a geomoe checkpoint (no {STATE_FILE})")
-    return dict(torch.load(path, map_location="cpu", weights_only=False))
+    """The checkpoint in ``directory``, a local path or a URI (read through its own filesystem)."""
+    path = storage.join(directory, STATE_FILE)
+    if not storage.is_file(path):
+        raise FileNotFoundError(f"{storage.redact(path)}: not a geomoe checkpoint (no {STATE_FILE})")
+    with storage.open_input(path) as handle:
+        return dict(torch.load(handle, map_location="cpu", weights_only=False))
 
 
 def load_into(model: nn.Module, state: dict[str, torch.Tensor]) -> None:

@@ -72,8 +72,10 @@ def build_pe_moe(spec: ModelSpec) -> tuple[PEMoE, Any]:
 
 def image_array(path: str, size: int) -> np.ndarray:
     """Decode, resize (bicubic) and normalise an image for EVA-CLIP: float32 (3, size, size)."""
-    with Image.open(path) as image:
-        rgb = np.asarray(image.convert("RGB").resize((size, size), Image.Resampling.BICUBIC), dtype=np.float32)
+    from geomoe.data.images import open_image
+
+    image = open_image(path)  # a path or URI: read through the storage layer, decoded here
+    rgb = np.asarray(image.convert("RGB").resize((size, size), Image.Resampling.BICUBIC), dtype=np.float32)
     mean, std = np.asarray(IMAGE_MEAN, np.float32), np.asarray(IMAGE_STD, np.float32)
     normalised: np.ndarray = (rgb / np.float32(255.0) - mean) / std
     return normalised.transpose(2, 0, 1).copy()

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from geomoe.io import atomic_dir
+from geomoe.storage import atomic_dir
 
 T = TypeVar("T")
 

@@ -17,10 +17,10 @@ from typing import Any
 
 import numpy as np
 import pyarrow.compute as pc
-import pyarrow.dataset as pads
 
 from geomoe.config import CaptionSpec, JobSpec
 from geomoe.data.caption_store import caption_store_report, write_caption_store
+from geomoe.data.prepared import PreparedDataset
 from geomoe.engines.prompts import CaptionPrompt, caption_verdict, image_data_url, load_caption_prompt
 from geomoe.pipelines.engine_pool import engine_pool_options
 from geomoe.pipelines.llm import generate
@@ -59,9 +59,8 @@ class CaptionMessages:
 
 def gallery_images(manifest: dict[str, Any], split: str) -> list[dict[str, str]]:
     """Unique (image_id, image_path, platform) of a prepared split, originals only (no augmented copies)."""
-    table = pads.dataset(manifest["table"], format="parquet", partitioning="hive").to_table(
-        columns=["image_id", "image_path", "platform"],
-        filter=(pc.field("split") == split) & (pc.field("augment") == ""),
+    table = PreparedDataset.of(manifest).read_split(
+        split, columns=["image_id", "image_path", "platform"], where=pc.field("augment") == ""
     )
     seen: dict[str, dict[str, str]] = {}
     for row in table.to_pylist():

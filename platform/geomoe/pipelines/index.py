@@ -10,13 +10,13 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from geomoe import storage
 from geomoe.config import IndexSpec, JobSpec
-from geomoe.io import file_sha256
+from geomoe.data.prepared import PreparedDataset
 from geomoe.retrieval.index import (
     build_faiss,
     exact_search,
@@ -27,12 +27,11 @@ from geomoe.retrieval.index import (
 )
 
 
-def checkpoint_sha256(directory: str | Path) -> str:
-    """Content hash of a checkpoint folder (every file's bytes, in path order)."""
+def checkpoint_sha256(directory: str) -> str:
+    """Content hash of a checkpoint folder, a path or URI (every file's bytes, in path order)."""
     digest = hashlib.sha256()
-    root = Path(directory)
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
-        digest.update(f"{path.relative_to(root)}\0{file_sha256(path)}\n".encode())
+    for rel, _ in storage.list_files(directory):
+        digest.update(f"{rel}\0{storage.file_sha256(storage.join(directory, rel))}\n".encode())
     return digest.hexdigest()
 
 
@@ -84,10 +83,11 @@ def build_index(spec: JobSpec, manifest: dict[str, Any], checkpoint: str) -> dic
 
 def _saved_report(folder: str, inputs_key: str) -> dict[str, Any] | None:
     """The report of the index in ``folder`` when it was built from the same inputs, else None."""
-    path = Path(folder) / "manifest.json"
     try:
-        manifest = json.loads(path.read_text())
-    except (OSError, ValueError):
+        manifest = storage.read_json_if_exists(storage.join(folder, storage.MANIFEST))
+    except (storage.StorageError, ValueError):
+        return None
+    if manifest is None:
         return None
     if manifest.get("inputs_key") != inputs_key:
         return None
@@ -96,11 +96,8 @@ def _saved_report(folder: str, inputs_key: str) -> dict[str, Any] | None:
 
 def _queries(manifest: dict[str, Any], split: str) -> list[str]:
     import pyarrow.compute as pc
-    import pyarrow.dataset as pads
 
-    table = pads.dataset(manifest["table"], format="parquet", partitioning="hive").to_table(
-        columns=["caption"], filter=(pc.field("split") == split) & (pc.field("augment") == "")
-    )
+    table = PreparedDataset.of(manifest).read_split(split, columns=["caption"], where=pc.field("augment") == "")
     return [str(c) for c in table["caption"].to_pylist()]
 
 

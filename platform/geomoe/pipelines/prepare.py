@@ -1,6 +1,7 @@
 """``prepare`` on Ray Data: records -> checked, normalised, augmented rows -> Parquet shards + manifest.
 
-Output layout (a reader trusts a folder only once ``manifest.json`` exists; it is written last):
+Output layout, at a local path or a URI (a reader trusts a folder only once ``manifest.json`` exists; it is
+written last, and removed first when a rerun starts over):
     <output_dir>/pairs/split=<split>/platform=<platform>/*.parquet     (retrieval)
     <output_dir>/samples/split=<split>/*.parquet                       (localization)
     <output_dir>/augmented/*.jpg                                       (satellite copies)
@@ -12,25 +13,22 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import time
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from geomoe import __version__
+from geomoe import __version__, storage
 from geomoe.config import JobSpec
 from geomoe.data.prepare import PREPARED_SCHEMA, RowPreparer, check_localization_rows
 from geomoe.data.records import LOCALIZATION_SCHEMA, RETRIEVAL_SCHEMA, RejectLog, records_to_table
 from geomoe.data.refine_rules import load_rules
 from geomoe.data.sources import SourceRecords, read_source
-from geomoe.io import text_sha256, write_json_atomic
 
 log = logging.getLogger(__name__)
-MANIFEST = "manifest.json"
+MANIFEST = storage.MANIFEST
 
 
 def _refinement(spec: JobSpec) -> dict[str, Any] | None:
@@ -53,12 +51,13 @@ def _inputs_key(spec: JobSpec, source: SourceRecords) -> str:
         },
         sort_keys=True,
     )
-    return text_sha256(blob)
+    return storage.text_sha256(blob)
 
 
-def finished_manifest(output_dir: str | Path) -> dict[str, Any] | None:
-    path = Path(output_dir) / MANIFEST
-    return json.loads(path.read_text()) if path.is_file() else None
+def finished_manifest(output_dir: str) -> dict[str, Any] | None:
+    """The manifest of a finished prepare (or refine) output, or None when the folder is absent or unfinished."""
+    found = storage.read_json_if_exists(storage.join(output_dir, MANIFEST))
+    return None if found is None else dict(found)
 
 
 def _partition(batch: pa.Table, good: bool) -> pa.Table:
@@ -66,14 +65,13 @@ def _partition(batch: pa.Table, good: bool) -> pa.Table:
     return batch.filter(mask if good else pc.invert(mask))
 
 
-def _process(spec: JobSpec, source: SourceRecords, out: Path) -> Any:
+def _process(spec: JobSpec, source: SourceRecords, out: str) -> Any:
     import ray.data
 
     concurrency = spec.resources.data_concurrency
     if source.kind == "retrieval":
         table = records_to_table(source.retrieval, RETRIEVAL_SCHEMA)
-        (out / "augmented").mkdir(parents=True, exist_ok=True)
-        preparer = RowPreparer(spec.preprocess, str((out / "augmented").resolve()), spec.seed)
+        preparer = RowPreparer(spec.preprocess, storage.join(out, "augmented"), spec.seed)
         fn = lambda t: pa.Table.from_pylist(preparer(t.to_pylist()), schema=PREPARED_SCHEMA)  # noqa: E731
     else:
         table = records_to_table(source.localization, LOCALIZATION_SCHEMA)
@@ -103,15 +101,13 @@ def _counts(processed: Any, kind: str) -> dict[str, Any]:
     return counts
 
 
-def _write_table(good: Any, out: Path, kind: str, rows_per_file: int) -> Path:
-    """Write Parquet shards to a temporary folder, then swap it into place."""
-    table_dir = out / ("pairs" if kind == "retrieval" else "samples")
-    tmp_dir = out / f".{table_dir.name}.tmp"
-    shutil.rmtree(tmp_dir, ignore_errors=True)
+def _write_table(good: Any, out: str, kind: str, rows_per_file: int) -> str:
+    """Write the Parquet shards (the manifest is already gone, so nobody trusts the folder meanwhile)."""
+    table_dir = storage.join(out, "pairs" if kind == "retrieval" else "samples")
+    storage.delete(table_dir)  # a crashed attempt's shards must not mix with this one's
     partition = ["split", "platform"] if kind == "retrieval" else ["split"]
-    good.write_parquet(str(tmp_dir.resolve()), partition_cols=partition, max_rows_per_file=rows_per_file)
-    shutil.rmtree(table_dir, ignore_errors=True)
-    tmp_dir.rename(table_dir)
+    fs, path = storage.filesystem_and_path(table_dir)
+    good.write_parquet(path, filesystem=fs, partition_cols=partition, max_rows_per_file=rows_per_file)
     return table_dir
 
 
@@ -119,7 +115,7 @@ def prepare(spec: JobSpec) -> dict[str, Any]:
     """Run the prepare stage of ``spec``; return the manifest (an existing one if inputs are unchanged)."""
     from geomoe.ray_env import ensure_ray
 
-    out = Path(spec.preprocess.output_dir)
+    out = storage.absolute(spec.preprocess.output_dir)
     rejects = RejectLog(spec.preprocess.on_bad_record)
     started = time.perf_counter()
     source = read_source(spec.data, rejects)
@@ -129,7 +125,7 @@ def prepare(spec: JobSpec) -> dict[str, Any]:
         log.info("prepare: %s is up to date; nothing to do", out)
         return existing
     ensure_ray(spec.resources)
-    (out / MANIFEST).unlink(missing_ok=True)  # from here on the folder is unfinished
+    storage.delete(storage.join(out, MANIFEST))  # from here on the folder is unfinished
     processed = _process(spec, source, out)
     for row in processed.map_batches(lambda t: _partition(t, False), batch_format="pyarrow").take_all():
         rejects.reject(row["source"], row["record"], row["reject"])  # raises under on_bad_record=fail
@@ -141,9 +137,10 @@ def prepare(spec: JobSpec) -> dict[str, Any]:
         "job": spec.name,
         "kind": source.kind,
         "inputs_key": key,
-        "source": {"format": spec.data.format, "root": str(Path(spec.data.root).resolve()), "files": source.files},
+        "source": {"format": spec.data.format, "root": storage.absolute(spec.data.root), "files": source.files},
         "preprocess": spec.preprocess.model_dump(mode="json"),
-        "table": str(table_dir.resolve()),
+        "location": out,
+        "table": table_dir,
         "input_records": len(source),
         **_counts(good, source.kind),
         "refine": _refinement(spec),
@@ -154,5 +151,5 @@ def prepare(spec: JobSpec) -> dict[str, Any]:
         },
         "seconds": round(time.perf_counter() - started, 2),
     }
-    write_json_atomic(out / MANIFEST, manifest)
+    storage.write_json_atomic(storage.join(out, MANIFEST), manifest)
     return manifest

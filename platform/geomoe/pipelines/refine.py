@@ -13,23 +13,21 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import time
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from geomoe import storage
 from geomoe.config import JobSpec, RefineSpec
 from geomoe.engines.prompts import RefinePrompts, clean_generation, load_prompts, rejection
-from geomoe.io import atomic_path, write_json_atomic, write_text_atomic
 from geomoe.pipelines.engine_pool import engine_pool_options
 from geomoe.pipelines.llm import generate
 
 log = logging.getLogger(__name__)
-MANIFEST = "manifest.json"
+MANIFEST = storage.MANIFEST
 
 
 def apply_refinement(batch: pa.Table, generated: list[str | None], refine: RefineSpec) -> pa.Table:
@@ -80,11 +78,23 @@ class RefineMessages:
         return self.prompts.messages(item["caption"], item["platform"])
 
 
-def _refine_shard(source: Path, target: Path, refine: RefineSpec, prompts: RefinePrompts) -> None:
+def _read_shard(location: str, columns: list[str] | None = None) -> pa.Table:
+    fs, path = storage.filesystem_and_path(location)
+    return pq.read_table(path, filesystem=fs, columns=columns)
+
+
+def _write_shard(table: pa.Table, location: str) -> None:
+    with storage.atomic_path(location, ".parquet") as tmp:
+        pq.write_table(table, tmp)
+
+
+def _refine_shard(source: str, relative: str, target: str, refine: RefineSpec, prompts: RefinePrompts) -> None:
     import ray.data
 
-    table = pq.read_table(source)
-    from_path = {k: v for k, _, v in (part.partition("=") for part in source.parent.parts if "=" in part)}
+    table = _read_shard(source)
+    written = set(table.column_names)
+    parts = relative.split("/")[:-1]
+    from_path = {k: v for k, _, v in (part.partition("=") for part in parts if "=" in part)}
     for name, value in from_path.items():  # hive partition values live in the path, not in the file
         if name not in table.column_names:
             table = table.append_column(name, pa.array([value] * table.num_rows, pa.string()))
@@ -99,40 +109,39 @@ def _refine_shard(source: Path, target: Path, refine: RefineSpec, prompts: Refin
             **engine_pool_options(refine.engine),
         )
         refined = pa.concat_tables(list(ds.iter_batches(batch_format="pyarrow")))
-    refined = refined.drop_columns([n for n in from_path if n not in pq.read_schema(source).names])
-    with atomic_path(target) as tmp:
-        pq.write_table(refined, tmp)
+    _write_shard(refined.drop_columns([n for n in from_path if n not in written]), target)
 
 
 def refine_captions(spec: JobSpec, manifest: dict[str, Any]) -> dict[str, Any]:
     """Refine the training shards of a prepared dataset; returns the refined dataset's manifest (with a report)."""
     assert spec.refine is not None  # checked by JobSpec validation
     refine, prompts = spec.refine, load_prompts(spec.refine.prompts)
-    source_root, out = Path(manifest["table"]), Path(refine.output_dir)
+    source_root, out = manifest["table"], storage.absolute(refine.output_dir)
+    pairs = storage.join(out, "pairs")
     started = time.perf_counter()
     _forget_other_inputs(out, manifest, refine, prompts.sha256)
     done = redone = 0
-    for shard in sorted(source_root.rglob("*.parquet")):
-        relative = shard.relative_to(source_root)
-        target = out / "pairs" / relative
-        if "split=train" not in relative.parts:  # queries are never rewritten; same columns as the train shards
-            if not target.exists():
-                table = pq.read_table(source_root / relative)
+    finished = {rel for rel, _ in storage.list_files(pairs)}
+    for relative in [rel for rel, _ in storage.list_files(source_root) if rel.endswith(".parquet")]:
+        target = storage.join(pairs, relative)
+        if "split=train" not in relative.split("/"):  # queries are never rewritten; same columns as train shards
+            if relative not in finished:
+                table = _read_shard(storage.join(source_root, relative))
                 table = table.append_column("original_caption", table["caption"])
                 table = table.append_column("refine_status", pa.array(["query"] * table.num_rows, pa.string()))
-                with atomic_path(target) as tmp:
-                    pq.write_table(table, tmp)
+                _write_shard(table, target)
             continue
-        if target.exists():
+        if relative in finished:
             done += 1
             continue
         log.info("refine: %s", relative)
-        _refine_shard(shard, target, refine, prompts)
+        _refine_shard(storage.join(source_root, relative), relative, target, refine, prompts)
         redone += 1
-    report = _report(out / "pairs")
+    report = _report(pairs)
     refined_manifest = {
         **manifest,
-        "table": str((out / "pairs").resolve()),
+        "location": out,
+        "table": pairs,
         "refined_from": manifest["table"],
         "refinement": {
             "engine": refine.engine.model_dump(mode="json"),
@@ -144,29 +153,29 @@ def refine_captions(spec: JobSpec, manifest: dict[str, Any]) -> dict[str, Any]:
             "seconds": round(time.perf_counter() - started, 2),
         },
     }
-    write_json_atomic(out / MANIFEST, refined_manifest)
+    storage.write_json_atomic(storage.join(out, MANIFEST), refined_manifest)
     return refined_manifest
 
 
-def _forget_other_inputs(out: Path, manifest: dict[str, Any], refine: RefineSpec, prompts_sha256: str) -> None:
+def _forget_other_inputs(out: str, manifest: dict[str, Any], refine: RefineSpec, prompts_sha256: str) -> None:
     """Finished shards are reused only for the same prepared data, engine settings and prompts."""
     key = json.dumps(
         [manifest.get("inputs_key"), refine.model_dump(mode="json", exclude={"output_dir"}), prompts_sha256],
         sort_keys=True,
     )
-    marker = out / "inputs.json"
-    if out.exists() and (not marker.is_file() or marker.read_text() != key):
+    marker = storage.join(out, "inputs.json")
+    if storage.exists(out) and (not storage.is_file(marker) or storage.read_text(marker) != key):
         log.info("refine: %s holds refinements of other inputs; starting over", out)
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(marker, key)
+        storage.delete(out)
+    storage.write_text_atomic(marker, key)
 
 
-def _report(pairs: Path) -> dict[str, Any]:
+def _report(pairs: str) -> dict[str, Any]:
     statuses: Counter[str] = Counter()
-    for shard in pairs.rglob("*.parquet"):
-        if "split=train" in shard.parts:
-            statuses.update(pq.read_table(shard, columns=["refine_status"])["refine_status"].to_pylist())
+    for relative, _ in storage.list_files(pairs):
+        if relative.endswith(".parquet") and "split=train" in relative.split("/"):
+            shard = _read_shard(storage.join(pairs, relative), columns=["refine_status"])
+            statuses.update(shard["refine_status"].to_pylist())
     refined = statuses.pop("refined", 0)
     return {
         "rows_refined": refined,

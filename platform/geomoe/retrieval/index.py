@@ -19,7 +19,7 @@ from typing import Any, Literal
 import numpy as np
 
 from geomoe.errors import DatasetError
-from geomoe.io import atomic_dir
+from geomoe.storage import atomic_dir
 
 Storage = Literal["float16", "float32"]
 MANIFEST = "manifest.json"

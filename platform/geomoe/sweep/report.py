@@ -15,7 +15,7 @@ from typing import Any
 
 from geomoe.config import SweepSpec
 from geomoe.errors import ExperimentError
-from geomoe.io import atomic_path, write_text_atomic
+from geomoe.storage import atomic_path, write_text_atomic
 from geomoe.sweep import VARIANT
 
 RESULT_FILE = "trial_result.json"

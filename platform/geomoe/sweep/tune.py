@@ -21,7 +21,7 @@ from typing import Any
 
 from geomoe.config import JobSpec, SweepSpec, load_job
 from geomoe.errors import ExperimentError, SpecError
-from geomoe.io import write_json_atomic
+from geomoe.storage import write_json_atomic
 from geomoe.sweep import (
     VARIANT,
     grid_points,
@@ -72,7 +72,7 @@ def run_trial(config: dict[str, Any], sweep_raw: dict[str, Any], base_path: str,
         manifest = finished_manifest(spec.preprocess.output_dir)
         if manifest is None:
             raise ValueError(f"no prepared dataset at {spec.preprocess.output_dir} (the driver prepares it)")
-        metrics = trial_metrics(spec, _train(spec, dict(manifest), run_dir)) | parameter_count(spec)
+        metrics = trial_metrics(spec, _train(spec, dict(manifest), str(run_dir))) | parameter_count(spec)
     except Exception as err:
         outcome = {"params": point, "status": "failed", "error": f"{type(err).__name__}: {err}"}
         outcome["traceback"] = traceback.format_exc()[-4000:]
@@ -82,7 +82,7 @@ def run_trial(config: dict[str, Any], sweep_raw: dict[str, Any], base_path: str,
     tune.report(metrics)
 
 
-def _train(spec: JobSpec, manifest: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+def _train(spec: JobSpec, manifest: dict[str, Any], run_dir: str) -> dict[str, Any]:
     if spec.model.name == "smgeo":
         from geomoe.train.smgeo_run import train_smgeo
 

@@ -2,24 +2,23 @@
 
 Each step leaves a result file in the run folder; a rerun with the same job name skips finished steps,
 and an interrupted Ray Train run resumes from its last checkpoint (same RunConfig name and storage path).
+The run folder is a location (local path, shared mount or URI): Ray Train's storage is ``<run>/ray_train`` on
+the same filesystem, so workers on any node checkpoint there and a restarted group resumes from there.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import shutil
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as pads
 
+from geomoe import storage
 from geomoe.config import JobSpec
-from geomoe.io import file_sha256, write_json_atomic, write_text_atomic
+from geomoe.data.prepared import PreparedDataset
 
 log = logging.getLogger(__name__)
 COLUMNS = ["caption", "statements", "image_path", "image_id", "building_id", "platform"]
@@ -27,9 +26,7 @@ COLUMNS = ["caption", "statements", "image_path", "image_id", "building_id", "pl
 
 def split_rows(manifest: dict[str, Any], split: str, spec: JobSpec) -> pa.Table:
     """Rows of one split of a prepared table, with the expert index of each row's platform."""
-    table = pads.dataset(manifest["table"], format="parquet", partitioning="hive").to_table(
-        columns=[*COLUMNS, "augment"], filter=pc.field("split") == split
-    )
+    table = PreparedDataset.of(manifest).read_split(split, columns=[*COLUMNS, "augment"])
     expert_of = spec.pe_moe.expert_of()
     unknown = sorted(set(table["platform"].to_pylist()) - set(expert_of))
     if unknown:
@@ -73,7 +70,7 @@ def training_dataset(table: pa.Table, spec: JobSpec, negatives: bool) -> Any:
 
 def fit_stage(
     spec: JobSpec,
-    run_dir: Path,
+    run_dir: str,
     stage: int,
     table: pa.Table,
     init: str | None,
@@ -92,7 +89,7 @@ def fit_stage(
 
 def run_trainer(
     spec: JobSpec,
-    run_dir: Path,
+    run_dir: str,
     stage: int,
     loop: Callable[[dict[str, Any]], None],
     datasets: dict[str, Any],
@@ -119,6 +116,7 @@ def run_trainer(
         **(test_hooks or {}),
     }
     keep = CheckpointConfig(num_to_keep=spec.train.keep_checkpoints, checkpoint_score_attribute=best_by)
+    train_storage = storage.resolve(storage.join(run_dir, "ray_train"))
     trainer = TorchTrainer(
         loop,
         train_loop_config=config,
@@ -127,7 +125,8 @@ def run_trainer(
         ),
         run_config=RunConfig(
             name=f"stage{stage}",
-            storage_path=str((run_dir / "ray_train").resolve()),
+            storage_path=train_storage.path,
+            storage_filesystem=None if train_storage.local else train_storage.fs,
             failure_config=FailureConfig(max_failures=spec.train.max_failures),
             checkpoint_config=keep,
             callbacks=_tune_callbacks(),
@@ -138,16 +137,17 @@ def run_trainer(
     checkpoint = result.get_best_checkpoint(best_by, "max") if best_by else result.checkpoint
     if checkpoint is None:
         raise RuntimeError(f"stage {stage} finished without a checkpoint (did it run zero epochs?)")
-    record = {
-        "checkpoint": checkpoint.path,
+    to_uri = lambda path: storage.uri_of(train_storage, path)  # noqa: E731  (Ray reports paths in its filesystem)
+    record: dict[str, Any] = {
+        "checkpoint": to_uri(checkpoint.path),
         "metrics": result.metrics,
         "fingerprint": spec.stage_fingerprint(stage),
     }
     if best_by:
-        kept = [(ckpt.path, metrics) for ckpt, metrics in result.best_checkpoints or []]
-        record["best"] = next(metrics for path, metrics in kept if path == checkpoint.path)
+        kept = [(to_uri(ckpt.path), metrics) for ckpt, metrics in result.best_checkpoints or []]
+        record["best"] = next(metrics for path, metrics in kept if path == record["checkpoint"])
         record["kept"] = [{"epoch": m["epoch"], best_by: m[best_by], "checkpoint": path} for path, m in kept]
-    write_json_atomic(run_dir / f"stage{stage}.json", record)
+    storage.write_json_atomic(storage.join(run_dir, f"stage{stage}.json"), record)
     return record
 
 
@@ -174,30 +174,28 @@ def _tune_callbacks() -> list[Any]:
     return [WithMetric()]
 
 
-def _forget_other_runs(spec: JobSpec, run_dir: Path, stage: int) -> None:
+def _forget_other_runs(spec: JobSpec, run_dir: str, stage: int) -> None:
     """Ray Train resumes a run from the checkpoints under its name; keep them only if they come from this spec.
 
     An interrupted run of the same spec resumes; a run of a changed spec (say, a new stage-2 learning rate)
     must start over instead of resuming someone else's epochs.
     """
-    storage = run_dir / "ray_train" / f"stage{stage}"
-    marker = run_dir / "ray_train" / f"stage{stage}.fingerprint"
+    runs = storage.join(run_dir, "ray_train", f"stage{stage}")
+    marker = storage.join(run_dir, "ray_train", f"stage{stage}.fingerprint")
     fingerprint = spec.stage_fingerprint(stage)
-    if storage.exists() and (not marker.is_file() or marker.read_text() != fingerprint):
-        log.info("stage %d: checkpoints under %s come from another spec; starting over", stage, storage)
-        shutil.rmtree(storage)
-    marker.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(marker, fingerprint)
+    if storage.exists(runs) and (not storage.is_file(marker) or storage.read_text(marker) != fingerprint):
+        log.info("stage %d: checkpoints under %s come from another spec; starting over", stage, runs)
+        storage.delete(runs)
+    storage.write_text_atomic(marker, fingerprint)
 
 
-def recorded_stage(spec: JobSpec, run_dir: Path, stage: int) -> dict[str, Any] | None:
+def recorded_stage(spec: JobSpec, run_dir: str, stage: int) -> dict[str, Any] | None:
     """The recorded result of a finished stage trained from the same data, model and training settings."""
-    marker = run_dir / f"stage{stage}.json"
-    if marker.is_file():
-        record = json.loads(marker.read_text())
-        if record.get("fingerprint") == spec.stage_fingerprint(stage):
-            log.info("stage %d already finished: %s", stage, marker)
-            return dict(record)
+    marker = storage.join(run_dir, f"stage{stage}.json")
+    record = storage.read_json_if_exists(marker)
+    if record is not None and record.get("fingerprint") == spec.stage_fingerprint(stage):
+        log.info("stage %d already finished: %s", stage, marker)
+        return dict(record)
     return None
 
 
@@ -255,14 +253,16 @@ def evaluate_checkpoint(spec: JobSpec, checkpoint: str, manifest: dict[str, Any]
     return evaluate_pe_moe(model, tokenizer, spec, rows, vectors)
 
 
-def train_and_evaluate(spec: JobSpec, manifest: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+def train_and_evaluate(spec: JobSpec, manifest: dict[str, Any], run_dir: str) -> dict[str, Any]:
     """Stage 1 -> evaluation -> mining -> stage 2 -> evaluation; each step skipped if already recorded."""
-    run_dir.mkdir(parents=True, exist_ok=True)
     table = split_rows(manifest, "train", spec)
     results: dict[str, Any] = {}
     stage1 = fit_stage(spec, run_dir, 1, table, None)
     results["stage1"] = cached_result(
-        run_dir / "eval_stage1.json", spec, 1, lambda: evaluate_checkpoint(spec, stage1["checkpoint"], manifest)
+        storage.join(run_dir, "eval_stage1.json"),
+        spec,
+        1,
+        lambda: evaluate_checkpoint(spec, stage1["checkpoint"], manifest),
     )
     if spec.train.stage2_epochs:
         stage2 = recorded_stage(spec, run_dir, 2)  # a finished stage 2 needs no mining
@@ -270,7 +270,10 @@ def train_and_evaluate(spec: JobSpec, manifest: dict[str, Any], run_dir: Path) -
             mined = mine_negatives(spec, stage1["checkpoint"], table)
             stage2 = fit_stage(spec, run_dir, 2, mined, stage1["checkpoint"])
         results["stage2"] = cached_result(
-            run_dir / "eval_stage2.json", spec, 2, lambda: evaluate_checkpoint(spec, stage2["checkpoint"], manifest)
+            storage.join(run_dir, "eval_stage2.json"),
+            spec,
+            2,
+            lambda: evaluate_checkpoint(spec, stage2["checkpoint"], manifest),
         )
         results["checkpoint"] = stage2["checkpoint"]
     else:
@@ -278,15 +281,14 @@ def train_and_evaluate(spec: JobSpec, manifest: dict[str, Any], run_dir: Path) -
     return results
 
 
-def cached_result(path: Path, spec: JobSpec, stage: int, compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+def cached_result(path: str, spec: JobSpec, stage: int, compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     """An evaluation, recomputed only when the stage's training, the evaluation settings or a caption store
     it re-ranks with changed (a caption stage may rewrite a store under the same name)."""
-    stores = [file_sha256(r.captions)[:16] for r in spec.eval.rerank if Path(r.captions).is_file()]
+    stores = [storage.file_sha256(r.captions)[:16] for r in spec.eval.rerank if storage.is_file(r.captions)]
     key = "".join([spec.stage_fingerprint(stage), spec.fingerprint("eval"), *stores])
-    if path.is_file():
-        saved = json.loads(path.read_text())
-        if saved.get("fingerprint") == key:
-            return dict(saved["result"])
+    saved = storage.read_json_if_exists(path)
+    if saved is not None and saved.get("fingerprint") == key:
+        return dict(saved["result"])
     result = compute()
-    write_json_atomic(path, {"fingerprint": key, "result": result})
+    storage.write_json_atomic(path, {"fingerprint": key, "result": result})
     return dict(result)

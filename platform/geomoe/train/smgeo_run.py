@@ -3,36 +3,31 @@ test evaluation of the best checkpoint against two baselines on the same split."
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.dataset as pads
 
+from geomoe import storage
 from geomoe.config import JobSpec
 from geomoe.data.images import image_size
 from geomoe.data.localization import centre_box_baseline, localization_report
+from geomoe.data.prepared import PreparedDataset
 from geomoe.train.run import cached_result, recorded_stage, run_trainer
 
 COLUMNS = ["sample_id", "query_path", "reference_path", "click_x", "click_y", "box", "class_name"]
 
 
 def localization_rows(manifest: dict[str, Any], split: str) -> pa.Table:
-    if manifest.get("kind") != "localization":
-        raise ValueError("an SMGeo job needs a localization dataset (data.format: cvogl)")
-    return pads.dataset(manifest["table"], format="parquet", partitioning="hive").to_table(
-        columns=COLUMNS, filter=pc.field("split") == split
-    )
+    prepared = PreparedDataset.of(manifest).require("localization", "an SMGeo job")
+    return prepared.read_split(split, columns=COLUMNS)
 
 
-def train_smgeo(spec: JobSpec, manifest: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+def train_smgeo(spec: JobSpec, manifest: dict[str, Any], run_dir: str) -> dict[str, Any]:
     """Train (or reuse the recorded run), then evaluate the best checkpoint on the test split."""
     from geomoe.pipelines.localize import pairs_dataset
     from geomoe.train.smgeo_loop import VAL_METRIC, smgeo_train_loop
 
-    run_dir.mkdir(parents=True, exist_ok=True)
     splits = {s: localization_rows(manifest, s) for s in ("train", "val", "test")}
     for split, table in splits.items():
         if table.num_rows == 0:
@@ -47,7 +42,10 @@ def train_smgeo(spec: JobSpec, manifest: dict[str, Any], run_dir: Path) -> dict[
         record = run_trainer(spec, run_dir, 1, smgeo_train_loop, datasets, steps, best_by=VAL_METRIC)
     checkpoint = record["checkpoint"]
     test = cached_result(
-        run_dir / "eval_test.json", spec, 1, lambda: evaluate_smgeo(spec, checkpoint, splits["train"], splits["test"])
+        storage.join(run_dir, "eval_test.json"),
+        spec,
+        1,
+        lambda: evaluate_smgeo(spec, checkpoint, splits["train"], splits["test"]),
     )
     return {"checkpoint": checkpoint, "best_epoch": record["best"]["epoch"], "validation": record["best"], "test": test}
 

@@ -14,7 +14,6 @@ Deterministic for a spec: every building and tile draws from its own seeded gene
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from geomoe import storage
 from geomoe.config import SynthSpec
 from geomoe.data.caption_store import write_caption_store
 from geomoe.data.cvogl import write_cvogl_split
@@ -32,7 +32,7 @@ from geomoe.data.synthgeo.scene import Building, sample_building
 from geomoe.data.synthgeo.tiles import render_query, render_tile, sample_tile
 from geomoe.data.track4 import write_queries
 from geomoe.data.transforms import split_sentences
-from geomoe.io import atomic_dir, write_json_atomic
+from geomoe.storage import write_json_atomic
 
 log = logging.getLogger(__name__)
 MANIFEST = "synthgeo.json"
@@ -160,24 +160,23 @@ def generate(out: str | Path, spec: SynthSpec, force: bool = False) -> dict[str,
 
     If ``out`` already holds a benchmark generated from the same spec, nothing is written (unless ``force``).
     """
-    out = Path(out)
-    manifest_path = out / MANIFEST
-    if manifest_path.is_file() and not force:
-        existing = json.loads(manifest_path.read_text())
-        if existing.get("spec") == spec.model_dump() and existing.get("version") == VERSION:
-            log.info("synthgeo already generated at %s; reusing it", out)
-            return dict(existing["counts"])
+    existing = storage.read_json_if_exists(storage.join(out, MANIFEST))
+    fresh = existing is not None and existing.get("spec") == spec.model_dump() and existing.get("version") == VERSION
+    if fresh and not force:
+        assert existing is not None
+        log.info("synthgeo already generated at %s; reusing it", out)
+        return dict(existing["counts"])
     n_train, n_test = spec.train_buildings, spec.test_buildings
     train_ids = [f"{i + 1:04d}" for i in range(n_train)]
     test_ids = [f"{i + 1:04d}" for i in range(n_train, n_train + n_test)]
     counts: dict[str, Any] = {
         s: {"buildings": 0, "pairs": 0, "images": {"satellite": 0, "drone": 0, "ground": 0}} for s in ("train", "test")
     }
-    with atomic_dir(out) as tmp:
+    with storage.atomic_dir(out, MANIFEST) as tmp:  # written locally, then published (the manifest last)
         geotext = tmp / "geotext"
         train, _ = _write_retrieval_split(geotext, "train", train_ids, spec, counts)
         test, test_captions = _write_retrieval_split(geotext, "test", test_ids, spec, counts)
-        write_caption_store(geotext / GALLERY_CAPTIONS, test_captions)
+        write_caption_store(str(geotext / GALLERY_CAPTIONS), test_captions)
         write_geotext_annotations(geotext, "train.json", train)
         write_geotext_annotations(geotext, GEOTEXT_TEST_FILE, test)
         result = {

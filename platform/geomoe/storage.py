@@ -1,0 +1,397 @@
+"""Where every byte lives (core, no Ray): a location is a local path or a URI, resolved once into a
+``pyarrow.fs`` filesystem and a path inside it: the abstraction Ray Data, Train and Tune use themselves.
+
+Locations travel through the platform as plain strings: an absolute local path (the local disk, or a shared
+mount such as NFS/EFS) or a URI (``s3://bucket/key``, ``gs://``, ``abfs://``, ``hdfs://``). Every read and write
+of the platform goes through this module, so a stage never assumes that the machine running it wrote the files
+it reads.
+
+Atomicity. A local file is written to a temporary name and renamed. Object stores have no rename, but one PUT
+is atomic (the object appears whole or not at all), so a file is uploaded from a finished local temporary file
+in one request. A folder is finished when its manifest exists: it is written last (``atomic_dir``,
+``MANIFEST``), and readers treat a folder without it as unfinished.
+
+Credentials come from the standard environment (``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``,
+``AWS_SECRET_ACCESS_KEY``, ``AWS_REGION``; ``GOOGLE_APPLICATION_CREDENTIALS``), never from specs. ``redact``
+removes any that a user put into a URI before it is logged or recorded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import posixpath
+import re
+import shutil
+import tempfile
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import pyarrow.fs as pafs
+
+from geomoe.errors import GeomoeError
+
+MANIFEST = "manifest.json"
+_URI = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")
+_USERINFO = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*://)[^/@]*@")
+_FILESYSTEMS: dict[tuple[str, str, str], pafs.FileSystem] = {}
+_LOCK = threading.Lock()
+
+
+class StorageError(GeomoeError):
+    """A location cannot be read or written. The message names the URI and what to check."""
+
+
+def is_uri(location: str | os.PathLike[str]) -> bool:
+    return bool(_URI.match(str(location)))
+
+
+def is_local(location: str | os.PathLike[str]) -> bool:
+    """True for a plain path or file:// URI: a disk of this machine (which may be a shared mount)."""
+    match = _URI.match(str(location))
+    return match is None or match.group(1).lower() == "file"
+
+
+def redact(location: str | os.PathLike[str]) -> str:
+    """The location with any user:secret@ part removed: safe to log, record and show."""
+    return _USERINFO.sub(r"\1", str(location))
+
+
+def absolute(location: str | os.PathLike[str], base: str | os.PathLike[str] | None = None) -> str:
+    """A URI as it is; a local path made absolute against ``base`` (default: the working directory)."""
+    text = str(location)
+    if is_uri(text):
+        return text
+    return str((Path(base or Path.cwd()) / text).resolve())
+
+
+def join(location: str | os.PathLike[str], *parts: str) -> str:
+    """``location`` / parts, for paths and URIs alike (``Path`` would fold ``s3://`` into ``s3:/``)."""
+    text = str(location)
+    if not is_uri(text):
+        return str(Path(text).joinpath(*parts))
+    return posixpath.join(text.rstrip("/"), *parts)
+
+
+def parent(location: str | os.PathLike[str]) -> str:
+    text = str(location).rstrip("/")
+    return posixpath.dirname(text) if is_uri(text) else str(Path(text).parent)
+
+
+def basename(location: str | os.PathLike[str]) -> str:
+    return posixpath.basename(str(location).rstrip("/"))
+
+
+@dataclass(frozen=True)
+class Location:
+    """A resolved location: the filesystem that holds it and the path inside that filesystem."""
+
+    uri: str
+    fs: pafs.FileSystem
+    path: str
+
+    @property
+    def local(self) -> bool:
+        return isinstance(self.fs, pafs.LocalFileSystem)
+
+    def __str__(self) -> str:
+        return redact(self.uri)
+
+
+def resolve(location: str | os.PathLike[str] | Location) -> Location:
+    """Resolve once: a filesystem per (scheme, bucket, endpoint) is created and then reused (S3 clients are
+    costly to build, and some resolve the bucket's region with a request)."""
+    if isinstance(location, Location):
+        return location
+    text = str(location)
+    if is_local(text):
+        path = text[len("file://") :] if text.lower().startswith("file://") else text
+        return Location(text, pafs.LocalFileSystem(), str(Path(path).resolve()))
+    scheme, rest = text.split("://", 1)
+    key = (scheme.lower(), rest.split("/", 1)[0], os.environ.get("AWS_ENDPOINT_URL", ""))
+    with _LOCK:
+        fs = _FILESYSTEMS.get(key)
+    if fs is not None:
+        return Location(text, fs, redact(text).split("://", 1)[1].rstrip("/"))
+    try:
+        fs, path = pafs.FileSystem.from_uri(text)
+    except Exception as err:  # pyarrow raises ArrowInvalid, OSError or ValueError here
+        raise storage_error(text, err) from err
+    with _LOCK:
+        _FILESYSTEMS[key] = fs
+    return Location(text, fs, path.rstrip("/"))
+
+
+def uri_of(base: Location, path: str) -> str:
+    """The location (as the user spells it) of ``path``, a path inside ``base``'s filesystem (Ray reports those)."""
+    if base.local:
+        return path
+    inner = path.rstrip("/")
+    if not (inner == base.path or inner.startswith(base.path + "/")):
+        raise StorageError(f"{path} is not inside {base}")
+    return base.uri.rstrip("/") + inner[len(base.path) :]
+
+
+def filesystem_and_path(location: str | os.PathLike[str]) -> tuple[pafs.FileSystem, str]:
+    """What Ray Data / Train / Tune take as ``filesystem=`` and the path within it."""
+    loc = resolve(location)
+    return loc.fs, loc.path
+
+
+def storage_error(location: str | os.PathLike[str] | Location, err: BaseException) -> StorageError:
+    """Turn a filesystem error into one a user can act on, naming the (redacted) location."""
+    where = str(location) if isinstance(location, Location) else redact(location)
+    text = str(err)
+    endpoint = os.environ.get("AWS_ENDPOINT_URL")
+    if isinstance(err, FileNotFoundError) or "Path does not exist" in text:
+        hint = "no such file or folder"
+    elif "NoSuchBucket" in text or "bucket does not exist" in text.lower():
+        hint = "the bucket does not exist"
+    elif any(s in text for s in ("ACCESS_DENIED", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403")):
+        hint = "access denied: check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or the instance profile)"
+    elif any(s in text for s in ("NETWORK_CONNECTION", "Couldn't connect", "curlCode", "Connection refused")):
+        hint = f"cannot reach the storage endpoint ({'AWS_ENDPOINT_URL=' + endpoint if endpoint else 'default'})"
+    else:
+        hint = text.splitlines()[0] if text else type(err).__name__
+    return StorageError(f"{where}: {hint}")
+
+
+@contextmanager
+def _errors(location: str | os.PathLike[str] | Location) -> Iterator[None]:
+    try:
+        yield
+    except StorageError:
+        raise
+    except (OSError, ValueError) as err:  # pyarrow's ArrowException subclasses one of these
+        raise storage_error(location, err) from err
+
+
+def info(location: str | os.PathLike[str] | Location) -> pafs.FileInfo:
+    loc = resolve(location)
+    with _errors(loc):
+        return loc.fs.get_file_info(loc.path)
+
+
+def is_file(location: str | os.PathLike[str] | Location) -> bool:
+    return bool(info(location).type == pafs.FileType.File)
+
+
+def is_dir(location: str | os.PathLike[str] | Location) -> bool:
+    return bool(info(location).type == pafs.FileType.Directory)
+
+
+def exists(location: str | os.PathLike[str] | Location) -> bool:
+    return bool(info(location).type != pafs.FileType.NotFound)
+
+
+def read_bytes(location: str | os.PathLike[str] | Location) -> bytes:
+    loc = resolve(location)
+    with _errors(loc), loc.fs.open_input_stream(loc.path) as stream:
+        return bytes(stream.read())
+
+
+def read_head(location: str | os.PathLike[str] | Location, size: int) -> bytes:
+    """The first ``size`` bytes (one ranged GET on an object store)."""
+    loc = resolve(location)
+    with _errors(loc), loc.fs.open_input_file(loc.path) as handle:
+        return bytes(handle.read(size))
+
+
+def read_text(location: str | os.PathLike[str] | Location) -> str:
+    return read_bytes(location).decode("utf-8")
+
+
+def read_json(location: str | os.PathLike[str] | Location) -> Any:
+    return json.loads(read_text(location))
+
+
+def read_json_if_exists(location: str | os.PathLike[str] | Location) -> Any | None:
+    """The parsed JSON file, or None when it does not exist (a finished-marker check)."""
+    return read_json(location) if is_file(location) else None
+
+
+@contextmanager
+def open_input(location: str | os.PathLike[str] | Location) -> Iterator[IO[bytes]]:
+    """A seekable binary file object (PIL, torch.load, pyarrow readers take it)."""
+    loc = resolve(location)
+    if loc.local:
+        with _errors(loc), open(loc.path, "rb") as handle:
+            yield handle
+        return
+    yield io.BytesIO(read_bytes(loc))
+
+
+def _upload(local: Path, loc: Location) -> None:
+    """One object from a finished local file (a single PUT, or a multipart upload completed only at the end)."""
+    with _errors(loc):
+        parent_dir = posixpath.dirname(loc.path)
+        if parent_dir:
+            loc.fs.create_dir(parent_dir, recursive=True)
+        with open(local, "rb") as source, loc.fs.open_output_stream(loc.path) as sink:
+            shutil.copyfileobj(source, sink, length=8 << 20)
+
+
+@contextmanager
+def atomic_path(final: str | os.PathLike[str], suffix: str = "") -> Iterator[Path]:
+    """Yield a local temporary file path; publish it at ``final`` (a path or URI) only if the block succeeds."""
+    loc = resolve(final)
+    if loc.local:
+        target = Path(loc.path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        directory: str | None = str(target.parent)
+        prefix = f".{target.name}."
+    else:
+        directory, prefix = None, f"geomoe-{basename(loc.path)}."
+    fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=suffix + ".tmp", dir=directory)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        if loc.local:
+            os.replace(tmp_path, loc.path)
+        else:
+            _upload(tmp_path, loc)
+    finally:
+        tmp_path.unlink(missing_ok=True)
+
+
+def write_bytes_atomic(location: str | os.PathLike[str], data: bytes) -> None:
+    with atomic_path(location) as tmp:
+        tmp.write_bytes(data)
+
+
+def write_text_atomic(location: str | os.PathLike[str], text: str) -> None:
+    write_bytes_atomic(location, text.encode("utf-8"))
+
+
+def write_json_atomic(location: str | os.PathLike[str], obj: Any) -> None:
+    write_text_atomic(location, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def delete(location: str | os.PathLike[str] | Location) -> None:
+    """Remove a file or a folder (recursively); nothing to remove is fine."""
+    loc = resolve(location)
+    kind = info(loc).type
+    with _errors(loc):
+        if kind == pafs.FileType.Directory:
+            loc.fs.delete_dir(loc.path)
+        elif kind == pafs.FileType.File:
+            loc.fs.delete_file(loc.path)
+
+
+def make_dirs(location: str | os.PathLike[str] | Location) -> None:
+    loc = resolve(location)
+    with _errors(loc):
+        loc.fs.create_dir(loc.path, recursive=True)
+
+
+def list_files(location: str | os.PathLike[str] | Location) -> list[tuple[str, int]]:
+    """(path relative to ``location``, size) of every file below it, sorted; empty when it does not exist."""
+    loc = resolve(location)
+    if info(loc).type != pafs.FileType.Directory:
+        return []
+    with _errors(loc):
+        found = loc.fs.get_file_info(pafs.FileSelector(loc.path, recursive=True))
+    base = loc.path.rstrip("/") + "/"
+    return sorted((f.path[len(base) :], int(f.size or 0)) for f in found if f.type == pafs.FileType.File)
+
+
+def _publish_dir(local: Path, loc: Location, manifest: str) -> None:
+    """Replace the folder at ``loc`` with the finished local folder; its manifest (if any) goes last."""
+    if loc.local:
+        final = Path(loc.path)
+        if final.exists():
+            old = final.with_name(f".{final.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(final, old)
+            os.replace(local, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(local, final)
+        return
+    delete(loc)  # the old manifest first: from here on a reader sees the folder as unfinished
+    files = sorted(p for p in local.rglob("*") if p.is_file())
+    for path in sorted(files, key=lambda p: p.relative_to(local).as_posix() == manifest):
+        _upload(path, resolve(join(loc.uri, path.relative_to(local).as_posix())))
+
+
+@contextmanager
+def atomic_dir(final: str | os.PathLike[str], manifest: str = MANIFEST) -> Iterator[Path]:
+    """Yield a local temporary folder; publish it at ``final`` (path or URI) only if the block succeeds.
+
+    An existing ``final`` is replaced (the caller decides whether that is allowed). On an object store the
+    folder's ``manifest`` file is uploaded last, so a reader that waits for it never sees a partial folder.
+    """
+    loc = resolve(final)
+    if loc.local:
+        Path(loc.path).parent.mkdir(parents=True, exist_ok=True)
+        directory: str | None = str(Path(loc.path).parent)
+    else:
+        directory = None
+    tmp = Path(tempfile.mkdtemp(prefix=f".{basename(loc.path)}.", suffix=".tmp", dir=directory))
+    try:
+        yield tmp
+        _publish_dir(tmp, loc, manifest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def download_dir(location: str | os.PathLike[str], target: str | os.PathLike[str]) -> Path:
+    """Copy every file below ``location`` into the local folder ``target`` (created); return it."""
+    loc, out = resolve(location), Path(target)
+    out.mkdir(parents=True, exist_ok=True)
+    for rel, _ in list_files(loc):
+        dest = out / rel
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(dest) as tmp:
+            tmp.write_bytes(read_bytes(join(loc.uri, rel)))
+    return out
+
+
+def upload_dir(source: str | os.PathLike[str], location: str | os.PathLike[str]) -> None:
+    """Copy a local folder's files to ``location`` (path or URI), manifest last."""
+    with atomic_dir(location) as tmp:
+        shutil.copytree(source, tmp, dirs_exist_ok=True)
+
+
+@contextmanager
+def local_dir(location: str | os.PathLike[str]) -> Iterator[Path]:
+    """A local folder with the contents of ``location``: the folder itself when local, else a temporary copy."""
+    loc = resolve(location)
+    if loc.local:
+        if not Path(loc.path).is_dir():
+            raise StorageError(f"{loc}: no such folder")
+        yield Path(loc.path)
+        return
+    with tempfile.TemporaryDirectory(prefix="geomoe-") as tmp:
+        if not list_files(loc):
+            raise StorageError(f"{loc}: no such folder (or it is empty)")
+        yield download_dir(loc.uri, tmp)
+
+
+def file_sha256(location: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
+    loc = resolve(location)
+    digest = hashlib.sha256()
+    with _errors(loc), loc.fs.open_input_stream(loc.path) as stream:
+        for block in iter(lambda: stream.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def tree_sha256(location: str | os.PathLike[str], keep: Callable[[str], bool] = lambda p: True) -> str:
+    """Hash of the relative paths and sizes of every file below ``location`` (cheap; contents not read)."""
+    digest = hashlib.sha256()
+    for rel, size in list_files(location):
+        if keep(rel):
+            digest.update(f"{rel}\0{size}\n".encode())
+    return digest.hexdigest()
+
+
+def text_sha256(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
