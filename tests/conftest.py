@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -31,3 +32,56 @@ def tiny_synth(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
         query_size=32,
     )
     return out, generate(out, spec)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[str]:
+    """A real S3 HTTP API on 127.0.0.1 (moto's server mode). Our code reaches it only through the standard
+    variables (AWS_ENDPOINT_URL and credentials), set here before any Ray cluster starts so workers inherit them."""
+    from moto.server import ThreadedMotoServer
+
+    port = _free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    saved = {k: os.environ.get(k) for k in S3_ENV}
+    os.environ.update(
+        AWS_ENDPOINT_URL=endpoint, AWS_ACCESS_KEY_ID="geomoe-test", AWS_SECRET_ACCESS_KEY="geomoe-test-secret"
+    )
+    os.environ["AWS_REGION"] = "us-east-1"
+    yield endpoint
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    server.stop()
+
+
+S3_ENV = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION")
+
+
+def make_bucket(endpoint: str, name: str) -> str:
+    """Create a bucket through the S3 API; return its s3:// URI."""
+    import boto3
+
+    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket=name)
+    return f"s3://{name}"
+
+
+@pytest.fixture
+def s3_bucket(s3_server: str, request: pytest.FixtureRequest) -> str:
+    """A fresh, empty bucket for one test."""
+    import re
+    import uuid
+
+    name = re.sub(r"[^a-z0-9-]", "-", request.node.name.lower())[:40].strip("-")
+    return make_bucket(s3_server, f"{name}-{uuid.uuid4().hex[:8]}")

@@ -458,6 +458,12 @@ class ResourcesSpec(Strict):
     num_workers: int = Field(1, ge=1)
     use_gpu: bool = False
     cpus_per_worker: float = Field(1.0, gt=0)
+    worker_resources: dict[str, float] = Field(
+        default_factory=dict, description="custom Ray resources each training worker needs (node labels, GPU types)"
+    )
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(
+        "PACK", description="how training workers are placed; STRICT_SPREAD puts each on its own node"
+    )
     data_concurrency: int = Field(2, ge=1, description="parallel Ray Data tasks for CPU stages")
 
 

@@ -110,9 +110,25 @@ def _submit(spec: JobSpec, results: dict[str, Any]) -> dict[str, Any]:
     return submit_track4(checkpoint, spec.track4, spec.resources.data_concurrency)
 
 
+def _check_cluster_storage(spec: JobSpec) -> None:
+    """On a cluster (an address, a Ray job, or a cluster this process joined already), check before any stage
+    runs that every location is shared; a local cluster started by ``ensure_ray`` has one node."""
+    import os
+    import sys
+
+    joined = "ray" in sys.modules and sys.modules["ray"].is_initialized()
+    if not (joined or spec.resources.address or os.environ.get("RAY_ADDRESS")):
+        return
+    from geomoe.ray_env import check_shared_storage, ensure_ray
+
+    ensure_ray(spec.resources)
+    check_shared_storage(spec)
+
+
 def run_job(spec: JobSpec) -> dict[str, Any]:
     """Run every stage of ``spec``; return {stage: result}. Results are also saved under the run folder."""
     spec = spec.with_absolute_paths()
+    _check_cluster_storage(spec)
     run_dir = storage.join(spec.output_root, spec.name)
     storage.write_json_atomic(storage.join(run_dir, "spec.json"), spec.model_dump(mode="json"))
     results: dict[str, Any] = {}

@@ -5,7 +5,9 @@ from __future__ import annotations
 import logging
 import os
 
-from geomoe.config import ResourcesSpec
+from geomoe import storage
+from geomoe.config import JobSpec, ResourcesSpec
+from geomoe.errors import SpecError
 
 log = logging.getLogger(__name__)
 
@@ -31,3 +33,29 @@ def ensure_ray(resources: ResourcesSpec, dashboard: bool = False) -> None:
         num_cpus = resources.num_cpus or max(4, os.cpu_count() or 1)
         ray.init(num_cpus=num_cpus, include_dashboard=dashboard, logging_level=logging.WARNING)
     log.info("Ray cluster resources: %s", ray.cluster_resources())
+
+
+def alive_nodes() -> int:
+    import ray
+
+    return sum(1 for node in ray.nodes() if node.get("Alive"))
+
+
+def check_shared_storage(spec: JobSpec) -> None:
+    """Stop before any work when a multi-node cluster would run a job whose data or outputs sit on one disk.
+
+    Ray Train and Tune need storage every node reaches (Ray removed syncing to the head node in 2.7), and a
+    worker on one machine cannot read the Parquet or images another machine wrote to its own disk."""
+    nodes = alive_nodes()
+    if nodes < 2:
+        return
+    for key, location in spec.locations().items():
+        if not spec.storage.is_shared(location):
+            raise SpecError(
+                f"job {spec.name}",
+                key,
+                f"{storage.redact(location)} is a local path, and this Ray cluster has {nodes} nodes that do not "
+                "share a disk: workers on other machines could not read or write it. Use a URI "
+                "(s3://bucket/prefix, gs://...), or, if the path lies on a mount every node has (NFS, EFS), "
+                "declare it: storage.shared_mounts: [<mount prefix>] (or storage.shared: true)",
+            )

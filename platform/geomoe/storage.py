@@ -150,7 +150,7 @@ def storage_error(location: str | os.PathLike[str] | Location, err: BaseExceptio
     text = str(err)
     endpoint = os.environ.get("AWS_ENDPOINT_URL")
     if isinstance(err, FileNotFoundError) or "Path does not exist" in text:
-        hint = "no such file or folder"
+        hint = "the bucket does not exist" if _bucket_missing(location) else "no such file or folder"
     elif "NoSuchBucket" in text or "bucket does not exist" in text.lower():
         hint = "the bucket does not exist"
     elif any(s in text for s in ("ACCESS_DENIED", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403")):
@@ -160,6 +160,18 @@ def storage_error(location: str | os.PathLike[str] | Location, err: BaseExceptio
     else:
         hint = text.splitlines()[0] if text else type(err).__name__
     return StorageError(f"{where}: {hint}")
+
+
+def _bucket_missing(location: str | os.PathLike[str] | Location) -> bool:
+    loc = location if isinstance(location, Location) else None
+    text = loc.uri if loc else str(location)
+    if is_local(text):
+        return False
+    try:
+        loc = loc or resolve(text)
+        return bool(loc.fs.get_file_info(loc.path.split("/", 1)[0]).type == pafs.FileType.NotFound)
+    except (OSError, ValueError, StorageError):
+        return False
 
 
 @contextmanager

@@ -129,7 +129,7 @@ def write_index(
     ids: Sequence[str],
     manifest: dict[str, Any],
     faiss_indexes: dict[str, Any] | None = None,
-) -> Path:
+) -> str | Path:
     """Write the matrix, ids, FAISS indexes (``faiss_<kind>.index``) and the manifest (plus counts and layout)
     into ``folder`` atomically."""
     import faiss
@@ -143,7 +143,7 @@ def write_index(
             faiss.write_index(index, str(tmp / f"faiss_{kind}.index"))
         (tmp / "ids.json").write_text(json.dumps(list(ids)))
         (tmp / MANIFEST).write_text(json.dumps(full, indent=2, sort_keys=True))
-    return Path(folder)
+    return folder
 
 
 def read_index(folder: str | Path, mmap: bool = True) -> GalleryIndex:

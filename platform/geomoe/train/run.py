@@ -121,7 +121,10 @@ def run_trainer(
         loop,
         train_loop_config=config,
         scaling_config=ScalingConfig(
-            num_workers=res.num_workers, use_gpu=res.use_gpu, resources_per_worker={"CPU": res.cpus_per_worker}
+            num_workers=res.num_workers,
+            use_gpu=res.use_gpu,
+            resources_per_worker={"CPU": res.cpus_per_worker, **res.worker_resources},
+            placement_strategy=res.placement_strategy,
         ),
         run_config=RunConfig(
             name=f"stage{stage}",

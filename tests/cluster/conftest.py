@@ -1,0 +1,33 @@
+"""A multi-node Ray cluster on one machine (``ray.cluster_utils.Cluster``: a head and two worker nodes, each a
+raylet of its own), with every data and output location on the S3 server of tests/conftest.py.
+
+The nodes share this machine's disk, so only storage that is not a local disk proves a run cluster-ready
+(REFERENCE.md sec. 8): every location in these tests is an s3:// URI, except the declared caches (tiny models).
+This module runs before tests/ray (alphabetical order) and shuts its cluster down before that suite starts its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+TRAINER = "trainer_slot"  # a custom resource only the worker nodes have: the tests' Train workers ask for it
+
+
+@pytest.fixture(scope="package")
+def two_node_cluster(s3_server: str) -> Iterator[object]:
+    import ray
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={"num_cpus": 2, "object_store_memory": 300_000_000, "include_dashboard": False},
+    )
+    for _ in range(2):
+        cluster.add_node(num_cpus=2, resources={TRAINER: 1}, object_store_memory=300_000_000)
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address, log_to_driver=False)
+    yield cluster
+    ray.shutdown()
+    cluster.shutdown()

@@ -1,0 +1,132 @@
+"""Cluster-ready runs: a PE-MoE job whose data and outputs live only on the S3 server, its two Train workers on
+two different nodes; the multi-node guard; storage errors that name the URI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from geomoe import storage
+from geomoe.config import JobSpec, parse_spec
+from geomoe.data.prepared import PreparedDataset
+from geomoe.errors import SpecError
+
+
+TRAINER = "trainer_slot"  # the custom resource the worker nodes of tests/cluster/conftest.py carry
+
+
+def job_raw(data_root: str, out_root: str, models: Path) -> dict[str, Any]:
+    """The tiny PE-MoE job: data and outputs at the given locations, tiny models in the declared cache."""
+    return {
+        "name": "s3run",
+        "stages": ["prepare", "train", "index"],
+        "output_root": out_root,
+        "data": {"format": "geotext", "root": data_root},
+        "preprocess": {"output_dir": f"{out_root}/prepared", "satellite_copies": 1},
+        "model": {
+            "embed_dim": 16,
+            "gate_hidden": 16,
+            "text": {"source": str(models / "text"), "tail_layers": 1, "max_length": 32, "pool": "mean"},
+            "image": {
+                "name": "geomoe-eva02-micro",
+                "pretrained": str(models / "image.pt"),
+                "image_size": 32,
+                "tail_blocks": 1,
+                "pool": "avg",
+            },
+            "tiny": {"text_hidden": 16, "text_layers": 2, "text_heads": 2},
+        },
+        "train": {"batch_size": 8, "lr": 1e-3, "stage1_epochs": 2, "stage2_epochs": 1, "materialize_inputs": True},
+        "index": {"output_dir": f"{out_root}/index", "dtype": "float16"},
+        "resources": {
+            "num_workers": 2,
+            "cpus_per_worker": 0.5,
+            "data_concurrency": 1,
+            "worker_resources": {TRAINER: 1},
+            "placement_strategy": "STRICT_SPREAD",
+        },
+    }
+
+
+def _rows(prepared: PreparedDataset, root: str) -> list[tuple[Any, ...]]:
+    """Every prepared row, with its image location made relative to ``root`` (the runs differ only there)."""
+    table = prepared.dataset().to_table().to_pylist()
+    relative = lambda p: p[len(root) :] if p.startswith(root) else p.rsplit("/", 1)[-1]  # noqa: E731
+    return sorted(
+        (r["split"], r["image_id"], r["caption_index"], r["augment"], r["caption"], relative(r["image_path"]))
+        for r in table
+    )
+
+
+def _train_worker_nodes() -> set[str]:
+    from ray.util.state import list_actors
+
+    actors = list_actors(filters=[("class_name", "=", "RayTrainWorker")], detail=True, limit=1000)
+    return {a.node_id for a in actors}
+
+
+def test_pe_moe_job_runs_from_s3_with_workers_on_two_nodes(
+    two_node_cluster: Any, s3_bucket: str, tiny_synth: tuple[Path, dict], tmp_path: Path, monkeypatch: Any
+) -> None:
+    from geomoe.jobs import run_job
+    from geomoe.pipelines.prepare import prepare
+
+    root, _ = tiny_synth
+    data = f"{s3_bucket}/datasets/geotext"
+    storage.upload_dir(root / "geotext", data)
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)  # the job must write nothing here: every output goes to the bucket
+    out = f"{s3_bucket}/runs"
+    spec = parse_spec(JobSpec, job_raw(data, out, tmp_path / "models"), "test")
+
+    results = run_job(spec)
+
+    assert list(cwd.iterdir()) == []
+    final = results["train"]["model"]
+    assert final["checkpoint"].startswith(f"{out}/s3run/ray_train/stage2/")
+    assert storage.is_file(storage.join(final["checkpoint"], "state.pt"))
+    assert storage.read_json(f"{out}/s3run/results.json") == json.loads(json.dumps(results))
+    assert final["stage2"]["exact"]["R@10"] >= 0 and set(final["stage2"]) >= {"exact", "building"}
+    index = storage.read_json(f"{out}/index/manifest.json")
+    assert index["checkpoint"] == final["checkpoint"] and index["count"] == results["index"]["count"] > 0
+    worker_nodes = _train_worker_nodes()
+    head = two_node_cluster.head_node.node_id
+    assert len(worker_nodes) >= 2 and head not in worker_nodes  # STRICT_SPREAD over the two worker nodes
+
+    # The same data prepared on local disk gives the same rows (prepare is deterministic; only locations differ).
+    on_s3 = PreparedDataset.open(f"{out}/prepared")
+    assert on_s3.table.startswith(f"{out}/prepared/")
+    local_raw = job_raw(str(root / "geotext"), str(tmp_path / "local"), tmp_path / "models")
+    local_raw["storage"] = {"shared": True}  # true here: the "nodes" are processes on one machine
+    local = PreparedDataset.of(prepare(parse_spec(JobSpec, local_raw, "test")))
+    augmented = lambda d: d.location + "/augmented/"  # noqa: E731
+    assert _rows(on_s3, data + "/images/") == _rows(local, str(root / "geotext" / "images") + "/")
+    assert {r[-1] for r in _rows(on_s3, augmented(on_s3))} == {r[-1] for r in _rows(local, augmented(local))}
+
+
+def test_multinode_guard_stops_a_local_output_root_before_any_work(
+    two_node_cluster: Any, s3_bucket: str, tmp_path: Path, capsys: Any
+) -> None:
+    from geomoe.cli import main
+    from geomoe.ray_env import check_shared_storage
+
+    raw = job_raw(f"{s3_bucket}/datasets/geotext", f"{s3_bucket}/runs", tmp_path / "models")
+    raw["output_root"] = str(tmp_path / "runs")
+    job = tmp_path / "job.yaml"
+    job.write_text(yaml.safe_dump(raw))
+
+    assert main(["run", str(job)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("geomoe: error: job s3run: output_root: ") and "Traceback" not in err
+    assert "local path" in err and "3 nodes" in err and "storage.shared_mounts" in err
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "models").exists()
+
+    declared = parse_spec(JobSpec, raw | {"storage": {"shared_mounts": [str(tmp_path)]}}, "test")
+    check_shared_storage(declared)  # a declared shared mount passes
+    with pytest.raises(SpecError, match="output_root"):
+        check_shared_storage(parse_spec(JobSpec, raw | {"storage": {"shared_mounts": ["/elsewhere"]}}, "test"))
