@@ -17,8 +17,9 @@ TRAINER = "trainer_slot"  # a custom resource only the worker nodes have: the te
 
 @pytest.fixture(scope="package")
 def two_node_cluster(s3_server: str) -> Iterator[object]:
-    import ray
     from ray.cluster_utils import Cluster
+
+    import ray
 
     cluster = Cluster(
         initialize_head=True,

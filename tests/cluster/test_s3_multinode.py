@@ -15,7 +15,6 @@ from geomoe.config import JobSpec, parse_spec
 from geomoe.data.prepared import PreparedDataset
 from geomoe.errors import SpecError
 
-
 TRAINER = "trainer_slot"  # the custom resource the worker nodes of tests/cluster/conftest.py carry
 
 
