@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -834,14 +836,41 @@ def parse_spec(model: type[SpecT], raw: Any, source: str, overrides: list[str] |
         raise SpecError(source, key, reason + (f" (and {more} more errors)" if more else "")) from err
 
 
+_ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def expand_env(raw: Any, source: str, key: str = "") -> Any:
+    """Replace ``${NAME}`` and ``${NAME:-default}`` in string values from the environment (one variable, such
+    as GEOMOE_STORAGE, points every job, sweep and serve config at the cluster's storage). An unset variable
+    without a default is an error naming the key."""
+    if isinstance(raw, dict):
+        return {k: expand_env(v, source, f"{key}.{k}" if key else str(k)) for k, v in raw.items()}
+    if isinstance(raw, list):
+        return [expand_env(v, source, f"{key}.{i}" if key else str(i)) for i, v in enumerate(raw)]
+    if not isinstance(raw, str):
+        return raw
+
+    def value(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(2)
+        if name in os.environ:
+            return os.environ[name]
+        if default is None:
+            raise SpecError(source, key, f"${{{name}}} is not set in the environment (or write ${{{name}:-default}})")
+        return default
+
+    return _ENV_REFERENCE.sub(value, raw)
+
+
 def load_yaml(path: str | Path) -> Any:
+    """A YAML spec file, with ``${NAME}`` environment references expanded."""
     path = Path(path)
     if not path.is_file():
         raise SpecError(str(path), "", "file not found")
     try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as err:
         raise SpecError(str(path), "", f"not valid YAML: {err}") from err
+    return expand_env(raw, str(path))
 
 
 def load_job(path: str | Path, overrides: list[str] | None = None) -> JobSpec:

@@ -7,6 +7,7 @@ entrypoint is ``geomoe run`` on the cluster, where the job joins the cluster thr
 
 from __future__ import annotations
 
+import os
 import shlex
 import time
 from pathlib import Path
@@ -16,6 +17,15 @@ from geomoe.config import load_job
 
 EXCLUDES = [".git", ".venv", "data", "runs", "bench_results", "**/__pycache__", "*.egg-info"]
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
+
+
+# Where the job's data and outputs live, forwarded so the spec resolves on the cluster as it did here.
+# Credentials are never forwarded: the cluster has its own (an instance profile, a Kubernetes secret).
+FORWARDED = ("AWS_ENDPOINT_URL", "AWS_REGION", "AWS_DEFAULT_REGION")
+
+
+def forwarded_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k.startswith("GEOMOE_") or k in FORWARDED}
 
 
 def submit(
@@ -40,7 +50,7 @@ def submit(
     client = JobSubmissionClient(address)
     job_id = client.submit_job(
         entrypoint=entrypoint,
-        runtime_env={"working_dir": str(root), "excludes": EXCLUDES},
+        runtime_env={"working_dir": str(root), "excludes": EXCLUDES, "env_vars": forwarded_env()},
         metadata={"geomoe_job": spec.name},
     )
     result: dict[str, Any] = {"job_id": job_id, "entrypoint": entrypoint, "address": address}

@@ -1,4 +1,4 @@
-"""cluster/cluster.yaml passes Ray's own cluster-launcher validation (offline) and has the node types we rely on."""
+"""cluster.yaml passes Ray's own cluster-launcher validation (offline) and has the node types we rely on."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import yaml
 from jsonschema import ValidationError
 
-CLUSTER = Path(__file__).resolve().parents[2] / "cluster" / "cluster.yaml"
+CLUSTER = Path(__file__).resolve().parents[2] / "cluster.yaml"
 
 
 def test_cluster_config_is_valid_for_the_ray_launcher() -> None:
@@ -21,6 +21,9 @@ def test_cluster_config_is_valid_for_the_ray_launcher() -> None:
     assert types["train_8gpu"]["resources"]["GPU"] == 8 and types["infer_1gpu"]["resources"]["GPU"] == 1
     assert types["train_8gpu"]["min_workers"] == 0 < types["train_8gpu"]["max_workers"]  # autoscaled from zero
     assert any("[gpu]" in command for command in config["setup_commands"])
+    # no shared disk: every node reaches the bucket through its instance profile, never through keys
+    assert all("IamInstanceProfile" in t["node_config"] for t in types.values())
+    assert "AWS_SECRET_ACCESS_KEY" not in CLUSTER.read_text()
     broken = {**config, "available_node_types": {**types, "spare": {"resources": {}, "max_workers": 1}}}
     with pytest.raises(ValidationError, match="node_config"):
         validate_config(prepare_config(broken))

@@ -147,3 +147,22 @@ def test_serve_spec_refuses_inconsistent_args_naming_the_key() -> None:
     ):
         with pytest.raises(SpecError, match=words):
             parse_spec(ServeSpec, raw, "serve.yaml")
+
+
+def test_environment_references_expand_with_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from geomoe.config import load_job
+
+    job = tmp_path / "job.yaml"
+    job.write_text(
+        "name: j\nstages: [prepare]\noutput_root: ${GEOMOE_STORAGE}/runs\n"
+        "data: {format: geotext, root: '${GEOMOE_DATA:-/data}/geotext'}\n"
+        "preprocess: {output_dir: '${GEOMOE_STORAGE}/prepared'}\n"
+    )
+    monkeypatch.setenv("GEOMOE_STORAGE", "s3://bucket/geomoe")
+    monkeypatch.delenv("GEOMOE_DATA", raising=False)
+    spec = load_job(job)
+    assert (spec.output_root, spec.data.root) == ("s3://bucket/geomoe/runs", "/data/geotext")
+    assert spec.preprocess.output_dir == "s3://bucket/geomoe/prepared"
+    monkeypatch.delenv("GEOMOE_STORAGE")
+    with pytest.raises(SpecError, match=r"job.yaml: output_root: \$\{GEOMOE_STORAGE\} is not set"):
+        load_job(job)
