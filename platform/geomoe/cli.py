@@ -139,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(fn=_cmd_serve)
     bench = sub.add_parser("bench", help="run a benchmark and write a JSON result")
     bench.add_argument(
-        "name", choices=["prepare", "pe_moe_step", "mining", "gmoe", "rerank", "sweep", "index", "serve"]
+        "name", choices=["prepare", "pe_moe_step", "mining", "gmoe", "rerank", "sweep", "index", "serve", "storage"]
     )
     bench.add_argument("--out", default="bench_results")
     bench.set_defaults(fn=_cmd_bench)

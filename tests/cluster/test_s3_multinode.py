@@ -4,6 +4,7 @@ two different nodes; the multi-node guard; storage errors that name the URI."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -129,3 +130,54 @@ def test_multinode_guard_stops_a_local_output_root_before_any_work(
     check_shared_storage(declared)  # a declared shared mount passes
     with pytest.raises(SpecError, match="output_root"):
         check_shared_storage(parse_spec(JobSpec, raw | {"storage": {"shared_mounts": ["/elsewhere"]}}, "test"))
+
+
+def test_lost_node_resumes_training_from_the_last_checkpoint_in_s3(
+    two_node_cluster: Any, s3_bucket: str, tiny_synth: tuple[Path, dict], tmp_path: Path
+) -> None:
+    """The node that holds a Train worker is removed after epoch 0 was checkpointed to S3; a new node joins;
+    FailureConfig restarts the worker group, which resumes at epoch 1 from that checkpoint."""
+    import threading
+
+    from ray.util.state import list_actors
+
+    import ray
+    from geomoe.models.factory import ensure_tiny_models
+    from geomoe.pipelines.prepare import prepare
+    from geomoe.train.run import fit_stage, split_rows
+
+    root, _ = tiny_synth
+    data = f"{s3_bucket}/datasets/geotext"
+    storage.upload_dir(root / "geotext", data)
+    raw = job_raw(data, f"{s3_bucket}/runs", tmp_path / "models")
+    raw["train"] |= {"stage1_epochs": 3, "max_failures": 2, "materialize_inputs": False, "keep_checkpoints": 3}
+    spec = parse_spec(JobSpec, raw, "test").with_absolute_paths()
+    table = split_rows(prepare(spec), "train", spec)
+    ensure_tiny_models(spec.pe_moe, table["caption"].to_pylist())
+    run_dir = f"{s3_bucket}/runs/s3run"
+    outcome: dict[str, Any] = {}
+
+    def fit() -> None:
+        try:
+            outcome["record"] = fit_stage(spec, run_dir, 1, table, None, test_hooks={"step_pause_s": 1.5})
+        except BaseException as err:  # reported by the assertion below
+            outcome["error"] = err
+
+    thread = threading.Thread(target=fit, daemon=True)
+    thread.start()
+    checkpoints = f"{run_dir}/ray_train/stage1"
+    deadline = time.monotonic() + 240
+    while not any(rel.endswith("state.pt") for rel, _ in storage.list_files(checkpoints)):
+        assert thread.is_alive() and time.monotonic() < deadline, outcome.get("error", "no checkpoint in time")
+        time.sleep(0.5)
+    alive = list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")], limit=100)
+    victim = next(n for n in two_node_cluster.worker_nodes if n.node_id == alive[0].node_id)
+    two_node_cluster.remove_node(victim)
+    two_node_cluster.add_node(num_cpus=2, resources={TRAINER: 1}, object_store_memory=300_000_000)
+    thread.join(timeout=420)
+
+    assert not thread.is_alive() and "error" not in outcome, outcome.get("error")
+    metrics = outcome["record"]["metrics"]
+    assert metrics["epoch"] == 2 and metrics["start_epoch"] >= 1  # resumed, not restarted from epoch 0
+    assert outcome["record"]["checkpoint"].startswith(f"{checkpoints}/")
+    assert sum(1 for node in ray.nodes() if node["Alive"]) == 3

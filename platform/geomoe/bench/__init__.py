@@ -44,6 +44,10 @@ def run_benchmark(name: str, out: str, overrides: list[str]) -> dict[str, Any]:
         from geomoe.bench.sweep import bench_sweep
 
         result = bench_sweep()
+    elif name == "storage":
+        from geomoe.bench.storage import bench_storage
+
+        result = bench_storage(Path(out))
     elif name == "mining":
         from geomoe.bench.pe_moe import bench_mining
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +47,10 @@ def _texts(batch: dict[str, np.ndarray], use_statements: bool, rng: np.random.Ge
 
 
 def maybe_inject_failure(config: dict[str, Any], epoch: int, step: int) -> None:
-    """Test hook: kill this worker process once at (epoch, step) to exercise FailureConfig recovery."""
+    """Test hooks: kill this worker process once at (epoch, step) to exercise FailureConfig recovery; or
+    pause before each step of a later epoch, so a test can take a node away while the run is still going."""
+    if epoch > 0 and config.get("step_pause_s"):
+        time.sleep(float(config["step_pause_s"]))
     fail = config.get("fail_once_at")
     if fail and [epoch, step] == list(fail["at"]) and not Path(fail["marker"]).exists():
         Path(fail["marker"]).write_text("killed")

@@ -1,0 +1,143 @@
+"""``geomoe bench storage``: the cost of object storage, measured against local disk in one run.
+
+1. Prepare plus one training epoch (and its evaluation) of a quickstart-shaped PE-MoE job, once with data and
+   outputs on local disk and once with both on an S3 server on 127.0.0.1 (moto's server mode, started here).
+2. The image read path: N gallery images read and decoded directly from local files, through the storage
+   layer from local disk, and through the storage layer from S3 (one at a time, and 16 reads in flight).
+
+The S3 server runs on this machine, so its "network" is a loopback with almost no latency: the ratios bound
+the overhead of our own code and of the S3 protocol, not of a real object store (see the README).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import socket
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from geomoe import storage
+from geomoe.config import JobSpec, SynthSpec, load_job, parse_spec
+from geomoe.errors import GeomoeError
+
+QUICKSTART = Path(__file__).resolve().parents[3] / "jobs" / "quickstart.yaml"
+BENCH_SYNTH = SynthSpec(train_buildings=96, test_buildings=12, drone_views=4, ground_views=2, image_size=64)
+
+
+@contextmanager
+def s3_server() -> Iterator[str]:
+    """An S3 API on a free loopback port, with the standard variables pointing at it (set before Ray starts)."""
+    try:
+        from moto.server import ThreadedMotoServer
+    except ImportError as err:
+        raise GeomoeError("bench storage needs moto's server (pip install -e '.[dev]')") from err
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    os.environ.update(AWS_ENDPOINT_URL=endpoint, AWS_REGION="us-east-1")
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", "bench")
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "bench")
+    try:
+        yield endpoint
+    finally:
+        server.stop()
+
+
+def _job(data_root: str, out: str, models: Path) -> JobSpec:
+    """The quickstart's model and training settings, one stage-1 epoch, no baselines, captions or index."""
+    base = load_job(QUICKSTART).model_dump(mode="json")
+    base.update(name="bench-storage", stages=["prepare", "train"], output_root=out, baselines={})
+    base.pop("caption")
+    base.pop("index")
+    base["data"] = {"format": "geotext", "root": data_root}
+    base["preprocess"] |= {"output_dir": f"{out}/prepared"}
+    base["eval"]["rerank"] = []
+    base["train"] |= {"stage1_epochs": 1, "stage2_epochs": 0}
+    base["model"]["text"]["source"] = str(models / "text")
+    base["model"]["image"]["pretrained"] = str(models / "image.pt")
+    return parse_spec(JobSpec, base, "bench storage")
+
+
+def _timed_job(spec: JobSpec) -> dict[str, float]:
+    from geomoe.jobs import run_job
+
+    started = time.perf_counter()
+    results = run_job(spec)
+    total = time.perf_counter() - started
+    prepare_s = float(results["prepare"]["seconds"])
+    return {"prepare_s": round(prepare_s, 2), "train_epoch_and_eval_s": round(total - prepare_s, 2)}
+
+
+def _read_rate(paths: list[str], read: Callable[[str], bytes], threads: int = 1) -> float:
+    """Images per second: read and fully decode every path."""
+    from PIL import Image
+
+    def one(path: str) -> None:
+        with Image.open(io.BytesIO(read(path))) as image:
+            image.load()
+
+    started = time.perf_counter()
+    if threads == 1:
+        for path in paths:
+            one(path)
+    else:
+        with ThreadPoolExecutor(threads) as pool:
+            list(pool.map(one, paths))
+    return round(len(paths) / (time.perf_counter() - started), 1)
+
+
+def _image_reads(local_root: Path, s3_root: str, limit: int = 1000) -> dict[str, float]:
+    files = sorted(rel for rel, _ in storage.list_files(local_root / "images"))[:limit]
+    local = [str(local_root / "images" / f) for f in files]
+    remote = [f"{s3_root}/images/{f}" for f in files]
+    return {
+        "images": len(files),
+        "direct_local_per_s": _read_rate(local, lambda p: Path(p).read_bytes()),
+        "storage_local_per_s": _read_rate(local, storage.read_bytes),
+        "storage_s3_per_s": _read_rate(remote, storage.read_bytes),
+        "storage_s3_16_in_flight_per_s": _read_rate(remote, storage.read_bytes, threads=16),
+    }
+
+
+def bench_storage(out: Path) -> dict[str, Any]:
+    import boto3
+
+    import ray
+    from geomoe.data.synthgeo import generate
+
+    data = out / "data" / "synthgeo-storage"
+    generate(data, BENCH_SYNTH)
+    work = out / "work"
+    storage.delete(work)
+    with s3_server() as endpoint:
+        boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket="bench")
+        s3_data = "s3://bench/datasets/geotext"
+        started = time.perf_counter()
+        storage.upload_dir(data / "geotext", s3_data)
+        upload_s = time.perf_counter() - started
+        local = _timed_job(_job(str(data / "geotext"), str(work / "local"), work / "models"))
+        on_s3 = _timed_job(_job(s3_data, "s3://bench/runs", work / "models"))
+        ray.shutdown()
+        reads = _image_reads(data / "geotext", s3_data)
+    ratio = {k: round(on_s3[k] / local[k], 2) for k in local}
+    return {
+        "benchmark": "storage",
+        "synth": BENCH_SYNTH.model_dump(),
+        "upload_dataset_s": round(upload_s, 2),
+        "local_disk": local,
+        "s3_loopback": on_s3,
+        "s3_over_local_time": ratio,
+        "image_reads": reads,
+        "summary": f"storage: prepare {ratio['prepare_s']}x and one epoch + eval {ratio['train_epoch_and_eval_s']}x "
+        f"the local time with data and outputs on S3 (loopback); image reads/s: direct "
+        f"{reads['direct_local_per_s']}, storage layer local {reads['storage_local_per_s']}, S3 "
+        f"{reads['storage_s3_per_s']} (16 in flight: {reads['storage_s3_16_in_flight_per_s']})",
+    }
