@@ -46,8 +46,11 @@ def _free_port() -> int:
 def s3_server() -> Iterator[str]:
     """A real S3 HTTP API on 127.0.0.1 (moto's server mode). Our code reaches it only through the standard
     variables (AWS_ENDPOINT_URL and credentials), set here before any Ray cluster starts so workers inherit them."""
+    import logging
+
     from moto.server import ThreadedMotoServer
 
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one log line per request otherwise
     port = _free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()

@@ -12,6 +12,15 @@ from collections.abc import Iterator
 
 import pytest
 
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 TRAINER = "trainer_slot"  # a custom resource only the worker nodes have: the tests' Train workers ask for it
 
 
@@ -21,10 +30,9 @@ def two_node_cluster(s3_server: str) -> Iterator[object]:
 
     import ray
 
-    cluster = Cluster(
-        initialize_head=True,
-        head_node_args={"num_cpus": 2, "object_store_memory": 300_000_000, "include_dashboard": False},
-    )
+    # The dashboard serves Ray's state API, from which the tests read where the Train workers ran.
+    head = {"num_cpus": 2, "object_store_memory": 300_000_000, "include_dashboard": True}
+    cluster = Cluster(initialize_head=True, head_node_args=head | {"dashboard_port": free_port()})
     for _ in range(2):
         cluster.add_node(num_cpus=2, resources={TRAINER: 1}, object_store_memory=300_000_000)
     cluster.wait_for_nodes()

@@ -91,7 +91,7 @@ def test_pe_moe_job_runs_from_s3_with_workers_on_two_nodes(
     assert final["checkpoint"].startswith(f"{out}/s3run/ray_train/stage2/")
     assert storage.is_file(storage.join(final["checkpoint"], "state.pt"))
     assert storage.read_json(f"{out}/s3run/results.json") == json.loads(json.dumps(results))
-    assert final["stage2"]["exact"]["R@10"] >= 0 and set(final["stage2"]) >= {"exact", "building"}
+    assert set(final["stage2"]["retrieval"]) == {"exact", "building"} and final["stage2"]["counts"]["gallery"] > 0
     index = storage.read_json(f"{out}/index/manifest.json")
     assert index["checkpoint"] == final["checkpoint"] and index["count"] == results["index"]["count"] > 0
     worker_nodes = _train_worker_nodes()
@@ -166,8 +166,11 @@ def test_lost_node_resumes_training_from_the_last_checkpoint_in_s3(
     thread = threading.Thread(target=fit, daemon=True)
     thread.start()
     checkpoints = f"{run_dir}/ray_train/stage1"
+    # A checkpoint counts once Train's controller has registered it (an uploaded one it has not seen yet is not
+    # resumed from); the controller records its registered checkpoints in this snapshot, in the run's storage.
+    registered = f"{checkpoints}/checkpoint_manager_snapshot.json"
     deadline = time.monotonic() + 240
-    while not any(rel.endswith("state.pt") for rel, _ in storage.list_files(checkpoints)):
+    while not (storage.read_json_if_exists(registered) or {}).get("checkpoint_results"):
         assert thread.is_alive() and time.monotonic() < deadline, outcome.get("error", "no checkpoint in time")
         time.sleep(0.5)
     alive = list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")], limit=100)
