@@ -663,16 +663,16 @@ class JobSpec(Strict):
             return JobSpec.model_validate(raw)
         tiny = self.model.tiny is not None
         text, image = raw["model"]["text"], raw["model"]["image"]
-        if tiny or (root / text["source"]).exists():
+        if tiny or storage.exists(storage.absolute(text["source"], root)):
             text["source"] = absolute(text["source"])
-        if image["pretrained"] and (tiny or (root / image["pretrained"]).is_file()):
+        if image["pretrained"] and (tiny or storage.is_file(storage.absolute(image["pretrained"], root))):
             image["pretrained"] = absolute(image["pretrained"])
         return JobSpec.model_validate(raw)
 
     @staticmethod
     def _local_engine_model(engine: dict[str, Any], root: Path) -> bool:
         """A served (http) model is a name; otherwise a model is local when it exists or ``tiny`` builds it."""
-        return engine["kind"] != "http" and (engine["tiny"] or (root / engine["model"]).exists())
+        return engine["kind"] != "http" and (engine["tiny"] or storage.exists(storage.absolute(engine["model"], root)))
 
     def fingerprint(self, *sections: str) -> str:
         """Stable hash of the resolved spec, or of only the named top-level ``sections``.
@@ -862,12 +862,11 @@ def expand_env(raw: Any, source: str, key: str = "") -> Any:
 
 
 def load_yaml(path: str | Path) -> Any:
-    """A YAML spec file, with ``${NAME}`` environment references expanded."""
-    path = Path(path)
-    if not path.is_file():
+    """A YAML spec file (a path or URI), with ``${NAME}`` environment references expanded."""
+    if not storage.is_file(path):
         raise SpecError(str(path), "", "file not found")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = yaml.safe_load(storage.read_text(path))
     except yaml.YAMLError as err:
         raise SpecError(str(path), "", f"not valid YAML: {err}") from err
     return expand_env(raw, str(path))

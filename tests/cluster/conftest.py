@@ -24,7 +24,7 @@ def free_port() -> int:
 TRAINER = "trainer_slot"  # a custom resource only the worker nodes have: the tests' Train workers ask for it
 
 
-@pytest.fixture(scope="package")
+@pytest.fixture(scope="module")  # torn down before tests/e2e and tests/ray start their own clusters
 def two_node_cluster(s3_server: str) -> Iterator[object]:
     from ray.cluster_utils import Cluster
 
