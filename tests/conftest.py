@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -78,6 +78,12 @@ def make_bucket(endpoint: str, name: str) -> str:
 
     boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket=name)
     return f"s3://{name}"
+
+
+@pytest.fixture(scope="session")
+def new_bucket(s3_server: str) -> Callable[[str], str]:
+    """Create a bucket (for module-scoped fixtures, which cannot use the function-scoped ``s3_bucket``)."""
+    return lambda name: make_bucket(s3_server, name)
 
 
 @pytest.fixture

@@ -67,11 +67,10 @@ def _cmd_sweep(args: argparse.Namespace) -> None:
 
 
 def _cmd_report(args: argparse.Namespace) -> None:
-    from pathlib import Path
-
+    from geomoe import storage
     from geomoe.sweep.report import write_report
 
-    print(write_report(Path(args.experiment)))
+    print(write_report(storage.absolute(args.experiment)))
 
 
 def _cmd_serve(args: argparse.Namespace) -> None:

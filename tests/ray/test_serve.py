@@ -14,6 +14,8 @@ from typing import Any
 
 import pytest
 
+from geomoe import storage
+
 URL = "http://127.0.0.1:8000"
 
 
@@ -37,9 +39,13 @@ def b64(path: Path) -> str:
 
 
 @pytest.fixture(scope="module")
-def served(tiny_synth: tuple[Path, dict], tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+def served(
+    tiny_synth: tuple[Path, dict], tmp_path_factory: pytest.TempPathFactory, new_bucket: Any
+) -> Iterator[dict[str, Any]]:
     """The quickstart app's deployments on tiny models: PE-MoE + index, CGRS with a caption store that lacks a
-    third of the gallery and a tiny VLM captioner for those, and an SMGeo localizer."""
+    third of the gallery and a tiny VLM captioner for those, and an SMGeo localizer. The index, the checkpoint
+    and the caption store are served from the S3 server on 127.0.0.1 (each replica copies the index into a
+    verified local cache); the tests compare with the same files on local disk."""
     import pyarrow.parquet as pq
     import torch
     from test_smgeo_train import smgeo_job  # the tiny SMGeo of the training tests
@@ -65,17 +71,23 @@ def served(tiny_synth: tuple[Path, dict], tmp_path_factory: pytest.TempPathFacto
     (out / "smgeo").mkdir()
     save_checkpoint(out / "smgeo", SMGeo(smgeo_spec.smgeo), smgeo_spec, 1, 0)
     build_tiny_vlm(out / "vlm", [r["caption"] for r in scene])
+    bucket = new_bucket("served-app")
+    for name in ("index", "ckpt"):
+        storage.upload_dir(out / name, f"{bucket}/{name}")
+    storage.write_bytes_atomic(f"{bucket}/captions.parquet", (out / "captions.parquet").read_bytes())
     args = {
-        "index": str(out / "index"),  # the checkpoint comes from the index's manifest
+        "index": f"{bucket}/index",
+        "checkpoint": f"{bucket}/ckpt",
         "token": "s3cret",
-        "rerank": {"captions": str(out / "captions.parquet"), "top_n": 8, "lexical_weight": 1.0},
+        "rerank": {"captions": f"{bucket}/captions.parquet", "top_n": 8, "lexical_weight": 1.0},
         "captioner": {"engine": {"kind": "transformers", "model": str(out / "vlm"), "max_new_tokens": 12}},
         "localizer": str(out / "smgeo"),
     }
     serve.run(build_app(args), name="retriever", route_prefix="/", blocking=False)
     try:
         yield {"model": model.eval(), "tokenizer": tokenizer, "spec": spec, "checkpoint": str(out / "ckpt"),
-               "out": out, "uncaptioned": uncaptioned, "root": root, **args}  # fmt: skip
+               "out": out, "uncaptioned": uncaptioned, "root": root, **args,
+               "local_index": str(out / "index"), "local_captions": str(out / "captions.parquet")}  # fmt: skip
     finally:
         serve.shutdown()
 
@@ -88,7 +100,7 @@ def test_search_over_http_returns_the_offline_top_k(served: dict[str, Any]) -> N
     status, body = call("/search", {"query": query, "k": 5}, token="s3cret")
     assert status == 200, body
     t, g = embed_texts(served["model"], served["tokenizer"], [query], served["spec"].pe_moe.text.max_length)
-    offline = read_index(served["index"]).search(query_rows(t, g), 5)[0]
+    offline = read_index(served["local_index"]).search(query_rows(t, g), 5)[0]  # served: the same index in S3
     assert [r["image_id"] for r in body["results"]] == [image_id for image_id, _ in offline]
     assert [r["score"] for r in body["results"]] == pytest.approx([s for _, s in offline], abs=1e-5)
     assert sum(body["expert_weights"].values()) == pytest.approx(1.0, abs=1e-5)
@@ -120,10 +132,10 @@ def offline_reranked(served: dict[str, Any], query: str, generated: dict[str, st
     from geomoe.retrieval.embed import embed_texts
     from geomoe.retrieval.index import query_rows, read_index
 
-    store = pq.read_table(served["rerank"]["captions"]).to_pylist()
+    store = pq.read_table(served["local_captions"]).to_pylist()
     extra = [{"image_id": i, "caption": c, "model_id": "vlm", "prompt_sha256": ""} for i, c in generated.items()]
-    path = write_caption_store(served["out"] / "offline_captions.parquet", store + extra)
-    index = read_index(served["index"])
+    path = write_caption_store(str(served["out"] / "offline_captions.parquet"), store + extra)
+    index = read_index(served["local_index"])
     t, g = embed_texts(served["model"], served["tokenizer"], [query], served["spec"].pe_moe.text.max_length)
     scores_1N = index.rows.astype(np.float64) @ query_rows(t, g)[0].astype(np.float64)
     rerank = RerankSpec.model_validate(served["rerank"] | {"captions": str(path)})

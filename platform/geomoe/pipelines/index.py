@@ -91,7 +91,7 @@ def _saved_report(folder: str, inputs_key: str) -> dict[str, Any] | None:
         return None
     if manifest.get("inputs_key") != inputs_key:
         return None
-    return {k: v for k, v in manifest.items() if k not in ("platforms", "image_paths", "inputs_key")}
+    return {k: v for k, v in manifest.items() if k not in ("platforms", "image_paths", "inputs_key", "files")}
 
 
 def _queries(manifest: dict[str, Any], split: str) -> list[str]:

@@ -18,8 +18,8 @@ from typing import Any, Literal
 
 import numpy as np
 
+from geomoe import storage
 from geomoe.errors import DatasetError
-from geomoe.storage import atomic_dir
 
 Storage = Literal["float16", "float32"]
 MANIFEST = "manifest.json"
@@ -137,21 +137,24 @@ def write_index(
     if len(ids) != rows_ND.shape[0]:
         raise ValueError(f"{len(ids)} ids for {rows_ND.shape[0]} rows")
     full = {**manifest, "count": int(rows_ND.shape[0]), "dim": int(rows_ND.shape[1]), "dtype": str(rows_ND.dtype)}
-    with atomic_dir(folder) as tmp:
+    with storage.atomic_dir(folder) as tmp:  # local or a URI: published with the manifest last
         np.save(tmp / "vectors.npy", rows_ND)
         for kind, index in (faiss_indexes or {}).items():
             faiss.write_index(index, str(tmp / f"faiss_{kind}.index"))
         (tmp / "ids.json").write_text(json.dumps(list(ids)))
+        full["files"] = storage.files_sha256(tmp)  # what a serving replica verifies its cached copy against
         (tmp / MANIFEST).write_text(json.dumps(full, indent=2, sort_keys=True))
     return folder
 
 
 def read_index(folder: str | Path, mmap: bool = True) -> GalleryIndex:
-    """Load an index folder; a missing or inconsistent part is a DatasetError naming the file."""
-    folder = Path(folder)
+    """Load an index folder, a path or URI (a remote one through a verified local cache, so the matrix can be
+    memory-mapped); a missing or inconsistent part is a DatasetError naming the file."""
+    if not storage.is_file(storage.join(folder, MANIFEST)):
+        shown = storage.redact(storage.join(folder, MANIFEST))
+        raise DatasetError(f"{shown}: index manifest not found (build the index first)")
+    folder = storage.cached_copy(folder)
     manifest_path = folder / MANIFEST
-    if not manifest_path.is_file():
-        raise DatasetError(f"{manifest_path}: index manifest not found (build the index first)")
     manifest = json.loads(manifest_path.read_text())
     rows = np.load(folder / "vectors.npy", mmap_mode="r" if mmap else None)
     ids = json.loads((folder / "ids.json").read_text())

@@ -23,7 +23,6 @@ import binascii
 import hmac
 import io
 import os
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -392,20 +391,18 @@ class Ingress:
 def serve_spec(args: dict[str, Any], source: str = "serve args") -> ServeSpec:
     """Validated args with relative paths made absolute against the working directory (where ``serve run``
     is started), the checkpoint defaulting to the index's and the token read from ``token_env``."""
-    spec = parse_spec(ServeSpec, args, source)
-    here = Path.cwd()
+    from geomoe import storage
 
-    def absolute(path: str) -> str:
-        return str(path if Path(path).is_absolute() else here / path)
+    spec = parse_spec(ServeSpec, args, source)
+    absolute = storage.absolute  # against the working directory; URIs stay as they are
 
     updates: dict[str, Any] = {"index": absolute(spec.index)}
-    manifest_path = Path(updates["index"]) / "manifest.json"
-    if not manifest_path.is_file():
-        raise FileNotFoundError(f"{source}: index: {manifest_path} not found (run the job's 'index' stage)")
+    manifest_path = storage.join(updates["index"], storage.MANIFEST)
+    if not storage.is_file(manifest_path):
+        shown = storage.redact(manifest_path)
+        raise FileNotFoundError(f"{source}: index: {shown} not found (run the job's 'index' stage)")
     if spec.checkpoint is None:
-        import json
-
-        updates["checkpoint"] = json.loads(manifest_path.read_text())["checkpoint"]
+        updates["checkpoint"] = storage.read_json(manifest_path)["checkpoint"]
     else:
         updates["checkpoint"] = absolute(spec.checkpoint)
     if spec.localizer is not None:

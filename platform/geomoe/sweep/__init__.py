@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from geomoe import storage
 from geomoe.config import JobSpec, SweepSpec, load_job, load_yaml, parse_spec
 from geomoe.errors import SpecError
 from geomoe.metrics import track4_score
@@ -64,14 +65,14 @@ def trial_overrides(sweep: SweepSpec, point: dict[str, Any]) -> list[str]:
     return overrides
 
 
-def trial_spec(sweep: SweepSpec, base_path: Path, point: dict[str, Any], experiment_dir: Path, root: Path) -> JobSpec:
+def trial_spec(sweep: SweepSpec, base_path: Path, point: dict[str, Any], experiment_dir: str, root: Path) -> JobSpec:
     """The trial's job: trained under <experiment>/trials/<key>; a variant that prepares differently from the
     base job gets its own prepared folder (<base output_dir>-<variant>), as a job's baselines do. Relative paths
     resolve against ``root`` (where the sweep was started; Tune runs trials in other folders)."""
     base = load_job(base_path, list(sweep.overrides)).with_absolute_paths(root)
     spec = load_job(base_path, trial_overrides(sweep, point)).with_absolute_paths(root)
     raw = spec.model_dump(mode="json")
-    raw.update(name=trial_key(point), output_root=str(experiment_dir / "trials"), baselines={})
+    raw.update(name=trial_key(point), output_root=storage.join(experiment_dir, "trials"), baselines={})
     raw["stages"] = [s for s in spec.stages if s == "train"]
     if spec.preprocess != base.preprocess:
         raw["preprocess"]["output_dir"] = f"{base.preprocess.output_dir}-{point.get(VARIANT, trial_key(point))}"

@@ -10,28 +10,31 @@ from __future__ import annotations
 import csv
 import io
 import json
-from pathlib import Path
 from typing import Any
 
+from geomoe import storage
 from geomoe.config import SweepSpec
 from geomoe.errors import ExperimentError
-from geomoe.storage import atomic_path, write_text_atomic
 from geomoe.sweep import VARIANT
 
 RESULT_FILE = "trial_result.json"
 SIZE_COLUMNS = ("params_M",)
 
 
-def trial_results(experiment: Path) -> dict[str, dict[str, Any]]:
-    """trial key -> its recorded outcome (trial_result.json)."""
-    return {p.parent.name: json.loads(p.read_text()) for p in sorted((experiment / "trials").glob(f"*/{RESULT_FILE}"))}
+def trial_results(experiment: str) -> dict[str, dict[str, Any]]:
+    """trial key -> its recorded outcome (trials/<key>/trial_result.json), at a path or URI."""
+    trials = storage.join(experiment, "trials")
+    found = [rel for rel, _ in storage.list_files(trials) if rel.count("/") == 1 and rel.endswith(f"/{RESULT_FILE}")]
+    return {rel.split("/")[0]: dict(storage.read_json(storage.join(trials, rel))) for rel in found}
 
 
-def report_rows(experiment: Path) -> tuple[SweepSpec, list[dict[str, Any]]]:
+def report_rows(experiment: str) -> tuple[SweepSpec, list[dict[str, Any]]]:
     """(sweep, rows): one row per expected (grid) or recorded trial, in the sweep's order."""
-    if not (experiment / "sweep.json").is_file():
-        raise ExperimentError(f"{experiment}: no sweep.json here; give the folder a sweep wrote (runs/sweeps/NAME)")
-    saved = json.loads((experiment / "sweep.json").read_text())
+    saved = storage.read_json_if_exists(storage.join(experiment, "sweep.json"))
+    if saved is None:
+        raise ExperimentError(
+            f"{storage.redact(experiment)}: no sweep.json here; give the folder a sweep wrote (runs/sweeps/NAME)"
+        )
     sweep = SweepSpec.model_validate(saved["sweep"])
     recorded = trial_results(experiment)
     keys = list(saved["expected"]) + [k for k in recorded if k not in saved["expected"]]
@@ -97,7 +100,7 @@ def csv_text(sweep: SweepSpec, rows: list[dict[str, Any]]) -> str:
     return out.getvalue()
 
 
-def plot_parameter(sweep: SweepSpec, rows: list[dict[str, Any]], param: str, path: Path) -> None:
+def plot_parameter(sweep: SweepSpec, rows: list[dict[str, Any]], param: str, path: str) -> None:
     """The sweep metric against one swept parameter: our finished trials, and the paper's rows."""
     import matplotlib
 
@@ -120,12 +123,12 @@ def plot_parameter(sweep: SweepSpec, rows: list[dict[str, Any]], param: str, pat
     ax.set_title(sweep.name)
     ax.legend()
     fig.tight_layout()
-    with atomic_path(path, ".png") as tmp:
+    with storage.atomic_path(path, ".png") as tmp:
         fig.savefig(tmp, format="png", dpi=100)
     plt.close(fig)
 
 
-def write_report(experiment: Path) -> str:
+def write_report(experiment: str) -> str:
     """Write report.md, report.csv and plot-<param>.png into ``experiment``; return the Markdown."""
     sweep, rows = report_rows(experiment)
     counts = {s: sum(r["status"] == s for r in rows) for s in ("finished", "failed", "not run")}
@@ -137,8 +140,8 @@ def write_report(experiment: Path) -> str:
     best_line = f"best: {best['params']} {sweep.metric} {best['metrics'][sweep.metric]:.2f}" if best else "best: none"
     lines.append(best_line)
     text = "\n".join(lines) + "\n"
-    write_text_atomic(experiment / "report.md", text)
-    write_text_atomic(experiment / "report.csv", csv_text(sweep, rows))
+    storage.write_text_atomic(storage.join(experiment, "report.md"), text)
+    storage.write_text_atomic(storage.join(experiment, "report.csv"), csv_text(sweep, rows))
     for param in _params_of(sweep):
-        plot_parameter(sweep, rows, param, experiment / f"plot-{param.replace('.', '_')}.png")
+        plot_parameter(sweep, rows, param, storage.join(experiment, f"plot-{param.replace('.', '_')}.png"))
     return text

@@ -6,9 +6,10 @@ their own placement group. ``max_concurrent`` trials run at once, so a 2-core ma
 a GPU cluster packs as many as its GPUs take. Shared inputs (synthetic data, prepared tables, tiny models) are
 made once by the driver before any trial starts: concurrent trials never write the same folder.
 
-Results live under <output_root>/<name>/: tune/ (Tune's experiment, restorable), trials/<key>/ (each trial's
-Ray Train runs and trial_result.json), sweep.json and the report. ``resume`` continues an interrupted sweep:
-finished trials are not rerun, errored and unfinished ones are.
+Results live under <output_root>/<name>/, a local path or a URI (the cluster's object store): tune/ (Tune's
+experiment, restorable), trials/<key>/ (each trial's Ray Train runs and trial_result.json), sweep.json and the
+report. ``resume`` continues an interrupted sweep: finished trials are not rerun, errored and unfinished ones
+are; everything it needs is in that folder, so it works from a machine that has only the sweep spec.
 """
 
 from __future__ import annotations
@@ -19,9 +20,9 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from geomoe import storage
 from geomoe.config import JobSpec, SweepSpec, load_job
 from geomoe.errors import ExperimentError, SpecError
-from geomoe.storage import write_json_atomic
 from geomoe.sweep import (
     VARIANT,
     grid_points,
@@ -65,20 +66,21 @@ def run_trial(config: dict[str, Any], sweep_raw: dict[str, Any], base_path: str,
     sweep = SweepSpec.model_validate(sweep_raw)
     report_epochs_to_tune(sweep.metric)
     point = ordered_point(sweep, config)
-    run_dir = Path(experiment) / "trials" / trial_key(point)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir = storage.join(experiment, "trials", trial_key(point))
     try:
-        spec = trial_spec(sweep, Path(base_path), point, Path(experiment), Path(root))
+        spec = trial_spec(sweep, Path(base_path), point, experiment, Path(root))
         manifest = finished_manifest(spec.preprocess.output_dir)
         if manifest is None:
             raise ValueError(f"no prepared dataset at {spec.preprocess.output_dir} (the driver prepares it)")
-        metrics = trial_metrics(spec, _train(spec, dict(manifest), str(run_dir))) | parameter_count(spec)
+        metrics = trial_metrics(spec, _train(spec, dict(manifest), run_dir)) | parameter_count(spec)
     except Exception as err:
         outcome = {"params": point, "status": "failed", "error": f"{type(err).__name__}: {err}"}
         outcome["traceback"] = traceback.format_exc()[-4000:]
-        write_json_atomic(run_dir / RESULT_FILE, outcome)
+        storage.write_json_atomic(storage.join(run_dir, RESULT_FILE), outcome)
         raise
-    write_json_atomic(run_dir / RESULT_FILE, {"params": point, "status": "finished", "metrics": metrics})
+    storage.write_json_atomic(
+        storage.join(run_dir, RESULT_FILE), {"params": point, "status": "finished", "metrics": metrics}
+    )
     tune.report(metrics)
 
 
@@ -92,14 +94,14 @@ def _train(spec: JobSpec, manifest: dict[str, Any], run_dir: str) -> dict[str, A
     return train_and_evaluate(spec, manifest, run_dir)
 
 
-def prepare_inputs(sweep: SweepSpec, base_path: Path, experiment: Path, root: Path) -> None:
+def prepare_inputs(sweep: SweepSpec, base_path: Path, experiment: str, root: Path) -> None:
     """Synthesize, prepare and build tiny models once, for the base job and every variant that prepares
     differently (grid sweeps), before any trial runs."""
     from geomoe.jobs import run_job
 
     base = load_job(base_path, list(sweep.overrides))
     stages = [s for s in base.stages if s in ("synth", "prepare")]
-    run_job(base.model_copy(update={"stages": stages, "output_root": str(experiment / "prepare")}))
+    run_job(base.model_copy(update={"stages": stages, "output_root": storage.join(experiment, "prepare")}))
     points = grid_points(sweep) if sweep.searcher == "grid" else [{}]
     seen: set[str] = set()
     for point in points:
@@ -110,7 +112,7 @@ def prepare_inputs(sweep: SweepSpec, base_path: Path, experiment: Path, root: Pa
             continue
         if spec.preprocess.output_dir not in seen:
             seen.add(spec.preprocess.output_dir)
-            run_job(spec.model_copy(update={"stages": ["prepare"], "output_root": str(experiment / "prepare")}))
+            run_job(spec.model_copy(update={"stages": ["prepare"], "output_root": storage.join(experiment, "prepare")}))
         if spec.model.name == "pe_moe":
             _ensure_tiny(spec)
 
@@ -124,23 +126,24 @@ def _ensure_tiny(spec: JobSpec) -> None:
     ensure_tiny_pe_moe(spec, dict(manifest))
 
 
-def run_sweep(path: str | Path, quickstart: bool = False, resume: bool = False) -> Path:
-    """Run (or with ``resume`` continue) the sweep at ``path``; returns its experiment folder."""
+def run_sweep(path: str | Path, quickstart: bool = False, resume: bool = False) -> str:
+    """Run (or with ``resume`` continue) the sweep at ``path``; returns its experiment location."""
     from geomoe.ray_env import ensure_ray
     from ray import tune
 
     sweep, base_path = load_sweep(path, quickstart)
     root = Path.cwd().resolve()
-    experiment = (root / sweep.output_root / sweep.name).resolve()
-    tune_dir = experiment / "tune"
-    restorable = tune.Tuner.can_restore(str(tune_dir))
+    experiment = storage.absolute(storage.join(sweep.output_root, sweep.name), root)
+    tune_fs, tune_dir = storage.filesystem_and_path(storage.join(experiment, "tune"))
+    fs = None if storage.is_local(experiment) else tune_fs  # Tune's storage_filesystem for an object store
+    restorable = tune.Tuner.can_restore(tune_dir, storage_filesystem=fs)
     if restorable and not resume:
         raise ExperimentError(f"{experiment} holds this sweep already: add --resume to continue it, or remove it")
     ensure_ray(load_job(base_path, list(sweep.overrides)).resources, dashboard=True)
     prepare_inputs(sweep, base_path, experiment, root)
     expected = [trial_key(p) for p in grid_points(sweep)] if sweep.searcher == "grid" else []
-    write_json_atomic(
-        experiment / "sweep.json",
+    storage.write_json_atomic(
+        storage.join(experiment, "sweep.json"),
         {"sweep": sweep.model_dump(mode="json"), "base": str(base_path), "root": str(root), "expected": expected},
     )
     trainable = tune.with_resources(
@@ -148,20 +151,22 @@ def run_sweep(path: str | Path, quickstart: bool = False, resume: bool = False) 
             run_trial,
             sweep_raw=sweep.model_dump(mode="json"),
             base_path=str(base_path),
-            experiment=str(experiment),
+            experiment=experiment,
             root=str(root),
         ),
         {"cpu": sweep.trial_cpus},
     )
     if restorable:
         log.info("resuming the sweep in %s", tune_dir)
-        tuner = tune.Tuner.restore(str(tune_dir), trainable, resume_errored=True)
+        tuner = tune.Tuner.restore(tune_dir, trainable, resume_errored=True, storage_filesystem=fs)
     else:
         tuner = tune.Tuner(
             trainable,
             param_space=param_space(sweep),
             tune_config=_tune_config(sweep),
-            run_config=tune.RunConfig(name="tune", storage_path=str(experiment), verbose=1),
+            run_config=tune.RunConfig(
+                name="tune", storage_path=storage.parent(tune_dir), storage_filesystem=fs, verbose=1
+            ),
         )
     tuner.fit()
     return experiment
