@@ -62,11 +62,16 @@ def _rows(prepared: PreparedDataset, root: str) -> list[tuple[Any, ...]]:
     )
 
 
-def _train_worker_nodes() -> set[str]:
+def _train_workers() -> dict[str, str]:
+    """actor id -> node id of every Ray Train worker this cluster has run (alive or finished)."""
     from ray.util.state import list_actors
 
     actors = list_actors(filters=[("class_name", "=", "RayTrainWorker")], detail=True, limit=1000)
-    return {a.node_id for a in actors}
+    return {a.actor_id: a.node_id for a in actors}
+
+
+def _nodes_of_new_workers(before: dict[str, str]) -> set[str]:
+    return {node for actor, node in _train_workers().items() if actor not in before}
 
 
 def test_pe_moe_job_runs_from_s3_with_workers_on_two_nodes(
@@ -83,6 +88,7 @@ def test_pe_moe_job_runs_from_s3_with_workers_on_two_nodes(
     monkeypatch.chdir(cwd)  # the job must write nothing here: every output goes to the bucket
     out = f"{s3_bucket}/runs"
     spec = parse_spec(JobSpec, job_raw(data, out, tmp_path / "models"), "test")
+    before = _train_workers()
 
     results = run_job(spec)
 
@@ -94,9 +100,9 @@ def test_pe_moe_job_runs_from_s3_with_workers_on_two_nodes(
     assert set(final["stage2"]["retrieval"]) == {"exact", "building"} and final["stage2"]["counts"]["gallery"] > 0
     index = storage.read_json(f"{out}/index/manifest.json")
     assert index["checkpoint"] == final["checkpoint"] and index["count"] == results["index"]["count"] > 0
-    worker_nodes = _train_worker_nodes()
+    worker_nodes = _nodes_of_new_workers(before)
     head = two_node_cluster.head_node.node_id
-    assert len(worker_nodes) >= 2 and head not in worker_nodes  # STRICT_SPREAD over the two worker nodes
+    assert len(worker_nodes) == 2 and head not in worker_nodes  # STRICT_SPREAD over the two worker nodes
 
     # The same data prepared on local disk gives the same rows (prepare is deterministic; only locations differ).
     on_s3 = PreparedDataset.open(f"{out}/prepared")
@@ -135,8 +141,9 @@ def test_multinode_guard_stops_a_local_output_root_before_any_work(
 def test_lost_node_resumes_training_from_the_last_checkpoint_in_s3(
     two_node_cluster: Any, s3_bucket: str, tiny_synth: tuple[Path, dict], tmp_path: Path
 ) -> None:
-    """The node that holds a Train worker is removed after epoch 0 was checkpointed to S3; a new node joins;
-    FailureConfig restarts the worker group, which resumes at epoch 1 from that checkpoint."""
+    """The node that holds a Train worker is removed during epoch 1, after epoch 0 was checkpointed to S3 (each
+    step of epoch 1 pauses, so the run is still going); a new node joins; FailureConfig restarts the worker group,
+    which resumes at epoch 1 from that checkpoint."""
     import threading
 
     from ray.util.state import list_actors
@@ -150,7 +157,7 @@ def test_lost_node_resumes_training_from_the_last_checkpoint_in_s3(
     data = f"{s3_bucket}/datasets/geotext"
     storage.upload_dir(root / "geotext", data)
     raw = job_raw(data, f"{s3_bucket}/runs", tmp_path / "models")
-    raw["train"] |= {"stage1_epochs": 3, "max_failures": 2, "materialize_inputs": False, "keep_checkpoints": 3}
+    raw["train"] |= {"stage1_epochs": 2, "max_failures": 2, "materialize_inputs": False, "keep_checkpoints": 2}
     spec = parse_spec(JobSpec, raw, "test").with_absolute_paths()
     table = split_rows(prepare(spec), "train", spec)
     ensure_tiny_models(spec.pe_moe, table["caption"].to_pylist())
@@ -181,6 +188,46 @@ def test_lost_node_resumes_training_from_the_last_checkpoint_in_s3(
 
     assert not thread.is_alive() and "error" not in outcome, outcome.get("error")
     metrics = outcome["record"]["metrics"]
-    assert metrics["epoch"] == 2 and metrics["start_epoch"] >= 1  # resumed, not restarted from epoch 0
+    assert metrics["epoch"] == 1 and metrics["start_epoch"] == 1  # resumed after epoch 0, not restarted
     assert outcome["record"]["checkpoint"].startswith(f"{checkpoints}/")
     assert sum(1 for node in ray.nodes() if node["Alive"]) == 3
+
+
+def test_smgeo_job_runs_from_s3_with_workers_on_two_nodes(
+    two_node_cluster: Any, s3_bucket: str, tiny_synth: tuple[Path, dict], tmp_path: Path, monkeypatch: Any
+) -> None:
+    from geomoe.jobs import run_job
+
+    root, counts = tiny_synth
+    data = f"{s3_bucket}/datasets/cvogl"
+    storage.upload_dir(root / "cvogl", data)
+    monkeypatch.chdir(tmp_path)
+    out = f"{s3_bucket}/runs"
+    raw = {
+        "name": "smgeo_s3",
+        "output_root": out,
+        "stages": ["prepare", "train"],
+        "data": {"format": "cvogl", "root": data},
+        "preprocess": {"output_dir": f"{out}/prepared"},
+        "model": {
+            "name": "smgeo",
+            "query_size": 32,
+            "reference_size": 64,
+            "backbone": {"embed_dim": 16, "depths": [1, 2], "num_heads": [1, 2], "window_size": 4, "drop_path": 0},
+            "gmoe": {"experts": 3, "top_k": 2, "grid": [2, 2], "blocks": ["none", "even"]},
+            "head_channels": 8,
+        },
+        "train": {"batch_size": 2, "lr": 1e-3, "epochs": 2, "materialize_inputs": True},
+        "resources": job_raw(data, out, tmp_path)["resources"],
+    }
+    before = _train_workers()
+    results = run_job(parse_spec(JobSpec, raw, "test"))
+
+    assert list(tmp_path.iterdir()) == []  # no model cache either: SMGeo builds its backbone from the spec
+    model = results["train"]["model"]
+    assert model["checkpoint"].startswith(f"{out}/smgeo_s3/ray_train/stage1/")
+    assert storage.read_json(f"{out}/smgeo_s3/results.json") == json.loads(json.dumps(results))
+    assert model["test"]["smgeo"]["count"] == counts["cvogl"]["test"]
+    assert results["prepare"]["table"].startswith(f"{out}/prepared/") and results["prepare"]["rejected"]["count"] == 0
+    nodes = _nodes_of_new_workers(before)
+    assert len(nodes) == 2 and two_node_cluster.head_node.node_id not in nodes

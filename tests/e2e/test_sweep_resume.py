@@ -1,10 +1,10 @@
-"""A small SMGeo sweep through the real CLI on Ray Tune (Train inside Tune), interrupted with Ctrl-C after its
-first trial finished and resumed: the finished trial is not rerun, a trial whose job is invalid shows as failed
-with its error, and the final report has every row."""
+"""A small SMGeo sweep through the real CLI on Ray Tune (Train inside Tune), with its data, prepared table and
+experiment on the S3 server on 127.0.0.1, interrupted with Ctrl-C after its first trial finished and resumed from
+a fresh folder on this machine (nothing local survives between the two): the finished trial is not rerun, a trial
+whose job is invalid shows as failed with its error, and the final report has every row."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -12,16 +12,19 @@ import sys
 import time
 from pathlib import Path
 
+from geomoe import storage
+
 REPO = Path(__file__).resolve().parents[2]
 SWEEP = f"""
 name: tiny_sweep
 base: {REPO / "jobs" / "smgeo_quickstart.yaml"}
+output_root: ${{SWEEP_BUCKET}}/sweeps
 overrides:
-  - data.root=data/synthgeo-tiny/cvogl
+  - data.root=${{SWEEP_BUCKET}}/data/synthgeo-tiny/cvogl
   - data.synthesize.localization_train=8
   - data.synthesize.localization_val=4
   - data.synthesize.localization_test=4
-  - preprocess.output_dir=runs/tiny-prepared
+  - preprocess.output_dir=${{SWEEP_BUCKET}}/tiny-prepared
   - train.epochs=1
   - train.batch_size=4
 variants:
@@ -41,15 +44,20 @@ def cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "geomoe.cli", *args]
 
 
-def results(trials: Path) -> dict[str, dict]:
-    return {p.parent.name: json.loads(p.read_text()) for p in trials.glob("*/trial_result.json")}
+def results(trials: str) -> dict[str, dict]:
+    found = [rel for rel, _ in storage.list_files(trials) if rel.endswith("/trial_result.json") and rel.count("/") == 1]
+    return {rel.split("/")[0]: storage.read_json(f"{trials}/{rel}") for rel in found}
 
 
-def test_a_sweep_interrupted_after_its_first_trial_resumes_without_rerunning_it(tmp_path: Path) -> None:
-    (tmp_path / "tiny_sweep.yaml").write_text(SWEEP)
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
-    trials = tmp_path / "runs" / "sweeps" / "tiny_sweep" / "trials"
-    first = subprocess.Popen(cli("sweep", "tiny_sweep.yaml"), cwd=tmp_path, env=env, text=True,
+def test_a_sweep_interrupted_after_its_first_trial_resumes_without_rerunning_it(tmp_path: Path, s3_bucket: str) -> None:
+    first_machine, second_machine = tmp_path / "first", tmp_path / "second"
+    for folder in (first_machine, second_machine):
+        folder.mkdir()
+        (folder / "tiny_sweep.yaml").write_text(SWEEP)
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "SWEEP_BUCKET": s3_bucket}
+    experiment = f"{s3_bucket}/sweeps/tiny_sweep"
+    trials = f"{experiment}/trials"
+    first = subprocess.Popen(cli("sweep", "tiny_sweep.yaml"), cwd=first_machine, env=env, text=True,
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
     deadline = time.time() + 400
     while not any(r["status"] == "finished" for r in results(trials).values()):
@@ -58,16 +66,20 @@ def test_a_sweep_interrupted_after_its_first_trial_resumes_without_rerunning_it(
         time.sleep(2)
     first.send_signal(signal.SIGINT)  # Ctrl-C: Tune saves the experiment and stops
     first.communicate(timeout=180)
-    done = {k: (v, (trials / k / "trial_result.json").stat().st_mtime_ns) for k, v in results(trials).items()
-            if v["status"] == "finished"}  # fmt: skip
+    assert list(first_machine.iterdir()) == [first_machine / "tiny_sweep.yaml"]  # everything went to the bucket
+    # a finished trial's files (its result and every Ray Train file): a rerun would add or rewrite some
+    done = {
+        k: (v, storage.list_files(f"{trials}/{k}")) for k, v in results(trials).items() if v["status"] == "finished"
+    }
     assert len(done) >= 1
-    again = subprocess.run(cli("sweep", "tiny_sweep.yaml"), cwd=tmp_path, env=env, text=True, capture_output=True)
+    again = subprocess.run(cli("sweep", "tiny_sweep.yaml"), cwd=second_machine, env=env, text=True,
+                           capture_output=True)  # fmt: skip
     assert again.returncode == 2 and "add --resume" in again.stderr
-    resumed = subprocess.run(cli("sweep", "tiny_sweep.yaml", "--resume"), cwd=tmp_path, env=env, text=True,
+    resumed = subprocess.run(cli("sweep", "tiny_sweep.yaml", "--resume"), cwd=second_machine, env=env, text=True,
                              capture_output=True, timeout=600)  # fmt: skip
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    for key, (outcome, mtime) in done.items():  # finished before the interruption: not rerun
-        assert (trials / key / "trial_result.json").stat().st_mtime_ns == mtime and results(trials)[key] == outcome
+    for key, (outcome, files) in done.items():  # finished before the interruption: not rerun
+        assert storage.list_files(f"{trials}/{key}") == files and results(trials)[key] == outcome
     final = results(trials)
     assert sorted(r["params"]["variant"] for r in final.values()) == ["bad", "four", "two"]
     bad = next(r for r in final.values() if r["params"]["variant"] == "bad")
@@ -76,7 +88,6 @@ def test_a_sweep_interrupted_after_its_first_trial_resumes_without_rerunning_it(
     assert len(rows) == 3 and sum(r.endswith("finished |") for r in rows) == 2
     assert any("failed: SpecError" in r and "top_k 5 exceeds" in r for r in rows)
     assert "| paper: two |" in resumed.stdout and "trials: {'finished': 2, 'failed': 1, 'not run': 0}" in resumed.stdout
-    experiment = tmp_path / "runs" / "sweeps" / "tiny_sweep"
-    assert (experiment / "report.csv").is_file() and (experiment / "plot-variant.png").is_file()
-    reported = subprocess.run(cli("report", str(experiment)), cwd=tmp_path, env=env, text=True, capture_output=True)
+    assert storage.is_file(f"{experiment}/report.csv") and storage.is_file(f"{experiment}/plot-variant.png")
+    reported = subprocess.run(cli("report", experiment), cwd=tmp_path, env=env, text=True, capture_output=True)
     assert reported.returncode == 0 and reported.stdout.strip() in resumed.stdout  # the same report, from disk
