@@ -85,7 +85,7 @@ def served(
     }
     serve.run(build_app(args), name="retriever", route_prefix="/", blocking=False)
     try:
-        yield {"model": model.eval(), "tokenizer": tokenizer, "spec": spec, "checkpoint": str(out / "ckpt"),
+        yield {"model": model.eval(), "tokenizer": tokenizer, "spec": spec, "built_from": str(out / "ckpt"),
                "out": out, "uncaptioned": uncaptioned, "root": root, **args,
                "local_index": str(out / "index"), "local_captions": str(out / "captions.parquet")}  # fmt: skip
     finally:
@@ -118,7 +118,7 @@ def test_bad_requests_and_tokens_are_refused_with_a_message(served: dict[str, An
         status, body = call("/search", bad, token="s3cret")
         assert status == 422 and field in json.dumps(body["detail"]), (bad, body)
     status, info = call("/info", token="s3cret")
-    assert status == 200 and info["index"]["count"] > 0 and info["index"]["checkpoint"] == served["checkpoint"]
+    assert status == 200 and info["index"]["count"] > 0 and info["index"]["checkpoint"] == served["built_from"]
 
 
 def offline_reranked(served: dict[str, Any], query: str, generated: dict[str, str]) -> list[str]:
