@@ -15,6 +15,7 @@ from geomoe import storage
 from geomoe.config import JobSpec, parse_spec
 from geomoe.data.prepared import PreparedDataset
 from geomoe.errors import SpecError
+from tiny_jobs import tiny_pe_moe, tiny_smgeo
 
 TRAINER = "trainer_slot"  # the custom resource the worker nodes of tests/cluster/conftest.py carry
 
@@ -27,19 +28,7 @@ def job_raw(data_root: str, out_root: str, models: Path) -> dict[str, Any]:
         "output_root": out_root,
         "data": {"format": "geotext", "root": data_root},
         "preprocess": {"output_dir": f"{out_root}/prepared", "satellite_copies": 1},
-        "model": {
-            "embed_dim": 16,
-            "gate_hidden": 16,
-            "text": {"source": str(models / "text"), "tail_layers": 1, "max_length": 32, "pool": "mean"},
-            "image": {
-                "name": "geomoe-eva02-micro",
-                "pretrained": str(models / "image.pt"),
-                "image_size": 32,
-                "tail_blocks": 1,
-                "pool": "avg",
-            },
-            "tiny": {"text_hidden": 16, "text_layers": 2, "text_heads": 2},
-        },
+        "model": tiny_pe_moe(str(models)),
         "train": {"batch_size": 8, "lr": 1e-3, "stage1_epochs": 2, "stage2_epochs": 1, "materialize_inputs": True},
         "index": {"output_dir": f"{out_root}/index", "dtype": "float16"},
         "resources": {
@@ -79,6 +68,7 @@ def test_pe_moe_job_runs_from_s3_with_workers_on_two_nodes(
 ) -> None:
     from geomoe.jobs import run_job
     from geomoe.pipelines.prepare import prepare
+    from geomoe.train.run import evaluate_checkpoint
 
     root, _ = tiny_synth
     data = f"{s3_bucket}/datasets/geotext"
@@ -109,10 +99,14 @@ def test_pe_moe_job_runs_from_s3_with_workers_on_two_nodes(
     assert on_s3.table.startswith(f"{out}/prepared/")
     local_raw = job_raw(str(root / "geotext"), str(tmp_path / "local"), tmp_path / "models")
     local_raw["storage"] = {"shared": True}  # true here: the "nodes" are processes on one machine
-    local = PreparedDataset.of(prepare(parse_spec(JobSpec, local_raw, "test")))
+    local_spec = parse_spec(JobSpec, local_raw, "test")
+    local = PreparedDataset.of(prepare(local_spec))
     augmented = lambda d: d.location + "/augmented/"  # noqa: E731
     assert _rows(on_s3, data + "/images/") == _rows(local, str(root / "geotext" / "images") + "/")
     assert {r[-1] for r in _rows(on_s3, augmented(on_s3))} == {r[-1] for r in _rows(local, augmented(local))}
+    # The trained model scores the same on the local copy of the data as it did on the bucket's.
+    on_disk = evaluate_checkpoint(local_spec, final["checkpoint"], local.manifest)["retrieval"]
+    assert json.dumps(on_disk, sort_keys=True) == json.dumps(final["stage2"]["retrieval"], sort_keys=True)
 
 
 def test_multinode_guard_stops_a_local_output_root_before_any_work(
@@ -209,14 +203,7 @@ def test_smgeo_job_runs_from_s3_with_workers_on_two_nodes(
         "stages": ["prepare", "train"],
         "data": {"format": "cvogl", "root": data},
         "preprocess": {"output_dir": f"{out}/prepared"},
-        "model": {
-            "name": "smgeo",
-            "query_size": 32,
-            "reference_size": 64,
-            "backbone": {"embed_dim": 16, "depths": [1, 2], "num_heads": [1, 2], "window_size": 4, "drop_path": 0},
-            "gmoe": {"experts": 3, "top_k": 2, "grid": [2, 2], "blocks": ["none", "even"]},
-            "head_channels": 8,
-        },
+        "model": tiny_smgeo(),
         "train": {"batch_size": 2, "lr": 1e-3, "epochs": 2, "materialize_inputs": True},
         "resources": job_raw(data, out, tmp_path)["resources"],
     }

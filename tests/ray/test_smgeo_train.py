@@ -9,6 +9,7 @@ from pathlib import Path
 from geomoe.config import JobSpec, parse_spec
 from geomoe.jobs import run_job
 from geomoe.models.checkpoint import load_smgeo
+from tiny_jobs import tiny_smgeo
 
 
 def smgeo_job(root: Path, out: Path) -> JobSpec:
@@ -18,14 +19,7 @@ def smgeo_job(root: Path, out: Path) -> JobSpec:
         "stages": ["prepare", "train"],
         "data": {"format": "cvogl", "root": str(root / "cvogl")},
         "preprocess": {"output_dir": str(out / "prepared")},
-        "model": {
-            "name": "smgeo",
-            "query_size": 32,
-            "reference_size": 64,
-            "backbone": {"embed_dim": 16, "depths": [1, 2], "num_heads": [1, 2], "window_size": 4, "drop_path": 0},
-            "gmoe": {"experts": 3, "top_k": 2, "grid": [2, 2], "blocks": ["none", "even"]},
-            "head_channels": 8,
-        },
+        "model": tiny_smgeo(),
         "train": {"batch_size": 2, "lr": 1e-3, "epochs": 3, "keep_checkpoints": 3, "materialize_inputs": True},
         "resources": {"num_workers": 1, "cpus_per_worker": 0.5, "data_concurrency": 1},
     }

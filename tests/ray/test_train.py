@@ -14,6 +14,7 @@ from geomoe.models.checkpoint import read_checkpoint
 from geomoe.models.factory import ensure_tiny_models
 from geomoe.pipelines.prepare import prepare
 from geomoe.train.run import evaluate_checkpoint, fit_stage, mine_negatives, split_rows
+from tiny_jobs import tiny_pe_moe
 
 
 def make_spec(root: Path, out: Path, **train: object) -> JobSpec:
@@ -22,19 +23,7 @@ def make_spec(root: Path, out: Path, **train: object) -> JobSpec:
         "stages": ["prepare", "train"],
         "data": {"format": "geotext", "root": str(root / "geotext")},
         "preprocess": {"output_dir": str(out / "prepared"), "satellite_copies": 1},
-        "model": {
-            "embed_dim": 16,
-            "gate_hidden": 16,
-            "text": {"source": str(out / "tiny_text"), "tail_layers": 1, "max_length": 32, "pool": "mean"},
-            "image": {
-                "name": "geomoe-eva02-micro",
-                "pretrained": str(out / "tiny_image.pt"),
-                "image_size": 32,
-                "tail_blocks": 1,
-                "pool": "avg",
-            },
-            "tiny": {"text_hidden": 16, "text_layers": 2, "text_heads": 2},
-        },
+        "model": tiny_pe_moe(str(out)),
         "train": {
             "batch_size": 8,
             "lr": 1e-3,
