@@ -29,7 +29,7 @@ def job_raw(data_root: str, out_root: str, models: Path) -> dict[str, Any]:
         "data": {"format": "geotext", "root": data_root},
         "preprocess": {"output_dir": f"{out_root}/prepared", "satellite_copies": 1},
         "model": tiny_pe_moe(str(models)),
-        "train": {"batch_size": 8, "lr": 1e-3, "stage1_epochs": 2, "stage2_epochs": 1, "materialize_inputs": True},
+        "train": {"batch_size": 8, "lr": 1e-3, "stage1_epochs": 1, "stage2_epochs": 1, "materialize_inputs": True},
         "index": {"output_dir": f"{out_root}/index", "dtype": "float16"},
         "resources": {
             "num_workers": 2,
@@ -160,7 +160,7 @@ def test_lost_node_resumes_training_from_the_last_checkpoint_in_s3(
 
     def fit() -> None:
         try:
-            outcome["record"] = fit_stage(spec, run_dir, 1, table, None, test_hooks={"step_pause_s": 1.5})
+            outcome["record"] = fit_stage(spec, run_dir, 1, table, None, test_hooks={"step_pause_s": 1.0})
         except BaseException as err:  # reported by the assertion below
             outcome["error"] = err
 
@@ -204,7 +204,7 @@ def test_smgeo_job_runs_from_s3_with_workers_on_two_nodes(
         "data": {"format": "cvogl", "root": data},
         "preprocess": {"output_dir": f"{out}/prepared"},
         "model": tiny_smgeo(),
-        "train": {"batch_size": 2, "lr": 1e-3, "epochs": 2, "materialize_inputs": True},
+        "train": {"batch_size": 2, "lr": 1e-3, "epochs": 1, "materialize_inputs": True},
         "resources": job_raw(data, out, tmp_path)["resources"],
     }
     before = _train_workers()
