@@ -40,6 +40,7 @@ from geomoe.errors import GeomoeError
 MANIFEST = "manifest.json"
 _URI = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")
 _USERINFO = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*://)[^/@]*@")
+_BUCKET_SCHEMES = ("s3", "gs", "gcs")
 _FILESYSTEMS: dict[tuple[str, str, str], pafs.FileSystem] = {}
 _LOCK = threading.Lock()
 
@@ -105,8 +106,8 @@ class Location:
 
 
 def resolve(location: str | os.PathLike[str] | Location) -> Location:
-    """Resolve once: a filesystem per (scheme, bucket, endpoint) is created and then reused (S3 clients are
-    costly to build, and some resolve the bucket's region with a request)."""
+    """Resolve once: an object store's filesystem per (scheme, bucket, endpoint) is created and then reused (S3
+    clients are costly to build, and some resolve the bucket's region with a request)."""
     if isinstance(location, Location):
         return location
     text = str(location)
@@ -114,9 +115,10 @@ def resolve(location: str | os.PathLike[str] | Location) -> Location:
         path = text[len("file://") :] if text.lower().startswith("file://") else text
         return Location(text, pafs.LocalFileSystem(), str(Path(path).resolve()))
     scheme, rest = text.split("://", 1)
+    # Only for bucket stores is the path inside the filesystem "bucket/key" (hdfs and abfs spell it otherwise).
     key = (scheme.lower(), rest.split("/", 1)[0], os.environ.get("AWS_ENDPOINT_URL", ""))
     with _LOCK:
-        fs = _FILESYSTEMS.get(key)
+        fs = _FILESYSTEMS.get(key) if key[0] in _BUCKET_SCHEMES else None
     if fs is not None:
         return Location(text, fs, redact(text).split("://", 1)[1].rstrip("/"))
     try:
@@ -163,13 +165,10 @@ def storage_error(location: str | os.PathLike[str] | Location, err: BaseExceptio
 
 
 def _bucket_missing(location: str | os.PathLike[str] | Location) -> bool:
-    loc = location if isinstance(location, Location) else None
-    text = loc.uri if loc else str(location)
-    if is_local(text):
-        return False
     try:
-        loc = loc or resolve(text)
-        return bool(loc.fs.get_file_info(loc.path.split("/", 1)[0]).type == pafs.FileType.NotFound)
+        loc = resolve(location)
+        bucket = loc.path.split("/", 1)[0]
+        return not loc.local and loc.fs.get_file_info(bucket).type == pafs.FileType.NotFound
     except (OSError, ValueError, StorageError):
         return False
 
@@ -224,8 +223,16 @@ def read_json(location: str | os.PathLike[str] | Location) -> Any:
 
 
 def read_json_if_exists(location: str | os.PathLike[str] | Location) -> Any | None:
-    """The parsed JSON file, or None when it does not exist (a finished-marker check)."""
-    return read_json(location) if is_file(location) else None
+    """The parsed JSON file, or None when it does not exist (a finished-marker check): one GET, no HEAD first."""
+    loc = resolve(location)
+    try:
+        with loc.fs.open_input_stream(loc.path) as stream:
+            data = bytes(stream.read())
+    except (OSError, ValueError) as err:
+        if isinstance(err, FileNotFoundError) or "Path does not exist" in str(err):
+            return None
+        raise storage_error(loc, err) from err
+    return json.loads(data)
 
 
 @contextmanager
@@ -297,12 +304,6 @@ def delete(location: str | os.PathLike[str] | Location) -> None:
             loc.fs.delete_file(loc.path)
 
 
-def make_dirs(location: str | os.PathLike[str] | Location) -> None:
-    loc = resolve(location)
-    with _errors(loc):
-        loc.fs.create_dir(loc.path, recursive=True)
-
-
 def list_files(location: str | os.PathLike[str] | Location) -> list[tuple[str, int]]:
     """(path relative to ``location``, size) of every file below it, sorted; empty when it does not exist."""
     loc = resolve(location)
@@ -354,37 +355,10 @@ def atomic_dir(final: str | os.PathLike[str], manifest: str = MANIFEST) -> Itera
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def download_dir(location: str | os.PathLike[str], target: str | os.PathLike[str]) -> Path:
-    """Copy every file below ``location`` into the local folder ``target`` (created); return it."""
-    loc, out = resolve(location), Path(target)
-    out.mkdir(parents=True, exist_ok=True)
-    for rel, _ in list_files(loc):
-        dest = out / rel
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(dest) as tmp:
-            tmp.write_bytes(read_bytes(join(loc.uri, rel)))
-    return out
-
-
 def upload_dir(source: str | os.PathLike[str], location: str | os.PathLike[str]) -> None:
     """Copy a local folder's files to ``location`` (path or URI), manifest last."""
     with atomic_dir(location) as tmp:
         shutil.copytree(source, tmp, dirs_exist_ok=True)
-
-
-@contextmanager
-def local_dir(location: str | os.PathLike[str]) -> Iterator[Path]:
-    """A local folder with the contents of ``location``: the folder itself when local, else a temporary copy."""
-    loc = resolve(location)
-    if loc.local:
-        if not Path(loc.path).is_dir():
-            raise StorageError(f"{loc}: no such folder")
-        yield Path(loc.path)
-        return
-    with tempfile.TemporaryDirectory(prefix="geomoe-") as tmp:
-        if not list_files(loc):
-            raise StorageError(f"{loc}: no such folder (or it is empty)")
-        yield download_dir(loc.uri, tmp)
 
 
 def cache_root() -> Path:
@@ -443,10 +417,15 @@ def file_sha256(location: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def tree_sha256(location: str | os.PathLike[str], keep: Callable[[str], bool] = lambda p: True) -> str:
-    """Hash of the relative paths and sizes of every file below ``location`` (cheap; contents not read)."""
+def tree_sha256(
+    location: str | os.PathLike[str],
+    keep: Callable[[str], bool] = lambda p: True,
+    listing: list[tuple[str, int]] | None = None,
+) -> str:
+    """Hash of the relative paths and sizes of every file below ``location`` (cheap; contents not read);
+    ``listing``: that folder's ``list_files``, when the caller has it already."""
     digest = hashlib.sha256()
-    for rel, size in list_files(location):
+    for rel, size in list_files(location) if listing is None else listing:
         if keep(rel):
             digest.update(f"{rel}\0{size}\n".encode())
     return digest.hexdigest()

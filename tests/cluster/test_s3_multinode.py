@@ -41,6 +41,12 @@ def job_raw(data_root: str, out_root: str, models: Path) -> dict[str, Any]:
     }
 
 
+def dataset_in(bucket: str, synth_root: Path, layout: str) -> str:
+    """The tiny synthgeo dataset in one layout, uploaded as a user would: its URI in the bucket."""
+    storage.upload_dir(synth_root / layout, f"{bucket}/datasets/{layout}")
+    return f"{bucket}/datasets/{layout}"
+
+
 def _rows(prepared: PreparedDataset, root: str) -> list[tuple[Any, ...]]:
     """Every prepared row, with its image location made relative to ``root`` (the runs differ only there)."""
     table = prepared.dataset().to_table().to_pylist()
@@ -71,8 +77,7 @@ def test_pe_moe_job_runs_from_s3_with_workers_on_two_nodes(
     from geomoe.train.run import evaluate_checkpoint
 
     root, _ = tiny_synth
-    data = f"{s3_bucket}/datasets/geotext"
-    storage.upload_dir(root / "geotext", data)
+    data = dataset_in(s3_bucket, root, "geotext")
     cwd = tmp_path / "cwd"
     cwd.mkdir()
     monkeypatch.chdir(cwd)  # the job must write nothing here: every output goes to the bucket
@@ -148,8 +153,7 @@ def test_lost_node_resumes_training_from_the_last_checkpoint_in_s3(
     from geomoe.train.run import fit_stage, split_rows
 
     root, _ = tiny_synth
-    data = f"{s3_bucket}/datasets/geotext"
-    storage.upload_dir(root / "geotext", data)
+    data = dataset_in(s3_bucket, root, "geotext")
     raw = job_raw(data, f"{s3_bucket}/runs", tmp_path / "models")
     raw["train"] |= {"stage1_epochs": 2, "max_failures": 2, "materialize_inputs": False, "keep_checkpoints": 2}
     spec = parse_spec(JobSpec, raw, "test").with_absolute_paths()
@@ -193,8 +197,7 @@ def test_smgeo_job_runs_from_s3_with_workers_on_two_nodes(
     from geomoe.jobs import run_job
 
     root, counts = tiny_synth
-    data = f"{s3_bucket}/datasets/cvogl"
-    storage.upload_dir(root / "cvogl", data)
+    data = dataset_in(s3_bucket, root, "cvogl")
     monkeypatch.chdir(tmp_path)
     out = f"{s3_bucket}/runs"
     raw = {

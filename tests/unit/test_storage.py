@@ -62,8 +62,7 @@ def test_folder_is_replaced_and_round_trips(root: str, tmp_path: Path) -> None:
     storage.upload_dir(source, storage.join(root, "copy"))
     storage.upload_dir(source, storage.join(root, "copy"))  # replaced, not merged or duplicated
     assert storage.list_files(storage.join(root, "copy")) == [(storage.MANIFEST, 2), ("sub/x.txt", 1)]
-    with storage.local_dir(storage.join(root, "copy")) as local:
-        assert (local / "sub" / "x.txt").read_text() == "x"
+    assert storage.read_text(storage.join(root, "copy", "sub", "x.txt")) == "x"
     assert storage.tree_sha256(storage.join(root, "copy")) == storage.tree_sha256(source)
 
 

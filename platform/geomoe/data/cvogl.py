@@ -81,15 +81,20 @@ def load_split(path: str) -> list[Any]:
     return data
 
 
-def read_cvogl(root: str | Path, setting: str, split: str, rejects: RejectLog) -> list[LocalizationRecord]:
-    """Read one CVOGL split into records; bad tuples, missing images and bad geometry go to ``rejects``."""
+def read_cvogl(
+    root: str | Path, setting: str, split: str, rejects: RejectLog, listing: list[tuple[str, int]] | None = None
+) -> list[LocalizationRecord]:
+    """Read one CVOGL split into records; bad tuples, missing images and bad geometry go to ``rejects``.
+    ``listing``: the setting folder's ``storage.list_files``, when the caller has it already (one listing, not
+    one request per image)."""
     if setting not in SETTINGS:
         raise DatasetError(f"unknown CVOGL setting {setting!r}; expected one of {SETTINGS}")
     path = split_file(storage.absolute(root), setting, split)
     base = storage.parent(path)
+    files = [rel for rel, _ in (storage.list_files(base) if listing is None else listing)]
     present = {
-        folder: {rel for rel, _ in storage.list_files(storage.join(base, folder))} for folder in ("query", "satellite")
-    }  # one listing per folder, not one request per image
+        folder: {r.split("/", 1)[1] for r in files if r.startswith(f"{folder}/")} for folder in ("query", "satellite")
+    }
     records = []
     for index, entry in enumerate(load_split(path)):
         problem = _tuple_problem(entry)

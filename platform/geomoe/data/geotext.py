@@ -67,16 +67,18 @@ def read_geotext(
     annotation_file: str,
     classify: PlatformClassifier,
     rejects: RejectLog,
+    images_listing: list[tuple[str, int]] | None = None,
 ) -> list[RetrievalRecord]:
     """Read one GeoText-1652 annotation file into records; bad entries go to ``rejects``.
 
     Image files are checked for existence here against one listing of the images folder (one request per
-    thousand objects on a store, not one per image); decoding is left to the pipeline's workers.
+    thousand objects on a store, not one per image; ``images_listing`` when the caller listed it already);
+    decoding is left to the pipeline's workers.
     """
     root = storage.absolute(root)
     path = storage.join(root, annotation_file)
     images = storage.join(root, "images")
-    present = {rel for rel, _ in storage.list_files(images)}
+    present = {rel for rel, _ in (storage.list_files(images) if images_listing is None else images_listing)}
     records: list[RetrievalRecord] = []
     for index, entry in enumerate(load_json_list(path)):
         problem = _entry_problem(entry)

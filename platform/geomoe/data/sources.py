@@ -34,18 +34,22 @@ def read_source(data: DataSpec, rejects: RejectLog) -> SourceRecords:
     if data.format == "geotext":
         classify = PlatformClassifier([(r.pattern, r.platform.value) for r in data.platform_rules])
         out = SourceRecords("retrieval")
+        images = storage.join(root, "images")
+        listing = storage.list_files(images)  # once: both splits' existence checks and the tree hash use it
         for split, name in (("train", data.train_file), ("test", data.test_file)):
-            out.retrieval += read_geotext(root, split, name, classify, rejects)
+            out.retrieval += read_geotext(root, split, name, classify, rejects, listing)
             out.files[_key(root, name)] = storage.file_sha256(storage.join(root, name))
-        out.files[_key(root, "images")] = "tree:" + storage.tree_sha256(storage.join(root, "images"))
+        out.files[_key(root, "images")] = "tree:" + storage.tree_sha256(images, listing=listing)
         return out
     if data.format == "cvogl":
         out = SourceRecords("localization")
+        folder = storage.parent(cvogl.split_file(root, data.cvogl_setting, "train"))
+        listing = storage.list_files(folder)  # once: every split's existence checks and the tree hash use it
         for split in cvogl.SPLITS:
             path = cvogl.split_file(root, data.cvogl_setting, split)
-            out.localization += cvogl.read_cvogl(root, data.cvogl_setting, split, rejects)
+            out.localization += cvogl.read_cvogl(root, data.cvogl_setting, split, rejects, listing)
             out.files[storage.redact(path)] = storage.file_sha256(path)
-        folder = storage.parent(path)
-        out.files[storage.redact(folder)] = "tree:" + storage.tree_sha256(folder, keep=lambda p: not p.endswith(".pth"))
+        not_split_file = lambda p: not p.endswith(".pth")  # noqa: E731
+        out.files[storage.redact(folder)] = "tree:" + storage.tree_sha256(folder, not_split_file, listing)
         return out
     raise DatasetError(f"data.format {data.format!r} has no reader")
