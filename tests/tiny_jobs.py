@@ -1,9 +1,17 @@
-"""The tiny models of the tests, as job-spec sections (shared by tests/ray and tests/cluster; imported by module
-name: pytest puts this folder on sys.path for its conftest.py)."""
+"""The tiny models and jobs of the tests (shared by tests/ray and tests/cluster; imported by module name: pytest
+puts this folder on sys.path for its conftest.py)."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
+
+from geomoe.config import JobSpec, parse_spec
+from geomoe.data.prepared import PreparedDataset
+from geomoe.families.pe_moe.driver import split_rows
+from geomoe.families.pe_moe.spec import PEMoEModelSpec
+from geomoe.models.factory import ensure_tiny_models
+from geomoe.pipelines.prepare import prepare
 
 
 def tiny_pe_moe(models: str) -> dict[str, Any]:
@@ -33,3 +41,63 @@ def tiny_smgeo() -> dict[str, Any]:
         "gmoe": {"experts": 3, "top_k": 2, "grid": [2, 2], "blocks": ["none", "even"]},
         "head_channels": 8,
     }
+
+
+def pe_moe_job(root: Path, out: Path, **train: object) -> JobSpec:
+    """The tiny PE-MoE job of the Ray tests: two stages on the session's synthgeo, two workers."""
+    raw = {
+        "name": "t",
+        "stages": ["prepare", "train"],
+        "data": {"format": "geotext", "root": str(root / "geotext")},
+        "preprocess": {"output_dir": str(out / "prepared"), "satellite_copies": 1},
+        "model": tiny_pe_moe(str(out)),
+        "train": {
+            "batch_size": 8,
+            "lr": 1e-3,
+            "stage1_epochs": 2,
+            "stage2_epochs": 1,
+            "max_failures": 1,
+            "materialize_inputs": True,
+            **train,
+        },
+        "resources": {"num_workers": 2, "cpus_per_worker": 0.5, "data_concurrency": 1},
+    }
+    return parse_spec(JobSpec, raw, "test")
+
+
+def tiny_retriever(root: Path, out: Path, dtype: str = "float16") -> tuple[JobSpec, Any, Any]:
+    """(spec, model, tokenizer): the tiny PE-MoE of these tests, untrained, saved to out/ckpt and indexed into
+    out/index (the Serve tests serve it)."""
+    import torch
+
+    from geomoe.models.checkpoint import save_checkpoint
+    from geomoe.models.factory import build_pe_moe
+    from geomoe.pipelines.index import build_index
+
+    spec = pe_moe_job(root, out)
+    manifest = prepare(spec)
+    ensure_tiny_models(
+        spec.model_as(PEMoEModelSpec), split_rows(PreparedDataset.of(manifest), "train", spec)["caption"].to_pylist()
+    )
+    torch.manual_seed(0)
+    model, tokenizer = build_pe_moe(spec.model_as(PEMoEModelSpec))
+    (out / "ckpt").mkdir()
+    save_checkpoint(out / "ckpt", model, spec, 1, 0)
+    raw = spec.model_dump(mode="json") | {"index": {"output_dir": str(out / "index"), "dtype": dtype}}
+    build_index(parse_spec(JobSpec, raw, "test"), manifest, str(out / "ckpt"))
+    return spec, model, tokenizer
+
+
+def smgeo_job(root: Path, out: Path) -> JobSpec:
+    """The tiny SMGeo job of the Ray tests: three epochs, every epoch's checkpoint kept."""
+    raw = {
+        "name": "smgeo_t",
+        "output_root": str(out / "runs"),
+        "stages": ["prepare", "train"],
+        "data": {"format": "cvogl", "root": str(root / "cvogl")},
+        "preprocess": {"output_dir": str(out / "prepared")},
+        "model": tiny_smgeo(),
+        "train": {"batch_size": 2, "lr": 1e-3, "epochs": 3, "keep_checkpoints": 3, "materialize_inputs": True},
+        "resources": {"num_workers": 1, "cpus_per_worker": 0.5, "data_concurrency": 1},
+    }
+    return parse_spec(JobSpec, raw, "test")

@@ -26,17 +26,10 @@ def _cmd_run(args: argparse.Namespace) -> None:
         print(refine_summary(results["refine"]))
     if "caption" in results:
         print(caption_summary(results["caption"]))
-    if "train" in results and spec.model.name == "smgeo":
-        from geomoe.report import localization_table
+    if "train" in results:
+        from geomoe.jobs import family_of
 
-        print(localization_table(results["train"]["model"]))
-    elif "train" in results:
-        from geomoe.report import retrieval_table, sample_query
-
-        for protocol in spec.eval.protocols:
-            print(retrieval_table(results["train"], protocol))
-        final = results["train"]["model"]
-        print(sample_query(final.get("stage2") or final["stage1"]))
+        print(family_of(spec).report(spec, results["train"]))
     if "index" in results:
         from geomoe.report import index_summary
 

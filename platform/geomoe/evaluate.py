@@ -11,6 +11,7 @@ import numpy as np
 from geomoe.config import JobSpec, RerankSpec
 from geomoe.data.caption_store import read_caption_store
 from geomoe.errors import DatasetError
+from geomoe.families.pe_moe.spec import PEMoEModelSpec
 from geomoe.metrics import first_relevant_rank, protocol_labels, recall_at_k, retrieval_report
 from geomoe.models.pe_moe import PEMoE
 from geomoe.retrieval.embed import embed_shared_texts, embed_texts, fused_scores
@@ -48,7 +49,7 @@ def evaluate_pe_moe(
 ) -> dict[str, Any]:
     """Metrics of ``model`` on caption ``rows``; ``image_vectors`` (K, N, D) embed the rows' unique images."""
     images, caption_image = gallery_from_rows(rows)
-    t, g = embed_texts(model, tokenizer, [r["caption"] for r in rows], spec.pe_moe.text.max_length)
+    t, g = embed_texts(model, tokenizer, [r["caption"] for r in rows], spec.model_as(PEMoEModelSpec).text.max_length)
     scores = fused_scores(t, image_vectors, g)
     building = np.array([im["building_id"] for im in images])
     platform = np.array([im["platform"] for im in images])
@@ -59,7 +60,7 @@ def evaluate_pe_moe(
     report["chance"] = chance_recall(building, caption_image, ks)
     report["counts"] = {"queries": len(rows), "gallery": len(images)}
     if model.fusion == "dynamic" and model.num_experts > 1:
-        expert_of = spec.pe_moe.expert_of()
+        expert_of = spec.model_as(PEMoEModelSpec).expert_of()
         truth = np.array([expert_of[platform[i]] for i in caption_image])
         report["routing_accuracy"] = float(100.0 * np.mean(g.argmax(axis=1) == truth))
     if spec.eval.rerank:
@@ -96,7 +97,7 @@ def rerank_scores(
     captions = [c for im in images for c in store.get(im["image_id"], [])]
     first_caption = np.cumsum([0] + [len(store.get(im["image_id"], [])) for im in images])
     top_QT = top_n(scores_QN, rerank.top_n)
-    length = spec.pe_moe.text.max_length
+    length = spec.model_as(PEMoEModelSpec).text.max_length
     caption_QT = caption_evidence(
         [r["caption"] for r in rows],
         top_QT,

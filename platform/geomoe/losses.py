@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from geomoe.config import SMGeoLossSpec
+from geomoe.families.smgeo.spec import SMGeoLossSpec
 
 
 def multi_positive_info_nce(

@@ -92,21 +92,3 @@ def sample_query(report: dict[str, Any]) -> str:
         lines.append(f"  {rank}. {mark} {hit['image_id']:<28} {hit['score']:.3f}")
     lines.append("  (* = the query's building)")
     return "\n".join(lines)
-
-
-def localization_table(result: dict[str, Any]) -> str:
-    """SMGeo against its two baselines on the test split, plus per-class and per-size acc@0.25."""
-    test = result["test"]
-    lines = [
-        f"object localization, test split, DetGeo protocol (%), {test['smgeo']['count']} samples",
-        f"  {'method':<16}{'acc@0.25':>10}{'acc@0.5':>10}{'mIoU':>8}",
-    ]
-    for name in ("smgeo", "click_zeroed", "centre_box"):
-        overall = test[name]["overall"]
-        lines.append(f"  {name:<16}{overall['acc@0.25']:>10.2f}{overall['acc@0.5']:>10.2f}{overall['mIoU']:>8.2f}")
-    best = result["validation"]
-    lines.append(f"  best epoch {result['best_epoch']} (validation acc@0.5 {best['val_acc50']:.2f})")
-    for group in ("by_size", "by_class"):
-        cells = [f"{k} {v['acc@0.25']:.1f} (n={v['count']})" for k, v in test["smgeo"][group].items()]
-        lines.append(f"  smgeo acc@0.25 {group.replace('_', ' ')}: " + ", ".join(cells))
-    return "\n".join(lines)

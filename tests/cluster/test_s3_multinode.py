@@ -15,6 +15,7 @@ from geomoe import storage
 from geomoe.config import JobSpec, parse_spec
 from geomoe.data.prepared import PreparedDataset
 from geomoe.errors import SpecError
+from geomoe.families.pe_moe.spec import PEMoEModelSpec
 from tiny_jobs import tiny_pe_moe, tiny_smgeo
 
 TRAINER = "trainer_slot"  # the custom resource the worker nodes of tests/cluster/conftest.py carry
@@ -158,7 +159,7 @@ def test_lost_node_resumes_training_from_the_last_checkpoint_in_s3(
     raw["train"] |= {"stage1_epochs": 2, "max_failures": 2, "materialize_inputs": False, "keep_checkpoints": 2}
     spec = parse_spec(JobSpec, raw, "test").with_absolute_paths()
     table = split_rows(prepare(spec), "train", spec)
-    ensure_tiny_models(spec.pe_moe, table["caption"].to_pylist())
+    ensure_tiny_models(spec.model_as(PEMoEModelSpec), table["caption"].to_pylist())
     run_dir = f"{s3_bucket}/runs/s3run"
     outcome: dict[str, Any] = {}
 

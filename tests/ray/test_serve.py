@@ -15,6 +15,9 @@ from typing import Any
 import pytest
 
 from geomoe import storage
+from geomoe.families.pe_moe.spec import PEMoEModelSpec
+from geomoe.families.smgeo.spec import SMGeoModelSpec
+from tiny_jobs import smgeo_job, tiny_retriever
 
 URL = "http://127.0.0.1:8000"
 
@@ -48,8 +51,6 @@ def served(
     verified local cache); the tests compare with the same files on local disk."""
     import pyarrow.parquet as pq
     import torch
-    from test_smgeo_train import smgeo_job  # the tiny SMGeo of the training tests
-    from test_train import tiny_retriever  # the tiny PE-MoE of the training tests, checkpointed and indexed
 
     from geomoe.data.caption_store import write_caption_store
     from geomoe.models.checkpoint import save_checkpoint
@@ -69,7 +70,7 @@ def served(
     smgeo_spec = smgeo_job(root, out)
     torch.manual_seed(0)
     (out / "smgeo").mkdir()
-    save_checkpoint(out / "smgeo", SMGeo(smgeo_spec.smgeo), smgeo_spec, 1, 0)
+    save_checkpoint(out / "smgeo", SMGeo(smgeo_spec.model_as(SMGeoModelSpec)), smgeo_spec, 1, 0)
     build_tiny_vlm(out / "vlm", [r["caption"] for r in scene])
     bucket = new_bucket("served-app")
     for name in ("index", "ckpt"):
@@ -99,7 +100,9 @@ def test_search_over_http_returns_the_offline_top_k(served: dict[str, Any]) -> N
     query = "drone view of a building with a red roof"
     status, body = call("/search", {"query": query, "k": 5}, token="s3cret")
     assert status == 200, body
-    t, g = embed_texts(served["model"], served["tokenizer"], [query], served["spec"].pe_moe.text.max_length)
+    t, g = embed_texts(
+        served["model"], served["tokenizer"], [query], served["spec"].model_as(PEMoEModelSpec).text.max_length
+    )
     offline = read_index(served["local_index"]).search(query_rows(t, g), 5)[0]  # served: the same index in S3
     assert [r["image_id"] for r in body["results"]] == [image_id for image_id, _ in offline]
     assert [r["score"] for r in body["results"]] == pytest.approx([s for _, s in offline], abs=1e-5)
@@ -136,7 +139,9 @@ def offline_reranked(served: dict[str, Any], query: str, generated: dict[str, st
     extra = [{"image_id": i, "caption": c, "model_id": "vlm", "prompt_sha256": ""} for i, c in generated.items()]
     path = write_caption_store(str(served["out"] / "offline_captions.parquet"), store + extra)
     index = read_index(served["local_index"])
-    t, g = embed_texts(served["model"], served["tokenizer"], [query], served["spec"].pe_moe.text.max_length)
+    t, g = embed_texts(
+        served["model"], served["tokenizer"], [query], served["spec"].model_as(PEMoEModelSpec).text.max_length
+    )
     scores_1N = index.rows.astype(np.float64) @ query_rows(t, g)[0].astype(np.float64)
     rerank = RerankSpec.model_validate(served["rerank"] | {"captions": str(path)})
     images = [{"image_id": i} for i in index.ids]
@@ -173,7 +178,7 @@ def test_localize_returns_the_offline_box_and_refuses_bad_images(served: dict[st
     from PIL import Image
 
     from geomoe.data.localization import decode_pair
-    from geomoe.models.checkpoint import load_smgeo
+    from geomoe.models.smgeo import load_smgeo
     from geomoe.pipelines.localize import PredictBoxes
 
     folder = served["root"] / "cvogl" / "CVOGL_DroneAerial"
@@ -184,7 +189,7 @@ def test_localize_returns_the_offline_box_and_refuses_bad_images(served: dict[st
     predictor = PredictBoxes(served["localizer"], use_click=True, device="cpu")  # the offline batch path
     _, spec, _ = load_smgeo(served["localizer"])
     row = {"query_path": str(drone), "reference_path": str(tile), "click_x": 10.0, "click_y": 12.0, "box": [0, 0, 1, 1]}
-    decoded = decode_pair(row, spec.smgeo.query_size, spec.smgeo.reference_size)
+    decoded = decode_pair(row, spec.model_as(SMGeoModelSpec).query_size, spec.model_as(SMGeoModelSpec).reference_size)
     offline = predictor({k: v[None] for k, v in decoded.items()} | {"sample_id": np.array([0])})["pred"][0]
     assert answer["box"] == pytest.approx(offline.tolist(), abs=1e-3)
     assert 0.0 <= answer["score"] <= 1.0

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from geomoe.serving.load import drive
+from tiny_jobs import tiny_retriever
 
 URL = "http://127.0.0.1:8000/search"
 QUERIES = ["a drone view of a red roof", "a satellite image of a park", "a street view of a glass tower"]
@@ -39,7 +40,6 @@ def wait_for(condition: Any, seconds: float) -> bool:
 
 @pytest.fixture(scope="module")
 def app(tiny_synth: tuple[Path, dict], tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    from test_train import tiny_retriever  # the tiny PE-MoE of the training tests, checkpointed and indexed
 
     from geomoe.serving.app import compose
     from ray import serve

@@ -4,59 +4,19 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
+import numpy as np
 import pyarrow.compute as pc
 import pytest
 
 from geomoe.config import JobSpec, parse_spec
+from geomoe.data.prepared import PreparedDataset
+from geomoe.families.pe_moe.driver import evaluate_checkpoint, fit_stage, mine_negatives, split_rows
+from geomoe.families.pe_moe.spec import PEMoEModelSpec
 from geomoe.models.checkpoint import read_checkpoint
 from geomoe.models.factory import ensure_tiny_models
 from geomoe.pipelines.prepare import prepare
-from geomoe.train.run import evaluate_checkpoint, fit_stage, mine_negatives, split_rows
-from tiny_jobs import tiny_pe_moe
-
-
-def make_spec(root: Path, out: Path, **train: object) -> JobSpec:
-    raw = {
-        "name": "t",
-        "stages": ["prepare", "train"],
-        "data": {"format": "geotext", "root": str(root / "geotext")},
-        "preprocess": {"output_dir": str(out / "prepared"), "satellite_copies": 1},
-        "model": tiny_pe_moe(str(out)),
-        "train": {
-            "batch_size": 8,
-            "lr": 1e-3,
-            "stage1_epochs": 2,
-            "stage2_epochs": 1,
-            "max_failures": 1,
-            "materialize_inputs": True,
-            **train,
-        },
-        "resources": {"num_workers": 2, "cpus_per_worker": 0.5, "data_concurrency": 1},
-    }
-    return parse_spec(JobSpec, raw, "test")
-
-
-def tiny_retriever(root: Path, out: Path, dtype: str = "float16") -> tuple[JobSpec, Any, Any]:
-    """(spec, model, tokenizer): the tiny PE-MoE of these tests, untrained, saved to out/ckpt and indexed into
-    out/index (the Serve tests serve it)."""
-    import torch
-
-    from geomoe.models.checkpoint import save_checkpoint
-    from geomoe.models.factory import build_pe_moe
-    from geomoe.pipelines.index import build_index
-
-    spec = make_spec(root, out)
-    manifest = prepare(spec)
-    ensure_tiny_models(spec.pe_moe, split_rows(manifest, "train", spec)["caption"].to_pylist())
-    torch.manual_seed(0)
-    model, tokenizer = build_pe_moe(spec.pe_moe)
-    (out / "ckpt").mkdir()
-    save_checkpoint(out / "ckpt", model, spec, 1, 0)
-    raw = spec.model_dump(mode="json") | {"index": {"output_dir": str(out / "index"), "dtype": dtype}}
-    build_index(parse_spec(JobSpec, raw, "test"), manifest, str(out / "ckpt"))
-    return spec, model, tokenizer
+from tiny_jobs import pe_moe_job as make_spec
 
 
 @pytest.fixture(scope="module")
@@ -64,14 +24,14 @@ def prepared(tiny_synth: tuple[Path, dict], tmp_path_factory: pytest.TempPathFac
     root, _ = tiny_synth
     spec = make_spec(root, tmp_path_factory.mktemp("train"))
     manifest = prepare(spec)
-    table = split_rows(manifest, "train", spec)
+    table = split_rows(PreparedDataset.of(manifest), "train", spec)
     ensure_tiny_models(spec.model, table["caption"].to_pylist())
     return spec, manifest
 
 
 def test_killed_worker_resumes_from_last_checkpoint(prepared: tuple[JobSpec, dict], tmp_path: Path) -> None:
     spec, manifest = prepared
-    table = split_rows(manifest, "train", spec)
+    table = split_rows(PreparedDataset.of(manifest), "train", spec)
     marker = tmp_path / "killed"
     spec = spec.model_copy(update={"train": spec.train.model_copy(update={"stage1_epochs": 3})})
     hooks = {"fail_once_at": {"at": [2, 2], "marker": str(marker)}}  # kill a worker mid-way through epoch 2
@@ -85,7 +45,7 @@ def test_killed_worker_resumes_from_last_checkpoint(prepared: tuple[JobSpec, dic
 
 def test_rerun_of_finished_stage_resumes_instead_of_restarting(prepared: tuple[JobSpec, dict], tmp_path: Path) -> None:
     spec, manifest = prepared
-    table = split_rows(manifest, "train", spec)
+    table = split_rows(PreparedDataset.of(manifest), "train", spec)
     first = fit_stage(spec, tmp_path / "run", 1, table, None)
     again = fit_stage(spec, tmp_path / "run", 1, table, None)  # the recorded result: nothing is retrained
     assert again == json.loads(json.dumps(first))
@@ -98,7 +58,7 @@ def test_rerun_of_finished_stage_resumes_instead_of_restarting(prepared: tuple[J
 
 def test_mining_then_stage2_then_evaluation(prepared: tuple[JobSpec, dict], tmp_path: Path) -> None:
     spec, manifest = prepared
-    table = split_rows(manifest, "train", spec)
+    table = split_rows(PreparedDataset.of(manifest), "train", spec)
     stage1 = fit_stage(spec, tmp_path / "run", 1, table, None)
     mined = mine_negatives(spec, stage1["checkpoint"], table)
     for row in mined.to_pylist():
@@ -106,12 +66,21 @@ def test_mining_then_stage2_then_evaluation(prepared: tuple[JobSpec, dict], tmp_
         assert row["building_id"] not in negative_buildings and len(row["negative_paths"]) == spec.train.hard_negatives
     stage2 = fit_stage(spec, tmp_path / "run", 2, mined, stage1["checkpoint"])
     assert read_checkpoint(stage2["checkpoint"])["stage"] == 2
-    report = evaluate_checkpoint(spec, stage2["checkpoint"], manifest)
-    n_test = split_rows(manifest, "test", spec).filter(pc.equal(pc.field("augment"), "")).num_rows
+    report = evaluate_checkpoint(spec, stage2["checkpoint"], PreparedDataset.of(manifest))
+    n_test = split_rows(PreparedDataset.of(manifest), "test", spec).filter(pc.equal(pc.field("augment"), "")).num_rows
     assert report["counts"]["queries"] == n_test
     for protocol in ("exact", "building"):
         assert set(report["retrieval"][protocol]["t2i"]) == {"R@1", "R@5", "R@10"}
-    assert 0.0 <= report["routing_accuracy"] <= 100.0
+    # routing accuracy: the share of test captions whose gate picks their platform's expert, recomputed here
+    from geomoe.models.factory import load_pe_moe
+    from geomoe.retrieval.embed import embed_texts
+
+    model, tokenizer, _, _ = load_pe_moe(stage2["checkpoint"])
+    rows = split_rows(PreparedDataset.of(manifest), "test", spec).filter(pc.equal(pc.field("augment"), ""))
+    model_spec = spec.model_as(PEMoEModelSpec)
+    _, gates = embed_texts(model, tokenizer, rows["caption"].to_pylist(), model_spec.text.max_length)
+    truth = np.array([model_spec.expert_of()[p] for p in rows["platform"].to_pylist()])
+    assert report["routing_accuracy"] == pytest.approx(100.0 * np.mean(gates.argmax(axis=1) == truth))
 
 
 def test_track4_submission_from_checkpoint(
@@ -126,7 +95,7 @@ def test_track4_submission_from_checkpoint(
 
     spec, manifest = prepared
     root, counts = tiny_synth
-    stage1 = fit_stage(spec, tmp_path / "run", 1, split_rows(manifest, "train", spec), None)
+    stage1 = fit_stage(spec, tmp_path / "run", 1, split_rows(PreparedDataset.of(manifest), "train", spec), None)
     track4 = Track4Spec(
         queries=str(root / "track4/queries.txt"), gallery=str(root / "track4/gallery"), output_dir=str(tmp_path / "sub")
     )
@@ -157,7 +126,9 @@ def test_index_search_returns_the_offline_fused_ranking(prepared: tuple[JobSpec,
 
     spec, manifest = prepared
     torch.manual_seed(0)
-    model, tokenizer = build_pe_moe(spec.pe_moe)  # untrained heads: the ranking contract does not need training
+    model, tokenizer = build_pe_moe(
+        spec.model_as(PEMoEModelSpec)
+    )  # untrained heads: the ranking contract does not need training
     (tmp_path / "ckpt").mkdir()
     save_checkpoint(tmp_path / "ckpt", model, spec, 1, 0)
     raw = spec.model_dump(mode="json") | {
@@ -171,7 +142,7 @@ def test_index_search_returns_the_offline_fused_ranking(prepared: tuple[JobSpec,
     paths = dict(zip(*pc_ids_paths(manifest), strict=True))
     v = embed_images(str(tmp_path / "ckpt"), [paths[i] for i in index.ids])
     queries = _queries(manifest, "test")
-    t, g = embed_texts(model.eval(), tokenizer, queries, spec.pe_moe.text.max_length)
+    t, g = embed_texts(model.eval(), tokenizer, queries, spec.model_as(PEMoEModelSpec).text.max_length)
     expected = np.argsort(-fused_scores(t, v, g), axis=1, kind="stable")[:, :10]
     found = index.search(query_rows(t, g), 10)
     assert [[image_id for image_id, _ in hits] for hits in found] == [[index.ids[n] for n in row] for row in expected]

@@ -119,7 +119,12 @@ def test_index_stage_needs_its_section_and_paths_become_absolute() -> None:
     raw = {"name": "x", "stages": ["index"], "data": {"root": "r"}, "preprocess": {"output_dir": "o"}}
     with pytest.raises(SpecError, match="stage 'index' needs an index section"):
         parse_spec(JobSpec, raw, "t")
-    spec = parse_spec(JobSpec, {**raw, "index": {"output_dir": "idx", "faiss": ["ivf"]}}, "t")
+    # checked before any stage runs: the index needs a checkpoint, given or trained by an earlier stage
+    with pytest.raises(SpecError, match=r"t: index\.checkpoint: stage 'index' needs a checkpoint, or a 'train'"):
+        parse_spec(JobSpec, {**raw, "index": {"output_dir": "idx"}}, "t")
+    trained = parse_spec(JobSpec, {**raw, "stages": ["train", "index"], "index": {"output_dir": "idx"}}, "t")
+    assert trained.index is not None and trained.index.checkpoint is None
+    spec = parse_spec(JobSpec, {**raw, "index": {"output_dir": "idx", "faiss": ["ivf"], "checkpoint": "c"}}, "t")
     assert spec.index is not None and spec.index.dtype == "float16"
     absolute = spec.with_absolute_paths("/base")
     assert absolute.index is not None and absolute.index.output_dir == "/base/idx"

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from geomoe.config import ImageEncoderSpec, ModelSpec, TextEncoderSpec, TinyModelsSpec
+from geomoe.families.pe_moe.spec import ImageEncoderSpec, PEMoEModelSpec, TextEncoderSpec, TinyModelsSpec
 from geomoe.losses import gate_loss, hard_negative_loss, multi_positive_info_nce
 from geomoe.models.factory import build_pe_moe, ensure_tiny_models, tokenize
 from geomoe.models.pe_moe import PEMoE
@@ -22,7 +22,7 @@ def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def spec(root: Path, **kw: object) -> ModelSpec:
+def spec(root: Path, **kw: object) -> PEMoEModelSpec:
     image = ImageEncoderSpec(name="geomoe-eva02-micro", pretrained=str(root / "image.pt"), image_size=64, tail_blocks=2)
     base = dict(
         embed_dim=32,
@@ -31,7 +31,7 @@ def spec(root: Path, **kw: object) -> ModelSpec:
         image=image,
         tiny=TinyModelsSpec(text_hidden=32, text_layers=3, text_heads=2),
     )
-    return ModelSpec.model_validate({**base, **kw})
+    return PEMoEModelSpec.model_validate({**base, **kw})
 
 
 def batch(tokenizer: object, n: int = 4) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -125,7 +125,7 @@ def test_gate_top_k_keeps_k_experts(tiny_dir: Path) -> None:
 
 def test_spec_rejects_overlapping_experts() -> None:
     with pytest.raises(ValueError, match="one expert only"):
-        ModelSpec(experts=[{"name": "a", "platforms": ["drone"]}, {"name": "b", "platforms": ["drone"]}])  # type: ignore[list-item]
+        PEMoEModelSpec(experts=[{"name": "a", "platforms": ["drone"]}, {"name": "b", "platforms": ["drone"]}])  # type: ignore[list-item]
 
 
 def test_hard_negative_loss_prefers_the_positive() -> None:

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from geomoe.config import JobSpec, SMGeoModelSpec, parse_spec
+from geomoe.config import JobSpec, parse_spec
 from geomoe.data.localization import augment_pair, centre_box_baseline, localization_report, size_bucket
 from geomoe.errors import SpecError
+from geomoe.families.smgeo.spec import SMGeoModelSpec
 from geomoe.losses import smgeo_objective, smgeo_targets
 from geomoe.metrics import box_iou
 from geomoe.models.gmoe import ExpertFFN, GridMoE, dense_reference, sparse_dispatch
@@ -212,7 +213,7 @@ def test_spec_errors_name_the_problem() -> None:
         "train": {"stage2_epochs": 3},
         "stages": ["prepare", "train"],
     }
-    with pytest.raises(SpecError, match=r"train\.stage2_epochs applies to pe_moe jobs"):
-        parse_spec(JobSpec, raw, "job.yaml")
+    with pytest.raises(SpecError, match=r"job\.yaml: train\.stage2_epochs: Extra inputs are not permitted"):
+        parse_spec(JobSpec, raw, "job.yaml")  # each family's train section has its own fields
     assert tiny_spec().moe_blocks() == [[], [0], [0, 1]]
     assert SMGeoModelSpec(name="smgeo").moe_blocks() == [[], [0], [0, 2, 4], [0]]

@@ -36,7 +36,7 @@ ALLOWED = {
     "serving/config.py": "the Serve config file, which `serve run` reads from local disk too",
     "models/checkpoint.py": "torch.save into the local temporary folder Ray Train uploads; torch.load of a file "
     "object from storage.open_input",
-    "train/loop.py": "the fail_once_at test hook's marker file",
+    "train/engine.py": "the fail_once_at test hook's marker file",
 }
 
 

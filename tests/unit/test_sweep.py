@@ -10,6 +10,7 @@ import pytest
 
 from geomoe.config import SweepSpec, parse_spec
 from geomoe.errors import ExperimentError, SpecError
+from geomoe.families.pe_moe.spec import PEMoEModelSpec
 from geomoe.storage import write_json_atomic
 from geomoe.sweep import VARIANT, grid_points, load_sweep, trial_key, trial_metrics, trial_spec
 from geomoe.sweep.report import RESULT_FILE, write_report
@@ -53,7 +54,7 @@ def test_a_variant_that_prepares_differently_gets_its_own_prepared_folder() -> N
     aligned = trial_spec(sweep, base, {VARIANT: "unified_aligned"}, Path("/x"), REPO)
     assert raw.preprocess.refine == "none" and raw.preprocess.satellite_copies == 0
     assert raw.preprocess.output_dir == aligned.preprocess.output_dir + "-unified_raw"
-    assert aligned.pe_moe.fusion == "unified" and not aligned.eval.rerank
+    assert aligned.model_as(PEMoEModelSpec).fusion == "unified" and not aligned.eval.rerank
 
 
 def test_bad_sweeps_name_the_key() -> None:
@@ -108,4 +109,4 @@ def test_trial_metrics_are_flat_and_named_for_the_report() -> None:
     metrics = trial_metrics(spec, {"stage1": stage, "stage2": stage})
     assert metrics["R@1"] == 10.0 and metrics["Score"] == 30.0 and metrics["building_R@10"] == 50.0
     assert metrics["routing"] == 99.0
-    assert json.dumps(metrics)  # Tune reports plain numbers
+    assert all(type(v) is float for v in metrics.values())  # Tune reports plain numbers, never numpy scalars

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from geomoe.config import ImageEncoderSpec, ModelSpec, TextEncoderSpec, TinyModelsSpec
+from geomoe.families.pe_moe.spec import ImageEncoderSpec, PEMoEModelSpec, TextEncoderSpec, TinyModelsSpec
 from geomoe.losses import pe_moe_objective
 from geomoe.models.factory import build_pe_moe, ensure_tiny_models, tokenize
 from geomoe.models.pe_moe import PEMoE
@@ -31,8 +31,8 @@ CORPUS = [
 ]
 
 
-def _tiny_spec(work: Path, image_size: int, text_layers: int) -> ModelSpec:
-    return ModelSpec(
+def _tiny_spec(work: Path, image_size: int, text_layers: int) -> PEMoEModelSpec:
+    return PEMoEModelSpec(
         embed_dim=64,
         gate_hidden=64,
         text=TextEncoderSpec(source=str(work / f"text{text_layers}"), tail_layers=2, max_length=32),

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from enum import StrEnum
 from typing import Any, Literal
 
 import pyarrow as pa
@@ -16,15 +15,6 @@ import pyarrow as pa
 from geomoe.errors import BadRecordError
 
 OnBadRecord = Literal["fail", "skip"]
-
-
-class Platform(StrEnum):
-    SATELLITE = "satellite"
-    DRONE = "drone"
-    GROUND = "ground"
-
-
-PLATFORMS: tuple[str, ...] = tuple(p.value for p in Platform)
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,9 @@
 """Checkpoints: the trainable state plus the full resolved job spec, stage and epoch.
 
-PE-MoE's frozen trunks are not saved: they are the backbone weights named in the spec and are reloaded from
-there, which keeps a real-size checkpoint at the size of the experts rather than of BGE-M3 + EVA02-L.
-SMGeo trains everything, so its checkpoint is the whole model.
+A model's ``frozen_prefixes`` (state keys of frozen backbones) are not saved: they are the backbone weights named
+in the spec and are reloaded from there, which keeps a real-size PE-MoE checkpoint at the size of its experts
+rather than of BGE-M3 + EVA02-L. A family's loader (geomoe.families.base.Family.load_checkpoint) builds the
+model from the saved spec and loads the state into it.
 """
 
 from __future__ import annotations
@@ -15,15 +16,17 @@ from torch import nn
 
 from geomoe import storage
 from geomoe.config import JobSpec
-from geomoe.models.factory import build_pe_moe
-from geomoe.models.pe_moe import PEMoE
 
 STATE_FILE = "state.pt"
-FROZEN_PREFIXES = ("text_trunk.", "image_trunk.")
+
+
+def frozen_prefixes(model: nn.Module) -> tuple[str, ...]:
+    return tuple(getattr(model, "frozen_prefixes", ()))
 
 
 def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().cpu() for k, v in model.state_dict().items() if not k.startswith(FROZEN_PREFIXES)}
+    frozen = frozen_prefixes(model)
+    return {k: v.detach().cpu() for k, v in model.state_dict().items() if not frozen or not k.startswith(frozen)}
 
 
 def save_checkpoint(
@@ -46,26 +49,7 @@ def read_checkpoint(directory: str | Path) -> dict[str, Any]:
 
 def load_into(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
     missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not k.startswith(FROZEN_PREFIXES)]
+    frozen = frozen_prefixes(model)
+    missing = [k for k in missing if not frozen or not k.startswith(frozen)]
     if missing or unexpected:
         raise ValueError(f"checkpoint does not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
-
-
-def load_pe_moe(directory: str | Path) -> tuple[PEMoE, Any, JobSpec, dict[str, Any]]:
-    """(model, tokenizer, the spec it was trained with, the raw checkpoint) from a checkpoint folder."""
-    payload = read_checkpoint(directory)
-    spec = JobSpec.model_validate(payload["spec"])
-    model, tokenizer = build_pe_moe(spec.pe_moe)
-    load_into(model, payload["model"])
-    return model.eval(), tokenizer, spec, payload
-
-
-def load_smgeo(directory: str | Path) -> tuple[Any, JobSpec, dict[str, Any]]:
-    """(SMGeo model in eval mode, the spec it was trained with, the raw checkpoint) from a checkpoint folder."""
-    from geomoe.models.smgeo import SMGeo
-
-    payload = read_checkpoint(directory)
-    spec = JobSpec.model_validate(payload["spec"])
-    model = SMGeo(spec.smgeo)
-    load_into(model, payload["model"])
-    return model.eval(), spec, payload

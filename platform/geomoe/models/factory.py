@@ -1,4 +1,5 @@
-"""Build models from a ModelSpec; build tiny local models first when the spec asks for them."""
+"""Build PE-MoE from its model section (and load it from a checkpoint); build tiny local models first when the
+spec asks for them."""
 
 from __future__ import annotations
 
@@ -10,14 +11,15 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from geomoe.config import EngineSpec, ModelSpec
+from geomoe.config import EngineSpec, JobSpec
+from geomoe.families.pe_moe.spec import PEMoEModelSpec
 from geomoe.models.encoders import IMAGE_MEAN, IMAGE_STD, ImageTrunk, TextTrunk, load_image_tower, load_text_model
 from geomoe.models.pe_moe import PEMoE
 
 log = logging.getLogger(__name__)
 
 
-def ensure_tiny_models(spec: ModelSpec, corpus: Iterable[str], seed: int = 0) -> None:
+def ensure_tiny_models(spec: PEMoEModelSpec, corpus: Iterable[str], seed: int = 0) -> None:
     """With ``spec.tiny``, write a random text model at text.source and image weights at image.pretrained."""
     from geomoe.models.tiny import save_tiny_image_model, save_tiny_text_model
 
@@ -49,7 +51,7 @@ def ensure_tiny_engine(engine: EngineSpec, corpus: Iterable[str], vision: bool, 
     (build_tiny_vlm if vision else build_tiny_causal_lm)(engine.model, corpus, seed=seed)
 
 
-def build_pe_moe(spec: ModelSpec) -> tuple[PEMoE, Any]:
+def build_pe_moe(spec: PEMoEModelSpec) -> tuple[PEMoE, Any]:
     """(PE-MoE model, tokenizer) from the spec: real hub ids / paths, or the tiny local models."""
     text_model, tokenizer = load_text_model(spec.text.source)
     eva = load_image_tower(spec.image.name, spec.image.pretrained, spec.image.image_size)
@@ -85,3 +87,14 @@ def tokenize(tokenizer: Any, texts: list[str], max_length: int) -> tuple[Any, An
     """(input_ids, attention_mask) padded to the batch and truncated to ``max_length`` tokens."""
     enc = tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
     return enc["input_ids"], enc["attention_mask"]
+
+
+def load_pe_moe(directory: str) -> tuple[PEMoE, Any, JobSpec, dict[str, Any]]:
+    """(model in eval mode, tokenizer, the spec it was trained with, the raw checkpoint) from a checkpoint folder."""
+    from geomoe.models.checkpoint import load_into, read_checkpoint
+
+    payload = read_checkpoint(directory)
+    spec = JobSpec.model_validate(payload["spec"])
+    model, tokenizer = build_pe_moe(spec.model_as(PEMoEModelSpec))
+    load_into(model, payload["model"])
+    return model.eval(), tokenizer, spec, payload

@@ -21,7 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from geomoe.config import SMGeoModelSpec, SwinSpec
+from geomoe.config import JobSpec
+from geomoe.families.smgeo.spec import SMGeoModelSpec, SwinSpec
 from geomoe.models.gmoe import ExpertFFN, GridMoE
 
 HEATMAP_PRIOR = 0.1  # initial centre probability per cell (CenterNet's bias initialisation)
@@ -181,3 +182,14 @@ def decode_boxes(
     cx, cy = (col + dx) * sx, (row + dy) * sy
     half_w, half_h = bw.clamp_min(0) * sx / 2, bh.clamp_min(0) * sy / 2
     return torch.stack([cx - half_w, cy - half_h, cx + half_w, cy + half_h], dim=1)
+
+
+def load_smgeo(directory: str) -> tuple[SMGeo, JobSpec, dict[str, Any]]:
+    """(SMGeo model in eval mode, the spec it was trained with, the raw checkpoint) from a checkpoint folder."""
+    from geomoe.models.checkpoint import load_into, read_checkpoint
+
+    payload = read_checkpoint(directory)
+    spec = JobSpec.model_validate(payload["spec"])
+    model = SMGeo(spec.model_as(SMGeoModelSpec))
+    load_into(model, payload["model"])
+    return model.eval(), spec, payload

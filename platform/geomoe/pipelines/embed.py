@@ -7,15 +7,17 @@ from typing import Any
 
 import numpy as np
 
+from geomoe.families.pe_moe.spec import PEMoEModelSpec
+
 
 class ImageEmbedder:
     """A Ray Data actor: loads the checkpoint once, then embeds batches of image paths."""
 
     def __init__(self, checkpoint: str) -> None:
-        from geomoe.models.checkpoint import load_pe_moe
+        from geomoe.models.factory import load_pe_moe
 
         self.model, _, spec, _ = load_pe_moe(checkpoint)
-        self.size = spec.pe_moe.image.image_size
+        self.size = spec.model_as(PEMoEModelSpec).image.image_size
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from geomoe.retrieval.embed import embed_image_batch

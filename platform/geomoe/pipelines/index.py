@@ -17,6 +17,7 @@ import numpy as np
 from geomoe import storage
 from geomoe.config import IndexSpec, JobSpec
 from geomoe.data.prepared import PreparedDataset
+from geomoe.families.pe_moe.spec import PEMoEModelSpec
 from geomoe.retrieval.index import (
     build_faiss,
     exact_search,
@@ -37,7 +38,7 @@ def checkpoint_sha256(directory: str) -> str:
 
 def build_index(spec: JobSpec, manifest: dict[str, Any], checkpoint: str) -> dict[str, Any]:
     """Embed the gallery of ``spec.index.split`` and write the index folder; return its manifest."""
-    from geomoe.models.checkpoint import load_pe_moe
+    from geomoe.models.factory import load_pe_moe
     from geomoe.pipelines.caption import gallery_images
     from geomoe.pipelines.embed import embed_images
     from geomoe.retrieval.embed import embed_texts
@@ -59,14 +60,14 @@ def build_index(spec: JobSpec, manifest: dict[str, Any], checkpoint: str) -> dic
     rows = index_rows(v_KND, cfg.dtype)
     model, tokenizer, trained, _ = load_pe_moe(checkpoint)
     queries = _queries(manifest, cfg.split)
-    t_KQD, g_QK = embed_texts(model, tokenizer, queries, trained.pe_moe.text.max_length)
+    t_KQD, g_QK = embed_texts(model, tokenizer, queries, trained.model_as(PEMoEModelSpec).text.max_length)
     faiss_info, faiss_indexes = _faiss_files(rows, query_rows(t_KQD, g_QK), cfg)
     info = {
         "checkpoint": checkpoint,
         "checkpoint_sha256": checkpoint_sha,
         "gallery_sha256": hashlib.sha256(gallery_key.encode()).hexdigest(),
         "split": cfg.split,
-        "experts": [e.name for e in trained.pe_moe.experts],
+        "experts": [e.name for e in trained.model_as(PEMoEModelSpec).experts],
         "expert_dim": int(v_KND.shape[2]),
         "platforms": [im["platform"] for im in images],
         "image_paths": [im["image_path"] for im in images],  # what a re-ranker's captioner reads

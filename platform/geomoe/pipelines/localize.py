@@ -9,6 +9,7 @@ import numpy as np
 import pyarrow as pa
 
 from geomoe.data.localization import decode_pair, to_file_pixels
+from geomoe.families.smgeo.spec import SMGeoModelSpec
 
 
 class DecodePairs:
@@ -41,12 +42,12 @@ class PredictBoxes:
     def __init__(self, checkpoint: str, use_click: bool, device: str) -> None:
         import torch
 
-        from geomoe.models.checkpoint import load_smgeo
+        from geomoe.models.smgeo import load_smgeo
 
         self.torch = torch
         self.model, spec, _ = load_smgeo(checkpoint)
         self.model.to(device)
-        self.device, self.use_click, self.size = device, use_click, spec.smgeo.reference_size
+        self.device, self.use_click, self.size = device, use_click, spec.model_as(SMGeoModelSpec).reference_size
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from geomoe.models.smgeo import decode_boxes

@@ -10,11 +10,12 @@ import numpy as np
 from geomoe.config import Track4Spec
 from geomoe.data.records import RejectLog
 from geomoe.data.track4 import SUBMISSION_DEPTH, list_gallery, read_queries, write_submission
+from geomoe.families.pe_moe.spec import PEMoEModelSpec
 
 
 def rank_track4(checkpoint: str, track4: Track4Spec, concurrency: int = 1) -> dict[str, list[str]]:
     """query id -> the 10 best gallery ids by the fused score (Eq. 1), best first, ties by gallery order."""
-    from geomoe.models.checkpoint import load_pe_moe
+    from geomoe.models.factory import load_pe_moe
     from geomoe.pipelines.embed import embed_images
     from geomoe.retrieval.embed import embed_texts, fused_scores
 
@@ -25,7 +26,9 @@ def rank_track4(checkpoint: str, track4: Track4Spec, concurrency: int = 1) -> di
         raise ValueError(f"{track4.gallery}: a submission ranks 10 images, the gallery has {len(gallery)}")
     model, tokenizer, spec, _ = load_pe_moe(checkpoint)
     vectors = embed_images(checkpoint, [path for _, path in gallery], concurrency=concurrency)
-    texts, gates = embed_texts(model, tokenizer, [text for _, text in queries], spec.pe_moe.text.max_length)
+    texts, gates = embed_texts(
+        model, tokenizer, [text for _, text in queries], spec.model_as(PEMoEModelSpec).text.max_length
+    )
     scores = fused_scores(texts, vectors, gates)
     top = np.argsort(-scores, axis=1, kind="stable")[:, :SUBMISSION_DEPTH]
     return {qid: [gallery[j][0] for j in row] for (qid, _), row in zip(queries, top, strict=True)}

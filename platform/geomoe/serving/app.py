@@ -30,7 +30,9 @@ from fastapi import FastAPI, Header, HTTPException
 from pydantic import BaseModel, ConfigDict, Field
 
 from geomoe.config import ServeCaptionerSpec, ServeSpec, parse_spec
-from geomoe.data.records import Platform
+from geomoe.families.pe_moe.spec import PEMoEModelSpec
+from geomoe.families.smgeo.spec import SMGeoModelSpec
+from geomoe.platforms import Platform
 from ray import serve
 
 MAX_QUERY_CHARS = 1000
@@ -60,11 +62,11 @@ class LocalizeRequest(BaseModel):
 @serve.deployment(ray_actor_options={"num_cpus": 0.5})
 class QueryEncoder:
     def __init__(self, checkpoint: str) -> None:
-        from geomoe.models.checkpoint import load_pe_moe
+        from geomoe.models.factory import load_pe_moe
 
         self.model, self.tokenizer, spec, _ = load_pe_moe(checkpoint)
-        self.max_length = spec.pe_moe.text.max_length
-        self.experts = [e.name for e in spec.pe_moe.experts]
+        self.max_length = spec.model_as(PEMoEModelSpec).text.max_length
+        self.experts = [e.name for e in spec.model_as(PEMoEModelSpec).experts]
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
     async def encode(self, queries: list[str]) -> list[dict[str, Any]]:
@@ -175,13 +177,13 @@ class Reranker:
     def __init__(self, checkpoint: str, index: str, rerank: dict[str, Any], captioner: Any | None) -> None:
         from geomoe.config import RerankSpec
         from geomoe.data.caption_store import read_caption_store
-        from geomoe.models.checkpoint import load_pe_moe
+        from geomoe.models.factory import load_pe_moe
         from geomoe.retrieval.index import read_index
         from geomoe.retrieval.rerank import LexicalScorer
 
         self.spec = RerankSpec.model_validate(rerank)
         self.model, self.tokenizer, trained, _ = load_pe_moe(checkpoint)
-        self.max_length = trained.pe_moe.text.max_length
+        self.max_length = trained.model_as(PEMoEModelSpec).text.max_length
         gallery = read_index(index)
         ids = [str(i) for i in gallery.ids]
         store = read_caption_store(self.spec.captions)
@@ -259,11 +261,14 @@ class Localizer:
     """SMGeo: drone image + click + satellite tile -> xyxy box in tile pixels and its heatmap confidence."""
 
     def __init__(self, checkpoint: str) -> None:
-        from geomoe.models.checkpoint import load_smgeo
+        from geomoe.models.smgeo import load_smgeo
 
         self.model, spec, _ = load_smgeo(checkpoint)
         self.checkpoint = checkpoint
-        self.query_size, self.reference_size = spec.smgeo.query_size, spec.smgeo.reference_size
+        self.query_size, self.reference_size = (
+            spec.model_as(SMGeoModelSpec).query_size,
+            spec.model_as(SMGeoModelSpec).reference_size,
+        )
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
     async def localize(self, requests: list[tuple[bytes, tuple[float, float], bytes]]) -> list[dict[str, Any]]:

@@ -13,10 +13,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from geomoe import storage
+from geomoe import registry, storage
 from geomoe.config import JobSpec, SweepSpec, load_job, load_yaml, parse_spec
 from geomoe.errors import SpecError
-from geomoe.metrics import track4_score
 
 VARIANT = "variant"  # the parameter name a sweep's variants are swept under
 
@@ -80,35 +79,10 @@ def trial_spec(sweep: SweepSpec, base_path: Path, point: dict[str, Any], experim
 
 
 def trial_metrics(spec: JobSpec, result: dict[str, Any]) -> dict[str, float]:
-    """The flat numbers a trial reports, from its train-stage result (the names report_metrics may use)."""
-    if spec.model.name == "smgeo":
-        test, val = result["test"]["smgeo"]["overall"], result["validation"]
-        metrics = {f"test_{k}": float(v) for k, v in test.items() if isinstance(v, int | float)}
-        metrics.update({k: float(v) for k, v in val.items() if isinstance(v, int | float)})
-        return metrics
-    final = result.get("stage2") or result["stage1"]
-    metrics = {}
-    for protocol, report in final["retrieval"].items():
-        prefix = "" if protocol == "exact" else f"{protocol}_"
-        recall = report["t2i"]
-        metrics.update({f"{prefix}{k}": float(v) for k, v in recall.items()})
-        if {"R@1", "R@5", "R@10"} <= set(recall):
-            metrics[f"{prefix}Score"] = track4_score(recall)
-    if "routing_accuracy" in final:
-        metrics["routing"] = float(final["routing_accuracy"])
-    return metrics
+    """The flat numbers a trial reports, from its model's train-stage result (the names report_metrics may use)."""
+    return dict(registry.family(spec.model.name).metrics(result))
 
 
 def parameter_count(spec: JobSpec) -> dict[str, float]:
     """Millions of parameters of the trial's model (all, and trainable), as the papers' #P column."""
-    if spec.model.name == "smgeo":
-        from geomoe.models.smgeo import SMGeo
-
-        model: Any = SMGeo(spec.smgeo)
-    else:
-        from geomoe.models.factory import build_pe_moe
-
-        model, _ = build_pe_moe(spec.pe_moe)
-    total = sum(p.numel() for p in model.parameters())
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return {"params_M": total / 1e6, "trainable_params_M": trainable / 1e6}
+    return dict(registry.family(spec.model.name).parameter_count(spec))

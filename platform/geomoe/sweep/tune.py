@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from geomoe import storage
-from geomoe.config import JobSpec, SweepSpec, load_job
+from geomoe.config import SweepSpec, load_job
+from geomoe.data.prepared import PreparedDataset
 from geomoe.errors import ExperimentError, SpecError
 from geomoe.sweep import (
     VARIANT,
@@ -59,7 +60,7 @@ def run_trial(config: dict[str, Any], sweep_raw: dict[str, Any], base_path: str,
 
     The outcome is also written to trials/<key>/trial_result.json, a failure with its error, so the report
     shows what happened to every trial, never a blank."""
-    from geomoe.pipelines.prepare import finished_manifest
+    from geomoe.jobs import family_of
     from geomoe.train.run import report_epochs_to_tune
     from ray import tune
 
@@ -69,10 +70,8 @@ def run_trial(config: dict[str, Any], sweep_raw: dict[str, Any], base_path: str,
     run_dir = storage.join(experiment, "trials", trial_key(point))
     try:
         spec = trial_spec(sweep, Path(base_path), point, experiment, Path(root))
-        manifest = finished_manifest(spec.preprocess.output_dir)
-        if manifest is None:
-            raise ValueError(f"no prepared dataset at {spec.preprocess.output_dir} (the driver prepares it)")
-        metrics = trial_metrics(spec, _train(spec, dict(manifest), run_dir)) | parameter_count(spec)
+        prepared = PreparedDataset.open(spec.preprocess.output_dir, "a sweep trial (the driver prepares it)")
+        metrics = trial_metrics(spec, family_of(spec).train(spec, prepared, run_dir)) | parameter_count(spec)
     except Exception as err:
         outcome = {"params": point, "status": "failed", "error": f"{type(err).__name__}: {err}"}
         outcome["traceback"] = traceback.format_exc()[-4000:]
@@ -84,20 +83,10 @@ def run_trial(config: dict[str, Any], sweep_raw: dict[str, Any], base_path: str,
     tune.report(metrics)
 
 
-def _train(spec: JobSpec, manifest: dict[str, Any], run_dir: str) -> dict[str, Any]:
-    if spec.model.name == "smgeo":
-        from geomoe.train.smgeo_run import train_smgeo
-
-        return train_smgeo(spec, manifest, run_dir)
-    from geomoe.train.run import train_and_evaluate
-
-    return train_and_evaluate(spec, manifest, run_dir)
-
-
 def prepare_inputs(sweep: SweepSpec, base_path: Path, experiment: str, root: Path) -> None:
     """Synthesize, prepare and build tiny models once, for the base job and every variant that prepares
     differently (grid sweeps), before any trial runs."""
-    from geomoe.jobs import run_job
+    from geomoe.jobs import family_of, run_job
 
     base = load_job(base_path, list(sweep.overrides))
     stages = [s for s in base.stages if s in ("synth", "prepare")]
@@ -113,17 +102,7 @@ def prepare_inputs(sweep: SweepSpec, base_path: Path, experiment: str, root: Pat
         if spec.preprocess.output_dir not in seen:
             seen.add(spec.preprocess.output_dir)
             run_job(spec.model_copy(update={"stages": ["prepare"], "output_root": storage.join(experiment, "prepare")}))
-        if spec.model.name == "pe_moe":
-            _ensure_tiny(spec)
-
-
-def _ensure_tiny(spec: JobSpec) -> None:
-    from geomoe.jobs import ensure_tiny_pe_moe
-    from geomoe.pipelines.prepare import finished_manifest
-
-    manifest = finished_manifest(spec.preprocess.output_dir)
-    assert manifest is not None  # prepared just before
-    ensure_tiny_pe_moe(spec, dict(manifest))
+        family_of(spec).prepare_inputs(spec, PreparedDataset.open(spec.preprocess.output_dir))
 
 
 def run_sweep(path: str | Path, quickstart: bool = False, resume: bool = False) -> str:

@@ -1,0 +1,106 @@
+"""Spec machinery: strict pydantic models, YAML loading with ``${ENV}`` references, ``--set`` overrides, and
+errors that name the file, the dotted key and the reason (``SpecError``)."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from geomoe import storage
+from geomoe.errors import SpecError
+
+
+class Strict(BaseModel):
+    """Every spec section: unknown keys are errors, and assignments are validated too."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str], source: str) -> dict[str, Any]:
+    """Apply ``dotted.key=value`` strings to a raw spec dict. Values are parsed as YAML scalars/lists."""
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise SpecError(source, item, "override must look like dotted.key=value")
+        try:
+            value = yaml.safe_load(text) if text else ""
+        except yaml.YAMLError as err:
+            raise SpecError(source, key, f"override value is not valid YAML: {err}") from err
+        node = raw
+        parts = key.split(".")
+        for depth, part in enumerate(parts[:-1]):
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise SpecError(source, ".".join(parts[: depth + 1]), "is not a section; cannot set a key in it")
+            node = child
+        node[parts[-1]] = value
+    return raw
+
+
+SpecT = TypeVar("SpecT", bound=BaseModel)
+_KEY_PREFIX = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z0-9_]+)*): (.+)$", re.DOTALL)
+
+
+def _first_error(err: ValidationError) -> tuple[str, str]:
+    detail = err.errors()[0]
+    key, reason = ".".join(str(part) for part in detail["loc"]), str(detail["msg"])
+    reason = reason.removeprefix("Value error, ")
+    # a validator of a whole section says which key it means: "stages: ..." -> key stages
+    said = _KEY_PREFIX.match(reason)
+    if said:
+        key, reason = ".".join(filter(None, [key, said.group(1)])), said.group(2)
+    return key, reason
+
+
+def parse_spec(model: type[SpecT], raw: Any, source: str, overrides: list[str] | None = None) -> SpecT:
+    """Validate a raw mapping as ``model``; raise SpecError naming ``source`` and the first bad key."""
+    if not isinstance(raw, dict):
+        raise SpecError(source, "", f"the top level must be a mapping, got {type(raw).__name__}")
+    raw = apply_overrides(raw, overrides or [], source)
+    try:
+        return model.model_validate(raw)
+    except ValidationError as err:
+        key, reason = _first_error(err)
+        more = err.error_count() - 1
+        raise SpecError(source, key, reason + (f" (and {more} more errors)" if more else "")) from err
+
+
+_ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def expand_env(raw: Any, source: str, key: str = "") -> Any:
+    """Replace ``${NAME}`` and ``${NAME:-default}`` in string values from the environment (one variable, such
+    as GEOMOE_STORAGE, points every job, sweep and serve config at the cluster's storage). An unset variable
+    without a default is an error naming the key."""
+    if isinstance(raw, dict):
+        return {k: expand_env(v, source, f"{key}.{k}" if key else str(k)) for k, v in raw.items()}
+    if isinstance(raw, list):
+        return [expand_env(v, source, f"{key}.{i}" if key else str(i)) for i, v in enumerate(raw)]
+    if not isinstance(raw, str):
+        return raw
+
+    def value(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(2)
+        if name in os.environ:
+            return os.environ[name]
+        if default is None:
+            raise SpecError(source, key, f"${{{name}}} is not set in the environment (or write ${{{name}:-default}})")
+        return default
+
+    return _ENV_REFERENCE.sub(value, raw)
+
+
+def load_yaml(path: str | Path) -> Any:
+    """A YAML spec file (a path or URI), with ``${NAME}`` environment references expanded."""
+    if not storage.is_file(path):
+        raise SpecError(str(path), "", "file not found")
+    try:
+        raw = yaml.safe_load(storage.read_text(path))
+    except yaml.YAMLError as err:
+        raise SpecError(str(path), "", f"not valid YAML: {err}") from err
+    return expand_env(raw, str(path))

@@ -1,0 +1,44 @@
+"""What every model family's spec sections share: the ``model`` section's base (its ``name`` picks the family)
+and the training settings the one training engine reads (geomoe.train.engine). A family subclasses both."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Literal, Self
+
+from pydantic import Field
+
+from geomoe.config.base import Strict
+
+
+class FamilyModelSpec(Strict):
+    """The ``model`` section of a job. ``name`` is a registered family (geomoe.registry)."""
+
+    name: str
+
+    def with_absolute_paths(self, absolute: Callable[[str], str], is_local: Callable[[str], bool]) -> Self:
+        """This section with its local model files made absolute (``absolute``); ``is_local(value)`` says whether
+        a value names a local file (hub ids and pretrained tags stay as they are). Default: no files."""
+        return self
+
+
+class TrainSpec(Strict):
+    """Training settings every family has. ``batch_size`` is the global batch of one optimizer step."""
+
+    batch_size: int = Field(128, ge=2, description="global batch of one optimizer step (split across workers)")
+    grad_accumulation: int = Field(
+        1, ge=1, description="micro-batches per optimizer step (each worker runs batch_size / workers / this at once)"
+    )
+    lr: float = Field(2e-5, gt=0)
+    optimizer: Literal["adamw", "adam"] = "adamw"
+    weight_decay: float = Field(1e-4, ge=0)
+    warmup_ratio: float = Field(0.1, ge=0, lt=1)
+    grad_clip: float = Field(1.0, gt=0)
+    mixed_precision: bool = Field(True, description="bf16 autocast on GPU; ignored on CPU")
+    max_failures: int = Field(1, ge=0)
+    keep_checkpoints: int = Field(2, ge=1, description="checkpoints kept per stage (best ones + the latest)")
+    materialize_inputs: bool = Field(False, description="decode training inputs once into the object store")
+
+    def fields_ignored_by_stage(self, stage: int) -> frozenset[str]:
+        """Fields a training stage does not depend on: changing them keeps that stage's finished result."""
+        return frozenset()

@@ -1,0 +1,281 @@
+"""The job spec: one complete experiment (data, preprocessing, a model family's model and training sections,
+evaluation, resources, storage). The ``model`` and ``train`` sections are validated by the family that
+``model.name`` picks (geomoe.registry), so a new family adds its own sections without touching this module.
+Relative paths in a spec are relative to the working directory the job is launched from.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from pydantic import BaseModel, Field, SerializeAsAny, ValidationError, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
+
+from geomoe import registry, storage
+from geomoe.config.base import Strict, apply_overrides, load_yaml, parse_spec
+from geomoe.config.data import DataSpec, PreprocessSpec
+from geomoe.config.engines import CaptionSpec, RefineSpec
+from geomoe.config.family import FamilyModelSpec, TrainSpec
+from geomoe.config.retrieval import EvalSpec, IndexSpec, Track4Spec
+from geomoe.errors import SpecError
+
+
+class ResourcesSpec(Strict):
+    address: str | None = Field(None, description="Ray address; None starts a local cluster")
+    num_cpus: int | None = Field(None, ge=1, description="logical CPUs of a local cluster")
+    num_workers: int = Field(1, ge=1)
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(1.0, gt=0)
+    worker_resources: dict[str, float] = Field(
+        default_factory=dict, description="custom Ray resources each training worker needs (node labels, GPU types)"
+    )
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(
+        "PACK", description="how training workers are placed; STRICT_SPREAD puts each on its own node"
+    )
+    data_concurrency: int = Field(2, ge=1, description="parallel Ray Data tasks for CPU stages")
+
+
+class StorageSpec(Strict):
+    """Which local paths every node of a cluster sees. URIs (s3://, gs://, ...) are shared by nature; a local
+    path is shared only when it lies on a mount every node has (NFS, EFS), and a spec must say so: a multi-node
+    run with an undeclared local location stops before any work (``geomoe.ray_env.check_shared_storage``)."""
+
+    shared: bool = Field(False, description="every local path in this spec is on a mount all nodes share")
+    shared_mounts: list[str] = Field(default_factory=list, description="local path prefixes that all nodes share")
+
+    def is_shared(self, location: str) -> bool:
+        if not storage.is_local(location) or self.shared:
+            return True
+        path = Path(storage.absolute(location))
+        return any(path.is_relative_to(Path(storage.absolute(mount))) for mount in self.shared_mounts)
+
+
+def _credential_problem(value: Any, key: str = "") -> str | None:
+    """The dotted key of a URI that carries credentials (user:secret@), if any: they belong in the environment."""
+    if isinstance(value, str):
+        return key if storage.redact(value) != value else None
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else []
+    for name, item in items:
+        found = _credential_problem(item, f"{key}.{name}" if key else str(name))
+        if found:
+            return found
+    return None
+
+
+# The spec sections a trained stage depends on (see JobSpec.fingerprint).
+TRAINING_SECTIONS = ("seed", "data", "preprocess", "refine", "families", "model", "train")
+# Stages every family has; a family adds its own (Family.stages), run by the family.
+COMMON_STAGES = ("synth", "prepare", "refine", "caption", "train")
+# What each data.format prepares into (a family trains on one kind).
+DATASET_KINDS = {"geotext": "retrieval", "cvogl": "localization"}
+
+SectionT = TypeVar("SectionT", bound=BaseModel)
+
+
+def _family_section(raw: dict[str, Any], key: str, kind: type[BaseModel], errors: list[InitErrorDetails]) -> None:
+    """Validate ``raw[key]`` as the family's ``kind`` in place; collect its errors with their full keys."""
+    value = raw.get(key, {})
+    if isinstance(value, BaseModel):
+        if isinstance(value, kind):
+            return
+        value = value.model_dump(mode="json")
+    try:
+        raw[key] = kind.model_validate(value)
+    except ValidationError as err:
+        errors += [InitErrorDetails(**{**e, "loc": (key, *e["loc"])}) for e in err.errors()]  # type: ignore[typeddict-unknown-key]
+
+
+class JobSpec(Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    seed: int = 0
+    output_root: str = "runs"
+    stages: list[str] = ["synth", "prepare", "train"]
+    families: list[str] = Field(
+        default_factory=list, description="modules (dotted paths or .py files) that register more model families"
+    )
+    data: DataSpec
+    preprocess: PreprocessSpec
+    model: SerializeAsAny[FamilyModelSpec]
+    train: SerializeAsAny[TrainSpec]
+    eval: EvalSpec = Field(default_factory=lambda: EvalSpec())
+    resources: ResourcesSpec = Field(default_factory=lambda: ResourcesSpec())
+    track4: Track4Spec | None = None
+    refine: RefineSpec | None = None
+    caption: CaptionSpec | None = None
+    index: IndexSpec | None = None
+    baselines: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="name -> dotted overrides: extra models trained and evaluated on the same data",
+    )
+    storage: StorageSpec = Field(default_factory=lambda: StorageSpec())
+
+    @model_validator(mode="before")
+    @classmethod
+    def _family_sections(cls, raw: Any) -> Any:
+        """The ``model`` and ``train`` sections as the family's own spec classes (errors keep their keys)."""
+        if not isinstance(raw, dict):
+            return raw
+        raw = dict(raw)
+        registry.load_plugins(raw.get("families") or [])
+        model = raw.get("model") or {}
+        name = model.get("name") if isinstance(model, dict) else getattr(model, "name", None)
+        try:
+            family = registry.family(name if isinstance(name, str) or name is None else str(name))
+        except registry.UnknownFamilyError as err:
+            error = PydanticCustomError("unknown_family", str(err))
+            raise ValidationError.from_exception_data(
+                cls.__name__, [InitErrorDetails(type=error, loc=("model", "name"), input=name)]
+            ) from None
+        if isinstance(model, dict) and name is None:
+            raw["model"] = {**model, "name": family.name}
+        errors: list[InitErrorDetails] = []
+        _family_section(raw, "model", family.model_spec, errors)
+        _family_section(raw, "train", family.train_spec, errors)
+        if errors:
+            raise ValidationError.from_exception_data(cls.__name__, errors)
+        return raw
+
+    @model_validator(mode="after")
+    def _no_credentials_in_uris(self) -> JobSpec:
+        key = _credential_problem(self.model_dump(mode="json"))
+        if key:
+            raise ValueError(
+                f"{key}: a URI carries credentials (user:secret@); set AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY "
+                "(or GOOGLE_APPLICATION_CREDENTIALS) in the environment instead"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _stages_can_run(self) -> JobSpec:
+        """Every stage's preconditions, checked before any stage runs."""
+        family = registry.family(self.model.name)
+        known = (*COMMON_STAGES, *family.stages)
+        unknown = [s for s in self.stages if s not in known]
+        if unknown:
+            raise ValueError(f"stages: {unknown[0]!r} is not a stage of {family.name} jobs (stages: {list(known)})")
+        if "synth" in self.stages and self.data.synthesize is None:
+            raise ValueError("stage 'synth' needs data.synthesize")
+        if "refine" in self.stages and self.refine is None:
+            raise ValueError("stage 'refine' needs a refine section (engine, output_dir)")
+        if "caption" in self.stages and self.caption is None:
+            raise ValueError("stage 'caption' needs a caption section (engine, output)")
+        kind = DATASET_KINDS[self.data.format]
+        if "train" in self.stages and kind != family.dataset_kind:
+            raise ValueError(
+                f"data.format: {self.data.format} prepares {kind} data, and {family.name} trains on "
+                f"{family.dataset_kind} data"
+            )
+        family.check_job(self)
+        return self
+
+    def model_as(self, kind: type[SectionT]) -> SectionT:
+        """The model section as the family's class ``kind`` (an error naming the job otherwise)."""
+        return _section_as(self, self.model, kind)
+
+    def train_as(self, kind: type[SectionT]) -> SectionT:
+        """The train section as the family's class ``kind``."""
+        return _section_as(self, self.train, kind)
+
+    def locations(self) -> dict[str, str]:
+        """Every data and output location of the job, by dotted key (what must be shared on a cluster)."""
+        found = {"output_root": self.output_root, "data.root": self.data.root}
+        found["preprocess.output_dir"] = self.preprocess.output_dir
+        if self.refine:
+            found["refine.output_dir"] = self.refine.output_dir
+        if self.caption:
+            found["caption.output"] = self.caption.output
+        if self.index:
+            found["index.output_dir"] = self.index.output_dir
+        if self.track4:
+            found |= {f"track4.{k}": getattr(self.track4, k) for k in ("queries", "gallery", "output_dir")}
+        for i, rerank in enumerate(self.eval.rerank):
+            found[f"eval.rerank.{i}.captions"] = rerank.captions
+        return found
+
+    def baseline(self, name: str) -> JobSpec:
+        """This spec with a baseline's overrides applied, on the same data.
+
+        A baseline that changes ``preprocess`` (say, ``preprocess.refine=none``) is prepared into its own folder,
+        ``<output_dir>-<name>``, unless its overrides name one.
+        """
+        overrides = self.baselines[name]
+        raw = apply_overrides(self.model_dump(mode="json"), overrides, f"baselines.{name}")
+        raw["baselines"] = {}
+        own_dir = any(o.startswith("preprocess.output_dir=") for o in overrides)
+        if raw["preprocess"] != self.preprocess.model_dump(mode="json") and not own_dir:
+            raw["preprocess"]["output_dir"] = f"{self.preprocess.output_dir.rstrip('/')}-{name}"
+        return parse_spec(JobSpec, raw, f"baselines.{name}")
+
+    def with_absolute_paths(self, base: str | Path | None = None) -> JobSpec:
+        """Local paths made absolute against ``base`` (default: the working directory), once, at the edge.
+
+        Ray workers do not share the driver's working directory. Hub ids and pretrained tags stay as they are:
+        a model source counts as local when it exists or when ``model.tiny`` will build it there.
+        """
+        root = Path(base or Path.cwd()).resolve()
+        absolute = lambda p: storage.absolute(p, root) if p else p  # noqa: E731  (URIs stay as they are)
+        raw = self.model_dump(mode="json")
+        raw["output_root"] = absolute(raw["output_root"])
+        raw["data"]["root"] = absolute(raw["data"]["root"])
+        raw["preprocess"]["output_dir"] = absolute(raw["preprocess"]["output_dir"])
+        if raw.get("track4"):
+            for key in ("queries", "gallery", "output_dir", "checkpoint"):
+                raw["track4"][key] = absolute(raw["track4"][key])
+        if raw.get("refine"):
+            raw["refine"]["output_dir"] = absolute(raw["refine"]["output_dir"])
+            if raw["refine"]["prompts"]:
+                raw["refine"]["prompts"] = absolute(raw["refine"]["prompts"])
+        for section in ("refine", "caption"):
+            if raw.get(section) and self._local_engine_model(raw[section]["engine"], root):
+                raw[section]["engine"]["model"] = absolute(raw[section]["engine"]["model"])
+        if raw.get("caption"):
+            raw["caption"]["output"] = absolute(raw["caption"]["output"])
+            if raw["caption"]["prompts"]:
+                raw["caption"]["prompts"] = absolute(raw["caption"]["prompts"])
+        if raw.get("index"):
+            raw["index"]["output_dir"] = absolute(raw["index"]["output_dir"])
+            if raw["index"]["checkpoint"]:
+                raw["index"]["checkpoint"] = absolute(raw["index"]["checkpoint"])
+        for rerank in raw["eval"]["rerank"]:
+            rerank["captions"] = absolute(rerank["captions"])
+        raw["families"] = [absolute(m) if m.endswith(".py") else m for m in raw["families"]]
+        is_local = lambda value: storage.exists(storage.absolute(value, root))  # noqa: E731
+        raw["model"] = self.model.with_absolute_paths(absolute, is_local)
+        return JobSpec.model_validate(raw)
+
+    @staticmethod
+    def _local_engine_model(engine: dict[str, Any], root: Path) -> bool:
+        """A served (http) model is a name; otherwise a model is local when it exists or ``tiny`` builds it."""
+        return engine["kind"] != "http" and (engine["tiny"] or storage.exists(storage.absolute(engine["model"], root)))
+
+    def fingerprint(self, *sections: str) -> str:
+        """Stable hash of the resolved spec, or of only the named top-level ``sections``.
+
+        Results are keyed on what produced them: a trained stage on TRAINING_SECTIONS, so changing, say,
+        eval.ks or resources re-evaluates without retraining.
+        """
+        dump = self.model_dump(mode="json")
+        blob = json.dumps({k: dump[k] for k in sections} if sections else dump, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def stage_fingerprint(self, stage: int) -> str:
+        """What a trained stage depends on: TRAINING_SECTIONS, less the train fields the stage ignores (so tuning
+        PE-MoE's stage 2 reuses a finished stage 1)."""
+        dump = self.model_dump(mode="json")
+        blob = {k: dump[k] for k in TRAINING_SECTIONS}
+        ignored = self.train.fields_ignored_by_stage(stage)
+        blob["train"] = {k: v for k, v in blob["train"].items() if k not in ignored}
+        return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _section_as(spec: JobSpec, section: BaseModel, kind: type[SectionT]) -> SectionT:
+    if not isinstance(section, kind):
+        raise SpecError(f"job {spec.name}", "model.name", f"{spec.model.name} jobs have no {kind.__name__} section")
+    return section
+
+
+def load_job(path: str | Path, overrides: list[str] | None = None) -> JobSpec:
+    return parse_spec(JobSpec, load_yaml(path), str(path), overrides)

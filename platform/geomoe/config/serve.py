@@ -1,0 +1,47 @@
+"""The ``args`` of the retriever's Serve application, validated before anything starts."""
+
+from __future__ import annotations
+
+from pydantic import Field, field_validator, model_validator
+
+from geomoe.config.base import Strict
+from geomoe.config.engines import EngineSpec
+from geomoe.config.retrieval import RerankSpec
+
+
+class ServeCaptionerSpec(Strict):
+    """The re-ranker's VLM for gallery images missing from the caption store: ``transformers`` (a local model in
+    a Serve deployment) or ``http`` (an OpenAI-compatible server, e.g. a ``ray.serve.llm`` app beside it)."""
+
+    engine: EngineSpec
+    prompts: str | None = Field(None, description="prompt file; None = the built-in caption_v1")
+    max_words: int = Field(60, ge=1)
+
+    @field_validator("engine")
+    @classmethod
+    def _served_kinds(cls, engine: EngineSpec) -> EngineSpec:
+        if engine.kind == "vllm":
+            raise ValueError("serve vLLM with ray.serve.llm and point an http engine at it (serve/production.yaml)")
+        return engine
+
+
+class ServeSpec(Strict):
+    """The ``args`` of the retriever Serve application (``geomoe.serving.app:build_app``)."""
+
+    index: str = Field(description="index folder written by the 'index' stage")
+    checkpoint: str | None = Field(None, description="PE-MoE checkpoint; None = the one the index was built with")
+    token: str | None = Field(None, description="bearer token required on every request but /healthz")
+    token_env: str | None = Field(None, description="environment variable holding the token (keeps it out of files)")
+    rerank: RerankSpec | None = Field(None, description="CGRS over the first stage's top_n; enables rerank: true")
+    captioner: ServeCaptionerSpec | None = Field(None, description="captions images the store lacks (needs rerank)")
+    localizer: str | None = Field(None, description="SMGeo checkpoint; enables POST /localize")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ServeSpec:
+        if self.rerank is not None and self.rerank.diversity is not None:
+            raise ValueError("rerank.diversity is an offline-evaluation option; the service does not apply it")
+        if self.captioner is not None and self.rerank is None:
+            raise ValueError("captioner needs rerank (it writes captions for re-ranking)")
+        if self.token is not None and self.token_env is not None:
+            raise ValueError("give token or token_env, not both")
+        return self

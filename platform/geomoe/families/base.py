@@ -1,0 +1,137 @@
+"""What a model family is: its spec sections and the hooks jobs, sweeps, the CLI and serving call.
+
+A family subclasses ``Family``, sets its class attributes, implements ``build_model`` and ``training_task``
+(the worker side: model, step, evaluation), and either ``datasets`` + ``evaluate`` (the default ``train``:
+one stage, the best epoch by ``best_by``, then a test evaluation of that checkpoint) or its own ``train``.
+It registers itself with ``geomoe.registry.register`` (built-in families through the ``geomoe.families``
+entry points). Nothing outside a family's package names the family: everything dispatches through here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from geomoe import storage
+from geomoe.config import FamilyModelSpec, JobSpec, TrainSpec
+from geomoe.data.prepared import PreparedDataset
+from geomoe.errors import SpecError
+
+if TYPE_CHECKING:
+    import torch
+
+    from geomoe.train.engine import LoopConfig, TrainingTask
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """A checkpoint read back: the model in eval mode, the job spec it was trained with, the raw payload."""
+
+    model: torch.nn.Module
+    spec: JobSpec
+    payload: dict[str, Any]
+    tokenizer: Any = None  # a text family's tokenizer
+
+
+@dataclass(frozen=True)
+class TrainInputs:
+    """What the default ``train`` fits on: Ray datasets by name ("train", optionally "val"), and the optimizer
+    steps in one epoch."""
+
+    datasets: dict[str, Any]
+    steps_per_epoch: int
+
+
+class Family:
+    name: ClassVar[str]
+    model_spec: ClassVar[type[FamilyModelSpec]]
+    train_spec: ClassVar[type[TrainSpec]] = TrainSpec
+    dataset_kind: ClassVar[str] = "retrieval"  # what its prepared data is (config.DATASET_KINDS)
+    default: ClassVar[bool] = False  # the family of a ``model`` section without a name
+    stages: ClassVar[tuple[str, ...]] = ()  # job stages of its own, run by ``run_stage``
+    best_by: ClassVar[str | None] = None  # a per-epoch metric to keep the best checkpoint by (max)
+
+    # --- spec ---
+    def check_job(self, spec: JobSpec) -> None:
+        """Cross-section checks at validation time; raise ValueError("key: reason"). Default: the family uses
+        no baselines, Track 4 or index sections (those belong to families that declare such stages)."""
+        for section in ("baselines", "track4", "index"):
+            if getattr(spec, section):
+                raise ValueError(f"{section}: {self.name} jobs have no {section} section")
+
+    def epochs(self, spec: JobSpec) -> int:
+        """Epochs of the default one-stage training (the train section's ``epochs``)."""
+        return int(getattr(spec.train, "epochs", 1))
+
+    # --- model ---
+    def build_model(self, spec: JobSpec) -> torch.nn.Module:
+        raise NotImplementedError
+
+    def parameter_count(self, spec: JobSpec) -> dict[str, float]:
+        """Millions of parameters (all, and trainable), as the papers' #P column."""
+        model = self.build_model(spec)
+        total = sum(p.numel() for p in model.parameters())
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        return {"params_M": total / 1e6, "trainable_params_M": trainable / 1e6}
+
+    def load_checkpoint(self, directory: str) -> Loaded:
+        from geomoe.models.checkpoint import load_into, read_checkpoint
+
+        payload = read_checkpoint(directory)
+        spec = JobSpec.model_validate(payload["spec"])
+        model = self.build_model(spec)
+        load_into(model, payload["model"])
+        return Loaded(model.eval(), spec, payload)
+
+    # --- training (worker side) ---
+    def training_task(self, spec: JobSpec, loop: LoopConfig, rank: int) -> TrainingTask:
+        raise NotImplementedError
+
+    # --- driver side ---
+    def prepare_inputs(self, spec: JobSpec, prepared: PreparedDataset) -> None:
+        """Make once, before any training or sweep trial, what training needs besides data (say, tiny models)."""
+
+    def datasets(self, spec: JobSpec, prepared: PreparedDataset) -> TrainInputs:
+        raise NotImplementedError
+
+    def evaluate(self, spec: JobSpec, checkpoint: str, prepared: PreparedDataset) -> dict[str, Any]:
+        """The test evaluation of a trained checkpoint (JSON)."""
+        return {}
+
+    def train(self, spec: JobSpec, prepared: PreparedDataset, run_dir: str) -> dict[str, Any]:
+        """The ``train`` stage: fit one stage (or reuse its record), then evaluate the kept checkpoint. The
+        result always carries ``checkpoint`` (what later stages, sweeps and serving use)."""
+        from geomoe.train.engine import LoopConfig
+        from geomoe.train.run import cached_result, recorded_stage, run_trainer
+
+        record = recorded_stage(spec, run_dir, 1)
+        if record is None:
+            inputs = self.datasets(spec, prepared)
+            loop = LoopConfig.of(
+                spec.train, spec.seed, epochs=self.epochs(spec), steps_per_epoch=inputs.steps_per_epoch
+            )
+            record = run_trainer(spec, run_dir, loop, inputs.datasets, best_by=self.best_by)
+        checkpoint = record["checkpoint"]
+        test = cached_result(
+            storage.join(run_dir, "eval_test.json"), spec, 1, lambda: self.evaluate(spec, checkpoint, prepared)
+        )
+        best = record.get("best") or record["metrics"]
+        return {"checkpoint": checkpoint, "best_epoch": best["epoch"], "validation": best, "test": test}
+
+    def run_stage(self, stage: str, spec: JobSpec, results: dict[str, Any]) -> dict[str, Any]:
+        """A stage of the family's own (``stages``); ``results`` holds the earlier stages' results."""
+        raise SpecError(f"job {spec.name}", "stages", f"{self.name} has no stage {stage!r}")
+
+    # --- results ---
+    def metrics(self, result: dict[str, Any]) -> dict[str, float]:
+        """The flat numbers a sweep trial reports, from the train stage's result."""
+        test = {f"test_{k}": v for k, v in result.get("test", {}).items() if isinstance(v, int | float)}
+        validation = {k: v for k, v in result.get("validation", {}).items() if isinstance(v, int | float)}
+        return {k: float(v) for k, v in (test | validation).items()}
+
+    def report(self, spec: JobSpec, results: dict[str, Any]) -> str:
+        """The train stage's results (model name -> result: "model" and any baselines) as the CLI prints them."""
+        lines = [f"{spec.model.name} {spec.name}"]
+        for name, result in results.items():
+            lines += [f"  {name} {k}: {v:.4g}" for k, v in self.metrics(result).items()]
+        return "\n".join(lines)

@@ -1,0 +1,111 @@
+"""The PE-MoE family: text query -> image over a mixed satellite/drone/ground gallery (platform experts, a gate,
+two-stage training with mined hard negatives), plus its stages ``index`` (the serving index) and
+``track4_submission``. Registered through the ``geomoe.families`` entry point."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from geomoe.config import JobSpec
+from geomoe.data.prepared import PreparedDataset
+from geomoe.families.base import Family, Loaded
+from geomoe.families.pe_moe.spec import PEMoEModelSpec, PEMoETrainSpec
+from geomoe.metrics import track4_score
+
+if TYPE_CHECKING:
+    import torch
+
+    from geomoe.train.engine import LoopConfig, TrainingTask
+
+
+def _checkpoint(spec: JobSpec, given: str | None, results: dict[str, Any], stage: str) -> str:
+    checkpoint = given or results.get("train", {}).get("model", {}).get("checkpoint")
+    if checkpoint is None:  # JobSpec validation makes sure a checkpoint is given or trained first
+        raise AssertionError(f"stage {stage!r} has no checkpoint")
+    return str(checkpoint)
+
+
+class PEMoEFamily(Family):
+    name = "pe_moe"
+    model_spec = PEMoEModelSpec
+    train_spec = PEMoETrainSpec
+    dataset_kind = "retrieval"
+    default = True  # job specs from before SMGeo have no model.name
+    stages = ("index", "track4_submission")
+
+    def check_job(self, spec: JobSpec) -> None:
+        needs = {"index": "an index section (output_dir)", "track4": "a track4 section (queries, gallery, output_dir)"}
+        for stage, key, section in (("index", "index", spec.index), ("track4_submission", "track4", spec.track4)):
+            if stage not in spec.stages:
+                continue
+            if section is None:
+                raise ValueError(f"stages: stage {stage!r} needs {needs[key]}")
+            trained = "train" in spec.stages[: spec.stages.index(stage)]
+            if section.checkpoint is None and not trained:
+                raise ValueError(f"{key}.checkpoint: stage {stage!r} needs a checkpoint, or a 'train' stage before it")
+
+    def build_model(self, spec: JobSpec) -> torch.nn.Module:
+        from geomoe.models.factory import build_pe_moe
+
+        return build_pe_moe(spec.model_as(PEMoEModelSpec))[0]
+
+    def load_checkpoint(self, directory: str) -> Loaded:
+        from geomoe.models.factory import load_pe_moe
+
+        model, tokenizer, spec, payload = load_pe_moe(directory)
+        return Loaded(model, spec, payload, tokenizer)
+
+    def training_task(self, spec: JobSpec, loop: LoopConfig, rank: int) -> TrainingTask:
+        from geomoe.families.pe_moe.step import training_task
+
+        return training_task(spec, loop, rank)
+
+    def prepare_inputs(self, spec: JobSpec, prepared: PreparedDataset) -> None:
+        from geomoe.families.pe_moe.driver import ensure_tiny
+
+        ensure_tiny(spec, prepared)
+
+    def train(self, spec: JobSpec, prepared: PreparedDataset, run_dir: str) -> dict[str, Any]:
+        from geomoe.families.pe_moe.driver import train_and_evaluate
+
+        self.prepare_inputs(spec, prepared)
+        return train_and_evaluate(spec, prepared, run_dir)
+
+    def run_stage(self, stage: str, spec: JobSpec, results: dict[str, Any]) -> dict[str, Any]:
+        if stage == "index":
+            from geomoe.pipelines.index import build_index
+
+            assert spec.index is not None  # checked by JobSpec validation
+            prepared = PreparedDataset.open(spec.preprocess.output_dir, "stage 'index'")
+            return build_index(spec, prepared.manifest, _checkpoint(spec, spec.index.checkpoint, results, stage))
+        if stage == "track4_submission":
+            from geomoe.pipelines.submit import submit_track4
+
+            assert spec.track4 is not None  # checked by JobSpec validation
+            checkpoint = _checkpoint(spec, spec.track4.checkpoint, results, stage)
+            return submit_track4(checkpoint, spec.track4, spec.resources.data_concurrency)
+        return super().run_stage(stage, spec, results)
+
+    def metrics(self, result: dict[str, Any]) -> dict[str, float]:
+        """R@K (and Score) per protocol of the final stage, the protocol as a prefix except for exact; routing."""
+        final = result.get("stage2") or result["stage1"]
+        metrics = {}
+        for protocol, report in final["retrieval"].items():
+            prefix = "" if protocol == "exact" else f"{protocol}_"
+            recall = report["t2i"]
+            metrics.update({f"{prefix}{k}": float(v) for k, v in recall.items()})
+            if {"R@1", "R@5", "R@10"} <= set(recall):
+                metrics[f"{prefix}Score"] = track4_score(recall)
+        if "routing_accuracy" in final:
+            metrics["routing"] = float(final["routing_accuracy"])
+        return metrics
+
+    def report(self, spec: JobSpec, results: dict[str, Any]) -> str:
+        from geomoe.report import retrieval_table, sample_query
+
+        tables = [retrieval_table(results, protocol) for protocol in spec.eval.protocols]
+        final = results["model"]
+        return "\n".join([*tables, sample_query(final.get("stage2") or final["stage1"])])
+
+
+FAMILY = PEMoEFamily()

@@ -1,0 +1,185 @@
+"""Driver side of PE-MoE training: Ray Data inputs, a TorchTrainer per stage, mining, evaluation.
+
+Stage 1 -> evaluation -> mining with the stage-1 model -> stage 2 -> evaluation; each step leaves a record in the
+run folder, so a rerun with the same job name skips finished steps.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from geomoe import storage
+from geomoe.config import JobSpec
+from geomoe.data.prepared import PreparedDataset
+from geomoe.errors import DatasetError
+from geomoe.families.pe_moe.spec import PEMoEModelSpec, PEMoETrainSpec
+from geomoe.models.factory import ensure_tiny_models, load_pe_moe
+from geomoe.train.engine import LoopConfig
+from geomoe.train.run import cached_result, recorded_stage, run_trainer
+
+COLUMNS = ["caption", "statements", "image_path", "image_id", "building_id", "platform"]
+
+
+def split_rows(prepared: PreparedDataset, split: str, spec: JobSpec) -> pa.Table:
+    """Rows of one split of a prepared table, with the expert index of each row's platform."""
+    table = prepared.read_split(split, columns=[*COLUMNS, "augment"])
+    expert_of = spec.model_as(PEMoEModelSpec).expert_of()
+    unknown = sorted(set(table["platform"].to_pylist()) - set(expert_of))
+    if unknown:
+        raise DatasetError(f"model.experts: no expert owns platform(s) {unknown} present in the {split} split")
+    experts = pa.array([expert_of[p] for p in table["platform"].to_pylist()], pa.int64())
+    return table.append_column("expert", experts)
+
+
+class DecodeImages:
+    """Ray Data map: image paths -> normalised pixel arrays (and the mined negatives in stage 2)."""
+
+    def __init__(self, size: int, negatives: bool) -> None:
+        self.size, self.negatives = size, negatives
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from geomoe.models.factory import image_array
+
+        batch["image"] = np.stack([image_array(str(p), self.size) for p in batch["image_path"]])
+        if self.negatives:
+            batch["negatives"] = np.stack(
+                [np.stack([image_array(str(p), self.size) for p in row]) for row in batch["negative_paths"]]
+            )
+        return batch
+
+
+def training_dataset(table: pa.Table, spec: JobSpec, negatives: bool) -> Any:
+    import ray.data
+
+    # The prepared table is grouped by platform; shuffle it once so that batches mix platforms (the local
+    # shuffle buffer alone would give runs of one platform, and the gate would chase the latest one).
+    order = np.random.default_rng(spec.seed).permutation(table.num_rows)
+    table = table.take(pa.array(order))
+    blocks = max(1, min(table.num_rows // 64, 8))
+    step = -(-table.num_rows // blocks)
+    ds: Any = ray.data.from_arrow([table.slice(i, step) for i in range(0, table.num_rows, step)])
+    ds = ds.map_batches(
+        DecodeImages(spec.model_as(PEMoEModelSpec).image.image_size, negatives),
+        batch_format="numpy",
+        batch_size=64,
+        num_cpus=0.5,
+    )
+    return ds.materialize() if spec.train.materialize_inputs else ds
+
+
+def fit_stage(
+    spec: JobSpec,
+    run_dir: str,
+    stage: int,
+    table: pa.Table,
+    init: str | None,
+    test_hooks: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Run one PE-MoE training stage on Ray Train (or return its recorded result); returns {checkpoint, metrics}.
+    ``test_hooks``: LoopConfig's fault-injection fields."""
+    recorded = recorded_stage(spec, run_dir, stage)
+    if recorded is not None:
+        return recorded
+    train = spec.train_as(PEMoETrainSpec)
+    loop = LoopConfig.of(
+        train,
+        spec.seed,
+        stage=stage,
+        epochs=train.stage1_epochs if stage == 1 else train.stage2_epochs,
+        steps_per_epoch=max(1, table.num_rows // train.batch_size),
+        lr=train.lr * (train.stage2_lr_scale if stage == 2 else 1.0),
+        init_checkpoint=init,
+        **(test_hooks or {}),
+    )
+    datasets = {"train": training_dataset(table, spec, negatives=stage == 2)}
+    return run_trainer(spec, run_dir, loop, datasets)
+
+
+def mine_negatives(spec: JobSpec, checkpoint: str, table: pa.Table) -> pa.Table:
+    """Append ``negative_paths``: per row, its expert's highest-scoring images of other buildings."""
+    from geomoe.pipelines.embed import embed_images
+    from geomoe.retrieval.embed import embed_texts
+    from geomoe.retrieval.mining import mine_hard_negatives
+
+    train, model_spec = spec.train_as(PEMoETrainSpec), spec.model_as(PEMoEModelSpec)
+    model, tokenizer, _, _ = load_pe_moe(checkpoint)
+    rows = table.to_pylist()
+    paths = sorted({r["image_path"] for r in rows})
+    image_meta = {r["image_path"]: (r["building_id"], r["expert"]) for r in rows}
+    vectors = embed_images(checkpoint, paths, concurrency=spec.resources.data_concurrency)
+    texts, _ = embed_texts(model, tokenizer, [r["caption"] for r in rows], model_spec.text.max_length)
+    negatives: list[list[str]] = [[] for _ in rows]
+    for k, expert in enumerate(model_spec.experts):
+        query_idx = [i for i, r in enumerate(rows) if r["expert"] == k]
+        gallery_idx = [j for j, p in enumerate(paths) if image_meta[p][1] == k]
+        if not query_idx:
+            continue
+        gallery_pos = {paths[j]: n for n, j in enumerate(gallery_idx)}
+        found = mine_hard_negatives(
+            texts[k, query_idx],
+            np.array([rows[i]["building_id"] for i in query_idx]),
+            vectors[k, gallery_idx],
+            np.array([image_meta[paths[j]][0] for j in gallery_idx]),
+            train.hard_negatives,
+            train.mining_chunk,
+            pool=train.mining_pool,
+            seed=spec.seed + k,
+            positive_Q=np.array([gallery_pos[rows[i]["image_path"]] for i in query_idx]) if train.semi_hard else None,
+        )
+        if (found < 0).any():
+            raise DatasetError(
+                f"expert {expert.name!r}: fewer than {train.hard_negatives} images of other buildings to mine"
+            )
+        for i, picks in zip(query_idx, found, strict=True):
+            negatives[i] = [paths[gallery_idx[j]] for j in picks]
+    return table.append_column("negative_paths", pa.array(negatives, pa.list_(pa.string())))
+
+
+def evaluate_checkpoint(spec: JobSpec, checkpoint: str, prepared: PreparedDataset) -> dict[str, Any]:
+    from geomoe.evaluate import evaluate_pe_moe, gallery_from_rows
+    from geomoe.pipelines.embed import embed_images
+
+    model, tokenizer, _, _ = load_pe_moe(checkpoint)
+    rows = split_rows(prepared, "test", spec).filter(pc.equal(pc.field("augment"), "")).to_pylist()
+    images, _ = gallery_from_rows(rows)
+    vectors = embed_images(checkpoint, [im["image_path"] for im in images], concurrency=spec.resources.data_concurrency)
+    return evaluate_pe_moe(model, tokenizer, spec, rows, vectors)
+
+
+def train_and_evaluate(spec: JobSpec, prepared: PreparedDataset, run_dir: str) -> dict[str, Any]:
+    """Stage 1 -> evaluation -> mining -> stage 2 -> evaluation; each step skipped if already recorded."""
+    table = split_rows(prepared, "train", spec)
+    results: dict[str, Any] = {}
+    stage1 = fit_stage(spec, run_dir, 1, table, None)
+    results["stage1"] = cached_result(
+        storage.join(run_dir, "eval_stage1.json"),
+        spec,
+        1,
+        lambda: evaluate_checkpoint(spec, stage1["checkpoint"], prepared),
+    )
+    if spec.train_as(PEMoETrainSpec).stage2_epochs:
+        stage2 = recorded_stage(spec, run_dir, 2)  # a finished stage 2 needs no mining
+        if stage2 is None:
+            mined = mine_negatives(spec, stage1["checkpoint"], table)
+            stage2 = fit_stage(spec, run_dir, 2, mined, stage1["checkpoint"])
+        results["stage2"] = cached_result(
+            storage.join(run_dir, "eval_stage2.json"),
+            spec,
+            2,
+            lambda: evaluate_checkpoint(spec, stage2["checkpoint"], prepared),
+        )
+        results["checkpoint"] = stage2["checkpoint"]
+    else:
+        results["checkpoint"] = stage1["checkpoint"]
+    return results
+
+
+def ensure_tiny(spec: JobSpec, prepared: PreparedDataset) -> None:
+    """Build the tiny models ``model.tiny`` asks for, on the prepared training captions (originals)."""
+    table = split_rows(prepared, "train", spec)
+    captions = table.filter(pc.equal(table["augment"], ""))["caption"].to_pylist()
+    ensure_tiny_models(spec.model_as(PEMoEModelSpec), captions, spec.seed)

@@ -1,0 +1,120 @@
+"""The SMGeo family: drone image + click -> box of that object in a satellite tile (Swin with a grid-level sparse
+MoE, query-guided fusion, anchor-free head). One training stage, the best epoch by validation acc@0.5, then the
+test split against two baselines: the click zeroed, and a centre box of the mean training size. Registered through
+the ``geomoe.families`` entry point."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pyarrow as pa
+
+from geomoe.config import JobSpec
+from geomoe.data.images import image_size
+from geomoe.data.localization import centre_box_baseline, localization_report
+from geomoe.data.prepared import PreparedDataset
+from geomoe.errors import DatasetError
+from geomoe.families.base import Family, TrainInputs
+from geomoe.families.smgeo.spec import SMGeoModelSpec, SMGeoTrainSpec
+
+if TYPE_CHECKING:
+    import torch
+
+    from geomoe.train.engine import LoopConfig, TrainingTask
+
+COLUMNS = ["sample_id", "query_path", "reference_path", "click_x", "click_y", "box", "class_name"]
+METHODS = ("smgeo", "click_zeroed", "centre_box")  # the test report's rows
+
+
+def localization_rows(prepared: PreparedDataset, split: str) -> pa.Table:
+    return prepared.require("localization", "an SMGeo job").read_split(split, columns=COLUMNS)
+
+
+class SMGeoFamily(Family):
+    name = "smgeo"
+    model_spec = SMGeoModelSpec
+    train_spec = SMGeoTrainSpec
+    dataset_kind = "localization"
+    best_by = "val_acc50"
+
+    def check_job(self, spec: JobSpec) -> None:
+        super().check_job(spec)
+        if spec.baselines:
+            raise ValueError("baselines: SMGeo evaluates its own baselines (click zeroed, centre box)")
+
+    def build_model(self, spec: JobSpec) -> torch.nn.Module:
+        from geomoe.models.smgeo import SMGeo
+
+        return SMGeo(spec.model_as(SMGeoModelSpec))
+
+    def training_task(self, spec: JobSpec, loop: LoopConfig, rank: int) -> TrainingTask:
+        from geomoe.families.smgeo.step import training_task
+
+        return training_task(spec, loop, rank)
+
+    def datasets(self, spec: JobSpec, prepared: PreparedDataset) -> TrainInputs:
+        from geomoe.pipelines.localize import pairs_dataset
+
+        splits = {s: localization_rows(prepared, s) for s in ("train", "val", "test")}
+        for split, table in splits.items():
+            if table.num_rows == 0:
+                raise DatasetError(f"the prepared {split} split at {prepared.table} is empty")
+        batch = spec.train.batch_size
+        if splits["train"].num_rows < batch:
+            raise DatasetError(f"train.batch_size {batch} exceeds the {splits['train'].num_rows} training samples")
+        m, materialize = spec.model_as(SMGeoModelSpec), spec.train.materialize_inputs
+        datasets = {s: pairs_dataset(splits[s], m.query_size, m.reference_size, materialize) for s in ("train", "val")}
+        return TrainInputs(datasets, splits["train"].num_rows // batch)
+
+    def evaluate(self, spec: JobSpec, checkpoint: str, prepared: PreparedDataset) -> dict[str, Any]:
+        """DetGeo metrics of SMGeo, of SMGeo with the click zeroed, and of a centre box of the mean training size."""
+        from geomoe.pipelines.localize import pairs_dataset, predict_boxes
+
+        train, test = localization_rows(prepared, "train"), localization_rows(prepared, "test")
+        m, res = spec.model_as(SMGeoModelSpec), spec.resources
+        pairs = pairs_dataset(test, m.query_size, m.reference_size, materialize=True)
+        rows = test.to_pylist()
+        gt, classes = np.array([r["box"] for r in rows]), [r["class_name"] for r in rows]
+        report: dict[str, Any] = {}
+        wh = np.zeros((len(rows), 2))
+        for name, use_click in zip(METHODS[:2], (True, False), strict=True):
+            predicted = predict_boxes(checkpoint, pairs, use_click, res.data_concurrency, res.use_gpu)
+            pred = np.stack([predicted[str(r["sample_id"])][0] for r in rows])
+            wh = np.stack([predicted[str(r["sample_id"])][1] for r in rows])
+            report[name] = localization_report(pred, gt, wh, classes)
+        train_rows = train.to_pylist()
+        train_wh = np.array([image_size(r["reference_path"]) for r in train_rows], np.float64)
+        centre = centre_box_baseline(np.array([r["box"] for r in train_rows]), train_wh, wh)
+        report[METHODS[2]] = localization_report(centre, gt, wh, classes)
+        return report
+
+    def metrics(self, result: dict[str, Any]) -> dict[str, float]:
+        test, val = result["test"][METHODS[0]]["overall"], result["validation"]
+        metrics = {f"test_{k}": float(v) for k, v in test.items() if isinstance(v, int | float)}
+        metrics.update({k: float(v) for k, v in val.items() if isinstance(v, int | float)})
+        return metrics
+
+    def report(self, spec: JobSpec, results: dict[str, Any]) -> str:
+        return localization_table(results["model"])
+
+
+def localization_table(result: dict[str, Any]) -> str:
+    """SMGeo against its two baselines on the test split, plus per-class and per-size acc@0.25."""
+    test = result["test"]
+    lines = [
+        f"object localization, test split, DetGeo protocol (%), {test['smgeo']['count']} samples",
+        f"  {'method':<16}{'acc@0.25':>10}{'acc@0.5':>10}{'mIoU':>8}",
+    ]
+    for name in METHODS:
+        overall = test[name]["overall"]
+        lines.append(f"  {name:<16}{overall['acc@0.25']:>10.2f}{overall['acc@0.5']:>10.2f}{overall['mIoU']:>8.2f}")
+    best = result["validation"]
+    lines.append(f"  best epoch {result['best_epoch']} (validation acc@0.5 {best['val_acc50']:.2f})")
+    for group in ("by_size", "by_class"):
+        cells = [f"{k} {v['acc@0.25']:.1f} (n={v['count']})" for k, v in test["smgeo"][group].items()]
+        lines.append(f"  smgeo acc@0.25 {group.replace('_', ' ')}: " + ", ".join(cells))
+    return "\n".join(lines)
+
+
+FAMILY = SMGeoFamily()

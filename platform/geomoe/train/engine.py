@@ -1,0 +1,255 @@
+"""The one training engine every model family runs on (Ray Train worker side).
+
+``fit(task, loop)`` owns what every family's loop used to repeat: resume from the checkpoint Ray Train hands a
+restarted worker group (model, optimizer and scheduler state), initialisation from an earlier stage, DDP
+wrapping, AdamW/Adam with warmup + cosine, bf16 autocast on GPU, gradient accumulation (without DDP syncs
+between micro-batches), clipping, per-epoch metric means reduced across workers, the family's evaluation
+(in fp32), checkpoint reports from rank 0, and the fault-injection hooks the tests use. A family supplies only
+a ``TrainingTask``: its model, its step (batch -> loss and named parts) and optionally its evaluation.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from pydantic import Field
+
+from geomoe import registry
+from geomoe.config import JobSpec, Strict, TrainSpec
+from geomoe.models.checkpoint import load_into, read_checkpoint, save_checkpoint
+
+Batch = dict[str, np.ndarray]
+StepFn = Callable[[torch.nn.Module, Batch, torch.device], tuple[torch.Tensor, dict[str, float]]]
+EvalFn = Callable[[torch.nn.Module, torch.device, int], dict[str, float]]
+
+
+class FailOnce(Strict):
+    """Test hook: kill this worker once at (epoch, step) unless ``marker`` exists (exercises FailureConfig)."""
+
+    at: tuple[int, int]
+    marker: str
+
+
+class LoopConfig(Strict):
+    """What one training stage's loop does: built by a family's driver, read by ``fit`` on every worker."""
+
+    stage: int = Field(1, ge=1)
+    epochs: int = Field(ge=0)
+    steps_per_epoch: int = Field(ge=1, description="optimizer steps per epoch")
+    batch_size: int = Field(ge=1, description="global batch of one optimizer step")
+    grad_accumulation: int = Field(1, ge=1)
+    lr: float = Field(gt=0)
+    optimizer: str = "adamw"
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.0
+    grad_clip: float = Field(1.0, gt=0)
+    mixed_precision: bool = True
+    seed: int = 0
+    init_checkpoint: str | None = Field(None, description="start from this checkpoint's weights (not its epoch)")
+    find_unused_parameters: bool = Field(True, description="DDP: sparse experts leave parameters without grads")
+    fail_once_at: FailOnce | None = None
+    step_pause_s: float = Field(0.0, ge=0, description="test hook: pause before each step after the first epoch")
+
+    @classmethod
+    def of(cls, train: TrainSpec, seed: int, **fields: Any) -> LoopConfig:
+        """A stage's loop from the job's train section; ``fields`` set the stage's own values (epochs, ...)."""
+        shared = ("batch_size", "grad_accumulation", "lr", "optimizer", "weight_decay", "warmup_ratio", "grad_clip")
+        base = {k: getattr(train, k) for k in shared} | {"mixed_precision": train.mixed_precision, "seed": seed}
+        return cls.model_validate(base | fields)
+
+
+@dataclass
+class TrainingTask:
+    """A family's part of a training stage, built on each worker.
+
+    ``step(model, batch, device)``: forward and loss of one micro-batch (``model`` may be DDP-wrapped);
+    returns the loss to minimise and named float parts for the epoch's means.
+    ``evaluate(model, device, batch_size)``: per-epoch metrics after training, already reduced across workers
+    (runs in eval mode, fp32); None for a family without validation.
+    """
+
+    model: torch.nn.Module
+    step: StepFn
+    evaluate: EvalFn | None = None
+
+
+def warmup_cosine(total_steps: int, warmup_ratio: float) -> Callable[[int], float]:
+    warmup = max(1, int(total_steps * warmup_ratio))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total_steps - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+def make_optimizer(loop: LoopConfig, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    """Adam or AdamW (decoupled weight decay) as the loop says."""
+    kind = torch.optim.AdamW if loop.optimizer == "adamw" else torch.optim.Adam
+    return kind(params, lr=loop.lr, weight_decay=loop.weight_decay)
+
+
+def train_worker(config: dict[str, Any]) -> None:
+    """Ray Train's ``train_loop_per_worker`` for every family: validate, ask the family for its task, fit."""
+    import ray.train
+
+    spec = JobSpec.model_validate(config["spec"])
+    loop = LoopConfig.model_validate(config["loop"])
+    rank = ray.train.get_context().get_world_rank()
+    torch.manual_seed(loop.seed + rank)
+    task = registry.family(spec.model.name).training_task(spec, loop, rank)
+    fit(task, loop, spec)
+
+
+def fit(task: TrainingTask, loop: LoopConfig, spec: JobSpec) -> None:
+    """Train ``task.model`` for the loop's epochs on the "train" dataset shard, reporting every epoch."""
+    import ray.train
+    import ray.train.torch
+
+    ctx = ray.train.get_context()
+    micro = max(1, loop.batch_size // (ctx.get_world_size() * loop.grad_accumulation))
+    core, payload = task.model, _resumed_payload()
+    start_epoch = 0 if payload is None else int(payload["epoch"]) + 1
+    if payload is not None:
+        load_into(core, payload["model"])
+    elif loop.init_checkpoint:
+        load_into(core, read_checkpoint(loop.init_checkpoint)["model"])
+    kwargs = {"find_unused_parameters": loop.find_unused_parameters}
+    wrapped = ray.train.torch.prepare_model(core, parallel_strategy_kwargs=kwargs)
+    device = ray.train.torch.get_device()
+    params = [p for p in core.parameters() if p.requires_grad]
+    optimizer = make_optimizer(loop, params)
+    total = max(1, loop.epochs * loop.steps_per_epoch)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total, loop.warmup_ratio))
+    if payload is not None:
+        optimizer.load_state_dict(payload["optimizer"])
+        schedule.load_state_dict(payload["scheduler"])
+    shard = ray.train.get_dataset_shard("train")
+    for epoch in range(start_epoch, loop.epochs):
+        wrapped.train()
+        seed = loop.seed * 1000 + loop.stage * 100 + epoch
+        means = _train_epoch(task, wrapped, params, optimizer, schedule, _batches(shard, micro, seed), loop, epoch)
+        metrics: dict[str, Any] = {"stage": loop.stage, "epoch": epoch, "start_epoch": start_epoch, **means}
+        if task.evaluate is not None:
+            wrapped.eval()
+            with torch.no_grad():
+                metrics |= task.evaluate(wrapped, device, micro)
+        _report(metrics, core, spec, loop.stage, epoch, optimizer, schedule)
+
+
+def _train_epoch(
+    task: TrainingTask,
+    wrapped: torch.nn.Module,
+    params: list[torch.nn.Parameter],
+    optimizer: torch.optim.Optimizer,
+    schedule: Any,
+    batches: Iterator[Batch],
+    loop: LoopConfig,
+    epoch: int,
+) -> dict[str, float]:
+    """One epoch of optimizer steps, each over ``grad_accumulation`` micro-batches; the parts' means."""
+    import ray.train.torch
+
+    device = ray.train.torch.get_device()
+    autocast = device.type == "cuda" and loop.mixed_precision
+    sums: dict[str, float] = {}
+    micro_steps = 0
+    for step in range(loop.steps_per_epoch):
+        _inject_faults(loop, epoch, step)
+        optimizer.zero_grad(set_to_none=True)
+        micro = [batch for _, batch in zip(range(loop.grad_accumulation), batches, strict=False)]
+        if not micro:  # this worker's shard ran out (uneven shards): the epoch ends here
+            break
+        for k, batch in enumerate(micro):
+            # DDP all-reduces gradients on every backward; only the step's last micro-batch needs it
+            no_sync = getattr(wrapped, "no_sync", None) if k < len(micro) - 1 else None
+            with no_sync() if no_sync else nullcontext(), torch.autocast(device.type, torch.bfloat16, enabled=autocast):
+                loss, parts = task.step(wrapped, batch, device)
+                (loss / len(micro)).backward()
+            micro_steps += 1
+            for name, value in {"loss": float(loss.detach()), **parts}.items():
+                sums[name] = sums.get(name, 0.0) + value
+        torch.nn.utils.clip_grad_norm_(params, loop.grad_clip)
+        optimizer.step()
+        schedule.step()
+    return _mean_across_workers(sums, micro_steps)
+
+
+def _batches(shard: Any, micro: int, seed: int) -> Iterator[Batch]:
+    """One epoch of this worker's shard in numpy micro-batches, shuffled reproducibly (a new seed per epoch)."""
+    return iter(
+        shard.iter_batches(
+            batch_size=micro,
+            batch_format="numpy",
+            drop_last=True,
+            local_shuffle_buffer_size=4 * micro,
+            local_shuffle_seed=seed,
+        )
+    )
+
+
+def _mean_across_workers(sums: dict[str, float], count: int) -> dict[str, float]:
+    """Per-name means over every worker's micro-batches (one all-reduce; workers report the same numbers)."""
+    names = sorted(sums)
+    totals = torch.tensor([sums[n] for n in names] + [float(count)], dtype=torch.float64)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(totals)
+    n = max(1.0, float(totals[-1]))
+    return {name: float(totals[i]) / n for i, name in enumerate(names)}
+
+
+def _inject_faults(loop: LoopConfig, epoch: int, step: int) -> None:
+    """Test hooks: pause before each step of a later epoch (a test takes a node away meanwhile), or kill this
+    worker process once at (epoch, step) to exercise FailureConfig recovery."""
+    if epoch > 0 and loop.step_pause_s:
+        time.sleep(loop.step_pause_s)
+    fail = loop.fail_once_at
+    if fail and (epoch, step) == tuple(fail.at) and not Path(fail.marker).exists():
+        Path(fail.marker).write_text("killed")
+        os._exit(1)
+
+
+def _resumed_payload() -> dict[str, Any] | None:
+    """The checkpoint Ray Train hands a restarted (or rerun) worker group, read; None on a fresh start."""
+    import ray.train
+
+    resumed = ray.train.get_checkpoint()
+    if resumed is None:
+        return None
+    with resumed.as_directory() as directory:
+        return read_checkpoint(directory)
+
+
+def _report(
+    metrics: dict[str, Any],
+    model: torch.nn.Module,
+    spec: JobSpec,
+    stage: int,
+    epoch: int,
+    optimizer: torch.optim.Optimizer,
+    schedule: Any,
+) -> None:
+    """Report an epoch's metrics from every worker; rank 0 attaches the checkpoint (model, spec, optimizer state)."""
+    import ray.train
+    from ray.train import Checkpoint
+
+    with tempfile.TemporaryDirectory() as directory:
+        checkpoint = None
+        if ray.train.get_context().get_world_rank() == 0:
+            save_checkpoint(
+                directory, model, spec, stage, epoch, optimizer=optimizer.state_dict(), scheduler=schedule.state_dict()
+            )
+            checkpoint = Checkpoint.from_directory(directory)
+        ray.train.report(metrics, checkpoint=checkpoint)
