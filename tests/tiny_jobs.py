@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import Any
 
 from geomoe.config import JobSpec, parse_spec
+from geomoe.config.pe_moe import PEMoEModelSpec
 from geomoe.data.prepared import PreparedDataset
 from geomoe.families.pe_moe.driver import split_rows
-from geomoe.families.pe_moe.spec import PEMoEModelSpec
 from geomoe.models.factory import ensure_tiny_models
 from geomoe.pipelines.prepare import prepare
 

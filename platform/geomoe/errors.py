@@ -27,5 +27,9 @@ class DatasetError(GeomoeError):
     """A dataset as a whole is unusable (missing layout file, unparsable JSON, ...)."""
 
 
+class ModelError(GeomoeError):
+    """A model source or checkpoint does not fit what the spec asks for (architecture, depth, saved state)."""
+
+
 class ExperimentError(GeomoeError):
     """An experiment folder cannot be used as asked (it holds another run, or no sweep)."""

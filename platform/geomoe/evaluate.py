@@ -9,12 +9,12 @@ from typing import Any
 import numpy as np
 
 from geomoe.config import JobSpec, RerankSpec
+from geomoe.config.pe_moe import PEMoEModelSpec
 from geomoe.data.caption_store import read_caption_store
 from geomoe.errors import DatasetError
-from geomoe.families.pe_moe.spec import PEMoEModelSpec
 from geomoe.metrics import first_relevant_rank, protocol_labels, recall_at_k, retrieval_report
-from geomoe.models.pe_moe import PEMoE
-from geomoe.retrieval.embed import embed_shared_texts, embed_texts, fused_scores
+from geomoe.models.pe_moe import PEMoE, fused_scores
+from geomoe.retrieval.embed import embed_shared_texts, embed_texts
 from geomoe.retrieval.rerank import LexicalScorer, caption_evidence, diversify, fuse_top_n, top_n
 
 

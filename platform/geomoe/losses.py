@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from geomoe.families.smgeo.spec import SMGeoLossSpec
+from geomoe.config.smgeo import SMGeoLossSpec
 
 
 def multi_positive_info_nce(

@@ -13,9 +13,9 @@ import yaml
 
 from geomoe import storage
 from geomoe.config import JobSpec, parse_spec
+from geomoe.config.pe_moe import PEMoEModelSpec
 from geomoe.data.prepared import PreparedDataset
 from geomoe.errors import SpecError
-from geomoe.families.pe_moe.spec import PEMoEModelSpec
 from tiny_jobs import tiny_pe_moe, tiny_smgeo
 
 TRAINER = "trainer_slot"  # the custom resource the worker nodes of tests/cluster/conftest.py carry

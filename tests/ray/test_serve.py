@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 
 from geomoe import storage
-from geomoe.families.pe_moe.spec import PEMoEModelSpec
-from geomoe.families.smgeo.spec import SMGeoModelSpec
+from geomoe.config.pe_moe import PEMoEModelSpec
+from geomoe.config.smgeo import SMGeoModelSpec
 from tiny_jobs import smgeo_job, tiny_retriever
 
 URL = "http://127.0.0.1:8000"

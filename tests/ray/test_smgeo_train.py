@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from geomoe.families.smgeo.spec import SMGeoModelSpec
+from geomoe.config.smgeo import SMGeoModelSpec
 from geomoe.jobs import run_job
 from geomoe.models.smgeo import load_smgeo
 from tiny_jobs import smgeo_job

@@ -10,9 +10,9 @@ import pyarrow.compute as pc
 import pytest
 
 from geomoe.config import JobSpec, parse_spec
+from geomoe.config.pe_moe import PEMoEModelSpec
 from geomoe.data.prepared import PreparedDataset
 from geomoe.families.pe_moe.driver import evaluate_checkpoint, fit_stage, mine_negatives, split_rows
-from geomoe.families.pe_moe.spec import PEMoEModelSpec
 from geomoe.models.checkpoint import read_checkpoint
 from geomoe.models.factory import ensure_tiny_models
 from geomoe.pipelines.prepare import prepare
@@ -119,9 +119,10 @@ def test_index_search_returns_the_offline_fused_ranking(prepared: tuple[JobSpec,
 
     from geomoe.models.checkpoint import save_checkpoint
     from geomoe.models.factory import build_pe_moe
+    from geomoe.models.pe_moe import fused_scores
     from geomoe.pipelines.embed import embed_images
     from geomoe.pipelines.index import _queries, build_index
-    from geomoe.retrieval.embed import embed_texts, fused_scores
+    from geomoe.retrieval.embed import embed_texts
     from geomoe.retrieval.index import query_rows, read_index
 
     spec, manifest = prepared

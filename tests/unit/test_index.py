@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from geomoe.errors import DatasetError
-from geomoe.retrieval.embed import fused_scores
+from geomoe.models.pe_moe import fused_scores
 from geomoe.retrieval.index import (
     build_faiss,
     exact_search,

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from geomoe.evaluate import chance_recall, gallery_from_rows
-from geomoe.retrieval.embed import fused_scores
+from geomoe.models.pe_moe import fused_scores
 from geomoe.retrieval.mining import mine_hard_negatives
 
 

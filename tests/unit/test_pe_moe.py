@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from geomoe.families.pe_moe.spec import ImageEncoderSpec, PEMoEModelSpec, TextEncoderSpec, TinyModelsSpec
+from geomoe.config.pe_moe import ImageEncoderSpec, PEMoEModelSpec, TextEncoderSpec, TinyModelsSpec
 from geomoe.losses import gate_loss, hard_negative_loss, multi_positive_info_nce
 from geomoe.models.factory import build_pe_moe, ensure_tiny_models, tokenize
-from geomoe.models.pe_moe import PEMoE
+from geomoe.models.pe_moe import PEMoE, fused_scores
 
 CORPUS = ["a red flat roof with a pond", "drone view of a tall white building", "street view of a brick facade"] * 20
 
@@ -54,7 +54,7 @@ def test_each_fusion_mode_forward_backward(tiny_dir: Path, fusion: str, experts:
     shared, t = model.encode_text(ids, mask)
     v = model.encode_image(images)
     g = model.gate_weights(shared)
-    scores = model.fused_scores(t, v, g)
+    scores = fused_scores(t, v, g)
     k = 1 if fusion == "unified" else 3
     assert t.shape == (k, 4, 32) and v.shape == (k, 4, 32) and g.shape == (4, k) and scores.shape == (4, 4)
     assert torch.allclose(g.sum(dim=1), torch.ones(4))
@@ -75,7 +75,7 @@ def test_trunk_is_frozen_and_runs_once_per_batch(tiny_dir: Path) -> None:
     ids, mask, images = batch(tok)
     shared, t = model.encode_text(ids, mask)
     v = model.encode_image(images)
-    model.fused_scores(t, v, model.gate_weights(shared)).sum().backward()
+    fused_scores(t, v, model.gate_weights(shared)).sum().backward()
     assert calls == {"text": 1, "image": 1}  # three experts, one trunk pass each
     trunk_params = [*model.text_trunk.parameters(), *model.image_trunk.parameters()]
     assert trunk_params and all(p.grad is None and not p.requires_grad for p in trunk_params)
@@ -90,7 +90,7 @@ def test_fused_score_equals_per_expert_formula(tiny_dir: Path) -> None:
         shared, t = model.encode_text(ids, mask)
         v = model.encode_image(images)
         g = model.gate_weights(shared)
-        fused = model.fused_scores(t, v, g)
+        fused = fused_scores(t, v, g)
     for q in range(4):
         for n in range(4):
             expected = sum(g[q, k] * torch.cosine_similarity(t[k, q], v[k, n], dim=0) for k in range(3))

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from geomoe.config import JobSpec, parse_spec
+from geomoe.config.smgeo import SMGeoModelSpec
 from geomoe.data.localization import augment_pair, centre_box_baseline, localization_report, size_bucket
 from geomoe.errors import SpecError
-from geomoe.families.smgeo.spec import SMGeoModelSpec
 from geomoe.losses import smgeo_objective, smgeo_targets
 from geomoe.metrics import box_iou
 from geomoe.models.gmoe import ExpertFFN, GridMoE, dense_reference, sparse_dispatch

@@ -3,14 +3,13 @@ job carries its values, and the report shows every trial as it ended (never an i
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 
 from geomoe.config import SweepSpec, parse_spec
+from geomoe.config.pe_moe import PEMoEModelSpec
 from geomoe.errors import ExperimentError, SpecError
-from geomoe.families.pe_moe.spec import PEMoEModelSpec
 from geomoe.storage import write_json_atomic
 from geomoe.sweep import VARIANT, grid_points, load_sweep, trial_key, trial_metrics, trial_spec
 from geomoe.sweep.report import RESULT_FILE, write_report

@@ -101,11 +101,11 @@ def bench_gmoe(
 
 def bench_real_size_step(batch: int = 8, steps: int = 5) -> dict[str, Any]:
     """Training samples/s of the paper's SMGeo (Swin-T, 6 experts, top-2, 1024 px) on the GPU, bf16 autocast."""
-    from geomoe.families.smgeo.spec import SMGeoModelSpec
+    from geomoe.config.smgeo import SMGeoModelSpec
     from geomoe.losses import smgeo_objective
     from geomoe.models.smgeo import SMGeo
 
-    spec = SMGeoModelSpec(name="smgeo")
+    spec = SMGeoModelSpec()
     model = SMGeo(spec).cuda().train()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     query, reference = (

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from geomoe.families.pe_moe.spec import ImageEncoderSpec, PEMoEModelSpec, TextEncoderSpec, TinyModelsSpec
+from geomoe.config.pe_moe import ImageEncoderSpec, PEMoEModelSpec, TextEncoderSpec, TinyModelsSpec
 from geomoe.losses import pe_moe_objective
 from geomoe.models.factory import build_pe_moe, ensure_tiny_models, tokenize
 from geomoe.models.pe_moe import PEMoE

@@ -3,8 +3,8 @@ unknown keys forbidden. Every failure names the file, the dotted key and the rea
 downstream takes a raw dict.
 
 Modules: base (the machinery), data, engines, retrieval (evaluation, index, Track 4), family (what every model
-family's sections share), job, sweep, serve. A family's own ``model`` and ``train`` sections live in its package
-(geomoe.families.<name>.spec) and are picked by ``model.name`` through geomoe.registry.
+family's sections share), job, sweep, serve, and one module per built-in family's own ``model`` and ``train``
+sections (pe_moe, smgeo), which the job picks by ``model.name`` through geomoe.registry: nothing here imports them.
 """
 
 from geomoe.config.base import Strict, apply_overrides, expand_env, load_yaml, parse_spec

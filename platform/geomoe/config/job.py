@@ -119,15 +119,16 @@ class JobSpec(Strict):
         if not isinstance(raw, dict):
             return raw
         raw = dict(raw)
-        registry.load_plugins(raw.get("families") or [])
         model = raw.get("model") or {}
         name = model.get("name") if isinstance(model, dict) else getattr(model, "name", None)
         try:
+            registry.load_plugins(raw.get("families") or [])
             family = registry.family(name if isinstance(name, str) or name is None else str(name))
         except registry.UnknownFamilyError as err:
-            error = PydanticCustomError("unknown_family", str(err))
+            loc = ("families",) if str(err).startswith("families:") else ("model", "name")
+            error = PydanticCustomError("unknown_family", str(err).removeprefix("families: "))
             raise ValidationError.from_exception_data(
-                cls.__name__, [InitErrorDetails(type=error, loc=("model", "name"), input=name)]
+                cls.__name__, [InitErrorDetails(type=error, loc=loc, input=name)]
             ) from None
         if isinstance(model, dict) and name is None:
             raw["model"] = {**model, "name": family.name}

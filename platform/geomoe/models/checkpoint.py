@@ -16,6 +16,7 @@ from torch import nn
 
 from geomoe import storage
 from geomoe.config import JobSpec
+from geomoe.errors import ModelError
 
 STATE_FILE = "state.pt"
 
@@ -42,7 +43,7 @@ def read_checkpoint(directory: str | Path) -> dict[str, Any]:
     """The checkpoint in ``directory``, a local path or a URI (read through its own filesystem)."""
     path = storage.join(directory, STATE_FILE)
     if not storage.is_file(path):
-        raise FileNotFoundError(f"{storage.redact(path)}: not a geomoe checkpoint (no {STATE_FILE})")
+        raise ModelError(f"{storage.redact(path)}: not a geomoe checkpoint (no {STATE_FILE})")
     with storage.open_input(path) as handle:
         return dict(torch.load(handle, map_location="cpu", weights_only=False))
 
@@ -52,4 +53,4 @@ def load_into(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
     frozen = frozen_prefixes(model)
     missing = [k for k in missing if not frozen or not k.startswith(frozen)]
     if missing or unexpected:
-        raise ValueError(f"checkpoint does not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        raise ModelError(f"checkpoint does not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}")

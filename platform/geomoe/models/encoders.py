@@ -16,6 +16,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from geomoe.errors import ModelError
+
 log = logging.getLogger(__name__)
 CONFIG_DIR = Path(__file__).parent / "configs"
 IMAGE_MEAN = (0.48145466, 0.4578275, 0.40821073)  # EVA-CLIP / OpenAI CLIP normalisation
@@ -35,7 +37,9 @@ class TextTrunk(nn.Module):
         super().__init__()
         layers = model.encoder.layer
         if not 0 < tail_layers < len(layers):
-            raise ValueError(f"tail_layers must be in 1..{len(layers) - 1} for a {len(layers)}-layer text model")
+            raise ModelError(
+                f"model.text.tail_layers must be in 1..{len(layers) - 1} for a {len(layers)}-layer text model"
+            )
         self.config = model.config
         self.embeddings = model.embeddings
         self.layers = nn.ModuleList(layers[: len(layers) - tail_layers])
@@ -84,7 +88,9 @@ class ImageTrunk(nn.Module):
         super().__init__()
         blocks = eva.blocks
         if not 0 < tail_blocks < len(blocks):
-            raise ValueError(f"tail_blocks must be in 1..{len(blocks) - 1} for a {len(blocks)}-block image model")
+            raise ModelError(
+                f"model.image.tail_blocks must be in 1..{len(blocks) - 1} for a {len(blocks)}-block image model"
+            )
         self.eva = eva  # kept for patch_embed, _pos_embed and norm_pre; its blocks are split below
         self.blocks = nn.ModuleList(blocks[: len(blocks) - tail_blocks])
         self.tail_template = nn.ModuleList(blocks[len(blocks) - tail_blocks :])
@@ -162,7 +168,9 @@ def load_text_model(source: str) -> tuple[Any, Any]:
     tokenizer = AutoTokenizer.from_pretrained(source)
     model = AutoModel.from_pretrained(source, add_pooling_layer=False)
     if model.config.model_type != "xlm-roberta":
-        raise ValueError(f"{source}: expected an XLM-RoBERTa model (BGE-M3 family), got {model.config.model_type}")
+        raise ModelError(
+            f"model.text.source: {source}: expected an XLM-RoBERTa model (BGE-M3 family), got {model.config.model_type}"
+        )
     return model, tokenizer
 
 
@@ -174,5 +182,5 @@ def load_image_tower(name: str, pretrained: str | None, image_size: int) -> Any:
     model = open_clip.create_model(name, pretrained=pretrained, force_image_size=image_size)
     visual = model.visual
     if not hasattr(visual, "trunk") or not hasattr(visual.trunk, "blocks"):
-        raise ValueError(f"{name}: expected an EVA-CLIP model whose vision tower is a timm Eva")
+        raise ModelError(f"model.image.name: {name}: expected an EVA-CLIP model whose vision tower is a timm Eva")
     return visual.trunk

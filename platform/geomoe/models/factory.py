@@ -12,7 +12,7 @@ import numpy as np
 from PIL import Image
 
 from geomoe.config import EngineSpec, JobSpec
-from geomoe.families.pe_moe.spec import PEMoEModelSpec
+from geomoe.config.pe_moe import PEMoEModelSpec
 from geomoe.models.encoders import IMAGE_MEAN, IMAGE_STD, ImageTrunk, TextTrunk, load_image_tower, load_text_model
 from geomoe.models.pe_moe import PEMoE
 
@@ -32,8 +32,7 @@ def ensure_tiny_models(spec: PEMoEModelSpec, corpus: Iterable[str], seed: int = 
         save_tiny_text_model(
             text_dir, corpus, tiny.text_hidden, tiny.text_layers, tiny.text_heads, spec.text.max_length, seed
         )
-    if spec.image.pretrained is None:
-        raise ValueError("model.tiny needs model.image.pretrained: the file to write the tiny image weights to")
+    assert spec.image.pretrained is not None  # PEMoEModelSpec: tiny needs image.pretrained
     image_file = Path(spec.image.pretrained)
     if not image_file.is_file():
         log.info("building a tiny random image model at %s", image_file)

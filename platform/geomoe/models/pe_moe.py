@@ -12,8 +12,9 @@ Fusion modes (Table 1 ablation): ``unified`` (one head on all data), ``static`` 
 from __future__ import annotations
 
 import math
-from typing import Any, Literal, cast
+from typing import Any, Literal, TypeVar, cast
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -21,6 +22,7 @@ from torch import nn
 from geomoe.models.encoders import ImageTail, ImageTrunk, TextTail, TextTrunk, masked_mean
 
 Fusion = Literal["unified", "static", "dynamic"]
+Array = TypeVar("Array", np.ndarray, torch.Tensor)
 
 
 class ExpertHead(nn.Module):
@@ -171,10 +173,26 @@ class PEMoE(nn.Module):
         scale = self.logit_scale.exp().clamp(min=1.0, max=100.0)
         return {"t_shared": shared, "t": t, "gate_logits": self.gate_logits(shared), "scale": scale, **out}
 
-    @staticmethod
-    def fused_scores(t_KQD: torch.Tensor, v_KND: torch.Tensor, g_QK: torch.Tensor) -> torch.Tensor:
-        """Eq. 1: S_QN = sum_k g_qk * <t_kq, v_kn> (inputs normalised, so the dot product is the cosine)."""
-        return torch.einsum("kqd,knd,qk->qn", t_KQD, v_KND, g_QK)
+
+# Eq. 1, the only place it is written: S(q, n) = sum_k g_k(q) <t_k(q), v_k(n)> (inputs normalised: cosines),
+# factored as one inner product between the gated query [g_1 t_1, ..., g_K t_K] and the gallery row
+# [v_1n, ..., v_Kn]. Evaluation, mining, the index, the Track 4 submission and serving all score this way;
+# the functions take NumPy arrays or torch tensors alike.
+def gated_queries(t_KQD: Array, g_QK: Array) -> Array:
+    """(Q, K*D) query vectors [g_1 t_1, ..., g_K t_K]."""
+    k, q, d = t_KQD.shape
+    return (t_KQD * g_QK.T[:, :, None]).swapaxes(0, 1).reshape(q, k * d)
+
+
+def gallery_rows(v_KND: Array) -> Array:
+    """(N, K*D) gallery rows [v_1n, ..., v_Kn] from per-expert embeddings (K, N, D)."""
+    k, n, d = v_KND.shape
+    return v_KND.swapaxes(0, 1).reshape(n, k * d)
+
+
+def fused_scores(t_KQD: Array, v_KND: Array, g_QK: Array) -> Array:
+    """Eq. 1 for every (query, image): (Q, N)."""
+    return gated_queries(t_KQD, g_QK) @ gallery_rows(v_KND).T
 
 
 def _rows(mask: Any, rows: torch.Tensor, batch: int) -> Any:

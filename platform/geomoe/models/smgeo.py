@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from geomoe.config import JobSpec
-from geomoe.families.smgeo.spec import SMGeoModelSpec, SwinSpec
+from geomoe.config.smgeo import SMGeoModelSpec, SwinSpec
 from geomoe.models.gmoe import ExpertFFN, GridMoE
 
 HEATMAP_PRIOR = 0.1  # initial centre probability per cell (CenterNet's bias initialisation)

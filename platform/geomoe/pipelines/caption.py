@@ -22,6 +22,7 @@ from geomoe.config import CaptionSpec, JobSpec
 from geomoe.data.caption_store import caption_store_report, write_caption_store
 from geomoe.data.prepared import PreparedDataset
 from geomoe.engines.prompts import CaptionPrompt, caption_verdict, image_data_url, load_caption_prompt
+from geomoe.errors import DatasetError
 from geomoe.pipelines.engine_pool import engine_pool_options
 from geomoe.pipelines.llm import generate
 
@@ -99,7 +100,7 @@ def caption_gallery(spec: JobSpec, manifest: dict[str, Any]) -> dict[str, Any]:
     started = time.perf_counter()
     images = gallery_images(manifest, caption.split)
     if not images:
-        raise ValueError(f"no {caption.split} images in the prepared dataset at {manifest['table']}")
+        raise DatasetError(f"no {caption.split} images in the prepared dataset at {manifest['table']}")
     produced = _captions(caption, prompt, images)
     prompt_sha256 = "" if _takes_no_prompt(caption) else prompt.sha256
     rows: list[dict[str, str]] = []

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from geomoe.families.pe_moe.spec import PEMoEModelSpec
+from geomoe.config.pe_moe import PEMoEModelSpec
 
 
 class ImageEmbedder:

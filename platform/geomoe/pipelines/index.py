@@ -16,8 +16,9 @@ import numpy as np
 
 from geomoe import storage
 from geomoe.config import IndexSpec, JobSpec
+from geomoe.config.pe_moe import PEMoEModelSpec
 from geomoe.data.prepared import PreparedDataset
-from geomoe.families.pe_moe.spec import PEMoEModelSpec
+from geomoe.errors import DatasetError
 from geomoe.retrieval.index import (
     build_faiss,
     exact_search,
@@ -47,7 +48,7 @@ def build_index(spec: JobSpec, manifest: dict[str, Any], checkpoint: str) -> dic
     cfg, started = spec.index, time.perf_counter()
     images = sorted(gallery_images(manifest, cfg.split), key=lambda im: im["image_id"])
     if not images:
-        raise ValueError(f"no {cfg.split} images in the prepared dataset at {manifest['table']}")
+        raise DatasetError(f"no {cfg.split} images in the prepared dataset at {manifest['table']}")
     gallery_key = json.dumps([[im["image_id"], im["image_path"]] for im in images])
     checkpoint_sha = checkpoint_sha256(checkpoint)
     inputs_key = hashlib.sha256(

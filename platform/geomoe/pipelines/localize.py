@@ -8,8 +8,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from geomoe.config.smgeo import SMGeoModelSpec
 from geomoe.data.localization import decode_pair, to_file_pixels
-from geomoe.families.smgeo.spec import SMGeoModelSpec
 
 
 class DecodePairs:

@@ -5,32 +5,32 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from geomoe.config import Track4Spec
+from geomoe.config.pe_moe import PEMoEModelSpec
 from geomoe.data.records import RejectLog
 from geomoe.data.track4 import SUBMISSION_DEPTH, list_gallery, read_queries, write_submission
-from geomoe.families.pe_moe.spec import PEMoEModelSpec
+from geomoe.errors import DatasetError
 
 
 def rank_track4(checkpoint: str, track4: Track4Spec, concurrency: int = 1) -> dict[str, list[str]]:
     """query id -> the 10 best gallery ids by the fused score (Eq. 1), best first, ties by gallery order."""
     from geomoe.models.factory import load_pe_moe
     from geomoe.pipelines.embed import embed_images
-    from geomoe.retrieval.embed import embed_texts, fused_scores
+    from geomoe.retrieval.embed import embed_texts
+    from geomoe.retrieval.index import exact_search, index_rows, query_rows
 
     rejects = RejectLog("fail")  # a submission must answer every query: nothing may be skipped
     queries = read_queries(track4.queries, rejects)
     gallery = list_gallery(track4.gallery, rejects)
     if len(gallery) < SUBMISSION_DEPTH:
-        raise ValueError(f"{track4.gallery}: a submission ranks 10 images, the gallery has {len(gallery)}")
+        raise DatasetError(f"{track4.gallery}: a submission ranks 10 images, the gallery has {len(gallery)}")
     model, tokenizer, spec, _ = load_pe_moe(checkpoint)
     vectors = embed_images(checkpoint, [path for _, path in gallery], concurrency=concurrency)
     texts, gates = embed_texts(
         model, tokenizer, [text for _, text in queries], spec.model_as(PEMoEModelSpec).text.max_length
     )
-    scores = fused_scores(texts, vectors, gates)
-    top = np.argsort(-scores, axis=1, kind="stable")[:, :SUBMISSION_DEPTH]
+    # the index's exact search: Eq. 1 as one inner product per image, a running top 10 (ties: gallery order)
+    _, top = exact_search(index_rows(vectors, "float32"), query_rows(texts, gates), SUBMISSION_DEPTH)
     return {qid: [gallery[j][0] for j in row] for (qid, _), row in zip(queries, top, strict=True)}
 
 

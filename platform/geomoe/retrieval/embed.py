@@ -54,8 +54,3 @@ def embed_image_batch(model: PEMoE, paths: Sequence[str], image_size: int) -> np
     device = next(model.parameters()).device
     pixels = torch.from_numpy(np.stack([image_array(str(p), image_size) for p in paths])).to(device)
     return model.encode_image(pixels).float().cpu().numpy().transpose(1, 0, 2)
-
-
-def fused_scores(t_KQD: np.ndarray, v_KND: np.ndarray, g_QK: np.ndarray) -> np.ndarray:
-    """Eq. 1 in NumPy: S_QN = sum_k g_qk <t_kq, v_kn>."""
-    return np.einsum("kqd,knd,qk->qn", t_KQD, v_KND, g_QK, optimize=True)

@@ -20,21 +20,20 @@ import numpy as np
 
 from geomoe import storage
 from geomoe.errors import DatasetError
+from geomoe.models.pe_moe import gallery_rows, gated_queries
 
 Storage = Literal["float16", "float32"]
 MANIFEST = "manifest.json"
 
 
 def index_rows(v_KND: np.ndarray, dtype: Storage = "float16") -> np.ndarray:
-    """(N, K*D) rows [v_1n, ..., v_Kn] from per-expert embeddings (K, N, D)."""
-    k, n, d = v_KND.shape
-    return np.ascontiguousarray(v_KND.transpose(1, 0, 2).reshape(n, k * d), dtype=dtype)
+    """(N, K*D) gallery rows (geomoe.models.pe_moe.gallery_rows), stored as ``dtype``."""
+    return np.ascontiguousarray(gallery_rows(v_KND), dtype=dtype)
 
 
 def query_rows(t_KQD: np.ndarray, g_QK: np.ndarray) -> np.ndarray:
-    """(Q, K*D) float32 query vectors [g_1 t_1, ..., g_K t_K]: their inner product with an index row is Eq. 1."""
-    k, q, d = t_KQD.shape
-    return np.ascontiguousarray((t_KQD * g_QK.T[:, :, None]).transpose(1, 0, 2).reshape(q, k * d), dtype=np.float32)
+    """(Q, K*D) float32 gated queries (geomoe.models.pe_moe.gated_queries): inner product with a row is Eq. 1."""
+    return np.ascontiguousarray(gated_queries(t_KQD, g_QK), dtype=np.float32)
 
 
 def exact_search(

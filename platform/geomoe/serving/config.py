@@ -19,7 +19,7 @@ def check_serve_config(path: str | Path) -> list[str]:
     from pydantic import ValidationError
     from ray.serve.schema import ServeDeploySchema
 
-    from geomoe.serving.app import serve_spec
+    from geomoe.serving.schemas import serve_spec
 
     source = str(path)
     if not Path(path).is_file():
@@ -35,12 +35,7 @@ def check_serve_config(path: str | Path) -> list[str]:
         _check_deployments(source, f"applications[{i}]", app)
         key = f"applications[{i}].args"
         if app.get("import_path") == BUILDER:
-            try:
-                spec = serve_spec(app.get("args") or {}, f"{source}: {key}")
-            except SpecError:
-                raise
-            except (FileNotFoundError, ValueError) as err:
-                raise SpecError(source, key, str(err)) from err
+            spec = serve_spec(app.get("args") or {}, f"{source}: {key}")
             lines.append(_describe(app, spec.model_dump()))
         else:
             lines.append(f"{app.get('name')}: {app.get('import_path')} at {app.get('route_prefix', '/')}")

@@ -14,9 +14,9 @@ import pyarrow.compute as pc
 
 from geomoe import storage
 from geomoe.config import JobSpec
+from geomoe.config.pe_moe import PEMoEModelSpec, PEMoETrainSpec
 from geomoe.data.prepared import PreparedDataset
 from geomoe.errors import DatasetError
-from geomoe.families.pe_moe.spec import PEMoEModelSpec, PEMoETrainSpec
 from geomoe.models.factory import ensure_tiny_models, load_pe_moe
 from geomoe.train.engine import LoopConfig
 from geomoe.train.run import cached_result, recorded_stage, run_trainer

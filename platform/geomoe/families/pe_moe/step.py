@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from geomoe.config import JobSpec
-from geomoe.families.pe_moe.spec import PEMoEModelSpec, PEMoETrainSpec
+from geomoe.config.pe_moe import PEMoEModelSpec, PEMoETrainSpec
 from geomoe.losses import pe_moe_objective
 from geomoe.models.factory import build_pe_moe, tokenize
 from geomoe.train.engine import Batch, LoopConfig, TrainingTask

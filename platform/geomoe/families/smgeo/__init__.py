@@ -11,12 +11,12 @@ import numpy as np
 import pyarrow as pa
 
 from geomoe.config import JobSpec
+from geomoe.config.smgeo import SMGeoModelSpec, SMGeoTrainSpec
 from geomoe.data.images import image_size
 from geomoe.data.localization import centre_box_baseline, localization_report
 from geomoe.data.prepared import PreparedDataset
 from geomoe.errors import DatasetError
 from geomoe.families.base import Family, TrainInputs
-from geomoe.families.smgeo.spec import SMGeoModelSpec, SMGeoTrainSpec
 
 if TYPE_CHECKING:
     import torch

@@ -12,8 +12,8 @@ import numpy as np
 import torch
 
 from geomoe.config import JobSpec
+from geomoe.config.smgeo import SMGeoModelSpec, SMGeoTrainSpec
 from geomoe.data.localization import augment_pair, to_file_pixels
-from geomoe.families.smgeo.spec import SMGeoModelSpec, SMGeoTrainSpec
 from geomoe.losses import smgeo_objective
 from geomoe.metrics import clamped_iou
 from geomoe.models.smgeo import SMGeo, decode_boxes

@@ -76,6 +76,8 @@ class PEMoEModelSpec(FamilyModelSpec):
             raise ValueError("experts: a platform may belong to one expert only (the gate routes to exactly one)")
         if self.fusion == "unified" and len(self.experts) != 1:
             raise ValueError("fusion 'unified' trains one head on all data: give exactly one expert")
+        if self.tiny is not None and self.image.pretrained is None:
+            raise ValueError("image.pretrained: model.tiny needs it: the file to write the tiny image weights to")
         if self.gate_top_k is not None and self.gate_top_k > len(self.experts):
             raise ValueError(f"gate_top_k {self.gate_top_k} exceeds the {len(self.experts)} experts")
         return self
@@ -106,7 +108,7 @@ STAGE2_FIELDS = frozenset(
 class PEMoETrainSpec(TrainSpec):
     """Two stages: contrastive on positive pairs, then with mined hard negatives (PE-MoE sec. 3.3)."""
 
-    stage1_epochs: int = Field(5, ge=0)
+    stage1_epochs: int = Field(5, ge=1, description="stage 2 starts from stage 1's checkpoint: at least one epoch")
     stage2_epochs: int = Field(2, ge=0)
     gate_weight: float = Field(1.0, ge=0)
     hard_negatives: int = Field(1, ge=1, description="mined negatives per query in stage 2")

@@ -1,0 +1,43 @@
+"""SMGeo on Ray Serve: drone image + click + satellite tile -> box, ``@serve.batch``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from geomoe.config.smgeo import SMGeoModelSpec
+from ray import serve
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0.5})
+class Localizer:
+    """SMGeo: drone image + click + satellite tile -> xyxy box in tile pixels and its heatmap confidence."""
+
+    def __init__(self, checkpoint: str) -> None:
+        from geomoe.models.smgeo import load_smgeo
+
+        self.model, spec, _ = load_smgeo(checkpoint)
+        self.checkpoint = checkpoint
+        self.query_size, self.reference_size = (
+            spec.model_as(SMGeoModelSpec).query_size,
+            spec.model_as(SMGeoModelSpec).reference_size,
+        )
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
+    async def localize(self, requests: list[tuple[bytes, tuple[float, float], bytes]]) -> list[dict[str, Any]]:
+        import torch
+
+        from geomoe.data.localization import decode_request, to_file_pixels
+        from geomoe.models.smgeo import decode_boxes
+
+        decoded = [decode_request(q, c, r, self.query_size, self.reference_size) for q, c, r in requests]
+        inputs = [torch.from_numpy(np.stack([d[k] for d in decoded])) for k in ("query", "click", "reference")]
+        with torch.no_grad():
+            out = self.model(*inputs)
+        size = (self.reference_size, self.reference_size)
+        boxes = decode_boxes(out["heatmap_logits"], out["box"], size).float().numpy()
+        scores = torch.sigmoid(out["heatmap_logits"].flatten(1).max(dim=1).values).float().numpy()
+        wh = np.stack([d["reference_wh"] for d in decoded])
+        return [{"box": box.tolist(), "score": float(score)}
+                for box, score in zip(to_file_pixels(boxes, wh, self.reference_size), scores, strict=True)]  # fmt: skip

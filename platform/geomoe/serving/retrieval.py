@@ -1,0 +1,66 @@
+"""The first stage on Ray Serve: the query encoder (PE-MoE's text side and gate, ``@serve.batch``) and the exact
+fused search over the index held in memory, with an optional platform filter."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from geomoe.config.pe_moe import PEMoEModelSpec
+from ray import serve
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0.5})
+class QueryEncoder:
+    def __init__(self, checkpoint: str) -> None:
+        from geomoe.models.factory import load_pe_moe
+
+        self.model, self.tokenizer, spec, _ = load_pe_moe(checkpoint)
+        self.max_length = spec.model_as(PEMoEModelSpec).text.max_length
+        self.experts = [e.name for e in spec.model_as(PEMoEModelSpec).experts]
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
+    async def encode(self, queries: list[str]) -> list[dict[str, Any]]:
+        return self.encode_now(queries)
+
+    async def encode_unbatched(self, query: str) -> dict[str, Any]:
+        """One query per forward pass (``bench serve``'s comparison against ``@serve.batch``)."""
+        return self.encode_now([query])[0]
+
+    def encode_now(self, queries: list[str]) -> list[dict[str, Any]]:
+        from geomoe.retrieval.embed import embed_texts
+        from geomoe.retrieval.index import query_rows
+
+        t_KQD, g_QK = embed_texts(self.model, self.tokenizer, queries, self.max_length)
+        vectors = query_rows(t_KQD, g_QK)
+        return [{"vector": vectors[i], "gate": dict(zip(self.experts, g_QK[i].tolist(), strict=True))}
+                for i in range(len(queries))]  # fmt: skip
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0.5})
+class GallerySearch:
+    def __init__(self, index: str) -> None:
+        from geomoe.retrieval.index import read_index
+
+        self.index = read_index(index, mmap=False)
+        self.platforms = np.array(self.index.manifest.get("platforms", []))
+        self.row_of = {image_id: n for n, image_id in enumerate(self.index.ids)}
+
+    def search(self, vector: np.ndarray, k: int, platforms: list[str] | None) -> list[dict[str, Any]]:
+        allowed = None
+        if platforms and len(self.platforms) == len(self.index.ids):
+            allowed = np.isin(self.platforms, platforms)
+        hits = self.index.search(vector[None, :], k, allowed)[0]
+        return [
+            {"image_id": image_id, "score": score, "platform": _platform_of(self.platforms, self.row_of[image_id])}
+            for image_id, score in hits
+        ]
+
+    def info(self) -> dict[str, Any]:
+        keep = ("checkpoint", "checkpoint_sha256", "gallery_sha256", "split", "experts", "count", "dim", "dtype")
+        return {k: self.index.manifest.get(k) for k in keep}
+
+
+def _platform_of(platforms: np.ndarray, row: int) -> str | None:
+    return str(platforms[row]) if row < len(platforms) else None

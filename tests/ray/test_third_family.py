@@ -1,0 +1,89 @@
+"""A third model family, defined only under tests/ (tests/toy_family.py), runs as a job and as a two-trial sweep
+through the registry, with nothing under platform/ changed for it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from geomoe import registry
+from geomoe.config import JobSpec, parse_spec
+from geomoe.data.prepared import PreparedDataset
+from geomoe.errors import SpecError
+from geomoe.jobs import run_job
+
+TOY = str(Path(__file__).resolve().parents[1] / "toy_family.py")
+
+
+def toy_job(root: Path, out: Path) -> dict:
+    return {
+        "name": "toy",
+        "families": [TOY],
+        "output_root": str(out / "runs"),
+        "stages": ["prepare", "train"],
+        "data": {"format": "geotext", "root": str(root / "geotext")},
+        "preprocess": {"output_dir": str(out / "prepared"), "satellite_copies": 0},
+        "model": {"name": "toy_platform", "thumb": 8},
+        "train": {"batch_size": 4, "lr": 0.05, "epochs": 3, "keep_checkpoints": 3, "warmup_ratio": 0.0},
+        "resources": {"num_workers": 1, "cpus_per_worker": 0.5, "data_concurrency": 1},
+    }
+
+
+def test_family_errors_name_the_key(tiny_synth: tuple[Path, dict]) -> None:
+    raw = toy_job(tiny_synth[0], Path("/x"))
+    with pytest.raises(SpecError, match=r"toy\.yaml: model\.name: unknown model family 'toy_plat'; registered: "):
+        parse_spec(JobSpec, raw | {"model": {"name": "toy_plat"}}, "toy.yaml")
+    with pytest.raises(SpecError, match=r"families: cannot import '/x/nowhere\.py'"):
+        parse_spec(JobSpec, raw | {"families": ["/x/nowhere.py"]}, "toy.yaml")
+    with pytest.raises(SpecError, match=r"train\.stage1_epochs: Extra inputs"):
+        parse_spec(JobSpec, raw | {"train": {"stage1_epochs": 2}}, "toy.yaml")  # PE-MoE's, not the toy's
+
+
+def test_the_toy_family_runs_as_a_job(tiny_synth: tuple[Path, dict], tmp_path: Path) -> None:
+    from toy_family import ToyModelSpec, accuracy, thumbnails
+
+    spec = parse_spec(JobSpec, toy_job(tiny_synth[0], tmp_path), "toy.yaml")
+    assert type(spec.model).__name__ == "ToyModelSpec" and type(spec.train).__name__ == "ToyTrainSpec"
+    results = run_job(spec)
+    model = results["train"]["model"]
+    family = registry.family("toy_platform")
+    # the engine ran three epochs, kept each, and the result points at the best validation epoch
+    kept = yaml.safe_load((tmp_path / "runs" / "toy" / "stage1.json").read_text())["kept"]
+    assert sorted(k["epoch"] for k in kept) == [0, 1, 2]
+    assert model["validation"]["val_accuracy"] == max(k["val_accuracy"] for k in kept)
+    # the family's test evaluation, recomputed from the checkpoint read back through the registry
+    loaded = family.load_checkpoint(model["checkpoint"])
+    test = thumbnails(
+        PreparedDataset.open(str(tmp_path / "prepared")), "test", loaded.spec.model_as(ToyModelSpec).thumb
+    )
+    assert model["test"]["accuracy"] == pytest.approx(accuracy(loaded.model, test["x"], test["y"]))
+    assert model["test"]["count"] == len(test["y"]) == len(np.unique(test["x"], axis=0))
+    assert loaded.payload["epoch"] == model["best_epoch"]
+    assert "toy_platform toy" in family.report(spec, results["train"])  # the CLI's table, from the base class
+
+
+def test_the_toy_family_runs_as_a_two_trial_sweep(tiny_synth: tuple[Path, dict], tmp_path: Path) -> None:
+    from geomoe.sweep.report import report_rows
+    from geomoe.sweep.tune import run_sweep
+
+    (tmp_path / "toy.yaml").write_text(yaml.safe_dump(toy_job(tiny_synth[0], tmp_path)))
+    sweep = {
+        "name": "toy_lr",
+        "base": "toy.yaml",
+        "output_root": str(tmp_path / "sweeps"),
+        "params": {"train.lr": {"grid": [0.01, 0.2]}},
+        "metric": "test_accuracy",
+        "report_metrics": ["test_accuracy", "val_accuracy", "params_M"],
+        "max_concurrent": 1,
+    }
+    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(sweep))
+    experiment = run_sweep(tmp_path / "sweep.yaml")
+    _, rows = report_rows(experiment)
+    assert sorted(r["params"]["train.lr"] for r in rows) == [0.01, 0.2]
+    for row in rows:
+        assert row["status"] == "finished", row
+        assert row["metrics"]["params_M"] == pytest.approx((3 * 8 * 8 * 3 + 3) / 1e6)  # Linear(192, 3)
+        assert row["metrics"]["test_count"] > 0

@@ -1,0 +1,50 @@
+"""The shape of the code base, checked: module and function sizes, and no family named outside its own modules
+(jobs, sweeps, the CLI and serving dispatch through geomoe.registry). The import layering is import-linter's
+(pyproject.toml, `lint-imports` in `make test`)."""
+
+from __future__ import annotations
+
+import ast
+from importlib.metadata import entry_points
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[2] / "platform" / "geomoe"
+MAX_MODULE_LINES = 450
+MAX_FUNCTION_LINES = 60
+
+
+def modules() -> list[Path]:
+    return sorted(PACKAGE.rglob("*.py"))
+
+
+def test_modules_and_functions_stay_small() -> None:
+    long_modules = {str(p.relative_to(PACKAGE)): n for p in modules() if (n := len(p.read_text().splitlines())) > 450}
+    assert not long_modules, f"modules over {MAX_MODULE_LINES} lines: {long_modules}"
+    long_functions = {}
+    for path in modules():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                length = (node.end_lineno or node.lineno) - node.lineno + 1
+                if length > MAX_FUNCTION_LINES:
+                    long_functions[f"{path.relative_to(PACKAGE)}:{node.name}"] = length
+    assert not long_functions, f"functions over {MAX_FUNCTION_LINES} lines: {long_functions}"
+
+
+def own_modules(family: str) -> set[Path]:
+    """A family's own code: its package under geomoe/families and its spec module under geomoe/config."""
+    return {*(PACKAGE / "families" / family).rglob("*.py"), PACKAGE / "config" / f"{family}.py"}
+
+
+def test_no_family_is_named_outside_its_own_modules() -> None:
+    families = sorted(point.name for point in entry_points(group="geomoe.families"))
+    assert len(families) >= 2, families  # the built-in families are registered through entry points
+    found = []
+    for family in families:
+        own = own_modules(family)
+        for path in modules():
+            if path in own:
+                continue
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.Constant) and node.value == family:
+                    found.append(f"{path.relative_to(PACKAGE)}:{node.lineno} names {family!r}")
+    assert not found, "\n".join(found)

@@ -1,0 +1,97 @@
+"""Every user-fixable problem ends the CLI with exit code 2 and one line naming the file, the key and the reason,
+never a traceback, and before any stage runs (table-driven)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from geomoe.cli import main
+
+REPO = Path(__file__).resolve().parents[2]
+QUICKSTART = str(REPO / "jobs" / "quickstart.yaml")
+
+
+def job(tmp_path: Path, **changes: object) -> str:
+    """The quickstart job with its locations under tmp_path and ``changes`` (top-level keys) applied."""
+    raw = yaml.safe_load(Path(QUICKSTART).read_text())
+    raw["output_root"] = str(tmp_path / "runs")
+    raw["data"]["root"] = str(tmp_path / "data" / "geotext")
+    raw["preprocess"]["output_dir"] = str(tmp_path / "prepared")
+    raw.update(changes)
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return str(path)
+
+
+CASES = {
+    "missing job file": (lambda t: ["run", str(t / "nope.yaml")], r"nope\.yaml: <root>: file not found"),
+    "unknown key": (
+        lambda t: ["run", job(t), "--set", "preprocess.bogus=1"],
+        r"job\.yaml: preprocess\.bogus: Extra inputs are not permitted",
+    ),
+    "wrong type": (
+        lambda t: ["run", job(t), "--set", "train.lr=fast"],
+        r"job\.yaml: train\.lr: Input should be a valid number",
+    ),
+    "another family's train key": (
+        lambda t: ["run", job(t), "--set", "train.augment=true"],
+        r"job\.yaml: train\.augment: Extra inputs are not permitted",
+    ),
+    "unknown family": (
+        lambda t: ["run", job(t), "--set", "model.name=pe-moe"],
+        r"job\.yaml: model\.name: unknown model family 'pe-moe'; registered: pe_moe, smgeo",
+    ),
+    "data the family cannot train on": (
+        lambda t: ["run", job(t, model={"name": "smgeo"}, train={}, eval={}, stages=["prepare", "train"])],
+        r"job\.yaml: data\.format: geotext prepares retrieval data, and smgeo trains on localization data",
+    ),
+    "index without a checkpoint": (
+        lambda t: ["run", job(t, stages=["index"])],
+        r"job\.yaml: index\.checkpoint: stage 'index' needs a checkpoint, or a 'train' stage before it",
+    ),
+    "stage the family lacks": (
+        lambda t: [
+            "run",
+            job(
+                t,
+                model={"name": "smgeo"},
+                train={},
+                eval={},
+                index=None,
+                caption=None,
+                stages=["index"],
+                data={"format": "cvogl", "root": "x"},
+            ),
+        ],
+        r"job\.yaml: stages: 'index' is not a stage of smgeo jobs",
+    ),  # fmt: skip
+    "no prepared data": (
+        lambda t: ["run", job(t, stages=["train"])],
+        r"prepared: no finished prepared dataset \(manifest\.json missing\); stage 'train' needs one",
+    ),
+    "unset environment variable": (
+        lambda t: ["run", job(t, output_root="${GEOMOE_TEST_UNSET_VARIABLE}")],
+        r"job\.yaml: output_root: \$\{GEOMOE_TEST_UNSET_VARIABLE\} is not set in the environment",
+    ),
+    "missing sweep": (lambda t: ["sweep", str(t / "sweep.yaml")], r"sweep\.yaml: <root>: file not found"),
+    "not a sweep folder": (lambda t: ["report", str(t)], r"no sweep\.json here"),
+    "missing Serve config": (lambda t: ["serve", str(t / "s.yaml")], r"s\.yaml: <root>: Serve config not found"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_user_errors_exit_2_with_one_line_and_no_traceback(
+    case: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv, message = CASES[case]
+    code = main(argv(tmp_path))
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert err.startswith("geomoe: error: ")
+    assert re.search(message, err), err
+    assert not (tmp_path / "runs" / "quickstart" / "results.json").exists()  # no stage ran
