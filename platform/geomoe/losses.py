@@ -3,10 +3,16 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 
 from geomoe.config.smgeo import SMGeoLossSpec
+
+if TYPE_CHECKING:
+    from geomoe.models.pe_moe import PEMoEOutput
+    from geomoe.models.smgeo import SMGeoOutput
 
 
 def multi_positive_info_nce(
@@ -41,7 +47,7 @@ def gate_loss(gate_logits_BK: torch.Tensor, expert_B: torch.Tensor) -> torch.Ten
 
 
 def pe_moe_objective(
-    out: dict[str, torch.Tensor],
+    out: PEMoEOutput,
     expert_B: torch.Tensor,
     building_B: torch.Tensor,
     scale: torch.Tensor,
@@ -56,16 +62,16 @@ def pe_moe_objective(
     on its subset and its in-batch negatives come from that subset; the gate learns the routing on every pair.
     """
     parts: dict[str, torch.Tensor] = {}
-    zero = out["t"].sum() * 0.0
+    zero = out.t.sum() * 0.0
     contrastive, hard = zero, zero
-    for k in range(out["gate_logits"].shape[1]):
+    for k in range(out.gate_logits.shape[1]):
         rows = (expert_B == k).nonzero(as_tuple=True)[0]
         if len(rows) >= 2:
-            contrastive = contrastive + multi_positive_info_nce(out["t"][rows], out["v"][rows], scale, building_B[rows])
-        if hard_weight and "v_neg" in out and len(rows):
-            hard = hard + hard_negative_loss(out["t"][rows], out["v"][rows], out["v_neg"][rows], scale)
+            contrastive = contrastive + multi_positive_info_nce(out.t[rows], out.v[rows], scale, building_B[rows])
+        if hard_weight and out.v_neg is not None and len(rows):
+            hard = hard + hard_negative_loss(out.t[rows], out.v[rows], out.v_neg[rows], scale)
     parts["contrastive"], parts["hard_negative"] = contrastive, hard
-    parts["gate"] = gate_loss(out["gate_logits"], expert_B) if gate_weight else zero
+    parts["gate"] = gate_loss(out.gate_logits, expert_B) if gate_weight else zero
     total = contrastive_weight * contrastive + hard_weight * hard + gate_weight * parts["gate"]
     return total, {name: float(value.detach()) for name, value in parts.items()}
 
@@ -110,20 +116,20 @@ def focal_heatmap_loss(
 
 
 def smgeo_objective(
-    out: dict[str, torch.Tensor], boxes_B4: torch.Tensor, reference_hw: tuple[int, int], loss: SMGeoLossSpec
+    out: SMGeoOutput, boxes_B4: torch.Tensor, reference_hw: tuple[int, int], loss: SMGeoLossSpec
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Eq. 18: loss.heatmap * L_hm + loss.box * L_bbox + loss.entropy * L_entropy.
 
     L_entropy is the mean over GMoE layers and cells of sum_i g_i log g_i (Eq. 22 without its lambda, which
     is applied here once): minimising it raises the gate entropy of Eq. 21, which keeps routing from collapsing.
     """
-    logits = out["heatmap_logits"]
+    logits = out.heatmap_logits
     batch, h, w = logits.shape
     heat, positive, target_B4 = smgeo_targets(boxes_B4, (h, w), reference_hw, loss.sigma_ratio)
     l_hm = focal_heatmap_loss(logits, heat, positive, loss.focal_gamma, loss.focal_beta)
-    pred_B4 = out["box"].reshape(batch, 4, -1)[torch.arange(batch), :, positive].float()
+    pred_B4 = out.box.reshape(batch, 4, -1)[torch.arange(batch), :, positive].float()
     l_box = (pred_B4 - target_B4).abs().sum() / batch  # Eq. 20, N_pos = B
-    l_ent = out["neg_entropy"].float()
+    l_ent = out.neg_entropy.float()
     total = loss.heatmap * l_hm + loss.box * l_box + loss.entropy * l_ent
     parts = {"heatmap": float(l_hm.detach()), "box": float(l_box.detach()), "neg_entropy": float(l_ent.detach())}
     return total, parts

@@ -117,14 +117,16 @@ def box_iou(pred_N4: np.ndarray, gt_N4: np.ndarray) -> np.ndarray:
     inter = np.clip(rb - lt, 0, None).prod(axis=1)
     area = lambda b: np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None)  # noqa: E731
     union = area(pred_N4) + area(gt_N4) - inter
-    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+    iou: np.ndarray = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+    return iou
 
 
 def clamp_boxes(boxes_N4: np.ndarray, sizes_N2: np.ndarray) -> np.ndarray:
     """Clamp xyxy boxes to [0, width] x [0, height] of their images (sizes as (width, height))."""
     boxes_N4, sizes_N2 = np.asarray(boxes_N4, dtype=np.float64), np.asarray(sizes_N2, dtype=np.float64)
     upper = np.concatenate([sizes_N2, sizes_N2], axis=1)
-    return np.clip(boxes_N4, 0, upper)
+    clamped: np.ndarray = np.clip(boxes_N4, 0, upper)
+    return clamped
 
 
 def clamped_iou(pred_N4: np.ndarray, gt_N4: np.ndarray, sizes_N2: np.ndarray) -> np.ndarray:

@@ -68,7 +68,7 @@ CASES = {
             ),
         ],
         r"job\.yaml: stages: 'index' is not a stage of smgeo jobs",
-    ),  # fmt: skip
+    ),
     "no prepared data": (
         lambda t: ["run", job(t, stages=["train"])],
         r"prepared: no finished prepared dataset \(manifest\.json missing\); stage 'train' needs one",

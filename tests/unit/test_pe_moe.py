@@ -109,10 +109,10 @@ def test_training_forward_routes_each_row_to_its_own_expert(tiny_dir: Path) -> N
         v_all = model.encode_image(images)
         v_neg_all = model.encode_image(negatives.flatten(0, 1)).unflatten(1, (6, 2))
     rows = torch.arange(6)
-    assert out["t"].shape == (6, 32) and out["v"].shape == (6, 32) and out["v_neg"].shape == (6, 2, 32)
-    torch.testing.assert_close(out["t"], t_all[experts, rows], atol=1e-5, rtol=1e-4)
-    torch.testing.assert_close(out["v"], v_all[experts, rows], atol=1e-5, rtol=1e-4)
-    torch.testing.assert_close(out["v_neg"], v_neg_all[experts, rows], atol=1e-5, rtol=1e-4)
+    assert out.t.shape == (6, 32) and out.v.shape == (6, 32) and out.v_neg.shape == (6, 2, 32)
+    torch.testing.assert_close(out.t, t_all[experts, rows], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(out.v, v_all[experts, rows], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(out.v_neg, v_neg_all[experts, rows], atol=1e-5, rtol=1e-4)
 
 
 def test_gate_top_k_keeps_k_experts(tiny_dir: Path) -> None:

@@ -31,7 +31,7 @@ def test_real_size_pe_moe_builds_and_runs() -> None:
     with torch.no_grad():
         ids, mask = torch.tensor([[0, 100, 200, 2]] * 3), torch.ones(3, 4, dtype=torch.long)
         out = model(ids, mask, torch.randn(3, 3, 384, 384), torch.arange(3))
-    assert out["t"].shape == (3, 1024) and out["v"].shape == (3, 1024) and out["gate_logits"].shape == (3, 3)
+    assert out.t.shape == (3, 1024) and out.v.shape == (3, 1024) and out.gate_logits.shape == (3, 3)
 
 
 def test_real_size_smgeo_builds_and_runs_at_1024() -> None:
@@ -46,4 +46,4 @@ def test_real_size_smgeo_builds_and_runs_at_1024() -> None:
     assert 50e6 < params < 70e6  # Swin-T 27.5M - 5 dense FFNs 8.6M + 3 pools of 6 full-size experts 37.2M + head
     with torch.no_grad():
         out = model(torch.randn(1, 3, 1024, 1024), torch.tensor([[512.0, 512.0]]), torch.randn(1, 3, 1024, 1024))
-    assert out["heatmap_logits"].shape == (1, 32, 32) and out["box"].shape == (1, 4, 32, 32)
+    assert out.heatmap_logits.shape == (1, 32, 32) and out.box.shape == (1, 4, 32, 32)

@@ -88,8 +88,8 @@ def test_gate_entropy_term_has_gradient_into_the_router() -> None:
     model = SMGeo(tiny_spec())
     q, c, r = inputs()
     out = model(q, c, r)
-    assert out["neg_entropy"].requires_grad and -np.log(2) - 1e-6 <= float(out["neg_entropy"].detach()) < 0
-    out["neg_entropy"].backward()
+    assert out.neg_entropy.requires_grad and -np.log(2) - 1e-6 <= float(out.neg_entropy.detach()) < 0
+    out.neg_entropy.backward()
     for layer in model.moe_layers:
         assert layer.router.weight.grad is not None and layer.router.weight.grad.abs().sum() > 0
 
@@ -99,11 +99,11 @@ def test_prediction_depends_on_query_image_and_click() -> None:
     model = SMGeo(tiny_spec()).eval()
     q, c, r = inputs()
     with torch.no_grad():
-        base = model(q, c, r)["heatmap_logits"]
-        other_query = model(q.flip(-1), c, r)["heatmap_logits"]
-        other_click = model(q, 32 - c, r)["heatmap_logits"]
-        no_click = model(q, c, r, use_click=False)["heatmap_logits"]
-        other_ref = model(q, c, r.flip(-2))["heatmap_logits"]
+        base = model(q, c, r).heatmap_logits
+        other_query = model(q.flip(-1), c, r).heatmap_logits
+        other_click = model(q, 32 - c, r).heatmap_logits
+        no_click = model(q, c, r, use_click=False).heatmap_logits
+        other_ref = model(q, c, r.flip(-2)).heatmap_logits
     for changed in (other_query, other_click, no_click, other_ref):
         assert (changed - base).abs().max() > 1e-4
 

@@ -24,7 +24,8 @@ EXPERTS, DIM, QUERIES, K = 3, 1024, 64, 10
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
-    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+    unit: np.ndarray = x / np.linalg.norm(x, axis=-1, keepdims=True)
+    return unit
 
 
 def _gallery(n: int, rng: np.random.Generator, chunk: int = 100_000) -> np.ndarray:

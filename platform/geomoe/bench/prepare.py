@@ -65,7 +65,7 @@ def plain_prepare(spec: JobSpec) -> int:
         partitioning_flavor="hive",
         existing_data_behavior="overwrite_or_ignore",
     )
-    return table.num_rows
+    return int(table.num_rows)
 
 
 def bench_prepare(out: Path, overrides: list[str]) -> dict[str, Any]:

@@ -39,7 +39,8 @@ WORDS = [
 
 def _rerank(first_N: np.ndarray, top: np.ndarray, captions: list[str], query: str, scorer: LexicalScorer) -> np.ndarray:
     caption_T = scorer.score(query, captions)[None]
-    return fuse_top_n(first_N[None], caption_T, top[None], 0.5, "zscore")[0]
+    fused: np.ndarray = fuse_top_n(first_N[None], caption_T, top[None], 0.5, "zscore")[0]
+    return fused
 
 
 def bench_rerank(gallery: int = 200, queries: int = 20, candidates: int = 20, image_size: int = 64) -> dict[str, Any]:

@@ -130,7 +130,8 @@ class ImageTail(nn.Module):
             tokens = block(tokens, rope=rope)
         tokens = self.norm(tokens)
         pooled = tokens[:, 0] if self.pool == "token" else tokens[:, self.prefix :].mean(dim=1)
-        return self.fc_norm(pooled)
+        out: torch.Tensor = self.fc_norm(pooled)
+        return out
 
 
 def register_tiny_architectures() -> None:

@@ -30,7 +30,8 @@ class ExpertFFN(nn.Module):
         self.fc1, self.fc2 = nn.Linear(dim, hidden), nn.Linear(hidden, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.gelu(self.fc1(x)))
+        out: torch.Tensor = self.fc2(F.gelu(self.fc1(x)))
+        return out
 
     @torch.no_grad()
     def copy_from(self, fc1: nn.Linear, fc2: nn.Linear) -> None:

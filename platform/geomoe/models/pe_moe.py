@@ -12,7 +12,7 @@ Fusion modes (Table 1 ablation): ``unified`` (one head on all data), ``static`` 
 from __future__ import annotations
 
 import math
-from typing import Any, Literal, TypeVar, cast
+from typing import Any, Literal, NamedTuple, TypeVar, cast
 
 import numpy as np
 import torch
@@ -23,6 +23,17 @@ from geomoe.models.encoders import ImageTail, ImageTrunk, TextTail, TextTrunk, m
 
 Fusion = Literal["unified", "static", "dynamic"]
 Array = TypeVar("Array", np.ndarray, torch.Tensor)
+
+
+class PEMoEOutput(NamedTuple):
+    """One training step's encodings, each row by its own platform's expert."""
+
+    t_shared: torch.Tensor  # (B, H) the shared text feature (the gate's input)
+    t: torch.Tensor  # (B, D) text embeddings, normalised
+    gate_logits: torch.Tensor  # (B, K)
+    scale: torch.Tensor  # () the contrastive logit scale
+    v: torch.Tensor  # (B, D) image embeddings, normalised
+    v_neg: torch.Tensor | None  # (B, M, D) the mined negatives' embeddings (stage 2), else None
 
 
 class ExpertHead(nn.Module):
@@ -139,7 +150,7 @@ class PEMoE(nn.Module):
         images: torch.Tensor,
         expert_B: torch.Tensor,
         negatives: torch.Tensor | None = None,
-    ) -> dict[str, torch.Tensor]:
+    ) -> PEMoEOutput:
         """One training step's encodings (called through DDP, which needs forward() to track parameters).
 
         Training routes each pair to the expert of its platform only (``expert_B``), so an expert's tails run
@@ -166,33 +177,31 @@ class PEMoE(nn.Module):
             image_rows = (image_expert == k).nonzero(as_tuple=True)[0]
             if len(image_rows):
                 v = v.index_copy(0, image_rows, expert.image(tokens[image_rows], rope).to(v.dtype))
-        out = {"v": v[:batch]}
-        if negatives is not None:
-            out["v_neg"] = v[batch:].unflatten(0, (batch, m))
+        v_neg = None if negatives is None else v[batch:].unflatten(0, (batch, m))
         # the scale is returned from forward so DDP sees every trainable parameter used inside it
         scale = self.logit_scale.exp().clamp(min=1.0, max=100.0)
-        return {"t_shared": shared, "t": t, "gate_logits": self.gate_logits(shared), "scale": scale, **out}
+        return PEMoEOutput(shared, t, self.gate_logits(shared), scale, v[:batch], v_neg)
 
 
 # Eq. 1, the only place it is written: S(q, n) = sum_k g_k(q) <t_k(q), v_k(n)> (inputs normalised: cosines),
 # factored as one inner product between the gated query [g_1 t_1, ..., g_K t_K] and the gallery row
-# [v_1n, ..., v_Kn]. Evaluation, mining, the index, the Track 4 submission and serving all score this way;
+# [v_1n, ..., v_Kn]. Evaluation, the index, the Track 4 submission and serving all score this way;
 # the functions take NumPy arrays or torch tensors alike.
 def gated_queries(t_KQD: Array, g_QK: Array) -> Array:
     """(Q, K*D) query vectors [g_1 t_1, ..., g_K t_K]."""
     k, q, d = t_KQD.shape
-    return (t_KQD * g_QK.T[:, :, None]).swapaxes(0, 1).reshape(q, k * d)
+    return cast(Array, (t_KQD * g_QK.T[:, :, None]).swapaxes(0, 1).reshape(q, k * d))
 
 
 def gallery_rows(v_KND: Array) -> Array:
     """(N, K*D) gallery rows [v_1n, ..., v_Kn] from per-expert embeddings (K, N, D)."""
     k, n, d = v_KND.shape
-    return v_KND.swapaxes(0, 1).reshape(n, k * d)
+    return cast(Array, v_KND.swapaxes(0, 1).reshape(n, k * d))
 
 
 def fused_scores(t_KQD: Array, v_KND: Array, g_QK: Array) -> Array:
     """Eq. 1 for every (query, image): (Q, N)."""
-    return gated_queries(t_KQD, g_QK) @ gallery_rows(v_KND).T
+    return cast(Array, gated_queries(t_KQD, g_QK) @ gallery_rows(v_KND).T)
 
 
 def _rows(mask: Any, rows: torch.Tensor, batch: int) -> Any:

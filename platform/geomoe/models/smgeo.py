@@ -15,7 +15,7 @@ Targets and losses (Eq. 14-22) live in ``geomoe.losses``.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +24,14 @@ from torch import nn
 from geomoe.config import JobSpec
 from geomoe.config.smgeo import SMGeoModelSpec, SwinSpec
 from geomoe.models.gmoe import ExpertFFN, GridMoE
+
+
+class SMGeoOutput(NamedTuple):
+    heatmap_logits: torch.Tensor  # (B, h, w) centre logits (Eq. 12; sigmoid in the loss and decoding)
+    box: torch.Tensor  # (B, 4, h, w) (dx, dy, w, h) regression in feature cells
+    attention: torch.Tensor  # (B, h, w) the query-guided fusion map (Eq. 10)
+    neg_entropy: torch.Tensor  # () GMoE sum_i g_i log g_i, mean over layers and views (0 without GMoE)
+
 
 HEATMAP_PRIOR = 0.1  # initial centre probability per cell (CenterNet's bias initialisation)
 
@@ -64,7 +72,8 @@ class _TokenMoE(nn.Module):
 
     def forward(self, x_BLC: torch.Tensor) -> torch.Tensor:
         batch, _, dim = x_BLC.shape
-        return self.moe(x_BLC.reshape(batch, *self.hw, dim)).reshape(batch, -1, dim)
+        mixed: torch.Tensor = self.moe(x_BLC.reshape(batch, *self.hw, dim))
+        return mixed.reshape(batch, -1, dim)
 
 
 def _remember_map_shape(block: Any, args: tuple[torch.Tensor, ...]) -> None:
@@ -142,7 +151,7 @@ class SMGeo(nn.Module):
 
     def forward(
         self, query_B3HW: torch.Tensor, clicks_B2: torch.Tensor, reference_B3HW: torch.Tensor, use_click: bool = True
-    ) -> dict[str, torch.Tensor]:
+    ) -> SMGeoOutput:
         """Heatmap logits (B, h, w), box regression (B, 4, h, w) in feature cells, fusion map (B, h, w), and
         the GMoE neg-entropy averaged over layers and both views (a scalar with gradient; 0 without GMoE)."""
         batch, _, qh, qw = query_B3HW.shape
@@ -158,12 +167,8 @@ class SMGeo(nn.Module):
         fused = (reference * attention_Bhw[..., None]).permute(0, 3, 1, 2)
         trunk = self.head(fused)  # Eq. 11
         entropies = entropy_q + entropy_r
-        return {
-            "heatmap_logits": self.heatmap(trunk)[:, 0],  # Eq. 12 (sigmoid applied in the loss and decoding)
-            "box": self.box(trunk),
-            "attention": attention_Bhw,
-            "neg_entropy": torch.stack(entropies).mean() if entropies else fused.new_zeros(()),
-        }
+        neg_entropy = torch.stack(entropies).mean() if entropies else fused.new_zeros(())
+        return SMGeoOutput(self.heatmap(trunk)[:, 0], self.box(trunk), attention_Bhw, neg_entropy)
 
     def expert_usage(self) -> list[list[int]]:
         """Per GMoE layer, how many (cell, slot) choices each expert got in the last reference pass."""

@@ -56,7 +56,7 @@ class PredictBoxes:
         with torch.no_grad():
             inputs = [torch.from_numpy(batch[k]).to(self.device) for k in ("query", "click", "reference")]
             out = self.model(*inputs, use_click=self.use_click)
-            pred = decode_boxes(out["heatmap_logits"], out["box"], (self.size, self.size)).float().cpu().numpy()
+            pred = decode_boxes(out.heatmap_logits, out.box, (self.size, self.size)).float().cpu().numpy()
         return {
             "sample_id": batch["sample_id"],
             "pred": to_file_pixels(pred, batch["reference_wh"], self.size),

@@ -22,11 +22,13 @@ def normalise(scores_QT: np.ndarray, how: str) -> np.ndarray:
     if how == "zscore":
         centred = scores - scores.mean(axis=1, keepdims=True)
         std = scores.std(axis=1, keepdims=True)
-        return np.divide(centred, std, out=np.zeros_like(centred), where=std > 1e-12)
+        zscores: np.ndarray = np.divide(centred, std, out=np.zeros_like(centred), where=std > 1e-12)
+        return zscores
     if how == "minmax":
         low = scores.min(axis=1, keepdims=True)
         span = scores.max(axis=1, keepdims=True) - low
-        return np.divide(scores - low, span, out=np.zeros_like(scores), where=span > 1e-12)
+        scaled: np.ndarray = np.divide(scores - low, span, out=np.zeros_like(scores), where=span > 1e-12)
+        return scaled
     raise ValueError(f"unknown normalisation {how!r}; expected zscore or minmax")
 
 

@@ -36,8 +36,8 @@ class Localizer:
         with torch.no_grad():
             out = self.model(*inputs)
         size = (self.reference_size, self.reference_size)
-        boxes = decode_boxes(out["heatmap_logits"], out["box"], size).float().numpy()
-        scores = torch.sigmoid(out["heatmap_logits"].flatten(1).max(dim=1).values).float().numpy()
+        boxes = decode_boxes(out.heatmap_logits, out.box, size).float().numpy()
+        scores = torch.sigmoid(out.heatmap_logits.flatten(1).max(dim=1).values).float().numpy()
         wh = np.stack([d["reference_wh"] for d in decoded])
         return [{"box": box.tolist(), "score": float(score)}
                 for box, score in zip(to_file_pixels(boxes, wh, self.reference_size), scores, strict=True)]  # fmt: skip

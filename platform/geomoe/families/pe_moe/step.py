@@ -39,6 +39,6 @@ def training_task(spec: JobSpec, loop: LoopConfig, rank: int) -> TrainingTask:
         buildings = torch.from_numpy(np.unique(batch["building_id"], return_inverse=True)[1]).to(device)
         images = torch.from_numpy(batch["image"]).to(device)
         out = wrapped(ids.to(device), mask.to(device), images, experts, negatives)
-        return pe_moe_objective(out, experts, buildings, out["scale"], **weights)
+        return pe_moe_objective(out, experts, buildings, out.scale, **weights)
 
     return TrainingTask(model=model, step=step)

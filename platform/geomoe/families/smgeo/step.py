@@ -32,7 +32,7 @@ def validate(model: torch.nn.Module, shard: Any, batch_size: int, device: torch.
     for batch in shard.iter_batches(batch_size=batch_size, batch_format="numpy"):
         query, click, reference, box = _tensors(batch)
         out = model(query.to(device), click.to(device), reference.to(device))
-        pred = decode_boxes(out["heatmap_logits"].float(), out["box"].float(), (size, size)).cpu().numpy()
+        pred = decode_boxes(out.heatmap_logits.float(), out.box.float(), (size, size)).cpu().numpy()
         wh = batch["reference_wh"]
         iou = clamped_iou(to_file_pixels(pred, wh, size), to_file_pixels(box.numpy(), wh, size), wh)
         sums += torch.tensor([len(iou), (iou > 0.25).sum(), (iou > 0.5).sum(), iou.sum()], dtype=torch.float64)
