@@ -9,11 +9,13 @@ the stage that needs it.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from geomoe import registry, storage
 from geomoe.config import EngineSpec, JobSpec
 from geomoe.data.prepared import PreparedDataset
+from geomoe.results import JobResults
 
 log = logging.getLogger(__name__)
 
@@ -23,18 +25,18 @@ def family_of(spec: JobSpec) -> Any:
     return registry.family(spec.model.name)
 
 
-def _prepared(spec: JobSpec, results: dict[str, Any], stage: str) -> PreparedDataset:
-    if "prepare" in results:
-        return PreparedDataset.of(results["prepare"])
+def _prepared(spec: JobSpec, results: JobResults, stage: str) -> PreparedDataset:
+    if "prepare" in results.outputs:
+        return PreparedDataset.of(results.outputs["prepare"])
     return PreparedDataset.open(spec.preprocess.output_dir, f"stage {stage!r}")
 
 
-def _training_data(spec: JobSpec, results: dict[str, Any]) -> PreparedDataset:
+def _training_data(spec: JobSpec, results: JobResults) -> PreparedDataset:
     """The refined dataset when the job refines captions (this run or an earlier one), else the prepared one."""
     if spec.refine is None:
         return _prepared(spec, results, "train")
-    if "refine" in results:
-        return PreparedDataset.of(results["refine"])
+    if "refine" in results.outputs:
+        return PreparedDataset.of(results.outputs["refine"])
     return PreparedDataset.open(spec.refine.output_dir, "stage 'train' (refined captions)")
 
 
@@ -87,7 +89,7 @@ def _check_cluster_storage(spec: JobSpec) -> None:
     check_shared_storage(spec)
 
 
-def _run_stage(stage: str, spec: JobSpec, results: dict[str, Any], run_dir: str) -> dict[str, Any]:
+def _run_stage(stage: str, spec: JobSpec, results: JobResults, run_dir: str) -> dict[str, Any]:
     if stage == "synth":
         from geomoe.data.synthgeo import generate
 
@@ -121,9 +123,12 @@ def run_job(spec: JobSpec) -> dict[str, Any]:
     _check_cluster_storage(spec)
     run_dir = storage.join(spec.output_root, spec.name)
     storage.write_json_atomic(storage.join(run_dir, "spec.json"), spec.model_dump(mode="json"))
-    results: dict[str, Any] = {}
+    results = JobResults()
     for stage in spec.stages:
         log.info("stage %s", stage)
-        results[stage] = _run_stage(stage, spec, results, run_dir)
-    storage.write_json_atomic(storage.join(run_dir, "results.json"), results)
-    return results
+        started = time.perf_counter()
+        results.outputs[stage] = _run_stage(stage, spec, results, run_dir)
+        results.seconds[stage] = round(time.perf_counter() - started, 2)
+        log.info("stage %s took %.1f s", stage, results.seconds[stage])
+    storage.write_json_atomic(storage.join(run_dir, "results.json"), results.to_json())
+    return results.outputs

@@ -73,9 +73,9 @@ def _nodes_of_new_workers(before: dict[str, str]) -> set[str]:
 def test_pe_moe_job_runs_from_s3_with_workers_on_two_nodes(
     two_node_cluster: Any, s3_bucket: str, tiny_synth: tuple[Path, dict], tmp_path: Path, monkeypatch: Any
 ) -> None:
+    from geomoe.families.pe_moe.driver import evaluate_checkpoint
     from geomoe.jobs import run_job
     from geomoe.pipelines.prepare import prepare
-    from geomoe.train.run import evaluate_checkpoint
 
     root, _ = tiny_synth
     data = dataset_in(s3_bucket, root, "geotext")
@@ -111,7 +111,7 @@ def test_pe_moe_job_runs_from_s3_with_workers_on_two_nodes(
     assert _rows(on_s3, data + "/images/") == _rows(local, str(root / "geotext" / "images") + "/")
     assert {r[-1] for r in _rows(on_s3, augmented(on_s3))} == {r[-1] for r in _rows(local, augmented(local))}
     # The trained model scores the same on the local copy of the data as it did on the bucket's.
-    on_disk = evaluate_checkpoint(local_spec, final["checkpoint"], local.manifest)["retrieval"]
+    on_disk = evaluate_checkpoint(local_spec, final["checkpoint"], local)["retrieval"]
     assert json.dumps(on_disk, sort_keys=True) == json.dumps(final["stage2"]["retrieval"], sort_keys=True)
 
 
@@ -149,16 +149,16 @@ def test_lost_node_resumes_training_from_the_last_checkpoint_in_s3(
     from ray.util.state import list_actors
 
     import ray
+    from geomoe.families.pe_moe.driver import fit_stage, split_rows
     from geomoe.models.factory import ensure_tiny_models
     from geomoe.pipelines.prepare import prepare
-    from geomoe.train.run import fit_stage, split_rows
 
     root, _ = tiny_synth
     data = dataset_in(s3_bucket, root, "geotext")
     raw = job_raw(data, f"{s3_bucket}/runs", tmp_path / "models")
     raw["train"] |= {"stage1_epochs": 2, "max_failures": 2, "materialize_inputs": False, "keep_checkpoints": 2}
     spec = parse_spec(JobSpec, raw, "test").with_absolute_paths()
-    table = split_rows(prepare(spec), "train", spec)
+    table = split_rows(PreparedDataset.of(prepare(spec)), "train", spec)
     ensure_tiny_models(spec.model_as(PEMoEModelSpec), table["caption"].to_pylist())
     run_dir = f"{s3_bucket}/runs/s3run"
     outcome: dict[str, Any] = {}
@@ -186,9 +186,9 @@ def test_lost_node_resumes_training_from_the_last_checkpoint_in_s3(
     thread.join(timeout=420)
 
     assert not thread.is_alive() and "error" not in outcome, outcome.get("error")
-    metrics = outcome["record"]["metrics"]
+    metrics = outcome["record"].metrics
     assert metrics["epoch"] == 1 and metrics["start_epoch"] == 1  # resumed after epoch 0, not restarted
-    assert outcome["record"]["checkpoint"].startswith(f"{checkpoints}/")
+    assert outcome["record"].location.startswith(f"{checkpoints}/")
     assert sum(1 for node in ray.nodes() if node["Alive"]) == 3
 
 

@@ -70,8 +70,9 @@ def test_refinement_replaces_only_valid_outputs_and_resumes(tiny_synth: tuple[Pa
     redone = {r["original_caption"]: r["caption"] for r in rows(refine_captions(prepared_spec, manifest), "train")}
     assert redone == {r["original_caption"]: r["caption"] for r in after}  # greedy decoding: the same outputs
     from geomoe.jobs import _training_data
+    from geomoe.results import JobResults
 
-    assert _training_data(prepared_spec, {}).table == refined["table"]  # training reads the refined captions
+    assert _training_data(prepared_spec, JobResults()).table == refined["table"]  # training reads the refined captions
 
 
 def test_http_engine_refines_through_an_openai_compatible_server_and_counts_failures(

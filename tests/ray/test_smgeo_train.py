@@ -56,4 +56,4 @@ def test_smgeo_fit_survives_a_killed_worker_and_resumes(tiny_synth: tuple[Path, 
     record = run_trainer(spec, str(tmp_path / "run"), loop, inputs.datasets, best_by=family.best_by)
     assert (tmp_path / "killed").exists()  # the worker really died once, in epoch 2
     # the restarted worker group resumed from a checkpoint (the latest one registered), not from scratch
-    assert record["metrics"]["epoch"] == 2 and record["metrics"]["start_epoch"] >= 1
+    assert record.metrics["epoch"] == 2 and record.metrics["start_epoch"] >= 1

@@ -37,9 +37,9 @@ def test_killed_worker_resumes_from_last_checkpoint(prepared: tuple[JobSpec, dic
     hooks = {"fail_once_at": {"at": [2, 2], "marker": str(marker)}}  # kill a worker mid-way through epoch 2
     record = fit_stage(spec, tmp_path / "run", 1, table, None, test_hooks=hooks)
     assert marker.exists(), "the fault was never injected"
-    assert record["metrics"]["epoch"] == 2
-    assert record["metrics"]["start_epoch"] >= 1  # the restarted group resumed from a checkpoint, not from scratch
-    payload = read_checkpoint(record["checkpoint"])
+    assert record.metrics["epoch"] == 2
+    assert record.metrics["start_epoch"] >= 1  # the restarted group resumed from a checkpoint, not from scratch
+    payload = read_checkpoint(record.location)
     assert payload["stage"] == 1 and payload["epoch"] == 2 and payload["spec"]["name"] == "t"
 
 
@@ -48,25 +48,23 @@ def test_rerun_of_finished_stage_resumes_instead_of_restarting(prepared: tuple[J
     table = split_rows(PreparedDataset.of(manifest), "train", spec)
     first = fit_stage(spec, tmp_path / "run", 1, table, None)
     again = fit_stage(spec, tmp_path / "run", 1, table, None)  # the recorded result: nothing is retrained
-    assert again == json.loads(json.dumps(first))
+    assert again == first and again.to_json() == json.loads(json.dumps(first.to_json()))
     (tmp_path / "run" / "stage1.json").unlink()  # without the record, Ray Train itself restores the run
     restored = fit_stage(spec, tmp_path / "run", 1, table, None)
-    assert (
-        restored["metrics"]["start_epoch"] == spec.train.stage1_epochs or restored["checkpoint"] == first["checkpoint"]
-    )
+    assert restored.metrics["start_epoch"] == spec.train.stage1_epochs or restored.location == first.location
 
 
 def test_mining_then_stage2_then_evaluation(prepared: tuple[JobSpec, dict], tmp_path: Path) -> None:
     spec, manifest = prepared
     table = split_rows(PreparedDataset.of(manifest), "train", spec)
     stage1 = fit_stage(spec, tmp_path / "run", 1, table, None)
-    mined = mine_negatives(spec, stage1["checkpoint"], table)
+    mined = mine_negatives(spec, stage1.location, table)
     for row in mined.to_pylist():
         negative_buildings = {Path(p).parent.name for p in row["negative_paths"]}
         assert row["building_id"] not in negative_buildings and len(row["negative_paths"]) == spec.train.hard_negatives
-    stage2 = fit_stage(spec, tmp_path / "run", 2, mined, stage1["checkpoint"])
-    assert read_checkpoint(stage2["checkpoint"])["stage"] == 2
-    report = evaluate_checkpoint(spec, stage2["checkpoint"], PreparedDataset.of(manifest))
+    stage2 = fit_stage(spec, tmp_path / "run", 2, mined, stage1.location)
+    assert read_checkpoint(stage2.location)["stage"] == 2
+    report = evaluate_checkpoint(spec, stage2.location, PreparedDataset.of(manifest))
     n_test = split_rows(PreparedDataset.of(manifest), "test", spec).filter(pc.equal(pc.field("augment"), "")).num_rows
     assert report["counts"]["queries"] == n_test
     for protocol in ("exact", "building"):
@@ -75,7 +73,7 @@ def test_mining_then_stage2_then_evaluation(prepared: tuple[JobSpec, dict], tmp_
     from geomoe.models.factory import load_pe_moe
     from geomoe.retrieval.embed import embed_texts
 
-    model, tokenizer, _, _ = load_pe_moe(stage2["checkpoint"])
+    model, tokenizer, _, _ = load_pe_moe(stage2.location)
     rows = split_rows(PreparedDataset.of(manifest), "test", spec).filter(pc.equal(pc.field("augment"), ""))
     model_spec = spec.model_as(PEMoEModelSpec)
     _, gates = embed_texts(model, tokenizer, rows["caption"].to_pylist(), model_spec.text.max_length)
@@ -99,7 +97,7 @@ def test_track4_submission_from_checkpoint(
     track4 = Track4Spec(
         queries=str(root / "track4/queries.txt"), gallery=str(root / "track4/gallery"), output_dir=str(tmp_path / "sub")
     )
-    result = submit_track4(stage1["checkpoint"], track4)
+    result = submit_track4(stage1.location, track4)
     lines = Path(result["submission"]).read_text().splitlines()
     queries = read_queries(track4.queries, RejectLog())
     gallery = {g for g, _ in list_gallery(track4.gallery, RejectLog())}

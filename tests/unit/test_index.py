@@ -79,9 +79,14 @@ def test_index_folder_round_trip_and_errors(tmp_path: Path, gallery: tuple[np.nd
     v, _, _ = gallery
     rows = index_rows(v[:, :5], "float16")
     ids = [f"img{i}" for i in range(5)]
-    write_index(tmp_path / "idx", rows, ids, {"checkpoint_sha256": "abc"}, {"flat": build_faiss(rows, "flat")})
+    info = {"checkpoint": "ckpt", "checkpoint_sha256": "abc"}
+    write_index(tmp_path / "idx", rows, ids, info, {"flat": build_faiss(rows, "flat")})
     index = read_index(tmp_path / "idx")
-    assert index.ids == ids and index.manifest["count"] == 5 and index.manifest["dtype"] == "float16"
+    assert index.ids == ids and index.manifest.count == 5 and index.manifest.dtype == "float16"
+    assert index.manifest.checkpoint == "ckpt" and index.manifest.platform_of(0) is None  # no platforms given
+    write_index(tmp_path / "old", rows, ids, {"checkpoint_sha256": "abc"})  # no checkpoint: not an index manifest
+    with pytest.raises(DatasetError, match=r"old/manifest\.json: not an index manifest: Field required"):
+        read_index(tmp_path / "old")
     assert (tmp_path / "idx" / "faiss_flat.index").is_file()
     assert index.search(rows[:1].astype(np.float32), 1)[0][0][0] == "img0"
     with pytest.raises(ValueError, match="4 ids for 5 rows"):

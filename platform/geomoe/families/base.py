@@ -16,6 +16,7 @@ from geomoe import storage
 from geomoe.config import FamilyModelSpec, JobSpec, TrainSpec
 from geomoe.data.prepared import PreparedDataset
 from geomoe.errors import SpecError
+from geomoe.results import JobResults
 
 if TYPE_CHECKING:
     import torch
@@ -111,14 +112,13 @@ class Family:
                 spec.train, spec.seed, epochs=self.epochs(spec), steps_per_epoch=inputs.steps_per_epoch
             )
             record = run_trainer(spec, run_dir, loop, inputs.datasets, best_by=self.best_by)
-        checkpoint = record["checkpoint"]
+        checkpoint = record.location
         test = cached_result(
             storage.join(run_dir, "eval_test.json"), spec, 1, lambda: self.evaluate(spec, checkpoint, prepared)
         )
-        best = record.get("best") or record["metrics"]
-        return {"checkpoint": checkpoint, "best_epoch": best["epoch"], "validation": best, "test": test}
+        return {"checkpoint": checkpoint, "best_epoch": record.epoch, "validation": record.reported, "test": test}
 
-    def run_stage(self, stage: str, spec: JobSpec, results: dict[str, Any]) -> dict[str, Any]:
+    def run_stage(self, stage: str, spec: JobSpec, results: JobResults) -> dict[str, Any]:
         """A stage of the family's own (``stages``); ``results`` holds the earlier stages' results."""
         raise SpecError(f"job {spec.name}", "stages", f"{self.name} has no stage {stage!r}")
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from geomoe import storage
 from geomoe.errors import DatasetError
@@ -105,11 +106,34 @@ def recall_at(found_QK: np.ndarray, exact_QK: np.ndarray) -> float:
     return hits / exact_QK.size
 
 
+class IndexManifest(BaseModel):
+    """An index folder's ``manifest.json``: what the matrix holds and what it was built from. Unknown keys are
+    kept (a newer writer's), never an error."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    count: int
+    dim: int
+    dtype: str
+    checkpoint: str
+    checkpoint_sha256: str = ""
+    gallery_sha256: str = ""
+    split: str = "test"
+    experts: list[str] = Field(default_factory=list)
+    expert_dim: int = 0
+    platforms: list[str] = Field(default_factory=list, description="per row, the image's platform")
+    image_paths: list[str] = Field(default_factory=list, description="per row, what a re-ranker's captioner reads")
+    files: dict[str, str] = Field(default_factory=dict, description="file -> sha256, for verified caches")
+
+    def platform_of(self, row: int) -> str | None:
+        return self.platforms[row] if row < len(self.platforms) else None
+
+
 @dataclass(frozen=True)
 class GalleryIndex:
     rows: np.ndarray  # (N, K*D)
     ids: list[str]
-    manifest: dict[str, Any]
+    manifest: IndexManifest
 
     def search(
         self, queries_QD: np.ndarray, k: int, allowed_N: np.ndarray | None = None
@@ -154,9 +178,12 @@ def read_index(folder: str | Path, mmap: bool = True) -> GalleryIndex:
         raise DatasetError(f"{shown}: index manifest not found (build the index first)")
     folder = storage.cached_copy(folder)
     manifest_path = folder / MANIFEST
-    manifest = json.loads(manifest_path.read_text())
+    try:
+        manifest = IndexManifest.model_validate_json(manifest_path.read_text())
+    except ValidationError as err:
+        raise DatasetError(f"{manifest_path}: not an index manifest: {err.errors()[0]['msg']}") from err
     rows = np.load(folder / "vectors.npy", mmap_mode="r" if mmap else None)
     ids = json.loads((folder / "ids.json").read_text())
-    if rows.shape != (manifest["count"], manifest["dim"]) or len(ids) != manifest["count"]:
+    if rows.shape != (manifest.count, manifest.dim) or len(ids) != manifest.count:
         raise DatasetError(f"{folder}: vectors {rows.shape} / {len(ids)} ids disagree with the manifest")
     return GalleryIndex(rows, ids, manifest)

@@ -68,7 +68,7 @@ class Reranker:
         store = read_caption_store(self.spec.captions)
         self.stored = {image_id: store[image_id] for image_id in ids if image_id in store}
         self.lexical = LexicalScorer([c for image_id in ids for c in self.stored.get(image_id, [])])
-        self.path_of = dict(zip(ids, gallery.manifest.get("image_paths", []), strict=False))
+        self.path_of = dict(zip(ids, gallery.manifest.image_paths, strict=False))
         self.captioner = captioner
         self.generated: dict[str, str] = {}
         self.failed_captions = 0

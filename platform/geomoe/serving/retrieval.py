@@ -44,7 +44,7 @@ class GallerySearch:
         from geomoe.retrieval.index import read_index
 
         self.index = read_index(index, mmap=False)
-        self.platforms = np.array(self.index.manifest.get("platforms", []))
+        self.platforms = np.array(self.index.manifest.platforms)
         self.row_of = {image_id: n for n, image_id in enumerate(self.index.ids)}
 
     def search(self, vector: np.ndarray, k: int, platforms: list[str] | None) -> list[dict[str, Any]]:
@@ -53,14 +53,10 @@ class GallerySearch:
             allowed = np.isin(self.platforms, platforms)
         hits = self.index.search(vector[None, :], k, allowed)[0]
         return [
-            {"image_id": image_id, "score": score, "platform": _platform_of(self.platforms, self.row_of[image_id])}
+            {"image_id": image_id, "score": score, "platform": self.index.manifest.platform_of(self.row_of[image_id])}
             for image_id, score in hits
         ]
 
     def info(self) -> dict[str, Any]:
         keep = ("checkpoint", "checkpoint_sha256", "gallery_sha256", "split", "experts", "count", "dim", "dtype")
-        return {k: self.index.manifest.get(k) for k in keep}
-
-
-def _platform_of(platforms: np.ndarray, row: int) -> str | None:
-    return str(platforms[row]) if row < len(platforms) else None
+        return self.index.manifest.model_dump(include=set(keep))

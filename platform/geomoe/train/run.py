@@ -14,6 +14,7 @@ from typing import Any
 
 from geomoe import storage
 from geomoe.config import JobSpec
+from geomoe.results import Checkpoint
 from geomoe.train.engine import LoopConfig
 
 log = logging.getLogger(__name__)
@@ -21,7 +22,7 @@ log = logging.getLogger(__name__)
 
 def run_trainer(
     spec: JobSpec, run_dir: str, loop: LoopConfig, datasets: dict[str, Any], best_by: str | None = None
-) -> dict[str, Any]:
+) -> Checkpoint:
     """One TorchTrainer fit of the family's task on the training engine (``loop`` says what the stage does),
     under the run folder, resumable; records and returns its result.
 
@@ -63,16 +64,14 @@ def run_trainer(
     if checkpoint is None:
         raise RuntimeError(f"stage {stage} finished without a checkpoint (did it run zero epochs?)")
     to_uri = lambda path: storage.uri_of(train_storage, path)  # noqa: E731  (Ray reports paths in its filesystem)
-    record: dict[str, Any] = {
-        "checkpoint": to_uri(checkpoint.path),
-        "metrics": result.metrics,
-        "fingerprint": spec.stage_fingerprint(stage),
-    }
+    location = to_uri(checkpoint.path)
+    best, listed = None, []
     if best_by:
         kept = [(to_uri(ckpt.path), metrics) for ckpt, metrics in result.best_checkpoints or []]
-        record["best"] = next(metrics for path, metrics in kept if path == record["checkpoint"])
-        record["kept"] = [{"epoch": m["epoch"], best_by: m[best_by], "checkpoint": path} for path, m in kept]
-    storage.write_json_atomic(storage.join(run_dir, f"stage{stage}.json"), record)
+        best = next(metrics for path, metrics in kept if path == location)
+        listed = [{"epoch": m["epoch"], best_by: m[best_by], "checkpoint": path} for path, m in kept]
+    record = Checkpoint(location, dict(result.metrics or {}), spec.stage_fingerprint(stage), best, listed)
+    record.save(storage.join(run_dir, f"stage{stage}.json"))
     return record
 
 
@@ -114,13 +113,13 @@ def _forget_other_runs(spec: JobSpec, run_dir: str, stage: int) -> None:
     storage.write_text_atomic(marker, fingerprint)
 
 
-def recorded_stage(spec: JobSpec, run_dir: str, stage: int) -> dict[str, Any] | None:
+def recorded_stage(spec: JobSpec, run_dir: str, stage: int) -> Checkpoint | None:
     """The recorded result of a finished stage trained from the same data, model and training settings."""
     marker = storage.join(run_dir, f"stage{stage}.json")
-    record = storage.read_json_if_exists(marker)
-    if record is not None and record.get("fingerprint") == spec.stage_fingerprint(stage):
+    record = Checkpoint.load(marker)
+    if record is not None and record.fingerprint == spec.stage_fingerprint(stage):
         log.info("stage %d already finished: %s", stage, marker)
-        return dict(record)
+        return record
     return None
 
 

@@ -11,6 +11,7 @@ from geomoe.config.pe_moe import PEMoEModelSpec, PEMoETrainSpec
 from geomoe.data.prepared import PreparedDataset
 from geomoe.families.base import Family, Loaded
 from geomoe.metrics import track4_score
+from geomoe.results import JobResults
 
 if TYPE_CHECKING:
     import torch
@@ -18,8 +19,8 @@ if TYPE_CHECKING:
     from geomoe.train.engine import LoopConfig, TrainingTask
 
 
-def _checkpoint(spec: JobSpec, given: str | None, results: dict[str, Any], stage: str) -> str:
-    checkpoint = given or results.get("train", {}).get("model", {}).get("checkpoint")
+def _checkpoint(spec: JobSpec, given: str | None, results: JobResults, stage: str) -> str:
+    checkpoint = given or results.trained_checkpoint()
     if checkpoint is None:  # JobSpec validation makes sure a checkpoint is given or trained first
         raise AssertionError(f"stage {stage!r} has no checkpoint")
     return str(checkpoint)
@@ -71,7 +72,7 @@ class PEMoEFamily(Family):
         self.prepare_inputs(spec, prepared)
         return train_and_evaluate(spec, prepared, run_dir)
 
-    def run_stage(self, stage: str, spec: JobSpec, results: dict[str, Any]) -> dict[str, Any]:
+    def run_stage(self, stage: str, spec: JobSpec, results: JobResults) -> dict[str, Any]:
         if stage == "index":
             from geomoe.pipelines.index import build_index
 

@@ -18,6 +18,7 @@ from geomoe.config.pe_moe import PEMoEModelSpec, PEMoETrainSpec
 from geomoe.data.prepared import PreparedDataset
 from geomoe.errors import DatasetError
 from geomoe.models.factory import ensure_tiny_models, load_pe_moe
+from geomoe.results import Checkpoint
 from geomoe.train.engine import LoopConfig
 from geomoe.train.run import cached_result, recorded_stage, run_trainer
 
@@ -78,7 +79,7 @@ def fit_stage(
     table: pa.Table,
     init: str | None,
     test_hooks: dict[str, Any] | None = None,
-) -> dict[str, Any]:
+) -> Checkpoint:
     """Run one PE-MoE training stage on Ray Train (or return its recorded result); returns {checkpoint, metrics}.
     ``test_hooks``: LoopConfig's fault-injection fields."""
     recorded = recorded_stage(spec, run_dir, stage)
@@ -159,22 +160,22 @@ def train_and_evaluate(spec: JobSpec, prepared: PreparedDataset, run_dir: str) -
         storage.join(run_dir, "eval_stage1.json"),
         spec,
         1,
-        lambda: evaluate_checkpoint(spec, stage1["checkpoint"], prepared),
+        lambda: evaluate_checkpoint(spec, stage1.location, prepared),
     )
     if spec.train_as(PEMoETrainSpec).stage2_epochs:
         stage2 = recorded_stage(spec, run_dir, 2)  # a finished stage 2 needs no mining
         if stage2 is None:
-            mined = mine_negatives(spec, stage1["checkpoint"], table)
-            stage2 = fit_stage(spec, run_dir, 2, mined, stage1["checkpoint"])
+            mined = mine_negatives(spec, stage1.location, table)
+            stage2 = fit_stage(spec, run_dir, 2, mined, stage1.location)
         results["stage2"] = cached_result(
             storage.join(run_dir, "eval_stage2.json"),
             spec,
             2,
-            lambda: evaluate_checkpoint(spec, stage2["checkpoint"], prepared),
+            lambda: evaluate_checkpoint(spec, stage2.location, prepared),
         )
-        results["checkpoint"] = stage2["checkpoint"]
+        results["checkpoint"] = stage2.location
     else:
-        results["checkpoint"] = stage1["checkpoint"]
+        results["checkpoint"] = stage1.location
     return results
 
 
