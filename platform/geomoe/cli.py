@@ -1,4 +1,5 @@
-"""``geomoe`` command line: run | synth | prepare | bench. Thin: parse, load a spec, call the library."""
+"""``geomoe`` command line: run | prepare | synth | sweep | report | submit | serve | bench. Thin: parse, load a
+spec, call the library; a user-fixable problem (a GeomoeError) is one line on stderr and exit code 2."""
 
 from __future__ import annotations
 

@@ -187,12 +187,17 @@ def test_localize_returns_the_offline_box_and_refuses_bad_images(served: dict[st
     status, answer = post_json("/localize", body)
     assert status == 200, answer
     predictor = PredictBoxes(served["localizer"], use_click=True, device="cpu")  # the offline batch path
-    _, spec, _ = load_smgeo(served["localizer"])
+    model, spec, _ = load_smgeo(served["localizer"])
     row = {"query_path": str(drone), "reference_path": str(tile), "click_x": 10.0, "click_y": 12.0, "box": [0, 0, 1, 1]}
     decoded = decode_pair(row, spec.model_as(SMGeoModelSpec).query_size, spec.model_as(SMGeoModelSpec).reference_size)
     offline = predictor({k: v[None] for k, v in decoded.items()} | {"sample_id": np.array([0])})["pred"][0]
     assert answer["box"] == pytest.approx(offline.tolist(), abs=1e-3)
-    assert 0.0 <= answer["score"] <= 1.0
+    # the confidence: the sigmoid of the best heatmap cell, recomputed from the checkpoint on the same inputs
+    import torch
+
+    with torch.no_grad():
+        out = model(*(torch.from_numpy(decoded[k][None]) for k in ("query", "click", "reference")))
+    assert answer["score"] == pytest.approx(float(torch.sigmoid(out.heatmap_logits.max())), abs=1e-4)
     huge = tmp_path / "huge.png"
     Image.new("RGB", (4097, 4097)).save(huge)
     for bad, code, words in (

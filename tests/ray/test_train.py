@@ -135,7 +135,7 @@ def test_index_search_returns_the_offline_fused_ranking(prepared: tuple[JobSpec,
     }
     report = build_index(parse_spec(JobSpec, raw, "test"), manifest, str(tmp_path / "ckpt"))
     index = read_index(tmp_path / "index")
-    assert report["count"] == len(index.ids) and index.manifest["checkpoint_sha256"] == report["checkpoint_sha256"]
+    assert report["count"] == len(index.ids) and index.manifest.checkpoint_sha256 == report["checkpoint_sha256"]
     assert report["faiss"]["flat"]["recall@10_vs_exact"] == 1.0
     assert 0.0 < report["faiss"]["hnsw"]["recall@10_vs_exact"] <= 1.0
     paths = dict(zip(*pc_ids_paths(manifest), strict=True))

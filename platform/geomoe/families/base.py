@@ -54,11 +54,11 @@ class Family:
 
     # --- spec ---
     def check_job(self, spec: JobSpec) -> None:
-        """Cross-section checks at validation time; raise ValueError("key: reason"). Default: the family uses
-        no baselines, Track 4 or index sections (those belong to families that declare such stages)."""
-        for section in ("baselines", "track4", "index"):
-            if getattr(spec, section):
-                raise ValueError(f"{section}: {self.name} jobs have no {section} section")
+        """Cross-section checks at validation time; raise ValueError("key: reason"). Default: no index or track4
+        section unless the family has the stage that reads it."""
+        for section, stage in (("index", "index"), ("track4", "track4_submission")):
+            if getattr(spec, section) is not None and stage not in self.stages:
+                raise ValueError(f"{section}: {self.name} jobs have no {stage!r} stage to use this section")
 
     def epochs(self, spec: JobSpec) -> int:
         """Epochs of the default one-stage training (the train section's ``epochs``)."""

@@ -1,1 +1,2 @@
-"""Ray Train (Ray layer): PE-MoE's two-stage training as TorchTrainer runs built from a JobSpec."""
+"""Ray Train (Ray layer): the one training engine every model family runs on (engine.py) and the TorchTrainer
+driver that fits a stage and records its checkpoint (run.py)."""

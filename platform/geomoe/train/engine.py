@@ -140,7 +140,8 @@ def fit(task: TrainingTask, loop: LoopConfig, spec: JobSpec) -> None:
     for epoch in range(start_epoch, loop.epochs):
         wrapped.train()
         seed = loop.seed * 1000 + loop.stage * 100 + epoch
-        means = _train_epoch(task, wrapped, params, optimizer, schedule, _batches(shard, micro, seed), loop, epoch)
+        batches = _batches(shard, micro, seed)
+        means = _train_epoch(task, wrapped, params, optimizer, schedule, batches, loop, epoch, device)
         metrics: dict[str, Any] = {"stage": loop.stage, "epoch": epoch, "start_epoch": start_epoch, **means}
         if task.evaluate is not None:
             wrapped.eval()
@@ -158,11 +159,9 @@ def _train_epoch(
     batches: Iterator[Batch],
     loop: LoopConfig,
     epoch: int,
+    device: torch.device,
 ) -> dict[str, float]:
     """One epoch of optimizer steps, each over ``grad_accumulation`` micro-batches; the parts' means."""
-    import ray.train.torch
-
-    device = ray.train.torch.get_device()
     autocast = device.type == "cuda" and loop.mixed_precision
     sums: dict[str, float] = {}
     micro_steps = 0
