@@ -36,7 +36,7 @@ def test_real_size_pe_moe_builds_and_runs() -> None:
 
 def test_real_size_smgeo_builds_and_runs_at_1024() -> None:
     """Swin-T, 6 experts, top-2, GMoE in even blocks of stages 1-3, 1024 px (the paper reports 33.57M)."""
-    from geomoe.config import SMGeoModelSpec
+    from geomoe.config.smgeo import SMGeoModelSpec
     from geomoe.models.smgeo import SMGeo
 
     model = SMGeo(SMGeoModelSpec(name="smgeo")).eval()
