@@ -74,10 +74,11 @@ def test_the_toy_family_runs_as_a_two_trial_sweep(tiny_synth: tuple[Path, dict],
         "name": "toy_lr",
         "base": "toy.yaml",
         "output_root": str(tmp_path / "sweeps"),
+        "overrides": ["train.epochs=1"],
         "params": {"train.lr": {"grid": [0.01, 0.2]}},
         "metric": "test_accuracy",
         "report_metrics": ["test_accuracy", "val_accuracy", "params_M"],
-        "max_concurrent": 1,
+        "max_concurrent": 2,  # both at once: 2 x (0.5 CPU trial + 0.5 CPU worker) on the 4-CPU test cluster
     }
     (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(sweep))
     experiment = run_sweep(tmp_path / "sweep.yaml")
