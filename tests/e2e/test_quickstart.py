@@ -19,6 +19,7 @@ def test_quickstart_job_runs_and_reports(tmp_path: Path) -> None:
         "data.synthesize.train_buildings=6",
         "data.synthesize.test_buildings=3",
         "data.synthesize.localization_train=2",
+        "train.stage1_epochs=2",  # the pipeline end to end, not the model's quality
     ]
     args = ["run", str(REPO / "jobs" / "quickstart.yaml"), *[a for s in small for a in ("--set", s)]]
     done = run_cli(*args, cwd=tmp_path)

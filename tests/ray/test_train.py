@@ -16,6 +16,7 @@ from geomoe.families.pe_moe.driver import evaluate_checkpoint, fit_stage, mine_n
 from geomoe.models.checkpoint import read_checkpoint
 from geomoe.models.factory import ensure_tiny_models
 from geomoe.pipelines.prepare import prepare
+from geomoe.results import Checkpoint
 from tiny_jobs import pe_moe_job as make_spec
 
 
@@ -27,6 +28,14 @@ def prepared(tiny_synth: tuple[Path, dict], tmp_path_factory: pytest.TempPathFac
     table = split_rows(PreparedDataset.of(manifest), "train", spec)
     ensure_tiny_models(spec.model, table["caption"].to_pylist())
     return spec, manifest
+
+
+@pytest.fixture(scope="module")
+def stage1(prepared: tuple[JobSpec, dict], tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Checkpoint]:
+    """One finished stage 1 (its run folder and record), shared by the tests that start from a stage-1 model."""
+    spec, manifest = prepared
+    run_dir = tmp_path_factory.mktemp("stage1") / "run"
+    return run_dir, fit_stage(spec, run_dir, 1, split_rows(PreparedDataset.of(manifest), "train", spec), None)
 
 
 def test_killed_worker_resumes_from_last_checkpoint(prepared: tuple[JobSpec, dict], tmp_path: Path) -> None:
@@ -54,15 +63,17 @@ def test_rerun_of_finished_stage_resumes_instead_of_restarting(prepared: tuple[J
     assert restored.metrics["start_epoch"] == spec.train.stage1_epochs or restored.location == first.location
 
 
-def test_mining_then_stage2_then_evaluation(prepared: tuple[JobSpec, dict], tmp_path: Path) -> None:
+def test_mining_then_stage2_then_evaluation(
+    prepared: tuple[JobSpec, dict], stage1: tuple[Path, Checkpoint], tmp_path: Path
+) -> None:
     spec, manifest = prepared
     table = split_rows(PreparedDataset.of(manifest), "train", spec)
-    stage1 = fit_stage(spec, tmp_path / "run", 1, table, None)
-    mined = mine_negatives(spec, stage1.location, table)
+    run_dir, first = stage1
+    mined = mine_negatives(spec, first.location, table)
     for row in mined.to_pylist():
         negative_buildings = {Path(p).parent.name for p in row["negative_paths"]}
         assert row["building_id"] not in negative_buildings and len(row["negative_paths"]) == spec.train.hard_negatives
-    stage2 = fit_stage(spec, tmp_path / "run", 2, mined, stage1.location)
+    stage2 = fit_stage(spec, run_dir, 2, mined, first.location)
     assert read_checkpoint(stage2.location)["stage"] == 2
     report = evaluate_checkpoint(spec, stage2.location, PreparedDataset.of(manifest))
     n_test = split_rows(PreparedDataset.of(manifest), "test", spec).filter(pc.equal(pc.field("augment"), "")).num_rows
@@ -82,7 +93,7 @@ def test_mining_then_stage2_then_evaluation(prepared: tuple[JobSpec, dict], tmp_
 
 
 def test_track4_submission_from_checkpoint(
-    prepared: tuple[JobSpec, dict], tiny_synth: tuple[Path, dict], tmp_path: Path
+    stage1: tuple[Path, Checkpoint], tiny_synth: tuple[Path, dict], tmp_path: Path
 ) -> None:
     import zipfile
 
@@ -91,13 +102,11 @@ def test_track4_submission_from_checkpoint(
     from geomoe.data.track4 import list_gallery, read_queries
     from geomoe.pipelines.submit import submit_track4
 
-    spec, manifest = prepared
     root, counts = tiny_synth
-    stage1 = fit_stage(spec, tmp_path / "run", 1, split_rows(PreparedDataset.of(manifest), "train", spec), None)
     track4 = Track4Spec(
         queries=str(root / "track4/queries.txt"), gallery=str(root / "track4/gallery"), output_dir=str(tmp_path / "sub")
     )
-    result = submit_track4(stage1.location, track4)
+    result = submit_track4(stage1[1].location, track4)
     lines = Path(result["submission"]).read_text().splitlines()
     queries = read_queries(track4.queries, RejectLog())
     gallery = {g for g, _ in list_gallery(track4.gallery, RejectLog())}
