@@ -116,8 +116,8 @@ class JobSpec(Strict):
     @classmethod
     def _family_sections(cls, raw: Any) -> Any:
         """The ``model`` and ``train`` sections as the family's own spec classes (errors keep their keys)."""
-        if not isinstance(raw, dict):
-            return raw
+        if not isinstance(raw, dict) or not isinstance(raw.get("families") or [], list):
+            return raw  # pydantic reports the malformed ``families`` (its first field error)
         raw = dict(raw)
         model = raw.get("model") or {}
         name = model.get("name") if isinstance(model, dict) else getattr(model, "name", None)
