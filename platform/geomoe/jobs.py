@@ -47,6 +47,7 @@ def _train(spec: JobSpec, prepared: PreparedDataset, run_dir: str) -> dict[str, 
     ensure_ray(spec.resources)
     family = family_of(spec)
     prepared.require(family.dataset_kind, f"stage 'train' ({spec.model.name})")
+    family.prepare_inputs(spec, prepared)  # a sweep's driver does this once, before its trials
     results = {"model": family.train(spec, prepared, run_dir)}
     for name in spec.baselines:
         log.info("baseline %s", name)

@@ -24,24 +24,12 @@ import threading
 from collections.abc import Iterable
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from geomoe.errors import GeomoeError
 
 log = logging.getLogger(__name__)
 ENTRY_POINT_GROUP = "geomoe.families"
-
-
-class FamilySpecs(Protocol):
-    """What spec validation needs from a family (the full interface: geomoe.families.base.Family)."""
-
-    name: str
-    default: bool
-    model_spec: type[Any]
-    train_spec: type[Any]
-    stages: tuple[str, ...]
-
-    def check_job(self, spec: Any) -> None: ...
 
 
 class UnknownFamilyError(GeomoeError):

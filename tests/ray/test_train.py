@@ -121,7 +121,6 @@ def test_track4_submission_from_checkpoint(
 def test_index_search_returns_the_offline_fused_ranking(prepared: tuple[JobSpec, dict], tmp_path: Path) -> None:
     """The index stage on Ray Data embeds the gallery into one matrix; a search with [g_k t_k] must rank exactly
     as Eq. 1 computed per expert by the offline evaluator's functions, and FAISS flat must agree with it."""
-    import numpy as np
     import torch
 
     from geomoe.models.checkpoint import save_checkpoint

@@ -76,10 +76,9 @@ class Family:
         return {"params_M": total / 1e6, "trainable_params_M": trainable / 1e6}
 
     def load_checkpoint(self, directory: str) -> Loaded:
-        from geomoe.models.checkpoint import load_into, read_checkpoint
+        from geomoe.models.checkpoint import load_into, read_trained
 
-        payload = read_checkpoint(directory)
-        spec = JobSpec.model_validate(payload["spec"])
+        payload, spec = read_trained(directory)
         model = self.build_model(spec)
         load_into(model, payload["model"])
         return Loaded(model.eval(), spec, payload)

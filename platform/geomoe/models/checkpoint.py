@@ -48,6 +48,12 @@ def read_checkpoint(directory: str | Path) -> dict[str, Any]:
         return dict(torch.load(handle, map_location="cpu", weights_only=False))
 
 
+def read_trained(directory: str | Path) -> tuple[dict[str, Any], JobSpec]:
+    """A checkpoint's payload and the job spec it was trained with (what every family's loader starts from)."""
+    payload = read_checkpoint(directory)
+    return payload, JobSpec.model_validate(payload["spec"])
+
+
 def load_into(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
     missing, unexpected = model.load_state_dict(state, strict=False)
     frozen = frozen_prefixes(model)

@@ -90,10 +90,9 @@ def tokenize(tokenizer: Any, texts: list[str], max_length: int) -> tuple[Any, An
 
 def load_pe_moe(directory: str) -> tuple[PEMoE, Any, JobSpec, dict[str, Any]]:
     """(model in eval mode, tokenizer, the spec it was trained with, the raw checkpoint) from a checkpoint folder."""
-    from geomoe.models.checkpoint import load_into, read_checkpoint
+    from geomoe.models.checkpoint import load_into, read_trained
 
-    payload = read_checkpoint(directory)
-    spec = JobSpec.model_validate(payload["spec"])
+    payload, spec = read_trained(directory)
     model, tokenizer = build_pe_moe(spec.model_as(PEMoEModelSpec))
     load_into(model, payload["model"])
     return model.eval(), tokenizer, spec, payload

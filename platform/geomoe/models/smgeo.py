@@ -191,10 +191,9 @@ def decode_boxes(
 
 def load_smgeo(directory: str) -> tuple[SMGeo, JobSpec, dict[str, Any]]:
     """(SMGeo model in eval mode, the spec it was trained with, the raw checkpoint) from a checkpoint folder."""
-    from geomoe.models.checkpoint import load_into, read_checkpoint
+    from geomoe.models.checkpoint import load_into, read_trained
 
-    payload = read_checkpoint(directory)
-    spec = JobSpec.model_validate(payload["spec"])
+    payload, spec = read_trained(directory)
     model = SMGeo(spec.model_as(SMGeoModelSpec))
     load_into(model, payload["model"])
     return model.eval(), spec, payload

@@ -43,11 +43,12 @@ def serve_spec(args: dict[str, Any], source: str = "serve args") -> ServeSpec:
 
     updates: dict[str, Any] = {"index": absolute(spec.index)}
     manifest_path = storage.join(updates["index"], storage.MANIFEST)
-    if not storage.is_file(manifest_path):
+    manifest = storage.read_json_if_exists(manifest_path)  # one GET on an object store
+    if manifest is None:
         shown = storage.redact(manifest_path)
         raise SpecError(source, "index", f"{shown} not found (run the job's 'index' stage)")
     if spec.checkpoint is None:
-        updates["checkpoint"] = storage.read_json(manifest_path)["checkpoint"]
+        updates["checkpoint"] = manifest["checkpoint"]
     else:
         updates["checkpoint"] = absolute(spec.checkpoint)
     if spec.localizer is not None:

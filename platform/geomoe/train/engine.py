@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -49,7 +49,7 @@ class LoopConfig(Strict):
     batch_size: int = Field(ge=1, description="global batch of one optimizer step")
     grad_accumulation: int = Field(1, ge=1)
     lr: float = Field(gt=0)
-    optimizer: str = "adamw"
+    optimizer: Literal["adamw", "adam"] = "adamw"
     weight_decay: float = 0.0
     warmup_ratio: float = 0.0
     grad_clip: float = Field(1.0, gt=0)

@@ -69,7 +69,6 @@ class PEMoEFamily(Family):
     def train(self, spec: JobSpec, prepared: PreparedDataset, run_dir: str) -> dict[str, Any]:
         from geomoe.families.pe_moe.driver import train_and_evaluate
 
-        self.prepare_inputs(spec, prepared)
         return train_and_evaluate(spec, prepared, run_dir)
 
     def run_stage(self, stage: str, spec: JobSpec, results: JobResults) -> dict[str, Any]:
@@ -77,8 +76,10 @@ class PEMoEFamily(Family):
             from geomoe.pipelines.index import build_index
 
             assert spec.index is not None  # checked by JobSpec validation
-            prepared = PreparedDataset.open(spec.preprocess.output_dir, "stage 'index'")
-            return build_index(spec, prepared.manifest, _checkpoint(spec, spec.index.checkpoint, results, stage))
+            manifest = results.outputs.get("prepare")  # this run's, else the folder's (an earlier run)
+            if manifest is None:
+                manifest = PreparedDataset.open(spec.preprocess.output_dir, "stage 'index'").manifest
+            return build_index(spec, manifest, _checkpoint(spec, spec.index.checkpoint, results, stage))
         if stage == "track4_submission":
             from geomoe.pipelines.submit import submit_track4
 
