@@ -18,6 +18,8 @@ from geomoe.metrics import box_iou
 from geomoe.models.gmoe import ExpertFFN, GridMoE, dense_reference, sparse_dispatch
 from geomoe.models.smgeo import SMGeo, decode_boxes
 
+TINY_GMOE = {"experts": 3, "top_k": 2, "grid": [2, 2], "blocks": ["none", "even", "all"]}
+
 
 def tiny_spec(**kw: object) -> SMGeoModelSpec:
     raw = {
@@ -25,7 +27,7 @@ def tiny_spec(**kw: object) -> SMGeoModelSpec:
         "query_size": 32,
         "reference_size": 64,
         "backbone": {"embed_dim": 16, "depths": [2, 2, 2], "num_heads": [1, 2, 4], "window_size": 4, "drop_path": 0},
-        "gmoe": {"experts": 3, "top_k": 2, "grid": [2, 2], "blocks": ["none", "even", "all"]},
+        "gmoe": TINY_GMOE,
         "head_channels": 16,
         **kw,
     }
@@ -88,10 +90,59 @@ def test_gate_entropy_term_has_gradient_into_the_router() -> None:
     model = SMGeo(tiny_spec())
     q, c, r = inputs()
     out = model(q, c, r)
-    assert out.neg_entropy.requires_grad and -np.log(2) - 1e-6 <= float(out.neg_entropy.detach()) < 0
+    # Eq. 21 sums over all E = 3 experts: the entropy lies in [0, log 3], so the term in [-log 3, 0]
+    assert out.neg_entropy.requires_grad and -np.log(3) - 1e-6 <= float(out.neg_entropy.detach()) < 0
     out.neg_entropy.backward()
     for layer in model.moe_layers:
-        assert layer.router.weight.grad is not None and layer.router.weight.grad.abs().sum() > 0
+        for router in layer.routers:  # both views' routers
+            assert router.weight.grad is not None and router.weight.grad.abs().sum() > 0
+
+
+def _route_with_logits(layer: GridMoE, logits: list[float]) -> None:
+    """Route one cell through a router whose logits are exactly ``logits`` (zero weights, the logits as bias)."""
+    router = layer.routers[0]
+    with torch.no_grad():
+        router.weight.zero_()
+        router.bias.copy_(torch.tensor(logits))
+    layer.route(torch.randn(1, 1, 1, router.in_features))
+
+
+def test_gate_entropy_covers_all_experts_even_at_top_1() -> None:
+    """Eq. 21-22 over the router's full softmax: non-zero with gradient at k = 1, and a router that always picks the
+    same two experts with equal logits is penalised more (lower entropy) than one spread over all four."""
+    layer = moe_layer(experts=4, top_k=1).eval()
+    _route_with_logits(layer, [0.0, 0.0, 0.0, 0.0])
+    balanced = float(layer.neg_entropy.detach())
+    assert balanced == pytest.approx(-np.log(4), abs=1e-5)
+    _route_with_logits(layer, [4.0, 4.0, -4.0, -4.0])  # collapsed onto two experts
+    collapsed = layer.neg_entropy
+    assert collapsed.requires_grad
+    collapsed.backward()
+    assert layer.routers[0].bias.grad is not None and layer.routers[0].bias.grad.abs().sum() > 0
+    assert float(collapsed.detach()) > balanced + 0.5  # a larger loss term for the collapsed router
+
+
+def test_each_view_routes_with_its_own_router() -> None:
+    """Fig. 4: query and reference passes use different routers over the same experts; ``routers: shared`` has one."""
+    torch.manual_seed(0)
+    model = SMGeo(tiny_spec()).eval()
+    layer = model.moe_layers[0]
+    assert len(layer.routers) == 2
+    with torch.no_grad():
+        layer.routers[0].weight.normal_()  # make the two routers choose differently
+        layer.routers[1].weight.normal_()
+    x = torch.randn(2, 4, 8, 8, layer.routers[0].in_features)[0]
+    layer.view = 0
+    ids_query, _ = layer.route(x)
+    layer.view = 1
+    ids_reference, _ = layer.route(x)
+    assert not torch.equal(ids_query, ids_reference)
+    q, c, r = inputs()
+    out = model(q, c, r)
+    out.neg_entropy.backward()
+    assert all(router.weight.grad is not None for router in layer.routers)  # both views trained
+    shared = SMGeo(tiny_spec(gmoe={**TINY_GMOE, "routers": "shared"}))
+    assert len(shared.moe_layers[0].routers) == 1
 
 
 def test_prediction_depends_on_query_image_and_click() -> None:
@@ -108,12 +159,21 @@ def test_prediction_depends_on_query_image_and_click() -> None:
         assert (changed - base).abs().max() > 1e-4
 
 
-def test_upcycled_experts_reproduce_the_dense_block_at_init() -> None:
-    """Experts start as copies of the block's FFN and the top-k gates sum to 1, so GMoE = FFN at first."""
+@pytest.mark.parametrize("dense_path", [True, False])
+def test_gmoe_blocks_equal_the_dense_block_at_init(dense_path: bool) -> None:
+    """Beside a kept FFN the experts start at output 0; in its place they start as copies of it and the top-k
+    gates sum to 1. Either way GMoE = FFN at first, so a pretrained backbone starts unchanged."""
     torch.manual_seed(0)
     spec = tiny_spec(gmoe={"experts": 3, "top_k": 2, "grid": [2, 2], "blocks": ["none", "none", "none"]})
     dense = SMGeo(spec).eval()
-    moe = {"experts": 3, "top_k": 2, "grid": [2, 2], "blocks": ["none", "all", "all"], "share_per_stage": False}
+    ratio = 0.5 if dense_path else None
+    moe = {
+        **TINY_GMOE,
+        "blocks": ["none", "all", "all"],
+        "share_per_stage": False,
+        "dense_path": dense_path,
+        "expert_mlp_ratio": ratio,
+    }
     torch.manual_seed(0)
     sparse = SMGeo(tiny_spec(gmoe=moe)).eval()
     assert len(sparse.moe_layers) == 4 and len(sparse.moe_layers[0].experts) == 3
@@ -123,6 +183,29 @@ def test_upcycled_experts_reproduce_the_dense_block_at_init() -> None:
     x = torch.randn(1, 4, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(sparse.backbone.forward_features(x), dense.backbone.forward_features(x))
+
+
+def _parameters(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def test_parameter_count_grows_by_the_expert_formula() -> None:
+    """Paper design at reduced width: each expert adds (d^2 + 1.5 d) per stage pool (hidden d/2, two layers with
+    biases) and 2 (d + 1) per GMoE block (one router column per view); the dense FFNs stay. Table II's +0.74M per
+    expert is this formula at Swin-T's widths (test_real_size checks the real rows)."""
+    blocks = ["none", "even", "all"]  # stage dims 16, 32, 64; GMoE blocks: 1 in stage 1, 2 in stage 2
+    dims, blocks_per_stage = [32, 64], [1, 2]
+    dense = _parameters(SMGeo(tiny_spec(gmoe={**TINY_GMOE, "blocks": ["none"] * 3})))
+    per_expert = sum(d * d + 3 * d // 2 + n * 2 * (d + 1) for d, n in zip(dims, blocks_per_stage, strict=True))
+    for experts in (2, 3, 5):
+        model = SMGeo(tiny_spec(gmoe={**TINY_GMOE, "experts": experts, "blocks": blocks}))
+        assert _parameters(model) == dense + experts * per_expert
+    # the full-size option replaces each FFN by E copies of its size (8 d^2 + 5 d each at mlp ratio 4)
+    full = SMGeo(tiny_spec(gmoe={**TINY_GMOE, "blocks": blocks, "dense_path": False, "expert_mlp_ratio": None}))
+    ffn = sum(8 * d * d + 5 * d for d in dims)
+    routers = sum(n * 2 * 3 * (d + 1) for d, n in zip(dims, blocks_per_stage, strict=True))
+    replaced = sum((n - 1) * (8 * d * d + 5 * d) for d, n in zip(dims, blocks_per_stage, strict=True))
+    assert _parameters(full) == dense - ffn - replaced + 3 * ffn + routers
 
 
 def test_targets_and_decoding_round_trip_on_hand_made_boxes() -> None:
@@ -194,7 +277,15 @@ def test_pretrained_backbone_loads_from_a_local_file(tmp_path: Path) -> None:
     saved = torch.load(path)
     torch.testing.assert_close(loaded.backbone.patch_embed.proj.weight, saved["patch_embed.proj.weight"])
     assert not torch.equal(first.backbone.patch_embed.proj.weight, saved["patch_embed.proj.weight"])
-    expert = loaded.moe_layers[0].experts[0]
+    kept = loaded.backbone.layers[1].blocks[0].mlp.dense  # the dense FFN beside the experts is the pretrained one
+    torch.testing.assert_close(kept.fc1.weight, saved["layers.1.blocks.0.mlp.fc1.weight"])
+    upcycled = SMGeo(
+        tiny_spec(
+            backbone={**tiny_spec().backbone.model_dump(), "pretrained": str(path)},
+            gmoe={**TINY_GMOE, "dense_path": False, "expert_mlp_ratio": None},
+        )
+    )
+    expert = upcycled.moe_layers[0].experts[0]
     torch.testing.assert_close(expert.fc1.weight, saved["layers.1.blocks.0.mlp.fc1.weight"])  # upcycled from it
 
 
@@ -217,3 +308,41 @@ def test_spec_errors_name_the_problem() -> None:
         parse_spec(JobSpec, raw, "job.yaml")  # each family's train section has its own fields
     assert tiny_spec().moe_blocks() == [[], [0], [0, 1]]
     assert SMGeoModelSpec(name="smgeo").moe_blocks() == [[], [0], [0, 2, 4], [0]]
+
+
+class _Shard:
+    """A validation shard's ``iter_batches`` over fixed numpy batches (what Ray Train hands a worker)."""
+
+    def __init__(self, batches: list[dict[str, np.ndarray]]) -> None:
+        self.batches = batches
+
+    def iter_batches(self, **_: object) -> list[dict[str, np.ndarray]]:
+        return self.batches
+
+
+def test_validation_and_test_decoding_agree_exactly_under_autocast() -> None:
+    """The best epoch is picked by validation: it must decode exactly as the test evaluation does (fp32), even
+    when the training loop runs with bf16 autocast around it."""
+    from geomoe.data.localization import to_file_pixels
+    from geomoe.families.smgeo.step import validate
+    from geomoe.metrics import clamped_iou
+    from geomoe.models.smgeo import predict_input_boxes
+
+    torch.manual_seed(0)
+    model = SMGeo(tiny_spec()).eval()
+    q, c, r = inputs(batch=4)
+    reference = np.full((4, 2), 1000.0)
+    box = torch.tensor([[8.0, 8.0, 40.0, 40.0], [0.0, 10.0, 20.0, 60.0], [30.0, 30.0, 50.0, 44.0], [1, 2, 63, 63.0]])
+    fp32, _ = predict_input_boxes(model, q, c, r)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under_autocast, _ = predict_input_boxes(model, q, c, r)
+        shard = _Shard([{"query": q.numpy(), "click": c.numpy(), "reference": r.numpy(), "box": box.numpy(),
+                         "reference_wh": reference}])  # fmt: skip
+        metrics = validate(model, shard, 4, torch.device("cpu"), 64)
+    np.testing.assert_array_equal(under_autocast, fp32)
+    with torch.no_grad():
+        out = model(q, c, r)
+    np.testing.assert_array_equal(fp32, decode_boxes(out.heatmap_logits, out.box, (64, 64)).numpy())
+    iou = clamped_iou(to_file_pixels(fp32, reference, 64), to_file_pixels(box.numpy(), reference, 64), reference)
+    assert metrics["val_miou"] == pytest.approx(100 * float(iou.mean()), abs=1e-9)
+    assert metrics["val_acc25"] == pytest.approx(100 * float((iou > 0.25).mean()), abs=1e-9)

@@ -37,7 +37,13 @@ BlockChoice = Literal["none", "even", "all"] | list[int]
 
 
 class GMoESpec(Strict):
-    """Grid-level sparse mixture of experts replacing the FFN of chosen Swin blocks (SMGeo Eq. 7-9)."""
+    """Grid-level sparse mixture of experts in the FFN of chosen Swin blocks (SMGeo Eq. 7-9).
+
+    The defaults reproduce the paper's parameter counts (Table II: 29.13M without GMoE, +0.74M per expert):
+    each block keeps its dense FFN and adds the top-k of E experts of hidden size dim / 2 from one pool per stage
+    (``dense_path: true``, ``expert_mlp_ratio: 0.5``). ``dense_path: false`` with ``expert_mlp_ratio: null``
+    replaces the FFN by full-size experts upcycled from it (our earlier design, 58.5M at E = 6).
+    """
 
     experts: int = Field(6, ge=1)
     top_k: int = Field(2, ge=1)
@@ -47,7 +53,11 @@ class GMoESpec(Strict):
         ["none", "even", "even", "even"], description="per stage: none | even | all | explicit block indices"
     )
     share_per_stage: bool = Field(True, description="one expert pool per stage, a router per block")
-    expert_mlp_ratio: float | None = Field(None, gt=0, description="expert hidden size / dim; None = the FFN's")
+    expert_mlp_ratio: float | None = Field(0.5, gt=0, description="expert hidden size / dim; None = the FFN's")
+    dense_path: bool = Field(True, description="keep the block's dense FFN beside the experts: y = FFN(x) + MoE(x)")
+    routers: Literal["per_view", "shared"] = Field(
+        "per_view", description="Fig. 4's view-specific routers (query, reference), or one router for both views"
+    )
 
     @model_validator(mode="after")
     def _k_fits(self) -> GMoESpec:
@@ -79,9 +89,9 @@ class SMGeoModelSpec(FamilyModelSpec):
     reference_size: int = Field(1024, ge=16, description="satellite tile side after resizing")
     click_sigma: float = Field(0.03, gt=0, description="click heat Gaussian sigma / query side")
     query_pool: Literal["click", "mean"] = Field(
-        "click", description="query vector for Eq. 10: click-heat-weighted or plain average of query features"
+        "mean", description="query vector for Eq. 10: the paper's plain average, or our click-heat-weighted one"
     )
-    head_channels: int = Field(256, ge=4)
+    head_channels: int = Field(192, ge=4, description="not stated in the paper; 192 reproduces its #P")
     loss: SMGeoLossSpec = Field(default_factory=lambda: SMGeoLossSpec())
 
     @model_validator(mode="after")

@@ -6,13 +6,17 @@ cell is processed by those k experts alone, weighted by the cell's gates (Eq. 9)
 are grouped per expert and each expert runs once on its own group, so compute grows with k, not E (the
 authors' public code computes all E experts for every token and then gathers two).
 
+Fig. 4 gives each view its own router ("a view-specific router for top-k expert selection"): a layer holds one
+router per view and ``view`` (set by the model before each pass) picks it; the experts are shared by the views.
+
 Forward steps of ``GridMoE``:
-1. pool the map into G cells (adaptive average pooling) -> router logits (B, G, E); add Gaussian noise in
-   training;
+1. pool the map into G cells (adaptive average pooling) -> the current view's router logits (B, G, E); add
+   Gaussian noise in training;
 2. top-k per cell, softmax over the k logits -> gates (B, G, k), expert ids (B, G, k);
 3. each token inherits its cell's ids and gates; sparse dispatch per expert; weighted sum;
-4. record sum_i g_i log g_i per cell (the negative of Eq. 21's entropy, with gradient into the router) and
-   how often each expert was chosen (for monitoring).
+4. record sum_i p_i log p_i per cell over the router's full softmax over all E experts (the negative of
+   Eq. 21's entropy, whose sum runs to k, "the total number of experts" in Eq. 7's notation; gradient into the
+   router), and how often each expert was chosen (for monitoring).
 """
 
 from __future__ import annotations
@@ -32,6 +36,12 @@ class ExpertFFN(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out: torch.Tensor = self.fc2(F.gelu(self.fc1(x)))
         return out
+
+    @torch.no_grad()
+    def zero_output(self) -> None:
+        """Output 0 at init: an expert added beside a kept dense FFN leaves the pretrained block unchanged."""
+        self.fc2.weight.zero_()
+        self.fc2.bias.zero_()
 
     @torch.no_grad()
     def copy_from(self, fc1: nn.Linear, fc2: nn.Linear) -> None:
@@ -77,18 +87,26 @@ def dense_reference(
 class GridMoE(nn.Module):
     """Router over grid cells + a pool of experts (possibly shared with other GridMoE layers of a stage).
 
-    After each forward: ``neg_entropy`` (scalar, mean over images and cells of sum_i g_i log g_i; it carries
-    gradient) and ``usage`` (E,), how many (cell, slot) choices went to each expert (no gradient).
+    After each forward: ``neg_entropy`` (scalar, mean over images and cells of sum_i p_i log p_i over the full
+    router softmax; it carries gradient) and ``usage`` (E,), how many (cell, slot) choices went to each expert
+    (no gradient).
     """
 
     def __init__(
-        self, dim: int, experts: nn.ModuleList, top_k: int, grid: tuple[int, int], noise_std: float = 0.0
+        self,
+        dim: int,
+        experts: nn.ModuleList,
+        top_k: int,
+        grid: tuple[int, int],
+        noise_std: float = 0.0,
+        views: int = 1,
     ) -> None:
         super().__init__()
         if not 1 <= top_k <= len(experts):
             raise ValueError(f"top_k {top_k} must be between 1 and the {len(experts)} experts")
         self.experts, self.top_k, self.grid, self.noise_std = experts, top_k, grid, noise_std
-        self.router = nn.Linear(dim, len(experts))
+        self.routers = nn.ModuleList(nn.Linear(dim, len(experts)) for _ in range(views))
+        self.view = 0  # which router the next pass uses (one router shared by every view when there is one)
         self.dense = False  # True: compute every expert on every token (reference path; same result)
         self.neg_entropy = torch.zeros(())
         self.usage = torch.zeros(len(experts))
@@ -100,12 +118,14 @@ class GridMoE(nn.Module):
     def route(self, x_BHWC: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Top-k expert ids and gates per grid cell, (B, G, k) each (Eq. 8)."""
         cells_BCG = F.adaptive_avg_pool2d(x_BHWC.permute(0, 3, 1, 2), self.cells(*x_BHWC.shape[1:3])).flatten(2)
-        logits_BGE = self.router(cells_BCG.transpose(1, 2))
+        router = self.routers[min(self.view, len(self.routers) - 1)]
+        logits_BGE = router(cells_BCG.transpose(1, 2))
+        log_p_BGE = logits_BGE.float().log_softmax(dim=-1)  # the router's distribution over all E experts
+        self.neg_entropy = (log_p_BGE.exp() * log_p_BGE).sum(-1).mean()
         if self.training and self.noise_std > 0:
             logits_BGE = logits_BGE + torch.randn_like(logits_BGE) * self.noise_std
         top_logits, ids_BGK = logits_BGE.topk(self.top_k, dim=-1)
         gates_BGK = top_logits.float().softmax(dim=-1)
-        self.neg_entropy = (gates_BGK * gates_BGK.clamp_min(1e-9).log()).sum(-1).mean()
         self.usage = torch.bincount(ids_BGK.reshape(-1), minlength=len(self.experts)).detach()
         return ids_BGK, gates_BGK
 

@@ -3,10 +3,11 @@
 Forward steps (``SMGeo.forward``):
 1. query input = RGB + a click heat channel (a Gaussian at the click); reference input = RGB + a zero channel;
 2. one shared Swin (timm: windowed and shifted-window attention with relative position bias, Eq. 1-6) encodes
-   both, with the FFN of chosen blocks replaced by a grid-level sparse MoE (``gmoe.GridMoE``, Eq. 7-9);
+   both, with a grid-level sparse MoE (``gmoe.GridMoE``, Eq. 7-9) in the FFN of chosen blocks: beside the
+   block's dense FFN (the paper's #P) or in its place; each view routes with its own router (Fig. 4);
 3. query-guided fusion (Eq. 10): a pooled query vector against every reference location, sigmoid, weighting
-   the reference features. The query vector is the click-heat-weighted average of the query features
-   (``query_pool: click``) or their plain average (``mean``, the paper's wording);
+   the reference features. The query vector is the plain average of the query features (``query_pool: mean``,
+   the paper's) or, our option, their click-heat-weighted average (``click``);
 4. anchor-free head (Eq. 11-12): two conv-BN-ReLU layers, then a centre heatmap and (dx, dy, w, h) per cell.
 ``decode_boxes`` turns the most confident cell into an absolute xyxy box in reference pixels (DetGeo protocol).
 Targets and losses (Eq. 14-22) live in ``geomoe.losses``.
@@ -17,6 +18,7 @@ from __future__ import annotations
 import math
 from typing import Any, NamedTuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -34,6 +36,7 @@ class SMGeoOutput(NamedTuple):
 
 
 HEATMAP_PRIOR = 0.1  # initial centre probability per cell (CenterNet's bias initialisation)
+QUERY_VIEW, REFERENCE_VIEW = 0, 1  # router index of each view (GMoE routers per view, Fig. 4)
 
 
 def build_swin(spec: SwinSpec, image_size: int) -> Any:
@@ -63,42 +66,53 @@ def build_swin(spec: SwinSpec, image_size: int) -> Any:
 
 
 class _TokenMoE(nn.Module):
-    """Stands in for a Swin block's MLP: the block hands it (B, H*W, C); the map shape comes from a hook."""
+    """Stands in for a Swin block's MLP: the block hands it (B, H*W, C); the map shape comes from a hook.
+    With ``dense`` (the block's own FFN, kept), the output is dense(x) + MoE(x)."""
 
-    def __init__(self, moe: GridMoE) -> None:
+    def __init__(self, moe: GridMoE, dense: nn.Module | None) -> None:
         super().__init__()
-        self.moe = moe
+        self.moe, self.dense = moe, dense
         self.hw = (0, 0)
 
     def forward(self, x_BLC: torch.Tensor) -> torch.Tensor:
         batch, _, dim = x_BLC.shape
-        mixed: torch.Tensor = self.moe(x_BLC.reshape(batch, *self.hw, dim))
-        return mixed.reshape(batch, -1, dim)
+        mixed: torch.Tensor = self.moe(x_BLC.reshape(batch, *self.hw, dim)).reshape(batch, -1, dim)
+        return mixed if self.dense is None else self.dense(x_BLC) + mixed
 
 
 def _remember_map_shape(block: Any, args: tuple[torch.Tensor, ...]) -> None:
     block.mlp.hw = tuple(args[0].shape[1:3])  # Swin blocks take (B, H, W, C)
 
 
+def _expert_pool(dense: Any, spec: SMGeoModelSpec) -> nn.ModuleList:
+    """E experts for a block whose FFN is ``dense``. Beside a kept FFN they start at output 0 (the block is the
+    pretrained one at first); in its place they start as copies of it (upcycling)."""
+    g = spec.gmoe
+    dim = dense.fc1.in_features
+    hidden = dense.fc1.out_features if g.expert_mlp_ratio is None else round(dim * g.expert_mlp_ratio)
+    experts = [ExpertFFN(dim, hidden) for _ in range(g.experts)]
+    for expert in experts:
+        if g.dense_path:
+            expert.zero_output()
+        elif hidden <= dense.fc1.out_features:
+            expert.copy_from(dense.fc1, dense.fc2)
+    return nn.ModuleList(experts)
+
+
 def insert_gmoe(backbone: Any, spec: SMGeoModelSpec) -> list[GridMoE]:
-    """Replace the MLP of the chosen blocks by GMoE layers; experts start as copies of the stage's dense FFN."""
+    """Put GMoE layers in the MLP of the chosen blocks (beside the dense FFN or in its place)."""
     layers: list[GridMoE] = []
     g = spec.gmoe
+    views = 2 if g.routers == "per_view" else 1
     for stage, picks in zip(backbone.layers, spec.moe_blocks(), strict=True):
         pool: nn.ModuleList | None = None
         for index in picks:
             block: Any = stage.blocks[index]
             dense = block.mlp
-            dim = dense.fc1.in_features
             if pool is None or not g.share_per_stage:
-                hidden = dense.fc1.out_features if g.expert_mlp_ratio is None else round(dim * g.expert_mlp_ratio)
-                experts = [ExpertFFN(dim, hidden) for _ in range(g.experts)]
-                if hidden <= dense.fc1.out_features:
-                    for expert in experts:
-                        expert.copy_from(dense.fc1, dense.fc2)
-                pool = nn.ModuleList(experts)
-            moe = GridMoE(dim, pool, g.top_k, (g.grid[0], g.grid[1]), g.noise_std)
-            block.mlp = _TokenMoE(moe)
+                pool = _expert_pool(dense, spec)
+            moe = GridMoE(dense.fc1.in_features, pool, g.top_k, (g.grid[0], g.grid[1]), g.noise_std, views)
+            block.mlp = _TokenMoE(moe, dense if g.dense_path else None)
             block.register_forward_pre_hook(_remember_map_shape)
             layers.append(moe)
     return layers
@@ -131,8 +145,11 @@ class SMGeo(nn.Module):
         self.box = nn.Conv2d(spec.head_channels, 4, 1)
         nn.init.constant_(self.heatmap.bias, -math.log((1 - HEATMAP_PRIOR) / HEATMAP_PRIOR))  # type: ignore[arg-type]
 
-    def encode(self, image_B4HW: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """Shared backbone: (B, h, w, C) features and each GMoE layer's neg-entropy of this pass."""
+    def encode(self, image_B4HW: torch.Tensor, view: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Shared backbone: (B, h, w, C) features and each GMoE layer's neg-entropy of this pass.
+        ``view`` (QUERY_VIEW or REFERENCE_VIEW) picks the GMoE layers' router when routers are per view."""
+        for layer in self.moe_layers:
+            layer.view = view
         features = self.backbone.forward_features(image_B4HW)
         return features, [layer.neg_entropy for layer in self.moe_layers]
 
@@ -158,9 +175,9 @@ class SMGeo(nn.Module):
         heat = click_heat(clicks_B2, qh, qw, self.spec.click_sigma * qw)
         if not use_click:
             heat = torch.zeros_like(heat)
-        query, entropy_q = self.encode(torch.cat([query_B3HW, heat.to(query_B3HW.dtype)], dim=1))
+        query, entropy_q = self.encode(torch.cat([query_B3HW, heat.to(query_B3HW.dtype)], dim=1), QUERY_VIEW)
         blank = reference_B3HW.new_zeros(batch, 1, *reference_B3HW.shape[2:])
-        reference, entropy_r = self.encode(torch.cat([reference_B3HW, blank], dim=1))
+        reference, entropy_r = self.encode(torch.cat([reference_B3HW, blank], dim=1), REFERENCE_VIEW)
         q_BC = self.query_vector(query, heat)
         dim = reference.shape[-1]
         attention_Bhw = torch.sigmoid(torch.einsum("bc,bhwc->bhw", q_BC, reference) / math.sqrt(dim))  # Eq. 10
@@ -187,6 +204,20 @@ def decode_boxes(
     cx, cy = (col + dx) * sx, (row + dy) * sy
     half_w, half_h = bw.clamp_min(0) * sx / 2, bh.clamp_min(0) * sy / 2
     return torch.stack([cx - half_w, cy - half_h, cx + half_w, cy + half_h], dim=1)
+
+
+def predict_input_boxes(
+    model: nn.Module, query: torch.Tensor, click: torch.Tensor, reference: torch.Tensor, use_click: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
+    """(B, 4) xyxy boxes in reference input pixels and (B,) centre confidences, the forward and the decoding in
+    fp32 whatever autocast is active: validation (which picks the best epoch), test evaluation and serving share
+    this, so they agree exactly."""
+    with torch.autocast(query.device.type, enabled=False), torch.no_grad():
+        out = model(query.float(), click.float(), reference.float(), use_click=use_click)
+        size = (reference.shape[-2], reference.shape[-1])
+        boxes = decode_boxes(out.heatmap_logits.float(), out.box.float(), size)
+        scores = torch.sigmoid(out.heatmap_logits.float().flatten(1).max(dim=1).values)
+    return boxes.cpu().numpy(), scores.cpu().numpy()
 
 
 def load_smgeo(directory: str) -> tuple[SMGeo, JobSpec, dict[str, Any]]:

@@ -50,13 +50,12 @@ class PredictBoxes:
         self.device, self.use_click, self.size = device, use_click, spec.model_as(SMGeoModelSpec).reference_size
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from geomoe.models.smgeo import decode_boxes
+        from geomoe.models.smgeo import predict_input_boxes
 
-        torch = self.torch
-        with torch.no_grad():
-            inputs = [torch.from_numpy(batch[k]).to(self.device) for k in ("query", "click", "reference")]
-            out = self.model(*inputs, use_click=self.use_click)
-            pred = decode_boxes(out.heatmap_logits, out.box, (self.size, self.size)).float().cpu().numpy()
+        query, click, reference = (
+            self.torch.from_numpy(batch[k]).to(self.device) for k in ("query", "click", "reference")
+        )
+        pred, _ = predict_input_boxes(self.model, query, click, reference, self.use_click)
         return {
             "sample_id": batch["sample_id"],
             "pred": to_file_pixels(pred, batch["reference_wh"], self.size),

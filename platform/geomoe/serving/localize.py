@@ -29,15 +29,13 @@ class Localizer:
         import torch
 
         from geomoe.data.localization import decode_request, to_file_pixels
-        from geomoe.models.smgeo import decode_boxes
+        from geomoe.models.smgeo import predict_input_boxes
 
         decoded = [decode_request(q, c, r, self.query_size, self.reference_size) for q, c, r in requests]
-        inputs = [torch.from_numpy(np.stack([d[k] for d in decoded])) for k in ("query", "click", "reference")]
-        with torch.no_grad():
-            out = self.model(*inputs)
-        size = (self.reference_size, self.reference_size)
-        boxes = decode_boxes(out.heatmap_logits, out.box, size).float().numpy()
-        scores = torch.sigmoid(out.heatmap_logits.flatten(1).max(dim=1).values).float().numpy()
+        query, click, reference = (
+            torch.from_numpy(np.stack([d[k] for d in decoded])) for k in ("query", "click", "reference")
+        )
+        boxes, scores = predict_input_boxes(self.model, query, click, reference)
         wh = np.stack([d["reference_wh"] for d in decoded])
         return [{"box": box.tolist(), "score": float(score)}
                 for box, score in zip(to_file_pixels(boxes, wh, self.reference_size), scores, strict=True)]  # fmt: skip

@@ -96,14 +96,28 @@ class SMGeoFamily(Family):
         return metrics
 
     def report(self, spec: JobSpec, results: dict[str, Any]) -> str:
-        return localization_table(results["model"])
+        return localization_table(results["model"], our_choices(spec.model_as(SMGeoModelSpec)))
 
 
-def localization_table(result: dict[str, Any]) -> str:
+def our_choices(model: SMGeoModelSpec) -> list[str]:
+    """Where this model departs from the paper's design (README: deviations), for the report's label."""
+    g = model.gmoe
+    choices = []
+    if model.query_pool == "click":
+        choices.append("click-weighted query pooling (ours; the paper averages)")
+    if g.routers == "shared":
+        choices.append("one router for both views (ours; the paper's are per view)")
+    if not g.dense_path:
+        choices.append("experts in place of the FFN (ours; the paper's #P keeps it)")
+    return choices
+
+
+def localization_table(result: dict[str, Any], choices: list[str] | None = None) -> str:
     """SMGeo against its two baselines on the test split, plus per-class and per-size acc@0.25."""
     test = result["test"]
     lines = [
         f"object localization, test split, DetGeo protocol (%), {test['smgeo']['count']} samples",
+        *(f"  design: {choice}" for choice in choices or []),
         f"  {'method':<16}{'acc@0.25':>10}{'acc@0.5':>10}{'mIoU':>8}",
     ]
     for name in METHODS:

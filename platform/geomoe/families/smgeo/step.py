@@ -1,7 +1,7 @@
 """SMGeo's training step and per-epoch validation (worker side), run by the training engine.
 
-Training pairs are augmented (bbox-safe flip and crop); validation never is. Validation decodes boxes in fp32 (the
-engine evaluates outside autocast), exactly as the test evaluation does.
+Training pairs are augmented (bbox-safe flip and crop); validation never is. Validation predicts boxes with
+``predict_input_boxes`` (fp32 whatever autocast is active), exactly as the test evaluation does.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from geomoe.config.smgeo import SMGeoModelSpec, SMGeoTrainSpec
 from geomoe.data.localization import augment_pair, to_file_pixels
 from geomoe.losses import smgeo_objective
 from geomoe.metrics import clamped_iou
-from geomoe.models.smgeo import SMGeo, decode_boxes
+from geomoe.models.smgeo import SMGeo, predict_input_boxes
 from geomoe.train.engine import Batch, LoopConfig, TrainingTask
 
 VAL_METRIC = "val_acc50"
@@ -31,8 +31,7 @@ def validate(model: torch.nn.Module, shard: Any, batch_size: int, device: torch.
     sums = torch.zeros(4, dtype=torch.float64)  # count, IoU > 0.25, IoU > 0.5, IoU
     for batch in shard.iter_batches(batch_size=batch_size, batch_format="numpy"):
         query, click, reference, box = _tensors(batch)
-        out = model(query.to(device), click.to(device), reference.to(device))
-        pred = decode_boxes(out.heatmap_logits.float(), out.box.float(), (size, size)).cpu().numpy()
+        pred, _ = predict_input_boxes(model, query.to(device), click.to(device), reference.to(device))
         wh = batch["reference_wh"]
         iou = clamped_iou(to_file_pixels(pred, wh, size), to_file_pixels(box.numpy(), wh, size), wh)
         sums += torch.tensor([len(iou), (iou > 0.25).sum(), (iou > 0.5).sum(), iou.sum()], dtype=torch.float64)
