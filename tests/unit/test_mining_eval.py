@@ -70,3 +70,29 @@ def test_chance_levels_and_gallery() -> None:
     assert chance["exact"] == {"R@1": pytest.approx(100 / 3), "R@3": 100.0}
     # building 1 has 2 of 3 images: P(hit@1) = 2/3; building 2: 1/3 -> mean over captions (1,1,1,2)
     assert chance["building"]["R@1"] == pytest.approx(100 * (3 * 2 / 3 + 1 / 3) / 4)
+
+
+def test_paper_mining_ranks_the_whole_training_gallery_by_the_fused_score(tmp_path) -> None:
+    """PE-MoE sec. 3.3: "we test the model on the training set itself" -> negatives from any platform, ranked by
+    Eq. 1; ``mining_scope: platform`` (ours) keeps each row's negatives on its own platform, by its expert."""
+    from geomoe.families.pe_moe.driver import hard_negative_paths
+    from tiny_jobs import pe_moe_job
+
+    # the tiny job's three experts (satellite 0, drone 1, ground 2), D = 2; the query is row 0 (building A, drone)
+    rows = [
+        {"image_path": "a_drone", "building_id": "A", "expert": 1},
+        {"image_path": "b_sat", "building_id": "B", "expert": 0},
+        {"image_path": "c_drone", "building_id": "C", "expert": 1},
+        {"image_path": "d_sat", "building_id": "D", "expert": 0},
+    ]
+    paths = sorted(r["image_path"] for r in rows)  # a_drone, b_sat, c_drone, d_sat
+    t_KQD = np.tile(np.array([1, 0], np.float32), (3, 4, 1))
+    g_QK = np.tile(np.array([0.5, 0.5, 0.0], np.float32), (4, 1))
+    # fused scores of query 0: b_sat 0.5 * 1.0 + 0.5 * 0.9 = 0.95, c_drone 0.5 * 0.0 + 0.5 * 0.5 = 0.25, d_sat 0
+    v_KND = np.array([[[1, 0], [1, 0], [0, 1], [0, 1]], [[1, 0], [0.9, 0], [0.5, 0], [0, 1]], [[0, 1]] * 4], np.float32)
+    spec = pe_moe_job(tmp_path, tmp_path)
+    assert [e.name for e in spec.model.experts] == ["satellite", "drone", "ground"]
+    assert spec.train.mining_scope == "gallery"  # the paper's is the default
+    assert hard_negative_paths(spec, rows, paths, t_KQD, g_QK, v_KND)[0] == ["b_sat"]  # another platform
+    own = spec.model_copy(update={"train": spec.train.model_copy(update={"mining_scope": "platform"})})
+    assert hard_negative_paths(own, rows, paths, t_KQD, g_QK, v_KND)[0] == ["c_drone"]  # the drone expert's

@@ -101,7 +101,7 @@ class PEMoEModelSpec(FamilyModelSpec):
 # train fields that only stage 2 (and its mining) reads: changing them keeps a finished stage 1
 STAGE2_FIELDS = frozenset(
     {"stage2_epochs", "stage2_contrastive_weight", "stage2_hard_weight", "stage2_lr_scale", "hard_negatives"}
-    | {"mining_chunk", "mining_pool", "semi_hard"}
+    | {"mining_chunk", "mining_pool", "semi_hard", "mining_scope"}
 )
 
 
@@ -120,6 +120,11 @@ class PEMoETrainSpec(TrainSpec):
     stage2_hard_weight: float = Field(1.0, ge=0)
     stage2_lr_scale: float = Field(0.1, gt=0, description="stage 2 fine-tunes the stage-1 model at lr x this")
     mining_chunk: int = Field(1024, ge=1, description="queries scored at once while mining")
+    mining_scope: Literal["gallery", "platform"] = Field(
+        "gallery",
+        description="gallery: the paper's, the model (Eq. 1) tested on the whole training set; platform: ours, "
+        "each expert's own score over its own platform's images",
+    )
     use_statements: bool = Field(True, description="train on a random short statement half of the time")
 
     def fields_ignored_by_stage(self, stage: int) -> frozenset[str]:

@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 
 from geomoe import storage
 from geomoe.config import JobSpec, RefineSpec
+from geomoe.data.transforms import normalize_caption
 from geomoe.engines.prompts import RefinePrompts, clean_generation, load_prompts, rejection
 from geomoe.pipelines.engine_pool import engine_pool_options
 from geomoe.pipelines.llm import generate
@@ -30,14 +31,19 @@ log = logging.getLogger(__name__)
 MANIFEST = storage.MANIFEST
 
 
-def apply_refinement(batch: pa.Table, generated: list[str | None], refine: RefineSpec) -> pa.Table:
-    """Replace each caption by its generated text when that passes the checks; record why not otherwise."""
+def apply_refinement(batch: pa.Table, generated: list[str | None], refine: RefineSpec, caption_words: int) -> pa.Table:
+    """Replace each caption by its generated text when that passes the checks; record why not otherwise.
+
+    An accepted text is normalised like every prepared training caption (X-VLM pre_caption, cut at
+    ``caption_words`` = preprocess.max_words_train), so refined and unrefined rows look alike to the model."""
     captions = batch["caption"].to_pylist()
     new, status = [], []
     for original, text, augment in zip(captions, generated, batch["augment"].to_pylist(), strict=True):
         text = None if text is None else clean_generation(text)
         reason = rejection(text, original, bool(augment), refine.min_words, refine.max_words)
-        new.append(original if reason else text)
+        normalised = normalize_caption(text, caption_words) if text and not reason else ""
+        reason = reason or ("" if normalised else "empty after normalisation")
+        new.append(original if reason else normalised)
         status.append(reason or "refined")
     # a refined caption is already a short statement; a kept one keeps its statements from prepare
     old_statements = batch["statements"].to_pylist()
@@ -52,7 +58,7 @@ def apply_refinement(batch: pa.Table, generated: list[str | None], refine: Refin
 class RefineBatch:
     """Ray Data actor for the ``transformers`` engine: rows of a shard -> refined (or kept) captions."""
 
-    def __init__(self, refine: RefineSpec) -> None:
+    def __init__(self, refine: RefineSpec, caption_words: int) -> None:
         from geomoe.engines.local import TransformersEngine
 
         e = refine.engine
@@ -61,11 +67,12 @@ class RefineBatch:
             e.model, e.max_new_tokens, e.temperature, e.top_p, device=device, batch_size=e.batch_size
         )
         self.to_messages, self.refine = RefineMessages(load_prompts(refine.prompts)), refine
+        self.caption_words = caption_words
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        items = batch.select(["caption", "platform"]).to_pylist()
+        items = batch.select(["caption", "platform", "augment"]).to_pylist()
         generated = self.engine.generate([self.to_messages(item) for item in items])
-        return apply_refinement(batch, generated, self.refine)
+        return apply_refinement(batch, generated, self.refine, self.caption_words)
 
 
 class RefineMessages:
@@ -88,7 +95,9 @@ def _write_shard(table: pa.Table, location: str) -> None:
         pq.write_table(table, tmp)
 
 
-def _refine_shard(source: str, relative: str, target: str, refine: RefineSpec, prompts: RefinePrompts) -> None:
+def _refine_shard(
+    source: str, relative: str, target: str, refine: RefineSpec, prompts: RefinePrompts, caption_words: int
+) -> None:
     import ray.data
 
     table = _read_shard(source)
@@ -99,12 +108,13 @@ def _refine_shard(source: str, relative: str, target: str, refine: RefineSpec, p
         if name not in table.column_names:
             table = table.append_column(name, pa.array([value] * table.num_rows, pa.string()))
     if refine.engine.kind in ("http", "vllm"):
-        items = table.select(["caption", "platform"]).to_pylist()
-        refined = apply_refinement(table, generate(refine.engine, items, RefineMessages(prompts)), refine)
+        items = table.select(["caption", "platform", "augment"]).to_pylist()
+        generated = generate(refine.engine, items, RefineMessages(prompts))
+        refined = apply_refinement(table, generated, refine, caption_words)
     else:
         ds = ray.data.from_arrow(table).map_batches(
             RefineBatch,
-            fn_constructor_kwargs={"refine": refine},
+            fn_constructor_kwargs={"refine": refine, "caption_words": caption_words},
             batch_format="pyarrow",
             **engine_pool_options(refine.engine),
         )
@@ -135,7 +145,8 @@ def refine_captions(spec: JobSpec, manifest: dict[str, Any]) -> dict[str, Any]:
             done += 1
             continue
         log.info("refine: %s", relative)
-        _refine_shard(storage.join(source_root, relative), relative, target, refine, prompts)
+        source = storage.join(source_root, relative)
+        _refine_shard(source, relative, target, refine, prompts, spec.preprocess.max_words_train)
         redone += 1
     report = _report(pairs)
     refined_manifest = {

@@ -9,6 +9,7 @@ from geomoe.config import Track4Spec
 from geomoe.config.pe_moe import PEMoEModelSpec
 from geomoe.data.records import RejectLog
 from geomoe.data.track4 import SUBMISSION_DEPTH, list_gallery, read_queries, write_submission
+from geomoe.data.transforms import normalize_caption
 from geomoe.errors import DatasetError
 
 
@@ -26,9 +27,9 @@ def rank_track4(checkpoint: str, track4: Track4Spec, concurrency: int = 1) -> di
         raise DatasetError(f"{track4.gallery}: a submission ranks 10 images, the gallery has {len(gallery)}")
     model, tokenizer, spec, _ = load_pe_moe(checkpoint)
     vectors = embed_images(checkpoint, [path for _, path in gallery], concurrency=concurrency)
-    texts, gates = embed_texts(
-        model, tokenizer, [text for _, text in queries], spec.model_as(PEMoEModelSpec).text.max_length
-    )
+    # normalised exactly as the prepared test queries the model was evaluated on (X-VLM pre_caption)
+    normalised = [normalize_caption(text, spec.preprocess.max_words_test) for _, text in queries]
+    texts, gates = embed_texts(model, tokenizer, normalised, spec.model_as(PEMoEModelSpec).text.max_length)
     # the index's exact search: Eq. 1 as one inner product per image, a running top 10 (ties: gallery order)
     _, top = exact_search(index_rows(vectors, "float32"), query_rows(texts, gates), SUBMISSION_DEPTH)
     return {qid: [gallery[j][0] for j in row] for (qid, _), row in zip(queries, top, strict=True)}

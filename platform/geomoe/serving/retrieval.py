@@ -18,6 +18,7 @@ class QueryEncoder:
 
         self.model, self.tokenizer, spec, _ = load_pe_moe(checkpoint)
         self.max_length = spec.model_as(PEMoEModelSpec).text.max_length
+        self.max_words = spec.preprocess.max_words_test  # queries are normalised as the test queries were
         self.experts = [e.name for e in spec.model_as(PEMoEModelSpec).experts]
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
@@ -29,10 +30,12 @@ class QueryEncoder:
         return self.encode_now([query])[0]
 
     def encode_now(self, queries: list[str]) -> list[dict[str, Any]]:
+        from geomoe.data.transforms import normalize_caption
         from geomoe.retrieval.embed import embed_texts
         from geomoe.retrieval.index import query_rows
 
-        t_KQD, g_QK = embed_texts(self.model, self.tokenizer, queries, self.max_length)
+        texts = [normalize_caption(query, self.max_words) for query in queries]
+        t_KQD, g_QK = embed_texts(self.model, self.tokenizer, texts, self.max_length)
         vectors = query_rows(t_KQD, g_QK)
         return [{"vector": vectors[i], "gate": dict(zip(self.experts, g_QK[i].tolist(), strict=True))}
                 for i in range(len(queries))]  # fmt: skip

@@ -101,43 +101,68 @@ def fit_stage(
 
 
 def mine_negatives(spec: JobSpec, checkpoint: str, table: pa.Table) -> pa.Table:
-    """Append ``negative_paths``: per row, its expert's highest-scoring images of other buildings."""
+    """Append ``negative_paths``: per row, the highest-scoring training images of other buildings
+    (``hard_negative_paths`` on the model's embeddings of the training rows and images)."""
     from geomoe.pipelines.embed import embed_images
     from geomoe.retrieval.embed import embed_texts
-    from geomoe.retrieval.mining import mine_hard_negatives
 
-    train, model_spec = spec.train_as(PEMoETrainSpec), spec.model_as(PEMoEModelSpec)
     model, tokenizer, _, _ = load_pe_moe(checkpoint)
     rows = table.to_pylist()
     paths = sorted({r["image_path"] for r in rows})
-    image_meta = {r["image_path"]: (r["building_id"], r["expert"]) for r in rows}
     vectors = embed_images(checkpoint, paths, concurrency=spec.resources.data_concurrency)
-    texts, _ = embed_texts(model, tokenizer, [r["caption"] for r in rows], model_spec.text.max_length)
+    max_length = spec.model_as(PEMoEModelSpec).text.max_length
+    texts, gates = embed_texts(model, tokenizer, [r["caption"] for r in rows], max_length)
+    negatives = hard_negative_paths(spec, rows, paths, texts, gates, vectors)
+    return table.append_column("negative_paths", pa.array(negatives, pa.list_(pa.string())))
+
+
+def hard_negative_paths(
+    spec: JobSpec,
+    rows: list[dict[str, Any]],
+    paths: list[str],
+    t_KQD: np.ndarray,
+    g_QK: np.ndarray,
+    v_KND: np.ndarray,
+) -> list[list[str]]:
+    """Per row, its ``hard_negatives`` mined image paths.
+
+    ``mining_scope: gallery`` (the paper, sec. 3.3: "we test the model on the training set itself" and keep
+    "images that are semantically incorrect but have high similarity scores") ranks every training image by the
+    model's final score (Eq. 1). ``platform`` (ours) ranks only the row's own platform by its expert's score."""
+    from geomoe.retrieval.index import index_rows, query_rows
+    from geomoe.retrieval.mining import mine_hard_negatives
+
+    train = spec.train_as(PEMoETrainSpec)
+    image_meta = {r["image_path"]: (r["building_id"], r["expert"]) for r in rows}
+    if train.mining_scope == "gallery":
+        groups = [(list(range(len(rows))), list(range(len(paths))), query_rows(t_KQD, g_QK),
+                   index_rows(v_KND, "float32"), "the training gallery")]  # fmt: skip
+    else:
+        groups = []
+        for k, expert in enumerate(spec.model_as(PEMoEModelSpec).experts):
+            query_idx = [i for i, r in enumerate(rows) if r["expert"] == k]
+            gallery_idx = [j for j, p in enumerate(paths) if image_meta[p][1] == k]
+            if query_idx:
+                groups.append((query_idx, gallery_idx, t_KQD[k], v_KND[k], f"expert {expert.name!r}"))
     negatives: list[list[str]] = [[] for _ in rows]
-    for k, expert in enumerate(model_spec.experts):
-        query_idx = [i for i, r in enumerate(rows) if r["expert"] == k]
-        gallery_idx = [j for j, p in enumerate(paths) if image_meta[p][1] == k]
-        if not query_idx:
-            continue
-        gallery_pos = {paths[j]: n for n, j in enumerate(gallery_idx)}
+    for n, (query_idx, gallery_idx, queries_QD, gallery_ND, what) in enumerate(groups):
+        gallery_pos = {paths[j]: m for m, j in enumerate(gallery_idx)}
         found = mine_hard_negatives(
-            texts[k, query_idx],
+            queries_QD[query_idx],
             np.array([rows[i]["building_id"] for i in query_idx]),
-            vectors[k, gallery_idx],
+            gallery_ND[gallery_idx],
             np.array([image_meta[paths[j]][0] for j in gallery_idx]),
             train.hard_negatives,
             train.mining_chunk,
             pool=train.mining_pool,
-            seed=spec.seed + k,
+            seed=spec.seed + n,
             positive_Q=np.array([gallery_pos[rows[i]["image_path"]] for i in query_idx]) if train.semi_hard else None,
         )
         if (found < 0).any():
-            raise DatasetError(
-                f"expert {expert.name!r}: fewer than {train.hard_negatives} images of other buildings to mine"
-            )
+            raise DatasetError(f"{what}: fewer than {train.hard_negatives} images of other buildings to mine")
         for i, picks in zip(query_idx, found, strict=True):
             negatives[i] = [paths[gallery_idx[j]] for j in picks]
-    return table.append_column("negative_paths", pa.array(negatives, pa.list_(pa.string())))
+    return negatives
 
 
 def evaluate_checkpoint(spec: JobSpec, checkpoint: str, prepared: PreparedDataset) -> dict[str, Any]:
