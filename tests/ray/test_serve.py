@@ -107,6 +107,9 @@ def test_search_over_http_returns_the_offline_top_k(served: dict[str, Any]) -> N
     assert [r["image_id"] for r in body["results"]] == [image_id for image_id, _ in offline]
     assert [r["score"] for r in body["results"]] == pytest.approx([s for _, s in offline], abs=1e-5)
     assert sum(body["expert_weights"].values()) == pytest.approx(1.0, abs=1e-5)
+    # a query is normalised like the prepared test queries (X-VLM pre_caption): case and punctuation don't matter
+    status, shouted = call("/search", {"query": "Drone view of a building, with a RED roof!", "k": 5}, token="s3cret")
+    assert status == 200 and shouted["results"] == body["results"]
     status, body = call("/search", {"query": query, "k": 50, "platforms": ["satellite"]}, token="s3cret")
     assert status == 200 and body["results"] and {r["platform"] for r in body["results"]} == {"satellite"}
 

@@ -116,6 +116,14 @@ def test_track4_submission_from_checkpoint(
         assert fields[0] == f"q{int(qid[2:])}" and len(fields) == 11 and set(fields[1:]) <= gallery
     with zipfile.ZipFile(result["zip"]) as bundle:
         assert bundle.read("submission.txt").decode().splitlines() == lines
+    # queries are normalised like the prepared test queries: shouting and punctuation change nothing
+    from geomoe.data.track4 import write_queries
+    from geomoe.pipelines.submit import rank_track4
+
+    shouted = tmp_path / "shouted.txt"
+    write_queries(shouted, [(qid, f"{text.upper()}!!") for qid, text in queries])
+    plain = rank_track4(stage1[1].location, track4)
+    assert rank_track4(stage1[1].location, track4.model_copy(update={"queries": str(shouted)})) == plain
 
 
 def test_index_search_returns_the_offline_fused_ranking(prepared: tuple[JobSpec, dict], tmp_path: Path) -> None:

@@ -19,12 +19,40 @@ from geomoe.errors import SpecError
 
 def test_builtin_prompts_cover_every_platform_and_are_hashed() -> None:
     prompts = load_prompts()
-    assert set(prompts.platforms) == {"satellite", "drone", "ground"} and len(prompts.sha256) == 64
+    assert set(prompts.platforms) >= {"satellite", "drone", "ground"} and len(prompts.sha256) == 64
     messages = prompts.messages("a red roof", "drone")
     assert [m["role"] for m in messages] == ["system", "user"] and "a red roof" in messages[1]["content"]
     with pytest.raises(ValueError, match="no template for platform 'boat'"):
         prompts.messages("x", "boat")
     assert load_prompts(BUILTIN_PROMPTS).sha256 == prompts.sha256
+
+
+def test_refine_v2_keeps_satellite_layout_and_bans_directions_only_on_augmented_copies() -> None:
+    """PE-MoE sec. 3.1: satellite captions emphasise spatial relations; only rotated or flipped copies must be
+    free of directions. v1 (every satellite caption direction-free) stays selectable."""
+    v2 = load_prompts()
+    original = v2.messages("a red roof", "satellite")[1]["content"]
+    augmented = v2.messages("a red roof", "satellite", augmented=True)[1]["content"]
+    assert "relative to it" in original and "Do not mention" not in original
+    assert "Do not mention" in augmented and "north" in augmented
+    assert v2.messages("x", "drone", augmented=True) == v2.messages("x", "drone")  # no drone_augmented template
+    v1 = load_prompts("builtin:refine_v1")
+    assert "Do not mention" in v1.messages("a red roof", "satellite")[1]["content"] and v1.sha256 != v2.sha256
+    with pytest.raises(SpecError, match="no such built-in prompt"):
+        load_prompts("builtin:refine_v9")
+
+
+def test_caption_prompt_names_no_platform_unless_the_job_opts_in() -> None:
+    """CGRS: a Track 4 gallery has no platform labels; the platform-aware v1 prompt needs an explicit opt-in."""
+    v2 = load_caption_prompt()
+    assert not v2.platform_aware and v2.name == "builtin:caption_v2"
+    assert v2.text("satellite") == v2.text("ground")  # the label never reaches the VLM
+    v2.check_labels_allowed(False, "caption.prompts")
+    v1 = load_caption_prompt("builtin:caption_v1")
+    assert v1.platform_aware and "satellite" in v1.text("satellite")
+    with pytest.raises(SpecError, match="platform_labels: true"):
+        v1.check_labels_allowed(False, "caption.prompts")
+    v1.check_labels_allowed(True, "caption.prompts")
 
 
 def test_bad_prompt_files_name_the_field(tmp_path: Path) -> None:
@@ -77,7 +105,8 @@ def test_refine_batch_replaces_only_valid_outputs_and_counts_the_rest() -> None:
     batch = RefineBatch.__new__(RefineBatch)  # everything but the model load
     batch.to_messages = RefineMessages(load_prompts())
     batch.refine = RefineSpec(engine={"model": "unused"}, output_dir="unused", min_words=2, max_words=10)
-    batch.engine = FixedEngine([None, "Sure, here it is", "drone view of a red building", "a roof to the north"])
+    batch.caption_words = 30
+    batch.engine = FixedEngine([None, "Sure, here it is", "Drone view of a red building.", "a roof to the north"])
     rows = pa.table(
         {
             "caption": ["c0", "c1", "c2", "a red roof"],
@@ -99,7 +128,7 @@ def test_refine_batch_replaces_only_valid_outputs_and_counts_the_rest() -> None:
 
 
 def test_caption_prompt_is_versioned_data_and_carries_the_image() -> None:
-    prompt = load_caption_prompt()
+    prompt = load_caption_prompt("builtin:caption_v1")
     assert len(prompt.sha256) == 64 and "drone image" in prompt.text("drone")
     (turn,) = prompt.messages("data:image/png;base64,AAAA", "satellite")
     image, text = turn["content"]
@@ -125,7 +154,7 @@ def test_images_travel_as_data_urls_and_the_chat_server_decodes_them(tmp_path: P
     Image.new("RGB", (5, 3), (200, 10, 10)).save(tmp_path / "a.png")
     url = image_data_url(tmp_path / "a.png")
     assert url.startswith("data:image/png;base64,")
-    image, prompt = image_turn(load_caption_prompt().messages(url, "ground"))
+    image, prompt = image_turn(load_caption_prompt("builtin:caption_v1").messages(url, "ground"))
     assert image.size == (5, 3) and image.getpixel((0, 0)) == (200, 10, 10) and "ground image" in prompt
     with pytest.raises(ValueError, match="exactly one image_url part holding a base64 data: URL"):
         image_turn([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "http://x/a.png"}}]}])
@@ -155,3 +184,20 @@ def test_processor_requests_and_responses_for_both_served_engines() -> None:
     assert response_text({"row": 0, "http_response": answer}) == {"row": 0, "text": "a red roof"}
     assert response_text({"row": 0, "generated_text": "grey"}) == {"row": 0, "text": "grey"}
     assert response_text({"row": 5, "http_response": {"error": "boom"}}) == {"row": 5, "text": None}
+
+
+def test_refined_captions_track4_and_served_queries_are_normalised_like_prepared_text(tmp_path: Path) -> None:
+    """Every text the model sees goes through the same X-VLM pre_caption as the GeoText reader's prepared text."""
+    import pyarrow as pa
+
+    from geomoe.config import RefineSpec
+    from geomoe.data.transforms import prepare_caption
+    from geomoe.pipelines.refine import apply_refinement
+
+    raw = "The Tall, RED-brick building / with 3 floors!  Next to a car-park."
+    prepared = prepare_caption(raw, max_words=30).caption  # what prepare writes for this string
+    refine = RefineSpec(engine={"model": "unused"}, output_dir="unused")
+    rows = pa.table({"caption": ["c"], "statements": [["c"]], "platform": ["drone"], "augment": [""]})
+    refined = apply_refinement(rows, [raw], refine, caption_words=30).to_pylist()[0]
+    assert refined["caption"] == prepared == "the tall red brick building with 3 floors next to a car park"
+    assert refined["statements"] == [prepared]

@@ -41,7 +41,9 @@ class RefineSpec(Strict):
 
     engine: EngineSpec
     output_dir: str
-    prompts: str | None = Field(None, description="prompt file; None = the built-in refine_v1")
+    prompts: str | None = Field(
+        None, description="prompt file or builtin:refine_v1 / builtin:refine_v2; None = builtin:refine_v2"
+    )
     min_words: int = Field(3, ge=1)
     max_words: int = Field(40, ge=1)
 
@@ -53,6 +55,11 @@ class CaptionSpec(Strict):
 
     engine: EngineSpec
     output: str = Field(description="caption store to write (Parquet)")
-    prompts: str | None = Field(None, description="prompt file; None = the built-in caption_v1")
+    prompts: str | None = Field(
+        None, description="prompt file or builtin:caption_v1 / builtin:caption_v2; None = builtin:caption_v2"
+    )
+    platform_labels: bool = Field(
+        False, description="allow a prompt that tells the VLM each image's platform (the dataset's labels)"
+    )
     split: Literal["test", "train"] = "test"
     max_words: int = Field(60, ge=1)

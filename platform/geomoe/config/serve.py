@@ -14,7 +14,10 @@ class ServeCaptionerSpec(Strict):
     a Serve deployment) or ``http`` (an OpenAI-compatible server, e.g. a ``ray.serve.llm`` app beside it)."""
 
     engine: EngineSpec
-    prompts: str | None = Field(None, description="prompt file; None = the built-in caption_v1")
+    prompts: str | None = Field(
+        None, description="prompt file or builtin:caption_v1 / builtin:caption_v2; None = builtin:caption_v2"
+    )
+    platform_labels: bool = Field(False, description="allow a prompt that tells the VLM each image's platform")
     max_words: int = Field(60, ge=1)
 
     @field_validator("engine")

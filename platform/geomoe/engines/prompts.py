@@ -20,13 +20,28 @@ from geomoe.errors import SpecError
 from geomoe.storage import file_sha256
 
 PROMPT_DIR = Path(__file__).resolve().parents[1] / "data" / "prompts"
-BUILTIN_PROMPTS = PROMPT_DIR / "refine_v1.yaml"
-BUILTIN_CAPTION_PROMPT = PROMPT_DIR / "caption_v1.yaml"
+BUILTIN = "builtin:"  # ``builtin:refine_v1`` names a prompt file shipped in PROMPT_DIR
+DEFAULT_REFINE_PROMPTS = "builtin:refine_v2"
+DEFAULT_CAPTION_PROMPT = "builtin:caption_v2"
+BUILTIN_PROMPTS = PROMPT_DIR / "refine_v2.yaml"
+BUILTIN_CAPTION_PROMPT = PROMPT_DIR / "caption_v2.yaml"
 BOILERPLATE = re.compile(
     r"^\s*(sure|certainly|of course|here is|here's|as an ai|i cannot|i can't|rewritten description)\b"
     r"|<\|?im_|\[/?inst\]",
     re.IGNORECASE,
 )
+
+
+def prompt_path(name: str | Path | None, default: str) -> Path:
+    """A prompt file: ``builtin:<name>`` (or None for ``default``) from PROMPT_DIR, else the path given."""
+    name = str(name or default)
+    if name.startswith(BUILTIN):
+        builtin = PROMPT_DIR / f"{name[len(BUILTIN) :]}.yaml"
+        if not builtin.is_file():
+            known = ", ".join(sorted(BUILTIN + p.stem for p in PROMPT_DIR.glob("*.yaml")))
+            raise SpecError(name, "", f"no such built-in prompt (known: {known})")
+        return builtin
+    return Path(name)
 
 
 @dataclass(frozen=True)
@@ -35,8 +50,10 @@ class RefinePrompts:
     platforms: dict[str, str]
     sha256: str
 
-    def messages(self, caption: str, platform: str) -> list[dict[str, Any]]:
-        template = self.platforms.get(platform)
+    def messages(self, caption: str, platform: str, augmented: bool = False) -> list[dict[str, Any]]:
+        """The chat request; an augmented copy uses the ``<platform>_augmented`` template when there is one."""
+        key = f"{platform}_augmented" if augmented and f"{platform}_augmented" in self.platforms else platform
+        template = self.platforms.get(key)
         if template is None:
             raise ValueError(f"refinement prompts have no template for platform {platform!r}")
         return [
@@ -46,8 +63,8 @@ class RefinePrompts:
 
 
 def load_prompts(path: str | Path | None = None) -> RefinePrompts:
-    """Prompts from ``path`` (default: the built-in v1); a bad file is a SpecError naming file and field."""
-    path = Path(path) if path else BUILTIN_PROMPTS
+    """Prompts from ``path`` (default: built-in refine_v2); a bad file is a SpecError naming file and field."""
+    path = prompt_path(path, DEFAULT_REFINE_PROMPTS)
     if not path.is_file():
         raise SpecError(str(path), "", "prompt file not found")
     raw = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -66,6 +83,21 @@ def load_prompts(path: str | Path | None = None) -> RefinePrompts:
 class CaptionPrompt:
     template: str
     sha256: str
+    name: str
+
+    @property
+    def platform_aware(self) -> bool:
+        """The prompt tells the VLM each image's platform label (information a Track 4 gallery lacks)."""
+        return "{platform}" in self.template
+
+    def check_labels_allowed(self, opted_in: bool, field: str) -> None:
+        if self.platform_aware and not opted_in:
+            raise SpecError(
+                self.name,
+                field,
+                "this caption prompt gives the VLM each image's platform label, which a real gallery (Track 4) does "
+                "not have; set platform_labels: true to opt in, or use the platform-agnostic builtin:caption_v2",
+            )
 
     def text(self, platform: str) -> str:
         return self.template.format(platform=platform)
@@ -81,8 +113,9 @@ class CaptionPrompt:
 
 
 def load_caption_prompt(path: str | Path | None = None) -> CaptionPrompt:
-    """The captioning prompt from ``path`` (default: the built-in caption_v1)."""
-    path = Path(path) if path else BUILTIN_CAPTION_PROMPT
+    """The captioning prompt from ``path`` (default: built-in caption_v2, which names no platform)."""
+    name = str(path or DEFAULT_CAPTION_PROMPT)
+    path = prompt_path(path, DEFAULT_CAPTION_PROMPT)
     if not path.is_file():
         raise SpecError(str(path), "", "prompt file not found")
     raw = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -92,7 +125,7 @@ def load_caption_prompt(path: str | Path | None = None) -> CaptionPrompt:
         raw["prompt"].format(platform="satellite")
     except (KeyError, IndexError, ValueError) as err:
         raise SpecError(str(path), "prompt", f"only {{platform}} may be substituted: {err}") from err
-    return CaptionPrompt(raw["prompt"], file_sha256(path))
+    return CaptionPrompt(raw["prompt"], file_sha256(path), name)
 
 
 def image_data_url(path: str | Path) -> str:

@@ -90,6 +90,7 @@ def caption_gallery(spec: JobSpec, manifest: dict[str, Any]) -> dict[str, Any]:
     assert spec.caption is not None  # checked by JobSpec validation
     caption = spec.caption
     prompt = load_caption_prompt(caption.prompts)
+    prompt.check_labels_allowed(caption.platform_labels, "caption.prompts")
     inputs_key = json.dumps(
         [manifest.get("inputs_key"), caption.model_dump(mode="json", exclude={"output"}), prompt.sha256],
         sort_keys=True,
@@ -123,6 +124,8 @@ def caption_gallery(spec: JobSpec, manifest: dict[str, Any]) -> dict[str, Any]:
         "store": caption.output,
         "model_id": caption.engine.model,
         "prompt_sha256": prompt_sha256,
+        "prompt": "none (the model takes no prompt)" if not prompt_sha256 else prompt.name,
+        "platform_labels_in_prompt": bool(prompt_sha256) and prompt.platform_aware,
         "images": len(images),
         "captioned": len(rows),
         "failed_by_reason": dict(sorted(failures.items())),

@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 from geomoe import storage
 from geomoe.config import JobSpec, RefineSpec
 from geomoe.data.transforms import normalize_caption
-from geomoe.engines.prompts import RefinePrompts, clean_generation, load_prompts, rejection
+from geomoe.engines.prompts import DEFAULT_REFINE_PROMPTS, RefinePrompts, clean_generation, load_prompts, rejection
 from geomoe.pipelines.engine_pool import engine_pool_options
 from geomoe.pipelines.llm import generate
 
@@ -82,7 +82,7 @@ class RefineMessages:
         self.prompts = prompts
 
     def __call__(self, item: dict[str, Any]) -> list[dict[str, Any]]:
-        return self.prompts.messages(item["caption"], item["platform"])
+        return self.prompts.messages(item["caption"], item["platform"], bool(item["augment"]))
 
 
 def _read_shard(location: str, columns: list[str] | None = None) -> pa.Table:
@@ -156,7 +156,7 @@ def refine_captions(spec: JobSpec, manifest: dict[str, Any]) -> dict[str, Any]:
         "refined_from": manifest["table"],
         "refinement": {
             "engine": refine.engine.model_dump(mode="json"),
-            "prompts": refine.prompts or "builtin:refine_v1",
+            "prompts": refine.prompts or DEFAULT_REFINE_PROMPTS,
             "prompts_sha256": prompts.sha256,
             "shards_refined": redone,
             "shards_reused": done,

@@ -22,6 +22,7 @@ class Captioner:
 
         self.spec = ServeCaptionerSpec.model_validate(spec)
         self.prompt = load_caption_prompt(self.spec.prompts)
+        self.prompt.check_labels_allowed(self.spec.platform_labels, "captioner.prompts")
         engine = self.spec.engine
         if engine.kind == "transformers":
             from geomoe.engines.local import TransformersCaptioner
