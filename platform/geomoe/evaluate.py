@@ -14,7 +14,7 @@ from geomoe.data.caption_store import read_caption_store
 from geomoe.errors import DatasetError
 from geomoe.metrics import first_relevant_rank, protocol_labels, recall_at_k, retrieval_report
 from geomoe.models.pe_moe import PEMoE, fused_scores
-from geomoe.retrieval.embed import embed_shared_texts, embed_texts
+from geomoe.retrieval.embed import embed_dense_texts, embed_texts
 from geomoe.retrieval.rerank import LexicalScorer, caption_evidence, diversify, fuse_top_n, top_n
 
 
@@ -105,7 +105,7 @@ def rerank_scores(
         captions,
         rerank.dense_weight,
         rerank.lexical_weight,
-        lambda texts: embed_shared_texts(model, tokenizer, texts, length),
+        lambda texts: embed_dense_texts(model, tokenizer, texts, length),
         LexicalScorer(captions),
     )
     fused = fuse_top_n(scores_QN, caption_QT, top_QT, rerank.weight, rerank.normalise)

@@ -152,3 +152,25 @@ def test_pe_moe_rejects_unified_with_many_experts(tiny_dir: Path) -> None:
     model, _ = build_pe_moe(spec(tiny_dir))
     with pytest.raises(ValueError, match="exactly one expert"):
         PEMoE(model.text_trunk, model.image_trunk, num_experts=3, embed_dim=32, fusion="unified")
+
+
+@pytest.mark.parametrize("pool", ["cls", "mean"])
+def test_caption_similarity_uses_the_text_models_own_dense_embedding(tiny_dir: Path, pool: str) -> None:
+    """CGRS's "BGE-M3 dense" similarity is the full frozen text model's pooled last layer, normalised (BGE-M3's
+    dense vector with CLS pooling), not the trunk's state ``tail_layers`` before the end (the gate's input)."""
+    import torch.nn.functional as F
+    from transformers import XLMRobertaModel
+
+    from geomoe.models.encoders import masked_mean
+
+    model, tok = build_pe_moe(spec(tiny_dir, text={**spec(tiny_dir).text.model_dump(), "pool": pool}))
+    model.eval()
+    ids, mask, _ = batch(tok)
+    full = XLMRobertaModel.from_pretrained(str(tiny_dir / "text"), add_pooling_layer=False).eval()
+    with torch.no_grad():
+        last = full(input_ids=ids, attention_mask=mask).last_hidden_state
+        shared, _ = model.encode_text(ids, mask)
+    pooled = last[:, 0] if pool == "cls" else masked_mean(last, mask)
+    dense = model.dense_text(ids, mask)
+    torch.testing.assert_close(dense, F.normalize(pooled, dim=-1), atol=1e-5, rtol=1e-4)
+    assert (dense - F.normalize(shared, dim=-1)).abs().max() > 1e-3  # not the trunk's shared state

@@ -17,7 +17,9 @@ class RerankSpec(Strict):
     captions: str = Field(description="caption store (Parquet: image_id, caption, model_id, prompt_sha256)")
     top_n: int = Field(20, ge=2)
     weight: float = Field(0.5, ge=0, le=1)
-    dense_weight: float = Field(1.0, ge=0, description="cosine of the text trunk's shared features (BGE-M3 dense)")
+    dense_weight: float = Field(
+        1.0, ge=0, description="cosine of the frozen text model's dense embeddings (BGE-M3 dense)"
+    )
     lexical_weight: float = Field(0.0, ge=0, description="IDF-weighted token overlap")
     normalise: Literal["zscore", "minmax"] = "zscore"
     diversity: float | None = Field(None, gt=0, le=1, description="push down near-duplicate images (cosine >=)")

@@ -118,6 +118,16 @@ class PEMoE(nn.Module):
         t = torch.stack([expert.text(hidden, mask, attention_mask) for expert in self.heads()])
         return self._shared(hidden, attention_mask), t
 
+    @torch.no_grad()
+    def dense_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """(B, H) the frozen text model's own sentence embedding, normalised: the trunk, then the original (frozen)
+        last layers, pooled like the experts (CLS: BGE-M3's dense vector), L2-normalised. CGRS compares queries
+        with captions in this space; the trunk's shared state (the gate's input) stops ``tail_layers`` early."""
+        hidden, mask = self.text_trunk(input_ids, attention_mask)
+        for layer in self.text_trunk.tail_template:
+            hidden = layer(hidden, mask)
+        return F.normalize(self._shared(hidden, attention_mask).float(), dim=-1)
+
     def _shared(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """The gate's input: the trunk's pooled text state (B, H)."""
         return hidden[:, 0] if self.text_pool == "cls" else masked_mean(hidden, attention_mask)

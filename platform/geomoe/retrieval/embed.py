@@ -29,18 +29,17 @@ def embed_texts(
 
 
 @torch.no_grad()
-def embed_shared_texts(
+def embed_dense_texts(
     model: PEMoE, tokenizer: Any, texts: Sequence[str], max_length: int, batch_size: int = 256
 ) -> np.ndarray:
-    """(Q, H) normalised shared text features of the frozen text trunk (BGE-M3's dense vectors in the paper
-    configuration): a text-to-text similarity space for re-ranking by captions."""
+    """(Q, H) the frozen text model's own normalised sentence embeddings (BGE-M3's dense vectors in the paper
+    configuration: the last layer's CLS): the text-to-text similarity space for re-ranking by captions."""
     model.eval()
     device = next(model.parameters()).device
     parts = []
     for start in range(0, len(texts), batch_size):
         ids, mask = tokenize(tokenizer, list(texts[start : start + batch_size]), max_length)
-        shared, _ = model.encode_text(ids.to(device), mask.to(device))
-        parts.append(torch.nn.functional.normalize(shared.float(), dim=-1).cpu().numpy())
+        parts.append(model.dense_text(ids.to(device), mask.to(device)).cpu().numpy())
     return np.concatenate(parts, axis=0)
 
 

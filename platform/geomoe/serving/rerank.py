@@ -125,12 +125,12 @@ class Reranker:
                 self.lexical.add([text])  # the IDF of the store plus this caption, as offline with it stored
 
     def _embed(self, texts: list[str]) -> np.ndarray:
-        from geomoe.retrieval.embed import embed_shared_texts
+        from geomoe.retrieval.embed import embed_dense_texts
 
         new = list(dict.fromkeys(t for t in texts if t not in self.embedded))
         if new:
             if len(self.embedded) > 100_000:  # a bound on memory; captions are re-embedded after it
                 self.embedded.clear()
-            vectors = embed_shared_texts(self.model, self.tokenizer, new, self.max_length)
+            vectors = embed_dense_texts(self.model, self.tokenizer, new, self.max_length)
             self.embedded.update(zip(new, vectors, strict=True))
         return np.stack([self.embedded[t] for t in texts])
