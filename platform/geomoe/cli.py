@@ -54,10 +54,34 @@ def _cmd_prepare(args: argparse.Namespace) -> None:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> None:
+    if args.dry_run:
+        print(_dry_run(args.sweep, args.quickstart))
+        return
     from geomoe.sweep.report import write_report
     from geomoe.sweep.tune import run_sweep
 
     print(write_report(run_sweep(args.sweep, args.quickstart, args.resume)))
+
+
+def _dry_run(path: str, quickstart: bool) -> str:
+    """Each trial's key, training data and overrides, without starting Ray or touching any data."""
+    from pathlib import Path
+
+    from geomoe import storage
+    from geomoe.sweep import describe_trials, load_sweep
+
+    sweep, base_path = load_sweep(path, quickstart)
+    root = Path.cwd().resolve()
+    experiment = storage.absolute(storage.join(sweep.output_root, sweep.name), root)
+    lines = [f"sweep {sweep.name}: base {base_path}, experiment {experiment}"]
+    for row in describe_trials(sweep, base_path, experiment, root):
+        lines.append(f"- trial {row['trial']}  {row['params'] or ''}".rstrip())
+        if "error" in row:
+            lines.append(f"    not a valid job: {row['error']}")
+            continue
+        lines.append(f"    trains on: {row['data']} at {row['dataset']}")
+        lines.append(f"    overrides: {' '.join(row['overrides']) or '(none)'}")
+    return "\n".join(lines)
 
 
 def _cmd_report(args: argparse.Namespace) -> None:
@@ -116,6 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("sweep")
     sweep.add_argument("--quickstart", action="store_true", help="the sweep's 2-core variant (synthgeo, tiny models)")
     sweep.add_argument("--resume", action="store_true", help="continue an interrupted sweep; finished trials stay")
+    sweep.add_argument("--dry-run", action="store_true", help="print each trial's data and overrides; run nothing")
     sweep.set_defaults(fn=_cmd_sweep)
     report = sub.add_parser("report", help="write and print a sweep's report (ours next to the paper's rows)")
     report.add_argument("experiment", help="the sweep's folder, e.g. runs/sweeps/smgeo_experts-quickstart")

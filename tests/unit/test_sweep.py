@@ -3,6 +3,7 @@ job carries its values, and the report shows every trial as it ended (never an i
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ from geomoe.config import SweepSpec, parse_spec
 from geomoe.config.pe_moe import PEMoEModelSpec
 from geomoe.errors import ExperimentError, SpecError
 from geomoe.storage import write_json_atomic
-from geomoe.sweep import VARIANT, grid_points, load_sweep, trial_key, trial_metrics, trial_spec
+from geomoe.sweep import VARIANT, describe_trials, grid_points, load_sweep, trial_key, trial_metrics, trial_spec
 from geomoe.sweep.report import RESULT_FILE, write_report
 
 REPO = Path(__file__).resolve().parents[2]
@@ -109,3 +110,32 @@ def test_trial_metrics_are_flat_and_named_for_the_report() -> None:
     assert metrics["R@1"] == 10.0 and metrics["Score"] == 30.0 and metrics["building_R@10"] == 50.0
     assert metrics["routing"] == 99.0
     assert all(type(v) is float for v in metrics.values())  # Tune reports plain numbers, never numpy scalars
+
+
+@pytest.mark.parametrize("quickstart", [False, True])
+def test_table_1_rows_train_on_aligned_captions_exactly_when_the_row_has_alignment(
+    quickstart: bool, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """PE-MoE Table 1: row 1 has no textual domain alignment, rows 2-4 have it. At paper scale alignment is the
+    LLM refine stage (rows 2-4 train on the refined dataset, refined once by the driver); in the quickstart it is
+    the rule-based preprocess.refine. ``geomoe sweep --dry-run`` prints the same."""
+    from geomoe.cli import main
+
+    sweep, base = load_sweep(REPO / "search_spaces" / "pe_moe_ablation.yaml", quickstart=quickstart)
+    rows = {row["params"][VARIANT]: row for row in describe_trials(sweep, base, "/x/exp", REPO)}
+    assert list(rows) == ["unified_raw", "unified_aligned", "static_ensemble", "dynamic_gating"]
+    raw, aligned = rows.pop("unified_raw"), list(rows.values())
+    assert all("error" not in row for row in [raw, *aligned])
+    assert "preprocess.refine=none" in raw["data"] and raw["dataset"].endswith("prepared-unified_raw")
+    assert "LLM" not in raw["data"]
+    if quickstart:
+        assert all(r["data"] == "prepared captions, preprocess.refine=rules" for r in aligned)
+        assert {r["dataset"] for r in aligned} == {str(REPO / "runs/quickstart/prepared")}
+    else:
+        assert all(r["data"].startswith("refined captions (LLM refine stage)") for r in aligned)
+        storage_root = os.environ.get("GEOMOE_STORAGE", "/data/geomoe")
+        assert {r["dataset"] for r in aligned} == {f"{storage_root}/pe_moe_geotext/refined"}
+    args = ["sweep", str(REPO / "search_spaces" / "pe_moe_ablation.yaml"), "--dry-run"]
+    assert main(args + ["--quickstart"] * quickstart) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("- trial variant-") == 4 and f"trains on: {raw['data']} at {raw['dataset']}" in printed

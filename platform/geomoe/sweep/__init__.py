@@ -15,6 +15,7 @@ from typing import Any
 
 from geomoe import registry, storage
 from geomoe.config import JobSpec, SweepSpec, load_job, load_yaml, parse_spec
+from geomoe.config.base import apply_overrides
 from geomoe.errors import SpecError
 
 VARIANT = "variant"  # the parameter name a sweep's variants are swept under
@@ -64,18 +65,56 @@ def trial_overrides(sweep: SweepSpec, point: dict[str, Any]) -> list[str]:
     return overrides
 
 
+def _job_with(base_path: Path, overrides: list[str]) -> JobSpec:
+    """The base job with ``overrides``; overrides that remove the refine section (``refine=null``: a row without
+    textual domain alignment) remove its stage too."""
+    raw = apply_overrides(load_yaml(base_path), overrides, str(base_path))
+    stages = raw.get("stages")
+    if raw.get("refine") is None and isinstance(stages, list) and "refine" in stages:
+        overrides = [*overrides, f"stages={json.dumps([s for s in stages if s != 'refine'])}"]
+    return load_job(base_path, overrides)
+
+
 def trial_spec(sweep: SweepSpec, base_path: Path, point: dict[str, Any], experiment_dir: str, root: Path) -> JobSpec:
-    """The trial's job: trained under <experiment>/trials/<key>; a variant that prepares differently from the
-    base job gets its own prepared folder (<base output_dir>-<variant>), as a job's baselines do. Relative paths
-    resolve against ``root`` (where the sweep was started; Tune runs trials in other folders)."""
-    base = load_job(base_path, list(sweep.overrides)).with_absolute_paths(root)
-    spec = load_job(base_path, trial_overrides(sweep, point)).with_absolute_paths(root)
+    """The trial's job: trained under <experiment>/trials/<key>; a variant that prepares (or refines) differently
+    from the base job gets its own prepared (refined) folder, <base folder>-<variant>, as a job's baselines do.
+    Relative paths resolve against ``root`` (where the sweep was started; Tune runs trials in other folders)."""
+    base = _job_with(base_path, list(sweep.overrides)).with_absolute_paths(root)
+    spec = _job_with(base_path, trial_overrides(sweep, point)).with_absolute_paths(root)
     raw = spec.model_dump(mode="json")
     raw.update(name=trial_key(point), output_root=storage.join(experiment_dir, "trials"), baselines={})
     raw["stages"] = [s for s in spec.stages if s == "train"]
+    suffix = point.get(VARIANT, trial_key(point))
     if spec.preprocess != base.preprocess:
-        raw["preprocess"]["output_dir"] = f"{base.preprocess.output_dir}-{point.get(VARIANT, trial_key(point))}"
+        raw["preprocess"]["output_dir"] = f"{base.preprocess.output_dir}-{suffix}"
+    if spec.refine is not None and (spec.preprocess != base.preprocess or spec.refine != base.refine):
+        raw["refine"]["output_dir"] = f"{spec.refine.output_dir}-{suffix}"
     return parse_spec(JobSpec, raw, f"{sweep.name}: trial {point}")
+
+
+def trial_dataset(spec: JobSpec) -> str:
+    """Where a trial's training data are: the refined captions when its job refines (the driver refines once per
+    distinct refinement before any trial), else the prepared table."""
+    return spec.refine.output_dir if spec.refine is not None else spec.preprocess.output_dir
+
+
+def describe_trials(sweep: SweepSpec, base_path: Path, experiment_dir: str, root: Path) -> list[dict[str, Any]]:
+    """What each trial of a grid sweep would run (``geomoe sweep --dry-run``): its key, values, overrides and
+    training data; a searcher's trials are drawn at run time, so it gets one row for the space."""
+    rows = []
+    for point in grid_points(sweep) if sweep.searcher == "grid" else [{}]:
+        row: dict[str, Any] = {"trial": trial_key(point) if point else "(drawn by the searcher)", "params": point}
+        row["overrides"] = trial_overrides(sweep, point)
+        try:
+            spec = trial_spec(sweep, base_path, point, experiment_dir, root)
+        except SpecError as err:
+            rows.append({**row, "error": str(err)})
+            continue
+        kind = "refined captions (LLM refine stage)" if spec.refine is not None else "prepared captions"
+        kind += f", preprocess.refine={spec.preprocess.refine}"
+        row.update(dataset=trial_dataset(spec), data=kind, prepared=spec.preprocess.output_dir)
+        rows.append(row)
+    return rows
 
 
 def trial_metrics(spec: JobSpec, result: dict[str, Any]) -> dict[str, float]:

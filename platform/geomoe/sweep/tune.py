@@ -30,6 +30,7 @@ from geomoe.sweep import (
     load_sweep,
     ordered_point,
     parameter_count,
+    trial_dataset,
     trial_key,
     trial_metrics,
     trial_spec,
@@ -70,7 +71,7 @@ def run_trial(config: dict[str, Any], sweep_raw: dict[str, Any], base_path: str,
     run_dir = storage.join(experiment, "trials", trial_key(point))
     try:
         spec = trial_spec(sweep, Path(base_path), point, experiment, Path(root))
-        prepared = PreparedDataset.open(spec.preprocess.output_dir, "a sweep trial (the driver prepares it)")
+        prepared = PreparedDataset.open(trial_dataset(spec), "a sweep trial (the driver prepares it)")
         metrics = trial_metrics(spec, family_of(spec).train(spec, prepared, run_dir)) | parameter_count(spec)
     except Exception as err:
         outcome = {"params": point, "status": "failed", "error": f"{type(err).__name__}: {err}"}
@@ -84,25 +85,31 @@ def run_trial(config: dict[str, Any], sweep_raw: dict[str, Any], base_path: str,
 
 
 def prepare_inputs(sweep: SweepSpec, base_path: Path, experiment: str, root: Path) -> None:
-    """Synthesize, prepare and build tiny models once, for the base job and every variant that prepares
-    differently (grid sweeps), before any trial runs."""
+    """Synthesize, prepare, refine and build tiny models once, for every distinct prepared table and refinement
+    the trials train on (grid sweeps: each variant's; searchers: the base job's), before any trial runs."""
     from geomoe.jobs import family_of, run_job
 
     base = load_job(base_path, list(sweep.overrides))
-    stages = [s for s in base.stages if s in ("synth", "prepare")]
-    run_job(base.model_copy(update={"stages": stages, "output_root": storage.join(experiment, "prepare")}))
+    stages = [s for s in base.stages if s == "synth"]
+    if stages:
+        run_job(base.model_copy(update={"stages": stages, "output_root": storage.join(experiment, "prepare")}))
     points = grid_points(sweep) if sweep.searcher == "grid" else [{}]
-    seen: set[str] = set()
+    done: set[tuple[str, str]] = set()
     for point in points:
         try:
             spec = trial_spec(sweep, base_path, point, experiment, root)
         except SpecError as err:  # the trial fails with this error and the report shows it
             log.warning("trial %s is not a valid job: %s", point, err)
             continue
-        if spec.preprocess.output_dir not in seen:
-            seen.add(spec.preprocess.output_dir)
-            run_job(spec.model_copy(update={"stages": ["prepare"], "output_root": storage.join(experiment, "prepare")}))
-        family_of(spec).prepare_inputs(spec, PreparedDataset.open(spec.preprocess.output_dir))
+        steps = [("prepare", spec.preprocess.output_dir)] + (
+            [("refine", spec.refine.output_dir)] if spec.refine else []
+        )
+        for stage, location in steps:
+            if (stage, location) not in done:
+                done.add((stage, location))
+                output_root = storage.join(experiment, "prepare")
+                run_job(spec.model_copy(update={"stages": [stage], "output_root": output_root}))
+        family_of(spec).prepare_inputs(spec, PreparedDataset.open(trial_dataset(spec)))
 
 
 def run_sweep(path: str | Path, quickstart: bool = False, resume: bool = False) -> str:
