@@ -3,9 +3,10 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 
 from geomoe.config.smgeo import SMGeoLossSpec
@@ -15,19 +16,59 @@ if TYPE_CHECKING:
     from geomoe.models.smgeo import SMGeoOutput
 
 
+class _GatherRows(torch.autograd.Function):
+    """All workers' rows in rank order; the backward sums every worker's gradient of the whole gathered tensor
+    (one all-reduce, which gloo has too) and keeps this worker's slice."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, x.contiguous())
+        ctx.rows, ctx.rank = x.shape[0], dist.get_rank()
+        return torch.cat(parts)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.contiguous()
+        dist.all_reduce(grad)
+        return grad[ctx.rank * ctx.rows : (ctx.rank + 1) * ctx.rows]
+
+
+def gather_rows(x: torch.Tensor) -> torch.Tensor:
+    """Every DDP worker's rows of ``x`` (equal row counts), concatenated in rank order, with gradient into each
+    worker's own rows (open_clip's gather-with-grad); ``x`` itself outside torch.distributed.
+
+    A loss that averages over this worker's rows against the gathered ones, averaged by DDP over the workers,
+    has exactly the gradient of the same loss on the concatenated global batch in one process."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return x
+    if x.requires_grad:
+        gathered: torch.Tensor = _GatherRows.apply(x)
+        return gathered
+    parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, x.contiguous())
+    return torch.cat(parts)
+
+
 def multi_positive_info_nce(
-    t_BD: torch.Tensor, v_BD: torch.Tensor, scale: torch.Tensor, groups_B: torch.Tensor
+    t_BD: torch.Tensor,
+    v_BD: torch.Tensor,
+    scale: torch.Tensor,
+    groups_B: torch.Tensor,
+    everyone: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Symmetric InfoNCE with in-batch negatives, where every pair of the same group counts as a positive.
 
     Groups are buildings: two captions of one building, or two images of it, are not negatives of each other
     (a plain diagonal target would push apart views the building-level protocol calls correct).
+    ``everyone``: (t, v, groups) of the whole global batch (``gather_rows``): this worker's rows are scored
+    against all of them, and the loss is the mean over this worker's rows (open_clip's local loss).
     """
-    logits = scale * t_BD @ v_BD.T
-    same = (groups_B[:, None] == groups_B[None, :]).float()
+    t_all, v_all, groups_all = everyone if everyone is not None else (t_BD, v_BD, groups_B)
+    same = (groups_B[:, None] == groups_all[None, :]).float()
     targets = same / same.sum(dim=1, keepdim=True)
-    t2i = -(targets * logits.log_softmax(dim=1)).sum(dim=1).mean()
-    i2t = -(targets * logits.T.log_softmax(dim=1)).sum(dim=1).mean()
+    t2i = -(targets * (scale * t_BD @ v_all.T).log_softmax(dim=1)).sum(dim=1).mean()
+    i2t = -(targets * (scale * v_BD @ t_all.T).log_softmax(dim=1)).sum(dim=1).mean()
     return (t2i + i2t) / 2
 
 
@@ -55,19 +96,26 @@ def pe_moe_objective(
     contrastive_weight: float = 1.0,
     hard_weight: float = 0.0,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Total loss of one batch and its parts.
+    """Total loss of one batch (this worker's rows) and its parts.
 
     ``out`` holds each row's embeddings from its own expert (``PEMoE.forward``); each expert's contrastive (and,
     in stage 2, hard-negative) loss uses only the pairs of its own platforms, so an expert is trained exclusively
-    on its subset and its in-batch negatives come from that subset; the gate learns the routing on every pair.
+    on its subset and its in-batch negatives come from that subset, across every DDP worker's rows of the step
+    (``gather_rows``); the gate learns the routing on every pair. ``building_B``: ids equal across workers.
     """
     parts: dict[str, torch.Tensor] = {}
     zero = out.t.sum() * 0.0
     contrastive, hard = zero, zero
+    t_all, v_all = gather_rows(out.t), gather_rows(out.v)
+    expert_all, building_all = gather_rows(expert_B), gather_rows(building_B)
     for k in range(out.gate_logits.shape[1]):
         rows = (expert_B == k).nonzero(as_tuple=True)[0]
-        if len(rows) >= 2:
-            contrastive = contrastive + multi_positive_info_nce(out.t[rows], out.v[rows], scale, building_B[rows])
+        everyone = (expert_all == k).nonzero(as_tuple=True)[0]
+        if len(rows) and len(everyone) >= 2:
+            peers = (t_all[everyone], v_all[everyone], building_all[everyone])
+            contrastive = contrastive + multi_positive_info_nce(
+                out.t[rows], out.v[rows], scale, building_B[rows], peers
+            )
         if hard_weight and out.v_neg is not None and len(rows):
             hard = hard + hard_negative_loss(out.t[rows], out.v[rows], out.v_neg[rows], scale)
     parts["contrastive"], parts["hard_negative"] = contrastive, hard

@@ -126,6 +126,15 @@ class PEMoETrainSpec(TrainSpec):
         "each expert's own score over its own platform's images",
     )
     use_statements: bool = Field(True, description="train on a random short statement half of the time")
+    batching: Literal["expert", "mixed"] = Field(
+        "expert",
+        description="expert: every global batch from one expert's subset D_k (the paper trains expert k on D_k; "
+        "its in-batch negatives are the whole global batch); mixed: batches mix platforms, each expert "
+        "gets its rows of each batch",
+    )
+    batch_order: Literal["proportional", "round_robin"] = Field(
+        "proportional", description="expert batching: experts' turns interleaved in proportion, or in rotation"
+    )
 
     def fields_ignored_by_stage(self, stage: int) -> frozenset[str]:
         return STAGE2_FIELDS if stage == 1 else frozenset()

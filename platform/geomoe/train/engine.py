@@ -27,6 +27,7 @@ from pydantic import Field
 from geomoe import registry
 from geomoe.config import JobSpec, Strict, TrainSpec
 from geomoe.models.checkpoint import load_into, read_checkpoint, save_checkpoint
+from geomoe.train.grouped import GroupOrder, dataset_name, group_schedule, group_steps
 
 Batch = dict[str, np.ndarray]
 StepFn = Callable[[torch.nn.Module, Batch, torch.device], tuple[torch.Tensor, dict[str, float]]]
@@ -57,6 +58,12 @@ class LoopConfig(Strict):
     seed: int = 0
     init_checkpoint: str | None = Field(None, description="start from this checkpoint's weights (not its epoch)")
     find_unused_parameters: bool = Field(True, description="DDP: sparse experts leave parameters without grads")
+    group_rows: dict[str, int] = Field(
+        default_factory=dict,
+        description="group-homogeneous batches (geomoe.train.grouped): rows of each group's dataset train_<group>; "
+        "empty: one dataset 'train' with mixed batches",
+    )
+    group_order: GroupOrder = "proportional"
     fail_once_at: FailOnce | None = None
     step_pause_s: float = Field(0.0, ge=0, description="test hook: pause before each step after the first epoch")
 
@@ -136,11 +143,10 @@ def fit(task: TrainingTask, loop: LoopConfig, spec: JobSpec) -> None:
     if payload is not None:
         optimizer.load_state_dict(payload["optimizer"])
         schedule.load_state_dict(payload["scheduler"])
-    shard = ray.train.get_dataset_shard("train")
     for epoch in range(start_epoch, loop.epochs):
         wrapped.train()
         seed = loop.seed * 1000 + loop.stage * 100 + epoch
-        batches = _batches(shard, micro, seed)
+        batches = _grouped_batches(loop, micro, seed) if loop.group_rows else _batches(_shard("train"), micro, seed)
         means = _train_epoch(task, wrapped, params, optimizer, schedule, batches, loop, epoch, device)
         metrics: dict[str, Any] = {"stage": loop.stage, "epoch": epoch, "start_epoch": start_epoch, **means}
         if task.evaluate is not None:
@@ -184,6 +190,25 @@ def _train_epoch(
         optimizer.step()
         schedule.step()
     return _mean_across_workers(sums, micro_steps)
+
+
+def _shard(name: str) -> Any:
+    import ray.train
+
+    return ray.train.get_dataset_shard(name)
+
+
+def _grouped_batches(loop: LoopConfig, micro: int, seed: int) -> Iterator[Batch]:
+    """One epoch of micro-batches in the plan every worker shares: each optimizer step's ``grad_accumulation``
+    micro-batches come from the scheduled group's dataset shard."""
+    import ray.train
+
+    workers = ray.train.get_context().get_world_size()
+    steps = group_steps(loop.group_rows, workers, micro * loop.grad_accumulation)
+    shards = {g: _batches(_shard(dataset_name(g)), micro, seed + i) for i, g in enumerate(sorted(loop.group_rows))}
+    for group in group_schedule(steps, loop.group_order, seed):
+        for _ in range(loop.grad_accumulation):
+            yield next(shards[group])
 
 
 def _batches(shard: Any, micro: int, seed: int) -> Iterator[Batch]:

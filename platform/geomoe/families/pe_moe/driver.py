@@ -20,6 +20,7 @@ from geomoe.errors import DatasetError
 from geomoe.models.factory import ensure_tiny_models, load_pe_moe
 from geomoe.results import Checkpoint
 from geomoe.train.engine import LoopConfig
+from geomoe.train.grouped import dataset_name, group_steps
 from geomoe.train.run import cached_result, recorded_stage, run_trainer
 
 COLUMNS = ["caption", "statements", "image_path", "image_id", "building_id", "platform"]
@@ -53,13 +54,27 @@ class DecodeImages:
         return batch
 
 
-def training_dataset(table: pa.Table, spec: JobSpec, negatives: bool) -> Any:
-    import ray.data
-
-    # The prepared table is grouped by platform; shuffle it once so that batches mix platforms (the local
-    # shuffle buffer alone would give runs of one platform, and the gate would chase the latest one).
+def training_datasets(table: pa.Table, spec: JobSpec, negatives: bool) -> dict[str, Any]:
+    """``batching: expert``: one dataset per expert (``train_<expert>``, for group-homogeneous batches);
+    ``mixed``: one dataset ``train``. Rows are shuffled once (the prepared table is grouped by platform)."""
     order = np.random.default_rng(spec.seed).permutation(table.num_rows)
     table = table.take(pa.array(order))
+    if spec.train_as(PEMoETrainSpec).batching == "mixed":
+        return {"train": _decoded(table, spec, negatives)}
+    experts = spec.model_as(PEMoEModelSpec).experts
+    by_expert = {e.name: table.filter(pc.equal(table["expert"], k)) for k, e in enumerate(experts)}
+    return {dataset_name(name): _decoded(rows, spec, negatives) for name, rows in by_expert.items() if rows.num_rows}
+
+
+def expert_rows(table: pa.Table, spec: JobSpec) -> dict[str, int]:
+    """Training rows of each expert that has any (the groups of ``batching: expert``)."""
+    counts = np.bincount(table["expert"].to_numpy(), minlength=len(spec.model_as(PEMoEModelSpec).experts))
+    return {e.name: int(n) for e, n in zip(spec.model_as(PEMoEModelSpec).experts, counts, strict=True) if n}
+
+
+def _decoded(table: pa.Table, spec: JobSpec, negatives: bool) -> Any:
+    import ray.data
+
     blocks = max(1, min(table.num_rows // 64, 8))
     step = -(-table.num_rows // blocks)
     ds: Any = ray.data.from_arrow([table.slice(i, step) for i in range(0, table.num_rows, step)])
@@ -91,13 +106,32 @@ def fit_stage(
         spec.seed,
         stage=stage,
         epochs=train.stage1_epochs if stage == 1 else train.stage2_epochs,
-        steps_per_epoch=max(1, table.num_rows // train.batch_size),
+        steps_per_epoch=_steps_per_epoch(spec, table),
         lr=train.lr * (train.stage2_lr_scale if stage == 2 else 1.0),
         init_checkpoint=init,
+        group_rows=expert_rows(table, spec) if train.batching == "expert" else {},
+        group_order=train.batch_order,
         **(test_hooks or {}),
     )
-    datasets = {"train": training_dataset(table, spec, negatives=stage == 2)}
-    return run_trainer(spec, run_dir, loop, datasets)
+    return run_trainer(spec, run_dir, loop, training_datasets(table, spec, negatives=stage == 2))
+
+
+def _steps_per_epoch(spec: JobSpec, table: pa.Table) -> int:
+    """Mixed batches: the rows over the global batch. Expert batches: every expert's whole global batches; an
+    expert too small for one is an error (it would never train)."""
+    train, workers = spec.train_as(PEMoETrainSpec), int(spec.resources.num_workers)
+    if train.batching == "mixed":
+        return max(1, int(table.num_rows) // train.batch_size)
+    per_worker_step = max(1, train.batch_size // (workers * train.grad_accumulation)) * train.grad_accumulation
+    steps = group_steps(expert_rows(table, spec), workers, per_worker_step)
+    empty = [name for name, n in steps.items() if n == 0]
+    if empty:
+        rows = expert_rows(table, spec)
+        raise DatasetError(
+            f"train.batching=expert: expert {empty[0]!r} has {rows[empty[0]]} training rows, fewer than one global "
+            f"batch of {train.batch_size} on {workers} worker(s); lower train.batch_size or use batching: mixed"
+        )
+    return sum(steps.values())
 
 
 def mine_negatives(spec: JobSpec, checkpoint: str, table: pa.Table) -> pa.Table:

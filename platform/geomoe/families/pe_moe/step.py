@@ -3,6 +3,8 @@ negatives. The training engine (geomoe.train.engine) runs it."""
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 import torch
 
@@ -23,6 +25,12 @@ def pick_texts(batch: Batch, use_statements: bool, rng: np.random.Generator) -> 
     return texts
 
 
+def building_codes(building_ids: np.ndarray) -> np.ndarray:
+    """int64 codes of building ids, the same on every worker (the contrastive loss compares gathered rows)."""
+    digest = [hashlib.blake2b(str(b).encode(), digest_size=8).digest() for b in building_ids]
+    return np.array([int.from_bytes(d, "little", signed=True) for d in digest], dtype=np.int64)
+
+
 def training_task(spec: JobSpec, loop: LoopConfig, rank: int) -> TrainingTask:
     model_spec, train = spec.model_as(PEMoEModelSpec), spec.train_as(PEMoETrainSpec)
     model, tokenizer = build_pe_moe(model_spec)
@@ -36,7 +44,7 @@ def training_task(spec: JobSpec, loop: LoopConfig, rank: int) -> TrainingTask:
         ids, mask = tokenize(tokenizer, texts, model_spec.text.max_length)
         negatives = torch.from_numpy(batch["negatives"]).to(device) if loop.stage == 2 else None
         experts = torch.from_numpy(batch["expert"]).to(device)
-        buildings = torch.from_numpy(np.unique(batch["building_id"], return_inverse=True)[1]).to(device)
+        buildings = torch.from_numpy(building_codes(batch["building_id"])).to(device)
         images = torch.from_numpy(batch["image"]).to(device)
         out = wrapped(ids.to(device), mask.to(device), images, experts, negatives)
         return pe_moe_objective(out, experts, buildings, out.scale, **weights)
