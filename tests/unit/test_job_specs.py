@@ -27,6 +27,22 @@ def test_paper_configuration() -> None:
     assert [e.name for e in spec.model.experts] == ["satellite", "drone", "ground"]
     assert (spec.train.lr, spec.train.weight_decay, spec.train.batch_size) == (2e-5, 1e-4, 128)
     assert spec.resources.num_workers == 8 and spec.resources.use_gpu
+    # sec. 3.2-3.3: expert k trains on D_k (expert-homogeneous batches); negatives mined over the training set
+    assert (spec.train.batching, spec.train.mining_scope) == ("expert", "gallery")
+    assert spec.refine is not None and "refine" in spec.stages  # textual domain alignment by an LLM
+
+
+def test_smgeo_paper_configuration() -> None:
+    """Eq. 10's plain average, Fig. 4's view-specific routers, and the expert design that reproduces Table II."""
+    model = load_job(JOBS[0].parent / "smgeo_cvogl.yaml").model
+    assert (model.query_pool, model.gmoe.routers, model.head_channels) == ("mean", "per_view", 192)
+    assert (model.gmoe.experts, model.gmoe.top_k, model.gmoe.dense_path, model.gmoe.expert_mlp_ratio) == (
+        6,
+        2,
+        True,
+        0.5,
+    )
+    assert model.gmoe.blocks == ["none", "even", "even", "even"]
 
 
 def test_a_baseline_that_prepares_differently_gets_its_own_prepared_folder() -> None:

@@ -346,3 +346,11 @@ def test_validation_and_test_decoding_agree_exactly_under_autocast() -> None:
     iou = clamped_iou(to_file_pixels(fp32, reference, 64), to_file_pixels(box.numpy(), reference, 64), reference)
     assert metrics["val_miou"] == pytest.approx(100 * float(iou.mean()), abs=1e-9)
     assert metrics["val_acc25"] == pytest.approx(100 * float((iou > 0.25).mean()), abs=1e-9)
+
+
+def test_reports_label_our_design_choices() -> None:
+    from geomoe.families.smgeo import our_choices
+
+    assert our_choices(SMGeoModelSpec()) == []  # the paper's design
+    ours = our_choices(SMGeoModelSpec(query_pool="click", gmoe={"routers": "shared", "dense_path": False}))
+    assert len(ours) == 3 and all("(ours;" in choice for choice in ours)
