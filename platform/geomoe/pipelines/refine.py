@@ -129,7 +129,7 @@ def refine_captions(spec: JobSpec, manifest: dict[str, Any]) -> dict[str, Any]:
     source_root, out = manifest["table"], storage.absolute(refine.output_dir)
     pairs = storage.join(out, "pairs")
     started = time.perf_counter()
-    _forget_other_inputs(out, manifest, refine, prompts.sha256)
+    _forget_other_inputs(out, manifest, refine, prompts.sha256, spec.preprocess.max_words_train)
     done = redone = 0
     finished = {rel for rel, _ in storage.list_files(pairs)}
     for relative in [rel for rel, _ in storage.list_files(source_root) if rel.endswith(".parquet")]:
@@ -168,12 +168,13 @@ def refine_captions(spec: JobSpec, manifest: dict[str, Any]) -> dict[str, Any]:
     return refined_manifest
 
 
-def _forget_other_inputs(out: str, manifest: dict[str, Any], refine: RefineSpec, prompts_sha256: str) -> None:
-    """Finished shards are reused only for the same prepared data, engine settings and prompts."""
-    key = json.dumps(
-        [manifest.get("inputs_key"), refine.model_dump(mode="json", exclude={"output_dir"}), prompts_sha256],
-        sort_keys=True,
-    )
+def _forget_other_inputs(
+    out: str, manifest: dict[str, Any], refine: RefineSpec, prompts_sha256: str, caption_words: int
+) -> None:
+    """Finished shards are reused only for the same prepared data, engine settings, prompts and normalisation."""
+    settings = refine.model_dump(mode="json", exclude={"output_dir"})
+    normalisation = {"pre_caption": True, "max_words": caption_words}
+    key = json.dumps([manifest.get("inputs_key"), settings, prompts_sha256, normalisation], sort_keys=True)
     marker = storage.join(out, "inputs.json")
     if storage.exists(out) and (not storage.is_file(marker) or storage.read_text(marker) != key):
         log.info("refine: %s holds refinements of other inputs; starting over", out)
