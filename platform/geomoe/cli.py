@@ -67,12 +67,11 @@ def _dry_run(path: str, quickstart: bool) -> str:
     """Each trial's key, training data and overrides, without starting Ray or touching any data."""
     from pathlib import Path
 
-    from geomoe import storage
-    from geomoe.sweep import describe_trials, load_sweep
+    from geomoe.sweep import describe_trials, experiment_location, load_sweep
 
     sweep, base_path = load_sweep(path, quickstart)
     root = Path.cwd().resolve()
-    experiment = storage.absolute(storage.join(sweep.output_root, sweep.name), root)
+    experiment = experiment_location(sweep, root)
     lines = [f"sweep {sweep.name}: base {base_path}, experiment {experiment}"]
     for row in describe_trials(sweep, base_path, experiment, root):
         lines.append(f"- trial {row['trial']}  {row['params'] or ''}".rstrip())

@@ -22,10 +22,8 @@ class _GatherRows(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
-        parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
-        dist.all_gather(parts, x.contiguous())
         ctx.rows, ctx.rank = x.shape[0], dist.get_rank()
-        return torch.cat(parts)
+        return _all_gather_cat(x)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
@@ -45,6 +43,10 @@ def gather_rows(x: torch.Tensor) -> torch.Tensor:
     if x.requires_grad:
         gathered: torch.Tensor = _GatherRows.apply(x)
         return gathered
+    return _all_gather_cat(x)
+
+
+def _all_gather_cat(x: torch.Tensor) -> torch.Tensor:
     parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
     dist.all_gather(parts, x.contiguous())
     return torch.cat(parts)

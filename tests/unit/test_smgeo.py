@@ -131,7 +131,7 @@ def test_each_view_routes_with_its_own_router() -> None:
     with torch.no_grad():
         layer.routers[0].weight.normal_()  # make the two routers choose differently
         layer.routers[1].weight.normal_()
-    x = torch.randn(2, 4, 8, 8, layer.routers[0].in_features)[0]
+    x = torch.randn(4, 8, 8, layer.routers[0].in_features)
     layer.view = 0
     ids_query, _ = layer.route(x)
     layer.view = 1

@@ -36,6 +36,11 @@ def load_sweep(path: str | Path, quickstart: bool = False) -> tuple[SweepSpec, P
     return sweep, (path.parent / sweep.base).resolve()
 
 
+def experiment_location(sweep: SweepSpec, root: Path) -> str:
+    """Where a sweep's experiment lives: <output_root>/<name>, relative paths resolved against ``root``."""
+    return storage.absolute(storage.join(sweep.output_root, sweep.name), root)
+
+
 def grid_points(sweep: SweepSpec) -> list[dict[str, Any]]:
     """Every trial's values of a grid sweep (variants x grid values), in a stable order."""
     axes: dict[str, list[Any]] = {VARIANT: list(sweep.variants)} if sweep.variants else {}

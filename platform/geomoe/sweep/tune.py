@@ -26,6 +26,7 @@ from geomoe.data.prepared import PreparedDataset
 from geomoe.errors import ExperimentError, SpecError
 from geomoe.sweep import (
     VARIANT,
+    experiment_location,
     grid_points,
     load_sweep,
     ordered_point,
@@ -119,7 +120,7 @@ def run_sweep(path: str | Path, quickstart: bool = False, resume: bool = False) 
 
     sweep, base_path = load_sweep(path, quickstart)
     root = Path.cwd().resolve()
-    experiment = storage.absolute(storage.join(sweep.output_root, sweep.name), root)
+    experiment = experiment_location(sweep, root)
     tune_fs, tune_dir = storage.filesystem_and_path(storage.join(experiment, "tune"))
     fs = None if storage.is_local(experiment) else tune_fs  # Tune's storage_filesystem for an object store
     restorable = tune.Tuner.can_restore(tune_dir, storage_filesystem=fs)

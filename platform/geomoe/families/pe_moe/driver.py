@@ -101,34 +101,34 @@ def fit_stage(
     if recorded is not None:
         return recorded
     train = spec.train_as(PEMoETrainSpec)
+    groups = expert_rows(table, spec) if train.batching == "expert" else {}
     loop = LoopConfig.of(
         train,
         spec.seed,
         stage=stage,
         epochs=train.stage1_epochs if stage == 1 else train.stage2_epochs,
-        steps_per_epoch=_steps_per_epoch(spec, table),
+        steps_per_epoch=_steps_per_epoch(spec, int(table.num_rows), groups),
         lr=train.lr * (train.stage2_lr_scale if stage == 2 else 1.0),
         init_checkpoint=init,
-        group_rows=expert_rows(table, spec) if train.batching == "expert" else {},
+        group_rows=groups,
         group_order=train.batch_order,
         **(test_hooks or {}),
     )
     return run_trainer(spec, run_dir, loop, training_datasets(table, spec, negatives=stage == 2))
 
 
-def _steps_per_epoch(spec: JobSpec, table: pa.Table) -> int:
-    """Mixed batches: the rows over the global batch. Expert batches: every expert's whole global batches; an
-    expert too small for one is an error (it would never train)."""
+def _steps_per_epoch(spec: JobSpec, rows: int, groups: dict[str, int]) -> int:
+    """Mixed batches (no ``groups``): the rows over the global batch. Expert batches: every expert's whole global
+    batches; an expert too small for one is an error (it would never train)."""
     train, workers = spec.train_as(PEMoETrainSpec), int(spec.resources.num_workers)
-    if train.batching == "mixed":
-        return max(1, int(table.num_rows) // train.batch_size)
+    if not groups:
+        return max(1, rows // train.batch_size)
     per_worker_step = max(1, train.batch_size // (workers * train.grad_accumulation)) * train.grad_accumulation
-    steps = group_steps(expert_rows(table, spec), workers, per_worker_step)
+    steps = group_steps(groups, workers, per_worker_step)
     empty = [name for name, n in steps.items() if n == 0]
     if empty:
-        rows = expert_rows(table, spec)
         raise DatasetError(
-            f"train.batching=expert: expert {empty[0]!r} has {rows[empty[0]]} training rows, fewer than one global "
+            f"train.batching=expert: expert {empty[0]!r} has {groups[empty[0]]} training rows, fewer than one global "
             f"batch of {train.batch_size} on {workers} worker(s); lower train.batch_size or use batching: mixed"
         )
     return sum(steps.values())
