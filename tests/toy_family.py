@@ -37,9 +37,13 @@ def thumbnails(prepared: PreparedDataset, split: str, side: int) -> dict[str, np
     return {"x": np.stack(x).reshape(len(x), -1), "y": np.array([PLATFORMS.index(p) for p in images.values()])}
 
 
-def accuracy(model: nn.Module, x: np.ndarray, y: np.ndarray) -> float:
+def correct(model: nn.Module, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     with torch.no_grad():
-        return 100.0 * float((model(torch.from_numpy(x)).argmax(1).numpy() == y).mean())
+        return np.asarray(model(torch.from_numpy(x)).argmax(1).numpy() == y)
+
+
+def accuracy(model: nn.Module, x: np.ndarray, y: np.ndarray) -> float:
+    return 100.0 * float(correct(model, x, y).mean())
 
 
 class ToyFamily(Family):
@@ -79,10 +83,12 @@ class ToyFamily(Family):
 
     def evaluate(self, spec: JobSpec, checkpoint: str, prepared: PreparedDataset) -> dict[str, Any]:
         test = thumbnails(prepared, "test", spec.model_as(ToyModelSpec).thumb)
-        return {
-            "accuracy": accuracy(self.load_checkpoint(checkpoint).model, test["x"], test["y"]),
-            "count": len(test["y"]),
-        }
+        hits = correct(self.load_checkpoint(checkpoint).model, test["x"], test["y"])
+        return {"accuracy": 100.0 * float(hits.mean()), "count": len(test["y"]), "correct": hits.tolist()}
+
+    def query_values(self, result: dict[str, Any]) -> dict[str, np.ndarray]:
+        """Each test image's hit: the per-query values of test_accuracy (its intervals, seeds and verdicts)."""
+        return {"test_accuracy": 100.0 * np.array(result["test"]["correct"], dtype=np.float64)}
 
 
 registry.register(ToyFamily())

@@ -13,6 +13,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from geomoe.stats import intervals
+
 NO_RELEVANT = -1
 
 
@@ -49,6 +51,23 @@ def recall_at_k(ranks: np.ndarray, ks: Sequence[int]) -> dict[str, float]:
     return {f"R@{k}": float(100.0 * np.mean(hit & (ranks < k))) for k in ks}
 
 
+def recall_values(ranks: np.ndarray, ks: Sequence[int]) -> dict[str, np.ndarray]:
+    """Per-query values whose means are R@K (100 for a hit within the top K, else 0) and, when 1 and 10 are among
+    ``ks``, the Track 4 Score ((hit@1 + hit@10) / 2): what the bootstrap resamples."""
+    ranks = np.asarray(ranks)
+    hits = {f"R@{k}": 100.0 * ((ranks >= 0) & (ranks < k)) for k in ks}
+    if 1 in ks and 10 in ks:
+        hits["Score"] = (hits["R@1"] + hits["R@10"]) / 2.0
+    return hits
+
+
+def capped_ranks(ranks: np.ndarray, cap: int) -> list[int]:
+    """Ranks with every miss beyond the top ``cap`` (and "no relevant item") as ``cap``: all that R@K for
+    K <= cap needs, small enough to keep per query in a result file."""
+    ranks = np.asarray(ranks)
+    return np.where((ranks < 0) | (ranks > cap), cap, ranks).astype(int).tolist()  # type: ignore[no-any-return]
+
+
 def track4_score(recalls: Mapping[str, float]) -> float:
     """RoboSense Track 4 leaderboard score: (R@1 + R@10) / 2."""
     return (recalls["R@1"] + recalls["R@10"]) / 2.0
@@ -82,8 +101,10 @@ def retrieval_report(
 
     ``scores_TI``: caption x image similarity; ``caption_image``: image index of each caption;
     ``image_building``: building label of each image; ``image_platform``: platform name of each image.
-    Returns {protocol: {"t2i": R@K, "i2t": R@K, "t2i_by_platform": ..., "i2t_by_platform": ...,
-    "score": Track 4 score (when 1 and 10 are among ks), "r_mean": mean of both directions' means}}.
+    Returns {protocol: {"t2i": R@K, "i2t": R@K, "t2i_interval" and "i2t_interval": 95% bootstrap intervals
+    ([lo, hi] per R@K, and the Score's), "t2i_ranks": each caption's rank capped at max(ks), "t2i_by_platform":
+    ..., "i2t_by_platform": ..., "score": Track 4 score (when 1 and 10 are among ks), "r_mean": mean of both
+    directions' means}}.
     """
     caption_image, image_building = np.asarray(caption_image), np.asarray(image_building)
     labels = protocol_labels(caption_image, image_building)
@@ -97,6 +118,9 @@ def retrieval_report(
         entry: dict[str, object] = {
             "t2i": t2i_recall,
             "i2t": i2t_recall,
+            "t2i_interval": intervals(recall_values(t2i, ks)),  # 95% bootstrap over queries
+            "i2t_interval": intervals({k: v for k, v in recall_values(i2t, ks).items() if k != "Score"}),
+            "t2i_ranks": capped_ranks(t2i, max(ks)),  # per query: paired comparisons between models
             "t2i_by_platform": _by_group(t2i, caption_platform, ks),
             "i2t_by_platform": _by_group(
                 i2t, image_platform if image_platform is None else np.asarray(image_platform), ks
@@ -141,6 +165,12 @@ def localization_metrics(
     iou = clamped_iou(pred_N4, gt_N4, sizes_N2)
     if len(iou) == 0:
         raise ValueError("no boxes to evaluate")
-    result = {f"acc@{t:g}": float(100.0 * np.mean(iou > t)) for t in thresholds}
-    result["mIoU"] = float(100.0 * iou.mean())
-    return result
+    return {k: float(v.mean()) for k, v in localization_values(iou, thresholds).items()}
+
+
+def localization_values(iou_N: np.ndarray, thresholds: Sequence[float] = (0.25, 0.5)) -> dict[str, np.ndarray]:
+    """Per-sample values whose means are acc@t (100 when IoU > t) and mIoU (100 * IoU)."""
+    iou = np.asarray(iou_N, dtype=np.float64)
+    values = {f"acc@{t:g}": 100.0 * (iou > t) for t in thresholds}
+    values["mIoU"] = 100.0 * iou
+    return values

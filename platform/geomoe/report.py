@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from geomoe.metrics import track4_score
+import numpy as np
+
+from geomoe.metrics import recall_values, track4_score
+from geomoe.stats import format_interval, paired_difference
 
 
 def manifest_summary(manifest: dict[str, Any]) -> str:
@@ -51,11 +54,16 @@ def caption_summary(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _with_interval(values: dict[str, Any], bounds: dict[str, Any], key: str, width: int = 18) -> str:
+    return f"{format_interval(values[key], bounds.get(key)):>{width}}"
+
+
 def retrieval_table(train_results: dict[str, Any], protocol: str = "exact") -> str:
-    """R@K table of every trained model (main and baselines) and stage, plus chance, for one protocol."""
+    """R@K table of every trained model (main and baselines) and stage, plus chance, for one protocol; each number
+    with its 95% bootstrap interval over the queries, then the paired differences that matter."""
     lines = [
-        f"text -> image retrieval, {protocol} protocol (%)",
-        f"  {'model':<34}{'R@1':>8}{'R@5':>8}{'R@10':>8}{'Score':>8}{'routing':>9}",
+        f"text -> image retrieval, {protocol} protocol (%, [95% bootstrap interval over queries])",
+        f"  {'model':<30}{'R@1':>18}{'R@5':>18}{'R@10':>18}{'Score':>18}{'routing':>9}",
     ]
     chance = None
     for name, result in train_results.items():
@@ -64,24 +72,60 @@ def retrieval_table(train_results: dict[str, Any], protocol: str = "exact") -> s
             if stage not in result:
                 continue
             report = result[stage]
-            recall = report["retrieval"][protocol]["t2i"]
+            entry = report["retrieval"][protocol]
+            recall, bounds = dict(entry["t2i"]), entry.get("t2i_interval", {})
+            recall["Score"] = entry.get("score", float("nan"))
             routing = f"{report['routing_accuracy']:.1f}" if "routing_accuracy" in report else "-"
-            label = f"{name} {stage}"
-            lines.append(
-                f"  {label:<34}{recall['R@1']:>8.2f}{recall['R@5']:>8.2f}{recall['R@10']:>8.2f}"
-                f"{report['retrieval'][protocol].get('score', float('nan')):>8.2f}{routing:>9}"
-            )
+            cells = "".join(_with_interval(recall, bounds, k) for k in ("R@1", "R@5", "R@10", "Score"))
+            lines.append(f"  {name + ' ' + stage:<30}{cells}{routing:>9}")
             for method, reranked in report.get("reranked", {}).items() if stage == final else ():
-                again = reranked[protocol]["t2i"]  # images_without_caption: in the JSON
-                label = f"{name} {stage} +{method}"
-                score = track4_score(again) if "R@1" in again and "R@10" in again else float("nan")
-                lines.append(
-                    f"  {label:<34}{again['R@1']:>8.2f}{again['R@5']:>8.2f}{again['R@10']:>8.2f}{score:>8.2f}{'-':>9}"
-                )
+                again = dict(reranked[protocol]["t2i"])  # images_without_caption: in the JSON
+                again["Score"] = track4_score(again) if "R@1" in again and "R@10" in again else float("nan")
+                cells = "".join(_with_interval(again, {}, k) for k in ("R@1", "R@5", "R@10", "Score"))
+                lines.append(f"  {name + ' ' + stage + ' +' + method:<30}{cells}{'-':>9}")
             chance = report["chance"][protocol]
     if chance:
-        lines.append(f"  {'chance':<34}{chance['R@1']:>8.2f}{chance['R@5']:>8.2f}{chance['R@10']:>8.2f}")
+        lines.append(f"  {'chance':<30}" + "".join(f"{chance[k]:>18.2f}" for k in ("R@1", "R@5", "R@10")))
+    lines += retrieval_differences(train_results, protocol)
     return "\n".join(lines)
+
+
+def _final(result: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    stage = "stage2" if "stage2" in result else "stage1"
+    return stage, result[stage]
+
+
+def retrieval_differences(
+    train_results: dict[str, Any], protocol: str, metrics: tuple[str, ...] = ("R@1", "R@10")
+) -> list[str]:
+    """Paired differences on the same queries: the model's stage 2 against its stage 1, and the model against
+    each baseline (final stages). A difference is called out (*) only when its 95% interval excludes 0."""
+    pairs = []
+    model = train_results.get("model")
+    if model is None:
+        return []
+    if "stage1" in model and "stage2" in model:
+        pairs.append(("model stage2 - stage1", model["stage2"], model["stage1"]))
+    for name, result in train_results.items():
+        if name != "model":
+            (s_model, final_model), (s_base, final_base) = _final(model), _final(result)
+            pairs.append((f"model {s_model} - {name} {s_base}", final_model, final_base))
+    lines = []
+    for label, a, b in pairs:
+        ra, rb = a["retrieval"][protocol].get("t2i_ranks"), b["retrieval"][protocol].get("t2i_ranks")
+        if ra is None or rb is None or len(ra) != len(rb):
+            continue
+        ks = [int(k.removeprefix("R@")) for k in a["retrieval"][protocol]["t2i"]]
+        va, vb = recall_values(np.array(ra), ks), recall_values(np.array(rb), ks)
+        cells = []
+        for m in metrics:
+            if m in va:
+                d = paired_difference(va[m], vb[m])
+                cells.append(f"{m} {d}{' *' if d.significant else ''}")
+        lines.append(f"  {label:<30}" + "   ".join(cells))
+    if lines:
+        lines.insert(0, "  paired differences (95% interval; * = excludes 0):")
+    return lines
 
 
 def sample_query(report: dict[str, Any]) -> str:

@@ -68,7 +68,7 @@ def test_the_toy_family_runs_as_a_job(tiny_synth: tuple[Path, dict], tmp_path: P
 
 
 def test_the_toy_family_runs_as_a_two_trial_sweep(tiny_synth: tuple[Path, dict], tmp_path: Path) -> None:
-    from geomoe.sweep.report import report_rows
+    from geomoe.sweep.report import report_rows, write_report
     from geomoe.sweep.tune import run_sweep
 
     (tmp_path / "toy.yaml").write_text(yaml.safe_dump(toy_job(tiny_synth[0], tmp_path)))
@@ -78,15 +78,30 @@ def test_the_toy_family_runs_as_a_two_trial_sweep(tiny_synth: tuple[Path, dict],
         "output_root": str(tmp_path / "sweeps"),
         "overrides": ["train.epochs=1"],
         "params": {"train.lr": {"grid": [0.01, 0.2]}},
+        "seeds": [0, 1],
         "metric": "test_accuracy",
         "report_metrics": ["test_accuracy", "val_accuracy", "params_M"],
-        "max_concurrent": 2,  # both at once: 2 x (0.5 CPU trial + 0.5 CPU worker) on the 4-CPU test cluster
-    }
+        "max_concurrent": 2,  # two at once: 2 x (0.5 CPU trial + 0.5 CPU worker) on the 4-CPU test cluster
+        "paper": {"source": "made-up rows, for the verdict column",
+                  "rows": [{"label": "slow", "params": {"train.lr": 0.01}, "metrics": {"test_accuracy": 50.0}},
+                           {"label": "fast", "params": {"train.lr": 0.2}, "metrics": {"test_accuracy": 60.0}}]},
+    }  # fmt: skip
     (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(sweep))
     experiment = run_sweep(tmp_path / "sweep.yaml")
     _, rows = report_rows(experiment)
-    assert sorted(r["params"]["train.lr"] for r in rows) == [0.01, 0.2]
+    assert sorted((r["params"]["train.lr"], r["params"]["seed"]) for r in rows) == [
+        (0.01, 0), (0.01, 1), (0.2, 0), (0.2, 1)
+    ]  # fmt: skip
     for row in rows:
         assert row["status"] == "finished", row
         assert row["metrics"]["params_M"] == pytest.approx((3 * 8 * 8 * 3 + 3) / 1e6)  # Linear(192, 3)
         assert row["metrics"]["test_count"] > 0
+        # each trial's interval brackets its own number, from its per-query values kept beside the result
+        lo, hi = row["intervals"]["test_accuracy"]
+        assert lo <= row["metrics"]["test_accuracy"] <= hi
+        assert row["values"]["test_accuracy"].mean() == pytest.approx(row["metrics"]["test_accuracy"])
+    text = write_report(experiment)
+    aggregate = [line for line in text.splitlines() if line.startswith("| ours (seeds)")]
+    assert len(aggregate) == 2 and all("| 2 |" in line and " ± " in line for line in aggregate)
+    verdict = next(line for line in text.splitlines() if line.startswith("| fast | slow |"))
+    assert verdict.split("|")[-2].strip() in ("reproduced", "not reproduced", "inconclusive")

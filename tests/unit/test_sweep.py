@@ -3,17 +3,19 @@ job carries its values, and the report shows every trial as it ended (never an i
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from geomoe.config import SweepSpec, parse_spec
 from geomoe.config.pe_moe import PEMoEModelSpec
 from geomoe.errors import ExperimentError, SpecError
 from geomoe.storage import write_json_atomic
-from geomoe.sweep import VARIANT, describe_trials, grid_points, load_sweep, trial_key, trial_metrics, trial_spec
-from geomoe.sweep.report import RESULT_FILE, write_report
+from geomoe.sweep import SEED, VARIANT, describe_trials, grid_points, load_sweep, trial_key, trial_metrics, trial_spec
+from geomoe.sweep.report import RESULT_FILE, write_per_query, write_report
 
 REPO = Path(__file__).resolve().parents[2]
 SPACES = sorted((REPO / "search_spaces").glob("*.yaml"))
@@ -95,7 +97,8 @@ def test_the_report_shows_finished_failed_and_missing_trials_as_they_are(tmp_pat
     assert all(r.endswith("not run |") and "| - | - | - | - |" in r for r in rows[2:])
     assert text.count("| paper: top-") == 5 and "best: {'model.gmoe.top_k': 1} val_acc50 31.50" in text
     csv_lines = (tmp_path / "report.csv").read_text().splitlines()
-    assert len(csv_lines) == 1 + len(points) + 5 and ",failed,RuntimeError: worker died" in csv_lines[2]
+    assert len(csv_lines) == 1 + len(points) + 1 + 5 and ",failed,RuntimeError: worker died" in csv_lines[2]
+    assert csv_lines[1 + len(points)].startswith("ours: mean of 1 seeds,")  # the configurations' rows
     assert (tmp_path / "plot-model_gmoe_top_k.png").is_file()
     with pytest.raises(ExperimentError, match=r"no sweep\.json here"):
         write_report(tmp_path / "trials")
@@ -139,3 +142,101 @@ def test_table_1_rows_train_on_aligned_captions_exactly_when_the_row_has_alignme
     assert main(args + ["--quickstart"] * quickstart) == 0
     printed = capsys.readouterr().out
     assert printed.count("- trial variant-") == 4 and f"trains on: {raw['data']} at {raw['dataset']}" in printed
+
+
+def test_seeds_are_more_trials_of_the_same_configuration() -> None:
+    sweep, base = load_sweep(REPO / "search_spaces" / "smgeo_topk.yaml", quickstart=True)
+    seeded = sweep.model_copy(update={"seeds": [0, 1, 2]})
+    points = grid_points(seeded)
+    assert len(points) == 3 * len(grid_points(sweep)) and points[:3] == [
+        {"model.gmoe.top_k": 1, SEED: s} for s in (0, 1, 2)
+    ]
+    specs = [trial_spec(seeded, base, p, Path("/x"), REPO) for p in points[:3]]
+    assert [s.seed for s in specs] == [0, 1, 2] and len({trial_key(p) for p in points}) == len(points)
+    assert len({s.preprocess.output_dir for s in specs}) == 1  # every seed trains on the same prepared data
+    with pytest.raises(SpecError, match="repeats a seed"):
+        parse_spec(SweepSpec, {**seeded.model_dump(mode="json"), "seeds": [0, 0]}, "s.yaml")
+
+
+def _write_trial(experiment: Path, point: dict, hits: np.ndarray) -> None:
+    """A finished trial as run_trial writes it: per-query values, then the result with its interval."""
+    from geomoe.stats import intervals
+
+    values = {"val_acc50": hits, "val_acc25": hits, "val_miou": hits / 2}
+    run_dir = str(experiment / "trials" / trial_key(point))
+    write_per_query(run_dir, values)
+    metrics = {k: float(v.mean()) for k, v in values.items()} | {"params_M": 0.5}
+    result = {"params": point, "status": "finished", "fingerprint": "f", "metrics": metrics}
+    write_json_atomic(f"{run_dir}/{RESULT_FILE}", result | {"intervals": intervals(values)})
+
+
+def test_the_report_pools_seeds_and_gives_each_paper_row_a_verdict(tmp_path: Path) -> None:
+    """Table III's top-k rows against ours, made to differ as the paper does (top-1 -> top-2 up), not at all
+    (top-2 -> top-3, paper flat), against the paper (top-3 -> top-4: ours down, the paper flat) and not run."""
+    sweep, _ = load_sweep(REPO / "search_spaces" / "smgeo_topk.yaml", quickstart=True)
+    sweep = sweep.model_copy(update={"seeds": [0, 1]})
+    points = grid_points(sweep)
+    expected = [trial_key(p) for p in points]
+    write_json_atomic(tmp_path / "sweep.json", {"sweep": sweep.model_dump(mode="json"), "expected": expected})
+    base = 100.0 * (np.random.default_rng(0).permutation(600) < 180)  # 30% hits
+    better = base.copy()
+    better[np.flatnonzero(base == 0)[:60]] = 100.0  # +10 points on the same queries
+    per_k = {1: base, 2: better, 3: better, 4: base}  # top-5 not run
+    for point in points:
+        k = point["model.gmoe.top_k"]
+        if k in per_k:
+            hits = per_k[k].copy()
+            if point[SEED] == 1:  # the second seed differs a little
+                hits[np.flatnonzero(hits == 0)[:6]] = 100.0
+            _write_trial(tmp_path, point, hits)
+    text = write_report(tmp_path)
+    lines = text.splitlines()
+    trials = [line for line in lines if line.startswith("| ours |")]
+    assert len(trials) == len(points) and "| 1 | 0 | 30.00 [" in trials[0]
+    aggregate = [line for line in lines if line.startswith("| ours (seeds)")]
+    assert len(aggregate) == 4 and aggregate[0].startswith("| ours (seeds) | 1 | 2 | 30.50 ± 0.71 [")
+    verdict = {line.split("|")[1].strip(): line.split("|")[-2].strip() for line in lines if line.startswith("| top-")
+               and line.count("|") == 6}  # fmt: skip
+    assert verdict == {"top-2": "reproduced", "top-3": "inconclusive", "top-4": "not reproduced", "top-5": "not run"}
+    assert "| top-2 | top-1 | +0.55 | +10.00 [" in text
+    assert "best: {'model.gmoe.top_k': 2} val_acc50 40.50 ± 0.71 over 2 seeds" in text
+    csv_lines = (tmp_path / "report.csv").read_text().splitlines()
+    assert sum(line.startswith("ours: mean of 2 seeds,") for line in csv_lines) == 4
+
+
+def test_a_finished_trial_reports_its_recorded_result_without_training(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Tune may restore a trial as unfinished when the sweep stopped right after the trial wrote its result: the
+    trial then reports that file and trains nothing. A result of another job (an edited spec) is not reused."""
+    import ray.tune
+
+    import geomoe.jobs
+    import geomoe.sweep.tune
+    from geomoe.sweep.tune import run_trial
+
+    sweep, base = load_sweep(REPO / "search_spaces" / "smgeo_topk.yaml", quickstart=True)
+    point = {"model.gmoe.top_k": 2}
+    experiment = str(tmp_path / "exp")
+    fingerprint = trial_spec(sweep, base, point, experiment, REPO).fingerprint()
+    result_file = tmp_path / "exp" / "trials" / trial_key(point) / RESULT_FILE
+    metrics = {"val_acc50": 12.5, "params_M": 0.5}
+    finished = {"params": point, "status": "finished", "fingerprint": fingerprint, "metrics": metrics}
+    write_json_atomic(result_file, finished)
+    before = result_file.read_bytes()
+    reported: list[dict] = []
+    monkeypatch.setattr(ray.tune, "report", reported.append)
+
+    def no_training(spec: object) -> None:
+        raise AssertionError("the finished trial trained again")
+
+    monkeypatch.setattr(geomoe.jobs, "family_of", no_training)
+    monkeypatch.setattr(geomoe.sweep.tune.PreparedDataset, "open", lambda *args: None)  # no data: no training
+    run = lambda: run_trial(point, sweep.model_dump(mode="json"), str(base), experiment, str(REPO))  # noqa: E731
+    run()
+    assert reported == [metrics] and result_file.read_bytes() == before
+    stale = {"params": point, "status": "finished", "fingerprint": "another job", "metrics": metrics}
+    write_json_atomic(result_file, stale)
+    with pytest.raises(AssertionError, match="trained again"):
+        run()
+    assert "trained again" in json.loads(result_file.read_text())["error"]

@@ -64,6 +64,7 @@ class SweepVariant(Strict):
     num_samples: int | None = Field(None, ge=1)
     scheduler: AshaSpec | None = None
     max_concurrent: int | None = Field(None, ge=1)
+    seeds: list[int] | None = None
 
 
 class SweepSpec(Strict):
@@ -84,6 +85,11 @@ class SweepSpec(Strict):
     report_metrics: list[str] = Field(min_length=1)
     searcher: Literal["grid", "optuna"] = "grid"
     num_samples: int = Field(1, ge=1, description="grid: repeats of the grid; optuna: trials")
+    seeds: list[int] = Field(
+        default_factory=list,
+        description="each configuration once per seed (the job's seed): more trials, packed like any other; the "
+        "report gives mean ± std over seeds and the pooled interval",
+    )
     scheduler: AshaSpec | None = None
     max_concurrent: int = Field(1, ge=1)
     trial_cpus: float = Field(0.5, gt=0, description="the trial's own process; its Train workers come on top")
@@ -100,6 +106,12 @@ class SweepSpec(Strict):
             raise ValueError(f"searcher grid takes grid values only; {sampled} are sampled: use searcher optuna")
         if self.searcher == "optuna" and (self.variants or len(sampled) < len(self.params)):
             raise ValueError("searcher optuna cannot take grid values or variants (Tune's OptunaSearch limit)")
+        if self.seeds and self.searcher != "grid":
+            raise ValueError("seeds: repeat seeds with searcher grid (a searcher draws its own trials)")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds: {self.seeds} repeats a seed")
+        if "seed" in self.params:
+            raise ValueError("params.seed: give seeds as the sweep's seeds list")
         swept_data = [k for k in self.params if k.split(".")[0] in ("data", "preprocess")]
         if swept_data:
             raise ValueError(f"sweep data or preprocess through variants, not params: {swept_data}")

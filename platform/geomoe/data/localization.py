@@ -17,7 +17,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from geomoe import storage
-from geomoe.metrics import localization_metrics
+from geomoe.metrics import clamped_iou, localization_metrics, localization_values
+from geomoe.stats import intervals
 
 # Swin's ImageNet statistics
 MEAN = np.array([0.485, 0.456, 0.406], np.float32)
@@ -125,10 +126,17 @@ def size_bucket(boxes_N4: np.ndarray, reference_wh_N2: np.ndarray) -> np.ndarray
 def localization_report(
     pred_N4: np.ndarray, gt_N4: np.ndarray, reference_wh_N2: np.ndarray, classes: Sequence[str]
 ) -> dict[str, Any]:
-    """acc@0.25, acc@0.5, mIoU overall, per class and per size bucket (file pixels, DetGeo protocol)."""
+    """acc@0.25, acc@0.5, mIoU overall (with 95% bootstrap intervals over samples, and each sample's IoU for
+    paired comparisons), per class and per size bucket (file pixels, DetGeo protocol)."""
     pred, gt, wh = np.asarray(pred_N4), np.asarray(gt_N4), np.asarray(reference_wh_N2)
     labels = {"by_class": np.asarray(classes), "by_size": size_bucket(gt, wh)}
-    report: dict[str, Any] = {"overall": localization_metrics(pred, gt, wh), "count": len(gt)}
+    iou = clamped_iou(pred, gt, wh)
+    report: dict[str, Any] = {
+        "overall": localization_metrics(pred, gt, wh),
+        "interval": intervals(localization_values(iou)),
+        "iou": iou.tolist(),
+        "count": len(gt),
+    }
     for name, label in labels.items():
         report[name] = {
             str(g): {

@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
+import numpy as np
+
 from geomoe import storage
 from geomoe.config import FamilyModelSpec, JobSpec, TrainSpec
 from geomoe.data.prepared import PreparedDataset
@@ -127,6 +129,11 @@ class Family:
         test = {f"test_{k}": v for k, v in result.get("test", {}).items() if isinstance(v, int | float)}
         validation = {k: v for k, v in result.get("validation", {}).items() if isinstance(v, int | float)}
         return {k: float(v) for k, v in (test | validation).items()}
+
+    def query_values(self, result: dict[str, Any]) -> dict[str, np.ndarray]:
+        """Per-query values of the ``metrics`` that are means over queries (metric name -> values whose mean is
+        the metric): what a sweep's intervals, seed pooling and paired differences resample. Default: none."""
+        return {}
 
     def report(self, spec: JobSpec, results: dict[str, Any]) -> str:
         """The train stage's results (model name -> result: "model" and any baselines) as the CLI prints them."""

@@ -13,12 +13,15 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from geomoe import registry, storage
 from geomoe.config import JobSpec, SweepSpec, load_job, load_yaml, parse_spec
 from geomoe.config.base import apply_overrides
 from geomoe.errors import SpecError
 
 VARIANT = "variant"  # the parameter name a sweep's variants are swept under
+SEED = "seed"  # the parameter name a sweep's seeds are swept under (the job's top-level seed)
 
 
 def load_sweep(path: str | Path, quickstart: bool = False) -> tuple[SweepSpec, Path]:
@@ -42,15 +45,18 @@ def experiment_location(sweep: SweepSpec, root: Path) -> str:
 
 
 def grid_points(sweep: SweepSpec) -> list[dict[str, Any]]:
-    """Every trial's values of a grid sweep (variants x grid values), in a stable order."""
+    """Every trial's values of a grid sweep (variants x grid values x seeds), in a stable order."""
     axes: dict[str, list[Any]] = {VARIANT: list(sweep.variants)} if sweep.variants else {}
     axes.update({k: list(p.grid or []) for k, p in sweep.params.items()})
+    if sweep.seeds:
+        axes[SEED] = list(sweep.seeds)
     return [dict(zip(axes, values, strict=True)) for values in itertools.product(*axes.values())]
 
 
 def ordered_point(sweep: SweepSpec, config: dict[str, Any]) -> dict[str, Any]:
-    """A trial's values in the sweep's order (variant first, then params as written): its key's order."""
-    order = ([VARIANT] if sweep.variants else []) + list(sweep.params)
+    """A trial's values in the sweep's order (variant first, then params as written, then the seed): its key's
+    order."""
+    order = ([VARIANT] if sweep.variants else []) + list(sweep.params) + ([SEED] if sweep.seeds else [])
     return {k: config[k] for k in order if k in config}
 
 
@@ -125,6 +131,12 @@ def describe_trials(sweep: SweepSpec, base_path: Path, experiment_dir: str, root
 def trial_metrics(spec: JobSpec, result: dict[str, Any]) -> dict[str, float]:
     """The flat numbers a trial reports, from its model's train-stage result (the names report_metrics may use)."""
     return dict(registry.family(spec.model.name).metrics(result))
+
+
+def trial_per_query(spec: JobSpec, result: dict[str, Any]) -> dict[str, np.ndarray]:
+    """Per-query values of the trial's metrics that are means over queries (for intervals and paired rows)."""
+    values: dict[str, np.ndarray] = registry.family(spec.model.name).query_values(result)
+    return values
 
 
 def parameter_count(spec: JobSpec) -> dict[str, float]:

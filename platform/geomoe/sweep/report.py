@@ -9,16 +9,39 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import json
+from dataclasses import dataclass, field
 from typing import Any
+
+import numpy as np
 
 from geomoe import storage
 from geomoe.config import SweepSpec
 from geomoe.errors import ExperimentError
-from geomoe.sweep import VARIANT
+from geomoe.stats import Difference, format_interval, interval, mean_std, paired_difference, verdict
+from geomoe.sweep import SEED, VARIANT
 
 RESULT_FILE = "trial_result.json"
+PER_QUERY_FILE = "per_query.npz"  # beside the result: each query's value of each metric (for pooling and pairing)
 SIZE_COLUMNS = ("params_M",)
+
+
+def write_per_query(run_dir: str, values: dict[str, np.ndarray]) -> None:
+    """Write a trial's per-query values (metric -> array) as a compressed .npz (no pickles inside)."""
+    buffer = io.BytesIO()
+    arrays: dict[str, Any] = {k: np.asarray(v, dtype=np.float64) for k, v in values.items()}
+    np.savez_compressed(buffer, **arrays)
+    storage.write_bytes_atomic(storage.join(run_dir, PER_QUERY_FILE), buffer.getvalue())
+
+
+def read_per_query(run_dir: str) -> dict[str, np.ndarray]:
+    """A trial's per-query values; {} for a trial that recorded none."""
+    location = storage.join(run_dir, PER_QUERY_FILE)
+    if not storage.is_file(location):
+        return {}
+    with np.load(io.BytesIO(storage.read_bytes(location)), allow_pickle=False) as saved:
+        return {k: saved[k] for k in saved.files}
 
 
 def trial_results(experiment: str) -> dict[str, dict[str, Any]]:
@@ -29,7 +52,8 @@ def trial_results(experiment: str) -> dict[str, dict[str, Any]]:
 
 
 def report_rows(experiment: str) -> tuple[SweepSpec, list[dict[str, Any]]]:
-    """(sweep, rows): one row per expected (grid) or recorded trial, in the sweep's order."""
+    """(sweep, rows): one row per expected (grid) or recorded trial, in the sweep's order; a finished trial's
+    row carries its per-query values under "values"."""
     saved = storage.read_json_if_exists(storage.join(experiment, "sweep.json"))
     if saved is None:
         raise ExperimentError(
@@ -41,7 +65,10 @@ def report_rows(experiment: str) -> tuple[SweepSpec, list[dict[str, Any]]]:
     rows = []
     for key in keys:
         outcome = recorded.get(key, {"status": "not run"})
-        rows.append({"trial": key, **outcome})
+        row = {"trial": key, **outcome}
+        if row["status"] == "finished":
+            row["values"] = read_per_query(storage.join(experiment, "trials", key))
+        rows.append(row)
     return sweep, rows
 
 
@@ -49,20 +76,27 @@ def _params_of(sweep: SweepSpec) -> list[str]:
     return ([VARIANT] if sweep.variants else []) + list(sweep.params)
 
 
+def _columns(sweep: SweepSpec) -> list[str]:
+    """The trial table's parameter columns: the swept ones, and the seed when the sweep repeats seeds."""
+    return _params_of(sweep) + ([SEED] if sweep.seeds else [])
+
+
 def _cell(value: Any) -> str:
     return f"{value:.2f}" if isinstance(value, float) else str(value)
 
 
 def markdown_table(sweep: SweepSpec, rows: list[dict[str, Any]]) -> str:
-    params, metrics = _params_of(sweep), [*sweep.report_metrics, *SIZE_COLUMNS]
+    """Every trial (a metric as ``mean [lo, hi]``, its 95% bootstrap interval over queries, where it has per-query
+    values), then the paper's rows."""
+    params, metrics = _columns(sweep), [*sweep.report_metrics, *SIZE_COLUMNS]
     head = ["source", *params, *metrics, "status"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
         values = row.get("params") or {}
-        got = row.get("metrics") or {}
+        got, bounds = row.get("metrics") or {}, row.get("intervals") or {}
         status = row["status"] if row["status"] != "failed" else f"failed: {row.get('error', '?')[:120]}"
         cells = ["ours", *[_cell(values.get(p, "")) for p in params]]
-        cells += [_cell(got[m]) if m in got else "-" for m in metrics] + [status]
+        cells += [format_interval(got[m], bounds.get(m)) if m in got else "-" for m in metrics] + [status]
         lines.append("| " + " | ".join(c.replace("|", "/") for c in cells) + " |")
     for paper in sweep.paper.rows if sweep.paper else []:
         cells = [f"paper: {paper.label}", *[_cell(paper.params.get(p, "")) for p in params]]
@@ -71,53 +105,179 @@ def markdown_table(sweep: SweepSpec, rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def best_trial(sweep: SweepSpec, rows: list[dict[str, Any]]) -> dict[str, Any] | None:
-    done = [r for r in rows if r["status"] == "finished" and sweep.metric in r.get("metrics", {})]
+@dataclass
+class Configuration:
+    """The finished trials of one configuration (the swept values less the seed)."""
+
+    params: dict[str, Any]
+    trials: list[dict[str, Any]] = field(default_factory=list)
+
+    def metric(self, name: str) -> tuple[float, float] | None:
+        """Mean and std over the seeds that report ``name``."""
+        got = [t["metrics"][name] for t in self.trials if name in t["metrics"]]
+        return mean_std(got) if got else None
+
+    def pooled(self, name: str) -> np.ndarray | None:
+        """Per-query values averaged over the seeds (the same queries in every seed), or None when a seed has
+        none or their queries differ in number."""
+        arrays = [t.get("values", {}).get(name) for t in self.trials]
+        if not arrays or any(a is None for a in arrays) or len({len(a) for a in arrays}) != 1:
+            return None
+        pooled: np.ndarray = np.mean(np.stack(arrays), axis=0)
+        return pooled
+
+    def matches(self, wanted: dict[str, Any]) -> bool:
+        return all(self.params.get(k) == v for k, v in wanted.items())
+
+
+def configurations(sweep: SweepSpec, rows: list[dict[str, Any]]) -> list[Configuration]:
+    """Finished trials grouped by their values less the seed, in the sweep's order."""
+    groups: dict[str, Configuration] = {}
+    for row in rows:
+        if row["status"] != "finished":
+            continue
+        params = {k: v for k, v in (row.get("params") or {}).items() if k != SEED}
+        key = json.dumps(params, sort_keys=True, default=str)
+        groups.setdefault(key, Configuration(params)).trials.append(row)
+    return list(groups.values())
+
+
+def aggregate_table(sweep: SweepSpec, configs: list[Configuration]) -> str:
+    """One row per configuration: ``mean ± std`` over its seeds and the pooled 95% interval (the bootstrap over
+    queries of each query's value averaged over the seeds)."""
+    params, metrics = _params_of(sweep), [*sweep.report_metrics, *SIZE_COLUMNS]
+    head = ["source", *params, "seeds", *metrics]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for config in configs:
+        cells = ["ours (seeds)", *[_cell(config.params.get(p, "")) for p in params], str(len(config.trials))]
+        for m in metrics:
+            summary, pooled = config.metric(m), config.pooled(m)
+            if summary is None:
+                cells.append("-")
+                continue
+            text = f"{summary[0]:.2f} ± {summary[1]:.2f}"
+            if pooled is not None:
+                lo, hi = interval(pooled)
+                text += f" [{lo:.1f}, {hi:.1f}]"
+            cells.append(text)
+        lines.append("| " + " | ".join(c.replace("|", "/") for c in cells) + " |")
+    return "\n".join(lines)
+
+
+def compare(a: Configuration, b: Configuration, metric: str) -> tuple[Difference, str] | None:
+    """a - b on ``metric``: paired over the same queries when both have per-query values for the same number of
+    queries (each seed-averaged), else None."""
+    va, vb = a.pooled(metric), b.pooled(metric)
+    if va is None or vb is None or va.shape != vb.shape:
+        return None
+    return paired_difference(va, vb), "paired"
+
+
+def verdicts(sweep: SweepSpec, configs: list[Configuration]) -> list[dict[str, Any]]:
+    """Each paper row after the first against the row before it, on the sweep's metric: the paper's change, ours
+    with its paired 95% interval, and "reproduced", "not reproduced" or "inconclusive". Only the sweep spec's
+    paper numbers are used; a row whose configuration did not finish gets "not run"."""
+    rows = sweep.paper.rows if sweep.paper else []
+    out = []
+    for before, row in itertools.pairwise(rows):
+        if sweep.metric not in row.metrics or sweep.metric not in before.metrics:
+            continue
+        paper_delta = row.metrics[sweep.metric] - before.metrics[sweep.metric]
+        entry: dict[str, Any] = {"row": row.label, "previous": before.label, "paper_delta": round(paper_delta, 2)}
+        a = [c for c in configs if c.matches(row.params)]
+        b = [c for c in configs if c.matches(before.params)]
+        found = compare(a[0], b[0], sweep.metric) if len(a) == 1 and len(b) == 1 else None
+        if found is None:
+            entry |= {"ours": None, "verdict": "not run" if not (a and b) else "no per-query values"}
+        else:
+            difference, _ = found
+            entry |= {"ours": difference, "verdict": verdict(paper_delta, difference)}
+        out.append(entry)
+    return out
+
+
+def verdict_table(sweep: SweepSpec, entries: list[dict[str, Any]]) -> str:
+    lines = [
+        f"| paper row | against | paper Δ {sweep.metric} | ours Δ [95% paired] | verdict |",
+        "|---|---|---|---|---|",
+    ]
+    for e in entries:
+        ours = str(e["ours"]) if e["ours"] is not None else "-"
+        lines.append(f"| {e['row']} | {e['previous']} | {e['paper_delta']:+.2f} | {ours} | {e['verdict']} |")
+    return "\n".join(lines)
+
+
+def best_configuration(sweep: SweepSpec, configs: list[Configuration]) -> Configuration | None:
+    """The configuration with the best mean of the sweep's metric over its seeds."""
+    done = [c for c in configs if c.metric(sweep.metric) is not None]
     if not done:
         return None
     sign = 1 if sweep.mode == "max" else -1
-    return max(done, key=lambda r: sign * r["metrics"][sweep.metric])
+    return max(done, key=lambda c: sign * c.metric(sweep.metric)[0])  # type: ignore[index]
 
 
-def csv_text(sweep: SweepSpec, rows: list[dict[str, Any]]) -> str:
-    params, metrics = _params_of(sweep), [*sweep.report_metrics, *SIZE_COLUMNS]
+def _bounds(pooled: np.ndarray | None) -> list[Any]:
+    return list(interval(pooled)) if pooled is not None else ["", ""]
+
+
+def _error(pooled: np.ndarray | None, mean: float) -> tuple[float, float]:
+    """Error bar lengths (below, above) of ``mean`` from the pooled interval (none without per-query values)."""
+    if pooled is None:
+        return 0.0, 0.0
+    lo, hi = interval(pooled)
+    return max(0.0, mean - lo), max(0.0, hi - mean)
+
+
+def csv_text(sweep: SweepSpec, rows: list[dict[str, Any]], configs: list[Configuration]) -> str:
+    """Every trial, every configuration over its seeds (mean, std, pooled interval) and the paper's rows; each
+    metric with its _lo and _hi columns (the 95% interval)."""
+    params, metrics = _columns(sweep), [*sweep.report_metrics, *SIZE_COLUMNS]
     out = io.StringIO()
     writer = csv.writer(out)
-    writer.writerow(["source", "trial", *params, *metrics, "status", "error"])
+    metric_head = [f"{m}{suffix}" for m in metrics for suffix in ("", "_lo", "_hi", "_std")]
+    writer.writerow(["source", "trial", *params, *metric_head, "status", "error"])
     for row in rows:
-        values, got = row.get("params") or {}, row.get("metrics") or {}
-        writer.writerow(
-            ["ours", row["trial"], *[json.dumps(values[p]) if p in values else "" for p in params]]
-            + [got.get(m, "") for m in metrics]
-            + [row["status"], row.get("error", "")]
-        )
+        values, got, bounds = row.get("params") or {}, row.get("metrics") or {}, row.get("intervals") or {}
+        cells = [cell for m in metrics for cell in (got.get(m, ""), *(bounds.get(m) or ["", ""]), "")]
+        named = [json.dumps(values[p]) if p in values else "" for p in params]
+        writer.writerow(["ours", row["trial"], *named, *cells, row["status"], row.get("error", "")])
+    for config in configs:
+        cells = []
+        for m in metrics:
+            summary = config.metric(m)
+            cells += [summary[0], *_bounds(config.pooled(m)), summary[1]] if summary else ["", "", "", ""]
+        seeds = len(config.trials)
+        named = [json.dumps(config.params[p]) if p in config.params else "" for p in params]
+        writer.writerow([f"ours: mean of {seeds} seeds", "", *named, *cells, "finished", ""])
     for paper in sweep.paper.rows if sweep.paper else []:
-        writer.writerow(
-            [f"paper: {paper.label}", "", *[json.dumps(paper.params[p]) if p in paper.params else "" for p in params]]
-            + [paper.metrics.get(m, "") for m in metrics]
-            + ["published", ""]
-        )
+        cells = [cell for m in metrics for cell in (paper.metrics.get(m, ""), "", "", "")]
+        named = [json.dumps(paper.params[p]) if p in paper.params else "" for p in params]
+        writer.writerow([f"paper: {paper.label}", "", *named, *cells, "published", ""])
     return out.getvalue()
 
 
-def plot_parameter(sweep: SweepSpec, rows: list[dict[str, Any]], param: str, path: str) -> None:
-    """The sweep metric against one swept parameter: our finished trials, and the paper's rows."""
+def plot_parameter(sweep: SweepSpec, configs: list[Configuration], param: str, path: str) -> None:
+    """The sweep metric against one swept parameter: ours (the mean over seeds, with the pooled 95% interval as
+    error bars), and the paper's rows."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5, 3.2))
-    done = [r for r in rows if r["status"] == "finished" and sweep.metric in r["metrics"] and param in r["params"]]
-    ours = [(r["params"][param], r["metrics"][sweep.metric]) for r in done]
+    done = [(c, c.metric(sweep.metric)) for c in configs if param in c.params]
+    ours = [(c.params[param], summary[0], _error(c.pooled(sweep.metric), summary[0])) for c, summary in done if summary]
     published = [
         p for p in (sweep.paper.rows if sweep.paper else []) if param in p.params and sweep.metric in p.metrics
     ]
-    paper = [(p.params[param], p.metrics[sweep.metric]) for p in published]
+    paper = [(p.params[param], p.metrics[sweep.metric], (0.0, 0.0)) for p in published]
     for points, label, marker in ((ours, "ours", "o"), (paper, "paper", "s")):
-        if points:
-            xs = [str(x) for x, _ in points] if any(isinstance(x, str | list) for x, _ in points) else None
-            ax.plot(xs or [x for x, _ in points], [y for _, y in points], marker=marker, label=label)
+        if not points:
+            continue
+        xs = [str(x) for x, _, _ in points] if any(isinstance(x, str | list) for x, _, _ in points) else None
+        ys = [y for _, y, _ in points]
+        errors = [[e[0] for _, _, e in points], [e[1] for _, _, e in points]]
+        ax.errorbar(xs or [x for x, _, _ in points], ys, yerr=errors, marker=marker, label=label, capsize=3)
     ax.set_xlabel(param)
     ax.set_ylabel(sweep.metric)
     ax.set_title(sweep.name)
@@ -131,17 +291,30 @@ def plot_parameter(sweep: SweepSpec, rows: list[dict[str, Any]], param: str, pat
 def write_report(experiment: str) -> str:
     """Write report.md, report.csv and plot-<param>.png into ``experiment``; return the Markdown."""
     sweep, rows = report_rows(experiment)
+    configs = configurations(sweep, rows)
     counts = {s: sum(r["status"] == s for r in rows) for s in ("finished", "failed", "not run")}
-    best = best_trial(sweep, rows)
-    lines = [f"# Sweep {sweep.name}", "", f"trials: {counts}; metric {sweep.metric} ({sweep.mode})", ""]
+    lines = [f"# Sweep {sweep.name}", "", f"trials: {counts}; metric {sweep.metric} ({sweep.mode})"]
+    lines += ["intervals: 95% percentile bootstrap over the test (val_*: validation) queries, 1,000 resamples", ""]
     if sweep.paper:
         lines += [f"paper: {sweep.paper.source}", ""]
     lines += [markdown_table(sweep, rows), ""]
-    best_line = f"best: {best['params']} {sweep.metric} {best['metrics'][sweep.metric]:.2f}" if best else "best: none"
-    lines.append(best_line)
+    if sweep.seeds:
+        lines += [f"over seeds {sweep.seeds}: mean ± std [pooled 95% interval]", ""]
+        lines += [aggregate_table(sweep, configs), ""]
+    entries = verdicts(sweep, configs)
+    if entries:
+        lines += [f"verdicts: each paper row against the row before it, on {sweep.metric}", ""]
+        lines += [verdict_table(sweep, entries), ""]
+    best = best_configuration(sweep, configs)
+    if best is None:
+        lines.append("best: none")
+    else:
+        mean, std = best.metric(sweep.metric)  # type: ignore[misc]
+        spread = f" ± {std:.2f} over {len(best.trials)} seeds" if len(best.trials) > 1 else ""
+        lines.append(f"best: {best.params} {sweep.metric} {mean:.2f}{spread}")
     text = "\n".join(lines) + "\n"
     storage.write_text_atomic(storage.join(experiment, "report.md"), text)
-    storage.write_text_atomic(storage.join(experiment, "report.csv"), csv_text(sweep, rows))
+    storage.write_text_atomic(storage.join(experiment, "report.csv"), csv_text(sweep, rows, configs))
     for param in _params_of(sweep):
-        plot_parameter(sweep, rows, param, storage.join(experiment, f"plot-{param.replace('.', '_')}.png"))
+        plot_parameter(sweep, configs, param, storage.join(experiment, f"plot-{param.replace('.', '_')}.png"))
     return text

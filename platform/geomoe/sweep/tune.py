@@ -24,7 +24,9 @@ from geomoe import storage
 from geomoe.config import SweepSpec, load_job
 from geomoe.data.prepared import PreparedDataset
 from geomoe.errors import ExperimentError, SpecError
+from geomoe.stats import intervals
 from geomoe.sweep import (
+    SEED,
     VARIANT,
     experiment_location,
     grid_points,
@@ -34,9 +36,10 @@ from geomoe.sweep import (
     trial_dataset,
     trial_key,
     trial_metrics,
+    trial_per_query,
     trial_spec,
 )
-from geomoe.sweep.report import RESULT_FILE
+from geomoe.sweep.report import RESULT_FILE, write_per_query
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +57,8 @@ def param_space(sweep: SweepSpec) -> dict[str, Any]:
             space[key] = tune.uniform(*p.uniform)
         elif p.loguniform is not None:
             space[key] = tune.loguniform(*p.loguniform)
+    if sweep.seeds:
+        space[SEED] = tune.grid_search(list(sweep.seeds))
     return space
 
 
@@ -61,28 +66,47 @@ def run_trial(config: dict[str, Any], sweep_raw: dict[str, Any], base_path: str,
     """Tune trainable: one trial = the trial's job trained (and evaluated) on Ray Train, its metrics reported.
 
     The outcome is also written to trials/<key>/trial_result.json, a failure with its error, so the report
-    shows what happened to every trial, never a blank."""
+    shows what happened to every trial, never a blank. A trial whose file already says "finished" for the same
+    resolved job (its fingerprint) reports that file's metrics and trains nothing: Tune may restore a trial as
+    unfinished when the sweep was interrupted between the trial's write and Tune's own bookkeeping."""
     from geomoe.jobs import family_of
     from geomoe.train.run import report_epochs_to_tune
     from ray import tune
 
     sweep = SweepSpec.model_validate(sweep_raw)
-    report_epochs_to_tune(sweep.metric)
     point = ordered_point(sweep, config)
     run_dir = storage.join(experiment, "trials", trial_key(point))
+    result_path = storage.join(run_dir, RESULT_FILE)
     try:
         spec = trial_spec(sweep, Path(base_path), point, experiment, Path(root))
+        fingerprint = spec.fingerprint()
+        done = finished_result(result_path, fingerprint)
+        if done is not None:
+            log.info("trial %s finished before (%s): reporting its recorded result", trial_key(point), fingerprint)
+            tune.report(done["metrics"])
+            return
+        report_epochs_to_tune(sweep.metric)
         prepared = PreparedDataset.open(trial_dataset(spec), "a sweep trial (the driver prepares it)")
-        metrics = trial_metrics(spec, family_of(spec).train(spec, prepared, run_dir)) | parameter_count(spec)
+        result = family_of(spec).train(spec, prepared, run_dir)
+        metrics = trial_metrics(spec, result) | parameter_count(spec)
+        per_query = trial_per_query(spec, result)
+        write_per_query(run_dir, per_query)  # before the result file: a "finished" file has its values beside it
     except Exception as err:
         outcome = {"params": point, "status": "failed", "error": f"{type(err).__name__}: {err}"}
         outcome["traceback"] = traceback.format_exc()[-4000:]
-        storage.write_json_atomic(storage.join(run_dir, RESULT_FILE), outcome)
+        storage.write_json_atomic(result_path, outcome)
         raise
-    storage.write_json_atomic(
-        storage.join(run_dir, RESULT_FILE), {"params": point, "status": "finished", "metrics": metrics}
-    )
+    outcome = {"params": point, "status": "finished", "fingerprint": fingerprint, "metrics": metrics}
+    storage.write_json_atomic(result_path, outcome | {"intervals": intervals(per_query)})
     tune.report(metrics)
+
+
+def finished_result(path: str, fingerprint: str) -> dict[str, Any] | None:
+    """The recorded outcome at ``path`` when it is a finished trial of the job with ``fingerprint``."""
+    saved = storage.read_json_if_exists(path)
+    if saved is None or saved.get("status") != "finished" or saved.get("fingerprint") != fingerprint:
+        return None
+    return dict(saved)
 
 
 def prepare_inputs(sweep: SweepSpec, base_path: Path, experiment: str, root: Path) -> None:

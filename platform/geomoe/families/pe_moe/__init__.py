@@ -6,11 +6,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from geomoe.config import JobSpec
 from geomoe.config.pe_moe import PEMoEModelSpec, PEMoETrainSpec
 from geomoe.data.prepared import PreparedDataset
 from geomoe.families.base import Family, Loaded
-from geomoe.metrics import track4_score
+from geomoe.metrics import recall_values, track4_score
 from geomoe.results import JobResults
 
 if TYPE_CHECKING:
@@ -101,6 +103,19 @@ class PEMoEFamily(Family):
         if "routing_accuracy" in final:
             metrics["routing"] = float(final["routing_accuracy"])
         return metrics
+
+    def query_values(self, result: dict[str, Any]) -> dict[str, np.ndarray]:
+        """Each caption's hits (R@K, Score) of the final stage, per protocol, named as ``metrics`` names them."""
+        final = result.get("stage2") or result["stage1"]
+        values = {}
+        for protocol, report in final["retrieval"].items():
+            if "t2i_ranks" not in report:  # an evaluation recorded before per-query ranks were kept
+                continue
+            prefix = "" if protocol == "exact" else f"{protocol}_"
+            ks = [int(k.removeprefix("R@")) for k in report["t2i"]]
+            hits = recall_values(np.array(report["t2i_ranks"]), ks)
+            values.update({f"{prefix}{k}": v for k, v in hits.items()})
+        return values
 
     def report(self, spec: JobSpec, results: dict[str, Any]) -> str:
         from geomoe.report import retrieval_table, sample_query

@@ -17,6 +17,8 @@ from geomoe.data.localization import centre_box_baseline, localization_report
 from geomoe.data.prepared import PreparedDataset
 from geomoe.errors import DatasetError
 from geomoe.families.base import Family, TrainInputs
+from geomoe.metrics import localization_values
+from geomoe.stats import format_interval, paired_difference
 
 if TYPE_CHECKING:
     import torch
@@ -25,6 +27,9 @@ if TYPE_CHECKING:
 
 COLUMNS = ["sample_id", "query_path", "reference_path", "click_x", "click_y", "box", "class_name"]
 METHODS = ("smgeo", "click_zeroed", "centre_box")  # the test report's rows
+VALIDATION = "smgeo_val"  # the kept checkpoint on the validation split
+TEST_NAMES = {"acc@0.25": "test_acc@0.25", "acc@0.5": "test_acc@0.5", "mIoU": "test_mIoU"}
+VAL_NAMES = {"acc@0.25": "val_acc25", "acc@0.5": "val_acc50", "mIoU": "val_miou"}  # as validation reports them
 
 
 def localization_rows(prepared: PreparedDataset, split: str) -> pa.Table:
@@ -87,13 +92,38 @@ class SMGeoFamily(Family):
         train_wh = np.array([image_size(r["reference_path"]) for r in train_rows], np.float64)
         centre = centre_box_baseline(np.array([r["box"] for r in train_rows]), train_wh, wh)
         report[METHODS[2]] = localization_report(centre, gt, wh, classes)
+        report[VALIDATION] = self._validation(spec, checkpoint, prepared)
         return report
+
+    def _validation(self, spec: JobSpec, checkpoint: str, prepared: PreparedDataset) -> dict[str, Any]:
+        """The kept checkpoint on the validation split, by the test path (per-sample IoUs: the intervals of the
+        val_* metrics the papers' tables report)."""
+        from geomoe.pipelines.localize import pairs_dataset, predict_boxes
+
+        val = localization_rows(prepared, "val")
+        m, res = spec.model_as(SMGeoModelSpec), spec.resources
+        pairs = pairs_dataset(val, m.query_size, m.reference_size, materialize=True)
+        predicted = predict_boxes(checkpoint, pairs, True, res.data_concurrency, res.use_gpu)
+        rows = val.to_pylist()
+        pred = np.stack([predicted[str(r["sample_id"])][0] for r in rows])
+        wh = np.stack([predicted[str(r["sample_id"])][1] for r in rows])
+        return localization_report(pred, np.array([r["box"] for r in rows]), wh, [r["class_name"] for r in rows])
 
     def metrics(self, result: dict[str, Any]) -> dict[str, float]:
         test, val = result["test"][METHODS[0]]["overall"], result["validation"]
         metrics = {f"test_{k}": float(v) for k, v in test.items() if isinstance(v, int | float)}
         metrics.update({k: float(v) for k, v in val.items() if isinstance(v, int | float)})
         return metrics
+
+    def query_values(self, result: dict[str, Any]) -> dict[str, np.ndarray]:
+        """Each test sample's (test_*) and validation sample's (val_*) hit and IoU, as ``metrics`` names them."""
+        values = {}
+        for split, names in (("smgeo", TEST_NAMES), (VALIDATION, VAL_NAMES)):
+            iou = result["test"].get(split, {}).get("iou")
+            if iou is not None:
+                per_sample = localization_values(np.array(iou))
+                values.update({names[k]: v for k, v in per_sample.items()})
+        return values
 
     def report(self, spec: JobSpec, results: dict[str, Any]) -> str:
         return localization_table(results["model"], our_choices(spec.model_as(SMGeoModelSpec)))
@@ -113,22 +143,42 @@ def our_choices(model: SMGeoModelSpec) -> list[str]:
 
 
 def localization_table(result: dict[str, Any], choices: list[str] | None = None) -> str:
-    """SMGeo against its two baselines on the test split, plus per-class and per-size acc@0.25."""
+    """SMGeo against its two baselines on the test split (each number with its 95% bootstrap interval over the
+    samples), the paired differences, plus per-class and per-size acc@0.25."""
     test = result["test"]
     lines = [
-        f"object localization, test split, DetGeo protocol (%), {test['smgeo']['count']} samples",
+        f"object localization, test split, DetGeo protocol (%, [95% bootstrap interval]), "
+        f"{test['smgeo']['count']} samples",
         *(f"  design: {choice}" for choice in choices or []),
-        f"  {'method':<16}{'acc@0.25':>10}{'acc@0.5':>10}{'mIoU':>8}",
+        f"  {'method':<16}{'acc@0.25':>18}{'acc@0.5':>18}{'mIoU':>18}",
     ]
     for name in METHODS:
-        overall = test[name]["overall"]
-        lines.append(f"  {name:<16}{overall['acc@0.25']:>10.2f}{overall['acc@0.5']:>10.2f}{overall['mIoU']:>8.2f}")
+        overall, bounds = test[name]["overall"], test[name].get("interval", {})
+        row = "".join(f"{format_interval(overall[k], bounds.get(k)):>18}" for k in ("acc@0.25", "acc@0.5", "mIoU"))
+        lines.append(f"  {name:<16}{row}")
+    lines += _differences(test)
     best = result["validation"]
     lines.append(f"  best epoch {result['best_epoch']} (validation acc@0.5 {best['val_acc50']:.2f})")
     for group in ("by_size", "by_class"):
         cells = [f"{k} {v['acc@0.25']:.1f} (n={v['count']})" for k, v in test["smgeo"][group].items()]
         lines.append(f"  smgeo acc@0.25 {group.replace('_', ' ')}: " + ", ".join(cells))
     return "\n".join(lines)
+
+
+def _differences(test: dict[str, Any]) -> list[str]:
+    """SMGeo minus each baseline on the same samples (paired bootstrap); * when the interval excludes 0."""
+    if any("iou" not in test[name] for name in METHODS):
+        return []
+    ours = localization_values(np.array(test["smgeo"]["iou"]))
+    lines = ["  paired differences (95% interval; * = excludes 0):"]
+    for name in METHODS[1:]:
+        other = localization_values(np.array(test[name]["iou"]))
+        cells = []
+        for k in ("acc@0.5", "mIoU"):
+            d = paired_difference(ours[k], other[k])
+            cells.append(f"{k} {d}{' *' if d.significant else ''}")
+        lines.append(f"  {'smgeo - ' + name:<24}" + "   ".join(cells))
+    return lines
 
 
 FAMILY = SMGeoFamily()
