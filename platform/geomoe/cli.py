@@ -28,9 +28,9 @@ def _cmd_run(args: argparse.Namespace) -> None:
     if "caption" in results:
         print(caption_summary(results["caption"]))
     if "train" in results:
-        from geomoe.jobs import family_of
+        from geomoe.jobs import train_report
 
-        print(family_of(spec).report(spec, results["train"]))
+        print(train_report(spec, results["train"]))
     if "index" in results:
         from geomoe.report import index_summary
 

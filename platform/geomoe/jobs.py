@@ -12,12 +12,15 @@ import logging
 import time
 from typing import Any
 
+import numpy as np
+
 from geomoe import registry, storage
 from geomoe.config import EngineSpec, JobSpec
 from geomoe.data.prepared import PreparedDataset
 from geomoe.results import JobResults
 
 log = logging.getLogger(__name__)
+BY_SEED = "by_seed"  # in a train stage's results with seeds: seed -> that seed's {model, baselines...}
 
 
 def family_of(spec: JobSpec) -> Any:
@@ -41,6 +44,19 @@ def _training_data(spec: JobSpec, results: JobResults) -> PreparedDataset:
 
 
 def _train(spec: JobSpec, prepared: PreparedDataset, run_dir: str) -> dict[str, Any]:
+    """The family's model and every baseline trained and evaluated; with ``seeds``, once per seed (each under
+    <run>/seed-<s>): the first seed's results, and every seed's under BY_SEED."""
+    if not spec.seeds:
+        return _train_once(spec, prepared, run_dir)
+    by_seed = {}
+    for seed in spec.seeds:
+        log.info("seed %d", seed)
+        seeded = spec.model_copy(update={"seed": seed, "seeds": []})
+        by_seed[str(seed)] = _train_once(seeded, prepared, storage.join(run_dir, f"seed-{seed}"))
+    return {**by_seed[str(spec.seeds[0])], BY_SEED: by_seed}
+
+
+def _train_once(spec: JobSpec, prepared: PreparedDataset, run_dir: str) -> dict[str, Any]:
     """The family's model and every baseline (the same job with overrides) trained and evaluated."""
     from geomoe.ray_env import ensure_ray
 
@@ -133,3 +149,29 @@ def run_job(spec: JobSpec) -> dict[str, Any]:
         log.info("stage %s took %.1f s", stage, results.seconds[stage])
     storage.write_json_atomic(storage.join(run_dir, "results.json"), results.to_json())
     return results.outputs
+
+
+def train_report(spec: JobSpec, train: dict[str, Any]) -> str:
+    """The train stage's results as the CLI prints them: the family's tables (the first seed's, with seeds), then
+    with seeds the mean ± std of every metric over the seeds with the pooled 95% interval."""
+    from geomoe.stats import format_interval, interval, mean_std
+
+    family = family_of(spec)
+    by_seed = train.get(BY_SEED)
+    text: str = family.report(spec, {k: v for k, v in train.items() if k != BY_SEED})
+    if not by_seed:
+        return text
+    lines = [f"over seeds {list(by_seed)} (above: seed {next(iter(by_seed))}): mean ± std [pooled 95% interval]"]
+    for name in next(iter(by_seed.values())):
+        results = [seeded[name] for seeded in by_seed.values()]
+        metrics = [family.metrics(r) for r in results]
+        values = [family.query_values(r) for r in results]
+        for metric in metrics[0]:
+            mean, std = mean_std([m[metric] for m in metrics])
+            per_query = [v[metric] for v in values if metric in v]
+            pooled = None
+            if len(per_query) == len(values) and len({len(p) for p in per_query}) == 1:  # the same queries
+                pooled = interval(np.mean(np.stack(per_query), axis=0))
+            cell = format_interval(mean, pooled).replace(f"{mean:.2f}", f"{mean:.2f} ± {std:.2f}", 1)
+            lines.append(f"  {name} {metric}: {cell}")
+    return text + "\n" + "\n".join(lines)

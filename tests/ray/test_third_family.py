@@ -105,3 +105,29 @@ def test_the_toy_family_runs_as_a_two_trial_sweep(tiny_synth: tuple[Path, dict],
     assert len(aggregate) == 2 and all("| 2 |" in line and " ± " in line for line in aggregate)
     verdict = next(line for line in text.splitlines() if line.startswith("| fast | slow |"))
     assert verdict.split("|")[-2].strip() in ("reproduced", "not reproduced", "inconclusive")
+
+
+def test_a_job_with_seeds_trains_once_per_seed_and_reports_the_spread(
+    tiny_synth: tuple[Path, dict], tmp_path: Path
+) -> None:
+    from geomoe.jobs import BY_SEED, train_report
+
+    raw = toy_job(tiny_synth[0], tmp_path) | {"seeds": [3, 4]}
+    raw["train"] |= {"epochs": 1, "keep_checkpoints": 1}
+    spec = parse_spec(JobSpec, raw, "toy.yaml")
+    train = run_job(spec)["train"]
+    assert list(train[BY_SEED]) == ["3", "4"] and train["model"] == train[BY_SEED]["3"]["model"]
+    for seed, results in train[BY_SEED].items():
+        assert f"/runs/toy/seed-{seed}/" in results["model"]["checkpoint"]
+        loaded = registry.family("toy_platform").load_checkpoint(results["model"]["checkpoint"])
+        assert loaded.spec.seed == int(seed) and loaded.spec.seeds == []
+    weights = [
+        registry.family("toy_platform").load_checkpoint(r["model"]["checkpoint"]).model.weight.detach().numpy()
+        for r in train[BY_SEED].values()
+    ]
+    assert not np.allclose(*weights)  # the seeds trained differently
+    text = train_report(spec, train)
+    line = next(x for x in text.splitlines() if x.startswith("  model test_accuracy: "))
+    assert " ± " in line and line.count("[") == 1  # mean ± std [pooled interval]
+    with pytest.raises(SpecError, match=r"seeds: .* repeats a seed"):
+        parse_spec(JobSpec, raw | {"seeds": [1, 1]}, "toy.yaml")

@@ -90,7 +90,7 @@ def test_the_report_shows_finished_failed_and_missing_trials_as_they_are(tmp_pat
     failed = {"params": points[1], "status": "failed", "error": "RuntimeError: worker died"}
     write_json_atomic(tmp_path / "trials" / keys[1] / RESULT_FILE, failed)
     text = write_report(tmp_path)
-    rows = [line for line in text.splitlines() if line.startswith("| ours")]
+    rows = [line for line in text.splitlines() if line.startswith("| ours |")]
     assert len(rows) == len(points)
     assert "| 31.50 |" in rows[0] and rows[0].endswith("finished |")
     assert "failed: RuntimeError: worker died" in rows[1] and "| - |" in rows[1]
@@ -141,14 +141,16 @@ def test_table_1_rows_train_on_aligned_captions_exactly_when_the_row_has_alignme
     args = ["sweep", str(REPO / "search_spaces" / "pe_moe_ablation.yaml"), "--dry-run"]
     assert main(args + ["--quickstart"] * quickstart) == 0
     printed = capsys.readouterr().out
-    assert printed.count("- trial variant-") == 4 and f"trains on: {raw['data']} at {raw['dataset']}" in printed
+    trials = 4 * (len(sweep.seeds) or 1)  # the quickstart repeats each row with 3 seeds
+    assert printed.count("- trial variant-") == trials and f"trains on: {raw['data']} at {raw['dataset']}" in printed
 
 
 def test_seeds_are_more_trials_of_the_same_configuration() -> None:
     sweep, base = load_sweep(REPO / "search_spaces" / "smgeo_topk.yaml", quickstart=True)
-    seeded = sweep.model_copy(update={"seeds": [0, 1, 2]})
+    assert sweep.seeds == [0, 1, 2]  # the quickstart sweeps repeat every configuration 3 times
+    plain, seeded = sweep.model_copy(update={"seeds": []}), sweep.model_copy(update={"seeds": [0, 1, 2]})
     points = grid_points(seeded)
-    assert len(points) == 3 * len(grid_points(sweep)) and points[:3] == [
+    assert len(points) == 3 * len(grid_points(plain)) and points[:3] == [
         {"model.gmoe.top_k": 1, SEED: s} for s in (0, 1, 2)
     ]
     specs = [trial_spec(seeded, base, p, Path("/x"), REPO) for p in points[:3]]

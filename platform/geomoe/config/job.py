@@ -91,6 +91,11 @@ def _family_section(raw: dict[str, Any], key: str, kind: type[BaseModel], errors
 class JobSpec(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     seed: int = 0
+    seeds: list[int] = Field(
+        default_factory=list,
+        description="train (and evaluate) the model and its baselines once per seed, each under <run>/seed-<s>; "
+        "the report gives mean ± std over seeds and the pooled interval; later stages use the first seed's model",
+    )
     output_root: str = "runs"
     stages: list[str] = ["synth", "prepare", "train"]
     families: list[str] = Field(
@@ -157,6 +162,8 @@ class JobSpec(Strict):
         unknown = [s for s in self.stages if s not in known]
         if unknown:
             raise ValueError(f"stages: {unknown[0]!r} is not a stage of {family.name} jobs (stages: {list(known)})")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds: {self.seeds} repeats a seed")
         if "synth" in self.stages and self.data.synthesize is None:
             raise ValueError("stage 'synth' needs data.synthesize")
         if "refine" in self.stages and self.refine is None:

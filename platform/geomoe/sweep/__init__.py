@@ -93,7 +93,7 @@ def trial_spec(sweep: SweepSpec, base_path: Path, point: dict[str, Any], experim
     base = _job_with(base_path, list(sweep.overrides)).with_absolute_paths(root)
     spec = _job_with(base_path, trial_overrides(sweep, point)).with_absolute_paths(root)
     raw = spec.model_dump(mode="json")
-    raw.update(name=trial_key(point), output_root=storage.join(experiment_dir, "trials"), baselines={})
+    raw.update(name=trial_key(point), output_root=storage.join(experiment_dir, "trials"), baselines={}, seeds=[])
     raw["stages"] = [s for s in spec.stages if s == "train"]
     suffix = point.get(VARIANT, trial_key(point))
     if spec.preprocess != base.preprocess:

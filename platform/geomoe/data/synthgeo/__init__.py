@@ -26,7 +26,7 @@ from geomoe.config import SynthSpec
 from geomoe.data.caption_store import write_caption_store
 from geomoe.data.cvogl import write_cvogl_split
 from geomoe.data.geotext import write_geotext_annotations
-from geomoe.data.synthgeo.captions import TEST_QUERY, TRAIN_CAPTION
+from geomoe.data.synthgeo.captions import TEST_QUERY, TRAIN_CAPTION, scene_caption, vocabulary_overlap
 from geomoe.data.synthgeo.render import render_drone, render_ground, render_satellite
 from geomoe.data.synthgeo.scene import Building, sample_building
 from geomoe.data.synthgeo.tiles import render_query, render_tile, sample_tile
@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 MANIFEST = "synthgeo.json"
 GEOTEXT_TEST_FILE = "test_951_version.json"
 GALLERY_CAPTIONS = "gallery_captions.parquet"
-VERSION = 2  # 2: + gallery_captions.parquet; a benchmark of another version is regenerated
+VERSION = 3  # 2: + gallery_captions.parquet; 3: platform-specific attributes and captions. Another is regenerated
 
 
 def _views(b: Building, spec: SynthSpec, rng: np.random.Generator) -> list[tuple[str, str, Image.Image]]:
@@ -61,7 +61,6 @@ def _write_retrieval_split(
     described: list[dict[str, str]] = []
     for building_id in ids:
         rng = np.random.default_rng([spec.seed, int(building_id)])
-        caption_rng = np.random.default_rng([spec.seed, int(building_id), 1])  # leaves the images' draws alone
         building = sample_building(building_id, rng)
         for name, platform, image in _views(building, spec, rng):
             image_id = f"{building_id}/{name}"
@@ -69,7 +68,7 @@ def _write_retrieval_split(
             path.parent.mkdir(parents=True, exist_ok=True)
             image.save(path, quality=92)
             counts[split]["images"][platform] += 1
-            scene = TRAIN_CAPTION[platform](building, caption_rng)
+            scene = scene_caption(building, platform)
             described.append({"image_id": image_id, "caption": scene, "model_id": SCENE_CAPTIONER, "prompt_sha256": ""})
             if split == "train":
                 for _ in range(spec.train_captions):
@@ -91,6 +90,20 @@ def _write_retrieval_split(
     return entries, described
 
 
+def _overlap(entries: list[dict[str, Any]]) -> dict[str, float]:
+    """Per pair of platforms, the Jaccard overlap of the content words of their captions."""
+    texts: dict[str, list[str]] = {"satellite": [], "drone": [], "ground": []}
+    for entry in entries:
+        captions = entry["caption"] if isinstance(entry["caption"], list) else [entry["caption"]]
+        texts[_platform_of(entry["image_id"])] += captions
+    return vocabulary_overlap(texts)
+
+
+def _platform_of(image_id: str) -> str:
+    name = image_id.split("/")[1]
+    return "drone" if name.startswith("image-") else ("ground" if name.startswith("street-") else "satellite")
+
+
 def _gallery_id(image_id: str) -> str:
     return "image_" + hashlib.sha256(image_id.encode()).hexdigest()[:8]
 
@@ -104,8 +117,8 @@ def _write_track4(root: Path, geotext_root: Path, test_entries: list[dict[str, A
     for entry in test_entries:
         gid = _gallery_id(entry["image_id"])
         (gallery_dir / f"{gid}.jpeg").write_bytes((geotext_root / "images" / entry["image"]).read_bytes())
-        building, name = entry["image_id"].split("/")
-        platform = "drone" if name.startswith("image-") else ("ground" if name.startswith("street-") else "satellite")
+        building = entry["image_id"].split("/")[0]
+        platform = _platform_of(entry["image_id"])
         labels["gallery"][gid] = {"building": building, "platform": platform, "source": entry["image_id"]}
         for caption in entry["caption"]:
             qid = f"q_{len(queries) + 1:05d}"
@@ -181,6 +194,7 @@ def generate(out: str | Path, spec: SynthSpec, force: bool = False) -> dict[str,
         write_geotext_annotations(geotext, GEOTEXT_TEST_FILE, test)
         result = {
             "geotext": counts,
+            "vocabulary_overlap": {"train": _overlap(train), "test": _overlap(test)},
             "track4": _write_track4(tmp / "track4", geotext, test),
             "cvogl": _write_cvogl(tmp / "cvogl", spec),
         }

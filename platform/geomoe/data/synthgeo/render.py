@@ -15,10 +15,12 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from geomoe.data.synthgeo.scene import (
+    ENTRANCES,
     EXTRA_COLORS,
     FACADE_COLORS,
     ROAD,
     ROOF_COLORS,
+    SIGN_COLORS,
     TREE,
     Building,
     Extra,
@@ -61,8 +63,11 @@ def draw_extra(draw: ImageDraw.ImageDraw, extra: Extra, scale: float) -> None:
             draw.line([cx, cy - half * 0.6, cx, cy + half * 0.6], fill=line)
 
 
-def draw_building(draw: ImageDraw.ImageDraw, b: Building, scale: float, extrude: float = 0.0) -> None:
-    """Footprint and roof; with ``extrude`` > 0 the roof is lifted by that many px per floor (oblique look)."""
+def draw_building(
+    draw: ImageDraw.ImageDraw, b: Building, scale: float, extrude: float = 0.0, rooftop: bool = False
+) -> None:
+    """Footprint and roof; with ``extrude`` > 0 the roof is lifted by that many px per floor (oblique look);
+    ``rooftop``: draw the rooftop equipment (the drone's close view; below a satellite tile's resolution)."""
     base = [(x * scale, y * scale) for x, y in b.footprint()]
     roof_color, facade_color = ROOF_COLORS[b.roof_color], FACADE_COLORS[b.facade]
     lift = extrude * b.floors
@@ -88,6 +93,26 @@ def draw_building(draw: ImageDraw.ImageDraw, b: Building, scale: float, extrude:
         for k, f in ((0.66, 1.12), (0.33, 1.25)):
             cx, cy, rx, ry = (x0 + x1) / 2, (y0 + y1) / 2, (x1 - x0) / 2 * k, (y1 - y0) / 2 * k
             draw.ellipse([cx - rx, cy - ry, cx + rx, cy + ry], fill=_shade(roof_color, f))
+    if rooftop and b.rooftop:
+        _draw_rooftop(draw, b.rooftop, (x0 + x1) / 2, (y0 + y1) / 2, min(x1 - x0, y1 - y0) / 2)
+
+
+def _draw_rooftop(draw: ImageDraw.ImageDraw, item: str, cx: float, cy: float, half: float) -> None:
+    if item == "solar panels":  # a 2 x 3 grid of dark blue panels
+        w, h = half * 0.3, half * 0.22
+        for row in range(2):
+            for col in range(3):
+                x, y = cx + (col - 1.5) * w * 1.15, cy + (row - 1) * h * 1.2
+                draw.rectangle([x, y, x + w, y + h], fill=(30, 40, 110), outline=(180, 190, 210))
+    elif item == "water tank":
+        radius = half * 0.35
+        box = [cx - radius, cy - radius, cx + radius, cy + radius]
+        draw.ellipse(box, fill=(170, 170, 175), outline=(60, 60, 60), width=2)
+    else:  # antenna mast: a dark cross with a red tip
+        mast = half * 0.55
+        draw.line([cx, cy - mast, cx, cy + mast], fill=(30, 30, 30), width=2)
+        draw.line([cx - mast * 0.5, cy - mast * 0.4, cx + mast * 0.5, cy - mast * 0.4], fill=(30, 30, 30), width=2)
+        draw.ellipse([cx - 3, cy - mast - 3, cx + 3, cy - mast + 3], fill=(220, 30, 30))
 
 
 def clip_halfplane(polygon: list[Point], axis: int, value: float) -> list[Point]:
@@ -115,7 +140,9 @@ def _draw_windows(draw: ImageDraw.ImageDraw, base: list[Point], lift: float, flo
             draw.rectangle([wx, wy, wx + col_w * 0.4, wy + row_h * 0.45], fill=(40, 50, 70))
 
 
-def draw_topdown(b: Building, canvas: int, rng: np.random.Generator, extrude: float = 0.0) -> Image.Image:
+def draw_topdown(
+    b: Building, canvas: int, rng: np.random.Generator, extrude: float = 0.0, rooftop: bool = False
+) -> Image.Image:
     image = _noise_ground(canvas, b.ground_tint, rng)
     draw = ImageDraw.Draw(image)
     band = 0.1 * canvas
@@ -128,7 +155,7 @@ def draw_topdown(b: Building, canvas: int, rng: np.random.Generator, extrude: fl
     draw.rectangle(road, fill=ROAD)
     for extra in b.extras:
         draw_extra(draw, extra, canvas)
-    draw_building(draw, b, canvas, extrude)
+    draw_building(draw, b, canvas, extrude, rooftop)
     for x, y, r in b.trees:
         cx, cy, rad = x * canvas, y * canvas, r * canvas
         draw.ellipse([cx - rad, cy - rad, cx + rad, cy + rad], fill=TREE, outline=_shade(TREE, 0.6))
@@ -196,7 +223,7 @@ class ObliqueCamera:
 
 def render_drone(b: Building, size: int, rng: np.random.Generator) -> Image.Image:
     canvas = size * SUPERSAMPLE * 2
-    topdown = draw_topdown(b, canvas, rng, extrude=canvas * 0.012)
+    topdown = draw_topdown(b, canvas, rng, extrude=canvas * 0.012, rooftop=True)
     return ObliqueCamera.sample(rng, center=b.center).render(topdown, size, fill=b.ground_tint)
 
 
@@ -225,11 +252,47 @@ def render_ground(b: Building, size: int, rng: np.random.Generator) -> Image.Ima
         for k in range(cols):
             x, y = left + (k + 0.3) * col_w, top + (r + 0.25) * row_h
             draw.rectangle([x, y, x + col_w * 0.4, y + row_h * 0.5], fill=(50, 62, 82))
-    draw.rectangle(
-        [left + width / 2 - 0.03 * c, horizon - 0.1 * c, left + width / 2 + 0.03 * c, horizon], fill=(80, 50, 30)
-    )
+    _draw_entrance(draw, b, left + width / 2, horizon, c)
+    if b.furniture:
+        _draw_furniture(draw, b.furniture, left + width * float(rng.uniform(0.1, 0.3)), horizon, c)
     _ground_clutter(draw, c, horizon, rng, trees=len(b.trees) > 3)
     return image.resize((size, size), Image.Resampling.BILINEAR)
+
+
+def _draw_entrance(draw: ImageDraw.ImageDraw, b: Building, cx: float, horizon: float, c: int) -> None:
+    """The entrance at the facade's foot, by its kind, and the sign above it."""
+    w, h = 0.035 * c, 0.12 * c
+    color = ENTRANCES[b.entrance]
+    if b.entrance == "double door":
+        draw.rectangle([cx - 2 * w, horizon - h, cx - 0.1 * w, horizon], fill=color)
+        draw.rectangle([cx + 0.1 * w, horizon - h, cx + 2 * w, horizon], fill=color)
+    elif b.entrance == "arched doorway":
+        draw.rectangle([cx - w, horizon - h * 0.8, cx + w, horizon], fill=color)
+        draw.ellipse([cx - w, horizon - h - 0.2 * w, cx + w, horizon - h * 0.6], fill=color)
+    else:
+        draw.rectangle([cx - w, horizon - h, cx + w, horizon], fill=color, outline=(30, 30, 30))
+    if b.sign:
+        draw.rectangle([cx - 2.6 * w, horizon - h - 0.07 * c, cx + 2.6 * w, horizon - h - 0.015 * c],
+                       fill=SIGN_COLORS[b.sign])  # fmt: skip
+
+
+def _draw_furniture(draw: ImageDraw.ImageDraw, kind: str, x: float, horizon: float, c: int) -> None:
+    """Street furniture on the pavement in front of the facade."""
+    base, line = horizon + 0.04 * c, max(1, c // 64)
+    if kind == "bench":
+        draw.rectangle([x, base - 0.04 * c, x + 0.14 * c, base - 0.025 * c], fill=(120, 80, 40))
+        for leg in (x + 0.01 * c, x + 0.12 * c):
+            draw.line([leg, base - 0.025 * c, leg, base], fill=(40, 40, 40), width=line)
+    elif kind == "lamp post":
+        draw.line([x, base, x, horizon - 0.3 * c], fill=(40, 40, 44), width=line)
+        draw.ellipse([x - 0.02 * c, horizon - 0.33 * c, x + 0.02 * c, horizon - 0.29 * c], fill=(250, 230, 120))
+    elif kind == "bus stop":
+        draw.rectangle([x, base - 0.16 * c, x + 0.16 * c, base], outline=(90, 100, 110), width=line)
+        draw.rectangle([x - 0.01 * c, base - 0.18 * c, x + 0.17 * c, base - 0.16 * c], fill=(70, 110, 150))
+    else:  # bicycle rack: a row of hoops
+        for k in range(4):
+            hx = x + k * 0.035 * c
+            draw.arc([hx, base - 0.05 * c, hx + 0.03 * c, base + 0.01 * c], 180, 360, fill=(150, 150, 160), width=line)
 
 
 def _ground_clutter(draw: ImageDraw.ImageDraw, c: int, horizon: int, rng: np.random.Generator, trees: bool) -> None:
@@ -237,9 +300,6 @@ def _ground_clutter(draw: ImageDraw.ImageDraw, c: int, horizon: int, rng: np.ran
         x = float(rng.uniform(0, c))
         color = tuple(int(v) for v in rng.integers(30, 230, size=3))
         draw.rectangle([x, horizon + 0.05 * c, x + 0.18 * c, horizon + 0.13 * c], fill=color)
-    if rng.random() < 0.5:
-        x = float(rng.uniform(0, c))
-        draw.line([x, horizon + 0.1 * c, x, 0.2 * c], fill=(60, 60, 60), width=max(1, c // 64))
     if trees:
         for _ in range(int(rng.integers(2, 5))):
             x, r = float(rng.uniform(0, c)), float(rng.uniform(0.08, 0.14)) * c

@@ -2,6 +2,13 @@
 
 Everything visible in a rendered view is an attribute here, and every caption is generated from these
 attributes, so text and pixels agree by construction. Randomness comes only from the generator passed in.
+
+Platforms see different things (PE-MoE sec. 1 and 3.1): ``VISIBLE`` says which attributes each platform's view
+shows, and so which a caption of that view may mention. The satellite sees the roof from above, the footprint and
+the layout of the surroundings with their directions (north is up); the drone sees roof and facade obliquely, the
+height, rooftop equipment (too small for a satellite tile: an assumption) and the nearby objects, with no
+direction (its heading is random); the ground sees the facade's material, windows, entrance, sign and the street
+furniture in front, none of which shows from above.
 """
 
 from __future__ import annotations
@@ -38,6 +45,29 @@ EXTRA_COLORS: dict[str, tuple[int, int, int]] = {
     "parking lot": (92, 92, 96),
     "roundabout": (110, 110, 112),
 }
+MATERIALS = {  # facade colour -> the material a caption names
+    "white": "white plaster",
+    "beige": "beige stone",
+    "brick": "red brick",
+    "gray": "gray concrete",
+    "glass": "glass",
+}
+ENTRANCES: dict[str, tuple[int, int, int]] = {
+    "glass door": (150, 200, 220),
+    "wooden door": (110, 70, 36),
+    "arched doorway": (40, 36, 34),
+    "double door": (40, 90, 60),
+}
+SIGN_COLORS: dict[str, tuple[int, int, int]] = {"red": (200, 40, 40), "blue": (40, 70, 200), "yellow": (230, 200, 40)}
+FURNITURE = ("bench", "lamp post", "bus stop", "bicycle rack")
+ROOFTOP_ITEMS = ("solar panels", "water tank", "antenna mast")
+# What each platform's view shows (and a caption of it may name). "layout": the road's and the nearby objects'
+# directions from the building; "extras": the nearby objects themselves.
+VISIBLE: dict[str, tuple[str, ...]] = {
+    "satellite": ("shape", "size", "roof", "layout", "extras", "trees"),
+    "drone": ("roof", "facade", "floors", "rooftop", "extras", "trees"),
+    "ground": ("facade", "floors", "windows", "entrance", "sign", "furniture", "trees"),
+}
 GRASS = (96, 138, 70)
 ROAD = (70, 70, 74)
 TREE = (34, 96, 40)
@@ -66,6 +96,14 @@ class Building:
     extras: tuple[Extra, ...]
     trees: tuple[tuple[float, float, float], ...]  # (x, y, radius)
     ground_tint: tuple[int, int, int] = field(default=GRASS)
+    entrance: str = "wooden door"  # ground only
+    sign: str | None = None  # a sign's colour above the entrance (ground only)
+    furniture: str | None = None  # street furniture in front (ground only)
+    rooftop: str | None = None  # rooftop equipment (drone only)
+
+    @property
+    def material(self) -> str:
+        return MATERIALS[self.facade]
 
     @property
     def height_class(self) -> str:
@@ -130,6 +168,10 @@ def sample_building(building_id: str, rng: np.random.Generator) -> Building:
         if abs(x - 0.5) > half + 0.06 or abs(y - 0.5) > half + 0.06:
             trees.append((float(x), float(y), float(rng.uniform(0.03, 0.05))))
     jitter = rng.uniform(-8, 8, size=3).astype(int)
+    entrance = str(rng.choice(list(ENTRANCES)))
+    sign = str(rng.choice(list(SIGN_COLORS))) if rng.random() < 0.6 else None
+    furniture = str(rng.choice(FURNITURE)) if rng.random() < 0.75 else None
+    rooftop = str(rng.choice(ROOFTOP_ITEMS)) if rng.random() < 0.7 else None
     return Building(
         building_id=building_id,
         shape=shape,
@@ -144,4 +186,8 @@ def sample_building(building_id: str, rng: np.random.Generator) -> Building:
         extras=extras,
         trees=tuple(trees),
         ground_tint=_shift(GRASS, jitter),
+        entrance=entrance,
+        sign=sign,
+        furniture=furniture,
+        rooftop=rooftop,
     )
