@@ -61,8 +61,8 @@ def test_smgeo_quickstart_job_runs_and_reports(tmp_path: Path) -> None:
     args = ["run", str(REPO / "jobs" / "smgeo_quickstart.yaml"), *[a for s in small for a in ("--set", s)]]
     done = run_cli(*args, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "object localization, test split, DetGeo protocol (%), 4 samples" in done.stdout
-    for method in ("smgeo", "click_zeroed", "centre_box", "best epoch", "by size"):
+    assert "object localization, test split, DetGeo protocol (%, [95% bootstrap interval]), 4 samples" in done.stdout
+    for method in ("smgeo", "click_zeroed", "centre_box", "best epoch", "by size", "smgeo - click_zeroed"):
         assert method in done.stdout
     results = json.loads((tmp_path / "runs" / "smgeo_quickstart" / "results.json").read_text())
     assert results["prepare"]["rows"]["train"] and results["train"]["model"]["test"]["smgeo"]["count"] == 4
