@@ -16,6 +16,7 @@ from geomoe.metrics import first_relevant_rank, protocol_labels, recall_at_k, re
 from geomoe.models.pe_moe import PEMoE, fused_scores
 from geomoe.retrieval.embed import embed_dense_texts, embed_texts
 from geomoe.retrieval.rerank import LexicalScorer, caption_evidence, diversify, fuse_top_n, top_n
+from geomoe.stats import query_set
 
 
 def gallery_from_rows(rows: Sequence[dict[str, Any]]) -> tuple[list[dict[str, Any]], np.ndarray]:
@@ -59,6 +60,9 @@ def evaluate_pe_moe(
     }
     report["chance"] = chance_recall(building, caption_image, ks)
     report["counts"] = {"queries": len(rows), "gallery": len(images)}
+    # which queries against which gallery: per-query values are compared only between equal query sets
+    keys = [f"{r['image_id']}\t{r['caption']}" for r in rows] + [im["image_id"] for im in images]
+    report["query_set"] = query_set(keys)
     if model.fusion == "dynamic" and model.num_experts > 1:
         expert_of = spec.model_as(PEMoEModelSpec).expert_of()
         truth = np.array([expert_of[platform[i]] for i in caption_image])

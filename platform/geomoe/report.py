@@ -113,8 +113,8 @@ def retrieval_differences(
     lines = []
     for label, a, b in pairs:
         ra, rb = a["retrieval"][protocol].get("t2i_ranks"), b["retrieval"][protocol].get("t2i_ranks")
-        if ra is None or rb is None or len(ra) != len(rb):
-            continue
+        if ra is None or rb is None or a.get("query_set") is None or a.get("query_set") != b.get("query_set"):
+            continue  # paired only over the same queries against the same gallery
         ks = [int(k.removeprefix("R@")) for k in a["retrieval"][protocol]["t2i"]]
         va, vb = recall_values(np.array(ra), ks), recall_values(np.array(rb), ks)
         cells = []

@@ -12,6 +12,7 @@ values (IoU) have about n distinct rows and are resampled by index, in chunks.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -113,6 +114,12 @@ def verdict(paper_delta: float, ours: Difference) -> str:
     if not ours.significant:
         return "inconclusive"
     return "reproduced" if (ours.delta > 0) == (paper_delta > 0) else "not reproduced"
+
+
+def query_set(keys: list[str]) -> str:
+    """A fingerprint of which queries, in which order, per-query values belong to: paired comparisons and seed
+    pooling only combine values with the same fingerprint."""
+    return hashlib.sha256("\n".join(keys).encode()).hexdigest()[:16]
 
 
 def format_interval(mean: float, bounds: list[float] | tuple[float, float] | None) -> str:

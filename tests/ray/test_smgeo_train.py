@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from geomoe.config.smgeo import SMGeoModelSpec
 from geomoe.jobs import run_job
 from geomoe.models.smgeo import load_smgeo
@@ -37,6 +39,15 @@ def test_smgeo_job_trains_keeps_the_best_epoch_and_evaluates(tiny_synth: tuple[P
         assert overall["acc@0.25"] >= overall["acc@0.5"]
         assert 0.25 * overall["acc@0.25"] + 0.25 * overall["acc@0.5"] <= overall["mIoU"] + 1e-6
         assert overall["mIoU"] <= overall["acc@0.25"] + 0.25 * (100 - overall["acc@0.25"]) + 1e-6
+        assert all(lo <= overall[k] <= hi for k, (lo, hi) in test[method]["interval"].items())
+    # the kept checkpoint on the validation split, by the test path, gives the numbers validation reported: the
+    # per-sample values behind the val_* intervals of a sweep
+    from geomoe import registry
+
+    values = registry.family("smgeo").query_values(model)
+    assert len(values["val_acc50"]) == counts["cvogl"]["val"] and len(values["test_acc@0.5"]) == counts["cvogl"]["test"]
+    for name in ("val_acc25", "val_acc50", "val_miou"):
+        assert values[name].mean() == pytest.approx(model["validation"][name], abs=1e-6)
     assert run_job(spec)["train"] == results["train"]  # the recorded run and evaluation are reused
 
 

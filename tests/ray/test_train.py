@@ -13,9 +13,11 @@ from geomoe.config import JobSpec, parse_spec
 from geomoe.config.pe_moe import PEMoEModelSpec
 from geomoe.data.prepared import PreparedDataset
 from geomoe.families.pe_moe.driver import evaluate_checkpoint, fit_stage, mine_negatives, split_rows
+from geomoe.metrics import recall_at_k
 from geomoe.models.checkpoint import read_checkpoint
 from geomoe.models.factory import ensure_tiny_models
 from geomoe.pipelines.prepare import prepare
+from geomoe.report import retrieval_table
 from geomoe.results import Checkpoint
 from tiny_jobs import pe_moe_job as make_spec
 
@@ -79,7 +81,18 @@ def test_mining_then_stage2_then_evaluation(
     n_test = split_rows(PreparedDataset.of(manifest), "test", spec).filter(pc.equal(pc.field("augment"), "")).num_rows
     assert report["counts"]["queries"] == n_test
     for protocol in ("exact", "building"):
-        assert set(report["retrieval"][protocol]["t2i"]) == {"R@1", "R@5", "R@10"}
+        entry = report["retrieval"][protocol]
+        assert set(entry["t2i"]) == {"R@1", "R@5", "R@10"}
+        # each number with its bootstrap interval, and the per-query ranks it is recomputed from
+        assert set(entry["t2i_interval"]) == {"R@1", "R@5", "R@10", "Score"} and len(entry["t2i_ranks"]) == n_test
+        for k, (lo, hi) in entry["t2i_interval"].items():
+            assert lo <= (entry["score"] if k == "Score" else entry["t2i"][k]) <= hi
+        assert recall_at_k(np.array(entry["t2i_ranks"]), (1, 5, 10)) == pytest.approx(entry["t2i"])
+    # the job's table prints the intervals and pairs stage 2 with stage 1 over the same queries
+    stage1_report = evaluate_checkpoint(spec, first.location, PreparedDataset.of(manifest))
+    assert stage1_report["query_set"] == report["query_set"]
+    table = retrieval_table({"model": {"stage1": stage1_report, "stage2": report}})
+    assert "paired differences (95% interval; * = excludes 0):" in table and "model stage2 - stage1" in table
     # routing accuracy: the share of test captions whose gate picks their platform's expert, recomputed here
     from geomoe.models.factory import load_pe_moe
     from geomoe.retrieval.embed import embed_texts

@@ -160,7 +160,7 @@ def test_seeds_are_more_trials_of_the_same_configuration() -> None:
         parse_spec(SweepSpec, {**seeded.model_dump(mode="json"), "seeds": [0, 0]}, "s.yaml")
 
 
-def _write_trial(experiment: Path, point: dict, hits: np.ndarray) -> None:
+def _write_trial(experiment: Path, point: dict, hits: np.ndarray, queries: str = "val-samples") -> None:
     """A finished trial as run_trial writes it: per-query values, then the result with its interval."""
     from geomoe.stats import intervals
 
@@ -169,7 +169,8 @@ def _write_trial(experiment: Path, point: dict, hits: np.ndarray) -> None:
     write_per_query(run_dir, values)
     metrics = {k: float(v.mean()) for k, v in values.items()} | {"params_M": 0.5}
     result = {"params": point, "status": "finished", "fingerprint": "f", "metrics": metrics}
-    write_json_atomic(f"{run_dir}/{RESULT_FILE}", result | {"intervals": intervals(values)})
+    result |= {"intervals": intervals(values), "query_sets": dict.fromkeys(values, queries)}
+    write_json_atomic(f"{run_dir}/{RESULT_FILE}", result)
 
 
 def test_the_report_pools_seeds_and_gives_each_paper_row_a_verdict(tmp_path: Path) -> None:
@@ -204,6 +205,21 @@ def test_the_report_pools_seeds_and_gives_each_paper_row_a_verdict(tmp_path: Pat
     assert "best: {'model.gmoe.top_k': 2} val_acc50 40.50 ± 0.71 over 2 seeds" in text
     csv_lines = (tmp_path / "report.csv").read_text().splitlines()
     assert sum(line.startswith("ours: mean of 2 seeds,") for line in csv_lines) == 4
+
+
+def test_values_of_different_queries_are_neither_pooled_nor_paired(tmp_path: Path) -> None:
+    sweep, _ = load_sweep(REPO / "search_spaces" / "smgeo_topk.yaml", quickstart=True)
+    sweep = sweep.model_copy(update={"seeds": [0, 1]})
+    points = grid_points(sweep)[:4]  # top-1 and top-2, two seeds each
+    expected = [trial_key(p) for p in points]
+    write_json_atomic(tmp_path / "sweep.json", {"sweep": sweep.model_dump(mode="json"), "expected": expected})
+    hits = 100.0 * (np.arange(100) < 30)
+    for point, queries in zip(points, ["a", "b", "c", "c"], strict=True):  # top-1's seeds saw other samples
+        _write_trial(tmp_path, point, hits, queries)
+    text = write_report(tmp_path)
+    aggregate = [line for line in text.splitlines() if line.startswith("| ours (seeds)")]
+    assert "| 30.00 ± 0.00 |" in aggregate[0] and "| 30.00 ± 0.00 [" in aggregate[1]  # no pooled interval for top-1
+    assert "| top-2 | top-1 | +0.55 | - | no paired values |" in text
 
 
 def test_a_finished_trial_reports_its_recorded_result_without_training(

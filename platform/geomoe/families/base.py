@@ -135,6 +135,11 @@ class Family:
         the metric): what a sweep's intervals, seed pooling and paired differences resample. Default: none."""
         return {}
 
+    def query_sets(self, result: dict[str, Any]) -> dict[str, str]:
+        """Metric name -> the fingerprint of the queries its ``query_values`` belong to (geomoe.stats.query_set):
+        values are pooled or paired only within one query set. Default: none recorded."""
+        return {}
+
     def report(self, spec: JobSpec, results: dict[str, Any]) -> str:
         """The train stage's results (model name -> result: "model" and any baselines) as the CLI prints them."""
         lines = [f"{spec.model.name} {spec.name}"]

@@ -139,6 +139,12 @@ def trial_per_query(spec: JobSpec, result: dict[str, Any]) -> dict[str, np.ndarr
     return values
 
 
+def trial_query_sets(spec: JobSpec, result: dict[str, Any]) -> dict[str, str]:
+    """Metric -> the fingerprint of the queries its per-query values belong to."""
+    sets: dict[str, str] = registry.family(spec.model.name).query_sets(result)
+    return sets
+
+
 def parameter_count(spec: JobSpec) -> dict[str, float]:
     """Millions of parameters of the trial's model (all, and trainable), as the papers' #P column."""
     return dict(registry.family(spec.model.name).parameter_count(spec))

@@ -117,11 +117,18 @@ class Configuration:
         got = [t["metrics"][name] for t in self.trials if name in t["metrics"]]
         return mean_std(got) if got else None
 
+    def query_set(self, name: str) -> str | None:
+        """The fingerprint of the queries behind ``name``'s per-query values (None when the family records none)."""
+        sets = {(t.get("query_sets") or {}).get(name) for t in self.trials}
+        return sets.pop() if len(sets) == 1 else "differ"
+
     def pooled(self, name: str) -> np.ndarray | None:
-        """Per-query values averaged over the seeds (the same queries in every seed), or None when a seed has
-        none or their queries differ in number."""
+        """Per-query values averaged over the seeds, or None when a seed has none or the seeds' queries differ
+        (their recorded query sets, or their number when the family records none)."""
         arrays = [t.get("values", {}).get(name) for t in self.trials]
         if not arrays or any(a is None for a in arrays) or len({len(a) for a in arrays}) != 1:
+            return None
+        if self.query_set(name) == "differ":
             return None
         pooled: np.ndarray = np.mean(np.stack(arrays), axis=0)
         return pooled
@@ -165,10 +172,10 @@ def aggregate_table(sweep: SweepSpec, configs: list[Configuration]) -> str:
 
 
 def compare(a: Configuration, b: Configuration, metric: str) -> tuple[Difference, str] | None:
-    """a - b on ``metric``: paired over the same queries when both have per-query values for the same number of
-    queries (each seed-averaged), else None."""
+    """a - b on ``metric``, paired over the same queries (each configuration's values averaged over its seeds);
+    None without per-query values of the same query set."""
     va, vb = a.pooled(metric), b.pooled(metric)
-    if va is None or vb is None or va.shape != vb.shape:
+    if va is None or vb is None or va.shape != vb.shape or a.query_set(metric) != b.query_set(metric):
         return None
     return paired_difference(va, vb), "paired"
 
@@ -188,7 +195,7 @@ def verdicts(sweep: SweepSpec, configs: list[Configuration]) -> list[dict[str, A
         b = [c for c in configs if c.matches(before.params)]
         found = compare(a[0], b[0], sweep.metric) if len(a) == 1 and len(b) == 1 else None
         if found is None:
-            entry |= {"ours": None, "verdict": "not run" if not (a and b) else "no per-query values"}
+            entry |= {"ours": None, "verdict": "not run" if not (a and b) else "no paired values"}
         else:
             difference, _ = found
             entry |= {"ours": difference, "verdict": verdict(paper_delta, difference)}

@@ -37,6 +37,7 @@ from geomoe.sweep import (
     trial_key,
     trial_metrics,
     trial_per_query,
+    trial_query_sets,
     trial_spec,
 )
 from geomoe.sweep.report import RESULT_FILE, write_per_query
@@ -97,7 +98,8 @@ def run_trial(config: dict[str, Any], sweep_raw: dict[str, Any], base_path: str,
         storage.write_json_atomic(result_path, outcome)
         raise
     outcome = {"params": point, "status": "finished", "fingerprint": fingerprint, "metrics": metrics}
-    storage.write_json_atomic(result_path, outcome | {"intervals": intervals(per_query)})
+    outcome |= {"intervals": intervals(per_query), "query_sets": trial_query_sets(spec, result)}
+    storage.write_json_atomic(result_path, outcome)
     tune.report(metrics)
 
 

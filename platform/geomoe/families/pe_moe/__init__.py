@@ -117,6 +117,12 @@ class PEMoEFamily(Family):
             values.update({f"{prefix}{k}": v for k, v in hits.items()})
         return values
 
+    def query_sets(self, result: dict[str, Any]) -> dict[str, str]:
+        final = result.get("stage2") or result["stage1"]
+        if "query_set" not in final:
+            return {}
+        return {name: final["query_set"] for name in self.query_values(result)}
+
     def report(self, spec: JobSpec, results: dict[str, Any]) -> str:
         from geomoe.report import retrieval_table, sample_query
 

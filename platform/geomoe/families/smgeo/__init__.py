@@ -18,7 +18,7 @@ from geomoe.data.prepared import PreparedDataset
 from geomoe.errors import DatasetError
 from geomoe.families.base import Family, TrainInputs
 from geomoe.metrics import localization_values
-from geomoe.stats import format_interval, paired_difference
+from geomoe.stats import format_interval, paired_difference, query_set
 
 if TYPE_CHECKING:
     import torch
@@ -88,10 +88,12 @@ class SMGeoFamily(Family):
             pred = np.stack([predicted[str(r["sample_id"])][0] for r in rows])
             wh = np.stack([predicted[str(r["sample_id"])][1] for r in rows])
             report[name] = localization_report(pred, gt, wh, classes)
+            report[name]["query_set"] = query_set([str(r["sample_id"]) for r in rows])
         train_rows = train.to_pylist()
         train_wh = np.array([image_size(r["reference_path"]) for r in train_rows], np.float64)
         centre = centre_box_baseline(np.array([r["box"] for r in train_rows]), train_wh, wh)
         report[METHODS[2]] = localization_report(centre, gt, wh, classes)
+        report[METHODS[2]]["query_set"] = report[METHODS[0]]["query_set"]
         report[VALIDATION] = self._validation(spec, checkpoint, prepared)
         return report
 
@@ -107,13 +109,23 @@ class SMGeoFamily(Family):
         rows = val.to_pylist()
         pred = np.stack([predicted[str(r["sample_id"])][0] for r in rows])
         wh = np.stack([predicted[str(r["sample_id"])][1] for r in rows])
-        return localization_report(pred, np.array([r["box"] for r in rows]), wh, [r["class_name"] for r in rows])
+        report = localization_report(pred, np.array([r["box"] for r in rows]), wh, [r["class_name"] for r in rows])
+        return report | {"query_set": query_set([str(r["sample_id"]) for r in rows])}
 
     def metrics(self, result: dict[str, Any]) -> dict[str, float]:
         test, val = result["test"][METHODS[0]]["overall"], result["validation"]
         metrics = {f"test_{k}": float(v) for k, v in test.items() if isinstance(v, int | float)}
         metrics.update({k: float(v) for k, v in val.items() if isinstance(v, int | float)})
         return metrics
+
+    def query_sets(self, result: dict[str, Any]) -> dict[str, str]:
+        names = {"smgeo": TEST_NAMES, VALIDATION: VAL_NAMES}
+        return {
+            metric: result["test"][split]["query_set"]
+            for split, renamed in names.items()
+            if "query_set" in result["test"].get(split, {})
+            for metric in renamed.values()
+        }
 
     def query_values(self, result: dict[str, Any]) -> dict[str, np.ndarray]:
         """Each test sample's (test_*) and validation sample's (val_*) hit and IoU, as ``metrics`` names them."""
@@ -167,7 +179,7 @@ def localization_table(result: dict[str, Any], choices: list[str] | None = None)
 
 def _differences(test: dict[str, Any]) -> list[str]:
     """SMGeo minus each baseline on the same samples (paired bootstrap); * when the interval excludes 0."""
-    if any("iou" not in test[name] for name in METHODS):
+    if any("iou" not in test[name] for name in METHODS) or len({test[n].get("query_set") for n in METHODS}) != 1:
         return []
     ours = localization_values(np.array(test["smgeo"]["iou"]))
     lines = ["  paired differences (95% interval; * = excludes 0):"]
