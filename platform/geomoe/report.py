@@ -54,8 +54,8 @@ def caption_summary(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _with_interval(values: dict[str, Any], bounds: dict[str, Any], key: str, width: int = 18) -> str:
-    return f"{format_interval(values[key], bounds.get(key)):>{width}}"
+def _with_interval(values: dict[str, Any], bounds: dict[str, Any], key: str, width: int = 19) -> str:
+    return f" {format_interval(values[key], bounds.get(key)):>{width - 1}}"
 
 
 def retrieval_table(train_results: dict[str, Any], protocol: str = "exact") -> str:
@@ -63,7 +63,7 @@ def retrieval_table(train_results: dict[str, Any], protocol: str = "exact") -> s
     with its 95% bootstrap interval over the queries, then the paired differences that matter."""
     lines = [
         f"text -> image retrieval, {protocol} protocol (%, [95% bootstrap interval over queries])",
-        f"  {'model':<30}{'R@1':>18}{'R@5':>18}{'R@10':>18}{'Score':>18}{'routing':>9}",
+        f"  {'model':<34}{'R@1':>19}{'R@5':>19}{'R@10':>19}{'Score':>19}{'routing':>9}",
     ]
     chance = None
     for name, result in train_results.items():
@@ -77,15 +77,16 @@ def retrieval_table(train_results: dict[str, Any], protocol: str = "exact") -> s
             recall["Score"] = entry.get("score", float("nan"))
             routing = f"{report['routing_accuracy']:.1f}" if "routing_accuracy" in report else "-"
             cells = "".join(_with_interval(recall, bounds, k) for k in ("R@1", "R@5", "R@10", "Score"))
-            lines.append(f"  {name + ' ' + stage:<30}{cells}{routing:>9}")
+            lines.append(f"  {name + ' ' + stage:<34}{cells}{routing:>9}")
             for method, reranked in report.get("reranked", {}).items() if stage == final else ():
                 again = dict(reranked[protocol]["t2i"])  # images_without_caption: in the JSON
                 again["Score"] = track4_score(again) if "R@1" in again and "R@10" in again else float("nan")
-                cells = "".join(_with_interval(again, {}, k) for k in ("R@1", "R@5", "R@10", "Score"))
-                lines.append(f"  {name + ' ' + stage + ' +' + method:<30}{cells}{'-':>9}")
+                bounds = reranked[protocol].get("t2i_interval", {})
+                cells = "".join(_with_interval(again, bounds, k) for k in ("R@1", "R@5", "R@10", "Score"))
+                lines.append(f"  {name + ' ' + stage + ' +' + method:<34}{cells}{'-':>9}")
             chance = report["chance"][protocol]
     if chance:
-        lines.append(f"  {'chance':<30}" + "".join(f"{chance[k]:>18.2f}" for k in ("R@1", "R@5", "R@10")))
+        lines.append(f"  {'chance':<34}" + "".join(f"{chance[k]:>19.2f}" for k in ("R@1", "R@5", "R@10")))
     lines += retrieval_differences(train_results, protocol)
     return "\n".join(lines)
 
@@ -98,14 +99,19 @@ def _final(result: dict[str, Any]) -> tuple[str, dict[str, Any]]:
 def retrieval_differences(
     train_results: dict[str, Any], protocol: str, metrics: tuple[str, ...] = ("R@1", "R@10")
 ) -> list[str]:
-    """Paired differences on the same queries: the model's stage 2 against its stage 1, and the model against
-    each baseline (final stages). A difference is called out (*) only when its 95% interval excludes 0."""
+    """Paired differences on the same queries: the model's stage 2 against its stage 1, what each re-ranking adds
+    to the final stage, and the model against each baseline (final stages). A difference is called out (*) only
+    when its 95% interval excludes 0."""
     pairs = []
     model = train_results.get("model")
     if model is None:
         return []
     if "stage1" in model and "stage2" in model:
         pairs.append(("model stage2 - stage1", model["stage2"], model["stage1"]))
+    stage, final = _final(model)
+    for method, reranked in final.get("reranked", {}).items():  # what re-ranking adds, on the same queries
+        as_report = {"retrieval": reranked, "query_set": final.get("query_set")}
+        pairs.append((f"model {stage} +{method} - {stage}", as_report, final))
     for name, result in train_results.items():
         if name != "model":
             (s_model, final_model), (s_base, final_base) = _final(model), _final(result)
@@ -115,14 +121,14 @@ def retrieval_differences(
         ra, rb = a["retrieval"][protocol].get("t2i_ranks"), b["retrieval"][protocol].get("t2i_ranks")
         if ra is None or rb is None or a.get("query_set") is None or a.get("query_set") != b.get("query_set"):
             continue  # paired only over the same queries against the same gallery
-        ks = [int(k.removeprefix("R@")) for k in a["retrieval"][protocol]["t2i"]]
+        ks = [int(k.removeprefix("R@")) for k in b["retrieval"][protocol]["t2i"]]
         va, vb = recall_values(np.array(ra), ks), recall_values(np.array(rb), ks)
         cells = []
         for m in metrics:
             if m in va:
                 d = paired_difference(va[m], vb[m])
                 cells.append(f"{m} {d}{' *' if d.significant else ''}")
-        lines.append(f"  {label:<30}" + "   ".join(cells))
+        lines.append(f"  {label:<34}" + "   ".join(cells))
     if lines:
         lines.insert(0, "  paired differences (95% interval; * = excludes 0):")
     return lines

@@ -162,11 +162,11 @@ def localization_table(result: dict[str, Any], choices: list[str] | None = None)
         f"object localization, test split, DetGeo protocol (%, [95% bootstrap interval]), "
         f"{test['smgeo']['count']} samples",
         *(f"  design: {choice}" for choice in choices or []),
-        f"  {'method':<16}{'acc@0.25':>18}{'acc@0.5':>18}{'mIoU':>18}",
+        f"  {'method':<16}{'acc@0.25':>19}{'acc@0.5':>19}{'mIoU':>19}",
     ]
     for name in METHODS:
         overall, bounds = test[name]["overall"], test[name].get("interval", {})
-        row = "".join(f"{format_interval(overall[k], bounds.get(k)):>18}" for k in ("acc@0.25", "acc@0.5", "mIoU"))
+        row = "".join(f" {format_interval(overall[k], bounds.get(k)):>18}" for k in ("acc@0.25", "acc@0.5", "mIoU"))
         lines.append(f"  {name:<16}{row}")
     lines += _differences(test)
     best = result["validation"]
