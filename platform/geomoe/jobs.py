@@ -12,8 +12,6 @@ import logging
 import time
 from typing import Any
 
-import numpy as np
-
 from geomoe import registry, storage
 from geomoe.config import EngineSpec, JobSpec
 from geomoe.data.prepared import PreparedDataset
@@ -154,7 +152,7 @@ def run_job(spec: JobSpec) -> dict[str, Any]:
 def train_report(spec: JobSpec, train: dict[str, Any]) -> str:
     """The train stage's results as the CLI prints them: the family's tables (the first seed's, with seeds), then
     with seeds the mean ± std of every metric over the seeds with the pooled 95% interval."""
-    from geomoe.stats import format_interval, interval, mean_std
+    from geomoe.stats import format_interval, interval, mean_std, pooled_over_seeds
 
     family = family_of(spec)
     by_seed = train.get(BY_SEED)
@@ -165,13 +163,11 @@ def train_report(spec: JobSpec, train: dict[str, Any]) -> str:
     for name in next(iter(by_seed.values())):
         results = [seeded[name] for seeded in by_seed.values()]
         metrics = [family.metrics(r) for r in results]
-        values = [family.query_values(r) for r in results]
+        values, sets = [family.query_values(r) for r in results], [family.query_sets(r) for r in results]
         for metric in metrics[0]:
             mean, std = mean_std([m[metric] for m in metrics])
-            per_query = [v[metric] for v in values if metric in v]
-            pooled = None
-            if len(per_query) == len(values) and len({len(p) for p in per_query}) == 1:  # the same queries
-                pooled = interval(np.mean(np.stack(per_query), axis=0))
+            per_query = pooled_over_seeds([v.get(metric) for v in values], [q.get(metric) for q in sets])
+            pooled = None if per_query is None else interval(per_query)
             cell = format_interval(mean, pooled).replace(f"{mean:.2f}", f"{mean:.2f} ± {std:.2f}", 1)
             lines.append(f"  {name} {metric}: {cell}")
     return text + "\n" + "\n".join(lines)

@@ -116,6 +116,18 @@ def verdict(paper_delta: float, ours: Difference) -> str:
     return "reproduced" if (ours.delta > 0) == (paper_delta > 0) else "not reproduced"
 
 
+def pooled_over_seeds(arrays: list[np.ndarray | None], query_sets: list[str | None]) -> np.ndarray | None:
+    """Each query's value averaged over seeds: None when a seed has no values or the seeds' queries differ
+    (their query sets, or their number when none is recorded)."""
+    if not arrays or any(a is None for a in arrays) or len(set(query_sets)) != 1:
+        return None
+    present = [np.asarray(a, dtype=np.float64) for a in arrays if a is not None]
+    if len({len(a) for a in present}) != 1:
+        return None
+    pooled: np.ndarray = np.mean(np.stack(present), axis=0)
+    return pooled
+
+
 def query_set(keys: list[str]) -> str:
     """A fingerprint of which queries, in which order, per-query values belong to: paired comparisons and seed
     pooling only combine values with the same fingerprint."""

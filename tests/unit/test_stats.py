@@ -119,3 +119,12 @@ def test_format_interval() -> None:
     assert stats.format_interval(12.345, [10.0, 14.71]) == "12.35 [10.0, 14.7]"
     assert stats.format_interval(12.345, None) == "12.35"
     assert stats.mean_std([1.0, 2.0, 3.0]) == (2.0, 1.0) and stats.mean_std([4.0]) == (4.0, 0.0)
+
+
+def test_seeds_are_pooled_per_query_only_over_the_same_queries() -> None:
+    a, b = np.array([0.0, 100.0, 100.0]), np.array([100.0, 100.0, 0.0])
+    np.testing.assert_allclose(stats.pooled_over_seeds([a, b], ["q", "q"]), [50.0, 100.0, 50.0])
+    assert stats.pooled_over_seeds([a, b], ["q", "other queries"]) is None
+    assert stats.pooled_over_seeds([a, b[:2]], [None, None]) is None  # no query set recorded: their number decides
+    assert stats.pooled_over_seeds([a, None], ["q", "q"]) is None
+    assert stats.query_set(["x", "y"]) != stats.query_set(["y", "x"])  # order matters: values are paired by position

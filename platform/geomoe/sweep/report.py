@@ -19,7 +19,15 @@ import numpy as np
 from geomoe import storage
 from geomoe.config import SweepSpec
 from geomoe.errors import ExperimentError
-from geomoe.stats import Difference, format_interval, interval, mean_std, paired_difference, verdict
+from geomoe.stats import (
+    Difference,
+    format_interval,
+    interval,
+    mean_std,
+    paired_difference,
+    pooled_over_seeds,
+    verdict,
+)
 from geomoe.sweep import SEED, VARIANT
 
 RESULT_FILE = "trial_result.json"
@@ -118,20 +126,15 @@ class Configuration:
         return mean_std(got) if got else None
 
     def query_set(self, name: str) -> str | None:
-        """The fingerprint of the queries behind ``name``'s per-query values (None when the family records none)."""
+        """The fingerprint of the queries behind ``name``'s per-query values (None when the family records none;
+        "differ" when the seeds' differ)."""
         sets = {(t.get("query_sets") or {}).get(name) for t in self.trials}
         return sets.pop() if len(sets) == 1 else "differ"
 
     def pooled(self, name: str) -> np.ndarray | None:
-        """Per-query values averaged over the seeds, or None when a seed has none or the seeds' queries differ
-        (their recorded query sets, or their number when the family records none)."""
+        """Per-query values averaged over the seeds (None without values, or when the seeds' queries differ)."""
         arrays = [t.get("values", {}).get(name) for t in self.trials]
-        if not arrays or any(a is None for a in arrays) or len({len(a) for a in arrays}) != 1:
-            return None
-        if self.query_set(name) == "differ":
-            return None
-        pooled: np.ndarray = np.mean(np.stack(arrays), axis=0)
-        return pooled
+        return pooled_over_seeds(arrays, [(t.get("query_sets") or {}).get(name) for t in self.trials])
 
     def matches(self, wanted: dict[str, Any]) -> bool:
         return all(self.params.get(k) == v for k, v in wanted.items())
