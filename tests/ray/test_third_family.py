@@ -103,7 +103,7 @@ def test_the_toy_family_runs_as_a_two_trial_sweep(tiny_synth: tuple[Path, dict],
     text = write_report(experiment)
     aggregate = [line for line in text.splitlines() if line.startswith("| ours (seeds)")]
     assert len(aggregate) == 2 and all("| 2 |" in line and " ± " in line for line in aggregate)
-    verdict = next(line for line in text.splitlines() if line.startswith("| fast | slow |"))
+    verdict = next(line for line in text.splitlines() if line.startswith("| fast | slow | test_accuracy |"))
     assert verdict.split("|")[-2].strip() in ("reproduced", "not reproduced", "inconclusive")
 
 

@@ -198,10 +198,11 @@ def test_the_report_pools_seeds_and_gives_each_paper_row_a_verdict(tmp_path: Pat
     assert len(trials) == len(points) and "| 1 | 0 | 30.00 [" in trials[0]
     aggregate = [line for line in lines if line.startswith("| ours (seeds)")]
     assert len(aggregate) == 4 and aggregate[0].startswith("| ours (seeds) | 1 | 2 | 30.50 ± 0.71 [")
-    verdict = {line.split("|")[1].strip(): line.split("|")[-2].strip() for line in lines if line.startswith("| top-")
-               and line.count("|") == 6}  # fmt: skip
+    cells = [[c.strip() for c in line.split("|")[1:-1]] for line in lines if line.startswith("| top-")]
+    verdict = {c[0]: c[-1] for c in cells if len(c) == 6 and c[2] == "val_acc50"}
     assert verdict == {"top-2": "reproduced", "top-3": "inconclusive", "top-4": "not reproduced", "top-5": "not run"}
-    assert "| top-2 | top-1 | +0.55 | +10.00 [" in text
+    assert "| top-2 | top-1 | val_acc50 | +0.55 | +10.00 [" in text
+    assert sum(len(c) == 6 for c in cells) == 4 * 3  # every reported metric the paper rows publish
     assert "best: {'model.gmoe.top_k': 2} val_acc50 40.50 ± 0.71 over 2 seeds" in text
     csv_lines = (tmp_path / "report.csv").read_text().splitlines()
     assert sum(line.startswith("ours: mean of 2 seeds,") for line in csv_lines) == 4
@@ -219,7 +220,7 @@ def test_values_of_different_queries_are_neither_pooled_nor_paired(tmp_path: Pat
     text = write_report(tmp_path)
     aggregate = [line for line in text.splitlines() if line.startswith("| ours (seeds)")]
     assert "| 30.00 ± 0.00 |" in aggregate[0] and "| 30.00 ± 0.00 [" in aggregate[1]  # no pooled interval for top-1
-    assert "| top-2 | top-1 | +0.55 | - | no paired values |" in text
+    assert "| top-2 | top-1 | val_acc50 | +0.55 | - | no paired values |" in text
 
 
 def test_a_finished_trial_reports_its_recorded_result_without_training(

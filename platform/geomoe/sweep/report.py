@@ -184,36 +184,37 @@ def compare(a: Configuration, b: Configuration, metric: str) -> tuple[Difference
 
 
 def verdicts(sweep: SweepSpec, configs: list[Configuration]) -> list[dict[str, Any]]:
-    """Each paper row after the first against the row before it, on the sweep's metric: the paper's change, ours
-    with its paired 95% interval, and "reproduced", "not reproduced" or "inconclusive". Only the sweep spec's
-    paper numbers are used; a row whose configuration did not finish gets "not run"."""
+    """Each paper row after the first against the row before it, on the sweep's metric and then every other
+    reported metric both rows publish: the paper's change, ours with its paired 95% interval, and "reproduced",
+    "not reproduced" or "inconclusive". Only the sweep spec's paper numbers are used; a row whose configuration
+    did not finish gets "not run"."""
     rows = sweep.paper.rows if sweep.paper else []
+    metrics = [sweep.metric, *[m for m in sweep.report_metrics if m != sweep.metric]]
     out = []
     for before, row in itertools.pairwise(rows):
-        if sweep.metric not in row.metrics or sweep.metric not in before.metrics:
-            continue
-        paper_delta = row.metrics[sweep.metric] - before.metrics[sweep.metric]
-        entry: dict[str, Any] = {"row": row.label, "previous": before.label, "paper_delta": round(paper_delta, 2)}
         a = [c for c in configs if c.matches(row.params)]
         b = [c for c in configs if c.matches(before.params)]
-        found = compare(a[0], b[0], sweep.metric) if len(a) == 1 and len(b) == 1 else None
-        if found is None:
-            entry |= {"ours": None, "verdict": "not run" if not (a and b) else "no paired values"}
-        else:
-            difference, _ = found
-            entry |= {"ours": difference, "verdict": verdict(paper_delta, difference)}
-        out.append(entry)
+        for metric in metrics:
+            if metric not in row.metrics or metric not in before.metrics:
+                continue
+            paper_delta = row.metrics[metric] - before.metrics[metric]
+            entry: dict[str, Any] = {"row": row.label, "previous": before.label, "metric": metric}
+            entry["paper_delta"] = round(paper_delta, 2)
+            found = compare(a[0], b[0], metric) if len(a) == 1 and len(b) == 1 else None
+            if found is None:
+                entry |= {"ours": None, "verdict": "not run" if not (a and b) else "no paired values"}
+            else:
+                entry |= {"ours": found[0], "verdict": verdict(paper_delta, found[0])}
+            out.append(entry)
     return out
 
 
-def verdict_table(sweep: SweepSpec, entries: list[dict[str, Any]]) -> str:
-    lines = [
-        f"| paper row | against | paper Δ {sweep.metric} | ours Δ [95% paired] | verdict |",
-        "|---|---|---|---|---|",
-    ]
+def verdict_table(entries: list[dict[str, Any]]) -> str:
+    lines = ["| paper row | against | metric | paper Δ | ours Δ [95% paired] | verdict |", "|---|---|---|---|---|---|"]
     for e in entries:
         ours = str(e["ours"]) if e["ours"] is not None else "-"
-        lines.append(f"| {e['row']} | {e['previous']} | {e['paper_delta']:+.2f} | {ours} | {e['verdict']} |")
+        cells = [e["row"], e["previous"], e["metric"], f"{e['paper_delta']:+.2f}", ours, e["verdict"]]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -313,8 +314,8 @@ def write_report(experiment: str) -> str:
         lines += [aggregate_table(sweep, configs), ""]
     entries = verdicts(sweep, configs)
     if entries:
-        lines += [f"verdicts: each paper row against the row before it, on {sweep.metric}", ""]
-        lines += [verdict_table(sweep, entries), ""]
+        lines += [f"verdicts: each paper row against the row before it ({sweep.metric} first)", ""]
+        lines += [verdict_table(entries), ""]
     best = best_configuration(sweep, configs)
     if best is None:
         lines.append("best: none")
