@@ -127,7 +127,8 @@ def test_a_job_with_seeds_trains_once_per_seed_and_reports_the_spread(
     ]
     assert not np.allclose(*weights)  # the seeds trained differently
     text = train_report(spec, train)
-    line = next(x for x in text.splitlines() if x.startswith("  model test_accuracy: "))
+    spread = text[text.index("over seeds ['3', '4']") :]  # after the first seed's table
+    line = next(x for x in spread.splitlines() if x.startswith("  model test_accuracy: "))
     assert " ± " in line and line.count("[") == 1  # mean ± std [pooled interval]
     with pytest.raises(SpecError, match=r"seeds: .* repeats a seed"):
         parse_spec(JobSpec, raw | {"seeds": [1, 1]}, "toy.yaml")
