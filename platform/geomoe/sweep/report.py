@@ -174,13 +174,13 @@ def aggregate_table(sweep: SweepSpec, configs: list[Configuration]) -> str:
     return "\n".join(lines)
 
 
-def compare(a: Configuration, b: Configuration, metric: str) -> tuple[Difference, str] | None:
+def compare(a: Configuration, b: Configuration, metric: str) -> Difference | None:
     """a - b on ``metric``, paired over the same queries (each configuration's values averaged over its seeds);
     None without per-query values of the same query set."""
     va, vb = a.pooled(metric), b.pooled(metric)
     if va is None or vb is None or va.shape != vb.shape or a.query_set(metric) != b.query_set(metric):
         return None
-    return paired_difference(va, vb), "paired"
+    return paired_difference(va, vb)
 
 
 def verdicts(sweep: SweepSpec, configs: list[Configuration]) -> list[dict[str, Any]]:
@@ -204,7 +204,7 @@ def verdicts(sweep: SweepSpec, configs: list[Configuration]) -> list[dict[str, A
             if found is None:
                 entry |= {"ours": None, "verdict": "not run" if not (a and b) else "no paired values"}
             else:
-                entry |= {"ours": found[0], "verdict": verdict(paper_delta, found[0])}
+                entry |= {"ours": found, "verdict": verdict(paper_delta, found)}
             out.append(entry)
     return out
 
