@@ -73,44 +73,21 @@ class SMGeoFamily(Family):
         return TrainInputs(datasets, splits["train"].num_rows // batch)
 
     def evaluate(self, spec: JobSpec, checkpoint: str, prepared: PreparedDataset) -> dict[str, Any]:
-        """DetGeo metrics of SMGeo, of SMGeo with the click zeroed, and of a centre box of the mean training size."""
-        from geomoe.pipelines.localize import pairs_dataset, predict_boxes
-
-        train, test = localization_rows(prepared, "train"), localization_rows(prepared, "test")
-        m, res = spec.model_as(SMGeoModelSpec), spec.resources
-        pairs = pairs_dataset(test, m.query_size, m.reference_size, materialize=True)
-        rows = test.to_pylist()
-        gt, classes = np.array([r["box"] for r in rows]), [r["class_name"] for r in rows]
+        """DetGeo metrics of SMGeo, of SMGeo with the click zeroed, and of a centre box of the mean training size
+        on the test split; and of SMGeo on the validation split (``VALIDATION``: the per-sample IoUs behind the
+        val_* metrics the papers' tables report, by the test path). Each report names its samples (query_set)."""
+        test, val = localization_rows(prepared, "test"), localization_rows(prepared, "val")
         report: dict[str, Any] = {}
-        wh = np.zeros((len(rows), 2))
+        wh = np.zeros((test.num_rows, 2))
         for name, use_click in zip(METHODS[:2], (True, False), strict=True):
-            predicted = predict_boxes(checkpoint, pairs, use_click, res.data_concurrency, res.use_gpu)
-            pred = np.stack([predicted[str(r["sample_id"])][0] for r in rows])
-            wh = np.stack([predicted[str(r["sample_id"])][1] for r in rows])
-            report[name] = localization_report(pred, gt, wh, classes)
-            report[name]["query_set"] = query_set([str(r["sample_id"]) for r in rows])
-        train_rows = train.to_pylist()
+            pred, wh = _predict(spec, checkpoint, test, use_click)
+            report[name] = _report(test, pred, wh)
+        train_rows = localization_rows(prepared, "train").to_pylist()
         train_wh = np.array([image_size(r["reference_path"]) for r in train_rows], np.float64)
         centre = centre_box_baseline(np.array([r["box"] for r in train_rows]), train_wh, wh)
-        report[METHODS[2]] = localization_report(centre, gt, wh, classes)
-        report[METHODS[2]]["query_set"] = report[METHODS[0]]["query_set"]
-        report[VALIDATION] = self._validation(spec, checkpoint, prepared)
+        report[METHODS[2]] = _report(test, centre, wh)
+        report[VALIDATION] = _report(val, *_predict(spec, checkpoint, val, use_click=True))
         return report
-
-    def _validation(self, spec: JobSpec, checkpoint: str, prepared: PreparedDataset) -> dict[str, Any]:
-        """The kept checkpoint on the validation split, by the test path (per-sample IoUs: the intervals of the
-        val_* metrics the papers' tables report)."""
-        from geomoe.pipelines.localize import pairs_dataset, predict_boxes
-
-        val = localization_rows(prepared, "val")
-        m, res = spec.model_as(SMGeoModelSpec), spec.resources
-        pairs = pairs_dataset(val, m.query_size, m.reference_size, materialize=True)
-        predicted = predict_boxes(checkpoint, pairs, True, res.data_concurrency, res.use_gpu)
-        rows = val.to_pylist()
-        pred = np.stack([predicted[str(r["sample_id"])][0] for r in rows])
-        wh = np.stack([predicted[str(r["sample_id"])][1] for r in rows])
-        report = localization_report(pred, np.array([r["box"] for r in rows]), wh, [r["class_name"] for r in rows])
-        return report | {"query_set": query_set([str(r["sample_id"]) for r in rows])}
 
     def metrics(self, result: dict[str, Any]) -> dict[str, float]:
         test, val = result["test"][METHODS[0]]["overall"], result["validation"]
@@ -139,6 +116,24 @@ class SMGeoFamily(Family):
 
     def report(self, spec: JobSpec, results: dict[str, Any]) -> str:
         return localization_table(results["model"], our_choices(spec.model_as(SMGeoModelSpec)))
+
+
+def _predict(spec: JobSpec, checkpoint: str, table: pa.Table, use_click: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Boxes (file pixels) and reference sizes of ``table``'s samples, in its row order."""
+    from geomoe.pipelines.localize import pairs_dataset, predict_boxes
+
+    m, res = spec.model_as(SMGeoModelSpec), spec.resources
+    pairs = pairs_dataset(table, m.query_size, m.reference_size, materialize=True)
+    predicted = predict_boxes(checkpoint, pairs, use_click, res.data_concurrency, res.use_gpu)
+    ids = [str(i) for i in table["sample_id"].to_pylist()]
+    return np.stack([predicted[i][0] for i in ids]), np.stack([predicted[i][1] for i in ids])
+
+
+def _report(table: pa.Table, pred: np.ndarray, wh: np.ndarray) -> dict[str, Any]:
+    """The DetGeo report of ``pred`` on ``table``'s samples, with the fingerprint of which samples they are."""
+    boxes, classes = np.array(table["box"].to_pylist()), table["class_name"].to_pylist()
+    samples = query_set([str(i) for i in table["sample_id"].to_pylist()])
+    return localization_report(pred, boxes, wh, classes) | {"query_set": samples}
 
 
 def our_choices(model: SMGeoModelSpec) -> list[str]:
