@@ -208,6 +208,29 @@ def test_the_report_pools_seeds_and_gives_each_paper_row_a_verdict(tmp_path: Pat
     assert sum(line.startswith("ours: mean of 2 seeds,") for line in csv_lines) == 4
 
 
+def test_a_published_change_below_min_change_reads_as_no_change() -> None:
+    """Table III: top-3 -> top-4 moves val_acc25 by +0.01 (85.25 -> 85.26), a rounding, not a claim. Ours up by 5
+    points is then "not reproduced" (the paper shows no change), not "reproduced"."""
+    from geomoe.sweep.report import Configuration, verdicts
+
+    sweep, _ = load_sweep(REPO / "search_spaces" / "smgeo_topk.yaml", quickstart=True)
+    assert sweep.paper is not None and sweep.paper.min_change == 0.1
+    hits = 100.0 * (np.arange(600) < 180)
+    up = hits.copy()
+    up[180:210] = 100.0  # +5 points on the same samples
+
+    def config(k: int, values: np.ndarray) -> Configuration:
+        trial = {"metrics": {"val_acc25": float(values.mean())}, "values": {"val_acc25": values}}
+        return Configuration({"model.gmoe.top_k": k}, [trial])
+
+    configs = [config(3, hits), config(4, up)]
+    found = {e["metric"]: e for e in verdicts(sweep, configs) if e["row"] == "top-4"}
+    assert found["val_acc25"]["paper_delta"] == 0.01 and found["val_acc25"]["verdict"] == "not reproduced"
+    strict = sweep.model_copy(update={"paper": sweep.paper.model_copy(update={"min_change": 0.0})})
+    found = {e["metric"]: e for e in verdicts(strict, configs) if e["row"] == "top-4"}
+    assert found["val_acc25"]["verdict"] == "reproduced"
+
+
 def test_values_of_different_queries_are_neither_pooled_nor_paired(tmp_path: Path) -> None:
     sweep, _ = load_sweep(REPO / "search_spaces" / "smgeo_topk.yaml", quickstart=True)
     sweep = sweep.model_copy(update={"seeds": [0, 1]})

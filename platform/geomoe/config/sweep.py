@@ -51,6 +51,12 @@ class PaperRow(Strict):
 class PaperSpec(Strict):
     source: str = Field(description="where the numbers come from, e.g. 'SMGeo Table II (val)'")
     rows: list[PaperRow]
+    min_change: float = Field(
+        0.0,
+        ge=0,
+        description="a change between two published rows smaller than this (points) reads as no change in the "
+        "verdicts (the tables are rounded; 85.25 -> 85.26 is not a claim)",
+    )
 
 
 class SweepVariant(Strict):

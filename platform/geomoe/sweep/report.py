@@ -189,6 +189,7 @@ def verdicts(sweep: SweepSpec, configs: list[Configuration]) -> list[dict[str, A
     "not reproduced" or "inconclusive". Only the sweep spec's paper numbers are used; a row whose configuration
     did not finish gets "not run"."""
     rows = sweep.paper.rows if sweep.paper else []
+    min_change = sweep.paper.min_change if sweep.paper else 0.0
     metrics = [sweep.metric, *[m for m in sweep.report_metrics if m != sweep.metric]]
     out = []
     for before, row in itertools.pairwise(rows):
@@ -204,7 +205,8 @@ def verdicts(sweep: SweepSpec, configs: list[Configuration]) -> list[dict[str, A
             if found is None:
                 entry |= {"ours": None, "verdict": "not run" if not (a and b) else "no paired values"}
             else:
-                entry |= {"ours": found, "verdict": verdict(paper_delta, found)}
+                claimed = paper_delta if abs(paper_delta) >= min_change else 0.0  # a rounding-level change: none
+                entry |= {"ours": found, "verdict": verdict(claimed, found)}
             out.append(entry)
     return out
 
