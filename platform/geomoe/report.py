@@ -128,7 +128,7 @@ def retrieval_differences(
             if m in va:
                 d = paired_difference(va[m], vb[m])
                 cells.append(f"{m} {d}{' *' if d.significant else ''}")
-        lines.append(f"  {label:<34}" + "   ".join(cells))
+        lines.append(f"  {label:<36}" + "   ".join(cells))
     if lines:
         lines.insert(0, "  paired differences (95% interval; * = excludes 0):")
     return lines
