@@ -59,7 +59,11 @@ def test_refinement_replaces_only_valid_outputs_and_resumes(tiny_synth: tuple[Pa
         assert row["refine_status"] == "refined" or row["caption"] == row["original_caption"]
         if row["refine_status"] == "refined":
             assert 1 <= len(row["caption"].split()) <= 40 and row["statements"] == [row["caption"]]
-    assert set(report["kept_by_reason"]) <= {"empty", "too short", "too long", "chat boilerplate", "engine failed"}
+    reasons = {"empty", "too short", "too long", "chat boilerplate", "engine failed"}
+    # the tiny LLM's vocabulary has synthgeo's satellite directions: an augmented (rotated) satellite row's output
+    # that names one is kept, never trained on
+    reasons.add("new directional phrase on an augmented satellite sample")
+    assert set(report["kept_by_reason"]) <= reasons
     assert sorted(r["caption"] for r in rows(refined, "test")) == sorted(r["caption"] for r in rows(manifest, "test"))
     assert len(report["prompts_sha256"]) == 64
     # a killed job resumes: finished shards are not redone, a missing one is
