@@ -12,18 +12,11 @@ from geomoe.config import JobSpec, RerankSpec
 from geomoe.config.pe_moe import PEMoEModelSpec
 from geomoe.data.caption_store import read_caption_store
 from geomoe.errors import DatasetError
-from geomoe.metrics import (
-    capped_ranks,
-    first_relevant_rank,
-    protocol_labels,
-    recall_at_k,
-    recall_values,
-    retrieval_report,
-)
+from geomoe.metrics import first_relevant_rank, protocol_labels, recall_entry, retrieval_report
 from geomoe.models.pe_moe import PEMoE, fused_scores
 from geomoe.retrieval.embed import embed_dense_texts, embed_texts
 from geomoe.retrieval.rerank import LexicalScorer, caption_evidence, diversify, fuse_top_n, top_n
-from geomoe.stats import intervals, query_set
+from geomoe.stats import query_set
 
 
 def gallery_from_rows(rows: Sequence[dict[str, Any]]) -> tuple[list[dict[str, Any]], np.ndarray]:
@@ -79,22 +72,13 @@ def evaluate_pe_moe(
     for rerank in spec.eval.rerank:
         reranked, uncaptioned = rerank_scores(model, tokenizer, spec, rows, scores, images, image_vectors, rerank)
         report["reranked"][rerank.name] = {
-            protocol: _recall_entry(first_relevant_rank(reranked, *labels), ks)
+            protocol: recall_entry(first_relevant_rank(reranked, *labels), ks)
             for protocol, labels in protocol_labels(caption_image, building).items()
             if protocol in spec.eval.protocols
         }
         report["reranked"][rerank.name]["images_without_caption"] = uncaptioned
     report["sample"] = _sample_query(rows[0]["caption"], scores[0], images, rows[0]["building_id"])
     return report
-
-
-def _recall_entry(ranks: np.ndarray, ks: Sequence[int]) -> dict[str, Any]:
-    """R@K with its bootstrap intervals and the per-query ranks (capped) behind them."""
-    return {
-        "t2i": recall_at_k(ranks, ks),
-        "t2i_interval": intervals(recall_values(ranks, ks)),
-        "t2i_ranks": capped_ranks(ranks, max(ks)),
-    }
 
 
 def rerank_scores(

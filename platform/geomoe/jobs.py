@@ -152,7 +152,7 @@ def run_job(spec: JobSpec) -> dict[str, Any]:
 def train_report(spec: JobSpec, train: dict[str, Any]) -> str:
     """The train stage's results as the CLI prints them: the family's tables (the first seed's, with seeds), then
     with seeds the mean ± std of every metric over the seeds with the pooled 95% interval."""
-    from geomoe.stats import format_interval, interval, mean_std, pooled_over_seeds
+    from geomoe.stats import format_spread, interval, mean_std, pooled_over_seeds
 
     family = family_of(spec)
     by_seed = train.get(BY_SEED)
@@ -167,7 +167,6 @@ def train_report(spec: JobSpec, train: dict[str, Any]) -> str:
         for metric in metrics[0]:
             mean, std = mean_std([m[metric] for m in metrics])
             per_query = pooled_over_seeds([v.get(metric) for v in values], [q.get(metric) for q in sets])
-            pooled = None if per_query is None else interval(per_query)
-            cell = format_interval(mean, pooled).replace(f"{mean:.2f}", f"{mean:.2f} ± {std:.2f}", 1)
+            cell = format_spread(mean, std, None if per_query is None else interval(per_query))
             lines.append(f"  {name} {metric}: {cell}")
     return text + "\n" + "\n".join(lines)

@@ -68,6 +68,21 @@ def capped_ranks(ranks: np.ndarray, cap: int) -> list[int]:
     return np.where((ranks < 0) | (ranks > cap), cap, ranks).astype(int).tolist()  # type: ignore[no-any-return]
 
 
+def recall_entry(ranks: np.ndarray, ks: Sequence[int]) -> dict[str, object]:
+    """R@K of ``ranks``, its bootstrap intervals (and the Score's), and the ranks capped at max(ks) behind them."""
+    return {
+        "t2i": recall_at_k(ranks, ks),
+        "t2i_interval": intervals(recall_values(ranks, ks)),
+        "t2i_ranks": capped_ranks(ranks, max(ks)),
+    }
+
+
+def entry_values(entry: Mapping[str, object]) -> dict[str, np.ndarray]:
+    """The per-query values (R@K hits, Score) of a recall entry that kept its ranks."""
+    ks = [int(str(k).removeprefix("R@")) for k in entry["t2i"]]  # type: ignore[attr-defined]
+    return recall_values(np.array(entry["t2i_ranks"]), ks)
+
+
 def track4_score(recalls: Mapping[str, float]) -> float:
     """RoboSense Track 4 leaderboard score: (R@1 + R@10) / 2."""
     return (recalls["R@1"] + recalls["R@10"]) / 2.0
@@ -114,13 +129,12 @@ def retrieval_report(
         caption_labels, image_labels = labels[protocol]
         t2i = first_relevant_rank(scores_TI, caption_labels, image_labels)
         i2t = first_relevant_rank(np.asarray(scores_TI).T, image_labels, caption_labels)
-        t2i_recall, i2t_recall = recall_at_k(t2i, ks), recall_at_k(i2t, ks)
+        t2i_entry, i2t_recall = recall_entry(t2i, ks), recall_at_k(i2t, ks)
+        t2i_recall: dict[str, float] = t2i_entry["t2i"]  # type: ignore[assignment]
         entry: dict[str, object] = {
-            "t2i": t2i_recall,
+            **t2i_entry,  # R@K, its 95% bootstrap intervals, the per-query ranks for paired comparisons
             "i2t": i2t_recall,
-            "t2i_interval": intervals(recall_values(t2i, ks)),  # 95% bootstrap over queries
             "i2t_interval": intervals({k: v for k, v in recall_values(i2t, ks).items() if k != "Score"}),
-            "t2i_ranks": capped_ranks(t2i, max(ks)),  # per query: paired comparisons between models
             "t2i_by_platform": _by_group(t2i, caption_platform, ks),
             "i2t_by_platform": _by_group(
                 i2t, image_platform if image_platform is None else np.asarray(image_platform), ks

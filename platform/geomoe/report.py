@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-
-from geomoe.metrics import recall_values, track4_score
+from geomoe.metrics import entry_values, track4_score
 from geomoe.stats import format_interval, paired_difference
 
 
@@ -114,15 +112,14 @@ def retrieval_differences(
         pairs.append((f"model {stage} +{method} - {stage}", as_report, final))
     for name, result in train_results.items():
         if name != "model":
-            (s_model, final_model), (s_base, final_base) = _final(model), _final(result)
-            pairs.append((f"model {s_model} - {name} {s_base}", final_model, final_base))
+            base_stage, base_final = _final(result)
+            pairs.append((f"model {stage} - {name} {base_stage}", final, base_final))
     lines = []
     for label, a, b in pairs:
         ra, rb = a["retrieval"][protocol].get("t2i_ranks"), b["retrieval"][protocol].get("t2i_ranks")
         if ra is None or rb is None or a.get("query_set") is None or a.get("query_set") != b.get("query_set"):
             continue  # paired only over the same queries against the same gallery
-        ks = [int(k.removeprefix("R@")) for k in b["retrieval"][protocol]["t2i"]]
-        va, vb = recall_values(np.array(ra), ks), recall_values(np.array(rb), ks)
+        va, vb = entry_values(a["retrieval"][protocol]), entry_values(b["retrieval"][protocol])
         cells = []
         for m in metrics:
             if m in va:

@@ -22,6 +22,7 @@ from geomoe.errors import ExperimentError
 from geomoe.stats import (
     Difference,
     format_interval,
+    format_spread,
     interval,
     mean_std,
     paired_difference,
@@ -165,11 +166,7 @@ def aggregate_table(sweep: SweepSpec, configs: list[Configuration]) -> str:
             if summary is None:
                 cells.append("-")
                 continue
-            text = f"{summary[0]:.2f} ± {summary[1]:.2f}"
-            if pooled is not None:
-                lo, hi = interval(pooled)
-                text += f" [{lo:.1f}, {hi:.1f}]"
-            cells.append(text)
+            cells.append(format_spread(*summary, None if pooled is None else interval(pooled)))
         lines.append("| " + " | ".join(c.replace("|", "/") for c in cells) + " |")
     return "\n".join(lines)
 

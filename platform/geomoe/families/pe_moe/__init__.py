@@ -12,7 +12,7 @@ from geomoe.config import JobSpec
 from geomoe.config.pe_moe import PEMoEModelSpec, PEMoETrainSpec
 from geomoe.data.prepared import PreparedDataset
 from geomoe.families.base import Family, Loaded
-from geomoe.metrics import recall_values, track4_score
+from geomoe.metrics import entry_values, track4_score
 from geomoe.results import JobResults
 
 if TYPE_CHECKING:
@@ -112,9 +112,7 @@ class PEMoEFamily(Family):
             if "t2i_ranks" not in report:  # an evaluation recorded before per-query ranks were kept
                 continue
             prefix = "" if protocol == "exact" else f"{protocol}_"
-            ks = [int(k.removeprefix("R@")) for k in report["t2i"]]
-            hits = recall_values(np.array(report["t2i_ranks"]), ks)
-            values.update({f"{prefix}{k}": v for k, v in hits.items()})
+            values.update({f"{prefix}{k}": v for k, v in entry_values(report).items()})
         return values
 
     def query_sets(self, result: dict[str, Any]) -> dict[str, str]:
