@@ -33,7 +33,7 @@ def run_benchmark(name: str, out: str, overrides: list[str]) -> dict[str, Any]:
     elif name == "index":
         from geomoe.bench.index import bench_index
 
-        sizes = next((o.split("=", 1)[1] for o in overrides if o.startswith("sizes=")), "10000,100000,1000000")
+        sizes = next((o.split("=", 1)[1] for o in overrides if o.startswith("sizes=")), "200000")
         result = bench_index(tuple(int(s) for s in sizes.split(",")))
     elif name == "serve":
         from geomoe.bench.serve import bench_serve

@@ -2,10 +2,10 @@
 embeddings [v_1n, ..., v_Kn], so PE-MoE's fused score S(q, n) = sum_k g_k(q) cos(t_k(q), v_kn) (Eq. 1) is ONE
 inner product between the query vector [g_1 t_1, ..., g_K t_K] and the row (core, no Ray).
 
-Exact search is a chunked matrix product over the rows (fp16 or bf16 storage, fp32 accumulation) with a running
-top-k; FAISS searches the same rows (flat: exact; IVF or HNSW: approximate) with inner product. An index folder
-holds the matrix (``vectors.npy``), the image ids (``ids.json``), optional FAISS files and ``manifest.json``
-(checkpoint and gallery hashes, counts, layout), written atomically.
+Exact search (geomoe.retrieval.search) reads the rows as stored (float16, bfloat16 or float32) at memory bandwidth
+with a running top-k; FAISS searches the same rows (flat: exact; IVF or HNSW: approximate) with inner product.
+An index folder holds the matrix (``vectors.npy``), the image ids (``ids.json``), optional FAISS files and
+``manifest.json`` (checkpoint and gallery hashes, counts, layout), written atomically.
 """
 
 from __future__ import annotations
@@ -17,51 +17,33 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from geomoe import storage
 from geomoe.errors import DatasetError
 from geomoe.models.pe_moe import gallery_rows, gated_queries
+from geomoe.retrieval.search import device_rows, exact_search, np_bfloat16
 
-Storage = Literal["float16", "float32"]
+__all__ = ["exact_search", "index_rows", "query_rows", "read_index", "write_index"]
+
+Storage = Literal["float16", "bfloat16", "float32"]
 MANIFEST = "manifest.json"
+
+
+def storage_dtype(name: str) -> np.dtype[Any]:
+    """The numpy dtype of a storage name (bfloat16 is ml_dtypes')."""
+    return np.dtype(np_bfloat16) if name == "bfloat16" else np.dtype(name)
 
 
 def index_rows(v_KND: np.ndarray, dtype: Storage = "float16") -> np.ndarray:
     """(N, K*D) gallery rows (geomoe.models.pe_moe.gallery_rows), stored as ``dtype``."""
-    return np.ascontiguousarray(gallery_rows(v_KND), dtype=dtype)
+    return np.ascontiguousarray(gallery_rows(v_KND), dtype=storage_dtype(dtype))
 
 
 def query_rows(t_KQD: np.ndarray, g_QK: np.ndarray) -> np.ndarray:
     """(Q, K*D) float32 gated queries (geomoe.models.pe_moe.gated_queries): inner product with a row is Eq. 1."""
     return np.ascontiguousarray(gated_queries(t_KQD, g_QK), dtype=np.float32)
-
-
-def exact_search(
-    rows_ND: np.ndarray, queries_QD: np.ndarray, k: int, chunk: int = 65536, allowed_N: np.ndarray | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-    """(scores (Q, k), row indices (Q, k)), best first, by chunked inner products; ties go to the lower index.
-
-    Only ``chunk`` rows are widened to float32 at a time, so memory stays O(chunk x D + Q x (k + chunk)).
-    ``allowed_N`` (bool): rows outside it score -inf (callers drop those hits)."""
-    n = rows_ND.shape[0]
-    k = min(k, n)
-    queries = queries_QD.astype(np.float32, copy=False)
-    best_s = np.full((len(queries), 0), -np.inf, np.float32)
-    best_i = np.zeros((len(queries), 0), np.int64)
-    for start in range(0, n, chunk):
-        block = rows_ND[start : start + chunk].astype(np.float32, copy=False)
-        scores = queries @ block.T
-        if allowed_N is not None:
-            scores[:, ~allowed_N[start : start + chunk]] = -np.inf
-        take = min(k, scores.shape[1])
-        part = np.argpartition(-scores, take - 1, axis=1)[:, :take] if take < scores.shape[1] else None
-        idx = part if part is not None else np.broadcast_to(np.arange(scores.shape[1]), scores.shape)
-        best_s = np.concatenate([best_s, np.take_along_axis(scores, idx, axis=1)], axis=1)
-        best_i = np.concatenate([best_i, idx + start], axis=1)
-        order = np.lexsort((best_i, -best_s), axis=1)[:, :k]
-        best_s, best_i = np.take_along_axis(best_s, order, axis=1), np.take_along_axis(best_i, order, axis=1)
-    return best_s, best_i
 
 
 def per_expert_search(
@@ -131,14 +113,19 @@ class IndexManifest(BaseModel):
 
 @dataclass(frozen=True)
 class GalleryIndex:
-    rows: np.ndarray  # (N, K*D)
+    rows: np.ndarray | torch.Tensor  # (N, K*D), numpy (memory-mapped or in memory) or resident on a device
     ids: list[str]
     manifest: IndexManifest
+
+    def on(self, device: str) -> GalleryIndex:
+        """The same index with its rows resident on ``device`` (a serving replica on a GPU searches there)."""
+        return self if device == "cpu" else GalleryIndex(device_rows(self.rows, device), self.ids, self.manifest)
 
     def search(
         self, queries_QD: np.ndarray, k: int, allowed_N: np.ndarray | None = None
     ) -> list[list[tuple[str, float]]]:
-        """Per query, the best ``k`` (image id, fused score), best first; rows outside ``allowed_N`` never."""
+        """Per query, the best ``k`` (image id, fused score), best first; rows outside ``allowed_N`` never.
+        A batch of queries reads the rows once (memory-bound: 32 queries cost little more than 1)."""
         scores, rows = exact_search(self.rows, queries_QD, k, allowed_N=allowed_N)
         return [
             [(self.ids[r], float(s)) for r, s in zip(rr, ss, strict=True) if np.isfinite(s)]
@@ -159,9 +146,11 @@ def write_index(
 
     if len(ids) != rows_ND.shape[0]:
         raise ValueError(f"{len(ids)} ids for {rows_ND.shape[0]} rows")
-    full = {**manifest, "count": int(rows_ND.shape[0]), "dim": int(rows_ND.shape[1]), "dtype": str(rows_ND.dtype)}
+    dtype = str(rows_ND.dtype)
+    full = {**manifest, "count": int(rows_ND.shape[0]), "dim": int(rows_ND.shape[1]), "dtype": dtype}
     with storage.atomic_dir(folder) as tmp:  # local or a URI: published with the manifest last
-        np.save(tmp / "vectors.npy", rows_ND)
+        # .npy has no bfloat16: its bits are saved as uint16 and the manifest's dtype says how to read them
+        np.save(tmp / "vectors.npy", rows_ND.view(np.uint16) if dtype == "bfloat16" else rows_ND)
         for kind, index in (faiss_indexes or {}).items():
             faiss.write_index(index, str(tmp / f"faiss_{kind}.index"))
         (tmp / "ids.json").write_text(json.dumps(list(ids)))
@@ -182,7 +171,9 @@ def read_index(folder: str | Path, mmap: bool = True) -> GalleryIndex:
         manifest = IndexManifest.model_validate_json(manifest_path.read_text())
     except ValidationError as err:
         raise DatasetError(f"{manifest_path}: not an index manifest: {err.errors()[0]['msg']}") from err
-    rows = np.load(folder / "vectors.npy", mmap_mode="r" if mmap else None)
+    rows = np.load(folder / "vectors.npy", mmap_mode="r" if mmap else None, allow_pickle=False)
+    if manifest.dtype == "bfloat16":
+        rows = rows.view(storage_dtype("bfloat16"))
     ids = json.loads((folder / "ids.json").read_text())
     if rows.shape != (manifest.count, manifest.dim) or len(ids) != manifest.count:
         raise DatasetError(f"{folder}: vectors {rows.shape} / {len(ids)} ids disagree with the manifest")

@@ -93,6 +93,7 @@ class Ingress:
         self.gallery, self.token = search, token
         self.reranker, self.rerank_depth, self.localizer = reranker, rerank_depth, localizer
         self.encode = encoder.encode if batched else encoder.encode_unbatched
+        self.find = search.search if batched else search.search_unbatched
 
     def _authorise(self, authorization: str | None) -> None:
         if self.token is None:
@@ -129,7 +130,7 @@ class Ingress:
         encoded = await _once_more_if_replica_died(lambda: self.encode.remote(request.query))
         platforms = [p.value for p in request.platforms] if request.platforms else None
         depth = max(request.k, self.rerank_depth if request.rerank else 0)  # the re-ranker sees its whole top_n
-        results = await self.gallery.search.remote(encoded["vector"], depth, platforms)
+        results = await self.find.remote((encoded["vector"], depth, platforms))
         if request.rerank and self.reranker is not None:
             results = await self.reranker.rerank.remote(request.query, results)
         return {"query": request.query, "results": results[: request.k], "expert_weights": encoded["gate"]}
@@ -155,7 +156,7 @@ def build_app(args: dict[str, Any]) -> Any:
 
 def compose(args: dict[str, Any], batched: bool = True, options: dict[str, dict[str, Any]] | None = None) -> Any:
     """``build_app`` for Python callers: ``options`` (deployment name -> ``.options()`` keywords) is what a Serve
-    config file sets per deployment; ``batched=False`` encodes one query per forward pass (``bench serve``)."""
+    config file sets per deployment; ``batched=False`` encodes and searches one query at a time (``bench serve``)."""
     spec = serve_spec(args)
     assert spec.checkpoint is not None  # serve_spec fills it from the index
 

@@ -1,5 +1,6 @@
 """The first stage on Ray Serve: the query encoder (PE-MoE's text side and gate, ``@serve.batch``) and the exact
-fused search over the index held in memory, with an optional platform filter."""
+fused search over the index held in memory (on the GPU where the replica has one), with an optional platform
+filter; both `@serve.batch`: a batch of queries shares one forward pass and one scan of the gallery."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import numpy as np
 
 from geomoe.config.pe_moe import PEMoEModelSpec
 from ray import serve
+
+SearchCall = tuple[np.ndarray, int, list[str] | None]  # (query vector, k, platforms or None)
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.5})
@@ -44,21 +47,43 @@ class QueryEncoder:
 @serve.deployment(ray_actor_options={"num_cpus": 0.5})
 class GallerySearch:
     def __init__(self, index: str) -> None:
+        import torch
+
         from geomoe.retrieval.index import read_index
 
-        self.index = read_index(index, mmap=False)
+        device = "cuda" if torch.cuda.is_available() else "cpu"  # on a GPU replica the rows live in its memory
+        self.index = read_index(index, mmap=False).on(device)
         self.platforms = np.array(self.index.manifest.platforms)
         self.row_of = {image_id: n for n, image_id in enumerate(self.index.ids)}
 
-    def search(self, vector: np.ndarray, k: int, platforms: list[str] | None) -> list[dict[str, Any]]:
-        allowed = None
-        if platforms and len(self.platforms) == len(self.index.ids):
-            allowed = np.isin(self.platforms, platforms)
-        hits = self.index.search(vector[None, :], k, allowed)[0]
-        return [
-            {"image_id": image_id, "score": score, "platform": self.index.manifest.platform_of(self.row_of[image_id])}
-            for image_id, score in hits
-        ]
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
+    async def search(self, calls: list[SearchCall]) -> list[list[dict[str, Any]]]:
+        return self.search_now(calls)
+
+    async def search_unbatched(self, call: SearchCall) -> list[dict[str, Any]]:
+        """One scan of the gallery per query (``bench serve``'s comparison against ``@serve.batch``)."""
+        return self.search_now([call])[0]
+
+    def search_now(self, calls: list[SearchCall]) -> list[list[dict[str, Any]]]:
+        """Queries with the same platform filter share one scan of the rows (a scan costs about the same for 1
+        query or 32: it is memory-bound)."""
+        groups: dict[tuple[str, ...], list[int]] = {}
+        for i, (_, _, platforms) in enumerate(calls):
+            groups.setdefault(tuple(sorted(platforms or ())), []).append(i)
+        out: list[list[dict[str, Any]]] = [[] for _ in calls]
+        for wanted, members in groups.items():
+            allowed = None
+            if wanted and len(self.platforms) == len(self.index.ids):
+                allowed = np.isin(self.platforms, wanted)
+            vectors = np.stack([calls[i][0] for i in members])
+            found = self.index.search(vectors, max(calls[i][1] for i in members), allowed)
+            for i, hits in zip(members, found, strict=True):
+                out[i] = [self._hit(image_id, score) for image_id, score in hits[: calls[i][1]]]
+        return out
+
+    def _hit(self, image_id: str, score: float) -> dict[str, Any]:
+        platform = self.index.manifest.platform_of(self.row_of[image_id])
+        return {"image_id": image_id, "score": score, "platform": platform}
 
     def info(self) -> dict[str, Any]:
         keep = ("checkpoint", "checkpoint_sha256", "gallery_sha256", "split", "experts", "count", "dim", "dtype")
