@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit ray e2e bench-prepare clean
+.PHONY: demo test lint typecheck unit ray e2e bench-prepare gpu-check clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,10 @@ test: lint typecheck
 
 bench-prepare: $(STAMP)
 	$(BIN)/geomoe bench prepare
+
+# Real-size GPU numbers in one JSON (bench_results/gpu.json); on a machine without a GPU: one line, exit 0.
+gpu-check: $(STAMP)
+	$(BIN)/geomoe bench gpu
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

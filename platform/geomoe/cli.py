@@ -156,7 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(fn=_cmd_serve)
     bench = sub.add_parser("bench", help="run a benchmark and write a JSON result")
     bench.add_argument(
-        "name", choices=["prepare", "pe_moe_step", "mining", "gmoe", "rerank", "sweep", "index", "serve", "storage"]
+        "name",
+        choices=["prepare", "pe_moe_step", "mining", "gmoe", "rerank", "sweep", "index", "serve", "storage", "gpu"],
     )
     bench.add_argument("--out", default="bench_results")
     bench.set_defaults(fn=_cmd_bench)

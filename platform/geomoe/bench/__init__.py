@@ -48,6 +48,15 @@ def run_benchmark(name: str, out: str, overrides: list[str]) -> dict[str, Any]:
         from geomoe.bench.storage import bench_storage
 
         result = bench_storage(Path(out))
+    elif name == "gpu":
+        from geomoe.bench.gpu import gpu_check
+
+        result = gpu_check(
+            tiny="sizes=tiny" in overrides, device=next((o[7:] for o in overrides if o.startswith("device=")), None)
+        )
+        if result["gpu"] is None and result.get("sizes") is None:
+            print(result["summary"])  # no GPU: one line, nothing written, exit 0
+            return result
     elif name == "mining":
         from geomoe.bench.pe_moe import bench_mining
 

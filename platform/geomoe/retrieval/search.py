@@ -175,6 +175,17 @@ def split_query(queries: torch.Tensor, dtype: torch.dtype) -> list[torch.Tensor]
     return [high, (queries - high.float()).to(dtype)]
 
 
+def _float32_product(chunk: torch.Tensor, stacked: torch.Tensor) -> torch.Tensor:
+    """cuBLAS reading half-precision operands with a float32 result; where this torch lacks ``out_dtype`` for
+    them, the chunk widened (the same values, more traffic)."""
+    if chunk.dtype == torch.float32:
+        return torch.mm(chunk, stacked)
+    try:
+        return torch.mm(chunk, stacked, out_dtype=torch.float32)
+    except (RuntimeError, TypeError, NotImplementedError):
+        return torch.mm(chunk.float(), stacked.float())
+
+
 def _cuda_search(
     rows: torch.Tensor, queries: torch.Tensor, k: int, allowed: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -187,10 +198,7 @@ def _cuda_search(
     step = max(1, (1 << 28) // max(1, 4 * stacked.shape[1]))  # at most 256 MiB of scores at a time
     for first in range(0, rows.shape[0], step):
         chunk = rows[first : first + step]
-        if rows.dtype == torch.float32:
-            products = torch.mm(chunk, stacked)
-        else:
-            products = torch.mm(chunk, stacked, out_dtype=torch.float32)
+        products = _float32_product(chunk, stacked)
         scores = products.view(len(chunk), len(parts), q).sum(dim=1).T
         if allowed is not None:
             scores = scores.masked_fill(~allowed[first : first + len(chunk)], float("-inf"))
