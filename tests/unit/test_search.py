@@ -117,3 +117,19 @@ def test_a_bfloat16_index_folder_round_trips(tmp_path: Path, clustered: tuple[np
     assert index.manifest.dtype == "bfloat16" and index.rows.dtype == np_bfloat16
     assert (np.asarray(index.rows).view(np.uint16) == stored.view(np.uint16)).all()
     assert index.search(queries[:1], 3)[0] == read_index(tmp_path / "idx", mmap=False).search(queries[:1], 3)[0]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_the_gpu_path_gives_the_exact_top_k(clustered: tuple[np.ndarray, np.ndarray], dtype: torch.dtype) -> None:
+    """The code a GPU runs (split query, float32 products, slices, running top k), here on CPU tensors: where
+    torch has no half x half -> float32 product on this device it widens, so the result must be exact either way."""
+    from geomoe.retrieval.search import device_search
+
+    rows, queries = clustered
+    stored = torch.from_numpy(rows).to(dtype)
+    allowed = torch.from_numpy(np.random.default_rng(3).random(len(rows)) < 0.5)
+    scores, found = device_search(stored, torch.from_numpy(queries), 10, allowed)
+    want_scores, want = reference(stored.float().numpy(), queries, 10, allowed.numpy())
+    order = np.lexsort((found.numpy(), -scores.numpy()), axis=1)
+    assert (np.take_along_axis(found.numpy(), order, axis=1) == want).all()
+    np.testing.assert_allclose(np.take_along_axis(scores.numpy(), order, axis=1), want_scores, atol=2e-6)

@@ -74,7 +74,7 @@ def exact_search(
     if k == 0 or len(queries) == 0:
         return np.zeros((len(queries), k), np.float32), np.zeros((len(queries), k), np.int64)
     if rows.device.type == "cuda":
-        scores, index = _cuda_search(rows, queries.to(rows.device), k, allowed)
+        scores, index = device_search(rows, queries.to(rows.device), k, allowed)
     else:
         scores, index = _cpu_search(rows, queries, k, allowed, block, threads or default_threads(), scales_N)
     return _ordered(scores.cpu().numpy(), index.cpu().numpy())
@@ -186,7 +186,7 @@ def _float32_product(chunk: torch.Tensor, stacked: torch.Tensor) -> torch.Tensor
         return torch.mm(chunk.float(), stacked.float())
 
 
-def _cuda_search(
+def device_search(
     rows: torch.Tensor, queries: torch.Tensor, k: int, allowed: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One product over the resident rows (in slices bounding the (Q, N) score matrix), float32 out."""
