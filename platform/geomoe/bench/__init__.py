@@ -38,8 +38,16 @@ def run_benchmark(name: str, out: str, overrides: list[str]) -> dict[str, Any]:
     elif name == "serve":
         from geomoe.bench.serve import bench_serve
 
-        seconds = next((float(o.split("=", 1)[1]) for o in overrides if o.startswith("seconds=")), 20.0)
-        result = bench_serve(seconds=seconds)
+        given = dict(o.split("=", 1) for o in overrides)
+        batching = {"max_batch_size": int(given.get("max_batch_size", 32)),
+                    "batch_wait_timeout_s": float(given.get("batch_wait_timeout_s", 0.005))}  # fmt: skip
+        result = bench_serve(
+            Path(out),
+            seconds=float(given.get("seconds", 20.0)),
+            batching=batching,
+            max_ongoing=int(given.get("max_ongoing_requests", 64)),
+            gallery=int(given.get("gallery", 55_000)),
+        )
     elif name == "sweep":
         from geomoe.bench.sweep import bench_sweep
 

@@ -28,6 +28,13 @@ class ServeCaptionerSpec(Strict):
         return engine
 
 
+class BatchingSpec(Strict):
+    """``@serve.batch`` of the query encoder and the gallery search (chosen from ``geomoe bench serve``)."""
+
+    max_batch_size: int = Field(32, ge=1, le=1024)
+    batch_wait_timeout_s: float = Field(0.005, ge=0, le=1, description="how long a batch waits to fill")
+
+
 class ServeSpec(Strict):
     """The ``args`` of the retriever Serve application (``geomoe.serving.app:build_app``)."""
 
@@ -38,6 +45,7 @@ class ServeSpec(Strict):
     rerank: RerankSpec | None = Field(None, description="CGRS over the first stage's top_n; enables rerank: true")
     captioner: ServeCaptionerSpec | None = Field(None, description="captions images the store lacks (needs rerank)")
     localizer: str | None = Field(None, description="SMGeo checkpoint; enables POST /localize")
+    batching: BatchingSpec = Field(default_factory=lambda: BatchingSpec())
 
     @model_validator(mode="after")
     def _consistent(self) -> ServeSpec:

@@ -97,8 +97,10 @@ def save_tiny_text_model(
     heads: int = 2,
     max_length: int = 64,
     seed: int = 0,
+    intermediate: int | None = None,
 ) -> Path:
-    """Write a random XLM-R model and its tokenizer to ``out`` (a folder AutoModel and BGE-M3 loaders accept)."""
+    """Write a random XLM-R model and its tokenizer to ``out`` (a folder AutoModel and BGE-M3 loaders accept);
+    ``intermediate``: the FFN width (default 2 x hidden; XLM-R's own is 4 x)."""
     import torch
     from transformers import XLMRobertaConfig, XLMRobertaModel
 
@@ -108,7 +110,7 @@ def save_tiny_text_model(
         hidden_size=hidden,
         num_hidden_layers=layers,
         num_attention_heads=heads,
-        intermediate_size=2 * hidden,
+        intermediate_size=intermediate or 2 * hidden,
         max_position_embeddings=max_length + 4,
         type_vocab_size=1,
         pad_token_id=1,

@@ -154,16 +154,25 @@ def build_app(args: dict[str, Any]) -> Any:
     return compose(args)
 
 
-def compose(args: dict[str, Any], batched: bool = True, options: dict[str, dict[str, Any]] | None = None) -> Any:
+def compose(
+    args: dict[str, Any],
+    batched: bool = True,
+    options: dict[str, dict[str, Any]] | None = None,
+    swap: dict[str, Any] | None = None,
+) -> Any:
     """``build_app`` for Python callers: ``options`` (deployment name -> ``.options()`` keywords) is what a Serve
-    config file sets per deployment; ``batched=False`` encodes and searches one query at a time (``bench serve``)."""
+    config file sets per deployment; ``batched=False`` encodes and searches one query at a time; ``swap``
+    (deployment name -> a deployment with the same methods) replaces one (``bench serve``'s no-op stages)."""
     spec = serve_spec(args)
     assert spec.checkpoint is not None  # serve_spec fills it from the index
 
     def bound(deployment: Any, *init: Any) -> Any:
         return deployment.options(**(options or {}).get(deployment.name, {})).bind(*init)
 
-    encoder, gallery = bound(QueryEncoder, spec.checkpoint), bound(GallerySearch, spec.index)
+    stages = {"QueryEncoder": QueryEncoder, "GallerySearch": GallerySearch, **(swap or {})}
+    batching = spec.batching.model_dump()
+    encoder = bound(stages["QueryEncoder"], spec.checkpoint, batching)
+    gallery = bound(stages["GallerySearch"], spec.index, batching)
     reranker = localizer = None
     if spec.rerank is not None:
         captioner = None if spec.captioner is None else bound(Captioner, spec.captioner.model_dump(mode="json"))

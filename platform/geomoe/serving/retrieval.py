@@ -14,11 +14,19 @@ from ray import serve
 SearchCall = tuple[np.ndarray, int, list[str] | None]  # (query vector, k, platforms or None)
 
 
+def configure_batching(method: Any, batching: dict[str, Any] | None) -> None:
+    """Apply the application's ``batching`` (geomoe.config.serve.BatchingSpec) to a ``@serve.batch`` method."""
+    if batching:
+        method.set_max_batch_size(batching["max_batch_size"])
+        method.set_batch_wait_timeout_s(batching["batch_wait_timeout_s"])
+
+
 @serve.deployment(ray_actor_options={"num_cpus": 0.5})
 class QueryEncoder:
-    def __init__(self, checkpoint: str) -> None:
+    def __init__(self, checkpoint: str, batching: dict[str, Any] | None = None) -> None:
         from geomoe.models.factory import load_pe_moe
 
+        configure_batching(self.encode, batching)
         self.model, self.tokenizer, spec, _ = load_pe_moe(checkpoint)
         self.max_length = spec.model_as(PEMoEModelSpec).text.max_length
         self.max_words = spec.preprocess.max_words_test  # queries are normalised as the test queries were
@@ -46,9 +54,10 @@ class QueryEncoder:
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.5})
 class GallerySearch:
-    def __init__(self, index: str) -> None:
+    def __init__(self, index: str, batching: dict[str, Any] | None = None) -> None:
         import torch
 
+        configure_batching(self.search, batching)
         from geomoe.retrieval.index import read_index
 
         device = "cuda" if torch.cuda.is_available() else "cpu"  # on a GPU replica the rows live in its memory
