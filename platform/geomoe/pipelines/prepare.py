@@ -65,7 +65,11 @@ def _partition(batch: pa.Table, good: bool) -> pa.Table:
     return batch.filter(mask if good else pc.invert(mask))
 
 
-def _process(spec: JobSpec, source: SourceRecords, out: str) -> Any:
+def _process(spec: JobSpec, source: SourceRecords, out: str) -> pa.Table:
+    """Every record's output rows, checked and prepared by Ray Data tasks in parallel (the per-row work: image
+    decode checks, caption normalisation, augmented copies). What comes back is row metadata (paths and text,
+    a few hundred bytes a row), streamed to the driver as Arrow: one execution of the pipeline, where filtering,
+    counting and writing as further Dataset operations would each run the executor again."""
     import ray.data
 
     concurrency = spec.resources.data_concurrency
@@ -82,32 +86,49 @@ def _process(spec: JobSpec, source: SourceRecords, out: str) -> Any:
     # and contiguity keeps an image's captions together so its decode check is cached within a batch.
     blocks = max(1, min(len(table) // 256, 4 * concurrency))
     step = -(-len(table) // blocks)
-    ds = ray.data.from_arrow([table.slice(i, step) for i in range(0, len(table), step)])
-    return ds.map_batches(
+    records = ray.data.from_arrow([table.slice(i, step) for i in range(0, len(table), step)])
+    prepared = records.map_batches(
         fn, batch_format="pyarrow", batch_size=512, compute=ray.data.TaskPoolStrategy(size=concurrency), num_cpus=1
-    ).materialize()
+    )
+    rows = pa.concat_tables(list(prepared.iter_batches(batch_size=None, batch_format="pyarrow")))
+    # Tasks finish in any order; sorted, the same inputs always write the same files.
+    key = "image_id" if source.kind == "retrieval" else "sample_id"
+    return rows.sort_by([("source", "ascending"), ("record", "ascending"), (key, "ascending")])
 
 
-def _counts(processed: Any, kind: str) -> dict[str, Any]:
+def _counts(good: pa.Table, kind: str) -> dict[str, Any]:
     group = "platform" if kind == "retrieval" else "class_name"
-    columns = ["split", group] + (["augment"] if kind == "retrieval" else [])
-    frame = processed.select_columns(columns).to_pandas()
+    pairs = zip(good["split"].to_pylist(), good[group].to_pylist(), strict=True)
     rows: dict[str, dict[str, int]] = {}
-    for (split, name), n in sorted(Counter(zip(frame["split"], frame[group], strict=True)).items()):
+    for (split, name), n in sorted(Counter(pairs).items()):
         rows.setdefault(str(split), {})[str(name)] = int(n)
-    counts: dict[str, Any] = {"rows": rows, "total": len(frame)}
+    counts: dict[str, Any] = {"rows": rows, "total": good.num_rows}
     if kind == "retrieval":
-        counts["augmented_rows"] = int((frame["augment"] != "").sum())
+        counts["augmented_rows"] = int(pc.sum(pc.not_equal(good["augment"], "")).as_py() or 0)
     return counts
 
 
-def _write_table(good: Any, out: str, kind: str, rows_per_file: int) -> str:
-    """Write the Parquet shards (the manifest is already gone, so nobody trusts the folder meanwhile)."""
+def _write_table(good: pa.Table, out: str, kind: str, rows_per_file: int) -> str:
+    """Write the hive-partitioned Parquet shards (the manifest is already gone, so nobody trusts the folder
+    meanwhile), through the location's own filesystem (local, a mount or object storage)."""
+    import pyarrow.dataset as pads
+
     table_dir = storage.join(out, "pairs" if kind == "retrieval" else "samples")
     storage.delete(table_dir)  # a crashed attempt's shards must not mix with this one's
     partition = ["split", "platform"] if kind == "retrieval" else ["split"]
     fs, path = storage.filesystem_and_path(table_dir)
-    good.write_parquet(path, filesystem=fs, partition_cols=partition, max_rows_per_file=rows_per_file)
+    pads.write_dataset(
+        good,
+        path,
+        filesystem=fs,
+        format="parquet",
+        partitioning=partition,
+        partitioning_flavor="hive",
+        max_rows_per_file=rows_per_file,
+        max_rows_per_group=rows_per_file,
+        basename_template="part-{i}.parquet",
+        existing_data_behavior="overwrite_or_ignore",
+    )
     return table_dir
 
 
@@ -127,10 +148,9 @@ def prepare(spec: JobSpec) -> dict[str, Any]:
     ensure_ray(spec.resources)
     storage.delete(storage.join(out, MANIFEST))  # from here on the folder is unfinished
     processed = _process(spec, source, out)
-    for row in processed.map_batches(lambda t: _partition(t, False), batch_format="pyarrow").take_all():
+    for row in _partition(processed, False).select(["source", "record", "reject"]).to_pylist():
         rejects.reject(row["source"], row["record"], row["reject"])  # raises under on_bad_record=fail
-    good = processed.map_batches(lambda t: _partition(t, True).drop_columns(["reject"]), batch_format="pyarrow")
-    good = good.materialize()
+    good = _partition(processed, True).drop_columns(["reject"])
     table_dir = _write_table(good, out, source.kind, spec.preprocess.rows_per_file)
     manifest = {
         "geomoe_version": __version__,
