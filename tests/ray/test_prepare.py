@@ -52,11 +52,13 @@ def test_rerun_is_noop_unless_forced(tiny_synth: tuple[Path, dict], tmp_path: Pa
     spec = job(root / "geotext", tmp_path / "out", satellite_copies=0)
     first = prepare(spec)
     stamp = (tmp_path / "out" / "manifest.json").stat().st_mtime_ns
+    written = read_pairs(first)
     assert prepare(spec) == first
     assert (tmp_path / "out" / "manifest.json").stat().st_mtime_ns == stamp
     forced = prepare(job(root / "geotext", tmp_path / "out", satellite_copies=0, force=True))
     assert forced["total"] == first["total"]
     assert (tmp_path / "out" / "manifest.json").stat().st_mtime_ns != stamp
+    assert read_pairs(forced) == written  # whichever task finished first: the same rows in the same order
 
 
 def broken_copy(root: Path, tmp_path: Path) -> Path:
