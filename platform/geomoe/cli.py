@@ -14,11 +14,12 @@ from geomoe.errors import GeomoeError
 
 def _cmd_run(args: argparse.Namespace) -> None:
     from geomoe.config import load_job
-    from geomoe.jobs import run_job
+    from geomoe.jobs import run_job_timed, time_table
     from geomoe.report import caption_summary, manifest_summary, refine_summary
 
     spec = load_job(args.job, args.set)
-    results = run_job(spec)
+    timed = run_job_timed(spec)
+    results = timed.outputs
     if "synth" in results:
         print("synthgeo:", json.dumps(results["synth"]))
     if "prepare" in results:
@@ -35,6 +36,7 @@ def _cmd_run(args: argparse.Namespace) -> None:
         from geomoe.report import index_summary
 
         print(index_summary(results["index"]))
+    print(time_table(timed.seconds))
 
 
 def _cmd_synth(args: argparse.Namespace) -> None:

@@ -41,20 +41,21 @@ def _training_data(spec: JobSpec, results: JobResults) -> PreparedDataset:
     return PreparedDataset.open(spec.refine.output_dir, "stage 'train' (refined captions)")
 
 
-def _train(spec: JobSpec, prepared: PreparedDataset, run_dir: str) -> dict[str, Any]:
+def _train(spec: JobSpec, prepared: PreparedDataset, run_dir: str, seconds: dict[str, float]) -> dict[str, Any]:
     """The family's model and every baseline trained and evaluated; with ``seeds``, once per seed (each under
-    <run>/seed-<s>): the first seed's results, and every seed's under BY_SEED."""
+    <run>/seed-<s>): the first seed's results, and every seed's under BY_SEED. Each model's time goes into
+    ``seconds`` ("train <model>", summed over seeds)."""
     if not spec.seeds:
-        return _train_once(spec, prepared, run_dir)
+        return _train_once(spec, prepared, run_dir, seconds)
     by_seed = {}
     for seed in spec.seeds:
         log.info("seed %d", seed)
         seeded = spec.model_copy(update={"seed": seed, "seeds": []})
-        by_seed[str(seed)] = _train_once(seeded, prepared, storage.join(run_dir, f"seed-{seed}"))
+        by_seed[str(seed)] = _train_once(seeded, prepared, storage.join(run_dir, f"seed-{seed}"), seconds)
     return {**by_seed[str(spec.seeds[0])], BY_SEED: by_seed}
 
 
-def _train_once(spec: JobSpec, prepared: PreparedDataset, run_dir: str) -> dict[str, Any]:
+def _train_once(spec: JobSpec, prepared: PreparedDataset, run_dir: str, seconds: dict[str, float]) -> dict[str, Any]:
     """The family's model and every baseline (the same job with overrides) trained and evaluated."""
     from geomoe.ray_env import ensure_ray
 
@@ -62,13 +63,21 @@ def _train_once(spec: JobSpec, prepared: PreparedDataset, run_dir: str) -> dict[
     family = family_of(spec)
     prepared.require(family.dataset_kind, f"stage 'train' ({spec.model.name})")
     family.prepare_inputs(spec, prepared)  # a sweep's driver does this once, before its trials
+    started = time.perf_counter()
     results = {"model": family.train(spec, prepared, run_dir)}
+    _add_time(seconds, "train model", started)
     for name in spec.baselines:
         log.info("baseline %s", name)
+        started = time.perf_counter()
         baseline = spec.baseline(name)
         data = prepared if baseline.preprocess == spec.preprocess else PreparedDataset.of(_prepare(baseline))
         results[name] = family.train(baseline, data, storage.join(run_dir, "baselines", name))
+        _add_time(seconds, f"train {name}", started)
     return results
+
+
+def _add_time(seconds: dict[str, float], key: str, started: float) -> None:
+    seconds[key] = round(seconds.get(key, 0.0) + time.perf_counter() - started, 2)
 
 
 def _with_engine(spec: JobSpec, engine: EngineSpec, prepared: PreparedDataset, vision: bool) -> dict[str, Any]:
@@ -125,7 +134,7 @@ def _run_stage(stage: str, spec: JobSpec, results: JobResults, run_dir: str) -> 
         prepared = _with_engine(spec, spec.caption.engine, _prepared(spec, results, stage), vision=True)
         return caption_gallery(spec, prepared)
     if stage == "train":
-        return _train(spec, _training_data(spec, results), run_dir)
+        return _train(spec, _training_data(spec, results), run_dir, results.seconds)
     from geomoe.ray_env import ensure_ray
 
     ensure_ray(spec.resources)
@@ -134,6 +143,11 @@ def _run_stage(stage: str, spec: JobSpec, results: JobResults, run_dir: str) -> 
 
 def run_job(spec: JobSpec) -> dict[str, Any]:
     """Run every stage of ``spec``; return {stage: result}. Results are also saved under the run folder."""
+    return run_job_timed(spec).outputs
+
+
+def run_job_timed(spec: JobSpec) -> JobResults:
+    """``run_job`` with the time of each stage (and of each model the train stage trained)."""
     spec = spec.with_absolute_paths()
     _check_cluster_storage(spec)
     run_dir = storage.join(spec.output_root, spec.name)
@@ -146,7 +160,19 @@ def run_job(spec: JobSpec) -> dict[str, Any]:
         results.seconds[stage] = round(time.perf_counter() - started, 2)
         log.info("stage %s took %.1f s", stage, results.seconds[stage])
     storage.write_json_atomic(storage.join(run_dir, "results.json"), results.to_json())
-    return results.outputs
+    return results
+
+
+def time_table(seconds: dict[str, float]) -> str:
+    """Where a job's time went: each stage (the train stage's models indented under it) and the total."""
+    stages = {k: v for k, v in seconds.items() if not k.startswith("train ")}
+    lines = ["time per stage (s):"]
+    for stage, spent in stages.items():
+        lines.append(f"  {stage:<22}{spent:>8.1f}")
+        if stage == "train":
+            lines += [f"    {k[6:]:<20}{v:>8.1f}" for k, v in seconds.items() if k.startswith("train ")]
+    lines.append(f"  {'total':<22}{sum(stages.values()):>8.1f}")
+    return "\n".join(lines)
 
 
 def train_report(spec: JobSpec, train: dict[str, Any]) -> str:

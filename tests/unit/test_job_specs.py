@@ -63,3 +63,13 @@ def test_llm_jobs_share_prepared_data_and_refined_shards_with_the_paper_job() ->
     assert captions.caption is not None and captions.caption.engine.kind == "vllm"
     reranked = load_job(jobs / "pe_moe_geotext.yaml", [f"eval.rerank={{captions: {captions.caption.output}}}"])
     assert [r.captions for r in reranked.eval.rerank] == [captions.caption.output]
+
+
+def test_the_time_table_nests_the_models_under_train_and_totals_the_stages() -> None:
+    from geomoe.jobs import time_table
+
+    seconds = {"prepare": 10.0, "train": 100.0, "train model": 60.0, "train unified": 40.0, "index": 5.5}
+    lines = time_table(seconds).splitlines()
+    assert lines[0] == "time per stage (s):"
+    assert [line.split()[0] for line in lines[1:]] == ["prepare", "train", "model", "unified", "index", "total"]
+    assert lines[3].startswith("    model") and lines[-1].split() == ["total", "115.5"]  # models not counted twice
