@@ -59,7 +59,8 @@ def production_shape(work: Path, gallery: int = GALLERY, text: dict[str, int] | 
             "tail_blocks": 1,
         },
     }
-    raw = {"name": "bench-serve", "stages": ["train"], "data": {"format": "geotext", "root": str(work)}}
+    raw = {"name": "bench-serve", "stages": ["train"], "data": {"format": "geotext", "root": str(work)},
+           "preprocess": {"output_dir": str(work / "prepared")}}  # fmt: skip
     spec = parse_spec(JobSpec, {**raw, "model": model_spec}, "bench serve")
     corpus = [f"{q} {i}" for i in range(50) for q in QUERIES]
     save_tiny_text_model(work / f"text-{tag}", corpus, text["hidden"], text["layers"], text["heads"], 36, 0,
