@@ -159,7 +159,18 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="run a benchmark and write a JSON result")
     bench.add_argument(
         "name",
-        choices=["prepare", "pe_moe_step", "mining", "gmoe", "rerank", "sweep", "index", "serve", "storage", "gpu"],
+        choices=[
+            "prepare",
+            "pe_moe_step",
+            "mining",
+            "gmoe",
+            "rerank",
+            "sweep",
+            "index",
+            "serve",
+            "storage",
+            "gpu",
+        ],
     )
     bench.add_argument("--out", default="bench_results")
     bench.set_defaults(fn=_cmd_bench)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -12,65 +13,103 @@ from geomoe.storage import write_json_atomic
 log = logging.getLogger(__name__)
 
 
+def _options(overrides: list[str]) -> dict[str, str]:
+    """``--set key=value`` options of a benchmark."""
+    return dict(o.split("=", 1) for o in overrides if "=" in o)
+
+
+def _prepare(out: str, overrides: list[str]) -> dict[str, Any]:
+    from geomoe.bench.prepare import bench_prepare
+
+    return bench_prepare(Path(out), overrides)
+
+
+def _pe_moe_step(out: str, overrides: list[str]) -> dict[str, Any]:
+    from geomoe.bench.pe_moe import bench_pe_moe_step
+
+    return bench_pe_moe_step(Path(out), text_layers=int(_options(overrides).get("text_layers", 4)))
+
+
+def _gmoe(out: str, overrides: list[str]) -> dict[str, Any]:
+    from geomoe.bench.gmoe import bench_gmoe
+
+    return bench_gmoe()
+
+
+def _rerank(out: str, overrides: list[str]) -> dict[str, Any]:
+    from geomoe.bench.rerank import bench_rerank
+
+    return bench_rerank()
+
+
+def _index(out: str, overrides: list[str]) -> dict[str, Any]:
+    from geomoe.bench.index import bench_index
+
+    sizes = _options(overrides).get("sizes", "200000")
+    return bench_index(tuple(int(n) for n in sizes.split(",")))
+
+
+def _serve(out: str, overrides: list[str]) -> dict[str, Any]:
+    from geomoe.bench.serve import bench_serve
+
+    given = _options(overrides)
+    batching = {"max_batch_size": int(given.get("max_batch_size", 32)),
+                "batch_wait_timeout_s": float(given.get("batch_wait_timeout_s", 0.005))}  # fmt: skip
+    return bench_serve(
+        Path(out),
+        seconds=float(given.get("seconds", 20.0)),
+        batching=batching,
+        max_ongoing=int(given.get("max_ongoing_requests", 64)),
+        gallery=int(given.get("gallery", 55_000)),
+    )
+
+
+def _sweep(out: str, overrides: list[str]) -> dict[str, Any]:
+    from geomoe.bench.sweep import bench_sweep
+
+    return bench_sweep()
+
+
+def _storage(out: str, overrides: list[str]) -> dict[str, Any]:
+    from geomoe.bench.storage import bench_storage
+
+    return bench_storage(Path(out))
+
+
+def _mining(out: str, overrides: list[str]) -> dict[str, Any]:
+    from geomoe.bench.pe_moe import bench_mining
+
+    return bench_mining()
+
+
+def _gpu(out: str, overrides: list[str]) -> dict[str, Any]:
+    from geomoe.bench.gpu import gpu_check
+
+    given = _options(overrides)
+    return gpu_check(tiny=given.get("sizes") == "tiny", device=given.get("device"))
+
+
+BENCHMARKS: dict[str, Callable[[str, list[str]], dict[str, Any]]] = {
+    "prepare": _prepare,
+    "pe_moe_step": _pe_moe_step,
+    "mining": _mining,
+    "gmoe": _gmoe,
+    "rerank": _rerank,
+    "sweep": _sweep,
+    "index": _index,
+    "serve": _serve,
+    "storage": _storage,
+    "gpu": _gpu,
+}
+
+
 def run_benchmark(name: str, out: str, overrides: list[str]) -> dict[str, Any]:
-    if name == "prepare":
-        from geomoe.bench.prepare import bench_prepare
-
-        result = bench_prepare(Path(out), overrides)
-    elif name == "pe_moe_step":
-        from geomoe.bench.pe_moe import bench_pe_moe_step
-
-        layers = int(overrides[0].split("=", 1)[1]) if overrides and overrides[0].startswith("text_layers=") else 4
-        result = bench_pe_moe_step(Path(out), text_layers=layers)
-    elif name == "gmoe":
-        from geomoe.bench.gmoe import bench_gmoe
-
-        result = bench_gmoe()
-    elif name == "rerank":
-        from geomoe.bench.rerank import bench_rerank
-
-        result = bench_rerank()
-    elif name == "index":
-        from geomoe.bench.index import bench_index
-
-        sizes = next((o.split("=", 1)[1] for o in overrides if o.startswith("sizes=")), "200000")
-        result = bench_index(tuple(int(s) for s in sizes.split(",")))
-    elif name == "serve":
-        from geomoe.bench.serve import bench_serve
-
-        given = dict(o.split("=", 1) for o in overrides)
-        batching = {"max_batch_size": int(given.get("max_batch_size", 32)),
-                    "batch_wait_timeout_s": float(given.get("batch_wait_timeout_s", 0.005))}  # fmt: skip
-        result = bench_serve(
-            Path(out),
-            seconds=float(given.get("seconds", 20.0)),
-            batching=batching,
-            max_ongoing=int(given.get("max_ongoing_requests", 64)),
-            gallery=int(given.get("gallery", 55_000)),
-        )
-    elif name == "sweep":
-        from geomoe.bench.sweep import bench_sweep
-
-        result = bench_sweep()
-    elif name == "storage":
-        from geomoe.bench.storage import bench_storage
-
-        result = bench_storage(Path(out))
-    elif name == "gpu":
-        from geomoe.bench.gpu import gpu_check
-
-        result = gpu_check(
-            tiny="sizes=tiny" in overrides, device=next((o[7:] for o in overrides if o.startswith("device=")), None)
-        )
-        if result["gpu"] is None and result.get("sizes") is None:
-            print(result["summary"])  # no GPU: one line, nothing written, exit 0
-            return result
-    elif name == "mining":
-        from geomoe.bench.pe_moe import bench_mining
-
-        result = bench_mining()
-    else:
+    if name not in BENCHMARKS:
         raise ValueError(f"unknown benchmark {name!r}")
+    result = BENCHMARKS[name](out, overrides)
+    if name == "gpu" and result["gpu"] is None and "sizes" not in result:
+        print(result["summary"])  # no GPU: one line, nothing written, exit 0
+        return result
     suffix = (
         f"-{result['image_size']}px"
         if name == "prepare"

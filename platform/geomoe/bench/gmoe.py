@@ -89,48 +89,13 @@ def bench_gmoe(
         "top_k": top_k,
         "rows": rows,
     }
-    if device.type == "cuda":
-        result["real_size_smgeo"] = bench_real_size_step()
+    if device.type == "cuda":  # the paper's SMGeo step: the same measurement as make gpu-check's
+        from geomoe.bench.gpu import REAL, smgeo_step
+
+        result["real_size_smgeo"] = smgeo_step(REAL, device)
     last = rows[-1]
     result["summary"] = (
         f"gmoe E={experts} k={top_k} dim={dim}: at {last['tokens']} tokens sparse dispatch is {last['speedup']}x "
         f"faster than dense and keeps {last['memory_ratio']}x less memory for backward ({result['device']})"
     )
     return result
-
-
-def bench_real_size_step(batch: int = 8, steps: int = 5) -> dict[str, Any]:
-    """Training samples/s of the paper's SMGeo (Swin-T, 6 experts, top-2, 1024 px) on the GPU, bf16 autocast."""
-    from geomoe.config.smgeo import SMGeoModelSpec
-    from geomoe.losses import smgeo_objective
-    from geomoe.models.smgeo import SMGeo
-
-    spec = SMGeoModelSpec()
-    model = SMGeo(spec).cuda().train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
-    query, reference = (
-        torch.randn(batch, 3, 1024, 1024, device="cuda"),
-        torch.randn(batch, 3, 1024, 1024, device="cuda"),
-    )
-    clicks = torch.full((batch, 2), 512.0, device="cuda")
-    boxes = torch.tensor([[400.0, 400.0, 700.0, 650.0]] * batch, device="cuda")
-    timings = []
-    for step in range(steps + 1):
-        torch.cuda.synchronize()
-        start = time.perf_counter()
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            loss, _ = smgeo_objective(model(query, clicks, reference), boxes, (1024, 1024), spec.loss)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        torch.cuda.synchronize()
-        if step:  # the first step pays for cuDNN autotuning and allocation
-            timings.append(time.perf_counter() - start)
-    seconds = sorted(timings)[len(timings) // 2]
-    return {
-        "batch": batch,
-        "median_step_s": round(seconds, 4),
-        "samples_per_s": round(batch / seconds, 2),
-        "params_M": round(sum(p.numel() for p in model.parameters()) / 1e6, 2),
-        "cuda_peak_GiB": round(torch.cuda.max_memory_allocated() / 2**30, 2),
-    }

@@ -64,7 +64,7 @@ REAL = Sizes(
     embed_dim=1024,
     pe_moe_batch=16,
     text_tokens=64,
-    smgeo={"name": "smgeo"},
+    smgeo={},  # SMGeoModelSpec's defaults are the paper's
     smgeo_batch=8,
     gallery=1_000_000,
     row_dim=3 * 1024,
@@ -86,7 +86,6 @@ TINY = Sizes(
     pe_moe_batch=6,
     text_tokens=16,
     smgeo={
-        "name": "smgeo",
         "reference_size": 128,
         "query_size": 64,
         "head_channels": 16,

@@ -48,8 +48,7 @@ def production_shape(work: Path, gallery: int = GALLERY, text: dict[str, int] | 
     args = {"index": str(index)}
     if (index / "manifest.json").is_file():
         return args
-    model_spec = {
-        "name": "pe_moe",
+    fields = {
         "embed_dim": DIM,
         "text": {"source": str(work / f"text-{tag}"), "tail_layers": 2, "max_length": 32},
         "image": {
@@ -59,6 +58,7 @@ def production_shape(work: Path, gallery: int = GALLERY, text: dict[str, int] | 
             "tail_blocks": 1,
         },
     }
+    model_spec = PEMoEModelSpec.model_validate(fields).model_dump(mode="json")  # its family name from the spec
     raw = {"name": "bench-serve", "stages": ["train"], "data": {"format": "geotext", "root": str(work)},
            "preprocess": {"output_dir": str(work / "prepared")}}  # fmt: skip
     spec = parse_spec(JobSpec, {**raw, "model": model_spec}, "bench serve")
