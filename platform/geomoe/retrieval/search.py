@@ -4,9 +4,10 @@ A query is one inner product with every row (geomoe.retrieval.index), so a searc
 work is reading the rows once. The rows' stored dtype picks the kernel, and the rows are never copied whole:
 
 - CPU: worker threads take contiguous ranges of rows; each reads its range in blocks of ``block`` rows, widens a
-  block to float32 inside the cache (bf16 -> fp32 is a shift, fp16 -> fp32 one F16C instruction), multiplies it by
-  the float32 queries (sgemm) and keeps a running top-k: a block's top k merged with the running k, never a sort
-  of everything. Memory traffic is the stored bytes, read once.
+  block to float32 into one reused buffer that stays in cache, multiplies it by the float32 queries (sgemm) into
+  one reused score buffer, and keeps a running top-k (each span's top k merged with the running k, never a sort
+  of everything). From memory, the stored bytes are read once; the widened copies live in cache. Measured
+  (geomoe bench index): 1.76x the time of torch's own bf16 GEMV, whose bf16-rounded scores are not exact.
 - CUDA: the rows live on the GPU (``device_rows``) and cuBLAS reads bf16/fp16 directly with float32 output; the
   float32 query is split into a half-precision high part and the low-order remainder, so one product with both
   parts equals the float32 product to within float32 rounding (the rows are not widened, the query is exact).
@@ -23,11 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-
-try:  # numpy's bfloat16 (what JAX and ONNX use); without it bf16 rows are held as torch tensors only
-    from ml_dtypes import bfloat16 as np_bfloat16
-except ImportError:  # pragma: no cover - a dependency of the project
-    np_bfloat16 = None
+from ml_dtypes import bfloat16 as np_bfloat16  # numpy's bfloat16 (what JAX and ONNX use)
 
 BLOCK = 256  # rows widened at a time: 256 x 3072 fp32 is 3 MiB, inside the L3 cache (measured: 128-256 best)
 SPAN = 8192  # rows whose scores are kept before one top-k
@@ -37,7 +34,7 @@ def as_tensor(rows_ND: np.ndarray | torch.Tensor) -> torch.Tensor:
     """The rows as a torch tensor without a copy (numpy bf16 by ``ml_dtypes`` is viewed through its bits)."""
     if isinstance(rows_ND, torch.Tensor):
         return rows_ND
-    if np_bfloat16 is not None and rows_ND.dtype == np_bfloat16:
+    if rows_ND.dtype == np_bfloat16:
         return torch.from_numpy(np.ascontiguousarray(rows_ND).view(np.uint16)).view(torch.bfloat16)
     if rows_ND.dtype not in (np.float16, np.float32, np.int8):
         raise TypeError(f"gallery rows must be float32, float16, bfloat16 or int8, not {rows_ND.dtype}")
