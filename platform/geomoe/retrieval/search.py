@@ -155,11 +155,9 @@ def _cpu_search(
     bounds = [round(i * n / threads / block) * block for i in range(threads)] + [n]
     with _single_threaded_ops(), ThreadPoolExecutor(threads) as pool:
         parts = list(pool.map(lambda i: scan(bounds[i], bounds[i + 1]), range(threads)))
-    merged = parts[0]
-    for s, i in parts[1:]:
-        merged = (torch.cat([merged[0], s], dim=1), torch.cat([merged[1], i], dim=1))
-    keep_s, keep = torch.topk(merged[0], k, dim=1, sorted=False)
-    return keep_s, torch.gather(merged[1], 1, keep)
+    scores, index = torch.cat([s for s, _ in parts], dim=1), torch.cat([i for _, i in parts], dim=1)
+    keep_s, keep = torch.topk(scores, k, dim=1, sorted=False)
+    return keep_s, torch.gather(index, 1, keep)
 
 
 class _single_threaded_ops:
