@@ -56,28 +56,57 @@ def _train(spec: JobSpec, prepared: PreparedDataset, run_dir: str, seconds: dict
 
 
 def _train_once(spec: JobSpec, prepared: PreparedDataset, run_dir: str, seconds: dict[str, float]) -> dict[str, Any]:
-    """The family's model and every baseline (the same job with overrides) trained and evaluated."""
+    """The family's model and every baseline (the same job with overrides) trained and evaluated; with
+    ``resources.concurrent_models``, all at once, each in its own Ray task."""
     from geomoe.ray_env import ensure_ray
 
     ensure_ray(spec.resources)
     family = family_of(spec)
     prepared.require(family.dataset_kind, f"stage 'train' ({spec.model.name})")
     family.prepare_inputs(spec, prepared)  # a sweep's driver does this once, before its trials
-    started = time.perf_counter()
-    results = {"model": family.train(spec, prepared, run_dir)}
-    _add_time(seconds, "train model", started)
+    runs = {"model": (spec, prepared, run_dir)}
     for name in spec.baselines:
-        log.info("baseline %s", name)
-        started = time.perf_counter()
         baseline = spec.baseline(name)
         data = prepared if baseline.preprocess == spec.preprocess else PreparedDataset.of(_prepare(baseline))
-        results[name] = family.train(baseline, data, storage.join(run_dir, "baselines", name))
-        _add_time(seconds, f"train {name}", started)
+        runs[name] = (baseline, data, storage.join(run_dir, "baselines", name))
+    if spec.resources.concurrent_models and len(runs) > 1:
+        return _train_concurrently(runs, seconds)
+    results = {}
+    for name, (model_spec, data, model_dir) in runs.items():
+        log.info("training %s", name)
+        results[name], spent = _timed_train(model_spec.model_dump(mode="json"), data, model_dir)
+        _add_time(seconds, f"train {name}", spent)
     return results
 
 
-def _add_time(seconds: dict[str, float], key: str, started: float) -> None:
-    seconds[key] = round(seconds.get(key, 0.0) + time.perf_counter() - started, 2)
+def _timed_train(raw_spec: dict[str, Any], prepared: PreparedDataset, run_dir: str) -> tuple[dict[str, Any], float]:
+    """(the family's train result, seconds it took); the spec travels as JSON (it may cross to a Ray task)."""
+    spec = JobSpec.model_validate(raw_spec)
+    started = time.perf_counter()
+    result = family_of(spec).train(spec, prepared, run_dir)
+    return result, time.perf_counter() - started
+
+
+def _train_concurrently(
+    runs: dict[str, tuple[JobSpec, PreparedDataset, str]], seconds: dict[str, float]
+) -> dict[str, Any]:
+    """Every model in its own Ray task (each starts its own TorchTrainer and Ray Data work, as a Tune trial
+    does): a model's training workers use the CPUs (or GPUs) that another model's evaluation, mining and
+    start-up leave idle. The tasks take no CPU themselves; their trainers and datasets request what they use."""
+    import ray
+
+    remote = ray.remote(num_cpus=0, max_retries=0)(_timed_train)
+    refs = {name: remote.remote(s.model_dump(mode="json"), data, d) for name, (s, data, d) in runs.items()}
+    log.info("training %s at once", ", ".join(refs))
+    results = {}
+    for name, ref in refs.items():
+        results[name], spent = ray.get(ref)
+        _add_time(seconds, f"train {name}", spent)
+    return results
+
+
+def _add_time(seconds: dict[str, float], key: str, spent: float) -> None:
+    seconds[key] = round(seconds.get(key, 0.0) + spent, 2)
 
 
 def _with_engine(spec: JobSpec, engine: EngineSpec, prepared: PreparedDataset, vision: bool) -> dict[str, Any]:

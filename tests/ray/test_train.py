@@ -168,7 +168,10 @@ def test_index_search_returns_the_offline_fused_ranking(prepared: tuple[JobSpec,
     assert report["faiss"]["flat"]["recall@10_vs_exact"] == 1.0
     assert 0.0 < report["faiss"]["hnsw"]["recall@10_vs_exact"] <= 1.0
     paths = dict(zip(*pc_ids_paths(manifest), strict=True))
-    v = embed_images(str(tmp_path / "ckpt"), [paths[i] for i in index.ids])
+    gallery = [paths[i] for i in index.ids]
+    v = embed_images(str(tmp_path / "ckpt"), gallery, batch_size=5)  # on a Ray Data actor pool
+    in_driver = embed_images(str(tmp_path / "ckpt"), gallery, batch_size=7, in_driver_max=len(gallery))
+    np.testing.assert_allclose(in_driver, v, rtol=0, atol=1e-6)  # the same vectors in the same order, without a pool
     queries = _queries(manifest, "test")
     t, g = embed_texts(model.eval(), tokenizer, queries, spec.model_as(PEMoEModelSpec).text.max_length)
     expected = np.argsort(-fused_scores(t, v, g), axis=1, kind="stable")[:, :10]

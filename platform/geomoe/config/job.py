@@ -36,6 +36,17 @@ class ResourcesSpec(Strict):
         "PACK", description="how training workers are placed; STRICT_SPREAD puts each on its own node"
     )
     data_concurrency: int = Field(2, ge=1, description="parallel Ray Data tasks for CPU stages")
+    concurrent_models: bool = Field(
+        False,
+        description="train the model and its baselines at once, each in its own Ray task with its own trainer "
+        "(one model's workers use what another's evaluation and start-up leave idle)",
+    )
+    embed_in_driver_max: int = Field(
+        0,
+        ge=0,
+        description="embed image sets of at most this many images in the driver process, without a Ray Data "
+        "actor pool (a pool's start-up costs more than a small tiny-model gallery; the driver may have no GPU)",
+    )
 
 
 class StorageSpec(Strict):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import os
 
+import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
 
 from geomoe import storage
@@ -16,6 +17,8 @@ from geomoe import storage
 # A truncated JPEG must be an error, never a half-grey picture.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 HEADER_BYTES = 64 << 10  # enough for the size in a JPEG/PNG header, EXIF included
+IMAGE_MEAN = (0.48145466, 0.4578275, 0.40821073)  # EVA-CLIP / OpenAI CLIP normalisation
+IMAGE_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 def image_problem(path: str | os.PathLike[str], decode: bool = True) -> str | None:
@@ -56,3 +59,14 @@ def image_size(path: str | os.PathLike[str]) -> tuple[int, int]:
     except (UnidentifiedImageError, OSError):  # a header longer than the first bytes: read it all
         with Image.open(io.BytesIO(storage.read_bytes(path))) as image:
             return image.size
+
+
+def image_array(path: str | os.PathLike[str], size: int) -> np.ndarray:
+    """Decode, resize (bicubic) and normalise an image for EVA-CLIP: float32 (3, size, size).
+
+    Here, not beside the models, so that a Ray Data decoding task imports PIL and numpy only (importing torch,
+    open_clip and transformers costs a fresh worker process seconds)."""
+    rgb = np.asarray(open_image(path).convert("RGB").resize((size, size), Image.Resampling.BICUBIC), np.float32)
+    mean, std = np.asarray(IMAGE_MEAN, np.float32), np.asarray(IMAGE_STD, np.float32)
+    normalised: np.ndarray = (rgb / np.float32(255.0) - mean) / std
+    return normalised.transpose(2, 0, 1).copy()

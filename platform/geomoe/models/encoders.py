@@ -20,8 +20,6 @@ from geomoe.errors import ModelError
 
 log = logging.getLogger(__name__)
 CONFIG_DIR = Path(__file__).parent / "configs"
-IMAGE_MEAN = (0.48145466, 0.4578275, 0.40821073)  # EVA-CLIP / OpenAI CLIP normalisation
-IMAGE_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 def masked_mean(hidden_BLH: torch.Tensor, attention_mask_BL: torch.Tensor) -> torch.Tensor:

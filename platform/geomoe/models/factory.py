@@ -8,12 +8,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-from PIL import Image
-
 from geomoe.config import EngineSpec, JobSpec
 from geomoe.config.pe_moe import PEMoEModelSpec
-from geomoe.models.encoders import IMAGE_MEAN, IMAGE_STD, ImageTrunk, TextTrunk, load_image_tower, load_text_model
+from geomoe.models.encoders import ImageTrunk, TextTrunk, load_image_tower, load_text_model
 from geomoe.models.pe_moe import PEMoE
 
 log = logging.getLogger(__name__)
@@ -69,17 +66,6 @@ def build_pe_moe(spec: PEMoEModelSpec) -> tuple[PEMoE, Any]:
         learn_temperature=spec.learn_temperature,
     )
     return model, tokenizer
-
-
-def image_array(path: str, size: int) -> np.ndarray:
-    """Decode, resize (bicubic) and normalise an image for EVA-CLIP: float32 (3, size, size)."""
-    from geomoe.data.images import open_image
-
-    image = open_image(path)  # a path or URI: read through the storage layer, decoded here
-    rgb = np.asarray(image.convert("RGB").resize((size, size), Image.Resampling.BICUBIC), dtype=np.float32)
-    mean, std = np.asarray(IMAGE_MEAN, np.float32), np.asarray(IMAGE_STD, np.float32)
-    normalised: np.ndarray = (rgb / np.float32(255.0) - mean) / std
-    return normalised.transpose(2, 0, 1).copy()
 
 
 def tokenize(tokenizer: Any, texts: list[str], max_length: int) -> tuple[Any, Any]:

@@ -57,7 +57,10 @@ def build_index(spec: JobSpec, manifest: dict[str, Any], checkpoint: str) -> dic
     saved = _saved_report(cfg.output_dir, inputs_key)
     if saved is not None:
         return saved  # the same checkpoint, gallery and settings: embedding again would write the same index
-    v_KND = embed_images(checkpoint, [im["image_path"] for im in images], spec.resources.data_concurrency)
+    res = spec.resources
+    v_KND = embed_images(
+        checkpoint, [im["image_path"] for im in images], res.data_concurrency, in_driver_max=res.embed_in_driver_max
+    )
     rows = index_rows(v_KND, cfg.dtype)
     model, tokenizer, trained, _ = load_pe_moe(checkpoint)
     queries = _queries(manifest, cfg.split)

@@ -8,7 +8,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from geomoe.models.factory import image_array, tokenize
+from geomoe.data.images import image_array
+from geomoe.models.factory import tokenize
 from geomoe.models.pe_moe import PEMoE
 
 

@@ -44,7 +44,7 @@ class DecodeImages:
         self.size, self.negatives = size, negatives
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from geomoe.models.factory import image_array
+        from geomoe.data.images import image_array
 
         batch["image"] = np.stack([image_array(str(p), self.size) for p in batch["image_path"]])
         if self.negatives:
@@ -143,7 +143,9 @@ def mine_negatives(spec: JobSpec, checkpoint: str, table: pa.Table) -> pa.Table:
     model, tokenizer, _, _ = load_pe_moe(checkpoint)
     rows = table.to_pylist()
     paths = sorted({r["image_path"] for r in rows})
-    vectors = embed_images(checkpoint, paths, concurrency=spec.resources.data_concurrency)
+    vectors = embed_images(
+        checkpoint, paths, spec.resources.data_concurrency, in_driver_max=spec.resources.embed_in_driver_max
+    )
     max_length = spec.model_as(PEMoEModelSpec).text.max_length
     texts, gates = embed_texts(model, tokenizer, [r["caption"] for r in rows], max_length)
     negatives = hard_negative_paths(spec, rows, paths, texts, gates, vectors)
@@ -206,7 +208,10 @@ def evaluate_checkpoint(spec: JobSpec, checkpoint: str, prepared: PreparedDatase
     model, tokenizer, _, _ = load_pe_moe(checkpoint)
     rows = split_rows(prepared, "test", spec).filter(pc.equal(pc.field("augment"), "")).to_pylist()
     images, _ = gallery_from_rows(rows)
-    vectors = embed_images(checkpoint, [im["image_path"] for im in images], concurrency=spec.resources.data_concurrency)
+    paths = [im["image_path"] for im in images]
+    vectors = embed_images(
+        checkpoint, paths, spec.resources.data_concurrency, in_driver_max=spec.resources.embed_in_driver_max
+    )
     return evaluate_pe_moe(model, tokenizer, spec, rows, vectors)
 
 
