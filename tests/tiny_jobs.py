@@ -60,7 +60,8 @@ def pe_moe_job(root: Path, out: Path, **train: object) -> JobSpec:
             "materialize_inputs": True,
             **train,
         },
-        "resources": {"num_workers": 2, "cpus_per_worker": 0.5, "data_concurrency": 1},
+        # small galleries are embedded in the driver (test_index_search compares that with the actor pool)
+        "resources": {"num_workers": 2, "cpus_per_worker": 0.5, "data_concurrency": 1, "embed_in_driver_max": 4096},
     }
     return parse_spec(JobSpec, raw, "test")
 

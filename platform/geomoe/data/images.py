@@ -70,3 +70,19 @@ def image_array(path: str | os.PathLike[str], size: int) -> np.ndarray:
     mean, std = np.asarray(IMAGE_MEAN, np.float32), np.asarray(IMAGE_STD, np.float32)
     normalised: np.ndarray = (rgb / np.float32(255.0) - mean) / std
     return normalised.transpose(2, 0, 1).copy()
+
+
+class DecodeImages:
+    """Ray Data map: image paths -> normalised pixel arrays ``image`` (and ``negatives`` from the mined
+    ``negative_paths`` of PE-MoE's stage 2). A module without torch: the tasks that run it start light."""
+
+    def __init__(self, size: int, negatives: bool) -> None:
+        self.size, self.negatives = size, negatives
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        batch["image"] = np.stack([image_array(str(p), self.size) for p in batch["image_path"]])
+        if self.negatives:
+            batch["negatives"] = np.stack(
+                [np.stack([image_array(str(p), self.size) for p in row]) for row in batch["negative_paths"]]
+            )
+        return batch

@@ -9,16 +9,17 @@ from __future__ import annotations
 
 import io
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from geomoe import storage
 from geomoe.metrics import clamped_iou, localization_metrics, localization_values
 from geomoe.stats import intervals
+
+if TYPE_CHECKING:  # torch is imported where augmentation runs: Ray Data decoding tasks never need it
+    import torch
 
 # Swin's ImageNet statistics
 MEAN = np.array([0.485, 0.456, 0.406], np.float32)
@@ -84,6 +85,8 @@ def augment_pair(
     """Training-only, per sample: a joint horizontal flip (query + click, reference + box: the mirrored world
     is seen mirrored from the drone too) and a random crop of the reference that keeps the whole box, resized
     back. Never used for validation or test, so their labels never move."""
+    import torch
+
     query, click, reference, box = query.clone(), click.clone(), reference.clone(), box.clone()
     size = reference.shape[-1]
     for i in range(query.shape[0]):
@@ -99,6 +102,9 @@ def augment_pair(
 def _crop_keeping_box(
     image: torch.Tensor, box: torch.Tensor, generator: torch.Generator, min_crop: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
+    import torch
+    import torch.nn.functional as F
+
     size = image.shape[-1]
     side = int(size * (min_crop + (1 - min_crop) * float(torch.rand((), generator=generator))))
     lo = box.clamp(0, size)

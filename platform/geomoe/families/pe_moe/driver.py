@@ -15,6 +15,7 @@ import pyarrow.compute as pc
 from geomoe import storage
 from geomoe.config import JobSpec
 from geomoe.config.pe_moe import PEMoEModelSpec, PEMoETrainSpec
+from geomoe.data.images import DecodeImages
 from geomoe.data.prepared import PreparedDataset
 from geomoe.errors import DatasetError
 from geomoe.models.factory import ensure_tiny_models, load_pe_moe
@@ -35,23 +36,6 @@ def split_rows(prepared: PreparedDataset, split: str, spec: JobSpec) -> pa.Table
         raise DatasetError(f"model.experts: no expert owns platform(s) {unknown} present in the {split} split")
     experts = pa.array([expert_of[p] for p in table["platform"].to_pylist()], pa.int64())
     return table.append_column("expert", experts)
-
-
-class DecodeImages:
-    """Ray Data map: image paths -> normalised pixel arrays (and the mined negatives in stage 2)."""
-
-    def __init__(self, size: int, negatives: bool) -> None:
-        self.size, self.negatives = size, negatives
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from geomoe.data.images import image_array
-
-        batch["image"] = np.stack([image_array(str(p), self.size) for p in batch["image_path"]])
-        if self.negatives:
-            batch["negatives"] = np.stack(
-                [np.stack([image_array(str(p), self.size) for p in row]) for row in batch["negative_paths"]]
-            )
-        return batch
 
 
 def training_datasets(table: pa.Table, spec: JobSpec, negatives: bool) -> dict[str, Any]:
