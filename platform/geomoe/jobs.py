@@ -100,7 +100,10 @@ def _train_concurrently(
     log.info("training %s at once", ", ".join(refs))
     results = {}
     for name, ref in refs.items():
-        results[name], spent = ray.get(ref)
+        try:
+            results[name], spent = ray.get(ref)
+        except ray.exceptions.RayTaskError as err:  # the task's own error (a bad record, a spec problem), as is
+            raise err.cause if isinstance(err.cause, Exception) else err from None
         _add_time(seconds, f"train {name}", spent)
     return results
 

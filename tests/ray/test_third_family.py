@@ -13,7 +13,7 @@ from geomoe import registry
 from geomoe.config import JobSpec, parse_spec
 from geomoe.data.prepared import PreparedDataset
 from geomoe.errors import SpecError
-from geomoe.jobs import run_job
+from geomoe.jobs import run_job, run_job_timed
 
 TOY = str(Path(__file__).resolve().parents[1] / "toy_family.py")
 
@@ -45,12 +45,19 @@ def test_family_errors_name_the_key(tiny_synth: tuple[Path, dict]) -> None:
 
 
 def test_the_toy_family_runs_as_a_job(tiny_synth: tuple[Path, dict], tmp_path: Path) -> None:
-    from toy_family import ToyModelSpec, accuracy, thumbnails
+    from toy_family import accuracy, thumbnails
 
-    spec = parse_spec(JobSpec, toy_job(tiny_synth[0], tmp_path), "toy.yaml")
+    raw = toy_job(tiny_synth[0], tmp_path) | {"baselines": {"fast": ["train.lr=0.2"]}}
+    raw["resources"]["concurrent_models"] = True  # the model and its baseline, each in its own Ray task
+    spec = parse_spec(JobSpec, raw, "toy.yaml")
     assert type(spec.model).__name__ == "ToyModelSpec" and type(spec.train).__name__ == "ToyTrainSpec"
-    results = run_job(spec)
+    timed = run_job_timed(spec)
+    results = timed.outputs
     model = results["train"]["model"]
+    fast = results["train"]["fast"]
+    assert fast["checkpoint"].startswith(str(tmp_path / "runs" / "toy" / "baselines" / "fast" / "ray_train"))
+    assert family_lr(fast["checkpoint"]) == 0.2 and family_lr(model["checkpoint"]) == 0.05
+    assert {"train model", "train fast"} <= set(timed.seconds)
     family = registry.family("toy_platform")
     # the engine ran three epochs, kept each, and the result points at the best validation epoch
     kept = yaml.safe_load((tmp_path / "runs" / "toy" / "stage1.json").read_text())["kept"]
@@ -59,12 +66,17 @@ def test_the_toy_family_runs_as_a_job(tiny_synth: tuple[Path, dict], tmp_path: P
     # the family's test evaluation, recomputed from the checkpoint read back through the registry
     loaded = family.load_checkpoint(model["checkpoint"])
     test = thumbnails(
-        PreparedDataset.open(str(tmp_path / "prepared")), "test", loaded.spec.model_as(ToyModelSpec).thumb
+        PreparedDataset.open(str(tmp_path / "prepared")), "test", loaded.spec.model_as(family.model_spec).thumb
     )
     assert model["test"]["accuracy"] == pytest.approx(accuracy(loaded.model, test["x"], test["y"]))
     assert model["test"]["count"] == len(test["y"]) == len(np.unique(test["x"], axis=0))
     assert loaded.payload["epoch"] == model["best_epoch"]
     assert "toy_platform toy" in family.report(spec, results["train"])  # the CLI's table, from the base class
+
+
+def family_lr(checkpoint: str) -> float:
+    """The learning rate of the spec a checkpoint was trained with."""
+    return float(registry.family("toy_platform").load_checkpoint(checkpoint).spec.train.lr)
 
 
 def test_the_toy_family_runs_as_a_two_trial_sweep(tiny_synth: tuple[Path, dict], tmp_path: Path) -> None:
