@@ -57,12 +57,13 @@ def build_index(spec: JobSpec, manifest: dict[str, Any], checkpoint: str) -> dic
     saved = _saved_report(cfg.output_dir, inputs_key)
     if saved is not None:
         return saved  # the same checkpoint, gallery and settings: embedding again would write the same index
+    model, tokenizer, trained, _ = load_pe_moe(checkpoint)
     res = spec.resources
+    paths = [im["image_path"] for im in images]
     v_KND = embed_images(
-        checkpoint, [im["image_path"] for im in images], res.data_concurrency, in_driver_max=res.embed_in_driver_max
+        checkpoint, paths, res.data_concurrency, in_driver_max=res.embed_in_driver_max, loaded=(model, trained)
     )
     rows = index_rows(v_KND, cfg.dtype)
-    model, tokenizer, trained, _ = load_pe_moe(checkpoint)
     queries = _queries(manifest, cfg.split)
     t_KQD, g_QK = embed_texts(model, tokenizer, queries, trained.model_as(PEMoEModelSpec).text.max_length)
     faiss_info, faiss_indexes = _faiss_files(rows, query_rows(t_KQD, g_QK), cfg)

@@ -124,11 +124,12 @@ def mine_negatives(spec: JobSpec, checkpoint: str, table: pa.Table) -> pa.Table:
     from geomoe.pipelines.embed import embed_images
     from geomoe.retrieval.embed import embed_texts
 
-    model, tokenizer, _, _ = load_pe_moe(checkpoint)
+    model, tokenizer, trained, _ = load_pe_moe(checkpoint)
     rows = table.to_pylist()
     paths = sorted({r["image_path"] for r in rows})
+    res = spec.resources
     vectors = embed_images(
-        checkpoint, paths, spec.resources.data_concurrency, in_driver_max=spec.resources.embed_in_driver_max
+        checkpoint, paths, res.data_concurrency, in_driver_max=res.embed_in_driver_max, loaded=(model, trained)
     )
     max_length = spec.model_as(PEMoEModelSpec).text.max_length
     texts, gates = embed_texts(model, tokenizer, [r["caption"] for r in rows], max_length)
@@ -189,12 +190,13 @@ def evaluate_checkpoint(spec: JobSpec, checkpoint: str, prepared: PreparedDatase
     from geomoe.evaluate import evaluate_pe_moe, gallery_from_rows
     from geomoe.pipelines.embed import embed_images
 
-    model, tokenizer, _, _ = load_pe_moe(checkpoint)
+    model, tokenizer, trained, _ = load_pe_moe(checkpoint)
     rows = split_rows(prepared, "test", spec).filter(pc.equal(pc.field("augment"), "")).to_pylist()
     images, _ = gallery_from_rows(rows)
     paths = [im["image_path"] for im in images]
+    res = spec.resources
     vectors = embed_images(
-        checkpoint, paths, spec.resources.data_concurrency, in_driver_max=spec.resources.embed_in_driver_max
+        checkpoint, paths, res.data_concurrency, in_driver_max=res.embed_in_driver_max, loaded=(model, trained)
     )
     return evaluate_pe_moe(model, tokenizer, spec, rows, vectors)
 
