@@ -10,7 +10,18 @@ import pytest
 import torch
 
 from geomoe.retrieval.index import index_rows, read_index, recall_at, write_index
-from geomoe.retrieval.search import exact_search, int8_search, np_bfloat16, quantize_rows, split_query
+from geomoe.retrieval.search import (
+    RESCORE_MAX,
+    as_tensor,
+    exact_search,
+    first_pass_bound,
+    int8_search,
+    largest_row_norm,
+    native_first_pass,
+    np_bfloat16,
+    quantize_rows,
+    split_query,
+)
 
 DTYPES = [np.float32, np.float16, np_bfloat16]
 
@@ -133,3 +144,58 @@ def test_the_gpu_path_gives_the_exact_top_k(clustered: tuple[np.ndarray, np.ndar
     order = np.lexsort((found.numpy(), -scores.numpy()), axis=1)
     assert (np.take_along_axis(found.numpy(), order, axis=1) == want).all()
     np.testing.assert_allclose(np.take_along_axis(scores.numpy(), order, axis=1), want_scores, atol=2e-6)
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np_bfloat16], ids=lambda d: np.dtype(d).name)
+def test_the_native_first_pass_bound_holds_and_its_result_is_exact(dtype: type) -> None:
+    """Rows of mixed scale (norms 0.01 to 3, heavy-tailed entries) and gated queries: every row's first-pass score is
+    within the bound of the float64 product, and one query with the norm takes the native pass to the exact top k."""
+    rng = np.random.default_rng(4)
+    raw = rng.standard_t(3, (4000, 384)) * rng.uniform(0.01, 3, (4000, 1)) / 20
+    stored = raw.astype(np.float32).astype(dtype)
+    rows = as_tensor(stored)
+    norm = largest_row_norm(stored, block=1000)
+    assert norm == pytest.approx(float(np.linalg.norm(stored.astype(np.float64), axis=1).max()), rel=1e-6)
+    for _ in range(5):
+        query = unit(rng.standard_normal(384)) * rng.uniform(0.1, 2)
+        q = torch.from_numpy(query.astype(np.float32))
+        approx = torch.mv(rows, q.to(rows.dtype)).double().numpy()
+        exact = stored.astype(np.float64) @ query.astype(np.float32).astype(np.float64)
+        absolute, relative = first_pass_bound(q, rows.dtype, norm)
+        assert (np.abs(exact - approx) <= absolute + relative * np.abs(approx)).all()
+        found = native_first_pass(rows, q, 10, None, norm)
+        assert found is not None and len(found[1][0]) == 10
+        scores, index = exact_search(stored, query[None].astype(np.float32), 10, row_norm_max=norm)
+        want_scores, want = reference(stored, query[None].astype(np.float32), 10)
+        assert (index == want).all() and sorted(found[1][0].tolist()) == sorted(want[0].tolist())
+        np.testing.assert_allclose(scores, want_scores, atol=2e-6)
+
+
+def test_the_native_first_pass_filters_and_falls_back(clustered: tuple[np.ndarray, np.ndarray]) -> None:
+    rows, queries = clustered
+    stored = rows.astype(np_bfloat16)
+    norm = largest_row_norm(stored)
+    allowed = np.random.default_rng(5).random(len(rows)) < 0.3
+    for query in queries:
+        _, found = exact_search(stored, query[None], 10, allowed_N=allowed, row_norm_max=norm)
+        assert (found == reference(stored, query[None], 10, allowed)[1]).all()
+    few = np.zeros(len(rows), bool)
+    few[[5, 900]] = True  # fewer allowed rows than k: the full scan answers (and pads with -inf)
+    scores, found = exact_search(stored, queries[:1], 4, allowed_N=few, row_norm_max=norm)
+    assert found[0, :2].tolist() == sorted([5, 900], key=lambda r: -float(stored[r].astype(np.float32) @ queries[0]))
+    assert np.isneginf(scores[0, 2:]).all()
+    same = np.tile(stored[:1], (RESCORE_MAX + 1, 1))  # every row tied: too many candidates to rescore
+    assert native_first_pass(as_tensor(same), torch.from_numpy(queries[0]), 3, None, norm) is None
+    scores, found = exact_search(same, queries[:1], 3, row_norm_max=norm)  # the full scan: any 3 of the tied rows
+    assert len(set(found[0].tolist())) == 3
+    np.testing.assert_allclose(scores[0], float(same[0].astype(np.float32) @ queries[0]), atol=1e-6)
+
+
+def test_an_index_records_its_largest_row_norm(tmp_path: Path, clustered: tuple[np.ndarray, np.ndarray]) -> None:
+    rows, queries = clustered
+    stored = rows.astype(np_bfloat16)
+    write_index(tmp_path / "idx", stored, [f"img{i}" for i in range(len(rows))], {"checkpoint": "ckpt"})
+    index = read_index(tmp_path / "idx")
+    assert index.manifest.row_norm_max == pytest.approx(largest_row_norm(stored))
+    hits = index.search(queries[:1], 5)[0]
+    assert [int(name[3:]) for name, _ in hits] == reference(stored, queries[:1], 5)[1][0].tolist()

@@ -2,7 +2,8 @@
 over the same rows (3 experts x 1024-d unit vectors, 20 views around each building centre; queries are noisy
 copies of gallery rows with random gates), at 1 and 32 queries per call:
 
-- ours on bf16 rows and on fp16 rows (the stored dtype picks the kernel; float32 products, exact);
+- ours on bf16 rows and on fp16 rows (the stored dtype picks the kernel; float32 products, exact), given the rows'
+  largest norm as an index's manifest records it (one query: the native first pass with exact rescoring);
 - a plain torch bf16 matmul + topk over the same bf16 rows (bf16 products: what the fast path must match);
 - FAISS IndexFlatIP over the rows widened to float32 (exact; the results must be identical to ours);
 - ours on int8 rows with an exact rescored shortlist: speed and recall@10 against exact.
@@ -22,7 +23,7 @@ import numpy as np
 import torch
 
 from geomoe.retrieval.index import recall_at
-from geomoe.retrieval.search import exact_search, int8_search, np_bfloat16, quantize_rows
+from geomoe.retrieval.search import exact_search, int8_search, largest_row_norm, np_bfloat16, quantize_rows
 
 EXPERTS, DIM, K, SHORTLIST = 3, 1024, 10, 100
 
@@ -84,8 +85,9 @@ def _identical(ours: tuple[np.ndarray, np.ndarray], theirs: tuple[np.ndarray, np
 
 def _point(rows: dict[str, Any], queries: np.ndarray, bandwidth: float, faiss_flat: Any) -> dict[str, Any]:
     bf16, fp16, int8 = rows["bf16"], rows["fp16"], rows["int8"]
-    ours_ms, ours = _median_ms(lambda: exact_search(bf16, queries, K))
-    fp16_ms, fp16_found = _median_ms(lambda: exact_search(fp16, queries, K))
+    norm = rows["norm"]
+    ours_ms, ours = _median_ms(lambda: exact_search(bf16, queries, K, row_norm_max=norm))
+    fp16_ms, fp16_found = _median_ms(lambda: exact_search(fp16, queries, K, row_norm_max=norm))
     plain_ms, _ = _median_ms(lambda: _plain_bf16(rows["bf16_torch"], queries))
     faiss_ms, (faiss_s, faiss_i) = _median_ms(
         lambda: faiss_flat.search(queries, K), repeats=3 if len(queries) > 1 else 5
@@ -122,11 +124,13 @@ def bench_index(sizes: tuple[int, ...] = (200_000,), batches: tuple[int, ...] = 
         bf16 = full.astype(np_bfloat16)
         faiss_flat.add(bf16.astype(np.float32))  # the same stored values, widened: an exact reference
         del full
-        rows = {"bf16": bf16, "fp16": bf16.astype(np.float16), "int8": quantize_rows(bf16)}
+        fp16 = bf16.astype(np.float16)
+        rows = {"bf16": bf16, "fp16": fp16, "int8": quantize_rows(bf16)}
         rows["bf16_torch"] = torch.from_numpy(bf16.view(np.uint16)).view(torch.bfloat16)
+        rows["norm"] = max(largest_row_norm(bf16), largest_row_norm(fp16))  # what an index's manifest records
         for q in batches:
             results.append({"gallery": n, **_point(rows, queries[q], bandwidth, faiss_flat)})
-        del rows, faiss_flat, bf16
+        del rows, faiss_flat, bf16, fp16
     parts = [
         f"{r['gallery']:,} rows x {r['queries']} queries: ours {r['ours_bf16_ms']} ms (bf16; fp16 {r['ours_fp16_ms']}) "
         f"= {r['ours_vs_plain_torch']}x plain torch bf16, FAISS flat {r['faiss_over_ours']}x slower, "

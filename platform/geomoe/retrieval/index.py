@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
@@ -23,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from geomoe import storage
 from geomoe.errors import DatasetError
 from geomoe.models.pe_moe import gallery_rows, gated_queries
-from geomoe.retrieval.search import device_rows, exact_search, np_bfloat16
+from geomoe.retrieval.search import device_rows, exact_search, largest_row_norm, np_bfloat16
 
 __all__ = ["exact_search", "index_rows", "query_rows", "read_index", "write_index"]
 
@@ -106,6 +107,7 @@ class IndexManifest(BaseModel):
     platforms: list[str] = Field(default_factory=list, description="per row, the image's platform")
     image_paths: list[str] = Field(default_factory=list, description="per row, what a re-ranker's captioner reads")
     files: dict[str, str] = Field(default_factory=dict, description="file -> sha256, for verified caches")
+    row_norm_max: float = Field(0.0, description="the rows' largest norm (the exact search's error bound); 0: unknown")
 
     def platform_of(self, row: int) -> str | None:
         return self.platforms[row] if row < len(self.platforms) else None
@@ -121,12 +123,17 @@ class GalleryIndex:
         """The same index with its rows resident on ``device`` (a serving replica on a GPU searches there)."""
         return self if device == "cpu" else GalleryIndex(device_rows(self.rows, device), self.ids, self.manifest)
 
+    @cached_property
+    def row_norm_max(self) -> float:
+        """From the manifest; an index written before it was recorded pays one pass over the rows, once."""
+        return self.manifest.row_norm_max or largest_row_norm(self.rows)
+
     def search(
         self, queries_QD: np.ndarray, k: int, allowed_N: np.ndarray | None = None
     ) -> list[list[tuple[str, float]]]:
         """Per query, the best ``k`` (image id, fused score), best first; rows outside ``allowed_N`` never.
         A batch of queries reads the rows once (memory-bound: 32 queries cost little more than 1)."""
-        scores, rows = exact_search(self.rows, queries_QD, k, allowed_N=allowed_N)
+        scores, rows = exact_search(self.rows, queries_QD, k, allowed_N=allowed_N, row_norm_max=self.row_norm_max)
         return [
             [(self.ids[r], float(s)) for r, s in zip(rr, ss, strict=True) if np.isfinite(s)]
             for rr, ss in zip(rows, scores, strict=True)
@@ -148,6 +155,7 @@ def write_index(
         raise ValueError(f"{len(ids)} ids for {rows_ND.shape[0]} rows")
     dtype = str(rows_ND.dtype)
     full = {**manifest, "count": int(rows_ND.shape[0]), "dim": int(rows_ND.shape[1]), "dtype": dtype}
+    full["row_norm_max"] = largest_row_norm(rows_ND) if len(rows_ND) else 0.0
     with storage.atomic_dir(folder) as tmp:  # local or a URI: published with the manifest last
         # .npy has no bfloat16: its bits are saved as uint16 and the manifest's dtype says how to read them
         np.save(tmp / "vectors.npy", rows_ND.view(np.uint16) if dtype == "bfloat16" else rows_ND)
