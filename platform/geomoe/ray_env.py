@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from typing import Any
 
 from geomoe import storage
 from geomoe.config import JobSpec, ResourcesSpec
@@ -45,6 +46,15 @@ def ensure_ray(resources: ResourcesSpec, dashboard: bool = False) -> None:
             os.environ.setdefault(name, value)
         ray.init(num_cpus=num_cpus, include_dashboard=dashboard, logging_level=logging.WARNING)
     log.info("Ray cluster resources: %s", ray.cluster_resources())
+
+
+def in_order(dataset: Any) -> Any:
+    """``dataset`` with its blocks handed on in the plan's order. Ray Data's default passes blocks on as tasks
+    finish, so a training input's batches (and, through the shuffle buffer and the split across workers, the
+    trained weights) changed from run to run with the same seed: the demo's stage-2 R@10 was 42.3, 36.6 and 35.1
+    in three runs of one day."""
+    dataset.context.execution_options.preserve_order = True
+    return dataset
 
 
 def alive_nodes() -> int:

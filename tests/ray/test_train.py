@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.compute as pc
 import pytest
+import torch
 
 from geomoe.config import JobSpec, parse_spec
 from geomoe.config.pe_moe import PEMoEModelSpec
@@ -54,10 +55,16 @@ def test_killed_worker_resumes_from_last_checkpoint(prepared: tuple[JobSpec, dic
     assert payload["stage"] == 1 and payload["epoch"] == 2 and payload["spec"]["name"] == "t"
 
 
-def test_rerun_of_finished_stage_resumes_instead_of_restarting(prepared: tuple[JobSpec, dict], tmp_path: Path) -> None:
+def test_rerun_of_finished_stage_resumes_instead_of_restarting(
+    prepared: tuple[JobSpec, dict], stage1: tuple[Path, Checkpoint], tmp_path: Path
+) -> None:
     spec, manifest = prepared
     table = split_rows(PreparedDataset.of(manifest), "train", spec)
     first = fit_stage(spec, tmp_path / "run", 1, table, None)
+    # the same spec trained again in another folder (the shared stage-1 fixture), on 2 workers: the same weights
+    same = read_checkpoint(stage1[1].location)["model"]
+    assert all(torch.equal(tensor, same[name]) for name, tensor in read_checkpoint(first.location)["model"].items())
+    assert first.metrics["loss"] == stage1[1].metrics["loss"]
     again = fit_stage(spec, tmp_path / "run", 1, table, None)  # the recorded result: nothing is retrained
     assert again == first and again.to_json() == json.loads(json.dumps(first.to_json()))
     (tmp_path / "run" / "stage1.json").unlink()  # without the record, Ray Train itself restores the run

@@ -10,6 +10,7 @@ import pyarrow as pa
 
 from geomoe.config.smgeo import SMGeoModelSpec
 from geomoe.data.localization import decode_pair, to_file_pixels
+from geomoe.ray_env import in_order
 
 
 class DecodePairs:
@@ -33,6 +34,7 @@ def pairs_dataset(table: pa.Table, query_size: int, reference_size: int, materia
     step = -(-table.num_rows // blocks)
     ds: Any = ray.data.from_arrow([table.slice(i, step) for i in range(0, table.num_rows, step)])
     ds = ds.map_batches(DecodePairs(query_size, reference_size), batch_format="numpy", batch_size=32, num_cpus=0.5)
+    ds = in_order(ds)
     return ds.materialize() if materialize else ds
 
 

@@ -105,7 +105,9 @@ def warmup_cosine(total_steps: int, warmup_ratio: float) -> Callable[[int], floa
 def make_optimizer(loop: LoopConfig, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
     """Adam or AdamW (decoupled weight decay) as the loop says."""
     kind = torch.optim.AdamW if loop.optimizer == "adamw" else torch.optim.Adam
-    return kind(params, lr=loop.lr, weight_decay=loop.weight_decay)
+    # foreach: one multi-tensor update instead of a Python loop over parameters (torch picks it only on CUDA);
+    # measured on the demo's tiny PE-MoE (274 trainable tensors) on CPU: the step 111.7 -> 102.7 ms
+    return kind(params, lr=loop.lr, weight_decay=loop.weight_decay, foreach=True)
 
 
 def train_worker(config: dict[str, Any]) -> None:

@@ -29,7 +29,7 @@ def run_trainer(
     ``best_by``: a reported metric to maximise; Ray Train then keeps the best checkpoints (and the latest, for
     resuming) and the record points at the best, not the last.
     """
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     from geomoe.train.engine import train_worker
@@ -58,6 +58,7 @@ def run_trainer(
             callbacks=_tune_callbacks(),
         ),
         datasets=datasets,
+        dataset_config=DataConfig(execution_options=_ordered_ingest()),
     )
     result = trainer.fit()
     checkpoint = result.get_best_checkpoint(best_by, "max") if best_by else result.checkpoint
@@ -73,6 +74,16 @@ def run_trainer(
     record = Checkpoint(location, dict(result.metrics or {}), spec.stage_fingerprint(stage), best, listed)
     record.save(storage.join(run_dir, f"stage{stage}.json"))
     return record
+
+
+def _ordered_ingest() -> Any:
+    """Ray Train's ingest options with the blocks kept in order: then the split across workers is deterministic
+    too (Ray's splitter ignores locality hints under preserve_order), so a seed reproduces a run's batches."""
+    from ray.train import DataConfig
+
+    options = DataConfig.default_ingest_options()
+    options.preserve_order = True
+    return options
 
 
 _TUNE_METRIC: list[str] = []  # set in a sweep trial's process: the metric Tune schedules on

@@ -19,6 +19,7 @@ from geomoe.data.images import DecodeImages
 from geomoe.data.prepared import PreparedDataset
 from geomoe.errors import DatasetError
 from geomoe.models.factory import ensure_tiny_models, load_pe_moe
+from geomoe.ray_env import in_order
 from geomoe.results import Checkpoint
 from geomoe.train.engine import LoopConfig
 from geomoe.train.grouped import dataset_name, group_steps
@@ -68,6 +69,7 @@ def _decoded(table: pa.Table, spec: JobSpec, negatives: bool) -> Any:
         batch_size=64,
         num_cpus=0.5,
     )
+    ds = in_order(ds)
     return ds.materialize() if spec.train.materialize_inputs else ds
 
 
