@@ -8,6 +8,7 @@ the same filesystem, so workers on any node checkpoint there and a restarted gro
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -79,9 +80,11 @@ def run_trainer(
 def _ordered_ingest() -> Any:
     """Ray Train's ingest options with the blocks kept in order: then the split across workers is deterministic
     too (Ray's splitter ignores locality hints under preserve_order), so a seed reproduces a run's batches."""
-    from ray.train import DataConfig
+    from ray.data import DataContext
 
-    options = DataConfig.default_ingest_options()
+    # the driver's options, as DataConfig.default_ingest_options() carries them over (copied rather than rebuilt:
+    # rebuilding passes a deprecated field through the constructor and Ray warns on every fit)
+    options = copy.deepcopy(DataContext.get_current().execution_options)
     options.preserve_order = True
     return options
 
