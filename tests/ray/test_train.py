@@ -191,3 +191,26 @@ def pc_ids_paths(manifest: dict) -> tuple[list[str], list[str]]:
 
     images = gallery_images(manifest, "test")
     return [im["image_id"] for im in images], [im["image_path"] for im in images]
+
+
+def test_training_inputs_come_in_plan_order_whatever_finishes_first() -> None:
+    """Ray Data passes blocks on as their tasks finish; a training input (``in_order``) keeps the plan's order,
+    so a seed reproduces the batches. The first block's task is made the slowest."""
+    import time
+
+    import pyarrow as pa
+    import ray.data
+
+    from geomoe.ray_env import in_order
+
+    def first_block_slow(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        time.sleep(4.0 if batch["i"][0] == 0 else 0.0)
+        return batch
+
+    def decoded() -> ray.data.Dataset:
+        blocks = [pa.table({"i": list(range(4 * k, 4 * k + 4))}) for k in range(4)]
+        return ray.data.from_arrow(blocks).map_batches(first_block_slow, batch_size=4, num_cpus=0.5)
+
+    as_finished = [row["i"] for row in decoded().materialize().take_all()]
+    assert sorted(as_finished) == list(range(16)) and as_finished[:4] != [0, 1, 2, 3]  # the slow block came later
+    assert [row["i"] for row in in_order(decoded()).materialize().take_all()] == list(range(16))
