@@ -13,6 +13,13 @@ from geomoe.storage import write_json_atomic
 log = logging.getLogger(__name__)
 
 
+def cpu_busy(before: Any, after: Any) -> float:
+    """Fraction of all cores' time busy between two ``psutil.cpu_times()`` readings (/proc/stat)."""
+    total = sum(after) - sum(before)
+    idle = (after.idle + getattr(after, "iowait", 0.0)) - (before.idle + getattr(before, "iowait", 0.0))
+    return 1.0 - idle / total if total > 0 else 0.0
+
+
 def _options(overrides: list[str]) -> dict[str, str]:
     """``--set key=value`` options of a benchmark."""
     return dict(o.split("=", 1) for o in overrides if "=" in o)

@@ -17,6 +17,7 @@ import psutil
 import pyarrow as pa
 import pyarrow.dataset as pads
 
+from geomoe.bench import cpu_busy
 from geomoe.config import JobSpec, SynthSpec, parse_spec
 from geomoe.data.prepare import PREPARED_SCHEMA, RowPreparer
 from geomoe.data.records import RejectLog
@@ -78,14 +79,7 @@ def _timed_prepare(spec: JobSpec) -> tuple[tuple[float, float], dict[str, Any]]:
 
     cpu, started = psutil.cpu_times(), time.perf_counter()
     manifest = prepare(spec)
-    return (time.perf_counter() - started, _cpu_busy(cpu, psutil.cpu_times())), manifest
-
-
-def _cpu_busy(before: Any, after: Any) -> float:
-    """Fraction of all cores' time busy between two psutil.cpu_times() readings."""
-    total = sum(after) - sum(before)
-    idle = (after.idle + getattr(after, "iowait", 0.0)) - (before.idle + getattr(before, "iowait", 0.0))
-    return round(1.0 - idle / total, 2) if total > 0 else 0.0
+    return (time.perf_counter() - started, round(cpu_busy(cpu, psutil.cpu_times()), 2)), manifest
 
 
 def bench_prepare(out: Path, overrides: list[str]) -> dict[str, Any]:
@@ -104,7 +98,7 @@ def bench_prepare(out: Path, overrides: list[str]) -> dict[str, Any]:
     plain_spec = _job(data / "geotext", work / "plain")
     cpu, started = psutil.cpu_times(), time.perf_counter()
     plain_rows, per_row_s = plain_prepare(plain_spec)
-    plain_s, plain_busy = time.perf_counter() - started, _cpu_busy(cpu, psutil.cpu_times())
+    plain_s, plain_busy = time.perf_counter() - started, round(cpu_busy(cpu, psutil.cpu_times()), 2)
 
     ray_spec = _job(data / "geotext", work / "ray")
     started = time.perf_counter()

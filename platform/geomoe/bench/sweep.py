@@ -18,6 +18,7 @@ from typing import Any
 import psutil
 import yaml
 
+from geomoe.bench import cpu_busy
 from geomoe.config import load_job
 
 REPO_JOBS = Path(__file__).resolve().parents[3] / "jobs"
@@ -51,10 +52,8 @@ def _timed(cmd: list[str], cwd: Path) -> tuple[float, float]:
     """(wall seconds, fraction of CPU time busy across all cores) of running ``cmd``."""
     before, started = psutil.cpu_times(), time.perf_counter()
     subprocess.run(cmd, cwd=cwd, check=True, capture_output=True, text=True)
-    wall, after = time.perf_counter() - started, psutil.cpu_times()
-    total = sum(after) - sum(before)
-    idle = (after.idle + getattr(after, "iowait", 0.0)) - (before.idle + getattr(before, "iowait", 0.0))
-    return wall, 1.0 - idle / total if total > 0 else 0.0
+    wall = time.perf_counter() - started
+    return wall, cpu_busy(before, psutil.cpu_times())
 
 
 def bench_sweep() -> dict[str, Any]:
