@@ -17,11 +17,16 @@ def write(tmp_path: Path, raw: dict) -> Path:
     return path
 
 
-def test_shipped_serve_configs_pass_ray_schema_and_fail_only_on_the_missing_index(tmp_path: Path) -> None:
+def test_shipped_serve_configs_pass_ray_schema_and_fail_only_on_the_missing_index(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # relative paths resolve against the working folder: an empty one here, whatever `make demo` left in the
+    # repository (its runs/quickstart/index is exactly what serve/quickstart.yaml names)
+    monkeypatch.chdir(tmp_path)
     for name in ("quickstart.yaml", "production.yaml"):
         raw = yaml.safe_load((REPO / "serve" / name).read_text())
         with pytest.raises(SpecError, match=r"applications\[\d\]\.args.*index.*not found"):
-            check_serve_config(write(tmp_path, raw))  # nothing is built in tmp_path
+            check_serve_config(write(tmp_path, raw))
 
 
 def test_bad_serve_configs_name_the_key(tmp_path: Path) -> None:
