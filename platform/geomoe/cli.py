@@ -8,17 +8,31 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from geomoe.errors import GeomoeError
 
 
 def _cmd_run(args: argparse.Namespace) -> None:
     from geomoe.config import load_job
-    from geomoe.jobs import run_job_timed, time_table
+    from geomoe.jobs import run_dir_of, run_job_timed, time_table
+    from geomoe.logs import run_logs
+    from geomoe.progress import Progress
     from geomoe.report import caption_summary, manifest_summary, refine_summary
 
     spec = load_job(args.job, args.set)
-    timed = run_job_timed(spec)
+    if not args.verbose:
+        _quiet_libraries()
+    with run_logs(run_dir_of(spec), args.verbose, _ray_session_logs) as logs:
+        try:
+            timed = run_job_timed(spec, Progress(spec.stages))
+        except GeomoeError:
+            raise
+        except BaseException:
+            if not args.verbose:
+                tail = "\n".join(f"  {line}" for line in logs.tail())
+                print(f"geomoe: the job failed; last log lines:\n{tail}\nlogs: {logs.location}", file=sys.stderr)
+            raise
     results = timed.outputs
     if "synth" in results:
         print("synthgeo:", json.dumps(results["synth"]))
@@ -37,6 +51,23 @@ def _cmd_run(args: argparse.Namespace) -> None:
 
         print(index_summary(results["index"]))
     print(time_table(timed.seconds))
+
+
+def _quiet_libraries() -> None:
+    """Hugging Face's download and shard-writing bars off (the job's own bars say what runs)."""
+    import os
+
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"  # read at import, here and in Ray's workers
+    if "huggingface_hub" in sys.modules:
+        sys.modules["huggingface_hub"].utils.disable_progress_bars()
+
+
+def _ray_session_logs() -> Path | None:
+    if "ray" not in sys.modules:  # the job failed before Ray started: no session to copy
+        return None
+    from geomoe.ray_env import session_logs
+
+    return session_logs()
 
 
 def _cmd_synth(args: argparse.Namespace) -> None:
@@ -67,7 +98,6 @@ def _cmd_sweep(args: argparse.Namespace) -> None:
 
 def _dry_run(path: str, quickstart: bool) -> str:
     """Each trial's key, training data and overrides, without starting Ray or touching any data."""
-    from pathlib import Path
 
     from geomoe.sweep import describe_trials, experiment_location, load_sweep
 
@@ -95,7 +125,6 @@ def _cmd_report(args: argparse.Namespace) -> None:
 def _cmd_serve(args: argparse.Namespace) -> None:
     import os
     import shutil
-    from pathlib import Path
 
     from geomoe.serving.config import check_serve_config
 
@@ -129,6 +158,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run a job spec (jobs/*.yaml) on a local or connected Ray cluster")
     run.add_argument("job")
+    run.add_argument(  # also after the command; without it Ray's logs go to <run>/logs
+        "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="show every log line as it comes"
+    )
     run.set_defaults(fn=_cmd_run)
     synth = sub.add_parser("synth", help="write a synthgeo benchmark in the GeoText, Track 4 and CVOGL layouts")
     synth.add_argument("--out", required=True)

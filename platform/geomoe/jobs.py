@@ -15,6 +15,7 @@ from typing import Any
 from geomoe import registry, storage
 from geomoe.config import EngineSpec, JobSpec
 from geomoe.data.prepared import PreparedDataset
+from geomoe.progress import Progress, StageBar
 from geomoe.results import JobResults
 
 log = logging.getLogger(__name__)
@@ -41,10 +42,20 @@ def _training_data(spec: JobSpec, results: JobResults) -> PreparedDataset:
     return PreparedDataset.open(spec.refine.output_dir, "stage 'train' (refined captions)")
 
 
-def _train(spec: JobSpec, prepared: PreparedDataset, run_dir: str, seconds: dict[str, float]) -> dict[str, Any]:
+def _train(
+    spec: JobSpec, prepared: PreparedDataset, run_dir: str, seconds: dict[str, float], bar: StageBar
+) -> dict[str, Any]:
     """The family's model and every baseline trained and evaluated; with ``seeds``, once per seed (each under
     <run>/seed-<s>): the first seed's results, and every seed's under BY_SEED. Each model's time goes into
-    ``seconds`` ("train <model>", summed over seeds)."""
+    ``seconds`` ("train <model>", summed over seeds); ``bar`` counts the epochs."""
+    from geomoe.ray_env import ensure_ray, progress_board
+
+    ensure_ray(spec.resources)
+    with progress_board(bar):
+        return _train_seeds(spec, prepared, run_dir, seconds)
+
+
+def _train_seeds(spec: JobSpec, prepared: PreparedDataset, run_dir: str, seconds: dict[str, float]) -> dict[str, Any]:
     if not spec.seeds:
         return _train_once(spec, prepared, run_dir, seconds)
     by_seed = {}
@@ -145,7 +156,18 @@ def _check_cluster_storage(spec: JobSpec) -> None:
     check_shared_storage(spec)
 
 
-def _run_stage(stage: str, spec: JobSpec, results: JobResults, run_dir: str) -> dict[str, Any]:
+def _stage_bar(spec: JobSpec, stage: str) -> dict[str, Any]:
+    """What a stage's progress bar counts: the train stage's epochs over every model (and seed), else the stage."""
+    if stage != "train":
+        return {}
+    models = ["model", *spec.baselines]
+    epochs = family_of(spec).training_epochs(spec)
+    seeds = f" x {len(spec.seeds)} seeds" if spec.seeds else ""
+    detail = f"{', '.join(models)} ({epochs} epochs each{seeds})"
+    return {"total": epochs * len(models) * max(1, len(spec.seeds)), "unit": "epoch", "detail": detail}
+
+
+def _run_stage(stage: str, spec: JobSpec, results: JobResults, run_dir: str, bar: StageBar) -> dict[str, Any]:
     if stage == "synth":
         from geomoe.data.synthgeo import generate
 
@@ -166,7 +188,7 @@ def _run_stage(stage: str, spec: JobSpec, results: JobResults, run_dir: str) -> 
         prepared = _with_engine(spec, spec.caption.engine, _prepared(spec, results, stage), vision=True)
         return caption_gallery(spec, prepared)
     if stage == "train":
-        return _train(spec, _training_data(spec, results), run_dir, results.seconds)
+        return _train(spec, _training_data(spec, results), run_dir, results.seconds, bar)
     from geomoe.ray_env import ensure_ray
 
     ensure_ray(spec.resources)
@@ -178,17 +200,25 @@ def run_job(spec: JobSpec) -> dict[str, Any]:
     return run_job_timed(spec).outputs
 
 
-def run_job_timed(spec: JobSpec) -> JobResults:
-    """``run_job`` with the time of each stage (and of each model the train stage trained)."""
+def run_dir_of(spec: JobSpec) -> str:
+    """The job's run folder (a path or a URI): its spec, results, checkpoints and logs."""
+    return storage.join(spec.with_absolute_paths().output_root, spec.name)
+
+
+def run_job_timed(spec: JobSpec, progress: Progress | None = None) -> JobResults:
+    """``run_job`` with the time of each stage (and of each model the train stage trained); ``progress`` shows
+    a header and a bar per stage."""
     spec = spec.with_absolute_paths()
+    progress = progress or Progress(spec.stages, enabled=False)
     _check_cluster_storage(spec)
-    run_dir = storage.join(spec.output_root, spec.name)
+    run_dir = run_dir_of(spec)
     storage.write_json_atomic(storage.join(run_dir, "spec.json"), spec.model_dump(mode="json"))
     results = JobResults()
     for stage in spec.stages:
         log.info("stage %s", stage)
         started = time.perf_counter()
-        results.outputs[stage] = _run_stage(stage, spec, results, run_dir)
+        with progress.stage(stage, **_stage_bar(spec, stage)) as bar:
+            results.outputs[stage] = _run_stage(stage, spec, results, run_dir, bar)
         results.seconds[stage] = round(time.perf_counter() - started, 2)
         log.info("stage %s took %.1f s", stage, results.seconds[stage])
     storage.write_json_atomic(storage.join(run_dir, "results.json"), results.to_json())

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from geomoe import storage
 from geomoe.config import JobSpec, ResourcesSpec
 from geomoe.errors import SpecError
+from geomoe.progress import StageBar
 
 log = logging.getLogger(__name__)
 
@@ -29,23 +34,47 @@ def ensure_ray(resources: ResourcesSpec, dashboard: bool = False) -> None:
     ``dashboard``: Tune running Train V2 trials on one node needs it; without it a trial's Train placement group
     was seen to leak into the next trial and hang it (REFERENCE.md sec. 6)."""
     import ray
+    from geomoe import logs
 
     if ray.is_initialized():
         return
+    quiet = logs.quiet()  # a job's workers print to Ray's session logs (copied to <run>/logs), not here
     # New local clusters in Ray 2.60 turn token auth on; a local test or demo cluster needs none.
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     # Inside a Ray job (geomoe submit) RAY_ADDRESS names the job's cluster: join it, whatever the spec says.
     address = resources.address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, logging_level=logging.WARNING)
+        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=not quiet)
     else:
         # More logical CPUs than cores avoids the 2-core deadlock of a trial holding one CPU while its
         # workers wait for the rest (REFERENCE.md sec. 6).
         num_cpus = resources.num_cpus or max(4, os.cpu_count() or 1)
         for name, value in LOCAL_CLUSTER_ENV.items():  # read by the raylet and Train's controllers it starts
             os.environ.setdefault(name, value)
-        ray.init(num_cpus=num_cpus, include_dashboard=dashboard, logging_level=logging.WARNING)
+        ray.init(num_cpus=num_cpus, include_dashboard=dashboard, logging_level=logging.WARNING, log_to_driver=not quiet)
+    if quiet:
+        _quiet_driver()
     log.info("Ray cluster resources: %s", ray.cluster_resources())
+
+
+def _quiet_driver() -> None:
+    """Ray Data's progress bars and execution logs off the console (into the run's log file): the job shows a
+    bar per stage instead."""
+    from ray.data import DataContext
+
+    from geomoe import logs
+
+    DataContext.get_current().enable_progress_bars = False
+    logs.capture_console("ray", "ray.data")
+
+
+def session_logs() -> Path | None:
+    """This node's Ray session log folder (None without a local session, e.g. through Ray Client)."""
+    import ray
+
+    node = getattr(ray._private.worker, "_global_node", None)  # no public API names the folder
+    folder = getattr(node, "get_logs_dir_path", lambda: None)() if node is not None else None
+    return Path(folder) if folder else None
 
 
 def in_order(dataset: Any) -> Any:
@@ -81,3 +110,55 @@ def check_shared_storage(spec: JobSpec) -> None:
                 "(s3://bucket/prefix, gs://...), or, if the path lies on a mount every node has (NFS, EFS), "
                 "declare it: storage.shared_mounts: [<mount prefix>] (or storage.shared: true)",
             )
+
+
+PROGRESS_BOARD = "geomoe-progress"  # a named actor: training workers tick it, the driver's bar shows its count
+
+
+class _Board:
+    def __init__(self) -> None:
+        self.done = 0
+
+    def advance(self, units: int = 1) -> None:
+        self.done += units
+
+    def count(self) -> int:
+        return self.done
+
+
+@contextmanager
+def progress_board(bar: StageBar, poll_s: float = 0.5) -> Iterator[None]:
+    """While the block runs, the epochs the training workers finish (``tick_progress``) advance ``bar``: the
+    workers run in other processes (on other nodes), so they count on an actor that a driver thread reads."""
+    import ray
+
+    actor: Any = ray.remote(num_cpus=0)(_Board)
+    board = actor.options(name=PROGRESS_BOARD).remote()
+    stop = threading.Event()
+
+    def show() -> None:
+        while not stop.wait(poll_s):
+            try:
+                bar.show(ray.get(board.count.remote(), timeout=10))
+            except (ray.exceptions.RayError, TimeoutError):  # the bar stops moving; the job goes on
+                return
+
+    watcher = threading.Thread(target=show, name="progress", daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        watcher.join()
+        ray.kill(board)
+
+
+def tick_progress(units: int = 1) -> None:
+    """From a training worker: ``units`` more epochs done, on the job's bar if a job shows one (not in sweeps)."""
+    import ray
+
+    try:
+        board = ray.get_actor(PROGRESS_BOARD)
+    except ValueError:
+        return
+    board.advance.remote(units)

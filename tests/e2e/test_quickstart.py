@@ -30,6 +30,18 @@ def test_quickstart_job_runs_and_reports(tmp_path: Path) -> None:
     assert "model stage2 +CGRS-tinyVLM" in done.stdout  # and with the tiny VLM's captions, written by 'caption'
     assert "sample query:" in done.stdout
     assert "serving index:" in done.stdout and "faiss hnsw: recall@10_vs_exact" in done.stdout
+    # quiet by default: a header and a bar per stage on stderr, the tables then the time table last on stdout,
+    # Ray's and the workers' logs in the run folder (the demo printed 1,667 lines before)
+    screen = done.stdout + done.stderr
+    assert screen.count("\n") <= 150, screen
+    assert "[4/5] train: model, no_refine, unified (4 epochs each)" in done.stderr and "12/12 epoch" in done.stderr
+    assert "Running Dataset" not in screen and "RayTrainWorker" not in screen
+    # the raylet's warnings about worker processes reach stdout whatever the driver sets (Ray prints them)
+    printed = [line for line in done.stdout.splitlines() if "(raylet)" not in line]
+    assert printed[-1].startswith("  total") and "time per stage (s):" in printed[-10:]
+    logs = tmp_path / "runs" / "quickstart" / "logs"
+    assert "stage train took" in (logs / "geomoe.log").read_text()
+    assert any(path.name.startswith("worker-") for path in (logs / "ray").iterdir())
     results = json.loads((tmp_path / "runs" / "quickstart" / "results.json").read_text())
     synth, manifest = results["synth"], results["prepare"]
     expected = synth["geotext"]["train"]["pairs"] + synth["geotext"]["test"]["pairs"] + manifest["augmented_rows"]

@@ -66,6 +66,10 @@ class Family:
         """Epochs of the default one-stage training (the train section's ``epochs``)."""
         return int(getattr(spec.train, "epochs", 1))
 
+    def training_epochs(self, spec: JobSpec) -> int:
+        """Every epoch ``train`` runs, over all its stages (what a job's progress bar counts)."""
+        return self.epochs(spec)
+
     # --- model ---
     def build_model(self, spec: JobSpec) -> torch.nn.Module:
         raise NotImplementedError

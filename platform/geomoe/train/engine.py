@@ -271,6 +271,8 @@ def _report(
     import ray.train
     from ray.train import Checkpoint
 
+    from geomoe.ray_env import tick_progress
+
     with tempfile.TemporaryDirectory() as directory:
         checkpoint = None
         if ray.train.get_context().get_world_rank() == 0:
@@ -279,3 +281,5 @@ def _report(
             )
             checkpoint = Checkpoint.from_directory(directory)
         ray.train.report(metrics, checkpoint=checkpoint)
+    if ray.train.get_context().get_world_rank() == 0:
+        tick_progress()

@@ -68,6 +68,10 @@ class PEMoEFamily(Family):
 
         ensure_tiny(spec, prepared)
 
+    def training_epochs(self, spec: JobSpec) -> int:
+        train = spec.train_as(PEMoETrainSpec)
+        return train.stage1_epochs + train.stage2_epochs
+
     def train(self, spec: JobSpec, prepared: PreparedDataset, run_dir: str) -> dict[str, Any]:
         from geomoe.families.pe_moe.driver import train_and_evaluate
 
