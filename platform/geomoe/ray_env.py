@@ -68,10 +68,16 @@ def _quiet_driver() -> None:
     logs.capture_console("ray", "ray.data")
 
 
+_STARTED_HERE: list[bool] = []  # this process started its local cluster (its session logs are this job's)
+
+
 def session_logs() -> Path | None:
-    """This node's Ray session log folder (None without a local session, e.g. through Ray Client)."""
+    """The log folder of the local cluster this process started; None on a cluster it joined (whose session
+    logs hold every job's: the dashboard and ``ray logs`` show them there)."""
     import ray
 
+    if not _STARTED_HERE:
+        return None
     node = getattr(ray._private.worker, "_global_node", None)  # no public API names the folder
     folder = getattr(node, "get_logs_dir_path", lambda: None)() if node is not None else None
     return Path(folder) if folder else None
