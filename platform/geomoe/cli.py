@@ -1,5 +1,7 @@
-"""``geomoe`` command line: run | prepare | synth | sweep | report | submit | serve | bench. Thin: parse, load a
-spec, call the library; a user-fixable problem (a GeomoeError) is one line on stderr and exit code 2."""
+"""``geomoe``: run jobs, sweeps and Serve apps for cross-modal geo-localization on Ray, locally or on a cluster.
+
+Thin: parse, load a spec, call the library; a user-fixable problem (a GeomoeError) is one line on stderr and
+exit code 2."""
 
 from __future__ import annotations
 
@@ -9,8 +11,12 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from geomoe.errors import GeomoeError
+
+DESCRIPTION = "Cross-modal geo-localization with mixture-of-experts models, on Ray: jobs, sweeps, serving."
+EPILOG = "geomoe COMMAND --help tells more; README.md has a how-do-I for each use."
 
 
 def _cmd_run(args: argparse.Namespace) -> None:
@@ -146,49 +152,85 @@ def _cmd_submit(args: argparse.Namespace) -> None:
         raise SystemExit(1)
 
 
+def _cmd_k8s(args: argparse.Namespace) -> None:
+    from geomoe import k8s
+    from geomoe.errors import SpecError
+
+    if args.kind != "cluster" and not args.source:
+        raise SpecError(
+            f"geomoe k8s {args.kind}", "source", "name the spec, e.g. geomoe k8s job jobs/pe_moe_geotext.yaml"
+        )
+    values = k8s.load_values(args.values)
+    if args.kind == "job":
+        manifest = k8s.ray_job(args.source, values, args.set)
+    elif args.kind == "service":
+        manifest = k8s.ray_service(args.source, values)
+    else:
+        manifest = k8s.ray_cluster(values)
+    text = k8s.to_yaml(manifest)
+    if args.out:
+        from geomoe import storage
+
+        storage.write_text_atomic(args.out, text)
+        print(f"{manifest['kind']} {manifest['metadata']['name']} -> {args.out} (kubectl apply -f {args.out})")
+    else:
+        print(text, end="")
+
+
 def _cmd_bench(args: argparse.Namespace) -> None:
     from geomoe.bench import run_benchmark
 
     run_benchmark(args.name, args.out, args.set)
 
 
+def _k8s_parser(sub: Any) -> Any:
+    kube = sub.add_parser("k8s", help="KubeRay manifest: RayJob, RayService or RayCluster")
+    kube.add_argument("kind", choices=["job", "service", "cluster"])
+    kube.add_argument("source", nargs="?", help="jobs/*.yaml for a job, serve/*.yaml for a service")
+    kube.add_argument("--values", default="k8s/values.yaml", help="image, pod shapes, storage (default: %(default)s)")
+    kube.add_argument("--out", help="write here instead of printing")
+    kube.set_defaults(fn=_cmd_k8s)
+    return kube
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="geomoe", description=__doc__)
-    parser.add_argument("-v", "--verbose", action="store_true")
-    sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="run a job spec (jobs/*.yaml) on a local or connected Ray cluster")
+    parser = argparse.ArgumentParser(prog="geomoe", description=DESCRIPTION, epilog=EPILOG)
+    parser.add_argument("-v", "--verbose", action="store_true", help="every log line on the console")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    run = sub.add_parser("run", help="run a job (jobs/*.yaml) on Ray, local or joined")
     run.add_argument("job")
     run.add_argument(  # also after the command; without it Ray's logs go to <run>/logs
         "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="show every log line as it comes"
     )
     run.set_defaults(fn=_cmd_run)
-    synth = sub.add_parser("synth", help="write a synthgeo benchmark in the GeoText, Track 4 and CVOGL layouts")
+    synth = sub.add_parser("synth", help="write the synthetic benchmark in the real layouts")
     synth.add_argument("--out", required=True)
     synth.add_argument("--force", action="store_true", help="regenerate even if OUT holds the same benchmark")
     synth.set_defaults(fn=_cmd_synth)
-    prep = sub.add_parser("prepare", help="run only the prepare stage of a job spec")
+    prep = sub.add_parser("prepare", help="run only the prepare stage of a job")
     prep.add_argument("job")
     prep.set_defaults(fn=_cmd_prepare)
-    sweep = sub.add_parser("sweep", help="run a sweep spec (search_spaces/*.yaml) on Ray Tune and report it")
+    sweep = sub.add_parser("sweep", help="run a sweep (search_spaces/*.yaml) on Ray Tune")
     sweep.add_argument("sweep")
     sweep.add_argument("--quickstart", action="store_true", help="the sweep's 2-core variant (synthgeo, tiny models)")
     sweep.add_argument("--resume", action="store_true", help="continue an interrupted sweep; finished trials stay")
     sweep.add_argument("--dry-run", action="store_true", help="print each trial's data and overrides; run nothing")
     sweep.set_defaults(fn=_cmd_sweep)
-    report = sub.add_parser("report", help="write and print a sweep's report (ours next to the paper's rows)")
+    report = sub.add_parser("report", help="a sweep's report, next to the paper's numbers")
     report.add_argument("experiment", help="the sweep's folder, e.g. runs/sweeps/smgeo_experts-quickstart")
     report.set_defaults(fn=_cmd_report)
-    submit = sub.add_parser("submit", help="run a job spec on a Ray cluster through Ray Jobs")
+    submit = sub.add_parser("submit", help="run a job on a remote Ray cluster (Ray Jobs)")
     submit.add_argument("job", help="job spec, relative to --working-dir")
     submit.add_argument("--address", required=True, help="the cluster's dashboard, e.g. http://head:8265")
     submit.add_argument("--working-dir", default=".", help="uploaded with the job (data/ and runs/ excluded)")
     submit.add_argument("--wait", action="store_true", help="follow the job to the end and print its logs")
     submit.set_defaults(fn=_cmd_submit)
-    serve = sub.add_parser("serve", help="check a Serve config (serve/*.yaml) and run it with `serve run`")
+    serve = sub.add_parser("serve", help="check and run a Serve config (serve/*.yaml)")
     serve.add_argument("config")
     serve.add_argument("--address", help="a running Ray cluster (default: start a local one)")
     serve.set_defaults(fn=_cmd_serve)
-    bench = sub.add_parser("bench", help="run a benchmark and write a JSON result")
+    kube = _k8s_parser(sub)
+    bench = sub.add_parser("bench", help="run a benchmark; writes JSON and one summary line")
     bench.add_argument(
         "name",
         choices=[
@@ -206,7 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--out", default="bench_results")
     bench.set_defaults(fn=_cmd_bench)
-    for command in (run, synth, prep, bench, submit):
+    for command in (run, synth, prep, bench, submit, kube):
         command.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a spec key")
     return parser
 

@@ -97,3 +97,19 @@ def test_user_errors_exit_2_with_one_line_and_no_traceback(
     assert last.startswith("geomoe: error: ")
     assert re.search(message, err), err
     assert not (tmp_path / "runs" / "quickstart" / "results.json").exists()  # no stage ran
+
+
+def test_help_lists_every_command_on_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from geomoe.cli import build_parser
+
+    monkeypatch.setenv("COLUMNS", "80")
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = capsys.readouterr().out
+    commands = build_parser()._subparsers._group_actions[0].choices  # type: ignore[union-attr]
+    assert len(commands) == 9
+    for name in commands:
+        (line,) = [line for line in text.splitlines() if line.split()[:1] == [name]]
+        assert len(line.split()) > 2, line  # the command, then its one-line help on the same line

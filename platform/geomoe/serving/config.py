@@ -14,12 +14,11 @@ BUILDER = "geomoe.serving.app:build_app"
 DEPLOYMENTS = ("QueryEncoder", "GallerySearch", "Reranker", "Captioner", "Localizer", "Ingress")
 
 
-def check_serve_config(path: str | Path) -> list[str]:
-    """Lines describing each application (its route and deployments); SpecError naming the file and the key."""
+def check_serve_schema(path: str | Path) -> dict[str, Any]:
+    """The config as a dict, checked against Ray Serve's schema and our deployment names (not the files its args
+    name: a config for a cluster names the cluster's paths); SpecError naming the file and the key."""
     from pydantic import ValidationError
     from ray.serve.schema import ServeDeploySchema
-
-    from geomoe.serving.schemas import serve_spec
 
     source = str(path)
     if not Path(path).is_file():
@@ -30,9 +29,19 @@ def check_serve_config(path: str | Path) -> list[str]:
     except ValidationError as err:
         first = err.errors()[0]
         raise SpecError(source, ".".join(str(p) for p in first["loc"]), first["msg"]) from err
-    lines: list[str] = []
     for i, app in enumerate(raw.get("applications", [])):
         _check_deployments(source, f"applications[{i}]", app)
+    return dict(raw)
+
+
+def check_serve_config(path: str | Path) -> list[str]:
+    """Lines describing each application (its route and deployments); SpecError naming the file and the key."""
+    from geomoe.serving.schemas import serve_spec
+
+    source = str(path)
+    raw = check_serve_schema(path)
+    lines: list[str] = []
+    for i, app in enumerate(raw.get("applications", [])):
         key = f"applications[{i}].args"
         if app.get("import_path") == BUILDER:
             spec = serve_spec(app.get("args") or {}, f"{source}: {key}")
