@@ -1,4 +1,4 @@
-"""Retrieval and localization metrics (REFERENCE.md sec. 1-3). NumPy only.
+"""Retrieval and localization metrics (docs/protocols.md). NumPy only.
 
 Ranking convention: gallery items are ordered by descending score, ties broken by gallery index (a stable
 sort of -score). This is the order a submission file would list, so metrics and submissions agree.

@@ -58,8 +58,8 @@ class Progress:
             bar.show(total)
             if live is None:
                 took = time.perf_counter() - started
-                rate = f"{took / total:.2f} s/{unit}" if total > 1 else ""
-                print(f"  done: {total} {unit}{'s' * (total > 1)} in {took:.1f} s {rate}".rstrip(), file=self.stream)
+                counted = f"{total} {unit}s in {took:.1f} s, {took / total:.2f} s/{unit}" if total > 1 else ""
+                print(f"  done: {counted or f'{took:.1f} s'}", file=self.stream)
         finally:
             if live is not None:
                 live.close()

@@ -28,11 +28,14 @@ LOCAL_CLUSTER_ENV = {
 }
 
 
+_STARTED_HERE: list[bool] = []  # this process started its local cluster (its session logs are this job's)
+
+
 def ensure_ray(resources: ResourcesSpec, dashboard: bool = False) -> None:
     """Join ``resources.address`` or start a local cluster; reuse one already started in this process.
 
     ``dashboard``: Tune running Train V2 trials on one node needs it; without it a trial's Train placement group
-    was seen to leak into the next trial and hang it (REFERENCE.md sec. 6)."""
+    was seen to leak into the next trial and hang it (docs/ray-on-small-machines.md)."""
     import ray
     from geomoe import logs
 
@@ -47,11 +50,12 @@ def ensure_ray(resources: ResourcesSpec, dashboard: bool = False) -> None:
         ray.init(address=address, logging_level=logging.WARNING, log_to_driver=not quiet)
     else:
         # More logical CPUs than cores avoids the 2-core deadlock of a trial holding one CPU while its
-        # workers wait for the rest (REFERENCE.md sec. 6).
+        # workers wait for the rest (docs/ray-on-small-machines.md).
         num_cpus = resources.num_cpus or max(4, os.cpu_count() or 1)
         for name, value in LOCAL_CLUSTER_ENV.items():  # read by the raylet and Train's controllers it starts
             os.environ.setdefault(name, value)
         ray.init(num_cpus=num_cpus, include_dashboard=dashboard, logging_level=logging.WARNING, log_to_driver=not quiet)
+        _STARTED_HERE.append(True)
     if quiet:
         _quiet_driver()
     log.info("Ray cluster resources: %s", ray.cluster_resources())
@@ -66,9 +70,6 @@ def _quiet_driver() -> None:
 
     DataContext.get_current().enable_progress_bars = False
     logs.capture_console("ray", "ray.data")
-
-
-_STARTED_HERE: list[bool] = []  # this process started its local cluster (its session logs are this job's)
 
 
 def session_logs() -> Path | None:

@@ -17,7 +17,7 @@ class PlatformRule(Strict):
     platform: Platform
 
 
-# GeoText-1652 has no platform field (REFERENCE.md sec. 1). University-1652 names drone frames image-NN,
+# GeoText-1652 has no platform field (docs/datasets.md). University-1652 names drone frames image-NN,
 # the satellite tile after the building, and street views anything else; we keep the last case explicit
 # so an unexpected name is reported instead of being filed under "ground" by default.
 DEFAULT_PLATFORM_RULES = [

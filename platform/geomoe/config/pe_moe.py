@@ -1,5 +1,5 @@
 """PE-MoE's spec sections: frozen text and image trunks, one expert head per platform group, a gate, and the
-two-stage training settings (../shared/seeds/pe_moe_paper.md)."""
+two-stage training settings (the PE-MoE paper; docs/protocols.md)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """SMGeo's spec sections: Swin backbone with grid-level sparse MoE, query-guided fusion, anchor-free head, the
-loss weights of Eq. 18, and one-stage training (../shared/seeds/smgeo_paper.md)."""
+loss weights of Eq. 18, and one-stage training (the SMGeo paper; docs/protocols.md)."""
 
 from __future__ import annotations
 

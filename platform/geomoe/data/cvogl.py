@@ -1,4 +1,4 @@
-"""CVOGL on disk (REFERENCE.md sec. 3): CVOGL_<setting>/CVOGL_<setting>_<split>.pth plus query/, satellite/.
+"""CVOGL on disk (docs/datasets.md): CVOGL_<setting>/CVOGL_<setting>_<split>.pth plus query/, satellite/.
 
 Each .pth is a torch-saved list of 8-tuples:
 (sample id, query file, satellite file, click at another scale, click (x, y) in query pixels,

@@ -1,4 +1,4 @@
-"""GeoText-1652 on disk (REFERENCE.md sec. 1): images/<split>/<building>/<file>, train.json, test JSON.
+"""GeoText-1652 on disk (docs/datasets.md): images/<split>/<building>/<file>, train.json, test JSON.
 
 train.json: one entry per (image, caption) with optional ``sentences`` and ``bboxes``.
 test JSON: one entry per image with ``caption`` a list. Both become one RetrievalRecord per caption.

@@ -1,4 +1,4 @@
-"""RoboSense 2025 Track 4 layout (REFERENCE.md sec. 2).
+"""RoboSense 2025 Track 4 layout (docs/datasets.md).
 
 Queries: ``q_00001<TAB>text`` per line. Gallery: a flat folder of ``image_<8 hex>.jpeg`` with no labels.
 Submission: ``submission.txt``, one line per query ``q1 id1 ... id10`` (ids are file stems, best first),

@@ -1,4 +1,4 @@
-"""SMGeo (../shared/seeds/smgeo_paper.md): drone query + click -> box of that object in a satellite tile.
+"""SMGeo (the SMGeo paper; docs/protocols.md): drone query + click -> box of that object in a satellite tile.
 
 Forward steps (``SMGeo.forward``):
 1. query input = RGB + a click heat channel (a Gaussian at the click); reference input = RGB + a zero channel;

@@ -1,4 +1,4 @@
-"""CGRS re-ranking (cgrs_abstract.md; REFERENCE.md sec. 2), NumPy only.
+"""CGRS re-ranking (docs/protocols.md), NumPy only.
 
 For each query, the first stage's top N candidates are re-scored by text similarity between the query and the
 candidates' captions (written once per gallery image, offline, into a caption store), fused with the first-stage
