@@ -94,3 +94,37 @@ def s3_bucket(s3_server: str, request: pytest.FixtureRequest) -> str:
 
     name = re.sub(r"[^a-z0-9-]", "-", request.node.name.lower())[:40].strip("-")
     return make_bucket(s3_server, f"{name}-{uuid.uuid4().hex[:8]}")
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real MLflow tracking server on 127.0.0.1 (SQLite backend, artifacts proxied through the server, as a
+    cluster's would be); the tests point MLFLOW_TRACKING_URI at it."""
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    folder = tmp_path_factory.mktemp("mlflow")
+    port = _free_port()
+    command = [str(Path(sys.executable).with_name("mlflow")), "server", "--host", "127.0.0.1", "--port", str(port)]
+    command += ["--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}", "--artifacts-destination"]
+    command += [str(folder / "artifacts"), "--workers", "1"]
+    log = (folder / "server.log").open("wb")
+    server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2):
+                break
+        except OSError as err:
+            if server.poll() is not None or time.monotonic() > deadline:
+                server.kill()
+                log_tail = (folder / "server.log").read_text()[-2000:]
+                raise RuntimeError(f"mlflow server did not start: {log_tail}") from err
+            time.sleep(0.5)
+    yield url
+    server.terminate()
+    server.wait(timeout=30)
+    log.close()

@@ -56,6 +56,8 @@ def _cmd_run(args: argparse.Namespace) -> None:
         from geomoe.report import index_summary
 
         print(index_summary(results["index"]))
+    if "registered" in results:
+        print(f"registered: {results['registered']} (serve it with checkpoint: {results['registered']})")
     print(time_table(timed.seconds))
 
 

@@ -12,7 +12,7 @@ import logging
 import time
 from typing import Any
 
-from geomoe import registry, storage
+from geomoe import registry, storage, tracking
 from geomoe.config import EngineSpec, JobSpec
 from geomoe.data.prepared import PreparedDataset
 from geomoe.progress import Progress, StageBar
@@ -85,16 +85,26 @@ def _train_once(spec: JobSpec, prepared: PreparedDataset, run_dir: str, seconds:
     results = {}
     for name, (model_spec, data, model_dir) in runs.items():
         log.info("training %s", name)
-        results[name], spent = _timed_train(model_spec.model_dump(mode="json"), data, model_dir)
+        raw = model_spec.model_dump(mode="json")
+        results[name], spent = _timed_train(raw, data, model_dir, _model_tracker(name))
         _add_time(seconds, f"train {name}", spent)
     return results
 
 
-def _timed_train(raw_spec: dict[str, Any], prepared: PreparedDataset, run_dir: str) -> tuple[dict[str, Any], float]:
-    """(the family's train result, seconds it took); the spec travels as JSON (it may cross to a Ray task)."""
+def _model_tracker(name: str) -> dict[str, str] | None:
+    tracker = tracking.current()
+    return tracker.for_model(name).to_json() if tracker else None
+
+
+def _timed_train(
+    raw_spec: dict[str, Any], prepared: PreparedDataset, run_dir: str, tracker: dict[str, str] | None = None
+) -> tuple[dict[str, Any], float]:
+    """(the family's train result, seconds it took); the spec and the job's tracker travel as JSON (they may
+    cross to a Ray task)."""
     spec = JobSpec.model_validate(raw_spec)
     started = time.perf_counter()
-    result = family_of(spec).train(spec, prepared, run_dir)
+    with tracking.active(tracking.Tracker(**tracker) if tracker else None):
+        result = family_of(spec).train(spec, prepared, run_dir)
     return result, time.perf_counter() - started
 
 
@@ -107,7 +117,10 @@ def _train_concurrently(
     import ray
 
     remote = ray.remote(num_cpus=0, max_retries=0)(_timed_train)
-    refs = {name: remote.remote(s.model_dump(mode="json"), data, d) for name, (s, data, d) in runs.items()}
+    refs = {
+        name: remote.remote(s.model_dump(mode="json"), data, d, _model_tracker(name))
+        for name, (s, data, d) in runs.items()
+    }
     log.info("training %s at once", ", ".join(refs))
     results = {}
     for name, ref in refs.items():
@@ -214,15 +227,36 @@ def run_job_timed(spec: JobSpec, progress: Progress | None = None) -> JobResults
     run_dir = run_dir_of(spec)
     storage.write_json_atomic(storage.join(run_dir, "spec.json"), spec.model_dump(mode="json"))
     results = JobResults()
-    for stage in spec.stages:
-        log.info("stage %s", stage)
-        started = time.perf_counter()
-        with progress.stage(stage, **_stage_bar(spec, stage)) as bar:
-            results.outputs[stage] = _run_stage(stage, spec, results, run_dir, bar)
-        results.seconds[stage] = round(time.perf_counter() - started, 2)
-        log.info("stage %s took %.1f s", stage, results.seconds[stage])
-    storage.write_json_atomic(storage.join(run_dir, "results.json"), results.to_json())
+    with tracking.job_run(spec, run_dir) as tracker, tracking.active(tracker):
+        for stage in spec.stages:
+            log.info("stage %s", stage)
+            started = time.perf_counter()
+            with progress.stage(stage, **_stage_bar(spec, stage)) as bar:
+                results.outputs[stage] = _run_stage(stage, spec, results, run_dir, bar)
+            results.seconds[stage] = round(time.perf_counter() - started, 2)
+            log.info("stage %s took %.1f s", stage, results.seconds[stage])
+        storage.write_json_atomic(storage.join(run_dir, "results.json"), results.to_json())
+        if tracker is not None:
+            _track(tracker, spec, results)
     return results
+
+
+def _track(tracker: tracking.Tracker, spec: JobSpec, results: JobResults) -> None:
+    """The job's numbers, tables and results on its run; the trained model registered (``models:/<job>/N``)."""
+    metrics = {f"time.{stage}": spent for stage, spent in results.seconds.items()}
+    train = results.outputs.get("train") or {}
+    family = family_of(spec)
+    for name, result in train.items():
+        if name != BY_SEED:
+            metrics |= {f"{name}.{metric}": value for metric, value in family.metrics(result).items()}
+    tables = train_report(spec, train) if train else ""
+    tracking.log_results(tracker, metrics, tables, results.to_json())
+    checkpoint = (train.get("model") or {}).get("checkpoint")
+    if checkpoint:
+        model_metrics = {k.removeprefix("model."): v for k, v in metrics.items() if k.startswith("model.")}
+        registered = tracking.register(tracker, spec.name, checkpoint, model_metrics)
+        results.outputs["registered"] = registered
+        log.info("registered %s", registered)
 
 
 def time_table(seconds: dict[str, float]) -> str:

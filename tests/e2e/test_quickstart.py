@@ -1,6 +1,7 @@
 """The quickstart job end to end through the real CLI, in a fresh process with its own local Ray cluster."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -8,13 +9,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 
 
-def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+def run_cli(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "geomoe.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=600
+        [sys.executable, "-m", "geomoe.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=600, env=env
     )
 
 
-def test_quickstart_job_runs_and_reports(tmp_path: Path) -> None:
+def test_quickstart_job_runs_and_reports(tmp_path: Path, mlflow_server: str) -> None:
     small = [
         "data.synthesize.train_buildings=6",
         "data.synthesize.test_buildings=3",
@@ -22,7 +23,8 @@ def test_quickstart_job_runs_and_reports(tmp_path: Path) -> None:
         "train.stage1_epochs=2",  # the pipeline end to end, not the model's quality
     ]
     args = ["run", str(REPO / "jobs" / "quickstart.yaml"), *[a for s in small for a in ("--set", s)]]
-    done = run_cli(*args, cwd=tmp_path)
+    tracked = os.environ | {"MLFLOW_TRACKING_URI": mlflow_server}
+    done = run_cli(*args, cwd=tmp_path, env=tracked)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "prepared" in done.stdout and "rejected records: 0" in done.stdout
     assert "text -> image retrieval, exact protocol" in done.stdout and "unified stage2" in done.stdout
@@ -34,7 +36,8 @@ def test_quickstart_job_runs_and_reports(tmp_path: Path) -> None:
     # Ray's and the workers' logs in the run folder (the demo printed 1,667 lines before)
     screen = done.stdout + done.stderr
     assert screen.count("\n") <= 150, screen
-    assert "[4/5] train: model, no_refine, unified (4 epochs each)" in done.stderr and "12/12 epoch" in done.stderr
+    assert "[4/5] train: model, no_refine, unified (4 epochs each)" in done.stderr
+    assert "done: 12 epochs in" in done.stderr
     assert "Running Dataset" not in screen and "RayTrainWorker" not in screen
     # the raylet's warnings about worker processes reach stdout whatever the driver sets (Ray prints them)
     printed = [line for line in done.stdout.splitlines() if "(raylet)" not in line]
@@ -50,8 +53,30 @@ def test_quickstart_job_runs_and_reports(tmp_path: Path) -> None:
     captioned = results["caption"]
     assert captioned["images"] == sum(synth["geotext"]["test"]["images"].values())
     assert captioned["captioned"] + sum(captioned["failed_by_reason"].values()) == captioned["images"]
+    check_tracked_run(mlflow_server, results, done.stdout)
     again = run_cli(*args, cwd=tmp_path)  # finished outputs are reused, not redone
     assert again.returncode == 0 and json.loads((tmp_path / "runs/quickstart/results.json").read_text()) == results
+
+
+def check_tracked_run(server: str, results: dict, printed: str) -> None:
+    """The job's MLflow run: its spec, its final metrics as in results.json, a child run per model and stage
+    with one value per epoch (logged by the Train loop's rank 0), and the model registered from it."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(server)
+    experiment = client.get_experiment_by_name("quickstart")
+    (job,) = client.search_runs([experiment.experiment_id], "tags.mlflow.runName = 'quickstart'")
+    assert job.info.status == "FINISHED" and job.data.params["train.stage1_epochs"] == "2"
+    final = results["train"]["model"]["stage2"]["retrieval"]["exact"]["t2i"]
+    assert job.data.metrics["model.R_at_10"] == final["R@10"] and "time.train" in job.data.metrics
+    children = client.search_runs([experiment.experiment_id], f"tags.mlflow.parentRunId = '{job.info.run_id}'")
+    by_name = {run.info.run_name: run for run in children}
+    assert set(by_name) == {f"{m} stage{s}" for m in ("model", "no_refine", "unified") for s in (1, 2)}
+    history = client.get_metric_history(by_name["model stage1"].info.run_id, "loss")
+    assert [m.step for m in history] == [0, 1]  # two stage-1 epochs
+    (version,) = client.search_model_versions("name = 'quickstart'")
+    assert version.run_id == job.info.run_id and version.tags["metric.R_at_10"] == f"{final['R@10']:.6g}"
+    assert f"registered: models:/quickstart/{version.version}" in printed
 
 
 def test_cli_reports_spec_errors_clearly(tmp_path: Path) -> None:
@@ -71,7 +96,7 @@ def test_smgeo_quickstart_job_runs_and_reports(tmp_path: Path) -> None:
         "train.batch_size=4",
     ]
     args = ["run", str(REPO / "jobs" / "smgeo_quickstart.yaml"), *[a for s in small for a in ("--set", s)]]
-    done = run_cli(*args, cwd=tmp_path)
+    done = run_cli(*args, cwd=tmp_path)  # tracked in the embedded store under tmp_path/runs
     assert done.returncode == 0, done.stderr[-3000:]
     assert "object localization, test split, DetGeo protocol (%, [95% bootstrap interval]), 4 samples" in done.stdout
     for method in ("smgeo", "click_zeroed", "centre_box", "best epoch", "by size", "smgeo - click_zeroed"):

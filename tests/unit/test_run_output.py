@@ -4,8 +4,8 @@ goes to its run folder's log file instead; a failed job names its logs."""
 from __future__ import annotations
 
 import io
-import re
 import logging
+import re
 from pathlib import Path
 
 import pytest

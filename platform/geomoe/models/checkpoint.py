@@ -40,8 +40,11 @@ def save_checkpoint(
 
 
 def read_checkpoint(directory: str | Path) -> dict[str, Any]:
-    """The checkpoint in ``directory``, a local path or a URI (read through its own filesystem)."""
-    path = storage.join(directory, STATE_FILE)
+    """The checkpoint in ``directory``: a local path, a URI (read through its own filesystem) or a model
+    registry URI, ``models:/<name>/<version>`` or ``models:/<name>@<alias>`` (geomoe.tracking)."""
+    from geomoe.tracking import checkpoint_location
+
+    path = storage.join(checkpoint_location(str(directory)), STATE_FILE)
     if not storage.is_file(path):
         raise ModelError(f"{storage.redact(path)}: not a geomoe checkpoint (no {STATE_FILE})")
     with storage.open_input(path) as handle:

@@ -12,6 +12,7 @@ from geomoe import storage
 from geomoe.config import ServeSpec, parse_spec
 from geomoe.errors import SpecError
 from geomoe.platforms import Platform
+from geomoe.tracking import is_model_uri
 
 MAX_QUERY_CHARS = 1000
 MAX_K = 100
@@ -39,7 +40,9 @@ def serve_spec(args: dict[str, Any], source: str = "serve args") -> ServeSpec:
     """Validated args with relative paths made absolute against the working directory (where ``serve run``
     is started), the checkpoint defaulting to the index's and the token read from ``token_env``."""
     spec = parse_spec(ServeSpec, args, source)
-    absolute = storage.absolute  # against the working directory; URIs stay as they are
+
+    def absolute(location: str) -> str:  # against the working directory; URIs and registry URIs stay as they are
+        return location if is_model_uri(location) else storage.absolute(location)
 
     updates: dict[str, Any] = {"index": absolute(spec.index)}
     manifest_path = storage.join(updates["index"], storage.MANIFEST)

@@ -119,11 +119,44 @@ def train_worker(config: dict[str, Any]) -> None:
     rank = ray.train.get_context().get_world_rank()
     torch.manual_seed(loop.seed + rank)
     task = registry.family(spec.model.name).training_task(spec, loop, rank)
-    fit(task, loop, spec)
+    epochs = epoch_logger(config.get("tracking"), loop)
+    fit(task, loop, spec, epochs)
+    epochs.end_run()
 
 
-def fit(task: TrainingTask, loop: LoopConfig, spec: JobSpec) -> None:
-    """Train ``task.model`` for the loop's epochs on the "train" dataset shard, reporting every epoch."""
+def epoch_logger(tracking: dict[str, str] | None, loop: LoopConfig) -> Any:
+    """On rank 0 of a tracked job, the MLflow module with this stage's child run open (Ray's ``setup_mlflow``);
+    elsewhere a no-op with the same methods."""
+    if not tracking:
+        return _NoLog()
+    from ray.air.integrations.mlflow import setup_mlflow
+
+    tags = {
+        "mlflow.parentRunId": tracking["run_id"],
+        "geomoe.model": tracking["model"],
+        "geomoe.stage": str(loop.stage),
+    }
+    return setup_mlflow(
+        {"stage": loop.stage, "epochs": loop.epochs, "lr": loop.lr},
+        tracking_uri=tracking["uri"],
+        experiment_id=tracking["experiment_id"],
+        run_name=f"{tracking['model']} stage{loop.stage}",
+        tags=tags,
+        rank_zero_only=True,
+    )
+
+
+class _NoLog:
+    def log_metrics(self, *_: Any, **__: Any) -> None:
+        pass
+
+    def end_run(self) -> None:
+        pass
+
+
+def fit(task: TrainingTask, loop: LoopConfig, spec: JobSpec, epochs: Any = None) -> None:
+    """Train ``task.model`` for the loop's epochs on the "train" dataset shard, reporting every epoch (and, with
+    an ``epochs`` logger, logging it)."""
     import ray.train
     import ray.train.torch
 
@@ -156,6 +189,8 @@ def fit(task: TrainingTask, loop: LoopConfig, spec: JobSpec) -> None:
             with torch.no_grad():
                 metrics |= task.evaluate(wrapped, device, micro)
         _report(metrics, core, spec, loop.stage, epoch, optimizer, schedule)
+        numbers = {k: float(v) for k, v in metrics.items() if isinstance(v, int | float) and k != "stage"}
+        (epochs or _NoLog()).log_metrics(numbers, step=epoch)
 
 
 def _train_epoch(

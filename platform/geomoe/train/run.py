@@ -13,7 +13,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from geomoe import storage
+from geomoe import storage, tracking
 from geomoe.config import JobSpec
 from geomoe.results import Checkpoint
 from geomoe.train.engine import LoopConfig
@@ -38,7 +38,12 @@ def run_trainer(
     stage = loop.stage
     _forget_other_runs(spec, run_dir, stage)
     res = spec.resources
-    config = {"spec": spec.model_dump(mode="json"), "loop": loop.model_dump(mode="json")}
+    tracker = tracking.current()  # the job's run, for the loop's rank 0 to log each epoch under
+    config = {
+        "spec": spec.model_dump(mode="json"),
+        "loop": loop.model_dump(mode="json"),
+        "tracking": tracker.to_json() if tracker else None,
+    }
     keep = CheckpointConfig(num_to_keep=spec.train.keep_checkpoints, checkpoint_score_attribute=best_by)
     train_storage = storage.resolve(storage.join(run_dir, "ray_train"))
     trainer = TorchTrainer(
