@@ -213,3 +213,37 @@ def test_localize_returns_the_offline_box_and_refuses_bad_images(served: dict[st
         status, answer = post_json("/localize", bad)
         assert status == code and words in json.dumps(answer["detail"]), (code, answer)
     assert post_json("/localize", body, token=None)[0] == 401
+
+
+def test_serving_from_the_model_registry_answers_exactly_like_serving_from_the_path(
+    served: dict[str, Any], mlflow_server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The served checkpoint registered on a real MLflow server (copied into its run's artifacts, proxied by the
+    server), then a second app built from ``models:/<name>/<version>``: the same answers as the app serving the
+    checkpoint's path."""
+    from geomoe import tracking
+    from geomoe.config import load_job
+    from geomoe.serving.app import build_app
+    from geomoe.serving.schemas import serve_spec
+    from ray import serve
+
+    monkeypatch.setenv(tracking.ENV, mlflow_server)
+    monkeypatch.setenv("GEOMOE_CACHE", str(tmp_path / "cache"))
+    job = load_job(Path(__file__).resolve().parents[2] / "jobs" / "quickstart.yaml", ["name=served_tiny"])
+    with tracking.job_run(job, str(tmp_path / "run")) as tracker:
+        assert tracker is not None
+        registered = tracking.register(tracker, "served_tiny", served["built_from"], {})
+    args = {"index": served["local_index"], "checkpoint": registered, "token": "s3cret"}
+    resolved = serve_spec(args).checkpoint  # the registry's copy (downloaded once into the cache), not the path
+    assert resolved is not None and resolved.startswith(str(tmp_path / "cache")) and resolved != served["built_from"]
+    serve.run(build_app(args), name="from-registry", route_prefix="/registry", blocking=False)
+    try:
+        for query in ("drone view of a building with a red roof", "a satellite image of a tall glass tower"):
+            status, from_path = post_json("/search", {"query": query, "k": 10})
+            assert status == 200, from_path
+            status, from_registry = post_json("/registry/search", {"query": query, "k": 10})
+            assert status == 200, from_registry
+            assert from_registry["results"] == from_path["results"]
+            assert from_registry["expert_weights"] == from_path["expert_weights"]
+    finally:
+        serve.delete("from-registry")

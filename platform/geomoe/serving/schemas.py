@@ -12,7 +12,7 @@ from geomoe import storage
 from geomoe.config import ServeSpec, parse_spec
 from geomoe.errors import SpecError
 from geomoe.platforms import Platform
-from geomoe.tracking import is_model_uri
+from geomoe.tracking import checkpoint_location, is_model_uri
 
 MAX_QUERY_CHARS = 1000
 MAX_K = 100
@@ -41,8 +41,11 @@ def serve_spec(args: dict[str, Any], source: str = "serve args") -> ServeSpec:
     is started), the checkpoint defaulting to the index's and the token read from ``token_env``."""
     spec = parse_spec(ServeSpec, args, source)
 
-    def absolute(location: str) -> str:  # against the working directory; URIs and registry URIs stay as they are
-        return location if is_model_uri(location) else storage.absolute(location)
+    def absolute(location: str) -> str:
+        """Against the working directory (URIs stay as they are); a registry URI (``models:/name/3``) becomes its
+        version's checkpoint: where it lives in object storage, or run artifacts downloaded here once (so on a
+        multi-node cluster register checkpoints that live in object storage, as jobs with URI outputs do)."""
+        return checkpoint_location(location) if is_model_uri(location) else storage.absolute(location)
 
     updates: dict[str, Any] = {"index": absolute(spec.index)}
     manifest_path = storage.join(updates["index"], storage.MANIFEST)
