@@ -54,7 +54,15 @@ def ensure_ray(resources: ResourcesSpec, dashboard: bool = False) -> None:
         num_cpus = resources.num_cpus or max(4, os.cpu_count() or 1)
         for name, value in LOCAL_CLUSTER_ENV.items():  # read by the raylet and Train's controllers it starts
             os.environ.setdefault(name, value)
-        ray.init(num_cpus=num_cpus, include_dashboard=dashboard, logging_level=logging.WARNING, log_to_driver=not quiet)
+        # address="local": always a new cluster, never one a `ray start` on this machine left running (ray.init()
+        # would join it, and refuse num_cpus)
+        ray.init(
+            address="local",
+            num_cpus=num_cpus,
+            include_dashboard=dashboard,
+            logging_level=logging.WARNING,
+            log_to_driver=not quiet,
+        )
         _STARTED_HERE.append(True)
     if quiet:
         _quiet_driver()

@@ -65,9 +65,10 @@ def redact(location: str | os.PathLike[str]) -> str:
 
 
 def absolute(location: str | os.PathLike[str], base: str | os.PathLike[str] | None = None) -> str:
-    """A URI as it is; a local path made absolute against ``base`` (default: the working directory)."""
+    """A URI (or a model registry URI, ``models:/...``) as it is; a local path made absolute against ``base``
+    (default: the working directory)."""
     text = str(location)
-    if is_uri(text):
+    if is_uri(text) or text.startswith("models:/"):
         return text
     return str((Path(base or Path.cwd()) / text).resolve())
 

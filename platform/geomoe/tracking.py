@@ -155,7 +155,7 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def register(tracker: Tracker, name: str, checkpoint: str, metrics: dict[str, float]) -> str:
+def register(tracker: Tracker, name: str, checkpoint: str, metrics: dict[str, float], alias: str | None = None) -> str:
     """The checkpoint as a new version of model ``name``, tagged with ``metrics``; a checkpoint
     in object storage is referenced where it is, a local one is copied into the run's artifacts first (so the
     registry can hand it to a machine that does not share this disk). Returns ``models:/<name>/<version>``."""
@@ -169,6 +169,8 @@ def register(tracker: Tracker, name: str, checkpoint: str, metrics: dict[str, fl
         client.create_registered_model(name, description="geomoe: the final model of each run of this job")
     tags = {f"metric.{metric_name(k)}": f"{v:.6g}" for k, v in metrics.items()} | {"geomoe.checkpoint": checkpoint}
     version = client.create_model_version(name, source=source, run_id=tracker.run_id, tags=tags)
+    if alias:
+        client.set_registered_model_alias(name, alias, version.version)
     return f"{MODEL_URI}{name}/{version.version}"
 
 

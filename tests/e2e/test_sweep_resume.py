@@ -13,6 +13,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from geomoe import storage
 
 REPO = Path(__file__).resolve().parents[2]
@@ -50,12 +52,14 @@ def results(trials: str) -> dict[str, dict]:
     return {rel.split("/")[0]: storage.read_json(f"{trials}/{rel}") for rel in found}
 
 
-def test_a_sweep_interrupted_after_its_first_trial_resumes_without_rerunning_it(tmp_path: Path, s3_bucket: str) -> None:
+def test_a_sweep_interrupted_after_its_first_trial_resumes_without_rerunning_it(
+    tmp_path: Path, s3_bucket: str, mlflow_server: str
+) -> None:
     first_machine, second_machine = tmp_path / "first", tmp_path / "second"
     for folder in (first_machine, second_machine):
         folder.mkdir()
         (folder / "tiny_sweep.yaml").write_text(SWEEP)
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "SWEEP_BUCKET": s3_bucket}
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "SWEEP_BUCKET": s3_bucket, "MLFLOW_TRACKING_URI": mlflow_server}
     experiment = f"{s3_bucket}/sweeps/tiny_sweep"
     trials = f"{experiment}/trials"
     first = subprocess.Popen(cli("sweep", "tiny_sweep.yaml"), cwd=first_machine, env=env, text=True,
@@ -93,3 +97,23 @@ def test_a_sweep_interrupted_after_its_first_trial_resumes_without_rerunning_it(
     assert storage.is_file(f"{experiment}/report.csv") and storage.is_file(f"{experiment}/plot-variant.png")
     reported = subprocess.run(cli("report", experiment), cwd=tmp_path, env=env, text=True, capture_output=True)
     assert reported.returncode == 0 and reported.stdout.strip() in resumed.stdout  # the same report, from disk
+    check_tracked_sweep(mlflow_server, final)
+
+
+def check_tracked_sweep(server: str, final: dict[str, dict]) -> None:
+    """One parent run for the sweep, continued after the interruption; a child run per trial with its reported
+    metric (Tune's MLflow callback); the best finished trial's checkpoint registered with alias ``best``,
+    referenced where it lives (the bucket), not copied."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(server)
+    experiment = client.get_experiment_by_name("tiny_sweep")
+    (parent,) = client.search_runs([experiment.experiment_id], "tags.mlflow.runName = 'tiny_sweep'")
+    assert parent.info.status == "FINISHED"
+    children = client.search_runs([experiment.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    assert sum("val_acc50" in run.data.metrics for run in children) >= 2  # the two trials that trained
+    finished = [r for r in final.values() if r["status"] == "finished"]
+    best = max(finished, key=lambda r: r["metrics"]["val_acc50"])
+    version = client.get_model_version_by_alias("tiny_sweep", "best")
+    assert version.source == best["checkpoint"] and version.source.startswith("s3://")
+    assert float(version.tags["metric.val_acc50"]) == pytest.approx(best["metrics"]["val_acc50"], rel=1e-5)

@@ -80,3 +80,11 @@ def test_without_a_server_runs_go_to_a_sqlite_store_under_the_output_root(
 def test_metric_names_are_ones_mlflow_accepts() -> None:
     assert tracking.metric_name("model.building_R@10") == "model.building_R_at_10"
     assert tracking.metric_name("a+b (c)") == "a_b _c_"
+
+
+def test_registry_uris_pass_through_path_handling_untouched(tmp_path: Path) -> None:
+    from geomoe import storage
+
+    spec = load_job(QUICKSTART, ["index.checkpoint=models:/quickstart/3"]).with_absolute_paths(tmp_path)
+    assert spec.index is not None and spec.index.checkpoint == "models:/quickstart/3"
+    assert storage.absolute("models:/quickstart@best", tmp_path) == "models:/quickstart@best"

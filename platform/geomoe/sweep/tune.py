@@ -41,6 +41,7 @@ from geomoe.sweep import (
     trial_spec,
 )
 from geomoe.sweep.report import RESULT_FILE, write_per_query
+from geomoe.sweep.tracked import register_best, sweep_run
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +99,7 @@ def run_trial(config: dict[str, Any], sweep_raw: dict[str, Any], base_path: str,
         storage.write_json_atomic(result_path, outcome)
         raise
     outcome = {"params": point, "status": "finished", "fingerprint": fingerprint, "metrics": metrics}
+    outcome["checkpoint"] = result.get("checkpoint")  # what the sweep registers when this trial is the best
     outcome |= {"intervals": intervals(per_query), "query_sets": trial_query_sets(spec, result)}
     storage.write_json_atomic(result_path, outcome)
     tune.report(metrics)
@@ -169,19 +171,24 @@ def run_sweep(path: str | Path, quickstart: bool = False, resume: bool = False) 
         ),
         {"cpu": sweep.trial_cpus},
     )
-    if restorable:
-        log.info("resuming the sweep in %s", tune_dir)
-        tuner = tune.Tuner.restore(tune_dir, trainable, resume_errored=True, storage_filesystem=fs)
-    else:
-        tuner = tune.Tuner(
-            trainable,
-            param_space=param_space(sweep),
-            tune_config=_tune_config(sweep),
-            run_config=tune.RunConfig(
-                name="tune", storage_path=storage.parent(tune_dir), storage_filesystem=fs, verbose=1
-            ),
-        )
-    tuner.fit()
+    with sweep_run(sweep.name, experiment, sweep.output_root) as (tracker, callbacks):
+        if restorable:
+            log.info("resuming the sweep in %s", tune_dir)
+            tuner = tune.Tuner.restore(tune_dir, trainable, resume_errored=True, storage_filesystem=fs)
+        else:
+            run_config = tune.RunConfig(
+                name="tune",
+                storage_path=storage.parent(tune_dir),
+                storage_filesystem=fs,
+                verbose=1,
+                callbacks=callbacks,
+            )
+            tuner = tune.Tuner(
+                trainable, param_space=param_space(sweep), tune_config=_tune_config(sweep), run_config=run_config
+            )
+        tuner.fit()
+        if tracker is not None:
+            register_best(tracker, sweep, experiment)
     return experiment
 
 

@@ -25,7 +25,9 @@ def _checkpoint(spec: JobSpec, given: str | None, results: JobResults, stage: st
     checkpoint = given or results.trained_checkpoint()
     if checkpoint is None:  # JobSpec validation makes sure a checkpoint is given or trained first
         raise AssertionError(f"stage {stage!r} has no checkpoint")
-    return str(checkpoint)
+    from geomoe.tracking import checkpoint_location
+
+    return checkpoint_location(str(checkpoint))  # a registry URI (models:/...) becomes its version's checkpoint
 
 
 class PEMoEFamily(Family):

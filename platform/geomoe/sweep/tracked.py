@@ -1,0 +1,75 @@
+"""A sweep on MLflow (Ray layer): a parent run per sweep, a child run per trial (Tune's MLflow callback), the best
+trial's checkpoint registered (geomoe.tracking has the rest)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from geomoe import storage, tracking
+from geomoe.config import SweepSpec
+from geomoe.sweep.report import RESULT_FILE
+
+log = logging.getLogger(__name__)
+
+
+@contextmanager
+def sweep_run(name: str, experiment: str, output_root: str) -> Iterator[tuple[tracking.Tracker | None, list[Any]]]:
+    """A sweep's parent run and the Tune callback that makes each trial a child run of it (Tune's MLflow
+    integration, at the Tuner level: Ray Train's RunConfig takes no Tune callbacks). A resumed sweep continues
+    the same parent run (its id is kept in ``<experiment>/tracking.json``)."""
+    from ray.air.integrations.mlflow import MLflowLoggerCallback
+
+    uri = tracking.store_uri(output_root)
+    if uri is None:
+        log.warning("no experiment tracking: %s is not set and %s is not local", tracking.ENV, output_root)
+        yield None, []
+        return
+    client = tracking._client(uri)
+    marker = storage.join(experiment, "tracking.json")
+    saved = storage.read_json_if_exists(marker)
+    if saved is not None and saved.get("uri") == uri:
+        tracker = tracking.Tracker(**saved)
+        client.update_run(tracker.run_id, status="RUNNING")
+    else:
+        local = not os.environ.get(tracking.ENV)
+        artifacts = (Path(output_root).resolve() / "mlartifacts").as_uri() if local else None
+        experiment_id = tracking._experiment(client, name, artifacts)
+        run = client.create_run(experiment_id, run_name=name, tags={"geomoe.experiment": experiment})
+        tracker = tracking.Tracker(uri, experiment_id, run.info.run_id)
+        storage.write_json_atomic(marker, tracker.to_json())
+
+    class TrialRuns(MLflowLoggerCallback):  # a trial's results under names MLflow accepts (R@10 -> R_at_10)
+        def log_trial_result(self, iteration: int, trial: Any, result: dict[str, Any]) -> None:
+            named = {tracking.metric_name(key): value for key, value in result.items()}
+            super().log_trial_result(iteration, trial, named)
+
+    trials = TrialRuns(uri, experiment_name=name, tags={"mlflow.parentRunId": tracker.run_id})
+    try:
+        yield tracker, [trials]
+    except BaseException as err:
+        client.set_terminated(tracker.run_id, "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
+        raise
+    client.set_terminated(tracker.run_id, "FINISHED")
+
+
+def register_best(tracker: tracking.Tracker, sweep: SweepSpec, experiment: str) -> None:
+    """The best finished trial's checkpoint registered as a version of the model named after the sweep, alias
+    ``best``, with its metrics."""
+    trials = storage.join(experiment, "trials")
+    finished = []
+    for relative, _ in storage.list_files(trials):
+        if relative.endswith(f"/{RESULT_FILE}") and relative.count("/") == 1:
+            outcome = storage.read_json(storage.join(trials, relative))
+            if outcome.get("status") == "finished" and outcome.get("checkpoint") and sweep.metric in outcome["metrics"]:
+                finished.append(outcome)
+    if not finished:
+        return
+    sign = 1 if sweep.mode == "max" else -1
+    best = max(finished, key=lambda o: sign * o["metrics"][sweep.metric])
+    registered = tracking.register(tracker, sweep.name, best["checkpoint"], best["metrics"], alias="best")
+    log.info("registered the best trial %s as %s", best["params"], registered)
