@@ -147,8 +147,7 @@ def progress_board(bar: StageBar, poll_s: float = 0.5) -> Iterator[None]:
     workers run in other processes (on other nodes), so they count on an actor that a driver thread reads."""
     import ray
 
-    actor: Any = ray.remote(num_cpus=0)(_Board)
-    board = actor.options(name=PROGRESS_BOARD).remote()
+    board = _named_board()
     stop = threading.Event()
 
     def show() -> None:
@@ -166,6 +165,23 @@ def progress_board(bar: StageBar, poll_s: float = 0.5) -> Iterator[None]:
         stop.set()
         watcher.join()
         ray.kill(board)
+
+
+def _named_board(wait_s: float = 10.0) -> Any:
+    """The board under its name; a previous job's board in this process may still be releasing the name."""
+    import time
+
+    import ray
+
+    actor: Any = ray.remote(num_cpus=0)(_Board)
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return actor.options(name=PROGRESS_BOARD).remote()
+        except ValueError:  # "the name is already taken": the killed board is not dead yet
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
 
 
 def tick_progress(units: int = 1) -> None:
