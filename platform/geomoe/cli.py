@@ -29,16 +29,16 @@ def _cmd_run(args: argparse.Namespace) -> None:
     spec = load_job(args.job, args.set)
     if not args.verbose:
         _quiet_libraries()
-    with run_logs(run_dir_of(spec), args.verbose, _ray_session_logs) as logs:
-        try:
+    try:
+        with run_logs(run_dir_of(spec), args.verbose, _ray_session_logs) as logs:
             timed = run_job_timed(spec, Progress(spec.stages))
-        except GeomoeError:
-            raise
-        except BaseException:
-            if not args.verbose:
-                tail = "\n".join(f"  {line}" for line in logs.tail())
-                print(f"geomoe: the job failed; last log lines:\n{tail}\nlogs: {logs.location}", file=sys.stderr)
-            raise
+    except GeomoeError:
+        raise
+    except BaseException:
+        if not args.verbose:
+            tail = "\n".join(f"  {line}" for line in logs.last_lines)
+            print(f"geomoe: the job failed; last log lines:\n{tail}\nlogs: {logs.location}", file=sys.stderr)
+        raise
     results = timed.outputs
     if "synth" in results:
         print("synthgeo:", json.dumps(results["synth"]))

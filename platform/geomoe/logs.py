@@ -1,8 +1,7 @@
 """A job's logs in its run folder: ``<run>/logs/geomoe.log`` (every library's Python logging in this process, INFO
-and up) and, copied at the end, ``<run>/logs/ray/`` (the Ray session's logs: every worker's output, Ray Data's
-log). The console keeps geomoe's own warnings and anyone's errors; ``verbose`` shows everything as it comes.
-
-A run folder that is a URI gets its logs when the job ends (or fails); a local one has them live."""
+and up) and ``<run>/logs/ray/`` (the Ray session's logs: every worker's output, Ray Data's log), written when the
+job ends or fails. The console keeps geomoe's own warnings and anyone's errors; ``verbose`` shows everything as
+it comes."""
 
 from __future__ import annotations
 
@@ -11,7 +10,7 @@ import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from geomoe import storage
@@ -22,19 +21,16 @@ CONSOLE_FORMAT = "%(levelname)s %(name)s: %(message)s"
 
 @dataclass
 class RunLogs:
-    location: str  # <run>/logs, a path or a URI
-    file: Path  # the log file this process writes (under ``location`` when it is local)
+    location: str  # <run>/logs (a path or a URI) once the job ends; a temporary folder if it never started
+    file: Path  # the local file this process writes while the job runs
     handler: logging.Handler
     verbose: bool
+    last_lines: list[str] = field(default_factory=list)  # the log's last lines, kept when the job ends
 
     def tail(self, lines: int = 20) -> list[str]:
         if not self.file.is_file():
             return []
         return self.file.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:]
-
-    @property
-    def log_file(self) -> str:
-        return storage.join(self.location, "geomoe.log")
 
 
 _RUNNING: list[RunLogs] = []  # the job this process runs: for libraries whose loggers appear later (Ray's)
@@ -73,22 +69,22 @@ def _ours_or_error(record: logging.LogRecord) -> bool:
 def run_logs(
     run_dir: str, verbose: bool = False, session_logs: Callable[[], Path | None] = lambda: None
 ) -> Iterator[RunLogs]:
-    """Route Python logging for one job as the module says; ``session_logs`` names the local Ray session's log
-    folder at the end (None: no local session), whose files are then copied under ``<run>/logs/ray``."""
-    location = storage.join(run_dir, "logs")
-    staging = None if storage.is_local(location) else Path(tempfile.mkdtemp(prefix="geomoe-logs-"))
-    folder = Path(location) if staging is None else staging
-    folder.mkdir(parents=True, exist_ok=True)
-    to_file = logging.FileHandler(folder / "geomoe.log", encoding="utf-8")
+    """Route Python logging for one job as the module says, into a local file while the job runs; at the end
+    (or on a failure) the file and, from ``session_logs`` (the local Ray session's log folder, or None), Ray's
+    logs go to ``<run>/logs`` (uploaded when the run folder is a URI). A job that never created its run folder
+    (a spec or storage check stopped it first) writes nothing there: its logs stay in a temporary folder, which
+    ``location`` then names."""
+    staging = Path(tempfile.mkdtemp(prefix="geomoe-logs-"))
+    to_file = logging.FileHandler(staging / "geomoe.log", encoding="utf-8")
     to_file.setFormatter(logging.Formatter(FORMAT))
     to_file.setLevel(logging.INFO)  # Ray Data's logger passes DEBUG records on
-    logs = RunLogs(location, folder / "geomoe.log", to_file, verbose)
-    root = logging.getLogger()
+    logs = RunLogs(storage.join(run_dir, "logs"), staging / "geomoe.log", to_file, verbose)
     console = logging.StreamHandler()
     console.setFormatter(logging.Formatter(CONSOLE_FORMAT))
     console.setLevel(logging.INFO if verbose else logging.WARNING)
     if not verbose:
         console.addFilter(_ours_or_error)
+    root = logging.getLogger()
     saved = (root.level, list(root.handlers))
     root.handlers[:] = [to_file, console]
     root.setLevel(logging.INFO)
@@ -101,10 +97,17 @@ def run_logs(
         root.handlers[:] = saved[1]
         root.setLevel(saved[0])
         to_file.close()
-        _collect(folder, session_logs())
-        if staging is not None:
-            storage.upload_dir(staging, location)
-            shutil.rmtree(staging, ignore_errors=True)
+        _publish(logs, staging, run_dir, session_logs())
+
+
+def _publish(logs: RunLogs, staging: Path, run_dir: str, session: Path | None) -> None:
+    logs.last_lines = logs.tail()
+    if not storage.exists(run_dir):
+        logs.location = str(staging)
+        return
+    _collect(staging, session)
+    storage.upload_dir(staging, logs.location)
+    shutil.rmtree(staging, ignore_errors=True)
 
 
 def _collect(folder: Path, session: Path | None) -> None:

@@ -22,6 +22,7 @@ def test_details_go_to_the_log_file_and_the_console_keeps_ours_and_errors(
     chatty = logging.getLogger("ray.data.fake")  # a library with a console handler of its own, like Ray Data's
     chatty.propagate = False
     chatty.addHandler(own := logging.StreamHandler())
+    (tmp_path / "run").mkdir()  # the job started: it wrote its run folder
     try:
         with run_logs(str(tmp_path / "run")) as logs:
             assert quiet()
@@ -44,6 +45,14 @@ def test_details_go_to_the_log_file_and_the_console_keeps_ours_and_errors(
     assert not chatty.handlers  # the run's file handler left with the run
 
 
+def test_a_job_stopped_before_it_started_writes_nothing_to_its_run_folder(tmp_path: Path) -> None:
+    with run_logs(str(tmp_path / "runs" / "job")) as logs:
+        logging.getLogger("geomoe.jobs").warning("output_root: a local path on a 3-node cluster")
+    assert not (tmp_path / "runs").exists()  # the logs stay in a temporary folder, which the CLI names
+    assert "a local path on a 3-node cluster" in (Path(logs.location) / "geomoe.log").read_text()
+    assert logs.last_lines and "3-node cluster" in logs.last_lines[-1]
+
+
 def test_verbose_shows_everything_on_the_console(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with run_logs(str(tmp_path / "run"), verbose=True):
         assert not quiet()
@@ -57,6 +66,7 @@ def test_the_ray_session_logs_are_copied_into_the_run_folder_on_s3(tmp_path: Pat
     (session / "worker-abc-01.err").write_text("Traceback: CUDA out of memory\n")
     run = f"{s3_bucket}/runs/job"
     with run_logs(run, session_logs=lambda: session) as logs:
+        storage.write_text_atomic(f"{run}/spec.json", "{}")  # the job started
         logging.getLogger("geomoe.jobs").info("stage train")
     assert logs.location == f"{run}/logs"
     assert "stage train" in storage.read_text(f"{run}/logs/geomoe.log")
@@ -100,6 +110,7 @@ def test_a_failed_job_shows_its_last_log_lines_and_where_the_logs_are(
     from geomoe.cli import main
 
     def fails(*_: object) -> None:
+        (tmp_path / "runs" / "quickstart").mkdir(parents=True)  # as a job's spec.json does
         logging.getLogger("geomoe.pipelines.prepare").warning("decoding 0042/image-01.jpeg")
         raise RuntimeError("the raylet died")
 
@@ -110,3 +121,4 @@ def test_a_failed_job_shows_its_last_log_lines_and_where_the_logs_are(
     err = capsys.readouterr().err
     assert "the job failed; last log lines:" in err and "decoding 0042/image-01.jpeg" in err
     assert f"logs: {tmp_path / 'runs' / 'quickstart' / 'logs'}" in err
+    assert "decoding 0042" in (tmp_path / "runs" / "quickstart" / "logs" / "geomoe.log").read_text()
