@@ -69,6 +69,14 @@ def _client(uri: str) -> Any:
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
+def artifact_root(uri: str, output_root: str) -> str | None:
+    """Where a new experiment keeps its artifacts: under a local output root for a SQLite store (MLflow's
+    default, ./mlruns, is relative to whatever the working folder is); a server's own default otherwise."""
+    if uri.startswith("sqlite:") and storage.is_local(output_root):
+        return (Path(output_root).resolve() / "mlartifacts").as_uri()
+    return None
+
+
 def _experiment(client: Any, name: str, artifacts: str | None) -> str:
     found = client.get_experiment_by_name(name)
     if found is not None:
@@ -100,9 +108,7 @@ def job_run(spec: JobSpec, run_dir: str) -> Iterator[Tracker | None]:
         yield None
         return
     client = _client(uri)
-    local = not os.environ.get(ENV)
-    artifacts = (Path(spec.output_root).resolve() / "mlartifacts").as_uri() if local else None
-    experiment = _experiment(client, spec.name, artifacts)
+    experiment = _experiment(client, spec.name, artifact_root(uri, spec.output_root))
     tags = {"geomoe.run_dir": run_dir, "geomoe.family": spec.model.name}
     run = client.create_run(experiment, run_name=spec.name, tags=tags)
     tracker = Tracker(uri, experiment, run.info.run_id)

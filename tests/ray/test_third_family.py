@@ -3,6 +3,7 @@ through the registry, with nothing under platform/ changed for it."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -99,7 +100,12 @@ def test_the_toy_family_runs_as_a_two_trial_sweep(tiny_synth: tuple[Path, dict],
                            {"label": "fast", "params": {"train.lr": 0.2}, "metrics": {"test_accuracy": 60.0}}]},
     }  # fmt: skip
     (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(sweep))
+    tracking_uri = os.environ.get("MLFLOW_TRACKING_URI")
     experiment = run_sweep(tmp_path / "sweep.yaml")
+    # tracked in an embedded store beside the experiment; Tune's MLflow callback set MLflow's process-wide URI,
+    # which the sweep puts back (a later job in this process once logged into the sweep's store)
+    assert os.environ.get("MLFLOW_TRACKING_URI") == tracking_uri and (tmp_path / "sweeps" / "mlflow.db").is_file()
+    assert not (tmp_path / "mlruns").exists() and not Path("mlruns").exists()
     _, rows = report_rows(experiment)
     assert sorted((r["params"]["train.lr"], r["params"]["seed"]) for r in rows) == [
         (0.01, 0), (0.01, 1), (0.2, 0), (0.2, 1)

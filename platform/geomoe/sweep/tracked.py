@@ -7,7 +7,6 @@ import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 from geomoe import storage, tracking
@@ -36,9 +35,7 @@ def sweep_run(name: str, experiment: str, output_root: str) -> Iterator[tuple[tr
         tracker = tracking.Tracker(**saved)
         client.update_run(tracker.run_id, status="RUNNING")
     else:
-        local = not os.environ.get(tracking.ENV)
-        artifacts = (Path(output_root).resolve() / "mlartifacts").as_uri() if local else None
-        experiment_id = tracking._experiment(client, name, artifacts)
+        experiment_id = tracking._experiment(client, name, tracking.artifact_root(uri, output_root))
         run = client.create_run(experiment_id, run_name=name, tags={"geomoe.experiment": experiment})
         tracker = tracking.Tracker(uri, experiment_id, run.info.run_id)
         storage.write_json_atomic(marker, tracker.to_json())
@@ -49,11 +46,18 @@ def sweep_run(name: str, experiment: str, output_root: str) -> Iterator[tuple[tr
             super().log_trial_result(iteration, trial, named)
 
     trials = TrialRuns(uri, experiment_name=name, tags={"mlflow.parentRunId": tracker.run_id})
+    before = os.environ.get(tracking.ENV)
     try:
         yield tracker, [trials]
     except BaseException as err:
         client.set_terminated(tracker.run_id, "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
         raise
+    finally:
+        import mlflow
+
+        # the callback set MLflow's process-wide tracking URI (and MLFLOW_TRACKING_URI): a later job in this
+        # process would log into the sweep's store
+        mlflow.set_tracking_uri(before)  # type: ignore[arg-type]  # None unsets it
     client.set_terminated(tracker.run_id, "FINISHED")
 
 
