@@ -18,6 +18,7 @@ import logging
 import os
 import re
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
@@ -99,6 +100,24 @@ def flat_params(spec: JobSpec) -> dict[str, str]:
     return flat
 
 
+def start_run(uri: str, name: str, output_root: str, tags: dict[str, str]) -> Tracker:
+    """A new run named ``name`` in the experiment of that name (created with its artifacts under a local output
+    root for a SQLite store)."""
+    client = _client(uri)
+    experiment = _experiment(client, name, artifact_root(uri, output_root))
+    run = client.create_run(experiment, run_name=name, tags=tags)
+    return Tracker(uri, experiment, run.info.run_id)
+
+
+def set_status(tracker: Tracker, status: str) -> None:
+    """RUNNING again (a resumed sweep), or FINISHED, FAILED, KILLED."""
+    client = _client(tracker.uri)
+    if status == "RUNNING":
+        client.update_run(tracker.run_id, status=status)
+    else:
+        client.set_terminated(tracker.run_id, status)
+
+
 @contextmanager
 def job_run(spec: JobSpec, run_dir: str) -> Iterator[Tracker | None]:
     """The job's MLflow run, open while the job runs, FINISHED or FAILED after it; None when untracked."""
@@ -107,18 +126,15 @@ def job_run(spec: JobSpec, run_dir: str) -> Iterator[Tracker | None]:
         log.warning("no experiment tracking: %s is not set and %s is not a local path", ENV, spec.output_root)
         yield None
         return
+    tracker = start_run(uri, spec.name, spec.output_root, {"geomoe.run_dir": run_dir, "geomoe.family": spec.model.name})
     client = _client(uri)
-    experiment = _experiment(client, spec.name, artifact_root(uri, spec.output_root))
-    tags = {"geomoe.run_dir": run_dir, "geomoe.family": spec.model.name}
-    run = client.create_run(experiment, run_name=spec.name, tags=tags)
-    tracker = Tracker(uri, experiment, run.info.run_id)
     _log_spec(client, tracker, spec)
     try:
         yield tracker
     except BaseException:
-        client.set_terminated(tracker.run_id, "FAILED")
+        set_status(tracker, "FAILED")
         raise
-    client.set_terminated(tracker.run_id, "FINISHED")
+    set_status(tracker, "FINISHED")
 
 
 def _log_spec(client: Any, tracker: Tracker, spec: JobSpec) -> None:
@@ -142,7 +158,7 @@ def log_results(tracker: Tracker, metrics: dict[str, float], tables: str, result
     from mlflow.entities import Metric
 
     client = _client(tracker.uri)
-    stamp = _now_ms()
+    stamp = int(time.time() * 1000)
     values = [Metric(metric_name(k), float(v), stamp, 0) for k, v in sorted(metrics.items())]
     for start in range(0, len(values), 1000):
         client.log_batch(tracker.run_id, metrics=values[start : start + 1000])
@@ -153,12 +169,6 @@ def log_results(tracker: Tracker, metrics: dict[str, float], tables: str, result
 def metric_name(name: str) -> str:
     """A name MLflow accepts (letters, digits, _ - . / : and spaces): ``R@10`` -> ``R_at_10``."""
     return re.sub(r"[^/\w.\- :]", "_", name.replace("@", "_at_"))
-
-
-def _now_ms() -> int:
-    import time
-
-    return int(time.time() * 1000)
 
 
 def register(tracker: Tracker, name: str, checkpoint: str, metrics: dict[str, float], alias: str | None = None) -> str:

@@ -28,16 +28,13 @@ def sweep_run(name: str, experiment: str, output_root: str) -> Iterator[tuple[tr
         log.warning("no experiment tracking: %s is not set and %s is not local", tracking.ENV, output_root)
         yield None, []
         return
-    client = tracking._client(uri)
     marker = storage.join(experiment, "tracking.json")
     saved = storage.read_json_if_exists(marker)
     if saved is not None and saved.get("uri") == uri:
         tracker = tracking.Tracker(**saved)
-        client.update_run(tracker.run_id, status="RUNNING")
+        tracking.set_status(tracker, "RUNNING")
     else:
-        experiment_id = tracking._experiment(client, name, tracking.artifact_root(uri, output_root))
-        run = client.create_run(experiment_id, run_name=name, tags={"geomoe.experiment": experiment})
-        tracker = tracking.Tracker(uri, experiment_id, run.info.run_id)
+        tracker = tracking.start_run(uri, name, output_root, {"geomoe.experiment": experiment})
         storage.write_json_atomic(marker, tracker.to_json())
 
     class TrialRuns(MLflowLoggerCallback):  # a trial's results under names MLflow accepts (R@10 -> R_at_10)
@@ -50,7 +47,7 @@ def sweep_run(name: str, experiment: str, output_root: str) -> Iterator[tuple[tr
     try:
         yield tracker, [trials]
     except BaseException as err:
-        client.set_terminated(tracker.run_id, "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
+        tracking.set_status(tracker, "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
         raise
     finally:
         import mlflow
@@ -58,7 +55,7 @@ def sweep_run(name: str, experiment: str, output_root: str) -> Iterator[tuple[tr
         # the callback set MLflow's process-wide tracking URI (and MLFLOW_TRACKING_URI): a later job in this
         # process would log into the sweep's store
         mlflow.set_tracking_uri(before)  # type: ignore[arg-type]  # None unsets it
-    client.set_terminated(tracker.run_id, "FINISHED")
+    tracking.set_status(tracker, "FINISHED")
 
 
 def register_best(tracker: tracking.Tracker, sweep: SweepSpec, experiment: str) -> None:
