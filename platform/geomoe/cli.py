@@ -179,6 +179,12 @@ def _cmd_k8s(args: argparse.Namespace) -> None:
         print(text, end="")
 
 
+def _cmd_convert(args: argparse.Namespace) -> None:
+    from geomoe.models.checkpoint import convert_pickled
+
+    print(f"converted: {convert_pickled(args.checkpoint, args.out).parent}")
+
+
 def _cmd_bench(args: argparse.Namespace) -> None:
     from geomoe.bench import run_benchmark
 
@@ -232,6 +238,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--address", help="a running Ray cluster (default: start a local one)")
     serve.set_defaults(fn=_cmd_serve)
     kube = _k8s_parser(sub)
+    convert = sub.add_parser("convert", help="convert an old pickled checkpoint (state.pt) to safetensors")
+    convert.add_argument("checkpoint", help="the checkpoint folder (a local path)")
+    convert.add_argument("--out", help="write the converted checkpoint here (default: beside state.pt)")
+    convert.set_defaults(fn=_cmd_convert)
     bench = sub.add_parser("bench", help="run a benchmark; writes JSON and one summary line")
     bench.add_argument(
         "name",

@@ -91,7 +91,7 @@ def test_pe_moe_job_runs_from_s3_with_workers_on_two_nodes(
     assert list(cwd.iterdir()) == []
     final = results["train"]["model"]
     assert final["checkpoint"].startswith(f"{out}/s3run/ray_train/stage2/")
-    assert storage.is_file(storage.join(final["checkpoint"], "state.pt"))
+    assert storage.is_file(storage.join(final["checkpoint"], "checkpoint.json"))
     assert storage.read_json(f"{out}/s3run/results.json") == json.loads(json.dumps(results))
     assert set(final["stage2"]["retrieval"]) == {"exact", "building"} and final["stage2"]["counts"]["gallery"] > 0
     index = storage.read_json(f"{out}/index/manifest.json")
