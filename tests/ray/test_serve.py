@@ -127,6 +127,61 @@ def test_bad_requests_and_tokens_are_refused_with_a_message(served: dict[str, An
     assert status == 200 and info["index"]["count"] > 0 and info["index"]["checkpoint"] == served["built_from"]
 
 
+def fuzz(base_url: str, headers: dict[str, str]) -> tuple[int, list[str]]:
+    """Schemathesis's full run (examples, coverage, fuzzing and stateful phases; positive and negative data; every
+    check) against the live app's own OpenAPI schema, seeded and bounded: the number of requests sent and one line
+    per failed check."""
+    import schemathesis
+    from schemathesis import engine
+    from schemathesis.engine import events
+
+    # An image field's content (decodable, within the pixel limit) and the click inside the drone image are checked
+    # beyond what JSON Schema can say: there a schema-valid request may get 413 or 422, and nowhere else.
+    beyond_schema = {"positive_data_acceptance": {"expected-statuses": ["2xx", 401, 413, 422]}}
+    config = schemathesis.Config.from_dict(
+        {
+            "seed": 20,
+            "headers": headers,
+            "generation": {"max-examples": 25, "mode": "all"},
+            "checks": {"enabled": True},
+            "operations": [{"include-path": "/localize", "checks": beyond_schema}],
+        }
+    )
+    schema = schemathesis.openapi.from_url(f"{base_url}/openapi.json", config=config)
+    sent, failures = 0, []
+    for event in engine.from_schema(schema).execute():
+        if isinstance(event, events.ScenarioFinished | events.FuzzScenarioFinished):
+            sent += len(event.recorder.interactions)
+            for case_id, checks in event.recorder.checks.items():
+                failures += [failed(event.recorder, case_id, c) for c in checks if c.failure_info is not None]
+        elif isinstance(event, events.NonFatalError | events.FatalError):
+            failures.append(f"schemathesis error: {event}")
+        elif isinstance(event, events.EngineFinished):
+            failures += [f"after run: {f.title}" for f in event.failures]
+    return sent, sorted(set(failures))
+
+
+def failed(recorder: Any, case_id: str, check: Any) -> str:
+    """One line for a failed check: the operation, the check, the request body and the answer."""
+    answer = recorder.interactions.get(case_id)
+    response = answer.response if answer is not None else None
+    said = f"{response.status_code} {response.content[:160]!r}" if response is not None else "no response"
+    body = recorder.cases[case_id].value.body if case_id in recorder.cases else None
+    return f"{recorder.label} {check.name}: {check.failure_info.failure.title}; sent {str(body)[:160]}; got {said}"
+
+
+def test_the_app_keeps_its_openapi_contract_under_fuzzing_with_and_without_the_token(served: dict[str, Any]) -> None:
+    """Every generated request, valid or not, is answered with a documented status code and body shape: no 5xx, no
+    coercion (``"rerank": 0`` is refused), a body that is not JSON gets a documented code, the token is enforced."""
+    for headers in ({"Authorization": "Bearer s3cret"}, {}):
+        sent, failures = fuzz(URL, headers)
+        assert sent > 50 and not failures, "\n".join([str(headers), str(sent), *failures])
+    status, body = call("/search", {"query": "a roof", "rerank": 0}, token="s3cret")
+    assert status == 422 and body["errors"][0]["field"] == "body.rerank", body
+    status, body = call("/search", {"query": "a roof", "k": "3"}, token="s3cret")
+    assert status == 422 and body["errors"][0]["field"] == "body.k", body
+
+
 def offline_reranked(served: dict[str, Any], query: str, generated: dict[str, str]) -> list[str]:
     """The offline evaluator's CGRS over the whole gallery, with the store plus the service's VLM captions."""
     import numpy as np
@@ -245,5 +300,12 @@ def test_serving_from_the_model_registry_answers_exactly_like_serving_from_the_p
             assert status == 200, from_registry
             assert from_registry["results"] == from_path["results"]
             assert from_registry["expert_weights"] == from_path["expert_weights"]
+        # this app has neither a re-ranker nor a localizer: documented codes, the error shape of every error
+        status, body = post_json("/registry/search", {"query": "a roof", "rerank": True})
+        assert (status, body["status"]) == (409, 409) and "no re-ranker" in body["detail"]
+        status, body = post_json(
+            "/registry/localize", {"drone_image": "eA==", "click": [1, 1], "satellite_tile": "eA=="}
+        )
+        assert (status, body["status"]) == (404, 404) and "no localizer" in body["detail"]
     finally:
         serve.delete("from-registry")

@@ -23,9 +23,13 @@ import base64
 import binascii
 import hmac
 import io
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import FastAPI, Header, HTTPException
+from fastapi import FastAPI, HTTPException, Request, Security
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from geomoe.serving.localize import Localizer
 from geomoe.serving.rerank import Captioner, Reranker
@@ -34,13 +38,34 @@ from geomoe.serving.schemas import (
     LIMITS,
     MAX_IMAGE_BYTES,
     MAX_IMAGE_PIXELS,
+    ErrorBody,
+    FieldError,
     LocalizeRequest,
     SearchRequest,
+    error_responses,
     serve_spec,
 )
 from ray import serve
 
 api = FastAPI(title="geomoe retriever")
+# The bearer token as an OpenAPI security scheme (clients and fuzzers see it); a deployment without ``token_env``
+# accepts any request, with or without the header.
+bearer = HTTPBearer(auto_error=False, description="the token named by the Serve config's token_env")
+Credentials = Annotated[HTTPAuthorizationCredentials | None, Security(bearer)]
+
+
+@api.exception_handler(StarletteHTTPException)
+async def _http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
+    body = ErrorBody(status=error.status_code, detail=str(error.detail))
+    return JSONResponse(body.model_dump(), status_code=error.status_code, headers=getattr(error, "headers", None))
+
+
+@api.exception_handler(RequestValidationError)
+async def _invalid_request(request: Request, error: RequestValidationError) -> JSONResponse:
+    """422 naming every invalid field (FastAPI's own shape differs from the other errors')."""
+    fields = [FieldError(field=".".join(str(p) for p in e["loc"]), message=e["msg"]) for e in error.errors()]
+    detail = "; ".join(f"{f.field}: {f.message}" for f in fields) or "invalid request"
+    return JSONResponse(ErrorBody(status=422, detail=detail, errors=fields).model_dump(), status_code=422)
 
 
 async def _once_more_if_replica_died(call: Any) -> Any:
@@ -95,20 +120,21 @@ class Ingress:
         self.encode = encoder.encode if batched else encoder.encode_unbatched
         self.find = search.search if batched else search.search_unbatched
 
-    def _authorise(self, authorization: str | None) -> None:
+    def _authorise(self, credentials: HTTPAuthorizationCredentials | None) -> None:
         if self.token is None:
             return
-        given = (authorization or "").removeprefix("Bearer ").strip()
-        if not authorization or not hmac.compare_digest(given.encode(), self.token.encode()):
-            raise HTTPException(status_code=401, detail="missing or wrong bearer token")
+        if credentials is None or not hmac.compare_digest(credentials.credentials.encode(), self.token.encode()):
+            raise HTTPException(
+                status_code=401, detail="missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"}
+            )
 
     @api.get("/healthz")
     async def healthz(self) -> dict[str, str]:
         return {"status": "ok"}
 
-    @api.get("/info")
-    async def info(self, authorization: str | None = Header(None)) -> dict[str, Any]:
-        self._authorise(authorization)
+    @api.get("/info", responses=error_responses(401))
+    async def info(self, credentials: Credentials) -> dict[str, Any]:
+        self._authorise(credentials)
         import torch
 
         import geomoe
@@ -122,11 +148,11 @@ class Ingress:
             "versions": {"geomoe": geomoe.__version__, "ray": ray.__version__, "torch": torch.__version__},
         }
 
-    @api.post("/search")
-    async def search(self, request: SearchRequest, authorization: str | None = Header(None)) -> dict[str, Any]:
-        self._authorise(authorization)
+    @api.post("/search", responses=error_responses(400, 401, 409, 422))
+    async def search(self, request: SearchRequest, credentials: Credentials) -> dict[str, Any]:
+        self._authorise(credentials)
         if request.rerank and self.reranker is None:
-            raise HTTPException(status_code=400, detail="rerank: this deployment has no re-ranker (args.rerank)")
+            raise HTTPException(status_code=409, detail="rerank: this deployment has no re-ranker (args.rerank)")
         encoded = await _once_more_if_replica_died(lambda: self.encode.remote(request.query))
         platforms = [p.value for p in request.platforms] if request.platforms else None
         depth = max(request.k, self.rerank_depth if request.rerank else 0)  # the re-ranker sees its whole top_n
@@ -135,11 +161,11 @@ class Ingress:
             results = await self.reranker.rerank.remote(request.query, results)
         return {"query": request.query, "results": results[: request.k], "expert_weights": encoded["gate"]}
 
-    @api.post("/localize")
-    async def localize(self, request: LocalizeRequest, authorization: str | None = Header(None)) -> dict[str, Any]:
-        self._authorise(authorization)
+    @api.post("/localize", responses=error_responses(400, 401, 404, 413, 422))
+    async def localize(self, request: LocalizeRequest, credentials: Credentials) -> dict[str, Any]:
+        self._authorise(credentials)
         if self.localizer is None:
-            raise HTTPException(status_code=400, detail="this deployment has no localizer (args.localizer)")
+            raise HTTPException(status_code=404, detail="this deployment has no localizer (args.localizer)")
         drone, drone_wh = _image_bytes(request.drone_image, "drone_image")
         tile, _ = _image_bytes(request.satellite_tile, "satellite_tile")
         x, y = request.click

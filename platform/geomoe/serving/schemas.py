@@ -4,9 +4,9 @@ Serve config file does not import Serve or FastAPI's app)."""
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
 from geomoe import storage
 from geomoe.config import ServeSpec, parse_spec
@@ -21,19 +21,59 @@ MAX_IMAGE_PIXELS = 4096 * 4096
 LIMITS = {"query_chars": MAX_QUERY_CHARS, "k": MAX_K, "image_bytes": MAX_IMAGE_BYTES, "image_pixels": MAX_IMAGE_PIXELS}
 
 
+# Requests are strict: no coercion of numbers to booleans, strings to numbers or numbers to strings (``"rerank": 0``
+# is refused, not read as false). Each field is strict on its own: a model-wide strict mode would also refuse a
+# JSON array for the click tuple, since FastAPI validates the decoded Python objects.
+StrictFinite = Annotated[float, Field(strict=True, allow_inf_nan=False)]
+# JSON Schema's integer admits 24.0; a string or a boolean is still refused.
+WholeNumber = Annotated[StrictInt, BeforeValidator(lambda v: int(v) if isinstance(v, float) and v.is_integer() else v)]
+# Standard base64 (RFC 4648, padded). Whether the bytes are an image within the limits is checked by the app (422,
+# 413): JSON Schema cannot say it.
+BASE64 = r"^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$"
+Base64Image = Annotated[StrictStr, Field(min_length=4, pattern=BASE64, json_schema_extra={"contentEncoding": "base64"})]
+
+
 class SearchRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    query: str = Field(min_length=1, max_length=MAX_QUERY_CHARS)
-    k: int = Field(10, ge=1, le=MAX_K)
-    rerank: bool = Field(False, description="re-rank the top candidates by their captions (CGRS)")
+    query: StrictStr = Field(min_length=1, max_length=MAX_QUERY_CHARS)
+    k: WholeNumber = Field(10, ge=1, le=MAX_K)
+    rerank: StrictBool = Field(False, description="re-rank the top candidates by their captions (CGRS)")
     platforms: list[Platform] | None = Field(None, min_length=1, description="only images of these platforms")
 
 
 class LocalizeRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    drone_image: str = Field(min_length=1, description="the drone (query) image file, base64")
-    click: tuple[float, float] = Field(description="(x, y) of the object in drone image pixels")
-    satellite_tile: str = Field(min_length=1, description="the satellite (reference) tile file, base64")
+    drone_image: Base64Image = Field(description="the drone (query) image file (JPEG, PNG, ...), base64")
+    click: tuple[StrictFinite, StrictFinite] = Field(description="(x, y) of the object in drone image pixels")
+    satellite_tile: Base64Image = Field(description="the satellite (reference) tile file, base64")
+
+
+class FieldError(BaseModel):
+    field: str = Field(description="where in the request, e.g. body.k")
+    message: str
+
+
+class ErrorBody(BaseModel):
+    """Every error the app answers has this shape, whatever raised it."""
+
+    status: int
+    detail: str = Field(description="what was wrong, naming the field")
+    errors: list[FieldError] = Field(default_factory=list, description="one entry per invalid field (422)")
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for a route's error codes, all with the ``ErrorBody`` shape."""
+    return {code: {"model": ErrorBody, "description": ERROR_MEANINGS[code]} for code in codes}
+
+
+ERROR_MEANINGS = {
+    400: "the body could not be read (not JSON, or not UTF-8)",
+    401: "missing or wrong bearer token",
+    404: "this deployment does not serve the operation (no localizer configured)",
+    409: "the request asks for a stage this deployment lacks (rerank without a re-ranker)",
+    413: "an image over the byte or pixel limit",
+    422: "a field is missing, of the wrong type, out of range or not a readable image",
+}
 
 
 def serve_spec(args: dict[str, Any], source: str = "serve args") -> ServeSpec:
