@@ -191,6 +191,13 @@ def _cmd_bench(args: argparse.Namespace) -> None:
     run_benchmark(args.name, args.out, args.set)
 
 
+def _convert_parser(sub: Any) -> None:
+    convert = sub.add_parser("convert", help="convert an old pickled checkpoint (state.pt) to safetensors")
+    convert.add_argument("checkpoint", help="the checkpoint folder (a local path)")
+    convert.add_argument("--out", help="write the converted checkpoint here (default: beside state.pt)")
+    convert.set_defaults(fn=_cmd_convert)
+
+
 def _k8s_parser(sub: Any) -> Any:
     kube = sub.add_parser("k8s", help="KubeRay manifest: RayJob, RayService or RayCluster")
     kube.add_argument("kind", choices=["job", "service", "cluster"])
@@ -238,10 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--address", help="a running Ray cluster (default: start a local one)")
     serve.set_defaults(fn=_cmd_serve)
     kube = _k8s_parser(sub)
-    convert = sub.add_parser("convert", help="convert an old pickled checkpoint (state.pt) to safetensors")
-    convert.add_argument("checkpoint", help="the checkpoint folder (a local path)")
-    convert.add_argument("--out", help="write the converted checkpoint here (default: beside state.pt)")
-    convert.set_defaults(fn=_cmd_convert)
+    _convert_parser(sub)
     bench = sub.add_parser("bench", help="run a benchmark; writes JSON and one summary line")
     bench.add_argument(
         "name",

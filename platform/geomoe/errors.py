@@ -33,3 +33,15 @@ class ModelError(GeomoeError):
 
 class ExperimentError(GeomoeError):
     """An experiment folder cannot be used as asked (it holds another run, or no sweep)."""
+
+
+class RunLockedError(GeomoeError):
+    """Another run holds the run folder's lease (the same job name and output root)."""
+
+
+class ImageError(GeomoeError):
+    """An image file cannot be used (missing, truncated, not an image, a decompression bomb). Names the file."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        self.path, self.reason = path, reason
+        super().__init__(f"{path}: unreadable image: {reason}")

@@ -12,7 +12,7 @@ import logging
 import time
 from typing import Any
 
-from geomoe import registry, storage, tracking
+from geomoe import lease, registry, storage, tracking
 from geomoe.config import EngineSpec, JobSpec
 from geomoe.data.prepared import PreparedDataset
 from geomoe.progress import Progress, StageBar
@@ -225,6 +225,11 @@ def run_job_timed(spec: JobSpec, progress: Progress | None = None) -> JobResults
     progress = progress or Progress(spec.stages, enabled=False)
     _check_cluster_storage(spec)
     run_dir = run_dir_of(spec)
+    with lease.held(storage.join(run_dir, lease.LOCK_FILE)):  # refuses if another run uses this folder
+        return _run_stages(spec, progress, run_dir)
+
+
+def _run_stages(spec: JobSpec, progress: Progress, run_dir: str) -> JobResults:
     storage.write_json_atomic(storage.join(run_dir, "spec.json"), spec.model_dump(mode="json"))
     results = JobResults()
     with tracking.job_run(spec, run_dir) as tracker, tracking.active(tracker):

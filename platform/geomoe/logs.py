@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from geomoe import storage
+from geomoe.errors import RunLockedError
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 CONSOLE_FORMAT = "%(levelname)s %(name)s: %(message)s"
@@ -26,6 +27,7 @@ class RunLogs:
     handler: logging.Handler
     verbose: bool
     last_lines: list[str] = field(default_factory=list)  # the log's last lines, kept when the job ends
+    refused: bool = False  # another run holds the run folder: its logs are not ours to overwrite
 
     def tail(self, lines: int = 20) -> list[str]:
         if not self.file.is_file():
@@ -72,8 +74,8 @@ def run_logs(
     """Route Python logging for one job as the module says, into a local file while the job runs; at the end
     (or on a failure) the file and, from ``session_logs`` (the local Ray session's log folder, or None), Ray's
     logs go to ``<run>/logs`` (uploaded when the run folder is a URI). A job that never created its run folder
-    (a spec or storage check stopped it first) writes nothing there: its logs stay in a temporary folder, which
-    ``location`` then names."""
+    (a spec or storage check stopped it first), or that found it in use by another run, writes nothing there: its
+    logs stay in a temporary folder, which ``location`` then names."""
     staging = Path(tempfile.mkdtemp(prefix="geomoe-logs-"))
     to_file = logging.FileHandler(staging / "geomoe.log", encoding="utf-8")
     to_file.setFormatter(logging.Formatter(FORMAT))
@@ -91,6 +93,9 @@ def run_logs(
     _RUNNING[:] = [logs]
     try:
         yield logs
+    except RunLockedError:
+        logs.refused = True
+        raise
     finally:
         _RUNNING.clear()
         _release(to_file)
@@ -102,7 +107,7 @@ def run_logs(
 
 def _publish(logs: RunLogs, staging: Path, run_dir: str, session: Path | None) -> None:
     logs.last_lines = logs.tail()
-    if not storage.exists(run_dir):
+    if logs.refused or not storage.exists(run_dir):
         logs.location = str(staging)
         return
     _collect(staging, session)

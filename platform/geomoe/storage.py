@@ -216,7 +216,17 @@ def read_head(location: str | os.PathLike[str] | Location, size: int) -> bytes:
 
 
 def read_text(location: str | os.PathLike[str] | Location) -> str:
-    return read_bytes(location).decode("utf-8")
+    """A UTF-8 text file (a leading byte-order mark is dropped); StorageError naming the line if it is not UTF-8."""
+    return decode_utf8(read_bytes(location), location)
+
+
+def decode_utf8(data: bytes, location: str | os.PathLike[str] | Location) -> str:
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        shown = redact(location.path if isinstance(location, Location) else location)
+        raise StorageError(f"{shown}: line {line}: not UTF-8 text (byte {err.start}: {err.reason})") from None
 
 
 def read_json(location: str | os.PathLike[str] | Location) -> Any:

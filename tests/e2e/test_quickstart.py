@@ -24,8 +24,16 @@ def test_quickstart_job_runs_and_reports(tmp_path: Path, mlflow_server: str) -> 
     ]
     args = ["run", str(REPO / "jobs" / "quickstart.yaml"), *[a for s in small for a in ("--set", s)]]
     tracked = os.environ | {"MLFLOW_TRACKING_URI": mlflow_server}
-    done = run_cli(*args, cwd=tmp_path, env=tracked)
+    command = [sys.executable, "-m", "geomoe.cli", *args]
+    with subprocess.Popen(
+        command, cwd=tmp_path, env=tracked, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    ) as first:
+        refused = second_run_while_the_first_holds_the_folder(args, tmp_path, first)
+        out, err = first.communicate(timeout=600)
+    done = subprocess.CompletedProcess(command, first.returncode, out, err)
     assert done.returncode == 0, done.stderr[-3000:]
+    assert refused.returncode == 2 and f"pid {first.pid}," in refused.stderr, refused.stderr
+    assert not (tmp_path / "runs" / "quickstart" / "run.lock").exists()  # released at the end
     assert "prepared" in done.stdout and "rejected records: 0" in done.stdout
     assert "text -> image retrieval, exact protocol" in done.stdout and "unified stage2" in done.stdout
     assert "model stage2 +CGRS-scene" in done.stdout  # re-ranked with the scene-graph caption store
@@ -56,6 +64,18 @@ def test_quickstart_job_runs_and_reports(tmp_path: Path, mlflow_server: str) -> 
     check_tracked_run(mlflow_server, results, done.stdout)
     again = run_cli(*args, cwd=tmp_path)  # finished outputs are reused, not redone
     assert again.returncode == 0 and json.loads((tmp_path / "runs/quickstart/results.json").read_text()) == results
+
+
+def second_run_while_the_first_holds_the_folder(
+    args: list[str], cwd: Path, first: subprocess.Popen[str]
+) -> subprocess.CompletedProcess[str]:
+    """The same job with the same output started again once the first run holds its folder: refused."""
+    import time
+
+    lock = cwd / "runs" / "quickstart" / "run.lock"
+    while not lock.exists() and first.poll() is None:
+        time.sleep(0.2)
+    return run_cli(*args, cwd=cwd)
 
 
 def check_tracked_run(server: str, results: dict, printed: str) -> None:

@@ -95,12 +95,41 @@ def expand_env(raw: Any, source: str, key: str = "") -> Any:
     return _ENV_REFERENCE.sub(value, raw)
 
 
+MAX_YAML_VALUES = 100_000  # far above any spec; an alias bomb's expansion is astronomically above it
+
+
 def load_yaml(path: str | Path) -> Any:
     """A YAML spec file (a path or URI), with ``${NAME}`` environment references expanded."""
+    return expand_env(read_yaml(path), str(path))
+
+
+def read_yaml(path: str | Path) -> Any:
+    """A YAML file (a path or URI) read safely: plain data only (no Python objects), and refused when its aliases
+    would expand it past ``MAX_YAML_VALUES`` values (the "billion laughs": a few lines that every later walk over
+    the data, validation included, would take forever on). SpecError naming the file otherwise."""
     if not storage.is_file(path):
         raise SpecError(str(path), "", "file not found")
     try:
-        raw = yaml.safe_load(storage.read_text(path))
+        text = storage.read_text(path)
+        size = _expanded_size(yaml.compose(text, Loader=yaml.SafeLoader), {})
+        if size > MAX_YAML_VALUES:
+            raise SpecError(str(path), "", f"its aliases expand it to {size:.3g} values (over {MAX_YAML_VALUES})")
+        return yaml.safe_load(text)
     except yaml.YAMLError as err:
         raise SpecError(str(path), "", f"not valid YAML: {err}") from err
-    return expand_env(raw, str(path))
+    except storage.StorageError as err:
+        raise SpecError(str(path), "", str(err).removeprefix(f"{path}: ")) from err
+
+
+def _expanded_size(node: yaml.Node | None, sizes: dict[int, int]) -> int:
+    """How many values ``node`` stands for once every alias is copied out (each shared node counted once per use,
+    computed once)."""
+    if node is None or id(node) in sizes:
+        return sizes.get(id(node), 0)
+    size = 1
+    if isinstance(node, yaml.SequenceNode):
+        size += sum(_expanded_size(child, sizes) for child in node.value)
+    elif isinstance(node, yaml.MappingNode):
+        size += sum(_expanded_size(k, sizes) + _expanded_size(v, sizes) for k, v in node.value)
+    sizes[id(node)] = size
+    return size

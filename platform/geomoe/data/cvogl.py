@@ -7,6 +7,7 @@ Each .pth is a torch-saved list of 8-tuples:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from numbers import Real
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import Any
 from geomoe import storage
 from geomoe.data.images import image_size
 from geomoe.data.records import LocalizationRecord, RejectLog
-from geomoe.errors import DatasetError
+from geomoe.errors import DatasetError, ImageError
 
 SETTINGS = ("DroneAerial", "SVI")
 SPLITS = ("train", "val", "test")
@@ -33,6 +34,12 @@ def _numbers(value: Any, count: int) -> list[float] | None:
     return [float(v) for v in value]
 
 
+def _finite(value: Any) -> bool:
+    """True unless ``value`` is a sequence of numbers with a NaN or an infinity (other shapes are caught apart)."""
+    numbers = _numbers(value, len(value)) if isinstance(value, Sequence) and not isinstance(value, str) else None
+    return numbers is None or all(math.isfinite(v) for v in numbers)
+
+
 def _tuple_problem(entry: Any) -> str | None:
     if not isinstance(entry, (tuple, list)) or len(entry) != 8:
         return "wrong type: expected an 8-tuple (id, query, satellite, click2, click, box, polygon, class)"
@@ -41,7 +48,9 @@ def _tuple_problem(entry: Any) -> str | None:
         (isinstance(entry[1], str) and bool(entry[1]), "query file must be a non-empty string"),
         (isinstance(entry[2], str) and bool(entry[2]), "satellite file must be a non-empty string"),
         (_numbers(entry[4], 2) is not None, "click must be two numbers (x, y)"),
+        (_finite(entry[4]), "click must be finite (no NaN or infinity)"),
         (_numbers(entry[5], 4) is not None, "box must be four numbers [x1, y1, x2, y2]"),
+        (_finite(entry[5]), "box must be finite (no NaN or infinity)"),
         (entry[6] is None or _numbers(entry[6], 8) is not None, "polygon must be null or eight numbers"),
         (isinstance(entry[7], str), "class name must be a string"),
     ]
@@ -52,8 +61,11 @@ def _tuple_problem(entry: Any) -> str | None:
 
 
 def _geometry_problem(click: list[float], box: list[float], query: str, tile: str) -> str | None:
-    qw, qh = image_size(query)
-    tw, th = image_size(tile)
+    try:
+        qw, qh = image_size(query)
+        tw, th = image_size(tile)
+    except ImageError as err:
+        return f"unreadable image: {err.path}: {err.reason}"
     if not (0 <= click[0] <= qw and 0 <= click[1] <= qh):
         return f"click outside query: ({click[0]:.1f}, {click[1]:.1f}) not in {qw}x{qh}"
     x1, y1, x2, y2 = box

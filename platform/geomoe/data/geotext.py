@@ -61,6 +61,18 @@ def _entry_problem(entry: Any) -> str | None:
     return None
 
 
+def _duplicate(entry: dict[str, Any], index: int, seen: dict[tuple[str, str], int]) -> str | None:
+    """A test entry (one per image, captions in a list) naming an image an earlier entry named, or a train entry
+    repeating an earlier (image, caption): either would count an image twice in the gallery or the loss."""
+    caption = entry["caption"]
+    key = (entry["image"], "" if isinstance(caption, list) else caption)
+    if key in seen:
+        what = "image" if isinstance(caption, list) else "image and caption"
+        return f"duplicate {what}: {entry['image']!r} as in entry {seen[key]}"
+    seen[key] = index
+    return None
+
+
 def read_geotext(
     root: str | Path,
     split: str,
@@ -80,8 +92,9 @@ def read_geotext(
     images = storage.join(root, "images")
     present = {rel for rel, _ in (storage.list_files(images) if images_listing is None else images_listing)}
     records: list[RetrievalRecord] = []
+    seen: dict[tuple[str, str], int] = {}
     for index, entry in enumerate(load_json_list(path)):
-        problem = _entry_problem(entry)
+        problem = _entry_problem(entry) or _duplicate(entry, index, seen)
         platform = classify(entry["image_id"]) if problem is None else None
         if problem is None and platform is None:
             problem = f"unknown platform: file name of {entry['image_id']!r} matches no platform rule"

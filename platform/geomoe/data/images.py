@@ -10,15 +10,20 @@ import io
 import os
 
 import numpy as np
-from PIL import Image, ImageFile, UnidentifiedImageError
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from geomoe import storage
+from geomoe.errors import ImageError
 
 # A truncated JPEG must be an error, never a half-grey picture.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 HEADER_BYTES = 64 << 10  # enough for the size in a JPEG/PNG header, EXIF included
 IMAGE_MEAN = (0.48145466, 0.4578275, 0.40821073)  # EVA-CLIP / OpenAI CLIP normalisation
 IMAGE_STD = (0.26862954, 0.26130258, 0.27577711)
+# Everything Pillow raises for a file that is not a usable image, a decompression bomb included (a header claiming
+# more than twice Image.MAX_IMAGE_PIXELS: Pillow refuses it before allocating anything).
+DECODE_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+ROTATED = {5, 6, 7, 8}  # EXIF orientations that swap width and height
 
 
 def image_problem(path: str | os.PathLike[str], decode: bool = True) -> str | None:
@@ -32,33 +37,59 @@ def image_problem(path: str | os.PathLike[str], decode: bool = True) -> str | No
     except storage.StorageError:
         return f"missing image: {shown}"
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            if decode:
-                image.load()
-            width, height = image.size
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-        return f"unreadable image: {shown}: {err}"
+        width, height = decoded(data).size if decode else _header_size(data)
+    except DECODE_ERRORS as err:
+        return f"unreadable image: {shown}: {why(err)}"
     if width == 0 or height == 0:
         return f"unreadable image: {shown}: zero size"
     return None
 
 
-def open_image(path: str | os.PathLike[str]) -> Image.Image:
-    """The decoded image at a path or URI (loaded: no file handle stays open)."""
-    with Image.open(io.BytesIO(storage.read_bytes(path))) as image:
+def decoded(data: bytes) -> Image.Image:
+    """The image in ``data`` as it is meant to be seen: loaded, turned by its EXIF orientation, and 16-bit
+    greyscale scaled to 8 bits (Pillow's own conversion to RGB clips it to white)."""
+    with Image.open(io.BytesIO(data)) as image:
         image.load()
-        return image
+        upright = ImageOps.exif_transpose(image)
+    if upright.mode.startswith("I"):  # 16-bit PNG/TIFF greyscale: "I;16*" or "I" holding 0..65535
+        wide = np.asarray(upright, np.float32)
+        upright = Image.fromarray(np.clip(np.rint(wide / 257.0), 0, 255).astype(np.uint8), "L")
+    return upright
+
+
+def open_image(path: str | os.PathLike[str]) -> Image.Image:
+    """The decoded image at a path or URI (loaded: no file handle stays open); ImageError naming the file if it
+    is not a usable image."""
+    try:
+        return decoded(storage.read_bytes(path))
+    except DECODE_ERRORS as err:
+        raise ImageError(storage.redact(path), why(err)) from None
 
 
 def image_size(path: str | os.PathLike[str]) -> tuple[int, int]:
-    """(width, height) from the header only (a ranged read of the first bytes on an object store)."""
-    head = storage.read_head(path, HEADER_BYTES)
+    """(width, height) as displayed (EXIF orientation applied), from the header only (a ranged read of the first
+    bytes on an object store); ImageError naming the file if it is not a usable image."""
     try:
-        with Image.open(io.BytesIO(head)) as image:
-            return image.size
-    except (UnidentifiedImageError, OSError):  # a header longer than the first bytes: read it all
-        with Image.open(io.BytesIO(storage.read_bytes(path))) as image:
-            return image.size
+        try:
+            return _header_size(storage.read_head(path, HEADER_BYTES))
+        except (UnidentifiedImageError, OSError):  # a header longer than the first bytes: read it all
+            return _header_size(storage.read_bytes(path))
+    except DECODE_ERRORS as err:
+        raise ImageError(storage.redact(path), why(err)) from None
+
+
+def why(err: BaseException) -> str:
+    """A decoding error in words (Pillow names a BytesIO object's address when it knows no format)."""
+    return (
+        "not an image file, or a format Pillow does not read" if isinstance(err, UnidentifiedImageError) else str(err)
+    )
+
+
+def _header_size(data: bytes) -> tuple[int, int]:
+    with Image.open(io.BytesIO(data)) as image:
+        width, height = image.size
+        turned = image.getexif().get(0x0112) in ROTATED
+    return (height, width) if turned else (width, height)
 
 
 def image_array(path: str | os.PathLike[str], size: int) -> np.ndarray:

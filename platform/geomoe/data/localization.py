@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
-from geomoe import storage
+from geomoe.data.images import decoded, open_image
 from geomoe.metrics import clamped_iou, localization_metrics, localization_values
 from geomoe.stats import intervals
 
@@ -29,11 +29,11 @@ SIZE_BUCKETS_AT_1024 = (300.0, 512.0)
 
 
 def _load(path: str | io.BytesIO, size: int) -> tuple[np.ndarray, tuple[int, int]]:
-    if isinstance(path, str):
-        path = io.BytesIO(storage.read_bytes(path))  # a path or URI: bytes through the storage layer
-    with Image.open(path) as image:
-        original = image.size
-        rgb = np.asarray(image.convert("RGB").resize((size, size), Image.Resampling.BILINEAR), np.float32)
+    # a path or URI: read through the storage layer, ImageError naming the file; a request's bytes: checked by the
+    # ingress already (413/422 otherwise)
+    image = open_image(path) if isinstance(path, str) else decoded(path.getvalue())
+    original = image.size
+    rgb = np.asarray(image.convert("RGB").resize((size, size), Image.Resampling.BILINEAR), np.float32)
     return ((rgb / np.float32(255.0) - MEAN) / STD).transpose(2, 0, 1).copy(), original
 
 

@@ -12,6 +12,7 @@ import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from geomoe import storage
 from geomoe.data.records import RejectLog
 from geomoe.errors import DatasetError
 from geomoe.storage import atomic_path
@@ -28,7 +29,7 @@ def read_queries(path: str | Path, rejects: RejectLog) -> list[tuple[str, str]]:
         raise DatasetError(f"{path}: query file not found")
     queries: list[tuple[str, str]] = []
     seen: set[str] = set()
-    for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for line_no, line in enumerate(storage.read_text(path).splitlines(), start=1):  # CRLF, a BOM: both fine
         if not line.strip():
             continue
         query_id, tab, text = line.partition("\t")

@@ -31,6 +31,7 @@ from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from geomoe.data.images import DECODE_ERRORS, decoded
 from geomoe.serving.localize import Localizer
 from geomoe.serving.rerank import Captioner, Reranker
 from geomoe.serving.retrieval import GallerySearch, QueryEncoder
@@ -82,8 +83,8 @@ async def _once_more_if_replica_died(call: Any) -> Any:
 # Helpers the ingress calls are defined above it: ``serve.ingress`` pickles the FastAPI routes by value when the
 # class is decorated, with the module globals that exist at that moment.
 def _image_bytes(encoded: str, field: str) -> tuple[bytes, tuple[int, int]]:
-    """The decoded file of a base64 image field and its size, read from the header only: 413 over the byte or
-    pixel limit, 422 when it is not base64 or not an image. Nothing is ever fetched from a URL."""
+    """The file of a base64 image field and its size: 413 over the byte or pixel limit (checked from the header,
+    before decoding), 422 when it is not base64 or does not decode completely. Nothing is fetched from a URL."""
     from PIL import Image, UnidentifiedImageError
 
     if len(encoded) > (MAX_IMAGE_BYTES + 2) // 3 * 4:
@@ -93,12 +94,18 @@ def _image_bytes(encoded: str, field: str) -> tuple[bytes, tuple[int, int]]:
     except (binascii.Error, ValueError) as err:
         raise HTTPException(status_code=422, detail=f"{field}: not base64 ({err})") from err
     try:
-        with Image.open(io.BytesIO(raw)) as image:
+        with Image.open(io.BytesIO(raw)) as image:  # the header first: a bomb is refused before any decoding
             size = image.size
+    except Image.DecompressionBombError as err:
+        raise HTTPException(status_code=413, detail=f"{field}: {err}") from err
     except (UnidentifiedImageError, OSError) as err:
         raise HTTPException(status_code=422, detail=f"{field}: not a readable image file") from err
     if size[0] * size[1] > MAX_IMAGE_PIXELS:
         raise HTTPException(status_code=413, detail=f"{field}: {size[0]}x{size[1]} is over {MAX_IMAGE_PIXELS} px")
+    try:
+        decoded(raw)  # the whole file: a truncated one is a 422 here, not a failure in the localizer
+    except DECODE_ERRORS as err:
+        raise HTTPException(status_code=422, detail=f"{field}: not a readable image file ({err})") from err
     return raw, size
 
 

@@ -6,8 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from geomoe.errors import SpecError
 
 BUILDER = "geomoe.serving.app:build_app"
@@ -20,10 +18,12 @@ def check_serve_schema(path: str | Path) -> dict[str, Any]:
     from pydantic import ValidationError
     from ray.serve.schema import ServeDeploySchema
 
+    from geomoe.config.base import read_yaml
+
     source = str(path)
     if not Path(path).is_file():
         raise SpecError(source, "", "Serve config not found")
-    raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    raw = read_yaml(path)
     try:
         ServeDeploySchema.model_validate(raw)
     except ValidationError as err:

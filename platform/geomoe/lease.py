@@ -1,0 +1,155 @@
+"""A lease on a run folder, so that two runs of one job (same name, same output root) never write into it at once.
+
+The lease is a small JSON file or object, ``<run>/run.lock``: who holds it (user, host, pid), since when, and
+until when. The holder renews it from a background thread every quarter of its time to live; a run that crashed
+stops renewing, so its lease lapses after at most ``ttl`` seconds and the next run takes the folder over. A run that
+finds a live lease refuses to start, naming the holder.
+
+Taking a lease is atomic on a local or shared file system (``O_EXCL``). Object stores reached through pyarrow have
+no create-if-absent, so there the taker writes its record, waits ``settle`` seconds (longer than a rival's gap
+between its read and its write: one GET and one PUT) and reads it back: of two runs that started together, the one
+whose record was overwritten sees the other's and refuses. Taking over a lapsed lease uses the same check anywhere.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from geomoe import storage
+from geomoe.errors import RunLockedError
+
+log = logging.getLogger(__name__)
+LOCK_FILE = "run.lock"
+TTL_S = 120.0
+SETTLE_S = 2.0
+
+
+@dataclass
+class Lease:
+    location: str
+    record: dict[str, Any]
+    ttl: float
+    stopped: threading.Event = field(default_factory=threading.Event)
+
+    def renew(self) -> bool:
+        """Push the expiry forward; False (and a warning) if another run has taken the lease meanwhile."""
+        current = _read(self.location)
+        if current is None or current.get("token") != self.record["token"]:
+            log.warning("%s: the run lease was taken by %s", storage.redact(self.location), _holder(current))
+            return False
+        self.record["expires"] = time.time() + self.ttl
+        storage.write_bytes_atomic(self.location, json.dumps(self.record).encode())
+        return True
+
+    def release(self) -> None:
+        self.stopped.set()
+        current = _read(self.location)
+        if current is not None and current.get("token") == self.record["token"]:
+            storage.delete(self.location)
+
+
+def acquire(location: str, ttl: float = TTL_S, settle: float = SETTLE_S) -> Lease:
+    """Take the lease at ``location``, or raise RunLockedError naming the run that holds it."""
+    _refuse_if_held(location, _read(location))
+    now = time.time()
+    record = {"token": uuid.uuid4().hex, "holder": _who(), "started": now, "expires": now + ttl}
+    data = json.dumps(record).encode()
+    if storage.is_local(location) and not storage.exists(location):
+        if not _create_exclusive(location, data):
+            _refuse_if_held(location, _read(location), lost_race=True)
+        return Lease(location, record, ttl)
+    storage.write_bytes_atomic(location, data)  # a lapsed lease, or an object store: write, then verify
+    time.sleep(settle)
+    current = _read(location)
+    if current is None or current.get("token") != record["token"]:
+        _refuse_if_held(location, current or {}, lost_race=True)
+    return Lease(location, record, ttl)
+
+
+@contextmanager
+def held(location: str, ttl: float = TTL_S, settle: float = SETTLE_S) -> Iterator[Lease]:
+    """Hold the lease while the block runs (renewed in the background), released at its end, failed or not."""
+    lease = acquire(location, ttl, settle)
+    renewer = threading.Thread(target=_keep_renewing, args=(lease,), name="geomoe-lease", daemon=True)
+    renewer.start()
+    try:
+        yield lease
+    finally:
+        lease.release()
+        renewer.join(timeout=5)
+
+
+def _create_exclusive(location: str, data: bytes) -> bool:
+    """Create a local file only if none exists, atomically (O_EXCL): False if one does."""
+    path = storage.resolve(location).path
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+    return True
+
+
+def _keep_renewing(lease: Lease) -> None:
+    while not lease.stopped.wait(lease.ttl / 4):
+        try:
+            if not lease.renew():
+                return
+        except Exception as err:  # a storage hiccup: try again at the next beat, the lease has time left
+            log.warning("%s: renewing the run lease failed: %s", storage.redact(lease.location), err)
+
+
+def _refuse_if_held(location: str, current: dict[str, Any] | None, lost_race: bool = False) -> None:
+    if current is None:
+        return
+    expires = float(current.get("expires", 0))
+    if expires <= time.time() and not lost_race:
+        log.warning("%s: taking over a lapsed lease of %s", storage.redact(location), _holder(current))
+        return
+    until = datetime.fromtimestamp(expires, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    raise RunLockedError(
+        f"{storage.redact(location)}: another run of this job is using its output folder: {_holder(current)}; "
+        f"its lease runs until {until} and is renewed while it runs. Wait for it, or give this run another name "
+        f"(--set name=...) or output_root. If that run is gone, the lease lapses by then (or delete the file)."
+    )
+
+
+def _read(location: str) -> dict[str, Any] | None:
+    """The lease record, None if there is none. A file that is not a lease record (half written, damaged) counts
+    as held by an unknown run, so that it is never overwritten unseen."""
+    try:
+        raw = storage.read_json_if_exists(location)
+    except (ValueError, UnicodeDecodeError):
+        raw = "unreadable"
+    if raw is None:
+        return None
+    if not isinstance(raw, dict) or "token" not in raw:
+        return {"holder": f"unknown (the file is not a lease record: {str(raw)[:60]!r})", "expires": time.time() + 1}
+    return raw
+
+
+def _who() -> str:
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no user name in a bare container
+        user = str(os.getuid())
+    started = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return f"{user}@{socket.gethostname()} pid {os.getpid()}, started {started}"
+
+
+def _holder(record: dict[str, Any] | None) -> str:
+    return "nobody" if record is None else str(record.get("holder", "unknown"))
