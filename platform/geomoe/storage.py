@@ -18,6 +18,7 @@ removes any that a user put into a URI before it is logged or recorded.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
@@ -184,6 +185,17 @@ def _errors(location: str | os.PathLike[str] | Location) -> Iterator[None]:
         raise storage_error(location, err) from err
 
 
+@contextmanager
+def _full_disk(location: Location) -> Iterator[None]:
+    """A writer that ran out of space (or quota) is a StorageError naming where the output was going."""
+    try:
+        yield
+    except OSError as err:
+        if err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+            raise storage_error(location, err) from err
+        raise
+
+
 def info(location: str | os.PathLike[str] | Location) -> pafs.FileInfo:
     loc = resolve(location)
     with _errors(loc):
@@ -282,11 +294,13 @@ def atomic_path(final: str | os.PathLike[str], suffix: str = "") -> Iterator[Pat
     os.close(fd)
     tmp_path = Path(tmp)
     try:
-        yield tmp_path
-        if loc.local:
-            os.replace(tmp_path, loc.path)
-        else:
-            _upload(tmp_path, loc)
+        with _full_disk(loc):
+            yield tmp_path
+        with _errors(loc):  # a full disk or a failed upload: a StorageError naming the location, nothing published
+            if loc.local:
+                os.replace(tmp_path, loc.path)
+            else:
+                _upload(tmp_path, loc)
     finally:
         tmp_path.unlink(missing_ok=True)
 
@@ -342,7 +356,8 @@ def _publish_dir(local: Path, loc: Location, manifest: str) -> None:
     delete(loc)  # the old manifest first: from here on a reader sees the folder as unfinished
     files = sorted(p for p in local.rglob("*") if p.is_file())
     for path in sorted(files, key=lambda p: p.relative_to(local).as_posix() == manifest):
-        _upload(path, resolve(join(loc.uri, path.relative_to(local).as_posix())))
+        with _errors(loc):
+            _upload(path, resolve(join(loc.uri, path.relative_to(local).as_posix())))
 
 
 @contextmanager
@@ -360,7 +375,8 @@ def atomic_dir(final: str | os.PathLike[str], manifest: str = MANIFEST) -> Itera
         directory = None
     tmp = Path(tempfile.mkdtemp(prefix=f".{basename(loc.path)}.", suffix=".tmp", dir=directory))
     try:
-        yield tmp
+        with _full_disk(loc):
+            yield tmp
         _publish_dir(tmp, loc, manifest)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -370,48 +386,6 @@ def upload_dir(source: str | os.PathLike[str], location: str | os.PathLike[str])
     """Copy a local folder's files to ``location`` (path or URI), manifest last."""
     with atomic_dir(location) as tmp:
         shutil.copytree(source, tmp, dirs_exist_ok=True)
-
-
-def cache_root() -> Path:
-    """Where replicas keep local copies of remote folders: GEOMOE_CACHE, else ~/.cache/geomoe."""
-    return Path(os.environ.get("GEOMOE_CACHE") or Path.home() / ".cache" / "geomoe")
-
-
-def cached_copy(location: str | os.PathLike[str], cache: str | os.PathLike[str] | None = None) -> Path:
-    """A local, verified copy of a published folder (one whose manifest lists ``files``: name -> sha256).
-
-    A local folder is used where it is. A remote one is copied once into ``<cache>/<sha256 of its manifest>``:
-    every file is downloaded, its content hash checked against the manifest, and the copy is renamed into place
-    only when all match, so concurrent replicas on a node share one finished copy and a corrupt or partial
-    download is never used. The caller memory-maps from the returned folder."""
-    loc = resolve(location)
-    if loc.local:
-        return Path(loc.path)
-    manifest_bytes = read_bytes(join(loc.uri, MANIFEST))
-    files = json.loads(manifest_bytes).get("files")
-    if not isinstance(files, dict) or not files:
-        raise StorageError(f"{loc}: its {MANIFEST} lists no file hashes ('files'): rebuild it with this version")
-    target = Path(cache or cache_root()) / hashlib.sha256(manifest_bytes).hexdigest()[:24]
-    if (target / MANIFEST).is_file():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
-        for name, digest in sorted(files.items()):
-            local = tmp / name
-            local.parent.mkdir(parents=True, exist_ok=True)
-            local.write_bytes(read_bytes(join(loc.uri, name)))
-            if file_sha256(local) != digest:
-                raise StorageError(f"{redact(join(loc.uri, name))}: content hash differs from the manifest's")
-        (tmp / MANIFEST).write_bytes(manifest_bytes)
-        try:
-            os.replace(tmp, target)
-        except OSError:  # another replica finished first: its copy is as good
-            if not (target / MANIFEST).is_file():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
 
 
 def files_sha256(folder: Path) -> dict[str, str]:

@@ -28,6 +28,7 @@ from typing import Any
 import yaml
 
 from geomoe import storage
+from geomoe.cache import cache_root
 from geomoe.config import JobSpec
 from geomoe.errors import ModelError
 
@@ -233,7 +234,7 @@ def checkpoint_location(location: str, cache: Path | None = None) -> str:
     version = _version(_client(registry_uri()), location)
     if not str(version.source).startswith(("runs:/", "mlflow-artifacts:", MODEL_URI)):
         return str(version.source)
-    target = (cache or storage.cache_root()) / "registry" / version.name / str(version.version)
+    target = (cache or cache_root()) / "registry" / version.name / str(version.version)
     if not (target / "checkpoint").is_dir():
         target.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=target) as staging:  # whole or not at all

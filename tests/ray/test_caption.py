@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from geomoe.config import JobSpec, parse_spec
 from geomoe.data.caption_store import read_caption_store
 from geomoe.engines.prompts import load_caption_prompt
@@ -45,6 +47,46 @@ def test_gallery_captioning_writes_a_store_and_counts_failures(tiny_synth: tuple
     assert caption_gallery(spec, manifest) == report  # the same inputs: the store is reused, not redone
     longer = caption_job(root, tmp_path, engine, max_words=30)
     assert caption_gallery(longer, manifest)["inputs_key"] != report["inputs_key"]  # changed settings: redone
+
+
+def test_a_caption_stage_killed_midway_resumes_without_captioning_again(
+    tiny_synth: tuple[Path, dict], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The driver dies after the first part of captions is saved; the rerun asks the captioner only for the rest
+    and writes exactly the store an undisturbed run writes (greedy decoding)."""
+    from geomoe.pipelines import caption
+
+    root, _ = tiny_synth
+    model = build_tiny_captioner(tmp_path / "i2t", CORPUS, 32)
+    engine = {"kind": "transformers", "model": str(model), "max_new_tokens": 8, "batch_size": 2}
+    undisturbed = caption_job(root, tmp_path, engine, "whole.parquet")
+    manifest = prepare(undisturbed)
+    whole = caption_gallery(undisturbed, manifest)
+    monkeypatch.setattr(caption, "FLUSH_ROWS", 2)
+    flush = caption._flush
+
+    def die_after_the_first_part(parts: str, produced: dict) -> None:
+        flush(parts, produced)
+        raise RuntimeError("the driver was killed")
+
+    killed = caption_job(root, tmp_path, engine, "resumed.parquet")
+    with monkeypatch.context() as patched:
+        patched.setattr(caption, "_flush", die_after_the_first_part)
+        with pytest.raises(RuntimeError, match="killed"):
+            caption_gallery(killed, manifest)
+    assert not (tmp_path / "resumed.parquet").exists()  # nothing that looks finished
+    asked: list[int] = []
+    real = caption._captions
+    monkeypatch.setattr(
+        caption, "_captions", lambda c, p, images, parts: asked.append(len(images)) or real(c, p, images, parts)
+    )
+    report = caption_gallery(killed, manifest)
+    assert report["resumed"] == 2 and asked == [whole["images"] - 2]  # only the rest was captioned
+    assert read_caption_store(tmp_path / "resumed.parquet") == read_caption_store(tmp_path / "whole.parquet")
+    assert {k: v for k, v in report.items() if k not in ("seconds", "resumed", "store")} == {
+        k: v for k, v in whole.items() if k not in ("seconds", "resumed", "store")
+    }
+    assert not (tmp_path / "resumed.parquet.parts").exists()  # cleaned up once the store is written
 
 
 def test_chat_vlm_captions_alike_locally_and_over_http_and_counts_a_dead_server(

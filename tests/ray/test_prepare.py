@@ -2,6 +2,7 @@
 
 import json
 import shutil
+import time
 from pathlib import Path
 
 import pyarrow.dataset as pads
@@ -102,3 +103,42 @@ def test_prepare_cvogl(tiny_synth: tuple[Path, dict], tmp_path: Path) -> None:
     assert {s: sum(v.values()) for s, v in manifest["rows"].items()} == counts["cvogl"]
     assert len(rows) == sum(counts["cvogl"].values())
     assert all(len(r["box"]) == 4 and r["box"][0] < r["box"][2] for r in rows)
+
+
+def test_a_worker_killed_midway_through_prepare_changes_nothing(tiny_synth: tuple[Path, dict], tmp_path: Path) -> None:
+    """SIGKILL the process running a prepare task while it decodes (large images keep it busy for seconds): Ray
+    runs the task again elsewhere and the prepared table is exactly the undisturbed run's."""
+    import threading
+
+    import numpy as np
+    import psutil
+    from PIL import Image
+
+    root, _ = tiny_synth
+    data = tmp_path / "geotext"
+    shutil.copytree(root / "geotext", data)
+    gradient = np.add.outer(np.arange(3000) % 256, np.arange(3000) % 256).astype(np.uint8)
+    for path in sorted((data / "images").rglob("*.jp*g"))[:16]:  # slow to decode, same file names
+        Image.fromarray(np.stack([gradient] * 3, -1)).save(path, "JPEG", quality=90)
+    undisturbed = read_pairs(prepare(job(data, tmp_path / "calm", satellite_copies=0)))
+    killed: list[int] = []
+    done = threading.Event()
+
+    def kill_a_prepare_task() -> None:
+        while not done.is_set() and not killed:
+            for process in psutil.process_iter(["pid", "cmdline"]):
+                if "MapBatches" in " ".join(process.info["cmdline"] or []):
+                    process.kill()
+                    killed.append(process.info["pid"])
+                    return
+            time.sleep(0.02)
+
+    killer = threading.Thread(target=kill_a_prepare_task)
+    killer.start()
+    try:
+        disturbed = read_pairs(prepare(job(data, tmp_path / "killed", satellite_copies=0)))
+    finally:
+        done.set()
+        killer.join()
+    assert killed, "no prepare task was seen running"
+    assert disturbed == undisturbed

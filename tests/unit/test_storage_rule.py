@@ -18,6 +18,7 @@ MODULE_CALLS = {
 }  # fmt: skip
 ALLOWED = {
     "storage.py": "the storage layer itself",
+    "cache.py": "verified local copies of published folders (the node-local cache replicas memory-map from)",
     "bench/": "benchmarks work in a local scratch folder they create",
     "models/tiny.py": "tiny random models are built into a local cache folder (declared in the spec)",
     "models/factory.py": "model weights load from local folders or hub ids on each node (URIs: not yet)",
@@ -25,7 +26,7 @@ ALLOWED = {
     "engines/prompts.py": "versioned prompt files: package data or a local file named in the spec",
     "data/refine_rules.py": "versioned rules files: package data or a local file named in the spec",
     "retrieval/index.py": "writes into the local temporary folder atomic_dir publishes; reads the verified local copy "
-    "storage.cached_copy made",
+    "cache.cached_copy made",
     "data/caption_store.py": "pq.write_table into the local temporary file atomic_path publishes",
     "data/cvogl.py": "torch.save into the local temporary file atomic_path publishes",
     "data/track4.py": "Track 4 queries and gallery folders are local (URIs: next step of issue 14)",

@@ -111,7 +111,7 @@ def read_yaml(path: str | Path) -> Any:
         raise SpecError(str(path), "", "file not found")
     try:
         text = storage.read_text(path)
-        size = _expanded_size(yaml.compose(text, Loader=yaml.SafeLoader), {})
+        size = _expanded_size(yaml.compose(text, Loader=yaml.SafeLoader), {}, str(path))
         if size > MAX_YAML_VALUES:
             raise SpecError(str(path), "", f"its aliases expand it to {size:.3g} values (over {MAX_YAML_VALUES})")
         return yaml.safe_load(text)
@@ -121,15 +121,22 @@ def read_yaml(path: str | Path) -> Any:
         raise SpecError(str(path), "", str(err).removeprefix(f"{path}: ")) from err
 
 
-def _expanded_size(node: yaml.Node | None, sizes: dict[int, int]) -> int:
+def _expanded_size(node: yaml.Node | None, sizes: dict[int, int], source: str, where: str = "") -> int:
     """How many values ``node`` stands for once every alias is copied out (each shared node counted once per use,
-    computed once)."""
+    computed once). A mapping that gives a key twice is refused on the way: YAML keeps the last one silently."""
     if node is None or id(node) in sizes:
         return sizes.get(id(node), 0)
     size = 1
     if isinstance(node, yaml.SequenceNode):
-        size += sum(_expanded_size(child, sizes) for child in node.value)
+        size += sum(_expanded_size(child, sizes, source, f"{where}[{i}]") for i, child in enumerate(node.value))
     elif isinstance(node, yaml.MappingNode):
-        size += sum(_expanded_size(k, sizes) + _expanded_size(v, sizes) for k, v in node.value)
+        lines: dict[str, int] = {}
+        for key, value in node.value:
+            name = f"{where}.{key.value}".lstrip(".") if isinstance(key, yaml.ScalarNode) else where
+            if isinstance(key, yaml.ScalarNode) and key.value != "<<" and name in lines:
+                first, again = lines[name], key.start_mark.line + 1
+                raise SpecError(source, name, f"given twice (lines {first} and {again}); keep one")
+            lines[name] = key.start_mark.line + 1
+            size += _expanded_size(key, sizes, source) + _expanded_size(value, sizes, source, name)
     sizes[id(node)] = size
     return size

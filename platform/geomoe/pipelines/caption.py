@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from collections import Counter
 from typing import Any
 
 import numpy as np
 import pyarrow.compute as pc
 
+from geomoe import storage
 from geomoe.config import CaptionSpec, JobSpec
 from geomoe.data.caption_store import caption_store_report, write_caption_store
 from geomoe.data.prepared import PreparedDataset
@@ -25,6 +27,8 @@ from geomoe.engines.prompts import CaptionPrompt, caption_verdict, image_data_ur
 from geomoe.errors import DatasetError
 from geomoe.pipelines.engine_pool import engine_pool_options
 from geomoe.pipelines.llm import generate
+
+FLUSH_ROWS = 64  # captions per part file: what a killed stage can lose at most (local engine)
 
 
 class CaptionBatch:
@@ -69,20 +73,50 @@ def gallery_images(manifest: dict[str, Any], split: str) -> list[dict[str, str]]
     return list(seen.values())
 
 
-def _captions(caption: CaptionSpec, prompt: CaptionPrompt, images: list[dict[str, str]]) -> dict[str, str | None]:
-    """image_id -> raw generated text (None: the engine failed on it)."""
+def _captions(
+    caption: CaptionSpec, prompt: CaptionPrompt, images: list[dict[str, str]], parts: str
+) -> dict[str, str | None]:
+    """image_id -> raw generated text (None: the engine failed on it), saved into ``parts`` as it arrives: every
+    ``FLUSH_ROWS`` captions from the local engine's stream, all at once from a served engine's call."""
     import ray.data
 
+    if not images:
+        return {}
     if caption.engine.kind in ("http", "vllm"):
         texts = generate(caption.engine, images, CaptionMessages(prompt), multimodal=True)
-        return {im["image_id"]: t for im, t in zip(images, texts, strict=True)}
+        produced = {im["image_id"]: t for im, t in zip(images, texts, strict=True)}
+        _flush(parts, produced)
+        return produced
     ds = ray.data.from_items(images).map_batches(
         CaptionBatch,
         fn_constructor_kwargs={"caption": caption, "prompt": prompt},
         batch_format="numpy",
         **engine_pool_options(caption.engine),
     )
-    return {str(r["image_id"]): None if r["failed"] else str(r["text"]) for r in ds.iter_rows()}
+    produced, pending = {}, {}
+    for row in ds.iter_rows():
+        pending[str(row["image_id"])] = None if row["failed"] else str(row["text"])
+        if len(pending) >= FLUSH_ROWS:
+            _flush(parts, pending)
+            produced, pending = produced | pending, {}
+    _flush(parts, pending)
+    return produced | pending
+
+
+def _flush(parts: str, produced: dict[str, str | None]) -> None:
+    """Save finished captions as one part file, so that a stage killed midway resumes after them."""
+    if produced:
+        storage.write_json_atomic(storage.join(parts, f"part-{uuid.uuid4().hex}.json"), produced)
+
+
+def _finished(parts: str) -> dict[str, str | None]:
+    """The captions a killed run of the same stage (same images, captioner and prompt) saved before it died."""
+    if not storage.is_dir(parts):
+        return {}
+    done: dict[str, str | None] = {}
+    for name, _ in storage.list_files(parts):
+        done |= storage.read_json(storage.join(parts, name))
+    return done
 
 
 def caption_gallery(spec: JobSpec, manifest: dict[str, Any]) -> dict[str, Any]:
@@ -102,24 +136,11 @@ def caption_gallery(spec: JobSpec, manifest: dict[str, Any]) -> dict[str, Any]:
     images = gallery_images(manifest, caption.split)
     if not images:
         raise DatasetError(f"no {caption.split} images in the prepared dataset at {manifest['table']}")
-    produced = _captions(caption, prompt, images)
+    parts = f"{caption.output}.parts/{storage.text_sha256(inputs_key)[:16]}"  # this run's finished captions
+    resumed = _finished(parts)
+    produced = resumed | _captions(caption, prompt, [im for im in images if im["image_id"] not in resumed], parts)
     prompt_sha256 = "" if _takes_no_prompt(caption) else prompt.sha256
-    rows: list[dict[str, str]] = []
-    failures: Counter[str] = Counter()
-    for image in images:
-        raw = produced.get(image["image_id"])  # an image missing from the output counts as a failed call
-        text, reason = caption_verdict(raw, caption.max_words)
-        if text is None:
-            failures[reason or "engine failed"] += 1
-            continue
-        rows.append(
-            {
-                "image_id": image["image_id"],
-                "caption": text,
-                "model_id": caption.engine.model,
-                "prompt_sha256": prompt_sha256,
-            }
-        )
+    rows, failures = _checked(caption, prompt_sha256, images, produced)
     report = {
         "store": caption.output,
         "model_id": caption.engine.model,
@@ -130,11 +151,30 @@ def caption_gallery(spec: JobSpec, manifest: dict[str, Any]) -> dict[str, Any]:
         "captioned": len(rows),
         "failed_by_reason": dict(sorted(failures.items())),
         "examples": [[r["image_id"], r["caption"]] for r in rows[:3]],
+        "resumed": len(resumed),  # captions a killed run had finished: not asked again
         "seconds": round(time.perf_counter() - started, 2),
         "inputs_key": inputs_key,
     }
     write_caption_store(caption.output, rows, report)
+    storage.delete(storage.parent(parts))
     return report
+
+
+def _checked(
+    caption: CaptionSpec, prompt_sha256: str, images: list[dict[str, str]], produced: dict[str, str | None]
+) -> tuple[list[dict[str, str]], Counter[str]]:
+    """The store's rows (cleaned, checked captions) and the failures counted by reason."""
+    rows: list[dict[str, str]] = []
+    failures: Counter[str] = Counter()
+    for image in images:
+        raw = produced.get(image["image_id"])  # an image missing from the output counts as a failed call
+        text, reason = caption_verdict(raw, caption.max_words)
+        if text is None:
+            failures[reason or "engine failed"] += 1
+            continue
+        row = {"image_id": image["image_id"], "caption": text, "model_id": caption.engine.model}
+        rows.append(row | {"prompt_sha256": prompt_sha256})
+    return rows, failures
 
 
 def _takes_no_prompt(caption: CaptionSpec) -> bool:

@@ -22,6 +22,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from geomoe import storage
+from geomoe.cache import cached_copy
 from geomoe.errors import DatasetError
 from geomoe.models.pe_moe import gallery_rows, gated_queries
 from geomoe.retrieval.search import device_rows, exact_search, largest_row_norm, np_bfloat16
@@ -173,7 +174,7 @@ def read_index(folder: str | Path, mmap: bool = True) -> GalleryIndex:
     if not storage.is_file(storage.join(folder, MANIFEST)):
         shown = storage.redact(storage.join(folder, MANIFEST))
         raise DatasetError(f"{shown}: index manifest not found (build the index first)")
-    folder = storage.cached_copy(folder)
+    folder = cached_copy(folder)
     manifest_path = folder / MANIFEST
     try:
         manifest = IndexManifest.model_validate_json(manifest_path.read_text())
