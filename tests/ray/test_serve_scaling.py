@@ -3,6 +3,7 @@ and killing one of its replicas mid-load costs (almost) no request."""
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -104,3 +105,34 @@ def test_killing_an_encoder_replica_under_load_fails_under_one_percent(app: None
         load.join()
     print("load while a replica was killed:", result)
     assert result["requests"] > 100 and result["failed_fraction"] < 0.01, result
+
+
+def test_the_serve_controller_restarted_under_load_fails_under_one_percent(app: None) -> None:
+    """The controller is killed (Ray restarts it; it recovers the applications from Ray's store): requests go
+    through the proxy and the replicas, which keep serving meanwhile."""
+    from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
+
+    import ray
+    from ray import serve
+
+    def controller_pid() -> int:
+        controller = ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
+        return int(ray.get(controller.__ray_call__.remote(lambda self: os.getpid()), timeout=60))
+
+    before = controller_pid()
+    stop = threading.Event()
+    result: dict[str, Any] = {}
+    load = threading.Thread(target=lambda: result.update(drive(URL, body, 8, 180.0, stop=stop)))
+    load.start()
+    try:
+        time.sleep(3)
+        ray.kill(ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE), no_restart=False)
+        time.sleep(2)
+        recovered = wait_for(lambda: serve.status().applications["scaling"].status == "RUNNING", 90)
+        time.sleep(5)  # and the load goes on against the recovered controller
+    finally:
+        stop.set()
+        load.join()
+    print("load while the controller restarted:", result)
+    assert recovered and controller_pid() != before, serve.status()  # a new controller process
+    assert result["requests"] > 50 and result["failed_fraction"] < 0.01, result
