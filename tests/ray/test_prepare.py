@@ -142,3 +142,49 @@ def test_a_worker_killed_midway_through_prepare_changes_nothing(tiny_synth: tupl
         killer.join()
     assert killed, "no prepare task was seen running"
     assert disturbed == undisturbed
+
+
+def test_the_bad_input_corpus_through_the_prepare_stage(tiny_synth: tuple[Path, dict], tmp_path: Path) -> None:
+    """The corpus's images (each under a drone file name) and its per-entry annotation faults, appended to a
+    GeoText copy: under ``skip`` each bad one is counted with its reason and nothing else is lost (prepared +
+    rejected = every caption given); decodable variants are prepared; under ``fail`` the first stops the run,
+    naming train.json and the record."""
+    import re
+
+    from bad_inputs import CASES, GEOTEXT, slug
+
+    root, _ = tiny_synth
+    data = tmp_path / "geotext"
+    shutil.copytree(root / "geotext", data)
+    entries = json.loads((data / "train.json").read_text())
+    given, expected = len(entries), {}
+    for n, case in enumerate(c for c in CASES if c.reader == "image"):
+        image = f"train/{9000 + n}/image-01.jpeg"
+        (data / "images" / image).parent.mkdir(parents=True)
+        shutil.copy(case.write(tmp_path / "corpus" / slug(case)), data / "images" / image)
+        entries.append({"image_id": image.removeprefix("train/"), "image": image, "caption": f"a building {n}"})
+        expected[image.removeprefix("train/")] = case
+    for case in (c for c in GEOTEXT if c.outcome == "rejected"):  # the per-entry cases, in train.json
+        written = case.write(tmp_path / "corpus" / slug(case))
+        shutil.copytree(written.parent / "images", data / "images", dirs_exist_ok=True)  # the entries' image
+        entries += [e for e in json.loads(written.read_text()) if e.get("caption") != "A red roof beside a road."]
+    (data / "train.json").write_text(json.dumps(entries))
+    with pytest.raises(BadRecordError, match=r"train\.json: record \d+: "):
+        prepare(job(data, tmp_path / "fail", satellite_copies=0))
+    manifest = prepare(job(data, tmp_path / "skip", on_bad_record="skip", satellite_copies=0))
+    rejected = manifest["rejected"]["rows"]
+    prepared = {r["image_id"] for r in read_pairs(manifest)}
+    for image_id, case in expected.items():
+        mine = [r for r in rejected if image_id in r["reason"]]
+        if case.outcome == "rejected":
+            assert len(mine) == 1 and re.search(case.expect.split(": .*")[0], mine[0]["reason"]), (case.name, mine)
+        else:
+            assert not mine and image_id in prepared, case.name
+    train_json_rejects = [r for r in rejected if r["source"].endswith("train.json")]
+    assert len(train_json_rejects) == sum(c.outcome == "rejected" for c in CASES if c.reader == "image") + 4, [
+        r["reason"][:80] for r in train_json_rejects
+    ]
+    originals = [r for r in read_pairs(manifest) if r["augment"] == "" and r["split"] == "train"]
+    captions_given = sum(len(e["caption"]) if isinstance(e["caption"], list) else 1 for e in entries[given:])
+    captions_given += sum(1 for r in json.loads((root / "geotext" / "train.json").read_text()))
+    assert len(originals) + len(train_json_rejects) == captions_given  # no silent drop

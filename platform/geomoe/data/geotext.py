@@ -61,11 +61,11 @@ def _entry_problem(entry: Any) -> str | None:
     return None
 
 
-def _duplicate(entry: dict[str, Any], index: int, seen: dict[tuple[str, str], int]) -> str | None:
+def _duplicate(entry: dict[str, Any], index: int, seen: dict[tuple[str, str | None], int]) -> str | None:
     """A test entry (one per image, captions in a list) naming an image an earlier entry named, or a train entry
     repeating an earlier (image, caption): either would count an image twice in the gallery or the loss."""
     caption = entry["caption"]
-    key = (entry["image"], "" if isinstance(caption, list) else caption)
+    key = (entry["image"], None if isinstance(caption, list) else caption)
     if key in seen:
         what = "image" if isinstance(caption, list) else "image and caption"
         return f"duplicate {what}: {entry['image']!r} as in entry {seen[key]}"
@@ -92,15 +92,16 @@ def read_geotext(
     images = storage.join(root, "images")
     present = {rel for rel, _ in (storage.list_files(images) if images_listing is None else images_listing)}
     records: list[RetrievalRecord] = []
-    seen: dict[tuple[str, str], int] = {}
+    seen: dict[tuple[str, str | None], int] = {}
     for index, entry in enumerate(load_json_list(path)):
-        problem = _entry_problem(entry) or _duplicate(entry, index, seen)
+        problem = _entry_problem(entry)
         platform = classify(entry["image_id"]) if problem is None else None
         if problem is None and platform is None:
             problem = f"unknown platform: file name of {entry['image_id']!r} matches no platform rule"
         image_path = storage.join(images, entry["image"]) if problem is None else None
         if image_path is not None and entry["image"] not in present:
             problem = f"missing image: {storage.redact(image_path)}"
+        problem = problem or _duplicate(entry, index, seen)  # only accepted entries count as seen
         if problem is not None:
             rejects.reject(storage.redact(path), index, problem)
             continue
