@@ -2,8 +2,9 @@
 
 The lease is a small JSON file or object, ``<run>/run.lock``: who holds it (user, host, pid), since when, and
 until when. The holder renews it from a background thread every quarter of its time to live; a run that crashed
-stops renewing, so its lease lapses after at most ``ttl`` seconds and the next run takes the folder over. A run that
-finds a live lease refuses to start, naming the holder.
+stops renewing, so its lease lapses after at most ``ttl`` seconds and the next run takes the folder over (at once
+when the holder ran on the same machine and its process is gone). A run that finds a live lease refuses to start,
+naming the holder.
 
 Taking a lease is atomic on a local or shared file system (``O_EXCL``). Object stores reached through pyarrow have
 no create-if-absent, so there the taker writes its record, waits ``settle`` seconds (longer than a rival's gap
@@ -64,7 +65,14 @@ def acquire(location: str, ttl: float = TTL_S, settle: float = SETTLE_S) -> Leas
     """Take the lease at ``location``, or raise RunLockedError naming the run that holds it."""
     _refuse_if_held(location, _read(location))
     now = time.time()
-    record = {"token": uuid.uuid4().hex, "holder": _who(), "started": now, "expires": now + ttl}
+    record = {
+        "token": uuid.uuid4().hex,
+        "holder": _who(),
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "started": now,
+        "expires": now + ttl,
+    }
     data = json.dumps(record).encode()
     if storage.is_local(location) and not storage.exists(location):
         if not _create_exclusive(location, data):
@@ -117,8 +125,12 @@ def _refuse_if_held(location: str, current: dict[str, Any] | None, lost_race: bo
     if current is None:
         return
     expires = float(current.get("expires", 0))
-    if expires <= time.time() and not lost_race:
-        log.warning("%s: taking over a lapsed lease of %s", storage.redact(location), _holder(current))
+    if not lost_race and (expires <= time.time() or _died_here(current)):
+        log.warning(
+            "%s: taking over the lease of %s (lapsed, or that process has ended)",
+            storage.redact(location),
+            _holder(current),
+        )
         return
     until = datetime.fromtimestamp(expires, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
     raise RunLockedError(
@@ -126,6 +138,21 @@ def _refuse_if_held(location: str, current: dict[str, Any] | None, lost_race: bo
         f"its lease runs until {until} and is renewed while it runs. Wait for it, or give this run another name "
         f"(--set name=...) or output_root. If that run is gone, the lease lapses by then (or delete the file)."
     )
+
+
+def _died_here(record: dict[str, Any]) -> bool:
+    """The holder ran on this machine and its process is gone (a crash, a killed trial): no need to wait for the
+    lease to lapse."""
+    pid = record.get("pid")
+    if record.get("host") != socket.gethostname() or not isinstance(pid, int) or pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # it exists, under another user
+        return False
+    return False
 
 
 def _read(location: str) -> dict[str, Any] | None:

@@ -61,6 +61,22 @@ def test_a_crashed_runs_lease_lapses_and_is_taken_over(lock: str) -> None:
     assert storage.read_json(lock)["token"] == taken.record["token"]
 
 
+def test_a_lease_whose_process_ended_on_this_machine_is_taken_over_at_once(lock: str) -> None:
+    import socket
+    import subprocess
+    import sys
+
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    record = {"token": "gone", "holder": "a killed trial", "host": socket.gethostname(), "pid": int(ended.stdout),
+              "started": time.time(), "expires": time.time() + 100}  # fmt: skip
+    storage.write_bytes_atomic(lock, json.dumps(record).encode())
+    assert lease.acquire(lock, settle=0.2).record["token"] != "gone"
+    alive = record | {"pid": os.getppid()}  # a live process on this machine still holds it
+    storage.write_bytes_atomic(lock, json.dumps(alive).encode())
+    with pytest.raises(RunLockedError):
+        lease.acquire(lock, settle=0.2)
+
+
 def test_a_damaged_lock_file_is_never_overwritten_unseen(lock: str) -> None:
     storage.write_bytes_atomic(lock, b"\x00garbage")
     with pytest.raises(RunLockedError, match="not a lease record"):
