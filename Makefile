@@ -24,7 +24,7 @@ typecheck: $(STAMP)
 	$(BIN)/mypy platform/geomoe
 
 test: lint typecheck
-	$(BIN)/pytest tests -m "not slow"
+	$(BIN)/pytest tests -m "not slow" --durations=12
 
 bench-prepare: $(STAMP)
 	$(BIN)/geomoe bench prepare

@@ -84,7 +84,7 @@ def _jpeg_bytes(image: Image.Image, **options: Any) -> bytes:
     return buffer.getvalue()
 
 
-def _png_header_only(width: int, height: int) -> bytes:
+def png_header_only(width: int, height: int) -> bytes:
     """A valid PNG signature and header claiming ``width`` x ``height`` px, with almost no pixel data."""
 
     def chunk(kind: bytes, body: bytes) -> bytes:
@@ -113,7 +113,7 @@ IMAGES = [
     Case("header claims 20,000 x 20,000 px", "image", "rejected",
          r"unreadable image: .*bomb\.png: Image size \(400000000 pixels\) exceeds limit",
          "rejected before decoding (decompression bomb); 413 from the Serve app",
-         _image("bomb.png", lambda p: p.write_bytes(_png_header_only(20_000, 20_000)))),
+         _image("bomb.png", lambda p: p.write_bytes(png_header_only(20_000, 20_000)))),
     Case("CMYK JPEG", "image", "handled", "", "converted to RGB",
          _image("cmyk.jpg", lambda p: halves().convert("CMYK").save(p, "JPEG", quality=95))),
     Case("greyscale JPEG", "image", "handled", "", "replicated to three channels",

@@ -256,6 +256,9 @@ def test_localize_returns_the_offline_box_and_refuses_bad_images(served: dict[st
     with torch.no_grad():
         out = model(*(torch.from_numpy(decoded[k][None]) for k in ("query", "click", "reference")))
     assert answer["score"] == pytest.approx(float(torch.sigmoid(out.heatmap_logits.max())), abs=1e-4)
+    from bad_inputs import png_header_only
+
+    bomb = base64.b64encode(png_header_only(20_000, 20_000)).decode()
     huge = tmp_path / "huge.png"
     Image.new("RGB", (4097, 4097)).save(huge)
     for bad, code, words in (
@@ -264,6 +267,8 @@ def test_localize_returns_the_offline_box_and_refuses_bad_images(served: dict[st
         ({**body, "drone_image": "not base64!"}, 422, "drone_image"),
         ({**body, "drone_image": base64.b64encode(b"plain text").decode()}, 422, "not a readable image"),
         ({**body, "click": [10_000.0, 1.0]}, 422, "outside"),
+        ({**body, "satellite_tile": bomb}, 413, "satellite_tile"),  # refused from its header, never decoded
+        ({**body, "drone_image": base64.b64encode(drone.read_bytes()[:300]).decode()}, 422, "not a readable image"),
     ):
         status, answer = post_json("/localize", bad)
         assert status == code and words in json.dumps(answer["detail"]), (code, answer)
