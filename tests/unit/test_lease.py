@@ -95,16 +95,18 @@ def test_a_held_lease_is_renewed_while_the_run_lasts_and_released_when_it_fails(
     assert not storage.exists(lock)
 
 
+@pytest.mark.parametrize("where", ["local", "s3"])
 def test_the_cli_refuses_a_second_run_before_writing_anything(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    where: str, tmp_path: Path, request: pytest.FixtureRequest, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    run_dir = tmp_path / "runs" / "quickstart"
-    held = lease.acquire(str(run_dir / lease.LOCK_FILE))
+    output_root = str(tmp_path / "runs") if where == "local" else request.getfixturevalue("s3_bucket") + "/runs"
+    run_dir = storage.join(output_root, "quickstart")
+    held = lease.acquire(storage.join(run_dir, lease.LOCK_FILE), settle=0.2)
     try:
-        assert main(["run", str(REPO / "jobs" / "quickstart.yaml"), "--set", f"output_root={tmp_path / 'runs'}"]) == 2
+        assert main(["run", str(REPO / "jobs" / "quickstart.yaml"), "--set", f"output_root={output_root}"]) == 2
+        assert storage.list_files(run_dir) == [(lease.LOCK_FILE, storage.info(held.location).size)]  # nothing else
     finally:
         held.release()
     message = capsys.readouterr().err
     assert "another run of this job is using its output folder" in message and f"pid {os.getpid()}" in message
     assert "Traceback" not in message
-    assert [p.name for p in run_dir.iterdir()] == []  # no spec.json, no logs over the holder's
