@@ -90,12 +90,16 @@ def test_a_caption_stage_killed_midway_resumes_without_captioning_again(
 
 
 def test_chat_vlm_captions_alike_locally_and_over_http_and_counts_a_dead_server(
-    tiny_synth: tuple[Path, dict], tmp_path: Path
+    tiny_synth: tuple[Path, dict], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Greedy decoding, one image per call on both paths: the served VLM must write exactly the local captions
-    (the image survives the data: URL round trip). A port where nothing listens: every image is counted."""
+    (the image survives the data: URL round trip; the served model is asked in chunks of 5, each saved for a
+    resume). A port where nothing listens: every image is counted."""
+    from geomoe.pipelines import caption
     from geomoe.serving.chat import chat_app
     from ray import serve
+
+    monkeypatch.setattr(caption, "HTTP_CHUNK", 5)
 
     root, _ = tiny_synth
     vlm = build_tiny_vlm(tmp_path / "vlm", CORPUS)

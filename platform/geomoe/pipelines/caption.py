@@ -29,6 +29,7 @@ from geomoe.pipelines.engine_pool import engine_pool_options
 from geomoe.pipelines.llm import generate
 
 FLUSH_ROWS = 64  # captions per part file: what a killed stage can lose at most (local engine)
+HTTP_CHUNK = 512  # images per request batch to a served VLM, saved after each (a killed stage loses one chunk)
 
 
 class CaptionBatch:
@@ -77,15 +78,21 @@ def _captions(
     caption: CaptionSpec, prompt: CaptionPrompt, images: list[dict[str, str]], parts: str
 ) -> dict[str, str | None]:
     """image_id -> raw generated text (None: the engine failed on it), saved into ``parts`` as it arrives: every
-    ``FLUSH_ROWS`` captions from the local engine's stream, all at once from a served engine's call."""
+    ``FLUSH_ROWS`` captions from the local engine's stream, every ``HTTP_CHUNK`` from a served model, the whole
+    call from vLLM engines."""
     import ray.data
 
     if not images:
         return {}
     if caption.engine.kind in ("http", "vllm"):
-        texts = generate(caption.engine, images, CaptionMessages(prompt), multimodal=True)
-        produced = {im["image_id"]: t for im, t in zip(images, texts, strict=True)}
-        _flush(parts, produced)
+        # A served model (http) is asked chunk by chunk, each saved; vLLM engines start once for the whole call
+        step = HTTP_CHUNK if caption.engine.kind == "http" else len(images)
+        produced: dict[str, str | None] = {}
+        for chunk in (images[i : i + step] for i in range(0, len(images), step)):
+            texts = generate(caption.engine, chunk, CaptionMessages(prompt), multimodal=True)
+            done = {im["image_id"]: t for im, t in zip(chunk, texts, strict=True)}
+            _flush(parts, done)
+            produced |= done
         return produced
     ds = ray.data.from_items(images).map_batches(
         CaptionBatch,

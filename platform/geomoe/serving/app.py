@@ -83,8 +83,9 @@ async def _once_more_if_replica_died(call: Any) -> Any:
 # Helpers the ingress calls are defined above it: ``serve.ingress`` pickles the FastAPI routes by value when the
 # class is decorated, with the module globals that exist at that moment.
 def _image_bytes(encoded: str, field: str) -> tuple[bytes, tuple[int, int]]:
-    """The file of a base64 image field and its size: 413 over the byte or pixel limit (checked from the header,
-    before decoding), 422 when it is not base64 or does not decode completely. Nothing is fetched from a URL."""
+    """The file of a base64 image field and its displayed size: 413 over the byte or pixel limit (checked from the
+    header, before decoding), 422 when it is not base64 or does not decode completely. Nothing is fetched from a
+    URL."""
     from PIL import Image, UnidentifiedImageError
 
     if len(encoded) > (MAX_IMAGE_BYTES + 2) // 3 * 4:
@@ -102,11 +103,11 @@ def _image_bytes(encoded: str, field: str) -> tuple[bytes, tuple[int, int]]:
         raise HTTPException(status_code=422, detail=f"{field}: not a readable image file") from err
     if size[0] * size[1] > MAX_IMAGE_PIXELS:
         raise HTTPException(status_code=413, detail=f"{field}: {size[0]}x{size[1]} is over {MAX_IMAGE_PIXELS} px")
-    try:
-        decoded(raw)  # the whole file: a truncated one is a 422 here, not a failure in the localizer
+    try:  # the whole file: a truncated one is a 422 here, not a failure in the localizer
+        upright = decoded(raw).size  # as the model sees it (EXIF orientation applied): what a click refers to
     except DECODE_ERRORS as err:
         raise HTTPException(status_code=422, detail=f"{field}: not a readable image file ({err})") from err
-    return raw, size
+    return raw, upright
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.25})
