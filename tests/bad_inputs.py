@@ -172,7 +172,7 @@ GEOTEXT = [
 # -- CVOGL ---------------------------------------------------------------------------------------------------------
 
 
-def _cvogl(box: list[float], click: list[float] = (10.0, 10.0)) -> Callable[[Path], Path]:  # type: ignore[assignment]
+def _cvogl(box: list[float], click: tuple[float, float] = (10.0, 10.0)) -> Callable[[Path], Path]:
     """A CVOGL DroneAerial test split: one good tuple, then one with ``box`` and ``click`` (64 px images)."""
 
     def write(folder: Path) -> Path:
@@ -205,7 +205,7 @@ CVOGL = [
     Case("NaN in a box", "cvogl", "rejected", r"box must be finite", "rejected: not finite",
          _cvogl([float("nan"), 1.0, 5.0, 5.0])),
     Case("click outside the query image", "cvogl", "rejected", r"click outside query: \(1000\.0, 5\.0\) not in 64x64",
-         "rejected: click outside query", _cvogl([5.0, 5.0, 30.0, 30.0], [1000.0, 5.0])),
+         "rejected: click outside query", _cvogl([5.0, 5.0, 30.0, 30.0], (1000.0, 5.0))),
     Case(".pth carrying pickled code", "cvogl", "error", r"DroneAerial_test\.pth: not a readable torch-saved list",
          "error; the code never runs (weights-only loader)", _pickled_split),
 ]  # fmt: skip

@@ -229,10 +229,10 @@ def read_head(location: str | os.PathLike[str] | Location, size: int) -> bytes:
 
 def read_text(location: str | os.PathLike[str] | Location) -> str:
     """A UTF-8 text file (a leading byte-order mark is dropped); StorageError naming the line if it is not UTF-8."""
-    return decode_utf8(read_bytes(location), location)
+    return _decode_utf8(read_bytes(location), location)
 
 
-def decode_utf8(data: bytes, location: str | os.PathLike[str] | Location) -> str:
+def _decode_utf8(data: bytes, location: str | os.PathLike[str] | Location) -> str:
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as err:

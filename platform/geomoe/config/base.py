@@ -110,11 +110,15 @@ def read_yaml(path: str | Path) -> Any:
     if not storage.is_file(path):
         raise SpecError(str(path), "", "file not found")
     try:
-        text = storage.read_text(path)
-        size = _expanded_size(yaml.compose(text, Loader=yaml.SafeLoader), {}, str(path))
-        if size > MAX_YAML_VALUES:
-            raise SpecError(str(path), "", f"its aliases expand it to {size:.3g} values (over {MAX_YAML_VALUES})")
-        return yaml.safe_load(text)
+        loader = yaml.SafeLoader(storage.read_text(path))
+        try:  # one parse: the node graph is measured, then built into Python values only if it is small
+            node = loader.get_single_node()
+            size = _expanded_size(node, {}, str(path))
+            if size > MAX_YAML_VALUES:
+                raise SpecError(str(path), "", f"its aliases expand it to {size:.3g} values (over {MAX_YAML_VALUES})")
+            return None if node is None else loader.construct_document(node)
+        finally:
+            loader.dispose()
     except yaml.YAMLError as err:
         raise SpecError(str(path), "", f"not valid YAML: {err}") from err
     except storage.StorageError as err:

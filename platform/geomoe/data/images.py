@@ -39,7 +39,7 @@ def image_problem(path: str | os.PathLike[str], decode: bool = True) -> str | No
     try:
         width, height = decoded(data).size if decode else _header_size(data)
     except DECODE_ERRORS as err:
-        return f"unreadable image: {shown}: {why(err)}"
+        return f"unreadable image: {shown}: {_why(err)}"
     if width == 0 or height == 0:
         return f"unreadable image: {shown}: zero size"
     return None
@@ -63,7 +63,7 @@ def open_image(path: str | os.PathLike[str]) -> Image.Image:
     try:
         return decoded(storage.read_bytes(path))
     except DECODE_ERRORS as err:
-        raise ImageError(storage.redact(path), why(err)) from None
+        raise ImageError(storage.redact(path), _why(err)) from None
 
 
 def image_size(path: str | os.PathLike[str]) -> tuple[int, int]:
@@ -75,10 +75,10 @@ def image_size(path: str | os.PathLike[str]) -> tuple[int, int]:
         except (UnidentifiedImageError, OSError):  # a header longer than the first bytes: read it all
             return _header_size(storage.read_bytes(path))
     except DECODE_ERRORS as err:
-        raise ImageError(storage.redact(path), why(err)) from None
+        raise ImageError(storage.redact(path), _why(err)) from None
 
 
-def why(err: BaseException) -> str:
+def _why(err: BaseException) -> str:
     """A decoding error in words (Pillow names a BytesIO object's address when it knows no format)."""
     return (
         "not an image file, or a format Pillow does not read" if isinstance(err, UnidentifiedImageError) else str(err)

@@ -104,9 +104,7 @@ def read_checkpoint(directory: str | Path) -> dict[str, Any]:
         "epoch": manifest["epoch"],
     }
     training = manifest.get("training") or {}
-    saved = (
-        _tensors(storage.join(folder, TRAINING_FILE)) if storage.is_file(storage.join(folder, TRAINING_FILE)) else {}
-    )
+    saved = _tensors(storage.join(folder, TRAINING_FILE), required=False)
     return {**payload, **{k: _from_json(v, saved) for k, v in training.items()}}
 
 
@@ -166,8 +164,11 @@ def _manifest(folder: str) -> dict[str, Any]:
     return manifest
 
 
-def _tensors(path: str) -> dict[str, torch.Tensor]:
+def _tensors(path: str, required: bool = True) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file; a missing optional one (no training state) is empty."""
     if not storage.is_file(path):
+        if not required:
+            return {}
         raise ModelError(f"{storage.redact(path)}: missing (an incomplete checkpoint)")
     try:
         return load_tensors(storage.read_bytes(path))
