@@ -184,8 +184,9 @@ def _run_stage(stage: str, spec: JobSpec, results: JobResults, run_dir: str, bar
     if stage == "synth":
         from geomoe.data.synthgeo import generate
 
-        assert spec.data.synthesize is not None  # checked by JobSpec validation
-        return generate(storage.parent(spec.data.root), spec.data.synthesize)
+        synth = spec.data.synthesize
+        assert synth is not None and synth.output_dir is not None  # checked by JobSpec validation
+        return generate(synth.output_dir, synth, claim=storage.Claim("data.synthesize.output_dir", spec.name, stage))
     if stage == "prepare":
         return _prepare(spec)
     if stage == "refine":
@@ -215,7 +216,21 @@ def run_job(spec: JobSpec) -> dict[str, Any]:
 
 def run_dir_of(spec: JobSpec) -> str:
     """The job's run folder (a path or a URI): its spec, results, checkpoints and logs."""
-    return storage.join(spec.with_absolute_paths().output_root, spec.name)
+    return spec.with_absolute_paths().run_folder()
+
+
+def check_outputs(spec: JobSpec) -> None:
+    """Before any stage runs: every folder the job will create or replace is absent, empty or geomoe's own
+    output, and the caption store it will replace is a caption store (ForeignFilesError naming the spec key);
+    each stage checks its folder again right before it writes (someone may fill one meanwhile)."""
+    from geomoe.data.caption_store import is_caption_store
+
+    for key, location, stage in spec.outputs():
+        if stage == "caption":
+            storage.check_file(location, key, is_caption_store)
+            storage.check_dir(f"{location}.parts", storage.Claim(key, spec.name, stage))
+        else:
+            storage.check_dir(location, storage.Claim(key, spec.name, stage))
 
 
 def run_job_timed(spec: JobSpec, progress: Progress | None = None) -> JobResults:
@@ -224,7 +239,9 @@ def run_job_timed(spec: JobSpec, progress: Progress | None = None) -> JobResults
     spec = spec.with_absolute_paths()
     progress = progress or Progress(spec.stages, enabled=False)
     _check_cluster_storage(spec)
+    check_outputs(spec)
     run_dir = run_dir_of(spec)
+    storage.claim_dir(run_dir, storage.Claim("output_root", spec.name, "run"))
     with lease.held(storage.join(run_dir, lease.LOCK_FILE)):  # refuses if another run uses this folder
         return _run_stages(spec, progress, run_dir)
 

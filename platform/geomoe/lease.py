@@ -78,6 +78,8 @@ def acquire(location: str, ttl: float = TTL_S, settle: float = SETTLE_S) -> Leas
         if not _create_exclusive(location, data):
             _refuse_if_held(location, _read(location), lost_race=True)
         return Lease(location, record, ttl)
+    if storage.is_local(location):  # created by a rival since the first read? then it is held, not lapsed
+        _refuse_if_held(location, _read(location))
     storage.write_bytes_atomic(location, data)  # a lapsed lease, or an object store: write, then verify
     time.sleep(settle)
     current = _read(location)

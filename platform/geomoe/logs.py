@@ -107,11 +107,11 @@ def run_logs(
 
 def _publish(logs: RunLogs, staging: Path, run_dir: str, session: Path | None) -> None:
     logs.last_lines = logs.tail()
-    if logs.refused or not storage.exists(run_dir):
+    if logs.refused or not storage.exists(run_dir) or storage.foreign_file(run_dir) is not None:
         logs.location = str(staging)
         return
     _collect(staging, session)
-    storage.upload_dir(staging, logs.location)
+    storage.upload_dir(staging, logs.location, storage.Claim("output_root", stage="logs"))
     shutil.rmtree(staging, ignore_errors=True)
 
 

@@ -11,6 +11,13 @@ is atomic (the object appears whole or not at all), so a file is uploaded from a
 in one request. A folder is finished when its manifest exists: it is written last (``atomic_dir``,
 ``MANIFEST``), and readers treat a folder without it as unfinished.
 
+Ownership. geomoe never deletes what it did not write. A stage creates, replaces or clears a folder only if
+the folder is absent, empty, or geomoe's own output: it holds an owner record (``OWNER_FILE``: writer, format,
+job, stage and the spec key that named it), written when a stage first claims the folder (``claim_dir``) and
+published with every ``atomic_dir``. Anything else is refused before any work starts (``ForeignFilesError``,
+naming the spec key, the location and the first foreign file), a bucket root is never an output folder, and a
+folder on an object store is deleted only as the files a listing found.
+
 Credentials come from the standard environment (``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``,
 ``AWS_SECRET_ACCESS_KEY``, ``AWS_REGION``; ``GOOGLE_APPLICATION_CREDENTIALS``), never from specs. ``redact``
 removes any that a user put into a URI before it is logged or recorded.
@@ -85,6 +92,14 @@ def join(location: str | os.PathLike[str], *parts: str) -> str:
 def parent(location: str | os.PathLike[str]) -> str:
     text = str(location).rstrip("/")
     return posixpath.dirname(text) if is_uri(text) else str(Path(text).parent)
+
+
+def is_inside(location: str | os.PathLike[str], folder: str | os.PathLike[str]) -> bool:
+    """True when ``location`` lies strictly inside ``folder`` (local paths made absolute; URIs compared as text)."""
+    inner, outer = absolute(location).rstrip("/"), absolute(folder).rstrip("/")
+    if is_uri(inner) or is_uri(outer):
+        return inner.startswith(outer + "/")
+    return Path(inner) != Path(outer) and Path(inner).is_relative_to(Path(outer))
 
 
 def basename(location: str | os.PathLike[str]) -> str:
@@ -319,8 +334,10 @@ def write_json_atomic(location: str | os.PathLike[str], obj: Any) -> None:
 
 
 def delete(location: str | os.PathLike[str] | Location) -> None:
-    """Remove a file or a folder (recursively); nothing to remove is fine."""
+    """Remove a file or a folder (recursively); nothing to remove is fine. Only for geomoe's own files and for
+    folders inside a folder it claimed (``claim_dir``); never a root."""
     loc = resolve(location)
+    _refuse_root(loc, "delete")
     kind = info(loc).type
     with _errors(loc):
         if kind == pafs.FileType.Directory:
@@ -340,34 +357,129 @@ def list_files(location: str | os.PathLike[str] | Location) -> list[tuple[str, i
     return sorted((f.path[len(base) :], int(f.size or 0)) for f in found if f.type == pafs.FileType.File)
 
 
-def _publish_dir(local: Path, loc: Location, manifest: str) -> None:
-    """Replace the folder at ``loc`` with the finished local folder; its manifest (if any) goes last."""
+OWNER_FILE = ".geomoe-output.json"  # a folder's owner record: this folder is geomoe's output
+OWNER_FORMAT = 1
+
+
+class ForeignFilesError(StorageError):
+    """An output location holds files geomoe did not write: it is refused, and nothing is touched."""
+
+
+@dataclass(frozen=True)
+class Claim:
+    """Who writes an output folder: the spec key that names it (what a refusal quotes), the job and the stage."""
+
+    key: str
+    job: str = ""
+    stage: str = ""
+
+    def record(self) -> dict[str, Any]:
+        return {"writer": "geomoe", "format": OWNER_FORMAT, "job": self.job, "stage": self.stage, "key": self.key}
+
+
+def _refuse_root(loc: Location, key: str) -> None:
+    """A bucket, or a local file system's root or home folder, is never an output folder of its own."""
+    path = Path(loc.path)
+    bucket_root = not loc.local and "/" not in loc.path.strip("/")
+    local_root = loc.local and (path == Path(path.anchor) or path == Path.home())
+    if bucket_root or local_root:
+        raise ForeignFilesError(f"{key}: {loc} is a {'bucket' if bucket_root else 'file system'} root; name a folder")
+
+
+def _owned(loc: Location) -> bool:
+    """True when the folder holds geomoe's owner record."""
+    try:
+        record = read_json_if_exists(join(loc.uri, OWNER_FILE))
+    except (StorageError, json.JSONDecodeError, UnicodeDecodeError):
+        return False
+    return isinstance(record, dict) and record.get("writer") == "geomoe"
+
+
+def foreign_file(location: str | os.PathLike[str] | Location, key: str = "location") -> str | None:
+    """The first file under ``location`` that geomoe did not write (relative; ``.`` for a file where a folder
+    should be), or None when the folder is absent, empty or geomoe's own output. Refuses roots outright."""
+    loc = resolve(location)
+    _refuse_root(loc, key)
+    kind = info(loc).type
+    if kind == pafs.FileType.NotFound:
+        return None
+    if kind != pafs.FileType.Directory:
+        return "."
+    if _owned(loc):
+        return None
+    listing = list_files(loc)
+    return listing[0][0] if listing else None
+
+
+def check_dir(location: str | os.PathLike[str] | Location, claim: Claim) -> None:
+    """Refuse (ForeignFilesError, one line) unless ``location`` may be created, replaced or cleared by geomoe."""
+    first = foreign_file(location, claim.key)
+    if first is not None:
+        shown = redact(location.uri if isinstance(location, Location) else location)
+        what = "is a file" if first == "." else f"holds files geomoe did not write (e.g. {first})"
+        raise ForeignFilesError(f"{claim.key}: {shown} {what}; point it at an empty folder or at geomoe's own output")
+
+
+def claim_dir(location: str | os.PathLike[str], claim: Claim) -> None:
+    """Make ``location`` geomoe's output folder (check, then write the owner record first, before any output),
+    so that a run killed midway leaves a folder its rerun may clear or resume."""
+    check_dir(location, claim)
+    marker = join(location, OWNER_FILE)
+    if read_json_if_exists(marker) is None:
+        write_json_atomic(marker, claim.record())
+
+
+def check_file(location: str | os.PathLike[str], key: str, ours: Callable[[str], bool]) -> None:
+    """Refuse to replace a file that geomoe did not write: ``location`` must be absent or pass ``ours``."""
+    loc = resolve(location)
+    _refuse_root(loc, key)
+    kind = info(loc).type
+    if kind == pafs.FileType.Directory or (kind == pafs.FileType.File and not ours(loc.uri)):
+        what = "is a folder" if kind == pafs.FileType.Directory else "is a file geomoe did not write"
+        raise ForeignFilesError(f"{key}: {loc} {what}; point it at a new file or at geomoe's own output")
+
+
+def _delete_listed(loc: Location, listing: list[tuple[str, int]]) -> None:
+    """Delete exactly the files a listing found (a prefix is never deleted wholesale: a file written since the
+    listing survives)."""
+    for rel, _ in listing:
+        with _errors(loc):
+            loc.fs.delete_file(f"{loc.path}/{rel}")
+
+
+def _publish_dir(local: Path, loc: Location, manifest: str, claim: Claim) -> None:
+    """Replace the folder at ``loc`` (checked again: someone may have filled it meanwhile) with the finished local
+    folder; its owner record goes first and its manifest (if any) last."""
+    check_dir(loc, claim)
     if loc.local:
         final = Path(loc.path)
         if final.exists():
-            old = final.with_name(f".{final.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(final, old)
+            old = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".old", dir=final.parent))
+            os.replace(final, old / "replaced")
             os.replace(local, final)
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(local, final)
         return
-    delete(loc)  # the old manifest first: from here on a reader sees the folder as unfinished
+    _delete_listed(loc, list_files(loc))  # the old manifest too: from here on a reader sees the folder unfinished
     files = sorted(p for p in local.rglob("*") if p.is_file())
-    for path in sorted(files, key=lambda p: p.relative_to(local).as_posix() == manifest):
+    order = lambda p: (p.name != OWNER_FILE, p.relative_to(local).as_posix() == manifest)  # noqa: E731
+    for path in sorted(files, key=order):
         with _errors(loc):
             _upload(path, resolve(join(loc.uri, path.relative_to(local).as_posix())))
 
 
 @contextmanager
-def atomic_dir(final: str | os.PathLike[str], manifest: str = MANIFEST) -> Iterator[Path]:
+def atomic_dir(final: str | os.PathLike[str], claim: Claim, manifest: str = MANIFEST) -> Iterator[Path]:
     """Yield a local temporary folder; publish it at ``final`` (path or URI) only if the block succeeds.
 
-    An existing ``final`` is replaced (the caller decides whether that is allowed). On an object store the
-    folder's ``manifest`` file is uploaded last, so a reader that waits for it never sees a partial folder.
+    ``final`` may be absent, empty or geomoe's own output (``claim`` names the spec key a refusal quotes): that
+    is checked before the block runs and again right before publishing, and the published folder carries the
+    owner record. On an object store the folder's ``manifest`` file is uploaded last, so a reader that waits for
+    it never sees a partial folder.
     """
     loc = resolve(final)
+    check_dir(loc, claim)
     if loc.local:
         Path(loc.path).parent.mkdir(parents=True, exist_ok=True)
         directory: str | None = str(Path(loc.path).parent)
@@ -377,14 +489,15 @@ def atomic_dir(final: str | os.PathLike[str], manifest: str = MANIFEST) -> Itera
     try:
         with _full_disk(loc):
             yield tmp
-        _publish_dir(tmp, loc, manifest)
+            (tmp / OWNER_FILE).write_text(json.dumps(claim.record(), indent=2, sort_keys=True) + "\n")
+        _publish_dir(tmp, loc, manifest, claim)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def upload_dir(source: str | os.PathLike[str], location: str | os.PathLike[str]) -> None:
+def upload_dir(source: str | os.PathLike[str], location: str | os.PathLike[str], claim: Claim) -> None:
     """Copy a local folder's files to ``location`` (path or URI), manifest last."""
-    with atomic_dir(location) as tmp:
+    with atomic_dir(location, claim) as tmp:
         shutil.copytree(source, tmp, dirs_exist_ok=True)
 
 
@@ -407,11 +520,12 @@ def tree_sha256(
     keep: Callable[[str], bool] = lambda p: True,
     listing: list[tuple[str, int]] | None = None,
 ) -> str:
-    """Hash of the relative paths and sizes of every file below ``location`` (cheap; contents not read);
+    """Hash of the relative paths and sizes of every file below ``location`` but owner records (cheap; contents
+    not read);
     ``listing``: that folder's ``list_files``, when the caller has it already."""
     digest = hashlib.sha256()
     for rel, size in list_files(location) if listing is None else listing:
-        if keep(rel):
+        if keep(rel) and posixpath.basename(rel) != OWNER_FILE:  # who wrote a folder is not what it holds
             digest.update(f"{rel}\0{size}\n".encode())
     return digest.hexdigest()
 

@@ -74,7 +74,7 @@ def served(
     build_tiny_vlm(out / "vlm", [r["caption"] for r in scene])
     bucket = new_bucket("served-app")
     for name in ("index", "ckpt"):
-        storage.upload_dir(out / name, f"{bucket}/{name}")
+        storage.upload_dir(out / name, f"{bucket}/{name}", storage.Claim("test upload"))
     storage.write_bytes_atomic(f"{bucket}/captions.parquet", (out / "captions.parquet").read_bytes())
     args = {
         "index": f"{bucket}/index",

@@ -101,10 +101,12 @@ def test_the_cli_refuses_a_second_run_before_writing_anything(
 ) -> None:
     output_root = str(tmp_path / "runs") if where == "local" else request.getfixturevalue("s3_bucket") + "/runs"
     run_dir = storage.join(output_root, "quickstart")
+    storage.claim_dir(run_dir, storage.Claim("output_root", "quickstart", "run"))  # as the holder's run did
     held = lease.acquire(storage.join(run_dir, lease.LOCK_FILE), settle=0.2)
+    before = storage.list_files(run_dir)
     try:
         assert main(["run", str(REPO / "jobs" / "quickstart.yaml"), "--set", f"output_root={output_root}"]) == 2
-        assert storage.list_files(run_dir) == [(lease.LOCK_FILE, storage.info(held.location).size)]  # nothing else
+        assert storage.list_files(run_dir) == before  # nothing else written
     finally:
         held.release()
     message = capsys.readouterr().err

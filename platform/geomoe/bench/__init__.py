@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from geomoe.storage import write_json_atomic
+from geomoe.storage import Claim, claim_dir, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +113,8 @@ BENCHMARKS: dict[str, Callable[[str, list[str]], dict[str, Any]]] = {
 def run_benchmark(name: str, out: str, overrides: list[str]) -> dict[str, Any]:
     if name not in BENCHMARKS:
         raise ValueError(f"unknown benchmark {name!r}")
+    # a benchmark clears scratch folders under --out: only in a folder that is empty or geomoe's own
+    claim_dir(out, Claim("--out", stage=f"bench {name}"))
     result = BENCHMARKS[name](out, overrides)
     if name == "gpu" and result["gpu"] is None and "sizes" not in result:
         print(result["summary"])  # no GPU: one line, nothing written, exit 0

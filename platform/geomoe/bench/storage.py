@@ -123,7 +123,7 @@ def bench_storage(out: Path) -> dict[str, Any]:
         boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket="bench")
         s3_data = "s3://bench/datasets/geotext"
         started = time.perf_counter()
-        storage.upload_dir(data / "geotext", s3_data)
+        storage.upload_dir(data / "geotext", s3_data, storage.Claim("bench upload"))
         upload_s = time.perf_counter() - started
         # The first run pays for Ray's start and the tiny models' build: the comparison is between the next two.
         cold = _timed_job(_job(str(data / "geotext"), str(work / "local-cold"), work / "models"))

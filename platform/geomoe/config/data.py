@@ -30,6 +30,11 @@ DEFAULT_PLATFORM_RULES = [
 class SynthSpec(Strict):
     """Size of a generated synthgeo benchmark (see ``geomoe.data.synthgeo``)."""
 
+    output_dir: str | None = Field(
+        None,
+        description="the folder synth writes its three layouts into (geotext/, track4/, cvogl/): a folder of its "
+        "own, which data.root must lie inside; a job's synth stage requires it",
+    )
     seed: int = 0
     train_buildings: int = Field(24, ge=1)
     test_buildings: int = Field(12, ge=1)
@@ -68,7 +73,7 @@ class DataSpec(Strict):
 
 
 class PreprocessSpec(Strict):
-    output_dir: str
+    output_dir: str = Field(description="the prepared table (default: <output_root>/<name>/prepared)")
     max_words_train: int = Field(30, ge=1)
     max_words_test: int = Field(50, ge=1)
     statement_words: int = Field(12, ge=3)

@@ -85,6 +85,30 @@ DATASET_KINDS = {"geotext": "retrieval", "cvogl": "localization"}
 
 SectionT = TypeVar("SectionT", bound=BaseModel)
 
+# A location that starts with RUN_FOLDER lies in the job's run folder, <output_root>/<name>, so that one key
+# (output_root) moves every output of a job. The output locations below default to a folder there.
+RUN_FOLDER = "{run}"
+DEFAULT_OUTPUTS = {
+    ("preprocess", "output_dir"): "prepared",
+    ("refine", "output_dir"): "refined",
+    ("caption", "output"): "gallery_captions.parquet",
+    ("index", "output_dir"): "index",
+    ("track4", "output_dir"): "track4",
+}
+
+
+def _in_run_folder(raw: Any, run: str) -> Any:
+    """Every string that starts with ``{run}`` with the run folder put in its place."""
+    if isinstance(raw, str):
+        if raw == RUN_FOLDER or raw.startswith(RUN_FOLDER + "/"):
+            return storage.join(run, raw[len(RUN_FOLDER) + 1 :]) if raw != RUN_FOLDER else run
+        return raw
+    if isinstance(raw, dict):
+        return {k: _in_run_folder(v, run) for k, v in raw.items()}
+    if isinstance(raw, list):
+        return [_in_run_folder(v, run) for v in raw]
+    return raw
+
 
 def _family_section(raw: dict[str, Any], key: str, kind: type[BaseModel], errors: list[InitErrorDetails]) -> None:
     """Validate ``raw[key]`` as the family's ``kind`` in place; collect its errors with their full keys."""
@@ -127,6 +151,22 @@ class JobSpec(Strict):
         description="name -> dotted overrides: extra models trained and evaluated on the same data",
     )
     storage: StorageSpec = Field(default_factory=lambda: StorageSpec())
+
+    @model_validator(mode="before")
+    @classmethod
+    def _outputs_in_run_folder(cls, raw: Any) -> Any:
+        """Output locations the spec leaves out go to the run folder; ``{run}/...`` is expanded there."""
+        if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
+            return raw  # pydantic reports the missing or malformed name
+        raw = dict(raw)
+        raw.setdefault("preprocess", {})
+        for (section, key), folder in DEFAULT_OUTPUTS.items():
+            value = raw.get(section)
+            if isinstance(value, dict) and value.get(key) is None:
+                raw[section] = {**value, key: f"{RUN_FOLDER}/{folder}"}
+        output_root = raw.get("output_root", "runs")
+        run = storage.join(output_root, raw["name"]) if isinstance(output_root, str) else ""
+        return _in_run_folder(raw, run)
 
     @model_validator(mode="before")
     @classmethod
@@ -175,8 +215,8 @@ class JobSpec(Strict):
             raise ValueError(f"stages: {unknown[0]!r} is not a stage of {family.name} jobs (stages: {list(known)})")
         if len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds: {self.seeds} repeats a seed")
-        if "synth" in self.stages and self.data.synthesize is None:
-            raise ValueError("stage 'synth' needs data.synthesize")
+        if "synth" in self.stages:
+            self._check_synth_folder()
         if "refine" in self.stages and self.refine is None:
             raise ValueError("stage 'refine' needs a refine section (engine, output_dir)")
         if "caption" in self.stages and self.caption is None:
@@ -190,6 +230,22 @@ class JobSpec(Strict):
         family.check_job(self)
         return self
 
+    def _check_synth_folder(self) -> None:
+        """synth writes into a folder of its own, and the job reads its data from inside that folder."""
+        synth = self.data.synthesize
+        if synth is None:
+            raise ValueError("stage 'synth' needs data.synthesize")
+        if synth.output_dir is None:
+            raise ValueError(
+                "data.synthesize.output_dir: stage 'synth' needs the folder it writes into (a folder of its own; "
+                "data.root must lie inside it, e.g. output_dir: data/synthgeo with root: data/synthgeo/geotext)"
+            )
+        if not storage.is_inside(self.data.root, synth.output_dir):
+            raise ValueError(
+                f"data.root: {self.data.root} is not inside data.synthesize.output_dir ({synth.output_dir}), the "
+                "folder synth writes; set data.synthesize.output_dir to the folder synth may own"
+            )
+
     def model_as(self, kind: type[SectionT]) -> SectionT:
         """The model section as the family's class ``kind`` (an error naming the job otherwise)."""
         return _section_as(self, self.model, kind)
@@ -201,6 +257,8 @@ class JobSpec(Strict):
     def locations(self) -> dict[str, str]:
         """Every data and output location of the job, by dotted key (what must be shared on a cluster)."""
         found = {"output_root": self.output_root, "data.root": self.data.root}
+        if self.data.synthesize and self.data.synthesize.output_dir:
+            found["data.synthesize.output_dir"] = self.data.synthesize.output_dir
         found["preprocess.output_dir"] = self.preprocess.output_dir
         if self.refine:
             found["refine.output_dir"] = self.refine.output_dir
@@ -212,6 +270,37 @@ class JobSpec(Strict):
             found |= {f"track4.{k}": getattr(self.track4, k) for k in ("queries", "gallery", "output_dir")}
         for i, rerank in enumerate(self.eval.rerank):
             found[f"eval.rerank.{i}.captions"] = rerank.captions
+        return found
+
+    def run_folder(self) -> str:
+        """``<output_root>/<name>``: the run's spec, results, checkpoints, logs and (by default) every output."""
+        return storage.join(self.output_root, self.name)
+
+    def outputs(self) -> list[tuple[str, str, str]]:
+        """(spec key, location, stage) of every folder this job's stages create or replace (the caption store is a
+        file): what the ownership rule checks before any stage runs. A baseline that prepares its own table
+        writes it in the train stage."""
+        found = [("output_root", self.run_folder(), "run")]
+        synth = self.data.synthesize
+        if "synth" in self.stages and synth is not None and synth.output_dir:
+            found.append(("data.synthesize.output_dir", synth.output_dir, "synth"))
+        if "prepare" in self.stages:
+            found.append(("preprocess.output_dir", self.preprocess.output_dir, "prepare"))
+        if "train" in self.stages:
+            for name in self.baselines:
+                folder = self.baseline(name).preprocess.output_dir
+                if folder != self.preprocess.output_dir:
+                    found.append((f"baselines.{name}: preprocess.output_dir", folder, "prepare"))
+        sections: dict[str, tuple[BaseModel | None, str]] = {
+            "refine": (self.refine, "output_dir"),
+            "caption": (self.caption, "output"),
+            "index": (self.index, "output_dir"),
+            "track4_submission": (self.track4, "output_dir"),
+        }
+        for stage, (section, key) in sections.items():
+            if stage in self.stages and section is not None:
+                name = "track4" if stage == "track4_submission" else stage
+                found.append((f"{name}.{key}", getattr(section, key), stage))
         return found
 
     def baseline(self, name: str) -> JobSpec:
@@ -239,6 +328,8 @@ class JobSpec(Strict):
         raw = self.model_dump(mode="json")
         raw["output_root"] = absolute(raw["output_root"])
         raw["data"]["root"] = absolute(raw["data"]["root"])
+        if raw["data"].get("synthesize"):
+            raw["data"]["synthesize"]["output_dir"] = absolute(raw["data"]["synthesize"]["output_dir"])
         raw["preprocess"]["output_dir"] = absolute(raw["preprocess"]["output_dir"])
         if raw.get("track4"):
             for key in ("queries", "gallery", "output_dir", "checkpoint"):

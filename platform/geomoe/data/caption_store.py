@@ -30,14 +30,27 @@ CAPTION_SCHEMA = pa.schema(
 REPORT_KEY = b"geomoe.caption_report"
 
 
-def write_caption_store(path: str, rows: Iterable[dict[str, str]], report: dict[str, Any] | None = None) -> str:
+def write_caption_store(
+    path: str, rows: Iterable[dict[str, str]], report: dict[str, Any] | None = None, key: str = "caption.output"
+) -> str:
     """Write the store (a path or URI); ``report`` (the captioning run's, with its inputs key) goes into the
-    file's metadata."""
+    file's metadata. An existing file is replaced only if it is a caption store (``key``: the spec key a refusal
+    names)."""
+    storage.check_file(path, key, is_caption_store)
     schema = CAPTION_SCHEMA.with_metadata({REPORT_KEY: json.dumps(report or {})})
     table = pa.Table.from_pylist(list(rows), schema=schema)
     with storage.atomic_path(path) as tmp:
         pq.write_table(table, tmp)
     return str(path)
+
+
+def is_caption_store(path: str) -> bool:
+    """True for a Parquet file geomoe wrote as a caption store (its metadata carries the captioning report)."""
+    try:
+        fs, inner = storage.filesystem_and_path(path)
+        return REPORT_KEY in (pq.read_schema(inner, filesystem=fs).metadata or {})
+    except (OSError, ValueError, pa.ArrowException, storage.StorageError):
+        return False
 
 
 def caption_store_report(path: str | Path) -> dict[str, Any] | None:

@@ -135,6 +135,8 @@ def convert_pickled(directory: str | Path, out: str | Path | None = None) -> Pat
         raise ModelError(f"{source}: refused, it holds more than weights and plain data ({err})") from None
     if not isinstance(payload, dict) or not {"model", "spec", "stage", "epoch"} <= payload.keys():
         raise ModelError(f"{source}: not a geomoe checkpoint (needs model, spec, stage and epoch)")
+    if out is not None:
+        storage.claim_dir(out, storage.Claim("--out", payload["spec"].get("name", ""), "convert"))
     return write_payload(out or directory, payload)
 
 

@@ -11,7 +11,10 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from geomoe.storage import atomic_dir
+from geomoe.storage import Claim, atomic_dir, atomic_path
+
+# A tiny model's folder is a model cache geomoe builds: absent, empty or geomoe's own (storage.Claim).
+TINY_MODEL = Claim("model (tiny: true)", stage="tiny model")
 
 T = TypeVar("T")
 
@@ -125,7 +128,7 @@ def save_tiny_text_model(
         # word identity dominant, so short queries and long captions with the same words land close together.
         model.embeddings.position_embeddings.weight.mul_(0.1)
         model.embeddings.token_type_embeddings.weight.mul_(0.1)
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, TINY_MODEL) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
     return Path(out)
@@ -140,12 +143,9 @@ def save_tiny_image_model(out: str | Path, name: str = "geomoe-eva02-micro", see
 
     register_tiny_architectures()
     model = seeded(seed, lambda: open_clip.create_model(name, pretrained=None))
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    torch.save(model.state_dict(), tmp)
-    tmp.replace(out)
-    return out
+    with atomic_path(out, ".pt") as tmp:  # a temporary name of its own: never a file that was there
+        torch.save(model.state_dict(), tmp)
+    return Path(out)
 
 
 CHAT_TEMPLATE = (
@@ -165,7 +165,7 @@ def build_tiny_causal_lm(path: str | Path, corpus: Iterable[str], seed: int = 0)
     tokenizer.chat_template = CHAT_TEMPLATE
     tokenizer.padding_side = "left"  # decoder-only generation pads on the left
     model = seeded(seed, lambda: LlamaForCausalLM(tiny_llama_config(tokenizer)))
-    with atomic_dir(path) as tmp:
+    with atomic_dir(path, TINY_MODEL) as tmp:
         tokenizer.save_pretrained(tmp)
         model.save_pretrained(tmp)
     return Path(path)
@@ -191,7 +191,7 @@ def build_tiny_captioner(path: str | Path, corpus: Iterable[str], image_size: in
     config.decoder_start_token_id, config.pad_token_id = tokenizer.bos_token_id, tokenizer.pad_token_id
     config.eos_token_id = tokenizer.eos_token_id
     model = seeded(seed, lambda: Captioner(config))
-    with atomic_dir(path) as tmp:
+    with atomic_dir(path, TINY_MODEL) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         ViTImageProcessor(size={"height": image_size, "width": image_size}).save_pretrained(tmp)
@@ -236,7 +236,7 @@ def build_tiny_vlm(path: str | Path, corpus: Iterable[str], image_size: int = 32
         num_additional_image_tokens=1,
     )
     model = seeded(seed, lambda: Llava(config))
-    with atomic_dir(path) as tmp:
+    with atomic_dir(path, TINY_MODEL) as tmp:
         model.save_pretrained(tmp)
         processor.save_pretrained(tmp)
     return Path(path)

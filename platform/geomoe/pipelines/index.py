@@ -54,6 +54,8 @@ def build_index(spec: JobSpec, manifest: dict[str, Any], checkpoint: str) -> dic
     inputs_key = hashlib.sha256(
         json.dumps([checkpoint_sha, gallery_key, cfg.model_dump(mode="json")]).encode()
     ).hexdigest()
+    claim = storage.Claim("index.output_dir", spec.name, "index")
+    storage.check_dir(cfg.output_dir, claim)  # before the gallery is embedded
     saved = _saved_report(cfg.output_dir, inputs_key)
     if saved is not None:
         return saved  # the same checkpoint, gallery and settings: embedding again would write the same index
@@ -81,7 +83,7 @@ def build_index(spec: JobSpec, manifest: dict[str, Any], checkpoint: str) -> dic
         "queries": len(queries),
         "inputs_key": inputs_key,
     }
-    write_index(cfg.output_dir, rows, [im["image_id"] for im in images], info, faiss_indexes)
+    write_index(cfg.output_dir, rows, [im["image_id"] for im in images], info, faiss_indexes, claim)
     saved = _saved_report(cfg.output_dir, inputs_key)
     assert saved is not None  # just written
     return saved

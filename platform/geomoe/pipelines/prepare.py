@@ -145,6 +145,7 @@ def prepare(spec: JobSpec) -> dict[str, Any]:
     if existing and existing.get("inputs_key") == key and not spec.preprocess.force:
         log.info("prepare: %s is up to date; nothing to do", out)
         return existing
+    storage.claim_dir(out, storage.Claim("preprocess.output_dir", spec.name, "prepare"))
     ensure_ray(spec.resources)
     storage.delete(storage.join(out, MANIFEST))  # from here on the folder is unfinished
     processed = _process(spec, source, out)

@@ -129,6 +129,7 @@ def refine_captions(spec: JobSpec, manifest: dict[str, Any]) -> dict[str, Any]:
     source_root, out = manifest["table"], storage.absolute(refine.output_dir)
     pairs = storage.join(out, "pairs")
     started = time.perf_counter()
+    storage.claim_dir(out, storage.Claim("refine.output_dir", spec.name, "refine"))
     _forget_other_inputs(out, manifest, refine, prompts.sha256, spec.preprocess.max_words_train)
     done = redone = 0
     finished = {rel for rel, _ in storage.list_files(pairs)}
@@ -176,9 +177,11 @@ def _forget_other_inputs(
     normalisation = {"pre_caption": True, "max_words": caption_words}
     key = json.dumps([manifest.get("inputs_key"), settings, prompts_sha256, normalisation], sort_keys=True)
     marker = storage.join(out, "inputs.json")
-    if storage.exists(out) and (not storage.is_file(marker) or storage.read_text(marker) != key):
+    pairs = storage.join(out, "pairs")
+    if storage.exists(pairs) and (not storage.is_file(marker) or storage.read_text(marker) != key):
         log.info("refine: %s holds refinements of other inputs; starting over", out)
-        storage.delete(out)
+        storage.delete(storage.join(out, MANIFEST))
+        storage.delete(pairs)
     storage.write_text_atomic(marker, key)
 
 

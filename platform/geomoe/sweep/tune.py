@@ -149,6 +149,7 @@ def run_sweep(path: str | Path, quickstart: bool = False, resume: bool = False) 
     sweep, base_path = load_sweep(path, quickstart)
     root = Path.cwd().resolve()
     experiment = experiment_location(sweep, root)
+    storage.claim_dir(experiment, storage.Claim("output_root", sweep.name, "sweep"))  # before Tune writes there
     tune_fs, tune_dir = storage.filesystem_and_path(storage.join(experiment, "tune"))
     fs = None if storage.is_local(experiment) else tune_fs  # Tune's storage_filesystem for an object store
     restorable = tune.Tuner.can_restore(tune_dir, storage_filesystem=fs)

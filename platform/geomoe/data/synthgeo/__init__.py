@@ -168,13 +168,19 @@ def _write_cvogl(root: Path, spec: SynthSpec) -> dict[str, int]:
     return counts
 
 
-def generate(out: str | Path, spec: SynthSpec, force: bool = False) -> dict[str, Any]:
-    """Write all three layouts under ``out`` and return the counts (also saved in synthgeo.json).
+def generate(
+    out: str | Path, spec: SynthSpec, force: bool = False, claim: storage.Claim | None = None
+) -> dict[str, Any]:
+    """Write all three layouts into the folder ``out`` and return the counts (also saved in its manifest).
 
-    If ``out`` already holds a benchmark generated from the same spec, nothing is written (unless ``force``).
+    ``out`` must be absent, empty or geomoe's own output (``claim`` names the spec key a refusal quotes). If it
+    already holds a benchmark generated from the same spec, nothing is written (unless ``force``).
     """
+    claim = claim or storage.Claim("data.synthesize.output_dir", stage="synth")
+    storage.check_dir(out, claim)
     existing = storage.read_json_if_exists(storage.join(out, MANIFEST))
-    fresh = existing is not None and existing.get("spec") == spec.model_dump() and existing.get("version") == VERSION
+    generated = spec.model_dump(exclude={"output_dir"})  # where it is written does not change what is written
+    fresh = existing is not None and existing.get("spec") == generated and existing.get("version") == VERSION
     if fresh and not force:
         assert existing is not None
         log.info("synthgeo already generated at %s; reusing it", out)
@@ -185,7 +191,7 @@ def generate(out: str | Path, spec: SynthSpec, force: bool = False) -> dict[str,
     counts: dict[str, Any] = {
         s: {"buildings": 0, "pairs": 0, "images": {"satellite": 0, "drone": 0, "ground": 0}} for s in ("train", "test")
     }
-    with storage.atomic_dir(out, MANIFEST) as tmp:  # written locally, then published (the manifest last)
+    with storage.atomic_dir(out, claim, MANIFEST) as tmp:  # written locally, then published (the manifest last)
         geotext = tmp / "geotext"
         train, _ = _write_retrieval_split(geotext, "train", train_ids, spec, counts)
         test, test_captions = _write_retrieval_split(geotext, "test", test_ids, spec, counts)
@@ -198,5 +204,5 @@ def generate(out: str | Path, spec: SynthSpec, force: bool = False) -> dict[str,
             "track4": _write_track4(tmp / "track4", geotext, test),
             "cvogl": _write_cvogl(tmp / "cvogl", spec),
         }
-        write_json_atomic(tmp / MANIFEST, {"spec": spec.model_dump(), "version": VERSION, "counts": result})
+        write_json_atomic(tmp / MANIFEST, {"spec": generated, "version": VERSION, "counts": result})
     return result
