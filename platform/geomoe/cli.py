@@ -82,7 +82,7 @@ def _ray_session_logs() -> Path | None:
 def _cmd_synth(args: argparse.Namespace) -> None:
     from geomoe.config import SynthSpec, parse_spec
     from geomoe.data.synthgeo import generate
-    from geomoe.storage import Claim
+    from geomoe.ownership import Claim
 
     spec = parse_spec(SynthSpec, {}, "--set", args.set)
     claim = Claim("--out", stage="synth")
@@ -174,10 +174,10 @@ def _cmd_k8s(args: argparse.Namespace) -> None:
         manifest = k8s.ray_cluster(values)
     text = k8s.to_yaml(manifest)
     if args.out:
-        from geomoe import storage
+        from geomoe import ownership, storage
 
         ours = lambda path: storage.read_head(path, len(K8S_HEADER)).decode("utf-8", "replace") == K8S_HEADER  # noqa: E731
-        storage.check_file(args.out, "--out", ours)  # replaces only a manifest it wrote itself
+        ownership.check_file(args.out, "--out", ours)  # replaces only a manifest it wrote itself
         storage.write_text_atomic(args.out, f"{K8S_HEADER} {args.kind} {args.source or ''}\n{text}")
         print(f"{manifest['kind']} {manifest['metadata']['name']} -> {args.out} (kubectl apply -f {args.out})")
     else:

@@ -12,7 +12,7 @@ import logging
 import time
 from typing import Any
 
-from geomoe import lease, registry, storage, tracking
+from geomoe import lease, ownership, registry, storage, tracking
 from geomoe.config import EngineSpec, JobSpec
 from geomoe.data.prepared import PreparedDataset
 from geomoe.progress import Progress, StageBar
@@ -186,7 +186,7 @@ def _run_stage(stage: str, spec: JobSpec, results: JobResults, run_dir: str, bar
 
         synth = spec.data.synthesize
         assert synth is not None and synth.output_dir is not None  # checked by JobSpec validation
-        return generate(synth.output_dir, synth, claim=storage.Claim("data.synthesize.output_dir", spec.name, stage))
+        return generate(synth.output_dir, synth, claim=ownership.Claim("data.synthesize.output_dir", spec.name, stage))
     if stage == "prepare":
         return _prepare(spec)
     if stage == "refine":
@@ -227,10 +227,10 @@ def check_outputs(spec: JobSpec) -> None:
 
     for key, location, stage in spec.outputs():
         if stage == "caption":
-            storage.check_file(location, key, is_caption_store)
-            storage.check_dir(f"{location}.parts", storage.Claim(key, spec.name, stage))
+            ownership.check_file(location, key, is_caption_store)
+            ownership.check_dir(f"{location}.parts", ownership.Claim(key, spec.name, stage))
         else:
-            storage.check_dir(location, storage.Claim(key, spec.name, stage))
+            ownership.check_dir(location, ownership.Claim(key, spec.name, stage))
 
 
 def run_job_timed(spec: JobSpec, progress: Progress | None = None) -> JobResults:
@@ -241,7 +241,7 @@ def run_job_timed(spec: JobSpec, progress: Progress | None = None) -> JobResults
     _check_cluster_storage(spec)
     check_outputs(spec)
     run_dir = run_dir_of(spec)
-    storage.claim_dir(run_dir, storage.Claim("output_root", spec.name, "run"))
+    ownership.claim_dir(run_dir, ownership.Claim("output_root", spec.name, "run"))
     with lease.held(storage.join(run_dir, lease.LOCK_FILE)):  # refuses if another run uses this folder
         return _run_stages(spec, progress, run_dir)
 

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from geomoe import storage
+from geomoe import ownership, storage
 from geomoe.errors import RunLockedError
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -107,11 +107,11 @@ def run_logs(
 
 def _publish(logs: RunLogs, staging: Path, run_dir: str, session: Path | None) -> None:
     logs.last_lines = logs.tail()
-    if logs.refused or not storage.exists(run_dir) or storage.foreign_file(run_dir) is not None:
+    if logs.refused or not storage.exists(run_dir) or ownership.foreign_file(run_dir) is not None:
         logs.location = str(staging)
         return
     _collect(staging, session)
-    storage.upload_dir(staging, logs.location, storage.Claim("output_root", stage="logs"))
+    ownership.upload_dir(staging, logs.location, ownership.Claim("output_root", stage="logs"))
     shutil.rmtree(staging, ignore_errors=True)
 
 

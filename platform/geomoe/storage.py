@@ -8,15 +8,11 @@ it reads.
 
 Atomicity. A local file is written to a temporary name and renamed. Object stores have no rename, but one PUT
 is atomic (the object appears whole or not at all), so a file is uploaded from a finished local temporary file
-in one request. A folder is finished when its manifest exists: it is written last (``atomic_dir``,
+in one request. A folder is finished when its manifest exists: it is written last (``ownership.atomic_dir``,
 ``MANIFEST``), and readers treat a folder without it as unfinished.
 
-Ownership. geomoe never deletes what it did not write. A stage creates, replaces or clears a folder only if
-the folder is absent, empty, or geomoe's own output: it holds an owner record (``OWNER_FILE``: writer, format,
-job, stage and the spec key that named it), written when a stage first claims the folder (``claim_dir``) and
-published with every ``atomic_dir``. Anything else is refused before any work starts (``ForeignFilesError``,
-naming the spec key, the location and the first foreign file), a bucket root is never an output folder, and a
-folder on an object store is deleted only as the files a listing found.
+Ownership. geomoe never deletes what it did not write: folders are published (``ownership.atomic_dir``) only
+over a folder that is absent, empty or geomoe's own output (``geomoe.ownership``).
 
 Credentials come from the standard environment (``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``,
 ``AWS_SECRET_ACCESS_KEY``, ``AWS_REGION``; ``GOOGLE_APPLICATION_CREDENTIALS``), never from specs. ``redact``
@@ -46,6 +42,7 @@ import pyarrow.fs as pafs
 from geomoe.errors import GeomoeError
 
 MANIFEST = "manifest.json"
+OWNER_FILE = ".geomoe-output.json"  # a folder's owner record (geomoe.ownership): this folder is geomoe's output
 _URI = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")
 _USERINFO = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*://)[^/@]*@")
 _BUCKET_SCHEMES = ("s3", "gs", "gcs")
@@ -191,7 +188,7 @@ def _bucket_missing(location: str | os.PathLike[str] | Location) -> bool:
 
 
 @contextmanager
-def _errors(location: str | os.PathLike[str] | Location) -> Iterator[None]:
+def named_errors(location: str | os.PathLike[str] | Location) -> Iterator[None]:
     try:
         yield
     except StorageError:
@@ -201,7 +198,7 @@ def _errors(location: str | os.PathLike[str] | Location) -> Iterator[None]:
 
 
 @contextmanager
-def _full_disk(location: Location) -> Iterator[None]:
+def full_disk(location: Location) -> Iterator[None]:
     """A writer that ran out of space (or quota) is a StorageError naming where the output was going."""
     try:
         yield
@@ -213,7 +210,7 @@ def _full_disk(location: Location) -> Iterator[None]:
 
 def info(location: str | os.PathLike[str] | Location) -> pafs.FileInfo:
     loc = resolve(location)
-    with _errors(loc):
+    with named_errors(loc):
         return loc.fs.get_file_info(loc.path)
 
 
@@ -231,14 +228,14 @@ def exists(location: str | os.PathLike[str] | Location) -> bool:
 
 def read_bytes(location: str | os.PathLike[str] | Location) -> bytes:
     loc = resolve(location)
-    with _errors(loc), loc.fs.open_input_stream(loc.path) as stream:
+    with named_errors(loc), loc.fs.open_input_stream(loc.path) as stream:
         return bytes(stream.read())
 
 
 def read_head(location: str | os.PathLike[str] | Location, size: int) -> bytes:
     """The first ``size`` bytes (one ranged GET on an object store)."""
     loc = resolve(location)
-    with _errors(loc), loc.fs.open_input_file(loc.path) as handle:
+    with named_errors(loc), loc.fs.open_input_file(loc.path) as handle:
         return bytes(handle.read(size))
 
 
@@ -278,15 +275,15 @@ def open_input(location: str | os.PathLike[str] | Location) -> Iterator[IO[bytes
     """A seekable binary file object (PIL, torch.load, pyarrow readers take it)."""
     loc = resolve(location)
     if loc.local:
-        with _errors(loc), open(loc.path, "rb") as handle:
+        with named_errors(loc), open(loc.path, "rb") as handle:
             yield handle
         return
     yield io.BytesIO(read_bytes(loc))
 
 
-def _upload(local: Path, loc: Location) -> None:
+def upload_file(local: Path, loc: Location) -> None:
     """One object from a finished local file (a single PUT, or a multipart upload completed only at the end)."""
-    with _errors(loc):
+    with named_errors(loc):
         parent_dir = posixpath.dirname(loc.path)
         if parent_dir:
             loc.fs.create_dir(parent_dir, recursive=True)
@@ -309,13 +306,13 @@ def atomic_path(final: str | os.PathLike[str], suffix: str = "") -> Iterator[Pat
     os.close(fd)
     tmp_path = Path(tmp)
     try:
-        with _full_disk(loc):
+        with full_disk(loc):
             yield tmp_path
-        with _errors(loc):  # a full disk or a failed upload: a StorageError naming the location, nothing published
+        with named_errors(loc):  # a full disk or a failed upload: a StorageError naming the location, nothing published
             if loc.local:
                 os.replace(tmp_path, loc.path)
             else:
-                _upload(tmp_path, loc)
+                upload_file(tmp_path, loc)
     finally:
         tmp_path.unlink(missing_ok=True)
 
@@ -337,13 +334,20 @@ def delete(location: str | os.PathLike[str] | Location) -> None:
     """Remove a file or a folder (recursively); nothing to remove is fine. Only for geomoe's own files and for
     folders inside a folder it claimed (``claim_dir``); never a root."""
     loc = resolve(location)
-    _refuse_root(loc, "delete")
+    if is_root(loc):
+        raise StorageError(f"{loc}: a root is never deleted")
     kind = info(loc).type
-    with _errors(loc):
+    with named_errors(loc):
         if kind == pafs.FileType.Directory:
             loc.fs.delete_dir(loc.path)
         elif kind == pafs.FileType.File:
             loc.fs.delete_file(loc.path)
+
+
+def is_root(loc: Location) -> bool:
+    """A bucket, or a local file system's root or home folder: never an output folder of its own."""
+    path = Path(loc.path)
+    return "/" not in loc.path.strip("/") if not loc.local else path in (Path(path.anchor), Path.home())
 
 
 def list_files(location: str | os.PathLike[str] | Location) -> list[tuple[str, int]]:
@@ -351,154 +355,10 @@ def list_files(location: str | os.PathLike[str] | Location) -> list[tuple[str, i
     loc = resolve(location)
     if info(loc).type != pafs.FileType.Directory:
         return []
-    with _errors(loc):
+    with named_errors(loc):
         found = loc.fs.get_file_info(pafs.FileSelector(loc.path, recursive=True))
     base = loc.path.rstrip("/") + "/"
     return sorted((f.path[len(base) :], int(f.size or 0)) for f in found if f.type == pafs.FileType.File)
-
-
-OWNER_FILE = ".geomoe-output.json"  # a folder's owner record: this folder is geomoe's output
-OWNER_FORMAT = 1
-
-
-class ForeignFilesError(StorageError):
-    """An output location holds files geomoe did not write: it is refused, and nothing is touched."""
-
-
-@dataclass(frozen=True)
-class Claim:
-    """Who writes an output folder: the spec key that names it (what a refusal quotes), the job and the stage."""
-
-    key: str
-    job: str = ""
-    stage: str = ""
-
-    def record(self) -> dict[str, Any]:
-        return {"writer": "geomoe", "format": OWNER_FORMAT, "job": self.job, "stage": self.stage, "key": self.key}
-
-
-def _refuse_root(loc: Location, key: str) -> None:
-    """A bucket, or a local file system's root or home folder, is never an output folder of its own."""
-    path = Path(loc.path)
-    bucket_root = not loc.local and "/" not in loc.path.strip("/")
-    local_root = loc.local and (path == Path(path.anchor) or path == Path.home())
-    if bucket_root or local_root:
-        raise ForeignFilesError(f"{key}: {loc} is a {'bucket' if bucket_root else 'file system'} root; name a folder")
-
-
-def _owned(loc: Location) -> bool:
-    """True when the folder holds geomoe's owner record."""
-    try:
-        record = read_json_if_exists(join(loc.uri, OWNER_FILE))
-    except (StorageError, json.JSONDecodeError, UnicodeDecodeError):
-        return False
-    return isinstance(record, dict) and record.get("writer") == "geomoe"
-
-
-def foreign_file(location: str | os.PathLike[str] | Location, key: str = "location") -> str | None:
-    """The first file under ``location`` that geomoe did not write (relative; ``.`` for a file where a folder
-    should be), or None when the folder is absent, empty or geomoe's own output. Refuses roots outright."""
-    loc = resolve(location)
-    _refuse_root(loc, key)
-    kind = info(loc).type
-    if kind == pafs.FileType.NotFound:
-        return None
-    if kind != pafs.FileType.Directory:
-        return "."
-    if _owned(loc):
-        return None
-    listing = list_files(loc)
-    return listing[0][0] if listing else None
-
-
-def check_dir(location: str | os.PathLike[str] | Location, claim: Claim) -> None:
-    """Refuse (ForeignFilesError, one line) unless ``location`` may be created, replaced or cleared by geomoe."""
-    first = foreign_file(location, claim.key)
-    if first is not None:
-        shown = redact(location.uri if isinstance(location, Location) else location)
-        what = "is a file" if first == "." else f"holds files geomoe did not write (e.g. {first})"
-        raise ForeignFilesError(f"{claim.key}: {shown} {what}; point it at an empty folder or at geomoe's own output")
-
-
-def claim_dir(location: str | os.PathLike[str], claim: Claim) -> None:
-    """Make ``location`` geomoe's output folder (check, then write the owner record first, before any output),
-    so that a run killed midway leaves a folder its rerun may clear or resume."""
-    check_dir(location, claim)
-    marker = join(location, OWNER_FILE)
-    if read_json_if_exists(marker) is None:
-        write_json_atomic(marker, claim.record())
-
-
-def check_file(location: str | os.PathLike[str], key: str, ours: Callable[[str], bool]) -> None:
-    """Refuse to replace a file that geomoe did not write: ``location`` must be absent or pass ``ours``."""
-    loc = resolve(location)
-    _refuse_root(loc, key)
-    kind = info(loc).type
-    if kind == pafs.FileType.Directory or (kind == pafs.FileType.File and not ours(loc.uri)):
-        what = "is a folder" if kind == pafs.FileType.Directory else "is a file geomoe did not write"
-        raise ForeignFilesError(f"{key}: {loc} {what}; point it at a new file or at geomoe's own output")
-
-
-def _delete_listed(loc: Location, listing: list[tuple[str, int]]) -> None:
-    """Delete exactly the files a listing found (a prefix is never deleted wholesale: a file written since the
-    listing survives)."""
-    for rel, _ in listing:
-        with _errors(loc):
-            loc.fs.delete_file(f"{loc.path}/{rel}")
-
-
-def _publish_dir(local: Path, loc: Location, manifest: str, claim: Claim) -> None:
-    """Replace the folder at ``loc`` (checked again: someone may have filled it meanwhile) with the finished local
-    folder; its owner record goes first and its manifest (if any) last."""
-    check_dir(loc, claim)
-    if loc.local:
-        final = Path(loc.path)
-        if final.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".old", dir=final.parent))
-            os.replace(final, old / "replaced")
-            os.replace(local, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(local, final)
-        return
-    _delete_listed(loc, list_files(loc))  # the old manifest too: from here on a reader sees the folder unfinished
-    files = sorted(p for p in local.rglob("*") if p.is_file())
-    order = lambda p: (p.name != OWNER_FILE, p.relative_to(local).as_posix() == manifest)  # noqa: E731
-    for path in sorted(files, key=order):
-        with _errors(loc):
-            _upload(path, resolve(join(loc.uri, path.relative_to(local).as_posix())))
-
-
-@contextmanager
-def atomic_dir(final: str | os.PathLike[str], claim: Claim, manifest: str = MANIFEST) -> Iterator[Path]:
-    """Yield a local temporary folder; publish it at ``final`` (path or URI) only if the block succeeds.
-
-    ``final`` may be absent, empty or geomoe's own output (``claim`` names the spec key a refusal quotes): that
-    is checked before the block runs and again right before publishing, and the published folder carries the
-    owner record. On an object store the folder's ``manifest`` file is uploaded last, so a reader that waits for
-    it never sees a partial folder.
-    """
-    loc = resolve(final)
-    check_dir(loc, claim)
-    if loc.local:
-        Path(loc.path).parent.mkdir(parents=True, exist_ok=True)
-        directory: str | None = str(Path(loc.path).parent)
-    else:
-        directory = None
-    tmp = Path(tempfile.mkdtemp(prefix=f".{basename(loc.path)}.", suffix=".tmp", dir=directory))
-    try:
-        with _full_disk(loc):
-            yield tmp
-            (tmp / OWNER_FILE).write_text(json.dumps(claim.record(), indent=2, sort_keys=True) + "\n")
-        _publish_dir(tmp, loc, manifest, claim)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def upload_dir(source: str | os.PathLike[str], location: str | os.PathLike[str], claim: Claim) -> None:
-    """Copy a local folder's files to ``location`` (path or URI), manifest last."""
-    with atomic_dir(location, claim) as tmp:
-        shutil.copytree(source, tmp, dirs_exist_ok=True)
 
 
 def files_sha256(folder: Path) -> dict[str, str]:
@@ -509,7 +369,7 @@ def files_sha256(folder: Path) -> dict[str, str]:
 def file_sha256(location: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
     loc = resolve(location)
     digest = hashlib.sha256()
-    with _errors(loc), loc.fs.open_input_stream(loc.path) as stream:
+    with named_errors(loc), loc.fs.open_input_stream(loc.path) as stream:
         for block in iter(lambda: stream.read(chunk), b""):
             digest.update(block)
     return digest.hexdigest()

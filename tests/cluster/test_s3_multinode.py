@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from geomoe import storage
+from geomoe import ownership, storage
 from geomoe.config import JobSpec, parse_spec
 from geomoe.config.pe_moe import PEMoEModelSpec
 from geomoe.data.prepared import PreparedDataset
@@ -44,7 +44,7 @@ def job_raw(data_root: str, out_root: str, models: Path) -> dict[str, Any]:
 
 def dataset_in(bucket: str, synth_root: Path, layout: str) -> str:
     """The tiny synthgeo dataset in one layout, uploaded as a user would: its URI in the bucket."""
-    storage.upload_dir(synth_root / layout, f"{bucket}/datasets/{layout}", storage.Claim("data.root"))
+    ownership.upload_dir(synth_root / layout, f"{bucket}/datasets/{layout}", ownership.Claim("data.root"))
     return f"{bucket}/datasets/{layout}"
 
 

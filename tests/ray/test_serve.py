@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from geomoe import storage
+from geomoe import ownership, storage
 from geomoe.config.pe_moe import PEMoEModelSpec
 from geomoe.config.smgeo import SMGeoModelSpec
 from tiny_jobs import smgeo_job, tiny_retriever
@@ -74,7 +74,7 @@ def served(
     build_tiny_vlm(out / "vlm", [r["caption"] for r in scene])
     bucket = new_bucket("served-app")
     for name in ("index", "ckpt"):
-        storage.upload_dir(out / name, f"{bucket}/{name}", storage.Claim("test upload"))
+        ownership.upload_dir(out / name, f"{bucket}/{name}", ownership.Claim("test upload"))
     storage.write_bytes_atomic(f"{bucket}/captions.parquet", (out / "captions.parquet").read_bytes())
     args = {
         "index": f"{bucket}/index",

@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pytest
 
-from geomoe import storage
+from geomoe import ownership, storage
 from geomoe.data.caption_store import write_caption_store
 from geomoe.storage import StorageError
 
@@ -129,15 +129,15 @@ def test_a_file_over_the_quota_is_a_named_error_and_no_object(full: tuple[str, Q
 def test_a_folder_cut_off_midway_has_no_manifest_and_the_old_one_is_gone(full: tuple[str, QuotaHandler]) -> None:
     bucket, handler = full
     handler.quota = 10**9
-    with storage.atomic_dir(
-        f"{bucket}/index", storage.Claim("index.output_dir")
+    with ownership.atomic_dir(
+        f"{bucket}/index", ownership.Claim("index.output_dir")
     ) as tmp:  # a finished folder, as a previous run left it
         (tmp / "vectors.bin").write_bytes(b"old")
         (tmp / storage.MANIFEST).write_text("{}")
     handler.quota, handler.used = 6000, 0
     with (
         pytest.raises(StorageError, match="No space left on device"),
-        storage.atomic_dir(f"{bucket}/index", storage.Claim("index.output_dir")) as tmp,
+        ownership.atomic_dir(f"{bucket}/index", ownership.Claim("index.output_dir")) as tmp,
     ):
         for name in ("a.bin", "b.bin", "c.bin"):
             (tmp / name).write_bytes(b"\0" * 2500)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from geomoe import lease, storage
+from geomoe import lease, ownership, storage
 from geomoe.cli import main
 from geomoe.errors import RunLockedError
 
@@ -101,7 +101,7 @@ def test_the_cli_refuses_a_second_run_before_writing_anything(
 ) -> None:
     output_root = str(tmp_path / "runs") if where == "local" else request.getfixturevalue("s3_bucket") + "/runs"
     run_dir = storage.join(output_root, "quickstart")
-    storage.claim_dir(run_dir, storage.Claim("output_root", "quickstart", "run"))  # as the holder's run did
+    ownership.claim_dir(run_dir, ownership.Claim("output_root", "quickstart", "run"))  # as the holder's run did
     held = lease.acquire(storage.join(run_dir, lease.LOCK_FILE), settle=0.2)
     before = storage.list_files(run_dir)
     try:

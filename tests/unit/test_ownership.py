@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from geomoe import storage
+from geomoe import ownership, storage
 from geomoe.errors import GeomoeError
-from geomoe.storage import Claim, ForeignFilesError
+from geomoe.ownership import Claim, ForeignFilesError
 
 CLAIM = Claim("preprocess.output_dir", "job", "prepare")
 REFUSAL = r"^preprocess\.output_dir: .+ holds files geomoe did not write \(e\.g\. notes\.txt\); point it at an empty "
@@ -51,11 +51,11 @@ def test_a_folder_holding_a_users_file_is_refused_before_any_work(root: str) -> 
     saved = user_files(root)
     target = storage.join(root, "target")
     entered = []
-    with pytest.raises(ForeignFilesError, match=REFUSAL), storage.atomic_dir(target, CLAIM) as tmp:
+    with pytest.raises(ForeignFilesError, match=REFUSAL), ownership.atomic_dir(target, CLAIM) as tmp:
         entered.append(tmp)  # the block (the stage's work) never runs
     assert entered == [] and unchanged(saved)
     with pytest.raises(ForeignFilesError, match=REFUSAL):
-        storage.claim_dir(target, CLAIM)
+        ownership.claim_dir(target, CLAIM)
     assert unchanged(saved) and storage.list_files(target) == [("notes.txt", 8)]
 
 
@@ -64,7 +64,7 @@ def test_absent_empty_and_own_folders_are_written_and_replaced(root: str) -> Non
     for name in ("new", "own"):
         folder = storage.join(root, name)
         for version in (b"1", b"2"):  # a rerun over geomoe's own output replaces it
-            with storage.atomic_dir(folder, CLAIM) as tmp:
+            with ownership.atomic_dir(folder, CLAIM) as tmp:
                 (tmp / "vectors.bin").write_bytes(version)
                 (tmp / storage.MANIFEST).write_text("{}")
             assert storage.read_bytes(storage.join(folder, "vectors.bin")) == version
@@ -77,15 +77,15 @@ def test_an_empty_folder_is_claimed_and_then_reused(root: str, tmp_path: Path) -
     folder = storage.join(root, "empty")
     if storage.is_local(folder):
         Path(folder, "sub").mkdir(parents=True)  # empty folders only: nothing to lose
-    storage.claim_dir(folder, CLAIM)
+    ownership.claim_dir(folder, CLAIM)
     storage.write_text_atomic(storage.join(folder, "part-1.json"), "{}")  # a run killed midway
-    storage.claim_dir(folder, CLAIM)  # its rerun may resume or clear it
-    assert storage.foreign_file(folder) is None
+    ownership.claim_dir(folder, CLAIM)  # its rerun may resume or clear it
+    assert ownership.foreign_file(folder) is None
 
 
 def test_a_folder_filled_while_the_stage_worked_is_refused_at_publish(root: str) -> None:
     folder = storage.join(root, "index")
-    with pytest.raises(ForeignFilesError, match=r"e\.g\. notes\.txt"), storage.atomic_dir(folder, CLAIM) as tmp:
+    with pytest.raises(ForeignFilesError, match=r"e\.g\. notes\.txt"), ownership.atomic_dir(folder, CLAIM) as tmp:
         (tmp / "vectors.bin").write_bytes(b"new")
         storage.write_text_atomic(storage.join(folder, "notes.txt"), "written meanwhile")
     assert storage.list_files(folder) == [("notes.txt", 17)]
@@ -94,11 +94,11 @@ def test_a_folder_filled_while_the_stage_worked_is_refused_at_publish(root: str)
 def test_a_file_where_a_folder_goes_and_roots_are_refused(root: str, s3_bucket: str) -> None:
     storage.write_text_atomic(storage.join(root, "file"), "x")
     with pytest.raises(ForeignFilesError, match=r"index\.output_dir: .*/file is a file"):
-        storage.check_dir(storage.join(root, "file"), Claim("index.output_dir"))
+        ownership.check_dir(storage.join(root, "file"), Claim("index.output_dir"))
     for where in (s3_bucket, s3_bucket + "/", "/", str(Path.home())):
         with pytest.raises(ForeignFilesError, match=r"(bucket|file system) root; name a folder"):
-            storage.check_dir(where, CLAIM)
-        with pytest.raises(ForeignFilesError, match="root"):
+            ownership.check_dir(where, CLAIM)
+        with pytest.raises(storage.StorageError, match="a root is never deleted"):
             storage.delete(where)
 
 
@@ -107,7 +107,7 @@ def test_a_forged_or_broken_owner_record_does_not_make_a_folder_ours(root: str) 
     storage.write_text_atomic(storage.join(folder, "notes.txt"), "my notes")
     for record in ("not json", json.dumps({"writer": "someone else"}), json.dumps([1])):
         storage.write_text_atomic(storage.join(folder, storage.OWNER_FILE), record)
-        assert storage.foreign_file(folder) is not None
+        assert ownership.foreign_file(folder) is not None
 
 
 def test_a_file_is_replaced_only_when_it_is_geomoes(root: str) -> None:
@@ -180,6 +180,7 @@ def test_each_output_key_of_a_job_is_refused_before_any_stage_runs(
     )
     assert unchanged(saved)
     assert not storage.exists(synth)  # the first stage (synth) never ran
+    assert not storage.exists(storage.join(parent, "quickstart", "logs"))  # nor are logs put into a user's folder
 
 
 def test_synth_writes_only_into_its_own_folder_which_holds_data_root() -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from geomoe import storage
+from geomoe import ownership, storage
 from geomoe.logs import capture_console, quiet, run_logs
 from geomoe.progress import Progress
 
@@ -66,7 +66,8 @@ def test_the_ray_session_logs_are_copied_into_the_run_folder_on_s3(tmp_path: Pat
     (session / "worker-abc-01.err").write_text("Traceback: CUDA out of memory\n")
     run = f"{s3_bucket}/runs/job"
     with run_logs(run, session_logs=lambda: session) as logs:
-        storage.write_text_atomic(f"{run}/spec.json", "{}")  # the job started
+        ownership.claim_dir(run, ownership.Claim("output_root", "job", "run"))  # the job started
+        storage.write_text_atomic(f"{run}/spec.json", "{}")
         logging.getLogger("geomoe.jobs").info("stage train")
     assert logs.location == f"{run}/logs"
     assert "stage train" in storage.read_text(f"{run}/logs/geomoe.log")

@@ -8,12 +8,12 @@ from typing import Any
 
 import pytest
 
-from geomoe import storage
+from geomoe import ownership, storage
 from geomoe.config import JobSpec, StorageSpec, parse_spec
 from geomoe.data.prepared import PreparedDataset
 from geomoe.errors import DatasetError, GeomoeError, SpecError
 
-CLAIM = storage.Claim("index.output_dir", "test", "index")
+CLAIM = ownership.Claim("index.output_dir", "test", "index")
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -46,10 +46,10 @@ def test_failed_write_publishes_nothing(root: str) -> None:
         raise RuntimeError("crash mid-write")
     assert storage.read_json(target) == {"v": 1}
     folder = storage.join(root, "index")
-    with storage.atomic_dir(folder, CLAIM) as tmp:
+    with ownership.atomic_dir(folder, CLAIM) as tmp:
         (tmp / "vectors.bin").write_bytes(b"old")
         (tmp / storage.MANIFEST).write_text("{}")
-    with pytest.raises(RuntimeError), storage.atomic_dir(folder, CLAIM) as tmp:
+    with pytest.raises(RuntimeError), ownership.atomic_dir(folder, CLAIM) as tmp:
         (tmp / "vectors.bin").write_bytes(b"new")
         raise RuntimeError("crash before the manifest")
     assert storage.read_bytes(storage.join(folder, "vectors.bin")) == b"old"
@@ -61,8 +61,8 @@ def test_folder_is_replaced_and_round_trips(root: str, tmp_path: Path) -> None:
     (source / "sub").mkdir(parents=True)
     (source / "sub" / "x.txt").write_text("x")
     (source / storage.MANIFEST).write_text("{}")
-    storage.upload_dir(source, storage.join(root, "copy"), CLAIM)
-    storage.upload_dir(source, storage.join(root, "copy"), CLAIM)  # replaced, not merged or duplicated
+    ownership.upload_dir(source, storage.join(root, "copy"), CLAIM)
+    ownership.upload_dir(source, storage.join(root, "copy"), CLAIM)  # replaced, not merged or duplicated
     listed = storage.list_files(storage.join(root, "copy"))
     assert [rel for rel, _ in listed] == [storage.OWNER_FILE, storage.MANIFEST, "sub/x.txt"]
     assert storage.read_text(storage.join(root, "copy", "sub", "x.txt")) == "x"

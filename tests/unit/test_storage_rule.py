@@ -18,6 +18,7 @@ MODULE_CALLS = {
 }  # fmt: skip
 ALLOWED = {
     "storage.py": "the storage layer itself",
+    "ownership.py": "the storage layer's publisher: a finished local temporary folder moved into place",
     "cache.py": "verified local copies of published folders (the node-local cache replicas memory-map from)",
     "bench/": "benchmarks work in a local scratch folder they create",
     "models/tiny.py": "tiny random models are built into a local cache folder (declared in the spec)",

@@ -8,7 +8,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from geomoe.storage import Claim, claim_dir, write_json_atomic
+from geomoe.ownership import Claim, claim_dir
+from geomoe.storage import write_json_atomic
 
 log = logging.getLogger(__name__)
 

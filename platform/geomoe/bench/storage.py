@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from geomoe import storage
+from geomoe import ownership, storage
 from geomoe.config import JobSpec, SynthSpec, load_job, parse_spec
 from geomoe.errors import GeomoeError
 
@@ -123,7 +123,7 @@ def bench_storage(out: Path) -> dict[str, Any]:
         boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket="bench")
         s3_data = "s3://bench/datasets/geotext"
         started = time.perf_counter()
-        storage.upload_dir(data / "geotext", s3_data, storage.Claim("bench upload"))
+        ownership.upload_dir(data / "geotext", s3_data, ownership.Claim("bench upload"))
         upload_s = time.perf_counter() - started
         # The first run pays for Ray's start and the tiny models' build: the comparison is between the next two.
         cold = _timed_job(_job(str(data / "geotext"), str(work / "local-cold"), work / "models"))

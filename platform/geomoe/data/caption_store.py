@@ -14,7 +14,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from geomoe import storage
+from geomoe import ownership, storage
 from geomoe.errors import DatasetError
 
 CAPTION_SCHEMA = pa.schema(
@@ -36,7 +36,7 @@ def write_caption_store(
     """Write the store (a path or URI); ``report`` (the captioning run's, with its inputs key) goes into the
     file's metadata. An existing file is replaced only if it is a caption store (``key``: the spec key a refusal
     names)."""
-    storage.check_file(path, key, is_caption_store)
+    ownership.check_file(path, key, is_caption_store)
     schema = CAPTION_SCHEMA.with_metadata({REPORT_KEY: json.dumps(report or {})})
     table = pa.Table.from_pylist(list(rows), schema=schema)
     with storage.atomic_path(path) as tmp:

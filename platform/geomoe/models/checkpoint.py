@@ -30,7 +30,7 @@ from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 from torch import nn
 
-from geomoe import storage
+from geomoe import ownership, storage
 from geomoe.config import JobSpec
 from geomoe.errors import ModelError
 
@@ -136,7 +136,7 @@ def convert_pickled(directory: str | Path, out: str | Path | None = None) -> Pat
     if not isinstance(payload, dict) or not {"model", "spec", "stage", "epoch"} <= payload.keys():
         raise ModelError(f"{source}: not a geomoe checkpoint (needs model, spec, stage and epoch)")
     if out is not None:
-        storage.claim_dir(out, storage.Claim("--out", payload["spec"].get("name", ""), "convert"))
+        ownership.claim_dir(out, ownership.Claim("--out", payload["spec"].get("name", ""), "convert"))
     return write_payload(out or directory, payload)
 
 

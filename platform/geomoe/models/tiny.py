@@ -11,9 +11,10 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from geomoe.storage import Claim, atomic_dir, atomic_path
+from geomoe.ownership import Claim, atomic_dir
+from geomoe.storage import atomic_path
 
-# A tiny model's folder is a model cache geomoe builds: absent, empty or geomoe's own (storage.Claim).
+# A tiny model's folder is a model cache geomoe builds: absent, empty or geomoe's own (ownership.Claim).
 TINY_MODEL = Claim("model (tiny: true)", stage="tiny model")
 
 T = TypeVar("T")

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pyarrow.compute as pc
 
-from geomoe import storage
+from geomoe import ownership, storage
 from geomoe.config import CaptionSpec, JobSpec
 from geomoe.data.caption_store import caption_store_report, is_caption_store, write_caption_store
 from geomoe.data.prepared import PreparedDataset
@@ -143,8 +143,8 @@ def caption_gallery(spec: JobSpec, manifest: dict[str, Any]) -> dict[str, Any]:
     images = gallery_images(manifest, caption.split)
     if not images:
         raise DatasetError(f"no {caption.split} images in the prepared dataset at {manifest['table']}")
-    storage.check_file(caption.output, "caption.output", is_caption_store)  # before any image is captioned
-    storage.claim_dir(f"{caption.output}.parts", storage.Claim("caption.output", spec.name, "caption"))
+    ownership.check_file(caption.output, "caption.output", is_caption_store)  # before any image is captioned
+    ownership.claim_dir(f"{caption.output}.parts", ownership.Claim("caption.output", spec.name, "caption"))
     parts = f"{caption.output}.parts/{storage.text_sha256(inputs_key)[:16]}"  # this run's finished captions
     resumed = _finished(parts)
     produced = resumed | _captions(caption, prompt, [im for im in images if im["image_id"] not in resumed], parts)

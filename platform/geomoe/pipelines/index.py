@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from geomoe import storage
+from geomoe import ownership, storage
 from geomoe.config import IndexSpec, JobSpec
 from geomoe.config.pe_moe import PEMoEModelSpec
 from geomoe.data.prepared import PreparedDataset
@@ -54,8 +54,8 @@ def build_index(spec: JobSpec, manifest: dict[str, Any], checkpoint: str) -> dic
     inputs_key = hashlib.sha256(
         json.dumps([checkpoint_sha, gallery_key, cfg.model_dump(mode="json")]).encode()
     ).hexdigest()
-    claim = storage.Claim("index.output_dir", spec.name, "index")
-    storage.check_dir(cfg.output_dir, claim)  # before the gallery is embedded
+    claim = ownership.Claim("index.output_dir", spec.name, "index")
+    ownership.check_dir(cfg.output_dir, claim)  # before the gallery is embedded
     saved = _saved_report(cfg.output_dir, inputs_key)
     if saved is not None:
         return saved  # the same checkpoint, gallery and settings: embedding again would write the same index

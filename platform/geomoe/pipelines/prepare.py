@@ -20,7 +20,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from geomoe import __version__, storage
+from geomoe import __version__, ownership, storage
 from geomoe.config import JobSpec
 from geomoe.data.prepare import PREPARED_SCHEMA, RowPreparer, check_localization_rows
 from geomoe.data.records import LOCALIZATION_SCHEMA, RETRIEVAL_SCHEMA, RejectLog, records_to_table
@@ -145,7 +145,7 @@ def prepare(spec: JobSpec) -> dict[str, Any]:
     if existing and existing.get("inputs_key") == key and not spec.preprocess.force:
         log.info("prepare: %s is up to date; nothing to do", out)
         return existing
-    storage.claim_dir(out, storage.Claim("preprocess.output_dir", spec.name, "prepare"))
+    ownership.claim_dir(out, ownership.Claim("preprocess.output_dir", spec.name, "prepare"))
     ensure_ray(spec.resources)
     storage.delete(storage.join(out, MANIFEST))  # from here on the folder is unfinished
     processed = _process(spec, source, out)

@@ -20,7 +20,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from geomoe import storage
+from geomoe import ownership, storage
 from geomoe.config import JobSpec, RefineSpec
 from geomoe.data.transforms import normalize_caption
 from geomoe.engines.prompts import DEFAULT_REFINE_PROMPTS, RefinePrompts, clean_generation, load_prompts, rejection
@@ -129,7 +129,7 @@ def refine_captions(spec: JobSpec, manifest: dict[str, Any]) -> dict[str, Any]:
     source_root, out = manifest["table"], storage.absolute(refine.output_dir)
     pairs = storage.join(out, "pairs")
     started = time.perf_counter()
-    storage.claim_dir(out, storage.Claim("refine.output_dir", spec.name, "refine"))
+    ownership.claim_dir(out, ownership.Claim("refine.output_dir", spec.name, "refine"))
     _forget_other_inputs(out, manifest, refine, prompts.sha256, spec.preprocess.max_words_train)
     done = redone = 0
     finished = {rel for rel, _ in storage.list_files(pairs)}

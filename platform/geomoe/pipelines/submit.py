@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from geomoe import storage
+from geomoe import ownership
 from geomoe.config import Track4Spec
 from geomoe.config.pe_moe import PEMoEModelSpec
 from geomoe.data.records import RejectLog
@@ -37,7 +37,7 @@ def rank_track4(checkpoint: str, track4: Track4Spec, concurrency: int = 1) -> di
 
 
 def submit_track4(checkpoint: str, track4: Track4Spec, concurrency: int = 1) -> dict[str, Any]:
-    storage.claim_dir(track4.output_dir, storage.Claim("track4.output_dir", stage="track4_submission"))
+    ownership.claim_dir(track4.output_dir, ownership.Claim("track4.output_dir", stage="track4_submission"))
     rankings = rank_track4(checkpoint, track4, concurrency)
     txt, archive = write_submission(track4.output_dir, rankings)
     return {"submission": str(txt), "zip": str(archive), "queries": len(rankings), "checkpoint": checkpoint,

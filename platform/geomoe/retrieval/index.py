@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from geomoe import storage
+from geomoe import ownership, storage
 from geomoe.cache import cached_copy
 from geomoe.errors import DatasetError
 from geomoe.models.pe_moe import gallery_rows, gated_queries
@@ -147,7 +147,7 @@ def write_index(
     ids: Sequence[str],
     manifest: dict[str, Any],
     faiss_indexes: dict[str, Any] | None = None,
-    claim: storage.Claim | None = None,
+    claim: ownership.Claim | None = None,
 ) -> str | Path:
     """Write the matrix, ids, FAISS indexes (``faiss_<kind>.index``) and the manifest (plus counts and layout)
     into ``folder`` atomically; ``folder`` may be absent, empty or geomoe's own output (``claim``)."""
@@ -158,8 +158,8 @@ def write_index(
     dtype = str(rows_ND.dtype)
     full = {**manifest, "count": int(rows_ND.shape[0]), "dim": int(rows_ND.shape[1]), "dtype": dtype}
     full["row_norm_max"] = largest_row_norm(rows_ND) if len(rows_ND) else 0.0
-    with storage.atomic_dir(
-        folder, claim or storage.Claim("index.output_dir", stage="index")
+    with ownership.atomic_dir(
+        folder, claim or ownership.Claim("index.output_dir", stage="index")
     ) as tmp:  # local or a URI: published with the manifest last
         # .npy has no bfloat16: its bits are saved as uint16 and the manifest's dtype says how to read them
         np.save(tmp / "vectors.npy", rows_ND.view(np.uint16) if dtype == "bfloat16" else rows_ND)

@@ -20,7 +20,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from geomoe import storage
+from geomoe import ownership, storage
 from geomoe.config import SweepSpec, load_job
 from geomoe.data.prepared import PreparedDataset
 from geomoe.errors import ExperimentError, SpecError
@@ -149,7 +149,7 @@ def run_sweep(path: str | Path, quickstart: bool = False, resume: bool = False) 
     sweep, base_path = load_sweep(path, quickstart)
     root = Path.cwd().resolve()
     experiment = experiment_location(sweep, root)
-    storage.claim_dir(experiment, storage.Claim("output_root", sweep.name, "sweep"))  # before Tune writes there
+    ownership.claim_dir(experiment, ownership.Claim("output_root", sweep.name, "sweep"))  # before Tune writes there
     tune_fs, tune_dir = storage.filesystem_and_path(storage.join(experiment, "tune"))
     fs = None if storage.is_local(experiment) else tune_fs  # Tune's storage_filesystem for an object store
     restorable = tune.Tuner.can_restore(tune_dir, storage_filesystem=fs)

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from geomoe import storage
+from geomoe import ownership, storage
 from geomoe.config import SynthSpec
 from geomoe.data.caption_store import write_caption_store
 from geomoe.data.cvogl import write_cvogl_split
@@ -169,15 +169,15 @@ def _write_cvogl(root: Path, spec: SynthSpec) -> dict[str, int]:
 
 
 def generate(
-    out: str | Path, spec: SynthSpec, force: bool = False, claim: storage.Claim | None = None
+    out: str | Path, spec: SynthSpec, force: bool = False, claim: ownership.Claim | None = None
 ) -> dict[str, Any]:
     """Write all three layouts into the folder ``out`` and return the counts (also saved in its manifest).
 
     ``out`` must be absent, empty or geomoe's own output (``claim`` names the spec key a refusal quotes). If it
     already holds a benchmark generated from the same spec, nothing is written (unless ``force``).
     """
-    claim = claim or storage.Claim("data.synthesize.output_dir", stage="synth")
-    storage.check_dir(out, claim)
+    claim = claim or ownership.Claim("data.synthesize.output_dir", stage="synth")
+    ownership.check_dir(out, claim)
     existing = storage.read_json_if_exists(storage.join(out, MANIFEST))
     generated = spec.model_dump(exclude={"output_dir"})  # where it is written does not change what is written
     fresh = existing is not None and existing.get("spec") == generated and existing.get("version") == VERSION
@@ -191,7 +191,7 @@ def generate(
     counts: dict[str, Any] = {
         s: {"buildings": 0, "pairs": 0, "images": {"satellite": 0, "drone": 0, "ground": 0}} for s in ("train", "test")
     }
-    with storage.atomic_dir(out, claim, MANIFEST) as tmp:  # written locally, then published (the manifest last)
+    with ownership.atomic_dir(out, claim, MANIFEST) as tmp:  # written locally, then published (the manifest last)
         geotext = tmp / "geotext"
         train, _ = _write_retrieval_split(geotext, "train", train_ids, spec, counts)
         test, test_captions = _write_retrieval_split(geotext, "test", test_ids, spec, counts)
