@@ -13,6 +13,7 @@ import pytest
 from geomoe.config import SweepSpec, parse_spec
 from geomoe.config.pe_moe import PEMoEModelSpec
 from geomoe.errors import ExperimentError, SpecError
+from geomoe.ownership import Claim, claim_dir
 from geomoe.storage import write_json_atomic
 from geomoe.sweep import SEED, VARIANT, describe_trials, grid_points, load_sweep, trial_key, trial_metrics, trial_spec
 from geomoe.sweep.report import RESULT_FILE, write_per_query, write_report
@@ -83,6 +84,7 @@ def test_the_report_shows_finished_failed_and_missing_trials_as_they_are(tmp_pat
     sweep, _ = load_sweep(REPO / "search_spaces" / "smgeo_topk.yaml", quickstart=True)
     points = grid_points(sweep)
     keys = [trial_key(p) for p in points]
+    claim_dir(tmp_path, Claim("output_root", "sweep", "sweep"))  # as run_sweep does
     write_json_atomic(tmp_path / "sweep.json", {"sweep": sweep.model_dump(mode="json"), "expected": keys})
     metrics = {"val_acc25": 40.0, "val_acc50": 31.5, "val_miou": 28.25, "params_M": 0.5}
     finished = {"params": points[0], "status": "finished", "metrics": metrics}
@@ -180,6 +182,7 @@ def test_the_report_pools_seeds_and_gives_each_paper_row_a_verdict(tmp_path: Pat
     sweep = sweep.model_copy(update={"seeds": [0, 1]})
     points = grid_points(sweep)
     expected = [trial_key(p) for p in points]
+    claim_dir(tmp_path, Claim("output_root", "sweep", "sweep"))  # as run_sweep does
     write_json_atomic(tmp_path / "sweep.json", {"sweep": sweep.model_dump(mode="json"), "expected": expected})
     base = 100.0 * (np.random.default_rng(0).permutation(600) < 180)  # 30% hits
     better = base.copy()
@@ -236,6 +239,7 @@ def test_values_of_different_queries_are_neither_pooled_nor_paired(tmp_path: Pat
     sweep = sweep.model_copy(update={"seeds": [0, 1]})
     points = grid_points(sweep)[:4]  # top-1 and top-2, two seeds each
     expected = [trial_key(p) for p in points]
+    claim_dir(tmp_path, Claim("output_root", "sweep", "sweep"))  # as run_sweep does
     write_json_atomic(tmp_path / "sweep.json", {"sweep": sweep.model_dump(mode="json"), "expected": expected})
     hits = 100.0 * (np.arange(100) < 30)
     for point, queries in zip(points, ["a", "b", "c", "c"], strict=True):  # top-1's seeds saw other samples

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from geomoe import storage
+from geomoe import ownership, storage
 from geomoe.config import SweepSpec
 from geomoe.errors import ExperimentError
 from geomoe.stats import (
@@ -299,8 +299,10 @@ def plot_parameter(sweep: SweepSpec, configs: list[Configuration], param: str, p
 
 
 def write_report(experiment: str) -> str:
-    """Write report.md, report.csv and plot-<param>.png into ``experiment``; return the Markdown."""
+    """Write report.md, report.csv and plot-<param>.png into ``experiment`` (a sweep's own folder: they replace
+    only geomoe's files); return the Markdown."""
     sweep, rows = report_rows(experiment)
+    ownership.check_dir(experiment, ownership.Claim("experiment", stage="report"))
     configs = configurations(sweep, rows)
     counts = {s: sum(r["status"] == s for r in rows) for s in ("finished", "failed", "not run")}
     lines = [f"# Sweep {sweep.name}", "", f"trials: {counts}; metric {sweep.metric} ({sweep.mode})"]
