@@ -178,7 +178,7 @@ def _cmd_k8s(args: argparse.Namespace) -> None:
 
         ours = lambda path: storage.read_head(path, len(K8S_HEADER)).decode("utf-8", "replace") == K8S_HEADER  # noqa: E731
         ownership.check_file(args.out, "--out", ours)  # replaces only a manifest it wrote itself
-        storage.write_text_atomic(args.out, f"{K8S_HEADER} {args.kind} {args.source or ''}\n{text}")
+        storage.write_text_atomic(args.out, f"{K8S_HEADER} {' '.join(filter(None, [args.kind, args.source]))}\n{text}")
         print(f"{manifest['kind']} {manifest['metadata']['name']} -> {args.out} (kubectl apply -f {args.out})")
     else:
         print(text, end="")

@@ -111,7 +111,12 @@ def _publish(logs: RunLogs, staging: Path, run_dir: str, session: Path | None) -
         logs.location = str(staging)
         return
     _collect(staging, session)
-    ownership.upload_dir(staging, logs.location, ownership.Claim("output_root", stage="logs"))
+    try:
+        ownership.upload_dir(staging, logs.location, ownership.Claim("output_root", stage="logs"))
+    except ownership.ForeignFilesError as err:  # the job's own outcome stands; its logs stay where they are
+        logging.getLogger(__name__).warning("%s; the logs stay in %s", err, staging)
+        logs.location = str(staging)
+        return
     shutil.rmtree(staging, ignore_errors=True)
 
 

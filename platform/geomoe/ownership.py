@@ -3,7 +3,7 @@
 A stage creates, replaces or clears a folder only if the folder is absent, empty, or geomoe's own output: it holds
 an owner record (``storage.OWNER_FILE``: writer, format, job, stage and the spec key that named it), written when a
 stage first claims the folder (``claim_dir``, before any output, so that a run killed midway leaves a folder its
-rerun may resume or clear) and published with every ``storage.atomic_dir``. Anything else is refused before any
+rerun may resume or clear) and published with every ``atomic_dir``. Anything else is refused before any
 work starts (``ForeignFilesError``: the spec key, the location and the first foreign file, in one line). A bucket
 root (or a local file system's root or home folder) is never an output folder, and a folder on an object store is
 deleted only as the files a listing found. A file is replaced only if it is absent or geomoe's (``check_file``).
@@ -25,9 +25,6 @@ import pyarrow.fs as pafs
 
 from geomoe import storage
 from geomoe.storage import OWNER_FILE
-
-OWNER_FORMAT = 1
-
 
 OWNER_FORMAT = 1
 
@@ -54,13 +51,13 @@ def refuse_root(loc: storage.Location, key: str) -> None:
         raise ForeignFilesError(f"{key}: {loc} is a {'file system' if loc.local else 'bucket'} root; name a folder")
 
 
-def _owned(loc: storage.Location) -> bool:
-    """True when the folder holds geomoe's owner record."""
+def _owner(loc: storage.Location) -> dict[str, Any] | None:
+    """The folder's owner record when it is geomoe's, else None."""
     try:
         record = storage.read_json_if_exists(storage.join(loc.uri, OWNER_FILE))
     except (storage.StorageError, json.JSONDecodeError, UnicodeDecodeError):
-        return False
-    return isinstance(record, dict) and record.get("writer") == "geomoe"
+        return None
+    return record if isinstance(record, dict) and record.get("writer") == "geomoe" else None
 
 
 def foreign_file(location: str | os.PathLike[str] | storage.Location, key: str = "location") -> str | None:
@@ -73,7 +70,7 @@ def foreign_file(location: str | os.PathLike[str] | storage.Location, key: str =
         return None
     if kind != pafs.FileType.Directory:
         return "."
-    if _owned(loc):
+    if _owner(loc) is not None:
         return None
     listing = storage.list_files(loc)
     return listing[0][0] if listing else None
@@ -82,6 +79,13 @@ def foreign_file(location: str | os.PathLike[str] | storage.Location, key: str =
 def check_dir(location: str | os.PathLike[str] | storage.Location, claim: Claim) -> None:
     """Refuse (ForeignFilesError, one line) unless ``location`` may be created, replaced or cleared by geomoe."""
     first = foreign_file(location, claim.key)
+    owner = _owner(storage.resolve(location)) if first is None and claim.stage else None
+    if owner is not None and owner.get("stage") and owner["stage"] != claim.stage:
+        shown = storage.redact(location.uri if isinstance(location, storage.Location) else location)
+        raise ForeignFilesError(
+            f"{claim.key}: {shown} is the {owner['stage']} output of job {owner.get('job') or '?'} "
+            f"({owner.get('key')}), not a {claim.stage} output; point it at a folder of its own"
+        )
     if first is not None:
         shown = storage.redact(location.uri if isinstance(location, storage.Location) else location)
         what = "is a file" if first == "." else f"holds files geomoe did not write (e.g. {first})"
@@ -131,7 +135,10 @@ def _publish_dir(local: Path, loc: storage.Location, manifest: str, claim: Claim
         else:
             os.replace(local, final)
         return
-    delete_listed(loc, storage.list_files(loc))  # the old manifest too: from now on the folder reads unfinished
+    # the old manifest first (from then on the folder reads unfinished), the owner record last (a publish cut off
+    # midway leaves a folder that is still ours)
+    listing = sorted(storage.list_files(loc), key=lambda f: (f[0] != manifest, f[0] == OWNER_FILE))
+    delete_listed(loc, listing)
     files = sorted(p for p in local.rglob("*") if p.is_file())
     order = lambda p: (p.name != OWNER_FILE, p.relative_to(local).as_posix() == manifest)  # noqa: E731
     for path in sorted(files, key=order):

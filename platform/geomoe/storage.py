@@ -338,7 +338,10 @@ def delete(location: str | os.PathLike[str] | Location) -> None:
         raise StorageError(f"{loc}: a root is never deleted")
     kind = info(loc).type
     with named_errors(loc):
-        if kind == pafs.FileType.Directory:
+        if kind == pafs.FileType.Directory and not loc.local:  # exactly what a listing found, never a prefix
+            for rel, _ in list_files(loc):
+                loc.fs.delete_file(f"{loc.path}/{rel}")
+        elif kind == pafs.FileType.Directory:
             loc.fs.delete_dir(loc.path)
         elif kind == pafs.FileType.File:
             loc.fs.delete_file(loc.path)

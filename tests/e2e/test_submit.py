@@ -72,7 +72,8 @@ def geomoe(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_submit_runs_the_job_on_the_cluster(cluster: str) -> None:
-    small = ["stages=[synth]", "data.root=data/synthgeo-submit/geotext", "data.synthesize.train_buildings=2",
+    small = ["stages=[synth]", "data.root=data/synthgeo-submit/geotext",
+             "data.synthesize.output_dir=data/synthgeo-submit", "data.synthesize.train_buildings=2",
              "data.synthesize.test_buildings=1", "data.synthesize.localization_train=1"]  # fmt: skip
     done = geomoe("submit", "jobs/quickstart.yaml", "--address", cluster, "--wait", *[f"--set={s}" for s in small])
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]

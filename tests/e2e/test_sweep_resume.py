@@ -24,6 +24,7 @@ base: {REPO / "jobs" / "smgeo_quickstart.yaml"}
 output_root: ${{SWEEP_BUCKET}}/sweeps
 overrides:
   - data.root=${{SWEEP_BUCKET}}/data/synthgeo-tiny/cvogl
+  - data.synthesize.output_dir=${{SWEEP_BUCKET}}/data/synthgeo-tiny
   - data.synthesize.localization_train=8
   - data.synthesize.localization_val=4
   - data.synthesize.localization_test=4

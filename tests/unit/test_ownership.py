@@ -225,3 +225,42 @@ def test_every_output_defaults_under_the_run_folder() -> None:
 
 def test_refusals_are_geomoe_errors() -> None:
     assert issubclass(ForeignFilesError, GeomoeError)
+
+
+def test_one_stages_output_is_not_anothers_to_replace(root: str) -> None:
+    run = storage.join(root, "runs", "job")
+    ownership.claim_dir(run, Claim("output_root", "job", "run"))
+    storage.write_text_atomic(storage.join(run, "results.json"), "{}")
+    with pytest.raises(ForeignFilesError, match=r"index\.output_dir: .*/runs/job is the run output of job job"):
+        with ownership.atomic_dir(run, Claim("index.output_dir", "job", "index")):
+            pass
+    assert storage.read_text(storage.join(run, "results.json")) == "{}"
+
+
+def test_outputs_may_not_lie_in_one_another() -> None:
+    from geomoe.errors import SpecError
+
+    cases = {
+        'index.output_dir="{run}"': r"output_root: .* lies in index\.output_dir",
+        "preprocess.output_dir=data/synthgeo/prepared": r"preprocess\.output_dir: .* lies in data\.synthesize",
+        'index.output_dir="{run}/prepared/index"': r"index\.output_dir: .* lies in preprocess\.output_dir",
+        'caption.output="{run}/index/c.parquet"': r"caption\.output: .* lies in index\.output_dir",
+    }
+    for override, message in cases.items():
+        with pytest.raises(SpecError, match=message):
+            quickstart([override])
+    spec = quickstart(['model.text.source="{run}/tiny/text"'])  # quoted, as YAML needs; {run} reaches the family's own sections too
+    assert spec.model.text.source == "runs/quickstart/tiny/text"  # type: ignore[attr-defined]
+
+
+def test_clearing_a_folder_on_an_object_store_deletes_only_what_its_listing_found(
+    s3_bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = f"{s3_bucket}/runs/job/ray_train"
+    storage.write_text_atomic(f"{folder}/a/checkpoint.json", "{}")
+    listed = storage.list_files(folder)
+    storage.write_text_atomic(f"{folder}/b/notes.txt", "written after the listing")
+    monkeypatch.setattr(storage, "list_files", lambda *_: listed)  # the listing taken before that write
+    storage.delete(folder)
+    monkeypatch.undo()
+    assert storage.list_files(folder) == [("b/notes.txt", 25)]  # a prefix delete would have taken it too

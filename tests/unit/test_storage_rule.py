@@ -40,7 +40,7 @@ ALLOWED = {
     "local state.pt with torch.load(weights_only=True)",
     "train/engine.py": "the fail_once_at test hook's marker file",
     "lease.py": "a local run lease is created with O_EXCL (os.open), which pyarrow's file systems do not offer",
-    "logs.py": "the job's log file is written in a local temporary folder that storage.upload_dir publishes to "
+    "logs.py": "the job's log file is written in a local temporary folder that ownership.upload_dir publishes to "
     "<run>/logs; the Ray session's log folder is this node's",
     "tracking.py": "MLflow's client moves the files itself: an artifact staged in a temporary folder, a registered "
     "checkpoint downloaded into the local cache, the embedded SQLite store's file",

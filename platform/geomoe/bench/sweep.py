@@ -24,6 +24,7 @@ from geomoe.config import load_job
 REPO_JOBS = Path(__file__).resolve().parents[3] / "jobs"
 OVERRIDES = [
     "data.root=data/synthgeo-bench/cvogl",
+    "data.synthesize.output_dir=data/synthgeo-bench",
     "data.synthesize.localization_train=96",
     "data.synthesize.localization_val=32",
     "data.synthesize.localization_test=32",

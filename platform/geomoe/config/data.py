@@ -57,7 +57,9 @@ class DataSpec(Strict):
     test_file: str = "test_951_version.json"
     platform_rules: list[PlatformRule] = Field(default_factory=lambda: list(DEFAULT_PLATFORM_RULES))
     cvogl_setting: Literal["DroneAerial", "SVI"] = "DroneAerial"
-    synthesize: SynthSpec | None = Field(None, description="generate a synthgeo dataset into root first")
+    synthesize: SynthSpec | None = Field(
+        None, description="generate a synthgeo dataset (into its output_dir, which holds root) first"
+    )
 
     @field_validator("platform_rules")
     @classmethod

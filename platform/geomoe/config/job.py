@@ -154,22 +154,6 @@ class JobSpec(Strict):
 
     @model_validator(mode="before")
     @classmethod
-    def _outputs_in_run_folder(cls, raw: Any) -> Any:
-        """Output locations the spec leaves out go to the run folder; ``{run}/...`` is expanded there."""
-        if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
-            return raw  # pydantic reports the missing or malformed name
-        raw = dict(raw)
-        raw.setdefault("preprocess", {})
-        for (section, key), folder in DEFAULT_OUTPUTS.items():
-            value = raw.get(section)
-            if isinstance(value, dict) and value.get(key) is None:
-                raw[section] = {**value, key: f"{RUN_FOLDER}/{folder}"}
-        output_root = raw.get("output_root", "runs")
-        run = storage.join(output_root, raw["name"]) if isinstance(output_root, str) else ""
-        return _in_run_folder(raw, run)
-
-    @model_validator(mode="before")
-    @classmethod
     def _family_sections(cls, raw: Any) -> Any:
         """The ``model`` and ``train`` sections as the family's own spec classes (errors keep their keys)."""
         if not isinstance(raw, dict) or not isinstance(raw.get("families") or [], list):
@@ -194,6 +178,24 @@ class JobSpec(Strict):
         if errors:
             raise ValidationError.from_exception_data(cls.__name__, errors)
         return raw
+
+    @model_validator(mode="before")
+    @classmethod
+    def _outputs_in_run_folder(cls, raw: Any) -> Any:
+        """Output locations the spec leaves out go to the run folder; ``{run}/...`` is expanded there. (Defined
+        after ``_family_sections``, so that it runs first: pydantic runs "before" validators last-defined first,
+        and ``model``/``train`` must still be plain data here.)"""
+        if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
+            return raw  # pydantic reports the missing or malformed name
+        raw = dict(raw)
+        raw.setdefault("preprocess", {})
+        for (section, key), folder in DEFAULT_OUTPUTS.items():
+            value = raw.get(section)
+            if isinstance(value, dict) and value.get(key) is None:
+                raw[section] = {**value, key: f"{RUN_FOLDER}/{folder}"}
+        output_root = raw.get("output_root", "runs")
+        run = storage.join(output_root, raw["name"]) if isinstance(output_root, str) else ""
+        return _in_run_folder(raw, run)
 
     @model_validator(mode="after")
     def _no_credentials_in_uris(self) -> JobSpec:
@@ -228,7 +230,22 @@ class JobSpec(Strict):
                 f"{family.dataset_kind} data"
             )
         family.check_job(self)
+        self._check_outputs_apart()
         return self
+
+    def _check_outputs_apart(self) -> None:
+        """No output lies in (or is) another, and none holds the run folder: one stage's publish would replace
+        another stage's output (the run folder may hold them all)."""
+        found = [(key, storage.absolute(location).rstrip("/")) for key, location, _ in self.outputs()]
+        for i, (key, location) in enumerate(found):
+            for other_key, other in found[i + 1 :]:
+                holds = location == other or storage.is_inside(location, other)
+                if holds or (i > 0 and storage.is_inside(other, location)):
+                    outer_key, inner_key = (other_key, key) if holds else (key, other_key)
+                    raise ValueError(
+                        f"{inner_key}: {location if holds else other} lies in {outer_key}; give each output a "
+                        "folder of its own"
+                    )
 
     def _check_synth_folder(self) -> None:
         """synth writes into a folder of its own, and the job reads its data from inside that folder."""
@@ -257,7 +274,7 @@ class JobSpec(Strict):
     def locations(self) -> dict[str, str]:
         """Every data and output location of the job, by dotted key (what must be shared on a cluster)."""
         found = {"output_root": self.output_root, "data.root": self.data.root}
-        if self.data.synthesize and self.data.synthesize.output_dir:
+        if "synth" in self.stages and self.data.synthesize and self.data.synthesize.output_dir:
             found["data.synthesize.output_dir"] = self.data.synthesize.output_dir
         found["preprocess.output_dir"] = self.preprocess.output_dir
         if self.refine:
