@@ -7,6 +7,7 @@ rerun may resume or clear) and published with every ``atomic_dir``. Anything els
 work starts (``ForeignFilesError``: the spec key, the location and the first foreign file, in one line). A bucket
 root (or a local file system's root or home folder) is never an output folder, and a folder on an object store is
 deleted only as the files a listing found. A file is replaced only if it is absent or geomoe's (``check_file``).
+One stage's output is not another's: a folder whose record names another stage (the run folder, say) is refused.
 """
 
 from __future__ import annotations

@@ -302,7 +302,7 @@ def write_report(experiment: str) -> str:
     """Write report.md, report.csv and plot-<param>.png into ``experiment`` (a sweep's own folder: they replace
     only geomoe's files); return the Markdown."""
     sweep, rows = report_rows(experiment)
-    ownership.check_dir(experiment, ownership.Claim("experiment", stage="report"))
+    ownership.check_dir(experiment, ownership.Claim("experiment", stage="sweep"))  # the sweep's own folder
     configs = configurations(sweep, rows)
     counts = {s: sum(r["status"] == s for r in rows) for s in ("finished", "failed", "not run")}
     lines = [f"# Sweep {sweep.name}", "", f"trials: {counts}; metric {sweep.metric} ({sweep.mode})"]
