@@ -231,9 +231,9 @@ def test_one_stages_output_is_not_anothers_to_replace(root: str) -> None:
     run = storage.join(root, "runs", "job")
     ownership.claim_dir(run, Claim("output_root", "job", "run"))
     storage.write_text_atomic(storage.join(run, "results.json"), "{}")
-    with pytest.raises(ForeignFilesError, match=r"index\.output_dir: .*/runs/job is the run output of job job"):
-        with ownership.atomic_dir(run, Claim("index.output_dir", "job", "index")):
-            pass
+    refused = pytest.raises(ForeignFilesError, match=r"index\.output_dir: .*/runs/job is the run output of job job")
+    with refused, ownership.atomic_dir(run, Claim("index.output_dir", "job", "index")):
+        pass
     assert storage.read_text(storage.join(run, "results.json")) == "{}"
 
 
@@ -249,7 +249,7 @@ def test_outputs_may_not_lie_in_one_another() -> None:
     for override, message in cases.items():
         with pytest.raises(SpecError, match=message):
             quickstart([override])
-    spec = quickstart(['model.text.source="{run}/tiny/text"'])  # quoted, as YAML needs; {run} reaches the family's own sections too
+    spec = quickstart(['model.text.source="{run}/tiny/text"'])  # quoted, as YAML needs it; in family sections too
     assert spec.model.text.source == "runs/quickstart/tiny/text"  # type: ignore[attr-defined]
 
 
