@@ -61,36 +61,40 @@ def _owner(loc: storage.Location) -> dict[str, Any] | None:
     return record if isinstance(record, dict) and record.get("writer") == "geomoe" else None
 
 
-def foreign_file(location: str | os.PathLike[str] | storage.Location, key: str = "location") -> str | None:
-    """The first file under ``location`` that geomoe did not write (relative; ``.`` for a file where a folder
-    should be), or None when the folder is absent, empty or geomoe's own output. Refuses roots outright."""
-    loc = storage.resolve(location)
+def _inspect(loc: storage.Location, key: str) -> tuple[str | None, dict[str, Any] | None]:
+    """(the first file under ``loc`` that geomoe did not write, or None; the owner record when it is geomoe's)."""
     refuse_root(loc, key)
     kind = storage.info(loc).type
     if kind == pafs.FileType.NotFound:
-        return None
+        return None, None
     if kind != pafs.FileType.Directory:
-        return "."
-    if _owner(loc) is not None:
-        return None
+        return ".", None
+    owner = _owner(loc)
+    if owner is not None:
+        return None, owner
     listing = storage.list_files(loc)
-    return listing[0][0] if listing else None
+    return (listing[0][0] if listing else None), None
+
+
+def foreign_file(location: str | os.PathLike[str] | storage.Location, key: str = "location") -> str | None:
+    """The first file under ``location`` that geomoe did not write (relative; ``.`` for a file where a folder
+    should be), or None when the folder is absent, empty or geomoe's own output. Refuses roots outright."""
+    return _inspect(storage.resolve(location), key)[0]
 
 
 def check_dir(location: str | os.PathLike[str] | storage.Location, claim: Claim) -> None:
-    """Refuse (ForeignFilesError, one line) unless ``location`` may be created, replaced or cleared by geomoe."""
-    first = foreign_file(location, claim.key)
-    owner = _owner(storage.resolve(location)) if first is None and claim.stage else None
-    if owner is not None and owner.get("stage") and owner["stage"] != claim.stage:
-        shown = storage.redact(location.uri if isinstance(location, storage.Location) else location)
+    """Refuse (ForeignFilesError, one line) unless ``location`` may be created, replaced or cleared by geomoe for
+    ``claim``'s stage (another stage's output is not its to replace)."""
+    loc = storage.resolve(location)
+    first, owner = _inspect(loc, claim.key)
+    if owner is not None and claim.stage and owner.get("stage") and owner["stage"] != claim.stage:
         raise ForeignFilesError(
-            f"{claim.key}: {shown} is the {owner['stage']} output of job {owner.get('job') or '?'} "
+            f"{claim.key}: {loc} is the {owner['stage']} output of job {owner.get('job') or '?'} "
             f"({owner.get('key')}), not a {claim.stage} output; point it at a folder of its own"
         )
     if first is not None:
-        shown = storage.redact(location.uri if isinstance(location, storage.Location) else location)
         what = "is a file" if first == "." else f"holds files geomoe did not write (e.g. {first})"
-        raise ForeignFilesError(f"{claim.key}: {shown} {what}; point it at an empty folder or at geomoe's own output")
+        raise ForeignFilesError(f"{claim.key}: {loc} {what}; point it at an empty folder or at geomoe's own output")
 
 
 def claim_dir(location: str | os.PathLike[str], claim: Claim) -> None:
@@ -112,16 +116,6 @@ def check_file(location: str | os.PathLike[str], key: str, ours: Callable[[str],
         raise ForeignFilesError(f"{key}: {loc} {what}; point it at a new file or at geomoe's own output")
 
 
-def delete_listed(loc: storage.Location, listing: list[tuple[str, int]]) -> None:
-    """Delete exactly the files a listing found (a prefix is never deleted wholesale: a file written since the
-    listing survives)."""
-    for rel, _ in listing:
-        try:
-            loc.fs.delete_file(f"{loc.path}/{rel}")
-        except (OSError, ValueError) as err:
-            raise storage.storage_error(loc, err) from err
-
-
 def _publish_dir(local: Path, loc: storage.Location, manifest: str, claim: Claim) -> None:
     """Replace the folder at ``loc`` (checked again: someone may have filled it meanwhile) with the finished local
     folder; its owner record goes first and its manifest (if any) last."""
@@ -139,7 +133,7 @@ def _publish_dir(local: Path, loc: storage.Location, manifest: str, claim: Claim
     # the old manifest first (from then on the folder reads unfinished), the owner record last (a publish cut off
     # midway leaves a folder that is still ours)
     listing = sorted(storage.list_files(loc), key=lambda f: (f[0] != manifest, f[0] == OWNER_FILE))
-    delete_listed(loc, listing)
+    storage.delete_listed(loc, listing)
     files = sorted(p for p in local.rglob("*") if p.is_file())
     order = lambda p: (p.name != OWNER_FILE, p.relative_to(local).as_posix() == manifest)  # noqa: E731
     for path in sorted(files, key=order):

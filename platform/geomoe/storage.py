@@ -337,14 +337,22 @@ def delete(location: str | os.PathLike[str] | Location) -> None:
     if is_root(loc):
         raise StorageError(f"{loc}: a root is never deleted")
     kind = info(loc).type
+    if kind == pafs.FileType.Directory and not loc.local:
+        delete_listed(loc, list_files(loc))
+        return
     with named_errors(loc):
-        if kind == pafs.FileType.Directory and not loc.local:  # exactly what a listing found, never a prefix
-            for rel, _ in list_files(loc):
-                loc.fs.delete_file(f"{loc.path}/{rel}")
-        elif kind == pafs.FileType.Directory:
+        if kind == pafs.FileType.Directory:
             loc.fs.delete_dir(loc.path)
         elif kind == pafs.FileType.File:
             loc.fs.delete_file(loc.path)
+
+
+def delete_listed(loc: Location, listing: list[tuple[str, int]]) -> None:
+    """Delete exactly the files a listing of ``loc`` found, in its order (a prefix is never deleted wholesale: a
+    file written since the listing survives)."""
+    with named_errors(loc):
+        for rel, _ in listing:
+            loc.fs.delete_file(f"{loc.path}/{rel}")
 
 
 def is_root(loc: Location) -> bool:

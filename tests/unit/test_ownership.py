@@ -11,7 +11,6 @@ from typing import Any
 import pytest
 
 from geomoe import ownership, storage
-from geomoe.errors import GeomoeError
 from geomoe.ownership import Claim, ForeignFilesError
 
 CLAIM = Claim("preprocess.output_dir", "job", "prepare")
@@ -221,10 +220,6 @@ def test_every_output_defaults_under_the_run_folder() -> None:
                     "index.output_dir", "baselines.no_refine: preprocess.output_dir"}  # fmt: skip
     shared = quickstart(["preprocess.output_dir=/shared/prepared"])  # pointed elsewhere on purpose: kept
     assert shared.preprocess.output_dir == "/shared/prepared"
-
-
-def test_refusals_are_geomoe_errors() -> None:
-    assert issubclass(ForeignFilesError, GeomoeError)
 
 
 def test_one_stages_output_is_not_anothers_to_replace(root: str) -> None:

@@ -116,13 +116,14 @@ def run_benchmark(name: str, out: str, overrides: list[str]) -> dict[str, Any]:
         raise ValueError(f"unknown benchmark {name!r}")
     # a benchmark clears scratch folders under --out: only in a folder that is empty or geomoe's own
     claim = Claim("--out", stage="bench")
-    if name != "gpu":  # the GPU check writes nothing on a machine without a GPU
+    if name != "gpu":  # the GPU check writes nothing on a machine without a GPU, and only its result otherwise
         claim_dir(out, claim)
     result = BENCHMARKS[name](out, overrides)
     if name == "gpu" and result["gpu"] is None and "sizes" not in result:
         print(result["summary"])  # no GPU: one line, nothing written, exit 0
         return result
-    claim_dir(out, claim)
+    if name == "gpu":
+        claim_dir(out, claim)
     suffix = (
         f"-{result['image_size']}px"
         if name == "prepare"

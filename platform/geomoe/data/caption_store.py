@@ -46,11 +46,7 @@ def write_caption_store(
 
 def is_caption_store(path: str) -> bool:
     """True for a Parquet file geomoe wrote as a caption store (its metadata carries the captioning report)."""
-    try:
-        fs, inner = storage.filesystem_and_path(path)
-        return REPORT_KEY in (pq.read_schema(inner, filesystem=fs).metadata or {})
-    except (OSError, ValueError, pa.ArrowException, storage.StorageError):
-        return False
+    return caption_store_report(path) is not None
 
 
 def caption_store_report(path: str | Path) -> dict[str, Any] | None:
