@@ -24,7 +24,7 @@ typecheck: $(STAMP)
 	$(BIN)/mypy platform/geomoe
 
 test: lint typecheck
-	$(BIN)/pytest tests -m "not slow" --durations=12
+	$(BIN)/pytest tests -m "not slow" --durations=25 --tb=native
 
 bench-prepare: $(STAMP)
 	$(BIN)/geomoe bench prepare
