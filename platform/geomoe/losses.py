@@ -6,9 +6,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 
+from geomoe import collectives
 from geomoe.config.smgeo import SMGeoLossSpec
 
 if TYPE_CHECKING:
@@ -22,13 +22,12 @@ class _GatherRows(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
-        ctx.rows, ctx.rank = x.shape[0], dist.get_rank()
-        return _all_gather_cat(x)
+        ctx.rows, ctx.rank = x.shape[0], collectives.rank()
+        return collectives.all_gather_cat(x)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
-        grad = grad.contiguous()
-        dist.all_reduce(grad)
+        grad = collectives.all_reduce_sum(grad.contiguous())
         return grad[ctx.rank * ctx.rows : (ctx.rank + 1) * ctx.rows]
 
 
@@ -38,18 +37,12 @@ def gather_rows(x: torch.Tensor) -> torch.Tensor:
 
     A loss that averages over this worker's rows against the gathered ones, averaged by DDP over the workers,
     has exactly the gradient of the same loss on the concatenated global batch in one process."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    if collectives.world_size() == 1:
         return x
     if x.requires_grad:
         gathered: torch.Tensor = _GatherRows.apply(x)
         return gathered
-    return _all_gather_cat(x)
-
-
-def _all_gather_cat(x: torch.Tensor) -> torch.Tensor:
-    parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
-    dist.all_gather(parts, x.contiguous())
-    return torch.cat(parts)
+    return collectives.all_gather_cat(x)
 
 
 def multi_positive_info_nce(

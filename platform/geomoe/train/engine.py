@@ -25,6 +25,7 @@ import torch
 from pydantic import Field
 
 from geomoe import registry
+from geomoe.collectives import mean_across_workers
 from geomoe.config import JobSpec, Strict, TrainSpec
 from geomoe.models.checkpoint import load_into, read_checkpoint, save_checkpoint
 from geomoe.train.grouped import GroupOrder, dataset_name, group_schedule, group_steps
@@ -226,7 +227,7 @@ def _train_epoch(
         torch.nn.utils.clip_grad_norm_(params, loop.grad_clip)
         optimizer.step()
         schedule.step()
-    return _mean_across_workers(sums, micro_steps)
+    return mean_across_workers(sums, micro_steps)
 
 
 def _shard(name: str) -> Any:
@@ -259,16 +260,6 @@ def _batches(shard: Any, micro: int, seed: int) -> Iterator[Batch]:
             local_shuffle_seed=seed,
         )
     )
-
-
-def _mean_across_workers(sums: dict[str, float], count: int) -> dict[str, float]:
-    """Per-name means over every worker's micro-batches (one all-reduce; workers report the same numbers)."""
-    names = sorted(sums)
-    totals = torch.tensor([sums[n] for n in names] + [float(count)], dtype=torch.float64)
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.all_reduce(totals)
-    n = max(1.0, float(totals[-1]))
-    return {name: float(totals[i]) / n for i, name in enumerate(names)}
 
 
 def _inject_faults(loop: LoopConfig, epoch: int, step: int) -> None:

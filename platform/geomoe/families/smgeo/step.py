@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from geomoe.collectives import all_reduce_sum
 from geomoe.config import JobSpec
 from geomoe.config.smgeo import SMGeoModelSpec, SMGeoTrainSpec
 from geomoe.data.localization import augment_pair, to_file_pixels
@@ -35,8 +36,7 @@ def validate(model: torch.nn.Module, shard: Any, batch_size: int, device: torch.
         wh = batch["reference_wh"]
         iou = clamped_iou(to_file_pixels(pred, wh, size), to_file_pixels(box.numpy(), wh, size), wh)
         sums += torch.tensor([len(iou), (iou > 0.25).sum(), (iou > 0.5).sum(), iou.sum()], dtype=torch.float64)
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.all_reduce(sums)
+    sums = all_reduce_sum(sums)
     n = max(1.0, float(sums[0]))
     return {
         "val_acc25": 100 * float(sums[1]) / n,
