@@ -252,21 +252,9 @@ def build_parser() -> argparse.ArgumentParser:
     kube = _k8s_parser(sub)
     _convert_parser(sub)
     bench = sub.add_parser("bench", help="run a benchmark; writes JSON and one summary line")
-    bench.add_argument(
-        "name",
-        choices=[
-            "prepare",
-            "pe_moe_step",
-            "mining",
-            "gmoe",
-            "rerank",
-            "sweep",
-            "index",
-            "serve",
-            "storage",
-            "gpu",
-        ],
-    )
+    from geomoe.bench import BENCHMARKS
+
+    bench.add_argument("name", choices=list(BENCHMARKS))
     bench.add_argument("--out", default="bench_results")
     bench.set_defaults(fn=_cmd_bench)
     for command in (run, synth, prep, bench, submit, kube):

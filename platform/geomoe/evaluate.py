@@ -12,11 +12,15 @@ from geomoe.config import JobSpec, RerankSpec
 from geomoe.config.pe_moe import PEMoEModelSpec
 from geomoe.data.caption_store import read_caption_store
 from geomoe.errors import DatasetError
-from geomoe.metrics import first_relevant_rank, protocol_labels, recall_entry, retrieval_report
-from geomoe.models.pe_moe import PEMoE, fused_scores
+from geomoe.metrics import protocol_labels, ranks_in_order, recall_entry, report_from_ranks
+from geomoe.models.pe_moe import PEMoE
+from geomoe.retrieval.blockwise import protocol_ranks, top_candidates
 from geomoe.retrieval.embed import embed_dense_texts, embed_texts
-from geomoe.retrieval.rerank import LexicalScorer, caption_evidence, diversify, fuse_top_n, top_n
+from geomoe.retrieval.index import index_rows, query_rows
+from geomoe.retrieval.rerank import LexicalScorer, caption_evidence, diversified, fuse_top, reranked_order, unit_rows
 from geomoe.stats import query_set
+
+SAMPLE_TOP = 5  # the sample query's best images in the report
 
 
 def gallery_from_rows(rows: Sequence[dict[str, Any]]) -> tuple[list[dict[str, Any]], np.ndarray]:
@@ -48,16 +52,22 @@ def chance_recall(
 def evaluate_pe_moe(
     model: PEMoE, tokenizer: Any, spec: JobSpec, rows: Sequence[dict[str, Any]], image_vectors: np.ndarray
 ) -> dict[str, Any]:
-    """Metrics of ``model`` on caption ``rows``; ``image_vectors`` (K, N, D) embed the rows' unique images."""
+    """Metrics of ``model`` on caption ``rows``; ``image_vectors`` (K, N, D) embed the rows' unique images.
+
+    Scored on the model's device in blocks (geomoe.retrieval.blockwise): no caption x image matrix is built, so
+    GeoText-1652's full test split (165,681 x 55,227) fits."""
     images, caption_image = gallery_from_rows(rows)
     t, g = embed_texts(model, tokenizer, [r["caption"] for r in rows], spec.model_as(PEMoEModelSpec).text.max_length)
-    scores = fused_scores(t, image_vectors, g)
+    device = next(model.parameters()).device
+    queries_QD, gallery_ND = query_rows(t, g), index_rows(image_vectors, "float32")
     building = np.array([im["building_id"] for im in images])
     platform = np.array([im["platform"] for im in images])
-    ks = spec.eval.ks
-    report: dict[str, Any] = {
-        "retrieval": retrieval_report(scores, caption_image, building, platform, ks, spec.eval.protocols)
+    ks, protocols = spec.eval.ks, spec.eval.protocols
+    labels: dict[str, tuple[np.ndarray, np.ndarray]] = {
+        p: v for p, v in protocol_labels(caption_image, building).items() if p in protocols
     }
+    ranks = protocol_ranks(queries_QD, gallery_ND, labels, device)
+    report: dict[str, Any] = {"retrieval": report_from_ranks(ranks, caption_image, platform, ks)}
     report["chance"] = chance_recall(building, caption_image, ks)
     report["counts"] = {"queries": len(rows), "gallery": len(images)}
     # which queries against which gallery: per-query values are compared only between equal query sets
@@ -67,40 +77,44 @@ def evaluate_pe_moe(
         expert_of = spec.model_as(PEMoEModelSpec).expert_of()
         truth = np.array([expert_of[platform[i]] for i in caption_image])
         report["routing_accuracy"] = float(100.0 * np.mean(g.argmax(axis=1) == truth))
+    depth = max([SAMPLE_TOP, *(r.top_n for r in spec.eval.rerank)])
+    asked = queries_QD if spec.eval.rerank else queries_QD[:1]  # without re-ranking only the sample needs a top
+    top_scores_QT, top_QT = top_candidates(asked, gallery_ND, depth, device)
     if spec.eval.rerank:
         report["reranked"] = {}
     for rerank in spec.eval.rerank:
-        reranked, uncaptioned = rerank_scores(model, tokenizer, spec, rows, scores, images, image_vectors, rerank)
+        n = min(rerank.top_n, len(images))
+        order_QT, uncaptioned = rerank_order(model, tokenizer, spec, rows, (top_scores_QT[:, :n], top_QT[:, :n]),
+                                             images, image_vectors, rerank)  # fmt: skip
         report["reranked"][rerank.name] = {
-            protocol: recall_entry(first_relevant_rank(reranked, *labels), ks)
-            for protocol, labels in protocol_labels(caption_image, building).items()
-            if protocol in spec.eval.protocols
+            protocol: recall_entry(ranks_in_order(order_QT, *labels[protocol], ranks[protocol][0]), ks)
+            for protocol in labels
         }
         report["reranked"][rerank.name]["images_without_caption"] = uncaptioned
-    report["sample"] = _sample_query(rows[0]["caption"], scores[0], images, rows[0]["building_id"])
+    report["sample"] = _sample_query(rows[0], top_scores_QT[0], top_QT[0], images)
     return report
 
 
-def rerank_scores(
+def rerank_order(
     model: PEMoE,
     tokenizer: Any,
     spec: JobSpec,
     rows: Sequence[dict[str, Any]],
-    scores_QN: np.ndarray,
+    first_top: tuple[np.ndarray, np.ndarray],
     images: Sequence[dict[str, Any]],
     image_vectors_KND: np.ndarray,
     rerank: RerankSpec,
 ) -> tuple[np.ndarray, int]:
-    """CGRS: the first stage's scores with each query's top ``top_n`` re-ordered by query-caption similarity,
-    and how many gallery images have no caption (a candidate without one gets the query's lowest caption score:
-    no evidence, never a boost)."""
+    """CGRS: each query's top T (``first_top``: the first stage's (scores, gallery indices), best first)
+    re-ordered by query-caption similarity, as gallery indices best first, and how many gallery images have no
+    caption (a candidate without one gets the query's lowest caption score: no evidence, never a boost)."""
     store = read_caption_store(rerank.captions)
     uncaptioned = sum(im["image_id"] not in store for im in images)
     if uncaptioned == len(images):
         raise DatasetError(f"{rerank.captions}: none of the {len(images)} gallery images has a caption")
     captions = [c for im in images for c in store.get(im["image_id"], [])]
     first_caption = np.cumsum([0] + [len(store.get(im["image_id"], [])) for im in images])
-    top_QT = top_n(scores_QN, rerank.top_n)
+    first_QT, top_QT = first_top
     length = spec.model_as(PEMoEModelSpec).text.max_length
     caption_QT = caption_evidence(
         [r["caption"] for r in rows],
@@ -112,24 +126,25 @@ def rerank_scores(
         lambda texts: embed_dense_texts(model, tokenizer, texts, length),
         LexicalScorer(captions),
     )
-    fused = fuse_top_n(scores_QN, caption_QT, top_QT, rerank.weight, rerank.normalise)
+    order_QT = reranked_order(fuse_top(first_QT, caption_QT, rerank.weight, rerank.normalise), top_QT)
     if rerank.diversity is not None:
-        flat_ND = image_vectors_KND.transpose(1, 0, 2).reshape(len(images), -1)
-        fused = diversify(fused, flat_ND, rerank.top_n, rerank.diversity)
-    return fused, uncaptioned
+        unit_ND = unit_rows(image_vectors_KND.transpose(1, 0, 2).reshape(len(images), -1))
+        order_QT = np.array([diversified(order, unit_ND, rerank.diversity) for order in order_QT])
+    return order_QT, uncaptioned
 
 
-def _sample_query(caption: str, scores_N: np.ndarray, images: list[dict[str, Any]], building: str) -> dict[str, Any]:
-    top = np.argsort(-scores_N, kind="stable")[:5]
+def _sample_query(
+    row: dict[str, Any], scores_T: np.ndarray, top_T: np.ndarray, images: list[dict[str, Any]]
+) -> dict[str, Any]:
     return {
-        "query": caption,
-        "building": building,
+        "query": row["caption"],
+        "building": row["building_id"],
         "top5": [
             {
                 "image_id": images[i]["image_id"],
-                "score": round(float(scores_N[i]), 4),
-                "same_building": images[i]["building_id"] == building,
+                "score": round(float(score), 4),
+                "same_building": images[i]["building_id"] == row["building_id"],
             }
-            for i in top
+            for score, i in zip(scores_T[:SAMPLE_TOP], top_T[:SAMPLE_TOP], strict=True)
         ],
     }

@@ -112,23 +112,35 @@ def retrieval_report(
     ks: Sequence[int] = (1, 5, 10),
     protocols: Sequence[str] = ("exact", "building"),
 ) -> dict[str, dict[str, object]]:
+    """``report_from_ranks`` of a full caption x image similarity matrix ``scores_TI`` (small data; at paper
+    scale geomoe.retrieval.blockwise computes the ranks without one)."""
+    labels = protocol_labels(caption_image, image_building)
+    ranks = {
+        p: (first_relevant_rank(scores_TI, *labels[p]), first_relevant_rank(np.asarray(scores_TI).T, *labels[p][::-1]))
+        for p in protocols
+    }
+    return report_from_ranks(ranks, caption_image, image_platform, ks)
+
+
+def report_from_ranks(
+    ranks: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    caption_image: np.ndarray,
+    image_platform: np.ndarray | None = None,
+    ks: Sequence[int] = (1, 5, 10),
+) -> dict[str, dict[str, object]]:
     """Bidirectional recall under each protocol, overall and per platform of the caption's image.
 
-    ``scores_TI``: caption x image similarity; ``caption_image``: image index of each caption;
-    ``image_building``: building label of each image; ``image_platform``: platform name of each image.
+    ``ranks``: per protocol, (each caption's rank of its first relevant image, each image's rank of its first
+    relevant caption), as ``first_relevant_rank`` gives them; ``caption_image``: image index of each caption;
+    ``image_platform``: platform name of each image.
     Returns {protocol: {"t2i": R@K, "i2t": R@K, "t2i_interval" and "i2t_interval": 95% bootstrap intervals
     ([lo, hi] per R@K, and the Score's), "t2i_ranks": each caption's rank capped at max(ks), "t2i_by_platform":
     ..., "i2t_by_platform": ..., "score": Track 4 score (when 1 and 10 are among ks), "r_mean": mean of both
     directions' means}}.
     """
-    caption_image, image_building = np.asarray(caption_image), np.asarray(image_building)
-    labels = protocol_labels(caption_image, image_building)
-    caption_platform = None if image_platform is None else np.asarray(image_platform)[caption_image]
+    caption_platform = None if image_platform is None else np.asarray(image_platform)[np.asarray(caption_image)]
     report: dict[str, dict[str, object]] = {}
-    for protocol in protocols:
-        caption_labels, image_labels = labels[protocol]
-        t2i = first_relevant_rank(scores_TI, caption_labels, image_labels)
-        i2t = first_relevant_rank(np.asarray(scores_TI).T, image_labels, caption_labels)
+    for protocol, (t2i, i2t) in ranks.items():
         t2i_entry, i2t_recall = recall_entry(t2i, ks), recall_at_k(i2t, ks)
         t2i_recall: dict[str, float] = t2i_entry["t2i"]  # type: ignore[assignment]
         entry: dict[str, object] = {
@@ -145,6 +157,16 @@ def retrieval_report(
             entry["score"] = track4_score(t2i_recall)
         report[protocol] = entry
     return report
+
+
+def ranks_in_order(
+    order_QT: np.ndarray, query_labels_Q: np.ndarray, gallery_labels_N: np.ndarray, beyond_Q: np.ndarray
+) -> np.ndarray:
+    """Ranks of each query's first relevant item when its top T are re-ordered as ``order_QT`` (gallery indices,
+    best first) and everything below keeps its place: the position in ``order_QT`` if a relevant item is there,
+    else ``beyond_Q`` (the rank before re-ordering, which re-ordering the top T cannot change)."""
+    relevant = np.asarray(gallery_labels_N)[order_QT] == np.asarray(query_labels_Q)[:, None]
+    return np.where(relevant.any(axis=1), relevant.argmax(axis=1), np.asarray(beyond_Q))
 
 
 def box_iou(pred_N4: np.ndarray, gt_N4: np.ndarray) -> np.ndarray:

@@ -189,9 +189,10 @@ def offline_reranked(served: dict[str, Any], query: str, generated: dict[str, st
 
     from geomoe.config import RerankSpec
     from geomoe.data.caption_store import write_caption_store
-    from geomoe.evaluate import rerank_scores
+    from geomoe.evaluate import rerank_order
     from geomoe.retrieval.embed import embed_texts
     from geomoe.retrieval.index import query_rows, read_index
+    from geomoe.retrieval.rerank import top_n
 
     store = pq.read_table(served["local_captions"]).to_pylist()
     extra = [{"image_id": i, "caption": c, "model_id": "vlm", "prompt_sha256": ""} for i, c in generated.items()]
@@ -204,11 +205,12 @@ def offline_reranked(served: dict[str, Any], query: str, generated: dict[str, st
     rerank = RerankSpec.model_validate(served["rerank"] | {"captions": str(path)})
     images = [{"image_id": i} for i in index.ids]
     vectors = np.zeros((1, len(images), 1))  # only diversity reads them
-    fused, _ = rerank_scores(
-        served["model"], served["tokenizer"], served["spec"], [{"caption": query}], scores_1N[None], images, vectors,
-        rerank,
-    )  # fmt: skip
-    return [index.ids[n] for n in np.argsort(-fused[0], kind="stable")[: rerank.top_n]]
+    top_1T = top_n(scores_1N[None], rerank.top_n)
+    first_top = (np.take_along_axis(scores_1N[None], top_1T, axis=1), top_1T)
+    order, _ = rerank_order(
+        served["model"], served["tokenizer"], served["spec"], [{"caption": query}], first_top, images, vectors, rerank
+    )
+    return [index.ids[n] for n in order[0]]
 
 
 def test_reranking_matches_the_offline_reranker_and_captions_missing_images_once(served: dict[str, Any]) -> None:

@@ -90,6 +90,13 @@ def _mining(out: str, overrides: list[str]) -> dict[str, Any]:
     return bench_mining()
 
 
+def _eval_scale(out: str, overrides: list[str]) -> dict[str, Any]:
+    from geomoe.bench.eval_scale import bench_eval_scale
+
+    given = _options(overrides)
+    return bench_eval_scale(dim=int(given.get("dim", 32)), scale=int(given.get("scale", 10)))
+
+
 def _gpu(out: str, overrides: list[str]) -> dict[str, Any]:
     from geomoe.bench.gpu import gpu_check
 
@@ -107,6 +114,7 @@ BENCHMARKS: dict[str, Callable[[str, list[str]], dict[str, Any]]] = {
     "index": _index,
     "serve": _serve,
     "storage": _storage,
+    "eval_scale": _eval_scale,
     "gpu": _gpu,
 }
 

@@ -128,16 +128,27 @@ def best_per_candidate(values_P: np.ndarray, q_P: np.ndarray, t_P: np.ndarray, s
     return np.where(np.isfinite(best), best, np.where(np.isfinite(floor), floor, 0.0))
 
 
+def fuse_top(first_QT: np.ndarray, caption_QT: np.ndarray, weight: float, how: str) -> np.ndarray:
+    """(Q, T) re-ranking scores of each query's top T: (1 - weight) * norm(first) + weight * norm(caption)."""
+    return (1 - weight) * normalise(first_QT, how) + weight * normalise(caption_QT, how)
+
+
 def fuse_top_n(first_QN: np.ndarray, caption_QT: np.ndarray, top_QT: np.ndarray, weight: float, how: str) -> np.ndarray:
-    """Scores (Q, N) whose order is the re-ranked one: the top T candidates get
-    (1 - weight) * norm(first) + weight * norm(caption), lifted above every other item; the rest keep theirs."""
+    """Scores (Q, N) whose order is the re-ranked one: the top T candidates get ``fuse_top``, lifted above every
+    other item; the rest keep theirs."""
     first = np.asarray(first_QN, np.float64)
-    first_top = np.take_along_axis(first, top_QT, axis=1)
-    fused = (1 - weight) * normalise(first_top, how) + weight * normalise(caption_QT, how)
+    fused = fuse_top(np.take_along_axis(first, top_QT, axis=1), caption_QT, weight, how)
     lift = first.max(axis=1, keepdims=True) - fused.min(axis=1, keepdims=True) + 1.0
     out = first.copy()
     np.put_along_axis(out, top_QT, fused + lift, axis=1)
     return out
+
+
+def reranked_order(fused_QT: np.ndarray, top_QT: np.ndarray) -> np.ndarray:
+    """(Q, T) gallery indices of the top T in re-ranked order: by descending ``fused_QT``, ties by the lower
+    gallery index (the metrics' order)."""
+    order = np.lexsort((top_QT, -np.asarray(fused_QT)), axis=1)
+    return np.take_along_axis(np.asarray(top_QT), order, axis=1)
 
 
 def top_n(scores_QN: np.ndarray, n: int) -> np.ndarray:
@@ -149,16 +160,27 @@ def diversify(scores_QN: np.ndarray, image_vectors_ND: np.ndarray, n: int, thres
     """Within each query's top n, push a candidate below the others when its image has cosine >= threshold
     with a candidate already placed above it (kept in order among the pushed). Returns new scores (Q, N)."""
     scores = np.asarray(scores_QN, np.float64).copy()
-    vectors = np.asarray(image_vectors_ND, np.float64)
-    vectors = vectors / np.clip(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12, None)
+    vectors = unit_rows(image_vectors_ND)
     for q, order in enumerate(top_n(scores, n)):
-        kept: list[int] = []
-        pushed: list[int] = []
-        for item in order:
-            similar = kept and float(np.max(vectors[kept] @ vectors[item])) >= threshold
-            (pushed if similar else kept).append(int(item))
-        ranked = kept + pushed
+        ranked = diversified(order, vectors, threshold)
         # new values span the old top values (so nothing below the top n moves), strictly decreasing
         hi, lo = scores[q, order[0]], scores[q, order[-1]]
         scores[q, ranked] = np.linspace(hi, lo, len(ranked)) + np.arange(len(ranked))[::-1] * 1e-9
     return scores
+
+
+def unit_rows(vectors_ND: np.ndarray) -> np.ndarray:
+    vectors = np.asarray(vectors_ND, np.float64)
+    unit: np.ndarray = vectors / np.clip(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12, None)
+    return unit
+
+
+def diversified(order_T: np.ndarray, unit_ND: np.ndarray, threshold: float) -> list[int]:
+    """One query's candidates (gallery indices, best first) with each one whose image has cosine >= threshold
+    with a candidate kept above it moved below the kept ones (the moved keep their order)."""
+    kept: list[int] = []
+    pushed: list[int] = []
+    for item in order_T:
+        similar = kept and float(np.max(unit_ND[kept] @ unit_ND[item])) >= threshold
+        (pushed if similar else kept).append(int(item))
+    return kept + pushed
