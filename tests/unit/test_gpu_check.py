@@ -1,13 +1,20 @@
 """``make gpu-check``'s code runs here at toy sizes on the CPU (the GPU machine runs the same functions at the
-paper's sizes); without a GPU the command says so in one line."""
+paper's sizes); without a GPU the command says so in one line, and so does ``make gpu-smoke``."""
 
 from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import yaml
 
-from geomoe.bench import gpu
+from geomoe.bench import gpu, gpu_smoke
+
+REPOSITORY = Path(__file__).resolve().parents[2]
 
 
 def test_without_a_gpu_the_check_says_so_in_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -37,3 +44,27 @@ def test_flops_counted_for_a_step_grow_with_the_batch() -> None:
         "flop_per_step"
     ]
     assert np.isclose(double / small, 2.0, rtol=0.1)
+
+
+def test_gpu_smoke_without_a_gpu_says_so_and_runs_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("OUT", str(tmp_path / "out"))
+    assert gpu_smoke.main() == 0
+    assert capsys.readouterr().out == "gpu-smoke: no GPU on this machine; nothing run\n"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_gpu_smokes_serve_config_puts_the_models_on_the_gpu_and_adds_the_localizer(tmp_path: Path) -> None:
+    shutil.copytree(REPOSITORY / "serve", tmp_path / "serve")
+    (tmp_path / "runs" / "smgeo_quickstart").mkdir(parents=True)
+    results = {"train": {"model": {"checkpoint": "runs/smgeo_quickstart/ckpt"}}}
+    (tmp_path / "runs" / "smgeo_quickstart" / "results.json").write_text(json.dumps(results))
+    config = yaml.safe_load(gpu_smoke._serve_config(tmp_path).read_text())
+    app = config["applications"][0]
+    assert app["args"]["localizer"] == "runs/smgeo_quickstart/ckpt"
+    gpus = {d["name"]: d["ray_actor_options"].get("num_gpus", 0) for d in app["deployments"]}
+    assert gpus == {"QueryEncoder": 0.25, "GallerySearch": 0.25, "Reranker": 0, "Captioner": 0, "Ingress": 0,
+                    "Localizer": 0.25}  # fmt: skip

@@ -27,7 +27,11 @@ class ResourcesSpec(Strict):
     address: str | None = Field(None, description="Ray address; None starts a local cluster")
     num_cpus: int | None = Field(None, ge=1, description="logical CPUs of a local cluster")
     num_workers: int = Field(1, ge=1)
-    use_gpu: bool = False
+    use_gpu: bool = Field(
+        False,
+        description="one GPU per training worker, per image-embedding actor (mining, evaluation, index) and for "
+        "the text embedding and scoring of evaluation and mining (a GPU task; the driver needs none)",
+    )
     cpus_per_worker: float = Field(1.0, gt=0)
     worker_resources: dict[str, float] = Field(
         default_factory=dict, description="custom Ray resources each training worker needs (node labels, GPU types)"
@@ -47,6 +51,11 @@ class ResourcesSpec(Strict):
         description="embed image sets of at most this many images in the driver process, without a Ray Data "
         "actor pool (a pool's start-up costs more than a small tiny-model gallery; the driver may have no GPU)",
     )
+
+    @property
+    def embed_gpus(self) -> float:
+        """GPUs each image-embedding actor holds."""
+        return 1.0 if self.use_gpu else 0.0
 
 
 class StorageSpec(Strict):

@@ -1,9 +1,10 @@
-"""Batch inference on Ray Data: embed images with every expert of a PE-MoE checkpoint."""
+"""Batch inference on Ray: embed images with every expert of a PE-MoE checkpoint (Ray Data actors, on GPUs when
+the spec has them), and run a model's text-side work where its GPU is."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
@@ -13,17 +14,21 @@ if TYPE_CHECKING:
     from geomoe.config import JobSpec
     from geomoe.models.pe_moe import PEMoE
 
+T = TypeVar("T")
+Loaded = tuple[Any, Any, "JobSpec", dict[str, Any]]  # load_pe_moe's (model, tokenizer, trained spec, payload)
+
 
 class ImageEmbedder:
-    """A Ray Data actor: loads the checkpoint once, then embeds batches of image paths. ``loaded``: the
-    checkpoint's model and the spec it was trained with, already loaded by the caller (not read again)."""
+    """A Ray Data actor: loads the checkpoint once (onto this actor's GPU with ``use_gpu``), then embeds batches
+    of image paths. ``loaded``: the checkpoint's model and the spec it was trained with, already loaded by the
+    caller (not read again; used on the device it is on)."""
 
-    def __init__(self, checkpoint: str, loaded: tuple[PEMoE, JobSpec] | None = None) -> None:
+    def __init__(self, checkpoint: str, loaded: tuple[PEMoE, JobSpec] | None = None, use_gpu: bool = False) -> None:
         from geomoe.models.factory import load_pe_moe
 
         if loaded is None:
             model, _, spec, _ = load_pe_moe(checkpoint)
-            loaded = model, spec
+            loaded = (model.to("cuda") if use_gpu else model), spec
         self.model, self.size = loaded[0], loaded[1].model_as(PEMoEModelSpec).image.image_size
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -42,11 +47,13 @@ def embed_images(
     batch_size: int = 64,
     in_driver_max: int = 0,
     loaded: tuple[PEMoE, JobSpec] | None = None,
+    num_gpus: float = 0,
 ) -> np.ndarray:
-    """v (K, N, D) for ``paths`` in order, computed by ``concurrency`` actors; at most ``in_driver_max`` paths
-    are embedded in this process instead (the same ``ImageEmbedder``, without starting an actor pool, which
-    costs more than embedding a small gallery: about 15 s on 2 cores against 1-3 s for a few thousand tiny
-    images). ``loaded``: the caller's model of ``checkpoint`` and its spec, used in this process."""
+    """v (K, N, D) for ``paths`` in order, computed by ``concurrency`` actors, each holding ``num_gpus`` GPUs; at
+    most ``in_driver_max`` paths are embedded in this
+    process instead (the same ``ImageEmbedder``, without starting an actor pool, which costs more than embedding
+    a small gallery: about 15 s on 2 cores against 1-3 s for a few thousand tiny images). ``loaded``: the caller's
+    model of ``checkpoint`` and its spec, used in this process."""
     if len(paths) <= in_driver_max:
         embedder = ImageEmbedder(checkpoint, loaded)
         chunks = [np.asarray(paths[i : i + batch_size], dtype=object) for i in range(0, len(paths), batch_size)]
@@ -59,10 +66,37 @@ def embed_images(
     ds = ds.map_batches(
         ImageEmbedder,
         fn_constructor_args=(checkpoint,),
+        fn_constructor_kwargs={"use_gpu": num_gpus > 0},
         batch_size=batch_size,
-        compute=ray.data.ActorPoolStrategy(size=concurrency),
+        # on GPUs the pool starts with one actor and grows while GPUs are free (a fixed pool larger than the
+        # cluster's GPUs would wait for actors that never start)
+        compute=ray.data.ActorPoolStrategy(min_size=1 if num_gpus else concurrency, max_size=concurrency),
         num_cpus=1,
+        num_gpus=num_gpus,
         batch_format="numpy",
     )
     rows = sorted(ds.take_all(), key=lambda r: r["index"])
     return np.stack([r["vector"] for r in rows], axis=1)
+
+
+def on_model_device(spec: JobSpec, checkpoint: str, loaded: Loaded | None, work: Callable[..., T], *args: Any) -> T:
+    """``work(model, tokenizer, trained_spec, *args)`` with the checkpoint's model: with ``resources.use_gpu``, in a
+    Ray task holding one GPU with the model moved onto it (the driver may have no GPU; text embedding and blockwise
+    scoring then run there); else in this process with ``loaded`` (or the checkpoint loaded now)."""
+    if spec.resources.use_gpu:
+        import ray
+
+        task = ray.remote(num_gpus=1, num_cpus=spec.resources.cpus_per_worker)(_on_gpu)
+        result: T = ray.get(task.remote(checkpoint, work, *args))
+        return result
+    from geomoe.models.factory import load_pe_moe
+
+    model, tokenizer, trained, _ = loaded or load_pe_moe(checkpoint)
+    return work(model, tokenizer, trained, *args)
+
+
+def _on_gpu(checkpoint: str, work: Callable[..., T], *args: Any) -> T:
+    from geomoe.models.factory import load_pe_moe
+
+    model, tokenizer, trained, _ = load_pe_moe(checkpoint)
+    return work(model.to("cuda"), tokenizer, trained, *args)

@@ -16,8 +16,11 @@ class Localizer:
 
     def __init__(self, checkpoint: str) -> None:
         from geomoe.models.smgeo import load_smgeo
+        from geomoe.serving.retrieval import replica_device
 
-        self.model, spec, _ = load_smgeo(checkpoint)
+        model, spec, _ = load_smgeo(checkpoint)
+        self.device = replica_device()
+        self.model = model.to(self.device)
         self.checkpoint = checkpoint
         self.query_size, self.reference_size = (
             spec.model_as(SMGeoModelSpec).query_size,
@@ -33,7 +36,7 @@ class Localizer:
 
         decoded = [decode_request(q, c, r, self.query_size, self.reference_size) for q, c, r in requests]
         query, click, reference = (
-            torch.from_numpy(np.stack([d[k] for d in decoded])) for k in ("query", "click", "reference")
+            torch.from_numpy(np.stack([d[k] for d in decoded])).to(self.device) for k in ("query", "click", "reference")
         )
         boxes, scores = predict_input_boxes(self.model, query, click, reference)
         wh = np.stack([d["reference_wh"] for d in decoded])

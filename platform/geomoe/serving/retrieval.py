@@ -14,6 +14,14 @@ from ray import serve
 SearchCall = tuple[np.ndarray, int, list[str] | None]  # (query vector, k, platforms or None)
 
 
+def replica_device() -> str:
+    """``cuda`` in a replica Ray gave a GPU (``num_gpus`` in its ray_actor_options), else ``cpu``: a replica without
+    one may still see the node's GPUs, which belong to other actors."""
+    import ray
+
+    return "cuda" if ray.get_gpu_ids() else "cpu"
+
+
 def configure_batching(method: Any, batching: dict[str, Any] | None) -> None:
     """Apply the application's ``batching`` (geomoe.config.serve.BatchingSpec) to a ``@serve.batch`` method."""
     if batching:
@@ -27,7 +35,8 @@ class QueryEncoder:
         from geomoe.models.factory import load_pe_moe
 
         configure_batching(self.encode, batching)
-        self.model, self.tokenizer, spec, _ = load_pe_moe(checkpoint)
+        model, self.tokenizer, spec, _ = load_pe_moe(checkpoint)
+        self.model = model.to(replica_device())
         self.max_length = spec.model_as(PEMoEModelSpec).text.max_length
         self.max_words = spec.preprocess.max_words_test  # queries are normalised as the test queries were
         self.experts = [e.name for e in spec.model_as(PEMoEModelSpec).experts]
@@ -55,13 +64,10 @@ class QueryEncoder:
 @serve.deployment(ray_actor_options={"num_cpus": 0.5})
 class GallerySearch:
     def __init__(self, index: str, batching: dict[str, Any] | None = None) -> None:
-        import torch
-
-        configure_batching(self.search, batching)
         from geomoe.retrieval.index import read_index
 
-        device = "cuda" if torch.cuda.is_available() else "cpu"  # on a GPU replica the rows live in its memory
-        self.index = read_index(index, mmap=False).on(device)
+        configure_batching(self.search, batching)
+        self.index = read_index(index, mmap=False).on(replica_device())  # on a GPU replica: in its memory
         self.platforms = np.array(self.index.manifest.platforms)
         self.row_of = {image_id: n for n, image_id in enumerate(self.index.ids)}
 

@@ -18,9 +18,12 @@ from geomoe.config.pe_moe import PEMoEModelSpec, PEMoETrainSpec
 from geomoe.data.images import DecodeImages
 from geomoe.data.prepared import PreparedDataset
 from geomoe.errors import DatasetError
+from geomoe.evaluate import evaluate_pe_moe, gallery_from_rows
 from geomoe.models.factory import ensure_tiny_models, load_pe_moe
+from geomoe.pipelines.embed import Loaded, embed_images, on_model_device
 from geomoe.ray_env import in_order
 from geomoe.results import Checkpoint
+from geomoe.retrieval.embed import embed_texts
 from geomoe.train.engine import LoopConfig
 from geomoe.train.grouped import dataset_name, group_steps
 from geomoe.train.run import cached_result, recorded_stage, run_trainer
@@ -123,20 +126,32 @@ def _steps_per_epoch(spec: JobSpec, rows: int, groups: dict[str, int]) -> int:
 def mine_negatives(spec: JobSpec, checkpoint: str, table: pa.Table) -> pa.Table:
     """Append ``negative_paths``: per row, the highest-scoring training images of other buildings
     (``hard_negative_paths`` on the model's embeddings of the training rows and images)."""
-    from geomoe.pipelines.embed import embed_images
-    from geomoe.retrieval.embed import embed_texts
-
-    model, tokenizer, trained, _ = load_pe_moe(checkpoint)
     rows = table.to_pylist()
     paths = sorted({r["image_path"] for r in rows})
+    loaded, vectors = _embedded_images(spec, checkpoint, paths)
+    negatives = on_model_device(spec, checkpoint, loaded, _mined, spec, rows, paths, vectors)
+    return table.append_column("negative_paths", pa.array(negatives, pa.list_(pa.string())))
+
+
+def _embedded_images(spec: JobSpec, checkpoint: str, paths: list[str]) -> tuple[Loaded | None, np.ndarray]:
+    """The checkpoint loaded here (None when GPUs do the work: the driver may have none) and v (K, N, D) of
+    ``paths`` by the embedding actors (on GPUs with ``resources.use_gpu``)."""
     res = spec.resources
+    loaded = None if res.use_gpu else load_pe_moe(checkpoint)
+    here = None if loaded is None else (loaded[0], loaded[2])
     vectors = embed_images(
-        checkpoint, paths, res.data_concurrency, in_driver_max=res.embed_in_driver_max, loaded=(model, trained)
-    )
+        checkpoint, paths, res.data_concurrency, in_driver_max=res.embed_in_driver_max, loaded=here,
+        num_gpus=res.embed_gpus,
+    )  # fmt: skip
+    return loaded, vectors
+
+
+def _mined(
+    model: Any, tokenizer: Any, _: JobSpec, spec: JobSpec, rows: list[dict[str, Any]], paths: list[str], v: np.ndarray
+) -> list[list[str]]:
     max_length = spec.model_as(PEMoEModelSpec).text.max_length
     texts, gates = embed_texts(model, tokenizer, [r["caption"] for r in rows], max_length)
-    negatives = hard_negative_paths(spec, rows, paths, texts, gates, vectors)
-    return table.append_column("negative_paths", pa.array(negatives, pa.list_(pa.string())))
+    return hard_negative_paths(spec, rows, paths, texts, gates, v)
 
 
 def hard_negative_paths(
@@ -189,18 +204,18 @@ def hard_negative_paths(
 
 
 def evaluate_checkpoint(spec: JobSpec, checkpoint: str, prepared: PreparedDataset) -> dict[str, Any]:
-    from geomoe.evaluate import evaluate_pe_moe, gallery_from_rows
-    from geomoe.pipelines.embed import embed_images
-
-    model, tokenizer, trained, _ = load_pe_moe(checkpoint)
+    """The test split's report (``evaluate_pe_moe``): images embedded by the actors, then the captions embedded and
+    scored where the model is (a GPU task with ``resources.use_gpu``)."""
     rows = split_rows(prepared, "test", spec).filter(pc.equal(pc.field("augment"), "")).to_pylist()
     images, _ = gallery_from_rows(rows)
-    paths = [im["image_path"] for im in images]
-    res = spec.resources
-    vectors = embed_images(
-        checkpoint, paths, res.data_concurrency, in_driver_max=res.embed_in_driver_max, loaded=(model, trained)
-    )
-    return evaluate_pe_moe(model, tokenizer, spec, rows, vectors)
+    loaded, vectors = _embedded_images(spec, checkpoint, [im["image_path"] for im in images])
+    return on_model_device(spec, checkpoint, loaded, _evaluated, spec, rows, vectors)
+
+
+def _evaluated(
+    model: Any, tokenizer: Any, _: JobSpec, spec: JobSpec, rows: list[dict[str, Any]], v: np.ndarray
+) -> dict[str, Any]:
+    return evaluate_pe_moe(model, tokenizer, spec, rows, v)
 
 
 def train_and_evaluate(spec: JobSpec, prepared: PreparedDataset, run_dir: str) -> dict[str, Any]:
