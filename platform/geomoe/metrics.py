@@ -164,9 +164,12 @@ def ranks_in_order(
 ) -> np.ndarray:
     """Ranks of each query's first relevant item when its top T are re-ordered as ``order_QT`` (gallery indices,
     best first) and everything below keeps its place: the position in ``order_QT`` if a relevant item is there,
-    else ``beyond_Q`` (the rank before re-ordering, which re-ordering the top T cannot change)."""
+    else ``beyond_Q`` (the rank before re-ordering, which re-ordering the top T cannot change), at least T (a
+    rank computed by another float32 product may differ by a near-tie at the cut; -1: no relevant item)."""
     relevant = np.asarray(gallery_labels_N)[order_QT] == np.asarray(query_labels_Q)[:, None]
-    return np.where(relevant.any(axis=1), relevant.argmax(axis=1), np.asarray(beyond_Q))
+    beyond = np.asarray(beyond_Q)
+    below = np.where(beyond < 0, beyond, np.maximum(beyond, order_QT.shape[1]))
+    return np.where(relevant.any(axis=1), relevant.argmax(axis=1), below)
 
 
 def box_iou(pred_N4: np.ndarray, gt_N4: np.ndarray) -> np.ndarray:

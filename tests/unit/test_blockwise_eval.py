@@ -14,13 +14,14 @@ import numpy as np
 import pytest
 import torch
 
-from geomoe.config import JobSpec, parse_spec
+from geomoe.config import EvalSpec, JobSpec, parse_spec
 from geomoe.config.pe_moe import PEMoEModelSpec
 from geomoe.data.caption_store import write_caption_store
 from geomoe.evaluate import evaluate_pe_moe, gallery_from_rows
 from geomoe.metrics import first_relevant_rank, protocol_labels, recall_entry, retrieval_report
 from geomoe.models.factory import build_pe_moe, ensure_tiny_models
 from geomoe.models.pe_moe import fused_scores
+from geomoe.retrieval import blockwise
 from geomoe.retrieval.blockwise import block_rows, first_relevant_ranks, label_codes, top_candidates
 from geomoe.retrieval.embed import embed_dense_texts, embed_texts
 from geomoe.retrieval.rerank import LexicalScorer, caption_evidence, diversify, fuse_top_n, top_n
@@ -111,7 +112,13 @@ def _reference(spec: JobSpec, model: object, tokenizer: object, rows: list, vect
     scores = fused_scores(t, vectors, g)
     building = np.array([im["building_id"] for im in images])
     platform = np.array([im["platform"] for im in images])
-    reference = {"retrieval": retrieval_report(scores, caption_image, building, platform, spec.eval.ks), "reranked": {}}
+    ks, protocols = spec.eval.ks, spec.eval.protocols
+    top5 = np.argsort(-scores[0], kind="stable")[:5]
+    reference = {
+        "retrieval": retrieval_report(scores, caption_image, building, platform, ks, protocols),
+        "reranked": {},
+        "sample": [(images[i]["image_id"], float(scores[0, i])) for i in top5],
+    }
     for rerank in spec.eval.rerank:
         store = read_caption_store(rerank.captions)
         captions = [c for im in images for c in store.get(im["image_id"], [])]
@@ -126,14 +133,29 @@ def _reference(spec: JobSpec, model: object, tokenizer: object, rows: list, vect
                 fused, vectors.transpose(1, 0, 2).reshape(len(images), -1), rerank.top_n, rerank.diversity
             )
         reference["reranked"][rerank.name] = {
-            p: recall_entry(first_relevant_rank(fused, *labels), spec.eval.ks)
+            p: recall_entry(first_relevant_rank(fused, *labels), ks)
             for p, labels in protocol_labels(caption_image, building).items()
+            if p in protocols
         }
     return reference
 
 
-def test_evaluation_equals_the_full_matrix_evaluation(tiny: tuple, monkeypatch: pytest.MonkeyPatch) -> None:
-    spec, model, tokenizer, rows, _ = tiny
+LEXICAL = {"name": "lexical", "top_n": 20, "dense_weight": 0.3, "lexical_weight": 1.0, "normalise": "minmax"}
+EVALUATIONS = {
+    "both protocols, two re-rankings (one with diversity)": {"rerank": [{"name": "dense", "top_n": 8, "diversity": 0.2},
+                                                                        LEXICAL]},
+    "building only, a re-ranking deeper than the gallery": {"protocols": ["building"],
+                                                            "rerank": [{"name": "all", "top_n": 50}]},
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("evaluation", EVALUATIONS.values(), ids=EVALUATIONS.keys())
+def test_evaluation_equals_the_full_matrix_evaluation(
+    tiny: tuple, evaluation: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spec, model, tokenizer, rows, captions = tiny
+    reranks = [r | {"captions": str(captions)} for r in evaluation["rerank"]]
+    spec = spec.model_copy(update={"eval": EvalSpec.model_validate(evaluation | {"rerank": reranks})})
     rng = np.random.default_rng(3)
     vectors = rng.normal(size=(3, 36, 16)).astype(np.float32)
     vectors[:, 7] = vectors[:, 6]  # two images with equal embeddings: equal scores everywhere
@@ -142,9 +164,33 @@ def test_evaluation_equals_the_full_matrix_evaluation(tiny: tuple, monkeypatch: 
     report = evaluate_pe_moe(model, tokenizer, spec, rows, vectors)
     reference = _reference(spec, model, tokenizer, rows, vectors)
     assert report["retrieval"] == reference["retrieval"]
-    for name in ("dense", "lexical"):
-        for protocol in ("exact", "building"):
-            assert report["reranked"][name][protocol] == reference["reranked"][name][protocol], (name, protocol)
-    assert report["reranked"]["dense"]["images_without_caption"] == 8  # img0, img5, ..., img35
-    r1 = [report["reranked"][n]["exact"]["t2i"]["R@1"] for n in ("dense", "lexical")]
-    assert r1 != [report["retrieval"]["exact"]["t2i"]["R@1"]] * 2  # re-ranking changed something: a real check
+    assert set(report["retrieval"]) == set(spec.eval.protocols)
+    assert report["reranked"].keys() == reference["reranked"].keys()
+    for name, entries in reference["reranked"].items():
+        for protocol, entry in entries.items():
+            assert report["reranked"][name][protocol] == entry, (name, protocol)
+        assert report["reranked"][name]["images_without_caption"] == 8  # img0, img5, ..., img35
+    sample = [(s["image_id"], s["score"]) for s in report["sample"]["top5"]]
+    assert [i for i, _ in sample] == [i for i, _ in reference["sample"]]
+    assert [s for _, s in sample] == pytest.approx([s for _, s in reference["sample"]], abs=1e-4)
+    first = report["retrieval"][spec.eval.protocols[0]]["t2i"]["R@1"]
+    assert any(e[spec.eval.protocols[0]]["t2i"]["R@1"] != first for e in report["reranked"].values())  # it re-ranked
+
+
+def test_a_tie_across_the_top_cut_is_resolved_by_the_lower_index(monkeypatch: pytest.MonkeyPatch) -> None:
+    """exact_search may order a tie at its k-th place either way: with the tie put the wrong way round on purpose,
+    the rescoring still returns the stable top."""
+    queries = np.array([[1.0, 0.0], [0.0, 1.0]], np.float32)
+    gallery = np.array([[0.5, 0.0], [1.0, 0.0], [0.5, 0.0], [0.0, 2.0], [0.5, 0.0]], np.float32)  # ties at 0.5
+    real = blockwise.exact_search
+
+    def wrong_way_round(rows: object, asked: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        scores, index = real(rows, asked, k)  # type: ignore[arg-type]
+        index[:, [k - 2, k - 1]] = index[:, [k - 1, k - 2]]  # the last two swapped: a tie there now goes up
+        return scores, index
+
+    monkeypatch.setattr(blockwise, "exact_search", wrong_way_round)
+    assert wrong_way_round(gallery, queries, 3)[1][0, :2].tolist() != [1, 0]  # the cut is wrong on purpose
+    scores, index = top_candidates(queries, gallery, 2)
+    np.testing.assert_array_equal(index, top_n(queries @ gallery.T, 2))
+    assert index[0].tolist() == [1, 0] and scores[0].tolist() == [1.0, 0.5]

@@ -144,10 +144,16 @@ def test_two_gloo_workers_get_the_means_of_all_items_and_gather_with_gradient() 
     results = context.SimpleQueue()
     with tempfile.TemporaryDirectory() as folder:
         workers = [context.Process(target=_two_workers, args=(r, folder, results)) for r in (0, 1)]
-        for worker in workers:
-            worker.start()
-        for worker in workers:
-            worker.join(120)
+        try:
+            for worker in workers:
+                worker.start()
+            for worker in workers:
+                worker.join(120)
+        finally:
+            for worker in workers:
+                if worker.is_alive():  # a hung collective: never leave it behind
+                    worker.kill()
+                    worker.join()
         assert all(w.exitcode == 0 for w in workers), [w.exitcode for w in workers]
     got = sorted(results.get() for _ in workers)
     for rank, loss, everyone, grad in got:
@@ -156,18 +162,31 @@ def test_two_gloo_workers_get_the_means_of_all_items_and_gather_with_gradient() 
         assert grad == [2.0 * r for r in (2 * rank, 2 * rank + 1)]  # both workers' gradients of own rows, summed
 
 
+def _distributed_names(tree: ast.AST) -> set[str]:
+    """Names this module binds to torch.distributed (``import torch.distributed as dist``, ``from torch import
+    distributed``), plus the dotted spelling."""
+    names = {"torch.distributed"}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names |= {a.asname for a in node.names if a.name == "torch.distributed" and a.asname}
+        if isinstance(node, ast.ImportFrom) and node.module == "torch":
+            names |= {a.asname or a.name for a in node.names if a.name == "distributed"}
+    return names
+
+
 def _collective_calls(tree: ast.AST) -> list[tuple[int, str]]:
-    """Lines that call a torch.distributed collective: ``dist.x``, ``torch.distributed.x``, or a name imported
-    from torch.distributed."""
+    """Lines that name a torch.distributed collective: through any name bound to torch.distributed (or a module
+    under it), or imported from it."""
+    distributed = _distributed_names(tree)
     calls = []
     for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom) and node.module == "torch.distributed":
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("torch.distributed"):
             calls += [(node.lineno, a.name) for a in node.names if a.name in COLLECTIVES]
         if isinstance(node, ast.Attribute) and node.attr in COLLECTIVES:
             owner = ast.unparse(node.value)
-            if owner in {"dist", "torch.distributed", "distributed"}:
+            if any(owner == name or owner.startswith(f"{name}.") for name in distributed):
                 calls.append((node.lineno, f"{owner}.{node.attr}"))
-    return calls
+    return sorted(calls)
 
 
 def test_no_collective_is_called_outside_geomoe_collectives() -> None:
@@ -178,7 +197,21 @@ def test_no_collective_is_called_outside_geomoe_collectives() -> None:
         for line, name in _collective_calls(ast.parse(path.read_text()))
     ]
     assert not found, "route these through geomoe.collectives:\n" + "\n".join(found)
-    assert _collective_calls(ast.parse("import torch\ntorch.distributed.all_reduce(t)\ndist.barrier()")) == [
-        (2, "torch.distributed.all_reduce"),
-        (3, "dist.barrier"),
-    ]  # the rule sees both spellings
+    spellings = """
+import torch
+import torch.distributed as td
+from torch import distributed
+from torch.distributed.nn.functional import all_gather
+torch.distributed.all_reduce(t)
+td.barrier()
+distributed.broadcast(t, 0)
+torch.distributed.nn.functional.all_reduce(t)
+torch.gather(t, 0, i)
+"""
+    assert _collective_calls(ast.parse(spellings)) == [
+        (5, "all_gather"),
+        (6, "torch.distributed.all_reduce"),
+        (7, "td.barrier"),
+        (8, "distributed.broadcast"),
+        (9, "torch.distributed.nn.functional.all_reduce"),
+    ]  # every spelling is seen; torch.gather is not a collective

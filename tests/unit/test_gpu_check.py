@@ -13,6 +13,7 @@ import torch
 import yaml
 
 from geomoe.bench import gpu, gpu_smoke
+from geomoe.serving.config import check_serve_schema
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 
@@ -62,7 +63,9 @@ def test_gpu_smokes_serve_config_puts_the_models_on_the_gpu_and_adds_the_localiz
     (tmp_path / "runs" / "smgeo_quickstart").mkdir(parents=True)
     results = {"train": {"model": {"checkpoint": "runs/smgeo_quickstart/ckpt"}}}
     (tmp_path / "runs" / "smgeo_quickstart" / "results.json").write_text(json.dumps(results))
-    config = yaml.safe_load(gpu_smoke._serve_config(tmp_path).read_text())
+    path = gpu_smoke._serve_config(tmp_path)
+    config = check_serve_schema(path)  # Ray Serve's own schema and our deployment names
+    assert config == yaml.safe_load(path.read_text())
     app = config["applications"][0]
     assert app["args"]["localizer"] == "runs/smgeo_quickstart/ckpt"
     gpus = {d["name"]: d["ray_actor_options"].get("num_gpus", 0) for d in app["deployments"]}

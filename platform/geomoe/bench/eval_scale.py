@@ -6,7 +6,8 @@ The data is synthetic in GeoText's test shape: 165,681 captions of 55,227 images
 scales with it, the full matrix does not) with random gates. Each way runs in its own fresh process, which reports
 its peak resident memory (the kernel's high-water mark) and its time:
 
-- blockwise (``geomoe.retrieval.blockwise``, what evaluation runs): at the full size, and at ``1/scale`` of it;
+- blockwise (``geomoe.retrieval.blockwise``, what evaluation runs: the ranks, then each caption's top 20 for CGRS):
+  at the full size, and at ``1/scale`` of it;
 - the full matrix (``fused_scores`` -> ``retrieval_report``, what evaluation ran before): at ``1/scale`` only, since
   at the full size its float32 scores alone are 36.6 GB. Both ways' reports must be equal there.
 """
@@ -21,6 +22,7 @@ from typing import Any
 import numpy as np
 
 CAPTIONS, IMAGES, BUILDINGS, EXPERTS = 165_681, 55_227, 951, 3
+RERANK_TOP = 20  # CGRS's candidates per caption
 
 
 def synthetic(captions: int, images: int, dim: int, seed: int = 0) -> dict[str, np.ndarray]:
@@ -47,7 +49,7 @@ def _evaluate(way: str, captions: int, images: int, dim: int) -> dict[str, Any]:
     """One way's report and its cost, in this (fresh) process."""
     from geomoe.metrics import protocol_labels, report_from_ranks, retrieval_report
     from geomoe.models.pe_moe import fused_scores
-    from geomoe.retrieval.blockwise import protocol_ranks
+    from geomoe.retrieval.blockwise import protocol_ranks, top_candidates
     from geomoe.retrieval.index import index_rows, query_rows
 
     data = synthetic(captions, images, dim)
@@ -58,8 +60,10 @@ def _evaluate(way: str, captions: int, images: int, dim: int) -> dict[str, Any]:
         report = retrieval_report(scores, data["caption_image"], data["building"], data["platform"], (1, 5, 10))
     else:
         labels = protocol_labels(data["caption_image"], data["building"])
-        ranks = protocol_ranks(query_rows(data["t"], data["g"]), index_rows(data["v"], "float32"), labels)
+        queries, gallery = query_rows(data["t"], data["g"]), index_rows(data["v"], "float32")
+        ranks = protocol_ranks(queries, gallery, labels)
         report = report_from_ranks(ranks, data["caption_image"], data["platform"], (1, 5, 10))
+        top_candidates(queries, gallery, RERANK_TOP)  # what CGRS re-ranking asks for
     seconds = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
     recalls = {p: {"t2i": e["t2i"], "i2t": e["i2t"]} for p, e in report.items()}

@@ -79,6 +79,20 @@ def embed_images(
     return np.stack([r["vector"] for r in rows], axis=1)
 
 
+def embedded_images(spec: JobSpec, checkpoint: str, paths: Sequence[str]) -> tuple[Loaded | None, np.ndarray]:
+    """The checkpoint loaded here (None with ``resources.use_gpu``: GPUs do the work and the driver may have none)
+    and v (K, N, D) of ``paths`` by the embedding actors (a GPU each with ``use_gpu``) or, for a small set, here."""
+    from geomoe.models.factory import load_pe_moe
+
+    res = spec.resources
+    loaded = None if res.use_gpu else load_pe_moe(checkpoint)
+    vectors = embed_images(
+        checkpoint, paths, res.data_concurrency, in_driver_max=res.embed_in_driver_max,
+        loaded=None if loaded is None else (loaded[0], loaded[2]), num_gpus=res.embed_gpus,
+    )  # fmt: skip
+    return loaded, vectors
+
+
 def on_model_device(spec: JobSpec, checkpoint: str, loaded: Loaded | None, work: Callable[..., T], *args: Any) -> T:
     """``work(model, tokenizer, trained_spec, *args)`` with the checkpoint's model: with ``resources.use_gpu``, in a
     Ray task holding one GPU with the model moved onto it (the driver may have no GPU; text embedding and blockwise
@@ -86,7 +100,8 @@ def on_model_device(spec: JobSpec, checkpoint: str, loaded: Loaded | None, work:
     if spec.resources.use_gpu:
         import ray
 
-        task = ray.remote(num_gpus=1, num_cpus=spec.resources.cpus_per_worker)(_on_gpu)
+        res = spec.resources
+        task = ray.remote(num_gpus=1, num_cpus=res.cpus_per_worker, resources=res.worker_resources)(_on_gpu)
         result: T = ray.get(task.remote(checkpoint, work, *args))
         return result
     from geomoe.models.factory import load_pe_moe

@@ -39,10 +39,8 @@ def checkpoint_sha256(directory: str) -> str:
 
 def build_index(spec: JobSpec, manifest: dict[str, Any], checkpoint: str) -> dict[str, Any]:
     """Embed the gallery of ``spec.index.split`` and write the index folder; return its manifest."""
-    from geomoe.models.factory import load_pe_moe
     from geomoe.pipelines.caption import gallery_images
-    from geomoe.pipelines.embed import embed_images
-    from geomoe.retrieval.embed import embed_texts
+    from geomoe.pipelines.embed import embedded_images, on_model_device
 
     assert spec.index is not None  # checked by JobSpec validation
     cfg, started = spec.index, time.perf_counter()
@@ -59,22 +57,17 @@ def build_index(spec: JobSpec, manifest: dict[str, Any], checkpoint: str) -> dic
     saved = _saved_report(cfg.output_dir, inputs_key)
     if saved is not None:
         return saved  # the same checkpoint, gallery and settings: embedding again would write the same index
-    model, tokenizer, trained, _ = load_pe_moe(checkpoint)
-    res = spec.resources
-    paths = [im["image_path"] for im in images]
-    v_KND = embed_images(
-        checkpoint, paths, res.data_concurrency, in_driver_max=res.embed_in_driver_max, loaded=(model, trained)
-    )
+    loaded, v_KND = embedded_images(spec, checkpoint, [im["image_path"] for im in images])
     rows = index_rows(v_KND, cfg.dtype)
     queries = _queries(manifest, cfg.split)
-    t_KQD, g_QK = embed_texts(model, tokenizer, queries, trained.model_as(PEMoEModelSpec).text.max_length)
+    t_KQD, g_QK, experts = on_model_device(spec, checkpoint, loaded, _embedded_queries, queries)
     faiss_info, faiss_indexes = _faiss_files(rows, query_rows(t_KQD, g_QK), cfg)
     info = {
         "checkpoint": checkpoint,
         "checkpoint_sha256": checkpoint_sha,
         "gallery_sha256": hashlib.sha256(gallery_key.encode()).hexdigest(),
         "split": cfg.split,
-        "experts": [e.name for e in trained.model_as(PEMoEModelSpec).experts],
+        "experts": experts,
         "expert_dim": int(v_KND.shape[2]),
         "platforms": [im["platform"] for im in images],
         "image_paths": [im["image_path"] for im in images],  # what a re-ranker's captioner reads
@@ -124,3 +117,15 @@ def _faiss_files(
         out[kind] = {"file": f"faiss_{kind}.index", f"recall@{k}_vs_exact": round(recall_at(found, exact), 4)}
         indexes[kind] = index
     return out, indexes
+
+
+def _embedded_queries(
+    model: Any, tokenizer: Any, trained: JobSpec, queries: list[str]
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """(t_KQD, g_QK) of the index's queries (FAISS's training and recall checks use them) and the checkpoint's
+    expert names."""
+    from geomoe.retrieval.embed import embed_texts
+
+    model_spec = trained.model_as(PEMoEModelSpec)
+    t_KQD, g_QK = embed_texts(model, tokenizer, queries, model_spec.text.max_length)
+    return t_KQD, g_QK, [e.name for e in model_spec.experts]

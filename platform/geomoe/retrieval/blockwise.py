@@ -92,17 +92,29 @@ def protocol_ranks(
 
 
 def top_candidates(
-    queries_QD: np.ndarray, gallery_ND: np.ndarray, depth: int, device: str | torch.device = "cpu"
+    queries_QD: np.ndarray,
+    gallery_ND: np.ndarray,
+    depth: int,
+    device: str | torch.device = "cpu",
+    budget: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(scores, gallery indices) of each query's ``depth`` best images, best first, ties by the lower index,
-    exactly (``exact_search``, whose order at its k-th place may go either way for a tie: a query tied across the
-    cut is rescored alone and sorted stably)."""
+    exactly, asked ``block_rows(len(gallery_ND), budget)`` queries at a time (``exact_search``, whose order at its
+    k-th place may go either way for a tie: a query tied across the cut is rescored alone and sorted stably)."""
     gallery = torch.as_tensor(np.ascontiguousarray(gallery_ND, np.float32)).to(device)
     depth = min(depth, len(gallery_ND))
+    step = block_rows(len(gallery_ND), budget)
+    parts = [_top(gallery, queries_QD[start : start + step], depth) for start in range(0, len(queries_QD), step)]
+    if not parts:
+        return np.zeros((0, depth), np.float32), np.zeros((0, depth), np.int64)
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
+def _top(gallery: torch.Tensor, queries_QD: np.ndarray, depth: int) -> tuple[np.ndarray, np.ndarray]:
     scores, index = exact_search(gallery, queries_QD, depth + 1)
     if scores.shape[1] > depth:
         for q in np.flatnonzero(scores[:, depth - 1] == scores[:, depth]):
-            row = (gallery @ torch.as_tensor(np.asarray(queries_QD[q], np.float32)).to(device)).cpu().numpy()
+            row = (gallery @ torch.as_tensor(np.asarray(queries_QD[q], np.float32)).to(gallery.device)).cpu().numpy()
             order = np.argsort(-row, kind="stable")[: depth + 1]
             scores[q], index[q] = row[order], order
     return scores[:, :depth], index[:, :depth]

@@ -62,7 +62,10 @@ class Reranker:
         from geomoe.retrieval.rerank import LexicalScorer
 
         self.spec = RerankSpec.model_validate(rerank)
-        self.model, self.tokenizer, trained, _ = load_pe_moe(checkpoint)
+        from geomoe.serving.retrieval import replica_device
+
+        model, self.tokenizer, trained, _ = load_pe_moe(checkpoint)
+        self.model = model.to(replica_device())  # the captions' dense text embeddings
         self.max_length = trained.model_as(PEMoEModelSpec).text.max_length
         gallery = read_index(index)
         ids = [str(i) for i in gallery.ids]

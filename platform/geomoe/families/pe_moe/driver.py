@@ -19,8 +19,8 @@ from geomoe.data.images import DecodeImages
 from geomoe.data.prepared import PreparedDataset
 from geomoe.errors import DatasetError
 from geomoe.evaluate import evaluate_pe_moe, gallery_from_rows
-from geomoe.models.factory import ensure_tiny_models, load_pe_moe
-from geomoe.pipelines.embed import Loaded, embed_images, on_model_device
+from geomoe.models.factory import ensure_tiny_models
+from geomoe.pipelines.embed import embedded_images, on_model_device
 from geomoe.ray_env import in_order
 from geomoe.results import Checkpoint
 from geomoe.retrieval.embed import embed_texts
@@ -128,22 +128,9 @@ def mine_negatives(spec: JobSpec, checkpoint: str, table: pa.Table) -> pa.Table:
     (``hard_negative_paths`` on the model's embeddings of the training rows and images)."""
     rows = table.to_pylist()
     paths = sorted({r["image_path"] for r in rows})
-    loaded, vectors = _embedded_images(spec, checkpoint, paths)
+    loaded, vectors = embedded_images(spec, checkpoint, paths)
     negatives = on_model_device(spec, checkpoint, loaded, _mined, spec, rows, paths, vectors)
     return table.append_column("negative_paths", pa.array(negatives, pa.list_(pa.string())))
-
-
-def _embedded_images(spec: JobSpec, checkpoint: str, paths: list[str]) -> tuple[Loaded | None, np.ndarray]:
-    """The checkpoint loaded here (None when GPUs do the work: the driver may have none) and v (K, N, D) of
-    ``paths`` by the embedding actors (on GPUs with ``resources.use_gpu``)."""
-    res = spec.resources
-    loaded = None if res.use_gpu else load_pe_moe(checkpoint)
-    here = None if loaded is None else (loaded[0], loaded[2])
-    vectors = embed_images(
-        checkpoint, paths, res.data_concurrency, in_driver_max=res.embed_in_driver_max, loaded=here,
-        num_gpus=res.embed_gpus,
-    )  # fmt: skip
-    return loaded, vectors
 
 
 def _mined(
@@ -208,7 +195,7 @@ def evaluate_checkpoint(spec: JobSpec, checkpoint: str, prepared: PreparedDatase
     scored where the model is (a GPU task with ``resources.use_gpu``)."""
     rows = split_rows(prepared, "test", spec).filter(pc.equal(pc.field("augment"), "")).to_pylist()
     images, _ = gallery_from_rows(rows)
-    loaded, vectors = _embedded_images(spec, checkpoint, [im["image_path"] for im in images])
+    loaded, vectors = embedded_images(spec, checkpoint, [im["image_path"] for im in images])
     return on_model_device(spec, checkpoint, loaded, _evaluated, spec, rows, vectors)
 
 
