@@ -44,9 +44,12 @@ def test_blockwise_ranks_equal_the_full_matrix_ranks_with_ties(budget: int) -> N
     codes_q, codes_g = label_codes(query_buildings, gallery_buildings)
     expected = first_relevant_rank(full, query_buildings, gallery_buildings)
     assert (expected == -1).any()
-    np.testing.assert_array_equal(first_relevant_ranks(queries, gallery, codes_q, codes_g, budget=budget), expected)
+    exact_q, exact_g = np.arange(23) * 3 % 60, np.arange(50)  # the exact protocol: one relevant column, or none
+    got, got_exact = first_relevant_ranks(queries, gallery, [(codes_q, codes_g), (exact_q, exact_g)], budget=budget)
+    np.testing.assert_array_equal(got, expected)
+    np.testing.assert_array_equal(got_exact, first_relevant_rank(full, exact_q, exact_g))
     expected_i2t = first_relevant_rank(full.T, gallery_buildings, query_buildings)
-    got_i2t = first_relevant_ranks(gallery, queries, codes_g, codes_q, budget=budget)
+    (got_i2t,) = first_relevant_ranks(gallery, queries, [(codes_g, codes_q)], budget=budget)
     np.testing.assert_array_equal(got_i2t, expected_i2t)
     assert block_rows(50, budget) == max(1, budget // 200)
 

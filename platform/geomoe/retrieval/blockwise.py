@@ -11,7 +11,7 @@ Ranks follow ``geomoe.metrics.first_relevant_rank``: descending score, ties by t
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from itertools import pairwise
 
 import numpy as np
@@ -20,7 +20,7 @@ import torch
 from geomoe.metrics import NO_RELEVANT
 from geomoe.retrieval.search import exact_search
 
-BUDGET = 256 << 20  # bytes of float32 scores per block (with its masks, about twice that in flight)
+BUDGET = 256 << 20  # bytes of float32 scores per block (per-label maxima and comparisons: 2-3x that in flight)
 
 
 def label_codes(*labels: np.ndarray) -> list[np.ndarray]:
@@ -37,38 +37,59 @@ def block_rows(columns: int, budget: int | None = None) -> int:
     return max(1, (budget or BUDGET) // (4 * max(1, columns)))
 
 
-def _block_ranks(scores_BC: torch.Tensor, labels_B: torch.Tensor, labels_C: torch.Tensor) -> torch.Tensor:
-    """``first_relevant_rank`` of one block of rows (all columns present)."""
+def _block_ranks(
+    scores_BC: torch.Tensor, labels_B: torch.Tensor, labels_C: torch.Tensor, vocabulary: int
+) -> torch.Tensor:
+    """``first_relevant_rank`` of one block of rows (all columns present). The best relevant score of each row comes
+    from per-label maxima (one scatter pass, no row x column relevance mask); the rank counts the columns above it.
+    Only rows where another column ties that score (rare with real embeddings) need the tie rule's full pass."""
     if torch.isnan(scores_BC).any():
         raise ValueError("scores contain NaN")
+    rows, columns = scores_BC.shape
+    per_label = torch.full((rows, vocabulary), -torch.inf, device=scores_BC.device)
+    per_label.scatter_reduce_(1, labels_C.expand(rows, columns), scores_BC, "amax")
+    best = per_label.gather(1, labels_B[:, None])
+    rank = (scores_BC > best).sum(dim=1)
+    tied = torch.nonzero((scores_BC == best).sum(dim=1) > 1).flatten()
+    if len(tied):
+        rank[tied] = _tie_ranks(scores_BC[tied], labels_B[tied], labels_C, best[tied])
+    return torch.where(best[:, 0] > -torch.inf, rank, NO_RELEVANT)
+
+
+def _tie_ranks(
+    scores_BC: torch.Tensor, labels_B: torch.Tensor, labels_C: torch.Tensor, best_B1: torch.Tensor
+) -> torch.Tensor:
+    """Ranks of rows whose best relevant score is tied: the columns above it, and the tied ones before the first
+    (lowest-column) relevant column at that score."""
     relevant = labels_B[:, None] == labels_C[None, :]
-    best = torch.where(relevant, scores_BC, -torch.inf).amax(dim=1, keepdim=True)
-    at_best = scores_BC == best
-    first = (relevant & at_best).to(torch.uint8).argmax(dim=1, keepdim=True)  # lowest column of the best relevant
+    at_best = scores_BC == best_B1
+    first = (relevant & at_best).to(torch.uint8).argmax(dim=1, keepdim=True)
     columns = torch.arange(scores_BC.shape[1], device=scores_BC.device)[None, :]
-    rank = (scores_BC > best).sum(dim=1) + (at_best & (columns < first)).sum(dim=1)
-    return torch.where(relevant.any(dim=1), rank, NO_RELEVANT)
+    return (scores_BC > best_B1).sum(dim=1) + (at_best & (columns < first)).sum(dim=1)
 
 
 def first_relevant_ranks(
     rows_RD: np.ndarray,
     columns_CD: np.ndarray,
-    labels_R: np.ndarray,
-    labels_C: np.ndarray,
+    labels: Sequence[tuple[np.ndarray, np.ndarray]],
     device: str | torch.device = "cpu",
     budget: int | None = None,
-) -> np.ndarray:
-    """``first_relevant_rank(rows @ columns.T, labels_R, labels_C)`` scored block by block of rows on ``device``:
-    at most ``block_rows(len(columns), budget)`` rows' scores exist at a time. Labels are integer codes."""
+) -> list[np.ndarray]:
+    """For each (row labels, column labels) pair in ``labels`` (integer codes),
+    ``first_relevant_rank(rows @ columns.T, labels_R, labels_C)``, scored block by block of rows on ``device`` (a
+    block's scores serve every pair): at most ``block_rows(len(columns), budget)`` rows' scores exist at a time."""
     columns = torch.as_tensor(np.ascontiguousarray(columns_CD, np.float32)).to(device)
-    label_rows = torch.as_tensor(np.asarray(labels_R, np.int64)).to(device)
-    label_columns = torch.as_tensor(np.asarray(labels_C, np.int64)).to(device)
-    ranks = np.empty(len(rows_RD), np.int64)
+    pairs = [(torch.as_tensor(np.asarray(r, np.int64)).to(device), torch.as_tensor(np.asarray(c, np.int64)).to(device))
+             for r, c in labels]  # fmt: skip
+    sizes = [int(max(r.max(initial=-1), c.max(initial=-1))) + 1 for r, c in labels]
+    ranks = [np.empty(len(rows_RD), np.int64) for _ in labels]
     step = block_rows(len(columns), budget)
     for start in range(0, len(rows_RD), step):
         block = torch.as_tensor(np.ascontiguousarray(rows_RD[start : start + step], np.float32)).to(device)
-        ranks[start : start + len(block)] = _block_ranks(block @ columns.T, label_rows[start : start + step],
-                                                         label_columns).cpu().numpy()  # fmt: skip
+        scores = block @ columns.T
+        for out, (label_rows, label_columns), size in zip(ranks, pairs, sizes, strict=True):
+            found = _block_ranks(scores, label_rows[start : start + step], label_columns, size)
+            out[start : start + len(block)] = found.cpu().numpy()
     return ranks
 
 
@@ -80,15 +101,12 @@ def protocol_ranks(
     budget: int | None = None,
 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Per protocol, (text -> image ranks (Q,), image -> text ranks (N,)) of ``queries_QD @ gallery_ND.T``;
-    ``query_labels``: per protocol (caption labels, image labels) as in ``geomoe.metrics.protocol_labels``."""
-    ranks = {}
-    for protocol, (caption_labels, image_labels) in query_labels.items():
-        captions, images = label_codes(caption_labels, image_labels)
-        ranks[protocol] = (
-            first_relevant_ranks(queries_QD, gallery_ND, captions, images, device, budget),
-            first_relevant_ranks(gallery_ND, queries_QD, images, captions, device, budget),
-        )
-    return ranks
+    ``query_labels``: per protocol (caption labels, image labels) as in ``geomoe.metrics.protocol_labels``. One
+    scoring pass per direction serves every protocol."""
+    codes = {protocol: label_codes(captions, images) for protocol, (captions, images) in query_labels.items()}
+    t2i = first_relevant_ranks(queries_QD, gallery_ND, [(c, i) for c, i in codes.values()], device, budget)
+    i2t = first_relevant_ranks(gallery_ND, queries_QD, [(i, c) for c, i in codes.values()], device, budget)
+    return {protocol: (t2i[k], i2t[k]) for k, protocol in enumerate(codes)}
 
 
 def top_candidates(
