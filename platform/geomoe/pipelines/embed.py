@@ -50,10 +50,9 @@ def embed_images(
     num_gpus: float = 0,
 ) -> np.ndarray:
     """v (K, N, D) for ``paths`` in order, computed by ``concurrency`` actors, each holding ``num_gpus`` GPUs; at
-    most ``in_driver_max`` paths are embedded in this
-    process instead (the same ``ImageEmbedder``, without starting an actor pool, which costs more than embedding
-    a small gallery: about 15 s on 2 cores against 1-3 s for a few thousand tiny images). ``loaded``: the caller's
-    model of ``checkpoint`` and its spec, used in this process."""
+    most ``in_driver_max`` paths are embedded in this process instead (the same ``ImageEmbedder``, without starting
+    an actor pool, which costs more than embedding a small gallery: about 15 s on 2 cores against 1-3 s for a few
+    thousand tiny images). ``loaded``: the caller's model of ``checkpoint`` and its spec, used in this process."""
     if len(paths) <= in_driver_max:
         embedder = ImageEmbedder(checkpoint, loaded)
         chunks = [np.asarray(paths[i : i + batch_size], dtype=object) for i in range(0, len(paths), batch_size)]

@@ -16,10 +16,10 @@ SearchCall = tuple[np.ndarray, int, list[str] | None]  # (query vector, k, platf
 
 def replica_device() -> str:
     """``cuda`` in a replica Ray gave a GPU (``num_gpus`` in its ray_actor_options), else ``cpu``: a replica without
-    one may still see the node's GPUs, which belong to other actors."""
+    one may still see the node's GPUs, which belong to other actors (outside Ray: ``cpu``)."""
     import ray
 
-    return "cuda" if ray.get_gpu_ids() else "cpu"
+    return "cuda" if ray.is_initialized() and ray.get_gpu_ids() else "cpu"
 
 
 def configure_batching(method: Any, batching: dict[str, Any] | None) -> None:
