@@ -60,6 +60,7 @@ def evaluate_pe_moe(
     t, g = embed_texts(model, tokenizer, [r["caption"] for r in rows], spec.model_as(PEMoEModelSpec).text.max_length)
     device = next(model.parameters()).device
     queries_QD, gallery_ND = query_rows(t, g), index_rows(image_vectors, "float32")
+    del t  # the gated rows hold it: at GeoText's size with 1024-d experts each copy is 2 GB
     building = np.array([im["building_id"] for im in images])
     platform = np.array([im["platform"] for im in images])
     ks, protocols = spec.eval.ks, spec.eval.protocols

@@ -8,9 +8,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from geomoe.ownership import Claim, claim_dir
-from geomoe.storage import write_json_atomic
-
 log = logging.getLogger(__name__)
 
 
@@ -120,6 +117,10 @@ BENCHMARKS: dict[str, Callable[[str, list[str]], dict[str, Any]]] = {
 
 
 def run_benchmark(name: str, out: str, overrides: list[str]) -> dict[str, Any]:
+    # imported here: the CLI imports this module for BENCHMARKS' names on every start, and storage pulls pyarrow
+    from geomoe.ownership import Claim, claim_dir
+    from geomoe.storage import write_json_atomic
+
     if name not in BENCHMARKS:
         raise ValueError(f"unknown benchmark {name!r}")
     # a benchmark clears scratch folders under --out: only in a folder that is empty or geomoe's own
