@@ -14,6 +14,7 @@ import yaml
 from geomoe import ownership, storage
 from geomoe.config import JobSpec, parse_spec
 from geomoe.config.pe_moe import PEMoEModelSpec
+from geomoe.data.image_table import read_shard, shard_locations
 from geomoe.data.prepared import PreparedDataset
 from geomoe.errors import SpecError
 from tiny_jobs import tiny_pe_moe, tiny_smgeo
@@ -56,6 +57,12 @@ def _rows(prepared: PreparedDataset, root: str) -> list[tuple[Any, ...]]:
         (r["split"], r["image_id"], r["caption_index"], r["augment"], r["caption"], relative(r["image_path"]))
         for r in table
     )
+
+
+def _augmented_images(prepared: PreparedDataset) -> dict[str, bytes]:
+    """The satellite copies' bytes in the prepared image table (they exist nowhere else)."""
+    shards = [read_shard(s) for s in shard_locations(prepared.manifest["images"]["table"])]
+    return {k: shard.image(i) for shard in shards for i, k in enumerate(shard.keys) if k.startswith("augmented/")}
 
 
 def _train_workers() -> dict[str, str]:
@@ -107,9 +114,8 @@ def test_pe_moe_job_runs_from_s3_with_workers_on_two_nodes(
     local_raw["storage"] = {"shared": True}  # true here: the "nodes" are processes on one machine
     local_spec = parse_spec(JobSpec, local_raw, "test")
     local = PreparedDataset.of(prepare(local_spec))
-    augmented = lambda d: d.location + "/augmented/"  # noqa: E731
     assert _rows(on_s3, data + "/images/") == _rows(local, str(root / "geotext" / "images") + "/")
-    assert {r[-1] for r in _rows(on_s3, augmented(on_s3))} == {r[-1] for r in _rows(local, augmented(local))}
+    assert _augmented_images(on_s3) == _augmented_images(local)  # the satellite copies, byte for byte
     # The trained model scores the same on the local copy of the data as it did on the bucket's.
     on_disk = evaluate_checkpoint(local_spec, final["checkpoint"], local)["retrieval"]
     assert json.dumps(on_disk, sort_keys=True) == json.dumps(final["stage2"]["retrieval"], sort_keys=True)
@@ -151,6 +157,7 @@ def test_lost_node_resumes_training_from_the_last_checkpoint_in_s3(
     import ray
     from geomoe.families.pe_moe.driver import fit_stage, split_rows
     from geomoe.models.factory import ensure_tiny_models
+    from geomoe.pipelines.images import PreparedImages
     from geomoe.pipelines.prepare import prepare
 
     root, _ = tiny_synth
@@ -158,14 +165,15 @@ def test_lost_node_resumes_training_from_the_last_checkpoint_in_s3(
     raw = job_raw(data, f"{s3_bucket}/runs", tmp_path / "models")
     raw["train"] |= {"stage1_epochs": 2, "max_failures": 2, "materialize_inputs": False, "keep_checkpoints": 2}
     spec = parse_spec(JobSpec, raw, "test").with_absolute_paths()
-    table = split_rows(PreparedDataset.of(prepare(spec)), "train", spec)
+    prepared = PreparedDataset.of(prepare(spec))
+    table, images = split_rows(prepared, "train", spec), PreparedImages(prepared)
     ensure_tiny_models(spec.model_as(PEMoEModelSpec), table["caption"].to_pylist())
     run_dir = f"{s3_bucket}/runs/s3run"
     outcome: dict[str, Any] = {}
 
     def fit() -> None:
         try:
-            outcome["record"] = fit_stage(spec, run_dir, 1, table, None, test_hooks={"step_pause_s": 1.0})
+            outcome["record"] = fit_stage(spec, run_dir, 1, table, None, images, test_hooks={"step_pause_s": 1.0})
         except BaseException as err:  # reported by the assertion below
             outcome["error"] = err
 

@@ -9,6 +9,8 @@ import pyarrow.dataset as pads
 import pytest
 
 from geomoe.config import JobSpec, parse_spec
+from geomoe.data.image_table import read_shard, shard_locations
+from geomoe.data.images import decoded
 from geomoe.errors import BadRecordError
 from geomoe.pipelines.prepare import prepare
 
@@ -40,7 +42,13 @@ def test_prepare_geotext(tiny_synth: tuple[Path, dict], tmp_path: Path) -> None:
     assert all(r["platform"] == "satellite" and r["split"] == "train" for r in augmented)
     directional = ("north", "south", "east", "west", "left", "right")
     assert all(not any(w in r["caption"].split() for w in directional) for r in augmented)
-    assert all(Path(r["image_path"]).is_file() for r in augmented)
+    # every image a row names is in the image table: originals byte for byte, satellite copies only there
+    shards = [read_shard(s) for s in shard_locations(manifest["images"]["table"])]
+    stored = {k: shard.image(i) for shard in shards for i, k in enumerate(shard.keys)}
+    assert set(stored) == {r["image_path"] for r in rows} and manifest["images"]["shards"] == len(shards)
+    assert all(stored[r["image_path"]] == Path(r["image_path"]).read_bytes() for r in originals)
+    assert all(r["image_path"].startswith("augmented/") and not Path(r["image_path"]).exists() for r in augmented)
+    assert all(decoded(stored[r["image_path"]]).size == (32, 32) for r in augmented)  # synth's image_size
     assert all(r["caption"] == r["caption"].lower() and r["statements"] for r in originals)
     for split, per_platform in manifest["rows"].items():
         for platform, n in per_platform.items():
@@ -103,6 +111,13 @@ def test_prepare_cvogl(tiny_synth: tuple[Path, dict], tmp_path: Path) -> None:
     assert {s: sum(v.values()) for s, v in manifest["rows"].items()} == counts["cvogl"]
     assert len(rows) == sum(counts["cvogl"].values())
     assert all(len(r["box"]) == 4 and r["box"][0] < r["box"][2] for r in rows)
+    # both images of every sample in the image table, and the reference's size as the file has it
+    shards = [read_shard(s) for s in shard_locations(manifest["images"]["table"])]
+    stored = {k: shard.image(i) for shard in shards for i, k in enumerate(shard.keys)}
+    assert set(stored) == {r["query_path"] for r in rows} | {r["reference_path"] for r in rows}
+    for r in rows:
+        assert stored[r["reference_path"]] == Path(r["reference_path"]).read_bytes()
+        assert (r["reference_width"], r["reference_height"]) == decoded(stored[r["reference_path"]]).size
 
 
 def test_a_worker_killed_midway_through_prepare_changes_nothing(tiny_synth: tuple[Path, dict], tmp_path: Path) -> None:

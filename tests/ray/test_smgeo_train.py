@@ -4,6 +4,7 @@ acc@0.5, the test evaluation against both baselines, and a rerun that reuses the
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -15,10 +16,15 @@ from tiny_jobs import smgeo_job
 
 
 def test_smgeo_job_trains_keeps_the_best_epoch_and_evaluates(tiny_synth: tuple[Path, dict], tmp_path: Path) -> None:
+    """Prepared, then trained and evaluated with the source images gone: from the prepared image table alone."""
     root, counts = tiny_synth
-    spec = smgeo_job(root, tmp_path)
+    shutil.copytree(root / "cvogl", tmp_path / "synth" / "cvogl")
+    spec = smgeo_job(tmp_path / "synth", tmp_path)
+    prepared = run_job(spec.model_copy(update={"stages": ["prepare"]}))["prepare"]
+    assert prepared["kind"] == "localization" and prepared["rejected"]["count"] == 0
+    shutil.rmtree(tmp_path / "synth")
+    spec = spec.model_copy(update={"stages": ["train"]})
     results = run_job(spec)
-    assert results["prepare"]["kind"] == "localization" and results["prepare"]["rejected"]["count"] == 0
     model = results["train"]["model"]
     record = json.loads((tmp_path / "runs" / "smgeo_t" / "stage1.json").read_text())
     kept = record["kept"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ from geomoe.families.pe_moe.driver import evaluate_checkpoint, fit_stage, mine_n
 from geomoe.metrics import recall_at_k
 from geomoe.models.checkpoint import read_checkpoint
 from geomoe.models.factory import ensure_tiny_models
+from geomoe.pipelines.images import PreparedImages
 from geomoe.pipelines.prepare import prepare
 from geomoe.report import retrieval_table
 from geomoe.results import Checkpoint
@@ -25,12 +27,21 @@ from tiny_jobs import pe_moe_job as make_spec
 
 @pytest.fixture(scope="module")
 def prepared(tiny_synth: tuple[Path, dict], tmp_path_factory: pytest.TempPathFactory) -> tuple[JobSpec, dict]:
+    """A prepared copy of the session's synthgeo whose source images are then removed: every test of this module
+    trains, mines, evaluates and indexes from the prepared image table alone."""
     root, _ = tiny_synth
-    spec = make_spec(root, tmp_path_factory.mktemp("train"))
+    work = tmp_path_factory.mktemp("train")
+    shutil.copytree(root / "geotext", work / "synth" / "geotext")
+    spec = make_spec(work / "synth", work)
     manifest = prepare(spec)
+    shutil.rmtree(work / "synth")
     table = split_rows(PreparedDataset.of(manifest), "train", spec)
     ensure_tiny_models(spec.model, table["caption"].to_pylist())
     return spec, manifest
+
+
+def images_of(manifest: dict) -> PreparedImages:
+    return PreparedImages(PreparedDataset.of(manifest))
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +49,8 @@ def stage1(prepared: tuple[JobSpec, dict], tmp_path_factory: pytest.TempPathFact
     """One finished stage 1 (its run folder and record), shared by the tests that start from a stage-1 model."""
     spec, manifest = prepared
     run_dir = tmp_path_factory.mktemp("stage1") / "run"
-    return run_dir, fit_stage(spec, run_dir, 1, split_rows(PreparedDataset.of(manifest), "train", spec), None)
+    table = split_rows(PreparedDataset.of(manifest), "train", spec)
+    return run_dir, fit_stage(spec, run_dir, 1, table, None, images_of(manifest))
 
 
 def test_killed_worker_resumes_from_last_checkpoint(prepared: tuple[JobSpec, dict], tmp_path: Path) -> None:
@@ -47,7 +59,7 @@ def test_killed_worker_resumes_from_last_checkpoint(prepared: tuple[JobSpec, dic
     marker = tmp_path / "killed"
     spec = spec.model_copy(update={"train": spec.train.model_copy(update={"stage1_epochs": 3})})
     hooks = {"fail_once_at": {"at": [2, 2], "marker": str(marker)}}  # kill a worker mid-way through epoch 2
-    record = fit_stage(spec, tmp_path / "run", 1, table, None, test_hooks=hooks)
+    record = fit_stage(spec, tmp_path / "run", 1, table, None, images_of(manifest), test_hooks=hooks)
     assert marker.exists(), "the fault was never injected"
     assert record.metrics["epoch"] == 2
     assert record.metrics["start_epoch"] >= 1  # the restarted group resumed from a checkpoint, not from scratch
@@ -60,15 +72,16 @@ def test_rerun_of_finished_stage_resumes_instead_of_restarting(
 ) -> None:
     spec, manifest = prepared
     table = split_rows(PreparedDataset.of(manifest), "train", spec)
-    first = fit_stage(spec, tmp_path / "run", 1, table, None)
+    images = images_of(manifest)
+    first = fit_stage(spec, tmp_path / "run", 1, table, None, images)
     # the same spec trained again in another folder (the shared stage-1 fixture), on 2 workers: the same weights
     same = read_checkpoint(stage1[1].location)["model"]
     assert all(torch.equal(tensor, same[name]) for name, tensor in read_checkpoint(first.location)["model"].items())
     assert first.metrics["loss"] == stage1[1].metrics["loss"]
-    again = fit_stage(spec, tmp_path / "run", 1, table, None)  # the recorded result: nothing is retrained
+    again = fit_stage(spec, tmp_path / "run", 1, table, None, images)  # the recorded result: nothing is retrained
     assert again == first and again.to_json() == json.loads(json.dumps(first.to_json()))
     (tmp_path / "run" / "stage1.json").unlink()  # without the record, Ray Train itself restores the run
-    restored = fit_stage(spec, tmp_path / "run", 1, table, None)
+    restored = fit_stage(spec, tmp_path / "run", 1, table, None, images)
     assert restored.metrics["start_epoch"] == spec.train.stage1_epochs or restored.location == first.location
 
 
@@ -78,11 +91,12 @@ def test_mining_then_stage2_then_evaluation(
     spec, manifest = prepared
     table = split_rows(PreparedDataset.of(manifest), "train", spec)
     run_dir, first = stage1
-    mined = mine_negatives(spec, first.location, table)
+    images = images_of(manifest)
+    mined = mine_negatives(spec, first.location, table, images)
     for row in mined.to_pylist():
         negative_buildings = {Path(p).parent.name for p in row["negative_paths"]}
         assert row["building_id"] not in negative_buildings and len(row["negative_paths"]) == spec.train.hard_negatives
-    stage2 = fit_stage(spec, run_dir, 2, mined, first.location)
+    stage2 = fit_stage(spec, run_dir, 2, mined, first.location, images)
     assert read_checkpoint(stage2.location)["stage"] == 2
     report = evaluate_checkpoint(spec, stage2.location, PreparedDataset.of(manifest))
     n_test = split_rows(PreparedDataset.of(manifest), "test", spec).filter(pc.equal(pc.field("augment"), "")).num_rows
@@ -176,8 +190,9 @@ def test_index_search_returns_the_offline_fused_ranking(prepared: tuple[JobSpec,
     assert 0.0 < report["faiss"]["hnsw"]["recall@10_vs_exact"] <= 1.0
     paths = dict(zip(*pc_ids_paths(manifest), strict=True))
     gallery = [paths[i] for i in index.ids]
-    v = embed_images(str(tmp_path / "ckpt"), gallery, batch_size=5)  # on a Ray Data actor pool
-    in_driver = embed_images(str(tmp_path / "ckpt"), gallery, batch_size=7, in_driver_max=len(gallery))
+    fetch = images_of(manifest).fetch  # the source images are gone: their bytes come from the prepared table
+    v = embed_images(str(tmp_path / "ckpt"), gallery, batch_size=5, fetch=fetch)  # on a Ray Data actor pool
+    in_driver = embed_images(str(tmp_path / "ckpt"), gallery, batch_size=7, in_driver_max=len(gallery), fetch=fetch)
     np.testing.assert_allclose(in_driver, v, rtol=0, atol=1e-6)  # the same vectors in the same order, without a pool
     queries = _queries(manifest, "test")
     t, g = embed_texts(model.eval(), tokenizer, queries, spec.model_as(PEMoEModelSpec).text.max_length)

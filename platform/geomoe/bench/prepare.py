@@ -55,8 +55,7 @@ def plain_prepare(spec: JobSpec) -> tuple[int, float]:
     seconds of the per-row work: what parallel tasks can share; reading and writing are the serial rest)."""
     source = read_source(spec.data, RejectLog(spec.preprocess.on_bad_record))
     out = Path(spec.preprocess.output_dir)
-    (out / "augmented").mkdir(parents=True, exist_ok=True)
-    preparer = RowPreparer(spec.preprocess, str((out / "augmented").resolve()), spec.seed)
+    preparer = RowPreparer(spec.preprocess, str((out / "images").resolve()), spec.seed)
     started = time.perf_counter()
     rows = preparer([r.to_row() for r in source.retrieval])
     per_row_s = time.perf_counter() - started

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
-from geomoe.data.images import decoded, open_image
+from geomoe.data.images import Fetch, decoded, decoded_or_error, open_image
 from geomoe.metrics import clamped_iou, localization_metrics, localization_values
 from geomoe.stats import intervals
 
@@ -28,10 +28,13 @@ STD = np.array([0.229, 0.224, 0.225], np.float32)
 SIZE_BUCKETS_AT_1024 = (300.0, 512.0)
 
 
-def _load(path: str | io.BytesIO, size: int) -> tuple[np.ndarray, tuple[int, int]]:
-    # a path or URI: read through the storage layer, ImageError naming the file; a request's bytes: checked by the
-    # ingress already (413/422 otherwise)
-    image = open_image(path) if isinstance(path, str) else decoded(path.getvalue())
+def _load(path: str | io.BytesIO, size: int, data: bytes | None = None) -> tuple[np.ndarray, tuple[int, int]]:
+    # a path or URI: read through the storage layer (or ``data``, its bytes from a prepared image table),
+    # ImageError naming the file; a request's bytes: checked by the ingress already (413/422 otherwise)
+    if isinstance(path, str):
+        image = open_image(path) if data is None else decoded_or_error(data, path)
+    else:
+        image = decoded(path.getvalue())
     original = image.size
     rgb = np.asarray(image.convert("RGB").resize((size, size), Image.Resampling.BILINEAR), np.float32)
     return ((rgb / np.float32(255.0) - MEAN) / STD).transpose(2, 0, 1).copy(), original
@@ -53,11 +56,16 @@ def decode_request(
     }
 
 
-def decode_pair(row: dict[str, Any], query_size: int, reference_size: int) -> dict[str, np.ndarray]:
+def decode_pair(
+    row: dict[str, Any], query_size: int, reference_size: int, fetch: Fetch | None = None
+) -> dict[str, np.ndarray]:
     """Model inputs of one prepared row: query (3, q, q), reference (3, r, r), click (2,) and box (4,) in input
-    pixels, and the reference file's (width, height) for mapping predictions back."""
-    query, (qw, qh) = _load(str(row["query_path"]), query_size)
-    reference, (rw, rh) = _load(str(row["reference_path"]), reference_size)
+    pixels, and the reference file's (width, height) for mapping predictions back. The images' bytes come from
+    ``fetch`` (a prepared image table) or their paths."""
+    paths = [str(row["query_path"]), str(row["reference_path"])]
+    query_bytes, reference_bytes = fetch(paths) if fetch is not None else (None, None)
+    query, (qw, qh) = _load(paths[0], query_size, query_bytes)
+    reference, (rw, rh) = _load(paths[1], reference_size, reference_bytes)
     click = np.array([row["click_x"] * query_size / qw, row["click_y"] * query_size / qh], np.float32)
     scale = np.array([reference_size / rw, reference_size / rh] * 2, np.float32)
     return {

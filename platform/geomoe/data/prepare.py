@@ -1,15 +1,18 @@
 """Per-row preprocessing of canonical records (core, no Ray): the work ``pipelines.prepare`` distributes.
 
-For each retrieval row: decode-check the image, normalise the caption (train and test word limits),
-split it into short statements; with ``refine: rules``, rewrite training captions for their platform first
-(``geomoe.data.refine_rules``); for satellite training rows, sanitise the caption (directional sentences
-removed) and only then write ``satellite_copies`` geometrically/photometrically augmented copies of the image.
-Every output row carries a ``reject`` reason; empty means the row is good.
+For each retrieval row: read the image once and decode-check it, normalise the caption (train and test word
+limits), split it into short statements; with ``refine: rules``, rewrite training captions for their platform
+first (``geomoe.data.refine_rules``); for satellite training rows, sanitise the caption (directional sentences
+removed) and only then make ``satellite_copies`` geometrically/photometrically augmented copies of the image.
+Every output row carries a ``reject`` reason; empty means the row is good. The bytes of every image a good row
+names (satellite copies included: they exist nowhere else) go into one shard of the image table per batch
+(``geomoe.data.image_table``).
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 from dataclasses import dataclass
 from functools import cached_property, partial
 from typing import Any
@@ -19,7 +22,8 @@ import pyarrow as pa
 
 from geomoe import storage
 from geomoe.config import PreprocessSpec
-from geomoe.data.images import image_problem, open_image
+from geomoe.data import image_table
+from geomoe.data.images import DECODE_ERRORS, bytes_problem, decoded_or_error, header_size
 from geomoe.data.refine_rules import FramingRules, load_rules
 from geomoe.data.transforms import DEFAULT_DIRECTIONAL_PHRASES, SatelliteAugment, directional_matcher, prepare_caption
 
@@ -40,15 +44,37 @@ PREPARED_SCHEMA = pa.schema(
         pa.field("reject", pa.string()),
     ]
 )
+# the key prefix of satellite copies: their image_path is "augmented/<name>.jpg", only in the image table
+AUGMENTED = "augmented"
 _KEPT = ("image_path", "image_id", "building_id", "platform", "split", "caption_index", "source", "record")
+
+
+Read = tuple[bytes | None, str | None]  # an image's bytes (None if unreadable), and why it is not usable
+
+
+def read_image(path: str, validate: bool) -> Read:
+    """The image's bytes, and its problem (missing; with ``validate``, not decodable) or None."""
+    try:
+        data = storage.read_bytes(path)
+    except storage.StorageError:
+        return None, f"missing image: {storage.redact(path)}"
+    return data, bytes_problem(data, storage.redact(path)) if validate else None
+
+
+def write_batch_images(images_dir: str, rows: list[dict[str, Any]], images: dict[str, bytes]) -> None:
+    """The batch's shard of the image table, named by its first record (a retried task rewrites the same file)."""
+    if images:
+        name = image_table.shard_name(str(rows[0]["source"]), int(rows[0]["record"]))
+        image_table.write_shard(storage.join(images_dir, name), images.items())
 
 
 @dataclass(frozen=True)
 class RowPreparer:
-    """Callable over a list of record rows; picklable so Ray Data can ship it to workers."""
+    """Callable over a list of record rows; picklable so Ray Data can ship it to workers. Writes the batch's image
+    shard into ``images_dir``."""
 
     spec: PreprocessSpec
-    augment_dir: str
+    images_dir: str
     seed: int = 0
 
     @cached_property
@@ -63,20 +89,28 @@ class RowPreparer:
 
     def __call__(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         matcher = directional_matcher(self.spec.directional_phrases or DEFAULT_DIRECTIONAL_PHRASES)
-        checked: dict[str, str | None] = {}  # an image carries several captions: decode it once per batch
+        read: dict[str, Read] = {}  # an image carries several captions: read and decode it once per batch
+        images: dict[str, bytes] = {}  # what the shard stores: the images good rows name
         out: list[dict[str, Any]] = []
         for row in rows:
             path = row["image_path"]
-            if self.spec.validate_images and path not in checked:
-                checked[path] = image_problem(path)
-            out.extend(self._one(row, checked.get(path), matcher))
+            if path not in read:
+                read[path] = read_image(path, self.spec.validate_images)
+            data, problem = read[path]
+            prepared = self._one(row, problem, matcher, data, images)
+            if data is not None and not prepared[0]["reject"]:
+                images.setdefault(path, data)
+            out.extend(prepared)
+        write_batch_images(self.images_dir, rows, images)
         return out
 
-    def _one(self, row: dict[str, Any], problem: str | None, matcher: Any) -> list[dict[str, Any]]:
+    def _one(
+        self, row: dict[str, Any], problem: str | None, matcher: Any, data: bytes | None, images: dict[str, bytes]
+    ) -> list[dict[str, Any]]:
         base = {k: row[k] for k in _KEPT}
         base.update(caption_raw=row["caption"], augment="", reject="", caption="", statements=[])
-        if problem:
-            return [{**base, "reject": problem}]
+        if problem or data is None:
+            return [{**base, "reject": problem or "missing image"}]
         words = self.spec.max_words_train if row["split"] == "train" else self.spec.max_words_test
         refine = self._refiner(row)
         prepared = prepare_caption(row["caption"], words, self.spec.statement_words, matcher=matcher, refine=refine)
@@ -84,10 +118,12 @@ class RowPreparer:
             return [{**base, "reject": "empty caption: nothing left after normalisation"}]
         rows = [{**base, "caption": prepared.caption, "statements": prepared.statements}]
         if row["split"] == "train" and row["platform"] == "satellite" and self.spec.satellite_copies:
-            rows.extend(self._augmented(base, words, matcher, refine))
+            rows.extend(self._augmented(base, words, matcher, refine, data, images))
         return rows
 
-    def _augmented(self, base: dict[str, Any], words: int, matcher: Any, refine: Any) -> list[dict[str, Any]]:
+    def _augmented(
+        self, base: dict[str, Any], words: int, matcher: Any, refine: Any, data: bytes, images: dict[str, bytes]
+    ) -> list[dict[str, Any]]:
         # Sanitise first (then refine): rotations and flips would contradict any directional sentence.
         clean = prepare_caption(
             base["caption_raw"], words, self.spec.statement_words, sanitize=True, matcher=matcher, refine=refine
@@ -96,11 +132,11 @@ class RowPreparer:
             return []  # every sentence was directional: no caption can describe a rotated copy
         copies = []
         for copy in range(self.spec.satellite_copies):
-            augment, path = self._augmented_image(base["image_path"], base["image_id"], copy)
+            augment, key = self._augmented_image(base["image_path"], base["image_id"], copy, data, images)
             copies.append(
                 {
                     **base,
-                    "image_path": path,
+                    "image_path": key,
                     "image_id": f"{base['image_id']}#aug{copy}",
                     "caption": clean.caption,
                     "statements": clean.statements,
@@ -109,25 +145,47 @@ class RowPreparer:
             )
         return copies
 
-    def _augmented_image(self, source: str, image_id: str, copy: int) -> tuple[SatelliteAugment, str]:
-        """The same (image, copy) always gives the same augmentation and file, whichever caption asks."""
-        key = int.from_bytes(hashlib.sha256(f"{image_id}#{copy}".encode()).digest()[:8], "little")
-        augment = SatelliteAugment.sample(np.random.default_rng([self.seed, key]), self.spec.augment_jitter)
+    def _augmented_image(
+        self, source: str, image_id: str, copy: int, data: bytes, images: dict[str, bytes]
+    ) -> tuple[SatelliteAugment, str]:
+        """The same (image, copy) always gives the same augmentation and key, whichever caption asks; the copy is
+        encoded once per batch."""
+        seed = int.from_bytes(hashlib.sha256(f"{image_id}#{copy}".encode()).digest()[:8], "little")
+        augment = SatelliteAugment.sample(np.random.default_rng([self.seed, seed]), self.spec.augment_jitter)
         stem = image_id.replace("/", "__").rsplit(".", 1)[0]
-        path = storage.join(self.augment_dir, f"{stem}_aug{copy}_{augment.tag()}.jpg")
-        if not storage.is_file(path):
-            result = augment.apply(open_image(source))
-            with storage.atomic_path(path, ".jpg") as tmp:
-                result.save(tmp, format="JPEG", quality=95)
-        return augment, path
+        key = f"{AUGMENTED}/{stem}_aug{copy}_{augment.tag()}.jpg"
+        if key not in images:
+            encoded = io.BytesIO()
+            augment.apply(decoded_or_error(data, source)).save(encoded, format="JPEG", quality=95)
+            images[key] = encoded.getvalue()
+        return augment, key
 
 
-def check_localization_rows(rows: list[dict[str, Any]], validate_images: bool) -> list[dict[str, Any]]:
-    """Decode-check both images of each localization row; attach a ``reject`` reason."""
-    out = []
-    for row in rows:
-        problem = None
-        if validate_images:
-            problem = image_problem(row["query_path"]) or image_problem(row["reference_path"])
-        out.append({**row, "reject": problem or ""})
-    return out
+@dataclass(frozen=True)
+class LocalizationChecker:
+    """Callable over localization record rows: reads both images (decode-checked with ``validate_images``), adds
+    the reference image's size (the centre-box baseline's input) and a ``reject`` reason, and writes the batch's
+    image shard into ``images_dir``."""
+
+    validate_images: bool
+    images_dir: str
+
+    def __call__(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        images: dict[str, bytes] = {}
+        out = []
+        for row in rows:
+            query, problem = read_image(row["query_path"], self.validate_images)
+            reference, reference_problem = read_image(row["reference_path"], self.validate_images)
+            problem = problem or reference_problem
+            width = height = 0
+            if problem is None and query is not None and reference is not None:
+                try:
+                    width, height = header_size(reference)
+                except DECODE_ERRORS as err:  # only without validate_images: a decoded image has a size
+                    problem = f"unreadable image: {storage.redact(row['reference_path'])}: {err}"
+            if problem is None and query is not None and reference is not None:
+                images.setdefault(row["query_path"], query)
+                images.setdefault(row["reference_path"], reference)
+            out.append({**row, "reference_width": width, "reference_height": height, "reject": problem or ""})
+        write_batch_images(self.images_dir, rows, images)
+        return out

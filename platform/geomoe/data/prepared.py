@@ -55,6 +55,13 @@ class PreparedDataset:
     def table(self) -> str:
         return str(self.manifest["table"])
 
+    @property
+    def images(self) -> str | None:
+        """The image table (``geomoe.data.image_table``) every row's image is in; None for a dataset prepared before
+        there was one (readers then read each image's path)."""
+        images = self.manifest.get("images")
+        return str(images["table"]) if images else None
+
     def dataset(self) -> pads.Dataset:
         fs, path = storage.filesystem_and_path(self.table)
         try:

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import numpy as np
 
 from geomoe.config.pe_moe import PEMoEModelSpec
+from geomoe.data.images import Fetch
 
 if TYPE_CHECKING:
     from geomoe.config import JobSpec
@@ -23,20 +24,27 @@ class ImageEmbedder:
     of image paths. ``loaded``: the checkpoint's model and the spec it was trained with, already loaded by the
     caller (not read again; used on the device it is on)."""
 
-    def __init__(self, checkpoint: str, loaded: tuple[PEMoE, JobSpec] | None = None, use_gpu: bool = False) -> None:
+    def __init__(
+        self,
+        checkpoint: str,
+        loaded: tuple[PEMoE, JobSpec] | None = None,
+        use_gpu: bool = False,
+        fetch: Fetch | None = None,
+    ) -> None:
         from geomoe.models.factory import load_pe_moe
 
         if loaded is None:
             model, _, spec, _ = load_pe_moe(checkpoint)
             loaded = (model.to("cuda") if use_gpu else model), spec
         self.model, self.size = loaded[0], loaded[1].model_as(PEMoEModelSpec).image.image_size
+        self.fetch = fetch
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from geomoe.retrieval.embed import embed_image_batch
 
         return {
             "index": batch["index"],
-            "vector": embed_image_batch(self.model, batch["image_path"].tolist(), self.size),
+            "vector": embed_image_batch(self.model, batch["image_path"].tolist(), self.size, self.fetch),
         }
 
 
@@ -48,13 +56,15 @@ def embed_images(
     in_driver_max: int = 0,
     loaded: tuple[PEMoE, JobSpec] | None = None,
     num_gpus: float = 0,
+    fetch: Fetch | None = None,
 ) -> np.ndarray:
     """v (K, N, D) for ``paths`` in order, computed by ``concurrency`` actors, each holding ``num_gpus`` GPUs; at
     most ``in_driver_max`` paths are embedded in this process instead (the same ``ImageEmbedder``, without starting
     an actor pool, which costs more than embedding a small gallery: about 15 s on 2 cores against 1-3 s for a few
-    thousand tiny images). ``loaded``: the caller's model of ``checkpoint`` and its spec, used in this process."""
+    thousand tiny images). ``loaded``: the caller's model of ``checkpoint`` and its spec, used in this process.
+    ``fetch``: where the images' bytes come from (a prepared image table; default: each path)."""
     if len(paths) <= in_driver_max:
-        embedder = ImageEmbedder(checkpoint, loaded)
+        embedder = ImageEmbedder(checkpoint, loaded, fetch=fetch)
         chunks = [np.asarray(paths[i : i + batch_size], dtype=object) for i in range(0, len(paths), batch_size)]
         parts = [embedder({"index": np.arange(len(c)), "image_path": c})["vector"] for c in chunks]
         return np.concatenate(parts, axis=0).transpose(1, 0, 2)
@@ -65,7 +75,7 @@ def embed_images(
     ds = ds.map_batches(
         ImageEmbedder,
         fn_constructor_args=(checkpoint,),
-        fn_constructor_kwargs={"use_gpu": num_gpus > 0},
+        fn_constructor_kwargs={"use_gpu": num_gpus > 0, "fetch": fetch},
         batch_size=batch_size,
         # on GPUs the pool starts with one actor and grows while GPUs are free (a fixed pool larger than the
         # cluster's GPUs would wait for actors that never start)
@@ -78,7 +88,9 @@ def embed_images(
     return np.stack([r["vector"] for r in rows], axis=1)
 
 
-def embedded_images(spec: JobSpec, checkpoint: str, paths: Sequence[str]) -> tuple[Loaded | None, np.ndarray]:
+def embedded_images(
+    spec: JobSpec, checkpoint: str, paths: Sequence[str], fetch: Fetch | None = None
+) -> tuple[Loaded | None, np.ndarray]:
     """The checkpoint loaded here (None with ``resources.use_gpu``: GPUs do the work and the driver may have none)
     and v (K, N, D) of ``paths`` by the embedding actors (a GPU each with ``use_gpu``) or, for a small set, here."""
     from geomoe.models.factory import load_pe_moe
@@ -87,7 +99,7 @@ def embedded_images(spec: JobSpec, checkpoint: str, paths: Sequence[str]) -> tup
     loaded = None if res.use_gpu else load_pe_moe(checkpoint)
     vectors = embed_images(
         checkpoint, paths, res.data_concurrency, in_driver_max=res.embed_in_driver_max,
-        loaded=None if loaded is None else (loaded[0], loaded[2]), num_gpus=res.embed_gpus,
+        loaded=None if loaded is None else (loaded[0], loaded[2]), num_gpus=res.embed_gpus, fetch=fetch,
     )  # fmt: skip
     return loaded, vectors
 

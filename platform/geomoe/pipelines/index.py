@@ -41,6 +41,7 @@ def build_index(spec: JobSpec, manifest: dict[str, Any], checkpoint: str) -> dic
     """Embed the gallery of ``spec.index.split`` and write the index folder; return its manifest."""
     from geomoe.pipelines.caption import gallery_images
     from geomoe.pipelines.embed import embedded_images, on_model_device
+    from geomoe.pipelines.images import PreparedImages
 
     assert spec.index is not None  # checked by JobSpec validation
     cfg, started = spec.index, time.perf_counter()
@@ -57,7 +58,8 @@ def build_index(spec: JobSpec, manifest: dict[str, Any], checkpoint: str) -> dic
     saved = _saved_report(cfg.output_dir, inputs_key)
     if saved is not None:
         return saved  # the same checkpoint, gallery and settings: embedding again would write the same index
-    loaded, v_KND = embedded_images(spec, checkpoint, [im["image_path"] for im in images])
+    fetch = PreparedImages(PreparedDataset.of(manifest)).fetch
+    loaded, v_KND = embedded_images(spec, checkpoint, [im["image_path"] for im in images], fetch)
     rows = index_rows(v_KND, cfg.dtype)
     queries = _queries(manifest, cfg.split)
     t_KQD, g_QK, experts = on_model_device(spec, checkpoint, loaded, _embedded_queries, queries)

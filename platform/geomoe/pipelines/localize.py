@@ -9,31 +9,38 @@ import numpy as np
 import pyarrow as pa
 
 from geomoe.config.smgeo import SMGeoModelSpec
+from geomoe.data.images import Fetch
 from geomoe.data.localization import decode_pair, to_file_pixels
 from geomoe.ray_env import in_order
 
 
 class DecodePairs:
-    """Ray Data map: prepared rows -> query, click, reference, box (model-input pixels), reference_wh."""
+    """Ray Data map: prepared rows -> query, click, reference, box (model-input pixels), reference_wh; the images'
+    bytes from ``fetch`` (the prepared image table) or their paths."""
 
-    def __init__(self, query_size: int, reference_size: int) -> None:
-        self.query_size, self.reference_size = query_size, reference_size
+    def __init__(self, query_size: int, reference_size: int, fetch: Fetch | None = None) -> None:
+        self.query_size, self.reference_size, self.fetch = query_size, reference_size, fetch
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         rows = [dict(zip(batch, values, strict=True)) for values in zip(*batch.values(), strict=True)]
-        decoded = [decode_pair(row, self.query_size, self.reference_size) for row in rows]
+        decoded = [decode_pair(row, self.query_size, self.reference_size, self.fetch) for row in rows]
         arrays = {key: np.stack([d[key] for d in decoded]) for key in decoded[0]}
         return {"sample_id": batch["sample_id"], "class_name": batch["class_name"], **arrays}
 
 
-def pairs_dataset(table: pa.Table, query_size: int, reference_size: int, materialize: bool) -> Any:
-    """Decoded pairs of ``table``'s rows as a Ray Dataset (decoded once into the object store if ``materialize``)."""
+def pairs_dataset(
+    table: pa.Table, query_size: int, reference_size: int, materialize: bool, fetch: Fetch | None = None
+) -> Any:
+    """Decoded pairs of ``table``'s rows as a Ray Dataset (decoded once into the object store if ``materialize``),
+    the images' bytes from ``fetch``."""
     import ray.data
 
     blocks = max(1, min(table.num_rows // 32, 8))
     step = -(-table.num_rows // blocks)
     ds: Any = ray.data.from_arrow([table.slice(i, step) for i in range(0, table.num_rows, step)])
-    ds = ds.map_batches(DecodePairs(query_size, reference_size), batch_format="numpy", batch_size=32, num_cpus=0.5)
+    ds = ds.map_batches(
+        DecodePairs(query_size, reference_size, fetch), batch_format="numpy", batch_size=32, num_cpus=0.5
+    )
     ds = in_order(ds)
     return ds.materialize() if materialize else ds
 

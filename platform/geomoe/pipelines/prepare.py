@@ -4,31 +4,36 @@ Output layout, at a local path or a URI (a reader trusts a folder only once ``ma
 written last, and removed first when a rerun starts over):
     <output_dir>/pairs/split=<split>/platform=<platform>/*.parquet     (retrieval)
     <output_dir>/samples/split=<split>/*.parquet                       (localization)
-    <output_dir>/augmented/*.jpg                                       (satellite copies)
+    <output_dir>/images/part-*.parquet     (every image's bytes, satellite copies included: data.image_table)
     <output_dir>/manifest.json
 Rerunning with the same inputs and options is a no-op unless ``preprocess.force``.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import time
 from collections import Counter
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from geomoe import __version__, ownership, storage
 from geomoe.config import JobSpec
-from geomoe.data.prepare import PREPARED_SCHEMA, RowPreparer, check_localization_rows
+from geomoe.data import image_table
+from geomoe.data.prepare import PREPARED_SCHEMA, LocalizationChecker, RowPreparer
 from geomoe.data.records import LOCALIZATION_SCHEMA, RETRIEVAL_SCHEMA, RejectLog, records_to_table
 from geomoe.data.refine_rules import load_rules
 from geomoe.data.sources import SourceRecords, read_source
 
 log = logging.getLogger(__name__)
 MANIFEST = storage.MANIFEST
+LAYOUT = 2  # 2: image bytes in the images/ table (a folder of layout 1 is prepared again)
+RECORDS_PER_TASK = 4096  # about 1,400 GeoText images, ~70 MB: one task's image shard
 
 
 def _refinement(spec: JobSpec) -> dict[str, Any] | None:
@@ -48,6 +53,7 @@ def _inputs_key(spec: JobSpec, source: SourceRecords) -> str:
             "refine": _refinement(spec),
             "files": source.files,
             "seed": spec.seed,
+            "layout": LAYOUT,
         },
         sort_keys=True,
     )
@@ -65,30 +71,53 @@ def _partition(batch: pa.Table, good: bool) -> pa.Table:
     return batch.filter(mask if good else pc.invert(mask))
 
 
+LOCALIZATION_CHECKED = pa.schema(
+    [
+        *LOCALIZATION_SCHEMA,
+        pa.field("reference_width", pa.int32()),  # the centre-box baseline's input, read once here
+        pa.field("reference_height", pa.int32()),
+        pa.field("reject", pa.string()),
+    ]
+)
+
+
+def record_slices(table: pa.Table, key: str, concurrency: int) -> list[pa.Table]:
+    """Contiguous slices of the records, one task each, cut only where ``key`` (the image) changes. Not
+    repartition(): an all-to-all shuffle costs more than the map on small data; and contiguity reads each image
+    once (its captions are neighbours) and keeps the task's image shard free of another task's images. At most
+    ``RECORDS_PER_TASK`` records a slice (the shard's size), at least 256 (a task's start-up)."""
+    n = len(table)
+    slices = max(1, min(n // 256, 4 * concurrency), -(-n // RECORDS_PER_TASK))
+    keys = table[key].to_numpy(zero_copy_only=False)
+    starts = np.flatnonzero(keys[1:] != keys[:-1]) + 1  # where a new image starts
+    targets = [i * n // slices for i in range(1, slices)]
+    cuts = sorted({int(starts[j]) for j in np.searchsorted(starts, targets) if j < len(starts)})
+    bounds = [0, *cuts, n]
+    return [table.slice(a, b - a) for a, b in itertools.pairwise(bounds) if b > a]
+
+
 def _process(spec: JobSpec, source: SourceRecords, out: str) -> pa.Table:
-    """Every record's output rows, checked and prepared by Ray Data tasks in parallel (the per-row work: image
-    decode checks, caption normalisation, augmented copies). What comes back is row metadata (paths and text,
-    a few hundred bytes a row), streamed to the driver as Arrow: one execution of the pipeline, where filtering,
-    counting and writing as further Dataset operations would each run the executor again."""
+    """Every record's output rows, checked and prepared by Ray Data tasks in parallel (the per-row work: one read
+    of each image, decode checks, caption normalisation, augmented copies; each task writes its images' bytes as
+    one shard of ``images/``). What comes back is row metadata (paths and text, a few hundred bytes a row),
+    streamed to the driver as Arrow: one execution of the pipeline, where filtering, counting and writing as
+    further Dataset operations would each run the executor again."""
     import ray.data
 
     concurrency = spec.resources.data_concurrency
+    images_dir = storage.join(out, image_table.FOLDER)
     if source.kind == "retrieval":
-        table = records_to_table(source.retrieval, RETRIEVAL_SCHEMA)
-        preparer = RowPreparer(spec.preprocess, storage.join(out, "augmented"), spec.seed)
+        table, key = records_to_table(source.retrieval, RETRIEVAL_SCHEMA), "image_path"
+        preparer = RowPreparer(spec.preprocess, images_dir, spec.seed)
         fn = lambda t: pa.Table.from_pylist(preparer(t.to_pylist()), schema=PREPARED_SCHEMA)  # noqa: E731
     else:
-        table = records_to_table(source.localization, LOCALIZATION_SCHEMA)
-        checked_schema = LOCALIZATION_SCHEMA.append(pa.field("reject", pa.string()))
-        check = spec.preprocess.validate_images
-        fn = lambda t: pa.Table.from_pylist(check_localization_rows(t.to_pylist(), check), schema=checked_schema)  # noqa: E731
-    # Contiguous slices, not repartition(): an all-to-all shuffle costs more than the map on small data,
-    # and contiguity keeps an image's captions together so its decode check is cached within a batch.
-    blocks = max(1, min(len(table) // 256, 4 * concurrency))
-    step = -(-len(table) // blocks)
-    records = ray.data.from_arrow([table.slice(i, step) for i in range(0, len(table), step)])
+        table, key = records_to_table(source.localization, LOCALIZATION_SCHEMA), "reference_path"
+        checker = LocalizationChecker(spec.preprocess.validate_images, images_dir)
+        fn = lambda t: pa.Table.from_pylist(checker(t.to_pylist()), schema=LOCALIZATION_CHECKED)  # noqa: E731
+    records = ray.data.from_arrow(record_slices(table, key, concurrency))
+    # batch_size=None: a task's whole slice is one batch, so one shard
     prepared = records.map_batches(
-        fn, batch_format="pyarrow", batch_size=512, compute=ray.data.TaskPoolStrategy(size=concurrency), num_cpus=1
+        fn, batch_format="pyarrow", batch_size=None, compute=ray.data.TaskPoolStrategy(size=concurrency), num_cpus=1
     )
     rows = pa.concat_tables(list(prepared.iter_batches(batch_size=None, batch_format="pyarrow")))
     # Tasks finish in any order; sorted, the same inputs always write the same files.
@@ -106,6 +135,13 @@ def _counts(good: pa.Table, kind: str) -> dict[str, Any]:
     if kind == "retrieval":
         counts["augmented_rows"] = int(pc.sum(pc.not_equal(good["augment"], "")).as_py() or 0)
     return counts
+
+
+def _image_summary(out: str) -> dict[str, Any]:
+    """Where the image table is, with its shard count and bytes (one listing)."""
+    folder = storage.join(out, image_table.FOLDER)
+    listing = [size for rel, size in storage.list_files(folder) if rel.endswith(".parquet")]
+    return {"table": folder, "shards": len(listing), "bytes": int(sum(listing))}
 
 
 def _write_table(good: pa.Table, out: str, kind: str, rows_per_file: int) -> str:
@@ -148,6 +184,8 @@ def prepare(spec: JobSpec) -> dict[str, Any]:
     ownership.claim_dir(out, ownership.Claim("preprocess.output_dir", spec.name, "prepare"))
     ensure_ray(spec.resources)
     storage.delete(storage.join(out, MANIFEST))  # from here on the folder is unfinished
+    for old in (image_table.FOLDER, "augmented"):  # a crashed attempt's shards; layout 1's satellite copies
+        storage.delete(storage.join(out, old))
     processed = _process(spec, source, out)
     for row in _partition(processed, False).select(["source", "record", "reject"]).to_pylist():
         rejects.reject(row["source"], row["record"], row["reject"])  # raises under on_bad_record=fail
@@ -162,6 +200,7 @@ def prepare(spec: JobSpec) -> dict[str, Any]:
         "preprocess": spec.preprocess.model_dump(mode="json"),
         "location": out,
         "table": table_dir,
+        "images": _image_summary(out),
         "input_records": len(source),
         **_counts(good, source.kind),
         "refine": _refinement(spec),

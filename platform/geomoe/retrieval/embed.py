@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from geomoe.data.images import image_array
+from geomoe.data.images import Fetch, image_arrays
 from geomoe.models.factory import tokenize
 from geomoe.models.pe_moe import PEMoE
 
@@ -45,12 +45,13 @@ def embed_dense_texts(
 
 
 @torch.no_grad()
-def embed_image_batch(model: PEMoE, paths: Sequence[str], image_size: int) -> np.ndarray:
-    """v (B, K, D): every expert's normalised embedding of each image in one batch of paths.
+def embed_image_batch(model: PEMoE, paths: Sequence[str], image_size: int, fetch: Fetch | None = None) -> np.ndarray:
+    """v (B, K, D): every expert's normalised embedding of each image in one batch of paths (their bytes from
+    ``fetch``, a prepared image table, or each path).
 
     Batches of a gallery are spread over Ray Data actors by ``geomoe.pipelines.embed``.
     """
     model.eval()
     device = next(model.parameters()).device
-    pixels = torch.from_numpy(np.stack([image_array(str(p), image_size) for p in paths])).to(device)
+    pixels = torch.from_numpy(image_arrays(paths, image_size, fetch)).to(device)
     return model.encode_image(pixels).float().cpu().numpy().transpose(1, 0, 2)

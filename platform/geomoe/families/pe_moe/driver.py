@@ -15,12 +15,13 @@ import pyarrow.compute as pc
 from geomoe import storage
 from geomoe.config import JobSpec
 from geomoe.config.pe_moe import PEMoEModelSpec, PEMoETrainSpec
-from geomoe.data.images import DecodeImages
+from geomoe.data.images import DecodeImages, Fetch
 from geomoe.data.prepared import PreparedDataset
 from geomoe.errors import DatasetError
 from geomoe.evaluate import evaluate_pe_moe, gallery_from_rows
 from geomoe.models.factory import ensure_tiny_models
 from geomoe.pipelines.embed import embedded_images, on_model_device
+from geomoe.pipelines.images import PreparedImages
 from geomoe.ray_env import in_order
 from geomoe.results import Checkpoint
 from geomoe.retrieval.embed import embed_texts
@@ -42,16 +43,19 @@ def split_rows(prepared: PreparedDataset, split: str, spec: JobSpec) -> pa.Table
     return table.append_column("expert", experts)
 
 
-def training_datasets(table: pa.Table, spec: JobSpec, negatives: bool) -> dict[str, Any]:
+def training_datasets(table: pa.Table, spec: JobSpec, negatives: bool, fetch: Fetch | None) -> dict[str, Any]:
     """``batching: expert``: one dataset per expert (``train_<expert>``, for group-homogeneous batches);
-    ``mixed``: one dataset ``train``. Rows are shuffled once (the prepared table is grouped by platform)."""
+    ``mixed``: one dataset ``train``. Rows are shuffled once (the prepared table is grouped by platform); images
+    come from ``fetch`` (the prepared image table in the object store)."""
     order = np.random.default_rng(spec.seed).permutation(table.num_rows)
     table = table.take(pa.array(order))
     if spec.train_as(PEMoETrainSpec).batching == "mixed":
-        return {"train": _decoded(table, spec, negatives)}
+        return {"train": _decoded(table, spec, negatives, fetch)}
     experts = spec.model_as(PEMoEModelSpec).experts
     by_expert = {e.name: table.filter(pc.equal(table["expert"], k)) for k, e in enumerate(experts)}
-    return {dataset_name(name): _decoded(rows, spec, negatives) for name, rows in by_expert.items() if rows.num_rows}
+    return {
+        dataset_name(name): _decoded(rows, spec, negatives, fetch) for name, rows in by_expert.items() if rows.num_rows
+    }
 
 
 def expert_rows(table: pa.Table, spec: JobSpec) -> dict[str, int]:
@@ -60,14 +64,14 @@ def expert_rows(table: pa.Table, spec: JobSpec) -> dict[str, int]:
     return {e.name: int(n) for e, n in zip(spec.model_as(PEMoEModelSpec).experts, counts, strict=True) if n}
 
 
-def _decoded(table: pa.Table, spec: JobSpec, negatives: bool) -> Any:
+def _decoded(table: pa.Table, spec: JobSpec, negatives: bool, fetch: Fetch | None) -> Any:
     import ray.data
 
     blocks = max(1, min(table.num_rows // 64, 8))
     step = -(-table.num_rows // blocks)
     ds: Any = ray.data.from_arrow([table.slice(i, step) for i in range(0, table.num_rows, step)])
     ds = ds.map_batches(
-        DecodeImages(spec.model_as(PEMoEModelSpec).image.image_size, negatives),
+        DecodeImages(spec.model_as(PEMoEModelSpec).image.image_size, negatives, fetch),
         batch_format="numpy",
         batch_size=64,
         num_cpus=0.5,
@@ -82,10 +86,11 @@ def fit_stage(
     stage: int,
     table: pa.Table,
     init: str | None,
+    images: PreparedImages,
     test_hooks: dict[str, Any] | None = None,
 ) -> Checkpoint:
     """Run one PE-MoE training stage on Ray Train (or return its recorded result); returns {checkpoint, metrics}.
-    ``test_hooks``: LoopConfig's fault-injection fields."""
+    ``images``: the rows' prepared dataset's image bytes; ``test_hooks``: LoopConfig's fault-injection fields."""
     recorded = recorded_stage(spec, run_dir, stage)
     if recorded is not None:
         return recorded
@@ -103,7 +108,7 @@ def fit_stage(
         group_order=train.batch_order,
         **(test_hooks or {}),
     )
-    return run_trainer(spec, run_dir, loop, training_datasets(table, spec, negatives=stage == 2))
+    return run_trainer(spec, run_dir, loop, training_datasets(table, spec, stage == 2, images.fetch))
 
 
 def _steps_per_epoch(spec: JobSpec, rows: int, groups: dict[str, int]) -> int:
@@ -123,12 +128,12 @@ def _steps_per_epoch(spec: JobSpec, rows: int, groups: dict[str, int]) -> int:
     return sum(steps.values())
 
 
-def mine_negatives(spec: JobSpec, checkpoint: str, table: pa.Table) -> pa.Table:
+def mine_negatives(spec: JobSpec, checkpoint: str, table: pa.Table, images: PreparedImages) -> pa.Table:
     """Append ``negative_paths``: per row, the highest-scoring training images of other buildings
     (``hard_negative_paths`` on the model's embeddings of the training rows and images)."""
     rows = table.to_pylist()
     paths = sorted({r["image_path"] for r in rows})
-    loaded, vectors = embedded_images(spec, checkpoint, paths)
+    loaded, vectors = embedded_images(spec, checkpoint, paths, images.fetch)
     negatives = on_model_device(spec, checkpoint, loaded, _mined, spec, rows, paths, vectors)
     return table.append_column("negative_paths", pa.array(negatives, pa.list_(pa.string())))
 
@@ -190,12 +195,16 @@ def hard_negative_paths(
     return negatives
 
 
-def evaluate_checkpoint(spec: JobSpec, checkpoint: str, prepared: PreparedDataset) -> dict[str, Any]:
-    """The test split's report (``evaluate_pe_moe``): images embedded by the actors, then the captions embedded and
-    scored where the model is (a GPU task with ``resources.use_gpu``)."""
+def evaluate_checkpoint(
+    spec: JobSpec, checkpoint: str, prepared: PreparedDataset, images: PreparedImages | None = None
+) -> dict[str, Any]:
+    """The test split's report (``evaluate_pe_moe``): images embedded by the actors (their bytes from ``images``,
+    by default ``prepared``'s image table), then the captions embedded and scored where the model is (a GPU task
+    with ``resources.use_gpu``)."""
     rows = split_rows(prepared, "test", spec).filter(pc.equal(pc.field("augment"), "")).to_pylist()
-    images, _ = gallery_from_rows(rows)
-    loaded, vectors = embedded_images(spec, checkpoint, [im["image_path"] for im in images])
+    gallery, _ = gallery_from_rows(rows)
+    fetch = (images or PreparedImages(prepared)).fetch
+    loaded, vectors = embedded_images(spec, checkpoint, [im["image_path"] for im in gallery], fetch)
     return on_model_device(spec, checkpoint, loaded, _evaluated, spec, rows, vectors)
 
 
@@ -208,24 +217,25 @@ def _evaluated(
 def train_and_evaluate(spec: JobSpec, prepared: PreparedDataset, run_dir: str) -> dict[str, Any]:
     """Stage 1 -> evaluation -> mining -> stage 2 -> evaluation; each step skipped if already recorded."""
     table = split_rows(prepared, "train", spec)
+    images = PreparedImages(prepared)  # loaded into the object store once, for every step that embeds or trains
     results: dict[str, Any] = {}
-    stage1 = fit_stage(spec, run_dir, 1, table, None)
+    stage1 = fit_stage(spec, run_dir, 1, table, None, images)
     results["stage1"] = cached_result(
         storage.join(run_dir, "eval_stage1.json"),
         spec,
         1,
-        lambda: evaluate_checkpoint(spec, stage1.location, prepared),
+        lambda: evaluate_checkpoint(spec, stage1.location, prepared, images),
     )
     if spec.train_as(PEMoETrainSpec).stage2_epochs:
         stage2 = recorded_stage(spec, run_dir, 2)  # a finished stage 2 needs no mining
         if stage2 is None:
-            mined = mine_negatives(spec, stage1.location, table)
-            stage2 = fit_stage(spec, run_dir, 2, mined, stage1.location)
+            mined = mine_negatives(spec, stage1.location, table, images)
+            stage2 = fit_stage(spec, run_dir, 2, mined, stage1.location, images)
         results["stage2"] = cached_result(
             storage.join(run_dir, "eval_stage2.json"),
             spec,
             2,
-            lambda: evaluate_checkpoint(spec, stage2.location, prepared),
+            lambda: evaluate_checkpoint(spec, stage2.location, prepared, images),
         )
         results["checkpoint"] = stage2.location
     else:

@@ -12,7 +12,7 @@ import pyarrow as pa
 
 from geomoe.config import JobSpec
 from geomoe.config.smgeo import SMGeoModelSpec, SMGeoTrainSpec
-from geomoe.data.images import image_size
+from geomoe.data.images import Fetch, image_size
 from geomoe.data.localization import centre_box_baseline, localization_report
 from geomoe.data.prepared import PreparedDataset
 from geomoe.errors import DatasetError
@@ -33,7 +33,9 @@ VAL_NAMES = {"acc@0.25": "val_acc25", "acc@0.5": "val_acc50", "mIoU": "val_miou"
 
 
 def localization_rows(prepared: PreparedDataset, split: str) -> pa.Table:
-    return prepared.require("localization", "an SMGeo job").read_split(split, columns=COLUMNS)
+    """One split's samples; with the reference images' sizes where prepare recorded them (with its image table)."""
+    sizes = ["reference_width", "reference_height"] if prepared.images is not None else []
+    return prepared.require("localization", "an SMGeo job").read_split(split, columns=COLUMNS + sizes)
 
 
 class SMGeoFamily(Family):
@@ -59,6 +61,7 @@ class SMGeoFamily(Family):
         return training_task(spec, loop, rank)
 
     def datasets(self, spec: JobSpec, prepared: PreparedDataset) -> TrainInputs:
+        from geomoe.pipelines.images import PreparedImages
         from geomoe.pipelines.localize import pairs_dataset
 
         splits = {s: localization_rows(prepared, s) for s in ("train", "val", "test")}
@@ -69,24 +72,29 @@ class SMGeoFamily(Family):
         if splits["train"].num_rows < batch:
             raise DatasetError(f"train.batch_size {batch} exceeds the {splits['train'].num_rows} training samples")
         m, materialize = spec.model_as(SMGeoModelSpec), spec.train.materialize_inputs
-        datasets = {s: pairs_dataset(splits[s], m.query_size, m.reference_size, materialize) for s in ("train", "val")}
+        fetch = PreparedImages(prepared).fetch
+        datasets = {
+            s: pairs_dataset(splits[s], m.query_size, m.reference_size, materialize, fetch) for s in ("train", "val")
+        }
         return TrainInputs(datasets, splits["train"].num_rows // batch)
 
     def evaluate(self, spec: JobSpec, checkpoint: str, prepared: PreparedDataset) -> dict[str, Any]:
         """DetGeo metrics of SMGeo, of SMGeo with the click zeroed, and of a centre box of the mean training size
         on the test split; and of SMGeo on the validation split (``VALIDATION``: the per-sample IoUs behind the
         val_* metrics the papers' tables report, by the test path). Each report names its samples (query_set)."""
+        from geomoe.pipelines.images import PreparedImages
+
         test, val = localization_rows(prepared, "test"), localization_rows(prepared, "val")
+        fetch = PreparedImages(prepared).fetch
         report: dict[str, Any] = {}
         wh = np.zeros((test.num_rows, 2))
         for name, use_click in zip(METHODS[:2], (True, False), strict=True):
-            pred, wh = _predict(spec, checkpoint, test, use_click)
+            pred, wh = _predict(spec, checkpoint, test, use_click, fetch)
             report[name] = _report(test, pred, wh)
-        train_rows = localization_rows(prepared, "train").to_pylist()
-        train_wh = np.array([image_size(r["reference_path"]) for r in train_rows], np.float64)
-        centre = centre_box_baseline(np.array([r["box"] for r in train_rows]), train_wh, wh)
+        train = localization_rows(prepared, "train")
+        centre = centre_box_baseline(np.array(train["box"].to_pylist()), reference_sizes(train), wh)
         report[METHODS[2]] = _report(test, centre, wh)
-        report[VALIDATION] = _report(val, *_predict(spec, checkpoint, val, use_click=True))
+        report[VALIDATION] = _report(val, *_predict(spec, checkpoint, val, True, fetch))
         return report
 
     def metrics(self, result: dict[str, Any]) -> dict[str, float]:
@@ -118,12 +126,22 @@ class SMGeoFamily(Family):
         return localization_table(results["model"], our_choices(spec.model_as(SMGeoModelSpec)))
 
 
-def _predict(spec: JobSpec, checkpoint: str, table: pa.Table, use_click: bool) -> tuple[np.ndarray, np.ndarray]:
+def reference_sizes(rows: pa.Table) -> np.ndarray:
+    """(N, 2) the reference images' (width, height), as prepare recorded them (from a dataset prepared before it
+    did: each image's header, one request each)."""
+    if "reference_width" in rows.column_names:
+        return np.stack([rows["reference_width"].to_numpy(), rows["reference_height"].to_numpy()], 1).astype(float)
+    return np.array([image_size(p) for p in rows["reference_path"].to_pylist()], np.float64)
+
+
+def _predict(
+    spec: JobSpec, checkpoint: str, table: pa.Table, use_click: bool, fetch: Fetch | None
+) -> tuple[np.ndarray, np.ndarray]:
     """Boxes (file pixels) and reference sizes of ``table``'s samples, in its row order."""
     from geomoe.pipelines.localize import pairs_dataset, predict_boxes
 
     m, res = spec.model_as(SMGeoModelSpec), spec.resources
-    pairs = pairs_dataset(table, m.query_size, m.reference_size, materialize=True)
+    pairs = pairs_dataset(table, m.query_size, m.reference_size, True, fetch)
     predicted = predict_boxes(checkpoint, pairs, use_click, res.data_concurrency, res.use_gpu)
     ids = [str(i) for i in table["sample_id"].to_pylist()]
     return np.stack([predicted[i][0] for i in ids]), np.stack([predicted[i][1] for i in ids])
