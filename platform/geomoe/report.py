@@ -17,6 +17,9 @@ def manifest_summary(manifest: dict[str, Any]) -> str:
         lines.append(f"  {split:<8}" + "".join(f"{row.get(g, 0):>22}" for g in groups))
     if "augmented_rows" in manifest:
         lines.append(f"  augmented satellite rows (sanitised captions): {manifest['augmented_rows']}")
+    if manifest.get("images"):
+        images = manifest["images"]
+        lines.append(f"  image bytes: {images['shards']} shard(s), {images['bytes'] / 1e6:.1f} MB -> {images['table']}")
     rejected = manifest["rejected"]
     lines.append(
         f"  rejected records: {rejected['count']}" + (f" {rejected['by_reason']}" if rejected["count"] else "")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cached_property, partial
 from typing import Any
@@ -49,6 +50,7 @@ AUGMENTED = "augmented"
 _KEPT = ("image_path", "image_id", "building_id", "platform", "split", "caption_index", "source", "record")
 
 
+READS_IN_FLIGHT = 16
 Read = tuple[bytes | None, str | None]  # an image's bytes (None if unreadable), and why it is not usable
 
 
@@ -59,6 +61,14 @@ def read_image(path: str, validate: bool) -> Read:
     except storage.StorageError:
         return None, f"missing image: {storage.redact(path)}"
     return data, bytes_problem(data, storage.redact(path)) if validate else None
+
+
+def read_images(paths: list[str], validate: bool) -> dict[str, Read]:
+    """``read_image`` of each distinct path, ``READS_IN_FLIGHT`` at a time: on an object store a read is mostly
+    waiting on the network (10-50 ms a GET on S3), so one task keeps many in flight rather than one."""
+    distinct = list(dict.fromkeys(paths))
+    with ThreadPoolExecutor(min(READS_IN_FLIGHT, max(1, len(distinct)))) as pool:
+        return dict(zip(distinct, pool.map(lambda p: read_image(p, validate), distinct), strict=True))
 
 
 def write_batch_images(images_dir: str, rows: list[dict[str, Any]], images: dict[str, bytes]) -> None:
@@ -89,13 +99,12 @@ class RowPreparer:
 
     def __call__(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         matcher = directional_matcher(self.spec.directional_phrases or DEFAULT_DIRECTIONAL_PHRASES)
-        read: dict[str, Read] = {}  # an image carries several captions: read and decode it once per batch
+        # an image carries several captions: read and decode it once per batch
+        read = read_images([row["image_path"] for row in rows], self.spec.validate_images)
         images: dict[str, bytes] = {}  # what the shard stores: the images good rows name
         out: list[dict[str, Any]] = []
         for row in rows:
             path = row["image_path"]
-            if path not in read:
-                read[path] = read_image(path, self.spec.validate_images)
             data, problem = read[path]
             prepared = self._one(row, problem, matcher, data, images)
             if data is not None and not prepared[0]["reject"]:
@@ -173,9 +182,11 @@ class LocalizationChecker:
     def __call__(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         images: dict[str, bytes] = {}
         out = []
+        paths = [p for row in rows for p in (row["query_path"], row["reference_path"])]
+        read = read_images(paths, self.validate_images)
         for row in rows:
-            query, problem = read_image(row["query_path"], self.validate_images)
-            reference, reference_problem = read_image(row["reference_path"], self.validate_images)
+            query, problem = read[row["query_path"]]
+            reference, reference_problem = read[row["reference_path"]]
             problem = problem or reference_problem
             width = height = 0
             if problem is None and query is not None and reference is not None:
