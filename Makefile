@@ -4,7 +4,17 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit ray e2e bench-prepare gpu-check gpu-smoke clean
+.PHONY: demo test lint typecheck unit ray e2e bench-prepare gpu-check gpu-smoke mlflow-ui clean
+
+# The MLflow UI, for the store jobs and sweeps track into (runs/mlflow.db). The pinned stack has mlflow-skinny, which
+# ships no web UI (the full `mlflow` package pins pyarrow<26): the same version of `mlflow` goes, without its
+# dependencies, into its own folder, and `mlflow ui` runs from there on this environment's packages.
+MLFLOW_VERSION := $(shell sed -n 's/.*"mlflow-skinny==\([0-9.]*\)".*/\1/p' pyproject.toml)
+MLFLOW_UI := .mlflow-ui/$(MLFLOW_VERSION)
+MLFLOW_UI_INDEX := $(MLFLOW_UI)/mlflow/server/js/build/index.html
+MLFLOW_STORE ?= sqlite:///runs/mlflow.db
+MLFLOW_HOST ?= 127.0.0.1
+MLFLOW_PORT ?= 5000
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,7 +33,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy platform/geomoe
 
-test: lint typecheck
+test: lint typecheck $(MLFLOW_UI_INDEX)
 	$(BIN)/pytest tests -m "not slow" --durations=25 --tb=native
 
 bench-prepare: $(STAMP)
@@ -38,5 +48,15 @@ gpu-check: $(STAMP)
 gpu-smoke: $(STAMP)
 	$(BIN)/python -m geomoe.bench.gpu_smoke
 
+$(MLFLOW_UI_INDEX): $(STAMP)
+	$(BIN)/pip install --quiet --no-deps --target $(MLFLOW_UI) mlflow==$(MLFLOW_VERSION)
+
+# The UI on http://$(MLFLOW_HOST):$(MLFLOW_PORT) (another store: make mlflow-ui MLFLOW_STORE=sqlite:///path/mlflow.db).
+mlflow-ui: $(MLFLOW_UI_INDEX)
+	@case "$(MLFLOW_STORE)" in sqlite:///*) test -f "$(MLFLOW_STORE:sqlite:///%=%)" || \
+	  { echo "mlflow-ui: no store at $(MLFLOW_STORE:sqlite:///%=%) yet: make demo (or any job) writes it"; exit 2; };; esac
+	PYTHONPATH=$(MLFLOW_UI) $(BIN)/python -m mlflow ui --backend-store-uri $(MLFLOW_STORE) \
+	  --host $(MLFLOW_HOST) --port $(MLFLOW_PORT)
+
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .mlflow-ui

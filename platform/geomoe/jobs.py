@@ -270,7 +270,7 @@ def _track(tracker: tracking.Tracker, spec: JobSpec, results: JobResults) -> Non
     family = family_of(spec)
     for name, result in train.items():
         if name != BY_SEED:
-            metrics |= {f"{name}.{metric}": value for metric, value in family.metrics(result).items()}
+            metrics |= {f"{name}.{metric}": value for metric, value in family.tracked_metrics(result).items()}
     tables = train_report(spec, train) if train else ""
     tracking.log_results(tracker, metrics, tables, results.to_json())
     checkpoint = (train.get("model") or {}).get("checkpoint")

@@ -89,6 +89,12 @@ def check_tracked_run(server: str, results: dict, printed: str) -> None:
     assert job.info.status == "FINISHED" and job.data.params["train.stage1_epochs"] == "2"
     final = results["train"]["model"]["stage2"]["retrieval"]["exact"]["t2i"]
     assert job.data.metrics["model.R_at_10"] == final["R@10"] and "time.train" in job.data.metrics
+    # every evaluated stage, protocol and re-ranking, not only the final numbers a sweep ranks by
+    model = results["train"]["model"]
+    assert job.data.metrics["model.stage1.R_at_1"] == model["stage1"]["retrieval"]["exact"]["t2i"]["R@1"]
+    assert job.data.metrics["model.stage2.building.R_at_10"] == model["stage2"]["retrieval"]["building"]["t2i"]["R@10"]
+    for method, reranked in model["stage2"]["reranked"].items():
+        assert job.data.metrics[f"model.stage2.reranked.{method}.R_at_1"] == reranked["exact"]["t2i"]["R@1"]
     children = client.search_runs([experiment.experiment_id], f"tags.mlflow.parentRunId = '{job.info.run_id}'")
     by_name = {run.info.run_name: run for run in children}
     assert set(by_name) == {f"{m} stage{s}" for m in ("model", "no_refine", "unified") for s in (1, 2)}

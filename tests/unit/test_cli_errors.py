@@ -31,15 +31,19 @@ CASES = {
     "missing job file": (lambda t: ["run", str(t / "nope.yaml")], r"nope\.yaml: <root>: file not found"),
     "unknown key": (
         lambda t: ["run", job(t), "--set", "preprocess.bogus=1"],
-        r"job\.yaml: preprocess\.bogus: Extra inputs are not permitted",
+        r"job\.yaml: preprocess\.bogus: unknown key",
     ),
     "wrong type": (
         lambda t: ["run", job(t), "--set", "train.lr=fast"],
-        r"job\.yaml: train\.lr: Input should be a valid number",
+        r"job\.yaml: train\.lr: expected a number, got the string 'fast'",
+    ),
+    "a quoted number": (
+        lambda t: ["run", job(t), "--set", 'train.batch_size="32"'],
+        r"job\.yaml: train\.batch_size: expected a number, got the string '32' \(write it without quotes\)",
     ),
     "another family's train key": (
         lambda t: ["run", job(t), "--set", "train.augment=true"],
-        r"job\.yaml: train\.augment: Extra inputs are not permitted",
+        r"job\.yaml: train\.augment: unknown key",
     ),
     "unknown family": (
         lambda t: ["run", job(t), "--set", "model.name=pe-moe"],

@@ -30,7 +30,15 @@ def test_unknown_key_names_file_and_dotted_key(tmp_path: Path) -> None:
     with pytest.raises(SpecError) as err:
         load_job(path)
     assert str(path) in str(err.value) and err.value.key == "data.rooot"
-    assert "Extra inputs are not permitted" in err.value.reason
+    assert "unknown key" in err.value.reason
+
+
+def test_a_misspelt_required_key_is_named_with_its_likely_spelling() -> None:
+    from geomoe.config import SweepSpec, parse_spec
+
+    raw = {"name": "s", "base": "job.yaml", "params": {"train.lr": {"grid": [0.1]}}, "metrc": "val_acc50"}
+    with pytest.raises(SpecError, match=r"sweep\.yaml: metrc: unknown key \(did you mean 'metric'\?\)"):
+        parse_spec(SweepSpec, raw, "sweep.yaml")
 
 
 def test_nested_bad_value_names_dotted_key(tmp_path: Path) -> None:

@@ -33,6 +33,7 @@ ALLOWED = {
     "data/track4.py": "Track 4 queries and gallery folders are local (URIs: next step of issue 14)",
     "data/synthgeo/": "synthgeo renders into the local temporary folder atomic_dir publishes",
     "pipelines/refine.py": "pq.write_table into the local temporary file atomic_path publishes",
+    "data/image_table.py": "pq.write_table into the local temporary file atomic_path publishes",
     "pipelines/submit.py": "Track 4 submission files (URIs: next step of issue 14)",
     "data/localization.py": "decodes bytes already read through storage (Image.open on a BytesIO)",
     "serving/config.py": "the Serve config file, which `serve run` reads from local disk too",

@@ -3,22 +3,57 @@ errors that name the file, the dotted key and the reason (``SpecError``)."""
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
+import types
+import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from geomoe import storage
 from geomoe.errors import SpecError
 
 
+def _numeric(annotation: Any) -> bool:
+    """An int or float field (optional or not; bool is not a number here)."""
+    if annotation in (int, float):
+        return True
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        parts = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return bool(parts) and all(_numeric(a) for a in parts)
+    if typing.get_origin(annotation) is typing.Annotated:
+        return _numeric(typing.get_args(annotation)[0])
+    return False
+
+
+def _parses_as_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 class Strict(BaseModel):
-    """Every spec section: unknown keys are errors, and assignments are validated too."""
+    """Every spec section: unknown keys are errors, assignments are validated too, and a number is a number: a
+    quoted ``"32"`` for an int or float key is refused (pydantic would turn it into 32)."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _numbers_unquoted(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for name, field in cls.model_fields.items():
+                value = data.get(field.alias or name)
+                if isinstance(value, str) and _numeric(field.annotation):
+                    hint = " (write it without quotes)" if _parses_as_number(value) else ""
+                    raise ValueError(f"{name}: expected a number, got the string {value!r}{hint}")
+        return data
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str], source: str) -> dict[str, Any]:
@@ -47,7 +82,16 @@ _KEY_PREFIX = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z0-9_]+)*): (.+)$"
 
 
 def _first_error(err: ValidationError) -> tuple[str, str]:
-    detail = err.errors()[0]
+    """The error to show: an unknown key before anything else (a misspelt key also makes its right spelling
+    "missing"), with the missing key it most resembles; else the first."""
+    errors = err.errors()
+    unknown = [e for e in errors if e["type"] == "extra_forbidden"]
+    if unknown:
+        loc = unknown[0]["loc"]
+        missing = [str(e["loc"][-1]) for e in errors if e["type"] == "missing" and e["loc"][:-1] == loc[:-1]]
+        close = difflib.get_close_matches(str(loc[-1]), missing, n=1)
+        return ".".join(map(str, loc)), "unknown key" + (f" (did you mean {close[0]!r}?)" if close else "")
+    detail = errors[0]
     key, reason = ".".join(str(part) for part in detail["loc"]), str(detail["msg"])
     reason = reason.removeprefix("Value error, ")
     # a validator of a whole section says which key it means: "stages: ..." -> key stages

@@ -13,7 +13,6 @@ A shard in memory is ``Shard``: the keys, and the bytes as one uint8 buffer with
 
 from __future__ import annotations
 
-import io
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -42,11 +41,10 @@ def write_shard(location: str, images: Iterable[tuple[str, bytes]]) -> int:
             blobs.append(data)
     table = pa.table({"key": pa.array(keys, pa.string()), "data": pa.array(blobs, pa.large_binary())}, schema=SCHEMA)
     mean = max(1, sum(map(len, blobs)) // max(1, len(blobs)))
-    sink = io.BytesIO()
-    # images are already compressed (JPEG/PNG): Parquet compression would cost CPU for nothing
-    pq.write_table(table, sink, row_group_size=max(1, ROW_GROUP_BYTES // mean), compression="NONE")
-    storage.write_bytes_atomic(location, sink.getvalue())
-    return sink.tell()
+    with storage.atomic_path(location, ".parquet") as tmp:
+        # images are already compressed (JPEG/PNG): Parquet compression would cost CPU for nothing
+        pq.write_table(table, tmp, row_group_size=max(1, ROW_GROUP_BYTES // mean), compression="NONE")
+        return tmp.stat().st_size
 
 
 @dataclass(frozen=True)

@@ -134,6 +134,10 @@ class Family:
         validation = {k: v for k, v in result.get("validation", {}).items() if isinstance(v, int | float)}
         return {k: float(v) for k, v in (test | validation).items()}
 
+    def tracked_metrics(self, result: dict[str, Any]) -> dict[str, float]:
+        """What a job logs to its MLflow run: ``metrics`` and any a sweep does not rank by. Default: ``metrics``."""
+        return self.metrics(result)
+
     def query_values(self, result: dict[str, Any]) -> dict[str, np.ndarray]:
         """Per-query values of the ``metrics`` that are means over queries (metric name -> values whose mean is
         the metric): what a sweep's intervals, seed pooling and paired differences resample. Default: none."""

@@ -52,7 +52,8 @@ def load_image_bytes(table: str) -> ImageBytes:
     """Every shard of the image table at ``table``, read by Ray tasks into the object store."""
     import ray
 
-    load = ray.remote(num_cpus=1, num_returns=2, max_retries=3)(_load_shard)
+    # no CPU asked: a read waits on storage, and inside a Tune trial the task must fit the trial's placement group
+    load = ray.remote(num_cpus=0, num_returns=2, max_retries=3)(_load_shard)
     pairs: list[Any] = [load.remote(location) for location in image_table.shard_locations(table)]
     keys = ray.get([k for k, _ in pairs])  # the keys come to the driver; the bytes stay in the object store
     return ImageBytes([data for _, data in pairs], image_table.locate(keys), table)

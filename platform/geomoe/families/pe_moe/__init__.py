@@ -110,6 +110,19 @@ class PEMoEFamily(Family):
             metrics["routing"] = float(final["routing_accuracy"])
         return metrics
 
+    def tracked_metrics(self, result: dict[str, Any]) -> dict[str, float]:
+        """``metrics``, and every evaluated stage's and re-ranking's R@K and Score per protocol: ``stage1.R@1``,
+        ``stage2.building.R@1``, ``stage2.reranked.CGRS-scene.R@1``."""
+        metrics = self.metrics(result)
+        for stage in ("stage1", "stage2"):
+            report = result.get(stage)
+            if report is None:
+                continue
+            metrics |= _recalls(stage, report["retrieval"])
+            for method, reranked in report.get("reranked", {}).items():
+                metrics |= _recalls(f"{stage}.reranked.{method}", reranked)
+        return metrics
+
     def query_values(self, result: dict[str, Any]) -> dict[str, np.ndarray]:
         """Each caption's hits (R@K, Score) of the final stage, per protocol, named as ``metrics`` names them."""
         final = result.get("stage2") or result["stage1"]
@@ -136,3 +149,17 @@ class PEMoEFamily(Family):
 
 
 FAMILY = PEMoEFamily()
+
+
+def _recalls(prefix: str, by_protocol: dict[str, Any]) -> dict[str, float]:
+    """``<prefix>[.<protocol>].R@K`` and Score of each protocol's text -> image recalls (exact unnamed)."""
+    out: dict[str, float] = {}
+    for protocol, entry in by_protocol.items():
+        if not isinstance(entry, dict) or "t2i" not in entry:
+            continue  # images_without_caption, beside a re-ranking's protocols
+        name = prefix if protocol == "exact" else f"{prefix}.{protocol}"
+        recall = {k: float(v) for k, v in entry["t2i"].items()}
+        out |= {f"{name}.{k}": v for k, v in recall.items()}
+        if {"R@1", "R@5", "R@10"} <= set(recall):
+            out[f"{name}.Score"] = track4_score(recall)
+    return out
