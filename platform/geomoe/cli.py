@@ -28,6 +28,9 @@ def _cmd_run(args: argparse.Namespace) -> None:
     from geomoe.report import caption_summary, manifest_summary, refine_summary
 
     spec = load_job(args.job, args.set)
+    if args.dry_run:
+        print(_job_dry_run(spec, run_dir_of(spec)))
+        return
     if not args.verbose:
         _quiet_libraries()
     try:
@@ -60,6 +63,23 @@ def _cmd_run(args: argparse.Namespace) -> None:
     if "registered" in results:
         print(f"registered: {results['registered']} (serve it with checkpoint: {results['registered']})")
     print(time_table(timed.seconds))
+
+
+def _job_dry_run(spec: Any, run_dir: str) -> str:
+    """The resolved spec and what would run, without starting Ray or touching any data."""
+    import yaml
+
+    resources = spec.resources
+    where = resources.address or "a local Ray cluster started here"
+    lines = [
+        f"job {spec.name} ({spec.model.name}): stages {' -> '.join(spec.stages)}",
+        f"  outputs: {run_dir}; Ray: {where}",
+        f"  train: {resources.num_workers} worker(s) x {resources.cpus_per_worker} CPU"
+        + (", 1 GPU each" if resources.use_gpu else ""),
+        "resolved spec:",
+        yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False).rstrip(),
+    ]
+    return "\n".join(lines)
 
 
 def _quiet_libraries() -> None:
@@ -97,25 +117,32 @@ def _cmd_prepare(args: argparse.Namespace) -> None:
     print(manifest_summary(prepare(load_job(args.job, args.set))))
 
 
+def _sweep_overrides(args: argparse.Namespace) -> list[str]:
+    """``--set`` and ``--address`` (a cluster to join: the base job's ``resources.address``)."""
+    return [*args.set, *([f"resources.address={args.address}"] if args.address else [])]
+
+
 def _cmd_sweep(args: argparse.Namespace) -> None:
+    overrides = _sweep_overrides(args)
     if args.dry_run:
-        print(_dry_run(args.sweep, args.quickstart))
+        print(_dry_run(args.sweep, args.quickstart, overrides))
         return
     from geomoe.sweep.report import write_report
     from geomoe.sweep.tune import run_sweep
 
-    print(write_report(run_sweep(args.sweep, args.quickstart, args.resume)))
+    print(write_report(run_sweep(args.sweep, args.quickstart, args.resume, overrides)))
 
 
-def _dry_run(path: str, quickstart: bool) -> str:
-    """Each trial's key, training data and overrides, without starting Ray or touching any data."""
+def _dry_run(path: str, quickstart: bool, overrides: list[str]) -> str:
+    """How many trials, what each asks of the cluster, what is searched and ranked by, then each trial's key,
+    training data and overrides, without starting Ray or touching any data."""
 
-    from geomoe.sweep import describe_trials, experiment_location, load_sweep
+    from geomoe.sweep import describe_trials, experiment_location, load_sweep, search_summary
 
-    sweep, base_path = load_sweep(path, quickstart)
+    sweep, base_path = load_sweep(path, quickstart, overrides)
     root = Path.cwd().resolve()
     experiment = experiment_location(sweep, root)
-    lines = [f"sweep {sweep.name}: base {base_path}, experiment {experiment}"]
+    lines = [f"sweep {sweep.name}: base {base_path}, experiment {experiment}", *search_summary(sweep, base_path)]
     for row in describe_trials(sweep, base_path, experiment, root):
         lines.append(f"- trial {row['trial']}  {row['params'] or ''}".rstrip())
         if "error" in row:
@@ -150,11 +177,30 @@ def _cmd_serve(args: argparse.Namespace) -> None:
 def _cmd_submit(args: argparse.Namespace) -> None:
     from geomoe.remote import submit
 
-    result = submit(args.job, args.address, args.set, args.working_dir, args.wait)
+    result = submit(args.spec, args.address, args.set, args.working_dir, args.wait, quickstart=args.quickstart)
     print(result.pop("logs", ""), end="")
     print(json.dumps(result))
     if args.wait and result["status"] != "SUCCEEDED":
         raise SystemExit(1)
+
+
+def _cmd_job(args: argparse.Namespace) -> None:
+    from geomoe import remote
+
+    if args.action == "list":
+        for row in remote.list_jobs(args.address):
+            print(f"{row['job_id']}  {row['status']:<9}  {row['name'] or '-':<24}  {row['entrypoint']}")
+        return
+    if not args.job_id:
+        from geomoe.errors import SpecError
+
+        raise SpecError(f"geomoe job {args.action}", "job_id", "name the job, e.g. geomoe job status raysubmit_...")
+    if args.action == "logs":
+        print(remote.job_logs(args.address, args.job_id), end="")
+    elif args.action == "stop":
+        print(json.dumps(remote.stop_job(args.address, args.job_id)))
+    else:
+        print(json.dumps(remote.job_status(args.address, args.job_id)))
 
 
 def _cmd_k8s(args: argparse.Namespace) -> None:
@@ -185,8 +231,11 @@ def _cmd_k8s(args: argparse.Namespace) -> None:
 
 
 def _cmd_convert(args: argparse.Namespace) -> None:
-    from geomoe.models.checkpoint import convert_pickled
+    from geomoe.models.checkpoint import convert_pickled, is_current
 
+    if is_current(args.checkpoint):
+        print(f"{args.checkpoint}: already in the current format (checkpoint.json + safetensors); nothing to convert")
+        return
     print(f"converted: {convert_pickled(args.checkpoint, args.out).parent}")
 
 
@@ -214,14 +263,18 @@ def _k8s_parser(sub: Any) -> Any:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from geomoe import __version__
+
     parser = argparse.ArgumentParser(prog="geomoe", description=DESCRIPTION, epilog=EPILOG)
     parser.add_argument("-v", "--verbose", action="store_true", help="every log line on the console")
+    parser.add_argument("--version", action="version", version=f"geomoe {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     run = sub.add_parser("run", help="run a job (jobs/*.yaml) on Ray, local or joined")
     run.add_argument("job")
     run.add_argument(  # also after the command; without it Ray's logs go to <run>/logs
         "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="show every log line as it comes"
     )
+    run.add_argument("--dry-run", action="store_true", help="print the resolved spec and its stages; run nothing")
     run.set_defaults(fn=_cmd_run)
     synth = sub.add_parser("synth", help="write the synthetic benchmark in the real layouts")
     synth.add_argument("--out", required=True)
@@ -234,17 +287,28 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("sweep")
     sweep.add_argument("--quickstart", action="store_true", help="the sweep's 2-core variant (synthgeo, tiny models)")
     sweep.add_argument("--resume", action="store_true", help="continue an interrupted sweep; finished trials stay")
-    sweep.add_argument("--dry-run", action="store_true", help="print each trial's data and overrides; run nothing")
+    sweep.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the trials, what each asks of the cluster and the metric; run nothing",
+    )
+    sweep.add_argument("--address", help="join this Ray cluster (the base job's resources.address), e.g. auto")
     sweep.set_defaults(fn=_cmd_sweep)
     report = sub.add_parser("report", help="a sweep's report, next to the paper's numbers")
     report.add_argument("experiment", help="the sweep's folder, e.g. runs/sweeps/smgeo_experts-quickstart")
     report.set_defaults(fn=_cmd_report)
-    submit = sub.add_parser("submit", help="run a job on a remote Ray cluster (Ray Jobs)")
-    submit.add_argument("job", help="job spec, relative to --working-dir")
-    submit.add_argument("--address", required=True, help="the cluster's dashboard, e.g. http://head:8265")
+    submit = sub.add_parser("submit", help="run a job or a sweep on a remote Ray cluster (Ray Jobs)")
+    submit.add_argument("spec", help="a job (jobs/*.yaml) or sweep (search_spaces/*.yaml), relative to --working-dir")
+    submit.add_argument("--address", help="the cluster's dashboard, e.g. http://head:8265 (default: $RAY_ADDRESS)")
     submit.add_argument("--working-dir", default=".", help="uploaded with the job (data/ and runs/ excluded)")
     submit.add_argument("--wait", action="store_true", help="follow the job to the end and print its logs")
+    submit.add_argument("--quickstart", action="store_true", help="a sweep's 2-core variant")
     submit.set_defaults(fn=_cmd_submit)
+    job = sub.add_parser("job", help="list, follow or stop submitted jobs (Ray Jobs)")
+    job.add_argument("action", choices=["list", "status", "logs", "stop"])
+    job.add_argument("job_id", nargs="?", help="the id `geomoe submit` printed (raysubmit_...)")
+    job.add_argument("--address", help="the cluster's dashboard, e.g. http://head:8265 (default: $RAY_ADDRESS)")
+    job.set_defaults(fn=_cmd_job)
     serve = sub.add_parser("serve", help="check and run a Serve config (serve/*.yaml)")
     serve.add_argument("config")
     serve.add_argument("--address", help="a running Ray cluster (default: start a local one)")
@@ -257,7 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("name", choices=list(BENCHMARKS))
     bench.add_argument("--out", default="bench_results")
     bench.set_defaults(fn=_cmd_bench)
-    for command in (run, synth, prep, bench, submit, kube):
+    for command in (run, synth, prep, bench, submit, kube, sweep):
         command.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a spec key")
     return parser
 

@@ -1,8 +1,10 @@
-"""``geomoe submit``: run a job spec on a Ray cluster through Ray Jobs (Ray layer).
+"""``geomoe submit`` and ``geomoe job``: run a job or a sweep spec on a Ray cluster through Ray Jobs, and list,
+follow or stop what was submitted (Ray layer).
 
 The spec is validated here first, so a bad spec fails before anything is uploaded. The working directory (the
 code, jobs/, search_spaces/; never data, runs or virtualenvs) goes with the job as its runtime env, and the
-entrypoint is ``geomoe run`` on the cluster, where the job joins the cluster through RAY_ADDRESS.
+entrypoint is ``geomoe run`` (a job) or ``geomoe sweep`` (a sweep) on the cluster, where it joins the cluster
+through RAY_ADDRESS.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from geomoe.config import load_job
+from geomoe.config import load_job, load_yaml
+from geomoe.errors import GeomoeError
 
 EXCLUDES = [".git", ".venv", "data", "runs", "bench_results", "**/__pycache__", "*.egg-info"]
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
@@ -28,37 +31,117 @@ def forwarded_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k.startswith("GEOMOE_") or k in FORWARDED}
 
 
+class RemoteError(GeomoeError):
+    """The cluster cannot be reached, or does not know the job asked for."""
+
+
+def is_sweep(path: Path) -> bool:
+    """A sweep spec (search_spaces/*.yaml) names a base job; a job spec does not."""
+    raw = load_yaml(path)
+    return isinstance(raw, dict) and "base" in raw
+
+
+def entrypoint_of(path: Path, relative: Path, overrides: list[str], quickstart: bool = False) -> tuple[str, str]:
+    """(the command the cluster runs, the spec's name) for a job or a sweep spec, validated here first."""
+    sets = [f"--set {shlex.quote(o)}" for o in overrides]
+    if is_sweep(path):
+        from geomoe.sweep import load_sweep
+
+        sweep, _ = load_sweep(path, quickstart, overrides)
+        flags = ["--quickstart"] if quickstart else []
+        return " ".join(["geomoe", "sweep", shlex.quote(str(relative)), *flags, *sets]), sweep.name
+    if quickstart:
+        raise RemoteError(f"{relative}: --quickstart is for a sweep spec; this is a job spec")
+    return " ".join(["geomoe", "run", shlex.quote(str(relative)), *sets]), load_job(str(path), overrides).name
+
+
+def cluster_address(address: str | None) -> str:
+    """``--address``, else RAY_ADDRESS (Ray's own convention), else an error saying how to name one."""
+    found = address or os.environ.get("RAY_ADDRESS")
+    if not found:
+        raise RemoteError("no cluster named: pass --address http://<head>:8265 or set RAY_ADDRESS")
+    return found
+
+
+def client(address: str) -> Any:
+    """A JobSubmissionClient for the cluster's dashboard; RemoteError in one line when it cannot be reached."""
+    from ray.job_submission import JobSubmissionClient
+
+    try:
+        return JobSubmissionClient(address)
+    except Exception as err:  # ConnectionError; ValueError for a malformed address; Ray's own RuntimeErrors
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise RemoteError(f"{address}: cannot reach the cluster's dashboard ({reason}); check --address") from None
+
+
 def submit(
-    job: str,
-    address: str,
+    spec: str,
+    address: str | None,
     overrides: list[str],
     working_dir: str = ".",
     wait: bool = False,
     timeout_s: float = 3600.0,
+    quickstart: bool = False,
 ) -> dict[str, Any]:
-    """Submit ``job`` (a path relative to ``working_dir``); with ``wait``, follow it to the end and return its
-    status and the tail of its logs."""
-    from ray.job_submission import JobSubmissionClient
-
+    """Submit ``spec`` (a job or a sweep, a path relative to ``working_dir``); with ``wait``, follow it to the end
+    and return its status and the tail of its logs."""
     root = Path(working_dir).resolve()
-    path = Path(job)
-    spec = load_job(str(path if path.is_absolute() else root / path), overrides)
+    path = Path(spec)
     relative = path.resolve().relative_to(root) if path.is_absolute() else path
-    entrypoint = " ".join(
-        ["geomoe", "run", shlex.quote(str(relative)), *[f"--set {shlex.quote(o)}" for o in overrides]]
-    )
-    client = JobSubmissionClient(address)
-    job_id = client.submit_job(
+    entrypoint, name = entrypoint_of(path if path.is_absolute() else root / path, relative, overrides, quickstart)
+    address = cluster_address(address)
+    jobs = client(address)
+    job_id = jobs.submit_job(
         entrypoint=entrypoint,
         runtime_env={"working_dir": str(root), "excludes": EXCLUDES, "env_vars": forwarded_env()},
-        metadata={"geomoe_job": spec.name},
+        metadata={"geomoe_job": name},
     )
     result: dict[str, Any] = {"job_id": job_id, "entrypoint": entrypoint, "address": address}
     if not wait:
-        return result | {"status": str(client.get_job_status(job_id))}
+        return result | {"status": str(jobs.get_job_status(job_id))}
     deadline = time.monotonic() + timeout_s
-    status = str(client.get_job_status(job_id))
+    status = str(jobs.get_job_status(job_id))
     while status not in TERMINAL and time.monotonic() < deadline:
         time.sleep(2.0)
-        status = str(client.get_job_status(job_id))
-    return result | {"status": status, "logs": client.get_job_logs(job_id)[-20_000:]}
+        status = str(jobs.get_job_status(job_id))
+    return result | {"status": status, "logs": jobs.get_job_logs(job_id)[-20_000:]}
+
+
+def list_jobs(address: str | None) -> list[dict[str, Any]]:
+    """Every job the cluster knows, oldest first: id, status, geomoe spec name, entrypoint."""
+    rows = [
+        {
+            "job_id": job.submission_id or job.job_id,
+            "status": str(job.status),
+            "name": (job.metadata or {}).get("geomoe_job", ""),
+            "entrypoint": job.entrypoint,
+            "start_time": job.start_time or 0,
+        }
+        for job in client(cluster_address(address)).list_jobs()
+    ]
+    return sorted(rows, key=lambda r: r["start_time"])
+
+
+def _known(address: str | None, job_id: str) -> tuple[Any, Any]:
+    """(the client, the job's info); RemoteError when the cluster does not know the job."""
+    jobs = client(cluster_address(address))
+    try:
+        return jobs, jobs.get_job_info(job_id)
+    except RuntimeError as err:  # "Request failed with status code 404: Job ... does not exist."
+        raise RemoteError(f"job {job_id}: not known to this cluster ({str(err).splitlines()[0]})") from None
+
+
+def job_status(address: str | None, job_id: str) -> dict[str, Any]:
+    _, info = _known(address, job_id)
+    return {"job_id": job_id, "status": str(info.status), "message": info.message or ""}
+
+
+def job_logs(address: str | None, job_id: str) -> str:
+    jobs, _ = _known(address, job_id)
+    return str(jobs.get_job_logs(job_id))
+
+
+def stop_job(address: str | None, job_id: str) -> dict[str, Any]:
+    """Ask the cluster to stop the job; ``stopped`` is False when it had already ended."""
+    jobs, _ = _known(address, job_id)
+    return {"job_id": job_id, "stopped": bool(jobs.stop_job(job_id))}

@@ -3,6 +3,7 @@ the cluster through Ray Jobs, with the working directory uploaded; a bad spec fa
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -79,6 +80,21 @@ def test_submit_runs_the_job_on_the_cluster(cluster: str) -> None:
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert '"status": "SUCCEEDED"' in done.stdout and "synthgeo:" in done.stdout  # the job's own output
     assert not (REPO / "data" / "synthgeo-submit").exists()  # it ran in the uploaded copy, on the cluster
+    # the submitted job, as `geomoe job` sees it
+    job_id = json.loads(done.stdout.strip().splitlines()[-1])["job_id"]
+    listed = geomoe("job", "list", "--address", cluster)
+    assert listed.returncode == 0 and any(
+        line.startswith(job_id) and "SUCCEEDED" in line and "quickstart" in line for line in listed.stdout.splitlines()
+    )
+    status = geomoe("job", "status", job_id, "--address", cluster)
+    assert json.loads(status.stdout)["status"] == "SUCCEEDED"
+    assert "synthgeo:" in geomoe("job", "logs", job_id, "--address", cluster).stdout
+    assert json.loads(geomoe("job", "stop", job_id, "--address", cluster).stdout) == {
+        "job_id": job_id,
+        "stopped": False,
+    }
+    unknown = geomoe("job", "status", "raysubmit_nosuchjob", "--address", cluster)
+    assert unknown.returncode == 2 and "job raysubmit_nosuchjob: not known to this cluster" in unknown.stderr
 
 
 def test_submit_refuses_a_bad_spec_before_uploading(cluster: str) -> None:

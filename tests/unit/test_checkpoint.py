@@ -93,7 +93,9 @@ def test_a_weights_file_that_is_a_pickle_is_refused_without_running(tmp_path: Pa
     assert not marker.exists()
 
 
-def test_a_plain_version_1_checkpoint_converts_to_the_same_weights(tmp_path: Path, trained: tuple) -> None:
+def test_a_plain_version_1_checkpoint_converts_to_the_same_weights(
+    tmp_path: Path, trained: tuple, capsys: pytest.CaptureFixture[str]
+) -> None:
     model, optimizer, spec = trained
     folder = tmp_path / "old"
     folder.mkdir()
@@ -108,6 +110,14 @@ def test_a_plain_version_1_checkpoint_converts_to_the_same_weights(tmp_path: Pat
     convert_pickled(folder, tmp_path / "new")
     converted = read_checkpoint(tmp_path / "new")
     assert converted["epoch"] == 4 and all(torch.equal(converted["model"][k], v) for k, v in payload["model"].items())
+    # converting it again is a no-op that says so, in one line
+    from geomoe.cli import main
+
+    assert main(["convert", str(tmp_path / "new")]) == 0
+    assert (
+        capsys.readouterr().out.strip()
+        == f"{tmp_path / 'new'}: already in the current format (checkpoint.json + safetensors); nothing to convert"
+    )
 
 
 @pytest.mark.parametrize(

@@ -122,6 +122,11 @@ def load_into(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
         raise ModelError(f"checkpoint does not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
 
 
+def is_current(directory: str | Path) -> bool:
+    """A checkpoint folder already in this format (its manifest is there)."""
+    return storage.is_file(storage.join(str(directory), MANIFEST_FILE))
+
+
 def convert_pickled(directory: str | Path, out: str | Path | None = None) -> Path:
     """Convert a version-1 checkpoint (``state.pt``) into this format, in place or into ``out``. The pickle is
     read with ``weights_only=True``: tensors, numbers, strings and containers load, anything that would run code

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +25,9 @@ VARIANT = "variant"  # the parameter name a sweep's variants are swept under
 SEED = "seed"  # the parameter name a sweep's seeds are swept under (the job's top-level seed)
 
 
-def load_sweep(path: str | Path, quickstart: bool = False) -> tuple[SweepSpec, Path]:
-    """(spec, base job path); ``quickstart`` swaps in the sweep's 2-core variant (name suffixed -quickstart)."""
+def load_sweep(path: str | Path, quickstart: bool = False, overrides: Sequence[str] = ()) -> tuple[SweepSpec, Path]:
+    """(spec, base job path); ``quickstart`` swaps in the sweep's 2-core variant (name suffixed -quickstart);
+    ``overrides`` (``--set`` on the command line) are applied to the base job after the sweep's own."""
     path = Path(path)
     sweep = parse_spec(SweepSpec, load_yaml(path), str(path))
     if quickstart:
@@ -36,6 +38,8 @@ def load_sweep(path: str | Path, quickstart: bool = False) -> tuple[SweepSpec, P
         raw.update(name=f"{sweep.name}-quickstart", base=q.base, overrides=q.overrides)
         raw.update(q.model_dump(mode="json", exclude_none=True, exclude={"base", "overrides"}))
         sweep = parse_spec(SweepSpec, raw, f"{path} (quickstart)")
+    if overrides:
+        sweep = sweep.model_copy(update={"overrides": [*sweep.overrides, *overrides]})
     return sweep, (path.parent / sweep.base).resolve()
 
 
@@ -126,6 +130,44 @@ def describe_trials(sweep: SweepSpec, base_path: Path, experiment_dir: str, root
         row.update(dataset=trial_dataset(spec), data=kind, prepared=spec.preprocess.output_dir)
         rows.append(row)
     return rows
+
+
+def _searched(name: str, search: Any) -> str:
+    for kind in ("grid", "choice", "uniform", "loguniform"):
+        values = getattr(search, kind)
+        if values is not None:
+            shown = f"[{values[0]}, {values[1]}]" if kind in ("uniform", "loguniform") else json.dumps(list(values))
+            return f"{name}: {kind} {shown}"
+    return name
+
+
+def search_summary(sweep: SweepSpec, base_path: Path) -> list[str]:
+    """``--dry-run``'s header: how many trials, at most how many at once, what one trial asks of the cluster
+    (from the base job's resources), what is searched and what the trials are ranked by."""
+    if sweep.searcher == "grid":
+        points = len(grid_points(sweep))
+        count = f"{points * sweep.num_samples} trials (the grid's {points} points x {sweep.num_samples} sample(s))"
+    else:
+        count = f"{sweep.num_samples} trials drawn by {sweep.searcher}"
+    lines = [f"  {count}, at most {sweep.max_concurrent} at once; ranked by {sweep.metric} ({sweep.mode})"]
+    try:
+        res = load_job(base_path, list(sweep.overrides)).resources
+    except SpecError as err:
+        lines.append(f"  each trial: the base job is not valid: {err}")
+    else:
+        gpus = f", {res.num_workers} GPU(s)" if res.use_gpu else ", no GPU"
+        lines.append(
+            f"  each trial: {sweep.trial_cpus} CPU for its driver + {res.num_workers} Train worker(s) x "
+            f"{res.cpus_per_worker} CPU{gpus}; Ray Data decoding up to {res.data_concurrency} task(s); "
+            f"Ray: {res.address or 'a local cluster started here'}"
+        )
+    searched = [_searched(name, search) for name, search in sweep.params.items()]
+    if sweep.variants:
+        searched.insert(0, f"variant: {list(sweep.variants)}")
+    if sweep.seeds:
+        searched.append(f"seed: {sweep.seeds}")
+    lines.append(f"  searched: {'; '.join(searched) or '(nothing: one configuration)'}")
+    return lines
 
 
 def trial_metrics(spec: JobSpec, result: dict[str, Any]) -> dict[str, float]:

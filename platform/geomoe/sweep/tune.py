@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import traceback
+from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -141,12 +142,13 @@ def prepare_inputs(sweep: SweepSpec, base_path: Path, experiment: str, root: Pat
         family_of(spec).prepare_inputs(spec, PreparedDataset.open(trial_dataset(spec)))
 
 
-def run_sweep(path: str | Path, quickstart: bool = False, resume: bool = False) -> str:
-    """Run (or with ``resume`` continue) the sweep at ``path``; returns its experiment location."""
+def run_sweep(path: str | Path, quickstart: bool = False, resume: bool = False, overrides: Sequence[str] = ()) -> str:
+    """Run (or with ``resume`` continue) the sweep at ``path``, ``overrides`` applied to its base job; returns its
+    experiment location."""
     from geomoe.ray_env import ensure_ray
     from ray import tune
 
-    sweep, base_path = load_sweep(path, quickstart)
+    sweep, base_path = load_sweep(path, quickstart, overrides)
     root = Path.cwd().resolve()
     experiment = experiment_location(sweep, root)
     ownership.claim_dir(experiment, ownership.Claim("output_root", sweep.name, "sweep"))  # before Tune writes there
