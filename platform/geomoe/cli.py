@@ -214,6 +214,8 @@ def _cmd_k8s(args: argparse.Namespace) -> None:
     values = k8s.load_values(args.values)
     if args.kind == "job":
         manifest = k8s.ray_job(args.source, values, args.set)
+    elif args.kind == "sweep":
+        manifest = k8s.ray_sweep(args.source, values, args.set)
     elif args.kind == "service":
         manifest = k8s.ray_service(args.source, values)
     else:
@@ -253,9 +255,11 @@ def _convert_parser(sub: Any) -> None:
 
 
 def _k8s_parser(sub: Any) -> Any:
-    kube = sub.add_parser("k8s", help="KubeRay manifest: RayJob, RayService or RayCluster")
-    kube.add_argument("kind", choices=["job", "service", "cluster"])
-    kube.add_argument("source", nargs="?", help="jobs/*.yaml for a job, serve/*.yaml for a service")
+    kube = sub.add_parser("k8s", help="KubeRay manifest: RayJob (a job or a sweep), RayService or RayCluster")
+    kube.add_argument("kind", choices=["job", "sweep", "service", "cluster"])
+    kube.add_argument(
+        "source", nargs="?", help="jobs/*.yaml for a job, search_spaces/*.yaml for a sweep, serve/*.yaml for a service"
+    )
     kube.add_argument("--values", default="k8s/values.yaml", help="image, pod shapes, storage (default: %(default)s)")
     kube.add_argument("--out", help="write here instead of printing")
     kube.set_defaults(fn=_cmd_k8s)

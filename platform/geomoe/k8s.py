@@ -1,11 +1,12 @@
 """KubeRay manifests (API group ray.io, v1) generated from the project's own specs and one values file
-(k8s/values.yaml): a RayJob per job spec, a RayService per Serve config, a standing RayCluster.
+(k8s/values.yaml): a RayJob per job or sweep spec, a RayService per Serve config, a standing RayCluster.
 
-What a manifest holds comes from where it is decided: the number of training workers, their CPUs and whether they
-use GPUs from the job spec's ``resources``; the image, pod shapes, namespace, storage locations and credentials
-from the values file. Nothing is copied by hand, so a manifest cannot drift from the spec it runs. The pods share
-no disk: a job whose data or outputs are local paths (not URIs, not declared shared mounts) is refused here,
-before anything is submitted.
+What a manifest holds comes from where it is decided: the number of training workers, their CPUs, memory and
+whether they use GPUs from the job spec's ``resources`` (a pod is cut from a node type to fit them); the node
+types (their CPUs, memory, GPUs, accelerator), images, namespace, storage locations and credentials from the values
+file. Nothing is copied by hand, so a manifest cannot drift from the spec it runs. The pods share no disk: a job or
+Serve config whose files are local paths (not URIs, not on a volume every pod mounts) is refused here, before
+anything is submitted, as is an accelerator no node type has.
 """
 
 from __future__ import annotations
@@ -15,27 +16,45 @@ import os
 import shlex
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 from pydantic import Field
 
+from geomoe import storage
 from geomoe.config import JobSpec, Strict, load_job, load_yaml, parse_spec
+from geomoe.config.job import ResourcesSpec
 from geomoe.errors import SpecError
 
 API_VERSION = "ray.io/v1"
 GPU = "nvidia.com/gpu"
 
 
-class PodShape(Strict):
-    cpu: int = Field(ge=1, description="CPUs of one pod (a Kubernetes request and limit)")
-    memory: str = Field(description="memory of one pod, a Kubernetes quantity such as 32Gi")
-    gpus: int = Field(0, ge=0, description="GPUs of one pod")
+class NodeType(Strict):
+    """One kind of node the Kubernetes cluster offers: the most one pod on it may ask for. A job's pods are cut
+    from it by the job's own needs (``job_pod``); a standing cluster's pods take a whole node."""
+
+    cpu: int = Field(ge=1, description="CPUs of one node")
+    memory: str = Field(description="memory of one node, a Kubernetes quantity such as 32Gi")
+    gpus: int = Field(0, ge=0, description="GPUs of one node")
+    accelerator: str | None = Field(
+        None,
+        description="Ray's accelerator type of its GPUs (A100, A10G, H100): what Serve configs and jobs may ask for",
+    )
     min_replicas: int = Field(0, ge=0)
     max_replicas: int = Field(1, ge=0)
     node_selector: dict[str, str] = Field(default_factory=dict)
     tolerations: list[dict[str, Any]] = Field(default_factory=list)
+
+
+class SharedVolume(Strict):
+    """A volume every pod mounts (a ReadWriteMany claim: EFS, Filestore, NFS): local paths under ``path`` in a job
+    or Serve config are then the same files on every pod."""
+
+    path: str = Field(pattern=r"^/", description="where every pod mounts it")
+    claim: str = Field(description="the PersistentVolumeClaim (ReadWriteMany)")
 
 
 class K8sValues(Strict):
@@ -43,19 +62,79 @@ class K8sValues(Strict):
 
     namespace: str = "geomoe"
     image: str = Field(description="an image with this repository at ``workdir`` (k8s/Dockerfile)")
+    llm_image: str = Field(
+        description="the same repository on Ray's LLM stack (vLLM and the torch it pins: k8s/Dockerfile.llm), for "
+        "jobs with a vllm engine and Serve configs with a ray.serve.llm application"
+    )
     ray_version: str = "2.60.0"
     workdir: str = "/app"
     service_account: str | None = Field(None, description="its cloud identity reaches the bucket (no keys)")
     credentials_secret: str | None = Field(None, description="a Secret of AWS_* variables, when keys are needed")
     serve_token_secret: str = Field("geomoe-serve-token", description="Secret (key: token) for a Serve token_env")
     env: dict[str, str] = Field(default_factory=dict, description="GEOMOE_STORAGE, GEOMOE_DATA: used by the specs")
-    head: PodShape
-    cpu_workers: PodShape
-    gpu_workers: PodShape
+    shared_volumes: list[SharedVolume] = Field(default_factory=list)
+    object_store_fraction: float = Field(
+        0.3, gt=0, lt=1, description="of a pod's memory, as /dev/shm: Ray's object store lives there (Ray's default)"
+    )
+    head: NodeType
+    cpu_workers: NodeType
+    gpu_workers: NodeType
+    infer_workers: NodeType
+
+    def node_types(self) -> dict[str, NodeType]:
+        return {"cpu": self.cpu_workers, "gpu": self.gpu_workers, "infer": self.infer_workers}
+
+    def accelerators(self) -> set[str]:
+        return {t.accelerator for t in self.node_types().values() if t.accelerator}
+
+
+@dataclass(frozen=True)
+class Pod:
+    """What one pod asks for (requests = limits)."""
+
+    cpu: int
+    memory_gi: int
+    gpus: int = 0
 
 
 def load_values(path: str | Path) -> K8sValues:
     return parse_spec(K8sValues, load_yaml(path), str(path))
+
+
+def gibibytes(quantity: str) -> float:
+    """A Kubernetes memory quantity (``64Gi``, ``512Mi``, ``1Ti``, ``1000G``) in GiB."""
+    units = {"Ki": 2**-20, "Mi": 2**-10, "Gi": 1.0, "Ti": 2**10, "K": 1e3 / 2**30, "M": 1e6 / 2**30,
+             "G": 1e9 / 2**30, "T": 1e12 / 2**30}  # fmt: skip
+    for suffix in sorted(units, key=len, reverse=True):
+        if quantity.endswith(suffix):
+            return float(quantity[: -len(suffix)]) * units[suffix]
+    return float(quantity) / 2**30
+
+
+def whole_node(node: NodeType) -> Pod:
+    return Pod(node.cpu, math.floor(gibibytes(node.memory)), node.gpus)
+
+
+def job_pod(res: ResourcesSpec, node: NodeType, source: str) -> tuple[Pod, int]:
+    """The pod a job's training workers are packed into, and how many: as many workers a pod as one node holds
+    (by GPUs, else by CPUs) and no more than the job has; the pod asks for those workers' CPUs and GPUs, and for
+    ``resources.memory_per_worker`` GiB each (default: the node's memory in proportion to the CPUs taken)."""
+    if res.use_gpu:
+        if node.gpus < 1:
+            raise SpecError(source, "resources.use_gpu", "the values' gpu_workers nodes have no GPUs (gpus: 0)")
+        per_pod = min(res.num_workers, node.gpus)
+    else:
+        per_pod = min(res.num_workers, max(1, int(node.cpu // res.cpus_per_worker)))
+    cpu = math.ceil(per_pod * res.cpus_per_worker)
+    if cpu > node.cpu:
+        reason = f"{per_pod} workers x {res.cpus_per_worker} CPUs do not fit a {node.cpu}-CPU node of the values"
+        raise SpecError(source, "resources.cpus_per_worker", reason)
+    node_gi = gibibytes(node.memory)
+    memory = per_pod * res.memory_per_worker if res.memory_per_worker else node_gi * cpu / node.cpu
+    if memory > node_gi:
+        reason = f"{per_pod} workers x {res.memory_per_worker} GiB do not fit a {node.memory} node of the values"
+        raise SpecError(source, "resources.memory_per_worker", reason)
+    return Pod(cpu, math.ceil(memory), per_pod if res.use_gpu else 0), math.ceil(res.num_workers / per_pod)
 
 
 @contextmanager
@@ -73,28 +152,39 @@ def _environment(env: dict[str, str]) -> Iterator[None]:
                 os.environ[name] = value
 
 
-def _container(name: str, values: K8sValues, shape: PodShape, env: list[dict[str, Any]]) -> dict[str, Any]:
-    amount = {"cpu": str(shape.cpu), "memory": shape.memory} | ({GPU: str(shape.gpus)} if shape.gpus else {})
+def _container(name: str, values: K8sValues, pod: Pod, env: list[dict[str, Any]], image: str) -> dict[str, Any]:
+    amount = {"cpu": str(pod.cpu), "memory": f"{pod.memory_gi}Gi"} | ({GPU: str(pod.gpus)} if pod.gpus else {})
+    mounts = [{"name": "dshm", "mountPath": "/dev/shm"}]
+    mounts += [{"name": f"shared-{i}", "mountPath": v.path} for i, v in enumerate(values.shared_volumes)]
     container: dict[str, Any] = {
         "name": name,
-        "image": values.image,
+        "image": image,
         "workingDir": values.workdir,
         "resources": {"requests": amount, "limits": amount},
         "env": env,
+        "volumeMounts": mounts,
     }
     if values.credentials_secret:
         container["envFrom"] = [{"secretRef": {"name": values.credentials_secret}}]
     return container
 
 
-def _pod(container: dict[str, Any], values: K8sValues, shape: PodShape) -> dict[str, Any]:
-    spec: dict[str, Any] = {"containers": [container]}
+def _pod(container: dict[str, Any], values: K8sValues, node: NodeType, pod: Pod) -> dict[str, Any]:
+    """The pod template: the container, /dev/shm as memory sized for Ray's object store (a container's default is
+    64 MB, and Ray falls back to a slow disk-backed store), every shared volume, the node's placement."""
+    shm = f"{max(1, math.floor(pod.memory_gi * values.object_store_fraction))}Gi"
+    volumes: list[dict[str, Any]] = [{"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": shm}}]
+    volumes += [
+        {"name": f"shared-{i}", "persistentVolumeClaim": {"claimName": v.claim}}
+        for i, v in enumerate(values.shared_volumes)
+    ]
+    spec: dict[str, Any] = {"containers": [container], "volumes": volumes}
     if values.service_account:
         spec["serviceAccountName"] = values.service_account
-    if shape.node_selector:
-        spec["nodeSelector"] = shape.node_selector
-    if shape.tolerations:
-        spec["tolerations"] = shape.tolerations
+    if node.node_selector:
+        spec["nodeSelector"] = node.node_selector
+    if node.tolerations:
+        spec["tolerations"] = node.tolerations
     return {"spec": spec}
 
 
@@ -102,13 +192,19 @@ def _env(values: K8sValues, extra: list[dict[str, Any]] | None = None) -> list[d
     return [{"name": k, "value": v} for k, v in sorted(values.env.items())] + (extra or [])
 
 
+Group = tuple[NodeType, Pod, int]  # a worker group: its node type, its pod, its starting replicas
+
+
 def cluster_spec(
-    values: K8sValues, groups: dict[str, tuple[PodShape, int]], env: list[dict[str, Any]] | None = None
+    values: K8sValues, groups: dict[str, Group], env: list[dict[str, Any]] | None = None, image: str | None = None
 ) -> dict[str, Any]:
     """A RayCluster spec: a head that runs drivers only (num-cpus 0, as cluster.yaml) and the worker groups
-    ``{name: (pod shape, starting replicas)}``, scaled by the in-tree autoscaler within each shape's bounds."""
+    ``{name: (node type, pod, starting replicas)}``, scaled by the in-tree autoscaler within the node type's
+    bounds."""
     env = env if env is not None else _env(values)
-    head = _container("ray-head", values, values.head, env)
+    image = image or values.image
+    head_pod = whole_node(values.head)
+    head = _container("ray-head", values, head_pod, env, image)
     head["ports"] = [
         {"containerPort": 6379, "name": "gcs"},
         {"containerPort": 8265, "name": "dashboard"},
@@ -116,8 +212,8 @@ def cluster_spec(
         {"containerPort": 8000, "name": "serve"},
     ]
     workers = []
-    for name, (shape, replicas) in groups.items():
-        low, high = min(shape.min_replicas, replicas), max(shape.max_replicas, replicas)
+    for name, (node, pod, replicas) in groups.items():
+        low, high = min(node.min_replicas, replicas), max(node.max_replicas, replicas)
         workers.append(
             {
                 "groupName": name,
@@ -125,7 +221,7 @@ def cluster_spec(
                 "minReplicas": low,
                 "maxReplicas": high,
                 "rayStartParams": {},
-                "template": _pod(_container("ray-worker", values, shape, env), values, shape),
+                "template": _pod(_container("ray-worker", values, pod, env, image), values, node, pod),
             }
         )
     return {
@@ -133,7 +229,7 @@ def cluster_spec(
         "enableInTreeAutoscaling": True,
         "headGroupSpec": {
             "rayStartParams": {"dashboard-host": "0.0.0.0", "num-cpus": "0"},
-            "template": _pod(head, values, values.head),
+            "template": _pod(head, values, values.head, head_pod),
         },
         "workerGroupSpecs": workers,
     }
@@ -144,35 +240,52 @@ def _metadata(name: str, values: K8sValues) -> dict[str, Any]:
 
 
 def ray_cluster(values: K8sValues) -> dict[str, Any]:
-    """A standing cluster for `geomoe submit` and sweeps: CPU and GPU workers at their minimum, autoscaled."""
-    groups = {"cpu": (values.cpu_workers, values.cpu_workers.min_replicas)}
-    groups["gpu"] = (values.gpu_workers, values.gpu_workers.min_replicas)
+    """A standing cluster for `geomoe submit` and sweeps: a whole node a pod (it cannot know the jobs to come), every
+    node type at its minimum, autoscaled."""
+    groups = {name: (node, whole_node(node), node.min_replicas) for name, node in values.node_types().items()}
     return {"apiVersion": API_VERSION, "kind": "RayCluster", "metadata": _metadata("geomoe", values)} | {
         "spec": cluster_spec(values, groups)
     }
 
 
-def _worker_group(spec: JobSpec, values: K8sValues, source: str) -> tuple[str, PodShape, int]:
-    """The job's training workers packed into pods of the values' shape: (group, shape, pods)."""
-    res = spec.resources
-    shape = values.gpu_workers if res.use_gpu else values.cpu_workers
-    per_pod = shape.gpus if res.use_gpu else max(1, int(shape.cpu // res.cpus_per_worker))
-    if res.use_gpu and per_pod < 1:
-        raise SpecError(source, "resources.use_gpu", "the values' gpu_workers pods have no GPUs (gpus: 0)")
-    if res.cpus_per_worker * min(per_pod, res.num_workers) > shape.cpu:
-        reason = f"{per_pod} workers x {res.cpus_per_worker} CPUs do not fit a {shape.cpu}-CPU pod of the values"
-        raise SpecError(source, "resources.cpus_per_worker", reason)
-    return ("gpu" if res.use_gpu else "cpu"), shape, math.ceil(res.num_workers / per_pod)
+def _job_groups(res: ResourcesSpec, values: K8sValues, source: str, trials: int = 1) -> dict[str, Group]:
+    """The worker group a job's (or ``trials`` concurrent trials') training workers run in."""
+    name = "gpu" if res.use_gpu else "cpu"
+    node = values.gpu_workers if res.use_gpu else values.cpu_workers
+    pod, pods = job_pod(res, node, source)
+    for key, amount in res.worker_resources.items():
+        wanted = key.removeprefix("accelerator_type:")
+        if key.startswith("accelerator_type:") and amount > 0 and wanted != node.accelerator:
+            reason = f"asks for accelerator {wanted}; the values' {name}_workers nodes have {node.accelerator}"
+            raise SpecError(source, f"resources.worker_resources.{key}", reason)
+    return {name: (node, pod, pods * trials)}
 
 
-def _require_shared(spec: JobSpec, source: str) -> None:
-    """Pods share no disk: every location must be a URI or a mount the spec declares shared."""
+def needs_llm_stack(raw: Any) -> bool:
+    """A spec or Serve config that runs vLLM in-process: an engine of kind vllm, or a ray.serve.llm application."""
+    if isinstance(raw, dict):
+        if raw.get("kind") == "vllm" or str(raw.get("import_path", "")).startswith("ray.serve.llm"):
+            return True
+        return any(needs_llm_stack(v) for v in raw.values())
+    return isinstance(raw, list) and any(needs_llm_stack(v) for v in raw)
+
+
+def _on_shared_volume(location: str, values: K8sValues) -> bool:
+    return any(storage.is_inside(location, v.path) for v in values.shared_volumes)
+
+
+def _require_shared(spec: JobSpec, source: str, values: K8sValues) -> None:
+    """Pods share no disk: every location must be a URI, or a path on a mount the spec declares shared and the
+    values mount in every pod."""
     for key, location in spec.locations().items():
-        if not spec.storage.is_shared(location):
+        declared = spec.storage.is_shared(location) and (
+            storage.is_uri(location) or _on_shared_volume(location, values)
+        )
+        if not declared:
             reason = (
                 f"{location} is a local path, and the pods of a Kubernetes cluster share no disk: use a URI "
-                "(s3://..., or ${GEOMOE_STORAGE} with env.GEOMOE_STORAGE in the values), or declare a volume "
-                "every pod mounts: storage.shared_mounts"
+                "(s3://..., or ${GEOMOE_STORAGE} with env.GEOMOE_STORAGE in the values), or a volume every pod "
+                "mounts: storage.shared_mounts in the spec and shared_volumes in the values"
             )
             raise SpecError(source, key, reason)
 
@@ -195,20 +308,45 @@ def ray_job(job_path: str | Path, values: K8sValues, overrides: list[str] | None
     source = str(job_path)
     with _environment(values.env):
         spec = load_job(job_path, overrides).with_absolute_paths()
-    _require_shared(spec, source)
-    group, shape, pods = _worker_group(spec, values, source)
+    _require_shared(spec, source, values)
     command = ["geomoe", "run", _relative_to_repo(job_path)]
     for override in overrides or []:
         command += ["--set", override]
+    image = values.llm_image if needs_llm_stack(spec.model_dump(mode="json")) else values.image
+    return _ray_job(spec.name, values, command, _job_groups(spec.resources, values, source), image)
+
+
+def ray_sweep(sweep_path: str | Path, values: K8sValues, overrides: list[str] | None = None) -> dict[str, Any]:
+    """A RayJob that runs ``geomoe sweep <sweep>`` on a cluster of its own: room for ``max_concurrent`` trials,
+    each shaped by the base job's resources, on the base job's image; deleted when the sweep ends."""
+    from geomoe.sweep import load_sweep
+
+    source = str(sweep_path)
+    with _environment(values.env):
+        sweep, base_path = load_sweep(sweep_path, overrides=overrides or [])
+        spec = load_job(base_path, list(sweep.overrides)).with_absolute_paths()
+    if not spec.storage.is_shared(sweep.output_root):
+        reason = f"{sweep.output_root} is a local path, and the pods of a Kubernetes cluster share no disk: use a URI"
+        raise SpecError(source, "output_root", reason)
+    _require_shared(spec, str(base_path), values)
+    command = ["geomoe", "sweep", _relative_to_repo(sweep_path)]
+    for override in overrides or []:
+        command += ["--set", override]
+    groups = _job_groups(spec.resources, values, source, trials=sweep.max_concurrent)
+    image = values.llm_image if needs_llm_stack(spec.model_dump(mode="json")) else values.image
+    return _ray_job(sweep.name, values, command, groups, image)
+
+
+def _ray_job(name: str, values: K8sValues, command: list[str], groups: dict[str, Group], image: str) -> dict[str, Any]:
     return {
         "apiVersion": API_VERSION,
         "kind": "RayJob",
-        "metadata": _metadata(spec.name, values),
+        "metadata": _metadata(name, values),
         "spec": {
             "entrypoint": shlex.join(command),
             "shutdownAfterJobFinishes": True,
             "ttlSecondsAfterFinished": 3600,
-            "rayClusterSpec": cluster_spec(values, {group: (shape, pods)}),
+            "rayClusterSpec": cluster_spec(values, groups, image=image),
         },
     }
 
@@ -218,20 +356,66 @@ def ray_service(config_path: str | Path, values: K8sValues, name: str = "geomoe-
     replicas; a retriever's ``token_env`` is filled from the values' Secret, never written here."""
     from geomoe.serving.config import check_serve_schema
 
+    source = str(config_path)
     raw = check_serve_schema(config_path)
+    _require_shared_serve(raw, source, values)
+    for key, wanted in accelerators_asked(raw):
+        if wanted not in values.accelerators():
+            reason = f"accelerator {wanted}: no node type of the values has it ({sorted(values.accelerators())})"
+            raise SpecError(source, key, reason)
     token_envs = sorted({a["args"]["token_env"] for a in raw["applications"] if (a.get("args") or {}).get("token_env")})
     secret = values.serve_token_secret
     extra = [{"name": e, "valueFrom": {"secretKeyRef": {"name": secret, "key": "token"}}} for e in token_envs]
-    groups = {"gpu": (values.gpu_workers, max(1, values.gpu_workers.min_replicas))}
+    node = values.infer_workers
+    groups = {"infer": (node, whole_node(node), max(1, node.min_replicas))}
+    image = values.llm_image if needs_llm_stack(raw) else values.image
     return {
         "apiVersion": API_VERSION,
         "kind": "RayService",
         "metadata": _metadata(name, values),
         "spec": {
             "serveConfigV2": yaml.safe_dump(raw, sort_keys=False),
-            "rayClusterConfig": cluster_spec(values, groups, _env(values, extra)),
+            "rayClusterConfig": cluster_spec(values, groups, _env(values, extra), image),
         },
     }
+
+
+SERVE_LOCATIONS = ("index", "checkpoint", "localizer", "rerank.captions", "captioner.prompts")
+
+
+def accelerators_asked(raw: Any, key: str = "") -> list[tuple[str, str]]:
+    """(dotted key, accelerator type) of every ``accelerator_type`` a Serve config (or any spec) asks for."""
+    if isinstance(raw, dict):
+        found = (
+            [(f"{key}.accelerator_type".lstrip("."), str(raw["accelerator_type"]))]
+            if raw.get("accelerator_type")
+            else []
+        )
+        for k, v in raw.items():
+            found += accelerators_asked(v, f"{key}.{k}".lstrip("."))
+        return found
+    if isinstance(raw, list):
+        return [found for i, v in enumerate(raw) for found in accelerators_asked(v, f"{key}[{i}]")]
+    return []
+
+
+def _require_shared_serve(raw: dict[str, Any], source: str, values: K8sValues) -> None:
+    """A Serve config's files (index, checkpoints, caption store, prompts) must be URIs, registry URIs or paths
+    on a volume the values mount in every pod, as a job's are."""
+    for i, app in enumerate(raw.get("applications", [])):
+        args = app.get("args") or {}
+        for dotted in SERVE_LOCATIONS:
+            value: Any = args
+            for part in dotted.split("."):
+                value = value.get(part) if isinstance(value, dict) else None
+            if not isinstance(value, str) or value.startswith(("models:/", "builtin:")) or storage.is_uri(value):
+                continue
+            if not (value.startswith("/") and _on_shared_volume(value, values)):
+                reason = (
+                    f"{value} is a local path, and the pods of a Kubernetes cluster share no disk: use a URI, or a "
+                    "path under one of the values' shared_volumes"
+                )
+                raise SpecError(source, f"applications[{i}].args.{dotted}", reason)
 
 
 class _Dumper(yaml.SafeDumper):

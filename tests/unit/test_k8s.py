@@ -64,22 +64,62 @@ def test_every_cluster_job_becomes_a_valid_rayjob_shaped_by_its_spec(job: str, v
     spec = manifest["spec"]
     assert spec["entrypoint"] == f"geomoe run jobs/{job}.yaml" and spec["shutdownAfterJobFinishes"] is True
     (group,) = spec["rayClusterSpec"]["workerGroupSpecs"]
-    resources = load_job(REPO / "jobs" / f"{job}.yaml").resources
-    pod = group["template"]["spec"]["containers"][0]
-    if resources.use_gpu:
-        assert group["groupName"] == "gpu" and pod["resources"]["limits"]["nvidia.com/gpu"] == "8"
-        assert group["replicas"] == -(-resources.num_workers // 8)  # 8 GPUs a pod: the job's workers packed
+    job_spec = load_job(REPO / "jobs" / f"{job}.yaml")
+    resources = job_spec.resources
+    template = group["template"]["spec"]
+    pod = template["containers"][0]
+    limits = pod["resources"]["limits"]
+    if resources.use_gpu:  # a pod holds as many of the job's workers as one 8-GPU node does, and no more
+        per_pod = min(resources.num_workers, 8)
+        assert group["groupName"] == "gpu" and limits["nvidia.com/gpu"] == str(per_pod)
+        assert group["replicas"] == -(-resources.num_workers // 8)
+        assert limits["cpu"] == str(int(per_pod * resources.cpus_per_worker))
+    shm = next(v for v in template["volumes"] if v["name"] == "dshm")  # Ray's object store: memory, 30% of the pod
+    assert shm["emptyDir"]["medium"] == "Memory" and {"name": "dshm", "mountPath": "/dev/shm"} in pod["volumeMounts"]
+    assert int(shm["emptyDir"]["sizeLimit"][:-2]) == int(int(limits["memory"][:-2]) * 0.3)
+    uses_vllm = any(getattr(job_spec, s) and getattr(job_spec, s).engine.kind == "vllm" for s in ("refine", "caption"))
+    assert pod["image"] == (values.llm_image if uses_vllm else values.image)
     env = {e["name"]: e["value"] for e in pod["env"]}
     assert env["GEOMOE_STORAGE"] == values.env["GEOMOE_STORAGE"]
 
 
+def _pod(manifest: dict[str, Any]) -> tuple[int, dict[str, str]]:
+    (group,) = manifest["spec"]["rayClusterSpec"]["workerGroupSpecs"]
+    return group["replicas"], group["template"]["spec"]["containers"][0]["resources"]["limits"]
+
+
 def test_the_job_resources_decide_the_pods(values: k8s.K8sValues) -> None:
-    sixteen = k8s.ray_job("jobs/pe_moe_geotext.yaml", values, ["resources.num_workers=20"])
-    assert sixteen["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["replicas"] == 3  # 20 GPUs on 8-GPU pods
-    assert sixteen["spec"]["entrypoint"] == "geomoe run jobs/pe_moe_geotext.yaml --set resources.num_workers=20"
-    assert_valid(sixteen)
-    with pytest.raises(SpecError, match=r"resources\.cpus_per_worker: .*do not fit a 96-CPU pod"):
+    twenty = k8s.ray_job("jobs/pe_moe_geotext.yaml", values, ["resources.num_workers=20"])
+    assert _pod(twenty) == (3, {"cpu": "64", "memory": "667Gi", "nvidia.com/gpu": "8"})  # 20 GPUs on 8-GPU nodes
+    assert twenty["spec"]["entrypoint"] == "geomoe run jobs/pe_moe_geotext.yaml --set resources.num_workers=20"
+    assert_valid(twenty)
+    # the paper's SMGeo job trains on one GPU: one 1-GPU pod, its 8 CPUs and their share of the node's memory
+    assert _pod(k8s.ray_job("jobs/smgeo_cvogl.yaml", values)) == (
+        1,
+        {"cpu": "8", "memory": "84Gi", "nvidia.com/gpu": "1"},
+    )
+    sized = k8s.ray_job("jobs/smgeo_cvogl.yaml", values, ["resources.memory_per_worker=40"])
+    assert _pod(sized)[1]["memory"] == "40Gi"
+    with pytest.raises(SpecError, match=r"resources\.cpus_per_worker: .*do not fit a 96-CPU node"):
         k8s.ray_job("jobs/pe_moe_geotext.yaml", values, ["resources.cpus_per_worker=16"])
+    with pytest.raises(
+        SpecError, match=r"resources\.worker_resources\.accelerator_type:H100: asks for accelerator H100"
+    ):
+        k8s.ray_job("jobs/smgeo_cvogl.yaml", values, ['resources.worker_resources={"accelerator_type:H100": 0.001}'])
+
+
+def test_a_sweep_becomes_a_rayjob_with_room_for_its_concurrent_trials(values: k8s.K8sValues) -> None:
+    from geomoe.sweep import load_sweep
+
+    manifest = k8s.ray_sweep("search_spaces/smgeo_experts.yaml", values)
+    assert_valid(manifest)
+    assert manifest["spec"]["entrypoint"] == "geomoe sweep search_spaces/smgeo_experts.yaml"
+    sweep, _ = load_sweep(REPO / "search_spaces" / "smgeo_experts.yaml")
+    assert _pod(manifest) == (sweep.max_concurrent, {"cpu": "8", "memory": "84Gi", "nvidia.com/gpu": "1"})
+    env = manifest["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]["env"]
+    assert {"name": "GEOMOE_STORAGE", "value": values.env["GEOMOE_STORAGE"]} in env  # where the sweep writes
+    with pytest.raises(SpecError, match=r"smgeo_topk\.yaml: output_root: .* share no disk"):
+        k8s.ray_sweep("search_spaces/smgeo_topk.yaml", values.model_copy(update={"env": {}}))
 
 
 @pytest.mark.parametrize("job", LOCAL_JOBS)
@@ -91,6 +131,12 @@ def test_a_job_on_local_paths_is_refused_with_the_key_named(job: str, values: k8
 def test_the_production_serve_config_becomes_a_valid_rayservice(values: k8s.K8sValues) -> None:
     manifest = k8s.ray_service("serve/production.yaml", values)
     assert_valid(manifest)
+    (group,) = manifest["spec"]["rayClusterConfig"]["workerGroupSpecs"]
+    pod = group["template"]["spec"]
+    assert pod["containers"][0]["image"] == values.llm_image  # its vlm application is ray.serve.llm (vLLM)
+    assert pod["nodeSelector"] == values.infer_workers.node_selector  # the A10G nodes its vLLM asks for
+    claims = [v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"] if "persistentVolumeClaim" in v]
+    assert claims == ["geomoe-shared"]  # its /mnt/shared paths are the same files on every pod
     served = yaml.safe_load(manifest["spec"]["serveConfigV2"])
     assert served == yaml.safe_load((REPO / "serve" / "production.yaml").read_text())  # the config, unchanged
     head = manifest["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]["containers"][0]
@@ -125,3 +171,82 @@ def test_the_cli_writes_a_manifest(values: k8s.K8sValues, tmp_path: Path, capsys
     assert "RayJob smgeo-cvogl ->" in capsys.readouterr().out
     assert_valid(yaml.safe_load(out.read_text()))
     assert main(["k8s", "job"]) == 2 and "name the spec" in capsys.readouterr().err
+
+
+def test_a_serve_config_is_refused_when_its_files_or_accelerators_are_not_on_the_cluster(
+    values: k8s.K8sValues, tmp_path: Path
+) -> None:
+    with pytest.raises(
+        SpecError, match=r"quickstart\.yaml: applications\[0\]\.args\.index: runs/quickstart/index is a local path"
+    ):
+        k8s.ray_service("serve/quickstart.yaml", values)
+    raw = yaml.safe_load((REPO / "serve" / "production.yaml").read_text())
+    raw["applications"][0]["args"]["llm_configs"][0]["accelerator_type"] = "H100"
+    (tmp_path / "h100.yaml").write_text(yaml.safe_dump(raw))
+    with pytest.raises(SpecError, match=r"llm_configs\[0\]\.accelerator_type: accelerator H100: no node type"):
+        k8s.ray_service(tmp_path / "h100.yaml", values)
+    unmounted = values.model_copy(update={"shared_volumes": []})
+    with pytest.raises(SpecError, match=r"args\.index: /mnt/shared/geomoe/runs/pe_moe_geotext/index is a local path"):
+        k8s.ray_service("serve/production.yaml", unmounted)
+
+
+def test_accelerators_agree_across_specs_serve_configs_values_and_cluster_yaml(values: k8s.K8sValues) -> None:
+    """What is asked for (Serve configs' accelerator_type, jobs' accelerator_type: worker resources) must be what
+    both cluster definitions offer, and the two (k8s values, cluster.yaml) must offer the same."""
+    from geomoe.config import load_job
+
+    cluster = yaml.safe_load((REPO / "cluster.yaml").read_text())
+    launched = {
+        key.split(":", 1)[1]
+        for node in cluster["available_node_types"].values()
+        for key in node.get("resources", {})
+        if key.startswith("accelerator_type:")
+    }
+    assert values.accelerators() == launched == {"A100", "A10G"}
+    asked = {
+        a
+        for config in (REPO / "serve").glob("*.yaml")
+        for _, a in k8s.accelerators_asked(yaml.safe_load(config.read_text()))
+    }
+    for job in (REPO / "jobs").glob("*.yaml"):
+        keys = load_job(job).resources.worker_resources
+        asked |= {k.split(":", 1)[1] for k in keys if k.startswith("accelerator_type:")}
+    assert asked and asked <= launched
+
+
+def test_the_images_pin_what_pyproject_pins() -> None:
+    """k8s/Dockerfile installs the project as pinned; k8s/Dockerfile.llm installs k8s/requirements-llm.txt, which
+    pins every package as pyproject does except torch and torchvision (vLLM's, through Ray's llm extra)."""
+    import tomllib
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    pins = dict(d.split("==", 1) for d in project["dependencies"])
+    main = (REPO / "k8s" / "Dockerfile").read_text()
+    assert "RUN pip install --no-cache-dir -e .\n" in main and "vllm" not in main.lower().split("#")[0]
+    ray_tag = pins["ray[data,train,tune,serve]"]
+    base = f"FROM rayproject/ray:{ray_tag}-py311-cu128"
+    llm = (REPO / "k8s" / "Dockerfile.llm").read_text()
+    assert base in main and base in llm and "-r k8s/requirements-llm.txt" in llm and "--no-deps -e ." in llm
+    lines = [x for x in (REPO / "k8s" / "requirements-llm.txt").read_text().splitlines() if x and not x.startswith("#")]
+    llm_pins = dict(x.split("==", 1) for x in lines)
+    assert llm_pins.pop("ray[data,train,tune,serve,llm]") == ray_tag
+    expected = {k: v for k, v in pins.items() if k not in ("torch", "torchvision") and not k.startswith("ray[")}
+    assert llm_pins == expected
+    assert (
+        yaml.safe_load((REPO / "cluster.yaml").read_text())["docker"]["image"]
+        == f"rayproject/ray:{ray_tag}-py311-cu128"
+    )
+
+
+@pytest.mark.slow
+def test_the_llm_image_requirements_resolve() -> None:
+    """pip's resolver on the LLM image's requirements (network: PyPI; minutes): `pytest -m slow`."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--dry-run", "--quiet", "--ignore-installed", "-r",
+         str(REPO / "k8s" / "requirements-llm.txt")],
+        capture_output=True, text=True, timeout=1800,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]

@@ -33,6 +33,12 @@ class ResourcesSpec(Strict):
         "the text embedding and scoring of evaluation and mining (a GPU task; the driver needs none)",
     )
     cpus_per_worker: float = Field(1.0, gt=0)
+    memory_per_worker: float | None = Field(
+        None,
+        gt=0,
+        description="GiB each training worker needs: a Kubernetes pod asks for it (geomoe k8s; default: "
+        "the node's memory in proportion to the CPUs the pod takes)",
+    )
     worker_resources: dict[str, float] = Field(
         default_factory=dict, description="custom Ray resources each training worker needs (node labels, GPU types)"
     )
