@@ -162,16 +162,42 @@ def _cmd_report(args: argparse.Namespace) -> None:
 
 def _cmd_serve(args: argparse.Namespace) -> None:
     import os
-    import shutil
 
     from geomoe.serving.config import check_serve_config
 
     for line in check_serve_config(args.config):
         print(line)
-    command = ["serve", "run", args.config] + (["--address", args.address] if args.address else [])
-    executable = shutil.which("serve") or str(Path(sys.executable).with_name("serve"))
+    executable, command, env = serve_invocation(args.config, args.address, args.host, args.port)
     sys.stdout.flush()
-    os.execv(executable, command)  # Serve's own runner: it blocks, and Ctrl-C shuts the applications down
+    os.execve(executable, command, env)  # Serve's own runner: it blocks, and Ctrl-C shuts the applications down
+
+
+def serve_invocation(
+    config: str, address: str | None, host: str | None = None, port: int | None = None
+) -> tuple[str, list[str], dict[str, str]]:
+    """(executable, argv, environment) of ``serve run``: ``host``/``port`` replace the config's http_options in a
+    copy of it; a local cluster (no ``address``) starts with Ray's token authentication off, as ``geomoe run``'s
+    do, so ``serve status`` and ``ray status`` work from another shell without a token."""
+    import os
+    import shutil
+    import tempfile
+
+    import yaml
+
+    from geomoe.config.base import read_yaml
+
+    if host is not None or port is not None:
+        raw = read_yaml(config)
+        options = raw.setdefault("http_options", {})
+        options.update({k: v for k, v in (("host", host), ("port", port)) if v is not None})
+        handle, config = tempfile.mkstemp(prefix="geomoe-serve-", suffix=".yaml")
+        with os.fdopen(handle, "w", encoding="utf-8") as copy:
+            yaml.safe_dump(raw, copy, sort_keys=False)
+    env = dict(os.environ)
+    if not address:
+        env.setdefault("RAY_AUTH_MODE", "disabled")
+    command = ["serve", "run", config] + (["--address", address] if address else [])
+    return shutil.which("serve") or str(Path(sys.executable).with_name("serve")), command, env
 
 
 def _cmd_submit(args: argparse.Namespace) -> None:
@@ -316,6 +342,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="check and run a Serve config (serve/*.yaml)")
     serve.add_argument("config")
     serve.add_argument("--address", help="a running Ray cluster (default: start a local one)")
+    serve.add_argument("--host", help="the HTTP proxy's host (default: the config's http_options, else Serve's)")
+    serve.add_argument("--port", type=int, help="the HTTP proxy's port (default: the config's http_options, else 8000)")
     serve.set_defaults(fn=_cmd_serve)
     kube = _k8s_parser(sub)
     _convert_parser(sub)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+import socket
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -114,10 +115,48 @@ def test_search_over_http_returns_the_offline_top_k(served: dict[str, Any]) -> N
     assert status == 200 and body["results"] and {r["platform"] for r in body["results"]} == {"satellite"}
 
 
+def raw_post(path: str, body: bytes, headers: dict[str, str]) -> tuple[int, Any]:
+    request = urllib.request.Request(URL + path, data=body, headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read() or b"{}")
+
+
 def test_bad_requests_and_tokens_are_refused_with_a_message(served: dict[str, Any]) -> None:
-    assert call("/healthz") == (200, {"status": "ok"})
+    from geomoe.serving.gate import MAX_BODY_BYTES
+
+    assert call("/healthz") == (200, {"status": "ok", "waiting_for": []})  # every deployment answered
     assert call("/search", {"query": "a roof"})[0] == 401  # no token
     assert call("/search", {"query": "a roof"}, token="wrong")[0] == 401
+    # the token before anything about the body: garbage without a token is 401, not 422
+    assert raw_post("/search", b"{not json", {"Content-Type": "application/json"})[0] == 401
+    auth = {"Authorization": "Bearer s3cret"}
+    status, body = raw_post("/search", b'{"query": "a roof"}', auth | {"Content-Type": "text/plain"})
+    assert status == 415 and "application/json" in body["detail"]
+    # over the size limit: refused from Content-Length, before the body is read (here: none is sent at all)
+    huge = auth | {"Content-Type": "application/json", "Content-Length": str(MAX_BODY_BYTES + 1)}
+    with socket.create_connection(("127.0.0.1", 8000), timeout=30) as sock:
+        head = "".join(f"{k}: {v}\r\n" for k, v in huge.items())
+        sock.sendall(f"POST /search HTTP/1.1\r\nHost: 127.0.0.1\r\n{head}\r\n".encode())
+        answer = ""
+        while "request body is over" not in answer and (part := sock.recv(4096)):
+            answer += part.decode("latin-1")
+    assert answer.startswith("HTTP/1.1 413") and "request body is over" in answer
+
+    # a streamed body without Content-Length is counted and cut at the limit
+    def chunks() -> Iterator[bytes]:
+        yield b'{"query": "'
+        for _ in range(MAX_BODY_BYTES // (1 << 20) + 1):
+            yield b"x" * (1 << 20)
+        yield b'"}'
+
+    request = urllib.request.Request(URL + "/search", data=chunks(), method="POST",
+                                     headers=auth | {"Content-Type": "application/json"})  # fmt: skip
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=60)
+    assert refused.value.code == 413
     for bad, field in (({"query": ""}, "query"), ({"query": "x" * 1001}, "query"), ({"query": "a", "k": 0}, "k"),
                        ({"query": "a", "k": 101}, "k"), ({"query": "a", "platforms": ["boat"]}, "platforms"),
                        ({"query": "a", "extra": 1}, "extra")):  # fmt: skip
@@ -176,6 +215,23 @@ def test_the_app_keeps_its_openapi_contract_under_fuzzing_with_and_without_the_t
     for headers in ({"Authorization": "Bearer s3cret"}, {}):
         sent, failures = fuzz(URL, headers)
         assert sent > 50 and not failures, "\n".join([str(headers), str(sent), *failures])
+    # an app with no token configured (search only): its schema claims no authentication and no /localize, and the
+    # app keeps to that
+    from geomoe.serving.app import build_app
+    from ray import serve
+
+    open_args = {"index": served["local_index"], "checkpoint": served["built_from"]}
+    serve.run(build_app(open_args), name="open", route_prefix="/open", blocking=False)
+    try:
+        open_url = f"{URL}/open"
+        schema = json.loads(urllib.request.urlopen(f"{open_url}/openapi.json", timeout=60).read())
+        assert "securitySchemes" not in schema.get("components", {}) and "/localize" not in schema["paths"]
+        assert all("security" not in op for ops in schema["paths"].values() for op in ops.values())
+        sent, failures = fuzz(open_url, {})
+        assert sent > 50 and not failures, "\n".join(["no token configured", str(sent), *failures])
+    finally:
+        serve.delete("open")  # its replicas' CPUs are the next tests'
+
     status, body = call("/search", {"query": "a roof", "rerank": 0}, token="s3cret")
     assert status == 422 and body["errors"][0]["field"] == "body.rerank", body
     status, body = call("/search", {"query": "a roof", "k": "3"}, token="s3cret")

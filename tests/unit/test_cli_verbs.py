@@ -85,3 +85,22 @@ def test_an_unreachable_cluster_is_one_line(
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and re.search(expected, err) and "Traceback" not in err
     json.dumps(err)  # printable as it is
+
+
+def test_serve_takes_host_and_port_and_starts_a_local_cluster_the_cli_can_reach(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import yaml
+
+    from geomoe.cli import serve_invocation
+
+    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
+    config = str(REPO / "serve" / "quickstart.yaml")
+    executable, argv, env = serve_invocation(config, None, "0.0.0.0", 8123)
+    assert Path(executable).name == "serve" and argv[:2] == ["serve", "run"] and argv[2] != config
+    copy, original = yaml.safe_load(Path(argv[2]).read_text()), yaml.safe_load(Path(config).read_text())
+    assert copy["http_options"] == {**original.get("http_options", {}), "host": "0.0.0.0", "port": 8123}
+    assert copy["applications"] == original["applications"]  # only the address changes
+    assert env["RAY_AUTH_MODE"] == "disabled"  # a local cluster: `serve status` / `ray status` need no token
+    _, argv, env = serve_invocation(config, "auto")
+    assert argv == ["serve", "run", config, "--address", "auto"] and "RAY_AUTH_MODE" not in env

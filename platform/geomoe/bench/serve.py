@@ -90,6 +90,9 @@ def _noop_stages() -> dict[str, Any]:
         def __init__(self, checkpoint: str, batching: dict[str, Any] | None = None) -> None:
             self.vector = np.zeros(EXPERTS * DIM, np.float32)
 
+        async def ready(self) -> bool:
+            return True
+
         async def encode(self, query: str) -> dict[str, Any]:
             return {"vector": self.vector, "gate": {}}
 
@@ -99,6 +102,9 @@ def _noop_stages() -> dict[str, Any]:
     class NoopSearch:
         def __init__(self, index: str, batching: dict[str, Any] | None = None) -> None:
             pass
+
+        async def ready(self) -> bool:
+            return True
 
         async def search(self, call: Any) -> list[dict[str, Any]]:
             return []

@@ -8,8 +8,10 @@
   (geomoe.retrieval.rerank); an image the store lacks is captioned by the ``Captioner`` deployment once and cached.
 - ``Captioner``: a VLM, local (transformers) or behind an OpenAI-compatible URL (a ``ray.serve.llm`` app).
 - ``Localizer``: an SMGeo checkpoint; drone image + click + satellite tile -> box, ``@serve.batch``.
-- ``Ingress``: ``POST /search``, ``POST /localize``, ``GET /healthz``, ``GET /info``; request validation with
-  clear 4xx errors, limits on text length, k, image bytes and pixels, an optional bearer token.
+- ``Ingress``: ``POST /search``, ``POST /localize``, ``GET /healthz``, ``GET /info``; typed responses; request
+  validation with clear 4xx errors, limits on text length, k, image bytes and pixels; before any body is read
+  (``geomoe.serving.gate``): the optional bearer token (401), JSON only (415), the body's size (413).
+  ``/healthz`` is 200 only once every deployment answers (503 before).
 
 Modules: schemas (requests, limits, ``serve_spec``), retrieval (encoder, search), rerank (re-ranker, captioner),
 localize; this one holds the ingress and the builder. Build with ``build_app(args)``, ``args`` a
@@ -19,19 +21,19 @@ autoscaling per deployment come from the Serve config file.
 
 # No ``from __future__ import annotations`` here: FastAPI must see the request model's class, not a string, in a
 # Serve ingress method's signature, or it reads the body parameter as a query parameter.
+import asyncio
 import base64
 import binascii
-import hmac
 import io
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import FastAPI, HTTPException, Request, Security
+from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from geomoe.data.images import DECODE_ERRORS, decoded
+from geomoe.serving.gate import OPEN_PATHS, RequestGate
 from geomoe.serving.localize import Localizer
 from geomoe.serving.rerank import Captioner, Reranker
 from geomoe.serving.retrieval import GallerySearch, QueryEncoder
@@ -41,18 +43,56 @@ from geomoe.serving.schemas import (
     MAX_IMAGE_PIXELS,
     ErrorBody,
     FieldError,
+    HealthResponse,
+    InfoResponse,
     LocalizeRequest,
+    LocalizeResponse,
     SearchRequest,
+    SearchResponse,
     error_responses,
     serve_spec,
 )
 from ray import serve
 
-api = FastAPI(title="geomoe retriever")
-# The bearer token as an OpenAPI security scheme (clients and fuzzers see it); a deployment without ``token_env``
-# accepts any request, with or without the header.
-bearer = HTTPBearer(auto_error=False, description="the token named by the Serve config's token_env")
-Credentials = Annotated[HTTPAuthorizationCredentials | None, Security(bearer)]
+READY_TIMEOUT_S = 2.0  # /healthz waits this long for each deployment's answer
+# The schema and its docs page are served by the routes below (they know this replica's token and route prefix).
+api = FastAPI(title="geomoe retriever", openapi_url=None, docs_url=None, redoc_url=None)
+api.add_middleware(RequestGate)
+
+
+def openapi_schema(root_path: str = "") -> dict[str, Any]:
+    """The schema as this replica serves: the bearer scheme (and 401) only when a token is configured, so a
+    client or a fuzzer is told exactly what the app enforces; the application's route prefix as its server."""
+    from fastapi.openapi.utils import get_openapi
+
+    from geomoe.serving import gate
+
+    servers = [{"url": root_path}] if root_path else None
+    schema = get_openapi(title=api.title, version=api.version, routes=api.routes, servers=servers)
+    for path in gate.unserved():
+        schema["paths"].pop(path, None)
+    for path, operations in schema["paths"].items():
+        for operation in operations.values():
+            if gate.token() is None or path in OPEN_PATHS:
+                operation.get("responses", {}).pop("401", None)
+            else:
+                operation["security"] = [{"bearer": []}]
+    if gate.token() is not None:
+        scheme = {"type": "http", "scheme": "bearer", "description": "the token named by the Serve config's token_env"}
+        schema.setdefault("components", {})["securitySchemes"] = {"bearer": scheme}
+    return schema
+
+
+@api.get("/openapi.json", include_in_schema=False)
+async def openapi_document(request: Request) -> JSONResponse:
+    return JSONResponse(openapi_schema(str(request.scope.get("root_path", ""))))
+
+
+@api.get("/docs", include_in_schema=False)
+async def docs_page(request: Request) -> Any:
+    from fastapi.openapi.docs import get_swagger_ui_html
+
+    return get_swagger_ui_html(openapi_url=f"{request.scope.get('root_path', '')}/openapi.json", title=api.title)
 
 
 @api.exception_handler(StarletteHTTPException)
@@ -123,26 +163,38 @@ class Ingress:
         localizer: Any | None = None,
         batched: bool = True,
     ) -> None:
-        self.gallery, self.token = search, token
+        from geomoe.serving import gate
+
+        gate.configure(token, () if localizer is not None else ("/localize",))  # read by the middleware and schema
+        self.gallery = search
         self.reranker, self.rerank_depth, self.localizer = reranker, rerank_depth, localizer
         self.encode = encoder.encode if batched else encoder.encode_unbatched
         self.find = search.search if batched else search.search_unbatched
+        stages = {"QueryEncoder": encoder, "GallerySearch": search, "Reranker": reranker, "Localizer": localizer}
+        self.stages = {name: handle for name, handle in stages.items() if handle is not None}
+        self.ready = False
 
-    def _authorise(self, credentials: HTTPAuthorizationCredentials | None) -> None:
-        if self.token is None:
-            return
-        if credentials is None or not hmac.compare_digest(credentials.credentials.encode(), self.token.encode()):
-            raise HTTPException(
-                status_code=401, detail="missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"}
-            )
+    @api.get("/healthz", response_model=HealthResponse, responses=error_responses(503))
+    async def healthz(self) -> Any:
+        """200 once every deployment has answered (its replica built, its first call made), 503 until then."""
+        if not self.ready:
+            answers = await asyncio.gather(*(self._answers(h) for h in self.stages.values()))
+            waiting = [name for name, ok in zip(self.stages, answers, strict=True) if not ok]
+            if waiting:
+                body = HealthResponse(status="starting", waiting_for=waiting)
+                return JSONResponse(body.model_dump(), status_code=503)
+            self.ready = True
+        return HealthResponse(status="ok")
 
-    @api.get("/healthz")
-    async def healthz(self) -> dict[str, str]:
-        return {"status": "ok"}
+    @staticmethod
+    async def _answers(handle: Any) -> bool:
+        try:
+            return bool(await asyncio.wait_for(handle.ready.remote(), READY_TIMEOUT_S))
+        except Exception:  # a timeout, a replica still building or one that died: not ready
+            return False
 
-    @api.get("/info", responses=error_responses(401))
-    async def info(self, credentials: Credentials) -> dict[str, Any]:
-        self._authorise(credentials)
+    @api.get("/info", response_model=InfoResponse, responses=error_responses(401))
+    async def info(self) -> dict[str, Any]:
         import torch
 
         import geomoe
@@ -156,9 +208,13 @@ class Ingress:
             "versions": {"geomoe": geomoe.__version__, "ray": ray.__version__, "torch": torch.__version__},
         }
 
-    @api.post("/search", responses=error_responses(400, 401, 409, 422))
-    async def search(self, request: SearchRequest, credentials: Credentials) -> dict[str, Any]:
-        self._authorise(credentials)
+    @api.post(
+        "/search",
+        response_model=SearchResponse,
+        response_model_exclude_none=True,
+        responses=error_responses(400, 401, 409, 413, 415, 422),
+    )
+    async def search(self, request: SearchRequest) -> dict[str, Any]:
         if request.rerank and self.reranker is None:
             raise HTTPException(status_code=409, detail="rerank: this deployment has no re-ranker (args.rerank)")
         encoded = await _once_more_if_replica_died(lambda: self.encode.remote(request.query))
@@ -169,9 +225,8 @@ class Ingress:
             results = await self.reranker.rerank.remote(request.query, results)
         return {"query": request.query, "results": results[: request.k], "expert_weights": encoded["gate"]}
 
-    @api.post("/localize", responses=error_responses(400, 401, 404, 413, 422))
-    async def localize(self, request: LocalizeRequest, credentials: Credentials) -> dict[str, Any]:
-        self._authorise(credentials)
+    @api.post("/localize", response_model=LocalizeResponse, responses=error_responses(400, 401, 404, 413, 415, 422))
+    async def localize(self, request: LocalizeRequest) -> dict[str, Any]:
         if self.localizer is None:
             raise HTTPException(status_code=404, detail="this deployment has no localizer (args.localizer)")
         drone, drone_wh = _image_bytes(request.drone_image, "drone_image")

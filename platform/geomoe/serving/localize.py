@@ -27,6 +27,9 @@ class Localizer:
             spec.model_as(SMGeoModelSpec).reference_size,
         )
 
+    async def ready(self) -> bool:
+        return True  # the checkpoint is loaded in __init__
+
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
     async def localize(self, requests: list[tuple[bytes, tuple[float, float], bytes]]) -> list[dict[str, Any]]:
         import torch

@@ -78,6 +78,9 @@ class Reranker:
         self.failed_captions = 0
         self.embedded: dict[str, np.ndarray] = {}
 
+    async def ready(self) -> bool:
+        return True  # the caption store and the text model are loaded in __init__
+
     async def rerank(self, query: str, candidates: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """``candidates`` in first-stage order -> the top ``top_n`` re-ordered (each with the captions used and
         its caption score), the rest unchanged."""

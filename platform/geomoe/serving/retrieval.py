@@ -40,6 +40,14 @@ class QueryEncoder:
         self.max_length = spec.model_as(PEMoEModelSpec).text.max_length
         self.max_words = spec.preprocess.max_words_test  # queries are normalised as the test queries were
         self.experts = [e.name for e in spec.model_as(PEMoEModelSpec).experts]
+        self.warm = False
+
+    async def ready(self) -> bool:
+        """Answers once the replica is built and has encoded a query (the first pass is the slow one)."""
+        if not self.warm:
+            self.encode_now(["ready"])
+            self.warm = True
+        return True
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
     async def encode(self, queries: list[str]) -> list[dict[str, Any]]:
@@ -99,6 +107,9 @@ class GallerySearch:
     def _hit(self, image_id: str, score: float) -> dict[str, Any]:
         platform = self.index.manifest.platform_of(self.row_of[image_id])
         return {"image_id": image_id, "score": score, "platform": platform}
+
+    async def ready(self) -> bool:
+        return True  # the index is loaded in __init__
 
     def info(self) -> dict[str, Any]:
         keep = ("checkpoint", "checkpoint_sha256", "gallery_sha256", "split", "experts", "count", "dim", "dtype")

@@ -48,6 +48,38 @@ class LocalizeRequest(BaseModel):
     satellite_tile: Base64Image = Field(description="the satellite (reference) tile file, base64")
 
 
+class SearchHit(BaseModel):
+    image_id: str
+    score: float = Field(description="the first stage's fused score (Eq. 1)")
+    platform: str | None = Field(None, description="satellite, drone or ground, when the index records it")
+    captions: list[str] | None = Field(None, description="with rerank: the captions CGRS compared the query with")
+    caption_score: float | None = Field(None, description="with rerank: the query's evidence from those captions")
+
+
+class SearchResponse(BaseModel):
+    query: str
+    results: list[SearchHit] = Field(description="best first; at most k")
+    expert_weights: dict[str, float] = Field(description="the gate's weight of each expert for this query")
+
+
+class LocalizeResponse(BaseModel):
+    box: list[float] = Field(min_length=4, max_length=4, description="x1, y1, x2, y2 in satellite tile pixels")
+    score: float = Field(description="the head's confidence in the box")
+
+
+class HealthResponse(BaseModel):
+    status: str = Field(description="ok: every deployment answers; starting: some do not yet")
+    waiting_for: list[str] = Field(default_factory=list, description="the deployments that do not answer yet")
+
+
+class InfoResponse(BaseModel):
+    index: dict[str, Any] = Field(description="the served index's manifest: checkpoint, gallery, experts, size")
+    rerank: dict[str, Any] | None = Field(description="the re-ranker's caption store and counters, if any")
+    localizer: str | None
+    limits: dict[str, int]
+    versions: dict[str, str]
+
+
 class FieldError(BaseModel):
     field: str = Field(description="where in the request, e.g. body.k")
     message: str
@@ -68,11 +100,13 @@ def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
 
 ERROR_MEANINGS = {
     400: "the body could not be read (not JSON, or not UTF-8)",
-    401: "missing or wrong bearer token",
+    401: "missing or wrong bearer token (checked before the body is read)",
     404: "this deployment does not serve the operation (no localizer configured)",
     409: "the request asks for a stage this deployment lacks (rerank without a re-ranker)",
-    413: "an image over the byte or pixel limit",
+    413: "the body over its size limit (refused before it is read), or an image over the byte or pixel limit",
+    415: "the body is not application/json",
     422: "a field is missing, of the wrong type, out of range or not a readable image",
+    503: "a deployment does not answer yet (starting)",
 }
 
 
