@@ -22,7 +22,7 @@ def test_cluster_config_is_valid_for_the_ray_launcher() -> None:
     assert types["train_8gpu"]["min_workers"] == 0 < types["train_8gpu"]["max_workers"]  # autoscaled from zero
     assert config["setup_commands"] == ["pip install --quiet -e /home/ray/geomoe"]  # the pinned stack
     llm = types["infer_1gpu"]["worker_setup_commands"]  # vLLM's node type: the LLM image's packages
-    assert "k8s/requirements-llm.txt" in llm[0] and "--no-deps" in llm[1]
+    assert "k8s/requirements-llm.lock" in llm[0] and "--no-deps" in llm[1]
     # no shared disk: every node reaches the bucket through its instance profile, never through keys
     assert all("IamInstanceProfile" in t["node_config"] for t in types.values())
     assert "AWS_SECRET_ACCESS_KEY" not in CLUSTER.read_text()

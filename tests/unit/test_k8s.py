@@ -215,8 +215,9 @@ def test_accelerators_agree_across_specs_serve_configs_values_and_cluster_yaml(v
 
 
 def test_the_images_pin_what_pyproject_pins() -> None:
-    """k8s/Dockerfile installs the project as pinned; k8s/Dockerfile.llm installs k8s/requirements-llm.txt, which
-    pins every package as pyproject does except torch and torchvision (vLLM's, through Ray's llm extra)."""
+    """k8s/Dockerfile installs the project as pinned; k8s/Dockerfile.llm installs k8s/requirements-llm.lock, the
+    resolution of k8s/requirements-llm.txt, which pins every package as pyproject does except the three vLLM
+    decides (torch, torchvision, numpy, through Ray's llm extra); the lock agrees with both."""
     import tomllib
 
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
@@ -226,27 +227,36 @@ def test_the_images_pin_what_pyproject_pins() -> None:
     ray_tag = pins["ray[data,train,tune,serve]"]
     base = f"FROM rayproject/ray:{ray_tag}-py311-cu128"
     llm = (REPO / "k8s" / "Dockerfile.llm").read_text()
-    assert base in main and base in llm and "-r k8s/requirements-llm.txt" in llm and "--no-deps -e ." in llm
-    lines = [x for x in (REPO / "k8s" / "requirements-llm.txt").read_text().splitlines() if x and not x.startswith("#")]
-    llm_pins = dict(x.split("==", 1) for x in lines)
-    assert llm_pins.pop("ray[data,train,tune,serve,llm]") == ray_tag
-    expected = {k: v for k, v in pins.items() if k not in ("torch", "torchvision") and not k.startswith("ray[")}
-    assert llm_pins == expected
+    assert base in main and base in llm and "-r k8s/requirements-llm.lock" in llm and "--no-deps -e ." in llm
+    wanted = dict(x.split("==", 1) for x in _requirements("requirements-llm.txt"))
+    assert wanted.pop("ray[data,train,tune,serve,llm]") == ray_tag
+    vllm_decides = ("torch", "torchvision", "numpy")
+    assert wanted == {k: v for k, v in pins.items() if k not in vllm_decides and not k.startswith("ray[")}
+    locked = {
+        k.lower().replace("_", "-"): v for k, v in (x.split("==", 1) for x in _requirements("requirements-llm.lock"))
+    }
+    assert all(locked[k.lower().replace("_", "-")] == v for k, v in wanted.items())
+    assert locked["ray"] == ray_tag and locked["vllm"] == "0.29.0" and locked["torch"] == "2.13.0"
     assert (
         yaml.safe_load((REPO / "cluster.yaml").read_text())["docker"]["image"]
         == f"rayproject/ray:{ray_tag}-py311-cu128"
     )
 
 
+def _requirements(name: str) -> list[str]:
+    lines = (REPO / "k8s" / name).read_text().splitlines()
+    return [x.strip() for x in lines if x.strip() and not x.lstrip().startswith("#")]
+
+
 @pytest.mark.slow
-def test_the_llm_image_requirements_resolve() -> None:
-    """pip's resolver on the LLM image's requirements (network: PyPI; minutes): `pytest -m slow`."""
+def test_the_llm_image_lock_installs() -> None:
+    """pip's resolver on the LLM image's lock (network: PyPI; a few minutes): `pytest -m slow`."""
     import subprocess
     import sys
 
     done = subprocess.run(
         [sys.executable, "-m", "pip", "install", "--dry-run", "--quiet", "--ignore-installed", "-r",
-         str(REPO / "k8s" / "requirements-llm.txt")],
+         str(REPO / "k8s" / "requirements-llm.lock")],
         capture_output=True, text=True, timeout=1800,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
