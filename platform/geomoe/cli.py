@@ -123,14 +123,32 @@ def _sweep_overrides(args: argparse.Namespace) -> list[str]:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> None:
+    """As quiet as a job: one header, a bar over the trials and a line per trial that ends (stderr), the report
+    (stdout), the time; every log line and worker's output in ``<experiment>/logs``; ``--verbose``: everything."""
+    import time
+
+    from geomoe.logs import run_logs
+    from geomoe.sweep import experiment_location, load_sweep, trial_count
+    from geomoe.sweep.report import write_report
+    from geomoe.sweep.tune import run_sweep
+
     overrides = _sweep_overrides(args)
     if args.dry_run:
         print(_dry_run(args.sweep, args.quickstart, overrides))
         return
-    from geomoe.sweep.report import write_report
-    from geomoe.sweep.tune import run_sweep
-
-    print(write_report(run_sweep(args.sweep, args.quickstart, args.resume, overrides)))
+    sweep, _ = load_sweep(args.sweep, args.quickstart, overrides)
+    experiment = experiment_location(sweep, Path.cwd().resolve())
+    verbose = bool(getattr(args, "verbose", False))
+    if not verbose:
+        _quiet_libraries()
+    count = f"{trial_count(sweep)} trials, at most {sweep.max_concurrent} at once"
+    print(f"sweep {sweep.name}: {count}, ranked by {sweep.metric} ({sweep.mode}); logs: {experiment}/logs",
+          file=sys.stderr, flush=True)  # fmt: skip
+    started = time.perf_counter()
+    with run_logs(experiment, verbose, _ray_session_logs):
+        location = run_sweep(args.sweep, args.quickstart, args.resume, overrides, quiet=not verbose)
+    print(write_report(location))
+    print(f"sweep took {time.perf_counter() - started:.1f} s")
 
 
 def _dry_run(path: str, quickstart: bool, overrides: list[str]) -> str:
@@ -323,6 +341,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="print the trials, what each asks of the cluster and the metric; run nothing",
     )
     sweep.add_argument("--address", help="join this Ray cluster (the base job's resources.address), e.g. auto")
+    sweep.add_argument(  # also after the command, as for run
+        "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="show every log line as it comes"
+    )
     sweep.set_defaults(fn=_cmd_sweep)
     report = sub.add_parser("report", help="a sweep's report, next to the paper's numbers")
     report.add_argument("experiment", help="the sweep's folder, e.g. runs/sweeps/smgeo_experts-quickstart")

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from geomoe import ownership, storage
-from geomoe.errors import RunLockedError
+from geomoe.errors import ExperimentError, RunLockedError
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 CONSOLE_FORMAT = "%(levelname)s %(name)s: %(message)s"
@@ -93,7 +93,7 @@ def run_logs(
     _RUNNING[:] = [logs]
     try:
         yield logs
-    except RunLockedError:
+    except (RunLockedError, ExperimentError):  # the folder holds another run (a job's, or a sweep not resumed)
         logs.refused = True
         raise
     finally:

@@ -72,7 +72,8 @@ def test_a_sweep_interrupted_after_its_first_trial_resumes_without_rerunning_it(
         time.sleep(0.2)
     # Ctrl-C right after a trial wrote its result: the timing at which Tune can still count it as unfinished
     first.send_signal(signal.SIGINT)
-    first.communicate(timeout=180)
+    interrupted, _ = first.communicate(timeout=180)
+    assert len(interrupted.splitlines()) <= 150, interrupted[-3000:]  # as quiet as a job (stdout and stderr)
     assert list(first_machine.iterdir()) == [first_machine / "tiny_sweep.yaml"]  # everything went to the bucket
     # a finished trial's files (its result and every Ray Train file): a rerun would add or rewrite some
     done = {
@@ -85,6 +86,11 @@ def test_a_sweep_interrupted_after_its_first_trial_resumes_without_rerunning_it(
     resumed = subprocess.run(cli("sweep", "tiny_sweep.yaml", "--resume"), cwd=second_machine, env=env, text=True,
                              capture_output=True, timeout=600)  # fmt: skip
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    printed = resumed.stdout + resumed.stderr
+    assert len(printed.splitlines()) <= 150, printed[-3000:]  # one header, a line per trial, the report, the time
+    assert resumed.stderr.startswith("sweep tiny_sweep: 3 trials, at most 1 at once, ranked by val_acc50 (max)")
+    assert "failed: SpecError" in resumed.stderr and "sweep took" in resumed.stdout
+    assert storage.is_file(f"{experiment}/logs/geomoe.log")  # the details went to the sweep's logs
     for key, (outcome, files) in done.items():  # finished before the interruption: not rerun
         assert storage.list_files(f"{trials}/{key}") == files and results(trials)[key] == outcome
     final = results(trials)

@@ -141,12 +141,17 @@ def _searched(name: str, search: Any) -> str:
     return name
 
 
+def trial_count(sweep: SweepSpec) -> int:
+    """How many trials the sweep runs: the grid's points times its samples, or the searcher's samples."""
+    return len(grid_points(sweep)) * sweep.num_samples if sweep.searcher == "grid" else sweep.num_samples
+
+
 def search_summary(sweep: SweepSpec, base_path: Path) -> list[str]:
     """``--dry-run``'s header: how many trials, at most how many at once, what one trial asks of the cluster
     (from the base job's resources), what is searched and what the trials are ranked by."""
     if sweep.searcher == "grid":
         points = len(grid_points(sweep))
-        count = f"{points * sweep.num_samples} trials (the grid's {points} points x {sweep.num_samples} sample(s))"
+        count = f"{trial_count(sweep)} trials (the grid's {points} points x {sweep.num_samples} sample(s))"
     else:
         count = f"{sweep.num_samples} trials drawn by {sweep.searcher}"
     lines = [f"  {count}, at most {sweep.max_concurrent} at once; ranked by {sweep.metric} ({sweep.mode})"]

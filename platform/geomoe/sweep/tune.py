@@ -34,6 +34,7 @@ from geomoe.sweep import (
     load_sweep,
     ordered_point,
     parameter_count,
+    trial_count,
     trial_dataset,
     trial_key,
     trial_metrics,
@@ -142,9 +143,16 @@ def prepare_inputs(sweep: SweepSpec, base_path: Path, experiment: str, root: Pat
         family_of(spec).prepare_inputs(spec, PreparedDataset.open(trial_dataset(spec)))
 
 
-def run_sweep(path: str | Path, quickstart: bool = False, resume: bool = False, overrides: Sequence[str] = ()) -> str:
+def run_sweep(
+    path: str | Path,
+    quickstart: bool = False,
+    resume: bool = False,
+    overrides: Sequence[str] = (),
+    quiet: bool = False,
+) -> str:
     """Run (or with ``resume`` continue) the sweep at ``path``, ``overrides`` applied to its base job; returns its
-    experiment location."""
+    experiment location. ``quiet``: Tune's own status tables off, a bar over the trials and a line per trial that
+    ends instead (``geomoe.sweep.console``)."""
     from geomoe.ray_env import ensure_ray
     from ray import tune
 
@@ -175,6 +183,10 @@ def run_sweep(path: str | Path, quickstart: bool = False, resume: bool = False, 
         {"cpu": sweep.trial_cpus},
     )
     with sweep_run(sweep.name, experiment, sweep.output_root) as (tracker, callbacks):
+        if quiet:
+            from geomoe.sweep.console import SweepConsole
+
+            callbacks = [*callbacks, SweepConsole(sweep, experiment, trial_count(sweep))]
         if restorable:
             log.info("resuming the sweep in %s", tune_dir)
             tuner = tune.Tuner.restore(tune_dir, trainable, resume_errored=True, storage_filesystem=fs)
@@ -183,7 +195,7 @@ def run_sweep(path: str | Path, quickstart: bool = False, resume: bool = False, 
                 name="tune",
                 storage_path=storage.parent(tune_dir),
                 storage_filesystem=fs,
-                verbose=1,
+                verbose=0 if quiet else 1,
                 callbacks=callbacks,
             )
             tuner = tune.Tuner(
