@@ -49,6 +49,7 @@ gpu-smoke: $(STAMP)
 	$(BIN)/python -m geomoe.bench.gpu_smoke
 
 $(MLFLOW_UI_INDEX): $(STAMP)
+	@test -n "$(MLFLOW_VERSION)" || { echo "mlflow-ui: no mlflow-skinny pin found in pyproject.toml"; exit 2; }
 	$(BIN)/pip install --quiet --no-deps --target $(MLFLOW_UI) mlflow==$(MLFLOW_VERSION)
 
 # The UI on http://$(MLFLOW_HOST):$(MLFLOW_PORT) (another store: make mlflow-ui MLFLOW_STORE=sqlite:///path/mlflow.db).

@@ -310,6 +310,41 @@ def _k8s_parser(sub: Any) -> Any:
     return kube
 
 
+def _sweep_parser(sub: Any) -> Any:
+    sweep = sub.add_parser("sweep", help="run a sweep (search_spaces/*.yaml) on Ray Tune")
+    sweep.add_argument("sweep")
+    sweep.add_argument("--quickstart", action="store_true", help="the sweep's 2-core variant (synthgeo, tiny models)")
+    sweep.add_argument("--resume", action="store_true", help="continue an interrupted sweep; finished trials stay")
+    sweep.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the trials, what each asks of the cluster and the metric; run nothing",
+    )
+    sweep.add_argument("--address", help="join this Ray cluster (the base job's resources.address), e.g. auto")
+    sweep.add_argument(  # also after the command, as for run
+        "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="show every log line as it comes"
+    )
+    sweep.set_defaults(fn=_cmd_sweep)
+    return sweep
+
+
+def _remote_parsers(sub: Any) -> Any:
+    """``submit`` (returned: it takes --set) and ``job``."""
+    submit = sub.add_parser("submit", help="run a job or a sweep on a remote Ray cluster (Ray Jobs)")
+    submit.add_argument("spec", help="a job (jobs/*.yaml) or sweep (search_spaces/*.yaml), relative to --working-dir")
+    submit.add_argument("--address", help="the cluster's dashboard, e.g. http://head:8265 (default: $RAY_ADDRESS)")
+    submit.add_argument("--working-dir", default=".", help="uploaded with the job (data/ and runs/ excluded)")
+    submit.add_argument("--wait", action="store_true", help="follow the job to the end and print its logs")
+    submit.add_argument("--quickstart", action="store_true", help="a sweep's 2-core variant")
+    submit.set_defaults(fn=_cmd_submit)
+    job = sub.add_parser("job", help="list, follow or stop submitted jobs (Ray Jobs)")
+    job.add_argument("action", choices=["list", "status", "logs", "stop"])
+    job.add_argument("job_id", nargs="?", help="the id `geomoe submit` printed (raysubmit_...)")
+    job.add_argument("--address", help="the cluster's dashboard, e.g. http://head:8265 (default: $RAY_ADDRESS)")
+    job.set_defaults(fn=_cmd_job)
+    return submit
+
+
 def build_parser() -> argparse.ArgumentParser:
     from geomoe import __version__
 
@@ -331,35 +366,11 @@ def build_parser() -> argparse.ArgumentParser:
     prep = sub.add_parser("prepare", help="run only the prepare stage of a job")
     prep.add_argument("job")
     prep.set_defaults(fn=_cmd_prepare)
-    sweep = sub.add_parser("sweep", help="run a sweep (search_spaces/*.yaml) on Ray Tune")
-    sweep.add_argument("sweep")
-    sweep.add_argument("--quickstart", action="store_true", help="the sweep's 2-core variant (synthgeo, tiny models)")
-    sweep.add_argument("--resume", action="store_true", help="continue an interrupted sweep; finished trials stay")
-    sweep.add_argument(
-        "--dry-run",
-        action="store_true",
-        help="print the trials, what each asks of the cluster and the metric; run nothing",
-    )
-    sweep.add_argument("--address", help="join this Ray cluster (the base job's resources.address), e.g. auto")
-    sweep.add_argument(  # also after the command, as for run
-        "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="show every log line as it comes"
-    )
-    sweep.set_defaults(fn=_cmd_sweep)
+    sweep = _sweep_parser(sub)
     report = sub.add_parser("report", help="a sweep's report, next to the paper's numbers")
     report.add_argument("experiment", help="the sweep's folder, e.g. runs/sweeps/smgeo_experts-quickstart")
     report.set_defaults(fn=_cmd_report)
-    submit = sub.add_parser("submit", help="run a job or a sweep on a remote Ray cluster (Ray Jobs)")
-    submit.add_argument("spec", help="a job (jobs/*.yaml) or sweep (search_spaces/*.yaml), relative to --working-dir")
-    submit.add_argument("--address", help="the cluster's dashboard, e.g. http://head:8265 (default: $RAY_ADDRESS)")
-    submit.add_argument("--working-dir", default=".", help="uploaded with the job (data/ and runs/ excluded)")
-    submit.add_argument("--wait", action="store_true", help="follow the job to the end and print its logs")
-    submit.add_argument("--quickstart", action="store_true", help="a sweep's 2-core variant")
-    submit.set_defaults(fn=_cmd_submit)
-    job = sub.add_parser("job", help="list, follow or stop submitted jobs (Ray Jobs)")
-    job.add_argument("action", choices=["list", "status", "logs", "stop"])
-    job.add_argument("job_id", nargs="?", help="the id `geomoe submit` printed (raysubmit_...)")
-    job.add_argument("--address", help="the cluster's dashboard, e.g. http://head:8265 (default: $RAY_ADDRESS)")
-    job.set_defaults(fn=_cmd_job)
+    submit = _remote_parsers(sub)
     serve = sub.add_parser("serve", help="check and run a Serve config (serve/*.yaml)")
     serve.add_argument("config")
     serve.add_argument("--address", help="a running Ray cluster (default: start a local one)")

@@ -33,11 +33,13 @@ GPU = "nvidia.com/gpu"
 
 
 class NodeType(Strict):
-    """One kind of node the Kubernetes cluster offers: the most one pod on it may ask for. A job's pods are cut
-    from it by the job's own needs (``job_pod``); a standing cluster's pods take a whole node."""
+    """One kind of node the Kubernetes cluster offers, by what one pod on it may request: its allocatable CPUs
+    and memory (the capacity less the kubelet's reserve and the DaemonSets), not its capacity, or a pod asking for
+    the whole node stays Pending. A job's pods are cut from it by the job's own needs (``job_pod``); a standing
+    cluster's pods take all of it."""
 
-    cpu: int = Field(ge=1, description="CPUs of one node")
-    memory: str = Field(description="memory of one node, a Kubernetes quantity such as 32Gi")
+    cpu: int = Field(ge=1, description="CPUs a pod may request on one node (allocatable)")
+    memory: str = Field(description="memory a pod may request on one node (allocatable), e.g. 28Gi")
     gpus: int = Field(0, ge=0, description="GPUs of one node")
     accelerator: str | None = Field(
         None,
@@ -248,17 +250,24 @@ def ray_cluster(values: K8sValues) -> dict[str, Any]:
     }
 
 
-def _job_groups(res: ResourcesSpec, values: K8sValues, source: str, trials: int = 1) -> dict[str, Group]:
-    """The worker group a job's (or ``trials`` concurrent trials') training workers run in."""
+def _job_groups(
+    res: ResourcesSpec, values: K8sValues, source: str, trials: int = 1, trial_cpus: float = 0.0
+) -> dict[str, Group]:
+    """The groups a job (or ``trials`` concurrent trials) runs in: ``train``, its training workers' pods (GPU or
+    CPU, ``job_pod``); ``data``, CPU pods for what runs beside them (Ray Data's decoding and prepare tasks,
+    ``data_concurrency`` each, and a sweep's trial drivers, ``trial_cpus`` each), autoscaled from one."""
     name = "gpu" if res.use_gpu else "cpu"
     node = values.gpu_workers if res.use_gpu else values.cpu_workers
     pod, pods = job_pod(res, node, source)
+    beside = trials * (res.data_concurrency + trial_cpus)
+    data = values.cpu_workers
+    data_pods = max(1, math.ceil(beside / data.cpu))
     for key, amount in res.worker_resources.items():
         wanted = key.removeprefix("accelerator_type:")
         if key.startswith("accelerator_type:") and amount > 0 and wanted != node.accelerator:
             reason = f"asks for accelerator {wanted}; the values' {name}_workers nodes have {node.accelerator}"
             raise SpecError(source, f"resources.worker_resources.{key}", reason)
-    return {name: (node, pod, pods * trials)}
+    return {"train": (node, pod, pods * trials), "data": (data, whole_node(data), data_pods)}
 
 
 def needs_llm_stack(raw: Any) -> bool:
@@ -325,14 +334,15 @@ def ray_sweep(sweep_path: str | Path, values: K8sValues, overrides: list[str] | 
     with _environment(values.env):
         sweep, base_path = load_sweep(sweep_path, overrides=overrides or [])
         spec = load_job(base_path, list(sweep.overrides)).with_absolute_paths()
-    if not spec.storage.is_shared(sweep.output_root):
+    root = storage.absolute(sweep.output_root)
+    if not (storage.is_uri(root) or (spec.storage.is_shared(root) and _on_shared_volume(root, values))):
         reason = f"{sweep.output_root} is a local path, and the pods of a Kubernetes cluster share no disk: use a URI"
         raise SpecError(source, "output_root", reason)
     _require_shared(spec, str(base_path), values)
     command = ["geomoe", "sweep", _relative_to_repo(sweep_path)]
     for override in overrides or []:
         command += ["--set", override]
-    groups = _job_groups(spec.resources, values, source, trials=sweep.max_concurrent)
+    groups = _job_groups(spec.resources, values, source, sweep.max_concurrent, sweep.trial_cpus)
     image = values.llm_image if needs_llm_stack(spec.model_dump(mode="json")) else values.image
     return _ray_job(sweep.name, values, command, groups, image)
 
@@ -359,14 +369,14 @@ def ray_service(config_path: str | Path, values: K8sValues, name: str = "geomoe-
     source = str(config_path)
     raw = check_serve_schema(config_path)
     _require_shared_serve(raw, source, values)
+    node = values.infer_workers
     for key, wanted in accelerators_asked(raw):
-        if wanted not in values.accelerators():
-            reason = f"accelerator {wanted}: no node type of the values has it ({sorted(values.accelerators())})"
+        if wanted != node.accelerator:
+            reason = f"accelerator {wanted}: the Serve cluster's nodes (infer_workers) have {node.accelerator}"
             raise SpecError(source, key, reason)
     token_envs = sorted({a["args"]["token_env"] for a in raw["applications"] if (a.get("args") or {}).get("token_env")})
     secret = values.serve_token_secret
     extra = [{"name": e, "valueFrom": {"secretKeyRef": {"name": secret, "key": "token"}}} for e in token_envs]
-    node = values.infer_workers
     groups = {"infer": (node, whole_node(node), max(1, node.min_replicas))}
     image = values.llm_image if needs_llm_stack(raw) else values.image
     return {

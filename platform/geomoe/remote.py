@@ -12,6 +12,8 @@ from __future__ import annotations
 import os
 import shlex
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -91,11 +93,12 @@ def submit(
     entrypoint, name = entrypoint_of(path if path.is_absolute() else root / path, relative, overrides, quickstart)
     address = cluster_address(address)
     jobs = client(address)
-    job_id = jobs.submit_job(
-        entrypoint=entrypoint,
-        runtime_env={"working_dir": str(root), "excludes": EXCLUDES, "env_vars": forwarded_env()},
-        metadata={"geomoe_job": name},
-    )
+    with _one_line(address):
+        job_id = jobs.submit_job(
+            entrypoint=entrypoint,
+            runtime_env={"working_dir": str(root), "excludes": EXCLUDES, "env_vars": forwarded_env()},
+            metadata={"geomoe_job": name},
+        )
     result: dict[str, Any] = {"job_id": job_id, "entrypoint": entrypoint, "address": address}
     if not wait:
         return result | {"status": str(jobs.get_job_status(job_id))}
@@ -105,6 +108,18 @@ def submit(
         time.sleep(2.0)
         status = str(jobs.get_job_status(job_id))
     return result | {"status": status, "logs": jobs.get_job_logs(job_id)[-20_000:]}
+
+
+@contextmanager
+def _one_line(address: str) -> Iterator[None]:
+    """A Ray job client call's failure (the dashboard gone, a refused upload) as one line."""
+    try:
+        yield
+    except RemoteError:
+        raise
+    except Exception as err:  # Ray's client raises RuntimeError, ConnectionError and more
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise RemoteError(f"{address}: {reason}") from None
 
 
 def list_jobs(address: str | None) -> list[dict[str, Any]]:

@@ -37,6 +37,10 @@ CASES = {
         lambda t: ["run", job(t), "--set", "train.lr=fast"],
         r"job\.yaml: train\.lr: expected a number, got the string 'fast'",
     ),
+    "a quoted exponent": (
+        lambda t: ["run", job(t), "--set", 'train.lr="1e-4"'],
+        r"job\.yaml: train\.lr: expected a number, got the string '1e-4' \(write it without quotes\)",
+    ),
     "a quoted number": (
         lambda t: ["run", job(t), "--set", 'train.batch_size="32"'],
         r"job\.yaml: train\.batch_size: expected a number, got the string '32' \(write it without quotes\)",
@@ -113,7 +117,7 @@ def test_help_lists_every_command_on_one_line(
         main(["--help"])
     text = capsys.readouterr().out
     commands = build_parser()._subparsers._group_actions[0].choices  # type: ignore[union-attr]
-    assert len(commands) == 10
+    assert len(commands) == 11
     for name in commands:
         (line,) = [line for line in text.splitlines() if line.split()[:1] == [name]]
         assert len(line.split()) > 2, line  # the command, then its one-line help on the same line

@@ -20,7 +20,10 @@ def test_cluster_config_is_valid_for_the_ray_launcher() -> None:
     assert types[config["head_node_type"]]["resources"] == {"CPU": 0}
     assert types["train_8gpu"]["resources"]["GPU"] == 8 and types["infer_1gpu"]["resources"]["GPU"] == 1
     assert types["train_8gpu"]["min_workers"] == 0 < types["train_8gpu"]["max_workers"]  # autoscaled from zero
-    assert config["setup_commands"] == ["pip install --quiet -e /home/ray/geomoe"]  # the pinned stack
+    pinned = ["pip install --quiet -e /home/ray/geomoe"]  # the head's and the workers' stack, not infer_1gpu's
+    assert (
+        not config.get("setup_commands") and config["head_setup_commands"] == config["worker_setup_commands"] == pinned
+    )
     llm = types["infer_1gpu"]["worker_setup_commands"]  # vLLM's node type: the LLM image's packages
     assert "k8s/requirements-llm.lock" in llm[0] and "--no-deps" in llm[1]
     # no shared disk: every node reaches the bucket through its instance profile, never through keys

@@ -33,6 +33,13 @@ def test_unknown_key_names_file_and_dotted_key(tmp_path: Path) -> None:
     assert "unknown key" in err.value.reason
 
 
+def test_numbers_written_as_yaml_1_2_floats_are_numbers(tmp_path: Path) -> None:
+    """PyYAML reads ``1e-4`` (no dot) as a string; specs and --set read it as the number it is."""
+    path = write(tmp_path, GOOD.replace("output_dir: out", "output_dir: out, augment_jitter: 1e-1"))
+    assert load_job(path, ["train.lr=1e-4"]).train.lr == pytest.approx(1e-4)
+    assert load_job(path).preprocess.augment_jitter == pytest.approx(0.1)
+
+
 def test_a_misspelt_required_key_is_named_with_its_likely_spelling() -> None:
     from geomoe.config import SweepSpec, parse_spec
 

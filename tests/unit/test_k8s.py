@@ -63,7 +63,8 @@ def test_every_cluster_job_becomes_a_valid_rayjob_shaped_by_its_spec(job: str, v
     assert_valid(manifest)
     spec = manifest["spec"]
     assert spec["entrypoint"] == f"geomoe run jobs/{job}.yaml" and spec["shutdownAfterJobFinishes"] is True
-    (group,) = spec["rayClusterSpec"]["workerGroupSpecs"]
+    groups = {g["groupName"]: g for g in spec["rayClusterSpec"]["workerGroupSpecs"]}
+    group = groups["train"]
     job_spec = load_job(REPO / "jobs" / f"{job}.yaml")
     resources = job_spec.resources
     template = group["template"]["spec"]
@@ -71,7 +72,7 @@ def test_every_cluster_job_becomes_a_valid_rayjob_shaped_by_its_spec(job: str, v
     limits = pod["resources"]["limits"]
     if resources.use_gpu:  # a pod holds as many of the job's workers as one 8-GPU node does, and no more
         per_pod = min(resources.num_workers, 8)
-        assert group["groupName"] == "gpu" and limits["nvidia.com/gpu"] == str(per_pod)
+        assert limits["nvidia.com/gpu"] == str(per_pod)
         assert group["replicas"] == -(-resources.num_workers // 8)
         assert limits["cpu"] == str(int(per_pod * resources.cpus_per_worker))
     shm = next(v for v in template["volumes"] if v["name"] == "dshm")  # Ray's object store: memory, 30% of the pod
@@ -81,26 +82,30 @@ def test_every_cluster_job_becomes_a_valid_rayjob_shaped_by_its_spec(job: str, v
     assert pod["image"] == (values.llm_image if uses_vllm else values.image)
     env = {e["name"]: e["value"] for e in pod["env"]}
     assert env["GEOMOE_STORAGE"] == values.env["GEOMOE_STORAGE"]
+    # CPU pods beside the training pods for the data tasks: room for data_concurrency CPUs, on whole nodes
+    data = groups["data"]
+    assert data["replicas"] == -(-resources.data_concurrency // values.cpu_workers.cpu)
+    assert data["template"]["spec"]["containers"][0]["resources"]["limits"]["cpu"] == str(values.cpu_workers.cpu)
 
 
 def _pod(manifest: dict[str, Any]) -> tuple[int, dict[str, str]]:
-    (group,) = manifest["spec"]["rayClusterSpec"]["workerGroupSpecs"]
+    group = next(g for g in manifest["spec"]["rayClusterSpec"]["workerGroupSpecs"] if g["groupName"] == "train")
     return group["replicas"], group["template"]["spec"]["containers"][0]["resources"]["limits"]
 
 
 def test_the_job_resources_decide_the_pods(values: k8s.K8sValues) -> None:
     twenty = k8s.ray_job("jobs/pe_moe_geotext.yaml", values, ["resources.num_workers=20"])
-    assert _pod(twenty) == (3, {"cpu": "64", "memory": "667Gi", "nvidia.com/gpu": "8"})  # 20 GPUs on 8-GPU nodes
+    assert _pod(twenty) == (3, {"cpu": "64", "memory": "709Gi", "nvidia.com/gpu": "8"})  # 20 GPUs on 8-GPU nodes
     assert twenty["spec"]["entrypoint"] == "geomoe run jobs/pe_moe_geotext.yaml --set resources.num_workers=20"
     assert_valid(twenty)
     # the paper's SMGeo job trains on one GPU: one 1-GPU pod, its 8 CPUs and their share of the node's memory
     assert _pod(k8s.ray_job("jobs/smgeo_cvogl.yaml", values)) == (
         1,
-        {"cpu": "8", "memory": "84Gi", "nvidia.com/gpu": "1"},
+        {"cpu": "8", "memory": "89Gi", "nvidia.com/gpu": "1"},
     )
     sized = k8s.ray_job("jobs/smgeo_cvogl.yaml", values, ["resources.memory_per_worker=40"])
     assert _pod(sized)[1]["memory"] == "40Gi"
-    with pytest.raises(SpecError, match=r"resources\.cpus_per_worker: .*do not fit a 96-CPU node"):
+    with pytest.raises(SpecError, match=r"resources\.cpus_per_worker: .*do not fit a 94-CPU node"):
         k8s.ray_job("jobs/pe_moe_geotext.yaml", values, ["resources.cpus_per_worker=16"])
     with pytest.raises(
         SpecError, match=r"resources\.worker_resources\.accelerator_type:H100: asks for accelerator H100"
@@ -115,7 +120,11 @@ def test_a_sweep_becomes_a_rayjob_with_room_for_its_concurrent_trials(values: k8
     assert_valid(manifest)
     assert manifest["spec"]["entrypoint"] == "geomoe sweep search_spaces/smgeo_experts.yaml"
     sweep, _ = load_sweep(REPO / "search_spaces" / "smgeo_experts.yaml")
-    assert _pod(manifest) == (sweep.max_concurrent, {"cpu": "8", "memory": "84Gi", "nvidia.com/gpu": "1"})
+    assert _pod(manifest) == (sweep.max_concurrent, {"cpu": "8", "memory": "89Gi", "nvidia.com/gpu": "1"})
+    # the trials' drivers and data tasks: max_concurrent x (trial_cpus + data_concurrency) CPUs beside them
+    data = next(g for g in manifest["spec"]["rayClusterSpec"]["workerGroupSpecs"] if g["groupName"] == "data")
+    beside = sweep.max_concurrent * (sweep.trial_cpus + 4)  # smgeo_cvogl's data_concurrency
+    assert data["replicas"] == -(-beside // values.cpu_workers.cpu)
     env = manifest["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]["env"]
     assert {"name": "GEOMOE_STORAGE", "value": values.env["GEOMOE_STORAGE"]} in env  # where the sweep writes
     with pytest.raises(SpecError, match=r"smgeo_topk\.yaml: output_root: .* share no disk"):
@@ -183,8 +192,12 @@ def test_a_serve_config_is_refused_when_its_files_or_accelerators_are_not_on_the
     raw = yaml.safe_load((REPO / "serve" / "production.yaml").read_text())
     raw["applications"][0]["args"]["llm_configs"][0]["accelerator_type"] = "H100"
     (tmp_path / "h100.yaml").write_text(yaml.safe_dump(raw))
-    with pytest.raises(SpecError, match=r"llm_configs\[0\]\.accelerator_type: accelerator H100: no node type"):
+    with pytest.raises(SpecError, match=r"llm_configs\[0\]\.accelerator_type: accelerator H100: the Serve cluster"):
         k8s.ray_service(tmp_path / "h100.yaml", values)
+    raw["applications"][0]["args"]["llm_configs"][0]["accelerator_type"] = "A100"  # the values have it, but not
+    (tmp_path / "a100.yaml").write_text(yaml.safe_dump(raw))  # on the nodes the RayService runs on
+    with pytest.raises(SpecError, match=r"accelerator A100: the Serve cluster's nodes \(infer_workers\) have A10G"):
+        k8s.ray_service(tmp_path / "a100.yaml", values)
     unmounted = values.model_copy(update={"shared_volumes": []})
     with pytest.raises(SpecError, match=r"args\.index: /mnt/shared/geomoe/runs/pe_moe_geotext/index is a local path"):
         k8s.ray_service("serve/production.yaml", unmounted)

@@ -56,6 +56,23 @@ class Strict(BaseModel):
         return data
 
 
+class SpecLoader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2's floats: ``1e-4`` (no dot) is a number, not the string PyYAML 1.1's
+    rule makes it (which the spec models' refusal of quoted numbers would then refuse)."""
+
+
+SpecLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def parse_scalar(text: str) -> Any:
+    """A ``--set`` value as YAML (with ``SpecLoader``'s floats)."""
+    return yaml.load(text, Loader=SpecLoader)
+
+
 def apply_overrides(raw: dict[str, Any], overrides: list[str], source: str) -> dict[str, Any]:
     """Apply ``dotted.key=value`` strings to a raw spec dict. Values are parsed as YAML scalars/lists."""
     for item in overrides:
@@ -63,7 +80,7 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str], source: str) -> d
         if not sep or not key:
             raise SpecError(source, item, "override must look like dotted.key=value")
         try:
-            value = yaml.safe_load(text) if text else ""
+            value = parse_scalar(text) if text else ""
         except yaml.YAMLError as err:
             raise SpecError(source, key, f"override value is not valid YAML: {err}") from err
         node = raw
@@ -82,17 +99,19 @@ _KEY_PREFIX = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z0-9_]+)*): (.+)$"
 
 
 def _first_error(err: ValidationError) -> tuple[str, str]:
-    """The error to show: an unknown key before anything else (a misspelt key also makes its right spelling
-    "missing"), with the missing key it most resembles; else the first."""
+    """The error to show: a misspelt key (unknown, and close to a key reported missing beside it: the misspelling
+    made its right spelling "missing") before anything else, named with its likely spelling; else the first."""
     errors = err.errors()
-    unknown = [e for e in errors if e["type"] == "extra_forbidden"]
-    if unknown:
-        loc = unknown[0]["loc"]
+    for unknown in (e for e in errors if e["type"] == "extra_forbidden"):
+        loc = unknown["loc"]
         missing = [str(e["loc"][-1]) for e in errors if e["type"] == "missing" and e["loc"][:-1] == loc[:-1]]
         close = difflib.get_close_matches(str(loc[-1]), missing, n=1)
-        return ".".join(map(str, loc)), "unknown key" + (f" (did you mean {close[0]!r}?)" if close else "")
+        if close:
+            return ".".join(map(str, loc)), f"unknown key (did you mean {close[0]!r}?)"
     detail = errors[0]
     key, reason = ".".join(str(part) for part in detail["loc"]), str(detail["msg"])
+    if detail["type"] == "extra_forbidden":
+        reason = "unknown key"
     reason = reason.removeprefix("Value error, ")
     # a validator of a whole section says which key it means: "stages: ..." -> key stages
     said = _KEY_PREFIX.match(reason)
@@ -154,7 +173,7 @@ def read_yaml(path: str | Path) -> Any:
     if not storage.is_file(path):
         raise SpecError(str(path), "", "file not found")
     try:
-        loader = yaml.SafeLoader(storage.read_text(path))
+        loader = SpecLoader(storage.read_text(path))
         try:  # one parse: the node graph is measured, then built into Python values only if it is small
             node = loader.get_single_node()
             size = _expanded_size(node, {}, str(path))

@@ -2,9 +2,10 @@
 
 In this order: the bearer token (401, when the app has one), the Content-Type of a body (415 unless JSON), and the
 body's size (413 over ``MAX_BODY_BYTES``, from Content-Length before a byte is read, else counted as it streams).
-So a request without the token learns nothing about its body, and a 100 MB body is refused, not read and then
-refused. A body sent without a Content-Length (chunked) is read here up to the limit and handed on, or refused at
-it. ``/healthz`` and the API's own documents pass freely.
+So a request without the token learns nothing about its body, and a 100 MB body is refused before the app
+reads it (Serve's HTTP proxy in front of the replica still receives it: a limit at the edge stops it earlier). A
+body sent without a Content-Length (chunked) is read here up to the limit and handed on, or refused at it.
+``/healthz`` and the API's own documents pass freely.
 
 The Ingress replica calls ``configure`` with its token: this module is imported by name in the replica (Serve
 pickles the ingress class by value, this module by reference), so the middleware and the replica share its state.
@@ -68,8 +69,9 @@ class RequestGate:
 
 def _path(scope: Scope) -> str:
     """The path inside the application (Serve mounts it under its route prefix)."""
-    path, root = str(scope.get("path", "")), str(scope.get("root_path", ""))
-    return path[len(root) :] if root and path.startswith(root) else path
+    path, root = str(scope.get("path", "")), str(scope.get("root_path", "")).rstrip("/")
+    inside = root and (path == root or path.startswith(f"{root}/"))
+    return (path[len(root) :] or "/") if inside else path
 
 
 def _refusal(takes_body: bool, headers: dict[str, str]) -> tuple[int, str, dict[str, str]] | None:
@@ -84,7 +86,7 @@ def _refusal(takes_body: bool, headers: dict[str, str]) -> tuple[int, str, dict[
         if kind != "application/json":
             return 415, f"the body must be application/json, not {kind or 'unnamed'}", {}
         length = headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
+        if length is not None and (not (length.isascii() and length.isdigit()) or int(length) > MAX_BODY_BYTES):
             return 413, f"the request body is over {MAX_BODY_BYTES} bytes", {}
     return None
 

@@ -4,6 +4,7 @@ filter; both `@serve.batch`: a batch of queries shares one forward pass and one 
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import numpy as np
@@ -45,7 +46,7 @@ class QueryEncoder:
     async def ready(self) -> bool:
         """Answers once the replica is built and has encoded a query (the first pass is the slow one)."""
         if not self.warm:
-            self.encode_now(["ready"])
+            await asyncio.to_thread(self.encode_now, ["ready"])  # a forward pass: not on the replica's event loop
             self.warm = True
         return True
 

@@ -187,24 +187,30 @@ def run_sweep(
             from geomoe.sweep.console import SweepConsole
 
             callbacks = [*callbacks, SweepConsole(sweep, experiment, trial_count(sweep))]
-        if restorable:
-            log.info("resuming the sweep in %s", tune_dir)
-            tuner = tune.Tuner.restore(tune_dir, trainable, resume_errored=True, storage_filesystem=fs)
-        else:
-            run_config = tune.RunConfig(
-                name="tune",
-                storage_path=storage.parent(tune_dir),
-                storage_filesystem=fs,
-                verbose=0 if quiet else 1,
-                callbacks=callbacks,
-            )
-            tuner = tune.Tuner(
-                trainable, param_space=param_space(sweep), tune_config=_tune_config(sweep), run_config=run_config
-            )
-        tuner.fit()
+        _tuner(sweep, trainable, tune_dir, fs, restorable, callbacks, quiet).fit()
         if tracker is not None:
             register_best(tracker, sweep, experiment)
     return experiment
+
+
+def _tuner(
+    sweep: SweepSpec, trainable: Any, tune_dir: str, fs: Any, restorable: bool, callbacks: list[Any], quiet: bool
+) -> Any:
+    """A new Tuner, or the interrupted one restored (Tune restores its run config, callbacks included, from the
+    experiment: a resumed sweep's console starts its counts again from the restored trials)."""
+    from ray import tune
+
+    if restorable:
+        log.info("resuming the sweep in %s", tune_dir)
+        return tune.Tuner.restore(tune_dir, trainable, resume_errored=True, storage_filesystem=fs)
+    run_config = tune.RunConfig(
+        name="tune",
+        storage_path=storage.parent(tune_dir),
+        storage_filesystem=fs,
+        verbose=0 if quiet else 1,
+        callbacks=callbacks,
+    )
+    return tune.Tuner(trainable, param_space=param_space(sweep), tune_config=_tune_config(sweep), run_config=run_config)
 
 
 def _tune_config(sweep: SweepSpec) -> Any:
