@@ -72,8 +72,13 @@ def client(address: str) -> Any:
     try:
         return JobSubmissionClient(address)
     except Exception as err:  # ConnectionError; ValueError for a malformed address; Ray's own RuntimeErrors
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        reason = _first_line(err)
         raise RemoteError(f"{address}: cannot reach the cluster's dashboard ({reason}); check --address") from None
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
 
 
 def submit(
@@ -118,8 +123,7 @@ def _one_line(address: str) -> Iterator[None]:
     except RemoteError:
         raise
     except Exception as err:  # Ray's client raises RuntimeError, ConnectionError and more
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise RemoteError(f"{address}: {reason}") from None
+        raise RemoteError(f"{address}: {_first_line(err)}") from None
 
 
 def list_jobs(address: str | None) -> list[dict[str, Any]]:

@@ -3,7 +3,6 @@ dry-run's header, submit's entrypoint for a sweep, and one-line errors for an un
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
@@ -84,7 +83,6 @@ def test_an_unreachable_cluster_is_one_line(
     assert main(args) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and re.search(expected, err) and "Traceback" not in err
-    json.dumps(err)  # printable as it is
 
 
 def test_serve_takes_host_and_port_and_starts_a_local_cluster_the_cli_can_reach(

@@ -28,9 +28,9 @@ ROW_GROUP_BYTES = 64 << 20
 SCHEMA = pa.schema([pa.field("key", pa.string(), nullable=False), pa.field("data", pa.large_binary(), nullable=False)])
 
 
-def write_shard(location: str, images: Iterable[tuple[str, bytes]]) -> int:
-    """Write one shard atomically (first occurrence of each key kept); returns its size in bytes. Row groups of
-    about ``ROW_GROUP_BYTES``: a reader fetches a group in a few large requests."""
+def write_shard(location: str, images: Iterable[tuple[str, bytes]]) -> None:
+    """Write one shard atomically (first occurrence of each key kept). Row groups of about ``ROW_GROUP_BYTES``: a
+    reader fetches a group in a few large requests."""
     keys: list[str] = []
     blobs: list[bytes] = []
     seen: set[str] = set()
@@ -44,7 +44,6 @@ def write_shard(location: str, images: Iterable[tuple[str, bytes]]) -> int:
     with storage.atomic_path(location, ".parquet") as tmp:
         # images are already compressed (JPEG/PNG): Parquet compression would cost CPU for nothing
         pq.write_table(table, tmp, row_group_size=max(1, ROW_GROUP_BYTES // mean), compression="NONE")
-        return tmp.stat().st_size
 
 
 @dataclass(frozen=True)

@@ -33,9 +33,6 @@ class ImageBytes:
     def __init__(self, shards: list[Any], where: dict[str, tuple[int, int]], table: str) -> None:
         self.shards, self.where, self.table = shards, where, table
 
-    def __len__(self) -> int:
-        return len(self.where)
-
     def __call__(self, keys: Sequence[str]) -> list[bytes]:
         import ray
 

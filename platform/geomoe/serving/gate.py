@@ -14,7 +14,6 @@ pickles the ingress class by value, this module by reference), so the middleware
 from __future__ import annotations
 
 import hmac
-import json
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
@@ -123,8 +122,10 @@ def _replay(body: bytes, receive: Receive) -> Receive:
 
 
 async def _answer(send: Send, status: int, detail: str, headers: dict[str, str] | None = None) -> None:
-    """The app's error shape (``schemas.ErrorBody``)."""
-    body = json.dumps({"status": status, "detail": detail, "errors": []}).encode()
+    """The app's one error shape, ``schemas.ErrorBody``."""
+    from geomoe.serving.schemas import ErrorBody
+
+    body = ErrorBody(status=status, detail=detail).model_dump_json().encode()
     fields = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     fields += [(k.encode(), v.encode()) for k, v in (headers or {}).items()]
     await send({"type": "http.response.start", "status": status, "headers": fields})
