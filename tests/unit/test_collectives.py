@@ -25,7 +25,7 @@ from torch import nn
 
 from geomoe import collectives
 from geomoe.losses import gather_rows
-from geomoe.train.engine import LoopConfig, TrainingTask, _train_epoch
+from geomoe.train.engine import LoopConfig, TrainingTask, train_epoch
 
 PACKAGE = Path(__file__).resolve().parents[2] / "platform" / "geomoe"
 COLLECTIVES = {
@@ -110,7 +110,7 @@ def test_the_engines_epoch_means_reduce_on_the_groups_device(lazy_only_group: No
     params = list(model.parameters())
     optimizer = torch.optim.SGD(params, lr=loop.lr)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
-    means = _train_epoch(
+    means = train_epoch(
         TrainingTask(model, step), model, params, optimizer, schedule, batches, loop, 0, torch.device("cpu")
     )
     assert means["doubled"] == pytest.approx(2 * means["loss"]) and means["loss"] > 0

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from geomoe.config import TrainSpec
-from geomoe.train.engine import LoopConfig, TrainingTask, _train_epoch, make_optimizer, warmup_cosine
+from geomoe.train.engine import LoopConfig, TrainingTask, make_optimizer, train_epoch, warmup_cosine
 
 
 def _fit_one_step(accumulation: int, batch: int, data: dict[str, np.ndarray]) -> torch.Tensor:
@@ -26,7 +26,7 @@ def _fit_one_step(accumulation: int, batch: int, data: dict[str, np.ndarray]) ->
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
     micro = [{k: v[i : i + batch] for k, v in data.items()} for i in range(0, 8, batch)]
     task = TrainingTask(model, step)
-    means = _train_epoch(task, model, params, optimizer, schedule, iter(micro), loop, 0, torch.device("cpu"))
+    means = train_epoch(task, model, params, optimizer, schedule, iter(micro), loop, 0, torch.device("cpu"))
     assert set(means) == {"loss", "mse"} and means["loss"] == pytest.approx(means["mse"])
     return torch.cat([p.detach().flatten() for p in model.parameters()])
 

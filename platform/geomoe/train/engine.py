@@ -172,10 +172,7 @@ def fit(task: TrainingTask, loop: LoopConfig, spec: JobSpec, epochs: Any = None)
     kwargs = {"find_unused_parameters": loop.find_unused_parameters}
     wrapped = ray.train.torch.prepare_model(core, parallel_strategy_kwargs=kwargs)
     device = ray.train.torch.get_device()
-    params = [p for p in core.parameters() if p.requires_grad]
-    optimizer = make_optimizer(loop, params)
-    total = max(1, loop.epochs * loop.steps_per_epoch)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total, loop.warmup_ratio))
+    params, optimizer, schedule = optimization(core, loop)
     if payload is not None:
         optimizer.load_state_dict(payload["optimizer"])
         schedule.load_state_dict(payload["scheduler"])
@@ -183,7 +180,7 @@ def fit(task: TrainingTask, loop: LoopConfig, spec: JobSpec, epochs: Any = None)
         wrapped.train()
         seed = loop.seed * 1000 + loop.stage * 100 + epoch
         batches = _grouped_batches(loop, micro, seed) if loop.group_rows else _batches(_shard("train"), micro, seed)
-        means = _train_epoch(task, wrapped, params, optimizer, schedule, batches, loop, epoch, device)
+        means = train_epoch(task, wrapped, params, optimizer, schedule, batches, loop, epoch, device)
         metrics: dict[str, Any] = {"stage": loop.stage, "epoch": epoch, "start_epoch": start_epoch, **means}
         if task.evaluate is not None:
             wrapped.eval()
@@ -194,7 +191,20 @@ def fit(task: TrainingTask, loop: LoopConfig, spec: JobSpec, epochs: Any = None)
         (epochs or _NoLog()).log_metrics(numbers, step=epoch)
 
 
-def _train_epoch(
+def optimization(core: torch.nn.Module, loop: LoopConfig) -> tuple[list[torch.nn.Parameter], Any, Any]:
+    """The trainable parameters of ``core``, their optimizer and its warm-up + cosine schedule over the stage."""
+    params = [p for p in core.parameters() if p.requires_grad]
+    optimizer = make_optimizer(loop, params)
+    total = max(1, loop.epochs * loop.steps_per_epoch)
+    return params, optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total, loop.warmup_ratio))
+
+
+# Where ``mixed_precision`` turns bf16 autocast on. CPU autocast exists but is slower than fp32 on most CPUs; a test
+# adds "cpu" to run the GPU's precision path (every family's step under bf16) on a machine without one.
+AUTOCAST_DEVICES: tuple[str, ...] = ("cuda",)
+
+
+def train_epoch(
     task: TrainingTask,
     wrapped: torch.nn.Module,
     params: list[torch.nn.Parameter],
@@ -205,8 +215,9 @@ def _train_epoch(
     epoch: int,
     device: torch.device,
 ) -> dict[str, float]:
-    """One epoch of optimizer steps, each over ``grad_accumulation`` micro-batches; the parts' means."""
-    autocast = device.type == "cuda" and loop.mixed_precision
+    """One epoch of optimizer steps, each over ``grad_accumulation`` micro-batches; the parts' means (across
+    workers when a process group is up). No Ray here: the learning tests run it in one process."""
+    autocast = loop.mixed_precision and device.type in AUTOCAST_DEVICES
     sums: dict[str, float] = {}
     micro_steps = 0
     for step in range(loop.steps_per_epoch):
