@@ -18,6 +18,15 @@ from geomoe.progress import StageBar
 log = logging.getLogger(__name__)
 
 
+def worker_device() -> str:
+    """Where a model held by this process belongs: ``cuda`` in an actor or task Ray gave a GPU (``num_gpus``), else
+    ``cpu``. A process without a GPU of its own may still see the node's GPUs, which belong to other actors; the
+    driver and a process outside Ray get ``cpu``. Every model-holding actor, task and replica places by this."""
+    import ray
+
+    return "cuda" if ray.is_initialized() and ray.get_gpu_ids() else "cpu"
+
+
 # A local cluster (a laptop, the demo, the tests) runs jobs whose stages follow each other within seconds, and
 # no cloud provider preempts its one node. Measured on the 2-core demo (one run each): 24 task worker processes
 # started and killed again (each paying Ray's and the stage's imports) and 6 preemption watchers (2.7 CPU-s

@@ -304,7 +304,7 @@ def test_localize_returns_the_offline_box_and_refuses_bad_images(served: dict[st
     body = {"drone_image": b64(drone), "click": [10.0, 12.0], "satellite_tile": b64(tile)}
     status, answer = post_json("/localize", body)
     assert status == 200, answer
-    predictor = PredictBoxes(served["localizer"], use_click=True, device="cpu")  # the offline batch path
+    predictor = PredictBoxes(served["localizer"], use_click=True)  # the offline batch path
     model, spec, _ = load_smgeo(served["localizer"])
     row = {"query_path": str(drone), "reference_path": str(tile), "click_x": 10.0, "click_y": 12.0, "box": [0, 0, 1, 1]}
     decoded = decode_pair(row, spec.model_as(SMGeoModelSpec).query_size, spec.model_as(SMGeoModelSpec).reference_size)
@@ -374,3 +374,57 @@ def test_serving_from_the_model_registry_answers_exactly_like_serving_from_the_p
         assert (status, body["status"]) == (404, 404) and "no localizer" in body["detail"]
     finally:
         serve.delete("from-registry")
+
+
+def test_every_model_holder_puts_its_model_on_the_device_ray_gave_it(
+    served: dict[str, Any], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The Serve deployments and the Ray Data actors and tasks that hold a model, built here with this process
+    told it holds a GPU: each must move every parameter (and the gallery rows) onto it. The device is ``meta`` so
+    that no GPU is needed; a holder that kept its model on the CPU (the production config gives QueryEncoder,
+    Reranker and Localizer ``num_gpus``) fails here."""
+    import numpy as np
+    import torch
+
+    from geomoe import ray_env
+    from geomoe.config import CaptionSpec, RefineSpec
+    from geomoe.engines.prompts import load_caption_prompt
+    from geomoe.models.tiny import build_tiny_causal_lm
+    from geomoe.pipelines.caption import CaptionBatch
+    from geomoe.pipelines.embed import ImageEmbedder, _on_gpu
+    from geomoe.pipelines.localize import PredictBoxes
+    from geomoe.pipelines.refine import RefineBatch
+    from geomoe.serving.localize import Localizer
+    from geomoe.serving.rerank import Captioner, Reranker
+    from geomoe.serving.retrieval import GallerySearch, QueryEncoder
+
+    def device_of(module: torch.nn.Module) -> set[str]:
+        return {t.device.type for t in [*module.parameters(), *module.buffers()]}
+
+    import ray
+
+    monkeypatch.setattr(ray, "get_gpu_ids", lambda: [0])
+    assert ray_env.worker_device() == "cuda"  # an actor or replica with num_gpus > 0
+    monkeypatch.setattr(ray, "get_gpu_ids", lambda: [])
+    assert ray_env.worker_device() == "cpu"
+    monkeypatch.setattr(ray_env, "worker_device", lambda: "meta")
+    lm = str(build_tiny_causal_lm(tmp_path / "lm", ["a red roof", "a glass tower"]))
+    checkpoint, index = served["built_from"], served["local_index"]
+    holders = {
+        "QueryEncoder": QueryEncoder.func_or_class(checkpoint).model,
+        "Reranker": Reranker.func_or_class(checkpoint, index, served["rerank"], None).model,
+        "Captioner": Captioner.func_or_class(served["captioner"]).local.model,
+        "Localizer": Localizer.func_or_class(served["localizer"]).model,
+        "ImageEmbedder": ImageEmbedder(checkpoint).model,
+        "PredictBoxes": PredictBoxes(served["localizer"], use_click=True).model,
+        "CaptionBatch": CaptionBatch(
+            CaptionSpec(engine=served["captioner"]["engine"], output="unused"), load_caption_prompt(None)
+        ).captioner.model,
+        "RefineBatch": RefineBatch(
+            RefineSpec(engine={"kind": "transformers", "model": lm}, output_dir="x"), 30
+        ).engine.model,
+        "on_model_device": _on_gpu(checkpoint, lambda model, *_: model),
+    }
+    assert {name: device_of(model) for name, model in holders.items()} == {name: {"meta"} for name in holders}
+    rows = GallerySearch.func_or_class(index).index.rows
+    assert isinstance(rows, torch.Tensor) and rows.device.type == "meta" and not isinstance(rows, np.ndarray)

@@ -37,9 +37,10 @@ class CaptionBatch:
 
     def __init__(self, caption: CaptionSpec, prompt: CaptionPrompt) -> None:
         from geomoe.engines.local import TransformersCaptioner
+        from geomoe.ray_env import worker_device
 
         e = caption.engine
-        device = "cuda" if e.use_gpu else "cpu"
+        device = worker_device()  # the actor's GPU where the map asked for one (engine.use_gpu)
         self.captioner = TransformersCaptioner(e.model, e.max_new_tokens, device=device, batch_size=e.batch_size)
         self.prompt = prompt
 

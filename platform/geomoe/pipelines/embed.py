@@ -20,22 +20,19 @@ Loaded = tuple[Any, Any, "JobSpec", dict[str, Any]]  # load_pe_moe's (model, tok
 
 
 class ImageEmbedder:
-    """A Ray Data actor: loads the checkpoint once (onto this actor's GPU with ``use_gpu``), then embeds batches
-    of image paths. ``loaded``: the checkpoint's model and the spec it was trained with, already loaded by the
-    caller (not read again; used on the device it is on)."""
+    """A Ray Data actor: loads the checkpoint once (onto this actor's GPU where Ray gave it one), then embeds
+    batches of image paths. ``loaded``: the checkpoint's model and the spec it was trained with, already loaded by
+    the caller (not read again; used on the device it is on)."""
 
     def __init__(
-        self,
-        checkpoint: str,
-        loaded: tuple[PEMoE, JobSpec] | None = None,
-        use_gpu: bool = False,
-        fetch: Fetch | None = None,
+        self, checkpoint: str, loaded: tuple[PEMoE, JobSpec] | None = None, fetch: Fetch | None = None
     ) -> None:
         from geomoe.models.factory import load_pe_moe
+        from geomoe.ray_env import worker_device
 
         if loaded is None:
             model, _, spec, _ = load_pe_moe(checkpoint)
-            loaded = (model.to("cuda") if use_gpu else model), spec
+            loaded = model.to(worker_device()), spec
         self.model, self.size = loaded[0], loaded[1].model_as(PEMoEModelSpec).image.image_size
         self.fetch = fetch
 
@@ -75,7 +72,7 @@ def embed_images(
     ds = ds.map_batches(
         ImageEmbedder,
         fn_constructor_args=(checkpoint,),
-        fn_constructor_kwargs={"use_gpu": num_gpus > 0, "fetch": fetch},
+        fn_constructor_kwargs={"fetch": fetch},
         batch_size=batch_size,
         # on GPUs the pool starts with one actor and grows while GPUs are free (a fixed pool larger than the
         # cluster's GPUs would wait for actors that never start)
@@ -123,6 +120,7 @@ def on_model_device(spec: JobSpec, checkpoint: str, loaded: Loaded | None, work:
 
 def _on_gpu(checkpoint: str, work: Callable[..., T], *args: Any) -> T:
     from geomoe.models.factory import load_pe_moe
+    from geomoe.ray_env import worker_device
 
     model, tokenizer, trained, _ = load_pe_moe(checkpoint)
-    return work(model.to("cuda"), tokenizer, trained, *args)
+    return work(model.to(worker_device()), tokenizer, trained, *args)

@@ -48,15 +48,17 @@ def pairs_dataset(
 class PredictBoxes:
     """Ray Data actor: a checkpoint's boxes in reference file pixels; ``use_click=False`` zeroes the click."""
 
-    def __init__(self, checkpoint: str, use_click: bool, device: str) -> None:
+    def __init__(self, checkpoint: str, use_click: bool) -> None:
         import torch
 
         from geomoe.models.smgeo import load_smgeo
+        from geomoe.ray_env import worker_device
 
         self.torch = torch
         self.model, spec, _ = load_smgeo(checkpoint)
-        self.model.to(device)
-        self.device, self.use_click, self.size = device, use_click, spec.model_as(SMGeoModelSpec).reference_size
+        self.device = worker_device()
+        self.model.to(self.device)
+        self.use_click, self.size = use_click, spec.model_as(SMGeoModelSpec).reference_size
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from geomoe.models.smgeo import predict_input_boxes
@@ -80,11 +82,7 @@ def predict_boxes(
 
     predicted = pairs.map_batches(
         PredictBoxes,
-        fn_constructor_kwargs={
-            "checkpoint": checkpoint,
-            "use_click": use_click,
-            "device": "cuda" if use_gpu else "cpu",
-        },
+        fn_constructor_kwargs={"checkpoint": checkpoint, "use_click": use_click},
         batch_size=16,
         batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=concurrency),

@@ -60,9 +60,10 @@ class RefineBatch:
 
     def __init__(self, refine: RefineSpec, caption_words: int) -> None:
         from geomoe.engines.local import TransformersEngine
+        from geomoe.ray_env import worker_device
 
         e = refine.engine
-        device = "cuda" if e.use_gpu else "cpu"
+        device = worker_device()  # the actor's GPU where the map asked for one (engine.use_gpu)
         self.engine = TransformersEngine(
             e.model, e.max_new_tokens, e.temperature, e.top_p, device=device, batch_size=e.batch_size
         )

@@ -16,10 +16,10 @@ class Localizer:
 
     def __init__(self, checkpoint: str) -> None:
         from geomoe.models.smgeo import load_smgeo
-        from geomoe.serving.retrieval import replica_device
+        from geomoe.ray_env import worker_device
 
         model, spec, _ = load_smgeo(checkpoint)
-        self.device = replica_device()
+        self.device = worker_device()
         self.model = model.to(self.device)
         self.checkpoint = checkpoint
         self.query_size, self.reference_size = (

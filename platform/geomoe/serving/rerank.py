@@ -26,9 +26,9 @@ class Captioner:
         engine = self.spec.engine
         if engine.kind == "transformers":
             from geomoe.engines.local import TransformersCaptioner
+            from geomoe.ray_env import worker_device
 
-            device = "cuda" if engine.use_gpu else "cpu"
-            self.local = TransformersCaptioner(engine.model, engine.max_new_tokens, device=device)
+            self.local = TransformersCaptioner(engine.model, engine.max_new_tokens, device=worker_device())
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
     async def caption(self, items: list[tuple[str, str]]) -> list[str | None]:
@@ -58,14 +58,13 @@ class Reranker:
         from geomoe.config import RerankSpec
         from geomoe.data.caption_store import read_caption_store
         from geomoe.models.factory import load_pe_moe
+        from geomoe.ray_env import worker_device
         from geomoe.retrieval.index import read_index
         from geomoe.retrieval.rerank import LexicalScorer
 
         self.spec = RerankSpec.model_validate(rerank)
-        from geomoe.serving.retrieval import replica_device
-
         model, self.tokenizer, trained, _ = load_pe_moe(checkpoint)
-        self.model = model.to(replica_device())  # the captions' dense text embeddings
+        self.model = model.to(worker_device())  # the captions' dense text embeddings
         self.max_length = trained.model_as(PEMoEModelSpec).text.max_length
         gallery = read_index(index)
         ids = [str(i) for i in gallery.ids]

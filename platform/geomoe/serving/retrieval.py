@@ -15,14 +15,6 @@ from ray import serve
 SearchCall = tuple[np.ndarray, int, list[str] | None]  # (query vector, k, platforms or None)
 
 
-def replica_device() -> str:
-    """``cuda`` in a replica Ray gave a GPU (``num_gpus`` in its ray_actor_options), else ``cpu``: a replica without
-    one may still see the node's GPUs, which belong to other actors (outside Ray: ``cpu``)."""
-    import ray
-
-    return "cuda" if ray.is_initialized() and ray.get_gpu_ids() else "cpu"
-
-
 def configure_batching(method: Any, batching: dict[str, Any] | None) -> None:
     """Apply the application's ``batching`` (geomoe.config.serve.BatchingSpec) to a ``@serve.batch`` method."""
     if batching:
@@ -34,10 +26,11 @@ def configure_batching(method: Any, batching: dict[str, Any] | None) -> None:
 class QueryEncoder:
     def __init__(self, checkpoint: str, batching: dict[str, Any] | None = None) -> None:
         from geomoe.models.factory import load_pe_moe
+        from geomoe.ray_env import worker_device
 
         configure_batching(self.encode, batching)
         model, self.tokenizer, spec, _ = load_pe_moe(checkpoint)
-        self.model = model.to(replica_device())
+        self.model = model.to(worker_device())
         self.max_length = spec.model_as(PEMoEModelSpec).text.max_length
         self.max_words = spec.preprocess.max_words_test  # queries are normalised as the test queries were
         self.experts = [e.name for e in spec.model_as(PEMoEModelSpec).experts]
@@ -73,10 +66,11 @@ class QueryEncoder:
 @serve.deployment(ray_actor_options={"num_cpus": 0.5})
 class GallerySearch:
     def __init__(self, index: str, batching: dict[str, Any] | None = None) -> None:
+        from geomoe.ray_env import worker_device
         from geomoe.retrieval.index import read_index
 
         configure_batching(self.search, batching)
-        self.index = read_index(index, mmap=False).on(replica_device())  # on a GPU replica: in its memory
+        self.index = read_index(index, mmap=False).on(worker_device())  # on a GPU replica: in its memory
         self.platforms = np.array(self.index.manifest.platforms)
         self.row_of = {image_id: n for n, image_id in enumerate(self.index.ids)}
 
