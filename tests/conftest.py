@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from ports import start_on_a_free_port, stop_tree
+
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -34,12 +36,14 @@ def tiny_synth(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     return out, generate(out, spec)
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+@pytest.fixture(scope="session", autouse=True)
+def no_outside_cluster() -> Iterator[None]:
+    """The tests and the CLI runs they start use only clusters the tests start: a RAY_ADDRESS from the user's shell
+    would make every ``geomoe run`` subprocess join that cluster. Put back at the end."""
+    saved = os.environ.pop("RAY_ADDRESS", None)
+    yield
+    if saved is not None:
+        os.environ["RAY_ADDRESS"] = saved
 
 
 @pytest.fixture(scope="session")
@@ -51,10 +55,9 @@ def s3_server() -> Iterator[str]:
     from moto.server import ThreadedMotoServer
 
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one log line per request otherwise
-    port = _free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)  # the OS picks the port as it binds
     server.start()
-    endpoint = f"http://127.0.0.1:{port}"
+    endpoint = "http://{}:{}".format(*server.get_host_and_port())
     saved = {k: os.environ.get(k) for k in S3_ENV}
     os.environ.update(
         AWS_ENDPOINT_URL=endpoint, AWS_ACCESS_KEY_ID="geomoe-test", AWS_SECRET_ACCESS_KEY="geomoe-test-secret"
@@ -106,25 +109,35 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     import urllib.request
 
     folder = tmp_path_factory.mktemp("mlflow")
-    port = _free_port()
-    command = [str(Path(sys.executable).with_name("mlflow")), "server", "--host", "127.0.0.1", "--port", str(port)]
-    command += ["--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}", "--artifacts-destination"]
-    command += [str(folder / "artifacts"), "--workers", "1"]
     log = (folder / "server.log").open("wb")
-    server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+
+    def start(port: int) -> subprocess.Popen[bytes]:
+        command = [str(Path(sys.executable).with_name("mlflow")), "server", "--host", "127.0.0.1", "--port", str(port)]
+        command += ["--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}", "--artifacts-destination"]
+        command += [str(folder / "artifacts"), "--workers", "1"]
+        return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+
+    def stop(server: subprocess.Popen[bytes]) -> None:
+        stop_tree(server.pid)
+        server.wait(timeout=30)
+
+    try:
+        server, port = start_on_a_free_port(start, lambda s: s.pid, stop)
+    except RuntimeError as err:
+        raise RuntimeError(f"mlflow server did not start: {(folder / 'server.log').read_text()[-2000:]}") from err
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 90
-    while True:
+    while True:  # listening, then answering
         try:
             with urllib.request.urlopen(f"{url}/health", timeout=2):
                 break
         except OSError as err:
             if server.poll() is not None or time.monotonic() > deadline:
-                server.kill()
-                log_tail = (folder / "server.log").read_text()[-2000:]
-                raise RuntimeError(f"mlflow server did not start: {log_tail}") from err
+                stop(server)
+                raise RuntimeError(
+                    f"mlflow server did not answer: {(folder / 'server.log').read_text()[-2000:]}"
+                ) from err
             time.sleep(0.5)
     yield url
-    server.terminate()
-    server.wait(timeout=30)
+    stop(server)
     log.close()

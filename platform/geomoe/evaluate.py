@@ -49,6 +49,13 @@ def chance_recall(
     }
 
 
+def routing_accuracy(gates_QK: np.ndarray, query_platforms: np.ndarray, model: PEMoEModelSpec) -> float:
+    """% of queries whose gate weighs the expert of their image's platform highest (the gate's training target)."""
+    expert_of = model.expert_of()
+    truth = np.array([expert_of[p] for p in query_platforms])
+    return float(100.0 * np.mean(gates_QK.argmax(axis=1) == truth))
+
+
 def evaluate_pe_moe(
     model: PEMoE, tokenizer: Any, spec: JobSpec, rows: Sequence[dict[str, Any]], image_vectors: np.ndarray
 ) -> dict[str, Any]:
@@ -75,9 +82,7 @@ def evaluate_pe_moe(
     keys = [f"{r['image_id']}\t{r['caption']}" for r in rows] + [im["image_id"] for im in images]
     report["query_set"] = query_set(keys)
     if model.fusion == "dynamic" and model.num_experts > 1:
-        expert_of = spec.model_as(PEMoEModelSpec).expert_of()
-        truth = np.array([expert_of[platform[i]] for i in caption_image])
-        report["routing_accuracy"] = float(100.0 * np.mean(g.argmax(axis=1) == truth))
+        report["routing_accuracy"] = routing_accuracy(g, platform[caption_image], spec.model_as(PEMoEModelSpec))
     depth = max([SAMPLE_TOP, *(r.top_n for r in spec.eval.rerank)])
     asked = queries_QD if spec.eval.rerank else queries_QD[:1]  # without re-ranking only the sample needs a top
     top_scores_QT, top_QT = top_candidates(asked, gallery_ND, depth, device)

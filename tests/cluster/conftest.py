@@ -3,7 +3,7 @@ raylet of its own), with every data and output location on the S3 server of test
 
 The nodes share this machine's disk, so only storage that is not a local disk proves a run cluster-ready
 (REFERENCE.md sec. 8): every location in these tests is an s3:// URI, except the declared caches (tiny models).
-This module runs before tests/ray (alphabetical order) and shuts its cluster down before that suite starts its own.
+Its cluster is shut down before any other starts; tests/ray's local cluster, if up already, is set aside meanwhile.
 """
 
 from __future__ import annotations
@@ -12,27 +12,23 @@ from collections.abc import Iterator
 
 import pytest
 
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
+from local_ray import start_local_ray
+from ports import unused_port
 
 TRAINER = "trainer_slot"  # a custom resource only the worker nodes have: the tests' Train workers ask for it
 
 
-@pytest.fixture(scope="module")  # torn down before tests/e2e and tests/ray start their own clusters
+@pytest.fixture(scope="module")
 def two_node_cluster(s3_server: str) -> Iterator[object]:
     from ray.cluster_utils import Cluster
 
     import ray
 
+    local = ray.is_initialized()  # tests/ray's cluster, when that folder ran first: set aside, then restarted
+    ray.shutdown()
     # The dashboard serves Ray's state API, from which the tests read where the Train workers ran.
     head = {"num_cpus": 2, "object_store_memory": 300_000_000, "include_dashboard": True}
-    cluster = Cluster(initialize_head=True, head_node_args=head | {"dashboard_port": free_port()})
+    cluster = Cluster(initialize_head=True, head_node_args=head | {"dashboard_port": unused_port()})
     for _ in range(2):
         cluster.add_node(num_cpus=2, resources={TRAINER: 1}, object_store_memory=300_000_000)
     cluster.wait_for_nodes()
@@ -40,3 +36,5 @@ def two_node_cluster(s3_server: str) -> Iterator[object]:
     yield cluster
     ray.shutdown()
     cluster.shutdown()
+    if local:
+        start_local_ray()

@@ -7,11 +7,12 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import time
 import urllib.request
 from pathlib import Path
+
+from ports import start_on_a_free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -24,30 +25,30 @@ def _get(url: str) -> tuple[int, bytes]:
         return 0, b""
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def test_make_mlflow_ui_serves_the_ui_on_the_tracked_store(tmp_path: Path) -> None:
     from geomoe import tracking
 
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     run = tracking.start_run(store, "ui-check", str(tmp_path), {"geomoe.family": "pe_moe"})
     tracking.log_results(run, {"model.R@1": 12.5}, "a table", {"ok": True})
-    port = _free_port()
-    command = ["make", "-s", "mlflow-ui", f"MLFLOW_STORE={store}", f"MLFLOW_PORT={port}"]
-    server = subprocess.Popen(
-        command, cwd=ROOT, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-    )
+    log = tmp_path / "ui.log"
+
+    def start(port: int) -> subprocess.Popen[bytes]:
+        command = ["make", "-s", "mlflow-ui", f"MLFLOW_STORE={store}", f"MLFLOW_PORT={port}"]
+        with log.open("ab") as out:
+            return subprocess.Popen(command, cwd=ROOT, start_new_session=True, stdout=out, stderr=subprocess.STDOUT)
+
+    try:  # up once `make mlflow-ui`'s own server listens on the port
+        server, port = start_on_a_free_port(start, lambda server: server.pid, stop, seconds=120)
+    except RuntimeError as err:
+        raise AssertionError(f"no UI: {log.read_text()[-2000:]}") from err
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline, status, page = time.monotonic() + 120, 0, b""
+        deadline, status, page = time.monotonic() + 60, 0, b""
         while time.monotonic() < deadline and status != 200 and server.poll() is None:
-            time.sleep(1.0)
             status, page = _get(f"{base}/")
-        assert status == 200, f"no UI on {base}: {server.stdout.read().decode()[-2000:] if server.poll() else ''}"
+            time.sleep(0 if status == 200 else 1.0)
+        assert status == 200, f"no UI on {base}: {log.read_text()[-2000:]}"
         assert b"<title>MLflow</title>" in page and b"Unable to display MLflow UI" not in page
         bundle = re.search(rb'src="\.?/?(static-files/static/js/[^"]+\.js)"', page)
         assert bundle is not None and _get(f"{base}/{bundle.group(1).decode()}")[0] == 200  # the app itself loads
@@ -60,9 +61,14 @@ def test_make_mlflow_ui_serves_the_ui_on_the_tracked_store(tmp_path: Path) -> No
         metrics = {m["key"]: m["value"] for m in runs[0]["data"]["metrics"]}
         assert metrics == {"model.R_at_1": 12.5}
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
+        stop(server)
+
+
+def stop(server: subprocess.Popen[bytes]) -> None:
+    """The make, its python and the UI's server processes: the session `start_new_session` gave them."""
+    os.killpg(server.pid, signal.SIGTERM)
+    try:
+        server.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(server.pid, signal.SIGKILL)
+        server.wait()

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -17,13 +16,9 @@ from pathlib import Path
 
 import pytest
 
+from ports import start_on_a_free_port, stop_tree, unused_port
+
 REPO = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
@@ -34,21 +29,23 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     # anywhere on this machine would join this (by then stopped) cluster instead of starting its own.
     temp = tempfile.mkdtemp(prefix="geomoe-submit-", dir="/tmp")  # short: Unix socket paths are limited
     env |= {"PATH": f"{bin_dir}:{env.get('PATH', '')}", "RAY_AUTH_MODE": "disabled", "TMPDIR": temp}
-    dashboard = free_port()
-    ports = {
-        "--port": free_port(),
-        "--dashboard-port": dashboard,
-        "--ray-client-server-port": free_port(),
-        "--dashboard-agent-listen-port": free_port(),
-        "--dashboard-agent-grpc-port": free_port(),
-        "--metrics-export-port": free_port(),
-        "--runtime-env-agent-port": free_port(),
-        "--node-manager-port": free_port(),
-        "--object-manager-port": free_port(),
-    }
-    command = [str(Path(bin_dir) / "ray"), "start", "--head", "--block", "--num-cpus=4", "--include-dashboard=true"]
-    command += ["--dashboard-host=127.0.0.1", *[f"{k}={v}" for k, v in ports.items()]]
-    head = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def start(dashboard: int) -> subprocess.Popen[bytes]:
+        ports = {"--port": unused_port(), "--dashboard-port": dashboard}
+        for flag in ("ray-client-server", "dashboard-agent-listen", "dashboard-agent-grpc", "metrics-export"):
+            ports[f"--{flag}-port"] = unused_port()
+        for flag in ("runtime-env-agent", "node-manager", "object-manager"):
+            ports[f"--{flag}-port"] = unused_port()
+        command = [str(Path(bin_dir) / "ray"), "start", "--head", "--block", "--num-cpus=4", "--include-dashboard=true"]
+        command += ["--dashboard-host=127.0.0.1", *[f"{k}={v}" for k, v in ports.items()]]
+        return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def stop(head: subprocess.Popen[bytes]) -> None:
+        stop_tree(head.pid, seconds=60)  # --block: the head's processes are its children
+        head.wait(timeout=60)
+
+    # up once the dashboard of this head (not another cluster's on a port it lost) answers
+    head, dashboard = start_on_a_free_port(start, lambda head: head.pid, stop, seconds=120)
     address = f"http://127.0.0.1:{dashboard}"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -60,8 +57,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     try:
         yield address
     finally:
-        head.terminate()  # --block: the head's processes go with it
-        head.wait(timeout=60)
+        stop(head)
         shutil.rmtree(temp, ignore_errors=True)
 
 

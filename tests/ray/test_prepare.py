@@ -129,6 +129,8 @@ def test_a_worker_killed_midway_through_prepare_changes_nothing(tiny_synth: tupl
     import psutil
     from PIL import Image
 
+    from ports import own_descendants
+
     root, _ = tiny_synth
     data = tmp_path / "geotext"
     shutil.copytree(root / "geotext", data)
@@ -139,13 +141,15 @@ def test_a_worker_killed_midway_through_prepare_changes_nothing(tiny_synth: tupl
     killed: list[int] = []
     done = threading.Event()
 
+    def running_a_prepare_task(process: psutil.Process) -> bool:
+        return "MapBatches" in " ".join(process.cmdline())  # Ray titles a worker by the task it runs
+
     def kill_a_prepare_task() -> None:
         while not done.is_set() and not killed:
-            for process in psutil.process_iter(["pid", "cmdline"]):
-                if "MapBatches" in " ".join(process.info["cmdline"] or []):
-                    process.kill()
-                    killed.append(process.info["pid"])
-                    return
+            # only this session's own cluster: its workers descend from this process (address="local")
+            for process in own_descendants(running_a_prepare_task)[:1]:
+                process.kill()
+                killed.append(process.pid)
             time.sleep(0.02)
 
     killer = threading.Thread(target=kill_a_prepare_task)

@@ -12,6 +12,7 @@ from geomoe.config import JobSpec, parse_spec
 from geomoe.models.tiny import build_tiny_causal_lm
 from geomoe.pipelines.prepare import prepare
 from geomoe.pipelines.refine import refine_captions
+from ports import start_serve
 
 
 def refine_job(root: Path, out: Path, model: Path) -> JobSpec:
@@ -100,8 +101,8 @@ def test_http_engine_refines_through_an_openai_compatible_server_and_counts_fail
         "retry_wait_s": 0.01,
     }
     try:
+        url = f"{start_serve()}/v1/chat/completions"
         serve.run(chat_app(str(tmp_path / "lm")), name="chat", route_prefix="/v1/chat/completions", blocking=False)
-        url = "http://127.0.0.1:8000/v1/chat/completions"
         good = with_engine(spec, {**engine, "url": url}, tmp_path / "r1")
         report = refine_captions(good, manifest)["refinement"]
         n = len(rows(manifest, "train"))

@@ -18,9 +18,10 @@ import pytest
 from geomoe import ownership, storage
 from geomoe.config.pe_moe import PEMoEModelSpec
 from geomoe.config.smgeo import SMGeoModelSpec
+from ports import start_serve
 from tiny_jobs import smgeo_job, tiny_retriever
 
-URL = "http://127.0.0.1:8000"
+URL = ""  # the app's base URL: set by ``served``, which starts Serve on a port of its own
 
 
 def call(path: str, body: dict | None = None, token: str | None = None) -> tuple[int, Any]:
@@ -85,6 +86,8 @@ def served(
         "captioner": {"engine": {"kind": "transformers", "model": str(out / "vlm"), "max_new_tokens": 12}},
         "localizer": str(out / "smgeo"),
     }
+    global URL
+    URL = start_serve()
     serve.run(build_app(args), name="retriever", route_prefix="/", blocking=False)
     try:
         yield {"model": model.eval(), "tokenizer": tokenizer, "spec": spec, "built_from": str(out / "ckpt"),
@@ -137,7 +140,8 @@ def test_bad_requests_and_tokens_are_refused_with_a_message(served: dict[str, An
     assert status == 415 and "application/json" in body["detail"]
     # over the size limit: refused from Content-Length, before the body is read (here: none is sent at all)
     huge = auth | {"Content-Type": "application/json", "Content-Length": str(MAX_BODY_BYTES + 1)}
-    with socket.create_connection(("127.0.0.1", 8000), timeout=30) as sock:
+    port = int(URL.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
         head = "".join(f"{k}: {v}\r\n" for k, v in huge.items())
         sock.sendall(f"POST /search HTTP/1.1\r\nHost: 127.0.0.1\r\n{head}\r\n".encode())
         answer = ""

@@ -13,9 +13,10 @@ from typing import Any
 import pytest
 
 from geomoe.serving.load import drive
+from ports import start_serve
 from tiny_jobs import tiny_retriever
 
-URL = "http://127.0.0.1:8000/search"
+URL = ""  # /search of the app: set by ``app``, which starts Serve on a port of its own
 QUERIES = ["a drone view of a red roof", "a satellite image of a park", "a street view of a glass tower"]
 
 
@@ -63,6 +64,8 @@ def app(tiny_synth: tuple[Path, dict], tmp_path_factory: pytest.TempPathFactory)
         # Serve's default (5) would cap what reaches the encoder at 5 requests, near its upscale target
         "Ingress": {"max_ongoing_requests": 64},
     }
+    global URL
+    URL = f"{start_serve()}/search"
     serve.run(compose({"index": str(out / "index")}, options=options), name="scaling", route_prefix="/")
     try:
         yield

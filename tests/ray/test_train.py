@@ -11,6 +11,7 @@ import pyarrow.compute as pc
 import pytest
 import torch
 
+from checks import assert_share_interval
 from geomoe.config import JobSpec, parse_spec
 from geomoe.config.pe_moe import PEMoEModelSpec
 from geomoe.data.prepared import PreparedDataset
@@ -82,7 +83,8 @@ def test_rerun_of_finished_stage_resumes_instead_of_restarting(
     assert again == first and again.to_json() == json.loads(json.dumps(first.to_json()))
     (tmp_path / "run" / "stage1.json").unlink()  # without the record, Ray Train itself restores the run
     restored = fit_stage(spec, tmp_path / "run", 1, table, None, images)
-    assert restored.metrics["start_epoch"] == spec.train.stage1_epochs or restored.location == first.location
+    # Ray Train finds the finished run in its folder and returns its last checkpoint: nothing is trained again
+    assert restored.location == first.location and restored.metrics == first.metrics
 
 
 def test_mining_then_stage2_then_evaluation(
@@ -106,24 +108,15 @@ def test_mining_then_stage2_then_evaluation(
         assert set(entry["t2i"]) == {"R@1", "R@5", "R@10"}
         # each number with its bootstrap interval, and the per-query ranks it is recomputed from
         assert set(entry["t2i_interval"]) == {"R@1", "R@5", "R@10", "Score"} and len(entry["t2i_ranks"]) == n_test
-        for k, (lo, hi) in entry["t2i_interval"].items():
-            assert lo <= (entry["score"] if k == "Score" else entry["t2i"][k]) <= hi
+        for k in ("R@1", "R@5", "R@10"):  # R@K: the share of queries with a hit in the top K
+            assert_share_interval(entry["t2i"][k], entry["t2i_interval"][k], n_test)
         assert recall_at_k(np.array(entry["t2i_ranks"]), (1, 5, 10)) == pytest.approx(entry["t2i"])
     # the job's table prints the intervals and pairs stage 2 with stage 1 over the same queries
     stage1_report = evaluate_checkpoint(spec, first.location, PreparedDataset.of(manifest))
     assert stage1_report["query_set"] == report["query_set"]
     table = retrieval_table({"model": {"stage1": stage1_report, "stage2": report}})
     assert "paired differences (95% interval; * = excludes 0):" in table and "model stage2 - stage1" in table
-    # routing accuracy: the share of test captions whose gate picks their platform's expert, recomputed here
-    from geomoe.models.factory import load_pe_moe
-    from geomoe.retrieval.embed import embed_texts
-
-    model, tokenizer, _, _ = load_pe_moe(stage2.location)
-    rows = split_rows(PreparedDataset.of(manifest), "test", spec).filter(pc.equal(pc.field("augment"), ""))
-    model_spec = spec.model_as(PEMoEModelSpec)
-    _, gates = embed_texts(model, tokenizer, rows["caption"].to_pylist(), model_spec.text.max_length)
-    truth = np.array([model_spec.expert_of()[p] for p in rows["platform"].to_pylist()])
-    assert report["routing_accuracy"] == pytest.approx(100.0 * np.mean(gates.argmax(axis=1) == truth))
+    assert "routing_accuracy" in report  # its value on hand-made gates: tests/unit/test_mining_eval.py
 
 
 def test_track4_submission_from_checkpoint(
@@ -187,7 +180,7 @@ def test_index_search_returns_the_offline_fused_ranking(prepared: tuple[JobSpec,
     index = read_index(tmp_path / "index")
     assert report["count"] == len(index.ids) and index.manifest.checkpoint_sha256 == report["checkpoint_sha256"]
     assert report["faiss"]["flat"]["recall@10_vs_exact"] == 1.0
-    assert 0.0 < report["faiss"]["hnsw"]["recall@10_vs_exact"] <= 1.0
+    assert report["faiss"]["hnsw"]["recall@10_vs_exact"] >= 0.99  # the README's claim for the serving index
     paths = dict(zip(*pc_ids_paths(manifest), strict=True))
     gallery = [paths[i] for i in index.ids]
     fetch = images_of(manifest).fetch  # the source images are gone: their bytes come from the prepared table

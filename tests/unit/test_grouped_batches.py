@@ -3,8 +3,6 @@ over every DDP worker's rows: two gloo workers on 127.0.0.1 against one process 
 
 from __future__ import annotations
 
-import os
-import socket
 from pathlib import Path
 
 import numpy as np
@@ -58,10 +56,11 @@ def _loss_and_grad(x: torch.Tensor, experts: torch.Tensor, buildings: torch.Tens
     return float(loss.detach()), weights.weight.grad.clone()
 
 
-def _worker(rank: int, port: int, out_dir: str) -> None:
+def _worker(rank: int, out_dir: str) -> None:
     import torch.distributed as dist
 
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    # a file rendezvous: no port to pick (a free port found now could be another process's by the time it binds)
+    dist.init_process_group("gloo", init_method=f"file://{out_dir}/rendezvous", rank=rank, world_size=2)
     x, experts, buildings = _batch()
     half = slice(4 * rank, 4 * rank + 4)
     loss, grad = _loss_and_grad(x[half], experts[half], buildings[half])
@@ -72,19 +71,15 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
     dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def test_two_workers_loss_and_gradients_equal_one_process_on_the_concatenated_batch(tmp_path: Path) -> None:
+def test_two_workers_loss_and_gradients_equal_one_process_on_the_concatenated_batch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Every worker scores its rows against all gathered rows (gradient kept for its own) and averages over its
     rows; DDP's mean of the gradients is then exactly the single-process gradient of the global batch."""
     import torch.multiprocessing as mp
 
-    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
-    mp.spawn(_worker, args=(_free_port(), str(tmp_path)), nprocs=2, join=True)
+    monkeypatch.setenv("GLOO_SOCKET_IFNAME", "lo")
+    mp.spawn(_worker, args=(str(tmp_path),), nprocs=2, join=True)
     single_loss, single_grad = _loss_and_grad(*_batch())
     for rank in range(2):
         got = torch.load(tmp_path / f"rank{rank}.pt")

@@ -96,3 +96,17 @@ def test_paper_mining_ranks_the_whole_training_gallery_by_the_fused_score(tmp_pa
     assert hard_negative_paths(spec, rows, paths, t_KQD, g_QK, v_KND)[0] == ["b_sat"]  # another platform
     own = spec.model_copy(update={"train": spec.train.model_copy(update={"mining_scope": "platform"})})
     assert hard_negative_paths(own, rows, paths, t_KQD, g_QK, v_KND)[0] == ["c_drone"]  # the drone expert's
+
+
+def test_routing_accuracy_on_hand_made_gates() -> None:
+    """Experts listed in another order than the platforms (ground, satellite, drone): the truth is each query's
+    platform's expert index, not the platform's own position. Gates with known argmax: 3 of 5 right."""
+    from geomoe.config.pe_moe import PEMoEModelSpec
+    from geomoe.evaluate import routing_accuracy
+
+    experts = [{"name": n, "platforms": [n]} for n in ("ground", "satellite", "drone")]
+    model = PEMoEModelSpec.model_validate({"experts": experts})
+    gates = np.array([[0.8, 0.1, 0.1], [0.1, 0.8, 0.1], [0.1, 0.1, 0.8], [0.6, 0.3, 0.1], [0.2, 0.5, 0.3]])
+    platforms = np.array(["ground", "satellite", "drone", "drone", "ground"])  # right, right, right, wrong, wrong
+    assert routing_accuracy(gates, platforms, model) == pytest.approx(60.0)
+    assert routing_accuracy(gates[:3], platforms[:3], model) == 100.0

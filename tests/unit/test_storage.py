@@ -159,7 +159,9 @@ def test_prepared_dataset_on_s3_reads_one_split(s3_bucket: str) -> None:
         prepared.require("localization", "an SMGeo job")
 
 
-def test_an_index_in_s3_is_served_from_a_verified_local_cache(s3_bucket: str, tmp_path: Path) -> None:
+def test_an_index_in_s3_is_served_from_a_verified_local_cache(
+    s3_bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import numpy as np
 
     from geomoe.retrieval.index import read_index, write_index
@@ -169,21 +171,18 @@ def test_an_index_in_s3_is_served_from_a_verified_local_cache(s3_bucket: str, tm
     write_index(tmp_path / "local", rows, ids, {"checkpoint": "c"})
     write_index(f"{s3_bucket}/index", rows, ids, {"checkpoint": "c"})
     cache = tmp_path / "cache"
-    os.environ["GEOMOE_CACHE"] = str(cache)
-    try:
-        remote = read_index(f"{s3_bucket}/index")
-        assert len(list(cache.iterdir())) == 1  # one copy, keyed by the manifest's hash
-        again = read_index(f"{s3_bucket}/index")  # reused: nothing downloaded again
-        assert len(list(cache.iterdir())) == 1 and np.array_equal(np.asarray(again.rows), rows)
-        local = read_index(tmp_path / "local")
-        assert remote.ids == local.ids and np.array_equal(np.asarray(remote.rows), np.asarray(local.rows))
-        query = np.ones((1, 8), np.float32)
-        assert remote.search(query, 3) == local.search(query, 3)
+    monkeypatch.setenv("GEOMOE_CACHE", str(cache))  # restored afterwards, whatever the user had set
+    remote = read_index(f"{s3_bucket}/index")
+    assert len(list(cache.iterdir())) == 1  # one copy, keyed by the manifest's hash
+    again = read_index(f"{s3_bucket}/index")  # reused: nothing downloaded again
+    assert len(list(cache.iterdir())) == 1 and np.array_equal(np.asarray(again.rows), rows)
+    local = read_index(tmp_path / "local")
+    assert remote.ids == local.ids and np.array_equal(np.asarray(remote.rows), np.asarray(local.rows))
+    query = np.ones((1, 8), np.float32)
+    assert remote.search(query, 3) == local.search(query, 3)
 
-        storage.write_bytes_atomic(f"{s3_bucket}/index/ids.json", b'["tampered"]')  # the manifest is unchanged
-        storage.delete(str(cache))
-        with pytest.raises(storage.StorageError, match=r"index/ids.json: content hash differs"):
-            read_index(f"{s3_bucket}/index")
-        assert not cache.exists() or not any((p / storage.MANIFEST).exists() for p in cache.iterdir())
-    finally:
-        os.environ.pop("GEOMOE_CACHE")
+    storage.write_bytes_atomic(f"{s3_bucket}/index/ids.json", b'["tampered"]')  # the manifest is unchanged
+    storage.delete(str(cache))
+    with pytest.raises(storage.StorageError, match=r"index/ids.json: content hash differs"):
+        read_index(f"{s3_bucket}/index")
+    assert not cache.exists() or not any((p / storage.MANIFEST).exists() for p in cache.iterdir())

@@ -192,6 +192,10 @@ def build_tiny_captioner(path: str | Path, corpus: Iterable[str], image_size: in
     config.decoder_start_token_id, config.pad_token_id = tokenizer.bos_token_id, tokenizer.pad_token_id
     config.eos_token_id = tokenizer.eos_token_id
     model = seeded(seed, lambda: Captioner(config))
+    # random weights may rank a special token first at every step: the caption then decodes to nothing (a test
+    # of captioning once passed on 12 empty captions); a real captioner never writes these, the tiny one may not
+    specials = [tokenizer.bos_token_id, tokenizer.pad_token_id, tokenizer.unk_token_id]
+    model.generation_config.suppress_tokens = sorted({t for t in specials if t is not None})
     with atomic_dir(path, TINY_MODEL) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
