@@ -242,21 +242,23 @@ def run_job_timed(spec: JobSpec, progress: Progress | None = None) -> JobResults
     check_outputs(spec)
     run_dir = run_dir_of(spec)
     ownership.claim_dir(run_dir, ownership.Claim("output_root", spec.name, "run"))
-    with lease.held(storage.join(run_dir, lease.LOCK_FILE)):  # refuses if another run uses this folder
-        return _run_stages(spec, progress, run_dir)
+    with lease.held(storage.join(run_dir, lease.LOCK_FILE)) as holding:  # refuses if another run uses this folder
+        return _run_stages(spec, progress, run_dir, holding)
 
 
-def _run_stages(spec: JobSpec, progress: Progress, run_dir: str) -> JobResults:
+def _run_stages(spec: JobSpec, progress: Progress, run_dir: str, holding: lease.Lease) -> JobResults:
     storage.write_json_atomic(storage.join(run_dir, "spec.json"), spec.model_dump(mode="json"))
     results = JobResults()
     with tracking.job_run(spec, run_dir) as tracker, tracking.active(tracker):
         for stage in spec.stages:
+            holding.ensure_held()  # a run that lost its folder to another (off the main thread: not interrupted)
             log.info("stage %s", stage)
             started = time.perf_counter()
             with progress.stage(stage, **_stage_bar(spec, stage)) as bar:
                 results.outputs[stage] = _run_stage(stage, spec, results, run_dir, bar)
             results.seconds[stage] = round(time.perf_counter() - started, 2)
             log.info("stage %s took %.1f s", stage, results.seconds[stage])
+        holding.ensure_held()
         storage.write_json_atomic(storage.join(run_dir, "results.json"), results.to_json())
         if tracker is not None:
             _track(tracker, spec, results)

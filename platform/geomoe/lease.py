@@ -7,13 +7,20 @@ when the holder ran on the same machine and its process is gone). A run that fin
 naming the holder.
 
 Taking a lease is atomic on a local or shared file system (``O_EXCL``). Object stores reached through pyarrow have
-no create-if-absent, so there the taker writes its record, waits ``settle`` seconds (longer than a rival's gap
+no create-if-absent, so there the taker writes its record, waits ``settle`` seconds (longer than a rival's usual gap
 between its read and its write: one GET and one PUT) and reads it back: of two runs that started together, the one
 whose record was overwritten sees the other's and refuses. Taking over a lapsed lease uses the same check anywhere.
+
+A rival slower than ``settle`` (its write lands after the holder's check) overwrites the holder's record and holds
+the lease itself. The holder finds that out at its next check: it checks again after ``settle``, then at doubling
+intervals up to ``ttl / 4``. A run that finds its lease taken, or cannot renew it before it lapses, has lost it and
+stops: ``held`` raises RunLockedError in the run's main thread (it is interrupted), and ``Lease.ensure_held``
+raises it where a job checks between stages. So there is one holder, and only briefly two writers.
 """
 
 from __future__ import annotations
 
+import _thread
 import getpass
 import json
 import logging
@@ -42,7 +49,18 @@ class Lease:
     location: str
     record: dict[str, Any]
     ttl: float
+    settle: float = SETTLE_S
     stopped: threading.Event = field(default_factory=threading.Event)
+    lost: threading.Event = field(default_factory=threading.Event)
+    lost_why: str = ""
+
+    def ensure_held(self) -> None:
+        """Raise RunLockedError if this run has lost its lease (a job checks before each stage)."""
+        if self.lost.is_set():
+            raise RunLockedError(
+                f"{storage.redact(self.location)}: this run lost its lease ({self.lost_why}) and stopped, so that two "
+                f"runs never write one output folder; its outputs so far may be mixed with the other run's"
+            )
 
     def renew(self) -> bool:
         """Push the expiry forward; False (and a warning) if another run has taken the lease meanwhile."""
@@ -50,12 +68,15 @@ class Lease:
         if current is None or current.get("token") != self.record["token"]:
             log.warning("%s: the run lease was taken by %s", storage.redact(self.location), _holder(current))
             return False
-        self.record["expires"] = time.time() + self.ttl
-        storage.write_bytes_atomic(self.location, json.dumps(self.record).encode())
+        renewed = self.record | {"expires": time.time() + self.ttl}
+        storage.write_bytes_atomic(self.location, json.dumps(renewed).encode())
+        self.record = renewed  # only once written: a failed renewal leaves the old expiry, which may lapse
         return True
 
     def release(self) -> None:
         self.stopped.set()
+        if self.lost.is_set():  # the record is another run's now
+            return
         current = _read(self.location)
         if current is not None and current.get("token") == self.record["token"]:
             storage.delete(self.location)
@@ -77,7 +98,7 @@ def acquire(location: str, ttl: float = TTL_S, settle: float = SETTLE_S) -> Leas
     if storage.is_local(location) and not storage.exists(location):
         if not _create_exclusive(location, data):
             _refuse_if_held(location, _read(location), lost_race=True)
-        return Lease(location, record, ttl)
+        return Lease(location, record, ttl, settle)
     if storage.is_local(location):  # created by a rival since the first read? then it is held, not lapsed
         _refuse_if_held(location, _read(location))
     storage.write_bytes_atomic(location, data)  # a lapsed lease, or an object store: write, then verify
@@ -85,20 +106,27 @@ def acquire(location: str, ttl: float = TTL_S, settle: float = SETTLE_S) -> Leas
     current = _read(location)
     if current is None or current.get("token") != record["token"]:
         _refuse_if_held(location, current or {}, lost_race=True)
-    return Lease(location, record, ttl)
+    return Lease(location, record, ttl, settle)
 
 
 @contextmanager
 def held(location: str, ttl: float = TTL_S, settle: float = SETTLE_S) -> Iterator[Lease]:
-    """Hold the lease while the block runs (renewed in the background), released at its end, failed or not."""
+    """Hold the lease while the block runs (renewed in the background), released at its end, failed or not. A lease
+    lost meanwhile stops the block: in the main thread at once (RunLockedError), elsewhere at its next
+    ``ensure_held``, and at its end in any case."""
     lease = acquire(location, ttl, settle)
-    renewer = threading.Thread(target=_keep_renewing, args=(lease,), name="geomoe-lease", daemon=True)
+    interrupt = threading.current_thread() is threading.main_thread()
+    renewer = threading.Thread(target=_keep_renewing, args=(lease, interrupt), name="geomoe-lease", daemon=True)
     renewer.start()
     try:
         yield lease
+    except KeyboardInterrupt:
+        lease.ensure_held()  # the renewer's interruption: the lease is lost
+        raise  # a user's Ctrl-C
     finally:
         lease.release()
         renewer.join(timeout=5)
+    lease.ensure_held()
 
 
 def _create_exclusive(location: str, data: bytes) -> bool:
@@ -114,13 +142,26 @@ def _create_exclusive(location: str, data: bytes) -> bool:
     return True
 
 
-def _keep_renewing(lease: Lease) -> None:
-    while not lease.stopped.wait(lease.ttl / 4):
+def _keep_renewing(lease: Lease, interrupt_main: bool) -> None:
+    """Check and renew: after ``settle``, then at doubling intervals up to ``ttl / 4`` (a rival's late write shows
+    within seconds); mark the lease lost, and interrupt the main thread, once it is taken or has lapsed."""
+    beat = min(lease.settle, lease.ttl / 4)
+    while not lease.stopped.wait(beat):
+        beat = min(2 * beat, lease.ttl / 4)
         try:
-            if not lease.renew():
-                return
-        except Exception as err:  # a storage hiccup: try again at the next beat, the lease has time left
+            if lease.renew():
+                continue
+            why = f"taken by {_holder(_read(lease.location))}"
+        except Exception as err:  # a storage hiccup: try again at the next beat while the lease has time left
             log.warning("%s: renewing the run lease failed: %s", storage.redact(lease.location), err)
+            if time.time() < float(lease.record["expires"]):
+                continue
+            why = f"it lapsed: renewing failed ({err})"
+        lease.lost_why = why
+        lease.lost.set()
+        if interrupt_main and not lease.stopped.is_set():
+            _thread.interrupt_main()
+        return
 
 
 def _refuse_if_held(location: str, current: dict[str, Any] | None, lost_race: bool = False) -> None:

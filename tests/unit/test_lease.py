@@ -8,6 +8,7 @@ import json
 import os
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -85,14 +86,92 @@ def test_a_damaged_lock_file_is_never_overwritten_unseen(lock: str) -> None:
 
 def test_a_held_lease_is_renewed_while_the_run_lasts_and_released_when_it_fails(tmp_path: Path) -> None:
     lock = str(tmp_path / lease.LOCK_FILE)
-    with pytest.raises(RuntimeError), lease.held(lock, ttl=0.4) as held:
+    with pytest.raises(RuntimeError), lease.held(lock, ttl=0.4, settle=0.05) as held:
         first_expiry = held.record["expires"]
-        time.sleep(0.6)  # past the first expiry: renewed at least twice meanwhile
-        assert storage.read_json(lock)["expires"] > first_expiry
+        assert until(lambda: storage.read_json(lock)["expires"] > first_expiry), "never renewed"
         with pytest.raises(RunLockedError):
             lease.acquire(lock, ttl=0.4)
         raise RuntimeError("the job failed")
     assert not storage.exists(lock)
+
+
+def until(condition: Callable[[], bool], seconds: float = 10.0) -> bool:
+    """Poll ``condition`` (every 20 ms) until it holds or ``seconds`` pass."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+SLOW_RIVAL = """
+import sys, time
+from pathlib import Path
+from geomoe import lease
+
+lock, read_done, gap = sys.argv[1], Path(sys.argv[2]), float(sys.argv[3])
+checked = lease._refuse_if_held
+
+def slow_between_read_and_write(location, current, lost_race=False):
+    checked(location, current, lost_race)
+    if not lost_race and not read_done.exists():  # its first read found the folder free: now a long pause
+        read_done.write_text("read")
+        time.sleep(gap)
+
+lease._refuse_if_held = slow_between_read_and_write
+try:
+    held = lease.acquire(lock, ttl=30, settle=0.3)
+except lease.RunLockedError:
+    print("refused", flush=True)
+    sys.exit(0)
+print("held", flush=True)
+time.sleep(float(sys.argv[4]))
+held.release()
+"""
+
+
+def test_a_rival_whose_write_lands_after_settle_ends_with_one_holder_and_stops_the_other(
+    lock: str, tmp_path: Path
+) -> None:
+    """Another process reads the lock (nothing), then pauses longer than ``settle`` before it writes: meanwhile
+    this run takes the lease. On S3 the rival's late write replaces this run's record and its check passes: this
+    run sees that at its next check and stops (RunLockedError in the main thread); the rival is the one holder.
+    On a file system the rival's exclusive create fails and it is refused."""
+    import subprocess
+    import sys
+
+    read_done = tmp_path / "rival-read"
+    rival = subprocess.Popen(
+        [sys.executable, "-c", SLOW_RIVAL, lock, str(read_done), "1.5", "4"], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert until(read_done.exists), "the rival never read the lock"
+        if lock.startswith("s3://"):
+            lost = rf"this run lost its lease \(taken by .* pid {rival.pid}"
+            with pytest.raises(RunLockedError, match=lost), lease.held(lock, ttl=30, settle=0.3):
+                until(lambda: False, seconds=15)  # working, until the renewer stops it
+                pytest.fail("the run went on after losing its lease")
+            assert rival.stdout is not None and rival.stdout.readline().strip() == "held"
+            assert storage.read_json(lock)["pid"] == rival.pid  # the one holder, untouched by the loser's release
+        else:
+            with lease.held(lock, ttl=30, settle=0.3) as mine:
+                assert rival.stdout is not None and rival.stdout.readline().strip() == "refused"
+                assert storage.read_json(lock)["token"] == mine.record["token"] and not mine.lost.is_set()
+    finally:
+        rival.wait(timeout=30)
+
+
+def test_a_run_that_cannot_renew_before_its_lease_lapses_stops(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    lock = str(tmp_path / lease.LOCK_FILE)
+
+    def unreachable(*_: object) -> None:
+        raise OSError("the store does not answer")
+
+    with pytest.raises(RunLockedError, match="lapsed: renewing failed"), lease.held(lock, ttl=0.4, settle=0.05):
+        monkeypatch.setattr(lease.storage, "write_bytes_atomic", unreachable)
+        until(lambda: False, seconds=10)
+        pytest.fail("the run went on after its lease lapsed")
 
 
 @pytest.mark.parametrize("where", ["local", "s3"])
