@@ -31,11 +31,28 @@ def running_encoders() -> int:
     return int(states.get("RUNNING", 0))
 
 
+def encoder_actors() -> list[str]:
+    import ray
+
+    return [a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if "QueryEncoder" in a["name"]]
+
+
+def serve_state() -> Any:
+    from ray import serve
+
+    return serve.status().applications["scaling"].deployments["QueryEncoder"]
+
+
 def wait_for(condition: Any, seconds: float) -> bool:
+    """Poll ``condition`` every 0.5 s until it holds or ``seconds`` pass; an error (an actor restarting) counts
+    as not yet."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        if condition():
-            return True
+        try:
+            if condition():
+                return True
+        except Exception:
+            pass
         time.sleep(0.5)
     return False
 
@@ -100,13 +117,15 @@ def test_killing_an_encoder_replica_under_load_fails_under_one_percent(app: None
     try:
         assert wait_for(lambda: running_encoders() >= 2, 120), "no second replica to survive on"
         time.sleep(3)
-        names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if "QueryEncoder" in a["name"]]
+        names = encoder_actors()
         ray.kill(ray.get_actor(names[0], namespace="serve"), no_restart=True)
-        time.sleep(10)  # keep the load on while Serve replaces the replica
+        # the load goes on until Serve has replaced the replica (a new actor) and runs two again
+        replaced = wait_for(lambda: names[0] not in encoder_actors() and running_encoders() >= 2, 120)
     finally:
         stop.set()
         load.join()
     print("load while a replica was killed:", result)
+    assert replaced, serve_state()
     assert result["requests"] > 100 and result["failed_fraction"] < 0.01, result
 
 
@@ -130,12 +149,14 @@ def test_the_serve_controller_restarted_under_load_fails_under_one_percent(app: 
     try:
         time.sleep(3)
         ray.kill(ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE), no_restart=False)
-        time.sleep(2)
-        recovered = wait_for(lambda: serve.status().applications["scaling"].status == "RUNNING", 90)
+        # a new controller process that has recovered the application (not the old one's last answer)
+        recovered = wait_for(
+            lambda: controller_pid() != before and serve.status().applications["scaling"].status == "RUNNING", 90
+        )
         time.sleep(5)  # and the load goes on against the recovered controller
     finally:
         stop.set()
         load.join()
     print("load while the controller restarted:", result)
-    assert recovered and controller_pid() != before, serve.status()  # a new controller process
+    assert recovered, serve.status()
     assert result["requests"] > 50 and result["failed_fraction"] < 0.01, result

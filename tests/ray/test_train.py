@@ -201,9 +201,9 @@ def pc_ids_paths(manifest: dict) -> tuple[list[str], list[str]]:
     return [im["image_id"] for im in images], [im["image_path"] for im in images]
 
 
-def test_training_inputs_come_in_plan_order_whatever_finishes_first() -> None:
+def test_training_inputs_come_in_plan_order_whatever_finishes_first(tmp_path: Path) -> None:
     """Ray Data passes blocks on as their tasks finish; a training input (``in_order``) keeps the plan's order,
-    so a seed reproduces the batches. The first block's task is made the slowest."""
+    so a seed reproduces the batches. The first block's task waits until another block's task has finished."""
     import time
 
     import pyarrow as pa
@@ -211,14 +211,23 @@ def test_training_inputs_come_in_plan_order_whatever_finishes_first() -> None:
 
     from geomoe.ray_env import in_order
 
-    def first_block_slow(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        time.sleep(4.0 if batch["i"][0] == 0 else 0.0)
+    def first_block_last(batch: dict[str, np.ndarray], run: str) -> dict[str, np.ndarray]:
+        first, folder = int(batch["i"][0]), tmp_path / run
+        if first == 0:  # an event, not a sleep: another block is done (a minute at most, then the assert fails)
+            deadline = time.monotonic() + 60
+            while not any(folder.glob("done-*")) and time.monotonic() < deadline:
+                time.sleep(0.01)
+        else:
+            folder.mkdir(exist_ok=True)
+            (folder / f"done-{first}").touch()
         return batch
 
-    def decoded() -> ray.data.Dataset:
+    def decoded(run: str) -> ray.data.Dataset:
         blocks = [pa.table({"i": list(range(4 * k, 4 * k + 4))}) for k in range(4)]
-        return ray.data.from_arrow(blocks).map_batches(first_block_slow, batch_size=4, num_cpus=0.5)
+        return ray.data.from_arrow(blocks).map_batches(
+            first_block_last, fn_kwargs={"run": run}, batch_size=4, num_cpus=0.5
+        )
 
-    as_finished = [row["i"] for row in decoded().materialize().take_all()]
-    assert sorted(as_finished) == list(range(16)) and as_finished[:4] != [0, 1, 2, 3]  # the slow block came later
-    assert [row["i"] for row in in_order(decoded()).materialize().take_all()] == list(range(16))
+    as_finished = [row["i"] for row in decoded("plain").materialize().take_all()]
+    assert sorted(as_finished) == list(range(16)) and as_finished[:4] != [0, 1, 2, 3]  # the first block came later
+    assert [row["i"] for row in in_order(decoded("ordered")).materialize().take_all()] == list(range(16))

@@ -66,7 +66,9 @@ def test_faiss_flat_is_exact_and_approximate_indexes_report_recall(
     assert recall_at(ivf.search(queries, 10)[1], exact) == 1.0
     ivf.nprobe = 1
     assert 0.0 < recall_at(ivf.search(queries, 10)[1], exact) < 1.0
-    assert 0.5 < recall_at(build_faiss(rows, "hnsw").search(queries, 10)[1], exact) <= 1.0
+    # approximate: 0.8125 measured on these 2,000 random rows with the default graph (the quickstart's serving
+    # index measures 0.99; tests/ray/test_train.py holds the index stage's tiny index to that)
+    assert recall_at(build_faiss(rows, "hnsw").search(queries, 10)[1], exact) >= 0.75
 
 
 def test_index_folder_round_trip_and_errors(tmp_path: Path, gallery: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
