@@ -44,17 +44,24 @@ def tree(pid: int) -> list[psutil.Process]:
 
 
 def stop_tree(pid: int, seconds: float = 20) -> None:
-    """SIGTERM ``pid`` and its descendants, SIGKILL what is left after ``seconds``."""
+    """SIGTERM ``pid`` and give it ``seconds`` to stop its own children (``ray start --block`` does), then SIGTERM
+    what is left of its tree, and SIGKILL whatever still runs a few seconds later."""
     processes = tree(pid)
+    if not processes:
+        return
+    root, descendants = processes[0], processes[1:]
+    _signal([root], "terminate")
+    psutil.wait_procs([root], timeout=seconds)
+    left = [p for p in descendants if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    _signal(left, "terminate")
+    _, alive = psutil.wait_procs(left, timeout=5)
+    _signal([root, *alive], "kill")
+
+
+def _signal(processes: list[psutil.Process], how: str) -> None:
     for process in processes:
         try:
-            process.terminate()
-        except psutil.NoSuchProcess:
-            continue
-    _, alive = psutil.wait_procs(processes, timeout=seconds)
-    for process in alive:
-        try:
-            process.kill()
+            getattr(process, how)()
         except psutil.NoSuchProcess:
             continue
 

@@ -1,6 +1,6 @@
-"""Two copies of the suite on one machine do not interfere: each starts its own S3 server, MLflow server, Ray
-cluster and Serve proxy, on ports the OS gave out and checked to be its own (tests/ports.py), and finds only its
-own there. Before, both Serve proxies took port 8000 and one copy's requests reached the other's app."""
+"""Two copies of the suite on one machine do not interfere: each starts its own S3 server, Ray cluster and Serve
+proxy, on ports the OS gave out and checked to be its own (tests/ports.py), and finds only its own there. Before,
+both Serve proxies took port 8000 and one copy's requests reached the other's app."""
 
 from __future__ import annotations
 

@@ -203,7 +203,8 @@ def pc_ids_paths(manifest: dict) -> tuple[list[str], list[str]]:
 
 def test_training_inputs_come_in_plan_order_whatever_finishes_first(tmp_path: Path) -> None:
     """Ray Data passes blocks on as their tasks finish; a training input (``in_order``) keeps the plan's order,
-    so a seed reproduces the batches. The first block's task waits until another block's task has finished."""
+    so a seed reproduces the batches. The first block's task waits on an event, not a timer: without ``in_order``
+    until the consumer has received another block, with it until every other block's task has finished."""
     import time
 
     import pyarrow as pa
@@ -211,23 +212,31 @@ def test_training_inputs_come_in_plan_order_whatever_finishes_first(tmp_path: Pa
 
     from geomoe.ray_env import in_order
 
-    def first_block_last(batch: dict[str, np.ndarray], run: str) -> dict[str, np.ndarray]:
+    def first_block_last(batch: dict[str, np.ndarray], run: str, after: str) -> dict[str, np.ndarray]:
         first, folder = int(batch["i"][0]), tmp_path / run
-        if first == 0:  # an event, not a sleep: another block is done (a minute at most, then the assert fails)
-            deadline = time.monotonic() + 60
-            while not any(folder.glob("done-*")) and time.monotonic() < deadline:
-                time.sleep(0.01)
-        else:
-            folder.mkdir(exist_ok=True)
+        if first:
             (folder / f"done-{first}").touch()
+            return batch
+
+        def happened() -> bool:
+            return (folder / "consumed").exists() if after == "consumed" else len(list(folder.glob("done-*"))) == 3
+
+        deadline = time.monotonic() + 60  # at most a minute: then the asserts below fail
+        while not happened() and time.monotonic() < deadline:
+            time.sleep(0.01)
         return batch
 
-    def decoded(run: str) -> ray.data.Dataset:
+    def decoded(run: str, after: str) -> ray.data.Dataset:
+        (tmp_path / run).mkdir()
         blocks = [pa.table({"i": list(range(4 * k, 4 * k + 4))}) for k in range(4)]
         return ray.data.from_arrow(blocks).map_batches(
-            first_block_last, fn_kwargs={"run": run}, batch_size=4, num_cpus=0.5
+            first_block_last, fn_kwargs={"run": run, "after": after}, batch_size=4, num_cpus=0.5
         )
 
-    as_finished = [row["i"] for row in decoded("plain").materialize().take_all()]
+    as_finished: list[int] = []
+    for batch in decoded("plain", after="consumed").iter_batches(batch_size=None):
+        as_finished += batch["i"].tolist()
+        (tmp_path / "plain" / "consumed").touch()  # the first block's task may finish now
     assert sorted(as_finished) == list(range(16)) and as_finished[:4] != [0, 1, 2, 3]  # the first block came later
-    assert [row["i"] for row in in_order(decoded("ordered")).materialize().take_all()] == list(range(16))
+    ordered = in_order(decoded("ordered", after="the others"))  # the first block finishes after all the others
+    assert [row["i"] for row in ordered.materialize().take_all()] == list(range(16))
