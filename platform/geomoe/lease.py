@@ -53,14 +53,22 @@ class Lease:
     stopped: threading.Event = field(default_factory=threading.Event)
     lost: threading.Event = field(default_factory=threading.Event)
     lost_why: str = ""
+    guard: threading.Lock = field(default_factory=threading.Lock)  # the renewer interrupts only while not stopped
+
+    def lost_error(self) -> RunLockedError:
+        return RunLockedError(
+            f"{storage.redact(self.location)}: this run lost its lease ({self.lost_why}) and stopped, so that two "
+            f"runs never write one output folder; its outputs so far may be mixed with the other run's"
+        )
 
     def ensure_held(self) -> None:
         """Raise RunLockedError if this run has lost its lease (a job checks before each stage)."""
         if self.lost.is_set():
-            raise RunLockedError(
-                f"{storage.redact(self.location)}: this run lost its lease ({self.lost_why}) and stopped, so that two "
-                f"runs never write one output folder; its outputs so far may be mixed with the other run's"
-            )
+            raise self.lost_error()
+
+    def stop_renewing(self) -> None:
+        with self.guard:
+            self.stopped.set()
 
     def renew(self) -> bool:
         """Push the expiry forward; False (and a warning) if another run has taken the lease meanwhile."""
@@ -74,12 +82,16 @@ class Lease:
         return True
 
     def release(self) -> None:
-        self.stopped.set()
-        if self.lost.is_set():  # the record is another run's now
+        """Delete the record if it is still this run's (never another run's)."""
+        self.stop_renewing()
+        if self.lost.is_set():
             return
         current = _read(self.location)
         if current is not None and current.get("token") == self.record["token"]:
             storage.delete(self.location)
+        elif current is not None:  # taken since the last check: the block's end reports it
+            self.lost_why = f"taken by {_holder(current)}"
+            self.lost.set()
 
 
 def acquire(location: str, ttl: float = TTL_S, settle: float = SETTLE_S) -> Lease:
@@ -112,20 +124,24 @@ def acquire(location: str, ttl: float = TTL_S, settle: float = SETTLE_S) -> Leas
 @contextmanager
 def held(location: str, ttl: float = TTL_S, settle: float = SETTLE_S) -> Iterator[Lease]:
     """Hold the lease while the block runs (renewed in the background), released at its end, failed or not. A lease
-    lost meanwhile stops the block: in the main thread at once (RunLockedError), elsewhere at its next
-    ``ensure_held``, and at its end in any case."""
+    lost meanwhile stops the block with RunLockedError: in the main thread at once (the renewer interrupts it),
+    elsewhere at the block's next ``ensure_held``, and at its end in any case."""
     lease = acquire(location, ttl, settle)
     interrupt = threading.current_thread() is threading.main_thread()
     renewer = threading.Thread(target=_keep_renewing, args=(lease, interrupt), name="geomoe-lease", daemon=True)
     renewer.start()
     try:
-        yield lease
-    except KeyboardInterrupt:
-        lease.ensure_held()  # the renewer's interruption: the lease is lost
-        raise  # a user's Ctrl-C
+        try:
+            yield lease
+        finally:  # the renewer stops before the record goes: it can neither rewrite it nor interrupt after this
+            lease.stop_renewing()
+            renewer.join(timeout=5)
+    except BaseException as err:  # the renewer's interruption (or what a stage made of it), or the block's error
+        if lease.lost.is_set():
+            raise lease.lost_error() from (None if isinstance(err, KeyboardInterrupt) else err)
+        raise  # a user's Ctrl-C, a failed stage
     finally:
         lease.release()
-        renewer.join(timeout=5)
     lease.ensure_held()
 
 
@@ -145,22 +161,23 @@ def _create_exclusive(location: str, data: bytes) -> bool:
 def _keep_renewing(lease: Lease, interrupt_main: bool) -> None:
     """Check and renew: after ``settle``, then at doubling intervals up to ``ttl / 4`` (a rival's late write shows
     within seconds); mark the lease lost, and interrupt the main thread, once it is taken or has lapsed."""
-    beat = min(lease.settle, lease.ttl / 4)
+    beat = max(0.05, min(lease.settle, lease.ttl / 4))
     while not lease.stopped.wait(beat):
-        beat = min(2 * beat, lease.ttl / 4)
+        beat = max(0.05, min(2 * beat, lease.ttl / 4))
         try:
             if lease.renew():
                 continue
             why = f"taken by {_holder(_read(lease.location))}"
-        except Exception as err:  # a storage hiccup: try again at the next beat while the lease has time left
+        except Exception as err:  # a storage hiccup: try again while the lease outlives the next beat
             log.warning("%s: renewing the run lease failed: %s", storage.redact(lease.location), err)
-            if time.time() < float(lease.record["expires"]):
+            if time.time() + beat < float(lease.record["expires"]):
                 continue
             why = f"it lapsed: renewing failed ({err})"
-        lease.lost_why = why
-        lease.lost.set()
-        if interrupt_main and not lease.stopped.is_set():
-            _thread.interrupt_main()
+        with lease.guard:
+            lease.lost_why = why
+            lease.lost.set()
+            if interrupt_main and not lease.stopped.is_set():  # once stopped, the block's end checks ``lost``
+                _thread.interrupt_main()  # SIGINT's handler: KeyboardInterrupt, turned into RunLockedError by held
         return
 
 

@@ -8,12 +8,13 @@ Its cluster is shut down before any other starts; tests/ray's local cluster, if 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
 
 from local_ray import start_local_ray
-from ports import unused_port
+from ports import start_on_a_free_port
 
 TRAINER = "trainer_slot"  # a custom resource only the worker nodes have: the tests' Train workers ask for it
 
@@ -28,7 +29,12 @@ def two_node_cluster(s3_server: str) -> Iterator[object]:
     ray.shutdown()
     # The dashboard serves Ray's state API, from which the tests read where the Train workers ran.
     head = {"num_cpus": 2, "object_store_memory": 300_000_000, "include_dashboard": True}
-    cluster = Cluster(initialize_head=True, head_node_args=head | {"dashboard_port": unused_port()})
+
+    def start(port: int) -> Cluster:
+        return Cluster(initialize_head=True, head_node_args=head | {"dashboard_port": port})
+
+    # its nodes are this process's children: up once one of them holds the dashboard's port
+    cluster, _ = start_on_a_free_port(start, owner=lambda _: os.getpid(), stop=lambda c: c.shutdown())
     for _ in range(2):
         cluster.add_node(num_cpus=2, resources={TRAINER: 1}, object_store_memory=300_000_000)
     cluster.wait_for_nodes()

@@ -5,12 +5,13 @@ clipping, the schedule; Ray Train adds only DDP and reports around it) on synthg
 prepare stage, with the quickstart jobs' model and train sections. Every claim has a stated margin, and a twin
 run at learning rate 0 must fail it, so an optimizer that never steps fails this module.
 
-Measured on this 2-core machine (the models are seeded, so a run repeats these; the margins leave room for
-other seeds and other CPUs). PE-MoE, 8 epochs on 96 training buildings, test gallery of 24 buildings:
-R@10 23.5 / 20.8 / 19.0 for torch seeds 0 / 1 / 2 against chance 5.95; routing 95.5 / 94.0 / 95.5%; the loss
-8.19 -> 5.94. At lr 0: R@10 10.7 (12 test buildings), routing 32.7%, loss 8.79 -> 8.88. SMGeo, 3 epochs on
-400 pairs, 300 test pairs: acc@0.5 15.3 / 25.7 / 21.0 and mIoU 11.9 / 18.2 / 15.1 against the centre box's 8.3
-and 6.5; the loss 3.01 -> 1.53. At lr 0: acc@0.5 0, the loss 6.03 -> 6.15.
+Measured on this 2-core machine (the models are seeded, so a run repeats these; seeds 1 and 2 show the spread a
+change of CPU or library may bring; the tightest margin is SMGeo's acc@0.5, which seed 0 clears by 3 points).
+PE-MoE, 8 epochs on 96 training buildings, test gallery of 24 buildings: R@10 23.5 / 20.8 / 19.0 for torch seeds
+0 / 1 / 2 against chance 5.95; routing 95.5 / 94.0 / 95.5%; the loss 8.19 -> 5.94. At lr 0: R@10 5.65, routing
+30.4%, loss 8.79 -> 8.87. SMGeo, 3 epochs on 400 pairs, 300 test pairs: acc@0.5 15.3 / 25.7 / 21.0 and mIoU
+11.9 / 18.2 / 15.1 against the centre box's 8.3 and 6.5; the loss 3.01 -> 1.53. At lr 0: acc@0.5 0, the loss
+6.03 -> 6.15.
 """
 
 from __future__ import annotations
@@ -78,7 +79,9 @@ def train_in_process(task: TrainingTask, loop: LoopConfig, epoch_batches: Any) -
 
 
 def at_lr_zero(loop: LoopConfig) -> LoopConfig:
-    return loop.model_copy(update={"lr": 0.0, "epochs": 2})  # two epochs: a first and a last loss
+    """The loop at learning rate 0 (model_copy does not validate: a spec's lr must be > 0), two epochs: a first
+    and a last loss."""
+    return loop.model_copy(update={"lr": 0.0, "epochs": 2})
 
 
 def columns_of(table: pa.Table, names: list[str]) -> dict[str, np.ndarray]:

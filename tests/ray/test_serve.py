@@ -398,6 +398,7 @@ def test_every_model_holder_puts_its_model_on_the_device_ray_gave_it(
     from geomoe.pipelines.embed import ImageEmbedder, _on_gpu
     from geomoe.pipelines.localize import PredictBoxes
     from geomoe.pipelines.refine import RefineBatch
+    from geomoe.serving.chat import ChatCompletions
     from geomoe.serving.localize import Localizer
     from geomoe.serving.rerank import Captioner, Reranker
     from geomoe.serving.retrieval import GallerySearch, QueryEncoder
@@ -428,6 +429,8 @@ def test_every_model_holder_puts_its_model_on_the_device_ray_gave_it(
             RefineSpec(engine={"kind": "transformers", "model": lm}, output_dir="x"), 30
         ).engine.model,
         "on_model_device": _on_gpu(checkpoint, lambda model, *_: model),
+        "ChatCompletions (VLM)": ChatCompletions.func_or_class(served["captioner"]["engine"]["model"]).captioner.model,
+        "ChatCompletions (LLM)": ChatCompletions.func_or_class(lm).engine.model,
     }
     assert {name: device_of(model) for name, model in holders.items()} == {name: {"meta"} for name in holders}
     rows = GallerySearch.func_or_class(index).index.rows

@@ -46,12 +46,14 @@ def serve_state() -> Any:
 def wait_for(condition: Any, seconds: float) -> bool:
     """Poll ``condition`` every 0.5 s until it holds or ``seconds`` pass; an error (an actor restarting) counts
     as not yet."""
+    from ray.exceptions import RayError
+
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         try:
             if condition():
                 return True
-        except Exception:
+        except (RayError, KeyError):  # the controller is not back yet, or has not recovered the app yet
             pass
         time.sleep(0.5)
     return False

@@ -162,11 +162,15 @@ def test_a_job_with_seeds_trains_once_per_seed_and_reports_the_spread(
         assert f"/runs/toy/seed-{seed}/" in results["model"]["checkpoint"]
         loaded = registry.family("toy_platform").load_checkpoint(results["model"]["checkpoint"])
         assert loaded.spec.seed == int(seed) and loaded.spec.seeds == []
-    for seed, results in train[BY_SEED].items():  # each seed's model moved away from its own initialisation
+    family = registry.family("toy_platform")
+    starts = {}
+    for seed in train[BY_SEED]:
         torch.manual_seed(int(seed))  # as train_worker seeds rank 0
-        start = registry.family("toy_platform").build_model(spec).weight.detach()
-        trained = registry.family("toy_platform").load_checkpoint(results["model"]["checkpoint"]).model.weight
-        assert not torch.allclose(trained.detach(), start), seed
+        starts[seed] = family.build_model(spec).weight.detach()
+    for seed, results in train[BY_SEED].items():  # each seed trained from its own initialisation, and moved
+        trained = family.load_checkpoint(results["model"]["checkpoint"]).model.weight.detach()
+        distance = {s: float((trained - start).norm()) for s, start in starts.items()}
+        assert 0 < distance[seed] < min(d for s, d in distance.items() if s != seed), (seed, distance)
     text = train_report(spec, train)
     spread = text[text.index("over seeds ['3', '4']") :]  # after the first seed's table
     line = next(x for x in spread.splitlines() if x.startswith("  model test_accuracy: "))

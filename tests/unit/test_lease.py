@@ -137,25 +137,29 @@ def test_a_rival_whose_write_lands_after_settle_ends_with_one_holder_and_stops_t
     """Another process reads the lock (nothing), then pauses longer than ``settle`` before it writes: meanwhile
     this run takes the lease. On S3 the rival's late write replaces this run's record and its check passes: this
     run sees that at its next check and stops (RunLockedError in the main thread); the rival is the one holder.
-    On a file system the rival's exclusive create fails and it is refused."""
+    On a file system the rival's second read, just before it would create the file, finds this run's lease and it
+    is refused."""
     import subprocess
     import sys
 
     read_done = tmp_path / "rival-read"
     rival = subprocess.Popen(
-        [sys.executable, "-c", SLOW_RIVAL, lock, str(read_done), "1.5", "4"], stdout=subprocess.PIPE, text=True
+        # it writes 3 s after its read: between this run's checks at about 2 and 4 s (settle 0.5, doubling)
+        [sys.executable, "-c", SLOW_RIVAL, lock, str(read_done), "3", "6"],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert until(read_done.exists), "the rival never read the lock"
         if lock.startswith("s3://"):
             lost = rf"this run lost its lease \(taken by .* pid {rival.pid}"
-            with pytest.raises(RunLockedError, match=lost), lease.held(lock, ttl=30, settle=0.3):
+            with pytest.raises(RunLockedError, match=lost), lease.held(lock, ttl=30, settle=0.5):
                 until(lambda: False, seconds=15)  # working, until the renewer stops it
                 pytest.fail("the run went on after losing its lease")
             assert rival.stdout is not None and rival.stdout.readline().strip() == "held"
             assert storage.read_json(lock)["pid"] == rival.pid  # the one holder, untouched by the loser's release
         else:
-            with lease.held(lock, ttl=30, settle=0.3) as mine:
+            with lease.held(lock, ttl=30, settle=0.5) as mine:
                 assert rival.stdout is not None and rival.stdout.readline().strip() == "refused"
                 assert storage.read_json(lock)["token"] == mine.record["token"] and not mine.lost.is_set()
     finally:

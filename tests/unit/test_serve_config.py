@@ -36,10 +36,12 @@ def test_bad_serve_configs_name_the_key(tmp_path: Path) -> None:
     app = {"name": "r", "route_prefix": "/", "import_path": "geomoe.serving.app:build_app"}
     good = check_serve_config(write(tmp_path, {"applications": [app | {"args": {"index": str(index)}}]}))
     assert "/search" in good[0] and "search only" in good[0]
+    gpu_engine = {"kind": "transformers", "model": "/models/vlm", "use_gpu": True}  # the deployment's num_gpus says
     for raw, words in (
         ({"applications": [app | {"args": {"index": str(index), "k": 3}}]}, "k"),
         ({"applications": [app | {"args": {"index": str(index)}, "deployments": [{"name": "X", "bad": 1}]}]}, "bad"),
         ({"applications": [app | {"args": {"index": str(index), "token_env": "GEOMOE_NOT_SET_ANYWHERE"}}]}, "not set"),
+        ({"applications": [app | {"args": {"index": str(index), "captioner": {"engine": gpu_engine}}}]}, "num_gpus"),
     ):
         with pytest.raises(SpecError, match=words):
             check_serve_config(write(tmp_path, raw))

@@ -25,6 +25,11 @@ class ServeCaptionerSpec(Strict):
     def _served_kinds(cls, engine: EngineSpec) -> EngineSpec:
         if engine.kind == "vllm":
             raise ValueError("serve vLLM with ray.serve.llm and point an http engine at it (serve/production.yaml)")
+        if engine.use_gpu:  # a replica's model goes where Ray put the replica
+            raise ValueError(
+                "use_gpu: a Serve replica uses the GPU its deployment asks for: give the Captioner deployment "
+                "ray_actor_options: {num_gpus: 1} instead"
+            )
         return engine
 
 

@@ -21,14 +21,15 @@ class ChatCompletions:
         from transformers import AutoConfig
 
         from geomoe.engines.local import TransformersCaptioner, TransformersEngine
+        from geomoe.ray_env import worker_device
 
         self.model_id, self.max_new_tokens = model, max_new_tokens
         config = AutoConfig.from_pretrained(model)
         self.vision = hasattr(config, "vision_config") or config.model_type == "vision-encoder-decoder"
         if self.vision:
-            self.captioner = TransformersCaptioner(model, max_new_tokens)
+            self.captioner = TransformersCaptioner(model, max_new_tokens, device=worker_device())
         else:
-            self.engine = TransformersEngine(model, max_new_tokens=max_new_tokens)
+            self.engine = TransformersEngine(model, max_new_tokens=max_new_tokens, device=worker_device())
 
     async def __call__(self, request: Any) -> Any:
         from starlette.responses import JSONResponse

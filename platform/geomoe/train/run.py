@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from geomoe import storage, tracking
@@ -19,6 +20,24 @@ from geomoe.results import Checkpoint
 from geomoe.train.engine import LoopConfig
 
 log = logging.getLogger(__name__)
+
+
+@contextmanager
+def sigint_kept() -> Iterator[None]:
+    """Put back the SIGINT handler after the block. Ray Train's ``fit()`` in the main thread installs its own (a
+    Ctrl-C aborts the training run) and leaves it there: afterwards a Ctrl-C, or a lost run lease's interruption,
+    in a later stage of the job only asked a finished controller to abort, and the job went on."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    handler = signal.getsignal(signal.SIGINT)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, handler)
 
 
 def run_trainer(
@@ -66,7 +85,8 @@ def run_trainer(
         datasets=datasets,
         dataset_config=DataConfig(execution_options=_ordered_ingest()),
     )
-    result = trainer.fit()
+    with sigint_kept():
+        result = trainer.fit()
     checkpoint = result.get_best_checkpoint(best_by, "max") if best_by else result.checkpoint
     if checkpoint is None:
         raise RuntimeError(f"stage {stage} finished without a checkpoint (did it run zero epochs?)")
