@@ -25,6 +25,7 @@ import getpass
 import json
 import logging
 import os
+import signal
 import socket
 import threading
 import time
@@ -128,6 +129,9 @@ def held(location: str, ttl: float = TTL_S, settle: float = SETTLE_S) -> Iterato
     elsewhere at the block's next ``ensure_held``, and at its end in any case."""
     lease = acquire(location, ttl, settle)
     interrupt = threading.current_thread() is threading.main_thread()
+    # the interruption is a SIGINT: Python's own handler raises it as KeyboardInterrupt (a handler that Ray Tune
+    # left behind would swallow it); Ray Train installs its own while it trains, and a lost lease then ends the run
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler) if interrupt else None
     renewer = threading.Thread(target=_keep_renewing, args=(lease, interrupt), name="geomoe-lease", daemon=True)
     renewer.start()
     try:
@@ -136,6 +140,8 @@ def held(location: str, ttl: float = TTL_S, settle: float = SETTLE_S) -> Iterato
         finally:  # the renewer stops before the record goes: it can neither rewrite it nor interrupt after this
             lease.stop_renewing()
             renewer.join(timeout=5)
+            if previous is not None:  # None: a handler not installed from Python, nothing to put back
+                signal.signal(signal.SIGINT, previous)
     except BaseException as err:  # the renewer's interruption (or what a stage made of it), or the block's error
         if lease.lost.is_set():
             raise lease.lost_error() from (None if isinstance(err, KeyboardInterrupt) else err)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,6 +17,22 @@ from geomoe.errors import SpecError
 from geomoe.progress import StageBar
 
 log = logging.getLogger(__name__)
+
+
+@contextmanager
+def sigint_kept() -> Iterator[None]:
+    """Put back the SIGINT handler after the block. Ray Train's ``fit()`` and Tune's ``Tuner.fit()`` in the main
+    thread install their own (a Ctrl-C aborts the run) and leave it there: afterwards a Ctrl-C, or a lost run
+    lease's interruption, in a later stage of the job only asked a finished run to stop, and the job went on."""
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    handler = signal.getsignal(signal.SIGINT)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, handler)
 
 
 def worker_device() -> str:

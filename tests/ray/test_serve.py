@@ -15,6 +15,11 @@ from typing import Any
 
 import pytest
 
+# Imported at collection, not inside the fuzzing test: pytest rewrites a plugin's modules as they are imported, and
+# that lazy import, late in a full run, once failed in CPython 3.11.7's AST validator ("AST constructor recursion
+# depth mismatch")
+import schemathesis.specs.openapi.schemas  # noqa: F401
+
 from geomoe import ownership, storage
 from geomoe.config.pe_moe import PEMoEModelSpec
 from geomoe.config.smgeo import SMGeoModelSpec

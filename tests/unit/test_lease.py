@@ -169,13 +169,22 @@ def test_a_rival_whose_write_lands_after_settle_ends_with_one_holder_and_stops_t
 def test_a_run_that_cannot_renew_before_its_lease_lapses_stops(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     lock = str(tmp_path / lease.LOCK_FILE)
 
+    import signal
+
     def unreachable(*_: object) -> None:
         raise OSError("the store does not answer")
 
-    with pytest.raises(RunLockedError, match="lapsed: renewing failed"), lease.held(lock, ttl=0.4, settle=0.05):
-        monkeypatch.setattr(lease.storage, "write_bytes_atomic", unreachable)
-        until(lambda: False, seconds=10)
-        pytest.fail("the run went on after its lease lapsed")
+    # what Ray Tune's Tuner.fit() leaves installed in the main thread: a SIGINT handler that raises nothing
+    swallowed: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, _: swallowed.append(signum))
+    try:
+        with pytest.raises(RunLockedError, match="lapsed: renewing failed"), lease.held(lock, ttl=0.4, settle=0.05):
+            monkeypatch.setattr(lease.storage, "write_bytes_atomic", unreachable)
+            until(lambda: False, seconds=10)
+            pytest.fail("the run went on after its lease lapsed")
+        assert not swallowed and signal.getsignal(signal.SIGINT) is not signal.default_int_handler  # put back
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 @pytest.mark.parametrize("where", ["local", "s3"])

@@ -25,6 +25,7 @@ from geomoe import ownership, storage
 from geomoe.config import SweepSpec, load_job
 from geomoe.data.prepared import PreparedDataset
 from geomoe.errors import ExperimentError, SpecError
+from geomoe.ray_env import sigint_kept
 from geomoe.stats import intervals
 from geomoe.sweep import (
     SEED,
@@ -187,7 +188,8 @@ def run_sweep(
             from geomoe.sweep.console import SweepConsole
 
             callbacks = [*callbacks, SweepConsole(sweep, experiment, trial_count(sweep))]
-        _tuner(sweep, trainable, tune_dir, fs, restorable, callbacks, quiet).fit()
+        with sigint_kept():  # Tune's handler stays installed after fit() otherwise
+            _tuner(sweep, trainable, tune_dir, fs, restorable, callbacks, quiet).fit()
         if tracker is not None:
             register_best(tracker, sweep, experiment)
     return experiment

@@ -10,34 +10,16 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any
 
 from geomoe import storage, tracking
 from geomoe.config import JobSpec
+from geomoe.ray_env import sigint_kept
 from geomoe.results import Checkpoint
 from geomoe.train.engine import LoopConfig
 
 log = logging.getLogger(__name__)
-
-
-@contextmanager
-def sigint_kept() -> Iterator[None]:
-    """Put back the SIGINT handler after the block. Ray Train's ``fit()`` in the main thread installs its own (a
-    Ctrl-C aborts the training run) and leaves it there: afterwards a Ctrl-C, or a lost run lease's interruption,
-    in a later stage of the job only asked a finished controller to abort, and the job went on."""
-    import signal
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    handler = signal.getsignal(signal.SIGINT)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, handler)
 
 
 def run_trainer(
@@ -85,7 +67,7 @@ def run_trainer(
         datasets=datasets,
         dataset_config=DataConfig(execution_options=_ordered_ingest()),
     )
-    with sigint_kept():
+    with sigint_kept():  # fit() installs its own SIGINT handler and leaves it
         result = trainer.fit()
     checkpoint = result.get_best_checkpoint(best_by, "max") if best_by else result.checkpoint
     if checkpoint is None:
