@@ -86,11 +86,15 @@ def start_on_a_free_port(
     for _ in range(3):
         port = unused_port()
         server = start(port)
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline and tree(owner(server)):
-            if listens_in_tree(owner(server), port):
-                return server, port
-            time.sleep(0.2)
+        try:
+            deadline = time.monotonic() + seconds
+            while time.monotonic() < deadline and tree(owner(server)):
+                if listens_in_tree(owner(server), port):
+                    return server, port
+                time.sleep(0.2)
+        except BaseException:  # never leave a started server behind (an interrupted or failed check)
+            stop(server)
+            raise
         stop(server)
     raise RuntimeError("no server of ours came up on three free ports in a row")
 

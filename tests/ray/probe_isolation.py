@@ -13,8 +13,7 @@ from typing import Any
 from ports import start_serve
 
 
-def test_every_server_of_this_copy_is_its_own(mlflow_server: str, s3_bucket: str) -> None:
-
+def test_every_server_of_this_copy_is_its_own(s3_bucket: str) -> None:
     import ray
     from geomoe import storage
     from ray import serve
