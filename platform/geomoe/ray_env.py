@@ -24,7 +24,6 @@ def sigint_kept() -> Iterator[None]:
     """Put back the SIGINT handler after the block. Ray Train's ``fit()`` and Tune's ``Tuner.fit()`` in the main
     thread install their own (a Ctrl-C aborts the run) and leave it there: afterwards a Ctrl-C, or a lost run
     lease's interruption, in a later stage of the job only asked a finished run to stop, and the job went on."""
-
     if threading.current_thread() is not threading.main_thread():
         yield
         return
