@@ -25,7 +25,7 @@ def _cmd_run(args: argparse.Namespace) -> None:
     from geomoe.jobs import run_dir_of, run_job_timed, time_table
     from geomoe.logs import run_logs
     from geomoe.progress import Progress
-    from geomoe.report import caption_summary, manifest_summary, refine_summary
+    from geomoe.summaries import caption_summary, manifest_summary, refine_summary
 
     spec = load_job(args.job, args.set)
     if args.dry_run:
@@ -57,7 +57,7 @@ def _cmd_run(args: argparse.Namespace) -> None:
 
         print(train_report(spec, results["train"]))
     if "index" in results:
-        from geomoe.report import index_summary
+        from geomoe.summaries import index_summary
 
         print(index_summary(results["index"]))
     if "registered" in results:
@@ -112,7 +112,7 @@ def _cmd_synth(args: argparse.Namespace) -> None:
 def _cmd_prepare(args: argparse.Namespace) -> None:
     from geomoe.config import load_job
     from geomoe.pipelines.prepare import prepare
-    from geomoe.report import manifest_summary
+    from geomoe.summaries import manifest_summary
 
     print(manifest_summary(prepare(load_job(args.job, args.set))))
 
@@ -380,9 +380,9 @@ def build_parser() -> argparse.ArgumentParser:
     kube = _k8s_parser(sub)
     _convert_parser(sub)
     bench = sub.add_parser("bench", help="run a benchmark; writes JSON and one summary line")
-    from geomoe.bench import BENCHMARKS
+    from geomoe import bench as benchmarks
 
-    bench.add_argument("name", choices=list(BENCHMARKS))
+    bench.add_argument("name", choices=benchmarks.names())
     bench.add_argument("--out", default="bench_results")
     bench.set_defaults(fn=_cmd_bench)
     for command in (run, synth, prep, bench, submit, kube, sweep):

@@ -9,6 +9,8 @@ tests) it is the identity.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.distributed as dist
 
@@ -56,7 +58,7 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
 
 def all_gather_cat(tensor: torch.Tensor) -> torch.Tensor:
     """Every worker's ``tensor`` (equal shapes) concatenated along dim 0 in rank order, on ``tensor``'s device;
-    no gradient flows through it (``geomoe.losses.gather_rows`` adds the backward)."""
+    no gradient flows through it (``gather_rows`` below adds the backward)."""
     if not active():
         return tensor
     on_group = tensor.detach().to(group_device(tensor)).contiguous()
@@ -72,3 +74,32 @@ def mean_across_workers(sums: dict[str, float], count: int) -> dict[str, float]:
     totals = all_reduce_sum(torch.tensor([sums[n] for n in names] + [float(count)], dtype=torch.float64))
     n = max(1.0, float(totals[-1]))
     return {name: float(totals[i]) / n for i, name in enumerate(names)}
+
+
+class _GatherRows(torch.autograd.Function):
+    """All workers' rows in rank order; the backward sums every worker's gradient of the whole gathered tensor
+    (one all-reduce, which gloo has too) and keeps this worker's slice."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        ctx.rows, ctx.rank = x.shape[0], rank()
+        return all_gather_cat(x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        grad = all_reduce_sum(grad.contiguous())
+        return grad[ctx.rank * ctx.rows : (ctx.rank + 1) * ctx.rows]
+
+
+def gather_rows(x: torch.Tensor) -> torch.Tensor:
+    """Every DDP worker's rows of ``x`` (equal row counts), concatenated in rank order, with gradient into each
+    worker's own rows (open_clip's gather-with-grad); ``x`` itself outside torch.distributed.
+
+    A loss that averages over this worker's rows against the gathered ones, averaged by DDP over the workers,
+    has exactly the gradient of the same loss on the concatenated global batch in one process."""
+    if world_size() == 1:
+        return x
+    if x.requires_grad:
+        gathered: torch.Tensor = _GatherRows.apply(x)
+        return gathered
+    return all_gather_cat(x)

@@ -138,7 +138,7 @@ def _add_time(seconds: dict[str, float], key: str, spent: float) -> None:
 
 def _with_engine(spec: JobSpec, engine: EngineSpec, prepared: PreparedDataset, vision: bool) -> dict[str, Any]:
     """Start Ray and, for ``engine.tiny``, build the tiny model on the prepared training captions."""
-    from geomoe.models.factory import ensure_tiny_engine
+    from geomoe.models.tiny import ensure_tiny_engine
     from geomoe.ray_env import ensure_ray
 
     ensure_ray(spec.resources)

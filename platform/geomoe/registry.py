@@ -24,9 +24,12 @@ import threading
 from collections.abc import Iterable
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from geomoe.errors import GeomoeError
+
+if TYPE_CHECKING:
+    from geomoe.families.base import Family
 
 log = logging.getLogger(__name__)
 ENTRY_POINT_GROUP = "geomoe.families"
@@ -36,13 +39,13 @@ class UnknownFamilyError(GeomoeError):
     """``model.name`` names no registered family."""
 
 
-_families: dict[str, Any] = {}
+_families: dict[str, Family] = {}
 _plugins: set[str] = set()
 _lock = threading.Lock()
 _entry_points_loaded = False
 
 
-def register(family: Any) -> Any:
+def register(family: Family) -> Family:
     """Add ``family`` (re-registering the same name replaces it: a reloaded plugin module); returns it."""
     _families[family.name] = family
     return family
@@ -98,7 +101,7 @@ def names() -> list[str]:
     return sorted(_families)
 
 
-def family(name: str | None) -> Any:
+def family(name: str | None) -> Family:
     """The family called ``name`` (None: the default family)."""
     _load_entry_points()
     if name is None:

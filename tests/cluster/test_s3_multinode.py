@@ -13,10 +13,10 @@ import yaml
 
 from geomoe import ownership, storage
 from geomoe.config import JobSpec, parse_spec
-from geomoe.config.pe_moe import PEMoEModelSpec
 from geomoe.data.image_table import read_shard, shard_locations
 from geomoe.data.prepared import PreparedDataset
 from geomoe.errors import SpecError
+from geomoe.families.pe_moe.spec import PEMoEModelSpec
 from tiny_jobs import tiny_pe_moe, tiny_smgeo
 
 TRAINER = "trainer_slot"  # the custom resource the worker nodes of tests/cluster/conftest.py carry
@@ -156,7 +156,7 @@ def test_lost_node_resumes_training_from_the_last_checkpoint_in_s3(
 
     import ray
     from geomoe.families.pe_moe.driver import fit_stage, split_rows
-    from geomoe.models.factory import ensure_tiny_models
+    from geomoe.families.pe_moe.factory import ensure_tiny_models
     from geomoe.pipelines.images import PreparedImages
     from geomoe.pipelines.prepare import prepare
 

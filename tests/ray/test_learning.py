@@ -113,9 +113,9 @@ def retrieval(tmp_path_factory: pytest.TempPathFactory) -> tuple[JobSpec, Prepar
 
 def pe_moe_run(spec: JobSpec, prepared: PreparedDataset, loop: LoopConfig, folder: Path) -> tuple[list[float], dict]:
     """Stage 1 trained in this process from the seeded initialisation, saved, then the job's evaluation."""
-    from geomoe.config.pe_moe import PEMoEModelSpec
     from geomoe.data.images import DecodeImages
     from geomoe.families.pe_moe.driver import COLUMNS, evaluate_checkpoint, split_rows
+    from geomoe.families.pe_moe.spec import PEMoEModelSpec
     from geomoe.families.pe_moe.step import training_task
     from geomoe.models.checkpoint import save_checkpoint
 
@@ -131,8 +131,8 @@ def pe_moe_run(spec: JobSpec, prepared: PreparedDataset, loop: LoopConfig, folde
 
 
 def pe_moe_loop(spec: JobSpec, prepared: PreparedDataset) -> LoopConfig:
-    from geomoe.config.pe_moe import PEMoETrainSpec
     from geomoe.families.pe_moe.driver import split_rows
+    from geomoe.families.pe_moe.spec import PEMoETrainSpec
 
     train = spec.train_as(PEMoETrainSpec)
     steps = split_rows(prepared, "train", spec).num_rows // train.batch_size
@@ -177,12 +177,12 @@ def localization(tmp_path_factory: pytest.TempPathFactory) -> tuple[JobSpec, Pre
 def smgeo_run(spec: JobSpec, prepared: PreparedDataset, loop: LoopConfig) -> tuple[list[float], dict, dict]:
     """Trained in this process; acc@0.5 and mIoU on the test split of SMGeo and of the centre box, computed as
     the family's evaluation computes them (file pixels, the DetGeo protocol)."""
-    from geomoe.config.smgeo import SMGeoModelSpec
-    from geomoe.data.localization import centre_box_baseline, localization_metrics, to_file_pixels
     from geomoe.families.smgeo import localization_rows, reference_sizes
+    from geomoe.families.smgeo.localization import centre_box_baseline, localization_metrics, to_file_pixels
+    from geomoe.families.smgeo.model import predict_input_boxes
+    from geomoe.families.smgeo.pipelines import DecodePairs
+    from geomoe.families.smgeo.spec import SMGeoModelSpec
     from geomoe.families.smgeo.step import training_task
-    from geomoe.models.smgeo import predict_input_boxes
-    from geomoe.pipelines.localize import DecodePairs
 
     m = spec.model_as(SMGeoModelSpec)
     decode = DecodePairs(m.query_size, m.reference_size, PreparedImages(prepared).fetch)
@@ -203,8 +203,8 @@ def smgeo_run(spec: JobSpec, prepared: PreparedDataset, loop: LoopConfig) -> tup
 
 
 def test_smgeo_learns_to_beat_the_centre_box(localization: tuple[JobSpec, PreparedDataset]) -> None:
-    from geomoe.config.smgeo import SMGeoTrainSpec
     from geomoe.families.smgeo import localization_rows
+    from geomoe.families.smgeo.spec import SMGeoTrainSpec
 
     spec, prepared = localization
     train = spec.train_as(SMGeoTrainSpec)
@@ -229,14 +229,14 @@ def test_each_family_trains_under_bf16_autocast_as_on_a_gpu(
     """On a GPU every step runs under bf16 autocast (``train.mixed_precision``); CPU runs skip it. With the CPU
     added to the engine's autocast devices, three steps of each family run under bf16: every step sees autocast on,
     the losses stay within bf16's error of the fp32 run's from the same weights and batches, and the weights move."""
-    from geomoe.config.pe_moe import PEMoEModelSpec
-    from geomoe.config.smgeo import SMGeoModelSpec
     from geomoe.data.images import DecodeImages
     from geomoe.families.pe_moe.driver import COLUMNS, split_rows
+    from geomoe.families.pe_moe.spec import PEMoEModelSpec
     from geomoe.families.pe_moe.step import training_task as pe_moe_task
     from geomoe.families.smgeo import localization_rows
+    from geomoe.families.smgeo.pipelines import DecodePairs
+    from geomoe.families.smgeo.spec import SMGeoModelSpec
     from geomoe.families.smgeo.step import training_task as smgeo_task
-    from geomoe.pipelines.localize import DecodePairs
     from geomoe.train import engine
 
     (pe_spec, pe_data), (sm_spec, sm_data) = retrieval, localization

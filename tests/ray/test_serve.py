@@ -21,8 +21,8 @@ import pytest
 import schemathesis.specs.openapi.schemas  # noqa: F401
 
 from geomoe import ownership, storage
-from geomoe.config.pe_moe import PEMoEModelSpec
-from geomoe.config.smgeo import SMGeoModelSpec
+from geomoe.families.pe_moe.spec import PEMoEModelSpec
+from geomoe.families.smgeo.spec import SMGeoModelSpec
 from ports import start_serve
 from tiny_jobs import smgeo_job, tiny_retriever
 
@@ -60,10 +60,10 @@ def served(
     import torch
 
     from geomoe.data.caption_store import write_caption_store
+    from geomoe.families.pe_moe.index import read_index
+    from geomoe.families.smgeo.model import SMGeo
     from geomoe.models.checkpoint import save_checkpoint
-    from geomoe.models.smgeo import SMGeo
     from geomoe.models.tiny import build_tiny_vlm
-    from geomoe.retrieval.index import read_index
     from geomoe.serving.app import build_app
     from ray import serve
 
@@ -103,8 +103,8 @@ def served(
 
 
 def test_search_over_http_returns_the_offline_top_k(served: dict[str, Any]) -> None:
-    from geomoe.retrieval.embed import embed_texts
-    from geomoe.retrieval.index import query_rows, read_index
+    from geomoe.families.pe_moe.encode import embed_texts
+    from geomoe.families.pe_moe.index import query_rows, read_index
 
     query = "drone view of a building with a red roof"
     status, body = call("/search", {"query": query, "k": 5}, token="s3cret")
@@ -256,9 +256,9 @@ def offline_reranked(served: dict[str, Any], query: str, generated: dict[str, st
 
     from geomoe.config import RerankSpec
     from geomoe.data.caption_store import write_caption_store
-    from geomoe.evaluate import rerank_order
-    from geomoe.retrieval.embed import embed_texts
-    from geomoe.retrieval.index import query_rows, read_index
+    from geomoe.families.pe_moe.encode import embed_texts
+    from geomoe.families.pe_moe.evaluate import rerank_order
+    from geomoe.families.pe_moe.index import query_rows, read_index
     from geomoe.retrieval.rerank import top_n
 
     store = pq.read_table(served["local_captions"]).to_pylist()
@@ -304,9 +304,9 @@ def test_localize_returns_the_offline_box_and_refuses_bad_images(served: dict[st
     import numpy as np
     from PIL import Image
 
-    from geomoe.data.localization import decode_pair
-    from geomoe.models.smgeo import load_smgeo
-    from geomoe.pipelines.localize import PredictBoxes
+    from geomoe.families.smgeo.localization import decode_pair
+    from geomoe.families.smgeo.model import load_smgeo
+    from geomoe.families.smgeo.pipelines import PredictBoxes
 
     folder = served["root"] / "cvogl" / "CVOGL_DroneAerial"
     drone, tile = sorted((folder / "query").iterdir())[0], sorted((folder / "satellite").iterdir())[0]
@@ -397,15 +397,15 @@ def test_every_model_holder_puts_its_model_on_the_device_ray_gave_it(
     from geomoe import ray_env
     from geomoe.config import CaptionSpec, RefineSpec
     from geomoe.engines.prompts import load_caption_prompt
+    from geomoe.families.pe_moe.pipelines import ImageEmbedder, _on_gpu
+    from geomoe.families.pe_moe.serving import GallerySearch, QueryEncoder, Reranker
+    from geomoe.families.smgeo.pipelines import PredictBoxes
+    from geomoe.families.smgeo.serving import Localizer
     from geomoe.models.tiny import build_tiny_causal_lm
     from geomoe.pipelines.caption import CaptionBatch
-    from geomoe.pipelines.embed import ImageEmbedder, _on_gpu
-    from geomoe.pipelines.localize import PredictBoxes
     from geomoe.pipelines.refine import RefineBatch
+    from geomoe.serving.captioner import Captioner
     from geomoe.serving.chat import ChatCompletions
-    from geomoe.serving.localize import Localizer
-    from geomoe.serving.rerank import Captioner, Reranker
-    from geomoe.serving.retrieval import GallerySearch, QueryEncoder
 
     def device_of(module: torch.nn.Module) -> set[str]:
         return {t.device.type for t in [*module.parameters(), *module.buffers()]}

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from checks import assert_share_interval
-from geomoe.config.smgeo import SMGeoModelSpec
+from geomoe.families.smgeo.model import load_smgeo
+from geomoe.families.smgeo.spec import SMGeoModelSpec
 from geomoe.jobs import run_job
-from geomoe.models.smgeo import load_smgeo
 from tiny_jobs import smgeo_job
 
 

@@ -13,15 +13,15 @@ import torch
 
 from checks import assert_share_interval
 from geomoe.config import JobSpec, parse_spec
-from geomoe.config.pe_moe import PEMoEModelSpec
 from geomoe.data.prepared import PreparedDataset
 from geomoe.families.pe_moe.driver import evaluate_checkpoint, fit_stage, mine_negatives, split_rows
+from geomoe.families.pe_moe.factory import ensure_tiny_models
+from geomoe.families.pe_moe.report import retrieval_table
+from geomoe.families.pe_moe.spec import PEMoEModelSpec
 from geomoe.metrics import recall_at_k
 from geomoe.models.checkpoint import read_checkpoint
-from geomoe.models.factory import ensure_tiny_models
 from geomoe.pipelines.images import PreparedImages
 from geomoe.pipelines.prepare import prepare
-from geomoe.report import retrieval_table
 from geomoe.results import Checkpoint
 from tiny_jobs import pe_moe_job as make_spec
 
@@ -127,7 +127,7 @@ def test_track4_submission_from_checkpoint(
     from geomoe.config import Track4Spec
     from geomoe.data.records import RejectLog
     from geomoe.data.track4 import list_gallery, read_queries
-    from geomoe.pipelines.submit import submit_track4
+    from geomoe.families.pe_moe.pipelines import submit_track4
 
     root, counts = tiny_synth
     track4 = Track4Spec(
@@ -145,7 +145,7 @@ def test_track4_submission_from_checkpoint(
         assert bundle.read("submission.txt").decode().splitlines() == lines
     # queries are normalised like the prepared test queries: shouting and punctuation change nothing
     from geomoe.data.track4 import write_queries
-    from geomoe.pipelines.submit import rank_track4
+    from geomoe.families.pe_moe.pipelines import rank_track4
 
     shouted = tmp_path / "shouted.txt"
     write_queries(shouted, [(qid, f"{text.upper()}!!") for qid, text in queries])
@@ -158,13 +158,12 @@ def test_index_search_returns_the_offline_fused_ranking(prepared: tuple[JobSpec,
     as Eq. 1 computed per expert by the offline evaluator's functions, and FAISS flat must agree with it."""
     import torch
 
+    from geomoe.families.pe_moe.encode import embed_texts
+    from geomoe.families.pe_moe.factory import build_pe_moe
+    from geomoe.families.pe_moe.index import query_rows, read_index
+    from geomoe.families.pe_moe.model import fused_scores
+    from geomoe.families.pe_moe.pipelines import _queries, build_index, embed_images
     from geomoe.models.checkpoint import save_checkpoint
-    from geomoe.models.factory import build_pe_moe
-    from geomoe.models.pe_moe import fused_scores
-    from geomoe.pipelines.embed import embed_images
-    from geomoe.pipelines.index import _queries, build_index
-    from geomoe.retrieval.embed import embed_texts
-    from geomoe.retrieval.index import query_rows, read_index
 
     spec, manifest = prepared
     torch.manual_seed(0)

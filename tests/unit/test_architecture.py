@@ -1,10 +1,11 @@
-"""The shape of the code base, checked: module and function sizes, and no family named outside its own modules
-(jobs, sweeps, the CLI and serving dispatch through geomoe.registry). The import layering is import-linter's
-(pyproject.toml, `lint-imports` in `make test`)."""
+"""The shape of the code base, checked: module and function sizes, no family named outside its own folder (jobs,
+sweeps, the CLI and serving dispatch through geomoe.registry), and an import contract that covers every shared
+module. The import layering itself is import-linter's (pyproject.toml, `lint-imports` in `make test`)."""
 
 from __future__ import annotations
 
 import ast
+import tomllib
 from importlib.metadata import entry_points
 from pathlib import Path
 
@@ -31,8 +32,8 @@ def test_modules_and_functions_stay_small() -> None:
 
 
 def own_modules(family: str) -> set[Path]:
-    """A family's own code: its package under geomoe/families and its spec module under geomoe/config."""
-    return {*(PACKAGE / "families" / family).rglob("*.py"), PACKAGE / "config" / f"{family}.py"}
+    """A family's own code: its folder under geomoe/families, nothing else."""
+    return set((PACKAGE / "families" / family).rglob("*.py"))
 
 
 def test_no_family_is_named_outside_its_own_modules() -> None:
@@ -48,3 +49,19 @@ def test_no_family_is_named_outside_its_own_modules() -> None:
                 if isinstance(node, ast.Constant) and node.value == family:
                     found.append(f"{path.relative_to(PACKAGE)}:{node.lineno} names {family!r}")
     assert not found, "\n".join(found)
+
+
+def shared_top_level() -> set[str]:
+    """Every package and module of geomoe that is not a family's: the root's, and geomoe.families' own."""
+    names = {f"geomoe.{p.stem}" for p in PACKAGE.glob("*.py") if p.stem != "__init__"}
+    names |= {f"geomoe.{p.name}" for p in PACKAGE.iterdir() if (p / "__init__.py").is_file() and p.name != "families"}
+    return names | {f"geomoe.families.{p.stem}" for p in (PACKAGE / "families").glob("*.py") if p.stem != "__init__"}
+
+
+def test_the_no_family_import_contract_covers_every_shared_module() -> None:
+    """A new shared module cannot slip past import-linter's contract: the contract must list it."""
+    config = tomllib.loads((PACKAGE.parents[1] / "pyproject.toml").read_text())
+    contract = next(c for c in config["tool"]["importlinter"]["contracts"] if "imports a family" in c["name"])
+    families = sorted(point.name for point in entry_points(group="geomoe.families"))
+    assert sorted(m.rsplit(".", 1)[1] for m in contract["forbidden_modules"]) == families
+    assert shared_top_level() - set(contract["source_modules"]) == set()

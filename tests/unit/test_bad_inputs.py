@@ -16,10 +16,10 @@ from geomoe.config import DEFAULT_PLATFORM_RULES, load_job
 from geomoe.data.cvogl import read_cvogl
 from geomoe.data.geotext import PlatformClassifier, read_geotext
 from geomoe.data.images import image_array, image_problem, image_size, open_image
-from geomoe.data.localization import decode_pair
 from geomoe.data.records import RejectLog
 from geomoe.data.track4 import read_queries
 from geomoe.errors import BadRecordError, GeomoeError, ImageError
+from geomoe.families.smgeo.localization import decode_pair
 from geomoe.models.checkpoint import read_checkpoint
 
 REPO = Path(__file__).resolve().parents[2]

@@ -15,15 +15,15 @@ import pytest
 import torch
 
 from geomoe.config import EvalSpec, JobSpec, parse_spec
-from geomoe.config.pe_moe import PEMoEModelSpec
 from geomoe.data.caption_store import write_caption_store
-from geomoe.evaluate import evaluate_pe_moe, gallery_from_rows
+from geomoe.families.pe_moe.encode import embed_dense_texts, embed_texts
+from geomoe.families.pe_moe.evaluate import evaluate_pe_moe, gallery_from_rows
+from geomoe.families.pe_moe.factory import build_pe_moe, ensure_tiny_models
+from geomoe.families.pe_moe.model import fused_scores
+from geomoe.families.pe_moe.spec import PEMoEModelSpec
 from geomoe.metrics import first_relevant_rank, protocol_labels, recall_entry, retrieval_report
-from geomoe.models.factory import build_pe_moe, ensure_tiny_models
-from geomoe.models.pe_moe import fused_scores
 from geomoe.retrieval import blockwise
 from geomoe.retrieval.blockwise import block_rows, first_relevant_ranks, label_codes, top_candidates
-from geomoe.retrieval.embed import embed_dense_texts, embed_texts
 from geomoe.retrieval.rerank import LexicalScorer, caption_evidence, diversify, fuse_top_n, top_n
 
 WORDS = ["red", "flat", "roof", "pond", "tall", "white", "tower", "brick", "glass", "dome", "park", "road"]

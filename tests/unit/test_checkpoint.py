@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from geomoe.config.smgeo import SMGeoModelSpec
 from geomoe.errors import ModelError
+from geomoe.families.smgeo.model import SMGeo
+from geomoe.families.smgeo.spec import SMGeoModelSpec
 from geomoe.models.checkpoint import (
     MANIFEST_FILE,
     PICKLED_FILE,
@@ -22,7 +23,6 @@ from geomoe.models.checkpoint import (
     save_checkpoint,
     trainable_state,
 )
-from geomoe.models.smgeo import SMGeo
 from tiny_jobs import smgeo_job
 
 

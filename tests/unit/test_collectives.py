@@ -24,7 +24,7 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from geomoe import collectives
-from geomoe.losses import gather_rows
+from geomoe.collectives import gather_rows
 from geomoe.train.engine import LoopConfig, TrainingTask, train_epoch
 
 PACKAGE = Path(__file__).resolve().parents[2] / "platform" / "geomoe"

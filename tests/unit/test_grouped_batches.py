@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from geomoe.losses import pe_moe_objective
-from geomoe.models.pe_moe import PEMoEOutput
+from geomoe.families.pe_moe.losses import pe_moe_objective
+from geomoe.families.pe_moe.model import PEMoEOutput
 from geomoe.train.grouped import group_schedule, group_steps
 
 

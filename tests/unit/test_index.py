@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 
 from geomoe.errors import DatasetError
-from geomoe.models.pe_moe import fused_scores
-from geomoe.retrieval.index import (
+from geomoe.families.pe_moe.index import (
     build_faiss,
     exact_search,
     index_rows,
@@ -19,6 +18,7 @@ from geomoe.retrieval.index import (
     recall_at,
     write_index,
 )
+from geomoe.families.pe_moe.model import fused_scores
 
 
 def unit(x: np.ndarray) -> np.ndarray:

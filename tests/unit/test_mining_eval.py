@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from geomoe.evaluate import chance_recall, gallery_from_rows
-from geomoe.models.pe_moe import fused_scores
+from geomoe.families.pe_moe.evaluate import chance_recall, gallery_from_rows
+from geomoe.families.pe_moe.model import fused_scores
 from geomoe.retrieval.mining import mine_hard_negatives
 
 
@@ -101,8 +101,8 @@ def test_paper_mining_ranks_the_whole_training_gallery_by_the_fused_score(tmp_pa
 def test_routing_accuracy_on_hand_made_gates() -> None:
     """Experts listed in another order than the platforms (ground, satellite, drone): the truth is each query's
     platform's expert index, not the platform's own position. Gates with known argmax: 3 of 5 right."""
-    from geomoe.config.pe_moe import PEMoEModelSpec
-    from geomoe.evaluate import routing_accuracy
+    from geomoe.families.pe_moe.evaluate import routing_accuracy
+    from geomoe.families.pe_moe.spec import PEMoEModelSpec
 
     experts = [{"name": n, "platforms": [n]} for n in ("ground", "satellite", "drone")]
     model = PEMoEModelSpec.model_validate({"experts": experts})

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from geomoe.config.pe_moe import ImageEncoderSpec, PEMoEModelSpec, TextEncoderSpec, TinyModelsSpec
-from geomoe.losses import gate_loss, hard_negative_loss, multi_positive_info_nce
-from geomoe.models.factory import build_pe_moe, ensure_tiny_models, tokenize
-from geomoe.models.pe_moe import PEMoE, fused_scores
+from geomoe.families.pe_moe.factory import build_pe_moe, ensure_tiny_models, tokenize
+from geomoe.families.pe_moe.losses import gate_loss, hard_negative_loss, multi_positive_info_nce
+from geomoe.families.pe_moe.model import PEMoE, fused_scores
+from geomoe.families.pe_moe.spec import ImageEncoderSpec, PEMoEModelSpec, TextEncoderSpec, TinyModelsSpec
 
 CORPUS = ["a red flat roof with a pond", "drone view of a tall white building", "street view of a brick facade"] * 20
 

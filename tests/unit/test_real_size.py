@@ -7,8 +7,8 @@ parameters together; excluded from `make test`, run with `pytest -m slow`.
 import pytest
 import torch
 
+from geomoe.families.pe_moe.model import PEMoE
 from geomoe.models.encoders import ImageTrunk, TextTrunk, load_image_tower
-from geomoe.models.pe_moe import PEMoE
 
 pytestmark = pytest.mark.slow
 
@@ -40,8 +40,8 @@ TABLE_II_PARAMS_M = {2: 30.61, 3: 31.35, 4: 32.09, 5: 32.83, 6: 33.57, 7: 34.31,
 def test_real_size_smgeo_builds_and_runs_at_1024() -> None:
     """Swin-T, 6 experts, top-2, GMoE in even blocks of stages 1-3, 1024 px; #P within 2% of Table II's rows
     (the paper's #P with E experts: 29.13M + 0.74M E; ours: dense FFN kept, experts of hidden d/2 per stage)."""
-    from geomoe.config.smgeo import SMGeoModelSpec
-    from geomoe.models.smgeo import SMGeo
+    from geomoe.families.smgeo.model import SMGeo
+    from geomoe.families.smgeo.spec import SMGeoModelSpec
 
     for experts, paper in TABLE_II_PARAMS_M.items():
         spec = SMGeoModelSpec(name="smgeo", reference_size=224, gmoe={"experts": experts})  # #P is size-free

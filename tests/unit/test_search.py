@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from geomoe.retrieval.index import index_rows, read_index, recall_at, write_index
+from geomoe.families.pe_moe.index import index_rows, read_index, recall_at, write_index
 from geomoe.retrieval.search import (
     RESCORE_MAX,
     as_tensor,

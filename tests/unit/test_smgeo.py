@@ -10,13 +10,13 @@ import pytest
 import torch
 
 from geomoe.config import JobSpec, parse_spec
-from geomoe.config.smgeo import SMGeoModelSpec
-from geomoe.data.localization import augment_pair, centre_box_baseline, localization_report, size_bucket
 from geomoe.errors import SpecError
-from geomoe.losses import smgeo_objective, smgeo_targets
+from geomoe.families.smgeo.gmoe import ExpertFFN, GridMoE, dense_reference, sparse_dispatch
+from geomoe.families.smgeo.localization import augment_pair, centre_box_baseline, localization_report, size_bucket
+from geomoe.families.smgeo.losses import smgeo_objective, smgeo_targets
+from geomoe.families.smgeo.model import SMGeo, decode_boxes
+from geomoe.families.smgeo.spec import SMGeoModelSpec
 from geomoe.metrics import box_iou
-from geomoe.models.gmoe import ExpertFFN, GridMoE, dense_reference, sparse_dispatch
-from geomoe.models.smgeo import SMGeo, decode_boxes
 
 TINY_GMOE = {"experts": 3, "top_k": 2, "grid": [2, 2], "blocks": ["none", "even", "all"]}
 
@@ -330,8 +330,8 @@ class _Shard:
 def test_validation_and_test_decoding_agree_exactly_under_autocast() -> None:
     """The best epoch is picked by validation: it must decode exactly as the test evaluation does (fp32), even
     when the training loop runs with bf16 autocast around it."""
+    from geomoe.families.smgeo.model import predict_input_boxes
     from geomoe.families.smgeo.step import validate
-    from geomoe.models.smgeo import predict_input_boxes
 
     torch.manual_seed(0)
     model = SMGeo(tiny_spec()).eval()

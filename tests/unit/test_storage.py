@@ -164,7 +164,7 @@ def test_an_index_in_s3_is_served_from_a_verified_local_cache(
 ) -> None:
     import numpy as np
 
-    from geomoe.retrieval.index import read_index, write_index
+    from geomoe.families.pe_moe.index import read_index, write_index
 
     rows = np.random.default_rng(0).standard_normal((5, 8)).astype(np.float16)
     ids = [f"img{i}" for i in range(5)]

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from geomoe.config import SweepSpec, parse_spec
-from geomoe.config.pe_moe import PEMoEModelSpec
 from geomoe.errors import ExperimentError, SpecError
+from geomoe.families.pe_moe.spec import PEMoEModelSpec
 from geomoe.ownership import Claim, claim_dir
 from geomoe.storage import write_json_atomic
 from geomoe.sweep import SEED, VARIANT, describe_trials, grid_points, load_sweep, trial_key, trial_metrics, trial_spec

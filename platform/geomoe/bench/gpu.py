@@ -23,8 +23,9 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from geomoe.losses import pe_moe_objective, smgeo_objective
-from geomoe.models.pe_moe import PEMoE
+from geomoe.families.pe_moe.losses import pe_moe_objective
+from geomoe.families.pe_moe.model import PEMoE
+from geomoe.families.smgeo.losses import smgeo_objective
 from geomoe.retrieval.search import exact_search
 
 # Dense bf16 tensor-core peaks (vendor datasheets, SXM parts), TFLOP/s; MFU is reported only for these.
@@ -204,8 +205,8 @@ def pe_moe_step(model: PEMoE, sizes: Sizes, device: torch.device) -> dict[str, A
 
 
 def smgeo_step(sizes: Sizes, device: torch.device) -> dict[str, Any]:
-    from geomoe.config.smgeo import SMGeoModelSpec
-    from geomoe.models.smgeo import SMGeo
+    from geomoe.families.smgeo.model import SMGeo
+    from geomoe.families.smgeo.spec import SMGeoModelSpec
 
     spec = SMGeoModelSpec.model_validate(sizes.smgeo)
     model = SMGeo(spec).to(device).train()

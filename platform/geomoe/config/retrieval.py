@@ -62,7 +62,7 @@ class Track4Spec(Strict):
 
 class IndexSpec(Strict):
     """The serving index of a PE-MoE checkpoint (stage ``index``): every image of a prepared split embedded by
-    every expert into one matrix of concatenated expert blocks (geomoe.retrieval.index), plus FAISS indexes."""
+    every expert into one matrix of concatenated expert blocks (geomoe.families.pe_moe.index), plus FAISS indexes."""
 
     output_dir: str
     checkpoint: str | None = Field(None, description="None = the checkpoint this job trained")

@@ -127,6 +127,13 @@ class Family:
         """A stage of the family's own (``stages``); ``results`` holds the earlier stages' results."""
         raise SpecError(f"job {spec.name}", "stages", f"{self.name} has no stage {stage!r}")
 
+    # --- serving ---
+    def serve_deployments(self) -> dict[str, Any]:
+        """The Ray Serve deployments this family's checkpoints are served by, by the role the app gives them
+        (geomoe.serving.app: a retriever's ``QueryEncoder``, ``GallerySearch`` and ``Reranker``, a localizer's
+        ``Localizer``). Default: none."""
+        return {}
+
     # --- results ---
     def metrics(self, result: dict[str, Any]) -> dict[str, float]:
         """The flat numbers a sweep trial reports, from the train stage's result."""

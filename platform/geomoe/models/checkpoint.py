@@ -145,6 +145,15 @@ def convert_pickled(directory: str | Path, out: str | Path | None = None) -> Pat
     return write_payload(out or directory, payload)
 
 
+def trained_family(directory: str | Path) -> tuple[str | None, list[str]]:
+    """The ``model.name`` a checkpoint was trained with (None: the default family) and the job's ``families:``
+    plugin modules: what picks its family in the registry, from the manifest alone (no weights read)."""
+    from geomoe.tracking import checkpoint_location
+
+    spec = _manifest(checkpoint_location(str(directory)))["spec"]
+    return (spec.get("model") or {}).get("name"), list(spec.get("families") or [])
+
+
 def _manifest(folder: str) -> dict[str, Any]:
     path = storage.join(folder, MANIFEST_FILE)
     if not storage.is_file(path):

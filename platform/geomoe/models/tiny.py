@@ -7,12 +7,18 @@ EVA-CLIP class with a micro timm Eva. Real configurations load hub ids or paths 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from geomoe.ownership import Claim, atomic_dir
 from geomoe.storage import atomic_path
+
+if TYPE_CHECKING:
+    from geomoe.config import EngineSpec
+
+log = logging.getLogger(__name__)
 
 # A tiny model's folder is a model cache geomoe builds: absent, empty or geomoe's own (ownership.Claim).
 TINY_MODEL = Claim("model (tiny: true)", stage="tiny model")
@@ -245,3 +251,12 @@ def build_tiny_vlm(path: str | Path, corpus: Iterable[str], image_size: int = 32
         model.save_pretrained(tmp)
         processor.save_pretrained(tmp)
     return Path(path)
+
+
+def ensure_tiny_engine(engine: EngineSpec, corpus: Iterable[str], vision: bool, seed: int = 0) -> None:
+    """With ``engine.tiny``, write a random chat LLM (or, ``vision``, a chat VLM) at ``engine.model`` when it is
+    missing. Its vocabulary is the corpus's words, so its (random) outputs are word salad from the domain."""
+    if not engine.tiny or (Path(engine.model) / "config.json").is_file():
+        return
+    log.info("building a tiny random %s at %s", "VLM" if vision else "LLM", engine.model)
+    (build_tiny_vlm if vision else build_tiny_causal_lm)(engine.model, corpus, seed=seed)

@@ -1,6 +1,6 @@
 """Exact search over gallery rows at memory bandwidth, and int8 rows with an exact rescored shortlist (core, no Ray).
 
-A query is one inner product with every row (geomoe.retrieval.index), so a search is memory-bound: for 1 query the
+A query is one inner product with every row (geomoe.families.pe_moe.index), so a search is memory-bound: for 1 query the
 work is reading the rows once. The rows' stored dtype picks the kernel, and the rows are never copied whole:
 
 - CPU, one query on bf16/fp16 rows whose largest norm is known (an index's manifest holds it): a native first
@@ -305,7 +305,7 @@ def int8_search(
     index: Int8Rows, queries_QD: np.ndarray, k: int, shortlist: int = 100, threads: int | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """The top k by exact rescoring of each query's ``shortlist`` best rows under the int8 codes: half the bytes of
-    bf16 read, the float32 product only for the shortlist (recall@k against exact: geomoe.bench.index)."""
+    bf16 read, the float32 product only for the shortlist (recall@k against exact: `geomoe bench index`)."""
     n = index.codes.shape[0]
     depth = min(max(shortlist, k), n)
     _, candidates = exact_search(index.codes, queries_QD, depth, threads=threads, scales_N=index.scales)

@@ -2,7 +2,7 @@
 
 - ``QueryEncoder``: text trunk + expert tails + gate of a PE-MoE checkpoint; ``@serve.batch`` groups concurrent
   queries into one forward pass. Returns the query vector [g_1 t_1, ..., g_K t_K] and the gate weights.
-- ``GallerySearch``: the index folder (geomoe.retrieval.index) in memory; exact fused search with an optional
+- ``GallerySearch``: the index folder (geomoe.families.pe_moe.index) in memory; exact fused search with an optional
   platform filter.
 - ``Reranker``: CGRS over the first stage's top ``top_n`` with the caption store, the offline evaluator's code
   (geomoe.retrieval.rerank); an image the store lacks is captioned by the ``Captioner`` deployment once and cached.
@@ -33,10 +33,9 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from geomoe.data.images import DECODE_ERRORS, decoded
+from geomoe.errors import SpecError
+from geomoe.serving.captioner import Captioner
 from geomoe.serving.gate import OPEN_PATHS, RequestGate
-from geomoe.serving.localize import Localizer
-from geomoe.serving.rerank import Captioner, Reranker
-from geomoe.serving.retrieval import GallerySearch, QueryEncoder
 from geomoe.serving.schemas import (
     LIMITS,
     MAX_IMAGE_BYTES,
@@ -237,6 +236,22 @@ class Ingress:
         return dict(await self.localizer.localize.remote((drone, (x, y), tile)))
 
 
+def deployments_of(checkpoint: str, key: str, roles: tuple[str, ...]) -> dict[str, Any]:
+    """The Serve deployments the family of ``checkpoint`` declares (geomoe.families.base.Family.serve_deployments),
+    its family read from the checkpoint's manifest; SpecError naming ``key`` when it lacks one of ``roles``."""
+    from geomoe import registry
+    from geomoe.models.checkpoint import trained_family
+
+    name, plugins = trained_family(checkpoint)
+    registry.load_plugins(plugins)
+    family = registry.family(name)
+    declared = family.serve_deployments()
+    missing = [role for role in roles if role not in declared]
+    if missing:
+        raise SpecError("serve args", key, f"a {family.name} checkpoint; its family serves no {', '.join(missing)}")
+    return declared
+
+
 def build_app(args: dict[str, Any]) -> Any:
     """The application from a ``ServeSpec`` mapping: the import_path builder of serve/*.yaml (Serve calls a
     builder with exactly one argument)."""
@@ -258,15 +273,17 @@ def compose(
     def bound(deployment: Any, *init: Any) -> Any:
         return deployment.options(**(options or {}).get(deployment.name, {})).bind(*init)
 
-    stages = {"QueryEncoder": QueryEncoder, "GallerySearch": GallerySearch, **(swap or {})}
+    roles = ("QueryEncoder", "GallerySearch") + (("Reranker",) if spec.rerank is not None else ())
+    retriever = deployments_of(spec.checkpoint, "checkpoint", roles) | (swap or {})
     batching = spec.batching.model_dump()
-    encoder = bound(stages["QueryEncoder"], spec.checkpoint, batching)
-    gallery = bound(stages["GallerySearch"], spec.index, batching)
+    encoder = bound(retriever["QueryEncoder"], spec.checkpoint, batching)
+    gallery = bound(retriever["GallerySearch"], spec.index, batching)
     reranker = localizer = None
     if spec.rerank is not None:
         captioner = None if spec.captioner is None else bound(Captioner, spec.captioner.model_dump(mode="json"))
-        reranker = bound(Reranker, spec.checkpoint, spec.index, spec.rerank.model_dump(mode="json"), captioner)
+        rerank = spec.rerank.model_dump(mode="json")
+        reranker = bound(retriever["Reranker"], spec.checkpoint, spec.index, rerank, captioner)
     if spec.localizer is not None:
-        localizer = bound(Localizer, spec.localizer)
+        localizer = bound(deployments_of(spec.localizer, "localizer", ("Localizer",))["Localizer"], spec.localizer)
     depth = spec.rerank.top_n if spec.rerank is not None else 0
     return bound(Ingress, encoder, gallery, spec.token, reranker, depth, localizer, batched)

@@ -9,9 +9,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from geomoe.config import JobSpec
-from geomoe.config.pe_moe import PEMoEModelSpec, PEMoETrainSpec
 from geomoe.data.prepared import PreparedDataset
 from geomoe.families.base import Family, Loaded
+from geomoe.families.pe_moe.spec import PEMoEModelSpec, PEMoETrainSpec
 from geomoe.metrics import entry_values, track4_score
 from geomoe.results import JobResults
 
@@ -50,12 +50,12 @@ class PEMoEFamily(Family):
                 raise ValueError(f"{key}.checkpoint: stage {stage!r} needs a checkpoint, or a 'train' stage before it")
 
     def build_model(self, spec: JobSpec) -> torch.nn.Module:
-        from geomoe.models.factory import build_pe_moe
+        from geomoe.families.pe_moe.factory import build_pe_moe
 
         return build_pe_moe(spec.model_as(PEMoEModelSpec))[0]
 
     def load_checkpoint(self, directory: str) -> Loaded:
-        from geomoe.models.factory import load_pe_moe
+        from geomoe.families.pe_moe.factory import load_pe_moe
 
         model, tokenizer, spec, payload = load_pe_moe(directory)
         return Loaded(model, spec, payload, tokenizer)
@@ -81,7 +81,7 @@ class PEMoEFamily(Family):
 
     def run_stage(self, stage: str, spec: JobSpec, results: JobResults) -> dict[str, Any]:
         if stage == "index":
-            from geomoe.pipelines.index import build_index
+            from geomoe.families.pe_moe.pipelines import build_index
 
             assert spec.index is not None  # checked by JobSpec validation
             manifest = results.outputs.get("prepare")  # this run's, else the folder's (an earlier run)
@@ -89,12 +89,17 @@ class PEMoEFamily(Family):
                 manifest = PreparedDataset.open(spec.preprocess.output_dir, "stage 'index'").manifest
             return build_index(spec, manifest, _checkpoint(spec, spec.index.checkpoint, results, stage))
         if stage == "track4_submission":
-            from geomoe.pipelines.submit import submit_track4
+            from geomoe.families.pe_moe.pipelines import submit_track4
 
             assert spec.track4 is not None  # checked by JobSpec validation
             checkpoint = _checkpoint(spec, spec.track4.checkpoint, results, stage)
             return submit_track4(checkpoint, spec.track4, spec.resources.data_concurrency)
         return super().run_stage(stage, spec, results)
+
+    def serve_deployments(self) -> dict[str, Any]:
+        from geomoe.families.pe_moe.serving import GallerySearch, QueryEncoder, Reranker
+
+        return {"QueryEncoder": QueryEncoder, "GallerySearch": GallerySearch, "Reranker": Reranker}
 
     def metrics(self, result: dict[str, Any]) -> dict[str, float]:
         """R@K (and Score) per protocol of the final stage, the protocol as a prefix except for exact; routing."""
@@ -141,7 +146,7 @@ class PEMoEFamily(Family):
         return {name: final["query_set"] for name in self.query_values(result)}
 
     def report(self, spec: JobSpec, results: dict[str, Any]) -> str:
-        from geomoe.report import retrieval_table, sample_query
+        from geomoe.families.pe_moe.report import retrieval_table, sample_query
 
         tables = [retrieval_table(results, protocol) for protocol in spec.eval.protocols]
         final = results["model"]

@@ -14,17 +14,17 @@ import pyarrow.compute as pc
 
 from geomoe import storage
 from geomoe.config import JobSpec
-from geomoe.config.pe_moe import PEMoEModelSpec, PEMoETrainSpec
 from geomoe.data.images import DecodeImages, Fetch
 from geomoe.data.prepared import PreparedDataset
 from geomoe.errors import DatasetError
-from geomoe.evaluate import evaluate_pe_moe, gallery_from_rows
-from geomoe.models.factory import ensure_tiny_models
-from geomoe.pipelines.embed import embedded_images, on_model_device
+from geomoe.families.pe_moe.encode import embed_texts
+from geomoe.families.pe_moe.evaluate import evaluate_pe_moe, gallery_from_rows
+from geomoe.families.pe_moe.factory import ensure_tiny_models
+from geomoe.families.pe_moe.pipelines import embedded_images, on_model_device
+from geomoe.families.pe_moe.spec import PEMoEModelSpec, PEMoETrainSpec
 from geomoe.pipelines.images import PreparedImages
 from geomoe.ray_env import in_order
 from geomoe.results import Checkpoint
-from geomoe.retrieval.embed import embed_texts
 from geomoe.train.engine import LoopConfig
 from geomoe.train.grouped import dataset_name, group_steps
 from geomoe.train.run import cached_result, recorded_stage, run_trainer
@@ -159,7 +159,7 @@ def hard_negative_paths(
     ``mining_scope: gallery`` (the paper, sec. 3.3: "we test the model on the training set itself" and keep
     "images that are semantically incorrect but have high similarity scores") ranks every training image by the
     model's final score (Eq. 1). ``platform`` (ours) ranks only the row's own platform by its expert's score."""
-    from geomoe.retrieval.index import index_rows, query_rows
+    from geomoe.families.pe_moe.index import index_rows, query_rows
     from geomoe.retrieval.mining import mine_hard_negatives
 
     train = spec.train_as(PEMoETrainSpec)

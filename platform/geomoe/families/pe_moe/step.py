@@ -9,9 +9,9 @@ import numpy as np
 import torch
 
 from geomoe.config import JobSpec
-from geomoe.config.pe_moe import PEMoEModelSpec, PEMoETrainSpec
-from geomoe.losses import pe_moe_objective
-from geomoe.models.factory import build_pe_moe, tokenize
+from geomoe.families.pe_moe.factory import build_pe_moe, tokenize
+from geomoe.families.pe_moe.losses import pe_moe_objective
+from geomoe.families.pe_moe.spec import PEMoEModelSpec, PEMoETrainSpec
 from geomoe.train.engine import Batch, LoopConfig, TrainingTask
 
 

@@ -11,12 +11,12 @@ import numpy as np
 import pyarrow as pa
 
 from geomoe.config import JobSpec
-from geomoe.config.smgeo import SMGeoModelSpec, SMGeoTrainSpec
 from geomoe.data.images import Fetch, image_size
-from geomoe.data.localization import centre_box_baseline, localization_report
 from geomoe.data.prepared import PreparedDataset
 from geomoe.errors import DatasetError
 from geomoe.families.base import Family, TrainInputs
+from geomoe.families.smgeo.localization import centre_box_baseline, localization_report
+from geomoe.families.smgeo.spec import SMGeoModelSpec, SMGeoTrainSpec
 from geomoe.metrics import localization_values
 from geomoe.stats import format_interval, paired_difference, query_set
 
@@ -51,7 +51,7 @@ class SMGeoFamily(Family):
             raise ValueError("baselines: SMGeo evaluates its own baselines (click zeroed, centre box)")
 
     def build_model(self, spec: JobSpec) -> torch.nn.Module:
-        from geomoe.models.smgeo import SMGeo
+        from geomoe.families.smgeo.model import SMGeo
 
         return SMGeo(spec.model_as(SMGeoModelSpec))
 
@@ -61,8 +61,8 @@ class SMGeoFamily(Family):
         return training_task(spec, loop, rank)
 
     def datasets(self, spec: JobSpec, prepared: PreparedDataset) -> TrainInputs:
+        from geomoe.families.smgeo.pipelines import pairs_dataset
         from geomoe.pipelines.images import PreparedImages
-        from geomoe.pipelines.localize import pairs_dataset
 
         splits = {s: localization_rows(prepared, s) for s in ("train", "val", "test")}
         for split, table in splits.items():
@@ -96,6 +96,11 @@ class SMGeoFamily(Family):
         report[METHODS[2]] = _report(test, centre, wh)
         report[VALIDATION] = _report(val, *_predict(spec, checkpoint, val, True, fetch))
         return report
+
+    def serve_deployments(self) -> dict[str, Any]:
+        from geomoe.families.smgeo.serving import Localizer
+
+        return {"Localizer": Localizer}
 
     def metrics(self, result: dict[str, Any]) -> dict[str, float]:
         test, val = result["test"][METHODS[0]]["overall"], result["validation"]
@@ -138,7 +143,7 @@ def _predict(
     spec: JobSpec, checkpoint: str, table: pa.Table, use_click: bool, fetch: Fetch | None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Boxes (file pixels) and reference sizes of ``table``'s samples, in its row order."""
-    from geomoe.pipelines.localize import pairs_dataset, predict_boxes
+    from geomoe.families.smgeo.pipelines import pairs_dataset, predict_boxes
 
     m, res = spec.model_as(SMGeoModelSpec), spec.resources
     pairs = pairs_dataset(table, m.query_size, m.reference_size, True, fetch)

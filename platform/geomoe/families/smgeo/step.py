@@ -13,11 +13,11 @@ import torch
 
 from geomoe.collectives import all_reduce_sum
 from geomoe.config import JobSpec
-from geomoe.config.smgeo import SMGeoModelSpec, SMGeoTrainSpec
-from geomoe.data.localization import augment_pair, to_file_pixels
-from geomoe.losses import smgeo_objective
+from geomoe.families.smgeo.localization import augment_pair, to_file_pixels
+from geomoe.families.smgeo.losses import smgeo_objective
+from geomoe.families.smgeo.model import SMGeo, predict_input_boxes
+from geomoe.families.smgeo.spec import SMGeoModelSpec, SMGeoTrainSpec
 from geomoe.metrics import clamped_iou
-from geomoe.models.smgeo import SMGeo, predict_input_boxes
 from geomoe.train.engine import Batch, LoopConfig, TrainingTask
 
 VAL_METRIC = "val_acc50"

@@ -9,8 +9,8 @@ import numpy as np
 import torch
 
 from geomoe.data.images import Fetch, image_arrays
-from geomoe.models.factory import tokenize
-from geomoe.models.pe_moe import PEMoE
+from geomoe.families.pe_moe.factory import tokenize
+from geomoe.families.pe_moe.model import PEMoE
 
 
 @torch.no_grad()
@@ -49,7 +49,7 @@ def embed_image_batch(model: PEMoE, paths: Sequence[str], image_size: int, fetch
     """v (B, K, D): every expert's normalised embedding of each image in one batch of paths (their bytes from
     ``fetch``, a prepared image table, or each path).
 
-    Batches of a gallery are spread over Ray Data actors by ``geomoe.pipelines.embed``.
+    Batches of a gallery are spread over Ray Data actors by ``geomoe.families.pe_moe.pipelines``.
     """
     model.eval()
     device = next(model.parameters()).device

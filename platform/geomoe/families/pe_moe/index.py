@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from geomoe import ownership, storage
 from geomoe.cache import cached_copy
 from geomoe.errors import DatasetError
-from geomoe.models.pe_moe import gallery_rows, gated_queries
+from geomoe.families.pe_moe.model import gallery_rows, gated_queries
 from geomoe.retrieval.search import device_rows, exact_search, largest_row_norm, np_bfloat16
 
 __all__ = ["exact_search", "index_rows", "query_rows", "read_index", "write_index"]
@@ -39,12 +39,12 @@ def storage_dtype(name: str) -> np.dtype[Any]:
 
 
 def index_rows(v_KND: np.ndarray, dtype: Storage = "float16") -> np.ndarray:
-    """(N, K*D) gallery rows (geomoe.models.pe_moe.gallery_rows), stored as ``dtype``."""
+    """(N, K*D) gallery rows (geomoe.families.pe_moe.model.gallery_rows), stored as ``dtype``."""
     return np.ascontiguousarray(gallery_rows(v_KND), dtype=storage_dtype(dtype))
 
 
 def query_rows(t_KQD: np.ndarray, g_QK: np.ndarray) -> np.ndarray:
-    """(Q, K*D) float32 gated queries (geomoe.models.pe_moe.gated_queries): inner product with a row is Eq. 1."""
+    """(Q, K*D) float32 gated queries (``model.gated_queries``): inner product with a row is Eq. 1."""
     return np.ascontiguousarray(gated_queries(t_KQD, g_QK), dtype=np.float32)
 
 

@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from geomoe.bench import options
+
 CAPTIONS, IMAGES, BUILDINGS, EXPERTS = 165_681, 55_227, 951, 3
 RERANK_TOP = 20  # CGRS's candidates per caption
 
@@ -47,10 +49,10 @@ def synthetic(captions: int, images: int, dim: int, seed: int = 0) -> dict[str, 
 
 def _evaluate(way: str, captions: int, images: int, dim: int) -> dict[str, Any]:
     """One way's report and its cost, in this (fresh) process."""
+    from geomoe.families.pe_moe.index import index_rows, query_rows
+    from geomoe.families.pe_moe.model import fused_scores
     from geomoe.metrics import protocol_labels, report_from_ranks, retrieval_report
-    from geomoe.models.pe_moe import fused_scores
     from geomoe.retrieval.blockwise import protocol_ranks, top_candidates
-    from geomoe.retrieval.index import index_rows, query_rows
 
     data = synthetic(captions, images, dim)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -105,3 +107,8 @@ def bench_eval_scale(dim: int = 32, scale: int = 10) -> dict[str, Any]:
             f"{full_small['seconds']:.1f} s, reports equal: {equal}"
         ),
     }
+
+
+def run_eval_scale(out: str, overrides: list[str]) -> dict[str, Any]:
+    given = options(overrides)
+    return bench_eval_scale(dim=int(given.get("dim", 32)), scale=int(given.get("scale", 10)))

@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from geomoe.config.smgeo import SMGeoModelSpec
+from geomoe.families.smgeo.spec import SMGeoModelSpec
 from ray import serve
 
 
@@ -15,7 +15,7 @@ class Localizer:
     """SMGeo: drone image + click + satellite tile -> xyxy box in tile pixels and its heatmap confidence."""
 
     def __init__(self, checkpoint: str) -> None:
-        from geomoe.models.smgeo import load_smgeo
+        from geomoe.families.smgeo.model import load_smgeo
         from geomoe.ray_env import worker_device
 
         model, spec, _ = load_smgeo(checkpoint)
@@ -34,8 +34,8 @@ class Localizer:
     async def localize(self, requests: list[tuple[bytes, tuple[float, float], bytes]]) -> list[dict[str, Any]]:
         import torch
 
-        from geomoe.data.localization import decode_request, to_file_pixels
-        from geomoe.models.smgeo import predict_input_boxes
+        from geomoe.families.smgeo.localization import decode_request, to_file_pixels
+        from geomoe.families.smgeo.model import predict_input_boxes
 
         decoded = [decode_request(q, c, r, self.query_size, self.reference_size) for q, c, r in requests]
         query, click, reference = (

@@ -8,9 +8,9 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from geomoe.config.smgeo import SMGeoModelSpec
 from geomoe.data.images import Fetch
-from geomoe.data.localization import decode_pair, to_file_pixels
+from geomoe.families.smgeo.localization import decode_pair, to_file_pixels
+from geomoe.families.smgeo.spec import SMGeoModelSpec
 from geomoe.ray_env import in_order
 
 
@@ -51,7 +51,7 @@ class PredictBoxes:
     def __init__(self, checkpoint: str, use_click: bool) -> None:
         import torch
 
-        from geomoe.models.smgeo import load_smgeo
+        from geomoe.families.smgeo.model import load_smgeo
         from geomoe.ray_env import worker_device
 
         self.torch = torch
@@ -61,7 +61,7 @@ class PredictBoxes:
         self.use_click, self.size = use_click, spec.model_as(SMGeoModelSpec).reference_size
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from geomoe.models.smgeo import predict_input_boxes
+        from geomoe.families.smgeo.model import predict_input_boxes
 
         query, click, reference = (
             self.torch.from_numpy(batch[k]).to(self.device) for k in ("query", "click", "reference")

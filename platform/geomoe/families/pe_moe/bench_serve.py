@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from geomoe.bench import options
 from geomoe.serving.load import drive
 
 QUERIES = [
@@ -36,11 +37,11 @@ def production_shape(work: Path, gallery: int = GALLERY, text: dict[str, int] | 
     import torch
 
     from geomoe.config import JobSpec, parse_spec
-    from geomoe.config.pe_moe import PEMoEModelSpec
+    from geomoe.families.pe_moe.factory import build_pe_moe
+    from geomoe.families.pe_moe.index import write_index
+    from geomoe.families.pe_moe.spec import PEMoEModelSpec
     from geomoe.models.checkpoint import save_checkpoint
-    from geomoe.models.factory import build_pe_moe
     from geomoe.models.tiny import save_tiny_image_model, save_tiny_text_model
-    from geomoe.retrieval.index import write_index
 
     text = text or TEXT
     tag = f"{gallery}-{text['layers']}x{text['hidden']}"
@@ -200,3 +201,16 @@ def _report(
         "serve_overhead": overhead,
         "summary": "\n".join(lines),
     }
+
+
+def run_serve(out: str, overrides: list[str]) -> dict[str, Any]:
+    given = options(overrides)
+    batching = {"max_batch_size": int(given.get("max_batch_size", 32)),
+                "batch_wait_timeout_s": float(given.get("batch_wait_timeout_s", 0.005))}  # fmt: skip
+    return bench_serve(
+        Path(out),
+        seconds=float(given.get("seconds", 20.0)),
+        batching=batching,
+        max_ongoing=int(given.get("max_ongoing_requests", 64)),
+        gallery=int(given.get("gallery", 55_000)),
+    )

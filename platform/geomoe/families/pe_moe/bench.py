@@ -17,10 +17,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from geomoe.config.pe_moe import ImageEncoderSpec, PEMoEModelSpec, TextEncoderSpec, TinyModelsSpec
-from geomoe.losses import pe_moe_objective
-from geomoe.models.factory import build_pe_moe, ensure_tiny_models, tokenize
-from geomoe.models.pe_moe import PEMoE
+from geomoe.bench import options
+from geomoe.families.pe_moe.factory import build_pe_moe, ensure_tiny_models, tokenize
+from geomoe.families.pe_moe.losses import pe_moe_objective
+from geomoe.families.pe_moe.model import PEMoE
+from geomoe.families.pe_moe.spec import ImageEncoderSpec, PEMoEModelSpec, TextEncoderSpec, TinyModelsSpec
 from geomoe.retrieval.mining import mine_hard_negatives
 
 CORPUS = [
@@ -156,3 +157,11 @@ def bench_mining(
         f"{last['chunked_peak_mib']} MiB peak, "
         f"full matrix {last['full_matrix_s']} s / {last['full_matrix_peak_mib']} MiB",
     }
+
+
+def run_step(out: str, overrides: list[str]) -> dict[str, Any]:
+    return bench_pe_moe_step(Path(out), text_layers=int(options(overrides).get("text_layers", 4)))
+
+
+def run_mining(out: str, overrides: list[str]) -> dict[str, Any]:
+    return bench_mining()

@@ -22,7 +22,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from geomoe.retrieval.index import recall_at
+from geomoe.bench import options
+from geomoe.families.pe_moe.index import recall_at
 from geomoe.retrieval.search import exact_search, int8_search, largest_row_norm, np_bfloat16, quantize_rows
 
 EXPERTS, DIM, K, SHORTLIST = 3, 1024, 10, 100
@@ -151,3 +152,8 @@ def bench_index(sizes: tuple[int, ...] = (200_000,), batches: tuple[int, ...] = 
         "results": results,
         "summary": f"exact search (copy bandwidth {bandwidth:.1f} GB/s): " + "; ".join(parts),
     }
+
+
+def run_index(out: str, overrides: list[str]) -> dict[str, Any]:
+    sizes = options(overrides).get("sizes", "200000")
+    return bench_index(tuple(int(n) for n in sizes.split(",")))

@@ -9,14 +9,14 @@ from typing import Any
 import numpy as np
 
 from geomoe.config import JobSpec, RerankSpec
-from geomoe.config.pe_moe import PEMoEModelSpec
 from geomoe.data.caption_store import read_caption_store
 from geomoe.errors import DatasetError
+from geomoe.families.pe_moe.encode import embed_dense_texts, embed_texts
+from geomoe.families.pe_moe.index import index_rows, query_rows
+from geomoe.families.pe_moe.model import PEMoE
+from geomoe.families.pe_moe.spec import PEMoEModelSpec
 from geomoe.metrics import protocol_labels, ranks_in_order, recall_entry, report_from_ranks
-from geomoe.models.pe_moe import PEMoE
 from geomoe.retrieval.blockwise import protocol_ranks, top_candidates
-from geomoe.retrieval.embed import embed_dense_texts, embed_texts
-from geomoe.retrieval.index import index_rows, query_rows
 from geomoe.retrieval.rerank import LexicalScorer, caption_evidence, diversified, fuse_top, reranked_order, unit_rows
 from geomoe.stats import query_set
 

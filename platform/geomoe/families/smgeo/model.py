@@ -10,7 +10,7 @@ Forward steps (``SMGeo.forward``):
    the paper's) or, our option, their click-heat-weighted average (``click``);
 4. anchor-free head (Eq. 11-12): two conv-BN-ReLU layers, then a centre heatmap and (dx, dy, w, h) per cell.
 ``decode_boxes`` turns the most confident cell into an absolute xyxy box in reference pixels (DetGeo protocol).
-Targets and losses (Eq. 14-22) live in ``geomoe.losses``.
+Targets and losses (Eq. 14-22) live in ``geomoe.families.pe_moe.losses``.
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from geomoe.config import JobSpec
-from geomoe.config.smgeo import SMGeoModelSpec, SwinSpec
-from geomoe.models.gmoe import ExpertFFN, GridMoE
+from geomoe.families.smgeo.gmoe import ExpertFFN, GridMoE
+from geomoe.families.smgeo.spec import SMGeoModelSpec, SwinSpec
 
 
 class SMGeoOutput(NamedTuple):

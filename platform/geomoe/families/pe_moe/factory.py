@@ -8,10 +8,10 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from geomoe.config import EngineSpec, JobSpec
-from geomoe.config.pe_moe import PEMoEModelSpec
+from geomoe.config import JobSpec
+from geomoe.families.pe_moe.model import PEMoE
+from geomoe.families.pe_moe.spec import PEMoEModelSpec
 from geomoe.models.encoders import ImageTrunk, TextTrunk, load_image_tower, load_text_model
-from geomoe.models.pe_moe import PEMoE
 
 log = logging.getLogger(__name__)
 
@@ -34,17 +34,6 @@ def ensure_tiny_models(spec: PEMoEModelSpec, corpus: Iterable[str], seed: int = 
     if not image_file.is_file():
         log.info("building a tiny random image model at %s", image_file)
         save_tiny_image_model(image_file, spec.image.name, seed)
-
-
-def ensure_tiny_engine(engine: EngineSpec, corpus: Iterable[str], vision: bool, seed: int = 0) -> None:
-    """With ``engine.tiny``, write a random chat LLM (or, ``vision``, a chat VLM) at ``engine.model`` when it is
-    missing. Its vocabulary is the corpus's words, so its (random) outputs are word salad from the domain."""
-    from geomoe.models.tiny import build_tiny_causal_lm, build_tiny_vlm
-
-    if not engine.tiny or (Path(engine.model) / "config.json").is_file():
-        return
-    log.info("building a tiny random %s at %s", "VLM" if vision else "LLM", engine.model)
-    (build_tiny_vlm if vision else build_tiny_causal_lm)(engine.model, corpus, seed=seed)
 
 
 def build_pe_moe(spec: PEMoEModelSpec) -> tuple[PEMoE, Any]:
