@@ -11,7 +11,7 @@ Outcomes:
 - ``error``: the file as a whole is unusable: a GeomoeError naming the file and the reason, before any work.
 
 tests/unit/test_bad_inputs.py runs every case through its reader; tests/ray/test_prepare.py runs the image and
-annotation cases through the prepare stage. The README's reliability table is ``markdown_table()``.
+annotation cases through the prepare stage. docs/reliability.md's table is ``markdown_table()``.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ class Case:
     reader: str  # image, geotext, cvogl, track4, yaml, checkpoint
     outcome: str  # handled, rejected, error
     expect: str  # a regex the reason or message matches (the file is named in it for rejected and error)
-    behaviour: str  # what happens, in words (the README's table)
+    behaviour: str  # what happens, in words (docs/reliability.md's table)
     write: Callable[[Path], Path]  # writes the input under a folder; returns the file or folder to read
 
 

@@ -77,11 +77,10 @@ def tiny_retriever(root: Path, out: Path, dtype: str = "float16") -> tuple[JobSp
 
     spec = pe_moe_job(root, out)
     manifest = prepare(spec)
-    ensure_tiny_models(
-        spec.model_as(PEMoEModelSpec), split_rows(PreparedDataset.of(manifest), "train", spec)["caption"].to_pylist()
-    )
+    model_spec = spec.model_as(PEMoEModelSpec)
+    ensure_tiny_models(model_spec, split_rows(PreparedDataset.of(manifest), "train", model_spec)["caption"].to_pylist())
     torch.manual_seed(0)
-    model, tokenizer = build_pe_moe(spec.model_as(PEMoEModelSpec))
+    model, tokenizer = build_pe_moe(model_spec)
     (out / "ckpt").mkdir()
     save_checkpoint(out / "ckpt", model, spec, 1, 0)
     raw = spec.model_dump(mode="json") | {"index": {"output_dir": str(out / "index"), "dtype": dtype}}

@@ -11,12 +11,13 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from geomoe import registry
+from geomoe import registry, storage
 from geomoe.config import FamilyModelSpec, JobSpec, TrainSpec
 from geomoe.data.images import open_image
 from geomoe.data.prepared import PreparedDataset
 from geomoe.families.base import Family, TrainInputs
 from geomoe.platforms import PLATFORMS
+from geomoe.stages import Stage, StageContext
 from geomoe.train.engine import Batch, LoopConfig, TrainingTask
 
 
@@ -46,11 +47,36 @@ def accuracy(model: nn.Module, x: np.ndarray, y: np.ndarray) -> float:
     return 100.0 * float(correct(model, x, y).mean())
 
 
+def _check_platform_shares(spec: JobSpec) -> None:
+    if "prepare" not in spec.stages[: spec.stages.index("platform_shares")]:
+        raise ValueError("stages: stage 'platform_shares' needs a 'prepare' stage before it")
+
+
+def platform_shares(spec: JobSpec, context: StageContext) -> dict[str, Any]:
+    """Each platform's share of the prepared training rows, written to <run>/platform_shares/shares.json."""
+    table = PreparedDataset.of(context.results.outputs["prepare"]).read_split("train", columns=["platform"])
+    counts = {p: table["platform"].to_pylist().count(p) for p in PLATFORMS}
+    shares = {p: n / table.num_rows for p, n in counts.items()}
+    storage.write_json_atomic(storage.join(context.run_dir, "platform_shares", "shares.json"), shares)
+    return shares
+
+
+PLATFORM_SHARES = Stage(  # a stage of the family's own: its check, its output folder, its runner and its summary
+    "platform_shares",
+    platform_shares,
+    needs_ray=False,
+    check=_check_platform_shares,
+    outputs=lambda spec: [("output_root: platform_shares", storage.join(spec.run_folder(), "platform_shares"))],
+    summary=lambda spec, shares: "platform shares: " + ", ".join(f"{p} {v:.2f}" for p, v in shares.items()),
+)
+
+
 class ToyFamily(Family):
     name = "toy_platform"
     model_spec = ToyModelSpec
     train_spec = ToyTrainSpec
     best_by = "val_accuracy"
+    stages = (PLATFORM_SHARES,)
 
     def build_model(self, spec: JobSpec) -> nn.Module:
         return nn.Linear(3 * spec.model_as(ToyModelSpec).thumb ** 2, len(PLATFORMS))

@@ -25,7 +25,7 @@ def _cmd_run(args: argparse.Namespace) -> None:
     from geomoe.jobs import run_dir_of, run_job_timed, time_table
     from geomoe.logs import run_logs
     from geomoe.progress import Progress
-    from geomoe.summaries import caption_summary, manifest_summary, refine_summary
+    from geomoe.stages import job_stages
 
     spec = load_job(args.job, args.set)
     if args.dry_run:
@@ -44,22 +44,10 @@ def _cmd_run(args: argparse.Namespace) -> None:
             print(f"geomoe: the job failed; last log lines:\n{tail}\nlogs: {logs.location}", file=sys.stderr)
         raise
     results = timed.outputs
-    if "synth" in results:
-        print("synthgeo:", json.dumps(results["synth"]))
-    if "prepare" in results:
-        print(manifest_summary(results["prepare"]))
-    if "refine" in results:
-        print(refine_summary(results["refine"]))
-    if "caption" in results:
-        print(caption_summary(results["caption"]))
-    if "train" in results:
-        from geomoe.jobs import train_report
-
-        print(train_report(spec, results["train"]))
-    if "index" in results:
-        from geomoe.summaries import index_summary
-
-        print(index_summary(results["index"]))
+    for stage in job_stages(spec):
+        summary = stage.summary(spec, results[stage.name])
+        if summary is not None:
+            print(summary)
     if "registered" in results:
         print(f"registered: {results['registered']} (serve it with checkpoint: {results['registered']})")
     print(time_table(timed.seconds))

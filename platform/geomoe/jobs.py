@@ -1,29 +1,33 @@
-"""Run a JobSpec's stages in order on the Ray cluster the spec names (or a local one).
+"""Run a JobSpec's stages (geomoe.stages) in order on the Ray cluster the spec names (or a local one).
 
-The stages every job has (synth, prepare, refine, caption, train) run here; a family's own stages (PE-MoE's index
-and Track 4 submission) run through its registry entry. Preconditions between stages were checked when the spec
-was validated; what can only be checked at run time (a prepared folder from an earlier run) is checked before
-the stage that needs it.
+The runners of the stages every job may have (synth, prepare, refine, caption, train) are here; a family's own
+stages (PE-MoE's index and Track 4 submission) have theirs in its folder. Preconditions between stages were
+checked when the spec was validated; what can only be checked at run time (a prepared folder from an earlier run)
+is checked before the stage that needs it.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from geomoe import lease, ownership, registry, storage, tracking
 from geomoe.config import EngineSpec, JobSpec
 from geomoe.data.prepared import PreparedDataset
 from geomoe.progress import Progress, StageBar
-from geomoe.results import JobResults
+from geomoe.results import BY_SEED, JobResults
+from geomoe.stages import StageContext, job_stages
+from geomoe.summaries import train_report
+
+if TYPE_CHECKING:
+    from geomoe.families.base import Family
 
 log = logging.getLogger(__name__)
-BY_SEED = "by_seed"  # in a train stage's results with seeds: seed -> that seed's {model, baselines...}
 
 
-def family_of(spec: JobSpec) -> Any:
-    """The registered family of the job's ``model.name`` (geomoe.families.base.Family)."""
+def family_of(spec: JobSpec) -> Family:
+    """The registered family of the job's ``model.name``."""
     return registry.family(spec.model.name)
 
 
@@ -48,9 +52,8 @@ def _train(
     """The family's model and every baseline trained and evaluated; with ``seeds``, once per seed (each under
     <run>/seed-<s>): the first seed's results, and every seed's under BY_SEED. Each model's time goes into
     ``seconds`` ("train <model>", summed over seeds); ``bar`` counts the epochs."""
-    from geomoe.ray_env import ensure_ray, progress_board
+    from geomoe.ray_env import progress_board
 
-    ensure_ray(spec.resources)
     with progress_board(bar):
         return _train_seeds(spec, prepared, run_dir, seconds)
 
@@ -69,9 +72,6 @@ def _train_seeds(spec: JobSpec, prepared: PreparedDataset, run_dir: str, seconds
 def _train_once(spec: JobSpec, prepared: PreparedDataset, run_dir: str, seconds: dict[str, float]) -> dict[str, Any]:
     """The family's model and every baseline (the same job with overrides) trained and evaluated; with
     ``resources.concurrent_models``, all at once, each in its own Ray task."""
-    from geomoe.ray_env import ensure_ray
-
-    ensure_ray(spec.resources)
     family = family_of(spec)
     prepared.require(family.dataset_kind, f"stage 'train' ({spec.model.name})")
     family.prepare_inputs(spec, prepared)  # a sweep's driver does this once, before its trials
@@ -137,11 +137,9 @@ def _add_time(seconds: dict[str, float], key: str, spent: float) -> None:
 
 
 def _with_engine(spec: JobSpec, engine: EngineSpec, prepared: PreparedDataset, vision: bool) -> dict[str, Any]:
-    """Start Ray and, for ``engine.tiny``, build the tiny model on the prepared training captions."""
+    """For ``engine.tiny``, build the tiny model on the prepared training captions."""
     from geomoe.models.tiny import ensure_tiny_engine
-    from geomoe.ray_env import ensure_ray
 
-    ensure_ray(spec.resources)
     if engine.tiny:
         table = prepared.read_split("train", columns=["caption"])
         ensure_tiny_engine(engine, table["caption"].to_pylist(), vision, spec.seed)
@@ -169,44 +167,37 @@ def _check_cluster_storage(spec: JobSpec) -> None:
     check_shared_storage(spec)
 
 
-def _stage_bar(spec: JobSpec, stage: str) -> dict[str, Any]:
-    """What a stage's progress bar counts: the train stage's epochs over every model (and seed), else the stage."""
-    if stage != "train":
-        return {}
-    models = ["model", *spec.baselines]
-    epochs = family_of(spec).training_epochs(spec)
-    seeds = f" x {len(spec.seeds)} seeds" if spec.seeds else ""
-    detail = f"{', '.join(models)} ({epochs} epochs each{seeds})"
-    return {"total": epochs * len(models) * max(1, len(spec.seeds)), "unit": "epoch", "detail": detail}
+def run_synth(spec: JobSpec, context: StageContext) -> dict[str, Any]:
+    from geomoe.data.synthgeo import generate
+
+    synth = spec.data.synthesize
+    assert synth is not None and synth.output_dir is not None  # checked by the stage's check
+    return generate(synth.output_dir, synth, claim=ownership.Claim("data.synthesize.output_dir", spec.name, "synth"))
 
 
-def _run_stage(stage: str, spec: JobSpec, results: JobResults, run_dir: str, bar: StageBar) -> dict[str, Any]:
-    if stage == "synth":
-        from geomoe.data.synthgeo import generate
+def run_prepare(spec: JobSpec, context: StageContext) -> dict[str, Any]:
+    return _prepare(spec)
 
-        synth = spec.data.synthesize
-        assert synth is not None and synth.output_dir is not None  # checked by JobSpec validation
-        return generate(synth.output_dir, synth, claim=ownership.Claim("data.synthesize.output_dir", spec.name, stage))
-    if stage == "prepare":
-        return _prepare(spec)
-    if stage == "refine":
-        from geomoe.pipelines.refine import refine_captions
 
-        assert spec.refine is not None  # checked by JobSpec validation
-        prepared = _with_engine(spec, spec.refine.engine, _prepared(spec, results, stage), vision=False)
-        return refine_captions(spec, prepared)
-    if stage == "caption":
-        from geomoe.pipelines.caption import caption_gallery
+def run_refine(spec: JobSpec, context: StageContext) -> dict[str, Any]:
+    from geomoe.pipelines.refine import refine_captions
 
-        assert spec.caption is not None  # checked by JobSpec validation
-        prepared = _with_engine(spec, spec.caption.engine, _prepared(spec, results, stage), vision=True)
-        return caption_gallery(spec, prepared)
-    if stage == "train":
-        return _train(spec, _training_data(spec, results), run_dir, results.seconds, bar)
-    from geomoe.ray_env import ensure_ray
+    assert spec.refine is not None  # checked by the stage's check
+    prepared = _with_engine(spec, spec.refine.engine, _prepared(spec, context.results, "refine"), vision=False)
+    return refine_captions(spec, prepared)
 
-    ensure_ray(spec.resources)
-    return dict(family_of(spec).run_stage(stage, spec, results))
+
+def run_caption(spec: JobSpec, context: StageContext) -> dict[str, Any]:
+    from geomoe.pipelines.caption import caption_gallery
+
+    assert spec.caption is not None  # checked by the stage's check
+    prepared = _with_engine(spec, spec.caption.engine, _prepared(spec, context.results, "caption"), vision=True)
+    return caption_gallery(spec, prepared)
+
+
+def run_train(spec: JobSpec, context: StageContext) -> dict[str, Any]:
+    seconds = context.results.seconds
+    return _train(spec, _training_data(spec, context.results), context.run_dir, seconds, context.bar)
 
 
 def run_job(spec: JobSpec) -> dict[str, Any]:
@@ -225,12 +216,15 @@ def check_outputs(spec: JobSpec) -> None:
     each stage checks its folder again right before it writes (someone may fill one meanwhile)."""
     from geomoe.data.caption_store import is_caption_store
 
-    for key, location, stage in spec.outputs():
-        if stage == "caption":
-            ownership.check_file(location, key, is_caption_store)
-            ownership.check_dir(f"{location}.parts", ownership.Claim(key, spec.name, stage))
-        else:
-            ownership.check_dir(location, ownership.Claim(key, spec.name, stage))
+    ownership.check_dir(spec.run_folder(), ownership.Claim("output_root", spec.name, "run"))
+    for stage in job_stages(spec):
+        for key, location in stage.outputs(spec):
+            claim = ownership.Claim(key, spec.name, stage.name)
+            if stage.file_output:  # the caption store: one file, written in parts
+                ownership.check_file(location, key, is_caption_store)
+                ownership.check_dir(f"{location}.parts", claim)
+            else:
+                ownership.check_dir(location, claim)
 
 
 def run_job_timed(spec: JobSpec, progress: Progress | None = None) -> JobResults:
@@ -250,14 +244,18 @@ def _run_stages(spec: JobSpec, progress: Progress, run_dir: str, holding: lease.
     storage.write_json_atomic(storage.join(run_dir, "spec.json"), spec.model_dump(mode="json"))
     results = JobResults()
     with tracking.job_run(spec, run_dir) as tracker, tracking.active(tracker):
-        for stage in spec.stages:
+        for stage in job_stages(spec):
             holding.ensure_held()  # a run that lost its folder to another (off the main thread: not interrupted)
-            log.info("stage %s", stage)
+            log.info("stage %s", stage.name)
             started = time.perf_counter()
-            with progress.stage(stage, **_stage_bar(spec, stage)) as bar:
-                results.outputs[stage] = _run_stage(stage, spec, results, run_dir, bar)
-            results.seconds[stage] = round(time.perf_counter() - started, 2)
-            log.info("stage %s took %.1f s", stage, results.seconds[stage])
+            if stage.needs_ray:
+                from geomoe.ray_env import ensure_ray
+
+                ensure_ray(spec.resources)  # the spec's cluster, or a local one started once
+            with progress.stage(stage.name, **stage.progress(spec)) as bar:
+                results.outputs[stage.name] = stage.run(spec, StageContext(results, run_dir, bar))
+            results.seconds[stage.name] = round(time.perf_counter() - started, 2)
+            log.info("stage %s took %.1f s", stage.name, results.seconds[stage.name])
         holding.ensure_held()
         storage.write_json_atomic(storage.join(run_dir, "results.json"), results.to_json())
         if tracker is not None:
@@ -293,26 +291,3 @@ def time_table(seconds: dict[str, float]) -> str:
             lines += [f"    {k[6:]:<20}{v:>8.1f}" for k, v in seconds.items() if k.startswith("train ")]
     lines.append(f"  {'total':<22}{sum(stages.values()):>8.1f}")
     return "\n".join(lines)
-
-
-def train_report(spec: JobSpec, train: dict[str, Any]) -> str:
-    """The train stage's results as the CLI prints them: the family's tables (the first seed's, with seeds), then
-    with seeds the mean ± std of every metric over the seeds with the pooled 95% interval."""
-    from geomoe.stats import format_spread, interval, mean_std, pooled_over_seeds
-
-    family = family_of(spec)
-    by_seed = train.get(BY_SEED)
-    text: str = family.report(spec, {k: v for k, v in train.items() if k != BY_SEED})
-    if not by_seed:
-        return text
-    lines = [f"over seeds {list(by_seed)} (above: seed {next(iter(by_seed))}): mean ± std [pooled 95% interval]"]
-    for name in next(iter(by_seed.values())):
-        results = [seeded[name] for seeded in by_seed.values()]
-        metrics = [family.metrics(r) for r in results]
-        values, sets = [family.query_values(r) for r in results], [family.query_sets(r) for r in results]
-        for metric in metrics[0]:
-            mean, std = mean_std([m[metric] for m in metrics])
-            per_query = pooled_over_seeds([v.get(metric) for v in values], [q.get(metric) for q in sets])
-            cell = format_spread(mean, std, None if per_query is None else interval(per_query))
-            lines.append(f"  {name} {metric}: {cell}")
-    return text + "\n" + "\n".join(lines)

@@ -11,6 +11,8 @@ from typing import Any
 
 from geomoe import storage
 
+BY_SEED = "by_seed"  # in a train stage's results with seeds: seed -> that seed's {model, baselines...}
+
 
 @dataclass(frozen=True)
 class Checkpoint:

@@ -1,8 +1,14 @@
-"""Plain-text summaries of the shared stages (prepare, refine, caption, index) printed by the CLI (no Ray)."""
+"""Plain-text summaries of the shared stages (prepare, refine, caption, train) printed by the CLI (no Ray)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from geomoe import registry
+from geomoe.results import BY_SEED
+
+if TYPE_CHECKING:
+    from geomoe.config import JobSpec
 
 
 def manifest_summary(manifest: dict[str, Any]) -> str:
@@ -32,17 +38,6 @@ def refine_summary(manifest: dict[str, Any]) -> str:
     )
 
 
-def index_summary(report: dict[str, Any]) -> str:
-    lines = [
-        f"serving index: {report['count']} {report['split']} images x {report['dim']} ({report['dtype']}, "
-        f"experts {'/'.join(report['experts'])}) in {report['seconds']} s"
-    ]
-    for kind, faiss in report.get("faiss", {}).items():
-        recall = {k: v for k, v in faiss.items() if k.startswith("recall")}
-        lines.append(f"  faiss {kind}: " + ", ".join(f"{k} {v}" for k, v in recall.items()))
-    return "\n".join(lines)
-
-
 def caption_summary(report: dict[str, Any]) -> str:
     lines = [
         f"gallery captions ({report['model_id']}): {report['captioned']} of {report['images']} images captioned, "
@@ -50,3 +45,26 @@ def caption_summary(report: dict[str, Any]) -> str:
     ]
     lines += [f"  {image_id}: {caption!r}" for image_id, caption in report.get("examples", [])]
     return "\n".join(lines)
+
+
+def train_report(spec: JobSpec, train: dict[str, Any]) -> str:
+    """The train stage's results as the CLI prints them: the family's tables (the first seed's, with seeds), then
+    with seeds the mean ± std of every metric over the seeds with the pooled 95% interval."""
+    from geomoe.stats import format_spread, interval, mean_std, pooled_over_seeds
+
+    family = registry.family(spec.model.name)
+    by_seed = train.get(BY_SEED)
+    text: str = family.report(spec, {k: v for k, v in train.items() if k != BY_SEED})
+    if not by_seed:
+        return text
+    lines = [f"over seeds {list(by_seed)} (above: seed {next(iter(by_seed))}): mean ± std [pooled 95% interval]"]
+    for name in next(iter(by_seed.values())):
+        results = [seeded[name] for seeded in by_seed.values()]
+        metrics = [family.metrics(r) for r in results]
+        values, sets = [family.query_values(r) for r in results], [family.query_sets(r) for r in results]
+        for metric in metrics[0]:
+            mean, std = mean_std([m[metric] for m in metrics])
+            per_query = pooled_over_seeds([v.get(metric) for v in values], [q.get(metric) for q in sets])
+            cell = format_spread(mean, std, None if per_query is None else interval(per_query))
+            lines.append(f"  {name} {metric}: {cell}")
+    return text + "\n" + "\n".join(lines)

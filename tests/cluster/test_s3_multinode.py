@@ -1,5 +1,5 @@
-"""Cluster-ready runs: a PE-MoE job whose data and outputs live only on the S3 server, its two Train workers on
-two different nodes; the multi-node guard; storage errors that name the URI."""
+"""Cluster-ready runs: PE-MoE and SMGeo jobs whose data and outputs live only on the S3 server, their two Train
+workers on two different nodes; the multi-node guard; storage errors that name the URI."""
 
 from __future__ import annotations
 
@@ -200,33 +200,53 @@ def test_lost_node_resumes_training_from_the_last_checkpoint_in_s3(
     assert sum(1 for node in ray.nodes() if node["Alive"]) == 3
 
 
-def test_smgeo_job_runs_from_s3_with_workers_on_two_nodes(
-    two_node_cluster: Any, s3_bucket: str, tiny_synth: tuple[Path, dict], tmp_path: Path, monkeypatch: Any
+def test_smgeo_job_synthesizes_to_s3_and_trains_with_workers_on_two_nodes(
+    two_node_cluster: Any, s3_bucket: str, tmp_path: Path, monkeypatch: Any
 ) -> None:
-    from geomoe.jobs import run_job
+    """The SMGeo job from synth to test evaluation with every location on the S3 server: it writes nothing to
+    local disk (its working directory keeps only the user's file), the user's objects next to its outputs
+    survive, and its two Train workers run on the two worker nodes."""
+    import hashlib
 
-    root, counts = tiny_synth
-    data = dataset_in(s3_bucket, root, "cvogl")
-    monkeypatch.chdir(tmp_path)
-    out = f"{s3_bucket}/runs"
+    from geomoe.jobs import run_job
+    from geomoe.summaries import train_report
+
+    project = f"{s3_bucket}/project"
+    synthesize = {"output_dir": f"{project}/synthgeo", "train_buildings": 1, "test_buildings": 1, "drone_views": 1,
+                  "ground_views": 0, "localization_train": 8, "localization_val": 4, "localization_test": 4,
+                  "tile_size": 64, "query_size": 32}  # fmt: skip
+    out = f"{project}/runs"
     raw = {
         "name": "smgeo_s3",
         "output_root": out,
-        "stages": ["prepare", "train"],
-        "data": {"format": "cvogl", "root": data},
-        "preprocess": {"output_dir": f"{out}/prepared"},
+        "stages": ["synth", "prepare", "train"],
+        "data": {"format": "cvogl", "root": f"{project}/synthgeo/cvogl", "synthesize": synthesize},
         "model": tiny_smgeo(),
         "train": {"batch_size": 2, "lr": 1e-3, "epochs": 1, "materialize_inputs": True},
-        "resources": job_raw(data, out, tmp_path)["resources"],
+        "resources": job_raw("", out, tmp_path)["resources"],
     }
-    before = _train_workers()
-    results = run_job(parse_spec(JobSpec, raw, "test"))
+    users = [f"{s3_bucket}/notes.txt", f"{project}/thesis.txt", f"{out}/old/a.txt"]
+    for location in users:
+        storage.write_text_atomic(location, f"the user's {location}")
+    before = {loc: hashlib.sha256(storage.read_bytes(loc)).hexdigest() for loc in users}
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "thesis.txt").write_text("the user's local file")
+    workers = _train_workers()
+    spec = parse_spec(JobSpec, raw, "test")
+    results = run_job(spec)
 
-    assert list(tmp_path.iterdir()) == []  # no model cache either: SMGeo builds its backbone from the spec
+    assert [p.name for p in tmp_path.iterdir()] == ["thesis.txt"]  # no model cache either: SMGeo builds from the spec
+    assert {loc: hashlib.sha256(storage.read_bytes(loc)).hexdigest() for loc in users} == before
     model = results["train"]["model"]
     assert model["checkpoint"].startswith(f"{out}/smgeo_s3/ray_train/stage1/")
     assert storage.read_json(f"{out}/smgeo_s3/results.json") == json.loads(json.dumps(results))
-    assert model["test"]["smgeo"]["count"] == counts["cvogl"]["test"]
-    assert results["prepare"]["table"].startswith(f"{out}/prepared/") and results["prepare"]["rejected"]["count"] == 0
-    nodes = _nodes_of_new_workers(before)
+    assert model["test"]["smgeo"]["count"] == 4
+    assert results["prepare"]["location"] == f"{out}/smgeo_s3/prepared"
+    assert results["prepare"]["table"].startswith(f"{out}/smgeo_s3/prepared/")
+    assert results["prepare"]["rejected"]["count"] == 0
+    report = train_report(spec, results["train"])  # what the CLI prints
+    assert "object localization, test split, DetGeo protocol (%, [95% bootstrap interval]), 4 samples" in report
+    for method in ("smgeo", "click_zeroed", "centre_box", "best epoch", "by size", "smgeo - click_zeroed"):
+        assert method in report
+    nodes = _nodes_of_new_workers(workers)
     assert len(nodes) == 2 and two_node_cluster.head_node.node_id not in nodes

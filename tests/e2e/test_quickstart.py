@@ -112,38 +112,3 @@ def test_cli_reports_spec_errors_clearly(tmp_path: Path) -> None:
     )
     assert done.returncode == 2
     assert "quickstart.yaml: preprocess.satellite_copies:" in done.stderr and "Traceback" not in done.stderr
-
-
-def test_smgeo_quickstart_job_runs_from_s3_and_writes_nothing_locally(tmp_path: Path, s3_bucket: str) -> None:
-    """With output_root and the synthgeo folder on the S3 server, the job writes nothing to local disk (its
-    working directory keeps only the user's file), and the user's objects next to its outputs survive."""
-    import hashlib
-
-    from geomoe import storage
-
-    small = [
-        "data.synthesize.localization_train=8",
-        "data.synthesize.localization_val=4",
-        "data.synthesize.localization_test=4",
-        "train.epochs=2",
-        "train.batch_size=4",
-        f"output_root={s3_bucket}/project/runs",
-        f"data.synthesize.output_dir={s3_bucket}/project/synthgeo",
-        f"data.root={s3_bucket}/project/synthgeo/cvogl",
-    ]
-    users = [f"{s3_bucket}/notes.txt", f"{s3_bucket}/project/thesis.txt", f"{s3_bucket}/project/runs/old/a.txt"]
-    for location in users:
-        storage.write_text_atomic(location, f"the user's {location}")
-    before = {loc: hashlib.sha256(storage.read_bytes(loc)).hexdigest() for loc in users}
-    (tmp_path / "thesis.txt").write_text("the user's local file")
-    args = ["run", str(REPO / "jobs" / "smgeo_quickstart.yaml"), *[a for s in small for a in ("--set", s)]]
-    done = run_cli(*args, cwd=tmp_path)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "object localization, test split, DetGeo protocol (%, [95% bootstrap interval]), 4 samples" in done.stdout
-    for method in ("smgeo", "click_zeroed", "centre_box", "best epoch", "by size", "smgeo - click_zeroed"):
-        assert method in done.stdout
-    results = json.loads(storage.read_text(f"{s3_bucket}/project/runs/smgeo_quickstart/results.json"))
-    assert results["prepare"]["rows"]["train"] and results["train"]["model"]["test"]["smgeo"]["count"] == 4
-    assert results["prepare"]["location"] == f"{s3_bucket}/project/runs/smgeo_quickstart/prepared"
-    assert [p.name for p in tmp_path.iterdir()] == ["thesis.txt"]  # nothing written to local disk here
-    assert {loc: hashlib.sha256(storage.read_bytes(loc)).hexdigest() for loc in users} == before

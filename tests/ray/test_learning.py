@@ -119,7 +119,7 @@ def pe_moe_run(spec: JobSpec, prepared: PreparedDataset, loop: LoopConfig, folde
     from geomoe.families.pe_moe.step import training_task
     from geomoe.models.checkpoint import save_checkpoint
 
-    table = split_rows(prepared, "train", spec)
+    table = split_rows(prepared, "train", spec.model_as(PEMoEModelSpec))
     columns = columns_of(table, COLUMNS) | {"expert": table["expert"].to_numpy()}
     decode = DecodeImages(spec.model_as(PEMoEModelSpec).image.image_size, False, PreparedImages(prepared).fetch)
     torch.manual_seed(spec.seed)
@@ -132,10 +132,10 @@ def pe_moe_run(spec: JobSpec, prepared: PreparedDataset, loop: LoopConfig, folde
 
 def pe_moe_loop(spec: JobSpec, prepared: PreparedDataset) -> LoopConfig:
     from geomoe.families.pe_moe.driver import split_rows
-    from geomoe.families.pe_moe.spec import PEMoETrainSpec
+    from geomoe.families.pe_moe.spec import PEMoEModelSpec, PEMoETrainSpec
 
     train = spec.train_as(PEMoETrainSpec)
-    steps = split_rows(prepared, "train", spec).num_rows // train.batch_size
+    steps = split_rows(prepared, "train", spec.model_as(PEMoEModelSpec)).num_rows // train.batch_size
     return LoopConfig.of(train, spec.seed, epochs=train.stage1_epochs, steps_per_epoch=steps)
 
 
@@ -240,7 +240,7 @@ def test_each_family_trains_under_bf16_autocast_as_on_a_gpu(
     from geomoe.train import engine
 
     (pe_spec, pe_data), (sm_spec, sm_data) = retrieval, localization
-    pe_rows = split_rows(pe_data, "train", pe_spec)
+    pe_rows = split_rows(pe_data, "train", pe_spec.model_as(PEMoEModelSpec))
     pe_decode = DecodeImages(pe_spec.model_as(PEMoEModelSpec).image.image_size, False, PreparedImages(pe_data).fetch)
     sm_model = sm_spec.model_as(SMGeoModelSpec)
     sm_decode = DecodePairs(sm_model.query_size, sm_model.reference_size, PreparedImages(sm_data).fetch)

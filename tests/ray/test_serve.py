@@ -274,8 +274,9 @@ def offline_reranked(served: dict[str, Any], query: str, generated: dict[str, st
     vectors = np.zeros((1, len(images), 1))  # only diversity reads them
     top_1T = top_n(scores_1N[None], rerank.top_n)
     first_top = (np.take_along_axis(scores_1N[None], top_1T, axis=1), top_1T)
+    max_length = served["spec"].model_as(PEMoEModelSpec).text.max_length
     order, _ = rerank_order(
-        served["model"], served["tokenizer"], served["spec"], [{"caption": query}], first_top, images, vectors, rerank
+        served["model"], served["tokenizer"], max_length, [{"caption": query}], first_top, images, vectors, rerank
     )
     return [index.ids[n] for n in order[0]]
 

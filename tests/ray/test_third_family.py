@@ -3,6 +3,7 @@ through the registry, with nothing under platform/ changed for it."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from geomoe.config import JobSpec, parse_spec
 from geomoe.data.prepared import PreparedDataset
 from geomoe.errors import SpecError
 from geomoe.jobs import run_job, run_job_timed
+from geomoe.stages import job_stages
 
 TOY = str(Path(__file__).resolve().parents[1] / "toy_family.py")
 TOY_MARGIN = 10.0  # points of test accuracy above always answering the most common platform
@@ -59,6 +61,8 @@ def test_family_errors_name_the_key(tiny_synth: tuple[Path, dict]) -> None:
         parse_spec(JobSpec, raw | {"families": ["/x/nowhere.py"]}, "toy.yaml")
     with pytest.raises(SpecError, match=r"toy\.yaml: families: Input should be a valid list"):
         parse_spec(JobSpec, raw | {"families": TOY}, "toy.yaml")
+    with pytest.raises(SpecError, match=r"stages: stage 'platform_shares' needs a 'prepare' stage before it"):
+        parse_spec(JobSpec, raw | {"stages": ["platform_shares", "prepare", "train"]}, "toy.yaml")  # its own check
     with pytest.raises(SpecError, match=r"train\.stage1_epochs: unknown key"):
         parse_spec(JobSpec, raw | {"train": {"stage1_epochs": 2}}, "toy.yaml")  # PE-MoE's, not the toy's
 
@@ -68,10 +72,19 @@ def test_the_toy_family_runs_as_a_job(toy_synth: Path, tmp_path: Path) -> None:
 
     raw = toy_job(toy_synth, tmp_path) | {"baselines": {"still": ["train.lr=1e-12"]}}  # lr 0, as near as allowed
     raw["resources"]["concurrent_models"] = True  # the model and its baseline, each in its own Ray task
+    raw["stages"] = ["prepare", "platform_shares", "train"]  # with a stage of the family's own
     spec = parse_spec(JobSpec, raw, "toy.yaml")
+    assert ("output_root: platform_shares", str(tmp_path / "runs" / "toy" / "platform_shares"), "platform_shares") in (
+        spec.outputs()
+    )  # what the ownership rule checks before any stage runs
     assert type(spec.model).__name__ == "ToyModelSpec" and type(spec.train).__name__ == "ToyTrainSpec"
     timed = run_job_timed(spec)
     results = timed.outputs
+    shares = results["platform_shares"]
+    assert sum(shares.values()) == pytest.approx(1.0) and min(shares.values()) > 0
+    assert json.loads((tmp_path / "runs" / "toy" / "platform_shares" / "shares.json").read_text()) == shares
+    summaries = [stage.summary(spec, results[stage.name]) for stage in job_stages(spec)]  # what the CLI prints
+    assert summaries[1] is not None and summaries[1].startswith("platform shares: satellite ")
     model = results["train"]["model"]
     still = results["train"]["still"]
     assert still["checkpoint"].startswith(str(tmp_path / "runs" / "toy" / "baselines" / "still" / "ray_train"))
@@ -151,7 +164,8 @@ def test_the_toy_family_runs_as_a_two_trial_sweep(
 def test_a_job_with_seeds_trains_once_per_seed_and_reports_the_spread(
     tiny_synth: tuple[Path, dict], tmp_path: Path
 ) -> None:
-    from geomoe.jobs import BY_SEED, train_report
+    from geomoe.results import BY_SEED
+    from geomoe.summaries import train_report
 
     raw = toy_job(tiny_synth[0], tmp_path) | {"seeds": [3, 4]}
     raw["train"] |= {"epochs": 1, "keep_checkpoints": 1}

@@ -36,7 +36,7 @@ def prepared(tiny_synth: tuple[Path, dict], tmp_path_factory: pytest.TempPathFac
     spec = make_spec(work / "synth", work)
     manifest = prepare(spec)
     shutil.rmtree(work / "synth")
-    table = split_rows(PreparedDataset.of(manifest), "train", spec)
+    table = split_rows(PreparedDataset.of(manifest), "train", spec.model_as(PEMoEModelSpec))
     ensure_tiny_models(spec.model, table["caption"].to_pylist())
     return spec, manifest
 
@@ -50,13 +50,13 @@ def stage1(prepared: tuple[JobSpec, dict], tmp_path_factory: pytest.TempPathFact
     """One finished stage 1 (its run folder and record), shared by the tests that start from a stage-1 model."""
     spec, manifest = prepared
     run_dir = tmp_path_factory.mktemp("stage1") / "run"
-    table = split_rows(PreparedDataset.of(manifest), "train", spec)
+    table = split_rows(PreparedDataset.of(manifest), "train", spec.model_as(PEMoEModelSpec))
     return run_dir, fit_stage(spec, run_dir, 1, table, None, images_of(manifest))
 
 
 def test_killed_worker_resumes_from_last_checkpoint(prepared: tuple[JobSpec, dict], tmp_path: Path) -> None:
     spec, manifest = prepared
-    table = split_rows(PreparedDataset.of(manifest), "train", spec)
+    table = split_rows(PreparedDataset.of(manifest), "train", spec.model_as(PEMoEModelSpec))
     marker = tmp_path / "killed"
     spec = spec.model_copy(update={"train": spec.train.model_copy(update={"stage1_epochs": 3})})
     hooks = {"fail_once_at": {"at": [2, 2], "marker": str(marker)}}  # kill a worker mid-way through epoch 2
@@ -72,7 +72,7 @@ def test_rerun_of_finished_stage_resumes_instead_of_restarting(
     prepared: tuple[JobSpec, dict], stage1: tuple[Path, Checkpoint], tmp_path: Path
 ) -> None:
     spec, manifest = prepared
-    table = split_rows(PreparedDataset.of(manifest), "train", spec)
+    table = split_rows(PreparedDataset.of(manifest), "train", spec.model_as(PEMoEModelSpec))
     images = images_of(manifest)
     first = fit_stage(spec, tmp_path / "run", 1, table, None, images)
     # the same spec trained again in another folder (the shared stage-1 fixture), on 2 workers: the same weights
@@ -91,7 +91,7 @@ def test_mining_then_stage2_then_evaluation(
     prepared: tuple[JobSpec, dict], stage1: tuple[Path, Checkpoint], tmp_path: Path
 ) -> None:
     spec, manifest = prepared
-    table = split_rows(PreparedDataset.of(manifest), "train", spec)
+    table = split_rows(PreparedDataset.of(manifest), "train", spec.model_as(PEMoEModelSpec))
     run_dir, first = stage1
     images = images_of(manifest)
     mined = mine_negatives(spec, first.location, table, images)
@@ -101,7 +101,11 @@ def test_mining_then_stage2_then_evaluation(
     stage2 = fit_stage(spec, run_dir, 2, mined, first.location, images)
     assert read_checkpoint(stage2.location)["stage"] == 2
     report = evaluate_checkpoint(spec, stage2.location, PreparedDataset.of(manifest))
-    n_test = split_rows(PreparedDataset.of(manifest), "test", spec).filter(pc.equal(pc.field("augment"), "")).num_rows
+    n_test = (
+        split_rows(PreparedDataset.of(manifest), "test", spec.model_as(PEMoEModelSpec))
+        .filter(pc.equal(pc.field("augment"), ""))
+        .num_rows
+    )
     assert report["counts"]["queries"] == n_test
     for protocol in ("exact", "building"):
         entry = report["retrieval"][protocol]

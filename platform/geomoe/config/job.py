@@ -93,8 +93,6 @@ def _credential_problem(value: Any, key: str = "") -> str | None:
 
 # The spec sections a trained stage depends on (see JobSpec.fingerprint).
 TRAINING_SECTIONS = ("seed", "data", "preprocess", "refine", "families", "model", "train")
-# Stages every family has; a family adds its own (Family.stages), run by the family.
-COMMON_STAGES = ("synth", "prepare", "refine", "caption", "train")
 # What each data.format prepares into (a family trains on one kind).
 DATASET_KINDS = {"geotext": "retrieval", "cvogl": "localization"}
 
@@ -224,29 +222,24 @@ class JobSpec(Strict):
 
     @model_validator(mode="after")
     def _stages_can_run(self) -> JobSpec:
-        """Every stage's preconditions, checked before any stage runs."""
-        family = registry.family(self.model.name)
-        known = (*COMMON_STAGES, *family.stages)
+        """Every stage's preconditions (geomoe.stages: each stage's ``check``), checked before any stage runs."""
+        from geomoe.stages import stages_of
+
+        family, known = registry.family(self.model.name), stages_of(self)
         unknown = [s for s in self.stages if s not in known]
         if unknown:
             raise ValueError(f"stages: {unknown[0]!r} is not a stage of {family.name} jobs (stages: {list(known)})")
         if len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds: {self.seeds} repeats a seed")
-        if "synth" in self.stages:
-            self._check_synth_folder()
-        if "refine" in self.stages and self.refine is None:
-            raise ValueError("stage 'refine' needs a refine section (engine, output_dir)")
-        if "caption" in self.stages and self.caption is None:
-            raise ValueError("stage 'caption' needs a caption section (engine, output)")
-        kind = DATASET_KINDS[self.data.format]
-        if "train" in self.stages and kind != family.dataset_kind:
-            raise ValueError(
-                f"data.format: {self.data.format} prepares {kind} data, and {family.name} trains on "
-                f"{family.dataset_kind} data"
-            )
+        for name in self.stages:
+            known[name].check(self)
         family.check_job(self)
         self._check_outputs_apart()
         return self
+
+    def dataset_kind(self) -> str:
+        """What the data section prepares: "retrieval" or "localization" (DATASET_KINDS)."""
+        return DATASET_KINDS[self.data.format]
 
     def _check_outputs_apart(self) -> None:
         """No output lies in (or is) another, and none holds the run folder: one stage's publish would replace
@@ -261,22 +254,6 @@ class JobSpec(Strict):
                         f"{inner_key}: {location if holds else other} lies in {outer_key}; give each output a "
                         "folder of its own"
                     )
-
-    def _check_synth_folder(self) -> None:
-        """synth writes into a folder of its own, and the job reads its data from inside that folder."""
-        synth = self.data.synthesize
-        if synth is None:
-            raise ValueError("stage 'synth' needs data.synthesize")
-        if synth.output_dir is None:
-            raise ValueError(
-                "data.synthesize.output_dir: stage 'synth' needs the folder it writes into (a folder of its own; "
-                "data.root must lie inside it, e.g. output_dir: data/synthgeo with root: data/synthgeo/geotext)"
-            )
-        if not storage.is_inside(self.data.root, synth.output_dir):
-            raise ValueError(
-                f"data.root: {self.data.root} is not inside data.synthesize.output_dir ({synth.output_dir}), the "
-                "folder synth writes; set data.synthesize.output_dir to the folder synth may own"
-            )
 
     def model_as(self, kind: type[SectionT]) -> SectionT:
         """The model section as the family's class ``kind`` (an error naming the job otherwise)."""
@@ -310,29 +287,12 @@ class JobSpec(Strict):
 
     def outputs(self) -> list[tuple[str, str, str]]:
         """(spec key, location, stage) of every folder this job's stages create or replace (the caption store is a
-        file): what the ownership rule checks before any stage runs. A baseline that prepares its own table
-        writes it in the train stage."""
+        file): what the ownership rule checks before any stage runs."""
+        from geomoe.stages import job_stages
+
         found = [("output_root", self.run_folder(), "run")]
-        synth = self.data.synthesize
-        if "synth" in self.stages and synth is not None and synth.output_dir:
-            found.append(("data.synthesize.output_dir", synth.output_dir, "synth"))
-        if "prepare" in self.stages:
-            found.append(("preprocess.output_dir", self.preprocess.output_dir, "prepare"))
-        if "train" in self.stages:
-            for name in self.baselines:
-                folder = self.baseline(name).preprocess.output_dir
-                if folder != self.preprocess.output_dir:
-                    found.append((f"baselines.{name}: preprocess.output_dir", folder, "prepare"))
-        sections: dict[str, tuple[BaseModel | None, str]] = {
-            "refine": (self.refine, "output_dir"),
-            "caption": (self.caption, "output"),
-            "index": (self.index, "output_dir"),
-            "track4_submission": (self.track4, "output_dir"),
-        }
-        for stage, (section, key) in sections.items():
-            if stage in self.stages and section is not None:
-                name = "track4" if stage == "track4_submission" else stage
-                found.append((f"{name}.{key}", getattr(section, key), stage))
+        for stage in job_stages(self):
+            found += [(key, location, stage.name) for key, location in stage.outputs(self)]
         return found
 
     def baseline(self, name: str) -> JobSpec:

@@ -2,7 +2,8 @@
 
 A family subclasses ``Family``, sets its class attributes, implements ``build_model`` and ``training_task``
 (the worker side: model, step, evaluation), and either ``datasets`` + ``evaluate`` (the default ``train``:
-one stage, the best epoch by ``best_by``, then a test evaluation of that checkpoint) or its own ``train``.
+one stage, the best epoch by ``best_by``, then a test evaluation of that checkpoint) or its own ``train``. Job
+stages of its own are ``geomoe.stages.Stage`` objects in ``stages``; its Serve deployments, ``serve_deployments``.
 It registers itself with ``geomoe.registry.register`` (built-in families through the ``geomoe.families``
 entry points). Nothing outside a family's package names the family: everything dispatches through here.
 """
@@ -17,8 +18,7 @@ import numpy as np
 from geomoe import storage
 from geomoe.config import FamilyModelSpec, JobSpec, TrainSpec
 from geomoe.data.prepared import PreparedDataset
-from geomoe.errors import SpecError
-from geomoe.results import JobResults
+from geomoe.stages import Stage
 
 if TYPE_CHECKING:
     import torch
@@ -51,15 +51,16 @@ class Family:
     train_spec: ClassVar[type[TrainSpec]] = TrainSpec
     dataset_kind: ClassVar[str] = "retrieval"  # what its prepared data is (config.DATASET_KINDS)
     default: ClassVar[bool] = False  # the family of a ``model`` section without a name
-    stages: ClassVar[tuple[str, ...]] = ()  # job stages of its own, run by ``run_stage``
+    stages: ClassVar[tuple[Stage, ...]] = ()  # job stages of its own (geomoe.stages.Stage)
     best_by: ClassVar[str | None] = None  # a per-epoch metric to keep the best checkpoint by (max)
 
     # --- spec ---
     def check_job(self, spec: JobSpec) -> None:
         """Cross-section checks at validation time; raise ValueError("key: reason"). Default: no index or track4
         section unless the family has the stage that reads it."""
+        own = {stage.name for stage in self.stages}
         for section, stage in (("index", "index"), ("track4", "track4_submission")):
-            if getattr(spec, section) is not None and stage not in self.stages:
+            if getattr(spec, section) is not None and stage not in own:
                 raise ValueError(f"{section}: {self.name} jobs have no {stage!r} stage to use this section")
 
     def epochs(self, spec: JobSpec) -> int:
@@ -122,10 +123,6 @@ class Family:
             storage.join(run_dir, "eval_test.json"), spec, 1, lambda: self.evaluate(spec, checkpoint, prepared)
         )
         return {"checkpoint": checkpoint, "best_epoch": record.epoch, "validation": record.reported, "test": test}
-
-    def run_stage(self, stage: str, spec: JobSpec, results: JobResults) -> dict[str, Any]:
-        """A stage of the family's own (``stages``); ``results`` holds the earlier stages' results."""
-        raise SpecError(f"job {spec.name}", "stages", f"{self.name} has no stage {stage!r}")
 
     # --- serving ---
     def serve_deployments(self) -> dict[str, Any]:

@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from geomoe import __version__, ownership, storage
-from geomoe.config import JobSpec
+from geomoe.config import JobSpec, PreprocessSpec
 from geomoe.data import image_table
 from geomoe.data.prepare import PREPARED_SCHEMA, LocalizationChecker, RowPreparer
 from geomoe.data.records import LOCALIZATION_SCHEMA, RETRIEVAL_SCHEMA, RejectLog, records_to_table
@@ -36,12 +36,12 @@ LAYOUT = 2  # 2: image bytes in the images/ table (a folder of layout 1 is prepa
 RECORDS_PER_TASK = 4096  # about 1,400 GeoText images, ~70 MB: one task's image shard
 
 
-def _refinement(spec: JobSpec) -> dict[str, Any] | None:
+def _refinement(preprocess: PreprocessSpec) -> dict[str, Any] | None:
     """Which refinement the training captions get, with the rules' hash (part of the inputs)."""
-    if spec.preprocess.refine == "none":
+    if preprocess.refine == "none":
         return None
-    rules = load_rules(spec.preprocess.refine_rules)
-    return {"engine": "rules", "rules": spec.preprocess.refine_rules or "builtin:v1", "rules_sha256": rules.sha256}
+    rules = load_rules(preprocess.refine_rules)
+    return {"engine": "rules", "rules": preprocess.refine_rules or "builtin:v1", "rules_sha256": rules.sha256}
 
 
 def _inputs_key(spec: JobSpec, source: SourceRecords) -> str:
@@ -50,7 +50,7 @@ def _inputs_key(spec: JobSpec, source: SourceRecords) -> str:
         {
             "data": spec.data.model_dump(mode="json", exclude={"synthesize"}),
             "options": options,
-            "refine": _refinement(spec),
+            "refine": _refinement(spec.preprocess),
             "files": source.files,
             "seed": spec.seed,
             "layout": LAYOUT,
@@ -203,7 +203,7 @@ def prepare(spec: JobSpec) -> dict[str, Any]:
         "images": _image_summary(out),
         "input_records": len(source),
         **_counts(good, source.kind),
-        "refine": _refinement(spec),
+        "refine": _refinement(spec.preprocess),
         "rejected": {
             "count": len(rejects),
             "by_reason": rejects.reasons(),

@@ -97,7 +97,7 @@ def run_trial(config: dict[str, Any], sweep_raw: dict[str, Any], base_path: str,
         per_query = trial_per_query(spec, result)
         write_per_query(run_dir, per_query)  # before the result file: a "finished" file has its values beside it
     except Exception as err:
-        outcome = {"params": point, "status": "failed", "error": f"{type(err).__name__}: {err}"}
+        outcome: dict[str, Any] = {"params": point, "status": "failed", "error": f"{type(err).__name__}: {err}"}
         outcome["traceback"] = traceback.format_exc()[-4000:]
         storage.write_json_atomic(result_path, outcome)
         raise

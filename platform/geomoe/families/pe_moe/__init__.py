@@ -4,6 +4,7 @@ two-stage training with mined hard negatives), plus its stages ``index`` (the se
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -11,9 +12,10 @@ import numpy as np
 from geomoe.config import JobSpec
 from geomoe.data.prepared import PreparedDataset
 from geomoe.families.base import Family, Loaded
+from geomoe.families.pe_moe.report import index_summary
 from geomoe.families.pe_moe.spec import PEMoEModelSpec, PEMoETrainSpec
 from geomoe.metrics import entry_values, track4_score
-from geomoe.results import JobResults
+from geomoe.stages import Stage
 
 if TYPE_CHECKING:
     import torch
@@ -21,13 +23,33 @@ if TYPE_CHECKING:
     from geomoe.train.engine import LoopConfig, TrainingTask
 
 
-def _checkpoint(spec: JobSpec, given: str | None, results: JobResults, stage: str) -> str:
-    checkpoint = given or results.trained_checkpoint()
-    if checkpoint is None:  # JobSpec validation makes sure a checkpoint is given or trained first
-        raise AssertionError(f"stage {stage!r} has no checkpoint")
-    from geomoe.tracking import checkpoint_location
+def _checked_stage(stage: str, key: str, needs: str) -> Callable[[JobSpec], None]:
+    """A stage that reads the ``key`` section and a checkpoint: given there, or trained by an earlier stage."""
 
-    return checkpoint_location(str(checkpoint))  # a registry URI (models:/...) becomes its version's checkpoint
+    def check(spec: JobSpec) -> None:
+        section = getattr(spec, key)
+        if section is None:
+            raise ValueError(f"stages: stage {stage!r} needs {needs}")
+        trained = "train" in spec.stages[: spec.stages.index(stage)]
+        if section.checkpoint is None and not trained:
+            raise ValueError(f"{key}.checkpoint: stage {stage!r} needs a checkpoint, or a 'train' stage before it")
+
+    return check
+
+
+INDEX = Stage(
+    "index",
+    "geomoe.families.pe_moe.pipelines:run_index",
+    check=_checked_stage("index", "index", "an index section (output_dir)"),
+    outputs=lambda spec: [("index.output_dir", spec.index.output_dir)] if spec.index else [],
+    summary=lambda spec, result: index_summary(result),
+)
+TRACK4_SUBMISSION = Stage(
+    "track4_submission",
+    "geomoe.families.pe_moe.pipelines:run_track4_submission",
+    check=_checked_stage("track4_submission", "track4", "a track4 section (queries, gallery, output_dir)"),
+    outputs=lambda spec: [("track4.output_dir", spec.track4.output_dir)] if spec.track4 else [],
+)
 
 
 class PEMoEFamily(Family):
@@ -36,18 +58,7 @@ class PEMoEFamily(Family):
     train_spec = PEMoETrainSpec
     dataset_kind = "retrieval"
     default = True  # job specs from before SMGeo have no model.name
-    stages = ("index", "track4_submission")
-
-    def check_job(self, spec: JobSpec) -> None:
-        needs = {"index": "an index section (output_dir)", "track4": "a track4 section (queries, gallery, output_dir)"}
-        for stage, key, section in (("index", "index", spec.index), ("track4_submission", "track4", spec.track4)):
-            if stage not in spec.stages:
-                continue
-            if section is None:
-                raise ValueError(f"stages: stage {stage!r} needs {needs[key]}")
-            trained = "train" in spec.stages[: spec.stages.index(stage)]
-            if section.checkpoint is None and not trained:
-                raise ValueError(f"{key}.checkpoint: stage {stage!r} needs a checkpoint, or a 'train' stage before it")
+    stages = (INDEX, TRACK4_SUBMISSION)
 
     def build_model(self, spec: JobSpec) -> torch.nn.Module:
         from geomoe.families.pe_moe.factory import build_pe_moe
@@ -78,23 +89,6 @@ class PEMoEFamily(Family):
         from geomoe.families.pe_moe.driver import train_and_evaluate
 
         return train_and_evaluate(spec, prepared, run_dir)
-
-    def run_stage(self, stage: str, spec: JobSpec, results: JobResults) -> dict[str, Any]:
-        if stage == "index":
-            from geomoe.families.pe_moe.pipelines import build_index
-
-            assert spec.index is not None  # checked by JobSpec validation
-            manifest = results.outputs.get("prepare")  # this run's, else the folder's (an earlier run)
-            if manifest is None:
-                manifest = PreparedDataset.open(spec.preprocess.output_dir, "stage 'index'").manifest
-            return build_index(spec, manifest, _checkpoint(spec, spec.index.checkpoint, results, stage))
-        if stage == "track4_submission":
-            from geomoe.families.pe_moe.pipelines import submit_track4
-
-            assert spec.track4 is not None  # checked by JobSpec validation
-            checkpoint = _checkpoint(spec, spec.track4.checkpoint, results, stage)
-            return submit_track4(checkpoint, spec.track4, spec.resources.data_concurrency)
-        return super().run_stage(stage, spec, results)
 
     def serve_deployments(self) -> dict[str, Any]:
         from geomoe.families.pe_moe.serving import GallerySearch, QueryEncoder, Reranker

@@ -32,10 +32,10 @@ from geomoe.train.run import cached_result, recorded_stage, run_trainer
 COLUMNS = ["caption", "statements", "image_path", "image_id", "building_id", "platform"]
 
 
-def split_rows(prepared: PreparedDataset, split: str, spec: JobSpec) -> pa.Table:
+def split_rows(prepared: PreparedDataset, split: str, model: PEMoEModelSpec) -> pa.Table:
     """Rows of one split of a prepared table, with the expert index of each row's platform."""
     table = prepared.read_split(split, columns=[*COLUMNS, "augment"])
-    expert_of = spec.model_as(PEMoEModelSpec).expert_of()
+    expert_of = model.expert_of()
     unknown = sorted(set(table["platform"].to_pylist()) - set(expert_of))
     if unknown:
         raise DatasetError(f"model.experts: no expert owns platform(s) {unknown} present in the {split} split")
@@ -58,10 +58,10 @@ def training_datasets(table: pa.Table, spec: JobSpec, negatives: bool, fetch: Fe
     }
 
 
-def expert_rows(table: pa.Table, spec: JobSpec) -> dict[str, int]:
+def expert_rows(table: pa.Table, model: PEMoEModelSpec) -> dict[str, int]:
     """Training rows of each expert that has any (the groups of ``batching: expert``)."""
-    counts = np.bincount(table["expert"].to_numpy(), minlength=len(spec.model_as(PEMoEModelSpec).experts))
-    return {e.name: int(n) for e, n in zip(spec.model_as(PEMoEModelSpec).experts, counts, strict=True) if n}
+    counts = np.bincount(table["expert"].to_numpy(), minlength=len(model.experts))
+    return {e.name: int(n) for e, n in zip(model.experts, counts, strict=True) if n}
 
 
 def _decoded(table: pa.Table, spec: JobSpec, negatives: bool, fetch: Fetch | None) -> Any:
@@ -95,7 +95,7 @@ def fit_stage(
     if recorded is not None:
         return recorded
     train = spec.train_as(PEMoETrainSpec)
-    groups = expert_rows(table, spec) if train.batching == "expert" else {}
+    groups = expert_rows(table, spec.model_as(PEMoEModelSpec)) if train.batching == "expert" else {}
     loop = LoopConfig.of(
         train,
         spec.seed,
@@ -133,8 +133,8 @@ def mine_negatives(spec: JobSpec, checkpoint: str, table: pa.Table, images: Prep
     (``hard_negative_paths`` on the model's embeddings of the training rows and images)."""
     rows = table.to_pylist()
     paths = sorted({r["image_path"] for r in rows})
-    loaded, vectors = embedded_images(spec, checkpoint, paths, images.fetch)
-    negatives = on_model_device(spec, checkpoint, loaded, _mined, spec, rows, paths, vectors)
+    loaded, vectors = embedded_images(spec.resources, checkpoint, paths, images.fetch)
+    negatives = on_model_device(spec.resources, checkpoint, loaded, _mined, spec, rows, paths, vectors)
     return table.append_column("negative_paths", pa.array(negatives, pa.list_(pa.string())))
 
 
@@ -201,11 +201,15 @@ def evaluate_checkpoint(
     """The test split's report (``evaluate_pe_moe``): images embedded by the actors (their bytes from ``images``,
     by default ``prepared``'s image table), then the captions embedded and scored where the model is (a GPU task
     with ``resources.use_gpu``)."""
-    rows = split_rows(prepared, "test", spec).filter(pc.equal(pc.field("augment"), "")).to_pylist()
+    rows = (
+        split_rows(prepared, "test", spec.model_as(PEMoEModelSpec))
+        .filter(pc.equal(pc.field("augment"), ""))
+        .to_pylist()
+    )
     gallery, _ = gallery_from_rows(rows)
     fetch = (images or PreparedImages(prepared)).fetch
-    loaded, vectors = embedded_images(spec, checkpoint, [im["image_path"] for im in gallery], fetch)
-    return on_model_device(spec, checkpoint, loaded, _evaluated, spec, rows, vectors)
+    loaded, vectors = embedded_images(spec.resources, checkpoint, [im["image_path"] for im in gallery], fetch)
+    return on_model_device(spec.resources, checkpoint, loaded, _evaluated, spec, rows, vectors)
 
 
 def _evaluated(
@@ -216,7 +220,7 @@ def _evaluated(
 
 def train_and_evaluate(spec: JobSpec, prepared: PreparedDataset, run_dir: str) -> dict[str, Any]:
     """Stage 1 -> evaluation -> mining -> stage 2 -> evaluation; each step skipped if already recorded."""
-    table = split_rows(prepared, "train", spec)
+    table = split_rows(prepared, "train", spec.model_as(PEMoEModelSpec))
     images = PreparedImages(prepared)  # loaded into the object store once, for every step that embeds or trains
     results: dict[str, Any] = {}
     stage1 = fit_stage(spec, run_dir, 1, table, None, images)
@@ -245,6 +249,6 @@ def train_and_evaluate(spec: JobSpec, prepared: PreparedDataset, run_dir: str) -
 
 def ensure_tiny(spec: JobSpec, prepared: PreparedDataset) -> None:
     """Build the tiny models ``model.tiny`` asks for, on the prepared training captions (originals)."""
-    table = split_rows(prepared, "train", spec)
+    table = split_rows(prepared, "train", spec.model_as(PEMoEModelSpec))
     captions = table.filter(pc.equal(table["augment"], ""))["caption"].to_pylist()
     ensure_tiny_models(spec.model_as(PEMoEModelSpec), captions, spec.seed)

@@ -88,9 +88,10 @@ def evaluate_pe_moe(
     top_scores_QT, top_QT = top_candidates(asked, gallery_ND, depth, device)
     if spec.eval.rerank:
         report["reranked"] = {}
+    max_length = spec.model_as(PEMoEModelSpec).text.max_length
     for rerank in spec.eval.rerank:
         n = min(rerank.top_n, len(images))
-        order_QT, uncaptioned = rerank_order(model, tokenizer, spec, rows, (top_scores_QT[:, :n], top_QT[:, :n]),
+        order_QT, uncaptioned = rerank_order(model, tokenizer, max_length, rows, (top_scores_QT[:, :n], top_QT[:, :n]),
                                              images, image_vectors, rerank)  # fmt: skip
         report["reranked"][rerank.name] = {
             protocol: recall_entry(ranks_in_order(order_QT, *labels[protocol], ranks[protocol][0]), ks)
@@ -104,7 +105,7 @@ def evaluate_pe_moe(
 def rerank_order(
     model: PEMoE,
     tokenizer: Any,
-    spec: JobSpec,
+    max_length: int,
     rows: Sequence[dict[str, Any]],
     first_top: tuple[np.ndarray, np.ndarray],
     images: Sequence[dict[str, Any]],
@@ -121,7 +122,6 @@ def rerank_order(
     captions = [c for im in images for c in store.get(im["image_id"], [])]
     first_caption = np.cumsum([0] + [len(store.get(im["image_id"], [])) for im in images])
     first_QT, top_QT = first_top
-    length = spec.model_as(PEMoEModelSpec).text.max_length
     caption_QT = caption_evidence(
         [r["caption"] for r in rows],
         top_QT,
@@ -129,7 +129,7 @@ def rerank_order(
         captions,
         rerank.dense_weight,
         rerank.lexical_weight,
-        lambda texts: embed_dense_texts(model, tokenizer, texts, length),
+        lambda texts: embed_dense_texts(model, tokenizer, texts, max_length),
         LexicalScorer(captions),
     )
     order_QT = reranked_order(fuse_top(first_QT, caption_QT, rerank.weight, rerank.normalise), top_QT)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import numpy as np
 
 from geomoe import ownership, storage
-from geomoe.config import IndexSpec, JobSpec, Track4Spec
+from geomoe.config import IndexSpec, JobSpec, ResourcesSpec, Track4Spec
 from geomoe.data.images import Fetch
 from geomoe.data.prepared import PreparedDataset
 from geomoe.data.records import RejectLog
@@ -34,6 +34,8 @@ from geomoe.families.pe_moe.spec import PEMoEModelSpec
 
 if TYPE_CHECKING:
     from geomoe.families.pe_moe.model import PEMoE
+    from geomoe.results import JobResults
+    from geomoe.stages import StageContext
 
 
 T = TypeVar("T")
@@ -107,13 +109,12 @@ def embed_images(
 
 
 def embedded_images(
-    spec: JobSpec, checkpoint: str, paths: Sequence[str], fetch: Fetch | None = None
+    res: ResourcesSpec, checkpoint: str, paths: Sequence[str], fetch: Fetch | None = None
 ) -> tuple[Loaded | None, np.ndarray]:
     """The checkpoint loaded here (None with ``resources.use_gpu``: GPUs do the work and the driver may have none)
     and v (K, N, D) of ``paths`` by the embedding actors (a GPU each with ``use_gpu``) or, for a small set, here."""
     from geomoe.families.pe_moe.factory import load_pe_moe
 
-    res = spec.resources
     loaded = None if res.use_gpu else load_pe_moe(checkpoint)
     vectors = embed_images(
         checkpoint, paths, res.data_concurrency, in_driver_max=res.embed_in_driver_max,
@@ -122,14 +123,15 @@ def embedded_images(
     return loaded, vectors
 
 
-def on_model_device(spec: JobSpec, checkpoint: str, loaded: Loaded | None, work: Callable[..., T], *args: Any) -> T:
+def on_model_device(
+    res: ResourcesSpec, checkpoint: str, loaded: Loaded | None, work: Callable[..., T], *args: Any
+) -> T:
     """``work(model, tokenizer, trained_spec, *args)`` with the checkpoint's model: with ``resources.use_gpu``, in a
     Ray task holding one GPU with the model moved onto it (the driver may have no GPU; text embedding and blockwise
     scoring then run there); else in this process with ``loaded`` (or the checkpoint loaded now)."""
-    if spec.resources.use_gpu:
+    if res.use_gpu:
         import ray
 
-        res = spec.resources
         task = ray.remote(num_gpus=1, num_cpus=res.cpus_per_worker, resources=res.worker_resources)(_on_gpu)
         result: T = ray.get(task.remote(checkpoint, work, *args))
         return result
@@ -176,10 +178,10 @@ def build_index(spec: JobSpec, manifest: dict[str, Any], checkpoint: str) -> dic
     if saved is not None:
         return saved  # the same checkpoint, gallery and settings: embedding again would write the same index
     fetch = PreparedImages(PreparedDataset.of(manifest)).fetch
-    loaded, v_KND = embedded_images(spec, checkpoint, [im["image_path"] for im in images], fetch)
+    loaded, v_KND = embedded_images(spec.resources, checkpoint, [im["image_path"] for im in images], fetch)
     rows = index_rows(v_KND, cfg.dtype)
     queries = _queries(manifest, cfg.split)
-    t_KQD, g_QK, experts = on_model_device(spec, checkpoint, loaded, _embedded_queries, queries)
+    t_KQD, g_QK, experts = on_model_device(spec.resources, checkpoint, loaded, _embedded_queries, queries)
     faiss_info, faiss_indexes = _faiss_files(rows, query_rows(t_KQD, g_QK), cfg)
     info = {
         "checkpoint": checkpoint,
@@ -277,3 +279,30 @@ def submit_track4(checkpoint: str, track4: Track4Spec, concurrency: int = 1) -> 
     txt, archive = write_submission(track4.output_dir, rankings)
     return {"submission": str(txt), "zip": str(archive), "queries": len(rankings), "checkpoint": checkpoint,
             "output_dir": str(Path(track4.output_dir).resolve())}  # fmt: skip
+
+
+def _checkpoint(given: str | None, results: JobResults, stage: str) -> str:
+    """The stage's checkpoint: the section's, else the job's trained model; a registry URI (models:/...)
+    becomes its version's checkpoint."""
+    from geomoe.tracking import checkpoint_location
+
+    checkpoint = given or results.trained_checkpoint()
+    if checkpoint is None:  # the stage's check makes sure a checkpoint is given or trained first
+        raise AssertionError(f"stage {stage!r} has no checkpoint")
+    return checkpoint_location(str(checkpoint))
+
+
+def run_index(spec: JobSpec, context: StageContext) -> dict[str, Any]:
+    """The ``index`` stage (geomoe.families.pe_moe.INDEX)."""
+    assert spec.index is not None  # checked by the stage's check
+    manifest = context.results.outputs.get("prepare")  # this run's, else the folder's (an earlier run)
+    if manifest is None:
+        manifest = PreparedDataset.open(spec.preprocess.output_dir, "stage 'index'").manifest
+    return build_index(spec, manifest, _checkpoint(spec.index.checkpoint, context.results, "index"))
+
+
+def run_track4_submission(spec: JobSpec, context: StageContext) -> dict[str, Any]:
+    """The ``track4_submission`` stage (geomoe.families.pe_moe.TRACK4_SUBMISSION)."""
+    assert spec.track4 is not None  # checked by the stage's check
+    checkpoint = _checkpoint(spec.track4.checkpoint, context.results, "track4_submission")
+    return submit_track4(checkpoint, spec.track4, spec.resources.data_concurrency)

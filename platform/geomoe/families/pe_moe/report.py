@@ -1,5 +1,5 @@
 """PE-MoE's results as the CLI prints them: the R@K table per protocol with intervals, the paired differences,
-and a sample query (no Ray)."""
+a sample query, and the index stage's summary (no Ray)."""
 
 from __future__ import annotations
 
@@ -95,4 +95,15 @@ def sample_query(report: dict[str, Any]) -> str:
         mark = "*" if hit["same_building"] else " "
         lines.append(f"  {rank}. {mark} {hit['image_id']:<28} {hit['score']:.3f}")
     lines.append("  (* = the query's building)")
+    return "\n".join(lines)
+
+
+def index_summary(report: dict[str, Any]) -> str:
+    lines = [
+        f"serving index: {report['count']} {report['split']} images x {report['dim']} ({report['dtype']}, "
+        f"experts {'/'.join(report['experts'])}) in {report['seconds']} s"
+    ]
+    for kind, faiss in report.get("faiss", {}).items():
+        recall = {k: v for k, v in faiss.items() if k.startswith("recall")}
+        lines.append(f"  faiss {kind}: " + ", ".join(f"{k} {v}" for k, v in recall.items()))
     return "\n".join(lines)
