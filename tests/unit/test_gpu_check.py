@@ -3,6 +3,7 @@ paper's sizes); without a GPU the command says so in one line, and so does ``mak
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -13,6 +14,7 @@ import torch
 import yaml
 
 from geomoe.bench import gpu, gpu_smoke
+from geomoe.families.smgeo import bench_gpu as smgeo_gpu
 from geomoe.serving.config import check_serve_schema
 
 REPOSITORY = Path(__file__).resolve().parents[2]
@@ -32,18 +34,17 @@ def test_every_part_runs_at_toy_sizes_on_the_cpu() -> None:
         assert step["mfu"] is None and step["peak_memory_GiB"] is None  # no GPU peak to divide by
     assert result["pe_moe_step"]["frozen_M"] > 0  # the trunks stay frozen
     search = result["exact_search"]
-    assert search["rows"] == gpu.TINY.gallery and 0 <= search["q1"]["bandwidth_fraction"] < 10
+    assert search["rows"] == gpu.TINY_SEARCH.gallery and 0 <= search["q1"]["bandwidth_fraction"] < 10
     assert result["serve_encoder"]["batch32"]["queries_per_s"] > 0
     assert "PE-MoE step" in result["summary"] and "encoder" in result["summary"]
 
 
 def test_flops_counted_for_a_step_grow_with_the_batch() -> None:
     """MFU's numerator comes from torch's FlopCounterMode over one real step: twice the rows, about twice it."""
-    sizes = gpu.TINY
-    small = gpu.smgeo_step(sizes, torch.device("cpu"))["flop_per_step"]
-    double = gpu.smgeo_step(gpu.Sizes(**{**sizes.__dict__, "smgeo_batch": 2 * sizes.smgeo_batch}), torch.device("cpu"))[
-        "flop_per_step"
-    ]
+    sizes = smgeo_gpu.TINY
+    small = smgeo_gpu.smgeo_step(sizes, torch.device("cpu"))["flop_per_step"]
+    twice = dataclasses.replace(sizes, smgeo_batch=2 * sizes.smgeo_batch)
+    double = smgeo_gpu.smgeo_step(twice, torch.device("cpu"))["flop_per_step"]
     assert np.isclose(double / small, 2.0, rtol=0.1)
 
 

@@ -90,7 +90,7 @@ def bench_gmoe(
         "rows": rows,
     }
     if device.type == "cuda":  # the paper's SMGeo step: the same measurement as make gpu-check's
-        from geomoe.bench.gpu import REAL, smgeo_step
+        from geomoe.families.smgeo.bench_gpu import REAL, smgeo_step
 
         result["real_size_smgeo"] = smgeo_step(REAL, device)
     last = rows[-1]
