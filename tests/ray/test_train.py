@@ -17,6 +17,7 @@ from geomoe.data.prepared import PreparedDataset
 from geomoe.families.pe_moe.driver import evaluate_checkpoint, fit_stage, mine_negatives, split_rows
 from geomoe.families.pe_moe.factory import ensure_tiny_models
 from geomoe.families.pe_moe.report import retrieval_table
+from geomoe.families.pe_moe.results import PEMoEResult
 from geomoe.families.pe_moe.spec import PEMoEModelSpec
 from geomoe.metrics import recall_at_k
 from geomoe.models.checkpoint import read_checkpoint
@@ -118,7 +119,7 @@ def test_mining_then_stage2_then_evaluation(
     # the job's table prints the intervals and pairs stage 2 with stage 1 over the same queries
     stage1_report = evaluate_checkpoint(spec, first.location, PreparedDataset.of(manifest))
     assert stage1_report["query_set"] == report["query_set"]
-    table = retrieval_table({"model": {"stage1": stage1_report, "stage2": report}})
+    table = retrieval_table({"model": PEMoEResult.of({"stage1": stage1_report, "stage2": report})})
     assert "paired differences (95% interval; * = excludes 0):" in table and "model stage2 - stage1" in table
     assert "routing_accuracy" in report  # its value on hand-made gates: tests/unit/test_mining_eval.py
 

@@ -13,8 +13,8 @@ from geomoe.config import JobSpec
 from geomoe.data.prepared import PreparedDataset
 from geomoe.families.base import Family, Loaded
 from geomoe.families.pe_moe.report import index_summary
+from geomoe.families.pe_moe.results import PEMoEResult, Recall, protocol_prefix
 from geomoe.families.pe_moe.spec import PEMoEModelSpec, PEMoETrainSpec
-from geomoe.metrics import entry_values, track4_score
 from geomoe.stages import Stage
 
 if TYPE_CHECKING:
@@ -97,68 +97,58 @@ class PEMoEFamily(Family):
 
     def metrics(self, result: dict[str, Any]) -> dict[str, float]:
         """R@K (and Score) per protocol of the final stage, the protocol as a prefix except for exact; routing."""
-        final = result.get("stage2") or result["stage1"]
+        final = PEMoEResult.of(result).final
         metrics = {}
-        for protocol, report in final["retrieval"].items():
-            prefix = "" if protocol == "exact" else f"{protocol}_"
-            recall = report["t2i"]
-            metrics.update({f"{prefix}{k}": float(v) for k, v in recall.items()})
-            if {"R@1", "R@5", "R@10"} <= set(recall):
-                metrics[f"{prefix}Score"] = track4_score(recall)
-        if "routing_accuracy" in final:
-            metrics["routing"] = float(final["routing_accuracy"])
+        for protocol, recall in final.retrieval.items():
+            metrics.update({f"{protocol_prefix(protocol)}{k}": v for k, v in _with_score(recall).items()})
+        if final.routing is not None:
+            metrics["routing"] = final.routing
         return metrics
 
     def tracked_metrics(self, result: dict[str, Any]) -> dict[str, float]:
         """``metrics``, and every evaluated stage's and re-ranking's R@K and Score per protocol: ``stage1.R@1``,
         ``stage2.building.R@1``, ``stage2.reranked.CGRS-scene.R@1``."""
         metrics = self.metrics(result)
-        for stage in ("stage1", "stage2"):
-            report = result.get(stage)
-            if report is None:
-                continue
-            metrics |= _recalls(stage, report["retrieval"])
-            for method, reranked in report.get("reranked", {}).items():
+        for stage, evaluation in PEMoEResult.of(result).stages.items():
+            metrics |= _recalls(stage, evaluation.retrieval)
+            for method, reranked in evaluation.reranked.items():
                 metrics |= _recalls(f"{stage}.reranked.{method}", reranked)
         return metrics
 
     def query_values(self, result: dict[str, Any]) -> dict[str, np.ndarray]:
         """Each caption's hits (R@K, Score) of the final stage, per protocol, named as ``metrics`` names them."""
-        final = result.get("stage2") or result["stage1"]
         values = {}
-        for protocol, report in final["retrieval"].items():
-            if "t2i_ranks" not in report:  # an evaluation recorded before per-query ranks were kept
-                continue
-            prefix = "" if protocol == "exact" else f"{protocol}_"
-            values.update({f"{prefix}{k}": v for k, v in entry_values(report).items()})
+        for protocol, recall in PEMoEResult.of(result).final.retrieval.items():
+            if recall.ranks is not None:  # else an evaluation recorded before per-query ranks were kept
+                values.update({f"{protocol_prefix(protocol)}{k}": v for k, v in recall.values().items()})
         return values
 
     def query_sets(self, result: dict[str, Any]) -> dict[str, str]:
-        final = result.get("stage2") or result["stage1"]
-        if "query_set" not in final:
-            return {}
-        return {name: final["query_set"] for name in self.query_values(result)}
+        query_set = PEMoEResult.of(result).final.query_set
+        return {} if query_set is None else {name: query_set for name in self.query_values(result)}
 
     def report(self, spec: JobSpec, results: dict[str, Any]) -> str:
         from geomoe.families.pe_moe.report import retrieval_table, sample_query
 
-        tables = [retrieval_table(results, protocol) for protocol in spec.eval.protocols]
-        final = results["model"]
-        return "\n".join([*tables, sample_query(final.get("stage2") or final["stage1"])])
+        typed = {name: PEMoEResult.of(result) for name, result in results.items()}
+        tables = [retrieval_table(typed, protocol) for protocol in spec.eval.protocols]
+        return "\n".join([*tables, sample_query(typed["model"].final)])
 
 
 FAMILY = PEMoEFamily()
 
 
-def _recalls(prefix: str, by_protocol: dict[str, Any]) -> dict[str, float]:
+def _with_score(recall: Recall) -> dict[str, float]:
+    """R@K, and the Score where R@1, R@5 and R@10 were all evaluated (a sweep's and tracking's metric set)."""
+    if {"R@1", "R@5", "R@10"} <= set(recall.at) and recall.score is not None:
+        return recall.at | {"Score": recall.score}
+    return dict(recall.at)
+
+
+def _recalls(prefix: str, by_protocol: dict[str, Recall]) -> dict[str, float]:
     """``<prefix>[.<protocol>].R@K`` and Score of each protocol's text -> image recalls (exact unnamed)."""
     out: dict[str, float] = {}
-    for protocol, entry in by_protocol.items():
-        if not isinstance(entry, dict) or "t2i" not in entry:
-            continue  # images_without_caption, beside a re-ranking's protocols
+    for protocol, recall in by_protocol.items():
         name = prefix if protocol == "exact" else f"{prefix}.{protocol}"
-        recall = {k: float(v) for k, v in entry["t2i"].items()}
-        out |= {f"{name}.{k}": v for k, v in recall.items()}
-        if {"R@1", "R@5", "R@10"} <= set(recall):
-            out[f"{name}.Score"] = track4_score(recall)
+        out |= {f"{name}.{k}": v for k, v in _with_score(recall).items()}
     return out

@@ -5,15 +5,21 @@ from __future__ import annotations
 
 from typing import Any
 
-from geomoe.metrics import entry_values, track4_score
+from geomoe.families.pe_moe.results import PEMoEResult, Recall, StageEvaluation
 from geomoe.stats import format_interval, paired_difference
 
 
-def _with_interval(values: dict[str, Any], bounds: dict[str, Any], key: str, width: int = 19) -> str:
+def _with_interval(values: dict[str, float], bounds: dict[str, Any], key: str, width: int = 19) -> str:
     return f" {format_interval(values[key], bounds.get(key)):>{width - 1}}"
 
 
-def retrieval_table(train_results: dict[str, Any], protocol: str = "exact") -> str:
+def _row(label: str, recall: Recall, routing: str) -> str:
+    values = recall.at | {"Score": recall.score if recall.score is not None else float("nan")}
+    cells = "".join(_with_interval(values, recall.interval, k) for k in ("R@1", "R@5", "R@10", "Score"))
+    return f"  {label:<34}{cells}{routing:>9}"
+
+
+def retrieval_table(train_results: dict[str, PEMoEResult], protocol: str = "exact") -> str:
     """R@K table of every trained model (main and baselines) and stage, plus chance, for one protocol; each number
     with its 95% bootstrap interval over the queries, then the paired differences that matter."""
     lines = [
@@ -22,61 +28,55 @@ def retrieval_table(train_results: dict[str, Any], protocol: str = "exact") -> s
     ]
     chance = None
     for name, result in train_results.items():
-        final = "stage2" if "stage2" in result else "stage1"  # re-ranking is shown for the final model only
-        for stage in ("stage1", "stage2"):
-            if stage not in result:
-                continue
-            report = result[stage]
-            entry = report["retrieval"][protocol]
-            recall, bounds = dict(entry["t2i"]), entry.get("t2i_interval", {})
-            recall["Score"] = entry.get("score", float("nan"))
-            routing = f"{report['routing_accuracy']:.1f}" if "routing_accuracy" in report else "-"
-            cells = "".join(_with_interval(recall, bounds, k) for k in ("R@1", "R@5", "R@10", "Score"))
-            lines.append(f"  {name + ' ' + stage:<34}{cells}{routing:>9}")
-            for method, reranked in report.get("reranked", {}).items() if stage == final else ():
-                again = dict(reranked[protocol]["t2i"])  # images_without_caption: in the JSON
-                again["Score"] = track4_score(again) if "R@1" in again and "R@10" in again else float("nan")
-                bounds = reranked[protocol].get("t2i_interval", {})
-                cells = "".join(_with_interval(again, bounds, k) for k in ("R@1", "R@5", "R@10", "Score"))
-                lines.append(f"  {name + ' ' + stage + ' +' + method:<34}{cells}{'-':>9}")
-            chance = report["chance"][protocol]
+        for stage, evaluation in result.stages.items():
+            routing = "-" if evaluation.routing is None else f"{evaluation.routing:.1f}"
+            lines.append(_row(f"{name} {stage}", evaluation.retrieval[protocol], routing))
+            if stage == result.final_stage:  # re-ranking is shown for the final model only
+                for method, reranked in evaluation.reranked.items():
+                    lines.append(_row(f"{name} {stage} +{method}", reranked[protocol], "-"))
+            chance = evaluation.chance[protocol]
     if chance:
         lines.append(f"  {'chance':<34}" + "".join(f"{chance[k]:>19.2f}" for k in ("R@1", "R@5", "R@10")))
     lines += retrieval_differences(train_results, protocol)
     return "\n".join(lines)
 
 
-def _final(result: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    stage = "stage2" if "stage2" in result else "stage1"
-    return stage, result[stage]
+Compared = tuple[str, Recall, str | None, Recall, str | None]  # label, a and its query set, b and its query set
+
+
+def _compared(train_results: dict[str, PEMoEResult], protocol: str) -> list[Compared]:
+    """The model's stage 2 against its stage 1, what each re-ranking adds to the final stage (on the same
+    queries), and the model against each baseline (final stages)."""
+    model = train_results["model"]
+    stages, stage, final = model.stages, model.final_stage, model.final
+    pairs = []
+    if "stage1" in stages and "stage2" in stages:
+        one, two = stages["stage1"], stages["stage2"]
+        pairs.append(("model stage2 - stage1", two.retrieval[protocol], two.query_set, one.retrieval[protocol],
+                      one.query_set))  # fmt: skip
+    for method, reranked in final.reranked.items():
+        pairs.append((f"model {stage} +{method} - {stage}", reranked[protocol], final.query_set,
+                      final.retrieval[protocol], final.query_set))  # fmt: skip
+    for name, result in train_results.items():
+        if name != "model":
+            base = result.final
+            pairs.append((f"model {stage} - {name} {result.final_stage}", final.retrieval[protocol], final.query_set,
+                          base.retrieval[protocol], base.query_set))  # fmt: skip
+    return pairs
 
 
 def retrieval_differences(
-    train_results: dict[str, Any], protocol: str, metrics: tuple[str, ...] = ("R@1", "R@10")
+    train_results: dict[str, PEMoEResult], protocol: str, metrics: tuple[str, ...] = ("R@1", "R@10")
 ) -> list[str]:
-    """Paired differences on the same queries: the model's stage 2 against its stage 1, what each re-ranking adds
-    to the final stage, and the model against each baseline (final stages). A difference is called out (*) only
-    when its 95% interval excludes 0."""
-    pairs = []
-    model = train_results.get("model")
-    if model is None:
+    """Paired differences on the same queries (``_compared``). A difference is called out (*) only when its 95%
+    interval excludes 0."""
+    if "model" not in train_results:
         return []
-    if "stage1" in model and "stage2" in model:
-        pairs.append(("model stage2 - stage1", model["stage2"], model["stage1"]))
-    stage, final = _final(model)
-    for method, reranked in final.get("reranked", {}).items():  # what re-ranking adds, on the same queries
-        as_report = {"retrieval": reranked, "query_set": final.get("query_set")}
-        pairs.append((f"model {stage} +{method} - {stage}", as_report, final))
-    for name, result in train_results.items():
-        if name != "model":
-            base_stage, base_final = _final(result)
-            pairs.append((f"model {stage} - {name} {base_stage}", final, base_final))
     lines = []
-    for label, a, b in pairs:
-        ra, rb = a["retrieval"][protocol].get("t2i_ranks"), b["retrieval"][protocol].get("t2i_ranks")
-        if ra is None or rb is None or a.get("query_set") is None or a.get("query_set") != b.get("query_set"):
+    for label, a, a_queries, b, b_queries in _compared(train_results, protocol):
+        if a.ranks is None or b.ranks is None or a_queries is None or a_queries != b_queries:
             continue  # paired only over the same queries against the same gallery
-        va, vb = entry_values(a["retrieval"][protocol]), entry_values(b["retrieval"][protocol])
+        va, vb = a.values(), b.values()
         cells = []
         for m in metrics:
             if m in va:
@@ -88,8 +88,9 @@ def retrieval_differences(
     return lines
 
 
-def sample_query(report: dict[str, Any]) -> str:
-    sample = report["sample"]
+def sample_query(evaluation: StageEvaluation) -> str:
+    sample = evaluation.sample
+    assert sample is not None  # every evaluation records one
     lines = [f"sample query: {sample['query']!r} (building {sample['building']})"]
     for rank, hit in enumerate(sample["top5"], start=1):
         mark = "*" if hit["same_building"] else " "

@@ -16,8 +16,8 @@ from geomoe.data.prepared import PreparedDataset
 from geomoe.errors import DatasetError
 from geomoe.families.base import Family, TrainInputs
 from geomoe.families.smgeo.localization import centre_box_baseline, localization_report
+from geomoe.families.smgeo.results import Localization, SMGeoResult
 from geomoe.families.smgeo.spec import SMGeoModelSpec, SMGeoTrainSpec
-from geomoe.metrics import localization_values
 from geomoe.stats import format_interval, paired_difference, query_set
 
 if TYPE_CHECKING:
@@ -103,32 +103,29 @@ class SMGeoFamily(Family):
         return {"Localizer": Localizer}
 
     def metrics(self, result: dict[str, Any]) -> dict[str, float]:
-        test, val = result["test"][METHODS[0]]["overall"], result["validation"]
-        metrics = {f"test_{k}": float(v) for k, v in test.items() if isinstance(v, int | float)}
-        metrics.update({k: float(v) for k, v in val.items() if isinstance(v, int | float)})
-        return metrics
+        typed = SMGeoResult.of(result)
+        return {f"test_{k}": v for k, v in typed.test[METHODS[0]].overall.items()} | typed.validation
 
     def query_sets(self, result: dict[str, Any]) -> dict[str, str]:
+        test = SMGeoResult.of(result).test
         names = {"smgeo": TEST_NAMES, VALIDATION: VAL_NAMES}
         return {
-            metric: result["test"][split]["query_set"]
+            metric: query_set
             for split, renamed in names.items()
-            if "query_set" in result["test"].get(split, {})
+            if split in test and (query_set := test[split].query_set) is not None
             for metric in renamed.values()
         }
 
     def query_values(self, result: dict[str, Any]) -> dict[str, np.ndarray]:
         """Each test sample's (test_*) and validation sample's (val_*) hit and IoU, as ``metrics`` names them."""
-        values = {}
+        test, values = SMGeoResult.of(result).test, {}
         for split, names in (("smgeo", TEST_NAMES), (VALIDATION, VAL_NAMES)):
-            iou = result["test"].get(split, {}).get("iou")
-            if iou is not None:
-                per_sample = localization_values(np.array(iou))
-                values.update({names[k]: v for k, v in per_sample.items()})
+            if split in test and test[split].iou is not None:
+                values.update({names[k]: v for k, v in test[split].values().items()})
         return values
 
     def report(self, spec: JobSpec, results: dict[str, Any]) -> str:
-        return localization_table(results["model"], our_choices(spec.model_as(SMGeoModelSpec)))
+        return localization_table(SMGeoResult.of(results["model"]), our_choices(spec.model_as(SMGeoModelSpec)))
 
 
 def reference_sizes(rows: pa.Table) -> np.ndarray:
@@ -172,37 +169,36 @@ def our_choices(model: SMGeoModelSpec) -> list[str]:
     return choices
 
 
-def localization_table(result: dict[str, Any], choices: list[str] | None = None) -> str:
+def localization_table(result: SMGeoResult, choices: list[str] | None = None) -> str:
     """SMGeo against its two baselines on the test split (each number with its 95% bootstrap interval over the
     samples), the paired differences, plus per-class and per-size acc@0.25."""
-    test = result["test"]
+    test = result.test
     lines = [
         f"object localization, test split, DetGeo protocol (%, [95% bootstrap interval]), "
-        f"{test['smgeo']['count']} samples",
+        f"{test['smgeo'].count} samples",
         *(f"  design: {choice}" for choice in choices or []),
         f"  {'method':<16}{'acc@0.25':>19}{'acc@0.5':>19}{'mIoU':>19}",
     ]
     for name in METHODS:
-        overall, bounds = test[name]["overall"], test[name].get("interval", {})
-        row = "".join(f" {format_interval(overall[k], bounds.get(k)):>18}" for k in ("acc@0.25", "acc@0.5", "mIoU"))
-        lines.append(f"  {name:<16}{row}")
+        report = test[name]
+        numbers = [format_interval(report.overall[k], report.interval.get(k)) for k in ("acc@0.25", "acc@0.5", "mIoU")]
+        lines.append(f"  {name:<16}" + "".join(f" {number:>18}" for number in numbers))
     lines += _differences(test)
-    best = result["validation"]
-    lines.append(f"  best epoch {result['best_epoch']} (validation acc@0.5 {best['val_acc50']:.2f})")
-    for group in ("by_size", "by_class"):
-        cells = [f"{k} {v['acc@0.25']:.1f} (n={v['count']})" for k, v in test["smgeo"][group].items()]
+    lines.append(f"  best epoch {result.best_epoch} (validation acc@0.5 {result.validation['val_acc50']:.2f})")
+    for group, cells_by_group in (("by_size", test["smgeo"].by_size), ("by_class", test["smgeo"].by_class)):
+        cells = [f"{k} {v['acc@0.25']:.1f} (n={v['count']})" for k, v in cells_by_group.items()]
         lines.append(f"  smgeo acc@0.25 {group.replace('_', ' ')}: " + ", ".join(cells))
     return "\n".join(lines)
 
 
-def _differences(test: dict[str, Any]) -> list[str]:
+def _differences(test: dict[str, Localization]) -> list[str]:
     """SMGeo minus each baseline on the same samples (paired bootstrap); * when the interval excludes 0."""
-    if any("iou" not in test[name] for name in METHODS) or len({test[n].get("query_set") for n in METHODS}) != 1:
+    if any(test[name].iou is None for name in METHODS) or len({test[n].query_set for n in METHODS}) != 1:
         return []
-    ours = localization_values(np.array(test["smgeo"]["iou"]))
+    ours = test["smgeo"].values()
     lines = ["  paired differences (95% interval; * = excludes 0):"]
     for name in METHODS[1:]:
-        other = localization_values(np.array(test[name]["iou"]))
+        other = test[name].values()
         cells = []
         for k in ("acc@0.5", "mIoU"):
             d = paired_difference(ours[k], other[k])
