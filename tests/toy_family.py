@@ -17,7 +17,7 @@ from geomoe.data.images import open_image
 from geomoe.data.prepared import PreparedDataset
 from geomoe.families.base import Family, TrainInputs
 from geomoe.platforms import PLATFORMS
-from geomoe.stages import Stage, StageContext
+from geomoe.stages import Output, Stage, StageContext
 from geomoe.train.engine import Batch, LoopConfig, TrainingTask
 
 
@@ -66,7 +66,7 @@ PLATFORM_SHARES = Stage(  # a stage of the family's own: its check, its output f
     platform_shares,
     needs_ray=False,
     check=_check_platform_shares,
-    outputs=lambda spec: [("output_root: platform_shares", storage.join(spec.run_folder(), "platform_shares"))],
+    outputs=lambda spec: [Output("output_root: platform_shares", storage.join(spec.run_folder(), "platform_shares"))],
     summary=lambda spec, shares: "platform shares: " + ", ".join(f"{p} {v:.2f}" for p, v in shares.items()),
 )
 

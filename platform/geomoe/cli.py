@@ -25,7 +25,7 @@ def _cmd_run(args: argparse.Namespace) -> None:
     from geomoe.jobs import run_dir_of, run_job_timed, time_table
     from geomoe.logs import run_logs
     from geomoe.progress import Progress
-    from geomoe.stages import job_stages
+    from geomoe.stages import listed_stages
 
     spec = load_job(args.job, args.set)
     if args.dry_run:
@@ -44,7 +44,7 @@ def _cmd_run(args: argparse.Namespace) -> None:
             print(f"geomoe: the job failed; last log lines:\n{tail}\nlogs: {logs.location}", file=sys.stderr)
         raise
     results = timed.outputs
-    for stage in job_stages(spec):
+    for stage in listed_stages(spec):
         summary = stage.summary(spec, results[stage.name])
         if summary is not None:
             print(summary)

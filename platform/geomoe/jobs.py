@@ -17,7 +17,7 @@ from geomoe.config import EngineSpec, JobSpec
 from geomoe.data.prepared import PreparedDataset
 from geomoe.progress import Progress, StageBar
 from geomoe.results import BY_SEED, JobResults
-from geomoe.stages import StageContext, job_stages
+from geomoe.stages import StageContext, job_stages, listed_stages
 from geomoe.summaries import train_report
 
 if TYPE_CHECKING:
@@ -217,9 +217,9 @@ def check_outputs(spec: JobSpec) -> None:
     from geomoe.data.caption_store import is_caption_store
 
     ownership.check_dir(spec.run_folder(), ownership.Claim("output_root", spec.name, "run"))
-    for stage in job_stages(spec):
-        for key, location in stage.outputs(spec):
-            claim = ownership.Claim(key, spec.name, stage.name)
+    for stage in listed_stages(spec):
+        for key, location, owner in stage.outputs(spec):
+            claim = ownership.Claim(key, spec.name, owner or stage.name)
             if stage.file_output:  # the caption store: one file, written in parts
                 ownership.check_file(location, key, is_caption_store)
                 ownership.check_dir(f"{location}.parts", claim)
@@ -248,11 +248,11 @@ def _run_stages(spec: JobSpec, progress: Progress, run_dir: str, holding: lease.
             holding.ensure_held()  # a run that lost its folder to another (off the main thread: not interrupted)
             log.info("stage %s", stage.name)
             started = time.perf_counter()
-            if stage.needs_ray:
-                from geomoe.ray_env import ensure_ray
-
-                ensure_ray(spec.resources)  # the spec's cluster, or a local one started once
             with progress.stage(stage.name, **stage.progress(spec)) as bar:
+                if stage.needs_ray:
+                    from geomoe.ray_env import ensure_ray
+
+                    ensure_ray(spec.resources)  # the spec's cluster, or a local one started once
                 results.outputs[stage.name] = stage.run(spec, StageContext(results, run_dir, bar))
             results.seconds[stage.name] = round(time.perf_counter() - started, 2)
             log.info("stage %s took %.1f s", stage.name, results.seconds[stage.name])

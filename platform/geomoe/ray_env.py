@@ -50,6 +50,10 @@ def worker_device() -> str:
 LOCAL_CLUSTER_ENV = {
     "RAY_idle_worker_killing_time_threshold_ms": "60000",  # keep idle workers a minute (Ray: 1 s)
     "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",  # Train's spot-reclaim poller: one actor per fit
+    # A worker's ray.train.report waits in a queue of one until Train's controller polls (Ray: every 2 s), so an
+    # epoch shorter than that waited for the poll; and a finished fit is noticed at the next one. Measured on the
+    # toy family's job (2 fits x 3 epochs, 2 cores): its train stage 33.5 -> 25.2 s.
+    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2",
 }
 
 

@@ -14,7 +14,7 @@ import importlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from geomoe.summaries import caption_summary, manifest_summary, refine_summary
 
@@ -22,7 +22,14 @@ if TYPE_CHECKING:
     from geomoe.config import JobSpec
     from geomoe.results import JobResults
 
-Output = tuple[str, str]  # (spec key, location) of a folder (or file) a stage creates or replaces
+
+class Output(NamedTuple):
+    """A folder (or file) a stage creates or replaces: its spec key, where it is, and the stage its owner record
+    names (None: the stage itself; a baseline's own prepared table is written by prepare inside train)."""
+
+    key: str
+    location: str
+    owner: str | None = None
 
 
 @dataclass(frozen=True)
@@ -87,7 +94,7 @@ def _check_synth(spec: JobSpec) -> None:
 
 def _synth_outputs(spec: JobSpec) -> list[Output]:
     synth = spec.data.synthesize
-    return [] if synth is None or synth.output_dir is None else [("data.synthesize.output_dir", synth.output_dir)]
+    return [] if synth is None or synth.output_dir is None else [Output("data.synthesize.output_dir", synth.output_dir)]
 
 
 def _check_section(section: str, needs: str) -> Callable[[JobSpec], None]:
@@ -99,7 +106,7 @@ def _check_section(section: str, needs: str) -> Callable[[JobSpec], None]:
 
 
 def _prepare_outputs(spec: JobSpec) -> list[Output]:
-    return [("preprocess.output_dir", spec.preprocess.output_dir)]
+    return [Output("preprocess.output_dir", spec.preprocess.output_dir)]
 
 
 def _train_outputs(spec: JobSpec) -> list[Output]:
@@ -108,7 +115,7 @@ def _train_outputs(spec: JobSpec) -> list[Output]:
     for name in spec.baselines:
         folder = spec.baseline(name).preprocess.output_dir
         if folder != spec.preprocess.output_dir:
-            found.append((f"baselines.{name}: preprocess.output_dir", folder))
+            found.append(Output(f"baselines.{name}: preprocess.output_dir", folder, owner="prepare"))
     return found
 
 
@@ -152,6 +159,7 @@ COMMON: tuple[Stage, ...] = (
     Stage(
         "prepare",
         "geomoe.jobs:run_prepare",
+        needs_ray=False,  # prepare starts Ray itself, and only when its inputs changed
         outputs=_prepare_outputs,
         summary=lambda spec, result: manifest_summary(result),
     ),
@@ -159,14 +167,14 @@ COMMON: tuple[Stage, ...] = (
         "refine",
         "geomoe.jobs:run_refine",
         check=_check_section("refine", "engine, output_dir"),
-        outputs=lambda spec: [("refine.output_dir", spec.refine.output_dir)] if spec.refine else [],
+        outputs=lambda spec: [Output("refine.output_dir", spec.refine.output_dir)] if spec.refine else [],
         summary=lambda spec, result: refine_summary(result),
     ),
     Stage(
         "caption",
         "geomoe.jobs:run_caption",
         check=_check_section("caption", "engine, output"),
-        outputs=lambda spec: [("caption.output", spec.caption.output)] if spec.caption else [],
+        outputs=lambda spec: [Output("caption.output", spec.caption.output)] if spec.caption else [],
         file_output=True,
         summary=lambda spec, result: caption_summary(result),
     ),
@@ -190,6 +198,12 @@ def stages_of(spec: JobSpec) -> dict[str, Stage]:
 
 
 def job_stages(spec: JobSpec) -> list[Stage]:
-    """The spec's stages, in its order."""
+    """The spec's stages in the order they run (the spec's)."""
     known = stages_of(spec)
     return [known[name] for name in spec.stages]
+
+
+def listed_stages(spec: JobSpec) -> list[Stage]:
+    """The spec's stages once each, in the fixed order of ``stages_of`` (the common ones, then the family's):
+    the order their checks run, their outputs are listed and the CLI prints their summaries."""
+    return [stage for name, stage in stages_of(spec).items() if name in spec.stages]

@@ -166,7 +166,7 @@ def test_lost_node_resumes_training_from_the_last_checkpoint_in_s3(
     raw["train"] |= {"stage1_epochs": 2, "max_failures": 2, "materialize_inputs": False, "keep_checkpoints": 2}
     spec = parse_spec(JobSpec, raw, "test").with_absolute_paths()
     prepared = PreparedDataset.of(prepare(spec))
-    table, images = split_rows(prepared, "train", spec), PreparedImages(prepared)
+    table, images = split_rows(prepared, "train", spec.model_as(PEMoEModelSpec)), PreparedImages(prepared)
     ensure_tiny_models(spec.model_as(PEMoEModelSpec), table["caption"].to_pylist())
     run_dir = f"{s3_bucket}/runs/s3run"
     outcome: dict[str, Any] = {}

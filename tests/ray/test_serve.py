@@ -314,11 +314,11 @@ def test_localize_returns_the_offline_box_and_refuses_bad_images(served: dict[st
     body = {"drone_image": b64(drone), "click": [10.0, 12.0], "satellite_tile": b64(tile)}
     status, answer = post_json("/localize", body)
     assert status == 200, answer
-    predictor = PredictBoxes(served["localizer"], use_click=True)  # the offline batch path
+    predictor = PredictBoxes(served["localizer"], clicks=(True,))  # the offline batch path
     model, spec, _ = load_smgeo(served["localizer"])
     row = {"query_path": str(drone), "reference_path": str(tile), "click_x": 10.0, "click_y": 12.0, "box": [0, 0, 1, 1]}
     decoded = decode_pair(row, spec.model_as(SMGeoModelSpec).query_size, spec.model_as(SMGeoModelSpec).reference_size)
-    offline = predictor({k: v[None] for k, v in decoded.items()} | {"sample_id": np.array([0])})["pred"][0]
+    offline = predictor({k: v[None] for k, v in decoded.items()} | {"sample_id": np.array([0])})["pred_0"][0]
     assert answer["box"] == pytest.approx(offline.tolist(), abs=1e-3)
     # the confidence: the sigmoid of the best heatmap cell, recomputed from the checkpoint on the same inputs
     import torch
@@ -426,7 +426,7 @@ def test_every_model_holder_puts_its_model_on_the_device_ray_gave_it(
         "Captioner": Captioner.func_or_class(served["captioner"]).local.model,
         "Localizer": Localizer.func_or_class(served["localizer"]).model,
         "ImageEmbedder": ImageEmbedder(checkpoint).model,
-        "PredictBoxes": PredictBoxes(served["localizer"], use_click=True).model,
+        "PredictBoxes": PredictBoxes(served["localizer"], clicks=(True,)).model,
         "CaptionBatch": CaptionBatch(
             CaptionSpec(engine=served["captioner"]["engine"], output="unused"), load_caption_prompt(None)
         ).captioner.model,

@@ -132,7 +132,7 @@ def test_track4_submission_from_checkpoint(
     from geomoe.config import Track4Spec
     from geomoe.data.records import RejectLog
     from geomoe.data.track4 import list_gallery, read_queries
-    from geomoe.families.pe_moe.pipelines import submit_track4
+    from geomoe.families.pe_moe.submit import submit_track4
 
     root, counts = tiny_synth
     track4 = Track4Spec(
@@ -150,7 +150,7 @@ def test_track4_submission_from_checkpoint(
         assert bundle.read("submission.txt").decode().splitlines() == lines
     # queries are normalised like the prepared test queries: shouting and punctuation change nothing
     from geomoe.data.track4 import write_queries
-    from geomoe.families.pe_moe.pipelines import rank_track4
+    from geomoe.families.pe_moe.submit import rank_track4
 
     shouted = tmp_path / "shouted.txt"
     write_queries(shouted, [(qid, f"{text.upper()}!!") for qid, text in queries])
@@ -184,7 +184,7 @@ def test_index_search_returns_the_offline_fused_ranking(prepared: tuple[JobSpec,
     index = read_index(tmp_path / "index")
     assert report["count"] == len(index.ids) and index.manifest.checkpoint_sha256 == report["checkpoint_sha256"]
     assert report["faiss"]["flat"]["recall@10_vs_exact"] == 1.0
-    assert report["faiss"]["hnsw"]["recall@10_vs_exact"] >= 0.99  # the README's claim for the serving index
+    assert report["faiss"]["hnsw"]["recall@10_vs_exact"] >= 0.99  # docs/serving.md's claim for the serving index
     paths = dict(zip(*pc_ids_paths(manifest), strict=True))
     gallery = [paths[i] for i in index.ids]
     fetch = images_of(manifest).fetch  # the source images are gone: their bytes come from the prepared table

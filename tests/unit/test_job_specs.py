@@ -73,3 +73,24 @@ def test_the_time_table_nests_the_models_under_train_and_totals_the_stages() -> 
     assert lines[0] == "time per stage (s):"
     assert [line.split()[0] for line in lines[1:]] == ["prepare", "train", "model", "unified", "index", "total"]
     assert lines[3].startswith("    model") and lines[-1].split() == ["total", "115.5"]  # models not counted twice
+
+
+def test_a_rerun_accepts_every_folder_its_first_run_claimed(tmp_path: Path) -> None:
+    """Each output folder is claimed by the stage that writes it (a baseline's own prepared table by prepare, inside
+    the train stage); the ownership check before a rerun expects exactly those stages."""
+    from geomoe import ownership
+    from geomoe.jobs import check_outputs
+
+    quickstart = JOBS[0].parent / "quickstart.yaml"
+    spec = load_job(quickstart, [f"output_root={tmp_path / 'runs'}"]).with_absolute_paths()
+    ownership.claim_dir(spec.run_folder(), ownership.Claim("output_root", spec.name, "run"))  # as run_job_timed
+    writers = {"preprocess.output_dir": "prepare", "baselines.no_refine: preprocess.output_dir": "prepare"}
+    for key, location, stage in spec.outputs():
+        if key in writers:  # as pipelines/prepare.py claims them, for the job and for its baseline
+            assert stage == writers[key], key
+            ownership.claim_dir(location, ownership.Claim("preprocess.output_dir", spec.name, "prepare"))
+    check_outputs(spec)  # the rerun is not refused
+    index = next(location for key, location, _ in spec.outputs() if key == "index.output_dir")
+    ownership.claim_dir(index, ownership.Claim("preprocess.output_dir", spec.name, "prepare"))  # another stage's
+    with pytest.raises(ownership.ForeignFilesError, match=r"index\.output_dir: .* is the prepare output of job"):
+        check_outputs(spec)

@@ -93,9 +93,10 @@ def test_paper_mining_ranks_the_whole_training_gallery_by_the_fused_score(tmp_pa
     spec = pe_moe_job(tmp_path, tmp_path)
     assert [e.name for e in spec.model.experts] == ["satellite", "drone", "ground"]
     assert spec.train.mining_scope == "gallery"  # the paper's is the default
-    assert hard_negative_paths(spec, rows, paths, t_KQD, g_QK, v_KND)[0] == ["b_sat"]  # another platform
-    own = spec.model_copy(update={"train": spec.train.model_copy(update={"mining_scope": "platform"})})
-    assert hard_negative_paths(own, rows, paths, t_KQD, g_QK, v_KND)[0] == ["c_drone"]  # the drone expert's
+    model, train = spec.model, spec.train
+    assert hard_negative_paths(model, train, 0, rows, paths, t_KQD, g_QK, v_KND)[0] == ["b_sat"]  # another platform
+    own = train.model_copy(update={"mining_scope": "platform"})
+    assert hard_negative_paths(model, own, 0, rows, paths, t_KQD, g_QK, v_KND)[0] == ["c_drone"]  # the drone expert's
 
 
 def test_routing_accuracy_on_hand_made_gates() -> None:

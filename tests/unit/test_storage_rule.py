@@ -35,7 +35,7 @@ ALLOWED = {
     "data/synthgeo/": "synthgeo renders into the local temporary folder atomic_dir publishes",
     "pipelines/refine.py": "pq.write_table into the local temporary file atomic_path publishes",
     "data/image_table.py": "pq.write_table into the local temporary file atomic_path publishes",
-    "families/pe_moe/pipelines.py": "Track 4 submission files (URIs: next step of issue 14)",
+    "families/pe_moe/submit.py": "Track 4 submission files (URIs: next step of issue 14)",
     "families/smgeo/localization.py": "decodes bytes already read through storage (Image.open on a BytesIO)",
     "serving/config.py": "the Serve config file, which `serve run` reads from local disk too",
     "models/checkpoint.py": "mkdir of the local checkpoint folder Ray Train uploads; `geomoe convert` reads an old "

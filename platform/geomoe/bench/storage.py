@@ -10,7 +10,8 @@
 
 The S3 server runs on this machine, in this process (moto's threaded server), so its "network" is a loopback
 with almost no latency but every request is served by Python code sharing the client's interpreter: the ratios
-bound the overhead of our own code and of the S3 protocol, not the behaviour of a real object store (README).
+bound the overhead of our own code and of the S3 protocol, not the behaviour of a real object store
+(docs/benchmarks.md).
 """
 
 from __future__ import annotations

@@ -231,8 +231,9 @@ class JobSpec(Strict):
             raise ValueError(f"stages: {unknown[0]!r} is not a stage of {family.name} jobs (stages: {list(known)})")
         if len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds: {self.seeds} repeats a seed")
-        for name in self.stages:
-            known[name].check(self)
+        for stage in known.values():  # in a fixed order (common stages, then the family's), as listed_stages
+            if stage.name in self.stages:
+                stage.check(self)
         family.check_job(self)
         self._check_outputs_apart()
         return self
@@ -279,6 +280,11 @@ class JobSpec(Strict):
             found |= {f"track4.{k}": getattr(self.track4, k) for k in ("queries", "gallery", "output_dir")}
         for i, rerank in enumerate(self.eval.rerank):
             found[f"eval.rerank.{i}.captions"] = rerank.captions
+        from geomoe.stages import listed_stages
+
+        for stage in listed_stages(self):  # what the stages write besides (a family's own, a baseline's table)
+            for out in stage.outputs(self):
+                found.setdefault(out.key, out.location)
         return found
 
     def run_folder(self) -> str:
@@ -288,11 +294,11 @@ class JobSpec(Strict):
     def outputs(self) -> list[tuple[str, str, str]]:
         """(spec key, location, stage) of every folder this job's stages create or replace (the caption store is a
         file): what the ownership rule checks before any stage runs."""
-        from geomoe.stages import job_stages
+        from geomoe.stages import listed_stages
 
         found = [("output_root", self.run_folder(), "run")]
-        for stage in job_stages(self):
-            found += [(key, location, stage.name) for key, location in stage.outputs(self)]
+        for stage in listed_stages(self):
+            found += [(out.key, out.location, out.owner or stage.name) for out in stage.outputs(self)]
         return found
 
     def baseline(self, name: str) -> JobSpec:

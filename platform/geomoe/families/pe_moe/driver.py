@@ -43,18 +43,22 @@ def split_rows(prepared: PreparedDataset, split: str, model: PEMoEModelSpec) -> 
     return table.append_column("expert", experts)
 
 
-def training_datasets(table: pa.Table, spec: JobSpec, negatives: bool, fetch: Fetch | None) -> dict[str, Any]:
+def training_datasets(
+    table: pa.Table, model: PEMoEModelSpec, train: PEMoETrainSpec, seed: int, negatives: bool, fetch: Fetch | None
+) -> dict[str, Any]:
     """``batching: expert``: one dataset per expert (``train_<expert>``, for group-homogeneous batches);
     ``mixed``: one dataset ``train``. Rows are shuffled once (the prepared table is grouped by platform); images
     come from ``fetch`` (the prepared image table in the object store)."""
-    order = np.random.default_rng(spec.seed).permutation(table.num_rows)
+    order = np.random.default_rng(seed).permutation(table.num_rows)
     table = table.take(pa.array(order))
-    if spec.train_as(PEMoETrainSpec).batching == "mixed":
-        return {"train": _decoded(table, spec, negatives, fetch)}
-    experts = spec.model_as(PEMoEModelSpec).experts
-    by_expert = {e.name: table.filter(pc.equal(table["expert"], k)) for k, e in enumerate(experts)}
+    size, materialize = model.image.image_size, train.materialize_inputs
+    if train.batching == "mixed":
+        return {"train": _decoded(table, size, negatives, fetch, materialize)}
+    by_expert = {e.name: table.filter(pc.equal(table["expert"], k)) for k, e in enumerate(model.experts)}
     return {
-        dataset_name(name): _decoded(rows, spec, negatives, fetch) for name, rows in by_expert.items() if rows.num_rows
+        dataset_name(name): _decoded(rows, size, negatives, fetch, materialize)
+        for name, rows in by_expert.items()
+        if rows.num_rows
     }
 
 
@@ -64,20 +68,20 @@ def expert_rows(table: pa.Table, model: PEMoEModelSpec) -> dict[str, int]:
     return {e.name: int(n) for e, n in zip(model.experts, counts, strict=True) if n}
 
 
-def _decoded(table: pa.Table, spec: JobSpec, negatives: bool, fetch: Fetch | None) -> Any:
+def _decoded(table: pa.Table, image_size: int, negatives: bool, fetch: Fetch | None, materialize: bool) -> Any:
     import ray.data
 
     blocks = max(1, min(table.num_rows // 64, 8))
     step = -(-table.num_rows // blocks)
     ds: Any = ray.data.from_arrow([table.slice(i, step) for i in range(0, table.num_rows, step)])
     ds = ds.map_batches(
-        DecodeImages(spec.model_as(PEMoEModelSpec).image.image_size, negatives, fetch),
+        DecodeImages(image_size, negatives, fetch),
         batch_format="numpy",
         batch_size=64,
         num_cpus=0.5,
     )
     ds = in_order(ds)
-    return ds.materialize() if spec.train.materialize_inputs else ds
+    return ds.materialize() if materialize else ds
 
 
 def fit_stage(
@@ -94,27 +98,27 @@ def fit_stage(
     recorded = recorded_stage(spec, run_dir, stage)
     if recorded is not None:
         return recorded
-    train = spec.train_as(PEMoETrainSpec)
-    groups = expert_rows(table, spec.model_as(PEMoEModelSpec)) if train.batching == "expert" else {}
+    model, train = spec.model_as(PEMoEModelSpec), spec.train_as(PEMoETrainSpec)
+    groups = expert_rows(table, model) if train.batching == "expert" else {}
     loop = LoopConfig.of(
         train,
         spec.seed,
         stage=stage,
         epochs=train.stage1_epochs if stage == 1 else train.stage2_epochs,
-        steps_per_epoch=_steps_per_epoch(spec, int(table.num_rows), groups),
+        steps_per_epoch=_steps_per_epoch(train, spec.resources.num_workers, int(table.num_rows), groups),
         lr=train.lr * (train.stage2_lr_scale if stage == 2 else 1.0),
         init_checkpoint=init,
         group_rows=groups,
         group_order=train.batch_order,
         **(test_hooks or {}),
     )
-    return run_trainer(spec, run_dir, loop, training_datasets(table, spec, stage == 2, images.fetch))
+    datasets = training_datasets(table, model, train, spec.seed, stage == 2, images.fetch)
+    return run_trainer(spec, run_dir, loop, datasets)
 
 
-def _steps_per_epoch(spec: JobSpec, rows: int, groups: dict[str, int]) -> int:
+def _steps_per_epoch(train: PEMoETrainSpec, workers: int, rows: int, groups: dict[str, int]) -> int:
     """Mixed batches (no ``groups``): the rows over the global batch. Expert batches: every expert's whole global
     batches; an expert too small for one is an error (it would never train)."""
-    train, workers = spec.train_as(PEMoETrainSpec), int(spec.resources.num_workers)
     if not groups:
         return max(1, rows // train.batch_size)
     per_worker_step = max(1, train.batch_size // (workers * train.grad_accumulation)) * train.grad_accumulation
@@ -141,13 +145,15 @@ def mine_negatives(spec: JobSpec, checkpoint: str, table: pa.Table, images: Prep
 def _mined(
     model: Any, tokenizer: Any, _: JobSpec, spec: JobSpec, rows: list[dict[str, Any]], paths: list[str], v: np.ndarray
 ) -> list[list[str]]:
-    max_length = spec.model_as(PEMoEModelSpec).text.max_length
-    texts, gates = embed_texts(model, tokenizer, [r["caption"] for r in rows], max_length)
-    return hard_negative_paths(spec, rows, paths, texts, gates, v)
+    sections = spec.model_as(PEMoEModelSpec), spec.train_as(PEMoETrainSpec)
+    texts, gates = embed_texts(model, tokenizer, [r["caption"] for r in rows], sections[0].text.max_length)
+    return hard_negative_paths(*sections, spec.seed, rows, paths, texts, gates, v)
 
 
 def hard_negative_paths(
-    spec: JobSpec,
+    model: PEMoEModelSpec,
+    train: PEMoETrainSpec,
+    seed: int,
     rows: list[dict[str, Any]],
     paths: list[str],
     t_KQD: np.ndarray,
@@ -162,14 +168,13 @@ def hard_negative_paths(
     from geomoe.families.pe_moe.index import index_rows, query_rows
     from geomoe.retrieval.mining import mine_hard_negatives
 
-    train = spec.train_as(PEMoETrainSpec)
     image_meta = {r["image_path"]: (r["building_id"], r["expert"]) for r in rows}
     if train.mining_scope == "gallery":
         groups = [(list(range(len(rows))), list(range(len(paths))), query_rows(t_KQD, g_QK),
                    index_rows(v_KND, "float32"), "the training gallery")]  # fmt: skip
     else:
         groups = []
-        for k, expert in enumerate(spec.model_as(PEMoEModelSpec).experts):
+        for k, expert in enumerate(model.experts):
             query_idx = [i for i, r in enumerate(rows) if r["expert"] == k]
             gallery_idx = [j for j, p in enumerate(paths) if image_meta[p][1] == k]
             if query_idx:
@@ -185,7 +190,7 @@ def hard_negative_paths(
             train.hard_negatives,
             train.mining_chunk,
             pool=train.mining_pool,
-            seed=spec.seed + n,
+            seed=seed + n,
             positive_Q=np.array([gallery_pos[rows[i]["image_path"]] for i in query_idx]) if train.semi_hard else None,
         )
         if (found < 0).any():
@@ -249,6 +254,7 @@ def train_and_evaluate(spec: JobSpec, prepared: PreparedDataset, run_dir: str) -
 
 def ensure_tiny(spec: JobSpec, prepared: PreparedDataset) -> None:
     """Build the tiny models ``model.tiny`` asks for, on the prepared training captions (originals)."""
-    table = split_rows(prepared, "train", spec.model_as(PEMoEModelSpec))
+    model = spec.model_as(PEMoEModelSpec)
+    table = split_rows(prepared, "train", model)
     captions = table.filter(pc.equal(table["augment"], ""))["caption"].to_pylist()
-    ensure_tiny_models(spec.model_as(PEMoEModelSpec), captions, spec.seed)
+    ensure_tiny_models(model, captions, spec.seed)

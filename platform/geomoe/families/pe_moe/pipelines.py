@@ -1,7 +1,7 @@
-"""PE-MoE on Ray Data: embed images with every expert of a checkpoint (actors, on GPUs when the spec has them),
+"""PE-MoE on Ray Data: embed images with every expert of a checkpoint (actors, on GPUs when the spec has them), and
 the ``index`` stage (one matrix of concatenated expert blocks plus FAISS indexes, for serving; its manifest records
 the checkpoint's and gallery's hashes, counts and layout, and each FAISS index's recall@10 against exact search on
-the split's own caption queries), and the ``track4_submission`` stage."""
+the split's own caption queries). The ``track4_submission`` stage is in ``submit``."""
 
 from __future__ import annotations
 
@@ -9,18 +9,14 @@ import hashlib
 import json
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
 from geomoe import ownership, storage
-from geomoe.config import IndexSpec, JobSpec, ResourcesSpec, Track4Spec
+from geomoe.config import IndexSpec, JobSpec, ResourcesSpec
 from geomoe.data.images import Fetch
 from geomoe.data.prepared import PreparedDataset
-from geomoe.data.records import RejectLog
-from geomoe.data.track4 import SUBMISSION_DEPTH, list_gallery, read_queries, write_submission
-from geomoe.data.transforms import normalize_caption
 from geomoe.errors import DatasetError
 from geomoe.families.pe_moe.index import (
     build_faiss,
@@ -252,36 +248,7 @@ def _embedded_queries(
     return t_KQD, g_QK, [e.name for e in model_spec.experts]
 
 
-def rank_track4(checkpoint: str, track4: Track4Spec, concurrency: int = 1) -> dict[str, list[str]]:
-    """query id -> the 10 best gallery ids by the fused score (Eq. 1), best first, ties by gallery order."""
-    from geomoe.families.pe_moe.encode import embed_texts
-    from geomoe.families.pe_moe.factory import load_pe_moe
-    from geomoe.families.pe_moe.index import exact_search, index_rows, query_rows
-
-    rejects = RejectLog("fail")  # a submission must answer every query: nothing may be skipped
-    queries = read_queries(track4.queries, rejects)
-    gallery = list_gallery(track4.gallery, rejects)
-    if len(gallery) < SUBMISSION_DEPTH:
-        raise DatasetError(f"{track4.gallery}: a submission ranks 10 images, the gallery has {len(gallery)}")
-    model, tokenizer, spec, _ = load_pe_moe(checkpoint)
-    vectors = embed_images(checkpoint, [path for _, path in gallery], concurrency=concurrency)
-    # normalised exactly as the prepared test queries the model was evaluated on (X-VLM pre_caption)
-    normalised = [normalize_caption(text, spec.preprocess.max_words_test) for _, text in queries]
-    texts, gates = embed_texts(model, tokenizer, normalised, spec.model_as(PEMoEModelSpec).text.max_length)
-    # the index's exact search: Eq. 1 as one inner product per image, a running top 10 (ties: gallery order)
-    _, top = exact_search(index_rows(vectors, "float32"), query_rows(texts, gates), SUBMISSION_DEPTH)
-    return {qid: [gallery[j][0] for j in row] for (qid, _), row in zip(queries, top, strict=True)}
-
-
-def submit_track4(checkpoint: str, track4: Track4Spec, concurrency: int = 1) -> dict[str, Any]:
-    ownership.claim_dir(track4.output_dir, ownership.Claim("track4.output_dir", stage="track4_submission"))
-    rankings = rank_track4(checkpoint, track4, concurrency)
-    txt, archive = write_submission(track4.output_dir, rankings)
-    return {"submission": str(txt), "zip": str(archive), "queries": len(rankings), "checkpoint": checkpoint,
-            "output_dir": str(Path(track4.output_dir).resolve())}  # fmt: skip
-
-
-def _checkpoint(given: str | None, results: JobResults, stage: str) -> str:
+def stage_checkpoint(given: str | None, results: JobResults, stage: str) -> str:
     """The stage's checkpoint: the section's, else the job's trained model; a registry URI (models:/...)
     becomes its version's checkpoint."""
     from geomoe.tracking import checkpoint_location
@@ -298,11 +265,4 @@ def run_index(spec: JobSpec, context: StageContext) -> dict[str, Any]:
     manifest = context.results.outputs.get("prepare")  # this run's, else the folder's (an earlier run)
     if manifest is None:
         manifest = PreparedDataset.open(spec.preprocess.output_dir, "stage 'index'").manifest
-    return build_index(spec, manifest, _checkpoint(spec.index.checkpoint, context.results, "index"))
-
-
-def run_track4_submission(spec: JobSpec, context: StageContext) -> dict[str, Any]:
-    """The ``track4_submission`` stage (geomoe.families.pe_moe.TRACK4_SUBMISSION)."""
-    assert spec.track4 is not None  # checked by the stage's check
-    checkpoint = _checkpoint(spec.track4.checkpoint, context.results, "track4_submission")
-    return submit_track4(checkpoint, spec.track4, spec.resources.data_concurrency)
+    return build_index(spec, manifest, stage_checkpoint(spec.index.checkpoint, context.results, "index"))

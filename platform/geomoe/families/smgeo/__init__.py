@@ -86,15 +86,13 @@ class SMGeoFamily(Family):
 
         test, val = localization_rows(prepared, "test"), localization_rows(prepared, "val")
         fetch = PreparedImages(prepared).fetch
-        report: dict[str, Any] = {}
-        wh = np.zeros((test.num_rows, 2))
-        for name, use_click in zip(METHODS[:2], (True, False), strict=True):
-            pred, wh = _predict(spec, checkpoint, test, use_click, fetch)
-            report[name] = _report(test, pred, wh)
+        (with_click, click_zeroed), wh = _predict(spec, checkpoint, test, (True, False), fetch)
+        report = {METHODS[0]: _report(test, with_click, wh), METHODS[1]: _report(test, click_zeroed, wh)}
         train = localization_rows(prepared, "train")
         centre = centre_box_baseline(np.array(train["box"].to_pylist()), reference_sizes(train), wh)
         report[METHODS[2]] = _report(test, centre, wh)
-        report[VALIDATION] = _report(val, *_predict(spec, checkpoint, val, True, fetch))
+        (on_val,), val_wh = _predict(spec, checkpoint, val, (True,), fetch)
+        report[VALIDATION] = _report(val, on_val, val_wh)
         return report
 
     def serve_deployments(self) -> dict[str, Any]:
@@ -137,16 +135,18 @@ def reference_sizes(rows: pa.Table) -> np.ndarray:
 
 
 def _predict(
-    spec: JobSpec, checkpoint: str, table: pa.Table, use_click: bool, fetch: Fetch | None
-) -> tuple[np.ndarray, np.ndarray]:
-    """Boxes (file pixels) and reference sizes of ``table``'s samples, in its row order."""
+    spec: JobSpec, checkpoint: str, table: pa.Table, clicks: tuple[bool, ...], fetch: Fetch | None
+) -> tuple[list[np.ndarray], np.ndarray]:
+    """Boxes (file pixels) of ``table``'s samples in its row order, one (N, 4) array per entry of ``clicks`` (False:
+    the click zeroed), and their reference sizes; each sample decoded once."""
     from geomoe.families.smgeo.pipelines import pairs_dataset, predict_boxes
 
     m, res = spec.model_as(SMGeoModelSpec), spec.resources
     pairs = pairs_dataset(table, m.query_size, m.reference_size, True, fetch)
-    predicted = predict_boxes(checkpoint, pairs, use_click, res.data_concurrency, res.use_gpu)
+    predicted = predict_boxes(checkpoint, pairs, clicks, res.data_concurrency, res.use_gpu)
     ids = [str(i) for i in table["sample_id"].to_pylist()]
-    return np.stack([predicted[i][0] for i in ids]), np.stack([predicted[i][1] for i in ids])
+    boxes = [np.stack([predicted[i][0][n] for i in ids]) for n in range(len(clicks))]
+    return boxes, np.stack([predicted[i][1] for i in ids])
 
 
 def _report(table: pa.Table, pred: np.ndarray, wh: np.ndarray) -> dict[str, Any]:
@@ -157,7 +157,7 @@ def _report(table: pa.Table, pred: np.ndarray, wh: np.ndarray) -> dict[str, Any]
 
 
 def our_choices(model: SMGeoModelSpec) -> list[str]:
-    """Where this model departs from the paper's design (README: deviations), for the report's label."""
+    """Where this model departs from the paper's design (docs/guide.md: deviations), for the report's label."""
     g = model.gmoe
     choices = []
     if model.query_pool == "click":

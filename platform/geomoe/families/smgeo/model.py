@@ -10,7 +10,7 @@ Forward steps (``SMGeo.forward``):
    the paper's) or, our option, their click-heat-weighted average (``click``);
 4. anchor-free head (Eq. 11-12): two conv-BN-ReLU layers, then a centre heatmap and (dx, dy, w, h) per cell.
 ``decode_boxes`` turns the most confident cell into an absolute xyxy box in reference pixels (DetGeo protocol).
-Targets and losses (Eq. 14-22) live in ``geomoe.families.pe_moe.losses``.
+Targets and losses (Eq. 14-22) live in ``geomoe.families.smgeo.losses``.
 """
 
 from __future__ import annotations

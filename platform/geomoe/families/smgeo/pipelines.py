@@ -46,9 +46,10 @@ def pairs_dataset(
 
 
 class PredictBoxes:
-    """Ray Data actor: a checkpoint's boxes in reference file pixels; ``use_click=False`` zeroes the click."""
+    """Ray Data actor: a checkpoint's boxes in reference file pixels, one set per entry of ``clicks`` (``pred_<i>``;
+    False zeroes the click): each variant on the same decoded batch."""
 
-    def __init__(self, checkpoint: str, use_click: bool) -> None:
+    def __init__(self, checkpoint: str, clicks: tuple[bool, ...]) -> None:
         import torch
 
         from geomoe.families.smgeo.model import load_smgeo
@@ -58,7 +59,7 @@ class PredictBoxes:
         self.model, spec, _ = load_smgeo(checkpoint)
         self.device = worker_device()
         self.model.to(self.device)
-        self.use_click, self.size = use_click, spec.model_as(SMGeoModelSpec).reference_size
+        self.clicks, self.size = clicks, spec.model_as(SMGeoModelSpec).reference_size
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from geomoe.families.smgeo.model import predict_input_boxes
@@ -66,23 +67,24 @@ class PredictBoxes:
         query, click, reference = (
             self.torch.from_numpy(batch[k]).to(self.device) for k in ("query", "click", "reference")
         )
-        pred, _ = predict_input_boxes(self.model, query, click, reference, self.use_click)
-        return {
-            "sample_id": batch["sample_id"],
-            "pred": to_file_pixels(pred, batch["reference_wh"], self.size),
-            "reference_wh": batch["reference_wh"],
-        }
+        out = {"sample_id": batch["sample_id"], "reference_wh": batch["reference_wh"]}
+        for i, use_click in enumerate(self.clicks):
+            pred, _ = predict_input_boxes(self.model, query, click, reference, use_click)
+            out[f"pred_{i}"] = to_file_pixels(pred, batch["reference_wh"], self.size)
+        return out
 
 
 def predict_boxes(
-    checkpoint: str, pairs: Any, use_click: bool, concurrency: int, use_gpu: bool
-) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """sample_id -> (predicted xyxy box in file pixels, reference file (width, height)) for every decoded pair."""
+    checkpoint: str, pairs: Any, clicks: tuple[bool, ...], concurrency: int, use_gpu: bool
+) -> dict[str, tuple[list[np.ndarray], np.ndarray]]:
+    """sample_id -> (a predicted xyxy box in file pixels per entry of ``clicks``, the reference file's (width,
+    height)) for every decoded pair: one pass decodes each pair once for every variant (with and without its
+    click)."""
     import ray.data
 
     predicted = pairs.map_batches(
         PredictBoxes,
-        fn_constructor_kwargs={"checkpoint": checkpoint, "use_click": use_click},
+        fn_constructor_kwargs={"checkpoint": checkpoint, "clicks": clicks},
         batch_size=16,
         batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=concurrency),
@@ -90,6 +92,9 @@ def predict_boxes(
         num_gpus=1 if use_gpu else 0,
     )
     return {
-        str(row["sample_id"]): (np.asarray(row["pred"]), np.asarray(row["reference_wh"]))
+        str(row["sample_id"]): (
+            [np.asarray(row[f"pred_{i}"]) for i in range(len(clicks))],
+            np.asarray(row["reference_wh"]),
+        )
         for row in predicted.iter_rows()
     }
