@@ -169,10 +169,12 @@ def storage_error(location: str | os.PathLike[str] | Location, err: BaseExceptio
         hint = "the bucket does not exist" if _bucket_missing(location) else "no such file or folder"
     elif "NoSuchBucket" in text or "bucket does not exist" in text.lower():
         hint = "the bucket does not exist"
-    elif any(s in text for s in ("ACCESS_DENIED", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403")):
-        hint = "access denied: check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or the instance profile)"
     elif any(s in text for s in ("NETWORK_CONNECTION", "Couldn't connect", "curlCode", "Connection refused")):
         hint = f"cannot reach the storage endpoint ({'AWS_ENDPOINT_URL=' + endpoint if endpoint else 'default'})"
+    elif any(s in text for s in ("ACCESS_DENIED", "InvalidAccessKeyId", "SignatureDoesNotMatch")) or re.search(
+        r"(HTTP|status)\D{0,12}403\b", text
+    ):  # a bare "403" also matched a bucket name that holds those digits (an unreachable endpoint read as denied)
+        hint = "access denied: check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or the instance profile)"
     else:
         hint = text.splitlines()[0] if text else type(err).__name__
     return StorageError(f"{where}: {hint}")

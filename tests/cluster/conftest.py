@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from local_ray import start_local_ray
+from local_ray import start_local_ray, use_local_cluster_settings
 from ports import start_on_a_free_port
 
 TRAINER = "trainer_slot"  # a custom resource only the worker nodes have: the tests' Train workers ask for it
@@ -27,6 +27,7 @@ def two_node_cluster(s3_server: str) -> Iterator[object]:
 
     local = ray.is_initialized()  # tests/ray's cluster, when that folder ran first: set aside, then restarted
     ray.shutdown()
+    use_local_cluster_settings()  # whichever folder runs first
     # The dashboard serves Ray's state API, from which the tests read where the Train workers ran.
     head = {"num_cpus": 2, "object_store_memory": 300_000_000, "include_dashboard": True}
 

@@ -18,7 +18,7 @@ from geomoe.config import JobSpec, parse_spec
 from geomoe.data.prepared import PreparedDataset
 from geomoe.errors import SpecError
 from geomoe.jobs import run_job, run_job_timed
-from geomoe.stages import job_stages
+from geomoe.stages import listed_stages
 
 TOY = str(Path(__file__).resolve().parents[1] / "toy_family.py")
 TOY_MARGIN = 10.0  # points of test accuracy above always answering the most common platform
@@ -83,8 +83,9 @@ def test_the_toy_family_runs_as_a_job(toy_synth: Path, tmp_path: Path) -> None:
     shares = results["platform_shares"]
     assert sum(shares.values()) == pytest.approx(1.0) and min(shares.values()) > 0
     assert json.loads((tmp_path / "runs" / "toy" / "platform_shares" / "shares.json").read_text()) == shares
-    summaries = [stage.summary(spec, results[stage.name]) for stage in job_stages(spec)]  # what the CLI prints
-    assert summaries[1] is not None and summaries[1].startswith("platform shares: satellite ")
+    summaries = {stage.name: stage.summary(spec, results[stage.name]) for stage in listed_stages(spec)}  # the CLI's
+    assert list(summaries) == ["prepare", "train", "platform_shares"]  # the common stages', then the family's
+    assert str(summaries["platform_shares"]).startswith("platform shares: satellite ")
     model = results["train"]["model"]
     still = results["train"]["still"]
     assert still["checkpoint"].startswith(str(tmp_path / "runs" / "toy" / "baselines" / "still" / "ray_train"))

@@ -186,3 +186,20 @@ def test_an_index_in_s3_is_served_from_a_verified_local_cache(
     with pytest.raises(storage.StorageError, match=r"index/ids.json: content hash differs"):
         read_index(f"{s3_bucket}/index")
     assert not cache.exists() or not any((p / storage.MANIFEST).exists() for p in cache.iterdir())
+
+
+def test_an_error_is_classified_by_its_kind_not_by_digits_in_the_bucket_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bucket whose random suffix held "403" once turned an unreachable endpoint into "access denied"."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+    where = "s3://errors-a4031b/x.json"
+    unreachable = OSError(
+        "When reading information for key 'x.json' in bucket 'errors-a4031b': AWS Error NETWORK_CONNECTION during "
+        "HeadObject operation: curlCode: 7, Couldn't connect to server"
+    )
+    denied = OSError("When reading information for key 'x.json' in bucket 'errors-a4031b': AWS Error ACCESS_DENIED")
+    status = OSError("When reading information for key 'x.json' in bucket 'b': HTTP status 403")
+    assert str(storage.storage_error(where, unreachable)).endswith(
+        "cannot reach the storage endpoint (AWS_ENDPOINT_URL=http://127.0.0.1:9)"
+    )
+    for err in (denied, status):
+        assert "access denied" in str(storage.storage_error(where, err))

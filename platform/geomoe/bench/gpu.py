@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from geomoe.errors import GeomoeError
 from geomoe.retrieval.search import exact_search
 
 # Dense bf16 tensor-core peaks (vendor datasheets, SXM parts), TFLOP/s; MFU is reported only for these.
@@ -157,8 +158,10 @@ def gpu_check(tiny: bool = False, device: str | None = None) -> dict[str, Any]:
         "peak_bf16_tflops": peak_tflops(where),
         "torch": torch.__version__,
     }
-    parts = []
-    for point in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda p: p.name):
+    parts, points = [], sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda p: p.name)
+    if not points:  # the package's metadata predates the entry points: the families' parts would silently vanish
+        raise GeomoeError(f"no {ENTRY_POINT_GROUP} entry points installed; reinstall geomoe (pip install -e .)")
+    for point in points:
         reports, line = point.load()(tiny, where)
         result |= reports
         parts.append(line)

@@ -34,10 +34,6 @@ class Recall:
         score = track4_score(at) if {"R@1", "R@10"} <= set(at) else None
         return cls(at, dict(entry.get("t2i_interval", {})), entry.get("t2i_ranks"), score)
 
-    def with_score(self) -> dict[str, float]:
-        """R@K and, where defined, the Score."""
-        return self.at | ({} if self.score is None else {"Score": self.score})
-
     def values(self) -> dict[str, np.ndarray]:
         """Each query's hit per R@K (and Score): the values whose means are ``with_score``."""
         assert self.ranks is not None, "per-query values need the ranks"
