@@ -18,7 +18,7 @@ from geomoe.data.prepared import PreparedDataset
 from geomoe.families.base import Family, TrainInputs
 from geomoe.platforms import PLATFORMS
 from geomoe.stages import Output, Stage, StageContext
-from geomoe.train.engine import Batch, LoopConfig, TrainingTask
+from geomoe.train.loop import Batch, LoopConfig, TrainingTask
 
 
 class ToyModelSpec(FamilyModelSpec):

@@ -30,7 +30,7 @@ from geomoe.config import JobSpec, load_job
 from geomoe.data.prepared import PreparedDataset
 from geomoe.pipelines.images import PreparedImages
 from geomoe.pipelines.prepare import prepare
-from geomoe.train.engine import LoopConfig, TrainingTask, optimization, train_epoch
+from geomoe.train.loop import LoopConfig, TrainingTask, optimization, train_epoch
 
 REPO = Path(__file__).resolve().parents[2]
 CPU = torch.device("cpu")
@@ -237,7 +237,7 @@ def test_each_family_trains_under_bf16_autocast_as_on_a_gpu(
     from geomoe.families.smgeo.pipelines import DecodePairs
     from geomoe.families.smgeo.spec import SMGeoModelSpec
     from geomoe.families.smgeo.step import training_task as smgeo_task
-    from geomoe.train import engine
+    from geomoe.train import loop as training_loop
 
     (pe_spec, pe_data), (sm_spec, sm_data) = retrieval, localization
     pe_rows = split_rows(pe_data, "train", pe_spec.model_as(PEMoEModelSpec))
@@ -254,9 +254,9 @@ def test_each_family_trains_under_bf16_autocast_as_on_a_gpu(
         loop = LoopConfig.of(spec.train, spec.seed, epochs=1, steps_per_epoch=3)
         assert loop.mixed_precision
         batches = list(itertools.islice(shuffled_batches(columns, loop.batch_size, 7, decode), 3))
-        monkeypatch.setattr(engine, "AUTOCAST_DEVICES", ("cuda",))
+        monkeypatch.setattr(training_loop, "AUTOCAST_DEVICES", ("cuda",))
         fp32, off = three_steps(spec, make_task, loop, batches, name)
-        monkeypatch.setattr(engine, "AUTOCAST_DEVICES", ("cuda", "cpu"))
+        monkeypatch.setattr(training_loop, "AUTOCAST_DEVICES", ("cuda", "cpu"))
         bf16, on = three_steps(spec, make_task, loop, batches, name)
         assert off == [False] * 3 and on == [True] * 3, (name, off, on)
         assert np.isfinite(bf16) and bf16 == pytest.approx(fp32, rel=0.05), (name, fp32, bf16)

@@ -59,7 +59,7 @@ def test_smgeo_fit_survives_a_killed_worker_and_resumes(tiny_synth: tuple[Path, 
     from geomoe import registry
     from geomoe.data.prepared import PreparedDataset
     from geomoe.pipelines.prepare import prepare
-    from geomoe.train.engine import LoopConfig
+    from geomoe.train.loop import LoopConfig
     from geomoe.train.run import run_trainer
 
     root, _ = tiny_synth

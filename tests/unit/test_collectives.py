@@ -25,7 +25,7 @@ from torch import nn
 
 from geomoe import collectives
 from geomoe.collectives import gather_rows
-from geomoe.train.engine import LoopConfig, TrainingTask, train_epoch
+from geomoe.train.loop import LoopConfig, TrainingTask, train_epoch
 
 PACKAGE = Path(__file__).resolve().parents[2] / "platform" / "geomoe"
 COLLECTIVES = {

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from geomoe.config import TrainSpec
-from geomoe.train.engine import LoopConfig, TrainingTask, make_optimizer, train_epoch, warmup_cosine
+from geomoe.train.loop import LoopConfig, TrainingTask, make_optimizer, train_epoch, warmup_cosine
 
 
 def _fit_one_step(accumulation: int, batch: int, data: dict[str, np.ndarray]) -> torch.Tensor:

@@ -40,7 +40,7 @@ ALLOWED = {
     "serving/config.py": "the Serve config file, which `serve run` reads from local disk too",
     "models/checkpoint.py": "mkdir of the local checkpoint folder Ray Train uploads; `geomoe convert` reads an old "
     "local state.pt with torch.load(weights_only=True)",
-    "train/engine.py": "the fail_once_at test hook's marker file",
+    "train/loop.py": "the fail_once_at test hook's marker file",
     "lease.py": "a local run lease is created with O_EXCL (os.open), which pyarrow's file systems do not offer",
     "logs.py": "the job's log file is written in a local temporary folder that ownership.upload_dir publishes to "
     "<run>/logs; the Ray session's log folder is this node's",

@@ -19,7 +19,7 @@ import pyarrow.dataset as pads
 
 from geomoe.bench import cpu_busy
 from geomoe.config import JobSpec, SynthSpec, parse_spec
-from geomoe.data.prepare import PREPARED_SCHEMA, RowPreparer
+from geomoe.data.preprocess import PREPARED_SCHEMA, RowPreparer
 from geomoe.data.records import RejectLog
 from geomoe.data.sources import read_source
 from geomoe.data.synthgeo import generate

@@ -1,5 +1,5 @@
 """What every model family's spec sections share: the ``model`` section's base (its ``name`` picks the family)
-and the training settings the one training engine reads (geomoe.train.engine). A family subclasses both."""
+and the training settings the one training engine reads (geomoe.train.loop). A family subclasses both."""
 
 from __future__ import annotations
 

@@ -23,7 +23,7 @@ from geomoe.stages import Stage
 if TYPE_CHECKING:
     import torch
 
-    from geomoe.train.engine import LoopConfig, TrainingTask
+    from geomoe.train.loop import LoopConfig, TrainingTask
 
 
 @dataclass(frozen=True)
@@ -108,7 +108,7 @@ class Family:
     def train(self, spec: JobSpec, prepared: PreparedDataset, run_dir: str) -> dict[str, Any]:
         """The ``train`` stage: fit one stage (or reuse its record), then evaluate the kept checkpoint. The
         result always carries ``checkpoint`` (what later stages, sweeps and serving use)."""
-        from geomoe.train.engine import LoopConfig
+        from geomoe.train.loop import LoopConfig
         from geomoe.train.run import cached_result, recorded_stage, run_trainer
 
         record = recorded_stage(spec, run_dir, 1)

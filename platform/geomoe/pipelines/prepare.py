@@ -25,7 +25,7 @@ import pyarrow.compute as pc
 from geomoe import __version__, ownership, storage
 from geomoe.config import JobSpec, PreprocessSpec
 from geomoe.data import image_table
-from geomoe.data.prepare import PREPARED_SCHEMA, LocalizationChecker, RowPreparer
+from geomoe.data.preprocess import PREPARED_SCHEMA, LocalizationChecker, RowPreparer
 from geomoe.data.records import LOCALIZATION_SCHEMA, RETRIEVAL_SCHEMA, RejectLog, records_to_table
 from geomoe.data.refine_rules import load_rules
 from geomoe.data.sources import SourceRecords, read_source

@@ -17,7 +17,7 @@ from geomoe import storage, tracking
 from geomoe.config import JobSpec
 from geomoe.ray_env import sigint_kept
 from geomoe.results import Checkpoint
-from geomoe.train.engine import LoopConfig
+from geomoe.train.loop import LoopConfig
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ def run_trainer(
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from geomoe.train.engine import train_worker
+    from geomoe.train.loop import train_worker
 
     stage = loop.stage
     _forget_other_runs(spec, run_dir, stage)

@@ -20,7 +20,7 @@ from geomoe.stages import Output, Stage
 if TYPE_CHECKING:
     import torch
 
-    from geomoe.train.engine import LoopConfig, TrainingTask
+    from geomoe.train.loop import LoopConfig, TrainingTask
 
 
 def _checked_stage(stage: str, key: str, needs: str) -> Callable[[JobSpec], None]:

@@ -25,8 +25,8 @@ from geomoe.families.pe_moe.spec import PEMoEModelSpec, PEMoETrainSpec
 from geomoe.pipelines.images import PreparedImages
 from geomoe.ray_env import in_order
 from geomoe.results import Checkpoint
-from geomoe.train.engine import LoopConfig
 from geomoe.train.grouped import dataset_name, group_steps
+from geomoe.train.loop import LoopConfig
 from geomoe.train.run import cached_result, recorded_stage, run_trainer
 
 COLUMNS = ["caption", "statements", "image_path", "image_id", "building_id", "platform"]

@@ -23,7 +23,7 @@ from geomoe.stats import format_interval, paired_difference, query_set
 if TYPE_CHECKING:
     import torch
 
-    from geomoe.train.engine import LoopConfig, TrainingTask
+    from geomoe.train.loop import LoopConfig, TrainingTask
 
 COLUMNS = ["sample_id", "query_path", "reference_path", "click_x", "click_y", "box", "class_name"]
 METHODS = ("smgeo", "click_zeroed", "centre_box")  # the test report's rows

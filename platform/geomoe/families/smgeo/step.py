@@ -18,7 +18,7 @@ from geomoe.families.smgeo.losses import smgeo_objective
 from geomoe.families.smgeo.model import SMGeo, predict_input_boxes
 from geomoe.families.smgeo.spec import SMGeoModelSpec, SMGeoTrainSpec
 from geomoe.metrics import clamped_iou
-from geomoe.train.engine import Batch, LoopConfig, TrainingTask
+from geomoe.train.loop import Batch, LoopConfig, TrainingTask
 
 VAL_METRIC = "val_acc50"
 
