@@ -105,6 +105,16 @@ def _check_section(section: str, needs: str) -> Callable[[JobSpec], None]:
     return check
 
 
+def section_output(section: str, field: str) -> Callable[[JobSpec], list[Output]]:
+    """The outputs of a stage that writes where its spec section's ``field`` says (none without the section)."""
+
+    def outputs(spec: JobSpec) -> list[Output]:
+        found = getattr(spec, section)
+        return [] if found is None else [Output(f"{section}.{field}", getattr(found, field))]
+
+    return outputs
+
+
 def _prepare_outputs(spec: JobSpec) -> list[Output]:
     return [Output("preprocess.output_dir", spec.preprocess.output_dir)]
 
@@ -167,14 +177,14 @@ COMMON: tuple[Stage, ...] = (
         "refine",
         "geomoe.jobs:run_refine",
         check=_check_section("refine", "engine, output_dir"),
-        outputs=lambda spec: [Output("refine.output_dir", spec.refine.output_dir)] if spec.refine else [],
+        outputs=section_output("refine", "output_dir"),
         summary=lambda spec, result: refine_summary(result),
     ),
     Stage(
         "caption",
         "geomoe.jobs:run_caption",
         check=_check_section("caption", "engine, output"),
-        outputs=lambda spec: [Output("caption.output", spec.caption.output)] if spec.caption else [],
+        outputs=section_output("caption", "output"),
         file_output=True,
         summary=lambda spec, result: caption_summary(result),
     ),

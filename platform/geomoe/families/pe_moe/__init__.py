@@ -15,7 +15,7 @@ from geomoe.families.base import Family, Loaded
 from geomoe.families.pe_moe.report import index_summary
 from geomoe.families.pe_moe.results import PEMoEResult, Recall, protocol_prefix
 from geomoe.families.pe_moe.spec import PEMoEModelSpec, PEMoETrainSpec
-from geomoe.stages import Output, Stage
+from geomoe.stages import Stage, section_output
 
 if TYPE_CHECKING:
     import torch
@@ -41,14 +41,14 @@ INDEX = Stage(
     "index",
     "geomoe.families.pe_moe.pipelines:run_index",
     check=_checked_stage("index", "index", "an index section (output_dir)"),
-    outputs=lambda spec: [Output("index.output_dir", spec.index.output_dir)] if spec.index else [],
+    outputs=section_output("index", "output_dir"),
     summary=lambda spec, result: index_summary(result),
 )
 TRACK4_SUBMISSION = Stage(
     "track4_submission",
     "geomoe.families.pe_moe.submit:run_track4_submission",
     check=_checked_stage("track4_submission", "track4", "a track4 section (queries, gallery, output_dir)"),
-    outputs=lambda spec: [Output("track4.output_dir", spec.track4.output_dir)] if spec.track4 else [],
+    outputs=section_output("track4", "output_dir"),
 )
 
 
