@@ -12,7 +12,7 @@ from pydantic import Field
 from torch import nn
 
 from geomoe import registry, storage
-from geomoe.config import FamilyModelSpec, JobSpec, TrainSpec
+from geomoe.config import FamilyModelSpec, JobSpec, TrainSpec, as_section
 from geomoe.data.images import open_image
 from geomoe.data.prepared import PreparedDataset
 from geomoe.families.base import Family, TrainInputs
@@ -78,8 +78,8 @@ class ToyFamily(Family):
     best_by = "val_accuracy"
     stages = (PLATFORM_SHARES,)
 
-    def build_model(self, spec: JobSpec) -> nn.Module:
-        return nn.Linear(3 * spec.model_as(ToyModelSpec).thumb ** 2, len(PLATFORMS))
+    def build_model(self, model: FamilyModelSpec) -> nn.Module:
+        return nn.Linear(3 * as_section(model, ToyModelSpec).thumb ** 2, len(PLATFORMS))
 
     def datasets(self, spec: JobSpec, prepared: PreparedDataset) -> TrainInputs:
         import ray.data
@@ -105,7 +105,7 @@ class ToyFamily(Family):
             x, y = np.concatenate([b["x"] for b in batches]), np.concatenate([b["y"] for b in batches])
             return {"val_accuracy": accuracy(model, x, y)}
 
-        return TrainingTask(self.build_model(spec), step, evaluate)
+        return TrainingTask(self.build_model(spec.model), step, evaluate)
 
     def evaluate(self, spec: JobSpec, checkpoint: str, prepared: PreparedDataset) -> dict[str, Any]:
         test = thumbnails(prepared, "test", spec.model_as(ToyModelSpec).thumb)

@@ -31,19 +31,21 @@ def family_of(spec: JobSpec) -> Family:
     return registry.family(spec.model.name)
 
 
-def _prepared(spec: JobSpec, results: JobResults, stage: str) -> PreparedDataset:
+def _prepared(folder: str, results: JobResults, stage: str) -> PreparedDataset:
+    """The prepared dataset: this run's prepare stage's, else the one in ``folder`` (an earlier run's)."""
     if "prepare" in results.outputs:
         return PreparedDataset.of(results.outputs["prepare"])
-    return PreparedDataset.open(spec.preprocess.output_dir, f"stage {stage!r}")
+    return PreparedDataset.open(folder, f"stage {stage!r}")
 
 
-def _training_data(spec: JobSpec, results: JobResults) -> PreparedDataset:
-    """The refined dataset when the job refines captions (this run or an earlier one), else the prepared one."""
-    if spec.refine is None:
-        return _prepared(spec, results, "train")
+def _training_data(prepared: str, refined: str | None, results: JobResults) -> PreparedDataset:
+    """The refined dataset when the job refines captions (into ``refined``; this run or an earlier one), else the
+    prepared one (in ``prepared``)."""
+    if refined is None:
+        return _prepared(prepared, results, "train")
     if "refine" in results.outputs:
         return PreparedDataset.of(results.outputs["refine"])
-    return PreparedDataset.open(spec.refine.output_dir, "stage 'train' (refined captions)")
+    return PreparedDataset.open(refined, "stage 'train' (refined captions)")
 
 
 def _train(
@@ -136,13 +138,13 @@ def _add_time(seconds: dict[str, float], key: str, spent: float) -> None:
     seconds[key] = round(seconds.get(key, 0.0) + spent, 2)
 
 
-def _with_engine(spec: JobSpec, engine: EngineSpec, prepared: PreparedDataset, vision: bool) -> dict[str, Any]:
-    """For ``engine.tiny``, build the tiny model on the prepared training captions."""
+def _with_engine(engine: EngineSpec, prepared: PreparedDataset, vision: bool, seed: int) -> dict[str, Any]:
+    """For ``engine.tiny``, build the tiny model (from ``seed``) on the prepared training captions."""
     from geomoe.models.tiny import ensure_tiny_engine
 
     if engine.tiny:
         table = prepared.read_split("train", columns=["caption"])
-        ensure_tiny_engine(engine, table["caption"].to_pylist(), vision, spec.seed)
+        ensure_tiny_engine(engine, table["caption"].to_pylist(), vision, seed)
     return prepared.manifest
 
 
@@ -183,21 +185,23 @@ def run_refine(spec: JobSpec, context: StageContext) -> dict[str, Any]:
     from geomoe.pipelines.refine import refine_captions
 
     assert spec.refine is not None  # checked by the stage's check
-    prepared = _with_engine(spec, spec.refine.engine, _prepared(spec, context.results, "refine"), vision=False)
-    return refine_captions(spec, prepared)
+    prepared = _prepared(spec.preprocess.output_dir, context.results, "refine")
+    return refine_captions(spec, _with_engine(spec.refine.engine, prepared, vision=False, seed=spec.seed))
 
 
 def run_caption(spec: JobSpec, context: StageContext) -> dict[str, Any]:
     from geomoe.pipelines.caption import caption_gallery
 
-    assert spec.caption is not None  # checked by the stage's check
-    prepared = _with_engine(spec, spec.caption.engine, _prepared(spec, context.results, "caption"), vision=True)
-    return caption_gallery(spec, prepared)
+    caption = spec.caption
+    assert caption is not None  # checked by the stage's check
+    prepared = _prepared(spec.preprocess.output_dir, context.results, "caption")
+    return caption_gallery(caption, _with_engine(caption.engine, prepared, vision=True, seed=spec.seed), spec.name)
 
 
 def run_train(spec: JobSpec, context: StageContext) -> dict[str, Any]:
-    seconds = context.results.seconds
-    return _train(spec, _training_data(spec, context.results), context.run_dir, seconds, context.bar)
+    refined = spec.refine.output_dir if spec.refine else None
+    data = _training_data(spec.preprocess.output_dir, refined, context.results)
+    return _train(spec, data, context.run_dir, context.results.seconds, context.bar)
 
 
 def run_job(spec: JobSpec) -> dict[str, Any]:

@@ -145,7 +145,7 @@ def _train_progress(spec: JobSpec) -> dict[str, Any]:
     from geomoe import registry
 
     models = ["model", *spec.baselines]
-    epochs = registry.family(spec.model.name).training_epochs(spec)
+    epochs = registry.family(spec.model.name).training_epochs(spec.train)
     seeds = f" x {len(spec.seeds)} seeds" if spec.seeds else ""
     detail = f"{', '.join(models)} ({epochs} epochs each{seeds})"
     return {"total": epochs * len(models) * max(1, len(spec.seeds)), "unit": "epoch", "detail": detail}

@@ -31,13 +31,19 @@ def caption_job(root: Path, out: Path, engine: dict, store: str = "captions.parq
     return parse_spec(JobSpec, raw, "test")
 
 
+def captioned(spec: JobSpec, manifest: dict) -> dict:
+    """The caption stage's work (as jobs.run_caption calls it) for a caption job."""
+    assert spec.caption is not None
+    return caption_gallery(spec.caption, manifest, spec.name)
+
+
 def test_gallery_captioning_writes_a_store_and_counts_failures(tiny_synth: tuple[Path, dict], tmp_path: Path) -> None:
     root, counts = tiny_synth
     model = build_tiny_captioner(tmp_path / "i2t", CORPUS, 32)
     engine = {"kind": "transformers", "model": str(model), "max_new_tokens": 8, "batch_size": 4}
     spec = caption_job(root, tmp_path, engine, max_words=3)
     manifest = prepare(spec)
-    report = caption_gallery(spec, manifest)
+    report = captioned(spec, manifest)
     images = gallery_images(manifest, "test")
     assert report["images"] == len(images) == sum(counts["geotext"]["test"]["images"].values())
     assert report["captioned"] + sum(report["failed_by_reason"].values()) == report["images"]
@@ -45,9 +51,9 @@ def test_gallery_captioning_writes_a_store_and_counts_failures(tiny_synth: tuple
     assert report["prompt_sha256"] == ""  # an image-to-text model is given no prompt
     store = read_caption_store(tmp_path / "captions.parquet") if report["captioned"] else {}
     assert len(store) == report["captioned"]
-    assert caption_gallery(spec, manifest) == report  # the same inputs: the store is reused, not redone
+    assert captioned(spec, manifest) == report  # the same inputs: the store is reused, not redone
     longer = caption_job(root, tmp_path, engine, max_words=30)
-    long_report = caption_gallery(longer, manifest)
+    long_report = captioned(longer, manifest)
     assert long_report["inputs_key"] != report["inputs_key"]  # changed settings: redone
     # the same greedy captions under both limits: at most 3 words kept at 3, the others counted too long
     words = {image: len(texts[0].split()) for image, texts in read_caption_store(tmp_path / "captions.parquet").items()}
@@ -67,7 +73,7 @@ def test_a_caption_stage_killed_midway_resumes_without_captioning_again(
     engine = {"kind": "transformers", "model": str(model), "max_new_tokens": 8, "batch_size": 2}
     undisturbed = caption_job(root, tmp_path, engine, "whole.parquet")
     manifest = prepare(undisturbed)
-    whole = caption_gallery(undisturbed, manifest)
+    whole = captioned(undisturbed, manifest)
     monkeypatch.setattr(caption, "FLUSH_ROWS", 2)
     flush = caption._flush
 
@@ -79,14 +85,14 @@ def test_a_caption_stage_killed_midway_resumes_without_captioning_again(
     with monkeypatch.context() as patched:
         patched.setattr(caption, "_flush", die_after_the_first_part)
         with pytest.raises(RuntimeError, match="killed"):
-            caption_gallery(killed, manifest)
+            captioned(killed, manifest)
     assert not (tmp_path / "resumed.parquet").exists()  # nothing that looks finished
     asked: list[int] = []
     real = caption._captions
     monkeypatch.setattr(
         caption, "_captions", lambda c, p, images, parts: asked.append(len(images)) or real(c, p, images, parts)
     )
-    report = caption_gallery(killed, manifest)
+    report = captioned(killed, manifest)
     assert report["resumed"] == 2 and asked == [whole["images"] - 2]  # only the rest was captioned
     assert read_caption_store(tmp_path / "resumed.parquet") == read_caption_store(tmp_path / "whole.parquet")
     assert {k: v for k, v in report.items() if k not in ("seconds", "resumed", "store")} == {
@@ -111,20 +117,20 @@ def test_chat_vlm_captions_alike_locally_and_over_http_and_counts_a_dead_server(
     vlm = build_tiny_vlm(tmp_path / "vlm", CORPUS)
     local = caption_job(root, tmp_path, {"model": str(vlm), "max_new_tokens": 8, "batch_size": 1}, "local.parquet")
     manifest = prepare(local)
-    local_report = caption_gallery(local, manifest)
+    local_report = captioned(local, manifest)
     assert local_report["prompt_sha256"] == load_caption_prompt().sha256 and local_report["captioned"] > 0
     http = {"kind": "http", "model": "tiny-vlm", "max_new_tokens": 8, "batch_size": 2, "max_retries": 1}
     try:
         url = f"{start_serve()}/v1/chat/completions"
         serve.run(chat_app(str(vlm), max_new_tokens=8), name="vlm", route_prefix="/v1/chat/completions", blocking=False)
         served = caption_job(root, tmp_path, {**http, "url": url}, "served.parquet")
-        served_report = caption_gallery(served, manifest)
+        served_report = captioned(served, manifest)
     finally:
         serve.shutdown()
     assert served_report["captioned"] == local_report["captioned"]
     assert read_caption_store(tmp_path / "served.parquet") == read_caption_store(tmp_path / "local.parquet")
     dead = {**http, "url": "http://127.0.0.1:9/v1/chat/completions", "retry_wait_s": 0.01}
-    failed = caption_gallery(caption_job(root, tmp_path, dead, "dead.parquet"), manifest)
+    failed = captioned(caption_job(root, tmp_path, dead, "dead.parquet"), manifest)
     assert failed["captioned"] == 0 and failed["failed_by_reason"] == {"engine failed": failed["images"]}
 
 

@@ -94,6 +94,7 @@ def columns_of(table: pa.Table, names: list[str]) -> dict[str, np.ndarray]:
 @pytest.fixture(scope="module")
 def retrieval(tmp_path_factory: pytest.TempPathFactory) -> tuple[JobSpec, PreparedDataset]:
     from geomoe.families.pe_moe.driver import ensure_tiny
+    from geomoe.families.pe_moe.spec import PEMoEModelSpec
 
     out = tmp_path_factory.mktemp("learn-pe-moe")
     scaled = ["data.synthesize.train_buildings=96", "data.synthesize.test_buildings=24", "train.stage1_epochs=8"]
@@ -107,7 +108,7 @@ def retrieval(tmp_path_factory: pytest.TempPathFactory) -> tuple[JobSpec, Prepar
     ]
     spec = quickstart("quickstart.yaml", out, scaled + paths)
     prepared = PreparedDataset.of(synthesized_and_prepared(spec))
-    ensure_tiny(spec, prepared)
+    ensure_tiny(spec.model_as(PEMoEModelSpec), spec.seed, prepared)
     return spec, prepared
 
 

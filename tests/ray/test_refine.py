@@ -77,7 +77,8 @@ def test_refinement_replaces_only_valid_outputs_and_resumes(tiny_synth: tuple[Pa
     from geomoe.jobs import _training_data
     from geomoe.results import JobResults
 
-    assert _training_data(prepared_spec, JobResults()).table == refined["table"]  # training reads the refined captions
+    folders = prepared_spec.preprocess.output_dir, prepared_spec.refine.output_dir
+    assert _training_data(*folders, JobResults()).table == refined["table"]  # training reads the refined captions
 
 
 def test_http_engine_refines_through_an_openai_compatible_server_and_counts_failures(

@@ -181,7 +181,7 @@ def test_a_job_with_seeds_trains_once_per_seed_and_reports_the_spread(
     starts = {}
     for seed in train[BY_SEED]:
         torch.manual_seed(int(seed))  # as train_worker seeds rank 0
-        starts[seed] = family.build_model(spec).weight.detach()
+        starts[seed] = family.build_model(spec.model).weight.detach()
     for seed, results in train[BY_SEED].items():  # each seed trained from its own initialisation, and moved
         trained = family.load_checkpoint(results["model"]["checkpoint"]).model.weight.detach()
         distance = {s: float((trained - start).norm()) for s, start in starts.items()}

@@ -164,7 +164,7 @@ def test_evaluation_equals_the_full_matrix_evaluation(
     vectors[:, 7] = vectors[:, 6]  # two images with equal embeddings: equal scores everywhere
     vectors /= np.linalg.norm(vectors, axis=2, keepdims=True)
     monkeypatch.setattr("geomoe.retrieval.blockwise.BUDGET", 4 * 36 * 5)  # blocks of 5 captions, 1-2 images
-    report = evaluate_pe_moe(model, tokenizer, spec, rows, vectors)
+    report = evaluate_pe_moe(model, tokenizer, spec.model_as(PEMoEModelSpec), spec.eval, rows, vectors)
     reference = _reference(spec, model, tokenizer, rows, vectors)
     assert report["retrieval"] == reference["retrieval"]
     assert set(report["retrieval"]) == set(spec.eval.protocols)

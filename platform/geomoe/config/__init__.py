@@ -10,7 +10,7 @@ sections (pe_moe, smgeo), which the job picks by ``model.name`` through geomoe.r
 from geomoe.config.base import Strict, apply_overrides, expand_env, load_yaml, parse_spec
 from geomoe.config.data import DEFAULT_PLATFORM_RULES, DataSpec, PlatformRule, PreprocessSpec, SynthSpec
 from geomoe.config.engines import CaptionSpec, EngineSpec, RefineSpec
-from geomoe.config.family import FamilyModelSpec, TrainSpec
+from geomoe.config.family import FamilyModelSpec, TrainSpec, as_section
 from geomoe.config.job import (
     DATASET_KINDS,
     TRAINING_SECTIONS,
@@ -53,6 +53,7 @@ __all__ = [
     "Track4Spec",
     "TrainSpec",
     "apply_overrides",
+    "as_section",
     "expand_env",
     "load_job",
     "load_yaml",

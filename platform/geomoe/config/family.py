@@ -4,11 +4,14 @@ and the training settings the one training engine reads (geomoe.train.loop). A f
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal, Self
+from typing import Literal, Self, TypeVar
 
-from pydantic import Field
+from pydantic import BaseModel, Field
 
 from geomoe.config.base import Strict
+from geomoe.errors import SpecError
+
+SectionT = TypeVar("SectionT", bound=BaseModel)
 
 
 class FamilyModelSpec(Strict):
@@ -42,3 +45,12 @@ class TrainSpec(Strict):
     def fields_ignored_by_stage(self, stage: int) -> frozenset[str]:
         """Fields a training stage does not depend on: changing them keeps that stage's finished result."""
         return frozenset()
+
+
+def as_section(section: BaseModel, kind: type[SectionT], where: str = "spec", family: str | None = None) -> SectionT:
+    """A family section (``model`` or ``train``) as the family's own class ``kind``: what a family's code that
+    takes the section needs; a SpecError naming ``model.name`` when the job is another family's."""
+    if not isinstance(section, kind):
+        family = family or str(getattr(section, "name", type(section).__name__))
+        raise SpecError(where, "model.name", f"{family} jobs have no {kind.__name__} section")
+    return section

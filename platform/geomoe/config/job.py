@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, SerializeAsAny, ValidationError, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
@@ -18,9 +18,8 @@ from geomoe import registry, storage
 from geomoe.config.base import Strict, apply_overrides, load_yaml, parse_spec
 from geomoe.config.data import DataSpec, PreprocessSpec
 from geomoe.config.engines import CaptionSpec, RefineSpec
-from geomoe.config.family import FamilyModelSpec, TrainSpec
+from geomoe.config.family import FamilyModelSpec, SectionT, TrainSpec, as_section
 from geomoe.config.retrieval import EvalSpec, IndexSpec, Track4Spec
-from geomoe.errors import SpecError
 
 
 class ResourcesSpec(Strict):
@@ -96,7 +95,6 @@ TRAINING_SECTIONS = ("seed", "data", "preprocess", "refine", "families", "model"
 # What each data.format prepares into (a family trains on one kind).
 DATASET_KINDS = {"geotext": "retrieval", "cvogl": "localization"}
 
-SectionT = TypeVar("SectionT", bound=BaseModel)
 
 # A location that starts with RUN_FOLDER lies in the job's run folder, <output_root>/<name>, so that one key
 # (output_root) moves every output of a job. The output locations below default to a folder there.
@@ -258,11 +256,11 @@ class JobSpec(Strict):
 
     def model_as(self, kind: type[SectionT]) -> SectionT:
         """The model section as the family's class ``kind`` (an error naming the job otherwise)."""
-        return _section_as(self, self.model, kind)
+        return as_section(self.model, kind, f"job {self.name}", self.model.name)
 
     def train_as(self, kind: type[SectionT]) -> SectionT:
         """The train section as the family's class ``kind``."""
-        return _section_as(self, self.train, kind)
+        return as_section(self.train, kind, f"job {self.name}", self.model.name)
 
     def locations(self) -> dict[str, str]:
         """Every data and output location of the job, by dotted key (what must be shared on a cluster)."""
@@ -377,12 +375,6 @@ class JobSpec(Strict):
         ignored = self.train.fields_ignored_by_stage(stage)
         blob["train"] = {k: v for k, v in blob["train"].items() if k not in ignored}
         return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def _section_as(spec: JobSpec, section: BaseModel, kind: type[SectionT]) -> SectionT:
-    if not isinstance(section, kind):
-        raise SpecError(f"job {spec.name}", "model.name", f"{spec.model.name} jobs have no {kind.__name__} section")
-    return section
 
 
 def load_job(path: str | Path, overrides: list[str] | None = None) -> JobSpec:

@@ -78,7 +78,7 @@ class SweepSpec(Strict):
     (a named override set) and its parameter values, trained on Ray Train inside the trial.
 
     Paths (``base``) are relative to the sweep file's folder. ``metric`` is a name the trial reports (see
-    geomoe.sweep.trial_metrics); ``report_metrics`` are the table's columns.
+    the family's metrics); ``report_metrics`` are the table's columns.
     """
 
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")

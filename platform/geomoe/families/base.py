@@ -63,30 +63,31 @@ class Family:
             if getattr(spec, section) is not None and stage not in own:
                 raise ValueError(f"{section}: {self.name} jobs have no {stage!r} stage to use this section")
 
-    def epochs(self, spec: JobSpec) -> int:
+    def epochs(self, train: TrainSpec) -> int:
         """Epochs of the default one-stage training (the train section's ``epochs``)."""
-        return int(getattr(spec.train, "epochs", 1))
+        return int(getattr(train, "epochs", 1))
 
-    def training_epochs(self, spec: JobSpec) -> int:
+    def training_epochs(self, train: TrainSpec) -> int:
         """Every epoch ``train`` runs, over all its stages (what a job's progress bar counts)."""
-        return self.epochs(spec)
+        return self.epochs(train)
 
     # --- model ---
-    def build_model(self, spec: JobSpec) -> torch.nn.Module:
+    def build_model(self, model: FamilyModelSpec) -> torch.nn.Module:
+        """The model of a ``model`` section (the family's ``model_spec``), with fresh weights."""
         raise NotImplementedError
 
-    def parameter_count(self, spec: JobSpec) -> dict[str, float]:
+    def parameter_count(self, model: FamilyModelSpec) -> dict[str, float]:
         """Millions of parameters (all, and trainable), as the papers' #P column."""
-        model = self.build_model(spec)
-        total = sum(p.numel() for p in model.parameters())
-        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        params = list(self.build_model(model).parameters())
+        total = sum(p.numel() for p in params)
+        trainable = sum(p.numel() for p in params if p.requires_grad)
         return {"params_M": total / 1e6, "trainable_params_M": trainable / 1e6}
 
     def load_checkpoint(self, directory: str) -> Loaded:
         from geomoe.models.checkpoint import load_into, read_trained
 
         payload, spec = read_trained(directory)
-        model = self.build_model(spec)
+        model = self.build_model(spec.model)
         load_into(model, payload["model"])
         return Loaded(model.eval(), spec, payload)
 
@@ -115,7 +116,7 @@ class Family:
         if record is None:
             inputs = self.datasets(spec, prepared)
             loop = LoopConfig.of(
-                spec.train, spec.seed, epochs=self.epochs(spec), steps_per_epoch=inputs.steps_per_epoch
+                spec.train, spec.seed, epochs=self.epochs(spec.train), steps_per_epoch=inputs.steps_per_epoch
             )
             record = run_trainer(spec, run_dir, loop, inputs.datasets, best_by=self.best_by)
         checkpoint = record.location

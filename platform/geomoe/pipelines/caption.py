@@ -20,7 +20,7 @@ import numpy as np
 import pyarrow.compute as pc
 
 from geomoe import ownership, storage
-from geomoe.config import CaptionSpec, JobSpec
+from geomoe.config import CaptionSpec
 from geomoe.data.caption_store import caption_store_report, is_caption_store, write_caption_store
 from geomoe.data.prepared import PreparedDataset
 from geomoe.engines.prompts import CaptionPrompt, caption_verdict, image_data_url, load_caption_prompt
@@ -127,10 +127,9 @@ def _finished(parts: str) -> dict[str, str | None]:
     return done
 
 
-def caption_gallery(spec: JobSpec, manifest: dict[str, Any]) -> dict[str, Any]:
-    """Caption the images of ``spec.caption.split`` into ``spec.caption.output``; return a report."""
-    assert spec.caption is not None  # checked by JobSpec validation
-    caption = spec.caption
+def caption_gallery(caption: CaptionSpec, manifest: dict[str, Any], job: str) -> dict[str, Any]:
+    """Caption the images of ``caption.split`` into ``caption.output`` for the job named ``job``; return a
+    report."""
     prompt = load_caption_prompt(caption.prompts)
     prompt.check_labels_allowed(caption.platform_labels, "caption.prompts")
     inputs_key = json.dumps(
@@ -145,7 +144,7 @@ def caption_gallery(spec: JobSpec, manifest: dict[str, Any]) -> dict[str, Any]:
     if not images:
         raise DatasetError(f"no {caption.split} images in the prepared dataset at {manifest['table']}")
     ownership.check_file(caption.output, "caption.output", is_caption_store)  # before any image is captioned
-    ownership.claim_dir(f"{caption.output}.parts", ownership.Claim("caption.output", spec.name, "caption"))
+    ownership.claim_dir(f"{caption.output}.parts", ownership.Claim("caption.output", job, "caption"))
     parts = f"{caption.output}.parts/{storage.text_sha256(inputs_key)[:16]}"  # this run's finished captions
     resumed = _finished(parts)
     produced = resumed | _captions(caption, prompt, [im for im in images if im["image_id"] not in resumed], parts)

@@ -14,9 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from geomoe import registry, storage
+from geomoe import storage
 from geomoe.config import JobSpec, SweepSpec, load_job, load_yaml, parse_spec
 from geomoe.config.base import apply_overrides
 from geomoe.errors import SpecError
@@ -173,25 +171,3 @@ def search_summary(sweep: SweepSpec, base_path: Path) -> list[str]:
         searched.append(f"seed: {sweep.seeds}")
     lines.append(f"  searched: {'; '.join(searched) or '(nothing: one configuration)'}")
     return lines
-
-
-def trial_metrics(spec: JobSpec, result: dict[str, Any]) -> dict[str, float]:
-    """The flat numbers a trial reports, from its model's train-stage result (the names report_metrics may use)."""
-    return dict(registry.family(spec.model.name).metrics(result))
-
-
-def trial_per_query(spec: JobSpec, result: dict[str, Any]) -> dict[str, np.ndarray]:
-    """Per-query values of the trial's metrics that are means over queries (for intervals and paired rows)."""
-    values: dict[str, np.ndarray] = registry.family(spec.model.name).query_values(result)
-    return values
-
-
-def trial_query_sets(spec: JobSpec, result: dict[str, Any]) -> dict[str, str]:
-    """Metric -> the fingerprint of the queries its per-query values belong to."""
-    sets: dict[str, str] = registry.family(spec.model.name).query_sets(result)
-    return sets
-
-
-def parameter_count(spec: JobSpec) -> dict[str, float]:
-    """Millions of parameters of the trial's model (all, and trainable), as the papers' #P column."""
-    return dict(registry.family(spec.model.name).parameter_count(spec))

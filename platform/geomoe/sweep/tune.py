@@ -34,13 +34,9 @@ from geomoe.sweep import (
     grid_points,
     load_sweep,
     ordered_point,
-    parameter_count,
     trial_count,
     trial_dataset,
     trial_key,
-    trial_metrics,
-    trial_per_query,
-    trial_query_sets,
     trial_spec,
 )
 from geomoe.sweep.report import RESULT_FILE, write_per_query
@@ -92,9 +88,10 @@ def run_trial(config: dict[str, Any], sweep_raw: dict[str, Any], base_path: str,
             return
         report_epochs_to_tune(sweep.metric)
         prepared = PreparedDataset.open(trial_dataset(spec), "a sweep trial (the driver prepares it)")
-        result = family_of(spec).train(spec, prepared, run_dir)
-        metrics = trial_metrics(spec, result) | parameter_count(spec)
-        per_query = trial_per_query(spec, result)
+        family = family_of(spec)
+        result = family.train(spec, prepared, run_dir)
+        metrics = family.metrics(result) | family.parameter_count(spec.model)
+        per_query = family.query_values(result)  # values of the metrics that are means over queries
         write_per_query(run_dir, per_query)  # before the result file: a "finished" file has its values beside it
     except Exception as err:
         outcome: dict[str, Any] = {"params": point, "status": "failed", "error": f"{type(err).__name__}: {err}"}
@@ -103,7 +100,7 @@ def run_trial(config: dict[str, Any], sweep_raw: dict[str, Any], base_path: str,
         raise
     outcome = {"params": point, "status": "finished", "fingerprint": fingerprint, "metrics": metrics}
     outcome["checkpoint"] = result.get("checkpoint")  # what the sweep registers when this trial is the best
-    outcome |= {"intervals": intervals(per_query), "query_sets": trial_query_sets(spec, result)}
+    outcome |= {"intervals": intervals(per_query), "query_sets": family.query_sets(result)}
     storage.write_json_atomic(result_path, outcome)
     tune.report(metrics)
 

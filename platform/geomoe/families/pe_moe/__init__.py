@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from geomoe.config import JobSpec
+from geomoe.config import FamilyModelSpec, JobSpec, TrainSpec, as_section
 from geomoe.data.prepared import PreparedDataset
 from geomoe.families.base import Family, Loaded
 from geomoe.families.pe_moe.report import index_summary
@@ -60,10 +60,10 @@ class PEMoEFamily(Family):
     default = True  # job specs from before SMGeo have no model.name
     stages = (INDEX, TRACK4_SUBMISSION)
 
-    def build_model(self, spec: JobSpec) -> torch.nn.Module:
+    def build_model(self, model: FamilyModelSpec) -> torch.nn.Module:
         from geomoe.families.pe_moe.factory import build_pe_moe
 
-        return build_pe_moe(spec.model_as(PEMoEModelSpec))[0]
+        return build_pe_moe(as_section(model, PEMoEModelSpec))[0]
 
     def load_checkpoint(self, directory: str) -> Loaded:
         from geomoe.families.pe_moe.factory import load_pe_moe
@@ -79,11 +79,11 @@ class PEMoEFamily(Family):
     def prepare_inputs(self, spec: JobSpec, prepared: PreparedDataset) -> None:
         from geomoe.families.pe_moe.driver import ensure_tiny
 
-        ensure_tiny(spec, prepared)
+        ensure_tiny(spec.model_as(PEMoEModelSpec), spec.seed, prepared)
 
-    def training_epochs(self, spec: JobSpec) -> int:
-        train = spec.train_as(PEMoETrainSpec)
-        return train.stage1_epochs + train.stage2_epochs
+    def training_epochs(self, train: TrainSpec) -> int:
+        stages = as_section(train, PEMoETrainSpec)
+        return stages.stage1_epochs + stages.stage2_epochs
 
     def train(self, spec: JobSpec, prepared: PreparedDataset, run_dir: str) -> dict[str, Any]:
         from geomoe.families.pe_moe.driver import train_and_evaluate

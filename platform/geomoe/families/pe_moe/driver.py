@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from geomoe import storage
-from geomoe.config import JobSpec
+from geomoe.config import EvalSpec, FamilyModelSpec, JobSpec
 from geomoe.data.images import DecodeImages, Fetch
 from geomoe.data.prepared import PreparedDataset
 from geomoe.errors import DatasetError
@@ -138,16 +138,22 @@ def mine_negatives(spec: JobSpec, checkpoint: str, table: pa.Table, images: Prep
     rows = table.to_pylist()
     paths = sorted({r["image_path"] for r in rows})
     loaded, vectors = embedded_images(spec.resources, checkpoint, paths, images.fetch)
-    negatives = on_model_device(spec.resources, checkpoint, loaded, _mined, spec, rows, paths, vectors)
+    sections = spec.model_as(PEMoEModelSpec), spec.train_as(PEMoETrainSpec), spec.seed
+    negatives = on_model_device(spec.resources, checkpoint, loaded, _mined, sections, rows, paths, vectors)
     return table.append_column("negative_paths", pa.array(negatives, pa.list_(pa.string())))
 
 
 def _mined(
-    model: Any, tokenizer: Any, _: JobSpec, spec: JobSpec, rows: list[dict[str, Any]], paths: list[str], v: np.ndarray
+    model: Any,
+    tokenizer: Any,
+    _: FamilyModelSpec,
+    sections: tuple[PEMoEModelSpec, PEMoETrainSpec, int],
+    rows: list[dict[str, Any]],
+    paths: list[str],
+    v: np.ndarray,
 ) -> list[list[str]]:
-    sections = spec.model_as(PEMoEModelSpec), spec.train_as(PEMoETrainSpec)
     texts, gates = embed_texts(model, tokenizer, [r["caption"] for r in rows], sections[0].text.max_length)
-    return hard_negative_paths(*sections, spec.seed, rows, paths, texts, gates, v)
+    return hard_negative_paths(*sections, rows, paths, texts, gates, v)
 
 
 def hard_negative_paths(
@@ -206,21 +212,24 @@ def evaluate_checkpoint(
     """The test split's report (``evaluate_pe_moe``): images embedded by the actors (their bytes from ``images``,
     by default ``prepared``'s image table), then the captions embedded and scored where the model is (a GPU task
     with ``resources.use_gpu``)."""
-    rows = (
-        split_rows(prepared, "test", spec.model_as(PEMoEModelSpec))
-        .filter(pc.equal(pc.field("augment"), ""))
-        .to_pylist()
-    )
+    model = spec.model_as(PEMoEModelSpec)
+    rows = split_rows(prepared, "test", model).filter(pc.equal(pc.field("augment"), "")).to_pylist()
     gallery, _ = gallery_from_rows(rows)
     fetch = (images or PreparedImages(prepared)).fetch
     loaded, vectors = embedded_images(spec.resources, checkpoint, [im["image_path"] for im in gallery], fetch)
-    return on_model_device(spec.resources, checkpoint, loaded, _evaluated, spec, rows, vectors)
+    return on_model_device(spec.resources, checkpoint, loaded, _evaluated, model, spec.eval, rows, vectors)
 
 
 def _evaluated(
-    model: Any, tokenizer: Any, _: JobSpec, spec: JobSpec, rows: list[dict[str, Any]], v: np.ndarray
+    model: Any,
+    tokenizer: Any,
+    _: FamilyModelSpec,
+    model_spec: PEMoEModelSpec,
+    evaluation: EvalSpec,
+    rows: list[dict[str, Any]],
+    v: np.ndarray,
 ) -> dict[str, Any]:
-    return evaluate_pe_moe(model, tokenizer, spec, rows, v)
+    return evaluate_pe_moe(model, tokenizer, model_spec, evaluation, rows, v)
 
 
 def train_and_evaluate(spec: JobSpec, prepared: PreparedDataset, run_dir: str) -> dict[str, Any]:
@@ -252,9 +261,8 @@ def train_and_evaluate(spec: JobSpec, prepared: PreparedDataset, run_dir: str) -
     return results
 
 
-def ensure_tiny(spec: JobSpec, prepared: PreparedDataset) -> None:
+def ensure_tiny(model: PEMoEModelSpec, seed: int, prepared: PreparedDataset) -> None:
     """Build the tiny models ``model.tiny`` asks for, on the prepared training captions (originals)."""
-    model = spec.model_as(PEMoEModelSpec)
     table = split_rows(prepared, "train", model)
     captions = table.filter(pc.equal(table["augment"], ""))["caption"].to_pylist()
-    ensure_tiny_models(model, captions, spec.seed)
+    ensure_tiny_models(model, captions, seed)

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from geomoe.config import JobSpec, RerankSpec
+from geomoe.config import EvalSpec, RerankSpec
 from geomoe.data.caption_store import read_caption_store
 from geomoe.errors import DatasetError
 from geomoe.families.pe_moe.encode import embed_dense_texts, embed_texts
@@ -57,20 +57,25 @@ def routing_accuracy(gates_QK: np.ndarray, query_platforms: np.ndarray, model: P
 
 
 def evaluate_pe_moe(
-    model: PEMoE, tokenizer: Any, spec: JobSpec, rows: Sequence[dict[str, Any]], image_vectors: np.ndarray
+    model: PEMoE,
+    tokenizer: Any,
+    model_spec: PEMoEModelSpec,
+    evaluation: EvalSpec,
+    rows: Sequence[dict[str, Any]],
+    image_vectors: np.ndarray,
 ) -> dict[str, Any]:
     """Metrics of ``model`` on caption ``rows``; ``image_vectors`` (K, N, D) embed the rows' unique images.
 
     Scored on the model's device in blocks (geomoe.retrieval.blockwise): no caption x image matrix is built, so
     GeoText-1652's full test split (165,681 x 55,227) fits."""
     images, caption_image = gallery_from_rows(rows)
-    t, g = embed_texts(model, tokenizer, [r["caption"] for r in rows], spec.model_as(PEMoEModelSpec).text.max_length)
+    t, g = embed_texts(model, tokenizer, [r["caption"] for r in rows], model_spec.text.max_length)
     device = next(model.parameters()).device
     queries_QD, gallery_ND = query_rows(t, g), index_rows(image_vectors, "float32")
     del t  # the gated rows hold it: at GeoText's size with 1024-d experts each copy is 2 GB
     building = np.array([im["building_id"] for im in images])
     platform = np.array([im["platform"] for im in images])
-    ks, protocols = spec.eval.ks, spec.eval.protocols
+    ks, protocols = evaluation.ks, evaluation.protocols
     labels: dict[str, tuple[np.ndarray, np.ndarray]] = {
         p: v for p, v in protocol_labels(caption_image, building).items() if p in protocols
     }
@@ -82,14 +87,14 @@ def evaluate_pe_moe(
     keys = [f"{r['image_id']}\t{r['caption']}" for r in rows] + [im["image_id"] for im in images]
     report["query_set"] = query_set(keys)
     if model.fusion == "dynamic" and model.num_experts > 1:
-        report["routing_accuracy"] = routing_accuracy(g, platform[caption_image], spec.model_as(PEMoEModelSpec))
-    depth = max([SAMPLE_TOP, *(r.top_n for r in spec.eval.rerank)])
-    asked = queries_QD if spec.eval.rerank else queries_QD[:1]  # without re-ranking only the sample needs a top
+        report["routing_accuracy"] = routing_accuracy(g, platform[caption_image], model_spec)
+    depth = max([SAMPLE_TOP, *(r.top_n for r in evaluation.rerank)])
+    asked = queries_QD if evaluation.rerank else queries_QD[:1]  # without re-ranking only the sample needs a top
     top_scores_QT, top_QT = top_candidates(asked, gallery_ND, depth, device)
-    if spec.eval.rerank:
+    if evaluation.rerank:
         report["reranked"] = {}
-    max_length = spec.model_as(PEMoEModelSpec).text.max_length
-    for rerank in spec.eval.rerank:
+    max_length = model_spec.text.max_length
+    for rerank in evaluation.rerank:
         n = min(rerank.top_n, len(images))
         order_QT, uncaptioned = rerank_order(model, tokenizer, max_length, rows, (top_scores_QT[:, :n], top_QT[:, :n]),
                                              images, image_vectors, rerank)  # fmt: skip

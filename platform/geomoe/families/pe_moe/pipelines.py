@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import numpy as np
 
 from geomoe import ownership, storage
-from geomoe.config import IndexSpec, JobSpec, ResourcesSpec
+from geomoe.config import FamilyModelSpec, IndexSpec, JobSpec, ResourcesSpec, as_section
 from geomoe.data.images import Fetch
 from geomoe.data.prepared import PreparedDataset
 from geomoe.errors import DatasetError
@@ -122,9 +122,10 @@ def embedded_images(
 def on_model_device(
     res: ResourcesSpec, checkpoint: str, loaded: Loaded | None, work: Callable[..., T], *args: Any
 ) -> T:
-    """``work(model, tokenizer, trained_spec, *args)`` with the checkpoint's model: with ``resources.use_gpu``, in a
-    Ray task holding one GPU with the model moved onto it (the driver may have no GPU; text embedding and blockwise
-    scoring then run there); else in this process with ``loaded`` (or the checkpoint loaded now)."""
+    """``work(model, tokenizer, trained_model_section, *args)`` with the checkpoint's model: with
+    ``resources.use_gpu``, in a Ray task holding one GPU with the model moved onto it (the driver may have no GPU;
+    text embedding and blockwise scoring then run there); else in this process with ``loaded`` (or the checkpoint
+    loaded now)."""
     if res.use_gpu:
         import ray
 
@@ -134,7 +135,7 @@ def on_model_device(
     from geomoe.families.pe_moe.factory import load_pe_moe
 
     model, tokenizer, trained, _ = loaded or load_pe_moe(checkpoint)
-    return work(model, tokenizer, trained, *args)
+    return work(model, tokenizer, trained.model, *args)
 
 
 def _on_gpu(checkpoint: str, work: Callable[..., T], *args: Any) -> T:
@@ -142,7 +143,7 @@ def _on_gpu(checkpoint: str, work: Callable[..., T], *args: Any) -> T:
     from geomoe.ray_env import worker_device
 
     model, tokenizer, trained, _ = load_pe_moe(checkpoint)
-    return work(model.to(worker_device()), tokenizer, trained, *args)
+    return work(model.to(worker_device()), tokenizer, trained.model, *args)
 
 
 def checkpoint_sha256(directory: str) -> str:
@@ -237,13 +238,13 @@ def _faiss_files(
 
 
 def _embedded_queries(
-    model: Any, tokenizer: Any, trained: JobSpec, queries: list[str]
+    model: Any, tokenizer: Any, trained: FamilyModelSpec, queries: list[str]
 ) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """(t_KQD, g_QK) of the index's queries (FAISS's training and recall checks use them) and the checkpoint's
     expert names."""
     from geomoe.families.pe_moe.encode import embed_texts
 
-    model_spec = trained.model_as(PEMoEModelSpec)
+    model_spec = as_section(trained, PEMoEModelSpec)
     t_KQD, g_QK = embed_texts(model, tokenizer, queries, model_spec.text.max_length)
     return t_KQD, g_QK, [e.name for e in model_spec.experts]
 

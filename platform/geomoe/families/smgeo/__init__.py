@@ -5,12 +5,13 @@ the ``geomoe.families`` entry point."""
 
 from __future__ import annotations
 
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 
-from geomoe.config import JobSpec
+from geomoe.config import FamilyModelSpec, JobSpec, ResourcesSpec, as_section
 from geomoe.data.images import Fetch, image_size
 from geomoe.data.prepared import PreparedDataset
 from geomoe.errors import DatasetError
@@ -50,10 +51,10 @@ class SMGeoFamily(Family):
         if spec.baselines:
             raise ValueError("baselines: SMGeo evaluates its own baselines (click zeroed, centre box)")
 
-    def build_model(self, spec: JobSpec) -> torch.nn.Module:
+    def build_model(self, model: FamilyModelSpec) -> torch.nn.Module:
         from geomoe.families.smgeo.model import SMGeo
 
-        return SMGeo(spec.model_as(SMGeoModelSpec))
+        return SMGeo(as_section(model, SMGeoModelSpec))
 
     def training_task(self, spec: JobSpec, loop: LoopConfig, rank: int) -> TrainingTask:
         from geomoe.families.smgeo.step import training_task
@@ -85,13 +86,14 @@ class SMGeoFamily(Family):
         from geomoe.pipelines.images import PreparedImages
 
         test, val = localization_rows(prepared, "test"), localization_rows(prepared, "val")
+        predict = partial(_predict, spec.model_as(SMGeoModelSpec), spec.resources, checkpoint)
         fetch = PreparedImages(prepared).fetch
-        (with_click, click_zeroed), wh = _predict(spec, checkpoint, test, (True, False), fetch)
+        (with_click, click_zeroed), wh = predict(test, (True, False), fetch)
         report = {METHODS[0]: _report(test, with_click, wh), METHODS[1]: _report(test, click_zeroed, wh)}
         train = localization_rows(prepared, "train")
         centre = centre_box_baseline(np.array(train["box"].to_pylist()), reference_sizes(train), wh)
         report[METHODS[2]] = _report(test, centre, wh)
-        (on_val,), val_wh = _predict(spec, checkpoint, val, (True,), fetch)
+        (on_val,), val_wh = predict(val, (True,), fetch)
         report[VALIDATION] = _report(val, on_val, val_wh)
         return report
 
@@ -135,13 +137,17 @@ def reference_sizes(rows: pa.Table) -> np.ndarray:
 
 
 def _predict(
-    spec: JobSpec, checkpoint: str, table: pa.Table, clicks: tuple[bool, ...], fetch: Fetch | None
+    m: SMGeoModelSpec,
+    res: ResourcesSpec,
+    checkpoint: str,
+    table: pa.Table,
+    clicks: tuple[bool, ...],
+    fetch: Fetch | None,
 ) -> tuple[list[np.ndarray], np.ndarray]:
     """Boxes (file pixels) of ``table``'s samples in its row order, one (N, 4) array per entry of ``clicks`` (False:
     the click zeroed), and their reference sizes; each sample decoded once."""
     from geomoe.families.smgeo.pipelines import pairs_dataset, predict_boxes
 
-    m, res = spec.model_as(SMGeoModelSpec), spec.resources
     pairs = pairs_dataset(table, m.query_size, m.reference_size, True, fetch)
     predicted = predict_boxes(checkpoint, pairs, clicks, res.data_concurrency, res.use_gpu)
     ids = [str(i) for i in table["sample_id"].to_pylist()]
