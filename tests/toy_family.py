@@ -12,12 +12,12 @@ from pydantic import Field
 from torch import nn
 
 from geomoe import registry, storage
-from geomoe.config import FamilyModelSpec, JobSpec, TrainSpec, as_section
+from geomoe.config import FamilyModelSpec, JobSection, JobSpec, TrainSpec, as_section
 from geomoe.data.images import open_image
 from geomoe.data.prepared import PreparedDataset
 from geomoe.families.base import Family, TrainInputs
 from geomoe.platforms import PLATFORMS
-from geomoe.stages import Output, Stage, StageContext
+from geomoe.stages import Stage, StageContext, section_output
 from geomoe.train.loop import Batch, LoopConfig, TrainingTask
 
 
@@ -28,6 +28,15 @@ class ToyModelSpec(FamilyModelSpec):
 
 class ToyTrainSpec(TrainSpec):
     epochs: int = Field(2, ge=1)
+
+
+class SharesSpec(JobSection):
+    """The ``shares`` section, a top-level section of the family's own (what its stage reads)."""
+
+    path_fields = shared_fields = ("output_dir",)
+
+    output_dir: str  # <run>/shares when left out
+    split: Literal["train", "test"] = "train"
 
 
 def thumbnails(prepared: PreparedDataset, split: str, side: int) -> dict[str, np.ndarray]:
@@ -48,16 +57,21 @@ def accuracy(model: nn.Module, x: np.ndarray, y: np.ndarray) -> float:
 
 
 def _check_platform_shares(spec: JobSpec) -> None:
+    if spec.section("shares", SharesSpec) is None:
+        raise ValueError("stages: stage 'platform_shares' needs a shares section")
     if "prepare" not in spec.stages[: spec.stages.index("platform_shares")]:
         raise ValueError("stages: stage 'platform_shares' needs a 'prepare' stage before it")
 
 
 def platform_shares(spec: JobSpec, context: StageContext) -> dict[str, Any]:
-    """Each platform's share of the prepared training rows, written to <run>/platform_shares/shares.json."""
-    table = PreparedDataset.of(context.results.outputs["prepare"]).read_split("train", columns=["platform"])
+    """Each platform's share of the prepared rows of ``shares.split``, written to ``shares.output_dir``."""
+    section = spec.section("shares", SharesSpec)
+    assert section is not None  # checked by the stage's check
+    prepared = PreparedDataset.of(context.results.outputs["prepare"])
+    table = prepared.read_split(section.split, columns=["platform"])
     counts = {p: table["platform"].to_pylist().count(p) for p in PLATFORMS}
     shares = {p: n / table.num_rows for p, n in counts.items()}
-    storage.write_json_atomic(storage.join(context.run_dir, "platform_shares", "shares.json"), shares)
+    storage.write_json_atomic(storage.join(section.output_dir, "shares.json"), shares)
     return shares
 
 
@@ -66,7 +80,7 @@ PLATFORM_SHARES = Stage(  # a stage of the family's own: its check, its output f
     platform_shares,
     needs_ray=False,
     check=_check_platform_shares,
-    outputs=lambda spec: [Output("output_root: platform_shares", storage.join(spec.run_folder(), "platform_shares"))],
+    outputs=section_output("shares", "output_dir"),
     summary=lambda spec, shares: "platform shares: " + ", ".join(f"{p} {v:.2f}" for p, v in shares.items()),
 )
 
@@ -77,6 +91,7 @@ class ToyFamily(Family):
     train_spec = ToyTrainSpec
     best_by = "val_accuracy"
     stages = (PLATFORM_SHARES,)
+    sections = {"shares": SharesSpec}  # a top-level job section of its own
 
     def build_model(self, model: FamilyModelSpec) -> nn.Module:
         return nn.Linear(3 * as_section(model, ToyModelSpec).thumb ** 2, len(PLATFORMS))

@@ -109,7 +109,7 @@ def section_output(section: str, field: str) -> Callable[[JobSpec], list[Output]
     """The outputs of a stage that writes where its spec section's ``field`` says (none without the section)."""
 
     def outputs(spec: JobSpec) -> list[Output]:
-        found = getattr(spec, section)
+        found = getattr(spec, section, None)  # a family's own section (an extra) is absent when not given
         return [] if found is None else [Output(f"{section}.{field}", getattr(found, field))]
 
     return outputs

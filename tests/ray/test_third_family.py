@@ -14,13 +14,14 @@ import yaml
 
 from checks import assert_share_interval
 from geomoe import registry
-from geomoe.config import JobSpec, parse_spec
+from geomoe.config import JobSpec, load_yaml, parse_spec
 from geomoe.data.prepared import PreparedDataset
 from geomoe.errors import SpecError
 from geomoe.jobs import run_job, run_job_timed
 from geomoe.stages import listed_stages
 
 TOY = str(Path(__file__).resolve().parents[1] / "toy_family.py")
+REPO = Path(__file__).resolve().parents[2]
 TOY_MARGIN = 10.0  # points of test accuracy above always answering the most common platform
 
 
@@ -62,9 +63,19 @@ def test_family_errors_name_the_key(tiny_synth: tuple[Path, dict]) -> None:
     with pytest.raises(SpecError, match=r"toy\.yaml: families: Input should be a valid list"):
         parse_spec(JobSpec, raw | {"families": TOY}, "toy.yaml")
     with pytest.raises(SpecError, match=r"stages: stage 'platform_shares' needs a 'prepare' stage before it"):
-        parse_spec(JobSpec, raw | {"stages": ["platform_shares", "prepare", "train"]}, "toy.yaml")  # its own check
+        parse_spec(JobSpec, raw | {"stages": ["platform_shares", "prepare"], "shares": {}}, "toy.yaml")  # its own check
     with pytest.raises(SpecError, match=r"train\.stage1_epochs: unknown key"):
         parse_spec(JobSpec, raw | {"train": {"stage1_epochs": 2}}, "toy.yaml")  # PE-MoE's, not the toy's
+    # a family's own top-level sections belong to its jobs only, and their errors name the key
+    with pytest.raises(SpecError, match=r"toy\.yaml: index: not a section of toy_platform jobs \(its own: shares\)"):
+        parse_spec(JobSpec, raw | {"index": {"output_dir": "/x/index"}}, "toy.yaml")  # PE-MoE's section
+    with pytest.raises(SpecError, match=r"toy\.yaml: shares\.split: Input should be 'train' or 'test'"):
+        parse_spec(JobSpec, raw | {"shares": {"split": "val"}}, "toy.yaml")
+    with pytest.raises(SpecError, match=r"stages: stage 'platform_shares' needs a shares section"):
+        parse_spec(JobSpec, raw | {"stages": ["prepare", "platform_shares"]}, "toy.yaml")
+    pe_moe = load_yaml(REPO / "jobs" / "quickstart.yaml") | {"shares": {}}
+    with pytest.raises(SpecError, match=r"shares: not a section of pe_moe jobs \(its own: index, track4\)"):
+        parse_spec(JobSpec, pe_moe, "quickstart.yaml")  # the toy's section in another family's job
 
 
 def test_the_toy_family_runs_as_a_job(toy_synth: Path, tmp_path: Path) -> None:
@@ -73,16 +84,17 @@ def test_the_toy_family_runs_as_a_job(toy_synth: Path, tmp_path: Path) -> None:
     raw = toy_job(toy_synth, tmp_path) | {"baselines": {"still": ["train.lr=1e-12"]}}  # lr 0, as near as allowed
     raw["resources"]["concurrent_models"] = True  # the model and its baseline, each in its own Ray task
     raw["stages"] = ["prepare", "platform_shares", "train"]  # with a stage of the family's own
+    raw["shares"] = {}  # and the section of its own that the stage reads: its output_dir goes to the run folder
     spec = parse_spec(JobSpec, raw, "toy.yaml")
-    assert ("output_root: platform_shares", str(tmp_path / "runs" / "toy" / "platform_shares"), "platform_shares") in (
-        spec.outputs()
-    )  # what the ownership rule checks before any stage runs
+    shares_dir = tmp_path / "runs" / "toy" / "shares"
+    assert ("shares.output_dir", str(shares_dir), "platform_shares") in spec.outputs()  # the ownership rule's
+    assert spec.locations()["shares.output_dir"] == str(shares_dir)  # what a cluster must share
     assert type(spec.model).__name__ == "ToyModelSpec" and type(spec.train).__name__ == "ToyTrainSpec"
     timed = run_job_timed(spec)
     results = timed.outputs
     shares = results["platform_shares"]
     assert sum(shares.values()) == pytest.approx(1.0) and min(shares.values()) > 0
-    assert json.loads((tmp_path / "runs" / "toy" / "platform_shares" / "shares.json").read_text()) == shares
+    assert json.loads((shares_dir / "shares.json").read_text()) == shares
     summaries = {stage.name: stage.summary(spec, results[stage.name]) for stage in listed_stages(spec)}  # the CLI's
     assert list(summaries) == ["prepare", "train", "platform_shares"]  # the common stages', then the family's
     assert str(summaries["platform_shares"]).startswith("platform shares: satellite ")

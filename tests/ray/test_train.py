@@ -129,9 +129,9 @@ def test_track4_submission_from_checkpoint(
 ) -> None:
     import zipfile
 
-    from geomoe.config import Track4Spec
     from geomoe.data.records import RejectLog
     from geomoe.data.track4 import list_gallery, read_queries
+    from geomoe.families.pe_moe.spec import Track4Spec
     from geomoe.families.pe_moe.submit import submit_track4
 
     root, counts = tiny_synth

@@ -16,12 +16,13 @@ QUICKSTART = str(REPO / "jobs" / "quickstart.yaml")
 
 
 def job(tmp_path: Path, **changes: object) -> str:
-    """The quickstart job with its locations under tmp_path and ``changes`` (top-level keys) applied."""
+    """The quickstart job with its locations under tmp_path and ``changes`` (top-level keys) applied; a change to
+    None removes the key."""
     raw = yaml.safe_load(Path(QUICKSTART).read_text())
     raw["output_root"] = str(tmp_path / "runs")
     raw["data"]["root"] = str(tmp_path / "data" / "geotext")
     raw["preprocess"]["output_dir"] = str(tmp_path / "prepared")
-    raw.update(changes)
+    raw = {k: v for k, v in (raw | changes).items() if v is not None}
     path = tmp_path / "job.yaml"
     path.write_text(yaml.safe_dump(raw))
     return str(path)
@@ -54,7 +55,7 @@ CASES = {
         r"job\.yaml: model\.name: unknown model family 'pe-moe'; registered: pe_moe, smgeo",
     ),
     "data the family cannot train on": (
-        lambda t: ["run", job(t, model={"name": "smgeo"}, train={}, eval={}, stages=["prepare", "train"])],
+        lambda t: ["run", job(t, model={"name": "smgeo"}, train={}, eval={}, index=None, stages=["prepare", "train"])],
         r"job\.yaml: data\.format: geotext prepares retrieval data, and smgeo trains on localization data",
     ),
     "index without a checkpoint": (

@@ -143,6 +143,9 @@ def test_index_stage_needs_its_section_and_paths_become_absolute() -> None:
     assert spec.index is not None and spec.index.dtype == "float16"
     absolute = spec.with_absolute_paths("/base")
     assert absolute.index is not None and absolute.index.output_dir == "/base/idx"
+    assert absolute.index.checkpoint == "/base/c" and absolute.locations()["index.output_dir"] == "/base/idx"
+    # a section of PE-MoE's own (Family.sections): ``index: null`` is no section, as when it was a JobSpec field
+    assert parse_spec(JobSpec, {**raw, "stages": ["train"], "index": None}, "t").family_sections() == {}
 
 
 def test_http_engine_needs_its_url() -> None:

@@ -2,15 +2,16 @@
 unknown keys forbidden. Every failure names the file, the dotted key and the reason (``SpecError``); nothing
 downstream takes a raw dict.
 
-Modules: base (the machinery), data, engines, retrieval (evaluation, index, Track 4), family (what every model
-family's sections share), job, sweep, serve, and one module per built-in family's own ``model`` and ``train``
-sections (pe_moe, smgeo), which the job picks by ``model.name`` through geomoe.registry: nothing here imports them.
+Modules: base (the machinery), data, engines, retrieval (evaluation and re-ranking), family (what every model
+family's sections share, and ``JobSection``, the base of a family's own top-level sections), job, sweep, serve. A
+family's own sections (``model``, ``train`` and any of its own) live in its folder (``families/<name>/spec.py``);
+the job picks them by ``model.name`` through geomoe.registry: nothing here imports them.
 """
 
 from geomoe.config.base import Strict, apply_overrides, expand_env, load_yaml, parse_spec
 from geomoe.config.data import DEFAULT_PLATFORM_RULES, DataSpec, PlatformRule, PreprocessSpec, SynthSpec
 from geomoe.config.engines import CaptionSpec, EngineSpec, RefineSpec
-from geomoe.config.family import FamilyModelSpec, TrainSpec, as_section
+from geomoe.config.family import FamilyModelSpec, JobSection, TrainSpec, as_section
 from geomoe.config.job import (
     DATASET_KINDS,
     TRAINING_SECTIONS,
@@ -19,7 +20,7 @@ from geomoe.config.job import (
     StorageSpec,
     load_job,
 )
-from geomoe.config.retrieval import EvalSpec, IndexSpec, RerankSpec, Track4Spec
+from geomoe.config.retrieval import EvalSpec, RerankSpec
 from geomoe.config.serve import ServeCaptionerSpec, ServeSpec
 from geomoe.config.sweep import AshaSpec, PaperRow, PaperSpec, SearchSpec, SweepSpec, SweepVariant
 
@@ -33,7 +34,7 @@ __all__ = [
     "EngineSpec",
     "EvalSpec",
     "FamilyModelSpec",
-    "IndexSpec",
+    "JobSection",
     "JobSpec",
     "PaperRow",
     "PaperSpec",
@@ -50,7 +51,6 @@ __all__ = [
     "SweepSpec",
     "SweepVariant",
     "SynthSpec",
-    "Track4Spec",
     "TrainSpec",
     "apply_overrides",
     "as_section",

@@ -1,10 +1,11 @@
 """What every model family's spec sections share: the ``model`` section's base (its ``name`` picks the family)
-and the training settings the one training engine reads (geomoe.train.loop). A family subclasses both."""
+and the training settings the one training engine reads (geomoe.train.loop), which a family subclasses; and the
+base of the top-level sections a family adds to its jobs (``JobSection``: PE-MoE's ``index`` and ``track4``)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal, Self, TypeVar
+from typing import ClassVar, Literal, Self, TypeVar
 
 from pydantic import BaseModel, Field
 
@@ -23,6 +24,16 @@ class FamilyModelSpec(Strict):
         """This section with its local model files made absolute (``absolute``); ``is_local(value)`` says whether
         a value names a local file (hub ids and pretrained tags stay as they are). Default: no files."""
         return self
+
+
+class JobSection(Strict):
+    """A top-level job section of a family's own (``Family.sections``), validated as that family's class only in
+    that family's jobs: another family's job that carries it is an error naming the key. An ``output_dir`` left
+    out is ``<run folder>/<section name>``; ``path_fields`` are made absolute against the working directory at the
+    edge, as the common sections' paths are; ``shared_fields`` are locations a cluster's nodes must share."""
+
+    path_fields: ClassVar[tuple[str, ...]] = ()
+    shared_fields: ClassVar[tuple[str, ...]] = ()
 
 
 class TrainSpec(Strict):

@@ -11,15 +11,15 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, SerializeAsAny, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from geomoe import registry, storage
 from geomoe.config.base import Strict, apply_overrides, load_yaml, parse_spec
 from geomoe.config.data import DataSpec, PreprocessSpec
 from geomoe.config.engines import CaptionSpec, RefineSpec
-from geomoe.config.family import FamilyModelSpec, SectionT, TrainSpec, as_section
-from geomoe.config.retrieval import EvalSpec, IndexSpec, Track4Spec
+from geomoe.config.family import FamilyModelSpec, JobSection, SectionT, TrainSpec, as_section
+from geomoe.config.retrieval import EvalSpec
 
 
 class ResourcesSpec(Strict):
@@ -103,9 +103,7 @@ DEFAULT_OUTPUTS = {
     ("preprocess", "output_dir"): "prepared",
     ("refine", "output_dir"): "refined",
     ("caption", "output"): "gallery_captions.parquet",
-    ("index", "output_dir"): "index",
-    ("track4", "output_dir"): "track4",
-}
+}  # and a family's own sections' output_dir (config.family.JobSection): <run>/<section>
 
 
 def _in_run_folder(raw: Any, run: str) -> Any:
@@ -119,6 +117,19 @@ def _in_run_folder(raw: Any, run: str) -> Any:
     if isinstance(raw, list):
         return [_in_run_folder(v, run) for v in raw]
     return raw
+
+
+def _run_of(raw: dict[str, Any]) -> str:
+    """The run folder of a raw job spec (``""`` while its name or output root is malformed: pydantic reports it)."""
+    output_root, name = raw.get("output_root", "runs"), raw.get("name")
+    return storage.join(output_root, name) if isinstance(output_root, str) and isinstance(name, str) else ""
+
+
+def _default_output_dir(raw: dict[str, Any], key: str, kind: type[BaseModel]) -> None:
+    """A family section's ``output_dir`` left out: ``<run folder>/<key>``, as DEFAULT_OUTPUTS for the common ones."""
+    value = raw.get(key)
+    if isinstance(value, dict) and "output_dir" in kind.model_fields and value.get("output_dir") is None:
+        raw[key] = {**value, "output_dir": storage.join(_run_of(raw), key)}
 
 
 def _family_section(raw: dict[str, Any], key: str, kind: type[BaseModel], errors: list[InitErrorDetails]) -> None:
@@ -135,6 +146,11 @@ def _family_section(raw: dict[str, Any], key: str, kind: type[BaseModel], errors
 
 
 class JobSpec(Strict):
+    # Unknown keys are still errors: the "before" validator accepts only the sections the job's family declares
+    # (Family.sections, validated as their classes there) and refuses any other; pydantic keeps those as extras
+    # (``section``), dumped at the top level like the fields.
+    model_config = ConfigDict(extra="allow", validate_assignment=True)
+
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     seed: int = 0
     seeds: list[int] = Field(
@@ -153,10 +169,8 @@ class JobSpec(Strict):
     train: SerializeAsAny[TrainSpec]
     eval: EvalSpec = Field(default_factory=lambda: EvalSpec())
     resources: ResourcesSpec = Field(default_factory=lambda: ResourcesSpec())
-    track4: Track4Spec | None = None
     refine: RefineSpec | None = None
     caption: CaptionSpec | None = None
-    index: IndexSpec | None = None
     baselines: dict[str, list[str]] = Field(
         default_factory=dict,
         description="name -> dotted overrides: extra models trained and evaluated on the same data",
@@ -186,6 +200,16 @@ class JobSpec(Strict):
         errors: list[InitErrorDetails] = []
         _family_section(raw, "model", family.model_spec, errors)
         _family_section(raw, "train", family.train_spec, errors)
+        for key in [k for k in raw if k not in cls.model_fields]:  # a family's own sections; any other is unknown
+            if key in family.sections and raw[key] is None:
+                del raw[key]  # ``index: null``, as the field it was before families declared their sections
+            elif key in family.sections:
+                _default_output_dir(raw, key, family.sections[key])
+                _family_section(raw, key, family.sections[key], errors)
+            else:
+                own = f" (its own: {', '.join(family.sections)})" if family.sections else ""
+                error = PydanticCustomError("unknown_section", f"not a section of {family.name} jobs{own}")
+                errors.append(InitErrorDetails(type=error, loc=(key,), input=raw[key]))
         if errors:
             raise ValidationError.from_exception_data(cls.__name__, errors)
         return raw
@@ -204,9 +228,7 @@ class JobSpec(Strict):
             value = raw.get(section)
             if isinstance(value, dict) and value.get(key) is None:
                 raw[section] = {**value, key: f"{RUN_FOLDER}/{folder}"}
-        output_root = raw.get("output_root", "runs")
-        run = storage.join(output_root, raw["name"]) if isinstance(output_root, str) else ""
-        return _in_run_folder(raw, run)
+        return _in_run_folder(raw, _run_of(raw))
 
     @model_validator(mode="after")
     def _no_credentials_in_uris(self) -> JobSpec:
@@ -262,6 +284,15 @@ class JobSpec(Strict):
         """The train section as the family's class ``kind``."""
         return as_section(self.train, kind, f"job {self.name}", self.model.name)
 
+    def family_sections(self) -> dict[str, JobSection]:
+        """The top-level sections of the job's family's own that the job has (Family.sections), by name."""
+        return {k: v for k, v in (self.model_extra or {}).items() if isinstance(v, JobSection)}
+
+    def section(self, name: str, kind: type[SectionT]) -> SectionT | None:
+        """The family's own section ``name`` as its class ``kind``, or None when the job has none."""
+        found = (self.model_extra or {}).get(name)
+        return None if found is None else as_section(found, kind, f"job {self.name}", self.model.name)
+
     def locations(self) -> dict[str, str]:
         """Every data and output location of the job, by dotted key (what must be shared on a cluster)."""
         found = {"output_root": self.output_root, "data.root": self.data.root}
@@ -272,10 +303,8 @@ class JobSpec(Strict):
             found["refine.output_dir"] = self.refine.output_dir
         if self.caption:
             found["caption.output"] = self.caption.output
-        if self.index:
-            found["index.output_dir"] = self.index.output_dir
-        if self.track4:
-            found |= {f"track4.{k}": getattr(self.track4, k) for k in ("queries", "gallery", "output_dir")}
+        for name, section in self.family_sections().items():
+            found |= {f"{name}.{k}": getattr(section, k) for k in section.shared_fields if getattr(section, k)}
         for i, rerank in enumerate(self.eval.rerank):
             found[f"eval.rerank.{i}.captions"] = rerank.captions
         from geomoe.stages import listed_stages
@@ -327,9 +356,8 @@ class JobSpec(Strict):
         if raw["data"].get("synthesize"):
             raw["data"]["synthesize"]["output_dir"] = absolute(raw["data"]["synthesize"]["output_dir"])
         raw["preprocess"]["output_dir"] = absolute(raw["preprocess"]["output_dir"])
-        if raw.get("track4"):
-            for key in ("queries", "gallery", "output_dir", "checkpoint"):
-                raw["track4"][key] = absolute(raw["track4"][key])
+        for name, own in self.family_sections().items():
+            raw[name] |= {key: absolute(raw[name][key]) for key in own.path_fields}
         if raw.get("refine"):
             raw["refine"]["output_dir"] = absolute(raw["refine"]["output_dir"])
             if raw["refine"]["prompts"]:
@@ -341,10 +369,6 @@ class JobSpec(Strict):
             raw["caption"]["output"] = absolute(raw["caption"]["output"])
             if raw["caption"]["prompts"]:
                 raw["caption"]["prompts"] = absolute(raw["caption"]["prompts"])
-        if raw.get("index"):
-            raw["index"]["output_dir"] = absolute(raw["index"]["output_dir"])
-            if raw["index"]["checkpoint"]:
-                raw["index"]["checkpoint"] = absolute(raw["index"]["checkpoint"])
         for rerank in raw["eval"]["rerank"]:
             rerank["captions"] = absolute(rerank["captions"])
         raw["families"] = [absolute(m) if m.endswith(".py") else m for m in raw["families"]]

@@ -1,4 +1,4 @@
-"""Retrieval-task sections of a job: evaluation (with CGRS re-ranking), the serving index, Track 4."""
+"""The evaluation section of a job: recall protocols and K, and CGRS re-ranking."""
 
 from __future__ import annotations
 
@@ -49,28 +49,3 @@ class EvalSpec(Strict):
         if not ks or any(k < 1 for k in ks):
             raise ValueError("ks must be a non-empty list of positive integers")
         return sorted(set(ks))
-
-
-class Track4Spec(Strict):
-    """RoboSense Track 4 submission: a query file and a gallery folder in the challenge layout."""
-
-    queries: str
-    gallery: str
-    output_dir: str
-    checkpoint: str | None = Field(None, description="None = the checkpoint this job trained")
-
-
-class IndexSpec(Strict):
-    """The serving index of a PE-MoE checkpoint (stage ``index``): every image of a prepared split embedded by
-    every expert into one matrix of concatenated expert blocks (geomoe.families.pe_moe.index), plus FAISS indexes."""
-
-    output_dir: str
-    checkpoint: str | None = Field(None, description="None = the checkpoint this job trained")
-    split: Literal["test", "train"] = "test"
-    dtype: Literal["float16", "bfloat16", "float32"] = Field(
-        "float16", description="stored rows; float16 keeps 3 more mantissa bits of unit vectors than bfloat16"
-    )
-    faiss: list[Literal["flat", "ivf", "hnsw"]] = Field(default_factory=list)
-    ivf_nlist: int = Field(1024, ge=1)
-    ivf_nprobe: int = Field(16, ge=1)
-    hnsw_m: int = Field(32, ge=2)

@@ -3,7 +3,8 @@
 A family subclasses ``Family``, sets its class attributes, implements ``build_model`` and ``training_task``
 (the worker side: model, step, evaluation), and either ``datasets`` + ``evaluate`` (the default ``train``:
 one stage, the best epoch by ``best_by``, then a test evaluation of that checkpoint) or its own ``train``. Job
-stages of its own are ``geomoe.stages.Stage`` objects in ``stages``; its Serve deployments, ``serve_deployments``.
+stages of its own are ``geomoe.stages.Stage`` objects in ``stages``; top-level job sections of its own (the ones
+its stages read), ``config.JobSection`` classes in ``sections``; its Serve deployments, ``serve_deployments``.
 It registers itself with ``geomoe.registry.register`` (built-in families through the ``geomoe.families``
 entry points). Nothing outside a family's package names the family: everything dispatches through here.
 """
@@ -16,7 +17,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from geomoe import storage
-from geomoe.config import FamilyModelSpec, JobSpec, TrainSpec
+from geomoe.config import FamilyModelSpec, JobSection, JobSpec, TrainSpec
 from geomoe.data.prepared import PreparedDataset
 from geomoe.stages import Stage
 
@@ -52,16 +53,12 @@ class Family:
     dataset_kind: ClassVar[str] = "retrieval"  # what its prepared data is (config.DATASET_KINDS)
     default: ClassVar[bool] = False  # the family of a ``model`` section without a name
     stages: ClassVar[tuple[Stage, ...]] = ()  # job stages of its own (geomoe.stages.Stage)
+    sections: ClassVar[dict[str, type[JobSection]]] = {}  # top-level job sections of its own, by key
     best_by: ClassVar[str | None] = None  # a per-epoch metric to keep the best checkpoint by (max)
 
     # --- spec ---
     def check_job(self, spec: JobSpec) -> None:
-        """Cross-section checks at validation time; raise ValueError("key: reason"). Default: no index or track4
-        section unless the family has the stage that reads it."""
-        own = {stage.name for stage in self.stages}
-        for section, stage in (("index", "index"), ("track4", "track4_submission")):
-            if getattr(spec, section) is not None and stage not in own:
-                raise ValueError(f"{section}: {self.name} jobs have no {stage!r} stage to use this section")
+        """Cross-section checks at validation time; raise ValueError("key: reason"). Default: none."""
 
     def epochs(self, train: TrainSpec) -> int:
         """Epochs of the default one-stage training (the train section's ``epochs``)."""

@@ -14,7 +14,7 @@ from geomoe.data.prepared import PreparedDataset
 from geomoe.families.base import Family, Loaded
 from geomoe.families.pe_moe.report import index_summary
 from geomoe.families.pe_moe.results import PEMoEResult, Recall, protocol_prefix
-from geomoe.families.pe_moe.spec import PEMoEModelSpec, PEMoETrainSpec
+from geomoe.families.pe_moe.spec import IndexSpec, PEMoEModelSpec, PEMoETrainSpec, Track4Spec
 from geomoe.stages import Stage, section_output
 
 if TYPE_CHECKING:
@@ -23,11 +23,13 @@ if TYPE_CHECKING:
     from geomoe.train.loop import LoopConfig, TrainingTask
 
 
-def _checked_stage(stage: str, key: str, needs: str) -> Callable[[JobSpec], None]:
+def _checked_stage(
+    stage: str, key: str, kind: type[IndexSpec] | type[Track4Spec], needs: str
+) -> Callable[[JobSpec], None]:
     """A stage that reads the ``key`` section and a checkpoint: given there, or trained by an earlier stage."""
 
     def check(spec: JobSpec) -> None:
-        section = getattr(spec, key)
+        section = spec.section(key, kind)
         if section is None:
             raise ValueError(f"stages: stage {stage!r} needs {needs}")
         trained = "train" in spec.stages[: spec.stages.index(stage)]
@@ -40,14 +42,14 @@ def _checked_stage(stage: str, key: str, needs: str) -> Callable[[JobSpec], None
 INDEX = Stage(
     "index",
     "geomoe.families.pe_moe.pipelines:run_index",
-    check=_checked_stage("index", "index", "an index section (output_dir)"),
+    check=_checked_stage("index", "index", IndexSpec, "an index section (output_dir)"),
     outputs=section_output("index", "output_dir"),
     summary=lambda spec, result: index_summary(result),
 )
 TRACK4_SUBMISSION = Stage(
     "track4_submission",
     "geomoe.families.pe_moe.submit:run_track4_submission",
-    check=_checked_stage("track4_submission", "track4", "a track4 section (queries, gallery, output_dir)"),
+    check=_checked_stage("track4_submission", "track4", Track4Spec, "a track4 section (queries, gallery, output_dir)"),
     outputs=section_output("track4", "output_dir"),
 )
 
@@ -59,6 +61,7 @@ class PEMoEFamily(Family):
     dataset_kind = "retrieval"
     default = True  # job specs from before SMGeo have no model.name
     stages = (INDEX, TRACK4_SUBMISSION)
+    sections = {"index": IndexSpec, "track4": Track4Spec}  # what the two stages read
 
     def build_model(self, model: FamilyModelSpec) -> torch.nn.Module:
         from geomoe.families.pe_moe.factory import build_pe_moe

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import numpy as np
 
 from geomoe import ownership, storage
-from geomoe.config import FamilyModelSpec, IndexSpec, JobSpec, ResourcesSpec, as_section
+from geomoe.config import FamilyModelSpec, JobSpec, ResourcesSpec, as_section
 from geomoe.data.images import Fetch
 from geomoe.data.prepared import PreparedDataset
 from geomoe.errors import DatasetError
@@ -26,7 +26,7 @@ from geomoe.families.pe_moe.index import (
     recall_at,
     write_index,
 )
-from geomoe.families.pe_moe.spec import PEMoEModelSpec
+from geomoe.families.pe_moe.spec import IndexSpec, PEMoEModelSpec
 
 if TYPE_CHECKING:
     from geomoe.families.pe_moe.model import PEMoE
@@ -159,8 +159,8 @@ def build_index(spec: JobSpec, manifest: dict[str, Any], checkpoint: str) -> dic
     from geomoe.pipelines.caption import gallery_images
     from geomoe.pipelines.images import PreparedImages
 
-    assert spec.index is not None  # checked by JobSpec validation
-    cfg, started = spec.index, time.perf_counter()
+    cfg, started = spec.section("index", IndexSpec), time.perf_counter()
+    assert cfg is not None  # checked by JobSpec validation
     images = sorted(gallery_images(manifest, cfg.split), key=lambda im: im["image_id"])
     if not images:
         raise DatasetError(f"no {cfg.split} images in the prepared dataset at {manifest['table']}")
@@ -262,8 +262,9 @@ def stage_checkpoint(given: str | None, results: JobResults, stage: str) -> str:
 
 def run_index(spec: JobSpec, context: StageContext) -> dict[str, Any]:
     """The ``index`` stage (geomoe.families.pe_moe.INDEX)."""
-    assert spec.index is not None  # checked by the stage's check
+    index = spec.section("index", IndexSpec)
+    assert index is not None  # checked by the stage's check
     manifest = context.results.outputs.get("prepare")  # this run's, else the folder's (an earlier run)
     if manifest is None:
         manifest = PreparedDataset.open(spec.preprocess.output_dir, "stage 'index'").manifest
-    return build_index(spec, manifest, stage_checkpoint(spec.index.checkpoint, context.results, "index"))
+    return build_index(spec, manifest, stage_checkpoint(index.checkpoint, context.results, "index"))

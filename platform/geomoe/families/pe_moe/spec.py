@@ -9,7 +9,7 @@ from typing import Literal, Self
 from pydantic import Field, model_validator
 
 from geomoe.config.base import Strict
-from geomoe.config.family import FamilyModelSpec, TrainSpec
+from geomoe.config.family import FamilyModelSpec, JobSection, TrainSpec
 from geomoe.platforms import Platform
 
 
@@ -138,3 +138,36 @@ class PEMoETrainSpec(TrainSpec):
 
     def fields_ignored_by_stage(self, stage: int) -> frozenset[str]:
         return STAGE2_FIELDS if stage == 1 else frozenset()
+
+
+class Track4Spec(JobSection):
+    """The ``track4`` section (stage ``track4_submission``): RoboSense Track 4 submission, a query file and a
+    gallery folder in the challenge layout."""
+
+    path_fields = ("queries", "gallery", "output_dir", "checkpoint")
+    shared_fields = ("queries", "gallery", "output_dir")
+
+    queries: str
+    gallery: str
+    output_dir: str
+    checkpoint: str | None = Field(None, description="None = the checkpoint this job trained")
+
+
+class IndexSpec(JobSection):
+    """The ``index`` section (stage ``index``): the serving index of a PE-MoE checkpoint, every image of a prepared
+    split embedded by every expert into one matrix of concatenated expert blocks (geomoe.families.pe_moe.index),
+    plus FAISS indexes."""
+
+    path_fields = ("output_dir", "checkpoint")
+    shared_fields = ("output_dir",)
+
+    output_dir: str
+    checkpoint: str | None = Field(None, description="None = the checkpoint this job trained")
+    split: Literal["test", "train"] = "test"
+    dtype: Literal["float16", "bfloat16", "float32"] = Field(
+        "float16", description="stored rows; float16 keeps 3 more mantissa bits of unit vectors than bfloat16"
+    )
+    faiss: list[Literal["flat", "ivf", "hnsw"]] = Field(default_factory=list)
+    ivf_nlist: int = Field(1024, ge=1)
+    ivf_nprobe: int = Field(16, ge=1)
+    hnsw_m: int = Field(32, ge=2)

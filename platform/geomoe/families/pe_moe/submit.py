@@ -7,13 +7,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from geomoe import ownership
-from geomoe.config import JobSpec, Track4Spec
+from geomoe.config import JobSpec
 from geomoe.data.records import RejectLog
 from geomoe.data.track4 import SUBMISSION_DEPTH, list_gallery, read_queries, write_submission
 from geomoe.data.transforms import normalize_caption
 from geomoe.errors import DatasetError
 from geomoe.families.pe_moe.pipelines import embed_images, stage_checkpoint
-from geomoe.families.pe_moe.spec import PEMoEModelSpec
+from geomoe.families.pe_moe.spec import PEMoEModelSpec, Track4Spec
 
 if TYPE_CHECKING:
     from geomoe.stages import StageContext
@@ -50,6 +50,7 @@ def submit_track4(checkpoint: str, track4: Track4Spec, concurrency: int = 1) -> 
 
 def run_track4_submission(spec: JobSpec, context: StageContext) -> dict[str, Any]:
     """The ``track4_submission`` stage (geomoe.families.pe_moe.TRACK4_SUBMISSION)."""
-    assert spec.track4 is not None  # checked by the stage's check
-    checkpoint = stage_checkpoint(spec.track4.checkpoint, context.results, "track4_submission")
-    return submit_track4(checkpoint, spec.track4, spec.resources.data_concurrency)
+    track4 = spec.section("track4", Track4Spec)
+    assert track4 is not None  # checked by the stage's check
+    checkpoint = stage_checkpoint(track4.checkpoint, context.results, "track4_submission")
+    return submit_track4(checkpoint, track4, spec.resources.data_concurrency)
