@@ -101,3 +101,21 @@ def smgeo_job(root: Path, out: Path) -> JobSpec:
         "resources": {"num_workers": 1, "cpus_per_worker": 0.5, "data_concurrency": 1},
     }
     return parse_spec(JobSpec, raw, "test")
+
+
+TOY = str(Path(__file__).resolve().parent / "toy_family.py")  # the third family, from a .py file
+
+
+def toy_job(root: Path, out: Path) -> dict:
+    """A job of the toy family (tests/toy_family.py) on the geotext layout under ``root``."""
+    return {
+        "name": "toy",
+        "families": [TOY],
+        "output_root": str(out / "runs"),
+        "stages": ["prepare", "train"],
+        "data": {"format": "geotext", "root": str(root / "geotext")},
+        "preprocess": {"output_dir": str(out / "prepared"), "satellite_copies": 0},
+        "model": {"name": "toy_platform", "thumb": 8},
+        "train": {"batch_size": 4, "lr": 0.01, "epochs": 3, "keep_checkpoints": 3, "warmup_ratio": 0.0},
+        "resources": {"num_workers": 1, "cpus_per_worker": 0.5, "data_concurrency": 1},
+    }

@@ -4,18 +4,21 @@ thumbnail of it, on any prepared retrieval dataset. A job names this file under 
 
 from __future__ import annotations
 
+import base64
+import binascii
 from typing import Any, Literal
 
 import numpy as np
 import torch
+from PIL import Image
 from pydantic import Field
 from torch import nn
 
 from geomoe import registry, storage
 from geomoe.config import FamilyModelSpec, JobSection, JobSpec, TrainSpec, as_section
-from geomoe.data.images import open_image
+from geomoe.data.images import DECODE_ERRORS, decoded, open_image
 from geomoe.data.prepared import PreparedDataset
-from geomoe.families.base import Family, TrainInputs
+from geomoe.families.base import Family, Loaded, TrainInputs
 from geomoe.platforms import PLATFORMS
 from geomoe.stages import Stage, StageContext, section_output
 from geomoe.train.loop import Batch, LoopConfig, TrainingTask
@@ -39,12 +42,28 @@ class SharesSpec(JobSection):
     split: Literal["train", "test"] = "train"
 
 
+def thumbnail(image: Image.Image, side: int) -> np.ndarray:
+    """The model's input: the image at side x side RGB, in [0, 1], flattened."""
+    return (np.asarray(image.convert("RGB").resize((side, side)), np.float32) / 255).reshape(-1)
+
+
 def thumbnails(prepared: PreparedDataset, split: str, side: int) -> dict[str, np.ndarray]:
     """One (thumbnail, platform index) pair per image of the split, decoded on the driver (small by design)."""
     table = prepared.read_split(split, columns=["image_path", "platform"])
     images = dict(zip(table["image_path"].to_pylist(), table["platform"].to_pylist(), strict=True))
-    x = [np.asarray(open_image(p).convert("RGB").resize((side, side)), np.float32) / 255 for p in images]
-    return {"x": np.stack(x).reshape(len(x), -1), "y": np.array([PLATFORMS.index(p) for p in images.values()])}
+    x = [thumbnail(open_image(p), side) for p in images]
+    return {"x": np.stack(x), "y": np.array([PLATFORMS.index(p) for p in images.values()])}
+
+
+def image_input(inputs: dict[str, Any]) -> Image.Image:
+    """``inputs["image"]``: an image file, base64; ValueError naming the input otherwise."""
+    encoded = inputs.get("image")
+    if not isinstance(encoded, str):
+        raise ValueError("inputs.image: an image file, base64, is required")
+    try:
+        return decoded(base64.b64decode(encoded, validate=True))
+    except (binascii.Error, *DECODE_ERRORS) as err:
+        raise ValueError(f"inputs.image: not a readable image file, base64 ({type(err).__name__})") from err
 
 
 def correct(model: nn.Module, x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -126,6 +145,17 @@ class ToyFamily(Family):
         test = thumbnails(prepared, "test", spec.model_as(ToyModelSpec).thumb)
         hits = correct(self.load_checkpoint(checkpoint).model, test["x"], test["y"])
         return {"accuracy": 100.0 * float(hits.mean()), "count": len(test["y"]), "correct": hits.tolist()}
+
+    def predict(self, loaded: Loaded, inputs: dict[str, Any]) -> dict[str, Any]:
+        """Served at POST /predict/<name>: which platform took ``inputs["image"]``, and each one's probability."""
+        x = thumbnail(image_input(inputs), loaded.spec.model_as(ToyModelSpec).thumb)
+        device = next(loaded.model.parameters()).device
+        with torch.no_grad():
+            probabilities = torch.softmax(loaded.model(torch.from_numpy(x[None]).to(device)), 1)[0].tolist()
+        return {
+            "platform": PLATFORMS[int(np.argmax(probabilities))],
+            "probabilities": dict(zip(PLATFORMS, probabilities, strict=True)),
+        }
 
     def query_values(self, result: dict[str, Any]) -> dict[str, np.ndarray]:
         """Each test image's hit: the per-query values of test_accuracy (its intervals, seeds and verdicts)."""

@@ -20,11 +20,12 @@ import pytest
 # depth mismatch")
 import schemathesis.specs.openapi.schemas  # noqa: F401
 
-from geomoe import ownership, storage
+from geomoe import ownership, registry, storage
+from geomoe.config import JobSpec, parse_spec
 from geomoe.families.pe_moe.spec import PEMoEModelSpec
 from geomoe.families.smgeo.spec import SMGeoModelSpec
 from ports import start_serve
-from tiny_jobs import smgeo_job, tiny_retriever
+from tiny_jobs import smgeo_job, tiny_retriever, toy_job
 
 URL = ""  # the app's base URL: set by ``served``, which starts Serve on a port of its own
 
@@ -64,7 +65,7 @@ def served(
     from geomoe.families.smgeo.model import SMGeo
     from geomoe.models.checkpoint import save_checkpoint
     from geomoe.models.tiny import build_tiny_vlm
-    from geomoe.serving.app import build_app
+    from geomoe.serving.app import compose
     from ray import serve
 
     root, _ = tiny_synth
@@ -79,6 +80,9 @@ def served(
     (out / "smgeo").mkdir()
     save_checkpoint(out / "smgeo", SMGeo(smgeo_spec.model_as(SMGeoModelSpec)), smgeo_spec, 1, 0)
     build_tiny_vlm(out / "vlm", [r["caption"] for r in scene])
+    toy_spec = parse_spec(JobSpec, toy_job(root, out), "toy")  # a family from a .py file, with predict of its own
+    (out / "toy").mkdir()
+    save_checkpoint(out / "toy", registry.family("toy_platform").build_model(toy_spec.model), toy_spec, 1, 0)
     bucket = new_bucket("served-app")
     for name in ("index", "ckpt"):
         ownership.upload_dir(out / name, f"{bucket}/{name}", ownership.Claim("test upload"))
@@ -90,10 +94,14 @@ def served(
         "rerank": {"captions": f"{bucket}/captions.parquet", "top_n": 8, "lexical_weight": 1.0},
         "captioner": {"engine": {"kind": "transformers", "model": str(out / "vlm"), "max_new_tokens": 12}},
         "localizer": str(out / "smgeo"),
+        "predictors": {"toy": str(out / "toy")},
     }
     global URL
     URL = start_serve()
-    serve.run(build_app(args), name="retriever", route_prefix="/", blocking=False)
+    # the toy's predictor asks for no CPU of its own, as a Serve config file may set per deployment: the other
+    # deployments and the fuzzing test's second app book all 4 of the session cluster's CPUs
+    no_cpu = {"Predictor-toy": {"ray_actor_options": {"num_cpus": 0}}}
+    serve.run(compose(args, options=no_cpu), name="retriever", route_prefix="/", blocking=False)
     try:
         yield {"model": model.eval(), "tokenizer": tokenizer, "spec": spec, "built_from": str(out / "ckpt"),
                "out": out, "uncaptioned": uncaptioned, "root": root, **args,
@@ -236,6 +244,7 @@ def test_the_app_keeps_its_openapi_contract_under_fuzzing_with_and_without_the_t
         open_url = f"{URL}/open"
         schema = json.loads(urllib.request.urlopen(f"{open_url}/openapi.json", timeout=60).read())
         assert "securitySchemes" not in schema.get("components", {}) and "/localize" not in schema["paths"]
+        assert "/predict/{name}" not in schema["paths"]  # no predictors configured
         assert all("security" not in op for ops in schema["paths"].values() for op in ops.values())
         sent, failures = fuzz(open_url, {})
         print(f"schemathesis, no token configured: {sent} requests")
@@ -345,6 +354,38 @@ def test_localize_returns_the_offline_box_and_refuses_bad_images(served: dict[st
     assert post_json("/localize", body, token=None)[0] == 401
 
 
+def test_a_family_from_a_file_serves_its_own_predictions_at_its_route(served: dict[str, Any]) -> None:
+    """The toy family (tests/toy_family.py, loaded from its file in the replica) serves ``predict`` at
+    /predict/toy: the offline model's probabilities for the same image; its own input errors are 422s naming the
+    input; another name is a 404; a checkpoint of a family without ``predict`` is refused before anything starts."""
+    import torch
+
+    from geomoe.data.images import open_image
+    from geomoe.errors import SpecError
+    from geomoe.platforms import PLATFORMS
+    from geomoe.serving.app import _predictor_checkpoints
+    from toy_family import thumbnail
+
+    image = sorted((served["root"] / "geotext").rglob("*.jpg"))[0]
+    status, body = post_json("/predict/toy", {"inputs": {"image": b64(image)}})
+    assert status == 200 and body["name"] == "toy", body
+    loaded = registry.family("toy_platform").load_checkpoint(served["predictors"]["toy"])
+    with torch.no_grad():
+        offline = torch.softmax(loaded.model(torch.from_numpy(thumbnail(open_image(image), 8)[None])), 1)[0]
+    expected = dict(zip(PLATFORMS, offline.tolist(), strict=True))
+    assert body["outputs"]["probabilities"] == pytest.approx(expected, abs=1e-6)
+    assert body["outputs"]["platform"] == max(expected, key=lambda p: expected[p])
+    status, body = post_json("/predict/toy", {"inputs": {"image": base64.b64encode(b"not an image").decode()}})
+    assert status == 422 and body["detail"].startswith("inputs.image: not a readable image file"), body
+    status, body = post_json("/predict/toy", {"inputs": {}})
+    assert status == 422 and "inputs.image: an image file, base64, is required" in body["detail"], body
+    status, body = post_json("/predict/other", {"inputs": {}})
+    assert status == 404 and "no predictor named 'other' (served: toy)" in body["detail"], body
+    assert call("/info", token="s3cret")[1]["predictors"] == ["toy"]
+    with pytest.raises(SpecError, match=r"predictors\.retriever: a pe_moe checkpoint; its family has no predict"):
+        _predictor_checkpoints({"retriever": served["built_from"]})
+
+
 def test_serving_from_the_model_registry_answers_exactly_like_serving_from_the_path(
     served: dict[str, Any], mlflow_server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -407,6 +448,7 @@ def test_every_model_holder_puts_its_model_on_the_device_ray_gave_it(
     from geomoe.pipelines.refine import RefineBatch
     from geomoe.serving.captioner import Captioner
     from geomoe.serving.chat import ChatCompletions
+    from geomoe.serving.predictor import Predictor
 
     def device_of(module: torch.nn.Module) -> set[str]:
         return {t.device.type for t in [*module.parameters(), *module.buffers()]}
@@ -425,6 +467,7 @@ def test_every_model_holder_puts_its_model_on_the_device_ray_gave_it(
         "Reranker": Reranker.func_or_class(checkpoint, index, served["rerank"], None).model,
         "Captioner": Captioner.func_or_class(served["captioner"]).local.model,
         "Localizer": Localizer.func_or_class(served["localizer"]).model,
+        "Predictor (toy family)": Predictor.func_or_class(served["predictors"]["toy"]).loaded.model,
         "ImageEmbedder": ImageEmbedder(checkpoint).model,
         "PredictBoxes": PredictBoxes(served["localizer"], clicks=(True,)).model,
         "CaptionBatch": CaptionBatch(

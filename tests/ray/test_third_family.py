@@ -19,8 +19,8 @@ from geomoe.data.prepared import PreparedDataset
 from geomoe.errors import SpecError
 from geomoe.jobs import run_job, run_job_timed
 from geomoe.stages import listed_stages
+from tiny_jobs import TOY, toy_job
 
-TOY = str(Path(__file__).resolve().parents[1] / "toy_family.py")
 REPO = Path(__file__).resolve().parents[2]
 TOY_MARGIN = 10.0  # points of test accuracy above always answering the most common platform
 
@@ -38,20 +38,6 @@ def toy_synth(tmp_path_factory: pytest.TempPathFactory) -> Path:
         root, SynthSpec(train_buildings=24, test_buildings=6, drone_views=2, ground_views=1, image_size=32, **sizes)
     )
     return root
-
-
-def toy_job(root: Path, out: Path) -> dict:
-    return {
-        "name": "toy",
-        "families": [TOY],
-        "output_root": str(out / "runs"),
-        "stages": ["prepare", "train"],
-        "data": {"format": "geotext", "root": str(root / "geotext")},
-        "preprocess": {"output_dir": str(out / "prepared"), "satellite_copies": 0},
-        "model": {"name": "toy_platform", "thumb": 8},
-        "train": {"batch_size": 4, "lr": 0.01, "epochs": 3, "keep_checkpoints": 3, "warmup_ratio": 0.0},
-        "resources": {"num_workers": 1, "cpus_per_worker": 0.5, "data_concurrency": 1},
-    }
 
 
 def test_family_errors_name_the_key(tiny_synth: tuple[Path, dict]) -> None:

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import re
+
 from pydantic import Field, field_validator, model_validator
 
 from geomoe.config.base import Strict
 from geomoe.config.engines import EngineSpec
 from geomoe.config.retrieval import RerankSpec
+
+PREDICTOR_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 class ServeCaptionerSpec(Strict):
@@ -50,6 +54,11 @@ class ServeSpec(Strict):
     rerank: RerankSpec | None = Field(None, description="CGRS over the first stage's top_n; enables rerank: true")
     captioner: ServeCaptionerSpec | None = Field(None, description="captions images the store lacks (needs rerank)")
     localizer: str | None = Field(None, description="SMGeo checkpoint; enables POST /localize")
+    predictors: dict[str, str] = Field(
+        default_factory=dict,
+        description="name -> checkpoint of a family that serves predictions of its own (Family.predict); each "
+        "enables POST /predict/<name>",
+    )
     batching: BatchingSpec = Field(default_factory=lambda: BatchingSpec())
 
     @model_validator(mode="after")
@@ -60,4 +69,7 @@ class ServeSpec(Strict):
             raise ValueError("captioner needs rerank (it writes captions for re-ranking)")
         if self.token is not None and self.token_env is not None:
             raise ValueError("give token or token_env, not both")
+        bad = [name for name in self.predictors if not PREDICTOR_NAME.fullmatch(name)]
+        if bad:
+            raise ValueError(f"predictors: {bad[0]!r} is not a name for a route (letters, digits, _ and -)")
         return self

@@ -126,8 +126,17 @@ class Family:
     def serve_deployments(self) -> dict[str, Any]:
         """The Ray Serve deployments this family's checkpoints are served by, by the role the app gives them
         (geomoe.serving.app: a retriever's ``QueryEncoder``, ``GallerySearch`` and ``Reranker``, a localizer's
-        ``Localizer``). Default: none."""
+        ``Localizer``). Default: none. A family with predictions of another kind implements ``predict`` instead."""
         return {}
+
+    def predict(self, loaded: Loaded, inputs: dict[str, Any]) -> dict[str, Any]:
+        """Predictions of a loaded checkpoint on a JSON object of ``inputs``, served at ``POST /predict/<name>``
+        (geomoe.serving.predictor) for a checkpoint the Serve config lists under ``predictors``; raise ValueError
+        naming the input for inputs it refuses. Default: the family serves no predictions of its own."""
+        raise NotImplementedError(f"{self.name} serves no predictions of its own")
+
+    def serves_predictions(self) -> bool:
+        return type(self).predict is not Family.predict
 
     # --- results ---
     def metrics(self, result: dict[str, Any]) -> dict[str, float]:

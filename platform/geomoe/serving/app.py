@@ -8,7 +8,10 @@
   (geomoe.retrieval.rerank); an image the store lacks is captioned by the ``Captioner`` deployment once and cached.
 - ``Captioner``: a VLM, local (transformers) or behind an OpenAI-compatible URL (a ``ray.serve.llm`` app).
 - ``Localizer``: an SMGeo checkpoint; drone image + click + satellite tile -> box, ``@serve.batch``.
-- ``Ingress``: ``POST /search``, ``POST /localize``, ``GET /healthz``, ``GET /info``; typed responses; request
+- ``Predictor`` (one per name under ``predictors``): a checkpoint of a family with predictions of its own
+  (``Family.predict``; geomoe.serving.predictor), JSON inputs -> JSON outputs.
+- ``Ingress``: ``POST /search``, ``POST /localize``, ``POST /predict/<name>``, ``GET /healthz``, ``GET /info``;
+  typed responses; request
   validation with clear 4xx errors, limits on text length, k, image bytes and pixels; before any body is read
   (``geomoe.serving.gate``): the optional bearer token (401), JSON only (415), the body's size (413).
   ``/healthz`` is 200 only once every deployment answers (503 before).
@@ -36,6 +39,7 @@ from geomoe.data.images import DECODE_ERRORS, decoded
 from geomoe.errors import SpecError
 from geomoe.serving.captioner import Captioner
 from geomoe.serving.gate import OPEN_PATHS, RequestGate
+from geomoe.serving.predictor import Predictor, family_of_checkpoint
 from geomoe.serving.schemas import (
     LIMITS,
     MAX_IMAGE_BYTES,
@@ -46,6 +50,8 @@ from geomoe.serving.schemas import (
     InfoResponse,
     LocalizeRequest,
     LocalizeResponse,
+    PredictRequest,
+    PredictResponse,
     SearchRequest,
     SearchResponse,
     error_responses,
@@ -161,15 +167,19 @@ class Ingress:
         rerank_depth: int = 0,
         localizer: Any | None = None,
         batched: bool = True,
+        predictors: dict[str, Any] | None = None,
     ) -> None:
         from geomoe.serving import gate
 
-        gate.configure(token, () if localizer is not None else ("/localize",))  # read by the middleware and schema
+        unserved = (() if localizer is not None else ("/localize",)) + (() if predictors else ("/predict/{name}",))
+        gate.configure(token, unserved)  # read by the middleware and the schema
         self.gallery = search
         self.reranker, self.rerank_depth, self.localizer = reranker, rerank_depth, localizer
+        self.predictors = predictors or {}
         self.encode = encoder.encode if batched else encoder.encode_unbatched
         self.find = search.search if batched else search.search_unbatched
         stages = {"QueryEncoder": encoder, "GallerySearch": search, "Reranker": reranker, "Localizer": localizer}
+        stages |= {f"Predictor {name}": handle for name, handle in self.predictors.items()}
         self.stages = {name: handle for name, handle in stages.items() if handle is not None}
         self.ready = False
 
@@ -203,6 +213,7 @@ class Ingress:
             "index": await self.gallery.info.remote(),
             "rerank": None if self.reranker is None else await self.reranker.info.remote(),
             "localizer": None if self.localizer is None else "SMGeo",
+            "predictors": sorted(self.predictors),
             "limits": LIMITS,
             "versions": {"geomoe": geomoe.__version__, "ray": ray.__version__, "torch": torch.__version__},
         }
@@ -234,6 +245,19 @@ class Ingress:
         if not (0 <= x < drone_wh[0] and 0 <= y < drone_wh[1]):
             raise HTTPException(status_code=422, detail=f"click ({x}, {y}) lies outside the {drone_wh} drone image")
         return dict(await self.localizer.localize.remote((drone, (x, y), tile)))
+
+    @api.post(
+        "/predict/{name}", response_model=PredictResponse, responses=error_responses(400, 401, 404, 413, 415, 422)
+    )
+    async def predict(self, name: str, request: PredictRequest) -> dict[str, Any]:
+        """The predictions of the checkpoint the Serve config lists as ``predictors.<name>`` (its family's own)."""
+        if name not in self.predictors:
+            served = ", ".join(sorted(self.predictors)) or "none"
+            raise HTTPException(status_code=404, detail=f"no predictor named {name!r} (served: {served})")
+        answer = await self.predictors[name].predict.remote(request.inputs)
+        if "error" in answer:
+            raise HTTPException(status_code=422, detail=str(answer["error"]))
+        return {"name": name, "outputs": answer["outputs"]}
 
 
 def deployments_of(checkpoint: str, key: str, roles: tuple[str, ...]) -> dict[str, Any]:
@@ -285,5 +309,20 @@ def compose(
         reranker = bound(retriever["Reranker"], spec.checkpoint, spec.index, rerank, captioner)
     if spec.localizer is not None:
         localizer = bound(deployments_of(spec.localizer, "localizer", ("Localizer",))["Localizer"], spec.localizer)
+    predictor: Any = Predictor  # one deployment per name, "Predictor-<name>" in a Serve config file
+    predictors = {name: bound(predictor.options(name=f"Predictor-{name}"), checkpoint)
+                  for name, checkpoint in _predictor_checkpoints(spec.predictors).items()}  # fmt: skip
     depth = spec.rerank.top_n if spec.rerank is not None else 0
-    return bound(Ingress, encoder, gallery, spec.token, reranker, depth, localizer, batched)
+    return bound(Ingress, encoder, gallery, spec.token, reranker, depth, localizer, batched, predictors)
+
+
+def _predictor_checkpoints(predictors: dict[str, str]) -> dict[str, str]:
+    """``predictors`` once each checkpoint's family is known to serve predictions (Family.predict): a SpecError
+    naming ``predictors.<name>`` otherwise, before anything starts."""
+    for name, checkpoint in predictors.items():
+        family = family_of_checkpoint(checkpoint)
+        if not family.serves_predictions():
+            raise SpecError(
+                "serve args", f"predictors.{name}", f"a {family.name} checkpoint; its family has no predict"
+            )
+    return predictors

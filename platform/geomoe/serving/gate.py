@@ -25,6 +25,7 @@ App = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 MAX_BODY_BYTES = 24 * 1024 * 1024  # two base64 images at their 8 MiB limit, and the JSON around them
 JSON_ROUTES = ("/search", "/localize")  # the routes that take a body (any other answers 404/405 by itself)
+JSON_ROUTE_PREFIXES = ("/predict/",)  # and those under these prefixes
 OPEN_PATHS = ("/healthz", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc")
 _STATE: dict[str, Any] = {"token": None, "unserved": ()}
 
@@ -52,7 +53,8 @@ class RequestGate:
             await self.app(scope, receive, send)
             return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
-        takes_body = scope["method"] == "POST" and _path(scope) in JSON_ROUTES
+        path = _path(scope)
+        takes_body = scope["method"] == "POST" and (path in JSON_ROUTES or path.startswith(JSON_ROUTE_PREFIXES))
         refusal = _refusal(takes_body, headers)
         if refusal is not None:
             await _answer(send, *refusal)

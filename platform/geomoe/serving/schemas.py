@@ -48,6 +48,16 @@ class LocalizeRequest(BaseModel):
     satellite_tile: Base64Image = Field(description="the satellite (reference) tile file, base64")
 
 
+class PredictRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    inputs: dict[str, Any] = Field(description="what the served family's predict reads (its docs name the keys)")
+
+
+class PredictResponse(BaseModel):
+    name: str = Field(description="the predictor (a name the Serve config lists under predictors)")
+    outputs: dict[str, Any] = Field(description="what the family predicts")
+
+
 class SearchHit(BaseModel):
     image_id: str
     score: float = Field(description="the first stage's fused score (Eq. 1)")
@@ -76,6 +86,7 @@ class InfoResponse(BaseModel):
     index: dict[str, Any] = Field(description="the served index's manifest: checkpoint, gallery, experts, size")
     rerank: dict[str, Any] | None = Field(description="the re-ranker's caption store and counters, if any")
     localizer: str | None
+    predictors: list[str] = Field(default_factory=list, description="the names POST /predict/<name> serves")
     limits: dict[str, int]
     versions: dict[str, str]
 
@@ -101,7 +112,7 @@ def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
 ERROR_MEANINGS = {
     400: "the body could not be read (not JSON, or not UTF-8)",
     401: "missing or wrong bearer token (checked before the body is read)",
-    404: "this deployment does not serve the operation (no localizer configured)",
+    404: "this deployment does not serve the operation (no localizer, or no predictor of that name, configured)",
     409: "the request asks for a stage this deployment lacks (rerank without a re-ranker)",
     413: "the body over its size limit (refused before it is read), or an image over the byte or pixel limit",
     415: "the body is not application/json",
@@ -133,6 +144,7 @@ def serve_spec(args: dict[str, Any], source: str = "serve args") -> ServeSpec:
         updates["checkpoint"] = absolute(spec.checkpoint)
     if spec.localizer is not None:
         updates["localizer"] = absolute(spec.localizer)
+    updates["predictors"] = {name: absolute(location) for name, location in spec.predictors.items()}
     if spec.rerank is not None:
         updates["rerank"] = spec.rerank.model_copy(update={"captions": absolute(spec.rerank.captions)})
     if spec.token_env is not None:
