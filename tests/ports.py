@@ -127,6 +127,8 @@ def previous_serve_gone(seconds: float = 30) -> None:
             controller = ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
         except ValueError:
             return
+        if time.monotonic() > deadline + seconds:
+            raise RuntimeError(f"Serve's controller still runs {seconds} s after it was killed")
         if time.monotonic() > deadline:
             ray.kill(controller, no_restart=True)
         time.sleep(0.2)

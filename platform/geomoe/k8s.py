@@ -414,9 +414,10 @@ def _require_shared_serve(raw: dict[str, Any], source: str, values: K8sValues) -
     on a volume the values mount in every pod, as a job's are."""
     for i, app in enumerate(raw.get("applications", [])):
         args = app.get("args") or {}
-        for dotted in SERVE_LOCATIONS:
+        predictors: dict[str, Any] = args["predictors"] if isinstance(args.get("predictors"), dict) else {}
+        for dotted in (*SERVE_LOCATIONS, *(f"predictors.{name}" for name in predictors)):
             value: Any = args
-            for part in dotted.split("."):
+            for part in dotted.split(".", 1) if dotted.startswith("predictors.") else dotted.split("."):
                 value = value.get(part) if isinstance(value, dict) else None
             if not isinstance(value, str) or value.startswith(("models:/", "builtin:")) or storage.is_uri(value):
                 continue

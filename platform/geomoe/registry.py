@@ -51,6 +51,16 @@ def register(family: Family) -> Family:
     return family
 
 
+def section_owners() -> dict[str, list[str]]:
+    """Each top-level job section a registered family declares (``Family.sections``) -> the families declaring it."""
+    _load_entry_points()
+    owners: dict[str, list[str]] = {}
+    for name, family in sorted(_families.items()):
+        for section in family.sections:
+            owners.setdefault(section, []).append(name)
+    return owners
+
+
 def _load_entry_points() -> None:
     global _entry_points_loaded
     with _lock:

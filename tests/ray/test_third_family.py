@@ -53,14 +53,14 @@ def test_family_errors_name_the_key(tiny_synth: tuple[Path, dict]) -> None:
     with pytest.raises(SpecError, match=r"train\.stage1_epochs: unknown key"):
         parse_spec(JobSpec, raw | {"train": {"stage1_epochs": 2}}, "toy.yaml")  # PE-MoE's, not the toy's
     # a family's own top-level sections belong to its jobs only, and their errors name the key
-    with pytest.raises(SpecError, match=r"toy\.yaml: index: not a section of toy_platform jobs \(its own: shares\)"):
+    with pytest.raises(SpecError, match=r"toy\.yaml: index: a section of pe_moe jobs, not of toy_platform jobs"):
         parse_spec(JobSpec, raw | {"index": {"output_dir": "/x/index"}}, "toy.yaml")  # PE-MoE's section
     with pytest.raises(SpecError, match=r"toy\.yaml: shares\.split: Input should be 'train' or 'test'"):
         parse_spec(JobSpec, raw | {"shares": {"split": "val"}}, "toy.yaml")
     with pytest.raises(SpecError, match=r"stages: stage 'platform_shares' needs a shares section"):
         parse_spec(JobSpec, raw | {"stages": ["prepare", "platform_shares"]}, "toy.yaml")
     pe_moe = load_yaml(REPO / "jobs" / "quickstart.yaml") | {"shares": {}}
-    with pytest.raises(SpecError, match=r"shares: not a section of pe_moe jobs \(its own: index, track4\)"):
+    with pytest.raises(SpecError, match=r"shares: a section of toy_platform jobs, not of pe_moe jobs"):
         parse_spec(JobSpec, pe_moe, "quickstart.yaml")  # the toy's section in another family's job
 
 

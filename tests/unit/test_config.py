@@ -146,6 +146,14 @@ def test_index_stage_needs_its_section_and_paths_become_absolute() -> None:
     assert absolute.index.checkpoint == "/base/c" and absolute.locations()["index.output_dir"] == "/base/idx"
     # a section of PE-MoE's own (Family.sections): ``index: null`` is no section, as when it was a JobSpec field
     assert parse_spec(JobSpec, {**raw, "stages": ["train"], "index": None}, "t").family_sections() == {}
+    # a misspelt top-level key is named with its likely spelling; a section of another family's, as such
+    with pytest.raises(SpecError, match=r"t: dta: unknown key \(did you mean 'data'\?\)"):
+        parse_spec(JobSpec, {k: v for k, v in raw.items() if k != "data"} | {"dta": {"root": "r"}}, "t")
+    smgeo = {**raw, "stages": ["prepare"], "data": {"format": "cvogl", "root": "r"}, "model": {"name": "smgeo"}}
+    with pytest.raises(SpecError, match=r"t: index: a section of pe_moe jobs, not of smgeo jobs"):
+        parse_spec(JobSpec, {**smgeo, "index": {"output_dir": "idx"}}, "t")
+    # a spec dumped while index and track4 were JobSpec fields (a checkpoint's, a run's spec.json) still loads
+    assert parse_spec(JobSpec, {**smgeo, "index": None, "track4": None}, "t").family_sections() == {}
 
 
 def test_http_engine_needs_its_url() -> None:

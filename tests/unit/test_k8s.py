@@ -201,6 +201,12 @@ def test_a_serve_config_is_refused_when_its_files_or_accelerators_are_not_on_the
     unmounted = values.model_copy(update={"shared_volumes": []})
     with pytest.raises(SpecError, match=r"args\.index: /mnt/shared/geomoe/runs/pe_moe_geotext/index is a local path"):
         k8s.ray_service("serve/production.yaml", unmounted)
+    raw = yaml.safe_load((REPO / "serve" / "production.yaml").read_text())
+    raw["applications"][1]["args"]["predictors"] = {"toy": "/home/me/toy"}  # a family's own predictions
+    raw["applications"][1]["deployments"].append({"name": "Predictor-toy", "num_replicas": 1})  # its deployment
+    (tmp_path / "predictor.yaml").write_text(yaml.safe_dump(raw))
+    with pytest.raises(SpecError, match=r"applications\[1\]\.args\.predictors\.toy: /home/me/toy is a local path"):
+        k8s.ray_service(tmp_path / "predictor.yaml", values)
 
 
 def test_accelerators_agree_across_specs_serve_configs_values_and_cluster_yaml(values: k8s.K8sValues) -> None:

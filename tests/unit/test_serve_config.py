@@ -36,10 +36,20 @@ def test_bad_serve_configs_name_the_key(tmp_path: Path) -> None:
     app = {"name": "r", "route_prefix": "/", "import_path": "geomoe.serving.app:build_app"}
     good = check_serve_config(write(tmp_path, {"applications": [app | {"args": {"index": str(index)}}]}))
     assert "/search" in good[0] and "search only" in good[0]
+    # a predictor's deployment is configured by its name, Predictor-<name>; the endpoint is listed
+    predicted = {"args": {"index": str(index), "predictors": {"toy": "/ckpt/toy"}}}
+    deployments = [{"name": "Predictor-toy", "ray_actor_options": {"num_cpus": 0.5}}]
+    described = check_serve_config(write(tmp_path, {"applications": [app | predicted | {"deployments": deployments}]}))
+    assert "/predict/toy" in described[0] and "Predictor-toy" in described[0]
     gpu_engine = {"kind": "transformers", "model": "/models/vlm", "use_gpu": True}  # the deployment's num_gpus says
     for raw, words in (
         ({"applications": [app | {"args": {"index": str(index), "k": 3}}]}, "k"),
         ({"applications": [app | {"args": {"index": str(index)}, "deployments": [{"name": "X", "bad": 1}]}]}, "bad"),
+        (
+            {"applications": [app | {"args": {"index": str(index)}, "deployments": [{"name": "Predictor-toy"}]}]},
+            "no deployment 'Predictor-toy'",
+        ),  # not among the args' predictors
+        ({"applications": [app | {"args": {"index": str(index), "predictors": {"a b": "/c"}}}]}, "not a name"),
         ({"applications": [app | {"args": {"index": str(index), "token_env": "GEOMOE_NOT_SET_ANYWHERE"}}]}, "not set"),
         ({"applications": [app | {"args": {"index": str(index), "captioner": {"engine": gpu_engine}}}]}, "num_gpus"),
     ):

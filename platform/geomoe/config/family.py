@@ -5,7 +5,7 @@ base of the top-level sections a family adds to its jobs (``JobSection``: PE-MoE
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import ClassVar, Literal, Self, TypeVar
+from typing import Any, ClassVar, Literal, Self, TypeVar
 
 from pydantic import BaseModel, Field
 
@@ -35,6 +35,13 @@ class JobSection(Strict):
     path_fields: ClassVar[tuple[str, ...]] = ()
     shared_fields: ClassVar[tuple[str, ...]] = ()
 
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        super().__pydantic_init_subclass__(**kwargs)
+        unknown = [name for name in (*cls.path_fields, *cls.shared_fields) if name not in cls.model_fields]
+        if unknown:
+            raise TypeError(f"{cls.__name__}: path_fields / shared_fields name no field of it: {unknown}")
+
 
 class TrainSpec(Strict):
     """Training settings every family has. ``batch_size`` is the global batch of one optimizer step."""
@@ -58,10 +65,12 @@ class TrainSpec(Strict):
         return frozenset()
 
 
-def as_section(section: BaseModel, kind: type[SectionT], where: str = "spec", family: str | None = None) -> SectionT:
-    """A family section (``model`` or ``train``) as the family's own class ``kind``: what a family's code that
-    takes the section needs; a SpecError naming ``model.name`` when the job is another family's."""
+def as_section(
+    section: BaseModel, kind: type[SectionT], where: str = "spec", family: str | None = None, key: str = "model.name"
+) -> SectionT:
+    """A family section (``model``, ``train`` or one of its own) as the family's own class ``kind``: what a
+    family's code that takes the section needs; a SpecError naming ``key`` when the job is another family's."""
     if not isinstance(section, kind):
         family = family or str(getattr(section, "name", type(section).__name__))
-        raise SpecError(where, "model.name", f"{family} jobs have no {kind.__name__} section")
+        raise SpecError(where, key, f"{family} jobs have no {kind.__name__} section")
     return section

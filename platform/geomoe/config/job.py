@@ -6,6 +6,7 @@ Relative paths in a spec are relative to the working directory the job is launch
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 from pathlib import Path
@@ -119,6 +120,24 @@ def _in_run_folder(raw: Any, run: str) -> Any:
     return raw
 
 
+def _check_section_names(spec: type[BaseModel], family: str, sections: dict[str, type[JobSection]]) -> None:
+    """A family's own section may not take a name JobSpec has (a field, or a method: it would never be read)."""
+    clash = [name for name in sections if name in spec.model_fields or hasattr(spec, name)]
+    if clash:
+        raise TypeError(f"family {family}: its section {clash[0]!r} takes a name JobSpec has already")
+
+
+def _unknown_key(spec: type[BaseModel], raw: dict[str, Any], key: str, family: str) -> InitErrorDetails:
+    """The error of a top-level key that is not the job's: another family's section, or a misspelling."""
+    owners = registry.section_owners().get(key)
+    if owners:
+        reason = f"a section of {' and '.join(owners)} jobs, not of {family} jobs"
+    else:
+        close = difflib.get_close_matches(key, [k for k in spec.model_fields if k not in raw], n=1)
+        reason = f"unknown key (did you mean {close[0]!r}?)" if close else "unknown key"
+    return InitErrorDetails(type=PydanticCustomError("unknown_key", reason), loc=(key,), input=raw[key])
+
+
 def _run_of(raw: dict[str, Any]) -> str:
     """The run folder of a raw job spec (``""`` while its name or output root is malformed: pydantic reports it)."""
     output_root, name = raw.get("output_root", "runs"), raw.get("name")
@@ -200,16 +219,15 @@ class JobSpec(Strict):
         errors: list[InitErrorDetails] = []
         _family_section(raw, "model", family.model_spec, errors)
         _family_section(raw, "train", family.train_spec, errors)
+        _check_section_names(cls, family.name, family.sections)
         for key in [k for k in raw if k not in cls.model_fields]:  # a family's own sections; any other is unknown
-            if key in family.sections and raw[key] is None:
-                del raw[key]  # ``index: null``, as the field it was before families declared their sections
-            elif key in family.sections:
+            if key in family.sections and raw[key] is not None:
                 _default_output_dir(raw, key, family.sections[key])
                 _family_section(raw, key, family.sections[key], errors)
+            elif raw[key] is None and (key in family.sections or key in registry.section_owners()):
+                del raw[key]  # ``index: null``: what every spec dump carried while index and track4 were fields
             else:
-                own = f" (its own: {', '.join(family.sections)})" if family.sections else ""
-                error = PydanticCustomError("unknown_section", f"not a section of {family.name} jobs{own}")
-                errors.append(InitErrorDetails(type=error, loc=(key,), input=raw[key]))
+                errors.append(_unknown_key(cls, raw, key, family.name))
         if errors:
             raise ValidationError.from_exception_data(cls.__name__, errors)
         return raw
@@ -291,7 +309,7 @@ class JobSpec(Strict):
     def section(self, name: str, kind: type[SectionT]) -> SectionT | None:
         """The family's own section ``name`` as its class ``kind``, or None when the job has none."""
         found = (self.model_extra or {}).get(name)
-        return None if found is None else as_section(found, kind, f"job {self.name}", self.model.name)
+        return None if found is None else as_section(found, kind, f"job {self.name}", self.model.name, key=name)
 
     def locations(self) -> dict[str, str]:
         """Every data and output location of the job, by dotted key (what must be shared on a cluster)."""

@@ -179,7 +179,7 @@ class Ingress:
         self.encode = encoder.encode if batched else encoder.encode_unbatched
         self.find = search.search if batched else search.search_unbatched
         stages = {"QueryEncoder": encoder, "GallerySearch": search, "Reranker": reranker, "Localizer": localizer}
-        stages |= {f"Predictor {name}": handle for name, handle in self.predictors.items()}
+        stages |= {f"Predictor-{name}": handle for name, handle in self.predictors.items()}
         self.stages = {name: handle for name, handle in stages.items() if handle is not None}
         self.ready = False
 

@@ -60,13 +60,18 @@ def _check_deployments(source: str, key: str, app: dict[str, Any]) -> None:
         unknown = sorted(set(deployment) - known)
         if unknown:
             raise SpecError(source, f"{key}.deployments[{j}]", f"unknown deployment option(s) {unknown}")
-        if app.get("import_path") == BUILDER and deployment.get("name") not in DEPLOYMENTS:
-            reason = f"no deployment {deployment.get('name')!r} in the retriever; expected one of {list(DEPLOYMENTS)}"
+        if app.get("import_path") != BUILDER:
+            continue
+        predictors = ((app.get("args") or {}).get("predictors") or {}) if isinstance(app.get("args"), dict) else {}
+        expected = [*DEPLOYMENTS, *(f"Predictor-{name}" for name in predictors)]  # one per predictors entry
+        if deployment.get("name") not in expected:
+            reason = f"no deployment {deployment.get('name')!r} in the retriever; expected one of {expected}"
             raise SpecError(source, f"{key}.deployments[{j}].name", reason)
 
 
 def _describe(app: dict[str, Any], args: dict[str, Any]) -> str:
     endpoints = ["/search", "/info", "/healthz"] + (["/localize"] if args.get("localizer") else [])
+    endpoints += [f"/predict/{name}" for name in args.get("predictors") or {}]
     extras = [name for name in ("rerank", "captioner", "localizer") if args.get(name)]
     deployments = ", ".join(d["name"] for d in app.get("deployments", []))
     return (

@@ -8,6 +8,7 @@ code names no family.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from ray import serve
@@ -33,14 +34,15 @@ class Predictor:
 
         self.family = family_of_checkpoint(checkpoint)
         loaded = self.family.load_checkpoint(checkpoint)
-        self.loaded = type(loaded)(loaded.model.to(worker_device()), loaded.spec, loaded.payload, loaded.tokenizer)
+        self.loaded = dataclasses.replace(loaded, model=loaded.model.to(worker_device()))
 
     async def ready(self) -> bool:
         return True  # the checkpoint is loaded in __init__
 
     def predict(self, inputs: dict[str, Any]) -> dict[str, Any]:
         """``{"outputs": ...}``, or ``{"error": ...}`` for inputs the family refuses (a returned reason rather than a
-        raised one: the ingress answers it as a 422 whatever Ray wraps an exception in)."""
+        raised one: the ingress answers it as a 422 whatever Ray wraps an exception in). Any other exception is
+        the family's bug, answered as a 500."""
         try:
             return {"outputs": self.family.predict(self.loaded, inputs)}
         except ValueError as err:
