@@ -99,7 +99,7 @@ def generate(
                 texts[int(row["row"])] = str(row["text"])
     # A run with failed blocks leaves its executor in a reference cycle (through the errors' tracebacks), and its
     # HTTP actors keep their CPUs until that is collected: Ray's GC round comes a minute later, and meanwhile the
-    # next stage (or Serve replica) waited for CPUs (measured: one actor per run kept 1 CPU until gc.collect())
+    # next stage waits for CPUs (measured in a plain process: one actor per run kept 1 CPU until gc.collect()).
     del requests
     gc.collect()
     return texts

@@ -263,12 +263,7 @@ class Ingress:
 def deployments_of(checkpoint: str, key: str, roles: tuple[str, ...]) -> dict[str, Any]:
     """The Serve deployments the family of ``checkpoint`` declares (geomoe.families.base.Family.serve_deployments),
     its family read from the checkpoint's manifest; SpecError naming ``key`` when it lacks one of ``roles``."""
-    from geomoe import registry
-    from geomoe.models.checkpoint import trained_family
-
-    name, plugins = trained_family(checkpoint)
-    registry.load_plugins(plugins)
-    family = registry.family(name)
+    family = family_of_checkpoint(checkpoint)
     declared = family.serve_deployments()
     missing = [role for role in roles if role not in declared]
     if missing:

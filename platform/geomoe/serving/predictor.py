@@ -9,12 +9,15 @@ code names no family.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ray import serve
 
+if TYPE_CHECKING:
+    from geomoe.families.base import Family
 
-def family_of_checkpoint(checkpoint: str) -> Any:
+
+def family_of_checkpoint(checkpoint: str) -> Family:
     """The registered family a checkpoint was trained by (its plugin modules imported here first)."""
     from geomoe import registry
     from geomoe.models.checkpoint import trained_family
