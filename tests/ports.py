@@ -112,35 +112,12 @@ def own_descendants(matching: Callable[[psutil.Process], bool]) -> list[psutil.P
     return found
 
 
-def previous_serve_gone(seconds: float = 30) -> None:
-    """No Serve controller left from an earlier ``serve.shutdown()``: its graceful shutdown gives up after 30 s
-    under load and leaves the controller running, and ``serve.start`` then connects to that one and keeps its old
-    port, so the new port never answers (a 60 s stall of the next Serve test in some full runs). Killed if it
-    outlives ``seconds``."""
-    from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
-
-    import ray
-
-    deadline = time.monotonic() + seconds
-    while True:
-        try:
-            controller = ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
-        except ValueError:
-            return
-        if time.monotonic() > deadline + seconds:
-            raise RuntimeError(f"Serve's controller still runs {seconds} s after it was killed")
-        if time.monotonic() > deadline:
-            ray.kill(controller, no_restart=True)
-        time.sleep(0.2)
-
-
 def start_serve() -> str:
     """Ray Serve in this process's Ray cluster, its proxy on 127.0.0.1 at a port of its own (Serve's default 8000
     may be another suite's on this machine); the base URL. ``serve.shutdown()`` ends it."""
     from ray import serve
 
     def start(port: int) -> int:
-        previous_serve_gone()
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         return os.getpid()  # the proxy is a Ray worker: a descendant of the cluster this process started
 

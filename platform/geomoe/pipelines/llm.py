@@ -101,7 +101,8 @@ def generate(
     # HTTP actors keep their CPUs until that is collected: Ray's GC round comes a minute later, and meanwhile the
     # next stage waits for CPUs (measured in a plain process: one actor per run kept 1 CPU until gc.collect()).
     del requests
-    gc.collect()
+    if None in texts:  # only a run with failed requests leaves the cycle
+        gc.collect()
     return texts
 
 
