@@ -46,7 +46,7 @@ gpu-check: $(STAMP)
 # Every GPU path through Ray on one GPU (both quickstart jobs with resources.use_gpu=true, the Serve app with GPU
 # replicas, then gpu-check): one line per part, logs in bench_results/gpu_smoke; without a GPU: one line, exit 0.
 gpu-smoke: $(STAMP)
-	$(BIN)/python -m geomoe.bench.gpu_smoke
+	$(BIN)/python -m geomoe.on_ray.bench.gpu_smoke
 
 $(MLFLOW_UI_INDEX): $(STAMP)
 	@test -n "$(MLFLOW_VERSION)" || { echo "mlflow-ui: no mlflow-skinny pin found in pyproject.toml"; exit 2; }

@@ -17,8 +17,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 @pytest.fixture(scope="session")
 def tiny_synth(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     """A tiny synthgeo benchmark shared (read-only) by the tests of a session."""
-    from geomoe.config import SynthSpec
-    from geomoe.data.synthgeo import generate
+    from geomoe.core.config import SynthSpec
+    from geomoe.core.data.synthgeo import generate
 
     out = tmp_path_factory.mktemp("synth") / "synthgeo"
     spec = SynthSpec(

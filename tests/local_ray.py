@@ -6,11 +6,11 @@ from __future__ import annotations
 
 
 def use_local_cluster_settings() -> None:
-    """The environment a job's local cluster runs with (geomoe.ray_env.LOCAL_CLUSTER_ENV), for every cluster the
+    """The environment a job's local cluster runs with (geomoe.on_ray.ray_env.LOCAL_CLUSTER_ENV), for every cluster the
     tests start: its raylets and Train controllers read it."""
     import os
 
-    from geomoe.ray_env import LOCAL_CLUSTER_ENV
+    from geomoe.on_ray.ray_env import LOCAL_CLUSTER_ENV
 
     for name, value in LOCAL_CLUSTER_ENV.items():
         os.environ.setdefault(name, value)

@@ -6,12 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from geomoe.config import JobSpec, parse_spec
-from geomoe.data.prepared import PreparedDataset
+from geomoe.core.config import JobSpec, parse_spec
+from geomoe.core.data.prepared import PreparedDataset
 from geomoe.families.pe_moe.driver import split_rows
 from geomoe.families.pe_moe.factory import ensure_tiny_models
 from geomoe.families.pe_moe.spec import PEMoEModelSpec
-from geomoe.pipelines.prepare import prepare
+from geomoe.on_ray.pipelines.prepare import prepare
 
 
 def tiny_pe_moe(models: str) -> dict[str, Any]:
@@ -71,9 +71,9 @@ def tiny_retriever(root: Path, out: Path, dtype: str = "float16") -> tuple[JobSp
     out/index (the Serve tests serve it)."""
     import torch
 
+    from geomoe.core.models.checkpoint import save_checkpoint
     from geomoe.families.pe_moe.factory import build_pe_moe
     from geomoe.families.pe_moe.pipelines import build_index
-    from geomoe.models.checkpoint import save_checkpoint
 
     spec = pe_moe_job(root, out)
     manifest = prepare(spec)

@@ -14,14 +14,14 @@ from PIL import Image
 from pydantic import Field
 from torch import nn
 
-from geomoe import registry, storage
-from geomoe.config import FamilyModelSpec, JobSection, JobSpec, TrainSpec, as_section
-from geomoe.data.images import DECODE_ERRORS, decoded, open_image
-from geomoe.data.prepared import PreparedDataset
+from geomoe.core import registry, storage
+from geomoe.core.config import FamilyModelSpec, JobSection, JobSpec, TrainSpec, as_section
+from geomoe.core.data.images import DECODE_ERRORS, decoded, open_image
+from geomoe.core.data.prepared import PreparedDataset
+from geomoe.core.platforms import PLATFORMS
+from geomoe.core.stages import Stage, StageContext, section_output
 from geomoe.families.base import Family, Loaded, TrainInputs
-from geomoe.platforms import PLATFORMS
-from geomoe.stages import Stage, StageContext, section_output
-from geomoe.train.loop import Batch, LoopConfig, TrainingTask
+from geomoe.on_ray.train.loop import Batch, LoopConfig, TrainingTask
 
 
 class ToyModelSpec(FamilyModelSpec):

@@ -1,7 +1,7 @@
 """geomoe: cross-modal geo-localization with mixture-of-experts models, on Ray.
 
-The core (config, data, metrics, models, retrieval) never imports Ray; ``geomoe.pipelines``,
-``geomoe.train``, ``geomoe.sweep`` and ``geomoe.serving`` are the thin Ray layer on top.
+``geomoe.core`` never imports Ray; ``geomoe.on_ray`` is the thin Ray layer on top; ``geomoe.families`` holds one
+folder per model family; ``geomoe.cli`` is the ``geomoe`` command (docs/architecture.md).
 """
 
 __version__ = "0.1.0"

@@ -11,11 +11,11 @@ from typing import Any
 import pytest
 import yaml
 
-from geomoe import ownership, storage
-from geomoe.config import JobSpec, parse_spec
-from geomoe.data.image_table import read_shard, shard_locations
-from geomoe.data.prepared import PreparedDataset
-from geomoe.errors import SpecError
+from geomoe.core import ownership, storage
+from geomoe.core.config import JobSpec, parse_spec
+from geomoe.core.data.image_table import read_shard, shard_locations
+from geomoe.core.data.prepared import PreparedDataset
+from geomoe.core.errors import SpecError
 from geomoe.families.pe_moe.spec import PEMoEModelSpec
 from tiny_jobs import tiny_pe_moe, tiny_smgeo
 
@@ -81,8 +81,8 @@ def test_pe_moe_job_runs_from_s3_with_workers_on_two_nodes(
     two_node_cluster: Any, s3_bucket: str, tiny_synth: tuple[Path, dict], tmp_path: Path, monkeypatch: Any
 ) -> None:
     from geomoe.families.pe_moe.driver import evaluate_checkpoint
-    from geomoe.jobs import run_job
-    from geomoe.pipelines.prepare import prepare
+    from geomoe.on_ray.jobs import run_job
+    from geomoe.on_ray.pipelines.prepare import prepare
 
     root, _ = tiny_synth
     data = dataset_in(s3_bucket, root, "geotext")
@@ -125,7 +125,7 @@ def test_multinode_guard_stops_a_local_output_root_before_any_work(
     two_node_cluster: Any, s3_bucket: str, tmp_path: Path, capsys: Any
 ) -> None:
     from geomoe.cli import main
-    from geomoe.ray_env import check_shared_storage
+    from geomoe.on_ray.ray_env import check_shared_storage
 
     raw = job_raw(f"{s3_bucket}/datasets/geotext", f"{s3_bucket}/runs", tmp_path / "models")
     raw["output_root"] = str(tmp_path / "runs")
@@ -157,8 +157,8 @@ def test_lost_node_resumes_training_from_the_last_checkpoint_in_s3(
     import ray
     from geomoe.families.pe_moe.driver import fit_stage, split_rows
     from geomoe.families.pe_moe.factory import ensure_tiny_models
-    from geomoe.pipelines.images import PreparedImages
-    from geomoe.pipelines.prepare import prepare
+    from geomoe.on_ray.pipelines.image_store import PreparedImages
+    from geomoe.on_ray.pipelines.prepare import prepare
 
     root, _ = tiny_synth
     data = dataset_in(s3_bucket, root, "geotext")
@@ -208,8 +208,8 @@ def test_smgeo_job_synthesizes_to_s3_and_trains_with_workers_on_two_nodes(
     survive, and its two Train workers run on the two worker nodes."""
     import hashlib
 
-    from geomoe.jobs import run_job
-    from geomoe.summaries import train_report
+    from geomoe.core.summaries import train_report
+    from geomoe.on_ray.jobs import run_job
 
     project = f"{s3_bucket}/project"
     synthesize = {"output_dir": f"{project}/synthgeo", "train_buildings": 1, "test_buildings": 1, "drone_views": 1,

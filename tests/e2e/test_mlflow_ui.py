@@ -26,7 +26,7 @@ def _get(url: str) -> tuple[int, bytes]:
 
 
 def test_make_mlflow_ui_serves_the_ui_on_the_tracked_store(tmp_path: Path) -> None:
-    from geomoe import tracking
+    from geomoe.core import tracking
 
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     run = tracking.start_run(store, "ui-check", str(tmp_path), {"geomoe.family": "pe_moe"})

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from geomoe import storage
+from geomoe.core import storage
 
 REPO = Path(__file__).resolve().parents[2]
 SWEEP = f"""

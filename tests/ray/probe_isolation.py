@@ -15,7 +15,7 @@ from ports import start_serve
 
 def test_every_server_of_this_copy_is_its_own(s3_bucket: str) -> None:
     import ray
-    from geomoe import storage
+    from geomoe.core import storage
     from ray import serve
 
     @serve.deployment

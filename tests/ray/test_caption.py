@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from geomoe.config import JobSpec, parse_spec
-from geomoe.data.caption_store import read_caption_store
-from geomoe.engines.prompts import load_caption_prompt
-from geomoe.models.tiny import build_tiny_captioner, build_tiny_vlm
-from geomoe.pipelines.caption import caption_gallery, gallery_images
-from geomoe.pipelines.prepare import prepare
+from geomoe.core.config import JobSpec, parse_spec
+from geomoe.core.data.caption_store import read_caption_store
+from geomoe.core.engines.prompts import load_caption_prompt
+from geomoe.core.models.tiny import build_tiny_captioner, build_tiny_vlm
+from geomoe.on_ray.pipelines.caption import caption_gallery, gallery_images
+from geomoe.on_ray.pipelines.prepare import prepare
 from ports import start_serve
 
 CORPUS = ["a red roof building", "drone view of a grey building near a pond"]
@@ -66,7 +66,7 @@ def test_a_caption_stage_killed_midway_resumes_without_captioning_again(
 ) -> None:
     """The driver dies after the first part of captions is saved; the rerun asks the captioner only for the rest
     and writes exactly the store an undisturbed run writes (greedy decoding)."""
-    from geomoe.pipelines import caption
+    from geomoe.on_ray.pipelines import caption
 
     root, _ = tiny_synth
     model = build_tiny_captioner(tmp_path / "i2t", CORPUS, 32)
@@ -107,8 +107,8 @@ def test_chat_vlm_captions_alike_locally_and_over_http_and_counts_a_dead_server(
     """Greedy decoding, one image per call on both paths: the served VLM must write exactly the local captions
     (the image survives the data: URL round trip; the served model is asked in chunks of 5, each saved for a
     resume). A port where nothing listens: every image is counted."""
-    from geomoe.pipelines import caption
-    from geomoe.serving.chat import chat_app
+    from geomoe.on_ray.pipelines import caption
+    from geomoe.on_ray.serving.chat import chat_app
     from ray import serve
 
     monkeypatch.setattr(caption, "HTTP_CHUNK", 5)
@@ -139,8 +139,8 @@ def test_vllm_engine_assembles_the_multimodal_processor() -> None:
     our engine spec: multimodal preparation, chat template, tokenizer, the vLLM engine stage, detokenizer."""
     from ray.data.llm import build_processor
 
-    from geomoe.config import EngineSpec
-    from geomoe.pipelines.llm import RequestBuilder, processor_config, response_text
+    from geomoe.core.config import EngineSpec
+    from geomoe.on_ray.pipelines.llm import RequestBuilder, processor_config, response_text
 
     engine = EngineSpec(kind="vllm", model="Qwen/Qwen2.5-VL-7B-Instruct", engine_kwargs={"max_model_len": 4096})
     config = processor_config(engine, multimodal=True)

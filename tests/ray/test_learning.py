@@ -26,11 +26,11 @@ import pyarrow as pa
 import pytest
 import torch
 
-from geomoe.config import JobSpec, load_job
-from geomoe.data.prepared import PreparedDataset
-from geomoe.pipelines.images import PreparedImages
-from geomoe.pipelines.prepare import prepare
-from geomoe.train.loop import LoopConfig, TrainingTask, optimization, train_epoch
+from geomoe.core.config import JobSpec, load_job
+from geomoe.core.data.prepared import PreparedDataset
+from geomoe.on_ray.pipelines.image_store import PreparedImages
+from geomoe.on_ray.pipelines.prepare import prepare
+from geomoe.on_ray.train.loop import LoopConfig, TrainingTask, optimization, train_epoch
 
 REPO = Path(__file__).resolve().parents[2]
 CPU = torch.device("cpu")
@@ -51,7 +51,7 @@ def quickstart(job: str, out: Path, overrides: list[str]) -> JobSpec:
 
 
 def synthesized_and_prepared(spec: JobSpec) -> dict[str, Any]:
-    from geomoe.data.synthgeo import generate
+    from geomoe.core.data.synthgeo import generate
 
     assert spec.data.synthesize is not None
     generate(spec.data.synthesize.output_dir, spec.data.synthesize)
@@ -114,11 +114,11 @@ def retrieval(tmp_path_factory: pytest.TempPathFactory) -> tuple[JobSpec, Prepar
 
 def pe_moe_run(spec: JobSpec, prepared: PreparedDataset, loop: LoopConfig, folder: Path) -> tuple[list[float], dict]:
     """Stage 1 trained in this process from the seeded initialisation, saved, then the job's evaluation."""
-    from geomoe.data.images import DecodeImages
+    from geomoe.core.data.images import DecodeImages
+    from geomoe.core.models.checkpoint import save_checkpoint
     from geomoe.families.pe_moe.driver import COLUMNS, evaluate_checkpoint, split_rows
     from geomoe.families.pe_moe.spec import PEMoEModelSpec
     from geomoe.families.pe_moe.step import training_task
-    from geomoe.models.checkpoint import save_checkpoint
 
     table = split_rows(prepared, "train", spec.model_as(PEMoEModelSpec))
     columns = columns_of(table, COLUMNS) | {"expert": table["expert"].to_numpy()}
@@ -230,7 +230,7 @@ def test_each_family_trains_under_bf16_autocast_as_on_a_gpu(
     """On a GPU every step runs under bf16 autocast (``train.mixed_precision``); CPU runs skip it. With the CPU
     added to the engine's autocast devices, three steps of each family run under bf16: every step sees autocast on,
     the losses stay within bf16's error of the fp32 run's from the same weights and batches, and the weights move."""
-    from geomoe.data.images import DecodeImages
+    from geomoe.core.data.images import DecodeImages
     from geomoe.families.pe_moe.driver import COLUMNS, split_rows
     from geomoe.families.pe_moe.spec import PEMoEModelSpec
     from geomoe.families.pe_moe.step import training_task as pe_moe_task
@@ -238,7 +238,7 @@ def test_each_family_trains_under_bf16_autocast_as_on_a_gpu(
     from geomoe.families.smgeo.pipelines import DecodePairs
     from geomoe.families.smgeo.spec import SMGeoModelSpec
     from geomoe.families.smgeo.step import training_task as smgeo_task
-    from geomoe.train import loop as training_loop
+    from geomoe.on_ray.train import loop as training_loop
 
     (pe_spec, pe_data), (sm_spec, sm_data) = retrieval, localization
     pe_rows = split_rows(pe_data, "train", pe_spec.model_as(PEMoEModelSpec))

@@ -8,11 +8,11 @@ from pathlib import Path
 import pyarrow.dataset as pads
 import pytest
 
-from geomoe.config import JobSpec, parse_spec
-from geomoe.data.image_table import read_shard, shard_locations
-from geomoe.data.images import decoded
-from geomoe.errors import BadRecordError
-from geomoe.pipelines.prepare import prepare
+from geomoe.core.config import JobSpec, parse_spec
+from geomoe.core.data.image_table import read_shard, shard_locations
+from geomoe.core.data.images import decoded
+from geomoe.core.errors import BadRecordError
+from geomoe.on_ray.pipelines.prepare import prepare
 
 
 def job(root: Path, out: Path, fmt: str = "geotext", **preprocess: object) -> JobSpec:

@@ -8,10 +8,10 @@ from pathlib import Path
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
-from geomoe.config import JobSpec, parse_spec
-from geomoe.models.tiny import build_tiny_causal_lm
-from geomoe.pipelines.prepare import prepare
-from geomoe.pipelines.refine import refine_captions
+from geomoe.core.config import JobSpec, parse_spec
+from geomoe.core.models.tiny import build_tiny_causal_lm
+from geomoe.on_ray.pipelines.prepare import prepare
+from geomoe.on_ray.pipelines.refine import refine_captions
 from ports import start_serve
 
 
@@ -74,8 +74,8 @@ def test_refinement_replaces_only_valid_outputs_and_resumes(tiny_synth: tuple[Pa
     assert again["shards_refined"] == 1 and again["shards_reused"] == 2
     redone = {r["original_caption"]: r["caption"] for r in rows(refine_captions(prepared_spec, manifest), "train")}
     assert redone == {r["original_caption"]: r["caption"] for r in after}  # greedy decoding: the same outputs
-    from geomoe.jobs import _training_data
-    from geomoe.results import JobResults
+    from geomoe.core.job_results import JobResults
+    from geomoe.on_ray.jobs import _training_data
 
     folders = prepared_spec.preprocess.output_dir, prepared_spec.refine.output_dir
     assert _training_data(*folders, JobResults()).table == refined["table"]  # training reads the refined captions
@@ -86,7 +86,7 @@ def test_http_engine_refines_through_an_openai_compatible_server_and_counts_fail
 ) -> None:
     """ray.data.llm's HTTP processor against a tiny Llama served by Ray Serve on 127.0.0.1; then against a
     port where nothing listens: every request fails after its retries and every row is counted, none lost."""
-    from geomoe.serving.chat import chat_app
+    from geomoe.on_ray.serving.chat import chat_app
     from ray import serve
 
     root, _ = tiny_synth

@@ -20,8 +20,8 @@ import pytest
 # depth mismatch")
 import schemathesis.specs.openapi.schemas  # noqa: F401
 
-from geomoe import ownership, registry, storage
-from geomoe.config import JobSpec, parse_spec
+from geomoe.core import ownership, registry, storage
+from geomoe.core.config import JobSpec, parse_spec
 from geomoe.families.pe_moe.spec import PEMoEModelSpec
 from geomoe.families.smgeo.spec import SMGeoModelSpec
 from ports import start_serve
@@ -60,12 +60,12 @@ def served(
     import pyarrow.parquet as pq
     import torch
 
-    from geomoe.data.caption_store import write_caption_store
+    from geomoe.core.data.caption_store import write_caption_store
+    from geomoe.core.models.checkpoint import save_checkpoint
+    from geomoe.core.models.tiny import build_tiny_vlm
     from geomoe.families.pe_moe.index import read_index
     from geomoe.families.smgeo.model import SMGeo
-    from geomoe.models.checkpoint import save_checkpoint
-    from geomoe.models.tiny import build_tiny_vlm
-    from geomoe.serving.app import compose
+    from geomoe.on_ray.serving.app import compose
     from ray import serve
 
     root, _ = tiny_synth
@@ -141,7 +141,7 @@ def raw_post(path: str, body: bytes, headers: dict[str, str]) -> tuple[int, Any]
 
 
 def test_bad_requests_and_tokens_are_refused_with_a_message(served: dict[str, Any]) -> None:
-    from geomoe.serving.gate import MAX_BODY_BYTES
+    from geomoe.on_ray.serving.gate import MAX_BODY_BYTES
 
     assert call("/healthz") == (200, {"status": "ok", "waiting_for": []})  # every deployment answered
     assert call("/search", {"query": "a roof"})[0] == 401  # no token
@@ -235,7 +235,7 @@ def test_the_app_keeps_its_openapi_contract_under_fuzzing_with_and_without_the_t
         assert sent > 50 and not failures, "\n".join([str(headers), str(sent), *failures])
     # an app with no token configured (search only): its schema claims no authentication and no /localize, and the
     # app keeps to that
-    from geomoe.serving.app import build_app
+    from geomoe.on_ray.serving.app import build_app
     from ray import serve
 
     open_args = {"index": served["local_index"], "checkpoint": served["built_from"]}
@@ -263,12 +263,12 @@ def offline_reranked(served: dict[str, Any], query: str, generated: dict[str, st
     import numpy as np
     import pyarrow.parquet as pq
 
-    from geomoe.config import RerankSpec
-    from geomoe.data.caption_store import write_caption_store
+    from geomoe.core.config import RerankSpec
+    from geomoe.core.data.caption_store import write_caption_store
+    from geomoe.core.retrieval.rerank import top_n
     from geomoe.families.pe_moe.encode import embed_texts
     from geomoe.families.pe_moe.evaluate import rerank_order
     from geomoe.families.pe_moe.index import query_rows, read_index
-    from geomoe.retrieval.rerank import top_n
 
     store = pq.read_table(served["local_captions"]).to_pylist()
     extra = [{"image_id": i, "caption": c, "model_id": "vlm", "prompt_sha256": ""} for i, c in generated.items()]
@@ -360,10 +360,10 @@ def test_a_family_from_a_file_serves_its_own_predictions_at_its_route(served: di
     input; another name is a 404; a checkpoint of a family without ``predict`` is refused before anything starts."""
     import torch
 
-    from geomoe.data.images import open_image
-    from geomoe.errors import SpecError
-    from geomoe.platforms import PLATFORMS
-    from geomoe.serving.app import _predictor_checkpoints
+    from geomoe.core.data.images import open_image
+    from geomoe.core.errors import SpecError
+    from geomoe.core.platforms import PLATFORMS
+    from geomoe.on_ray.serving.app import _predictor_checkpoints
     from toy_family import thumbnail
 
     image = sorted((served["root"] / "geotext").rglob("*.jpg"))[0]
@@ -392,10 +392,10 @@ def test_serving_from_the_model_registry_answers_exactly_like_serving_from_the_p
     """The served checkpoint registered on a real MLflow server (copied into its run's artifacts, proxied by the
     server), then a second app built from ``models:/<name>/<version>``: the same answers as the app serving the
     checkpoint's path."""
-    from geomoe import tracking
-    from geomoe.config import load_job
-    from geomoe.serving.app import build_app
-    from geomoe.serving.schemas import serve_spec
+    from geomoe.core import tracking
+    from geomoe.core.config import load_job
+    from geomoe.on_ray.serving.app import build_app
+    from geomoe.on_ray.serving.schemas import serve_spec
     from ray import serve
 
     monkeypatch.setenv(tracking.ENV, mlflow_server)
@@ -436,19 +436,19 @@ def test_every_model_holder_puts_its_model_on_the_device_ray_gave_it(
     Reranker and Localizer ``num_gpus``) fails here."""
     import torch
 
-    from geomoe import ray_env
-    from geomoe.config import CaptionSpec, RefineSpec
-    from geomoe.engines.prompts import load_caption_prompt
+    from geomoe.core.config import CaptionSpec, RefineSpec
+    from geomoe.core.engines.prompts import load_caption_prompt
+    from geomoe.core.models.tiny import build_tiny_causal_lm
     from geomoe.families.pe_moe.pipelines import ImageEmbedder, _on_gpu
     from geomoe.families.pe_moe.serving import GallerySearch, QueryEncoder, Reranker
     from geomoe.families.smgeo.pipelines import PredictBoxes
     from geomoe.families.smgeo.serving import Localizer
-    from geomoe.models.tiny import build_tiny_causal_lm
-    from geomoe.pipelines.caption import CaptionBatch
-    from geomoe.pipelines.refine import RefineBatch
-    from geomoe.serving.captioner import Captioner
-    from geomoe.serving.chat import ChatCompletions
-    from geomoe.serving.predictor import Predictor
+    from geomoe.on_ray import ray_env
+    from geomoe.on_ray.pipelines.caption import CaptionBatch
+    from geomoe.on_ray.pipelines.refine import RefineBatch
+    from geomoe.on_ray.serving.captioner import Captioner
+    from geomoe.on_ray.serving.chat import ChatCompletions
+    from geomoe.on_ray.serving.predictor import Predictor
 
     def device_of(module: torch.nn.Module) -> set[str]:
         return {t.device.type for t in [*module.parameters(), *module.buffers()]}

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from geomoe.serving.load import drive
+from geomoe.on_ray.serving.load import drive
 from ports import start_serve
 from tiny_jobs import tiny_retriever
 
@@ -62,7 +62,7 @@ def wait_for(condition: Any, seconds: float) -> bool:
 @pytest.fixture(scope="module")
 def app(tiny_synth: tuple[Path, dict], tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
 
-    from geomoe.serving.app import compose
+    from geomoe.on_ray.serving.app import compose
     from ray import serve
 
     out = tmp_path_factory.mktemp("scaling")

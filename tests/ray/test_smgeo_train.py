@@ -12,7 +12,7 @@ import pytest
 from checks import assert_share_interval
 from geomoe.families.smgeo.model import load_smgeo
 from geomoe.families.smgeo.spec import SMGeoModelSpec
-from geomoe.jobs import run_job
+from geomoe.on_ray.jobs import run_job
 from tiny_jobs import smgeo_job
 
 
@@ -46,7 +46,7 @@ def test_smgeo_job_trains_keeps_the_best_epoch_and_evaluates(tiny_synth: tuple[P
             assert_share_interval(overall[share], test[method]["interval"][share], n)
     # the kept checkpoint on the validation split, by the test path, gives the numbers validation reported: the
     # per-sample values behind the val_* intervals of a sweep
-    from geomoe import registry
+    from geomoe.core import registry
 
     values = registry.family("smgeo").query_values(model)
     assert len(values["val_acc50"]) == counts["cvogl"]["val"] and len(values["test_acc@0.5"]) == counts["cvogl"]["test"]
@@ -56,11 +56,11 @@ def test_smgeo_job_trains_keeps_the_best_epoch_and_evaluates(tiny_synth: tuple[P
 
 
 def test_smgeo_fit_survives_a_killed_worker_and_resumes(tiny_synth: tuple[Path, dict], tmp_path: Path) -> None:
-    from geomoe import registry
-    from geomoe.data.prepared import PreparedDataset
-    from geomoe.pipelines.prepare import prepare
-    from geomoe.train.loop import LoopConfig
-    from geomoe.train.run import run_trainer
+    from geomoe.core import registry
+    from geomoe.core.data.prepared import PreparedDataset
+    from geomoe.on_ray.pipelines.prepare import prepare
+    from geomoe.on_ray.train.loop import LoopConfig
+    from geomoe.on_ray.train.run import run_trainer
 
     root, _ = tiny_synth
     spec = smgeo_job(root, tmp_path)

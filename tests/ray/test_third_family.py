@@ -13,12 +13,12 @@ import torch
 import yaml
 
 from checks import assert_share_interval
-from geomoe import registry
-from geomoe.config import JobSpec, load_yaml, parse_spec
-from geomoe.data.prepared import PreparedDataset
-from geomoe.errors import SpecError
-from geomoe.jobs import run_job, run_job_timed
-from geomoe.stages import listed_stages
+from geomoe.core import registry
+from geomoe.core.config import JobSpec, load_yaml, parse_spec
+from geomoe.core.data.prepared import PreparedDataset
+from geomoe.core.errors import SpecError
+from geomoe.core.stages import listed_stages
+from geomoe.on_ray.jobs import run_job, run_job_timed
 from tiny_jobs import TOY, toy_job
 
 REPO = Path(__file__).resolve().parents[2]
@@ -29,8 +29,8 @@ TOY_MARGIN = 10.0  # points of test accuracy above always answering the most com
 def toy_synth(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A synthgeo of 24 training buildings (96 images): on the session's 4 (16 images) the toy's test accuracy
     moved between 25 and 75% from one epoch to the next and ended at the majority class's 50%."""
-    from geomoe.config import SynthSpec
-    from geomoe.data.synthgeo import generate
+    from geomoe.core.config import SynthSpec
+    from geomoe.core.data.synthgeo import generate
 
     root = tmp_path_factory.mktemp("toy") / "synthgeo"
     sizes = {"localization_train": 1, "localization_val": 1, "localization_test": 1, "tile_size": 64, "query_size": 32}
@@ -119,8 +119,8 @@ def family_lr(checkpoint: str) -> float:
 def test_the_toy_family_runs_as_a_two_trial_sweep(
     toy_synth: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from geomoe.sweep.report import report_rows, write_report
-    from geomoe.sweep.tune import run_sweep
+    from geomoe.core.sweep.tables import report_rows, write_report
+    from geomoe.on_ray.tune import run_sweep
 
     (tmp_path / "toy.yaml").write_text(yaml.safe_dump(toy_job(toy_synth, tmp_path)))
     sweep = {
@@ -163,8 +163,8 @@ def test_the_toy_family_runs_as_a_two_trial_sweep(
 def test_a_job_with_seeds_trains_once_per_seed_and_reports_the_spread(
     tiny_synth: tuple[Path, dict], tmp_path: Path
 ) -> None:
-    from geomoe.results import BY_SEED
-    from geomoe.summaries import train_report
+    from geomoe.core.job_results import BY_SEED
+    from geomoe.core.summaries import train_report
 
     raw = toy_job(tiny_synth[0], tmp_path) | {"seeds": [3, 4]}
     raw["train"] |= {"epochs": 1, "keep_checkpoints": 1}

@@ -12,18 +12,18 @@ import pytest
 import torch
 
 from checks import assert_share_interval
-from geomoe.config import JobSpec, parse_spec
-from geomoe.data.prepared import PreparedDataset
+from geomoe.core.config import JobSpec, parse_spec
+from geomoe.core.data.prepared import PreparedDataset
+from geomoe.core.job_results import Checkpoint
+from geomoe.core.metrics import recall_at_k
+from geomoe.core.models.checkpoint import read_checkpoint
 from geomoe.families.pe_moe.driver import evaluate_checkpoint, fit_stage, mine_negatives, split_rows
 from geomoe.families.pe_moe.factory import ensure_tiny_models
 from geomoe.families.pe_moe.report import retrieval_table
 from geomoe.families.pe_moe.results import PEMoEResult
 from geomoe.families.pe_moe.spec import PEMoEModelSpec
-from geomoe.metrics import recall_at_k
-from geomoe.models.checkpoint import read_checkpoint
-from geomoe.pipelines.images import PreparedImages
-from geomoe.pipelines.prepare import prepare
-from geomoe.results import Checkpoint
+from geomoe.on_ray.pipelines.image_store import PreparedImages
+from geomoe.on_ray.pipelines.prepare import prepare
 from tiny_jobs import pe_moe_job as make_spec
 
 
@@ -129,8 +129,8 @@ def test_track4_submission_from_checkpoint(
 ) -> None:
     import zipfile
 
-    from geomoe.data.records import RejectLog
-    from geomoe.data.track4 import list_gallery, read_queries
+    from geomoe.core.data.records import RejectLog
+    from geomoe.core.data.track4 import list_gallery, read_queries
     from geomoe.families.pe_moe.spec import Track4Spec
     from geomoe.families.pe_moe.submit import submit_track4
 
@@ -149,7 +149,7 @@ def test_track4_submission_from_checkpoint(
     with zipfile.ZipFile(result["zip"]) as bundle:
         assert bundle.read("submission.txt").decode().splitlines() == lines
     # queries are normalised like the prepared test queries: shouting and punctuation change nothing
-    from geomoe.data.track4 import write_queries
+    from geomoe.core.data.track4 import write_queries
     from geomoe.families.pe_moe.submit import rank_track4
 
     shouted = tmp_path / "shouted.txt"
@@ -163,12 +163,12 @@ def test_index_search_returns_the_offline_fused_ranking(prepared: tuple[JobSpec,
     as Eq. 1 computed per expert by the offline evaluator's functions, and FAISS flat must agree with it."""
     import torch
 
+    from geomoe.core.models.checkpoint import save_checkpoint
     from geomoe.families.pe_moe.encode import embed_texts
     from geomoe.families.pe_moe.factory import build_pe_moe
     from geomoe.families.pe_moe.index import query_rows, read_index
     from geomoe.families.pe_moe.model import fused_scores
     from geomoe.families.pe_moe.pipelines import _queries, build_index, embed_images
-    from geomoe.models.checkpoint import save_checkpoint
 
     spec, manifest = prepared
     torch.manual_seed(0)
@@ -199,7 +199,7 @@ def test_index_search_returns_the_offline_fused_ranking(prepared: tuple[JobSpec,
 
 
 def pc_ids_paths(manifest: dict) -> tuple[list[str], list[str]]:
-    from geomoe.pipelines.caption import gallery_images
+    from geomoe.on_ray.pipelines.caption import gallery_images
 
     images = gallery_images(manifest, "test")
     return [im["image_id"] for im in images], [im["image_path"] for im in images]
@@ -214,7 +214,7 @@ def test_training_inputs_come_in_plan_order_whatever_finishes_first(tmp_path: Pa
     import pyarrow as pa
     import ray.data
 
-    from geomoe.ray_env import in_order
+    from geomoe.on_ray.ray_env import in_order
 
     def first_block_last(batch: dict[str, np.ndarray], run: str, after: str) -> dict[str, np.ndarray]:
         first, folder = int(batch["i"][0]), tmp_path / run

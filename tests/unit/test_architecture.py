@@ -1,5 +1,5 @@
 """The shape of the code base, checked: module and function sizes, no family named outside its own folder (jobs,
-sweeps, the CLI and serving dispatch through geomoe.registry), and an import contract that covers every shared
+sweeps, the CLI and serving dispatch through geomoe.core.registry), and an import contract that covers every shared
 module. The import layering itself is import-linter's (pyproject.toml, `lint-imports` in `make test`)."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import tomllib
 from importlib.metadata import entry_points
 from pathlib import Path
 
-from geomoe.config import JobSpec
+from geomoe.core.config import JobSpec
 
 PACKAGE = Path(__file__).resolve().parents[2] / "platform" / "geomoe"
 MAX_MODULE_LINES = 450
@@ -58,6 +58,13 @@ def shared_top_level() -> set[str]:
     names = {f"geomoe.{p.stem}" for p in PACKAGE.glob("*.py") if p.stem != "__init__"}
     names |= {f"geomoe.{p.name}" for p in PACKAGE.iterdir() if (p / "__init__.py").is_file() and p.name != "families"}
     return names | {f"geomoe.families.{p.stem}" for p in (PACKAGE / "families").glob("*.py") if p.stem != "__init__"}
+
+
+def test_the_layers_are_the_folders() -> None:
+    """The package root holds the two layers, the families and the command, nothing loose beside them: a new module
+    goes into the core (never imports Ray) or the Ray layer, and the import contracts cover it from there."""
+    root = {p.name for p in PACKAGE.iterdir() if p.name != "__pycache__"}
+    assert root == {"__init__.py", "py.typed", "cli.py", "core", "on_ray", "families"}
 
 
 def test_the_no_family_import_contract_covers_every_shared_module() -> None:

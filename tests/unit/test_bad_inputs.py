@@ -12,15 +12,15 @@ import numpy as np
 import pytest
 
 from bad_inputs import CASES, RED, Case, markdown_table, marker_of, slug
-from geomoe.config import DEFAULT_PLATFORM_RULES, load_job
-from geomoe.data.cvogl import read_cvogl
-from geomoe.data.geotext import PlatformClassifier, read_geotext
-from geomoe.data.images import image_array, image_problem, image_size, open_image
-from geomoe.data.records import RejectLog
-from geomoe.data.track4 import read_queries
-from geomoe.errors import BadRecordError, GeomoeError, ImageError
+from geomoe.core.config import DEFAULT_PLATFORM_RULES, load_job
+from geomoe.core.data.cvogl import read_cvogl
+from geomoe.core.data.geotext import PlatformClassifier, read_geotext
+from geomoe.core.data.images import image_array, image_problem, image_size, open_image
+from geomoe.core.data.records import RejectLog
+from geomoe.core.data.track4 import read_queries
+from geomoe.core.errors import BadRecordError, GeomoeError, ImageError
+from geomoe.core.models.checkpoint import read_checkpoint
 from geomoe.families.smgeo.localization import decode_pair
-from geomoe.models.checkpoint import read_checkpoint
 
 REPO = Path(__file__).resolve().parents[2]
 CLASSIFY = PlatformClassifier([(r.pattern, r.platform.value) for r in DEFAULT_PLATFORM_RULES])
@@ -66,7 +66,7 @@ def test_every_bad_file_or_record_gets_its_written_behaviour(case: Case, tmp_pat
 
 
 def _long_caption(records: list[Any]) -> None:
-    from geomoe.data.transforms import prepare_caption
+    from geomoe.core.data.transforms import prepare_caption
 
     (record,) = records
     assert len(record.caption.split()) == 10_000

@@ -14,17 +14,17 @@ import numpy as np
 import pytest
 import torch
 
-from geomoe.config import EvalSpec, JobSpec, parse_spec
-from geomoe.data.caption_store import write_caption_store
+from geomoe.core.config import EvalSpec, JobSpec, parse_spec
+from geomoe.core.data.caption_store import write_caption_store
+from geomoe.core.metrics import first_relevant_rank, protocol_labels, recall_entry, retrieval_report
+from geomoe.core.retrieval import blockwise
+from geomoe.core.retrieval.blockwise import block_rows, first_relevant_ranks, label_codes, top_candidates
+from geomoe.core.retrieval.rerank import LexicalScorer, caption_evidence, diversify, fuse_top_n, top_n
 from geomoe.families.pe_moe.encode import embed_dense_texts, embed_texts
 from geomoe.families.pe_moe.evaluate import evaluate_pe_moe, gallery_from_rows
 from geomoe.families.pe_moe.factory import build_pe_moe, ensure_tiny_models
 from geomoe.families.pe_moe.model import fused_scores
 from geomoe.families.pe_moe.spec import PEMoEModelSpec
-from geomoe.metrics import first_relevant_rank, protocol_labels, recall_entry, retrieval_report
-from geomoe.retrieval import blockwise
-from geomoe.retrieval.blockwise import block_rows, first_relevant_ranks, label_codes, top_candidates
-from geomoe.retrieval.rerank import LexicalScorer, caption_evidence, diversify, fuse_top_n, top_n
 
 WORDS = ["red", "flat", "roof", "pond", "tall", "white", "tower", "brick", "glass", "dome", "park", "road"]
 
@@ -107,7 +107,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[JobSpec, object, obj
 
 def _reference(spec: JobSpec, model: object, tokenizer: object, rows: list, vectors: np.ndarray) -> dict:
     """The evaluation's numbers from the full matrix, as evaluate_pe_moe computed them before."""
-    from geomoe.data.caption_store import read_caption_store
+    from geomoe.core.data.caption_store import read_caption_store
 
     images, caption_image = gallery_from_rows(rows)
     length = spec.model_as(PEMoEModelSpec).text.max_length
@@ -163,7 +163,7 @@ def test_evaluation_equals_the_full_matrix_evaluation(
     vectors = rng.normal(size=(3, 36, 16)).astype(np.float32)
     vectors[:, 7] = vectors[:, 6]  # two images with equal embeddings: equal scores everywhere
     vectors /= np.linalg.norm(vectors, axis=2, keepdims=True)
-    monkeypatch.setattr("geomoe.retrieval.blockwise.BUDGET", 4 * 36 * 5)  # blocks of 5 captions, 1-2 images
+    monkeypatch.setattr("geomoe.core.retrieval.blockwise.BUDGET", 4 * 36 * 5)  # blocks of 5 captions, 1-2 images
     report = evaluate_pe_moe(model, tokenizer, spec.model_as(PEMoEModelSpec), spec.eval, rows, vectors)
     reference = _reference(spec, model, tokenizer, rows, vectors)
     assert report["retrieval"] == reference["retrieval"]

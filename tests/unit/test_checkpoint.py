@@ -10,10 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from geomoe.errors import ModelError
-from geomoe.families.smgeo.model import SMGeo
-from geomoe.families.smgeo.spec import SMGeoModelSpec
-from geomoe.models.checkpoint import (
+from geomoe.core.errors import ModelError
+from geomoe.core.models.checkpoint import (
     MANIFEST_FILE,
     PICKLED_FILE,
     WEIGHTS_FILE,
@@ -23,6 +21,8 @@ from geomoe.models.checkpoint import (
     save_checkpoint,
     trainable_state,
 )
+from geomoe.families.smgeo.model import SMGeo
+from geomoe.families.smgeo.spec import SMGeoModelSpec
 from tiny_jobs import smgeo_job
 
 

@@ -57,7 +57,7 @@ def test_a_sampled_sweep_dry_run_shows_its_ranges(capsys: pytest.CaptureFixture[
 
 
 def test_submit_builds_a_sweep_entrypoint_after_validating_the_sweep() -> None:
-    from geomoe.remote import entrypoint_of
+    from geomoe.on_ray.remote import entrypoint_of
 
     path = REPO / "search_spaces" / "smgeo_topk.yaml"
     command, name = entrypoint_of(path, Path("search_spaces/smgeo_topk.yaml"), ["train.lr=0.002"], quickstart=True)

@@ -1,5 +1,5 @@
 """Collectives run on the process group's device (NCCL takes CUDA tensors only), and only through
-geomoe.collectives.
+geomoe.core.collectives.
 
 No CPU machine has CUDA, so the NCCL rule is played by a process group whose backend serves only PyTorch's lazy
 device (a real device with real data, executed on the CPU by TorchScript) and refuses any tensor off it, as NCCL
@@ -23,9 +23,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from geomoe import collectives
-from geomoe.collectives import gather_rows
-from geomoe.train.loop import LoopConfig, TrainingTask, train_epoch
+from geomoe.core import collectives
+from geomoe.core.collectives import gather_rows
+from geomoe.on_ray.train.loop import LoopConfig, TrainingTask, train_epoch
 
 PACKAGE = Path(__file__).resolve().parents[2] / "platform" / "geomoe"
 COLLECTIVES = {
@@ -196,7 +196,7 @@ def test_no_collective_is_called_outside_geomoe_collectives() -> None:
         if path.name != "collectives.py"
         for line, name in _collective_calls(ast.parse(path.read_text()))
     ]
-    assert not found, "route these through geomoe.collectives:\n" + "\n".join(found)
+    assert not found, "route these through geomoe.core.collectives:\n" + "\n".join(found)
     spellings = """
 import torch
 import torch.distributed as td

@@ -2,8 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from geomoe.config import JobSpec, SynthSpec, apply_overrides, load_job, parse_spec
-from geomoe.errors import SpecError
+from geomoe.core.config import JobSpec, SynthSpec, apply_overrides, load_job, parse_spec
+from geomoe.core.errors import SpecError
 
 GOOD = """
 name: demo
@@ -41,7 +41,7 @@ def test_numbers_written_as_yaml_1_2_floats_are_numbers(tmp_path: Path) -> None:
 
 
 def test_a_misspelt_required_key_is_named_with_its_likely_spelling() -> None:
-    from geomoe.config import SweepSpec, parse_spec
+    from geomoe.core.config import SweepSpec, parse_spec
 
     raw = {"name": "s", "base": "job.yaml", "params": {"train.lr": {"grid": [0.1]}}, "metrc": "val_acc50"}
     with pytest.raises(SpecError, match=r"sweep\.yaml: metrc: unknown key \(did you mean 'metric'\?\)"):
@@ -157,7 +157,7 @@ def test_index_stage_needs_its_section_and_paths_become_absolute() -> None:
 
 
 def test_http_engine_needs_its_url() -> None:
-    from geomoe.config import EngineSpec
+    from geomoe.core.config import EngineSpec
 
     with pytest.raises(SpecError, match=r"engine: .*the http engine needs url"):
         parse_spec(EngineSpec, {"kind": "http", "model": "m"}, "engine")
@@ -165,7 +165,7 @@ def test_http_engine_needs_its_url() -> None:
 
 
 def test_serve_spec_refuses_inconsistent_args_naming_the_key() -> None:
-    from geomoe.config import ServeSpec
+    from geomoe.core.config import ServeSpec
 
     store = {"captions": "c.parquet"}
     for raw, words in (
@@ -181,7 +181,7 @@ def test_serve_spec_refuses_inconsistent_args_naming_the_key() -> None:
 
 
 def test_environment_references_expand_with_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from geomoe.config import load_job
+    from geomoe.core.config import load_job
 
     job = tmp_path / "job.yaml"
     job.write_text(

@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from geomoe.config import TrainSpec
-from geomoe.train.loop import LoopConfig, TrainingTask, make_optimizer, train_epoch, warmup_cosine
+from geomoe.core.config import TrainSpec
+from geomoe.on_ray.train.loop import LoopConfig, TrainingTask, make_optimizer, train_epoch, warmup_cosine
 
 
 def _fit_one_step(accumulation: int, batch: int, data: dict[str, np.ndarray]) -> torch.Tensor:

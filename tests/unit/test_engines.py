@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from geomoe.engines.prompts import (
+from geomoe.core.engines.prompts import (
     BUILTIN_PROMPTS,
     clean_generation,
     image_data_url,
@@ -14,7 +14,7 @@ from geomoe.engines.prompts import (
     load_prompts,
     rejection,
 )
-from geomoe.errors import SpecError
+from geomoe.core.errors import SpecError
 
 
 def test_builtin_prompts_cover_every_platform_and_are_hashed() -> None:
@@ -99,8 +99,8 @@ class FixedEngine:
 def test_refine_batch_replaces_only_valid_outputs_and_counts_the_rest() -> None:
     import pyarrow as pa
 
-    from geomoe.config import RefineSpec
-    from geomoe.pipelines.refine import RefineBatch, RefineMessages
+    from geomoe.core.config import RefineSpec
+    from geomoe.on_ray.pipelines.refine import RefineBatch, RefineMessages
 
     batch = RefineBatch.__new__(RefineBatch)  # everything but the model load
     batch.to_messages = RefineMessages(load_prompts())
@@ -149,7 +149,7 @@ def test_bad_caption_prompt_files_name_the_field(tmp_path: Path) -> None:
 def test_images_travel_as_data_urls_and_the_chat_server_decodes_them(tmp_path: Path) -> None:
     from PIL import Image
 
-    from geomoe.serving.chat import image_turn
+    from geomoe.on_ray.serving.chat import image_turn
 
     Image.new("RGB", (5, 3), (200, 10, 10)).save(tmp_path / "a.png")
     url = image_data_url(tmp_path / "a.png")
@@ -167,8 +167,8 @@ def test_images_travel_as_data_urls_and_the_chat_server_decodes_them(tmp_path: P
 def test_processor_requests_and_responses_for_both_served_engines() -> None:
     """The rows handed to ray.data.llm: an OpenAI payload for http, messages + sampling_params for vLLM; and the
     text read back from either answer (None when there is none, so the row is counted as failed)."""
-    from geomoe.config import EngineSpec
-    from geomoe.pipelines.llm import RequestBuilder, response_text
+    from geomoe.core.config import EngineSpec
+    from geomoe.on_ray.pipelines.llm import RequestBuilder, response_text
 
     to_messages = lambda item: [{"role": "user", "content": item["text"]}]  # noqa: E731
     http = RequestBuilder(EngineSpec(kind="http", model="m", url="http://h", max_new_tokens=9), to_messages)
@@ -190,9 +190,9 @@ def test_refined_captions_track4_and_served_queries_are_normalised_like_prepared
     """Every text the model sees goes through the same X-VLM pre_caption as the GeoText reader's prepared text."""
     import pyarrow as pa
 
-    from geomoe.config import RefineSpec
-    from geomoe.data.transforms import prepare_caption
-    from geomoe.pipelines.refine import apply_refinement
+    from geomoe.core.config import RefineSpec
+    from geomoe.core.data.transforms import prepare_caption
+    from geomoe.on_ray.pipelines.refine import apply_refinement
 
     raw = "The Tall, RED-brick building / with 3 floors!  Next to a car-park."
     prepared = prepare_caption(raw, max_words=30).caption  # what prepare writes for this string

@@ -15,9 +15,9 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pytest
 
-from geomoe import ownership, storage
-from geomoe.data.caption_store import write_caption_store
-from geomoe.storage import StorageError
+from geomoe.core import ownership, storage
+from geomoe.core.data.caption_store import write_caption_store
+from geomoe.core.storage import StorageError
 
 # captions that do not compress: the store is far over the 4 KiB quota
 ROWS = [
@@ -159,7 +159,7 @@ def test_local_disk_full_mid_file_leaves_the_old_store_and_no_temporary(
 ) -> None:
     import pyarrow.parquet as pq
 
-    from geomoe.data.caption_store import read_caption_store
+    from geomoe.core.data.caption_store import read_caption_store
 
     write_caption_store(str(tmp_path / "captions.parquet"), ROWS[:1])
     write_table = pq.write_table

@@ -13,9 +13,9 @@ import pytest
 import torch
 import yaml
 
-from geomoe.bench import gpu, gpu_smoke
 from geomoe.families.smgeo import bench_gpu as smgeo_gpu
-from geomoe.serving.config import check_serve_schema
+from geomoe.on_ray.bench import gpu, gpu_smoke
+from geomoe.on_ray.serving.config import check_serve_schema
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 

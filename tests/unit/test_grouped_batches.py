@@ -11,7 +11,7 @@ import torch
 
 from geomoe.families.pe_moe.losses import pe_moe_objective
 from geomoe.families.pe_moe.model import PEMoEOutput
-from geomoe.train.grouped import group_schedule, group_steps
+from geomoe.on_ray.train.grouped import group_schedule, group_steps
 
 
 def test_each_experts_steps_per_epoch_match_its_subset() -> None:

@@ -10,8 +10,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from geomoe.data import image_table
-from geomoe.errors import DatasetError
+from geomoe.core.data import image_table
+from geomoe.core.errors import DatasetError
 
 
 def test_a_shard_round_trips_bytes_and_keeps_the_first_copy_of_a_key(tmp_path: Path) -> None:
@@ -39,7 +39,7 @@ def test_locate_over_shards_keeps_the_first_shard_of_a_repeated_key(tmp_path: Pa
 
 
 def test_task_slices_cut_only_where_the_image_changes(monkeypatch: pytest.MonkeyPatch) -> None:
-    from geomoe.pipelines import prepare
+    from geomoe.on_ray.pipelines import prepare
 
     monkeypatch.setattr(prepare, "RECORDS_PER_TASK", 300)
     keys = [f"img{i // 7}" for i in range(2000)]  # seven captions an image

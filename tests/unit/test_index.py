@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from geomoe.errors import DatasetError
+from geomoe.core.errors import DatasetError
 from geomoe.families.pe_moe.index import (
     build_faiss,
     exact_search,

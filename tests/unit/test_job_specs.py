@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from geomoe.config import load_job
+from geomoe.core.config import load_job
 
 JOBS = sorted((Path(__file__).resolve().parents[2] / "jobs").glob("*.yaml"))
 
@@ -66,7 +66,7 @@ def test_llm_jobs_share_prepared_data_and_refined_shards_with_the_paper_job() ->
 
 
 def test_the_time_table_nests_the_models_under_train_and_totals_the_stages() -> None:
-    from geomoe.jobs import time_table
+    from geomoe.on_ray.jobs import time_table
 
     seconds = {"prepare": 10.0, "train": 100.0, "train model": 60.0, "train unified": 40.0, "index": 5.5}
     lines = time_table(seconds).splitlines()
@@ -78,8 +78,8 @@ def test_the_time_table_nests_the_models_under_train_and_totals_the_stages() -> 
 def test_a_rerun_accepts_every_folder_its_first_run_claimed(tmp_path: Path) -> None:
     """Each output folder is claimed by the stage that writes it (a baseline's own prepared table by prepare, inside
     the train stage); the ownership check before a rerun expects exactly those stages."""
-    from geomoe import ownership
-    from geomoe.jobs import check_outputs
+    from geomoe.core import ownership
+    from geomoe.on_ray.jobs import check_outputs
 
     quickstart = JOBS[0].parent / "quickstart.yaml"
     spec = load_job(quickstart, [f"output_root={tmp_path / 'runs'}"]).with_absolute_paths()

@@ -13,8 +13,8 @@ import jsonschema
 import pytest
 import yaml
 
-from geomoe import k8s
-from geomoe.errors import SpecError
+from geomoe.core.errors import SpecError
+from geomoe.on_ray import k8s
 
 REPO = Path(__file__).resolve().parents[2]
 SCHEMAS = REPO / "tests" / "data" / "kuberay"
@@ -57,7 +57,7 @@ def values(monkeypatch: pytest.MonkeyPatch) -> k8s.K8sValues:
 
 @pytest.mark.parametrize("job", CLUSTER_JOBS)
 def test_every_cluster_job_becomes_a_valid_rayjob_shaped_by_its_spec(job: str, values: k8s.K8sValues) -> None:
-    from geomoe.config import load_job
+    from geomoe.core.config import load_job
 
     manifest = k8s.ray_job(f"jobs/{job}.yaml", values)
     assert_valid(manifest)
@@ -114,7 +114,7 @@ def test_the_job_resources_decide_the_pods(values: k8s.K8sValues) -> None:
 
 
 def test_a_sweep_becomes_a_rayjob_with_room_for_its_concurrent_trials(values: k8s.K8sValues) -> None:
-    from geomoe.sweep import load_sweep
+    from geomoe.core.sweep import load_sweep
 
     manifest = k8s.ray_sweep("search_spaces/smgeo_experts.yaml", values)
     assert_valid(manifest)
@@ -212,7 +212,7 @@ def test_a_serve_config_is_refused_when_its_files_or_accelerators_are_not_on_the
 def test_accelerators_agree_across_specs_serve_configs_values_and_cluster_yaml(values: k8s.K8sValues) -> None:
     """What is asked for (Serve configs' accelerator_type, jobs' accelerator_type: worker resources) must be what
     both cluster definitions offer, and the two (k8s values, cluster.yaml) must offer the same."""
-    from geomoe.config import load_job
+    from geomoe.core.config import load_job
 
     cluster = yaml.safe_load((REPO / "cluster.yaml").read_text())
     launched = {

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from geomoe import lease, ownership, storage
 from geomoe.cli import main
-from geomoe.errors import RunLockedError
+from geomoe.core import lease, ownership, storage
+from geomoe.core.errors import RunLockedError
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -108,7 +108,7 @@ def until(condition: Callable[[], bool], seconds: float = 10.0) -> bool:
 SLOW_RIVAL = """
 import sys, time
 from pathlib import Path
-from geomoe import lease
+from geomoe.core import lease
 
 lock, read_done, gap = sys.argv[1], Path(sys.argv[2]), float(sys.argv[3])
 checked = lease._refuse_if_held

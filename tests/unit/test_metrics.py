@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from geomoe.metrics import (
+from geomoe.core.metrics import (
     box_iou,
     first_relevant_rank,
     localization_metrics,

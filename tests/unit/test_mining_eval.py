@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
+from geomoe.core.retrieval.mining import mine_hard_negatives
 from geomoe.families.pe_moe.evaluate import chance_recall, gallery_from_rows
 from geomoe.families.pe_moe.model import fused_scores
-from geomoe.retrieval.mining import mine_hard_negatives
 
 
 @pytest.mark.parametrize("chunk", [1, 7, 1000])

@@ -1,4 +1,4 @@
-"""Never delete what geomoe did not write: the ownership rule of geomoe.storage, on local disk and on the S3 server
+"""Never delete what geomoe did not write: the ownership rule of geomoe.core.storage, on local disk and on the S3 server
 (127.0.0.1), at the level of the storage layer and of every stage that publishes a folder or file."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from geomoe import ownership, storage
-from geomoe.ownership import Claim, ForeignFilesError
+from geomoe.core import ownership, storage
+from geomoe.core.ownership import Claim, ForeignFilesError
 
 CLAIM = Claim("preprocess.output_dir", "job", "prepare")
 REFUSAL = r"^preprocess\.output_dir: .+ holds files geomoe did not write \(e\.g\. notes\.txt\); point it at an empty "
@@ -110,7 +110,7 @@ def test_a_forged_or_broken_owner_record_does_not_make_a_folder_ours(root: str) 
 
 
 def test_a_file_is_replaced_only_when_it_is_geomoes(root: str) -> None:
-    from geomoe.data.caption_store import write_caption_store
+    from geomoe.core.data.caption_store import write_caption_store
 
     store = storage.join(root, "captions.parquet")
     storage.write_text_atomic(store, "a user's table")
@@ -144,7 +144,7 @@ OUTPUT_KEYS = {  # spec key -> the override pointing it at the user's folder (or
 
 
 def quickstart(overrides: list[str]) -> Any:
-    from geomoe.config import load_job
+    from geomoe.core.config import load_job
 
     return load_job(Path(__file__).resolve().parents[2] / "jobs" / "quickstart.yaml", overrides)
 
@@ -183,7 +183,7 @@ def test_each_output_key_of_a_job_is_refused_before_any_stage_runs(
 
 
 def test_synth_writes_only_into_its_own_folder_which_holds_data_root() -> None:
-    from geomoe.errors import SpecError
+    from geomoe.core.errors import SpecError
 
     with pytest.raises(SpecError, match=r"data\.root: .*mydata is not inside data\.synthesize\.output_dir"):
         quickstart(["data.root=mydata", "stages=[synth]"])  # issue 30's first case: refused at validation
@@ -194,8 +194,8 @@ def test_synth_writes_only_into_its_own_folder_which_holds_data_root() -> None:
 
 
 def test_synth_refuses_a_users_folder_and_regenerates_its_own(tmp_path: Path) -> None:
-    from geomoe.config import SynthSpec
-    from geomoe.data.synthgeo import generate
+    from geomoe.core.config import SynthSpec
+    from geomoe.core.data.synthgeo import generate
 
     small = SynthSpec(train_buildings=1, test_buildings=1, drone_views=1, ground_views=0, localization_train=1,
                       localization_val=0, localization_test=0, image_size=16, tile_size=32, query_size=16)  # fmt: skip
@@ -233,7 +233,7 @@ def test_one_stages_output_is_not_anothers_to_replace(root: str) -> None:
 
 
 def test_outputs_may_not_lie_in_one_another() -> None:
-    from geomoe.errors import SpecError
+    from geomoe.core.errors import SpecError
 
     cases = {
         'index.output_dir="{run}"': r"output_root: .* lies in index\.output_dir",

@@ -161,7 +161,7 @@ def test_caption_similarity_uses_the_text_models_own_dense_embedding(tiny_dir: P
     import torch.nn.functional as F
     from transformers import XLMRobertaModel
 
-    from geomoe.models.encoders import masked_mean
+    from geomoe.core.models.encoders import masked_mean
 
     model, tok = build_pe_moe(spec(tiny_dir, text={**spec(tiny_dir).text.model_dump(), "pool": pool}))
     model.eval()

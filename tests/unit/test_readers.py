@@ -8,13 +8,13 @@ import pytest
 import torch
 from PIL import Image
 
-from geomoe.config import DEFAULT_PLATFORM_RULES
-from geomoe.data.cvogl import read_cvogl, split_file
-from geomoe.data.geotext import PlatformClassifier, read_geotext
-from geomoe.data.images import image_problem
-from geomoe.data.records import RejectLog
-from geomoe.data.track4 import format_submission, list_gallery, read_queries, write_submission
-from geomoe.errors import BadRecordError, DatasetError
+from geomoe.core.config import DEFAULT_PLATFORM_RULES
+from geomoe.core.data.cvogl import read_cvogl, split_file
+from geomoe.core.data.geotext import PlatformClassifier, read_geotext
+from geomoe.core.data.images import image_problem
+from geomoe.core.data.records import RejectLog
+from geomoe.core.data.track4 import format_submission, list_gallery, read_queries, write_submission
+from geomoe.core.errors import BadRecordError, DatasetError
 
 CLASSIFY = PlatformClassifier([(r.pattern, r.platform.value) for r in DEFAULT_PLATFORM_RULES])
 

@@ -7,8 +7,8 @@ parameters together; excluded from `make test`, run with `pytest -m slow`.
 import pytest
 import torch
 
+from geomoe.core.models.encoders import ImageTrunk, TextTrunk, load_image_tower
 from geomoe.families.pe_moe.model import PEMoE
-from geomoe.models.encoders import ImageTrunk, TextTrunk, load_image_tower
 
 pytestmark = pytest.mark.slow
 

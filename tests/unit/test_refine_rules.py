@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from geomoe.data.refine_rules import load_rules
-from geomoe.data.transforms import prepare_caption
-from geomoe.errors import SpecError
+from geomoe.core.data.refine_rules import load_rules
+from geomoe.core.data.transforms import prepare_caption
+from geomoe.core.errors import SpecError
 
 CAPTION = (
     "The image shows a large square building with a red flat roof. "

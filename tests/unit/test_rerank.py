@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from geomoe.data.caption_store import read_caption_store, write_caption_store
-from geomoe.data.synthgeo import GALLERY_CAPTIONS, SCENE_CAPTIONER
-from geomoe.errors import DatasetError
-from geomoe.retrieval.rerank import (
+from geomoe.core.data.caption_store import read_caption_store, write_caption_store
+from geomoe.core.data.synthgeo import GALLERY_CAPTIONS, SCENE_CAPTIONER
+from geomoe.core.errors import DatasetError
+from geomoe.core.retrieval.rerank import (
     LexicalScorer,
     best_per_candidate,
     candidate_triples,

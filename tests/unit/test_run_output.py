@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from geomoe import ownership, storage
-from geomoe.logs import capture_console, quiet, run_logs
-from geomoe.progress import Progress
+from geomoe.core import ownership, storage
+from geomoe.core.logs import capture_console, quiet, run_logs
+from geomoe.core.progress import Progress
 
 
 def test_details_go_to_the_log_file_and_the_console_keeps_ours_and_errors(
@@ -30,7 +30,7 @@ def test_details_go_to_the_log_file_and_the_console_keeps_ours_and_errors(
             library.info("cache miss 17")
             library.warning("deprecated option")
             library.error("worker 3 died")
-            logging.getLogger("geomoe.jobs").warning("stage 2 reused from an earlier run")
+            logging.getLogger("geomoe.on_ray.jobs").warning("stage 2 reused from an earlier run")
             chatty.info("Running Dataset 42")
     finally:
         chatty.removeHandler(own)
@@ -47,7 +47,7 @@ def test_details_go_to_the_log_file_and_the_console_keeps_ours_and_errors(
 
 def test_a_job_stopped_before_it_started_writes_nothing_to_its_run_folder(tmp_path: Path) -> None:
     with run_logs(str(tmp_path / "runs" / "job")) as logs:
-        logging.getLogger("geomoe.jobs").warning("output_root: a local path on a 3-node cluster")
+        logging.getLogger("geomoe.on_ray.jobs").warning("output_root: a local path on a 3-node cluster")
     assert not (tmp_path / "runs").exists()  # the logs stay in a temporary folder, which the CLI names
     assert "a local path on a 3-node cluster" in (Path(logs.location) / "geomoe.log").read_text()
     assert logs.last_lines and "3-node cluster" in logs.last_lines[-1]
@@ -68,7 +68,7 @@ def test_the_ray_session_logs_are_copied_into_the_run_folder_on_s3(tmp_path: Pat
     with run_logs(run, session_logs=lambda: session) as logs:
         ownership.claim_dir(run, ownership.Claim("output_root", "job", "run"))  # the job started
         storage.write_text_atomic(f"{run}/spec.json", "{}")
-        logging.getLogger("geomoe.jobs").info("stage train")
+        logging.getLogger("geomoe.on_ray.jobs").info("stage train")
     assert logs.location == f"{run}/logs"
     assert "stage train" in storage.read_text(f"{run}/logs/geomoe.log")
     assert storage.read_text(f"{run}/logs/ray/worker-abc-01.err") == "Traceback: CUDA out of memory\n"
@@ -107,12 +107,12 @@ def test_a_terminal_gets_a_live_bar_with_rate_and_eta() -> None:
 def test_a_failed_job_shows_its_last_log_lines_and_where_the_logs_are(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from geomoe import jobs
     from geomoe.cli import main
+    from geomoe.on_ray import jobs
 
     def fails(*_: object) -> None:
         (tmp_path / "runs" / "quickstart").mkdir(parents=True)  # as a job's spec.json does
-        logging.getLogger("geomoe.pipelines.prepare").warning("decoding 0042/image-01.jpeg")
+        logging.getLogger("geomoe.on_ray.pipelines.prepare").warning("decoding 0042/image-01.jpeg")
         raise RuntimeError("the raylet died")
 
     monkeypatch.setattr(jobs, "run_job_timed", fails)

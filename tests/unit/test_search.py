@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from geomoe.families.pe_moe.index import index_rows, read_index, recall_at, write_index
-from geomoe.retrieval.search import (
+from geomoe.core.retrieval.search import (
     RESCORE_MAX,
     as_tensor,
     exact_search,
@@ -22,6 +21,7 @@ from geomoe.retrieval.search import (
     quantize_rows,
     split_query,
 )
+from geomoe.families.pe_moe.index import index_rows, read_index, recall_at, write_index
 
 DTYPES = [np.float32, np.float16, np_bfloat16]
 
@@ -134,7 +134,7 @@ def test_a_bfloat16_index_folder_round_trips(tmp_path: Path, clustered: tuple[np
 def test_the_gpu_path_gives_the_exact_top_k(clustered: tuple[np.ndarray, np.ndarray], dtype: torch.dtype) -> None:
     """The code a GPU runs (split query, float32 products, slices, running top k), here on CPU tensors: where
     torch has no half x half -> float32 product on this device it widens, so the result must be exact either way."""
-    from geomoe.retrieval.search import device_search
+    from geomoe.core.retrieval.search import device_search
 
     rows, queries = clustered
     stored = torch.from_numpy(rows).to(dtype)

@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from geomoe.errors import SpecError
-from geomoe.serving.config import check_serve_config
+from geomoe.core.errors import SpecError
+from geomoe.on_ray.serving.config import check_serve_config
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -33,7 +33,7 @@ def test_bad_serve_configs_name_the_key(tmp_path: Path) -> None:
     index = tmp_path / "index"
     index.mkdir()
     (index / "manifest.json").write_text('{"checkpoint": "/ckpt"}')
-    app = {"name": "r", "route_prefix": "/", "import_path": "geomoe.serving.app:build_app"}
+    app = {"name": "r", "route_prefix": "/", "import_path": "geomoe.on_ray.serving.app:build_app"}
     good = check_serve_config(write(tmp_path, {"applications": [app | {"args": {"index": str(index)}}]}))
     assert "/search" in good[0] and "search only" in good[0]
     # a predictor's deployment is configured by its name, Predictor-<name>; the endpoint is listed

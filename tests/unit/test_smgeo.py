@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from geomoe.config import JobSpec, parse_spec
-from geomoe.errors import SpecError
+from geomoe.core.config import JobSpec, parse_spec
+from geomoe.core.errors import SpecError
+from geomoe.core.metrics import box_iou
 from geomoe.families.smgeo.gmoe import ExpertFFN, GridMoE, dense_reference, sparse_dispatch
 from geomoe.families.smgeo.localization import augment_pair, centre_box_baseline, localization_report, size_bucket
 from geomoe.families.smgeo.losses import smgeo_objective, smgeo_targets
 from geomoe.families.smgeo.model import SMGeo, decode_boxes
 from geomoe.families.smgeo.spec import SMGeoModelSpec
-from geomoe.metrics import box_iou
 
 TINY_GMOE = {"experts": 3, "top_k": 2, "grid": [2, 2], "blocks": ["none", "even", "all"]}
 

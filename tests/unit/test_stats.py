@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from geomoe import stats
-from geomoe.metrics import capped_ranks, localization_metrics, localization_values, recall_at_k, recall_values
+from geomoe.core import stats
+from geomoe.core.metrics import capped_ranks, localization_metrics, localization_values, recall_at_k, recall_values
 
 
 def naive_bootstrap(values: np.ndarray, resamples: int, seed: int) -> np.ndarray:
@@ -109,7 +109,7 @@ def test_per_query_values_average_to_the_reported_metrics() -> None:
     pred[:, 2:] += pred[:, :2]
     gt = pred + rng.normal(0, 10, pred.shape)
     sizes = np.full((50, 2), 200.0)
-    from geomoe.metrics import clamped_iou
+    from geomoe.core.metrics import clamped_iou
 
     per_sample = localization_values(clamped_iou(pred, gt, sizes))
     assert {k: v.mean() for k, v in per_sample.items()} == pytest.approx(localization_metrics(pred, gt, sizes))

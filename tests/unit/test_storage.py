@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
-from geomoe import ownership, storage
-from geomoe.config import JobSpec, StorageSpec, parse_spec
-from geomoe.data.prepared import PreparedDataset
-from geomoe.errors import DatasetError, GeomoeError, SpecError
+from geomoe.core import ownership, storage
+from geomoe.core.config import JobSpec, StorageSpec, parse_spec
+from geomoe.core.data.prepared import PreparedDataset
+from geomoe.core.errors import DatasetError, GeomoeError, SpecError
 
 CLAIM = ownership.Claim("index.output_dir", "test", "index")
 

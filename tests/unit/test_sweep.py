@@ -10,14 +10,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from geomoe.config import SweepSpec, parse_spec
-from geomoe.errors import ExperimentError, SpecError
+from geomoe.core.config import SweepSpec, parse_spec
+from geomoe.core.errors import ExperimentError, SpecError
+from geomoe.core.ownership import Claim, claim_dir
+from geomoe.core.storage import write_json_atomic
+from geomoe.core.sweep import SEED, VARIANT, describe_trials, grid_points, load_sweep, trial_key, trial_spec
+from geomoe.core.sweep.tables import RESULT_FILE, write_per_query, write_report
 from geomoe.families.pe_moe.spec import PEMoEModelSpec
-from geomoe.jobs import family_of
-from geomoe.ownership import Claim, claim_dir
-from geomoe.storage import write_json_atomic
-from geomoe.sweep import SEED, VARIANT, describe_trials, grid_points, load_sweep, trial_key, trial_spec
-from geomoe.sweep.report import RESULT_FILE, write_per_query, write_report
+from geomoe.on_ray.jobs import family_of
 
 REPO = Path(__file__).resolve().parents[2]
 SPACES = sorted((REPO / "search_spaces").glob("*.yaml"))
@@ -165,7 +165,7 @@ def test_seeds_are_more_trials_of_the_same_configuration() -> None:
 
 def _write_trial(experiment: Path, point: dict, hits: np.ndarray, queries: str = "val-samples") -> None:
     """A finished trial as run_trial writes it: per-query values, then the result with its interval."""
-    from geomoe.stats import intervals
+    from geomoe.core.stats import intervals
 
     values = {"val_acc50": hits, "val_acc25": hits, "val_miou": hits / 2}
     run_dir = str(experiment / "trials" / trial_key(point))
@@ -215,7 +215,7 @@ def test_the_report_pools_seeds_and_gives_each_paper_row_a_verdict(tmp_path: Pat
 def test_a_published_change_below_min_change_reads_as_no_change() -> None:
     """Table III: top-3 -> top-4 moves val_acc25 by +0.01 (85.25 -> 85.26), a rounding, not a claim. Ours up by 5
     points is then "not reproduced" (the paper shows no change), not "reproduced"."""
-    from geomoe.sweep.report import Configuration, verdicts
+    from geomoe.core.sweep.tables import Configuration, verdicts
 
     sweep, _ = load_sweep(REPO / "search_spaces" / "smgeo_topk.yaml", quickstart=True)
     assert sweep.paper is not None and sweep.paper.min_change == 0.1
@@ -258,9 +258,9 @@ def test_a_finished_trial_reports_its_recorded_result_without_training(
     trial then reports that file and trains nothing. A result of another job (an edited spec) is not reused."""
     import ray.tune
 
-    import geomoe.jobs
-    import geomoe.sweep.tune
-    from geomoe.sweep.tune import run_trial
+    import geomoe.on_ray.jobs
+    import geomoe.on_ray.tune
+    from geomoe.on_ray.tune import run_trial
 
     sweep, base = load_sweep(REPO / "search_spaces" / "smgeo_topk.yaml", quickstart=True)
     point = {"model.gmoe.top_k": 2}
@@ -277,8 +277,8 @@ def test_a_finished_trial_reports_its_recorded_result_without_training(
     def no_training(spec: object) -> None:
         raise AssertionError("the finished trial trained again")
 
-    monkeypatch.setattr(geomoe.jobs, "family_of", no_training)
-    monkeypatch.setattr(geomoe.sweep.tune.PreparedDataset, "open", lambda *args: None)  # no data: no training
+    monkeypatch.setattr(geomoe.on_ray.jobs, "family_of", no_training)
+    monkeypatch.setattr(geomoe.on_ray.tune.PreparedDataset, "open", lambda *args: None)  # no data: no training
     run = lambda: run_trial(point, sweep.model_dump(mode="json"), str(base), experiment, str(REPO))  # noqa: E731
     run()
     assert reported == [metrics] and result_file.read_bytes() == before

@@ -6,13 +6,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from geomoe.config import DEFAULT_PLATFORM_RULES, SynthSpec
-from geomoe.data.cvogl import read_cvogl
-from geomoe.data.geotext import PlatformClassifier, read_geotext
-from geomoe.data.records import RejectLog
-from geomoe.data.synthgeo import generate
-from geomoe.data.synthgeo.render import ObliqueCamera
-from geomoe.data.track4 import list_gallery, read_queries
+from geomoe.core.config import DEFAULT_PLATFORM_RULES, SynthSpec
+from geomoe.core.data.cvogl import read_cvogl
+from geomoe.core.data.geotext import PlatformClassifier, read_geotext
+from geomoe.core.data.records import RejectLog
+from geomoe.core.data.synthgeo import generate
+from geomoe.core.data.synthgeo.render import ObliqueCamera
+from geomoe.core.data.track4 import list_gallery, read_queries
 
 CLASSIFY = PlatformClassifier([(r.pattern, r.platform.value) for r in DEFAULT_PLATFORM_RULES])
 
@@ -125,8 +125,8 @@ def test_a_caption_names_only_what_its_platform_sees(tiny_synth: tuple[Path, dic
 def test_every_visible_attribute_is_drawn_and_described_only_where_visible() -> None:
     """Over many scene graphs: each platform's phrases are exactly its visible attributes, and every attribute a
     platform shows is named by some caption or query of that platform (nothing visible is never described)."""
-    from geomoe.data.synthgeo.captions import TEST_QUERY, TRAIN_CAPTION, attribute_phrases, scene_caption
-    from geomoe.data.synthgeo.scene import VISIBLE, sample_building
+    from geomoe.core.data.synthgeo.captions import TEST_QUERY, TRAIN_CAPTION, attribute_phrases, scene_caption
+    from geomoe.core.data.synthgeo.scene import VISIBLE, sample_building
 
     named: dict[str, set[str]] = {p: set() for p in VISIBLE}
     for i in range(200):
@@ -156,7 +156,7 @@ def test_training_captions_are_generic_and_verbose_test_queries_concise_and_plat
 
 
 def test_the_platforms_vocabularies_overlap_little_and_the_manifest_reports_it(tiny_synth: tuple[Path, dict]) -> None:
-    from geomoe.data.synthgeo.captions import vocabulary_overlap
+    from geomoe.core.data.synthgeo.captions import vocabulary_overlap
 
     root, counts = tiny_synth
     texts = _texts_by_platform(root)

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from geomoe import tracking
-from geomoe.config import load_job
-from geomoe.errors import ModelError
+from geomoe.core import tracking
+from geomoe.core.config import load_job
+from geomoe.core.errors import ModelError
 
 QUICKSTART = Path(__file__).resolve().parents[2] / "jobs" / "quickstart.yaml"
 
@@ -83,7 +83,7 @@ def test_metric_names_are_ones_mlflow_accepts() -> None:
 
 
 def test_registry_uris_pass_through_path_handling_untouched(tmp_path: Path) -> None:
-    from geomoe import storage
+    from geomoe.core import storage
 
     spec = load_job(QUICKSTART, ["index.checkpoint=models:/quickstart/3"]).with_absolute_paths(tmp_path)
     assert spec.index is not None and spec.index.checkpoint == "models:/quickstart/3"

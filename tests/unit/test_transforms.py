@@ -1,7 +1,7 @@
 import numpy as np
 from PIL import Image
 
-from geomoe.data.transforms import (
+from geomoe.core.data.transforms import (
     SatelliteAugment,
     directional_matcher,
     has_directional,

@@ -3,9 +3,9 @@
 A family subclasses ``Family``, sets its class attributes, implements ``build_model`` and ``training_task``
 (the worker side: model, step, evaluation), and either ``datasets`` + ``evaluate`` (the default ``train``:
 one stage, the best epoch by ``best_by``, then a test evaluation of that checkpoint) or its own ``train``. Job
-stages of its own are ``geomoe.stages.Stage`` objects in ``stages``; top-level job sections of its own (the ones
+stages of its own are ``geomoe.core.stages.Stage`` objects in ``stages``; top-level job sections of its own (the ones
 its stages read), ``config.JobSection`` classes in ``sections``; its Serve deployments, ``serve_deployments``.
-It registers itself with ``geomoe.registry.register`` (built-in families through the ``geomoe.families``
+It registers itself with ``geomoe.core.registry.register`` (built-in families through the ``geomoe.families``
 entry points). Nothing outside a family's package names the family: everything dispatches through here.
 """
 
@@ -16,15 +16,15 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from geomoe import storage
-from geomoe.config import FamilyModelSpec, JobSection, JobSpec, TrainSpec
-from geomoe.data.prepared import PreparedDataset
-from geomoe.stages import Stage
+from geomoe.core import storage
+from geomoe.core.config import FamilyModelSpec, JobSection, JobSpec, TrainSpec
+from geomoe.core.data.prepared import PreparedDataset
+from geomoe.core.stages import Stage
 
 if TYPE_CHECKING:
     import torch
 
-    from geomoe.train.loop import LoopConfig, TrainingTask
+    from geomoe.on_ray.train.loop import LoopConfig, TrainingTask
 
 
 @dataclass(frozen=True)
@@ -52,7 +52,7 @@ class Family:
     train_spec: ClassVar[type[TrainSpec]] = TrainSpec
     dataset_kind: ClassVar[str] = "retrieval"  # what its prepared data is (config.DATASET_KINDS)
     default: ClassVar[bool] = False  # the family of a ``model`` section without a name
-    stages: ClassVar[tuple[Stage, ...]] = ()  # job stages of its own (geomoe.stages.Stage)
+    stages: ClassVar[tuple[Stage, ...]] = ()  # job stages of its own (geomoe.core.stages.Stage)
     sections: ClassVar[dict[str, type[JobSection]]] = {}  # top-level job sections of its own, by key
     best_by: ClassVar[str | None] = None  # a per-epoch metric to keep the best checkpoint by (max)
 
@@ -81,7 +81,7 @@ class Family:
         return {"params_M": total / 1e6, "trainable_params_M": trainable / 1e6}
 
     def load_checkpoint(self, directory: str) -> Loaded:
-        from geomoe.models.checkpoint import load_into, read_trained
+        from geomoe.core.models.checkpoint import load_into, read_trained
 
         payload, spec = read_trained(directory)
         model = self.build_model(spec.model)
@@ -106,8 +106,8 @@ class Family:
     def train(self, spec: JobSpec, prepared: PreparedDataset, run_dir: str) -> dict[str, Any]:
         """The ``train`` stage: fit one stage (or reuse its record), then evaluate the kept checkpoint. The
         result always carries ``checkpoint`` (what later stages, sweeps and serving use)."""
-        from geomoe.train.loop import LoopConfig
-        from geomoe.train.run import cached_result, recorded_stage, run_trainer
+        from geomoe.on_ray.train.loop import LoopConfig
+        from geomoe.on_ray.train.run import cached_result, recorded_stage, run_trainer
 
         record = recorded_stage(spec, run_dir, 1)
         if record is None:
@@ -125,13 +125,13 @@ class Family:
     # --- serving ---
     def serve_deployments(self) -> dict[str, Any]:
         """The Ray Serve deployments this family's checkpoints are served by, by the role the app gives them
-        (geomoe.serving.app: a retriever's ``QueryEncoder``, ``GallerySearch`` and ``Reranker``, a localizer's
+        (geomoe.on_ray.serving.app: a retriever's ``QueryEncoder``, ``GallerySearch`` and ``Reranker``, a localizer's
         ``Localizer``). Default: none. A family with predictions of another kind implements ``predict`` instead."""
         return {}
 
     def predict(self, loaded: Loaded, inputs: dict[str, Any]) -> dict[str, Any]:
         """Predictions of a loaded checkpoint on a JSON object of ``inputs``, served at ``POST /predict/<name>``
-        (geomoe.serving.predictor) for a checkpoint the Serve config lists under ``predictors``; raise ValueError
+        (geomoe.on_ray.serving.predictor) for a checkpoint the Serve config lists under ``predictors``; raise ValueError
         naming the input for inputs it refuses. Default: the family serves no predictions of its own."""
         raise NotImplementedError(f"{self.name} serves no predictions of its own")
 
@@ -155,7 +155,7 @@ class Family:
         return {}
 
     def query_sets(self, result: dict[str, Any]) -> dict[str, str]:
-        """Metric name -> the fingerprint of the queries its ``query_values`` belong to (geomoe.stats.query_set):
+        """Metric name -> the fingerprint of the queries its ``query_values`` belong to (geomoe.core.stats.query_set):
         values are pooled or paired only within one query set. Default: none recorded."""
         return {}
 

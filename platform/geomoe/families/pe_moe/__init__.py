@@ -9,18 +9,18 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from geomoe.config import FamilyModelSpec, JobSpec, TrainSpec, as_section
-from geomoe.data.prepared import PreparedDataset
+from geomoe.core.config import FamilyModelSpec, JobSpec, TrainSpec, as_section
+from geomoe.core.data.prepared import PreparedDataset
+from geomoe.core.stages import Stage, section_output
 from geomoe.families.base import Family, Loaded
 from geomoe.families.pe_moe.report import index_summary
 from geomoe.families.pe_moe.results import PEMoEResult, Recall, protocol_prefix
 from geomoe.families.pe_moe.spec import IndexSpec, PEMoEModelSpec, PEMoETrainSpec, Track4Spec
-from geomoe.stages import Stage, section_output
 
 if TYPE_CHECKING:
     import torch
 
-    from geomoe.train.loop import LoopConfig, TrainingTask
+    from geomoe.on_ray.train.loop import LoopConfig, TrainingTask
 
 
 def _checked_stage(

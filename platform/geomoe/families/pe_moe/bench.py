@@ -17,12 +17,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from geomoe.bench import options
+from geomoe.core.retrieval.mining import mine_hard_negatives
 from geomoe.families.pe_moe.factory import build_pe_moe, ensure_tiny_models, tokenize
 from geomoe.families.pe_moe.losses import pe_moe_objective
 from geomoe.families.pe_moe.model import PEMoE
 from geomoe.families.pe_moe.spec import ImageEncoderSpec, PEMoEModelSpec, TextEncoderSpec, TinyModelsSpec
-from geomoe.retrieval.mining import mine_hard_negatives
+from geomoe.on_ray.bench import options
 
 CORPUS = [
     f"a {c} roof beside a {k} with {n} trees"

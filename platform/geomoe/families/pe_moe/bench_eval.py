@@ -6,7 +6,7 @@ The data is synthetic in GeoText's test shape: 165,681 captions of 55,227 images
 scales with it, the full matrix does not) with random gates. Each way runs in its own fresh process, which reports
 its peak resident memory (the kernel's high-water mark) and its time:
 
-- blockwise (``geomoe.retrieval.blockwise``, what evaluation runs: the ranks, then each caption's top 20 for CGRS):
+- blockwise (``geomoe.core.retrieval.blockwise``, what evaluation runs: the ranks, then each caption's top 20 for CGRS):
   at the full size, and at ``1/scale`` of it;
 - the full matrix (``fused_scores`` -> ``retrieval_report``, what evaluation ran before): at ``1/scale`` only, since
   at the full size its float32 scores alone are 36.6 GB. Both ways' reports must be equal there.
@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from geomoe.bench import options
+from geomoe.on_ray.bench import options
 
 CAPTIONS, IMAGES, BUILDINGS, EXPERTS = 165_681, 55_227, 951, 3
 RERANK_TOP = 20  # CGRS's candidates per caption
@@ -49,10 +49,10 @@ def synthetic(captions: int, images: int, dim: int, seed: int = 0) -> dict[str, 
 
 def _evaluate(way: str, captions: int, images: int, dim: int) -> dict[str, Any]:
     """One way's report and its cost, in this (fresh) process."""
+    from geomoe.core.metrics import protocol_labels, report_from_ranks, retrieval_report
+    from geomoe.core.retrieval.blockwise import protocol_ranks, top_candidates
     from geomoe.families.pe_moe.index import index_rows, query_rows
     from geomoe.families.pe_moe.model import fused_scores
-    from geomoe.metrics import protocol_labels, report_from_ranks, retrieval_report
-    from geomoe.retrieval.blockwise import protocol_ranks, top_candidates
 
     data = synthetic(captions, images, dim)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

@@ -1,4 +1,4 @@
-"""PE-MoE's part of ``make gpu-check`` (geomoe.bench.gpu): the training step at the paper's size (XLM-R large,
+"""PE-MoE's part of ``make gpu-check`` (geomoe.on_ray.bench.gpu): the training step at the paper's size (XLM-R large,
 BGE-M3's architecture, + EVA02-L-14 at 384 px, 3 experts, random weights, bf16 autocast, the paper's per-GPU batch
 of 128 over 8 GPUs, expert batching: samples/s, peak memory, MFU), and the Serve query encoder's throughput (the
 text trunk, tails and gate a QueryEncoder replica runs) at batch 1 and 32."""
@@ -10,9 +10,9 @@ from typing import Any, NamedTuple
 
 import torch
 
-from geomoe.bench.gpu import timed, train_step_report
 from geomoe.families.pe_moe.losses import pe_moe_objective
 from geomoe.families.pe_moe.model import PEMoE
+from geomoe.on_ray.bench.gpu import timed, train_step_report
 
 
 class TextSize(NamedTuple):
@@ -65,7 +65,7 @@ TINY = Sizes(
 def _pe_moe(sizes: Sizes, device: torch.device) -> PEMoE:
     from transformers import XLMRobertaConfig, XLMRobertaModel
 
-    from geomoe.models.encoders import ImageTrunk, TextTrunk, load_image_tower
+    from geomoe.core.models.encoders import ImageTrunk, TextTrunk, load_image_tower
 
     text_config = XLMRobertaConfig(
         **sizes.text._asdict(), max_position_embeddings=514, type_vocab_size=1, pad_token_id=1

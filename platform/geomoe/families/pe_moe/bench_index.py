@@ -1,4 +1,4 @@
-"""``geomoe bench index``: exact PE-MoE gallery search (geomoe.retrieval.search) against the plain ways, in one run
+"""``geomoe bench index``: exact PE-MoE gallery search (geomoe.core.retrieval.search) against the plain ways, in one run
 over the same rows (3 experts x 1024-d unit vectors, 20 views around each building centre; queries are noisy
 copies of gallery rows with random gates), at 1 and 32 queries per call:
 
@@ -22,9 +22,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from geomoe.bench import options
+from geomoe.core.retrieval.search import exact_search, int8_search, largest_row_norm, np_bfloat16, quantize_rows
 from geomoe.families.pe_moe.index import recall_at
-from geomoe.retrieval.search import exact_search, int8_search, largest_row_norm, np_bfloat16, quantize_rows
+from geomoe.on_ray.bench import options
 
 EXPERTS, DIM, K, SHORTLIST = 3, 1024, 10, 100
 

@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from geomoe.bench import options
-from geomoe.serving.load import drive
+from geomoe.on_ray.bench import options
+from geomoe.on_ray.serving.load import drive
 
 QUERIES = [
     "a drone view of a building with a red roof",
@@ -36,12 +36,12 @@ def production_shape(work: Path, gallery: int = GALLERY, text: dict[str, int] | 
     the application's args."""
     import torch
 
-    from geomoe.config import JobSpec, parse_spec
+    from geomoe.core.config import JobSpec, parse_spec
+    from geomoe.core.models.checkpoint import save_checkpoint
+    from geomoe.core.models.tiny import save_tiny_image_model, save_tiny_text_model
     from geomoe.families.pe_moe.factory import build_pe_moe
     from geomoe.families.pe_moe.index import write_index
     from geomoe.families.pe_moe.spec import PEMoEModelSpec
-    from geomoe.models.checkpoint import save_checkpoint
-    from geomoe.models.tiny import save_tiny_image_model, save_tiny_text_model
 
     text = text or TEXT
     tag = f"{gallery}-{text['layers']}x{text['hidden']}"
@@ -139,7 +139,7 @@ def bench_serve(
     text: dict[str, int] | None = None,
 ) -> dict[str, Any]:
     import ray
-    from geomoe.serving.app import compose
+    from geomoe.on_ray.serving.app import compose
     from ray import serve
 
     started = time.perf_counter()

@@ -12,22 +12,22 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from geomoe import storage
-from geomoe.config import EvalSpec, FamilyModelSpec, JobSpec
-from geomoe.data.images import DecodeImages, Fetch
-from geomoe.data.prepared import PreparedDataset
-from geomoe.errors import DatasetError
+from geomoe.core import storage
+from geomoe.core.config import EvalSpec, FamilyModelSpec, JobSpec
+from geomoe.core.data.images import DecodeImages, Fetch
+from geomoe.core.data.prepared import PreparedDataset
+from geomoe.core.errors import DatasetError
+from geomoe.core.job_results import Checkpoint
 from geomoe.families.pe_moe.encode import embed_texts
 from geomoe.families.pe_moe.evaluate import evaluate_pe_moe, gallery_from_rows
 from geomoe.families.pe_moe.factory import ensure_tiny_models
 from geomoe.families.pe_moe.pipelines import embedded_images, on_model_device
 from geomoe.families.pe_moe.spec import PEMoEModelSpec, PEMoETrainSpec
-from geomoe.pipelines.images import PreparedImages
-from geomoe.ray_env import in_order
-from geomoe.results import Checkpoint
-from geomoe.train.grouped import dataset_name, group_steps
-from geomoe.train.loop import LoopConfig
-from geomoe.train.run import cached_result, recorded_stage, run_trainer
+from geomoe.on_ray.pipelines.image_store import PreparedImages
+from geomoe.on_ray.ray_env import in_order
+from geomoe.on_ray.train.grouped import dataset_name, group_steps
+from geomoe.on_ray.train.loop import LoopConfig
+from geomoe.on_ray.train.run import cached_result, recorded_stage, run_trainer
 
 COLUMNS = ["caption", "statements", "image_path", "image_id", "building_id", "platform"]
 
@@ -171,8 +171,8 @@ def hard_negative_paths(
     ``mining_scope: gallery`` (the paper, sec. 3.3: "we test the model on the training set itself" and keep
     "images that are semantically incorrect but have high similarity scores") ranks every training image by the
     model's final score (Eq. 1). ``platform`` (ours) ranks only the row's own platform by its expert's score."""
+    from geomoe.core.retrieval.mining import mine_hard_negatives
     from geomoe.families.pe_moe.index import index_rows, query_rows
-    from geomoe.retrieval.mining import mine_hard_negatives
 
     image_meta = {r["image_path"]: (r["building_id"], r["expert"]) for r in rows}
     if train.mining_scope == "gallery":

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from geomoe.data.images import Fetch, image_arrays
+from geomoe.core.data.images import Fetch, image_arrays
 from geomoe.families.pe_moe.factory import tokenize
 from geomoe.families.pe_moe.model import PEMoE
 

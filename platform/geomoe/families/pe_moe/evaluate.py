@@ -8,17 +8,24 @@ from typing import Any
 
 import numpy as np
 
-from geomoe.config import EvalSpec, RerankSpec
-from geomoe.data.caption_store import read_caption_store
-from geomoe.errors import DatasetError
+from geomoe.core.config import EvalSpec, RerankSpec
+from geomoe.core.data.caption_store import read_caption_store
+from geomoe.core.errors import DatasetError
+from geomoe.core.metrics import protocol_labels, ranks_in_order, recall_entry, report_from_ranks
+from geomoe.core.retrieval.blockwise import protocol_ranks, top_candidates
+from geomoe.core.retrieval.rerank import (
+    LexicalScorer,
+    caption_evidence,
+    diversified,
+    fuse_top,
+    reranked_order,
+    unit_rows,
+)
+from geomoe.core.stats import query_set
 from geomoe.families.pe_moe.encode import embed_dense_texts, embed_texts
 from geomoe.families.pe_moe.index import index_rows, query_rows
 from geomoe.families.pe_moe.model import PEMoE
 from geomoe.families.pe_moe.spec import PEMoEModelSpec
-from geomoe.metrics import protocol_labels, ranks_in_order, recall_entry, report_from_ranks
-from geomoe.retrieval.blockwise import protocol_ranks, top_candidates
-from geomoe.retrieval.rerank import LexicalScorer, caption_evidence, diversified, fuse_top, reranked_order, unit_rows
-from geomoe.stats import query_set
 
 SAMPLE_TOP = 5  # the sample query's best images in the report
 
@@ -66,7 +73,7 @@ def evaluate_pe_moe(
 ) -> dict[str, Any]:
     """Metrics of ``model`` on caption ``rows``; ``image_vectors`` (K, N, D) embed the rows' unique images.
 
-    Scored on the model's device in blocks (geomoe.retrieval.blockwise): no caption x image matrix is built, so
+    Scored on the model's device in blocks (geomoe.core.retrieval.blockwise): no caption x image matrix is built, so
     GeoText-1652's full test split (165,681 x 55,227) fits."""
     images, caption_image = gallery_from_rows(rows)
     t, g = embed_texts(model, tokenizer, [r["caption"] for r in rows], model_spec.text.max_length)

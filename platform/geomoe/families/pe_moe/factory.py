@@ -8,17 +8,17 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from geomoe.config import JobSpec
+from geomoe.core.config import JobSpec
+from geomoe.core.models.encoders import ImageTrunk, TextTrunk, load_image_tower, load_text_model
 from geomoe.families.pe_moe.model import PEMoE
 from geomoe.families.pe_moe.spec import PEMoEModelSpec
-from geomoe.models.encoders import ImageTrunk, TextTrunk, load_image_tower, load_text_model
 
 log = logging.getLogger(__name__)
 
 
 def ensure_tiny_models(spec: PEMoEModelSpec, corpus: Iterable[str], seed: int = 0) -> None:
     """With ``spec.tiny``, write a random text model at text.source and image weights at image.pretrained."""
-    from geomoe.models.tiny import save_tiny_image_model, save_tiny_text_model
+    from geomoe.core.models.tiny import save_tiny_image_model, save_tiny_text_model
 
     if spec.tiny is None:
         return
@@ -65,7 +65,7 @@ def tokenize(tokenizer: Any, texts: list[str], max_length: int) -> tuple[Any, An
 
 def load_pe_moe(directory: str) -> tuple[PEMoE, Any, JobSpec, dict[str, Any]]:
     """(model in eval mode, tokenizer, the spec it was trained with, the raw checkpoint) from a checkpoint folder."""
-    from geomoe.models.checkpoint import load_into, read_trained
+    from geomoe.core.models.checkpoint import load_into, read_trained
 
     payload, spec = read_trained(directory)
     model, tokenizer = build_pe_moe(spec.model_as(PEMoEModelSpec))

@@ -2,7 +2,7 @@
 embeddings [v_1n, ..., v_Kn], so PE-MoE's fused score S(q, n) = sum_k g_k(q) cos(t_k(q), v_kn) (Eq. 1) is ONE
 inner product between the query vector [g_1 t_1, ..., g_K t_K] and the row (core, no Ray).
 
-Exact search (geomoe.retrieval.search) reads the rows as stored (float16, bfloat16 or float32) at memory bandwidth
+Exact search (geomoe.core.retrieval.search) reads the rows as stored (float16, bfloat16 or float32) at memory bandwidth
 with a running top-k; FAISS searches the same rows (flat: exact; IVF or HNSW: approximate) with inner product.
 An index folder holds the matrix (``vectors.npy``), the image ids (``ids.json``), optional FAISS files and
 ``manifest.json`` (checkpoint and gallery hashes, counts, layout), written atomically.
@@ -21,11 +21,11 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from geomoe import ownership, storage
-from geomoe.cache import cached_copy
-from geomoe.errors import DatasetError
+from geomoe.core import ownership, storage
+from geomoe.core.cache import cached_copy
+from geomoe.core.errors import DatasetError
+from geomoe.core.retrieval.search import device_rows, exact_search, largest_row_norm, np_bfloat16
 from geomoe.families.pe_moe.model import gallery_rows, gated_queries
-from geomoe.retrieval.search import device_rows, exact_search, largest_row_norm, np_bfloat16
 
 __all__ = ["exact_search", "index_rows", "query_rows", "read_index", "write_index"]
 

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
-from geomoe.collectives import gather_rows
+from geomoe.core.collectives import gather_rows
 
 if TYPE_CHECKING:
     from geomoe.families.pe_moe.model import PEMoEOutput

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from geomoe.models.encoders import ImageTail, ImageTrunk, TextTail, TextTrunk, masked_mean
+from geomoe.core.models.encoders import ImageTail, ImageTrunk, TextTail, TextTrunk, masked_mean
 
 Fusion = Literal["unified", "static", "dynamic"]
 Array = TypeVar("Array", np.ndarray, torch.Tensor)

@@ -13,11 +13,11 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
-from geomoe import ownership, storage
-from geomoe.config import FamilyModelSpec, JobSpec, ResourcesSpec, as_section
-from geomoe.data.images import Fetch
-from geomoe.data.prepared import PreparedDataset
-from geomoe.errors import DatasetError
+from geomoe.core import ownership, storage
+from geomoe.core.config import FamilyModelSpec, JobSpec, ResourcesSpec, as_section
+from geomoe.core.data.images import Fetch
+from geomoe.core.data.prepared import PreparedDataset
+from geomoe.core.errors import DatasetError
 from geomoe.families.pe_moe.index import (
     build_faiss,
     exact_search,
@@ -29,9 +29,9 @@ from geomoe.families.pe_moe.index import (
 from geomoe.families.pe_moe.spec import IndexSpec, PEMoEModelSpec
 
 if TYPE_CHECKING:
+    from geomoe.core.job_results import JobResults
+    from geomoe.core.stages import StageContext
     from geomoe.families.pe_moe.model import PEMoE
-    from geomoe.results import JobResults
-    from geomoe.stages import StageContext
 
 
 T = TypeVar("T")
@@ -47,7 +47,7 @@ class ImageEmbedder:
         self, checkpoint: str, loaded: tuple[PEMoE, JobSpec] | None = None, fetch: Fetch | None = None
     ) -> None:
         from geomoe.families.pe_moe.factory import load_pe_moe
-        from geomoe.ray_env import worker_device
+        from geomoe.on_ray.ray_env import worker_device
 
         if loaded is None:
             model, _, spec, _ = load_pe_moe(checkpoint)
@@ -140,7 +140,7 @@ def on_model_device(
 
 def _on_gpu(checkpoint: str, work: Callable[..., T], *args: Any) -> T:
     from geomoe.families.pe_moe.factory import load_pe_moe
-    from geomoe.ray_env import worker_device
+    from geomoe.on_ray.ray_env import worker_device
 
     model, tokenizer, trained, _ = load_pe_moe(checkpoint)
     return work(model.to(worker_device()), tokenizer, trained.model, *args)
@@ -156,8 +156,8 @@ def checkpoint_sha256(directory: str) -> str:
 
 def build_index(spec: JobSpec, manifest: dict[str, Any], checkpoint: str) -> dict[str, Any]:
     """Embed the gallery of ``spec.index.split`` and write the index folder; return its manifest."""
-    from geomoe.pipelines.caption import gallery_images
-    from geomoe.pipelines.images import PreparedImages
+    from geomoe.on_ray.pipelines.caption import gallery_images
+    from geomoe.on_ray.pipelines.image_store import PreparedImages
 
     cfg, started = spec.section("index", IndexSpec), time.perf_counter()
     assert cfg is not None  # checked by JobSpec validation
@@ -252,7 +252,7 @@ def _embedded_queries(
 def stage_checkpoint(given: str | None, results: JobResults, stage: str) -> str:
     """The stage's checkpoint: the section's, else the job's trained model; a registry URI (models:/...)
     becomes its version's checkpoint."""
-    from geomoe.tracking import checkpoint_location
+    from geomoe.core.tracking import checkpoint_location
 
     checkpoint = given or results.trained_checkpoint()
     if checkpoint is None:  # the stage's check makes sure a checkpoint is given or trained first

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from geomoe.core.stats import format_interval, paired_difference
 from geomoe.families.pe_moe.results import PEMoEResult, Recall, StageEvaluation
-from geomoe.stats import format_interval, paired_difference
 
 
 def _with_interval(values: dict[str, float], bounds: dict[str, Any], key: str, width: int = 19) -> str:

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from geomoe.metrics import recall_values, track4_score
+from geomoe.core.metrics import recall_values, track4_score
 
 STAGES = ("stage1", "stage2")
 

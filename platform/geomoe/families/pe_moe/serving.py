@@ -17,7 +17,7 @@ SearchCall = tuple[np.ndarray, int, list[str] | None]  # (query vector, k, platf
 
 
 def configure_batching(method: Any, batching: dict[str, Any] | None) -> None:
-    """Apply the application's ``batching`` (geomoe.config.serve.BatchingSpec) to a ``@serve.batch`` method."""
+    """Apply the application's ``batching`` (geomoe.core.config.serve.BatchingSpec) to a ``@serve.batch`` method."""
     if batching:
         method.set_max_batch_size(batching["max_batch_size"])
         method.set_batch_wait_timeout_s(batching["batch_wait_timeout_s"])
@@ -27,7 +27,7 @@ def configure_batching(method: Any, batching: dict[str, Any] | None) -> None:
 class QueryEncoder:
     def __init__(self, checkpoint: str, batching: dict[str, Any] | None = None) -> None:
         from geomoe.families.pe_moe.factory import load_pe_moe
-        from geomoe.ray_env import worker_device
+        from geomoe.on_ray.ray_env import worker_device
 
         configure_batching(self.encode, batching)
         model, self.tokenizer, spec, _ = load_pe_moe(checkpoint)
@@ -53,7 +53,7 @@ class QueryEncoder:
         return self.encode_now([query])[0]
 
     def encode_now(self, queries: list[str]) -> list[dict[str, Any]]:
-        from geomoe.data.transforms import normalize_caption
+        from geomoe.core.data.transforms import normalize_caption
         from geomoe.families.pe_moe.encode import embed_texts
         from geomoe.families.pe_moe.index import query_rows
 
@@ -68,7 +68,7 @@ class QueryEncoder:
 class GallerySearch:
     def __init__(self, index: str, batching: dict[str, Any] | None = None) -> None:
         from geomoe.families.pe_moe.index import read_index
-        from geomoe.ray_env import worker_device
+        from geomoe.on_ray.ray_env import worker_device
 
         configure_batching(self.search, batching)
         self.index = read_index(index, mmap=False).on(worker_device())  # on a GPU replica: in its memory
@@ -118,12 +118,12 @@ class Reranker:
     candidates, with the caption store restricted to the index's images (so the lexical IDF is the offline one)."""
 
     def __init__(self, checkpoint: str, index: str, rerank: dict[str, Any], captioner: Any | None) -> None:
-        from geomoe.config import RerankSpec
-        from geomoe.data.caption_store import read_caption_store
+        from geomoe.core.config import RerankSpec
+        from geomoe.core.data.caption_store import read_caption_store
+        from geomoe.core.retrieval.rerank import LexicalScorer
         from geomoe.families.pe_moe.factory import load_pe_moe
         from geomoe.families.pe_moe.index import read_index
-        from geomoe.ray_env import worker_device
-        from geomoe.retrieval.rerank import LexicalScorer
+        from geomoe.on_ray.ray_env import worker_device
 
         self.spec = RerankSpec.model_validate(rerank)
         model, self.tokenizer, trained, _ = load_pe_moe(checkpoint)
@@ -146,7 +146,7 @@ class Reranker:
     async def rerank(self, query: str, candidates: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """``candidates`` in first-stage order -> the top ``top_n`` re-ordered (each with the captions used and
         its caption score), the rest unchanged."""
-        from geomoe.retrieval.rerank import caption_evidence, fuse_top_n
+        from geomoe.core.retrieval.rerank import caption_evidence, fuse_top_n
 
         top = candidates[: self.spec.top_n]
         await self._caption_missing(top)

@@ -8,9 +8,9 @@ from typing import Literal, Self
 
 from pydantic import Field, model_validator
 
-from geomoe.config.base import Strict
-from geomoe.config.family import FamilyModelSpec, JobSection, TrainSpec
-from geomoe.platforms import Platform
+from geomoe.core.config.family import FamilyModelSpec, JobSection, TrainSpec
+from geomoe.core.config.parsing import Strict
+from geomoe.core.platforms import Platform
 
 
 class TextEncoderSpec(Strict):

@@ -1,5 +1,5 @@
 """PE-MoE's training step (worker side): stage 1 contrastive per expert + gate; stage 2 adds mined hard
-negatives. The training engine (geomoe.train.loop) runs it."""
+negatives. The training engine (geomoe.on_ray.train.loop) runs it."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ import hashlib
 import numpy as np
 import torch
 
-from geomoe.config import JobSpec
+from geomoe.core.config import JobSpec
 from geomoe.families.pe_moe.factory import build_pe_moe, tokenize
 from geomoe.families.pe_moe.losses import pe_moe_objective
 from geomoe.families.pe_moe.spec import PEMoEModelSpec, PEMoETrainSpec
-from geomoe.train.loop import Batch, LoopConfig, TrainingTask
+from geomoe.on_ray.train.loop import Batch, LoopConfig, TrainingTask
 
 
 def pick_texts(batch: Batch, use_statements: bool, rng: np.random.Generator) -> list[str]:

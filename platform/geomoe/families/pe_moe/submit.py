@@ -6,17 +6,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from geomoe import ownership
-from geomoe.config import JobSpec
-from geomoe.data.records import RejectLog
-from geomoe.data.track4 import SUBMISSION_DEPTH, list_gallery, read_queries, write_submission
-from geomoe.data.transforms import normalize_caption
-from geomoe.errors import DatasetError
+from geomoe.core import ownership
+from geomoe.core.config import JobSpec
+from geomoe.core.data.records import RejectLog
+from geomoe.core.data.track4 import SUBMISSION_DEPTH, list_gallery, read_queries, write_submission
+from geomoe.core.data.transforms import normalize_caption
+from geomoe.core.errors import DatasetError
 from geomoe.families.pe_moe.pipelines import embed_images, stage_checkpoint
 from geomoe.families.pe_moe.spec import PEMoEModelSpec, Track4Spec
 
 if TYPE_CHECKING:
-    from geomoe.stages import StageContext
+    from geomoe.core.stages import StageContext
 
 
 def rank_track4(checkpoint: str, track4: Track4Spec, concurrency: int = 1) -> dict[str, list[str]]:

@@ -11,20 +11,20 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 
-from geomoe.config import FamilyModelSpec, JobSpec, ResourcesSpec, as_section
-from geomoe.data.images import Fetch, image_size
-from geomoe.data.prepared import PreparedDataset
-from geomoe.errors import DatasetError
+from geomoe.core.config import FamilyModelSpec, JobSpec, ResourcesSpec, as_section
+from geomoe.core.data.images import Fetch, image_size
+from geomoe.core.data.prepared import PreparedDataset
+from geomoe.core.errors import DatasetError
+from geomoe.core.stats import format_interval, paired_difference, query_set
 from geomoe.families.base import Family, TrainInputs
 from geomoe.families.smgeo.localization import centre_box_baseline, localization_report
 from geomoe.families.smgeo.results import Localization, SMGeoResult
 from geomoe.families.smgeo.spec import SMGeoModelSpec, SMGeoTrainSpec
-from geomoe.stats import format_interval, paired_difference, query_set
 
 if TYPE_CHECKING:
     import torch
 
-    from geomoe.train.loop import LoopConfig, TrainingTask
+    from geomoe.on_ray.train.loop import LoopConfig, TrainingTask
 
 COLUMNS = ["sample_id", "query_path", "reference_path", "click_x", "click_y", "box", "class_name"]
 METHODS = ("smgeo", "click_zeroed", "centre_box")  # the test report's rows
@@ -63,7 +63,7 @@ class SMGeoFamily(Family):
 
     def datasets(self, spec: JobSpec, prepared: PreparedDataset) -> TrainInputs:
         from geomoe.families.smgeo.pipelines import pairs_dataset
-        from geomoe.pipelines.images import PreparedImages
+        from geomoe.on_ray.pipelines.image_store import PreparedImages
 
         splits = {s: localization_rows(prepared, s) for s in ("train", "val", "test")}
         for split, table in splits.items():
@@ -83,7 +83,7 @@ class SMGeoFamily(Family):
         """DetGeo metrics of SMGeo, of SMGeo with the click zeroed, and of a centre box of the mean training size
         on the test split; and of SMGeo on the validation split (``VALIDATION``: the per-sample IoUs behind the
         val_* metrics the papers' tables report, by the test path). Each report names its samples (query_set)."""
-        from geomoe.pipelines.images import PreparedImages
+        from geomoe.on_ray.pipelines.image_store import PreparedImages
 
         test, val = localization_rows(prepared, "test"), localization_rows(prepared, "val")
         predict = partial(_predict, spec.model_as(SMGeoModelSpec), spec.resources, checkpoint)

@@ -1,5 +1,5 @@
-"""SMGeo's part of ``make gpu-check`` (geomoe.bench.gpu): the training step at 1024 px (Swin-T, 6 experts, top-2),
-the paper's batch 8: samples/s, peak memory, MFU."""
+"""SMGeo's part of ``make gpu-check`` (geomoe.on_ray.bench.gpu): the training step at 1024 px (Swin-T, 6 experts,
+top-2), the paper's batch 8: samples/s, peak memory, MFU."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from typing import Any
 
 import torch
 
-from geomoe.bench.gpu import train_step_report
 from geomoe.families.smgeo.losses import smgeo_objective
+from geomoe.on_ray.bench.gpu import train_step_report
 
 
 @dataclass(frozen=True)

@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
-from geomoe.data.images import Fetch, decoded, decoded_or_error, open_image
-from geomoe.metrics import clamped_iou, localization_metrics, localization_values
-from geomoe.stats import intervals
+from geomoe.core.data.images import Fetch, decoded, decoded_or_error, open_image
+from geomoe.core.metrics import clamped_iou, localization_metrics, localization_values
+from geomoe.core.stats import intervals
 
 if TYPE_CHECKING:  # torch is imported where augmentation runs: Ray Data decoding tasks never need it
     import torch

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from geomoe.config import JobSpec
+from geomoe.core.config import JobSpec
 from geomoe.families.smgeo.gmoe import ExpertFFN, GridMoE
 from geomoe.families.smgeo.spec import SMGeoModelSpec, SwinSpec
 
@@ -222,7 +222,7 @@ def predict_input_boxes(
 
 def load_smgeo(directory: str) -> tuple[SMGeo, JobSpec, dict[str, Any]]:
     """(SMGeo model in eval mode, the spec it was trained with, the raw checkpoint) from a checkpoint folder."""
-    from geomoe.models.checkpoint import load_into, read_trained
+    from geomoe.core.models.checkpoint import load_into, read_trained
 
     payload, spec = read_trained(directory)
     model = SMGeo(spec.model_as(SMGeoModelSpec))

@@ -8,10 +8,10 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from geomoe.data.images import Fetch
+from geomoe.core.data.images import Fetch
 from geomoe.families.smgeo.localization import decode_pair, to_file_pixels
 from geomoe.families.smgeo.spec import SMGeoModelSpec
-from geomoe.ray_env import in_order
+from geomoe.on_ray.ray_env import in_order
 
 
 class DecodePairs:
@@ -53,7 +53,7 @@ class PredictBoxes:
         import torch
 
         from geomoe.families.smgeo.model import load_smgeo
-        from geomoe.ray_env import worker_device
+        from geomoe.on_ray.ray_env import worker_device
 
         self.torch = torch
         self.model, spec, _ = load_smgeo(checkpoint)

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from geomoe.metrics import localization_values
+from geomoe.core.metrics import localization_values
 
 
 @dataclass(frozen=True)

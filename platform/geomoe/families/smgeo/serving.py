@@ -16,7 +16,7 @@ class Localizer:
 
     def __init__(self, checkpoint: str) -> None:
         from geomoe.families.smgeo.model import load_smgeo
-        from geomoe.ray_env import worker_device
+        from geomoe.on_ray.ray_env import worker_device
 
         model, spec, _ = load_smgeo(checkpoint)
         self.device = worker_device()

@@ -8,8 +8,8 @@ from typing import Literal, Self
 
 from pydantic import Field, model_validator
 
-from geomoe.config.base import Strict
-from geomoe.config.family import FamilyModelSpec, TrainSpec
+from geomoe.core.config.family import FamilyModelSpec, TrainSpec
+from geomoe.core.config.parsing import Strict
 
 
 class SwinSpec(Strict):

@@ -11,14 +11,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from geomoe.collectives import all_reduce_sum
-from geomoe.config import JobSpec
+from geomoe.core.collectives import all_reduce_sum
+from geomoe.core.config import JobSpec
+from geomoe.core.metrics import clamped_iou
 from geomoe.families.smgeo.localization import augment_pair, to_file_pixels
 from geomoe.families.smgeo.losses import smgeo_objective
 from geomoe.families.smgeo.model import SMGeo, predict_input_boxes
 from geomoe.families.smgeo.spec import SMGeoModelSpec, SMGeoTrainSpec
-from geomoe.metrics import clamped_iou
-from geomoe.train.loop import Batch, LoopConfig, TrainingTask
+from geomoe.on_ray.train.loop import Batch, LoopConfig, TrainingTask
 
 VAL_METRIC = "val_acc50"
 

@@ -1,0 +1,92 @@
+"""Dataset, synthetic-benchmark and preprocessing sections of a job."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from geomoe.core.config.parsing import Strict
+from geomoe.core.platforms import Platform
+
+
+class PlatformRule(Strict):
+    """Files whose name matches ``pattern`` (a regex, full match) belong to ``platform``."""
+
+    pattern: str
+    platform: Platform
+
+
+# GeoText-1652 has no platform field (docs/datasets.md). University-1652 names drone frames image-NN,
+# the satellite tile after the building, and street views anything else; we keep the last case explicit
+# so an unexpected name is reported instead of being filed under "ground" by default.
+DEFAULT_PLATFORM_RULES = [
+    PlatformRule(pattern=r"image-\d+\.(jpe?g|png)", platform=Platform.DRONE),
+    PlatformRule(pattern=r"\d{4}\.(jpe?g|png|tif)", platform=Platform.SATELLITE),
+    PlatformRule(pattern=r"(street|ground|google)[-_].+\.(jpe?g|png)", platform=Platform.GROUND),
+]
+
+
+class SynthSpec(Strict):
+    """Size of a generated synthgeo benchmark (see ``geomoe.core.data.synthgeo``)."""
+
+    output_dir: str | None = Field(
+        None,
+        description="the folder synth writes its three layouts into (geotext/, track4/, cvogl/): a folder of its "
+        "own, which data.root must lie inside; a job's synth stage requires it",
+    )
+    seed: int = 0
+    train_buildings: int = Field(24, ge=1)
+    test_buildings: int = Field(12, ge=1)
+    drone_views: int = Field(4, ge=1)
+    ground_views: int = Field(2, ge=0)
+    train_captions: int = Field(2, ge=1, description="captions per training image (GeoText has 3)")
+    test_captions: int = Field(2, ge=1)
+    image_size: int = Field(64, ge=16)
+    localization_train: int = Field(32, ge=0)
+    localization_val: int = Field(8, ge=0)
+    localization_test: int = Field(8, ge=0)
+    tile_size: int = Field(128, ge=32, description="satellite tile side for the localization layout")
+    query_size: int = Field(64, ge=16, description="drone query side for the localization layout")
+
+
+class DataSpec(Strict):
+    format: Literal["geotext", "cvogl"] = "geotext"  # Track 4 is a test-time layout: see the track4 section
+    root: str
+    train_file: str = "train.json"
+    test_file: str = "test_951_version.json"
+    platform_rules: list[PlatformRule] = Field(default_factory=lambda: list(DEFAULT_PLATFORM_RULES))
+    cvogl_setting: Literal["DroneAerial", "SVI"] = "DroneAerial"
+    synthesize: SynthSpec | None = Field(
+        None, description="generate a synthgeo dataset (into its output_dir, which holds root) first"
+    )
+
+    @field_validator("platform_rules")
+    @classmethod
+    def _rules_compile(cls, rules: list[PlatformRule]) -> list[PlatformRule]:
+        import re
+
+        for rule in rules:
+            try:
+                re.compile(rule.pattern)
+            except re.error as err:
+                raise ValueError(f"bad regex {rule.pattern!r}: {err}") from err
+        return rules
+
+
+class PreprocessSpec(Strict):
+    output_dir: str = Field(description="the prepared table (default: <output_root>/<name>/prepared)")
+    max_words_train: int = Field(30, ge=1)
+    max_words_test: int = Field(50, ge=1)
+    statement_words: int = Field(12, ge=3)
+    satellite_copies: int = Field(2, ge=0, description="augmented copies per satellite training pair")
+    augment_jitter: float = Field(0.2, ge=0.0, lt=1.0)
+    directional_phrases: list[str] | None = Field(None, description="None = the built-in list")
+    validate_images: bool = True
+    on_bad_record: Literal["fail", "skip"] = "fail"
+    refine: Literal["none", "rules"] = Field(
+        "none", description="textual domain alignment of training captions: rules = platform framing, no LLM"
+    )
+    refine_rules: str | None = Field(None, description="rules file for refine=rules; None = the built-in v1")
+    rows_per_file: int = Field(50_000, ge=1)
+    force: bool = False
