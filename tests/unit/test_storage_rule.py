@@ -38,14 +38,14 @@ ALLOWED = {
     "families/pe_moe/submit.py": "Track 4 submission files (URIs: next step of issue 14)",
     "families/smgeo/localization.py": "decodes bytes already read through storage (Image.open on a BytesIO)",
     "on_ray/serving/config.py": "the Serve config file, which `serve run` reads from local disk too",
-    "core/models/checkpoint.py": "mkdir of the local checkpoint folder Ray Train uploads; `geomoe convert` reads an old "
-    "local state.pt with torch.load(weights_only=True)",
+    "core/models/checkpoint.py": "mkdir of the local checkpoint folder Ray Train uploads; `geomoe convert` reads "
+    "an old local state.pt with torch.load(weights_only=True)",
     "on_ray/train/loop.py": "the fail_once_at test hook's marker file",
     "core/lease.py": "a local run lease is created with O_EXCL (os.open), which pyarrow's file systems do not offer",
     "core/logs.py": "the job's log file is written in a local temporary folder that ownership.upload_dir publishes to "
     "<run>/logs; the Ray session's log folder is this node's",
-    "core/tracking.py": "MLflow's client moves the files itself: an artifact staged in a temporary folder, a registered "
-    "checkpoint downloaded into the local cache, the embedded SQLite store's file",
+    "core/tracking.py": "MLflow's client moves the files itself: an artifact staged in a temporary folder, a "
+    "registered checkpoint downloaded into the local cache, the embedded SQLite store's file",
 }
 
 
