@@ -11,6 +11,7 @@ import pytest
 from geomoe.core.config import JobSpec, parse_spec
 from geomoe.core.data.image_table import read_shard, shard_locations
 from geomoe.core.data.images import decoded
+from geomoe.core.data.transforms import normalize_caption
 from geomoe.core.errors import BadRecordError
 from geomoe.on_ray.pipelines.prepare import prepare
 
@@ -42,6 +43,9 @@ def test_prepare_geotext(tiny_synth: tuple[Path, dict], tmp_path: Path) -> None:
     assert all(r["platform"] == "satellite" and r["split"] == "train" for r in augmented)
     directional = ("north", "south", "east", "west", "left", "right")
     assert all(not any(w in r["caption"].split() for w in directional) for r in augmented)
+    # the text the LLM would refine: raw (cased, punctuated) and, for a copy, without its directional sentences
+    assert all(normalize_caption(r["caption_raw"]).split()[:3] == r["caption"].split()[:3] for r in augmented)
+    assert all(not any(w in normalize_caption(r["caption_raw"]).split() for w in directional) for r in augmented)
     # every image a row names is in the image table: originals byte for byte, satellite copies only there
     shards = [read_shard(s) for s in shard_locations(manifest["images"]["table"])]
     stored = {k: shard.image(i) for shard in shards for i, k in enumerate(shard.keys)}

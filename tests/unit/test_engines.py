@@ -90,9 +90,11 @@ class FixedEngine:
 
     def __init__(self, outputs: list[str | None]) -> None:
         self.outputs = outputs
+        self.requests: list = []
 
     def generate(self, requests: list) -> list[str | None]:
         assert len(requests) == len(self.outputs)
+        self.requests = requests
         return self.outputs
 
 
@@ -110,6 +112,7 @@ def test_refine_batch_replaces_only_valid_outputs_and_counts_the_rest() -> None:
     rows = pa.table(
         {
             "caption": ["c0", "c1", "c2", "a red roof"],
+            "caption_raw": ["C0!", "C1.", "C2, whole", "A red roof."],
             "statements": [["c0"], ["c1"], ["c2"], ["a red roof"]],
             "platform": ["drone", "drone", "drone", "satellite"],
             "augment": ["", "", "", "rot90"],
@@ -125,6 +128,9 @@ def test_refine_batch_replaces_only_valid_outputs_and_counts_the_rest() -> None:
     assert [r["caption"] for r in out] == ["c0", "c1", "drone view of a red building", "a red roof"]
     assert [r["original_caption"] for r in out] == ["c0", "c1", "c2", "a red roof"]
     assert out[2]["statements"] == ["drone view of a red building"] and out[0]["statements"] == ["c0"]
+    # the LLM is asked about the raw caption (cased, punctuated, uncut), not the normalised one
+    asked = [messages[-1]["content"] for messages in batch.engine.requests]
+    assert "C2, whole" in asked[2] and "A red roof." in asked[3]
 
 
 def test_caption_prompt_is_versioned_data_and_carries_the_image() -> None:

@@ -58,6 +58,8 @@ def test_prepare_caption_sanitises_before_normalising() -> None:
     assert clean.caption == "a large building trees everywhere"
     assert clean.statements == ["a large building", "trees everywhere"]
     assert prepare_caption("Go north.", 30, sanitize=True).caption == ""
+    # what an LLM refines: the text before normalisation, cased and punctuated, without the directional sentence
+    assert plain.source == raw and clean.source == "A large building. Trees everywhere."
 
 
 def test_satellite_augment_is_deterministic_and_geometrically_correct() -> None:

@@ -153,6 +153,7 @@ class RowPreparer:
                     "image_path": key,
                     "image_id": f"{base['image_id']}#aug{copy}",
                     "caption": clean.caption,
+                    "caption_raw": clean.source,  # without the directional sentences the copy contradicts
                     "statements": clean.statements,
                     "augment": augment.tag(),
                 }

@@ -127,6 +127,7 @@ def remove_directional(sentences: Sequence[str], matcher: re.Pattern[str] = _DEF
 class PreparedCaption:
     caption: str  # normalised full caption
     statements: list[str]  # normalised short statements
+    source: str = ""  # the text before normalisation (sanitised, not rule-refined): what an LLM refines
 
 
 def prepare_caption(
@@ -145,11 +146,12 @@ def prepare_caption(
     sentences = split_sentences(raw)
     if sanitize:
         sentences = remove_directional(sentences, matcher)
+    source = " ".join(sentences)
     if refine is not None:
         sentences = refine(sentences)
     caption = normalize_caption(" ".join(sentences), max_words)
     statements = [normalize_caption(s) for s in split_statements(". ".join(sentences), statement_words)]
-    return PreparedCaption(caption, [s for s in statements if s])
+    return PreparedCaption(caption, [s for s in statements if s], source)
 
 
 @dataclass(frozen=True)

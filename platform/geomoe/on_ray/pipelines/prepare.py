@@ -33,7 +33,9 @@ from geomoe.core.data.sources import SourceRecords, read_source
 
 log = logging.getLogger(__name__)
 MANIFEST = storage.MANIFEST
-LAYOUT = 2  # 2: image bytes in the images/ table (a folder of layout 1 is prepared again)
+# 2: image bytes in the images/ table; 3: an augmented copy's caption_raw is its sanitised source text (what the
+# LLM refines). A folder of an older layout is prepared again.
+LAYOUT = 3
 RECORDS_PER_TASK = 4096  # about 1,400 GeoText images, ~70 MB: one task's image shard
 
 

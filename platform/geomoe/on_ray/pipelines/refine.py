@@ -7,6 +7,11 @@ output exists is not redone, so a killed job resumes where it stopped. Test shar
 captions unchanged (queries are never rewritten). A generated caption replaces the original only if it passes
 ``engines.prompts.rejection``; otherwise the original stays and the row is counted by reason. Every row keeps
 ``original_caption`` and gets ``refine_status`` ("refined", the reason it was kept, or "query").
+
+The LLM rewrites the raw caption (``caption_raw``: cased, punctuated, whole; an augmented satellite copy's without
+its directional sentences), not the prepared one, which is lowercased, stripped of punctuation and cut at
+preprocess.max_words_train: the paper refines the dataset's captions, and an LLM reads sentences better than a
+truncated bag of words. Its output is normalised and cut like every prepared caption.
 """
 
 from __future__ import annotations
@@ -71,9 +76,22 @@ class RefineBatch:
         self.caption_words = caption_words
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        items = batch.select(["caption", "platform", "augment"]).to_pylist()
+        items = refinement_inputs(batch)
         generated = self.engine.generate([self.to_messages(item) for item in items])
         return apply_refinement(batch, generated, self.refine, self.caption_words)
+
+
+def refinement_inputs(batch: pa.Table) -> list[dict[str, Any]]:
+    """What the LLM is asked to rewrite, per row: the raw caption, its platform, whether it is an augmented copy."""
+    return [
+        {"caption": raw, "platform": platform, "augment": augment}
+        for raw, platform, augment in zip(
+            batch["caption_raw"].to_pylist(),
+            batch["platform"].to_pylist(),
+            batch["augment"].to_pylist(),
+            strict=True,
+        )
+    ]
 
 
 class RefineMessages:
@@ -109,8 +127,7 @@ def _refine_shard(
         if name not in table.column_names:
             table = table.append_column(name, pa.array([value] * table.num_rows, pa.string()))
     if refine.engine.kind in ("http", "vllm"):
-        items = table.select(["caption", "platform", "augment"]).to_pylist()
-        generated = generate(refine.engine, items, RefineMessages(prompts))
+        generated = generate(refine.engine, refinement_inputs(table), RefineMessages(prompts))
         refined = apply_refinement(table, generated, refine, caption_words)
     else:
         ds = ray.data.from_arrow(table).map_batches(
@@ -175,7 +192,7 @@ def _forget_other_inputs(
 ) -> None:
     """Finished shards are reused only for the same prepared data, engine settings, prompts and normalisation."""
     settings = refine.model_dump(mode="json", exclude={"output_dir"})
-    normalisation = {"pre_caption": True, "max_words": caption_words}
+    normalisation = {"pre_caption": True, "max_words": caption_words, "input": "caption_raw"}
     key = json.dumps([manifest.get("inputs_key"), settings, prompts_sha256, normalisation], sort_keys=True)
     marker = storage.join(out, "inputs.json")
     pairs = storage.join(out, "pairs")
