@@ -15,7 +15,7 @@ from geomoe.core.errors import ExperimentError, SpecError
 from geomoe.core.ownership import Claim, claim_dir
 from geomoe.core.storage import write_json_atomic
 from geomoe.core.sweep import SEED, VARIANT, describe_trials, grid_points, load_sweep, trial_key, trial_spec
-from geomoe.core.sweep.tables import RESULT_FILE, write_per_query, write_report
+from geomoe.core.sweep.tables import RESULT_FILE, paper_notes, write_per_query, write_report
 from geomoe.families.pe_moe.spec import PEMoEModelSpec
 from geomoe.on_ray.jobs import family_of
 
@@ -50,6 +50,10 @@ def test_table_ii_has_the_papers_numbers_and_quickstart_keeps_them() -> None:
     assert full.paper is not None and quick.paper == full.paper
     assert full.paper.rows[4].metrics == {"val_acc25": 85.25, "val_acc50": 58.96, "val_miou": 59.34, "params_M": 33.57}
     assert base.name == "smgeo_quickstart.yaml" and quick.max_concurrent == 2
+    # the paper's likely typos are quoted as printed and flagged in the report, not corrected silently
+    assert full.paper.rows[6].metrics["val_acc25"] == 84.26
+    notes = paper_notes(full)
+    assert len(notes) == 2 and "8 experts: acc@0.25 84.26 as printed" in notes[1] and "59.36" in notes[0]
 
 
 def test_a_variant_that_prepares_differently_gets_its_own_prepared_folder() -> None:

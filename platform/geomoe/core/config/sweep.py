@@ -46,6 +46,11 @@ class PaperRow(Strict):
     label: str
     params: dict[str, Any] = Field(default_factory=dict)
     metrics: dict[str, float]
+    note: str = Field(
+        "",
+        description="a caveat on the printed numbers (a likely typo, a conflict with the text): "
+        "printed under the report's table; the numbers stay as the paper prints them",
+    )
 
 
 class PaperSpec(Strict):

@@ -114,6 +114,11 @@ def markdown_table(sweep: SweepSpec, rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def paper_notes(sweep: SweepSpec) -> list[str]:
+    """The caveats on published rows, one line each (the numbers are quoted as printed, never corrected)."""
+    return [f"note on paper: {row.label}: {row.note}" for row in (sweep.paper.rows if sweep.paper else []) if row.note]
+
+
 @dataclass
 class Configuration:
     """The finished trials of one configuration (the swept values less the seed)."""
@@ -310,6 +315,7 @@ def write_report(experiment: str) -> str:
     if sweep.paper:
         lines += [f"paper: {sweep.paper.source}", ""]
     lines += [markdown_table(sweep, rows), ""]
+    lines += [*paper_notes(sweep), ""] if paper_notes(sweep) else []
     if sweep.seeds:
         lines += [f"over seeds {sweep.seeds}: mean ± std [pooled 95% interval]", ""]
         lines += [aggregate_table(sweep, configs), ""]
