@@ -373,6 +373,7 @@ def test_validation_metrics_on_hand_made_boxes(monkeypatch: pytest.MonkeyPatch) 
 def test_reports_label_our_design_choices() -> None:
     from geomoe.families.smgeo import our_choices
 
-    assert our_choices(SMGeoModelSpec()) == []  # the paper's design
-    ours = our_choices(SMGeoModelSpec(query_pool="click", gmoe={"routers": "shared", "dense_path": False}))
-    assert len(ours) == 3 and all("(ours;" in choice for choice in ours)
+    # the paper's text: plain average pooling, per-view routers, experts in place of the FFN
+    assert our_choices(SMGeoModelSpec(gmoe={"dense_path": False, "expert_mlp_ratio": None})) == []
+    ours = our_choices(SMGeoModelSpec(query_pool="click", gmoe={"routers": "shared"}))  # the FFN kept: the default
+    assert len(ours) == 3 and all("(ours" in choice for choice in ours) and "FFN kept" in ours[2]

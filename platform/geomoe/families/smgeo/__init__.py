@@ -170,8 +170,8 @@ def our_choices(model: SMGeoModelSpec) -> list[str]:
         choices.append("click-weighted query pooling (ours; the paper averages)")
     if g.routers == "shared":
         choices.append("one router for both views (ours; the paper's are per view)")
-    if not g.dense_path:
-        choices.append("experts in place of the FFN (ours; the paper's #P keeps it)")
+    if g.dense_path:  # the paper's text: the experts replace the FFN; its Table II's #P fits a kept FFN
+        choices.append("dense FFN kept beside the experts (ours, to match Table II's #P; the paper's text replaces it)")
     return choices
 
 
