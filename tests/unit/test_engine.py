@@ -48,6 +48,10 @@ def test_warmup_then_cosine_and_the_loop_of_a_stage() -> None:
     loop = LoopConfig.of(train, 7, stage=2, epochs=3, steps_per_epoch=5, lr=1e-4)
     assert (loop.batch_size, loop.grad_accumulation, loop.optimizer, loop.seed) == (16, 2, "adam", 7)
     assert (loop.stage, loop.epochs, loop.lr) == (2, 3, 1e-4)  # the stage's own values win
+    # the paper's "8 GPUs with a batch size of 128" read both ways: 128 over all workers, or 128 on each
+    assert LoopConfig.of(train, 7, 8, epochs=1, steps_per_epoch=1).batch_size == 16
+    per_worker = train.model_copy(update={"batch_per": "worker"})
+    assert LoopConfig.of(per_worker, 7, 8, epochs=1, steps_per_epoch=1).batch_size == 16 * 8
     assert isinstance(make_optimizer(loop, [nn.Parameter(torch.zeros(1))]), torch.optim.Adam)
     with pytest.raises(ValueError, match="at"):
         LoopConfig.of(train, 0, epochs=1, steps_per_epoch=1, fail_once_at={"marker": "m"})

@@ -31,6 +31,19 @@ def test_each_experts_steps_per_epoch_match_its_subset() -> None:
     assert spread[0] < 31 and spread[-1] > 31
 
 
+def test_a_per_worker_batch_multiplies_the_step_by_the_workers() -> None:
+    from geomoe.families.pe_moe.driver import _steps_per_epoch
+    from geomoe.families.pe_moe.spec import PEMoETrainSpec
+
+    rows = {"satellite": 300, "drone": 530, "ground": 400}
+    per_step = PEMoETrainSpec(batch_size=32)
+    per_gpu = PEMoETrainSpec(batch_size=32, batch_per="worker")
+    assert _steps_per_epoch(per_step, 2, 1230, {}) == 1230 // 32
+    assert _steps_per_epoch(per_gpu, 2, 1230, {}) == 1230 // 64
+    assert _steps_per_epoch(per_step, 2, 1230, rows) == sum((n // 2) // 16 for n in rows.values())
+    assert _steps_per_epoch(per_gpu, 2, 1230, rows) == sum((n // 2) // 32 for n in rows.values())
+
+
 def _outputs(x: torch.Tensor, weights: torch.nn.Linear) -> PEMoEOutput:
     """A stand-in PE-MoE output with gradient into ``weights``: t, v normalised, gate logits, no negatives."""
     t = torch.nn.functional.normalize(weights(x), dim=-1)

@@ -113,7 +113,11 @@ class Family:
         if record is None:
             inputs = self.datasets(spec, prepared)
             loop = LoopConfig.of(
-                spec.train, spec.seed, epochs=self.epochs(spec.train), steps_per_epoch=inputs.steps_per_epoch
+                spec.train,
+                spec.seed,
+                spec.resources.num_workers,
+                epochs=self.epochs(spec.train),
+                steps_per_epoch=inputs.steps_per_epoch,
             )
             record = run_trainer(spec, run_dir, loop, inputs.datasets, best_by=self.best_by)
         checkpoint = record.location

@@ -44,9 +44,15 @@ class JobSection(Strict):
 
 
 class TrainSpec(Strict):
-    """Training settings every family has. ``batch_size`` is the global batch of one optimizer step."""
+    """Training settings every family has. ``batch_size`` is the batch of one optimizer step, over all workers
+    (``batch_per: global``) or on each (``worker``)."""
 
-    batch_size: int = Field(128, ge=2, description="global batch of one optimizer step (split across workers)")
+    batch_size: int = Field(128, ge=2, description="batch of one optimizer step: see batch_per")
+    batch_per: Literal["global", "worker"] = Field(
+        "global",
+        description="global: batch_size is split across the workers; worker: each worker runs batch_size, so a step "
+        "sees batch_size x workers (PE-MoE's '8 GPUs with a batch size of 128' reads either way)",
+    )
     grad_accumulation: int = Field(
         1, ge=1, description="micro-batches per optimizer step (each worker runs batch_size / workers / this at once)"
     )
@@ -59,6 +65,10 @@ class TrainSpec(Strict):
     max_failures: int = Field(1, ge=0)
     keep_checkpoints: int = Field(2, ge=1, description="checkpoints kept per stage (best ones + the latest)")
     materialize_inputs: bool = Field(False, description="decode training inputs once into the object store")
+
+    def global_batch(self, workers: int) -> int:
+        """The rows of one optimizer step over all ``workers``."""
+        return self.batch_size * (workers if self.batch_per == "worker" else 1)
 
     def fields_ignored_by_stage(self, stage: int) -> frozenset[str]:
         """Fields a training stage does not depend on: changing them keeps that stage's finished result."""

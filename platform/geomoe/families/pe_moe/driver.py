@@ -103,6 +103,7 @@ def fit_stage(
     loop = LoopConfig.of(
         train,
         spec.seed,
+        spec.resources.num_workers,
         stage=stage,
         epochs=train.stage1_epochs if stage == 1 else train.stage2_epochs,
         steps_per_epoch=_steps_per_epoch(train, spec.resources.num_workers, int(table.num_rows), groups),
@@ -119,15 +120,16 @@ def fit_stage(
 def _steps_per_epoch(train: PEMoETrainSpec, workers: int, rows: int, groups: dict[str, int]) -> int:
     """Mixed batches (no ``groups``): the rows over the global batch. Expert batches: every expert's whole global
     batches; an expert too small for one is an error (it would never train)."""
+    batch = train.global_batch(workers)
     if not groups:
-        return max(1, rows // train.batch_size)
-    per_worker_step = max(1, train.batch_size // (workers * train.grad_accumulation)) * train.grad_accumulation
+        return max(1, rows // batch)
+    per_worker_step = max(1, batch // (workers * train.grad_accumulation)) * train.grad_accumulation
     steps = group_steps(groups, workers, per_worker_step)
     empty = [name for name, n in steps.items() if n == 0]
     if empty:
         raise DatasetError(
             f"train.batching=expert: expert {empty[0]!r} has {groups[empty[0]]} training rows, fewer than one global "
-            f"batch of {train.batch_size} on {workers} worker(s); lower train.batch_size or use batching: mixed"
+            f"batch of {batch} on {workers} worker(s); lower train.batch_size or use batching: mixed"
         )
     return sum(steps.values())
 

@@ -69,9 +69,9 @@ class SMGeoFamily(Family):
         for split, table in splits.items():
             if table.num_rows == 0:
                 raise DatasetError(f"the prepared {split} split at {prepared.table} is empty")
-        batch = spec.train.batch_size
+        batch = spec.train.global_batch(spec.resources.num_workers)
         if splits["train"].num_rows < batch:
-            raise DatasetError(f"train.batch_size {batch} exceeds the {splits['train'].num_rows} training samples")
+            raise DatasetError(f"a step's batch of {batch} exceeds the {splits['train'].num_rows} training samples")
         m, materialize = spec.model_as(SMGeoModelSpec), spec.train.materialize_inputs
         fetch = PreparedImages(prepared).fetch
         datasets = {

@@ -69,10 +69,12 @@ class LoopConfig(Strict):
     step_pause_s: float = Field(0.0, ge=0, description="test hook: pause before each step after the first epoch")
 
     @classmethod
-    def of(cls, train: TrainSpec, seed: int, **fields: Any) -> LoopConfig:
-        """A stage's loop from the job's train section; ``fields`` set the stage's own values (epochs, ...)."""
-        shared = ("batch_size", "grad_accumulation", "lr", "optimizer", "weight_decay", "warmup_ratio", "grad_clip")
+    def of(cls, train: TrainSpec, seed: int, workers: int = 1, **fields: Any) -> LoopConfig:
+        """A stage's loop from the job's train section, for ``workers`` training workers; ``fields`` set the
+        stage's own values (epochs, ...)."""
+        shared = ("grad_accumulation", "lr", "optimizer", "weight_decay", "warmup_ratio", "grad_clip")
         base = {k: getattr(train, k) for k in shared} | {"mixed_precision": train.mixed_precision, "seed": seed}
+        base["batch_size"] = train.global_batch(workers)
         return cls.model_validate(base | fields)
 
 
