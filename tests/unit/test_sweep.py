@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from geomoe.core.config import SweepSpec, parse_spec
+from geomoe.core.config import SweepSpec, load_job, parse_spec
 from geomoe.core.errors import ExperimentError, SpecError
 from geomoe.core.ownership import Claim, claim_dir
 from geomoe.core.storage import write_json_atomic
-from geomoe.core.sweep import SEED, VARIANT, describe_trials, grid_points, load_sweep, trial_key, trial_spec
+from geomoe.core.sweep import SEED, VARIANT, benchmark, describe_trials, grid_points, load_sweep, trial_key, trial_spec
 from geomoe.core.sweep.tables import RESULT_FILE, paper_notes, write_per_query, write_report
 from geomoe.families.pe_moe.spec import PEMoEModelSpec
 from geomoe.on_ray.jobs import family_of
@@ -183,12 +183,14 @@ def _write_trial(experiment: Path, point: dict, hits: np.ndarray, queries: str =
 def test_the_report_pools_seeds_and_gives_each_paper_row_a_verdict(tmp_path: Path) -> None:
     """Table III's top-k rows against ours, made to differ as the paper does (top-1 -> top-2 up), not at all
     (top-2 -> top-3, paper flat), against the paper (top-3 -> top-4: ours down, the paper flat) and not run."""
-    sweep, _ = load_sweep(REPO / "search_spaces" / "smgeo_topk.yaml", quickstart=True)
+    sweep, base_path = load_sweep(REPO / "search_spaces" / "smgeo_topk.yaml", quickstart=True)
     sweep = sweep.model_copy(update={"seeds": [0, 1]})
     points = grid_points(sweep)
     expected = [trial_key(p) for p in points]
     claim_dir(tmp_path, Claim("output_root", "sweep", "sweep"))  # as run_sweep does
-    write_json_atomic(tmp_path / "sweep.json", {"sweep": sweep.model_dump(mode="json"), "expected": expected})
+    scored_on = benchmark(load_job(base_path, list(sweep.overrides)))
+    saved = {"sweep": sweep.model_dump(mode="json"), "expected": expected, "benchmark": scored_on}
+    write_json_atomic(tmp_path / "sweep.json", saved)
     base = 100.0 * (np.random.default_rng(0).permutation(600) < 180)  # 30% hits
     better = base.copy()
     better[np.flatnonzero(base == 0)[:60]] = 100.0  # +10 points on the same queries
@@ -202,6 +204,9 @@ def test_the_report_pools_seeds_and_gives_each_paper_row_a_verdict(tmp_path: Pat
             _write_trial(tmp_path, point, hits)
     text = write_report(tmp_path)
     lines = text.splitlines()
+    # what ours is scored on stands under what the paper's rows are: here synthgeo against CVOGL DroneAerial val
+    paper_line = lines.index(f"paper: {sweep.paper.source}")
+    assert lines[paper_line + 1] == "ours: CVOGL DroneAerial: synthgeo's synthetic data at data/synthgeo-sweep/cvogl"
     trials = [line for line in lines if line.startswith("| ours |")]
     assert len(trials) == len(points) and "| 1 | 0 | 30.00 [" in trials[0]
     aggregate = [line for line in lines if line.startswith("| ours (seeds)")]

@@ -29,6 +29,7 @@ from geomoe.core.stats import intervals
 from geomoe.core.sweep import (
     SEED,
     VARIANT,
+    benchmark,
     experiment_location,
     grid_points,
     load_sweep,
@@ -163,12 +164,19 @@ def run_sweep(
     restorable = tune.Tuner.can_restore(tune_dir, storage_filesystem=fs)
     if restorable and not resume:
         raise ExperimentError(f"{experiment} holds this sweep already: add --resume to continue it, or remove it")
-    ensure_ray(load_job(base_path, list(sweep.overrides)).resources, dashboard=True)
+    base = load_job(base_path, list(sweep.overrides))
+    ensure_ray(base.resources, dashboard=True)
     prepare_inputs(sweep, base_path, experiment, root)
     expected = [trial_key(p) for p in grid_points(sweep)] if sweep.searcher == "grid" else []
     storage.write_json_atomic(
         storage.join(experiment, "sweep.json"),
-        {"sweep": sweep.model_dump(mode="json"), "base": str(base_path), "root": str(root), "expected": expected},
+        {
+            "sweep": sweep.model_dump(mode="json"),
+            "base": str(base_path),
+            "root": str(root),
+            "expected": expected,
+            "benchmark": benchmark(base),
+        },
     )
     trainable = tune.with_resources(
         partial(

@@ -105,6 +105,19 @@ def trial_spec(sweep: SweepSpec, base_path: Path, point: dict[str, Any], experim
     return parse_spec(JobSpec, raw, f"{sweep.name}: trial {point}")
 
 
+def benchmark(job: JobSpec) -> str:
+    """What a sweep's trials are scored on, printed in the report next to the paper's source: a paper row measured
+    on another benchmark (PE-MoE Table 1 on Track 4 Phase II, ours on GeoText-1652's test split) says so there."""
+    data = job.data
+    layout = (
+        f"GeoText-1652 layout, test file {data.test_file}"
+        if data.format == "geotext"
+        else f"CVOGL {data.cvogl_setting}"
+    )
+    origin = "synthgeo's synthetic data" if data.synthesize else "the dataset's files"
+    return f"{layout}: {origin} at {storage.redact(data.root)}"
+
+
 def trial_dataset(spec: JobSpec) -> str:
     """Where a trial's training data are: the refined captions when its job refines (the driver refines once per
     distinct refinement before any trial), else the prepared table."""

@@ -313,7 +313,9 @@ def write_report(experiment: str) -> str:
     lines = [f"# Sweep {sweep.name}", "", f"trials: {counts}; metric {sweep.metric} ({sweep.mode})"]
     lines += ["intervals: 95% percentile bootstrap over the test (val_*: validation) queries, 1,000 resamples", ""]
     if sweep.paper:
-        lines += [f"paper: {sweep.paper.source}", ""]
+        lines += [f"paper: {sweep.paper.source}"]
+        ours = storage.read_json(storage.join(experiment, "sweep.json")).get("benchmark")
+        lines += [f"ours: {ours}" if ours else "ours: (the benchmark was not recorded: a sweep from before it was)", ""]
     lines += [markdown_table(sweep, rows), ""]
     lines += [*paper_notes(sweep), ""] if paper_notes(sweep) else []
     if sweep.seeds:
