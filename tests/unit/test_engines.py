@@ -102,12 +102,12 @@ def test_refine_batch_replaces_only_valid_outputs_and_counts_the_rest() -> None:
     import pyarrow as pa
 
     from geomoe.core.config import RefineSpec
-    from geomoe.on_ray.pipelines.refine import RefineBatch, RefineMessages
+    from geomoe.on_ray.pipelines.refine import Normalisation, RefineBatch, RefineMessages
 
     batch = RefineBatch.__new__(RefineBatch)  # everything but the model load
     batch.to_messages = RefineMessages(load_prompts())
     batch.refine = RefineSpec(engine={"model": "unused"}, output_dir="unused", min_words=2, max_words=10)
-    batch.caption_words = 30
+    batch.norm = Normalisation(caption_words=30, statement_words=12)
     batch.engine = FixedEngine([None, "Sure, here it is", "Drone view of a red building.", "a roof to the north"])
     rows = pa.table(
         {
@@ -198,12 +198,17 @@ def test_refined_captions_track4_and_served_queries_are_normalised_like_prepared
 
     from geomoe.core.config import RefineSpec
     from geomoe.core.data.transforms import prepare_caption
-    from geomoe.on_ray.pipelines.refine import apply_refinement
+    from geomoe.on_ray.pipelines.refine import Normalisation, apply_refinement
 
     raw = "The Tall, RED-brick building / with 3 floors!  Next to a car-park."
-    prepared = prepare_caption(raw, max_words=30).caption  # what prepare writes for this string
+    expected = prepare_caption(raw, max_words=30, statement_words=12)  # what prepare writes for this string
     refine = RefineSpec(engine={"model": "unused"}, output_dir="unused")
     rows = pa.table({"caption": ["c"], "statements": [["c"]], "platform": ["drone"], "augment": [""]})
-    refined = apply_refinement(rows, [raw], refine, caption_words=30).to_pylist()[0]
-    assert refined["caption"] == prepared == "the tall red brick building with 3 floors next to a car park"
-    assert refined["statements"] == [prepared]
+    refined = apply_refinement(rows, [raw], refine, Normalisation(30, 12)).to_pylist()[0]
+    assert refined["caption"] == expected.caption == "the tall red brick building with 3 floors next to a car park"
+    # sentence-level splitting holds for refined captions too (the paper's alignment: refinement and splitting)
+    assert (
+        refined["statements"]
+        == expected.statements
+        == ["the tall red brick building with 3 floors", "next to a car park"]
+    )

@@ -16,7 +16,7 @@ from geomoe.core.ownership import Claim, claim_dir
 from geomoe.core.storage import write_json_atomic
 from geomoe.core.sweep import SEED, VARIANT, benchmark, describe_trials, grid_points, load_sweep, trial_key, trial_spec
 from geomoe.core.sweep.tables import RESULT_FILE, paper_notes, write_per_query, write_report
-from geomoe.families.pe_moe.spec import PEMoEModelSpec
+from geomoe.families.pe_moe.spec import PEMoEModelSpec, PEMoETrainSpec
 from geomoe.on_ray.jobs import family_of
 
 REPO = Path(__file__).resolve().parents[2]
@@ -138,6 +138,11 @@ def test_table_1_rows_train_on_aligned_captions_exactly_when_the_row_has_alignme
     assert all("error" not in row for row in [raw, *aligned])
     assert "preprocess.refine=none" in raw["data"] and raw["dataset"].endswith("prepared-unified_raw")
     assert "LLM" not in raw["data"]
+    # sentence-level splitting is text alignment too: off in row 1 only (the quickstart's rules refinement keeps one
+    # sentence, and its job trains without splitting in every row)
+    specs = [trial_spec(sweep, base, r["params"], "/x/exp", REPO) for r in [raw, *aligned]]
+    splitting = [spec.train_as(PEMoETrainSpec).use_statements for spec in specs]
+    assert splitting == ([False] * 4 if quickstart else [False, True, True, True])
     if quickstart:
         assert all(r["data"] == "prepared captions, preprocess.refine=rules" for r in aligned)
         assert {r["dataset"] for r in aligned} == {str(REPO / "runs/quickstart/prepared")}

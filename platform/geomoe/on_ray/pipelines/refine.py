@@ -20,14 +20,15 @@ import json
 import logging
 import time
 from collections import Counter
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from geomoe.core import ownership, storage
-from geomoe.core.config import JobSpec, RefineSpec
-from geomoe.core.data.transforms import normalize_caption
+from geomoe.core.config import JobSpec, PreprocessSpec, RefineSpec
+from geomoe.core.data.transforms import prepare_caption
 from geomoe.core.engines.prompts import DEFAULT_REFINE_PROMPTS, RefinePrompts, clean_generation, load_prompts, rejection
 from geomoe.on_ray.pipelines.engine_pool import engine_pool_options
 from geomoe.on_ray.pipelines.llm import generate
@@ -36,23 +37,34 @@ log = logging.getLogger(__name__)
 MANIFEST = storage.MANIFEST
 
 
-def apply_refinement(batch: pa.Table, generated: list[str | None], refine: RefineSpec, caption_words: int) -> pa.Table:
-    """Replace each caption by its generated text when that passes the checks; record why not otherwise.
+@dataclass(frozen=True)
+class Normalisation:
+    """How an accepted LLM output is made like a prepared training caption: X-VLM pre_caption, cut at
+    ``caption_words`` (preprocess.max_words_train), and split into short statements of at most
+    ``statement_words`` (the paper's sentence-level splitting, which the refined rows keep)."""
 
-    An accepted text is normalised like every prepared training caption (X-VLM pre_caption, cut at
-    ``caption_words`` = preprocess.max_words_train), so refined and unrefined rows look alike to the model."""
-    captions = batch["caption"].to_pylist()
-    new, status = [], []
-    for original, text, augment in zip(captions, generated, batch["augment"].to_pylist(), strict=True):
+    caption_words: int
+    statement_words: int
+
+    @classmethod
+    def of(cls, preprocess: PreprocessSpec) -> Normalisation:
+        return cls(preprocess.max_words_train, preprocess.statement_words)
+
+
+def apply_refinement(batch: pa.Table, generated: list[str | None], refine: RefineSpec, norm: Normalisation) -> pa.Table:
+    """Replace each caption (and its statements) by its generated text when that passes the checks; record why not
+    otherwise. An accepted text is prepared like every training caption (``Normalisation``), so refined and
+    unrefined rows look alike to the model; a kept row keeps its caption and statements from prepare."""
+    captions, old_statements = batch["caption"].to_pylist(), batch["statements"].to_pylist()
+    new, statements, status = [], [], []
+    for i, (text, augment) in enumerate(zip(generated, batch["augment"].to_pylist(), strict=True)):
         text = None if text is None else clean_generation(text)
-        reason = rejection(text, original, bool(augment), refine.min_words, refine.max_words)
-        normalised = normalize_caption(text, caption_words) if text and not reason else ""
-        reason = reason or ("" if normalised else "empty after normalisation")
-        new.append(original if reason else normalised)
+        reason = rejection(text, captions[i], bool(augment), refine.min_words, refine.max_words)
+        prepared = prepare_caption(text, norm.caption_words, norm.statement_words) if text and not reason else None
+        reason = reason or ("" if prepared and prepared.caption else "empty after normalisation")
+        new.append(captions[i] if reason or prepared is None else prepared.caption)
+        statements.append(old_statements[i] if reason or prepared is None else prepared.statements)
         status.append(reason or "refined")
-    # a refined caption is already a short statement; a kept one keeps its statements from prepare
-    old_statements = batch["statements"].to_pylist()
-    statements = [s if why != "refined" else [c] for s, c, why in zip(old_statements, new, status, strict=True)]
     batch = batch.set_column(batch.schema.get_field_index("caption"), "caption", pa.array(new, pa.string()))
     field = batch.schema.field("statements")
     batch = batch.set_column(batch.schema.get_field_index("statements"), field, pa.array(statements, field.type))
@@ -63,7 +75,7 @@ def apply_refinement(batch: pa.Table, generated: list[str | None], refine: Refin
 class RefineBatch:
     """Ray Data actor for the ``transformers`` engine: rows of a shard -> refined (or kept) captions."""
 
-    def __init__(self, refine: RefineSpec, caption_words: int) -> None:
+    def __init__(self, refine: RefineSpec, norm: Normalisation) -> None:
         from geomoe.core.engines.local import TransformersEngine
         from geomoe.on_ray.ray_env import worker_device
 
@@ -73,12 +85,12 @@ class RefineBatch:
             e.model, e.max_new_tokens, e.temperature, e.top_p, device=device, batch_size=e.batch_size
         )
         self.to_messages, self.refine = RefineMessages(load_prompts(refine.prompts)), refine
-        self.caption_words = caption_words
+        self.norm = norm
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         items = refinement_inputs(batch)
         generated = self.engine.generate([self.to_messages(item) for item in items])
-        return apply_refinement(batch, generated, self.refine, self.caption_words)
+        return apply_refinement(batch, generated, self.refine, self.norm)
 
 
 def refinement_inputs(batch: pa.Table) -> list[dict[str, Any]]:
@@ -115,7 +127,7 @@ def _write_shard(table: pa.Table, location: str) -> None:
 
 
 def _refine_shard(
-    source: str, relative: str, target: str, refine: RefineSpec, prompts: RefinePrompts, caption_words: int
+    source: str, relative: str, target: str, refine: RefineSpec, prompts: RefinePrompts, norm: Normalisation
 ) -> None:
     import ray.data
 
@@ -128,11 +140,11 @@ def _refine_shard(
             table = table.append_column(name, pa.array([value] * table.num_rows, pa.string()))
     if refine.engine.kind in ("http", "vllm"):
         generated = generate(refine.engine, refinement_inputs(table), RefineMessages(prompts))
-        refined = apply_refinement(table, generated, refine, caption_words)
+        refined = apply_refinement(table, generated, refine, norm)
     else:
         ds = ray.data.from_arrow(table).map_batches(
             RefineBatch,
-            fn_constructor_kwargs={"refine": refine, "caption_words": caption_words},
+            fn_constructor_kwargs={"refine": refine, "norm": norm},
             batch_format="pyarrow",
             **engine_pool_options(refine.engine),
         )
@@ -148,7 +160,8 @@ def refine_captions(spec: JobSpec, manifest: dict[str, Any]) -> dict[str, Any]:
     pairs = storage.join(out, "pairs")
     started = time.perf_counter()
     ownership.claim_dir(out, ownership.Claim("refine.output_dir", spec.name, "refine"))
-    _forget_other_inputs(out, manifest, refine, prompts.sha256, spec.preprocess.max_words_train)
+    norm = Normalisation.of(spec.preprocess)
+    _forget_other_inputs(out, manifest, refine, prompts.sha256, norm)
     done = redone = 0
     finished = {rel for rel, _ in storage.list_files(pairs)}
     for relative in [rel for rel, _ in storage.list_files(source_root) if rel.endswith(".parquet")]:
@@ -165,7 +178,7 @@ def refine_captions(spec: JobSpec, manifest: dict[str, Any]) -> dict[str, Any]:
             continue
         log.info("refine: %s", relative)
         source = storage.join(source_root, relative)
-        _refine_shard(source, relative, target, refine, prompts, spec.preprocess.max_words_train)
+        _refine_shard(source, relative, target, refine, prompts, norm)
         redone += 1
     report = _report(pairs)
     refined_manifest = {
@@ -188,11 +201,11 @@ def refine_captions(spec: JobSpec, manifest: dict[str, Any]) -> dict[str, Any]:
 
 
 def _forget_other_inputs(
-    out: str, manifest: dict[str, Any], refine: RefineSpec, prompts_sha256: str, caption_words: int
+    out: str, manifest: dict[str, Any], refine: RefineSpec, prompts_sha256: str, norm: Normalisation
 ) -> None:
     """Finished shards are reused only for the same prepared data, engine settings, prompts and normalisation."""
     settings = refine.model_dump(mode="json", exclude={"output_dir"})
-    normalisation = {"pre_caption": True, "max_words": caption_words, "input": "caption_raw"}
+    normalisation = {"pre_caption": True, **asdict(norm), "input": "caption_raw"}
     key = json.dumps([manifest.get("inputs_key"), settings, prompts_sha256, normalisation], sort_keys=True)
     marker = storage.join(out, "inputs.json")
     pairs = storage.join(out, "pairs")
