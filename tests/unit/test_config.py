@@ -1,8 +1,11 @@
+import hashlib
+import json
 from pathlib import Path
 
 import pytest
 
 from geomoe.core.config import JobSpec, SynthSpec, apply_overrides, load_job, parse_spec
+from geomoe.core.config.job import TRAINING_SECTIONS
 from geomoe.core.errors import SpecError
 
 GOOD = """
@@ -107,6 +110,26 @@ def test_fingerprint_changes_with_content() -> None:
     raw = {"name": "x", "stages": [], "data": {"root": "r"}, "preprocess": {"output_dir": "o"}}
     s1, s2 = parse_spec(JobSpec, dict(raw), "t"), parse_spec(JobSpec, {**raw, "seed": 3}, "t")
     assert s1.fingerprint() != s2.fingerprint()
+
+
+def test_a_trained_stage_depends_on_the_workers_only_when_the_batch_is_per_worker() -> None:
+    raw = {"name": "x", "stages": [], "data": {"root": "r"}, "preprocess": {"output_dir": "o"}}
+
+    def stage(train: dict, workers: int) -> str:
+        return parse_spec(
+            JobSpec, {**raw, "train": train, "resources": {"num_workers": workers}}, "t"
+        ).stage_fingerprint(1)
+
+    assert stage({}, 1) == stage({}, 4)  # the step's batch is batch_size whatever the workers
+    assert stage({"batch_per": "worker"}, 1) != stage({"batch_per": "worker"}, 4)  # batch_size x workers
+    assert stage({"batch_per": "global"}, 2) != stage({"batch_per": "worker"}, 2)
+    # the default is left out of the fingerprint: a stage trained before batch_per existed is still found
+    spec = parse_spec(JobSpec, raw, "t")
+    dump = spec.model_dump(mode="json")
+    old = {k: dump[k] for k in TRAINING_SECTIONS}  # what stage_fingerprint hashed before batch_per
+    ignored = spec.train.fields_ignored_by_stage(1) | {"batch_per"}
+    old["train"] = {k: v for k, v in old["train"].items() if k not in ignored}
+    assert spec.stage_fingerprint(1) == hashlib.sha256(json.dumps(old, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def test_rerank_takes_one_section_or_a_named_list() -> None:

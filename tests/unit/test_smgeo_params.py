@@ -54,5 +54,4 @@ def test_table_iv_is_not_reproduced_by_per_stage_pools() -> None:
     rows = list(TABLE_IV_PARAMS_M)
     assert ours[rows[0]] == pytest.approx(TABLE_IV_PARAMS_M[rows[0]], abs=0.1)  # no GMoE: the trunk and head
     assert ours[rows[3]] == pytest.approx(TABLE_IV_PARAMS_M[rows[3]], rel=0.011)  # the paper's design
-    growth_ours, growth_paper = ours[rows[5]] - ours[rows[4]], TABLE_IV_PARAMS_M[rows[5]] - TABLE_IV_PARAMS_M[rows[4]]
-    assert growth_ours < 0.1 < 6 < growth_paper, (ours, growth_paper)
+    assert ours[rows[5]] - ours[rows[4]] < 0.1, ours  # even -> all blocks; the paper's: 42.45 - 35.79 = 6.66M

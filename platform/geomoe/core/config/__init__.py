@@ -2,7 +2,7 @@
 unknown keys forbidden. Every failure names the file, the dotted key and the reason (``SpecError``); nothing
 downstream takes a raw dict.
 
-Modules: base (the machinery), data, engines, retrieval (evaluation and re-ranking), family (what every model
+Modules: parsing (the machinery), data, engines, retrieval (evaluation and re-ranking), family (what every model
 family's sections share, and ``JobSection``, the base of a family's own top-level sections), job, sweep, serve. A
 family's own sections (``model``, ``train`` and any of its own) live in its folder (``families/<name>/spec.py``);
 the job picks them by ``model.name`` through geomoe.core.registry: nothing here imports them.

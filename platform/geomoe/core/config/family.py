@@ -54,7 +54,7 @@ class TrainSpec(Strict):
         "sees batch_size x workers (PE-MoE's '8 GPUs with a batch size of 128' reads either way)",
     )
     grad_accumulation: int = Field(
-        1, ge=1, description="micro-batches per optimizer step (each worker runs batch_size / workers / this at once)"
+        1, ge=1, description="micro-batches per optimizer step (each worker runs its share of the step / this at once)"
     )
     lr: float = Field(2e-5, gt=0)
     optimizer: Literal["adamw", "adam"] = "adamw"

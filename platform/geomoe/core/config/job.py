@@ -416,6 +416,10 @@ class JobSpec(Strict):
         blob = {k: dump[k] for k in TRAINING_SECTIONS}
         ignored = self.train.fields_ignored_by_stage(stage)
         blob["train"] = {k: v for k, v in blob["train"].items() if k not in ignored}
+        if self.train.batch_per == "worker":  # the step's batch is batch_size x workers: the workers count too
+            blob["train"]["workers"] = self.resources.num_workers
+        else:  # the default, left out: a stage trained before batch_per existed keeps its fingerprint
+            del blob["train"]["batch_per"]
         return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
 
 
