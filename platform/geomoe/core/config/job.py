@@ -405,22 +405,28 @@ class JobSpec(Strict):
         Results are keyed on what produced them: a trained stage on TRAINING_SECTIONS, so changing, say,
         eval.ks or resources re-evaluates without retraining.
         """
-        dump = self.model_dump(mode="json")
+        dump = self._keyed_dump()
         blob = json.dumps({k: dump[k] for k in sections} if sections else dump, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def stage_fingerprint(self, stage: int) -> str:
         """What a trained stage depends on: TRAINING_SECTIONS, less the train fields the stage ignores (so tuning
         PE-MoE's stage 2 reuses a finished stage 1)."""
-        dump = self.model_dump(mode="json")
+        dump = self._keyed_dump()
         blob = {k: dump[k] for k in TRAINING_SECTIONS}
         ignored = self.train.fields_ignored_by_stage(stage)
         blob["train"] = {k: v for k, v in blob["train"].items() if k not in ignored}
         if self.train.batch_per == "worker":  # the step's batch is batch_size x workers: the workers count too
             blob["train"]["workers"] = self.resources.num_workers
-        else:  # the default, left out: a stage trained before batch_per existed keeps its fingerprint
-            del blob["train"]["batch_per"]
         return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
+
+    def _keyed_dump(self) -> dict[str, Any]:
+        """The spec as results are keyed on it. ``train.batch_per`` at its default is left out: a result from
+        before the field existed (a trained stage, a finished sweep trial) keeps its key."""
+        dump = self.model_dump(mode="json")
+        if dump["train"].get("batch_per") == "global":
+            del dump["train"]["batch_per"]
+        return dump
 
 
 def load_job(path: str | Path, overrides: list[str] | None = None) -> JobSpec:

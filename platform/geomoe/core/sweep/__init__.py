@@ -107,7 +107,8 @@ def trial_spec(sweep: SweepSpec, base_path: Path, point: dict[str, Any], experim
 
 def benchmark(job: JobSpec) -> str:
     """What a sweep's trials are scored on, printed in the report next to the paper's source: a paper row measured
-    on another benchmark (PE-MoE Table 1 on the Track 4 leaderboard's test data, ours on GeoText-1652's test split) says so there."""
+    on another benchmark (PE-MoE Table 1 on the Track 4 leaderboard's test data, ours on GeoText-1652's test split)
+    says so there."""
     data = job.data
     layout = (
         f"GeoText-1652 layout, test file {data.test_file}"
