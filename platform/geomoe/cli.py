@@ -24,7 +24,7 @@ def _cmd_run(args: argparse.Namespace) -> None:
     from geomoe.core.config import load_job
     from geomoe.core.logs import run_logs
     from geomoe.core.progress import Progress
-    from geomoe.core.stages import listed_stages
+    from geomoe.core.stages import printed_summaries
     from geomoe.on_ray.jobs import run_dir_of, run_job_timed, time_table
 
     spec = load_job(args.job, args.set)
@@ -44,10 +44,8 @@ def _cmd_run(args: argparse.Namespace) -> None:
             print(f"geomoe: the job failed; last log lines:\n{tail}\nlogs: {logs.location}", file=sys.stderr)
         raise
     results = timed.outputs
-    for stage in listed_stages(spec):
-        summary = stage.summary(spec, results[stage.name])
-        if summary is not None:
-            print(summary)
+    for summary in printed_summaries(spec, results):
+        print(summary)
     if "registered" in results:
         print(f"registered: {results['registered']} (serve it with checkpoint: {results['registered']})")
     print(time_table(timed.seconds))
@@ -161,9 +159,15 @@ def _dry_run(path: str, quickstart: bool, overrides: list[str]) -> str:
 
 def _cmd_report(args: argparse.Namespace) -> None:
     from geomoe.core import storage
+    from geomoe.core.stages import run_report
     from geomoe.core.sweep.tables import write_report
 
-    print(write_report(storage.absolute(args.experiment)))
+    folder = storage.absolute(args.experiment)
+    is_run = storage.is_file(storage.join(folder, "results.json"))
+    if is_run and not storage.is_file(storage.join(folder, "sweep.json")):
+        print(run_report(folder))  # a job's run folder: what the job printed
+    else:
+        print(write_report(folder))
 
 
 def _cmd_serve(args: argparse.Namespace) -> None:
@@ -355,8 +359,10 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("job")
     prep.set_defaults(fn=_cmd_prepare)
     sweep = _sweep_parser(sub)
-    report = sub.add_parser("report", help="a sweep's report, next to the paper's numbers")
-    report.add_argument("experiment", help="the sweep's folder, e.g. runs/sweeps/smgeo_experts-quickstart")
+    report = sub.add_parser("report", help="a sweep's report next to the paper's numbers, or a job run's tables")
+    report.add_argument(
+        "experiment", help="a sweep's folder (runs/sweeps/smgeo_experts-quickstart) or a job's (runs/quickstart)"
+    )
     report.set_defaults(fn=_cmd_report)
     submit = _remote_parsers(sub)
     serve = sub.add_parser("serve", help="check and run a Serve config (serve/*.yaml)")

@@ -217,3 +217,23 @@ def listed_stages(spec: JobSpec) -> list[Stage]:
     """The spec's stages once each, in the fixed order of ``stages_of`` (the common ones, then the family's):
     the order their checks run, their outputs are listed and the CLI prints their summaries."""
     return [stage for name, stage in stages_of(spec).items() if name in spec.stages]
+
+
+def printed_summaries(spec: JobSpec, outputs: dict[str, Any]) -> list[str]:
+    """What a finished job prints, stage by stage: the CLI after a run, and ``geomoe report RUN`` from the run's
+    files (the README's demo tables are this, tested equal to the demo run's results)."""
+    printed = []
+    for stage in listed_stages(spec):
+        summary = stage.summary(spec, outputs[stage.name]) if stage.name in outputs else None
+        if summary is not None:
+            printed.append(summary)
+    return printed
+
+
+def run_report(run_dir: str) -> str:
+    """A finished run's printed summaries, from its ``spec.json`` and ``results.json``."""
+    from geomoe.core import storage
+    from geomoe.core.config import JobSpec, parse_spec
+
+    spec = parse_spec(JobSpec, storage.read_json(storage.join(run_dir, "spec.json")), f"{run_dir}/spec.json")
+    return "\n".join(printed_summaries(spec, dict(storage.read_json(storage.join(run_dir, "results.json")))))
