@@ -159,15 +159,24 @@ def _dry_run(path: str, quickstart: bool, overrides: list[str]) -> str:
 
 def _cmd_report(args: argparse.Namespace) -> None:
     from geomoe.core import storage
-    from geomoe.core.stages import run_report
     from geomoe.core.sweep.tables import write_report
 
     folder = storage.absolute(args.experiment)
     is_run = storage.is_file(storage.join(folder, "results.json"))
     if is_run and not storage.is_file(storage.join(folder, "sweep.json")):
-        print(run_report(folder))  # a job's run folder: what the job printed
+        print(_run_report(folder))  # a job's run folder: what the job printed
     else:
         print(write_report(folder))
+
+
+def _run_report(run_dir: str) -> str:
+    """A finished run's printed summaries, from its ``spec.json`` and ``results.json``."""
+    from geomoe.core import storage
+    from geomoe.core.config import JobSpec, parse_spec
+    from geomoe.core.stages import printed_summaries
+
+    spec = parse_spec(JobSpec, storage.read_json(storage.join(run_dir, "spec.json")), f"{run_dir}/spec.json")
+    return "\n".join(printed_summaries(spec, dict(storage.read_json(storage.join(run_dir, "results.json")))))
 
 
 def _cmd_serve(args: argparse.Namespace) -> None:

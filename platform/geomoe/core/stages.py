@@ -228,12 +228,3 @@ def printed_summaries(spec: JobSpec, outputs: dict[str, Any]) -> list[str]:
         if summary is not None:
             printed.append(summary)
     return printed
-
-
-def run_report(run_dir: str) -> str:
-    """A finished run's printed summaries, from its ``spec.json`` and ``results.json``."""
-    from geomoe.core import storage
-    from geomoe.core.config import JobSpec, parse_spec
-
-    spec = parse_spec(JobSpec, storage.read_json(storage.join(run_dir, "spec.json")), f"{run_dir}/spec.json")
-    return "\n".join(printed_summaries(spec, dict(storage.read_json(storage.join(run_dir, "results.json")))))
