@@ -99,6 +99,28 @@ def test_bad_records_fail_or_are_counted(tiny_synth: tuple[Path, dict], tmp_path
     assert all(r["source"].endswith("train.json") for r in manifest["rejected"]["rows"])
 
 
+def test_a_test_record_that_cannot_be_used_stops_the_job_even_under_skip(
+    tiny_synth: tuple[Path, dict], tmp_path: Path
+) -> None:
+    """Skipping a test record would take its image out of the gallery and inflate R@K: under skip, a bad test
+    image (found by the reader, or only when decoded) still stops prepare, naming the test file and record."""
+    root, _ = tiny_synth
+    for case, name in (("unknown platform", "reader"), ("unreadable image", "decoder")):
+        data = tmp_path / name / "geotext"
+        shutil.copytree(root / "geotext", data)
+        entries = json.loads((data / "test_951_version.json").read_text())
+        if name == "reader":
+            entries.append({"image_id": "0001/weird.png", "image": "test/0001/weird.png", "caption": "x"})
+            (data / "test_951_version.json").write_text(json.dumps(entries))
+        else:
+            victim = data / "images" / entries[0]["image"]
+            victim.write_bytes(victim.read_bytes()[:100])  # truncated JPEG
+        skip = job(data, tmp_path / name / "out", on_bad_record="skip", satellite_copies=0)
+        with pytest.raises(BadRecordError, match=rf"test_951_version\.json: record \d+: {case}.*a test record"):
+            prepare(skip)
+        assert not (tmp_path / name / "out" / "manifest.json").exists()
+
+
 def test_truncated_image_fails_with_file_and_record(tiny_synth: tuple[Path, dict], tmp_path: Path) -> None:
     root, _ = tiny_synth
     data = broken_copy(root, tmp_path)

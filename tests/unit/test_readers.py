@@ -96,6 +96,13 @@ def test_geotext_bad_records(geotext: Path, entry: object, reason: str) -> None:
     skip = RejectLog("skip")
     assert len(read_geotext(geotext, "train", "train.json", CLASSIFY, skip)) == 3
     assert len(skip) == 1 and reason in skip.rejects[0].reason and skip.rejects[0].record.startswith("3")
+    skip.refuse_skipped_test_records()  # a training record: skipped and counted
+    # the same entry in the test file: skipping it would shrink the gallery, so it stops the job under skip too
+    (geotext / "test.json").write_text(json.dumps([entry]))
+    test_skip = RejectLog("skip")
+    read_geotext(geotext, "test", "test.json", CLASSIFY, test_skip)
+    with pytest.raises(BadRecordError, match=rf"test\.json: record 0.*{reason}.*a test record, 1 in all"):
+        test_skip.refuse_skipped_test_records()
 
 
 def test_geotext_malformed_json_names_file_and_line(geotext: Path) -> None:

@@ -122,7 +122,7 @@ def read_cvogl(
             else:
                 problem = _geometry_problem(_numbers(entry[4], 2) or [], _numbers(entry[5], 4) or [], query, tile)
         if problem is not None:
-            rejects.reject(storage.redact(path), index, problem)
+            rejects.reject(storage.redact(path), index, problem, split)
             continue
         click = _numbers(entry[4], 2) or []
         records.append(

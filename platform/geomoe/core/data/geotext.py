@@ -103,13 +103,13 @@ def read_geotext(
             problem = f"missing image: {storage.redact(image_path)}"
         problem = problem or _duplicate(entry, index, seen)  # only accepted entries count as seen
         if problem is not None:
-            rejects.reject(storage.redact(path), index, problem)
+            rejects.reject(storage.redact(path), index, problem, split)
             continue
         assert image_path is not None and platform is not None
         captions = entry["caption"] if isinstance(entry["caption"], list) else [entry["caption"]]
         for caption_index, caption in enumerate(captions):
             if not caption.strip():
-                rejects.reject(storage.redact(path), f"{index} caption {caption_index}", "empty caption")
+                rejects.reject(storage.redact(path), f"{index} caption {caption_index}", "empty caption", split)
                 continue
             records.append(
                 RetrievalRecord(

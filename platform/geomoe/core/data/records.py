@@ -100,6 +100,7 @@ class Reject:
     source: str
     record: str
     reason: str
+    split: str = ""  # the record's split, where the reader knows it
 
     def to_row(self) -> dict[str, str]:
         return {"source": self.source, "record": self.record, "reason": self.reason}
@@ -115,14 +116,30 @@ class RejectLog:
     policy: OnBadRecord = "fail"
     rejects: list[Reject] = field(default_factory=list)
 
-    def reject(self, source: str, record: str | int, reason: str) -> None:
+    def reject(self, source: str, record: str | int, reason: str, split: str = "") -> None:
+        """``split``: the record's split (a test record is never skipped: ``refuse_skipped_test_records``)."""
         if self.policy == "fail":
             raise BadRecordError(source, record, reason)
-        self.rejects.append(Reject(str(source), str(record), reason))
+        self.rejects.append(Reject(str(source), str(record), reason, split))
 
     def extend(self, other: RejectLog) -> None:
         for item in other.rejects:
-            self.reject(item.source, item.record, item.reason)
+            self.reject(item.source, item.record, item.reason, item.split)
+
+    def refuse_skipped_test_records(self) -> None:
+        """``on_bad_record: skip`` skips training records only. A test record left out takes its image out of the
+        gallery (or its sample out of the test set) when nothing else names it: the evaluation would rank among
+        fewer distractors and read higher. So a test record that cannot be used stops the job, named, whatever
+        the policy; fix it or remove it from the test file, knowing the numbers then describe another split."""
+        lost = [r for r in self.rejects if r.split == "test"]
+        if lost:
+            first = lost[0]
+            raise BadRecordError(
+                first.source,
+                first.record,
+                f"{first.reason} (a test record, {len(lost)} in all: on_bad_record: skip skips training records "
+                "only, since leaving test records out would shrink the gallery and inflate R@K)",
+            )
 
     def reasons(self) -> dict[str, int]:
         """Counts per reason kind (the text before the first ':' of each reason)."""

@@ -179,6 +179,7 @@ def prepare(spec: JobSpec) -> dict[str, Any]:
     rejects = RejectLog(spec.preprocess.on_bad_record)
     started = time.perf_counter()
     source = read_source(spec.data, rejects)
+    rejects.refuse_skipped_test_records()
     key = _inputs_key(spec, source)
     existing = finished_manifest(out)
     if existing and existing.get("inputs_key") == key and not spec.preprocess.force:
@@ -190,8 +191,9 @@ def prepare(spec: JobSpec) -> dict[str, Any]:
     for old in (image_table.FOLDER, "augmented"):  # a crashed attempt's shards; layout 1's satellite copies
         storage.delete(storage.join(out, old))
     processed = _process(spec, source, out)
-    for row in _partition(processed, False).select(["source", "record", "reject"]).to_pylist():
-        rejects.reject(row["source"], row["record"], row["reject"])  # raises under on_bad_record=fail
+    for row in _partition(processed, False).select(["source", "record", "reject", "split"]).to_pylist():
+        rejects.reject(row["source"], row["record"], row["reject"], row["split"])  # raises under on_bad_record=fail
+    rejects.refuse_skipped_test_records()
     good = _partition(processed, True).drop_columns(["reject"])
     table_dir = _write_table(good, out, source.kind, spec.preprocess.rows_per_file)
     manifest = {
