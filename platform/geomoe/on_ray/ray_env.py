@@ -130,6 +130,17 @@ def in_order(dataset: Any) -> Any:
     return dataset
 
 
+def reshuffled_each_epoch(dataset: Any, seed: int) -> Any:
+    """``dataset``'s rows in a fresh permutation at every execution, and the same sequence of permutations from
+    the same ``seed`` (Ray Data's RandomSeedConfig: the seed with the execution's index). Ray Train runs a training
+    dataset once per epoch, so each epoch's batches, and a contrastive loss's in-batch negatives, are drawn anew;
+    with a plain integer seed every epoch would repeat the first one's order. An all-to-all: give it the rows
+    before they are decoded (ids and captions), not pixels."""
+    from ray.data import RandomSeedConfig
+
+    return dataset.random_shuffle(seed=RandomSeedConfig(seed=seed, reseed_after_execution=True))
+
+
 def alive_nodes() -> int:
     import ray
 

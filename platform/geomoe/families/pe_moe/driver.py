@@ -24,7 +24,7 @@ from geomoe.families.pe_moe.factory import ensure_tiny_models
 from geomoe.families.pe_moe.pipelines import embedded_images, on_model_device
 from geomoe.families.pe_moe.spec import PEMoEModelSpec, PEMoETrainSpec
 from geomoe.on_ray.pipelines.image_store import PreparedImages
-from geomoe.on_ray.ray_env import in_order
+from geomoe.on_ray.ray_env import in_order, reshuffled_each_epoch
 from geomoe.on_ray.train.grouped import dataset_name, group_steps
 from geomoe.on_ray.train.loop import LoopConfig
 from geomoe.on_ray.train.run import cached_result, recorded_stage, run_trainer
@@ -47,17 +47,15 @@ def training_datasets(
     table: pa.Table, model: PEMoEModelSpec, train: PEMoETrainSpec, seed: int, negatives: bool, fetch: Fetch | None
 ) -> dict[str, Any]:
     """``batching: expert``: one dataset per expert (``train_<expert>``, for group-homogeneous batches);
-    ``mixed``: one dataset ``train``. Rows are shuffled once (the prepared table is grouped by platform); images
-    come from ``fetch`` (the prepared image table in the object store)."""
-    order = np.random.default_rng(seed).permutation(table.num_rows)
-    table = table.take(pa.array(order))
+    ``mixed``: one dataset ``train``. Each is reshuffled every epoch, reproducibly from ``seed``; images come
+    from ``fetch`` (the prepared image table in the object store)."""
     size, materialize = model.image.image_size, train.materialize_inputs
     if train.batching == "mixed":
-        return {"train": _decoded(table, size, negatives, fetch, materialize)}
+        return {"train": _decoded(table, size, negatives, fetch, materialize, seed)}
     by_expert = {e.name: table.filter(pc.equal(table["expert"], k)) for k, e in enumerate(model.experts)}
     return {
-        dataset_name(name): _decoded(rows, size, negatives, fetch, materialize)
-        for name, rows in by_expert.items()
+        dataset_name(name): _decoded(rows, size, negatives, fetch, materialize, seed + k)
+        for k, (name, rows) in enumerate(by_expert.items())
         if rows.num_rows
     }
 
@@ -68,12 +66,18 @@ def expert_rows(table: pa.Table, model: PEMoEModelSpec) -> dict[str, int]:
     return {e.name: int(n) for e, n in zip(model.experts, counts, strict=True) if n}
 
 
-def _decoded(table: pa.Table, image_size: int, negatives: bool, fetch: Fetch | None, materialize: bool) -> Any:
+def _decoded(
+    table: pa.Table, image_size: int, negatives: bool, fetch: Fetch | None, materialize: bool, seed: int
+) -> Any:
+    """The rows decoded, in a new order every epoch: the undecoded rows are reshuffled (or, with ``materialize``,
+    the decoded ones, held once in the object store)."""
     import ray.data
 
     blocks = max(1, min(table.num_rows // 64, 8))
     step = -(-table.num_rows // blocks)
     ds: Any = ray.data.from_arrow([table.slice(i, step) for i in range(0, table.num_rows, step)])
+    if not materialize:
+        ds = reshuffled_each_epoch(ds, seed)
     ds = ds.map_batches(
         DecodeImages(image_size, negatives, fetch),
         batch_format="numpy",
@@ -81,7 +85,7 @@ def _decoded(table: pa.Table, image_size: int, negatives: bool, fetch: Fetch | N
         num_cpus=0.5,
     )
     ds = in_order(ds)
-    return ds.materialize() if materialize else ds
+    return in_order(reshuffled_each_epoch(ds.materialize(), seed)) if materialize else ds
 
 
 def fit_stage(

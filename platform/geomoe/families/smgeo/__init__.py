@@ -74,8 +74,9 @@ class SMGeoFamily(Family):
             raise DatasetError(f"a step's batch of {batch} exceeds the {splits['train'].num_rows} training samples")
         m, materialize = spec.model_as(SMGeoModelSpec), spec.train.materialize_inputs
         fetch = PreparedImages(prepared).fetch
-        datasets = {
-            s: pairs_dataset(splits[s], m.query_size, m.reference_size, materialize, fetch) for s in ("train", "val")
+        datasets = {  # training pairs in a new order every epoch; validation as it is
+            s: pairs_dataset(splits[s], m.query_size, m.reference_size, materialize, fetch, seed)
+            for s, seed in (("train", spec.seed), ("val", None))
         }
         return TrainInputs(datasets, splits["train"].num_rows // batch)
 
