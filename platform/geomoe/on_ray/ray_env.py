@@ -141,6 +141,25 @@ def reshuffled_each_epoch(dataset: Any, seed: int) -> Any:
     return dataset.random_shuffle(seed=RandomSeedConfig(seed=seed, reseed_after_execution=True))
 
 
+def decoded_rows(table: Any, decode: Any, batch_size: int, materialize: bool, reshuffle_seed: int | None = None) -> Any:
+    """``table``'s rows as a Ray Dataset decoded by ``decode`` (a ``map_batches`` callable, ``batch_size`` rows at
+    a time), in the plan's order; decoded once into the object store with ``materialize``; with ``reshuffle_seed``
+    (training inputs) in a new order every epoch: the undecoded rows are shuffled, so no pixels move in the
+    shuffle, or with ``materialize`` the decoded ones held there."""
+    import ray.data
+
+    blocks = max(1, min(table.num_rows // batch_size, 8))
+    step = -(-table.num_rows // blocks)
+    ds: Any = ray.data.from_arrow([table.slice(i, step) for i in range(0, table.num_rows, step)])
+    if reshuffle_seed is not None and not materialize:
+        ds = reshuffled_each_epoch(ds, reshuffle_seed)
+    ds = in_order(ds.map_batches(decode, batch_format="numpy", batch_size=batch_size, num_cpus=0.5))
+    if not materialize:
+        return ds
+    ds = ds.materialize()
+    return ds if reshuffle_seed is None else in_order(reshuffled_each_epoch(ds, reshuffle_seed))
+
+
 def alive_nodes() -> int:
     import ray
 

@@ -24,7 +24,7 @@ from geomoe.families.pe_moe.factory import ensure_tiny_models
 from geomoe.families.pe_moe.pipelines import embedded_images, on_model_device
 from geomoe.families.pe_moe.spec import PEMoEModelSpec, PEMoETrainSpec
 from geomoe.on_ray.pipelines.image_store import PreparedImages
-from geomoe.on_ray.ray_env import in_order, reshuffled_each_epoch
+from geomoe.on_ray.ray_env import decoded_rows
 from geomoe.on_ray.train.grouped import dataset_name, group_steps
 from geomoe.on_ray.train.loop import LoopConfig
 from geomoe.on_ray.train.run import cached_result, recorded_stage, run_trainer
@@ -69,23 +69,8 @@ def expert_rows(table: pa.Table, model: PEMoEModelSpec) -> dict[str, int]:
 def _decoded(
     table: pa.Table, image_size: int, negatives: bool, fetch: Fetch | None, materialize: bool, seed: int
 ) -> Any:
-    """The rows decoded, in a new order every epoch: the undecoded rows are reshuffled (or, with ``materialize``,
-    the decoded ones, held once in the object store)."""
-    import ray.data
-
-    blocks = max(1, min(table.num_rows // 64, 8))
-    step = -(-table.num_rows // blocks)
-    ds: Any = ray.data.from_arrow([table.slice(i, step) for i in range(0, table.num_rows, step)])
-    if not materialize:
-        ds = reshuffled_each_epoch(ds, seed)
-    ds = ds.map_batches(
-        DecodeImages(image_size, negatives, fetch),
-        batch_format="numpy",
-        batch_size=64,
-        num_cpus=0.5,
-    )
-    ds = in_order(ds)
-    return in_order(reshuffled_each_epoch(ds.materialize(), seed)) if materialize else ds
+    """The rows decoded, in a new order every epoch."""
+    return decoded_rows(table, DecodeImages(image_size, negatives, fetch), 64, materialize, seed)
 
 
 def fit_stage(

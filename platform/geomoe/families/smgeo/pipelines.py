@@ -11,7 +11,7 @@ import pyarrow as pa
 from geomoe.core.data.images import Fetch
 from geomoe.families.smgeo.localization import decode_pair, to_file_pixels
 from geomoe.families.smgeo.spec import SMGeoModelSpec
-from geomoe.on_ray.ray_env import in_order, reshuffled_each_epoch
+from geomoe.on_ray.ray_env import decoded_rows
 
 
 class DecodePairs:
@@ -38,21 +38,7 @@ def pairs_dataset(
 ) -> Any:
     """Decoded pairs of ``table``'s rows as a Ray Dataset (decoded once into the object store if ``materialize``),
     the images' bytes from ``fetch``; with ``reshuffle_seed`` (training), in a new order every epoch."""
-    import ray.data
-
-    blocks = max(1, min(table.num_rows // 32, 8))
-    step = -(-table.num_rows // blocks)
-    ds: Any = ray.data.from_arrow([table.slice(i, step) for i in range(0, table.num_rows, step)])
-    if reshuffle_seed is not None and not materialize:
-        ds = reshuffled_each_epoch(ds, reshuffle_seed)  # the rows before decoding: no pixels in the shuffle
-    ds = ds.map_batches(
-        DecodePairs(query_size, reference_size, fetch), batch_format="numpy", batch_size=32, num_cpus=0.5
-    )
-    ds = in_order(ds)
-    if not materialize:
-        return ds
-    decoded = ds.materialize()
-    return decoded if reshuffle_seed is None else in_order(reshuffled_each_epoch(decoded, reshuffle_seed))
+    return decoded_rows(table, DecodePairs(query_size, reference_size, fetch), 32, materialize, reshuffle_seed)
 
 
 class PredictBoxes:
