@@ -35,6 +35,9 @@ from geomoe.on_ray.pipelines.llm import generate
 
 log = logging.getLogger(__name__)
 MANIFEST = storage.MANIFEST
+# what the LLM is asked about, per row: the raw caption (see the module's docstring), its platform, and whether the
+# row is an augmented copy
+REFINEMENT_INPUTS = ["caption_raw", "platform", "augment"]
 
 
 @dataclass(frozen=True)
@@ -88,32 +91,19 @@ class RefineBatch:
         self.norm = norm
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        items = refinement_inputs(batch)
+        items = batch.select(REFINEMENT_INPUTS).to_pylist()
         generated = self.engine.generate([self.to_messages(item) for item in items])
         return apply_refinement(batch, generated, self.refine, self.norm)
 
 
-def refinement_inputs(batch: pa.Table) -> list[dict[str, Any]]:
-    """What the LLM is asked to rewrite, per row: the raw caption, its platform, whether it is an augmented copy."""
-    return [
-        {"caption": raw, "platform": platform, "augment": augment}
-        for raw, platform, augment in zip(
-            batch["caption_raw"].to_pylist(),
-            batch["platform"].to_pylist(),
-            batch["augment"].to_pylist(),
-            strict=True,
-        )
-    ]
-
-
 class RefineMessages:
-    """An item {caption, platform} -> the refinement chat request (runs in the Ray Data tasks)."""
+    """An item {caption_raw, platform, augment} -> the refinement chat request (runs in the Ray Data tasks)."""
 
     def __init__(self, prompts: RefinePrompts) -> None:
         self.prompts = prompts
 
     def __call__(self, item: dict[str, Any]) -> list[dict[str, Any]]:
-        return self.prompts.messages(item["caption"], item["platform"], bool(item["augment"]))
+        return self.prompts.messages(item["caption_raw"], item["platform"], bool(item["augment"]))
 
 
 def _read_shard(location: str, columns: list[str] | None = None) -> pa.Table:
@@ -139,7 +129,7 @@ def _refine_shard(
         if name not in table.column_names:
             table = table.append_column(name, pa.array([value] * table.num_rows, pa.string()))
     if refine.engine.kind in ("http", "vllm"):
-        generated = generate(refine.engine, refinement_inputs(table), RefineMessages(prompts))
+        generated = generate(refine.engine, table.select(REFINEMENT_INPUTS).to_pylist(), RefineMessages(prompts))
         refined = apply_refinement(table, generated, refine, norm)
     else:
         ds = ray.data.from_arrow(table).map_batches(
