@@ -33,9 +33,15 @@ def test_paper_configuration() -> None:
 
 
 def test_smgeo_paper_configuration() -> None:
-    """Eq. 10's plain average, Fig. 4's view-specific routers, and the expert design that reproduces Table II."""
+    """Eq. 10's plain average, Fig. 4's encoded click prompt and view-specific routers, and the expert design that
+    reproduces Table II."""
     model = load_job(JOBS[0].parent / "smgeo_cvogl.yaml").model
-    assert (model.query_pool, model.gmoe.routers, model.head_channels) == ("mean", "per_view", 192)
+    assert (model.query_pool, model.click, model.gmoe.routers, model.head_channels) == (
+        "mean",
+        "prompt",
+        "per_view",
+        192,
+    )
     assert (model.gmoe.experts, model.gmoe.top_k, model.gmoe.dense_path, model.gmoe.expert_mlp_ratio) == (
         6,
         2,

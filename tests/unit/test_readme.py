@@ -1,11 +1,13 @@
-"""The README's numbers come from a run, not from typing: its demo tables are what the demo run printed, rendered
-again here from that run's own files (``docs/demo/quickstart``: the ``spec.json`` and ``results.json`` that
-``make demo`` wrote into ``runs/quickstart``, copied as they are). To refresh them after a change: ``make demo``,
-copy the two files, paste ``geomoe report runs/quickstart``'s train tables between the README's markers."""
+"""The documents' run tables come from a run, not from typing: each block between a "run tables" marker and its end
+is what a job printed, rendered again here from that run's own files (``docs/demo/<run>``: the ``spec.json`` and
+``results.json`` the job wrote into ``runs/<name>``, the train part kept). The README's demo tables are
+``docs/demo/quickstart`` (``make demo``); the guide's SMGeo tables are ``docs/demo/smgeo_*``. To refresh one
+after a change: run the job, copy the two files, paste ``geomoe report runs/<name>`` between the markers."""
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -15,24 +17,45 @@ from geomoe.core.stages import printed_summaries
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO = REPO / "docs" / "demo" / "quickstart"
-START = "<!-- demo tables: generated from docs/demo/quickstart (tests/unit/test_readme.py) -->"
-END = "<!-- end of the demo tables -->"
+RUN_BLOCK = re.compile(
+    r"<!-- run tables: generated from (docs/demo/[\w/-]+) \(tests/unit/test_readme.py\) -->\n"
+    r"(.*?)\n<!-- end of the run tables -->",
+    re.S,
+)
+DOCUMENTS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 
 
 def readme_tables() -> str:
-    text = (REPO / "README.md").read_text()
-    assert text.count(START) == 1 and text.count(END) == 1, "the README's demo-table markers"
-    block = text[text.index(START) + len(START) : text.index(END)].strip()
+    """The README's demo tables (the block generated from docs/demo/quickstart)."""
+    blocks = dict(RUN_BLOCK.findall((REPO / "README.md").read_text()))
+    return code_block(blocks["docs/demo/quickstart"])
+
+
+def code_block(text: str) -> str:
+    block = text.strip()
     assert block.startswith("```\n") and block.endswith("\n```"), "the tables sit in one code block"
     return block[4:-4]
 
 
-def test_the_readme_demo_tables_are_the_demo_runs_own_tables() -> None:
-    raw = json.loads((DEMO / "spec.json").read_text())
-    spec = parse_spec(JobSpec, raw, str(DEMO / "spec.json"))
-    results = json.loads((DEMO / "results.json").read_text())
+def printed_tables(run: Path) -> str:
+    """What the job of ``run`` (a docs/demo folder) printed, from its spec.json and results.json."""
+    spec = parse_spec(JobSpec, json.loads((run / "spec.json").read_text()), str(run / "spec.json"))
+    results = json.loads((run / "results.json").read_text())
     (tables,) = printed_summaries(spec, {"train": results["train"]})
-    assert readme_tables() == tables
+    return tables
+
+
+def test_the_readme_demo_tables_are_the_demo_runs_own_tables() -> None:
+    assert readme_tables() == printed_tables(DEMO)
+
+
+@pytest.mark.parametrize("document", DOCUMENTS, ids=lambda path: path.name)
+def test_every_run_block_is_its_runs_own_tables(document: Path) -> None:
+    text = document.read_text()
+    blocks = RUN_BLOCK.findall(text)
+    assert len(blocks) == text.count("<!-- run tables:"), "a run-tables marker without its end marker"
+    for run, block in blocks:
+        assert code_block(block) == printed_tables(REPO / run), run
 
 
 def test_geomoe_report_prints_a_runs_tables_from_its_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -42,3 +65,42 @@ def test_geomoe_report_prints_a_runs_tables_from_its_files(tmp_path: Path, capsy
         (tmp_path / name).write_text((DEMO / name).read_text())
     assert main(["report", str(tmp_path)]) == 0
     assert capsys.readouterr().out.strip() == readme_tables()
+
+
+CLICK_RUNS = REPO / "docs" / "demo" / "smgeo_click"  # the SMGeo quickstart with each click encoding and pooling
+CLICK_START = "<!-- click comparison: generated from docs/demo/smgeo_click (tests/unit/test_readme.py) -->"
+CLICK_END = "<!-- end of the click comparison -->"
+LABELS = {"prompt": "prompt (the paper's)", "channel": "channel (the authors' code)", "mean": "mean (the paper's)",
+          "click": "click heat (ours)"}  # fmt: skip
+
+
+def click_comparison() -> str:
+    """The SMGeo quickstart once per (click encoding, query pooling): test acc@0.5 of the model and of the same
+    model with its click zeroed, each with its 95% interval, their paired difference, and the prompt against
+    the channel under each pooling (paired over the same 150 samples)."""
+    from geomoe.core.stats import paired_difference
+    from geomoe.families.smgeo.results import SMGeoResult
+
+    tests = {}
+    for run in sorted(CLICK_RUNS.iterdir()):
+        spec = json.loads((run / "spec.json").read_text())["model"]
+        result = SMGeoResult.of(json.loads((run / "results.json").read_text())["train"]["model"])
+        tests[spec["click"], spec["query_pool"]] = result.test
+    lines = ["| click | query pooling | acc@0.5 | click zeroed | with - without the click |", "|---|---|---|---|---|"]
+    for (click, pool), test in sorted(tests.items(), key=lambda item: (item[0][1] != "mean", item[0][0] != "prompt")):
+        ours, zeroed = test["smgeo"], test["click_zeroed"]
+        cells = [f"{r.overall['acc@0.5']:.2f} [{r.interval['acc@0.5'][0]:.1f}, {r.interval['acc@0.5'][1]:.1f}]"
+                 for r in (ours, zeroed)]  # fmt: skip
+        used = paired_difference(ours.values()["acc@0.5"], zeroed.values()["acc@0.5"])
+        lines.append(f"| {LABELS[click]} | {LABELS[pool]} | {cells[0]} | {cells[1]} | {used} |")
+    lines.append("")
+    for pool in sorted({pool for _, pool in tests}, key=lambda p: p != "mean"):
+        prompt, channel = (tests[click, pool]["smgeo"].values()["acc@0.5"] for click in ("prompt", "channel"))
+        lines.append(f"- prompt - channel, {LABELS[pool]} pooling: acc@0.5 {paired_difference(prompt, channel)}")
+    return "\n".join(lines)
+
+
+def test_the_guides_click_comparison_is_its_runs_own() -> None:
+    text = (REPO / "docs" / "guide.md").read_text()
+    assert text.count(CLICK_START) == 1 and text.count(CLICK_END) == 1
+    assert text[text.index(CLICK_START) + len(CLICK_START) : text.index(CLICK_END)].strip() == click_comparison()

@@ -15,7 +15,7 @@ from geomoe.core.metrics import box_iou
 from geomoe.families.smgeo.gmoe import ExpertFFN, GridMoE, dense_reference, sparse_dispatch
 from geomoe.families.smgeo.localization import augment_pair, centre_box_baseline, localization_report, size_bucket
 from geomoe.families.smgeo.losses import smgeo_objective, smgeo_targets
-from geomoe.families.smgeo.model import SMGeo, decode_boxes
+from geomoe.families.smgeo.model import ClickPrompt, SMGeo, decode_boxes
 from geomoe.families.smgeo.spec import SMGeoModelSpec
 
 TINY_GMOE = {"experts": 3, "top_k": 2, "grid": [2, 2], "blocks": ["none", "even", "all"]}
@@ -152,9 +152,10 @@ def test_each_view_routes_with_its_own_router() -> None:
     assert len(shared.moe_layers[0].routers) == 1
 
 
-def test_prediction_depends_on_query_image_and_click() -> None:
+@pytest.mark.parametrize("click", ["prompt", "channel"])
+def test_prediction_depends_on_query_image_and_click(click: str) -> None:
     torch.manual_seed(0)
-    model = SMGeo(tiny_spec()).eval()
+    model = SMGeo(tiny_spec(click=click)).eval()
     q, c, r = inputs()
     with torch.no_grad():
         base = model(q, c, r).heatmap_logits
@@ -187,7 +188,7 @@ def test_gmoe_blocks_equal_the_dense_block_at_init(dense_path: bool) -> None:
     shared = SMGeo(tiny_spec(gmoe={**moe, "share_per_stage": True}))
     assert shared.moe_layers[0].experts is shared.moe_layers[1].experts  # one pool per stage
     assert sparse.moe_layers[0].experts is not sparse.moe_layers[1].experts
-    x = torch.randn(1, 4, 64, 64)
+    x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(sparse.backbone.forward_features(x), dense.backbone.forward_features(x))
 
@@ -263,16 +264,35 @@ def test_augmentation_keeps_box_and_click_on_the_object() -> None:
         assert q[i, 0, cy, cx] == 1.0
 
 
-def test_objective_is_finite_and_trains_every_part() -> None:
+@pytest.mark.parametrize("click", ["prompt", "channel"])
+def test_objective_is_finite_and_trains_every_part(click: str) -> None:
     torch.manual_seed(0)
-    spec = tiny_spec()
+    spec = tiny_spec(click=click)
     model = SMGeo(spec)
     q, c, r = inputs(batch=4)
     loss, parts = smgeo_objective(model(q, c, r), torch.tensor([[8.0, 8.0, 24.0, 30.0]] * 4), (64, 64), spec.loss)
     loss.backward()
     assert torch.isfinite(loss) and set(parts) == {"heatmap", "box", "neg_entropy"}
     assert model.heatmap.weight.grad.abs().sum() > 0 and model.box.weight.grad.abs().sum() > 0
-    assert model.backbone.patch_embed.proj.weight.grad[:, 3].abs().sum() > 0  # the click channel learns
+    if click == "channel":
+        assert model.backbone.patch_embed.proj.weight.grad[:, 3].abs().sum() > 0  # the click channel learns
+    else:
+        assert model.prompt is not None and model.prompt.point.grad.abs().sum() > 0  # the prompt embedding learns
+        assert model.backbone.patch_embed.proj.weight.shape[1] == 3  # RGB only: pretrained weights fit as they are
+
+
+def test_click_prompt_reads_the_query_features_at_the_click() -> None:
+    """The encoding alone (features 0, the point embedding at its initial 0) attends to the query cell under the
+    click: the Fourier features' dot product is a kernel of the distance, one cell wide."""
+    prompt = ClickPrompt(64, cells_per_side=4)
+    features = torch.zeros(6, 4, 4, 64)
+    clicks = torch.tensor([[4.0, 4.0], [28.0, 4.0], [4.0, 28.0], [28.0, 28.0], [12.0, 20.0], [20.0, 12.0]])
+    cells = (clicks // 8).long()  # a 32-px query, 4 x 4 cells of 8 px
+    features[torch.arange(6), cells[:, 1], cells[:, 0], 10] = 1.0  # a marker in the clicked cell only
+    readout = prompt(features, clicks, (32, 32))
+    assert torch.all(readout[:, 10] > 0.35), readout[:, 10]  # the clicked cell: over 5x its uniform share (1/16)
+    far = prompt(features, 32 - clicks, (32, 32))  # the opposite corner: the marker is far away
+    assert torch.all(far[:, 10] < 0.05), far[:, 10]
 
 
 def test_pretrained_backbone_loads_from_a_local_file(tmp_path: Path) -> None:
@@ -377,3 +397,5 @@ def test_reports_label_our_design_choices() -> None:
     assert our_choices(SMGeoModelSpec(gmoe={"dense_path": False, "expert_mlp_ratio": None})) == []
     ours = our_choices(SMGeoModelSpec(query_pool="click", gmoe={"routers": "shared"}))  # the FFN kept: the default
     assert len(ours) == 3 and all("(ours" in choice for choice in ours) and "FFN kept" in ours[2]
+    authors = our_choices(SMGeoModelSpec(click="channel", gmoe={"dense_path": False, "expert_mlp_ratio": None}))
+    assert authors == ["the click as a 4th input channel (the authors' code; the paper encodes it as a prompt)"]

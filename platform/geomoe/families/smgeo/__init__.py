@@ -167,6 +167,8 @@ def our_choices(model: SMGeoModelSpec) -> list[str]:
     """Where this model departs from the paper's design (docs/guide.md: deviations), for the report's label."""
     g = model.gmoe
     choices = []
+    if model.click == "channel":
+        choices.append("the click as a 4th input channel (the authors' code; the paper encodes it as a prompt)")
     if model.query_pool == "click":
         choices.append("click-weighted query pooling (ours; the paper averages)")
     if g.routers == "shared":

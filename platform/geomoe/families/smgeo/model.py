@@ -1,7 +1,10 @@
 """SMGeo (the SMGeo paper; docs/protocols.md): drone query + click -> box of that object in a satellite tile.
 
 Forward steps (``SMGeo.forward``):
-1. query input = RGB + a click heat channel (a Gaussian at the click); reference input = RGB + a zero channel;
+1. the click enters in one of two ways (``click``): the paper's Fig. 4 encodes it as a prompt and fuses it in
+   the fusion module (``prompt``: ``ClickPrompt``, step 3; the backbone sees RGB only), or, as the authors'
+   public code does, as a fourth input channel, a Gaussian heat bump at the click (``channel``; the reference
+   gets a zero channel);
 2. one shared Swin (timm: windowed and shifted-window attention with relative position bias, Eq. 1-6) encodes
    both, with a grid-level sparse MoE (``gmoe.GridMoE``, Eq. 7-9) in the FFN of chosen blocks: beside the
    block's dense FFN (the paper's #P) or in its place; each view routes with its own router (Fig. 4);
@@ -39,8 +42,8 @@ HEATMAP_PRIOR = 0.1  # initial centre probability per cell (CenterNet's bias ini
 QUERY_VIEW, REFERENCE_VIEW = 0, 1  # router index of each view (GMoE routers per view, Fig. 4)
 
 
-def build_swin(spec: SwinSpec, image_size: int) -> Any:
-    """timm Swin with 4 input channels (RGB + click heat), any input size, no classifier.
+def build_swin(spec: SwinSpec, image_size: int, channels: int = 3) -> Any:
+    """timm Swin with ``channels`` input channels (RGB, or RGB + click heat), any input size, no classifier.
 
     ``spec.pretrained`` is a local file loaded through timm's own filter (it adapts the patch embedding to 4
     channels and the relative position tables to the window size); None keeps random weights.
@@ -53,7 +56,7 @@ def build_swin(spec: SwinSpec, image_size: int) -> Any:
         pretrained=spec.pretrained is not None,
         pretrained_cfg_overlay=overlay,
         num_classes=0,
-        in_chans=4,
+        in_chans=channels,
         img_size=image_size,
         embed_dim=spec.embed_dim,
         depths=tuple(spec.depths),
@@ -127,6 +130,46 @@ def click_heat(clicks_B2: torch.Tensor, height: int, width: int, sigma: float) -
     return torch.exp(-(dx**2 + dy**2) / (2 * sigma**2))[:, None]
 
 
+class ClickPrompt(nn.Module):
+    """The click as an encoded prompt, fused with the query features (Fig. 4, "fuses the features from the two
+    views with the encoded click prompts"; the paper names no encoder, so this follows SAM's point prompt).
+
+    Encoding: random Fourier features of the click's position in the query (fixed Gaussian frequencies, so
+    gamma(a) . gamma(b) is a Gaussian kernel of the distance a - b, about one query feature cell wide) plus a
+    learned point embedding. Fusion: the prompt attends over the query map, each cell's key being its feature
+    plus the same encoding of the cell's centre, and the readout (a C-vector) joins the pooled query vector of
+    Eq. 10. Adds C parameters: the intercept of Table II stays the paper's.
+    """
+
+    def __init__(self, dim: int, cells_per_side: int) -> None:
+        super().__init__()
+        if dim % 2:
+            raise ValueError(f"a click prompt needs an even feature width, got {dim}")
+        generator = torch.Generator().manual_seed(0)  # fixed frequencies: a buffer, saved with the weights
+        scale = cells_per_side / (2 * math.pi)  # kernel std = one cell of the query map
+        self.register_buffer("frequencies_2F", torch.randn(2, dim // 2, generator=generator) * scale)
+        self.point = nn.Parameter(torch.zeros(dim))
+        self.frequencies_2F: torch.Tensor
+
+    def encode(self, xy_N2: torch.Tensor) -> torch.Tensor:
+        """(N, C) Fourier features of positions in [0, 1]^2 (x, y as fractions of the query's width, height)."""
+        angles = 2 * math.pi * xy_N2.float() @ self.frequencies_2F
+        return torch.cat([angles.sin(), angles.cos()], dim=-1)
+
+    def forward(self, features_BhwC: torch.Tensor, clicks_B2: torch.Tensor, query_hw: tuple[int, int]) -> torch.Tensor:
+        """(B, C) readout of the query features at the click prompt."""
+        batch, h, w, dim = features_BhwC.shape
+        clicks = clicks_B2.float() / clicks_B2.new_tensor([query_hw[1], query_hw[0]]).float()
+        prompt_BC = self.encode(clicks) + self.point
+        ys = (torch.arange(h, device=clicks.device, dtype=torch.float32) + 0.5) / h
+        xs = (torch.arange(w, device=clicks.device, dtype=torch.float32) + 0.5) / w
+        centres_L2 = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1).reshape(h * w, 2)
+        flat = features_BhwC.reshape(batch, h * w, dim).float()
+        keys_BLC = flat + self.encode(centres_L2)[None]
+        weights_BL = torch.softmax(torch.einsum("bc,blc->bl", prompt_BC, keys_BLC) / math.sqrt(dim), dim=1)
+        return torch.einsum("bl,blc->bc", weights_BL, flat).to(features_BhwC.dtype)
+
+
 def conv_bn_relu(cin: int, cout: int) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
 
@@ -135,9 +178,11 @@ class SMGeo(nn.Module):
     def __init__(self, spec: SMGeoModelSpec) -> None:
         super().__init__()
         self.spec = spec
-        self.backbone = build_swin(spec.backbone, spec.reference_size)
+        self.backbone = build_swin(spec.backbone, spec.reference_size, 4 if spec.click == "channel" else 3)
         self.moe_layers = insert_gmoe(self.backbone, spec)  # also reachable through backbone (registered there)
         dim = int(self.backbone.num_features)
+        stride = 4 * 2 ** (len(spec.backbone.depths) - 1)  # Swin: patch 4, then each stage after the first halves
+        self.prompt = ClickPrompt(dim, max(1, spec.query_size // stride)) if spec.click == "prompt" else None
         self.head = nn.Sequential(
             conv_bn_relu(dim, spec.head_channels), conv_bn_relu(spec.head_channels, spec.head_channels)
         )
@@ -175,10 +220,16 @@ class SMGeo(nn.Module):
         heat = click_heat(clicks_B2, qh, qw, self.spec.click_sigma * qw)
         if not use_click:
             heat = torch.zeros_like(heat)
-        query, entropy_q = self.encode(torch.cat([query_B3HW, heat.to(query_B3HW.dtype)], dim=1), QUERY_VIEW)
-        blank = reference_B3HW.new_zeros(batch, 1, *reference_B3HW.shape[2:])
-        reference, entropy_r = self.encode(torch.cat([reference_B3HW, blank], dim=1), REFERENCE_VIEW)
+        if self.prompt is None:  # click: channel
+            query_B3HW = torch.cat([query_B3HW, heat.to(query_B3HW.dtype)], dim=1)
+            reference_B3HW = torch.cat(
+                [reference_B3HW, reference_B3HW.new_zeros(batch, 1, *reference_B3HW.shape[2:])], 1
+            )
+        query, entropy_q = self.encode(query_B3HW, QUERY_VIEW)
+        reference, entropy_r = self.encode(reference_B3HW, REFERENCE_VIEW)
         q_BC = self.query_vector(query, heat)
+        if self.prompt is not None and use_click:
+            q_BC = q_BC + self.prompt(query, clicks_B2, (qh, qw))
         dim = reference.shape[-1]
         attention_Bhw = torch.sigmoid(torch.einsum("bc,bhwc->bhw", q_BC, reference) / math.sqrt(dim))  # Eq. 10
         fused = (reference * attention_Bhw[..., None]).permute(0, 3, 1, 2)

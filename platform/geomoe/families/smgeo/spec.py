@@ -87,6 +87,11 @@ class SMGeoModelSpec(FamilyModelSpec):
     gmoe: GMoESpec = Field(default_factory=lambda: GMoESpec())
     query_size: int = Field(1024, ge=16, description="drone query side after resizing")
     reference_size: int = Field(1024, ge=16, description="satellite tile side after resizing")
+    click: Literal["prompt", "channel"] = Field(
+        "prompt",
+        description="the click as an encoded prompt fused with the query (Fig. 4, the paper's) or as a 4th input "
+        "channel of Gaussian heat (the authors' public code)",
+    )
     click_sigma: float = Field(0.03, gt=0, description="click heat Gaussian sigma / query side")
     query_pool: Literal["click", "mean"] = Field(
         "mean", description="query vector for Eq. 10: the paper's plain average, or our click-heat-weighted one"
