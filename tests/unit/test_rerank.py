@@ -14,6 +14,7 @@ from geomoe.core.retrieval.rerank import (
     LexicalScorer,
     best_per_candidate,
     candidate_triples,
+    caption_evidence,
     diversify,
     fuse_top_n,
     normalise,
@@ -70,6 +71,23 @@ def test_best_caption_per_candidate() -> None:
     sim_QM = np.array([[0.1, 0.5, 0.3, 0.2], [0.7, 0.0, 0.4, 0.9]])
     best = best_per_candidate(sim_QM[q, c], q, t, top.shape)
     np.testing.assert_allclose(best, [[0.2, 0.5, 0.3], [0.4, 0.9, 0.7]])
+
+
+def test_candidates_with_the_same_caption_tie_exactly_and_the_lower_index_wins() -> None:
+    """An embedder whose vectors depend on the batch (as padding to the batch's longest text makes them, in the
+    last bits) must not decide between two images with the same caption: each distinct text is embedded once."""
+
+    def batch_dependent(texts: list[str]) -> np.ndarray:
+        vectors = np.array([[1.0, len(t) / 100] for t in texts]) + 1e-9 * np.arange(len(texts))[:, None]
+        return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+    captions = ["a red roof", "a pond", "a red roof"]  # images 0 and 2 share a caption
+    first_caption, top = np.arange(4), np.array([[2, 1, 0]])
+    evidence = caption_evidence(["a red roof"], top, first_caption, captions, 1.0, 0.0, batch_dependent,
+                                LexicalScorer(captions))  # fmt: skip
+    assert evidence[0, 0] == evidence[0, 2]  # images 2 and 0: bit-identical evidence
+    fused = fuse_top_n(np.array([[0.5, 0.5, 0.5]]), evidence, top, 1.0, "zscore")
+    assert order(fused)[0][:2] == [0, 2]  # the tie goes to the lower gallery index
 
 
 def test_caption_store_round_trip_and_errors(tmp_path: Path) -> None:

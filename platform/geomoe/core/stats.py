@@ -38,6 +38,7 @@ def bootstrap_means(values_QM: np.ndarray, resamples: int = RESAMPLES, seed: int
         draws = rng.multinomial(n, counts / n, size=resamples)
         means: np.ndarray = draws @ rows / n
         return means
+    values = values[np.lexsort(values.T[::-1])]  # the same values in any query order draw the same resamples
     out = np.empty((resamples, values.shape[1]))
     step = max(1, CHUNK_ELEMENTS // n)
     for start in range(0, resamples, step):
@@ -63,13 +64,11 @@ def interval(
 def intervals(
     columns: Mapping[str, np.ndarray], level: float = LEVEL, resamples: int = RESAMPLES, seed: int = SEED
 ) -> dict[str, list[float]]:
-    """Name -> [lo, hi] for each column of per-query values (all the same queries, resampled jointly)."""
-    if not columns:
-        return {}
-    names = list(columns)
-    stacked = np.stack([np.asarray(columns[k], dtype=np.float64) for k in names], axis=1)
-    bounds = _bounds(bootstrap_means(stacked, resamples, seed), level)
-    return {k: [round(float(lo), 2), round(float(hi), 2)] for k, (lo, hi) in zip(names, bounds, strict=True)}
+    """Name -> [lo, hi] for each column of per-query values, each column resampled on its own with ``seed``: a
+    metric's interval depends only on its own values, not on the other columns (resampled jointly, R@1's interval
+    moved when R@10's values did) nor on the order of the queries."""
+    bounds = {k: interval(np.asarray(v, dtype=np.float64), level, resamples, seed) for k, v in columns.items()}
+    return {k: [round(lo, 2), round(hi, 2)] for k, (lo, hi) in bounds.items()}
 
 
 @dataclass(frozen=True)

@@ -99,13 +99,22 @@ def caption_evidence(
     q_P, t_P, c_P = candidate_triples(top_QT, first_caption)
     pair_P = np.zeros(len(q_P))
     if dense_weight and len(c_P):
+        q_QH = embed_once(embed_texts, list(queries))
         used_C, c_of_P = np.unique(c_P, return_inverse=True)
-        q_QH = embed_texts(list(queries))
-        c_CH = embed_texts([captions[int(c)] for c in used_C])
+        c_CH = embed_once(embed_texts, [captions[int(c)] for c in used_C])
         pair_P += dense_weight * np.einsum("pd,pd->p", q_QH[q_P], c_CH[c_of_P])
     if lexical_weight and len(c_P):
         pair_P += lexical_weight * lexical.pair_scores(queries, captions, q_P, c_P)
     return best_per_candidate(pair_P, q_P, t_P, top_QT.shape)
+
+
+def embed_once(embed_texts: Callable[[list[str]], np.ndarray], texts: list[str]) -> np.ndarray:
+    """(len(texts), H): each distinct text embedded once, in sorted order. A text's vector then does not depend on
+    which batch it shared with others (padding to a batch's longest text moves the last bits), so candidates with
+    the same caption tie exactly and the tie goes to the lower gallery index, as everywhere else."""
+    distinct, text_of = np.unique(np.asarray(texts, dtype=object).astype(str), return_inverse=True)
+    vectors: np.ndarray = embed_texts(distinct.tolist())[text_of]
+    return vectors
 
 
 def candidate_triples(top_QT: np.ndarray, first_caption: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
