@@ -65,6 +65,30 @@ def test_quickstart_job_runs_and_reports(tmp_path: Path, mlflow_server: str) -> 
     check_tracked_run(mlflow_server, results, done.stdout)
     again = run_cli(*args, cwd=tmp_path)  # finished outputs are reused, not redone
     assert again.returncode == 0 and json.loads((tmp_path / "runs/quickstart/results.json").read_text()) == results
+    fresh = tmp_path / "fresh"  # the same job from nothing, in another folder: the same numbers to the last digit
+    fresh.mkdir()
+    rerun = run_cli(*args, cwd=fresh, env=tracked)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert trained(fresh) == trained(tmp_path)  # point estimates, intervals and every query's rank, 3 models
+    assert tables_of(rerun.stdout) == tables_of(done.stdout)  # and the printed tables
+
+
+def trained(folder: Path) -> str:
+    """The train stage's results as canonical JSON, without what names the folder or the time (checkpoint paths)."""
+    results = json.loads((folder / "runs" / "quickstart" / "results.json").read_text())["train"]
+
+    def strip(node: object) -> object:
+        if isinstance(node, dict):
+            return {k: strip(v) for k, v in node.items() if k != "checkpoint"}
+        return [strip(v) for v in node] if isinstance(node, list) else node
+
+    return json.dumps(strip(results), sort_keys=True)
+
+
+def tables_of(stdout: str) -> str:
+    """The printed retrieval tables (from the first table's header to the sample query)."""
+    start = stdout.index("text -> image retrieval")
+    return stdout[start : stdout.index("sample query:", start)]
 
 
 def second_run_while_the_first_holds_the_folder(

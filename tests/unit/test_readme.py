@@ -1,8 +1,11 @@
 """The documents' run tables come from a run, not from typing: each block between a "run tables" marker and its end
 is what a job printed, rendered again here from that run's own files (``docs/demo/<run>``: the ``spec.json`` and
 ``results.json`` the job wrote into ``runs/<name>``, the train part kept). The README's demo tables are
-``docs/demo/quickstart`` (``make demo``); the guide's SMGeo tables are ``docs/demo/smgeo_*``. To refresh one
-after a change: run the job, copy the two files, paste ``geomoe report runs/<name>`` between the markers."""
+``docs/demo/quickstart`` (``make demo``); the guide's SMGeo tables are ``docs/demo/smgeo_click``. To refresh one
+after a change: run the job, copy the two files, paste ``geomoe report runs/<name>`` between the markers. A sweep
+report (docs/sweeps.md) is the same for a sweep: its sweep.json and each trial's trial_result.json and
+per_query.npz in ``docs/demo/sweeps/<experiment>``, and ``geomoe report runs/sweeps/<experiment>`` less its
+title between the markers."""
 
 from __future__ import annotations
 
@@ -20,6 +23,11 @@ DEMO = REPO / "docs" / "demo" / "quickstart"
 RUN_BLOCK = re.compile(
     r"<!-- run tables: generated from (docs/demo/[\w/-]+) \(tests/unit/test_readme.py\) -->\n"
     r"(.*?)\n<!-- end of the run tables -->",
+    re.S,
+)
+SWEEP_BLOCK = re.compile(
+    r"<!-- sweep report: generated from (docs/demo/sweeps/[\w-]+) \(tests/unit/test_readme.py\) -->\n"
+    r"(.*?)\n<!-- end of the sweep report -->",
     re.S,
 )
 DOCUMENTS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
@@ -43,6 +51,20 @@ def printed_tables(run: Path) -> str:
     results = json.loads((run / "results.json").read_text())
     (tables,) = printed_summaries(spec, {"train": results["train"]})
     return tables
+
+
+@pytest.mark.parametrize("document", DOCUMENTS, ids=lambda path: path.name)
+def test_every_sweep_report_is_its_sweeps_own(document: Path) -> None:
+    """A sweep's report in the docs is ``geomoe report``'s Markdown of the stored sweep (its sweep.json, each trial's
+    result and per-query values), less its title."""
+    from geomoe.core.sweep.tables import report_markdown
+
+    text = document.read_text()
+    blocks = SWEEP_BLOCK.findall(text)
+    assert len(blocks) == text.count("<!-- sweep report:"), "a sweep-report marker without its end marker"
+    for sweep, block in blocks:
+        title, rest = report_markdown(str(REPO / sweep)).split("\n", 1)
+        assert title.startswith("# Sweep ") and block.strip() == rest.strip(), sweep
 
 
 def test_the_readme_demo_tables_are_the_demo_runs_own_tables() -> None:

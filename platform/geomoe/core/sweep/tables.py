@@ -63,11 +63,19 @@ def trial_results(experiment: str) -> dict[str, dict[str, Any]]:
 def report_rows(experiment: str) -> tuple[SweepSpec, list[dict[str, Any]]]:
     """(sweep, rows): one row per expected (grid) or recorded trial, in the sweep's order; a finished trial's
     row carries its per-query values under "values"."""
+    return _rows(experiment, _saved_sweep(experiment))
+
+
+def _saved_sweep(experiment: str) -> dict[str, Any]:
     saved = storage.read_json_if_exists(storage.join(experiment, "sweep.json"))
     if saved is None:
         raise ExperimentError(
             f"{storage.redact(experiment)}: no sweep.json here; give the folder a sweep wrote (runs/sweeps/NAME)"
         )
+    return dict(saved)
+
+
+def _rows(experiment: str, saved: dict[str, Any]) -> tuple[SweepSpec, list[dict[str, Any]]]:
     sweep = SweepSpec.model_validate(saved["sweep"])
     recorded = trial_results(experiment)
     keys = list(saved["expected"]) + [k for k in recorded if k not in saved["expected"]]
@@ -306,16 +314,35 @@ def plot_parameter(sweep: SweepSpec, configs: list[Configuration], param: str, p
 def write_report(experiment: str) -> str:
     """Write report.md, report.csv and plot-<param>.png into ``experiment`` (a sweep's own folder: they replace
     only geomoe's files); return the Markdown."""
-    sweep, rows = report_rows(experiment)
+    saved = _saved_sweep(experiment)
     ownership.check_dir(experiment, ownership.Claim("experiment", stage="sweep"))  # the sweep's own folder
+    sweep, rows = _rows(experiment, saved)
     configs = configurations(sweep, rows)
+    text = _markdown(sweep, rows, configs, saved.get("benchmark"))
+    storage.write_text_atomic(storage.join(experiment, "report.md"), text)
+    storage.write_text_atomic(storage.join(experiment, "report.csv"), csv_text(sweep, rows, configs))
+    for param in _params_of(sweep):
+        plot_parameter(sweep, configs, param, storage.join(experiment, f"plot-{param.replace('.', '_')}.png"))
+    return text
+
+
+def report_markdown(experiment: str) -> str:
+    """The report's Markdown from a sweep's files, writing nothing (docs/sweeps.md's tables are this, tested)."""
+    saved = _saved_sweep(experiment)
+    sweep, rows = _rows(experiment, saved)
+    return _markdown(sweep, rows, configurations(sweep, rows), saved.get("benchmark"))
+
+
+def _markdown(sweep: SweepSpec, rows: list[dict[str, Any]], configs: list[Configuration], benchmark: str | None) -> str:
     counts = {s: sum(r["status"] == s for r in rows) for s in ("finished", "failed", "not run")}
     lines = [f"# Sweep {sweep.name}", "", f"trials: {counts}; metric {sweep.metric} ({sweep.mode})"]
     lines += ["intervals: 95% percentile bootstrap over the test (val_*: validation) queries, 1,000 resamples", ""]
     if sweep.paper:
         lines += [f"paper: {sweep.paper.source}"]
-        ours = storage.read_json(storage.join(experiment, "sweep.json")).get("benchmark")
-        lines += [f"ours: {ours}" if ours else "ours: (the benchmark was not recorded: a sweep from before it was)", ""]
+        recorded = (
+            f"ours: {benchmark}" if benchmark else "ours: (the benchmark was not recorded: a sweep from before it was)"
+        )
+        lines += [recorded, ""]
     lines += [markdown_table(sweep, rows), ""]
     lines += [*paper_notes(sweep), ""] if paper_notes(sweep) else []
     if sweep.seeds:
@@ -332,9 +359,4 @@ def write_report(experiment: str) -> str:
         mean, std = best.metric(sweep.metric)  # type: ignore[misc]
         spread = f" ± {std:.2f} over {len(best.trials)} seeds" if len(best.trials) > 1 else ""
         lines.append(f"best: {best.params} {sweep.metric} {mean:.2f}{spread}")
-    text = "\n".join(lines) + "\n"
-    storage.write_text_atomic(storage.join(experiment, "report.md"), text)
-    storage.write_text_atomic(storage.join(experiment, "report.csv"), csv_text(sweep, rows, configs))
-    for param in _params_of(sweep):
-        plot_parameter(sweep, configs, param, storage.join(experiment, f"plot-{param.replace('.', '_')}.png"))
-    return text
+    return "\n".join(lines) + "\n"
