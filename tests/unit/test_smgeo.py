@@ -3,6 +3,7 @@ augmentation, and the spec checks. Tiny Swin (embed 16, 3 stages), seeded, no Ra
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -293,6 +294,42 @@ def test_click_prompt_reads_the_query_features_at_the_click() -> None:
     assert torch.all(readout[:, 10] > 0.35), readout[:, 10]  # the clicked cell: over 5x its uniform share (1/16)
     far = prompt(features, 32 - clicks, (32, 32))  # the opposite corner: the marker is far away
     assert torch.all(far[:, 10] < 0.05), far[:, 10]
+
+
+def test_click_prompt_is_computed_in_fp32_under_autocast() -> None:
+    """A GPU step runs under bf16 autocast: the prompt's angles (tens of radians at 32 cells a side) would lose
+    half a radian in bf16, so the prompt opts out and gives exactly its fp32 readout (evaluation runs in fp32)."""
+    torch.manual_seed(0)
+    prompt = ClickPrompt(64, cells_per_side=32)
+    features, clicks = torch.randn(3, 32, 32, 64), torch.rand(3, 2) * 1024
+    plain = prompt(features, clicks, (1024, 1024))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        autocast = prompt(features, clicks, (1024, 1024))
+        assert torch.matmul(features[0], features[0].mT).dtype == torch.bfloat16  # autocast is on around it
+    assert torch.equal(autocast, plain)
+
+
+def test_a_checkpoint_from_before_the_click_prompt_loads_as_a_channel_model(tmp_path: Path) -> None:
+    """A stored spec without ``model.click`` was trained with the click as an input channel: it loads as one (read
+    as today's default, the 4-channel patch embedding would not fit)."""
+    from geomoe.core.config import load_job
+    from geomoe.core.models.checkpoint import save_checkpoint
+    from geomoe.families.smgeo.model import load_smgeo
+
+    torch.manual_seed(0)
+    spec = load_job(Path(__file__).resolve().parents[2] / "jobs" / "smgeo_quickstart.yaml")
+    spec = spec.model_copy(update={"model": tiny_spec(click="channel")})
+    model = SMGeo(spec.model_as(SMGeoModelSpec))
+    save_checkpoint(tmp_path / "old", model, spec, 1, 0)
+    manifest = tmp_path / "old" / "checkpoint.json"
+    raw = json.loads(manifest.read_text())
+    del raw["spec"]["model"]["click"]  # what a checkpoint written before the option holds
+    manifest.write_text(json.dumps(raw))
+    loaded, loaded_spec, _ = load_smgeo(str(tmp_path / "old"))
+    assert loaded_spec.model_as(SMGeoModelSpec).click == "channel" and loaded.prompt is None
+    q, c, r = inputs()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(q, c, r).heatmap_logits, model.eval()(q, c, r).heatmap_logits)
 
 
 def test_pretrained_backbone_loads_from_a_local_file(tmp_path: Path) -> None:

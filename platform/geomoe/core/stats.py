@@ -67,6 +67,10 @@ def intervals(
     """Name -> [lo, hi] for each column of per-query values, each column resampled on its own with ``seed``: a
     metric's interval depends only on its own values, not on the other columns (resampled jointly, R@1's interval
     moved when R@10's values did) nor on the order of the queries."""
+    if len({len(v) for v in columns.values()}) > 1:
+        raise ValueError(
+            f"intervals need one value per query in every column: lengths {[len(v) for v in columns.values()]}"
+        )
     bounds = {k: interval(np.asarray(v, dtype=np.float64), level, resamples, seed) for k, v in columns.items()}
     return {k: [round(lo, 2), round(hi, 2)] for k, (lo, hi) in bounds.items()}
 

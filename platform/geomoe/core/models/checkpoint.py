@@ -115,7 +115,10 @@ def read_trained(directory: str | Path) -> tuple[dict[str, Any], JobSpec]:
 
 
 def load_into(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # a tensor of another shape: the model was built differently
+        raise ModelError(f"checkpoint does not fit the model: {str(err)[:500]}") from err
     frozen = frozen_prefixes(model)
     missing = [k for k in missing if not frozen or not k.startswith(frozen)]
     if missing or unexpected:

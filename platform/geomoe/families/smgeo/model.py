@@ -135,10 +135,14 @@ class ClickPrompt(nn.Module):
     views with the encoded click prompts"; the paper names no encoder, so this follows SAM's point prompt).
 
     Encoding: random Fourier features of the click's position in the query (fixed Gaussian frequencies, so
-    gamma(a) . gamma(b) is a Gaussian kernel of the distance a - b, about one query feature cell wide) plus a
+    gamma(a) . gamma(b) is a Gaussian kernel of the distance a - b with a std of one query feature cell) plus a
     learned point embedding. Fusion: the prompt attends over the query map, each cell's key being its feature
     plus the same encoding of the cell's centre, and the readout (a C-vector) joins the pooled query vector of
-    Eq. 10. Adds C parameters: the intercept of Table II stays the paper's.
+    Eq. 10. The kernel's peak logit is sqrt(C) / 2, so at first the softmax is sharper than the kernel (a
+    neighbouring cell gets about exp(-sqrt(C) / 5) of the clicked cell's weight); training moves it through the
+    point embedding and the features. Adds C parameters: the intercept of Table II stays the paper's. Computed
+    in fp32 whatever autocast is on: in bf16 the angles (tens of radians at 32 cells a side) would lose half a
+    radian, and training would see a noisier encoding than evaluation, which runs in fp32.
     """
 
     def __init__(self, dim: int, cells_per_side: int) -> None:
@@ -158,6 +162,10 @@ class ClickPrompt(nn.Module):
 
     def forward(self, features_BhwC: torch.Tensor, clicks_B2: torch.Tensor, query_hw: tuple[int, int]) -> torch.Tensor:
         """(B, C) readout of the query features at the click prompt."""
+        with torch.autocast(features_BhwC.device.type, enabled=False):
+            return self._readout(features_BhwC, clicks_B2, query_hw).to(features_BhwC.dtype)
+
+    def _readout(self, features_BhwC: torch.Tensor, clicks_B2: torch.Tensor, query_hw: tuple[int, int]) -> torch.Tensor:
         batch, h, w, dim = features_BhwC.shape
         clicks = clicks_B2.float() / clicks_B2.new_tensor([query_hw[1], query_hw[0]]).float()
         prompt_BC = self.encode(clicks) + self.point
@@ -167,7 +175,7 @@ class ClickPrompt(nn.Module):
         flat = features_BhwC.reshape(batch, h * w, dim).float()
         keys_BLC = flat + self.encode(centres_L2)[None]
         weights_BL = torch.softmax(torch.einsum("bc,blc->bl", prompt_BC, keys_BLC) / math.sqrt(dim), dim=1)
-        return torch.einsum("bl,blc->bc", weights_BL, flat).to(features_BhwC.dtype)
+        return torch.einsum("bl,blc->bc", weights_BL, flat)
 
 
 def conv_bn_relu(cin: int, cout: int) -> nn.Sequential:
@@ -276,6 +284,10 @@ def load_smgeo(directory: str) -> tuple[SMGeo, JobSpec, dict[str, Any]]:
     from geomoe.core.models.checkpoint import load_into, read_trained
 
     payload, spec = read_trained(directory)
-    model = SMGeo(spec.model_as(SMGeoModelSpec))
+    model_spec = spec.model_as(SMGeoModelSpec)
+    if "click" not in payload["spec"]["model"]:  # trained before the click prompt: the click was an input channel
+        model_spec = model_spec.model_copy(update={"click": "channel"})
+        spec = spec.model_copy(update={"model": model_spec})
+    model = SMGeo(model_spec)
     load_into(model, payload["model"])
     return model.eval(), spec, payload
