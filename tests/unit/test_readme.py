@@ -104,22 +104,48 @@ def click_comparison() -> str:
     from geomoe.families.smgeo.results import SMGeoResult
 
     tests = {}
-    for run in sorted(CLICK_RUNS.iterdir()):
+    for run in sorted(path.parent for path in CLICK_RUNS.glob("*/spec.json")):
         spec = json.loads((run / "spec.json").read_text())["model"]
         result = SMGeoResult.of(json.loads((run / "results.json").read_text())["train"]["model"])
+        assert (spec["click"], spec["query_pool"]) not in tests, f"{run}: a second run of the same variant"
         tests[spec["click"], spec["query_pool"]] = result.test
-    lines = ["| click | query pooling | acc@0.5 | click zeroed | with - without the click |", "|---|---|---|---|---|"]
+    acc50 = {variant: {name: r.values()["acc@0.5"] for name, r in test.items()} for variant, test in tests.items()}
+    lines = [
+        "| click | query pooling | acc@0.5 | click zeroed | with - without the click | over the centre box |",
+        "|---|---|---|---|---|---|",
+    ]
     for (click, pool), test in sorted(tests.items(), key=lambda item: (item[0][1] != "mean", item[0][0] != "prompt")):
         ours, zeroed = test["smgeo"], test["click_zeroed"]
         cells = [f"{r.overall['acc@0.5']:.2f} [{r.interval['acc@0.5'][0]:.1f}, {r.interval['acc@0.5'][1]:.1f}]"
                  for r in (ours, zeroed)]  # fmt: skip
-        used = paired_difference(ours.values()["acc@0.5"], zeroed.values()["acc@0.5"])
-        lines.append(f"| {LABELS[click]} | {LABELS[pool]} | {cells[0]} | {cells[1]} | {used} |")
+        values = acc50[click, pool]
+        used = paired_difference(values["smgeo"], values["click_zeroed"])
+        centre = paired_difference(values["smgeo"], values["centre_box"])
+        lines.append(f"| {LABELS[click]} | {LABELS[pool]} | {cells[0]} | {cells[1]} | {used} | {centre} |")
     lines.append("")
     for pool in sorted({pool for _, pool in tests}, key=lambda p: p != "mean"):
-        prompt, channel = (tests[click, pool]["smgeo"].values()["acc@0.5"] for click in ("prompt", "channel"))
-        lines.append(f"- prompt - channel, {LABELS[pool]} pooling: acc@0.5 {paired_difference(prompt, channel)}")
+        d = paired_difference(acc50["prompt", pool]["smgeo"], acc50["channel", pool]["smgeo"])
+        lines.append(f"- prompt - channel, {LABELS[pool]} pooling: acc@0.5 {d}")
+    for click in ("prompt", "channel"):
+        d = paired_difference(acc50[click, "click"]["smgeo"], acc50[click, "mean"]["smgeo"])
+        lines.append(f"- click heat - mean pooling, {LABELS[click]}: acc@0.5 {d}")
     return "\n".join(lines)
+
+
+def test_every_stored_run_and_sweep_is_shown_somewhere() -> None:
+    """Each docs/demo folder is rendered by a block of some document (a run's tables, the click comparison, a
+    sweep's report): removing a block with its markers fails here."""
+    text = "\n".join(document.read_text() for document in DOCUMENTS)
+    shown = {run for run, _ in RUN_BLOCK.findall(text)} | {sweep for sweep, _ in SWEEP_BLOCK.findall(text)}
+    if CLICK_START in text:
+        shown |= {str(path.parent.relative_to(REPO)) for path in CLICK_RUNS.glob("*/spec.json")}
+    stored = {str(path.parent.relative_to(REPO)) for path in (REPO / "docs" / "demo").glob("*/spec.json")}
+    stored |= {str(path.parent.relative_to(REPO)) for path in (REPO / "docs" / "demo").glob("*/*/spec.json")}
+    stored |= {str(path.parent.relative_to(REPO)) for path in (REPO / "docs" / "demo" / "sweeps").glob("*/sweep.json")}
+    assert stored and stored <= shown, sorted(stored - shown)
+    assert "docs/demo/quickstart" in shown and "docs/demo/smgeo_click/prompt_mean" in {
+        r for r, _ in RUN_BLOCK.findall(text)
+    }
 
 
 def test_the_guides_click_comparison_is_its_runs_own() -> None:
