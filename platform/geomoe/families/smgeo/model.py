@@ -45,8 +45,8 @@ QUERY_VIEW, REFERENCE_VIEW = 0, 1  # router index of each view (GMoE routers per
 def build_swin(spec: SwinSpec, image_size: int, channels: int = 3) -> Any:
     """timm Swin with ``channels`` input channels (RGB, or RGB + click heat), any input size, no classifier.
 
-    ``spec.pretrained`` is a local file loaded through timm's own filter (it adapts the patch embedding to 4
-    channels and the relative position tables to the window size); None keeps random weights.
+    ``spec.pretrained`` is a local file loaded through timm's own filter (it adapts the patch embedding to the
+    input channels and the relative position tables to the window size); None keeps random weights.
     """
     import timm
 
