@@ -164,12 +164,12 @@ def _cmd_report(args: argparse.Namespace) -> None:
     folder = storage.absolute(args.experiment)
     is_run = storage.is_file(storage.join(folder, "results.json"))
     if is_run and not storage.is_file(storage.join(folder, "sweep.json")):
-        print(_run_report(folder))  # a job's run folder: what the job printed
+        print(run_report(folder))  # a job's run folder: what the job printed
     else:
         print(write_report(folder))
 
 
-def _run_report(run_dir: str) -> str:
+def run_report(run_dir: str) -> str:
     """A finished run's printed summaries, from its ``spec.json`` and ``results.json``."""
     from geomoe.core import storage
     from geomoe.core.config import JobSpec, parse_spec

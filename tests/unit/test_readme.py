@@ -15,9 +15,6 @@ from pathlib import Path
 
 import pytest
 
-from geomoe.core.config import JobSpec, parse_spec
-from geomoe.core.stages import printed_summaries
-
 REPO = Path(__file__).resolve().parents[2]
 DEMO = REPO / "docs" / "demo" / "quickstart"
 RUN_BLOCK = re.compile(
@@ -47,24 +44,9 @@ def code_block(text: str) -> str:
 
 def printed_tables(run: Path) -> str:
     """What the job of ``run`` (a docs/demo folder) printed, from its spec.json and results.json."""
-    spec = parse_spec(JobSpec, json.loads((run / "spec.json").read_text()), str(run / "spec.json"))
-    results = json.loads((run / "results.json").read_text())
-    (tables,) = printed_summaries(spec, {"train": results["train"]})
-    return tables
+    from geomoe.cli import run_report
 
-
-@pytest.mark.parametrize("document", DOCUMENTS, ids=lambda path: path.name)
-def test_every_sweep_report_is_its_sweeps_own(document: Path) -> None:
-    """A sweep's report in the docs is ``geomoe report``'s Markdown of the stored sweep (its sweep.json, each trial's
-    result and per-query values), less its title."""
-    from geomoe.core.sweep.tables import report_markdown
-
-    text = document.read_text()
-    blocks = SWEEP_BLOCK.findall(text)
-    assert len(blocks) == text.count("<!-- sweep report:"), "a sweep-report marker without its end marker"
-    for sweep, block in blocks:
-        title, rest = report_markdown(str(REPO / sweep)).split("\n", 1)
-        assert title.startswith("# Sweep ") and block.strip() == rest.strip(), sweep
+    return run_report(str(run))
 
 
 def test_the_readme_demo_tables_are_the_demo_runs_own_tables() -> None:

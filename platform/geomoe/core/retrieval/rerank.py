@@ -112,7 +112,7 @@ def embed_once(embed_texts: Callable[[list[str]], np.ndarray], texts: list[str])
     """(len(texts), H): each distinct text embedded once, in sorted order. A text's vector then does not depend on
     which batch it shared with others (padding to a batch's longest text moves the last bits), so candidates with
     the same caption tie exactly and the tie goes to the lower gallery index, as everywhere else."""
-    distinct, text_of = np.unique(np.asarray(texts, dtype=object).astype(str), return_inverse=True)
+    distinct, text_of = np.unique(np.array(texts, dtype=str), return_inverse=True)
     vectors: np.ndarray = embed_texts(distinct.tolist())[text_of]
     return vectors
 

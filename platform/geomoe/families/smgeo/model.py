@@ -198,19 +198,19 @@ class SMGeo(nn.Module):
         self.box = nn.Conv2d(spec.head_channels, 4, 1)
         nn.init.constant_(self.heatmap.bias, -math.log((1 - HEATMAP_PRIOR) / HEATMAP_PRIOR))  # type: ignore[arg-type]
 
-    def encode(self, image_B4HW: torch.Tensor, view: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def encode(self, image_BCHW: torch.Tensor, view: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Shared backbone: (B, h, w, C) features and each GMoE layer's neg-entropy of this pass.
         ``view`` (QUERY_VIEW or REFERENCE_VIEW) picks the GMoE layers' router when routers are per view."""
         for layer in self.moe_layers:
             layer.view = view
-        features = self.backbone.forward_features(image_B4HW)
+        features = self.backbone.forward_features(image_BCHW)
         return features, [layer.neg_entropy for layer in self.moe_layers]
 
-    def query_vector(self, features_BhwC: torch.Tensor, heat_B1HW: torch.Tensor) -> torch.Tensor:
+    def query_vector(self, features_BhwC: torch.Tensor, heat_B1HW: torch.Tensor | None) -> torch.Tensor:
         """Pooled query (B, C): click-heat-weighted average; the plain average without a click or in mean mode."""
         batch, h, w, _ = features_BhwC.shape
         flat = features_BhwC.reshape(batch, h * w, -1)
-        if self.spec.query_pool == "mean":
+        if self.spec.query_pool == "mean" or heat_B1HW is None:
             return flat.mean(dim=1)
         weight_BL = F.adaptive_avg_pool2d(heat_B1HW, (h, w)).reshape(batch, h * w)
         total = weight_BL.sum(dim=1, keepdim=True)
@@ -225,16 +225,17 @@ class SMGeo(nn.Module):
         """Heatmap logits (B, h, w), box regression (B, 4, h, w) in feature cells, fusion map (B, h, w), and
         the GMoE neg-entropy averaged over layers and both views (a scalar with gradient; 0 without GMoE)."""
         batch, _, qh, qw = query_B3HW.shape
-        heat = click_heat(clicks_B2, qh, qw, self.spec.click_sigma * qw)
-        if not use_click:
-            heat = torch.zeros_like(heat)
-        if self.prompt is None:  # click: channel
-            query_B3HW = torch.cat([query_B3HW, heat.to(query_B3HW.dtype)], dim=1)
-            reference_B3HW = torch.cat(
-                [reference_B3HW, reference_B3HW.new_zeros(batch, 1, *reference_B3HW.shape[2:])], 1
-            )
-        query, entropy_q = self.encode(query_B3HW, QUERY_VIEW)
-        reference, entropy_r = self.encode(reference_B3HW, REFERENCE_VIEW)
+        heat = None  # the click's Gaussian heat: built only where it is used (the channel, click pooling)
+        if self.prompt is None or self.spec.query_pool == "click":
+            heat = click_heat(clicks_B2, qh, qw, self.spec.click_sigma * qw)
+            heat = heat if use_click else torch.zeros_like(heat)
+        query_in, reference_in = query_B3HW, reference_B3HW
+        if self.prompt is None:  # click: channel (RGB + heat; the reference gets a zero channel)
+            assert heat is not None
+            query_in = torch.cat([query_B3HW, heat.to(query_B3HW.dtype)], dim=1)
+            reference_in = torch.cat([reference_B3HW, reference_B3HW.new_zeros(batch, 1, *reference_B3HW.shape[2:])], 1)
+        query, entropy_q = self.encode(query_in, QUERY_VIEW)
+        reference, entropy_r = self.encode(reference_in, REFERENCE_VIEW)
         q_BC = self.query_vector(query, heat)
         if self.prompt is not None and use_click:
             q_BC = q_BC + self.prompt(query, clicks_B2, (qh, qw))
