@@ -49,6 +49,20 @@ def printed_tables(run: Path) -> str:
     return run_report(str(run))
 
 
+@pytest.mark.parametrize("document", DOCUMENTS, ids=lambda path: path.name)
+def test_every_sweep_report_is_its_sweeps_own(document: Path) -> None:
+    """A sweep's report in the docs is ``geomoe report``'s Markdown of the stored sweep (its sweep.json, each trial's
+    result and per-query values), less its title."""
+    from geomoe.core.sweep.tables import report_markdown
+
+    text = document.read_text()
+    blocks = SWEEP_BLOCK.findall(text)
+    assert len(blocks) == text.count("<!-- sweep report:"), "a sweep-report marker without its end marker"
+    for sweep, block in blocks:
+        title, rest = report_markdown(str(REPO / sweep)).split("\n", 1)
+        assert title.startswith("# Sweep ") and block.strip() == rest.strip(), sweep
+
+
 def test_the_readme_demo_tables_are_the_demo_runs_own_tables() -> None:
     assert readme_tables() == printed_tables(DEMO)
 
