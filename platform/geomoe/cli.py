@@ -137,6 +137,30 @@ def _cmd_sweep(args: argparse.Namespace) -> None:
     print(f"sweep took {time.perf_counter() - started:.1f} s")
 
 
+def _cmd_calibrate(args: argparse.Namespace) -> None:
+    """Each mechanism's rows on its planted and null worlds (quiet as a sweep), then the calibration table."""
+    from geomoe.core.logs import run_logs
+    from geomoe.core.sweep import calibration, load_sweep
+    from geomoe.on_ray.calibrate import run_calibration
+
+    overrides = _sweep_overrides(args)
+    sweep, base_path = load_sweep(args.sweep, args.quickstart, overrides)
+    runs = calibration.plan(sweep, base_path, args.quick)  # a spec error stops here, before Ray starts
+    folder = calibration.location(sweep, Path.cwd().resolve())
+    verbose = bool(getattr(args, "verbose", False))
+    if not verbose:
+        _quiet_libraries()
+    trials = sum(len(r.sweep.variants or [0]) * len(r.sweep.seeds) for r in runs)
+    print(f"calibrate {sweep.name}: {len(runs)} world sweeps, about {trials} trials; logs: {folder}/logs",
+          file=sys.stderr, flush=True)  # fmt: skip
+    with run_logs(folder, verbose, _ray_session_logs):
+        folder, result = run_calibration(
+            args.sweep, args.quickstart, args.resume, overrides, quick=args.quick, quiet=not verbose
+        )
+    print(calibration.markdown(result), end="")
+    print(f"written to {folder}/{calibration.RESULT_MD}")
+
+
 def _dry_run(path: str, quickstart: bool, overrides: list[str]) -> str:
     """How many trials, what each asks of the cluster, what is searched and ranked by, then each trial's key,
     training data and overrides, without starting Ray or touching any data."""
@@ -329,6 +353,22 @@ def _sweep_parser(sub: Any) -> Any:
     return sweep
 
 
+def _calibrate_parser(sub: Any) -> Any:
+    calibrate = sub.add_parser(
+        "calibrate", help="run a sweep's mechanisms on planted and null synthgeo worlds: power and false alarms"
+    )
+    calibrate.add_argument("sweep", help="a sweep with a calibration section (search_spaces/pe_moe_ablation.yaml)")
+    calibrate.add_argument("--quickstart", action="store_true", help="the sweep's 2-core variant")
+    calibrate.add_argument("--quick", action="store_true", help="one seed and one A/A seed per configuration")
+    calibrate.add_argument("--resume", action="store_true", help="continue; finished trials stay")
+    calibrate.add_argument("--address", help="join this Ray cluster (the base job's resources.address)")
+    calibrate.add_argument(
+        "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="show every log line as it comes"
+    )
+    calibrate.set_defaults(fn=_cmd_calibrate)
+    return calibrate
+
+
 def _remote_parsers(sub: Any) -> Any:
     """``submit`` (returned: it takes --set) and ``job``."""
     submit = sub.add_parser("submit", help="run a job or a sweep on a remote Ray cluster (Ray Jobs)")
@@ -368,6 +408,7 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("job")
     prep.set_defaults(fn=_cmd_prepare)
     sweep = _sweep_parser(sub)
+    calibrate = _calibrate_parser(sub)
     report = sub.add_parser("report", help="a sweep's report next to the paper's numbers, or a job run's tables")
     report.add_argument(
         "experiment", help="a sweep's folder (runs/sweeps/smgeo_experts-quickstart) or a job's (runs/quickstart)"
@@ -388,7 +429,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("name", choices=benchmarks.names())
     bench.add_argument("--out", default="bench_results")
     bench.set_defaults(fn=_cmd_bench)
-    for command in (run, synth, prep, bench, submit, kube, sweep):
+    for command in (run, synth, prep, bench, submit, kube, sweep, calibrate):
         command.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a spec key")
     return parser
 

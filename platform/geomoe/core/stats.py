@@ -13,6 +13,7 @@ values (IoU) have about n distinct rows and are resampled by index, in chunks.
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -82,6 +83,7 @@ class Difference:
     delta: float
     lo: float
     hi: float
+    with_seeds: bool = False  # the interval counts training randomness (seeded_difference), not only queries
 
     @property
     def significant(self) -> bool:
@@ -101,6 +103,49 @@ def paired_difference(
         raise ValueError(f"a paired difference needs the same queries: {a.shape} vs {b.shape}")
     lo, hi = interval(a - b, level, resamples, seed)
     return Difference(float(np.mean(a - b)), lo, hi)
+
+
+# Student's t, 97.5% quantile, for 1..30 degrees of freedom (then 40, 60, 120 and the normal's 1.96).
+T_975 = (
+    *(12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131),
+    *(2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042),
+)
+
+
+def t_975(df: float) -> float:
+    """Student's t 97.5% quantile; a fractional df is rounded down (a wider interval: the safe side)."""
+    if df >= 1000:
+        return 1.960
+    k = math.floor(df)
+    if k < 1:
+        raise ValueError(f"t needs at least 1 degree of freedom, got {df}")
+    if k <= len(T_975):
+        return T_975[k - 1]
+    return 2.042 if k < 40 else 2.021 if k < 60 else 2.000 if k < 120 else 1.980  # each bracket's lower end
+
+
+def seeded_difference(a_SQ: np.ndarray, b_SQ: np.ndarray, resamples: int = RESAMPLES, seed: int = SEED) -> Difference:
+    """a's mean minus b's on the same Q queries, each configuration trained with S >= 2 seeds (rows), with a 95%
+    interval that counts training randomness as well as the choice of queries.
+
+    The paired bootstrap over queries alone treats the two configurations' trained models as fixed: two
+    trainings of one configuration then differ "significantly" whenever the queries are many. Here the variance
+    is the bootstrap's over queries (of the per-query difference of the seed-averaged values) plus each side's
+    spread between seeds, s^2 / S (s^2: the variance of one seed's mean over the queries); the interval is
+    delta +- t * sqrt(variance), t at the Welch-Satterthwaite degrees of freedom (the query term has infinitely
+    many). The per-query training noise enters both terms, which errs on the wide side."""
+    a, b = np.atleast_2d(np.asarray(a_SQ, dtype=np.float64)), np.atleast_2d(np.asarray(b_SQ, dtype=np.float64))
+    if a.shape[1] != b.shape[1] or min(len(a), len(b)) < 2:
+        raise ValueError(f"a seeded difference needs >= 2 seeds a side on the same queries: {a.shape} vs {b.shape}")
+    pooled = a.mean(axis=0) - b.mean(axis=0)
+    query_var = float(bootstrap_means(pooled, resamples, seed)[:, 0].var(ddof=1))
+    seed_terms = [float(x.mean(axis=1).var(ddof=1)) / len(x) for x in (a, b)]
+    total = query_var + sum(seed_terms)
+    denominator = sum(u * u / (len(x) - 1) for u, x in zip(seed_terms, (a, b), strict=True))
+    df = total * total / denominator if denominator > 0 else math.inf
+    half = t_975(df) * math.sqrt(total)
+    delta = float(pooled.mean())
+    return Difference(delta, delta - half, delta + half, with_seeds=True)
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:

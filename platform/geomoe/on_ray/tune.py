@@ -152,10 +152,15 @@ def run_sweep(
     """Run (or with ``resume`` continue) the sweep at ``path``, ``overrides`` applied to its base job; returns its
     experiment location. ``quiet``: Tune's own status tables off, a bar over the trials and a line per trial that
     ends instead (``geomoe.on_ray.tune_console``)."""
+    sweep, base_path = load_sweep(path, quickstart, overrides)
+    return run_loaded_sweep(sweep, base_path, resume, quiet)
+
+
+def run_loaded_sweep(sweep: SweepSpec, base_path: Path, resume: bool = False, quiet: bool = False) -> str:
+    """``run_sweep`` of a sweep spec already loaded (calibration runs derived sweeps this way)."""
     from geomoe.on_ray.ray_env import ensure_ray
     from ray import tune
 
-    sweep, base_path = load_sweep(path, quickstart, overrides)
     root = Path.cwd().resolve()
     experiment = experiment_location(sweep, root)
     ownership.claim_dir(experiment, ownership.Claim("output_root", sweep.name, "sweep"))  # before Tune writes there

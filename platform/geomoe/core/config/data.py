@@ -27,6 +27,30 @@ DEFAULT_PLATFORM_RULES = [
 ]
 
 
+class PlantedSpec(Strict):
+    """Planted effects (``geomoe calibrate``): each makes the premise of one mechanism a paper ablates true by
+    construction, to the degree its strength in [0, 1] says; strength 0 is that mechanism's null world. The
+    defaults are synthgeo as it always was (v3), draw for draw."""
+
+    caption_gap: float = Field(
+        1.0,
+        ge=0,
+        le=1,
+        description="textual domain alignment: the share of training captions written in the verbose generic style "
+        "(an opening, random attributes, filler) that test queries lack and refinement removes; the rest are written "
+        "like test queries. 0: training and test texts agree, nothing for alignment to fix",
+    )
+    platform_conflict: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="platform experts: the share of buildings whose drone views paint the roof in another colour "
+        "than the satellite shows (a fixed permutation) and whose ground views paint the facade in another material "
+        "than the drone shows, while every caption names the true ones: a word means different pixels per platform, "
+        "which one shared head must untangle and a head per platform need not. 0: the platforms agree",
+    )
+
+
 class SynthSpec(Strict):
     """Size of a generated synthgeo benchmark (see ``geomoe.core.data.synthgeo``)."""
 
@@ -48,6 +72,7 @@ class SynthSpec(Strict):
     localization_test: int = Field(8, ge=0)
     tile_size: int = Field(128, ge=32, description="satellite tile side for the localization layout")
     query_size: int = Field(64, ge=16, description="drone query side for the localization layout")
+    planted: PlantedSpec = Field(default_factory=PlantedSpec, description="planted effects (calibration worlds)")
 
 
 class DataSpec(Strict):

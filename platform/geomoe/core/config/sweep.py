@@ -64,6 +64,27 @@ class PaperSpec(Strict):
     )
 
 
+class CalibratedMechanism(Strict):
+    """One ablated mechanism and its planted world: the paper row that adds the mechanism (compared, as in the
+    verdicts, with the row before it) and the synthgeo knob that makes its premise true (``planted``) or false
+    (``unplanted``: the null world; a YAML key ``null`` would read as None)."""
+
+    name: str
+    row: str = Field(description="the label of the paper row that adds the mechanism")
+    knob: str = Field(pattern=r"^data\.synthesize\.planted\.[a-z_]+$", description="data.synthesize.planted.<effect>")
+    planted: float = Field(gt=0, le=1, description="the knob in the planted world")
+    unplanted: float = Field(0.0, ge=0, le=1, description="the knob in the null world, where the premise is false")
+
+
+class CalibrationSpec(Strict):
+    """``geomoe calibrate``: every mechanism's two rows swept on its planted and its null world, each configuration
+    on the sweep's seeds and again on ``aa_seeds`` (A/A comparisons: a configuration against itself)."""
+
+    mechanisms: list[CalibratedMechanism] = Field(min_length=1)
+    aa_seeds: list[int] = Field(min_length=1, description="seeds for the A/A repeats; none of the sweep's seeds")
+    overrides: list[str] = Field(default_factory=list, description="applied to every world's sweep after the sweep's")
+
+
 class SweepVariant(Strict):
     """The 2-core variant of a sweep (``--quickstart``): another base job and overrides; what else it gives
     (variants, params, num_samples, scheduler, max_concurrent) replaces the sweep's."""
@@ -76,6 +97,7 @@ class SweepVariant(Strict):
     scheduler: AshaSpec | None = None
     max_concurrent: int | None = Field(None, ge=1)
     seeds: list[int] | None = None
+    calibration: CalibrationSpec | None = None
 
 
 class SweepSpec(Strict):
@@ -106,6 +128,9 @@ class SweepSpec(Strict):
     trial_cpus: float = Field(0.5, gt=0, description="the trial's own process; its Train workers come on top")
     output_root: str = "runs/sweeps"
     paper: PaperSpec | None = None
+    calibration: CalibrationSpec | None = Field(
+        None, description="planted-effect worlds for the paper rows' mechanisms (geomoe calibrate; synthgeo jobs)"
+    )
     quickstart: SweepVariant | None = None
 
     @model_validator(mode="after")
@@ -121,6 +146,8 @@ class SweepSpec(Strict):
             raise ValueError("seeds: repeat seeds with searcher grid (a searcher draws its own trials)")
         if len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds: {self.seeds} repeats a seed")
+        if self.calibration and set(self.calibration.aa_seeds) & set(self.seeds):
+            raise ValueError(f"calibration.aa_seeds {self.calibration.aa_seeds} must differ from seeds {self.seeds}")
         if "seed" in self.params:
             raise ValueError("params.seed: give seeds as the sweep's seeds list")
         swept_data = [k for k in self.params if k.split(".")[0] in ("data", "preprocess")]

@@ -27,6 +27,7 @@ from geomoe.core.stats import (
     mean_std,
     paired_difference,
     pooled_over_seeds,
+    seeded_difference,
     verdict,
 )
 from geomoe.core.sweep import SEED, VARIANT
@@ -150,6 +151,12 @@ class Configuration:
         arrays = [t.get("values", {}).get(name) for t in self.trials]
         return pooled_over_seeds(arrays, [(t.get("query_sets") or {}).get(name) for t in self.trials])
 
+    def seed_values(self, name: str) -> np.ndarray | None:
+        """(seeds, queries) values of ``name``, one row per seed (None as for ``pooled``)."""
+        if self.pooled(name) is None:
+            return None
+        return np.stack([np.asarray(t["values"][name], dtype=np.float64) for t in self.trials])
+
     def matches(self, wanted: dict[str, Any]) -> bool:
         return all(self.params.get(k) == v for k, v in wanted.items())
 
@@ -185,12 +192,15 @@ def aggregate_table(sweep: SweepSpec, configs: list[Configuration]) -> str:
 
 
 def compare(a: Configuration, b: Configuration, metric: str) -> Difference | None:
-    """a - b on ``metric``, paired over the same queries (each configuration's values averaged over its seeds);
-    None without per-query values of the same query set."""
-    va, vb = a.pooled(metric), b.pooled(metric)
-    if va is None or vb is None or va.shape != vb.shape or a.query_set(metric) != b.query_set(metric):
+    """a - b on ``metric``, paired over the same queries; None without per-query values of the same query set.
+    With two or more seeds a side the interval counts the spread between seeds too (``stats.seeded_difference``);
+    with one seed a side it cannot, and is the paired bootstrap over queries of the seed-averaged values."""
+    va, vb = a.seed_values(metric), b.seed_values(metric)
+    if va is None or vb is None or va.shape[1] != vb.shape[1] or a.query_set(metric) != b.query_set(metric):
         return None
-    return paired_difference(va, vb)
+    if min(len(va), len(vb)) >= 2:
+        return seeded_difference(va, vb)
+    return paired_difference(va.mean(axis=0), vb.mean(axis=0))
 
 
 def verdicts(sweep: SweepSpec, configs: list[Configuration]) -> list[dict[str, Any]]:
@@ -219,6 +229,14 @@ def verdicts(sweep: SweepSpec, configs: list[Configuration]) -> list[dict[str, A
                 entry |= {"ours": found, "verdict": verdict(claimed, found)}
             out.append(entry)
     return out
+
+
+_DIFFERENCE_NOTE = {
+    True: "ours Δ: 95% interval over queries and seeds (paired over queries; each side's spread between seeds "
+    "added; Student's t)",
+    False: "ours Δ: 95% paired bootstrap over queries only: one seed a side cannot show training randomness, so a "
+    "verdict can be a difference between two trainings (geomoe calibrate measures how often)",
+}
 
 
 def verdict_table(entries: list[dict[str, Any]]) -> str:
@@ -350,7 +368,8 @@ def _markdown(sweep: SweepSpec, rows: list[dict[str, Any]], configs: list[Config
         lines += [aggregate_table(sweep, configs), ""]
     entries = verdicts(sweep, configs)
     if entries:
-        lines += [f"verdicts: each paper row against the row before it ({sweep.metric} first)", ""]
+        lines += [f"verdicts: each paper row against the row before it ({sweep.metric} first)"]
+        lines += [_DIFFERENCE_NOTE[len(sweep.seeds) >= 2], ""]
         lines += [verdict_table(entries), ""]
     best = best_configuration(sweep, configs)
     if best is None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,7 @@ from geomoe.core.data.cvogl import write_cvogl_split
 from geomoe.core.data.geotext import write_geotext_annotations
 from geomoe.core.data.synthgeo.captions import TEST_QUERY, TRAIN_CAPTION, scene_caption, vocabulary_overlap
 from geomoe.core.data.synthgeo.render import render_drone, render_ground, render_satellite
-from geomoe.core.data.synthgeo.scene import Building, sample_building
+from geomoe.core.data.synthgeo.scene import CONFLICTING_FACADE, CONFLICTING_ROOF, Building, sample_building
 from geomoe.core.data.synthgeo.tiles import render_query, render_tile, sample_tile
 from geomoe.core.data.track4 import write_queries
 from geomoe.core.data.transforms import split_sentences
@@ -39,15 +40,42 @@ MANIFEST = "synthgeo.json"
 GEOTEXT_TEST_FILE = "test_951_version.json"
 GALLERY_CAPTIONS = "gallery_captions.parquet"
 VERSION = 3  # 2: + gallery_captions.parquet; 3: platform-specific attributes and captions. Another is regenerated
+PLANTED_CAPTION_GAP, PLANTED_CONFLICT = 1, 2  # the planted effects' generator tags (_planted_draw)
 
 
-def _views(b: Building, spec: SynthSpec, rng: np.random.Generator) -> list[tuple[str, str, Image.Image]]:
-    """(file name, platform, image) for every view of one building, in GeoText-1652 naming."""
+def _views(
+    b: Building, spec: SynthSpec, rng: np.random.Generator, conflicted: bool = False
+) -> list[tuple[str, str, Image.Image]]:
+    """(file name, platform, image) for every view of one building, in GeoText-1652 naming; ``conflicted``: the
+    drone paints the roof and the ground the facade in permuted colours (the platform-conflict world)."""
     size = spec.image_size
+    drone_b = replace(b, roof_color=CONFLICTING_ROOF[b.roof_color]) if conflicted else b
+    ground_b = replace(b, facade=CONFLICTING_FACADE[b.facade]) if conflicted else b
     views = [(f"{b.building_id}.jpg", "satellite", render_satellite(b, size, rng))]
-    views += [(f"image-{i + 1:02d}.jpeg", "drone", render_drone(b, size, rng)) for i in range(spec.drone_views)]
-    views += [(f"street-{i + 1:02d}.jpg", "ground", render_ground(b, size, rng)) for i in range(spec.ground_views)]
+    views += [(f"image-{i + 1:02d}.jpeg", "drone", render_drone(drone_b, size, rng)) for i in range(spec.drone_views)]
+    views += [
+        (f"street-{i + 1:02d}.jpg", "ground", render_ground(ground_b, size, rng)) for i in range(spec.ground_views)
+    ]
     return views
+
+
+def _planted_draw(spec: SynthSpec, building_id: str, effect: int) -> np.random.Generator:
+    """A planted effect's own generator per building: a world with effects drawn from it keeps every other draw
+    of the building (its attributes, pixels and caption words) where the default world has it."""
+    return np.random.default_rng([spec.seed, int(building_id), effect])
+
+
+def _train_captions(
+    b: Building, platform: str, spec: SynthSpec, rng: np.random.Generator, coins: np.random.Generator
+) -> list[str]:
+    """A training image's captions: generic and verbose, or (the caption-gap world's share 1 - gap, decided by
+    ``coins``) worded like a test query of its platform."""
+    gap = spec.planted.caption_gap
+    captions = []
+    for _ in range(spec.train_captions):
+        generic = gap >= 1 or coins.random() < gap
+        captions.append(TRAIN_CAPTION[platform](b, rng) if generic else TEST_QUERY[platform](b, rng))
+    return captions
 
 
 SCENE_CAPTIONER = "synthgeo-scene-graph"
@@ -62,7 +90,10 @@ def _write_retrieval_split(
     for building_id in ids:
         rng = np.random.default_rng([spec.seed, int(building_id)])
         building = sample_building(building_id, rng)
-        for name, platform, image in _views(building, spec, rng):
+        conflict = spec.planted.platform_conflict
+        conflicted = conflict > 0 and _planted_draw(spec, building_id, PLANTED_CONFLICT).random() < conflict
+        caption_coins = _planted_draw(spec, building_id, PLANTED_CAPTION_GAP)
+        for name, platform, image in _views(building, spec, rng, conflicted):
             image_id = f"{building_id}/{name}"
             path = root / "images" / split / image_id
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -71,8 +102,7 @@ def _write_retrieval_split(
             scene = scene_caption(building, platform)
             described.append({"image_id": image_id, "caption": scene, "model_id": SCENE_CAPTIONER, "prompt_sha256": ""})
             if split == "train":
-                for _ in range(spec.train_captions):
-                    caption = TRAIN_CAPTION[platform](building, rng)
+                for caption in _train_captions(building, platform, spec, rng, caption_coins):
                     entries.append(
                         {
                             "image_id": image_id,

@@ -68,6 +68,10 @@ VISIBLE: dict[str, tuple[str, ...]] = {
     "drone": ("roof", "facade", "floors", "rooftop", "extras", "trees"),
     "ground": ("facade", "floors", "windows", "entrance", "sign", "furniture", "trees"),
 }
+# The platform-conflict world (``planted.platform_conflict``): the drone shows each roof colour as another, the
+# ground each facade as another; fixed derangements, so a colour word means one thing per platform.
+CONFLICTING_ROOF = dict(zip(ROOF_COLORS, list(ROOF_COLORS)[4:] + list(ROOF_COLORS)[:4], strict=True))
+CONFLICTING_FACADE = dict(zip(FACADE_COLORS, list(FACADE_COLORS)[2:] + list(FACADE_COLORS)[:2], strict=True))
 GRASS = (96, 138, 70)
 ROAD = (70, 70, 74)
 TREE = (34, 96, 40)

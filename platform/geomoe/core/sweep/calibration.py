@@ -1,0 +1,246 @@
+"""Calibration of a sweep's verdicts on planted-effect worlds (core, no Ray): can the sweep see an effect when
+there is one, and does it stay quiet when there is none?
+
+For each mechanism of ``sweep.calibration`` (a paper row and the synthgeo knob that plants its premise), the
+sweep's two rows (that row and the one before it) are swept on two worlds: the planted one (the premise true)
+and the null one (false). Each configuration runs on the sweep's seeds and again on ``aa_seeds``. From the
+finished trials, with the report's own machinery (seed pooling, paired bootstrap intervals, verdicts):
+- the mechanism's comparison on each world (the sweep's seeds), against the paper's direction: on the planted
+  world "reproduced" is a detection; on the null world anything but "inconclusive" is a false alarm;
+- A/A comparisons: each configuration on the sweep's seeds against itself on ``aa_seeds`` (the true difference
+  is zero by construction), on both worlds: anything but "inconclusive" is a false alarm.
+Power is the share of planted comparisons detected; the false-alarm rate is the share of null comparisons
+(null-world mechanism comparisons and all A/A) with a verdict other than "inconclusive", which a 95% interval
+keeps near 5% only if it accounts for everything that varies between the two sides.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from geomoe.core import storage
+from geomoe.core.config import SweepSpec, load_job
+from geomoe.core.config.sweep import CalibratedMechanism, PaperRow, SearchSpec
+from geomoe.core.errors import SpecError
+from geomoe.core.stats import Difference, verdict
+from geomoe.core.sweep import SEED, VARIANT
+from geomoe.core.sweep.tables import Configuration, compare, configurations, report_rows
+
+WORLDS = ("planted", "null")
+RESULT_JSON = "calibration.json"
+RESULT_MD = "calibration.md"
+
+
+@dataclass(frozen=True)
+class WorldRun:
+    """One mechanism on one world: the sweep that runs its two rows there."""
+
+    mechanism: CalibratedMechanism
+    world: str
+    strength: float
+    sweep: SweepSpec
+
+
+def location(sweep: SweepSpec, root: Path) -> str:
+    """The calibration's folder: <output_root>/<sweep name>-calibration (each world's sweep is inside it)."""
+    return storage.absolute(storage.join(sweep.output_root, f"{sweep.name}-calibration"), root)
+
+
+def slug(name: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-")
+
+
+def _rows(sweep: SweepSpec, mechanism: CalibratedMechanism) -> tuple[PaperRow, PaperRow]:
+    rows = sweep.paper.rows if sweep.paper else []
+    labels = [r.label for r in rows]
+    if mechanism.row not in labels[1:]:
+        raise SpecError(sweep.name, "calibration.mechanisms.row", f"{mechanism.row!r}: not a paper row after the first")
+    at = labels.index(mechanism.row)
+    return rows[at - 1], rows[at]
+
+
+def _narrowed(sweep: SweepSpec, before: PaperRow, row: PaperRow) -> dict[str, Any]:
+    """The variants and grid values of just the two rows (every swept key must be given by both rows)."""
+    swept = ([VARIANT] if sweep.variants else []) + list(sweep.params)
+    missing = [k for k in swept if k not in before.params or k not in row.params]
+    if missing:
+        raise SpecError(sweep.name, "paper.rows", f"calibrated rows must give every swept key; missing {missing}")
+    wanted = {VARIANT: [before.params.get(VARIANT), row.params.get(VARIANT)]}
+    variants = {k: v for k, v in sweep.variants.items() if k in wanted[VARIANT]}
+    params = {
+        k: SearchSpec(grid=[before.params[k]] + ([row.params[k]] if row.params[k] != before.params[k] else []))
+        for k in sweep.params
+    }
+    return {"variants": variants, "params": params}
+
+
+def _world_folders(base_path: Path, overrides: list[str], sweep_name: str) -> list[str]:
+    """Overrides that give a world its own synthgeo and prepared folders (the base job's layout kept), named by
+    every planted knob's value: two mechanisms whose worlds coincide share them."""
+    base = load_job(base_path, overrides)
+    synth = base.data.synthesize
+    if synth is None or synth.output_dir is None:
+        raise SpecError(str(base_path), "data.synthesize", "calibration plants effects in synthgeo: the job needs it")
+    inside = PurePosixPath(base.data.root).relative_to(PurePosixPath(synth.output_dir))
+    world_name = "_".join(f"{k}-{v:g}" for k, v in synth.planted.model_dump().items())
+    data = f"data/calibration/{sweep_name}/{world_name}"
+    return [
+        f"data.synthesize.output_dir={data}",
+        f"data.root={PurePosixPath(data) / inside}",
+        f"preprocess.output_dir=runs/calibration/{sweep_name}/{world_name}/prepared",
+    ]
+
+
+def plan(sweep: SweepSpec, base_path: Path, quick: bool = False) -> list[WorldRun]:
+    """Every mechanism's planted and null world sweeps; ``quick``: the first seed and first A/A seed only."""
+    calibration = sweep.calibration
+    if calibration is None:
+        raise SpecError(sweep.name, "calibration", "this sweep has no calibration section")
+    seeds, aa = main_seeds(sweep, quick), aa_seeds(sweep, quick)
+    runs = []
+    for mechanism in calibration.mechanisms:
+        before, row = _rows(sweep, mechanism)
+        for world, strength in zip(WORLDS, (mechanism.planted, mechanism.unplanted), strict=True):
+            overrides = [*sweep.overrides, *calibration.overrides, f"{mechanism.knob}={strength}"]
+            overrides += _world_folders(base_path, overrides, sweep.name)
+            update = _narrowed(sweep, before, row) | {
+                "name": f"{slug(mechanism.name)}-{world}",
+                "output_root": storage.join(sweep.output_root, f"{sweep.name}-calibration"),
+                "overrides": overrides,
+                "seeds": [*seeds, *aa],
+                "calibration": None,
+                "quickstart": None,
+                "paper": sweep.paper.model_copy(update={"rows": [before, row]}) if sweep.paper else None,
+            }
+            world_sweep = SweepSpec.model_validate(sweep.model_dump() | update)
+            runs.append(WorldRun(mechanism, world, strength, world_sweep))
+    return runs
+
+
+def main_seeds(sweep: SweepSpec, quick: bool = False) -> list[int]:
+    seeds = sweep.seeds or [0]
+    return seeds[:1] if quick else seeds
+
+
+def aa_seeds(sweep: SweepSpec, quick: bool = False) -> list[int]:
+    seeds = sweep.calibration.aa_seeds if sweep.calibration else []
+    return seeds[:1] if quick else seeds
+
+
+def _on_seeds(config: Configuration, seeds: list[int]) -> Configuration:
+    return Configuration(config.params, [t for t in config.trials if (t.get("params") or {}).get(SEED) in seeds])
+
+
+def _entry(run: WorldRun, comparison: str, metric: str, ours: Difference | None, claimed: float) -> dict[str, Any]:
+    """One comparison's row; ``claimed``: the paper's change (0 for an A/A comparison)."""
+    found = verdict(claimed, ours) if ours is not None else "no paired values"
+    if comparison == "mechanism" and run.world == "planted":
+        kind, as_expected = "planted", found == "reproduced"
+    else:
+        kind, as_expected = "null", found == "inconclusive"
+    return {
+        "mechanism": run.mechanism.name,
+        "row": run.mechanism.row,
+        "world": run.world,
+        "knob": run.mechanism.knob,
+        "strength": run.strength,
+        "comparison": comparison,
+        "metric": metric,
+        "paper_delta": round(claimed, 2),
+        "ours": None if ours is None else asdict(ours),
+        "verdict": found,
+        "kind": kind,
+        "as_expected": as_expected,
+    }
+
+
+def analyse(run: WorldRun, experiment: str, seeds: list[int], aa: list[int]) -> list[dict[str, Any]]:
+    """The world's comparisons: the mechanism on ``seeds``, then each configuration's A/A (``seeds`` vs ``aa``)."""
+    sweep = run.sweep
+    assert sweep.paper is not None and len(sweep.paper.rows) == 2, "a calibration world sweeps two paper rows"
+    before, row = sweep.paper.rows
+    configs = configurations(*report_rows(experiment))
+    metrics = [m for m in [sweep.metric, *sweep.report_metrics] if m in row.metrics and m in before.metrics]
+    metrics = list(dict.fromkeys(metrics))
+    found = {label: [c for c in configs if c.matches(r.params)] for label, r in (("a", row), ("b", before))}
+    if len(found["a"]) != 1 or len(found["b"]) != 1:
+        return [_entry(run, "mechanism", m, None, row.metrics[m] - before.metrics[m]) for m in metrics]
+    a, b = found["a"][0], found["b"][0]
+    entries = []
+    for metric in metrics:
+        diff = compare(_on_seeds(a, seeds), _on_seeds(b, seeds), metric)
+        entries.append(_entry(run, "mechanism", metric, diff, row.metrics[metric] - before.metrics[metric]))
+    for label, config in ((row.label, a), (before.label, b)):
+        for metric in metrics:
+            diff = compare(_on_seeds(config, seeds), _on_seeds(config, aa), metric)
+            entries.append(_entry(run, f"A/A: {label}", metric, diff, 0.0))
+    return entries
+
+
+def wilson(successes: int, total: int, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson 95% interval of a proportion, in percent."""
+    if total == 0:
+        return 0.0, 100.0
+    p = successes / total
+    centre = (p + z * z / (2 * total)) / (1 + z * z / total)
+    half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / (1 + z * z / total)
+    return 100 * max(0.0, centre - half), 100 * min(1.0, centre + half)
+
+
+def summary(entries: list[dict[str, Any]]) -> dict[str, Any]:
+    """Power (planted comparisons detected) and false alarms (null comparisons not inconclusive), each with its
+    count and Wilson interval; per metric row, since one comparison's metrics are correlated."""
+    out: dict[str, Any] = {}
+    for kind, name in (("planted", "power"), ("null", "false_alarms")):
+        chosen = [e for e in entries if e["kind"] == kind and e["verdict"] != "no paired values"]
+        hits = sum(e["as_expected"] != (kind == "null") for e in chosen)
+        lo, hi = wilson(hits, len(chosen))
+        out[name] = {"count": hits, "of": len(chosen), "percent": 100 * hits / len(chosen) if chosen else None}
+        out[name] |= {"interval": [round(lo, 1), round(hi, 1)]}
+    return out
+
+
+def _ours(e: dict[str, Any]) -> str:
+    """The difference; "†" marks an interval over queries only (one seed a side: training randomness not in it)."""
+    if not e["ours"]:
+        return "-"
+    found = Difference(**e["ours"])
+    return str(found) if found.with_seeds else f"{found} †"
+
+
+def markdown(result: dict[str, Any]) -> str:
+    """The calibration table (one row per comparison and metric) and its power and false-alarm lines."""
+    head = ["mechanism", "world", "strength", "comparison", "metric", "paper Δ", "ours Δ [95% paired]", "verdict"]
+    lines = ["| " + " | ".join([*head, "as expected"]) + " |", "|---|---|---|---|---|---|---|---|---|"]
+    for e in result["entries"]:
+        cells = [e["mechanism"], e["world"], f"{e['knob'].rsplit('.', 1)[-1]}={e['strength']:g}", e["comparison"]]
+        cells += [e["metric"], f"{e['paper_delta']:+.2f}", _ours(e), e["verdict"]]
+        cells.append("yes" if e["as_expected"] else "**no**")
+        lines.append("| " + " | ".join(cells) + " |")
+    s = result["summary"]
+    power, alarms = s["power"], s["false_alarms"]
+    lines += ["", _rate("power (planted comparisons reproduced)", power)]
+    lines.append(_rate("false alarms (null and A/A comparisons not inconclusive)", alarms))
+    if any(e["ours"] and not e["ours"]["with_seeds"] for e in result["entries"]):
+        lines.append("†: one seed a side, so the interval is over queries only and cannot count training randomness")
+    lines.append(f"seeds {result['seeds']}, A/A seeds {result['aa_seeds']}; wall time {result['wall_s']:.0f} s")
+    return "\n".join(lines) + "\n"
+
+
+def _rate(label: str, rate: dict[str, Any]) -> str:
+    if not rate["of"]:
+        return f"{label}: none"
+    lo, hi = rate["interval"]
+    return f"{label}: {rate['count']}/{rate['of']} = {rate['percent']:.1f}% [Wilson 95%: {lo:.1f}, {hi:.1f}]"
+
+
+def write(folder: str, result: dict[str, Any]) -> str:
+    """calibration.json and calibration.md into the calibration's folder; returns the Markdown."""
+    text = markdown(result)
+    storage.write_text_atomic(storage.join(folder, RESULT_JSON), json.dumps(result, indent=1, sort_keys=True) + "\n")
+    storage.write_text_atomic(storage.join(folder, RESULT_MD), text)
+    return text

@@ -1,0 +1,47 @@
+"""``geomoe calibrate``: a sweep's mechanisms on their planted and null synthgeo worlds, through Ray Tune exactly
+as ``geomoe sweep`` runs them, then the calibration table (geomoe.core.sweep.calibration)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from geomoe.core import ownership, storage
+from geomoe.core.sweep import calibration, experiment_location, load_sweep
+from geomoe.on_ray.tune import run_loaded_sweep
+
+
+def run_calibration(
+    path: str | Path,
+    quickstart: bool = False,
+    resume: bool = False,
+    overrides: Sequence[str] = (),
+    quick: bool = False,
+    quiet: bool = False,
+) -> tuple[str, dict[str, Any]]:
+    """Run every world's sweep (``resume``: continue them), then write and return the calibration (its folder and
+    result); ``quick``: one seed and one A/A seed per configuration."""
+    started = time.perf_counter()
+    sweep, base_path = load_sweep(path, quickstart, overrides)
+    root = Path.cwd().resolve()
+    folder = calibration.location(sweep, root)
+    ownership.claim_dir(folder, ownership.Claim("output_root", f"{sweep.name}-calibration", "calibrate"))
+    seeds, aa = calibration.main_seeds(sweep, quick), calibration.aa_seeds(sweep, quick)
+    entries = []
+    for run in calibration.plan(sweep, base_path, quick):
+        experiment = experiment_location(run.sweep, root)
+        restorable = storage.is_file(storage.join(experiment, "sweep.json"))
+        run_loaded_sweep(run.sweep, base_path, resume=resume and restorable, quiet=quiet)
+        entries += calibration.analyse(run, experiment, seeds, aa)
+    result = {
+        "sweep": sweep.name,
+        "seeds": seeds,
+        "aa_seeds": aa,
+        "entries": entries,
+        "summary": calibration.summary(entries),
+        "wall_s": round(time.perf_counter() - started, 1),
+    }
+    calibration.write(folder, result)
+    return folder, result

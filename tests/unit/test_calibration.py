@@ -1,0 +1,148 @@
+"""Planted-effect worlds and the calibration table, without Ray: each knob plants only its own premise, the plan
+sweeps each mechanism's two rows on both worlds, and the table scores detections and false alarms from the
+trials' per-query values as the sweep report does."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from geomoe.core.config import SynthSpec
+from geomoe.core.data.synthgeo import generate
+from geomoe.core.data.synthgeo.captions import FILLERS
+from geomoe.core.ownership import Claim, claim_dir
+from geomoe.core.storage import write_json_atomic
+from geomoe.core.sweep import VARIANT, calibration, grid_points, load_sweep, trial_key
+from geomoe.core.sweep.tables import RESULT_FILE, write_per_query
+
+REPO = Path(__file__).resolve().parents[2]
+ABLATION = REPO / "search_spaces" / "pe_moe_ablation.yaml"
+SMALL = {"train_buildings": 4, "test_buildings": 2, "localization_train": 0, "localization_val": 0}
+
+
+def _world(tmp: Path, name: str, **planted: float) -> Path:
+    out = tmp / name
+    generate(out, SynthSpec(**SMALL, localization_test=0, planted=planted))
+    return out / "geotext"
+
+
+def _files(root: Path, pattern: str) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.glob(pattern))}
+
+
+def _captions(root: Path, name: str) -> list[str]:
+    return [
+        c
+        for e in json.loads((root / name).read_text())
+        for c in (e["caption"] if isinstance(e["caption"], list) else [e["caption"]])
+    ]
+
+
+def test_each_knob_plants_its_own_premise_and_nothing_else(tmp_path: Path) -> None:
+    default = _world(tmp_path, "default")
+    conflict = _world(tmp_path, "conflict", platform_conflict=1.0)
+    aligned = _world(tmp_path, "no_gap", caption_gap=0.0)
+    images = {"satellite": "images/*/*/[0-9]*.jpg", "drone": "images/*/*/image-*", "ground": "images/*/*/street-*"}
+    # platform conflict: the satellite shows what captions say; drone roofs and ground facades are repainted
+    assert _files(conflict, images["satellite"]) == _files(default, images["satellite"])
+    for platform in ("drone", "ground"):
+        changed = [
+            k for k, v in _files(conflict, images[platform]).items() if _files(default, images[platform])[k] != v
+        ]
+        assert len(changed) == len(_files(default, images[platform]))  # every building is conflicted at strength 1
+    for name in ("train.json", "test_951_version.json"):
+        assert _captions(conflict, name) == _captions(default, name)  # captions still name the true colours
+    # caption gap 0: the same pixels and test queries; training captions worded like queries, without filler
+    assert _files(aligned, "images/**/*.j*") == _files(default, "images/**/*.j*")
+    assert _captions(aligned, "test_951_version.json") == _captions(default, "test_951_version.json")
+    filler = [c for c in _captions(default, "train.json") if any(f in c for f in FILLERS)]
+    assert len(filler) == len(_captions(default, "train.json"))
+    assert not any(f in c for c in _captions(aligned, "train.json") for f in FILLERS)
+    assert all(c.startswith(("satellite view", "top-down", "drone view", "ground photo", "street view")) or "drone" in c
+               for c in _captions(aligned, "train.json"))  # fmt: skip
+
+
+def test_the_plan_sweeps_each_mechanisms_two_rows_on_both_worlds() -> None:
+    sweep, base = load_sweep(ABLATION, quickstart=True)
+    runs = calibration.plan(sweep, base)
+    assert [(r.mechanism.name, r.world, r.strength) for r in runs] == [
+        ("textual domain alignment", "planted", 1.0),
+        ("textual domain alignment", "null", 0.0),
+        ("platform experts", "planted", 1.0),
+        ("platform experts", "null", 0.0),
+    ]
+    alignment, experts = runs[0].sweep, runs[2].sweep
+    assert list(alignment.variants) == ["unified_raw", "unified_aligned"]
+    assert list(experts.variants) == ["unified_aligned", "static_ensemble"]
+    assert alignment.seeds == [0, 1, 2, 3, 4, 5] and len(grid_points(alignment)) == 12
+    assert [r.label for r in experts.paper.rows] == ["#2 + textual domain alignment", "#3 + static ensemble"]
+    roots = [next(o for o in r.sweep.overrides if o.startswith("data.root=")) for r in runs]
+    assert roots[0] == roots[3] and len(set(roots)) == 3  # alignment's planted world is experts' null: shared
+    assert "data.synthesize.planted.platform_conflict=1.0" in experts.overrides
+    quick = calibration.plan(sweep, base, quick=True)
+    assert quick[0].sweep.seeds == [0, 3]
+
+
+def _write_trial(experiment: Path, point: dict, hits: np.ndarray) -> None:
+    values = {"R@1": hits, "R@5": hits, "R@10": hits, "Score": hits}
+    run_dir = str(experiment / "trials" / trial_key(point))
+    write_per_query(run_dir, values)
+    metrics = {k: float(v.mean()) for k, v in values.items()}
+    result = {"params": point, "status": "finished", "fingerprint": "f", "metrics": metrics}
+    result |= {"query_sets": dict.fromkeys(values, "q")}
+    write_json_atomic(f"{run_dir}/{RESULT_FILE}", result)
+
+
+def _hits(rng: np.random.Generator, share: float, n: int = 2000) -> np.ndarray:
+    return 100.0 * (rng.random(n) < share)
+
+
+@pytest.mark.parametrize("world", ["planted", "null"])
+def test_the_table_scores_a_planted_effect_and_stays_quiet_without_one(tmp_path: Path, world: str) -> None:
+    """Experts' rows on fake trials: static beats unified by 20 points in the planted world, ties in the null
+    one; every seed's values are independent draws, so each A/A comparison has a true difference of 0."""
+    sweep, base = load_sweep(ABLATION, quickstart=True)
+    run = next(r for r in calibration.plan(sweep, base) if r.mechanism.name == "platform experts" and r.world == world)
+    claim_dir(tmp_path, Claim("output_root", "sweep", "sweep"))
+    points = grid_points(run.sweep)
+    saved = {"sweep": run.sweep.model_dump(mode="json"), "expected": [trial_key(p) for p in points]}
+    write_json_atomic(tmp_path / "sweep.json", saved)
+    rng = np.random.default_rng(0)
+    queries = rng.random(2000)  # the same queries for every trial: a query is easy or hard for every model
+    for point in points:
+        share = 0.5 if point[VARIANT] == "static_ensemble" and world == "planted" else 0.3
+        _write_trial(tmp_path, point, 100.0 * (queries < share + 0.05 * rng.standard_normal()))
+    entries = calibration.analyse(run, str(tmp_path), [0, 1, 2], [3, 4, 5])
+    mechanism = [e for e in entries if e["comparison"] == "mechanism"]
+    assert [e["metric"] for e in mechanism] == ["R@1", "R@5", "R@10", "Score"]
+    assert {e["verdict"] for e in mechanism} == {"reproduced" if world == "planted" else "inconclusive"}
+    assert {e["kind"] for e in mechanism} == {"planted" if world == "planted" else "null"}
+    assert all(e["as_expected"] and e["ours"]["with_seeds"] for e in mechanism)
+    aa = [e for e in entries if e["comparison"].startswith("A/A")]
+    assert len(aa) == 8 and {e["kind"] for e in aa} == {"null"} and all(e["paper_delta"] == 0 for e in aa)
+    assert {e["verdict"] for e in aa} == {"inconclusive"}  # seed-to-seed spread of 5 points: counted, not called
+    result = {"sweep": "s", "seeds": [0, 1, 2], "aa_seeds": [3, 4, 5], "entries": entries, "wall_s": 1.0}
+    result["summary"] = calibration.summary(entries)
+    text = calibration.markdown(result)
+    assert text.count("| platform experts |") == 12
+    power = result["summary"]["power"]
+    assert power["of"] == (4 if world == "planted" else 0)
+
+
+def test_the_rates_count_what_they_say() -> None:
+    planted = [
+        {"kind": "planted", "verdict": v, "as_expected": v == "reproduced"}
+        for v in ["reproduced"] * 3 + ["inconclusive"]
+    ]
+    null = [
+        {"kind": "null", "verdict": v, "as_expected": v == "inconclusive"}
+        for v in ["inconclusive"] * 19 + ["not reproduced"]
+    ]
+    rates = calibration.summary(planted + null)
+    assert rates["power"] | {"interval": None} == {"count": 3, "of": 4, "percent": 75.0, "interval": None}
+    assert rates["false_alarms"]["count"] == 1 and rates["false_alarms"]["of"] == 20
+    lo, hi = rates["false_alarms"]["interval"]
+    assert 0.8 < lo < 1.0 and 23 < hi < 26  # Wilson: 1/20 = 5% has [0.9, 23.6]
