@@ -140,7 +140,7 @@ def _cmd_sweep(args: argparse.Namespace) -> None:
 def _cmd_calibrate(args: argparse.Namespace) -> None:
     """Each mechanism's rows on its planted and null worlds (quiet as a sweep), then the calibration table."""
     from geomoe.core.logs import run_logs
-    from geomoe.core.sweep import calibration, load_sweep
+    from geomoe.core.sweep import calibration, load_sweep, trial_count
     from geomoe.on_ray.calibrate import run_calibration
 
     overrides = _sweep_overrides(args)
@@ -150,8 +150,8 @@ def _cmd_calibrate(args: argparse.Namespace) -> None:
     verbose = bool(getattr(args, "verbose", False))
     if not verbose:
         _quiet_libraries()
-    trials = sum(len(r.sweep.variants or [0]) * len(r.sweep.seeds) for r in runs)
-    print(f"calibrate {sweep.name}: {len(runs)} world sweeps, about {trials} trials; logs: {folder}/logs",
+    trials = sum(trial_count(s) for r in runs for s in r.sweeps)
+    print(f"calibrate {sweep.name}: {len(runs)} worlds, {trials} trials; logs: {folder}/logs",
           file=sys.stderr, flush=True)  # fmt: skip
     with run_logs(folder, verbose, _ray_session_logs):
         folder, result = run_calibration(

@@ -63,27 +63,35 @@ def test_each_knob_plants_its_own_premise_and_nothing_else(tmp_path: Path) -> No
     assert not any(f in c for c in _captions(aligned, "train.json") for f in FILLERS)
     assert all(c.startswith(("satellite view", "top-down", "drone view", "ground photo", "street view")) or "drone" in c
                for c in _captions(aligned, "train.json"))  # fmt: skip
+    # query cue 0: the same pixels and training captions; no test query names a platform or what only one shows
+    uncued = _world(tmp_path, "no_cue", query_platform_cue=0.0)
+    assert _files(uncued, "images/**/*.j*") == _files(default, "images/**/*.j*")
+    assert _captions(uncued, "train.json") == _captions(default, "train.json")
+    words = {w for c in _captions(uncued, "test_951_version.json") for w in c.replace(",", " ").split()}
+    assert not words & {"satellite", "top-down", "drone", "street", "ground", "entrance", "sign", "footprint", "road"}
 
 
 def test_the_plan_sweeps_each_mechanisms_two_rows_on_both_worlds() -> None:
     sweep, base = load_sweep(ABLATION, quickstart=True)
     runs = calibration.plan(sweep, base)
     assert [(r.mechanism.name, r.world, r.strength) for r in runs] == [
-        ("textual domain alignment", "planted", 1.0),
-        ("textual domain alignment", "null", 0.0),
-        ("platform experts", "planted", 1.0),
-        ("platform experts", "null", 0.0),
+        (name, world, strength)
+        for name in ("textual domain alignment", "platform experts", "dynamic gating")
+        for world, strength in (("planted", 1.0), ("null", 0.0))
     ]
-    alignment, experts = runs[0].sweep, runs[2].sweep
-    assert list(alignment.variants) == ["unified_raw", "unified_aligned"]
-    assert list(experts.variants) == ["unified_aligned", "static_ensemble"]
-    assert alignment.seeds == [0, 1, 2, 3, 4, 5] and len(grid_points(alignment)) == 12
-    assert [r.label for r in experts.paper.rows] == ["#2 + textual domain alignment", "#3 + static ensemble"]
+    alignment, experts = runs[0], runs[2]
+    assert list(alignment.sweep.variants) == ["unified_raw", "unified_aligned"]
+    assert list(experts.sweep.variants) == ["unified_aligned", "static_ensemble"]
+    assert list(experts.aa_sweep.variants) == ["unified_aligned"]  # A/A: the row before, again
+    assert alignment.sweep.seeds == [0, 1, 2] and alignment.aa_sweep.seeds == [3, 4, 5]
+    assert len(grid_points(alignment.sweep)) == 6 and len(grid_points(alignment.aa_sweep)) == 3
+    assert [r.label for r in experts.sweep.paper.rows] == ["#2 + textual domain alignment", "#3 + static ensemble"]
+    assert experts.aa_sweep.name == "platform-experts-planted-aa"
     roots = [next(o for o in r.sweep.overrides if o.startswith("data.root=")) for r in runs]
-    assert roots[0] == roots[3] and len(set(roots)) == 3  # alignment's planted world is experts' null: shared
-    assert "data.synthesize.planted.platform_conflict=1.0" in experts.overrides
+    assert roots[0] == roots[3] == roots[4] and len(set(roots)) == 4  # the default world is shared
+    assert "data.synthesize.planted.platform_conflict=1.0" in experts.sweep.overrides
     quick = calibration.plan(sweep, base, quick=True)
-    assert quick[0].sweep.seeds == [0, 3]
+    assert quick[0].sweep.seeds == [0] and quick[0].aa_sweep.seeds == [3]
 
 
 def _write_trial(experiment: Path, point: dict, hits: np.ndarray) -> None:
@@ -106,28 +114,32 @@ def test_the_table_scores_a_planted_effect_and_stays_quiet_without_one(tmp_path:
     one; every seed's values are independent draws, so each A/A comparison has a true difference of 0."""
     sweep, base = load_sweep(ABLATION, quickstart=True)
     run = next(r for r in calibration.plan(sweep, base) if r.mechanism.name == "platform experts" and r.world == world)
-    claim_dir(tmp_path, Claim("output_root", "sweep", "sweep"))
-    points = grid_points(run.sweep)
-    saved = {"sweep": run.sweep.model_dump(mode="json"), "expected": [trial_key(p) for p in points]}
-    write_json_atomic(tmp_path / "sweep.json", saved)
     rng = np.random.default_rng(0)
     queries = rng.random(2000)  # the same queries for every trial: a query is easy or hard for every model
-    for point in points:
-        share = 0.5 if point[VARIANT] == "static_ensemble" and world == "planted" else 0.3
-        _write_trial(tmp_path, point, 100.0 * (queries < share + 0.05 * rng.standard_normal()))
-    entries = calibration.analyse(run, str(tmp_path), [0, 1, 2], [3, 4, 5])
+    experiments = []
+    for world_sweep in run.sweeps:
+        experiment = tmp_path / world_sweep.name
+        claim_dir(experiment, Claim("output_root", "sweep", "sweep"))
+        points = grid_points(world_sweep)
+        saved = {"sweep": world_sweep.model_dump(mode="json"), "expected": [trial_key(p) for p in points]}
+        write_json_atomic(experiment / "sweep.json", saved)
+        for point in points:
+            share = 0.5 if point[VARIANT] == "static_ensemble" and world == "planted" else 0.3
+            _write_trial(experiment, point, 100.0 * (queries < share + 0.05 * rng.standard_normal()))
+        experiments.append(str(experiment))
+    entries = calibration.analyse(run, *experiments)
     mechanism = [e for e in entries if e["comparison"] == "mechanism"]
     assert [e["metric"] for e in mechanism] == ["R@1", "R@5", "R@10", "Score"]
     assert {e["verdict"] for e in mechanism} == {"reproduced" if world == "planted" else "inconclusive"}
     assert {e["kind"] for e in mechanism} == {"planted" if world == "planted" else "null"}
     assert all(e["as_expected"] and e["ours"]["with_seeds"] for e in mechanism)
     aa = [e for e in entries if e["comparison"].startswith("A/A")]
-    assert len(aa) == 8 and {e["kind"] for e in aa} == {"null"} and all(e["paper_delta"] == 0 for e in aa)
+    assert len(aa) == 4 and {e["kind"] for e in aa} == {"null"} and all(e["paper_delta"] == 0 for e in aa)
     assert {e["verdict"] for e in aa} == {"inconclusive"}  # seed-to-seed spread of 5 points: counted, not called
     result = {"sweep": "s", "seeds": [0, 1, 2], "aa_seeds": [3, 4, 5], "entries": entries, "wall_s": 1.0}
     result["summary"] = calibration.summary(entries)
     text = calibration.markdown(result)
-    assert text.count("| platform experts |") == 12
+    assert text.count("| platform experts |") == 8
     power = result["summary"]["power"]
     assert power["of"] == (4 if world == "planted" else 0)
 

@@ -31,10 +31,11 @@ def run_calibration(
     seeds, aa = calibration.main_seeds(sweep, quick), calibration.aa_seeds(sweep, quick)
     entries = []
     for run in calibration.plan(sweep, base_path, quick):
-        experiment = experiment_location(run.sweep, root)
-        restorable = storage.is_file(storage.join(experiment, "sweep.json"))
-        run_loaded_sweep(run.sweep, base_path, resume=resume and restorable, quiet=quiet)
-        entries += calibration.analyse(run, experiment, seeds, aa)
+        experiments = [experiment_location(s, root) for s in run.sweeps]
+        for world_sweep, experiment in zip(run.sweeps, experiments, strict=True):
+            restorable = storage.is_file(storage.join(experiment, "sweep.json"))
+            run_loaded_sweep(world_sweep, base_path, resume=resume and restorable, quiet=quiet)
+        entries += calibration.analyse(run, *experiments)
     result = {
         "sweep": sweep.name,
         "seeds": seeds,

@@ -49,6 +49,14 @@ class PlantedSpec(Strict):
         "than the drone shows, while every caption names the true ones: a word means different pixels per platform, "
         "which one shared head must untangle and a head per platform need not. 0: the platforms agree",
     )
+    query_platform_cue: float = Field(
+        1.0,
+        ge=0,
+        le=1,
+        description="dynamic gating: the share of test queries worded for their image's platform (a platform phrase "
+        "and what that platform shows), from which a gate can tell the platform; the rest are neutral (no platform "
+        "phrase, attributes several platforms show, the same for every platform). 0: no query tells its platform",
+    )
 
 
 class SynthSpec(Strict):

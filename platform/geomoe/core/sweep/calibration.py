@@ -27,7 +27,7 @@ from geomoe.core.config import SweepSpec, load_job
 from geomoe.core.config.sweep import CalibratedMechanism, PaperRow, SearchSpec
 from geomoe.core.errors import SpecError
 from geomoe.core.stats import Difference, verdict
-from geomoe.core.sweep import SEED, VARIANT
+from geomoe.core.sweep import VARIANT
 from geomoe.core.sweep.tables import Configuration, compare, configurations, report_rows
 
 WORLDS = ("planted", "null")
@@ -37,12 +37,18 @@ RESULT_MD = "calibration.md"
 
 @dataclass(frozen=True)
 class WorldRun:
-    """One mechanism on one world: the sweep that runs its two rows there."""
+    """One mechanism on one world: the sweep of its two rows on the sweep's seeds, and the A/A sweep of the row
+    before (the baseline) on ``aa_seeds``."""
 
     mechanism: CalibratedMechanism
     world: str
     strength: float
     sweep: SweepSpec
+    aa_sweep: SweepSpec
+
+    @property
+    def sweeps(self) -> tuple[SweepSpec, SweepSpec]:
+        return self.sweep, self.aa_sweep
 
 
 def location(sweep: SweepSpec, root: Path) -> str:
@@ -63,18 +69,14 @@ def _rows(sweep: SweepSpec, mechanism: CalibratedMechanism) -> tuple[PaperRow, P
     return rows[at - 1], rows[at]
 
 
-def _narrowed(sweep: SweepSpec, before: PaperRow, row: PaperRow) -> dict[str, Any]:
-    """The variants and grid values of just the two rows (every swept key must be given by both rows)."""
+def _narrowed(sweep: SweepSpec, rows: list[PaperRow]) -> dict[str, Any]:
+    """The variants and grid values of just these rows (every swept key must be given by each row)."""
     swept = ([VARIANT] if sweep.variants else []) + list(sweep.params)
-    missing = [k for k in swept if k not in before.params or k not in row.params]
+    missing = sorted({k for k in swept for r in rows if k not in r.params})
     if missing:
         raise SpecError(sweep.name, "paper.rows", f"calibrated rows must give every swept key; missing {missing}")
-    wanted = {VARIANT: [before.params.get(VARIANT), row.params.get(VARIANT)]}
-    variants = {k: v for k, v in sweep.variants.items() if k in wanted[VARIANT]}
-    params = {
-        k: SearchSpec(grid=[before.params[k]] + ([row.params[k]] if row.params[k] != before.params[k] else []))
-        for k in sweep.params
-    }
+    variants = {k: v for k, v in sweep.variants.items() if k in [r.params.get(VARIANT) for r in rows]}
+    params = {k: SearchSpec(grid=list(dict.fromkeys(r.params[k] for r in rows))) for k in sweep.params}
     return {"variants": variants, "params": params}
 
 
@@ -107,18 +109,23 @@ def plan(sweep: SweepSpec, base_path: Path, quick: bool = False) -> list[WorldRu
         for world, strength in zip(WORLDS, (mechanism.planted, mechanism.unplanted), strict=True):
             overrides = [*sweep.overrides, *calibration.overrides, f"{mechanism.knob}={strength}"]
             overrides += _world_folders(base_path, overrides, sweep.name)
-            update = _narrowed(sweep, before, row) | {
-                "name": f"{slug(mechanism.name)}-{world}",
+            common = {
                 "output_root": storage.join(sweep.output_root, f"{sweep.name}-calibration"),
                 "overrides": overrides,
-                "seeds": [*seeds, *aa],
                 "calibration": None,
                 "quickstart": None,
-                "paper": sweep.paper.model_copy(update={"rows": [before, row]}) if sweep.paper else None,
             }
-            world_sweep = SweepSpec.model_validate(sweep.model_dump() | update)
-            runs.append(WorldRun(mechanism, world, strength, world_sweep))
+            name = f"{slug(mechanism.name)}-{world}"
+            main = _world_sweep(sweep, common | {"name": name, "seeds": seeds}, [before, row])
+            again = _world_sweep(sweep, common | {"name": f"{name}-aa", "seeds": aa}, [before])
+            runs.append(WorldRun(mechanism, world, strength, main, again))
     return runs
+
+
+def _world_sweep(sweep: SweepSpec, update: dict[str, Any], rows: list[PaperRow]) -> SweepSpec:
+    """The sweep narrowed to ``rows`` (their variants or grid values, and their paper numbers)."""
+    paper = sweep.paper.model_copy(update={"rows": rows}).model_dump() if sweep.paper else None
+    return SweepSpec.model_validate(sweep.model_dump() | update | _narrowed(sweep, rows) | {"paper": paper})
 
 
 def main_seeds(sweep: SweepSpec, quick: bool = False) -> list[int]:
@@ -129,10 +136,6 @@ def main_seeds(sweep: SweepSpec, quick: bool = False) -> list[int]:
 def aa_seeds(sweep: SweepSpec, quick: bool = False) -> list[int]:
     seeds = sweep.calibration.aa_seeds if sweep.calibration else []
     return seeds[:1] if quick else seeds
-
-
-def _on_seeds(config: Configuration, seeds: list[int]) -> Configuration:
-    return Configuration(config.params, [t for t in config.trials if (t.get("params") or {}).get(SEED) in seeds])
 
 
 def _entry(run: WorldRun, comparison: str, metric: str, ours: Difference | None, claimed: float) -> dict[str, Any]:
@@ -158,26 +161,28 @@ def _entry(run: WorldRun, comparison: str, metric: str, ours: Difference | None,
     }
 
 
-def analyse(run: WorldRun, experiment: str, seeds: list[int], aa: list[int]) -> list[dict[str, Any]]:
-    """The world's comparisons: the mechanism on ``seeds``, then each configuration's A/A (``seeds`` vs ``aa``)."""
+def _one(configs: list[Configuration], row: PaperRow) -> Configuration | None:
+    found = [c for c in configs if c.matches(row.params)]
+    return found[0] if len(found) == 1 else None
+
+
+def analyse(run: WorldRun, experiment: str, aa_experiment: str) -> list[dict[str, Any]]:
+    """The world's comparisons, from the two sweeps' finished trials: the mechanism (its row against the row
+    before, on the sweep's seeds), then A/A (the row before on the sweep's seeds against itself on the A/A
+    seeds). A configuration that did not finish gives "no paired values"."""
     sweep = run.sweep
     assert sweep.paper is not None and len(sweep.paper.rows) == 2, "a calibration world sweeps two paper rows"
     before, row = sweep.paper.rows
-    configs = configurations(*report_rows(experiment))
     metrics = [m for m in [sweep.metric, *sweep.report_metrics] if m in row.metrics and m in before.metrics]
-    metrics = list(dict.fromkeys(metrics))
-    found = {label: [c for c in configs if c.matches(r.params)] for label, r in (("a", row), ("b", before))}
-    if len(found["a"]) != 1 or len(found["b"]) != 1:
-        return [_entry(run, "mechanism", m, None, row.metrics[m] - before.metrics[m]) for m in metrics]
-    a, b = found["a"][0], found["b"][0]
+    configs = configurations(*report_rows(experiment))
+    a, b, b_again = _one(configs, row), _one(configs, before), _one(configurations(*report_rows(aa_experiment)), before)
     entries = []
-    for metric in metrics:
-        diff = compare(_on_seeds(a, seeds), _on_seeds(b, seeds), metric)
+    for metric in dict.fromkeys(metrics):
+        diff = compare(a, b, metric) if a and b else None
         entries.append(_entry(run, "mechanism", metric, diff, row.metrics[metric] - before.metrics[metric]))
-    for label, config in ((row.label, a), (before.label, b)):
-        for metric in metrics:
-            diff = compare(_on_seeds(config, seeds), _on_seeds(config, aa), metric)
-            entries.append(_entry(run, f"A/A: {label}", metric, diff, 0.0))
+    for metric in dict.fromkeys(metrics):
+        diff = compare(b, b_again, metric) if b and b_again else None
+        entries.append(_entry(run, f"A/A: {before.label}", metric, diff, 0.0))
     return entries
 
 

@@ -27,7 +27,13 @@ from geomoe.core.config import SynthSpec
 from geomoe.core.data.caption_store import write_caption_store
 from geomoe.core.data.cvogl import write_cvogl_split
 from geomoe.core.data.geotext import write_geotext_annotations
-from geomoe.core.data.synthgeo.captions import TEST_QUERY, TRAIN_CAPTION, scene_caption, vocabulary_overlap
+from geomoe.core.data.synthgeo.captions import (
+    TEST_QUERY,
+    TRAIN_CAPTION,
+    neutral_query,
+    scene_caption,
+    vocabulary_overlap,
+)
 from geomoe.core.data.synthgeo.render import render_drone, render_ground, render_satellite
 from geomoe.core.data.synthgeo.scene import CONFLICTING_FACADE, CONFLICTING_ROOF, Building, sample_building
 from geomoe.core.data.synthgeo.tiles import render_query, render_tile, sample_tile
@@ -40,7 +46,7 @@ MANIFEST = "synthgeo.json"
 GEOTEXT_TEST_FILE = "test_951_version.json"
 GALLERY_CAPTIONS = "gallery_captions.parquet"
 VERSION = 3  # 2: + gallery_captions.parquet; 3: platform-specific attributes and captions. Another is regenerated
-PLANTED_CAPTION_GAP, PLANTED_CONFLICT = 1, 2  # the planted effects' generator tags (_planted_draw)
+PLANTED_CAPTION_GAP, PLANTED_CONFLICT, PLANTED_QUERY_CUE = 1, 2, 3  # the planted effects' generator tags
 
 
 def _views(
@@ -78,6 +84,19 @@ def _train_captions(
     return captions
 
 
+def _test_queries(
+    b: Building, platform: str, spec: SynthSpec, rng: np.random.Generator, coins: np.random.Generator
+) -> list[str]:
+    """A test image's queries: worded for its platform, or (the query-cue world's share 1 - cue, decided by
+    ``coins``) neutral: the same attributes and words whatever the platform of the image asked for."""
+    cue = spec.planted.query_platform_cue
+    queries = []
+    for _ in range(spec.test_captions):
+        cued = cue >= 1 or coins.random() < cue
+        queries.append(TEST_QUERY[platform](b, rng) if cued else neutral_query(b, coins))
+    return queries
+
+
 SCENE_CAPTIONER = "synthgeo-scene-graph"
 
 
@@ -93,6 +112,7 @@ def _write_retrieval_split(
         conflict = spec.planted.platform_conflict
         conflicted = conflict > 0 and _planted_draw(spec, building_id, PLANTED_CONFLICT).random() < conflict
         caption_coins = _planted_draw(spec, building_id, PLANTED_CAPTION_GAP)
+        query_coins = _planted_draw(spec, building_id, PLANTED_QUERY_CUE)
         for name, platform, image in _views(building, spec, rng, conflicted):
             image_id = f"{building_id}/{name}"
             path = root / "images" / split / image_id
@@ -113,7 +133,7 @@ def _write_retrieval_split(
                         }
                     )
             else:
-                captions = [TEST_QUERY[platform](building, rng) for _ in range(spec.test_captions)]
+                captions = _test_queries(building, platform, spec, rng, query_coins)
                 entries.append({"image_id": image_id, "image": f"{split}/{image_id}", "caption": captions})
         counts[split]["buildings"] += 1
     counts[split]["pairs"] = sum(len(e["caption"]) if isinstance(e["caption"], list) else 1 for e in entries)

@@ -133,6 +133,20 @@ def ground_query(b: Building, rng: np.random.Generator) -> str:
     )
 
 
+def neutral_query(b: Building, rng: np.random.Generator) -> str:
+    """A query that does not say which platform's image it asks for (the query-cue null world): no platform
+    phrase, and only attributes that two or more platforms show (roof, facade, floors, trees), for every platform
+    alike."""
+    trees = "" if not b.trees else f" and {b.tree_amount} around"
+    return _pick(
+        rng,
+        [
+            f"{_a(b.material)} building with {_a(b.roof_color)} {b.roof_type} roof and {b.floors} floors{trees}",
+            f"{b.floors}-floor building of {b.material} with {_a(b.roof_color)} roof{trees}",
+        ],
+    )
+
+
 def scene_caption(b: Building, platform: str) -> str:
     """What a perfect captioner writes for a view: every attribute it shows, in one platform-focused sentence
     (the CGRS re-ranking upper bound)."""
