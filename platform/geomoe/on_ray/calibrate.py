@@ -29,8 +29,8 @@ def run_calibration(
     folder = calibration.location(sweep, root)
     ownership.claim_dir(folder, ownership.Claim("output_root", f"{sweep.name}-calibration", "calibrate"))
     seeds, aa = calibration.main_seeds(sweep, quick), calibration.aa_seeds(sweep, quick)
-    entries = []
-    for run in calibration.plan(sweep, base_path, quick):
+    entries, runs = [], calibration.plan(sweep, base_path, quick)
+    for run in runs:
         experiments = [experiment_location(s, root) for s in run.sweeps]
         for world_sweep, experiment in zip(run.sweeps, experiments, strict=True):
             restorable = storage.is_file(storage.join(experiment, "sweep.json"))
@@ -40,6 +40,7 @@ def run_calibration(
         "sweep": sweep.name,
         "seeds": seeds,
         "aa_seeds": aa,
+        "runs": calibration.record(runs),
         "entries": entries,
         "summary": calibration.summary(entries),
         "wall_s": round(time.perf_counter() - started, 1),

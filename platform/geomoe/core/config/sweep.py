@@ -81,7 +81,10 @@ class CalibrationSpec(Strict):
     on the sweep's seeds and again on ``aa_seeds`` (A/A comparisons: a configuration against itself)."""
 
     mechanisms: list[CalibratedMechanism] = Field(min_length=1)
-    aa_seeds: list[int] = Field(min_length=1, description="seeds for the A/A repeats; none of the sweep's seeds")
+    aa_seeds: list[int] = Field(
+        description="seeds for the A/A repeats (none of the sweep's seeds); [] runs none (no false-alarm rate then "
+        "but the null worlds')"
+    )
     overrides: list[str] = Field(default_factory=list, description="applied to every world's sweep after the sweep's")
 
 

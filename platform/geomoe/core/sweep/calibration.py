@@ -44,11 +44,11 @@ class WorldRun:
     world: str
     strength: float
     sweep: SweepSpec
-    aa_sweep: SweepSpec
+    aa_sweep: SweepSpec | None  # None without A/A seeds
 
     @property
-    def sweeps(self) -> tuple[SweepSpec, SweepSpec]:
-        return self.sweep, self.aa_sweep
+    def sweeps(self) -> list[SweepSpec]:
+        return [self.sweep] + ([self.aa_sweep] if self.aa_sweep else [])
 
 
 def location(sweep: SweepSpec, root: Path) -> str:
@@ -117,7 +117,7 @@ def plan(sweep: SweepSpec, base_path: Path, quick: bool = False) -> list[WorldRu
             }
             name = f"{slug(mechanism.name)}-{world}"
             main = _world_sweep(sweep, common | {"name": name, "seeds": seeds}, [before, row])
-            again = _world_sweep(sweep, common | {"name": f"{name}-aa", "seeds": aa}, [before])
+            again = _world_sweep(sweep, common | {"name": f"{name}-aa", "seeds": aa}, [before]) if aa else None
             runs.append(WorldRun(mechanism, world, strength, main, again))
     return runs
 
@@ -166,7 +166,7 @@ def _one(configs: list[Configuration], row: PaperRow) -> Configuration | None:
     return found[0] if len(found) == 1 else None
 
 
-def analyse(run: WorldRun, experiment: str, aa_experiment: str) -> list[dict[str, Any]]:
+def analyse(run: WorldRun, experiment: str, aa_experiment: str | None = None) -> list[dict[str, Any]]:
     """The world's comparisons, from the two sweeps' finished trials: the mechanism (its row against the row
     before, on the sweep's seeds), then A/A (the row before on the sweep's seeds against itself on the A/A
     seeds). A configuration that did not finish gives "no paired values"."""
@@ -175,15 +175,48 @@ def analyse(run: WorldRun, experiment: str, aa_experiment: str) -> list[dict[str
     before, row = sweep.paper.rows
     metrics = [m for m in [sweep.metric, *sweep.report_metrics] if m in row.metrics and m in before.metrics]
     configs = configurations(*report_rows(experiment))
-    a, b, b_again = _one(configs, row), _one(configs, before), _one(configurations(*report_rows(aa_experiment)), before)
+    a, b = _one(configs, row), _one(configs, before)
     entries = []
     for metric in dict.fromkeys(metrics):
         diff = compare(a, b, metric) if a and b else None
         entries.append(_entry(run, "mechanism", metric, diff, row.metrics[metric] - before.metrics[metric]))
+    if aa_experiment is None:
+        return entries
+    b_again = _one(configurations(*report_rows(aa_experiment)), before)
     for metric in dict.fromkeys(metrics):
         diff = compare(b, b_again, metric) if b and b_again else None
         entries.append(_entry(run, f"A/A: {before.label}", metric, diff, 0.0))
     return entries
+
+
+def record(runs: list[WorldRun]) -> list[dict[str, Any]]:
+    """What ``rebuild`` needs to analyse the worlds again: each mechanism, world, strength and its sweeps' names
+    (their folders, inside the calibration's)."""
+    return [
+        {
+            "mechanism": r.mechanism.model_dump(),
+            "world": r.world,
+            "strength": r.strength,
+            "sweeps": [s.name for s in r.sweeps],
+        }
+        for r in runs
+    ]
+
+
+def rebuild(folder: str) -> dict[str, Any]:
+    """The calibration's result computed again from the files in its folder: each world's sweeps (sweep.json, each
+    trial's result and per-query values) analysed as ``geomoe calibrate`` did. The docs' table is this, tested."""
+    saved = dict(storage.read_json(storage.join(folder, RESULT_JSON)))
+    entries = []
+    for done in saved["runs"]:
+        experiments = [storage.join(folder, name) for name in done["sweeps"]]
+        sweeps = [
+            SweepSpec.model_validate(storage.read_json(storage.join(e, "sweep.json"))["sweep"]) for e in experiments
+        ]
+        mechanism = CalibratedMechanism.model_validate(done["mechanism"])
+        run = WorldRun(mechanism, done["world"], done["strength"], sweeps[0], sweeps[1] if len(sweeps) > 1 else None)
+        entries += analyse(run, *experiments)
+    return saved | {"entries": entries, "summary": summary(entries)}
 
 
 def wilson(successes: int, total: int, z: float = 1.96) -> tuple[float, float]:
