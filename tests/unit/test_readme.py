@@ -27,6 +27,16 @@ SWEEP_BLOCK = re.compile(
     r"(.*?)\n<!-- end of the sweep report -->",
     re.S,
 )
+CALIBRATION_BLOCK = re.compile(
+    r"<!-- calibration: generated from (docs/demo/calibration/[\w-]+) \(tests/unit/test_readme.py\) -->\n"
+    r"(.*?)\n<!-- end of the calibration -->",
+    re.S,
+)
+BESIDE_BLOCK = re.compile(
+    r"<!-- verdicts with calibration: generated from (docs/demo/sweeps/[\w-]+) and (docs/demo/calibration/[\w-]+) "
+    r"\(tests/unit/test_readme.py\) -->\n(.*?)\n<!-- end of the verdicts with calibration -->",
+    re.S,
+)
 DOCUMENTS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 
 
@@ -61,6 +71,26 @@ def test_every_sweep_report_is_its_sweeps_own(document: Path) -> None:
     for sweep, block in blocks:
         title, rest = report_markdown(str(REPO / sweep)).split("\n", 1)
         assert title.startswith("# Sweep ") and block.strip() == rest.strip(), sweep
+
+
+@pytest.mark.parametrize("document", DOCUMENTS, ids=lambda path: path.name)
+def test_every_calibration_table_is_computed_again_from_its_stored_trials(document: Path) -> None:
+    """A calibration table (and a sweep's verdicts beside it) in the docs is what ``calibration.rebuild`` computes
+    from the stored worlds' sweeps (each trial's result and per-query values), not the numbers of a saved file."""
+    from geomoe.core.sweep import calibration
+    from geomoe.core.sweep.tables import configurations, report_rows, verdicts
+
+    text = document.read_text()
+    blocks = CALIBRATION_BLOCK.findall(text)
+    assert len(blocks) == text.count("<!-- calibration:"), "a calibration marker without its end marker"
+    for folder, block in blocks:
+        assert block.strip() == calibration.markdown(calibration.rebuild(str(REPO / folder))).strip(), folder
+    beside = BESIDE_BLOCK.findall(text)
+    assert len(beside) == text.count("<!-- verdicts with calibration:"), "a marker without its end marker"
+    for sweep, folder, block in beside:
+        saved, rows = report_rows(str(REPO / sweep))
+        found = verdicts(saved, configurations(saved, rows))
+        assert block.strip() == calibration.beside_verdicts(found, calibration.rebuild(str(REPO / folder))), sweep
 
 
 def test_the_readme_demo_tables_are_the_demo_runs_own_tables() -> None:
@@ -133,11 +163,15 @@ def test_every_stored_run_and_sweep_is_shown_somewhere() -> None:
     sweep's report): removing a block with its markers fails here."""
     text = "\n".join(document.read_text() for document in DOCUMENTS)
     shown = {run for run, _ in RUN_BLOCK.findall(text)} | {sweep for sweep, _ in SWEEP_BLOCK.findall(text)}
+    shown |= {folder for folder, _ in CALIBRATION_BLOCK.findall(text)}
     if CLICK_START in text:
         shown |= {str(path.parent.relative_to(REPO)) for path in CLICK_RUNS.glob("*/spec.json")}
     stored = {str(path.parent.relative_to(REPO)) for path in (REPO / "docs" / "demo").glob("*/spec.json")}
     stored |= {str(path.parent.relative_to(REPO)) for path in (REPO / "docs" / "demo").glob("*/*/spec.json")}
     stored |= {str(path.parent.relative_to(REPO)) for path in (REPO / "docs" / "demo" / "sweeps").glob("*/sweep.json")}
+    stored |= {
+        str(p.parent.relative_to(REPO)) for p in (REPO / "docs" / "demo" / "calibration").glob("*/calibration.json")
+    }
     assert stored and stored <= shown, sorted(stored - shown)
     assert "docs/demo/quickstart" in shown and "docs/demo/smgeo_click/prompt_mean" in {
         r for r, _ in RUN_BLOCK.findall(text)

@@ -146,6 +146,7 @@ def _entry(run: WorldRun, comparison: str, metric: str, ours: Difference | None,
     else:
         kind, as_expected = "null", found == "inconclusive"
     return {
+        "more_data": _more_data(ours, claimed) if kind == "planted" and not as_expected else None,
         "mechanism": run.mechanism.name,
         "row": run.mechanism.row,
         "world": run.world,
@@ -164,6 +165,16 @@ def _entry(run: WorldRun, comparison: str, metric: str, ours: Difference | None,
 def _one(configs: list[Configuration], row: PaperRow) -> Configuration | None:
     found = [c for c in configs if c.matches(row.params)]
     return found[0] if len(found) == 1 else None
+
+
+def _more_data(ours: Difference | None, claimed: float) -> float | None:
+    """How many times the queries (or, where the spread between seeds dominates, the seeds) a planted effect of
+    the size measured, on the paper's side, needs to be seen 80% of the time: (2.8 SE / |delta|)^2, SE from the
+    interval's half-width (/1.96). None when there is no difference on the paper's side to see."""
+    if ours is None or ours.delta == 0 or (ours.delta > 0) != (claimed > 0):
+        return None
+    se = (ours.hi - ours.lo) / (2 * 1.96)
+    return round((2.8 * se / abs(ours.delta)) ** 2, 1)
 
 
 def analyse(run: WorldRun, experiment: str, aa_experiment: str | None = None) -> list[dict[str, Any]]:
@@ -257,7 +268,9 @@ def markdown(result: dict[str, Any]) -> str:
     for e in result["entries"]:
         cells = [e["mechanism"], e["world"], f"{e['knob'].rsplit('.', 1)[-1]}={e['strength']:g}", e["comparison"]]
         cells += [e["metric"], f"{e['paper_delta']:+.2f}", _ours(e), e["verdict"]]
-        cells.append("yes" if e["as_expected"] else "**no**")
+        cells.append(
+            "yes" if e["as_expected"] else "**no**" + (f" (x{e['more_data']:g} data)" if e["more_data"] else "")
+        )
         lines.append("| " + " | ".join(cells) + " |")
     s = result["summary"]
     power, alarms = s["power"], s["false_alarms"]
@@ -265,8 +278,37 @@ def markdown(result: dict[str, Any]) -> str:
     lines.append(_rate("false alarms (null and A/A comparisons not inconclusive)", alarms))
     if any(e["ours"] and not e["ours"]["with_seeds"] for e in result["entries"]):
         lines.append("†: one seed a side, so the interval is over queries only and cannot count training randomness")
+    if any(e["more_data"] for e in result["entries"]):
+        lines.append("x n data: a planted effect of the size measured needs about n times the queries (or seeds) to be "
+                     "seen 80% of the time")  # fmt: skip
     lines.append(f"seeds {result['seeds']}, A/A seeds {result['aa_seeds']}; wall time {result['wall_s']:.0f} s")
     return "\n".join(lines) + "\n"
+
+
+def _found(entries: list[dict[str, Any]]) -> str:
+    if not entries:
+        return "-"
+    e = entries[0]
+    return f"{e['verdict']} {Difference(**e['ours']).delta:+.2f}" if e["ours"] else e["verdict"]
+
+
+def beside_verdicts(verdict_entries: list[dict[str, Any]], result: dict[str, Any]) -> str:
+    """A sweep's verdicts (``tables.verdicts``), each next to what the same rows gave on the row's planted world,
+    its null world and the A/A repeat there: a verdict whose planted effect went unseen says little either way."""
+    head = ["paper row", "metric", "paper Δ", "ours Δ", "verdict", "planted world", "null world", "A/A (null world)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for v in verdict_entries:
+        same = [c for c in result["entries"] if c["row"] == v["row"] and c["metric"] == v["metric"]]
+        cells = [v["row"], v["metric"], f"{v['paper_delta']:+.2f}"]
+        cells += [str(v["ours"]) if v["ours"] is not None else "-", v["verdict"]]
+        if not same:
+            cells += ["not calibrated"] * 3
+        else:
+            for world, mechanism in (("planted", True), ("null", True), ("null", False)):
+                chosen = [c for c in same if c["world"] == world and (c["comparison"] == "mechanism") == mechanism]
+                cells.append(_found(chosen))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def _rate(label: str, rate: dict[str, Any]) -> str:

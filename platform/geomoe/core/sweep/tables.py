@@ -234,15 +234,15 @@ def verdicts(sweep: SweepSpec, configs: list[Configuration]) -> list[dict[str, A
 _DIFFERENCE_NOTE = {
     True: "ours Δ: 95% interval over queries and seeds (paired over queries; each side's spread between seeds "
     "added; Student's t)",
-    False: "ours Δ: 95% paired bootstrap over queries only: one seed a side cannot show training randomness, so a "
-    "verdict can be a difference between two trainings (geomoe calibrate measures how often)",
+    False: "ours Δ with †: 95% paired bootstrap over queries only: one seed a side cannot show training randomness, "
+    "so a verdict can be a difference between two trainings (geomoe calibrate measures how often)",
 }
 
 
 def verdict_table(entries: list[dict[str, Any]]) -> str:
     lines = ["| paper row | against | metric | paper Δ | ours Δ [95% paired] | verdict |", "|---|---|---|---|---|---|"]
     for e in entries:
-        ours = str(e["ours"]) if e["ours"] is not None else "-"
+        ours = "-" if e["ours"] is None else str(e["ours"]) + ("" if e["ours"].with_seeds else " †")
         cells = [e["row"], e["previous"], e["metric"], f"{e['paper_delta']:+.2f}", ours, e["verdict"]]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -369,7 +369,8 @@ def _markdown(sweep: SweepSpec, rows: list[dict[str, Any]], configs: list[Config
     entries = verdicts(sweep, configs)
     if entries:
         lines += [f"verdicts: each paper row against the row before it ({sweep.metric} first)"]
-        lines += [_DIFFERENCE_NOTE[len(sweep.seeds) >= 2], ""]
+        kinds = {e["ours"].with_seeds for e in entries if e["ours"] is not None}
+        lines += [_DIFFERENCE_NOTE[kind] for kind in sorted(kinds, reverse=True)] + [""]
         lines += [verdict_table(entries), ""]
     best = best_configuration(sweep, configs)
     if best is None:
