@@ -4,6 +4,7 @@ trials' per-query values as the sweep report does."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -39,6 +40,22 @@ def _captions(root: Path, name: str) -> list[str]:
         for e in json.loads((root / name).read_text())
         for c in (e["caption"] if isinstance(e["caption"], list) else [e["caption"]])
     ]
+
+
+# The GeoText layout of a 4 + 2 building default world as synthgeo wrote it before planted effects existed
+# (commit e6697c3): the default strengths must give it byte for byte.
+DEFAULT_WORLD_DIGEST = "117684fb05fff26f8a8fdadc8234ef9b"
+
+
+def test_the_default_strengths_write_synthgeo_as_it_always_was(tmp_path: Path) -> None:
+    out = tmp_path / "w"
+    generate(out, SynthSpec(**SMALL, localization_test=0))
+    digest = hashlib.sha256()
+    for path in sorted((out / "geotext").rglob("*")):
+        if path.is_file() and path.suffix != ".parquet":
+            digest.update(str(path.relative_to(out)).encode())
+            digest.update(path.read_bytes())
+    assert digest.hexdigest()[:32] == DEFAULT_WORLD_DIGEST
 
 
 def test_each_knob_plants_its_own_premise_and_nothing_else(tmp_path: Path) -> None:
@@ -134,30 +151,36 @@ def test_the_table_scores_a_planted_effect_and_stays_quiet_without_one(tmp_path:
     assert {e["kind"] for e in mechanism} == {"planted" if world == "planted" else "null"}
     assert all(e["as_expected"] and e["ours"]["with_seeds"] for e in mechanism)
     aa = [e for e in entries if e["comparison"].startswith("A/A")]
-    assert len(aa) == 4 and {e["kind"] for e in aa} == {"null"} and all(e["paper_delta"] == 0 for e in aa)
+    assert len(aa) == 4 and {e["kind"] for e in aa} == {"aa"} and all(e["paper_delta"] == 0 for e in aa)
     assert {e["verdict"] for e in aa} == {"inconclusive"}  # seed-to-seed spread of 5 points: counted, not called
     result = {"sweep": "s", "seeds": [0, 1, 2], "aa_seeds": [3, 4, 5], "entries": entries, "wall_s": 1.0}
-    result["summary"] = calibration.summary(entries)
+    result |= {"metric": "R@1", "summary": calibration.summary(entries, "R@1")}
     text = calibration.markdown(result)
     assert text.count("| platform experts |") == 8
-    power = result["summary"]["power"]
-    assert power["of"] == (4 if world == "planted" else 0)
+    rates = result["summary"]
+    assert rates["power"]["of"] == (4 if world == "planted" else 0) and rates["power_primary"]["of"] == (
+        world == "planted"
+    )
+    assert rates["false_alarms"]["of"] == 4 and rates["false_alarms_primary"]["of"] == 1
+    assert rates["null_detections"]["of"] == (0 if world == "planted" else 4)
     # the docs' table is computed again from the stored trials, not read from the result file
     calibration.write(str(tmp_path), result | {"runs": calibration.record([run])})
     assert calibration.markdown(calibration.rebuild(str(tmp_path))) == text == (tmp_path / "calibration.md").read_text()
 
 
 def test_the_rates_count_what_they_say() -> None:
-    planted = [
-        {"kind": "planted", "verdict": v, "as_expected": v == "reproduced"}
-        for v in ["reproduced"] * 3 + ["inconclusive"]
-    ]
-    null = [
-        {"kind": "null", "verdict": v, "as_expected": v == "inconclusive"}
-        for v in ["inconclusive"] * 19 + ["not reproduced"]
-    ]
-    rates = calibration.summary(planted + null)
+    def entry(kind: str, verdict: str, metric: str = "R@1") -> dict:
+        return {"kind": kind, "verdict": verdict, "metric": metric}
+
+    entries = [entry("planted", "reproduced")] * 3 + [entry("planted", "inconclusive", "R@10")]
+    entries += [entry("aa", "inconclusive")] * 19 + [entry("aa", "not reproduced", "R@10")]
+    entries += [entry("null", "not reproduced"), entry("null", "reproduced", "R@10"), entry("null", "no paired values")]
+    rates = calibration.summary(entries, "R@1")
     assert rates["power"] | {"interval": None} == {"count": 3, "of": 4, "percent": 75.0, "interval": None}
-    assert rates["false_alarms"]["count"] == 1 and rates["false_alarms"]["of"] == 20
+    assert (rates["power_primary"]["count"], rates["power_primary"]["of"]) == (3, 3)
+    assert (rates["false_alarms"]["count"], rates["false_alarms"]["of"]) == (1, 20)
+    assert (rates["false_alarms_primary"]["count"], rates["false_alarms_primary"]["of"]) == (0, 19)
     lo, hi = rates["false_alarms"]["interval"]
     assert 0.8 < lo < 1.0 and 23 < hi < 26  # Wilson: 1/20 = 5% has [0.9, 23.6]
+    # a null world's rows may differ for other reasons: only a detection of the mechanism counts against it
+    assert (rates["null_detections"]["count"], rates["null_detections"]["of"]) == (1, 2)

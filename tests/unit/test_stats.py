@@ -180,4 +180,6 @@ def test_a_seeded_difference_needs_two_seeds_a_side_and_uses_students_t() -> Non
     assert stats.t_975(1) == 12.706 and stats.t_975(2.9) == 4.303 and stats.t_975(35) == 2.042
     assert stats.t_975(float("inf")) == 1.96
     same = np.full((3, 50), 100.0)
-    assert stats.seeded_difference(same, same) == stats.Difference(0.0, 0.0, 0.0, with_seeds=True)
+    assert stats.seeded_difference(same, same) == stats.Difference(0.0, 0.0, 0.0, with_seeds=True, se=0.0)
+    with pytest.raises(ValueError, match="finite"):
+        stats.seeded_difference(np.full((2, 5), np.nan), np.zeros((2, 5)))

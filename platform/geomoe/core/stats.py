@@ -84,6 +84,7 @@ class Difference:
     lo: float
     hi: float
     with_seeds: bool = False  # the interval counts training randomness (seeded_difference), not only queries
+    se: float | None = None  # the standard error behind the interval (where one is known)
 
     @property
     def significant(self) -> bool:
@@ -101,8 +102,9 @@ def paired_difference(
     a, b = np.asarray(a_Q, dtype=np.float64), np.asarray(b_Q, dtype=np.float64)
     if a.shape != b.shape:
         raise ValueError(f"a paired difference needs the same queries: {a.shape} vs {b.shape}")
-    lo, hi = interval(a - b, level, resamples, seed)
-    return Difference(float(np.mean(a - b)), lo, hi)
+    means = bootstrap_means(a - b, resamples, seed)
+    lo, hi = _bounds(means, level)[0]
+    return Difference(float(np.mean(a - b)), float(lo), float(hi), se=float(means[:, 0].std(ddof=1)))
 
 
 # Student's t, 97.5% quantile, for 1..30 degrees of freedom (then 40, 60, 120 and the normal's 1.96).
@@ -137,6 +139,8 @@ def seeded_difference(a_SQ: np.ndarray, b_SQ: np.ndarray, resamples: int = RESAM
     a, b = np.atleast_2d(np.asarray(a_SQ, dtype=np.float64)), np.atleast_2d(np.asarray(b_SQ, dtype=np.float64))
     if a.shape[1] != b.shape[1] or min(len(a), len(b)) < 2:
         raise ValueError(f"a seeded difference needs >= 2 seeds a side on the same queries: {a.shape} vs {b.shape}")
+    if not (np.isfinite(a).all() and np.isfinite(b).all()):
+        raise ValueError("a seeded difference needs finite values (a NaN would read as 'inconclusive')")
     pooled = a.mean(axis=0) - b.mean(axis=0)
     query_var = float(bootstrap_means(pooled, resamples, seed)[:, 0].var(ddof=1))
     seed_terms = [float(x.mean(axis=1).var(ddof=1)) / len(x) for x in (a, b)]
@@ -145,7 +149,7 @@ def seeded_difference(a_SQ: np.ndarray, b_SQ: np.ndarray, resamples: int = RESAM
     df = total * total / denominator if denominator > 0 else math.inf
     half = t_975(df) * math.sqrt(total)
     delta = float(pooled.mean())
-    return Difference(delta, delta - half, delta + half, with_seeds=True)
+    return Difference(delta, delta - half, delta + half, with_seeds=True, se=math.sqrt(total))
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:

@@ -42,7 +42,8 @@ def run_calibration(
         "aa_seeds": aa,
         "runs": calibration.record(runs),
         "entries": entries,
-        "summary": calibration.summary(entries),
+        "metric": sweep.metric,
+        "summary": calibration.summary(entries, sweep.metric),
         "wall_s": round(time.perf_counter() - started, 1),
     }
     calibration.write(folder, result)

@@ -149,8 +149,9 @@ class SweepSpec(Strict):
             raise ValueError("seeds: repeat seeds with searcher grid (a searcher draws its own trials)")
         if len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds: {self.seeds} repeats a seed")
-        if self.calibration and set(self.calibration.aa_seeds) & set(self.seeds):
-            raise ValueError(f"calibration.aa_seeds {self.calibration.aa_seeds} must differ from seeds {self.seeds}")
+        trained = self.seeds or [0]  # without seeds, each configuration trains once with seed 0
+        if self.calibration and set(self.calibration.aa_seeds) & set(trained):
+            raise ValueError(f"calibration.aa_seeds {self.calibration.aa_seeds} must differ from the seeds {trained}")
         if "seed" in self.params:
             raise ValueError("params.seed: give seeds as the sweep's seeds list")
         swept_data = [k for k in self.params if k.split(".")[0] in ("data", "preprocess")]

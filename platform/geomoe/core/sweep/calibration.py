@@ -87,7 +87,10 @@ def _world_folders(base_path: Path, overrides: list[str], sweep_name: str) -> li
     synth = base.data.synthesize
     if synth is None or synth.output_dir is None:
         raise SpecError(str(base_path), "data.synthesize", "calibration plants effects in synthgeo: the job needs it")
-    inside = PurePosixPath(base.data.root).relative_to(PurePosixPath(synth.output_dir))
+    try:
+        inside = PurePosixPath(base.data.root).relative_to(PurePosixPath(synth.output_dir))
+    except ValueError as err:
+        raise SpecError(str(base_path), "data.root", "must lie inside data.synthesize.output_dir") from err
     world_name = "_".join(f"{k}-{v:g}" for k, v in synth.planted.model_dump().items())
     data = f"data/calibration/{sweep_name}/{world_name}"
     return [
@@ -103,6 +106,9 @@ def plan(sweep: SweepSpec, base_path: Path, quick: bool = False) -> list[WorldRu
     if calibration is None:
         raise SpecError(sweep.name, "calibration", "this sweep has no calibration section")
     seeds, aa = main_seeds(sweep, quick), aa_seeds(sweep, quick)
+    names = [slug(m.name) for m in calibration.mechanisms]
+    if len(set(names)) < len(names):
+        raise SpecError(sweep.name, "calibration.mechanisms", f"two mechanisms share a folder name: {names}")
     runs = []
     for mechanism in calibration.mechanisms:
         before, row = _rows(sweep, mechanism)
@@ -115,7 +121,7 @@ def plan(sweep: SweepSpec, base_path: Path, quick: bool = False) -> list[WorldRu
                 "calibration": None,
                 "quickstart": None,
             }
-            name = f"{slug(mechanism.name)}-{world}"
+            name = f"{slug(mechanism.name)}-{world}" + ("-quick" if quick else "")  # a quick run resumes as such
             main = _world_sweep(sweep, common | {"name": name, "seeds": seeds}, [before, row])
             again = _world_sweep(sweep, common | {"name": f"{name}-aa", "seeds": aa}, [before]) if aa else None
             runs.append(WorldRun(mechanism, world, strength, main, again))
@@ -141,10 +147,12 @@ def aa_seeds(sweep: SweepSpec, quick: bool = False) -> list[int]:
 def _entry(run: WorldRun, comparison: str, metric: str, ours: Difference | None, claimed: float) -> dict[str, Any]:
     """One comparison's row; ``claimed``: the paper's change (0 for an A/A comparison)."""
     found = verdict(claimed, ours) if ours is not None else "no paired values"
-    if comparison == "mechanism" and run.world == "planted":
+    if comparison != "mechanism":
+        kind, as_expected = "aa", found == "inconclusive"  # the true difference is 0 by construction
+    elif run.world == "planted":
         kind, as_expected = "planted", found == "reproduced"
-    else:
-        kind, as_expected = "null", found == "inconclusive"
+    else:  # the premise is false, but the rows may still differ for other reasons: only a detection is wrong
+        kind, as_expected = "null", found != "reproduced"
     return {
         "more_data": _more_data(ours, claimed) if kind == "planted" and not as_expected else None,
         "mechanism": run.mechanism.name,
@@ -168,13 +176,13 @@ def _one(configs: list[Configuration], row: PaperRow) -> Configuration | None:
 
 
 def _more_data(ours: Difference | None, claimed: float) -> float | None:
-    """How many times the queries (or, where the spread between seeds dominates, the seeds) a planted effect of
-    the size measured, on the paper's side, needs to be seen 80% of the time: (2.8 SE / |delta|)^2, SE from the
-    interval's half-width (/1.96). None when there is no difference on the paper's side to see."""
-    if ours is None or ours.delta == 0 or (ours.delta > 0) != (claimed > 0):
+    """By how much the standard error must shrink (squared) for a planted effect of the size measured, on the
+    paper's side, to be seen 80% of the time: (2.8 SE / |delta|)^2, so about that many times the queries where
+    the query term dominates, or the seeds where the spread between seeds does (a one-seed interval has no seed
+    term: there it is a lower bound). None when there is no difference on the paper's side to see."""
+    if ours is None or ours.se is None or ours.delta == 0 or (ours.delta > 0) != (claimed > 0):
         return None
-    se = (ours.hi - ours.lo) / (2 * 1.96)
-    return round((2.8 * se / abs(ours.delta)) ** 2, 1)
+    return round((2.8 * ours.se / abs(ours.delta)) ** 2, 1)
 
 
 def analyse(run: WorldRun, experiment: str, aa_experiment: str | None = None) -> list[dict[str, Any]]:
@@ -185,12 +193,14 @@ def analyse(run: WorldRun, experiment: str, aa_experiment: str | None = None) ->
     assert sweep.paper is not None and len(sweep.paper.rows) == 2, "a calibration world sweeps two paper rows"
     before, row = sweep.paper.rows
     metrics = [m for m in [sweep.metric, *sweep.report_metrics] if m in row.metrics and m in before.metrics]
+    min_change = sweep.paper.min_change  # a published change below it reads as none, as in the sweep's verdicts
     configs = configurations(*report_rows(experiment))
     a, b = _one(configs, row), _one(configs, before)
     entries = []
     for metric in dict.fromkeys(metrics):
         diff = compare(a, b, metric) if a and b else None
-        entries.append(_entry(run, "mechanism", metric, diff, row.metrics[metric] - before.metrics[metric]))
+        change = row.metrics[metric] - before.metrics[metric]
+        entries.append(_entry(run, "mechanism", metric, diff, change if abs(change) >= min_change else 0.0))
     if aa_experiment is None:
         return entries
     b_again = _one(configurations(*report_rows(aa_experiment)), before)
@@ -227,7 +237,7 @@ def rebuild(folder: str) -> dict[str, Any]:
         mechanism = CalibratedMechanism.model_validate(done["mechanism"])
         run = WorldRun(mechanism, done["world"], done["strength"], sweeps[0], sweeps[1] if len(sweeps) > 1 else None)
         entries += analyse(run, *experiments)
-    return saved | {"entries": entries, "summary": summary(entries)}
+    return saved | {"entries": entries, "summary": summary(entries, saved.get("metric"))}
 
 
 def wilson(successes: int, total: int, z: float = 1.96) -> tuple[float, float]:
@@ -240,16 +250,29 @@ def wilson(successes: int, total: int, z: float = 1.96) -> tuple[float, float]:
     return 100 * max(0.0, centre - half), 100 * min(1.0, centre + half)
 
 
-def summary(entries: list[dict[str, Any]]) -> dict[str, Any]:
-    """Power (planted comparisons detected) and false alarms (null comparisons not inconclusive), each with its
-    count and Wilson interval; per metric row, since one comparison's metrics are correlated."""
+def summary(entries: list[dict[str, Any]], primary: str | None = None) -> dict[str, Any]:
+    """Power (planted comparisons "reproduced"), false alarms (A/A comparisons not "inconclusive") and null-world
+    detections (mechanism comparisons "reproduced" where the premise is false), each as a count with its Wilson
+    interval: over every metric row, and over the sweep's own metric (``primary``) only, since one comparison's
+    metrics are correlated and count as one there."""
     out: dict[str, Any] = {}
-    for kind, name in (("planted", "power"), ("null", "false_alarms")):
-        chosen = [e for e in entries if e["kind"] == kind and e["verdict"] != "no paired values"]
-        hits = sum(e["as_expected"] != (kind == "null") for e in chosen)
-        lo, hi = wilson(hits, len(chosen))
-        out[name] = {"count": hits, "of": len(chosen), "percent": 100 * hits / len(chosen) if chosen else None}
-        out[name] |= {"interval": [round(lo, 1), round(hi, 1)]}
+    rates = (
+        ("planted", "power", "reproduced"),
+        ("aa", "false_alarms", None),
+        ("null", "null_detections", "reproduced"),
+    )
+    for kind, name, counted in rates:
+        for scope, suffix in ((None, ""), (primary, "_primary")):
+            chosen = [e for e in entries if e["kind"] == kind and e["verdict"] != "no paired values"]
+            chosen = [e for e in chosen if scope is None or e["metric"] == scope]
+            hits = sum(e["verdict"] == counted if counted else e["verdict"] != "inconclusive" for e in chosen)
+            lo, hi = wilson(hits, len(chosen))
+            out[name + suffix] = {
+                "count": hits,
+                "of": len(chosen),
+                "percent": 100 * hits / len(chosen) if chosen else None,
+            }
+            out[name + suffix] |= {"interval": [round(lo, 1), round(hi, 1)]}
     return out
 
 
@@ -272,10 +295,15 @@ def markdown(result: dict[str, Any]) -> str:
             "yes" if e["as_expected"] else "**no**" + (f" (x{e['more_data']:g} data)" if e["more_data"] else "")
         )
         lines.append("| " + " | ".join(cells) + " |")
-    s = result["summary"]
-    power, alarms = s["power"], s["false_alarms"]
-    lines += ["", _rate("power (planted comparisons reproduced)", power)]
-    lines.append(_rate("false alarms (null and A/A comparisons not inconclusive)", alarms))
+    s, primary = result["summary"], result.get("metric", "")
+    lines.append("")
+    for name, label in (
+        ("power", "power (planted-world comparisons reproduced)"),
+        ("false_alarms", "false alarms (A/A comparisons not inconclusive; 5% if the intervals mean what they say)"),
+        ("null_detections", "null-world detections (reproduced where the premise is false)"),
+    ):
+        lines.append(_rate(f"{label}, every metric", s[name]))
+        lines.append(_rate(f"{label}, {primary} only", s[f"{name}_primary"]))
     if any(e["ours"] and not e["ours"]["with_seeds"] for e in result["entries"]):
         lines.append("†: one seed a side, so the interval is over queries only and cannot count training randomness")
     if any(e["more_data"] for e in result["entries"]):

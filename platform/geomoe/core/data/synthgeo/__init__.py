@@ -66,8 +66,9 @@ def _views(
 
 
 def _planted_draw(spec: SynthSpec, building_id: str, effect: int) -> np.random.Generator:
-    """A planted effect's own generator per building: a world with effects drawn from it keeps every other draw
-    of the building (its attributes, pixels and caption words) where the default world has it."""
+    """A planted effect's own generator per building: at the default strengths nothing is drawn from it, so the
+    default world is synthgeo as it always was, draw for draw; a planted world keeps every building's attributes
+    and pixels (but those the effect repaints), while its caption words after the first rewritten one differ."""
     return np.random.default_rng([spec.seed, int(building_id), effect])
 
 

@@ -138,10 +138,11 @@ def neutral_query(b: Building, rng: np.random.Generator) -> str:
     phrase, and only attributes that two or more platforms show (roof, facade, floors, trees), for every platform
     alike."""
     trees = "" if not b.trees else f" and {b.tree_amount} around"
+    floors = f"{b.floors} floor{'s' if b.floors > 1 else ''}"
     return _pick(
         rng,
         [
-            f"{_a(b.material)} building with {_a(b.roof_color)} {b.roof_type} roof and {b.floors} floors{trees}",
+            f"{_a(b.material)} building with {_a(b.roof_color)} {b.roof_type} roof and {floors}{trees}",
             f"{b.floors}-floor building of {b.material} with {_a(b.roof_color)} roof{trees}",
         ],
     )
