@@ -93,10 +93,11 @@ def test_the_plan_sweeps_each_mechanisms_two_rows_on_both_worlds() -> None:
     runs = calibration.plan(sweep, base)
     assert [(r.mechanism.name, r.world, r.strength) for r in runs] == [
         (name, world, strength)
-        for name in ("textual domain alignment", "platform experts", "dynamic gating")
+        for name in ("textual domain alignment", "platform experts", "platform experts routed", "dynamic gating")
         for world, strength in (("planted", 1.0), ("null", 0.0))
     ]
-    alignment, experts = runs[0], runs[2]
+    alignment, experts, routed = runs[0], runs[2], runs[4]
+    assert list(routed.sweep.variants) == ["unified_aligned", "dynamic_gating"]  # against row 2, not row 3
     assert list(alignment.sweep.variants) == ["unified_raw", "unified_aligned"]
     assert list(experts.sweep.variants) == ["unified_aligned", "static_ensemble"]
     assert list(experts.aa_sweep.variants) == ["unified_aligned"]  # A/A: the row before, again
@@ -105,7 +106,7 @@ def test_the_plan_sweeps_each_mechanisms_two_rows_on_both_worlds() -> None:
     assert [r.label for r in experts.sweep.paper.rows] == ["#2 + textual domain alignment", "#3 + static ensemble"]
     assert experts.aa_sweep.name == "platform-experts-planted-aa"
     roots = [next(o for o in r.sweep.overrides if o.startswith("data.root=")) for r in runs]
-    assert roots[0] == roots[3] == roots[4] and len(set(roots)) == 4  # the default world is shared
+    assert roots[0] == roots[3] == roots[5] == roots[6] and len(set(roots)) == 4  # the default world is shared
     assert "data.synthesize.planted.platform_conflict=1.0" in experts.sweep.overrides
     quick = calibration.plan(sweep, base, quick=True)
     assert quick[0].sweep.seeds == [0] and quick[0].aa_sweep.seeds == [3]

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from geomoe.core import ownership, storage
+from geomoe.core.errors import ExperimentError
 from geomoe.core.sweep import calibration, experiment_location, load_sweep
 from geomoe.on_ray.tune import run_loaded_sweep
 
@@ -33,8 +34,13 @@ def run_calibration(
     for run in runs:
         experiments = [experiment_location(s, root) for s in run.sweeps]
         for world_sweep, experiment in zip(run.sweeps, experiments, strict=True):
-            restorable = storage.is_file(storage.join(experiment, "sweep.json"))
-            run_loaded_sweep(world_sweep, base_path, resume=resume and restorable, quiet=quiet)
+            saved = storage.read_json_if_exists(storage.join(experiment, "sweep.json"))
+            if saved is not None and saved["sweep"]["seeds"] != world_sweep.seeds:  # Tune would keep the old grid
+                raise ExperimentError(
+                    f"{experiment} ran seeds {saved['sweep']['seeds']}, this calibration asks for {world_sweep.seeds} "
+                    "(--quick takes the first of each): run it as it was, or remove that folder"
+                )
+            run_loaded_sweep(world_sweep, base_path, resume=resume and saved is not None, quiet=quiet)
         entries += calibration.analyse(run, *experiments)
     result = {
         "sweep": sweep.name,

@@ -71,6 +71,9 @@ class CalibratedMechanism(Strict):
 
     name: str
     row: str = Field(description="the label of the paper row that adds the mechanism")
+    against: str | None = Field(
+        None, description="the paper row it is compared with (default: the row before it, as in the verdicts)"
+    )
     knob: str = Field(pattern=r"^data\.synthesize\.planted\.[a-z_]+$", description="data.synthesize.planted.<effect>")
     planted: float = Field(gt=0, le=1, description="the knob in the planted world")
     unplanted: float = Field(0.0, ge=0, le=1, description="the knob in the null world, where the premise is false")

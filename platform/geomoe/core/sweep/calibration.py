@@ -61,12 +61,17 @@ def slug(name: str) -> str:
 
 
 def _rows(sweep: SweepSpec, mechanism: CalibratedMechanism) -> tuple[PaperRow, PaperRow]:
+    """(the row compared against, the mechanism's row): the row before it unless ``against`` names another."""
     rows = sweep.paper.rows if sweep.paper else []
     labels = [r.label for r in rows]
     if mechanism.row not in labels[1:]:
         raise SpecError(sweep.name, "calibration.mechanisms.row", f"{mechanism.row!r}: not a paper row after the first")
     at = labels.index(mechanism.row)
-    return rows[at - 1], rows[at]
+    if mechanism.against is None:
+        return rows[at - 1], rows[at]
+    if mechanism.against not in labels[:at]:
+        raise SpecError(sweep.name, "calibration.mechanisms.against", f"{mechanism.against!r}: not a row before it")
+    return rows[labels.index(mechanism.against)], rows[at]
 
 
 def _narrowed(sweep: SweepSpec, rows: list[PaperRow]) -> dict[str, Any]:
@@ -121,7 +126,7 @@ def plan(sweep: SweepSpec, base_path: Path, quick: bool = False) -> list[WorldRu
                 "calibration": None,
                 "quickstart": None,
             }
-            name = f"{slug(mechanism.name)}-{world}" + ("-quick" if quick else "")  # a quick run resumes as such
+            name = f"{slug(mechanism.name)}-{world}"
             main = _world_sweep(sweep, common | {"name": name, "seeds": seeds}, [before, row])
             again = _world_sweep(sweep, common | {"name": f"{name}-aa", "seeds": aa}, [before]) if aa else None
             runs.append(WorldRun(mechanism, world, strength, main, again))
