@@ -185,3 +185,28 @@ def test_the_rates_count_what_they_say() -> None:
     assert 0.8 < lo < 1.0 and 23 < hi < 26  # Wilson: 1/20 = 5% has [0.9, 23.6]
     # a null world's rows may differ for other reasons: only a detection of the mechanism counts against it
     assert (rates["null_detections"]["count"], rates["null_detections"]["of"]) == (1, 2)
+
+
+def test_each_verdict_sits_beside_its_own_mechanisms_calibration() -> None:
+    """Row 4 is calibrated twice (gating against row 3, the routed experts against row 2): its verdict against row 3
+    shows gating's worlds only; a row without a calibration says so."""
+    from geomoe.core.stats import Difference
+
+    def entry(row: str, against: str, world: str, comparison: str, verdict: str, delta: float) -> dict:
+        ours = {"delta": delta, "lo": delta - 1, "hi": delta + 1, "with_seeds": False, "se": 0.5}
+        return {"row": row, "against": against, "world": world, "comparison": comparison, "metric": "R@1",
+                "verdict": verdict, "ours": ours}  # fmt: skip
+
+    result = {"entries": [
+        entry("#4", "#3", "planted", "mechanism", "reproduced", 4.0),
+        entry("#4", "#3", "null", "mechanism", "inconclusive", 0.5),
+        entry("#4", "#3", "null", "A/A: #3", "inconclusive", -0.2),
+        entry("#4", "#2", "planted", "mechanism", "not reproduced", -9.0),
+    ]}  # fmt: skip
+    gating = {"row": "#4", "previous": "#3", "metric": "R@1", "paper_delta": 3.89, "verdict": "inconclusive"}
+    alignment = {"row": "#2", "previous": "#1", "metric": "R@1", "paper_delta": 6.55, "verdict": "not run"}
+    verdicts = [gating | {"ours": Difference(1.0, -1.0, 3.0)}, alignment | {"ours": None}]
+    lines = calibration.beside_verdicts(verdicts, result).splitlines()
+    cells = "#4 | R@1 | +3.89 | +1.00 [-1.00, +3.00] | inconclusive"
+    assert lines[2] == f"| {cells} | reproduced +4.00 | inconclusive +0.50 | inconclusive -0.20 |"
+    assert lines[3].endswith("| - | not run | not calibrated | not calibrated | not calibrated |")

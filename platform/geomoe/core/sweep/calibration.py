@@ -162,6 +162,7 @@ def _entry(run: WorldRun, comparison: str, metric: str, ours: Difference | None,
         "more_data": _more_data(ours, claimed) if kind == "planted" and not as_expected else None,
         "mechanism": run.mechanism.name,
         "row": run.mechanism.row,
+        "against": run.sweep.paper.rows[0].label if run.sweep.paper else "",
         "world": run.world,
         "knob": run.mechanism.knob,
         "strength": run.strength,
@@ -331,7 +332,11 @@ def beside_verdicts(verdict_entries: list[dict[str, Any]], result: dict[str, Any
     head = ["paper row", "metric", "paper Δ", "ours Δ", "verdict", "planted world", "null world", "A/A (null world)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for v in verdict_entries:
-        same = [c for c in result["entries"] if c["row"] == v["row"] and c["metric"] == v["metric"]]
+        same = [
+            c
+            for c in result["entries"]
+            if (c["row"], c["against"], c["metric"]) == (v["row"], v["previous"], v["metric"])
+        ]
         cells = [v["row"], v["metric"], f"{v['paper_delta']:+.2f}"]
         cells += [str(v["ours"]) if v["ours"] is not None else "-", v["verdict"]]
         if not same:
