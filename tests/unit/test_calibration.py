@@ -170,11 +170,12 @@ def test_the_table_scores_a_planted_effect_and_stays_quiet_without_one(tmp_path:
 
 
 def test_the_rates_count_what_they_say() -> None:
-    def entry(kind: str, verdict: str, metric: str = "R@1") -> dict:
-        return {"kind": kind, "verdict": verdict, "metric": metric}
+    def entry(kind: str, verdict: str, metric: str = "R@1", world: int = 0) -> dict:
+        return {"kind": kind, "verdict": verdict, "metric": metric, "world_data": f"w{world}", "comparison": "c"}
 
     entries = [entry("planted", "reproduced")] * 3 + [entry("planted", "inconclusive", "R@10")]
-    entries += [entry("aa", "inconclusive")] * 19 + [entry("aa", "not reproduced", "R@10")]
+    entries += [entry("aa", "inconclusive", world=w) for w in range(19)] + [entry("aa", "not reproduced", "R@10")]
+    entries += [entry("aa", "inconclusive", world=3)]  # a second mechanism on world 3: the same A/A, counted once
     entries += [entry("null", "not reproduced"), entry("null", "reproduced", "R@10"), entry("null", "no paired values")]
     rates = calibration.summary(entries, "R@1")
     assert rates["power"] | {"interval": None} == {"count": 3, "of": 4, "percent": 75.0, "interval": None}

@@ -163,6 +163,7 @@ def _entry(run: WorldRun, comparison: str, metric: str, ours: Difference | None,
         "mechanism": run.mechanism.name,
         "row": run.mechanism.row,
         "against": run.sweep.paper.rows[0].label if run.sweep.paper else "",
+        "world_data": _world_data(run.sweep),
         "world": run.world,
         "knob": run.mechanism.knob,
         "strength": run.strength,
@@ -179,6 +180,12 @@ def _entry(run: WorldRun, comparison: str, metric: str, ours: Difference | None,
 def _one(configs: list[Configuration], row: PaperRow) -> Configuration | None:
     found = [c for c in configs if c.matches(row.params)]
     return found[0] if len(found) == 1 else None
+
+
+def _world_data(sweep: SweepSpec) -> str:
+    """The world's synthgeo folder name (its planted knobs): two mechanisms on the same world share it."""
+    folder = next((o for o in reversed(sweep.overrides) if o.startswith("data.synthesize.output_dir=")), "")
+    return folder.rsplit("/", 1)[-1]
 
 
 def _more_data(ours: Difference | None, claimed: float) -> float | None:
@@ -260,7 +267,8 @@ def summary(entries: list[dict[str, Any]], primary: str | None = None) -> dict[s
     """Power (planted comparisons "reproduced"), false alarms (A/A comparisons not "inconclusive") and null-world
     detections (mechanism comparisons "reproduced" where the premise is false), each as a count with its Wilson
     interval: over every metric row, and over the sweep's own metric (``primary``) only, since one comparison's
-    metrics are correlated and count as one there."""
+    metrics are correlated and count as one there. An A/A comparison that several mechanisms share (the same
+    configuration and seeds on the same world) counts once."""
     out: dict[str, Any] = {}
     rates = (
         ("planted", "power", "reproduced"),
@@ -271,6 +279,8 @@ def summary(entries: list[dict[str, Any]], primary: str | None = None) -> dict[s
         for scope, suffix in ((None, ""), (primary, "_primary")):
             chosen = [e for e in entries if e["kind"] == kind and e["verdict"] != "no paired values"]
             chosen = [e for e in chosen if scope is None or e["metric"] == scope]
+            if kind == "aa":  # the same configuration on the same world is one comparison, however many use it
+                chosen = list({(e["world_data"], e["comparison"], e["metric"]): e for e in chosen}.values())
             hits = sum(e["verdict"] == counted if counted else e["verdict"] != "inconclusive" for e in chosen)
             lo, hi = wilson(hits, len(chosen))
             out[name + suffix] = {
@@ -315,7 +325,8 @@ def markdown(result: dict[str, Any]) -> str:
     if any(e["more_data"] for e in result["entries"]):
         lines.append("x n data: a planted effect of the size measured needs about n times the queries (or seeds) to be "
                      "seen 80% of the time")  # fmt: skip
-    lines.append(f"seeds {result['seeds']}, A/A seeds {result['aa_seeds']}; wall time {result['wall_s']:.0f} s")
+    wall = f"wall time {result['wall_s']:.0f} s (this invocation: a resumed one counts its own part only)"
+    lines.append(f"seeds {result['seeds']}, A/A seeds {result['aa_seeds']}; {wall}")
     return "\n".join(lines) + "\n"
 
 
