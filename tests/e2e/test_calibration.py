@@ -1,7 +1,10 @@
-"""`geomoe calibrate` at reduced size through the real CLI on Ray Tune: one mechanism, textual domain alignment
-(captions refined by the rules against raw captions), on its planted world (verbose generic training captions) and
-its null world (training captions already worded like the queries). The sweep must see the planted effect and
-stay quiet on the null world. The calibration's full table (three mechanisms, seeds, A/A) is in the README."""
+"""`geomoe calibrate` at reduced size (one mechanism, one seed, no A/A) through the real CLI on Ray Tune: the
+platform experts as the full model uses them (PE-MoE's gated experts against one shared head), on its planted
+world (the drone and the ground paint colours differently from what captions say) and its null world (the
+platforms agree). The sweep must see the planted effect and must not claim it on the null world. The quickstart's
+size: smaller runs (96 buildings, 5 epochs) starve each expert of data, and the experts lose to the shared head on
+both worlds (R@10 -9.8 and -10.7, measured). The README's calibration holds the same two trials per world (+21.43
+[+15.18, +27.08] planted, +3.87 [-2.68, +9.82] null), with four mechanisms and A/A repeats."""
 
 from __future__ import annotations
 
@@ -11,38 +14,37 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[2]
 SWEEP = f"""
 name: tiny_calibration
 base: {REPO / "jobs" / "quickstart.yaml"}
 output_root: runs/sweeps
 overrides:
-  - data.synthesize.train_buildings=96
-  - data.synthesize.test_buildings=16
   - eval.rerank=[]
   - baselines={{}}
-  - train.stage1_epochs=4
-  - train.stage2_epochs=0
-  - resources.num_cpus=4
+  - resources.num_cpus=6
 variants:
-  raw: [preprocess.refine=none]
-  aligned: [preprocess.refine=rules]
+  unified: [model.fusion=unified, "model.experts=[{{name: all, platforms: [satellite, drone, ground]}}]"]
+  experts: [model.fusion=dynamic]
 metric: R@10
 report_metrics: [R@10]
 max_concurrent: 2
 paper:
-  source: "PE-MoE Table 1, rows 1-2, the alignment step alone (both rows here have the satellite augmentation)"
+  source: "PE-MoE Table 1: row 4 (the full model) against row 2 (one head on aligned captions)"
   rows:
-    - {{label: raw, params: {{variant: raw}}, metrics: {{R@10: 42.01}}}}
-    - {{label: aligned, params: {{variant: aligned}}, metrics: {{R@10: 53.22}}}}
+    - {{label: unified, params: {{variant: unified}}, metrics: {{R@10: 53.22}}}}
+    - {{label: experts, params: {{variant: experts}}, metrics: {{R@10: 61.32}}}}
 calibration:
   aa_seeds: []
   mechanisms:
-    - {{name: alignment, row: aligned, knob: data.synthesize.planted.caption_gap, planted: 1.0, unplanted: 0.0}}
+    - {{name: experts, row: experts, knob: data.synthesize.planted.platform_conflict, planted: 1.0, unplanted: 0.0}}
 """
 
 
-def test_calibration_sees_a_planted_effect_and_no_effect_where_none_is_planted(tmp_path: Path) -> None:
+@pytest.mark.slow  # about 13 minutes on 2 cores: pytest -m slow tests/e2e/test_calibration.py
+def test_calibration_sees_a_planted_effect_and_does_not_claim_it_where_none_is_planted(tmp_path: Path) -> None:
     (tmp_path / "tiny_calibration.yaml").write_text(SWEEP)
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
     done = subprocess.run(
@@ -56,12 +58,11 @@ def test_calibration_sees_a_planted_effect_and_no_effect_where_none_is_planted(t
     assert set(verdicts) == {("planted", "mechanism", "R@10"), ("null", "mechanism", "R@10")}
     planted, null = verdicts["planted", "mechanism", "R@10"], verdicts["null", "mechanism", "R@10"]
     assert planted["verdict"] == "reproduced" and planted["ours"]["lo"] > 0, planted
-    assert null["verdict"] == "inconclusive", null
+    assert null["verdict"] != "reproduced", null  # the rows may differ without the premise; they must not "see" it
     rates = result["summary"]
     assert (rates["power"]["count"], rates["power"]["of"]) == (1, 1)
     assert (rates["null_detections"]["count"], rates["null_detections"]["of"]) == (0, 1)
     assert rates["false_alarms"]["of"] == 0  # no A/A seeds here
     assert (folder / "calibration.md").read_text() in done.stdout  # the table printed is the one written
-    # both worlds were generated as planted: the null world's training captions read like its test queries
     worlds = sorted(p.name for p in (tmp_path / "data" / "calibration" / "tiny_calibration").iterdir())
-    assert worlds == [f"caption_gap-{g}_platform_conflict-0_query_platform_cue-1" for g in (0, 1)]
+    assert worlds == [f"caption_gap-1_platform_conflict-{c}_query_platform_cue-1" for c in (0, 1)]

@@ -2,16 +2,16 @@
 there is one, and does it stay quiet when there is none?
 
 For each mechanism of ``sweep.calibration`` (a paper row and the synthgeo knob that plants its premise), the
-sweep's two rows (that row and the one before it) are swept on two worlds: the planted one (the premise true)
-and the null one (false). Each configuration runs on the sweep's seeds and again on ``aa_seeds``. From the
-finished trials, with the report's own machinery (seed pooling, paired bootstrap intervals, verdicts):
-- the mechanism's comparison on each world (the sweep's seeds), against the paper's direction: on the planted
-  world "reproduced" is a detection; on the null world anything but "inconclusive" is a false alarm;
-- A/A comparisons: each configuration on the sweep's seeds against itself on ``aa_seeds`` (the true difference
-  is zero by construction), on both worlds: anything but "inconclusive" is a false alarm.
-Power is the share of planted comparisons detected; the false-alarm rate is the share of null comparisons
-(null-world mechanism comparisons and all A/A) with a verdict other than "inconclusive", which a 95% interval
-keeps near 5% only if it accounts for everything that varies between the two sides.
+mechanism's two rows (that row and the one before it, or ``against``) are swept on two worlds: the planted one
+(the premise true) and the null one (false), on the sweep's seeds; the row compared against runs again on
+``aa_seeds``. From the finished trials, with the report's own machinery (seed pooling, paired intervals, verdicts):
+- the mechanism's comparison on each world, against the paper's direction: on the planted world "reproduced" is a
+  detection (power); on the null world a "reproduced" claims the mechanism where its premise is false (a null-world
+  detection). Other outcomes there are not counted against the sweep: the two rows may still differ for reasons
+  other than the premise (refining captions that need none, say), which the table shows;
+- A/A comparisons: the row compared against, on the sweep's seeds against itself on ``aa_seeds``, on both worlds:
+  the true difference is zero by construction, so anything but "inconclusive" is a false alarm. A 95% interval
+  keeps their share near 5% only if it accounts for everything that varies between the two sides.
 """
 
 from __future__ import annotations
