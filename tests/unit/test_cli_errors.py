@@ -88,6 +88,10 @@ CASES = {
     ),
     "missing sweep": (lambda t: ["sweep", str(t / "sweep.yaml")], r"sweep\.yaml: <root>: file not found"),
     "not a sweep folder": (lambda t: ["report", str(t)], r"no sweep\.json here"),
+    "a sweep without calibration": (
+        lambda t: ["calibrate", str(REPO / "search_spaces" / "smgeo_topk.yaml"), "--quickstart"],
+        r"smgeo_topk-quickstart: calibration: this sweep has no calibration section",
+    ),
     "missing Serve config": (lambda t: ["serve", str(t / "s.yaml")], r"s\.yaml: <root>: Serve config not found"),
 }
 
