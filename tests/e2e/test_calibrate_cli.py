@@ -43,7 +43,7 @@ calibration:
 """
 
 
-@pytest.mark.slow  # over 15 minutes on 2 cores: pytest -m slow tests/e2e/test_calibration.py
+@pytest.mark.slow  # over 15 minutes on 2 cores: pytest -m slow tests/e2e/test_calibrate_cli.py
 def test_calibration_sees_a_planted_effect_and_does_not_claim_it_where_none_is_planted(tmp_path: Path) -> None:
     (tmp_path / "tiny_calibration.yaml").write_text(SWEEP)
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
