@@ -80,8 +80,8 @@ class CalibratedMechanism(Strict):
 
 
 class CalibrationSpec(Strict):
-    """``geomoe calibrate``: every mechanism's two rows swept on its planted and its null world, each configuration
-    on the sweep's seeds and again on ``aa_seeds`` (A/A comparisons: a configuration against itself)."""
+    """``geomoe calibrate``: every mechanism's two rows swept on its planted and its null world on the sweep's seeds,
+    and the row compared against again on ``aa_seeds`` (A/A comparisons: a configuration against itself)."""
 
     mechanisms: list[CalibratedMechanism] = Field(min_length=1)
     aa_seeds: list[int] = Field(
