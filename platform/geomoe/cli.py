@@ -354,9 +354,7 @@ def _sweep_parser(sub: Any) -> Any:
 
 
 def _calibrate_parser(sub: Any) -> Any:
-    calibrate = sub.add_parser(
-        "calibrate", help="run a sweep's mechanisms on planted and null synthgeo worlds: power and false alarms"
-    )
+    calibrate = sub.add_parser("calibrate", help="a sweep's mechanisms on planted and null worlds: power, false alarms")
     calibrate.add_argument("sweep", help="a sweep with a calibration section (search_spaces/pe_moe_ablation.yaml)")
     calibrate.add_argument("--quickstart", action="store_true", help="the sweep's 2-core variant")
     calibrate.add_argument("--quick", action="store_true", help="one seed and one A/A seed per configuration")

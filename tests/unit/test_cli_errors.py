@@ -122,7 +122,7 @@ def test_help_lists_every_command_on_one_line(
         main(["--help"])
     text = capsys.readouterr().out
     commands = build_parser()._subparsers._group_actions[0].choices  # type: ignore[union-attr]
-    assert len(commands) == 11
+    assert len(commands) == 12
     for name in commands:
         (line,) = [line for line in text.splitlines() if line.split()[:1] == [name]]
         assert len(line.split()) > 2, line  # the command, then its one-line help on the same line
