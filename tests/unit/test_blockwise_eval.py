@@ -176,8 +176,9 @@ def test_evaluation_equals_the_full_matrix_evaluation(
     sample = [(s["image_id"], s["score"]) for s in report["sample"]["top5"]]
     assert [i for i, _ in sample] == [i for i, _ in reference["sample"]]
     assert [s for _, s in sample] == pytest.approx([s for _, s in reference["sample"]], abs=1e-4)
-    first = report["retrieval"][spec.eval.protocols[0]]["t2i"]["R@1"]
-    assert any(e[spec.eval.protocols[0]]["t2i"]["R@1"] != first for e in report["reranked"].values())  # it re-ranked
+    # it re-ranked: some recall moved (R@1 alone can tie by chance: the tiny random text model varies with the stack)
+    first = report["retrieval"][spec.eval.protocols[0]]["t2i"]
+    assert any(e[spec.eval.protocols[0]]["t2i"] != first for e in report["reranked"].values())
 
 
 def test_a_tie_across_the_top_cut_is_resolved_by_the_lower_index(monkeypatch: pytest.MonkeyPatch) -> None:
