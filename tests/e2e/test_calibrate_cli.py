@@ -64,5 +64,5 @@ def test_calibration_sees_a_planted_effect_and_does_not_claim_it_where_none_is_p
     assert (rates["null_detections"]["count"], rates["null_detections"]["of"]) == (0, 1)
     assert rates["false_alarms"]["of"] == 0  # no A/A seeds here
     assert (folder / "calibration.md").read_text() in done.stdout  # the table printed is the one written
-    worlds = sorted(p.name for p in (tmp_path / "data" / "calibration" / "tiny_calibration").iterdir())
+    worlds = sorted(p.name for p in (folder / "worlds").iterdir())
     assert worlds == [f"caption_gap-1_platform_conflict-{c}_query_platform_cue-1" for c in (0, 1)]

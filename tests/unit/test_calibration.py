@@ -108,6 +108,9 @@ def test_the_plan_sweeps_each_mechanisms_two_rows_on_both_worlds() -> None:
     roots = [next(o for o in r.sweep.overrides if o.startswith("data.root=")) for r in runs]
     assert roots[0] == roots[3] == roots[5] == roots[6] and len(set(roots)) == 4  # the default world is shared
     assert "data.synthesize.planted.platform_conflict=1.0" in experts.sweep.overrides
+    on_s3 = calibration.plan(sweep.model_copy(update={"output_root": "s3://bucket/sweeps"}), base)[2].sweep.overrides
+    world = "s3://bucket/sweeps/pe_moe_ablation-quickstart-calibration/worlds/caption_gap-1_platform_conflict-1_query"
+    assert [o.split("=", 1)[1].startswith(world) for o in on_s3[-3:]] == [True] * 3  # the worlds go where outputs go
     quick = calibration.plan(sweep, base, quick=True)
     assert quick[0].sweep.seeds == [0] and quick[0].aa_sweep.seeds == [3]
 

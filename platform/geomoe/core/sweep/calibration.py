@@ -85,9 +85,10 @@ def _narrowed(sweep: SweepSpec, rows: list[PaperRow]) -> dict[str, Any]:
     return {"variants": variants, "params": params}
 
 
-def _world_folders(base_path: Path, overrides: list[str], sweep_name: str) -> list[str]:
+def _world_folders(base_path: Path, overrides: list[str], sweep: SweepSpec) -> list[str]:
     """Overrides that give a world its own synthgeo and prepared folders (the base job's layout kept), named by
-    every planted knob's value: two mechanisms whose worlds coincide share them."""
+    every planted knob's value (two mechanisms whose worlds coincide share them), inside the calibration's folder:
+    the sweep's storage, an object store on a cluster whose machines share no disk."""
     base = load_job(base_path, overrides)
     synth = base.data.synthesize
     if synth is None or synth.output_dir is None:
@@ -97,11 +98,11 @@ def _world_folders(base_path: Path, overrides: list[str], sweep_name: str) -> li
     except ValueError as err:
         raise SpecError(str(base_path), "data.root", "must lie inside data.synthesize.output_dir") from err
     world_name = "_".join(f"{k}-{v:g}" for k, v in synth.planted.model_dump().items())
-    data = f"data/calibration/{sweep_name}/{world_name}"
+    world = storage.join(sweep.output_root, f"{sweep.name}-calibration", "worlds", world_name)
     return [
-        f"data.synthesize.output_dir={data}",
-        f"data.root={PurePosixPath(data) / inside}",
-        f"preprocess.output_dir=runs/calibration/{sweep_name}/{world_name}/prepared",
+        f"data.synthesize.output_dir={storage.join(world, 'data')}",
+        f"data.root={storage.join(world, 'data', str(inside))}",
+        f"preprocess.output_dir={storage.join(world, 'prepared')}",
     ]
 
 
@@ -119,7 +120,7 @@ def plan(sweep: SweepSpec, base_path: Path, quick: bool = False) -> list[WorldRu
         before, row = _rows(sweep, mechanism)
         for world, strength in zip(WORLDS, (mechanism.planted, mechanism.unplanted), strict=True):
             overrides = [*sweep.overrides, *calibration.overrides, f"{mechanism.knob}={strength}"]
-            overrides += _world_folders(base_path, overrides, sweep.name)
+            overrides += _world_folders(base_path, overrides, sweep)
             common = {
                 "output_root": storage.join(sweep.output_root, f"{sweep.name}-calibration"),
                 "overrides": overrides,
@@ -183,9 +184,9 @@ def _one(configs: list[Configuration], row: PaperRow) -> Configuration | None:
 
 
 def _world_data(sweep: SweepSpec) -> str:
-    """The world's synthgeo folder name (its planted knobs): two mechanisms on the same world share it."""
-    folder = next((o for o in reversed(sweep.overrides) if o.startswith("data.synthesize.output_dir=")), "")
-    return folder.rsplit("/", 1)[-1]
+    """The world's synthgeo folder (named by its planted knobs): two mechanisms on the same world share it."""
+    key = "data.synthesize.output_dir="
+    return next((o.removeprefix(key) for o in reversed(sweep.overrides) if o.startswith(key)), "")
 
 
 def _more_data(ours: Difference | None, claimed: float) -> float | None:
