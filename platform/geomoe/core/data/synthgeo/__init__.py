@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -72,30 +73,30 @@ def _planted_draw(spec: SynthSpec, building_id: str, effect: int) -> np.random.G
     return np.random.default_rng([spec.seed, int(building_id), effect])
 
 
+def _mixed(
+    count: int, share: float, coins: np.random.Generator, usual: Callable[[], str], other: Callable[[], str]
+) -> list[str]:
+    """``count`` texts, each ``usual()``, or ``other()`` with probability 1 - ``share`` (decided by ``coins``, of
+    which nothing is drawn at share 1: the default world's draws stay as they were)."""
+    return [usual() if share >= 1 or coins.random() < share else other() for _ in range(count)]
+
+
 def _train_captions(
     b: Building, platform: str, spec: SynthSpec, rng: np.random.Generator, coins: np.random.Generator
 ) -> list[str]:
-    """A training image's captions: generic and verbose, or (the caption-gap world's share 1 - gap, decided by
-    ``coins``) worded like a test query of its platform."""
-    gap = spec.planted.caption_gap
-    captions = []
-    for _ in range(spec.train_captions):
-        generic = gap >= 1 or coins.random() < gap
-        captions.append(TRAIN_CAPTION[platform](b, rng) if generic else TEST_QUERY[platform](b, rng))
-    return captions
+    """A training image's captions: generic and verbose, or (the caption-gap world's share 1 - gap) worded like a
+    test query of its platform."""
+    generic, query_like = (lambda: TRAIN_CAPTION[platform](b, rng)), (lambda: TEST_QUERY[platform](b, rng))
+    return _mixed(spec.train_captions, spec.planted.caption_gap, coins, generic, query_like)
 
 
 def _test_queries(
     b: Building, platform: str, spec: SynthSpec, rng: np.random.Generator, coins: np.random.Generator
 ) -> list[str]:
-    """A test image's queries: worded for its platform, or (the query-cue world's share 1 - cue, decided by
-    ``coins``) neutral: the same attributes and words whatever the platform of the image asked for."""
-    cue = spec.planted.query_platform_cue
-    queries = []
-    for _ in range(spec.test_captions):
-        cued = cue >= 1 or coins.random() < cue
-        queries.append(TEST_QUERY[platform](b, rng) if cued else neutral_query(b, coins))
-    return queries
+    """A test image's queries: worded for its platform, or (the query-cue world's share 1 - cue) neutral: the same
+    attributes and words whatever the platform of the image asked for."""
+    cued, neutral = (lambda: TEST_QUERY[platform](b, rng)), (lambda: neutral_query(b, coins))
+    return _mixed(spec.test_captions, spec.planted.query_platform_cue, coins, cued, neutral)
 
 
 SCENE_CAPTIONER = "synthgeo-scene-graph"
