@@ -8,8 +8,7 @@ from typing import Any
 
 from geomoe.core.config import JobSpec, parse_spec
 from geomoe.core.data.prepared import PreparedDataset
-from geomoe.families.pe_moe.driver import split_rows
-from geomoe.families.pe_moe.factory import ensure_tiny_models
+from geomoe.families.pe_moe.driver import ensure_tiny
 from geomoe.families.pe_moe.spec import PEMoEModelSpec
 from geomoe.on_ray.pipelines.prepare import prepare
 
@@ -78,7 +77,7 @@ def tiny_retriever(root: Path, out: Path, dtype: str = "float16") -> tuple[JobSp
     spec = pe_moe_job(root, out)
     manifest = prepare(spec)
     model_spec = spec.model_as(PEMoEModelSpec)
-    ensure_tiny_models(model_spec, split_rows(PreparedDataset.of(manifest), "train", model_spec)["caption"].to_pylist())
+    ensure_tiny(model_spec, PreparedDataset.of(manifest), spec.preprocess.max_words_train)
     torch.manual_seed(0)
     model, tokenizer = build_pe_moe(model_spec)
     (out / "ckpt").mkdir()

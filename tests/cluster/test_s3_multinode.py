@@ -155,8 +155,7 @@ def test_lost_node_resumes_training_from_the_last_checkpoint_in_s3(
     from ray.util.state import list_actors
 
     import ray
-    from geomoe.families.pe_moe.driver import fit_stage, split_rows
-    from geomoe.families.pe_moe.factory import ensure_tiny_models
+    from geomoe.families.pe_moe.driver import ensure_tiny, fit_stage, split_rows
     from geomoe.on_ray.pipelines.image_store import PreparedImages
     from geomoe.on_ray.pipelines.prepare import prepare
 
@@ -167,7 +166,7 @@ def test_lost_node_resumes_training_from_the_last_checkpoint_in_s3(
     spec = parse_spec(JobSpec, raw, "test").with_absolute_paths()
     prepared = PreparedDataset.of(prepare(spec))
     table, images = split_rows(prepared, "train", spec.model_as(PEMoEModelSpec)), PreparedImages(prepared)
-    ensure_tiny_models(spec.model_as(PEMoEModelSpec), table["caption"].to_pylist())
+    ensure_tiny(spec.model_as(PEMoEModelSpec), prepared, spec.preprocess.max_words_train)
     run_dir = f"{s3_bucket}/runs/s3run"
     outcome: dict[str, Any] = {}
 

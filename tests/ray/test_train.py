@@ -17,8 +17,7 @@ from geomoe.core.data.prepared import PreparedDataset
 from geomoe.core.job_results import Checkpoint
 from geomoe.core.metrics import recall_at_k
 from geomoe.core.models.checkpoint import read_checkpoint
-from geomoe.families.pe_moe.driver import evaluate_checkpoint, fit_stage, mine_negatives, split_rows
-from geomoe.families.pe_moe.factory import ensure_tiny_models
+from geomoe.families.pe_moe.driver import ensure_tiny, evaluate_checkpoint, fit_stage, mine_negatives, split_rows
 from geomoe.families.pe_moe.report import retrieval_table
 from geomoe.families.pe_moe.results import PEMoEResult
 from geomoe.families.pe_moe.spec import PEMoEModelSpec
@@ -37,8 +36,7 @@ def prepared(tiny_synth: tuple[Path, dict], tmp_path_factory: pytest.TempPathFac
     spec = make_spec(work / "synth", work)
     manifest = prepare(spec)
     shutil.rmtree(work / "synth")
-    table = split_rows(PreparedDataset.of(manifest), "train", spec.model_as(PEMoEModelSpec))
-    ensure_tiny_models(spec.model, table["caption"].to_pylist())
+    ensure_tiny(spec.model_as(PEMoEModelSpec), PreparedDataset.of(manifest), spec.preprocess.max_words_train)
     return spec, manifest
 
 

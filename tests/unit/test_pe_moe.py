@@ -4,9 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
 import torch
 
+from geomoe.core.data.transforms import normalize_caption
+from geomoe.core.errors import ModelError
+from geomoe.core.models.tiny import RECIPE_FILE, built_recipe, text_model_recipe
+from geomoe.families.pe_moe.driver import backbone_corpus
 from geomoe.families.pe_moe.factory import build_pe_moe, ensure_tiny_models, tokenize
 from geomoe.families.pe_moe.losses import gate_loss, hard_negative_loss, multi_positive_info_nce
 from geomoe.families.pe_moe.model import PEMoE, fused_scores
@@ -174,3 +179,34 @@ def test_caption_similarity_uses_the_text_models_own_dense_embedding(tiny_dir: P
     dense = model.dense_text(ids, mask)
     torch.testing.assert_close(dense, F.normalize(pooled, dim=-1), atol=1e-5, rtol=1e-4)
     assert (dense - F.normalize(shared, dim=-1)).abs().max() > 1e-3  # not the trunk's shared state
+
+
+def test_a_tiny_model_folder_serves_only_the_captions_it_was_built_from(tmp_path: Path) -> None:
+    ensure_tiny_models(spec(tmp_path), CORPUS)
+    weights = tmp_path / "text" / "model.safetensors"
+    built = weights.stat().st_mtime_ns
+    ensure_tiny_models(spec(tmp_path), CORPUS[::-1])  # the same captions in another order: the same model, reused
+    assert weights.stat().st_mtime_ns == built
+    with pytest.raises(ModelError, match=r"model\.text\.source: .* built from other captions"):
+        ensure_tiny_models(spec(tmp_path), [*CORPUS, "a blue domed roof"])  # another job's data: never reused
+    (tmp_path / "text" / RECIPE_FILE).unlink()  # as an older geomoe left it: rebuilt, with its recipe
+    ensure_tiny_models(spec(tmp_path), [*CORPUS, "a blue domed roof"])
+    assert built_recipe(tmp_path / "text") == text_model_recipe([*CORPUS, "a blue domed roof"], 32, 3, 2, 16, 0, None)
+
+
+def test_the_backbone_learns_the_datasets_captions_not_the_refined_ones() -> None:
+    raw = ["In this picture we can see a red roof. The building has 8 floors.", "A brick facade; a pond."]
+    rows = {"caption_raw": [*raw, raw[0]], "augment": ["", "", "rot90"]}
+
+    class Prepared:  # the one method backbone_corpus reads
+        def __init__(self, captions: list[str]) -> None:
+            self.table = pa.table({**rows, "caption": captions})
+
+        def read_split(self, split: str, columns: list[str]) -> pa.Table:
+            assert split == "train"
+            return self.table.select(columns)
+
+    refined = Prepared(["drone view of a red roof", "street view of a brick facade", "satellite view of a roof"])
+    unrefined = Prepared([normalize_caption(c, 30) for c in rows["caption_raw"]])
+    corpus = backbone_corpus(refined, 6)  # type: ignore[arg-type]
+    assert corpus == backbone_corpus(unrefined, 6) == ["in this picture we can see", "a brick facade a pond"]  # type: ignore[arg-type]

@@ -25,6 +25,11 @@ class FamilyModelSpec(Strict):
         a value names a local file (hub ids and pretrained tags stay as they are). Default: no files."""
         return self
 
+    def tiny_models_in(self, tag: str) -> list[str]:
+        """Overrides that move the tiny random models this section builds (if any) into a folder ``tag`` beside
+        their own: a job on other data (a calibration world) builds other ones. Default: it builds none."""
+        return []
+
 
 class JobSection(Strict):
     """A top-level job section of a family's own (``Family.sections``), validated as that family's class only in

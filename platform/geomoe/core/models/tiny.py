@@ -7,6 +7,8 @@ EVA-CLIP class with a micro timm Eva. Real configurations load hub ids or paths 
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -24,6 +26,8 @@ log = logging.getLogger(__name__)
 TINY_MODEL = Claim("model (tiny: true)", stage="tiny model")
 
 T = TypeVar("T")
+
+RECIPE_FILE = "geomoe-tiny.json"  # what the model was built from (text_model_recipe)
 
 SPECIALS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]  # XLM-R ids 0..4
 
@@ -114,6 +118,7 @@ def save_tiny_text_model(
     import torch
     from transformers import XLMRobertaConfig, XLMRobertaModel
 
+    corpus = list(corpus)
     tokenizer = train_tokenizer(corpus)
     config = XLMRobertaConfig(
         vocab_size=len(tokenizer),
@@ -135,10 +140,27 @@ def save_tiny_text_model(
         # word identity dominant, so short queries and long captions with the same words land close together.
         model.embeddings.position_embeddings.weight.mul_(0.1)
         model.embeddings.token_type_embeddings.weight.mul_(0.1)
+    recipe = text_model_recipe(corpus, hidden, layers, heads, max_length, seed, intermediate)
     with atomic_dir(out, TINY_MODEL) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        (tmp / RECIPE_FILE).write_text(json.dumps(recipe, indent=2, sort_keys=True) + "\n")
     return Path(out)
+
+
+def text_model_recipe(corpus: Iterable[str], *config: int | None) -> dict[str, Any]:
+    """What a tiny text model is a function of: its corpus (as a multiset: the tokenizer counts words) and its
+    configuration. Two builds with the same recipe write the same model."""
+    lines = sorted(corpus)
+    digest = hashlib.sha256("\n".join(lines).encode()).hexdigest()
+    return {"corpus_sha256": digest, "corpus_texts": len(lines), "config": list(config)}
+
+
+def built_recipe(folder: str | Path) -> dict[str, Any] | None:
+    """The recipe a tiny text model in ``folder`` was built from; None when it has none (built by a geomoe
+    before recipes were recorded)."""
+    path = Path(folder) / RECIPE_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def save_tiny_image_model(out: str | Path, name: str = "geomoe-eva02-micro", seed: int = 0) -> Path:

@@ -88,7 +88,8 @@ def _narrowed(sweep: SweepSpec, rows: list[PaperRow]) -> dict[str, Any]:
 def _world_folders(base_path: Path, overrides: list[str], sweep: SweepSpec) -> list[str]:
     """Overrides that give a world its own synthgeo and prepared folders (the base job's layout kept), named by
     every planted knob's value (two mechanisms whose worlds coincide share them), inside the calibration's folder:
-    the sweep's storage, an object store on a cluster whose machines share no disk."""
+    the sweep's storage, an object store on a cluster whose machines share no disk. Tiny random models, built from
+    a world's own captions, go to a folder of that name beside the base job's."""
     base = load_job(base_path, overrides)
     synth = base.data.synthesize
     if synth is None or synth.output_dir is None:
@@ -103,6 +104,7 @@ def _world_folders(base_path: Path, overrides: list[str], sweep: SweepSpec) -> l
         f"data.synthesize.output_dir={storage.join(world, 'data')}",
         f"data.root={storage.join(world, 'data', str(inside))}",
         f"preprocess.output_dir={storage.join(world, 'prepared')}",
+        *base.model.tiny_models_in(world_name),  # local: model weights load from local folders
     ]
 
 

@@ -82,7 +82,7 @@ class PEMoEFamily(Family):
     def prepare_inputs(self, spec: JobSpec, prepared: PreparedDataset) -> None:
         from geomoe.families.pe_moe.driver import ensure_tiny
 
-        ensure_tiny(spec.model_as(PEMoEModelSpec), spec.seed, prepared)
+        ensure_tiny(spec.model_as(PEMoEModelSpec), prepared, spec.preprocess.max_words_train)
 
     def training_epochs(self, train: TrainSpec) -> int:
         stages = as_section(train, PEMoETrainSpec)

@@ -16,6 +16,7 @@ from geomoe.core import storage
 from geomoe.core.config import EvalSpec, FamilyModelSpec, JobSpec
 from geomoe.core.data.images import DecodeImages, Fetch
 from geomoe.core.data.prepared import PreparedDataset
+from geomoe.core.data.transforms import normalize_caption
 from geomoe.core.errors import DatasetError
 from geomoe.core.job_results import Checkpoint
 from geomoe.families.pe_moe.encode import embed_texts
@@ -252,8 +253,15 @@ def train_and_evaluate(spec: JobSpec, prepared: PreparedDataset, run_dir: str) -
     return results
 
 
-def ensure_tiny(model: PEMoEModelSpec, seed: int, prepared: PreparedDataset) -> None:
-    """Build the tiny models ``model.tiny`` asks for, on the prepared training captions (originals)."""
-    table = split_rows(prepared, "train", model)
-    captions = table.filter(pc.equal(table["augment"], ""))["caption"].to_pylist()
-    ensure_tiny_models(model, captions, seed)
+def ensure_tiny(model: PEMoEModelSpec, prepared: PreparedDataset, max_words: int) -> None:
+    """Build the tiny models ``model.tiny`` asks for, their tokenizer on ``backbone_corpus``."""
+    ensure_tiny_models(model, backbone_corpus(prepared, max_words))
+
+
+def backbone_corpus(prepared: PreparedDataset, max_words: int) -> list[str]:
+    """The training captions as the dataset wrote them (normalised, cut at ``max_words``: the training length),
+    not as preprocessing refined them: a frozen backbone is the same for every row of an ablation, with or
+    without refinement, so one tiny model folder serves them all."""
+    table = prepared.read_split("train", columns=["caption_raw", "augment"])
+    originals = table.filter(pc.equal(table["augment"], ""))["caption_raw"].to_pylist()
+    return [normalize_caption(text, max_words) for text in originals]

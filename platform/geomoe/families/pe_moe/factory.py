@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from geomoe.core.config import JobSpec
+from geomoe.core.errors import ModelError
 from geomoe.core.models.encoders import ImageTrunk, TextTrunk, load_image_tower, load_text_model
 from geomoe.families.pe_moe.model import PEMoE
 from geomoe.families.pe_moe.spec import PEMoEModelSpec
@@ -16,19 +17,42 @@ from geomoe.families.pe_moe.spec import PEMoEModelSpec
 log = logging.getLogger(__name__)
 
 
-def ensure_tiny_models(spec: PEMoEModelSpec, corpus: Iterable[str], seed: int = 0) -> None:
-    """With ``spec.tiny``, write a random text model at text.source and image weights at image.pretrained."""
-    from geomoe.core.models.tiny import save_tiny_image_model, save_tiny_text_model
+def ensure_tiny_models(spec: PEMoEModelSpec, corpus: Iterable[str]) -> None:
+    """With ``spec.tiny``, write a random text model at text.source and image weights at image.pretrained.
 
-    if spec.tiny is None:
+    A text model already there is reused only if it was built from the same corpus and configuration (its
+    recorded recipe): a path names one backbone, so a job never trains on one that another job's captions built.
+    One without a recipe (an older geomoe's) is rebuilt; one with another recipe is an error.
+    """
+    from geomoe.core.models.tiny import built_recipe, save_tiny_text_model, text_model_recipe
+
+    tiny = spec.tiny
+    if tiny is None:
         return
+    corpus = list(corpus)
     text_dir = Path(spec.text.source)
-    if not (text_dir / "config.json").is_file():
-        log.info("building a tiny random text model at %s", text_dir)
-        tiny = spec.tiny
-        save_tiny_text_model(
-            text_dir, corpus, tiny.text_hidden, tiny.text_layers, tiny.text_heads, spec.text.max_length, seed
-        )
+    config = (tiny.text_hidden, tiny.text_layers, tiny.text_heads, spec.text.max_length, tiny.seed, None)
+    wanted = text_model_recipe(corpus, *config)
+    if (text_dir / "config.json").is_file():
+        built = built_recipe(text_dir)
+        if built == wanted:
+            return _ensure_tiny_image(spec, tiny.seed)
+        if built is not None:
+            raise ModelError(
+                f"model.text.source: {text_dir} holds a tiny text model built from other captions or settings "
+                f"({built['corpus_texts']} texts, sha256 {built['corpus_sha256'][:12]}; this job's: "
+                f"{wanted['corpus_texts']}, {wanted['corpus_sha256'][:12]}, config {built['config']} vs "
+                f"{wanted['config']}): point model.text.source (and model.image.pretrained) at another folder, "
+                "or remove it to rebuild"
+            )
+    log.info("building a tiny random text model at %s", text_dir)
+    save_tiny_text_model(text_dir, corpus, *config[:5])
+    _ensure_tiny_image(spec, tiny.seed)
+
+
+def _ensure_tiny_image(spec: PEMoEModelSpec, seed: int) -> None:
+    from geomoe.core.models.tiny import save_tiny_image_model
+
     assert spec.image.pretrained is not None  # PEMoEModelSpec: tiny needs image.pretrained
     image_file = Path(spec.image.pretrained)
     if not image_file.is_file():

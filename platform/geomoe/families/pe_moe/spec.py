@@ -4,6 +4,7 @@ two-stage training settings (the PE-MoE paper; docs/protocols.md)."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import PurePosixPath
 from typing import Literal, Self
 
 from pydantic import Field, model_validator
@@ -49,6 +50,9 @@ class TinyModelsSpec(Strict):
     text_hidden: int = Field(64, ge=8)
     text_layers: int = Field(4, ge=2)
     text_heads: int = Field(2, ge=1)
+    seed: int = Field(
+        0, description="the backbones' own seed: like a pretrained model, the same for every training seed"
+    )
 
 
 class PEMoEModelSpec(FamilyModelSpec):
@@ -92,6 +96,15 @@ class PEMoEModelSpec(FamilyModelSpec):
         if image.pretrained and (tiny or is_local(image.pretrained)):
             image = image.model_copy(update={"pretrained": absolute(image.pretrained)})
         return self.model_copy(update={"text": text, "image": image})
+
+    def tiny_models_in(self, tag: str) -> list[str]:
+        if self.tiny is None or self.image.pretrained is None:
+            return []
+        text, image = PurePosixPath(self.text.source), PurePosixPath(self.image.pretrained)
+        return [
+            f"model.text.source={text.parent / tag / text.name}",
+            f"model.image.pretrained={image.parent / tag / image.name}",
+        ]
 
     def expert_of(self) -> dict[str, int]:
         """platform name -> expert index."""
