@@ -70,9 +70,9 @@ def test_calibration_sees_a_planted_effect_and_does_not_claim_it_where_none_is_p
     assert worlds == [f"caption_gap-1_platform_conflict-{c}_query_platform_cue-1" for c in (0, 1)]
     # The same rows, trained here in a fresh folder, equal the README's calibration number for number: a trial
     # depends on its spec, not on its folder or on which job built the tiny backbone first
-    for world in ("planted", "null"):
+    for world, conflict in (("planted", 1), ("null", 0)):
         for ours, theirs in (("unified", "unified_aligned"), ("experts", "dynamic_gating")):
-            here = _metrics(folder / f"experts-{world}", ours)
+            here = _metrics(folder / f"caption_gap-1_platform_conflict-{conflict}_query_platform_cue-1", ours)
             stored = _metrics(STORED / f"platform-experts-routed-{world}", theirs)
             assert here == stored, (world, ours, here, stored)
 

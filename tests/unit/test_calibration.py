@@ -88,7 +88,7 @@ def test_each_knob_plants_its_own_premise_and_nothing_else(tmp_path: Path) -> No
     assert not words & {"satellite", "top-down", "drone", "street", "ground", "entrance", "sign", "footprint", "road"}
 
 
-def test_the_plan_sweeps_each_mechanisms_two_rows_on_both_worlds() -> None:
+def test_the_plan_sweeps_each_world_once_with_every_row_its_mechanisms_compare() -> None:
     sweep, base = load_sweep(ABLATION, quickstart=True)
     runs = calibration.plan(sweep, base)
     assert [(r.mechanism.name, r.world, r.strength) for r in runs] == [
@@ -96,18 +96,33 @@ def test_the_plan_sweeps_each_mechanisms_two_rows_on_both_worlds() -> None:
         for name in ("textual domain alignment", "platform experts", "platform experts routed", "dynamic gating")
         for world, strength in (("planted", 1.0), ("null", 0.0))
     ]
-    alignment, experts, routed = runs[0], runs[2], runs[4]
-    assert list(routed.sweep.variants) == ["unified_aligned", "dynamic_gating"]  # against row 2, not row 3
-    assert list(alignment.sweep.variants) == ["unified_raw", "unified_aligned"]
-    assert list(experts.sweep.variants) == ["unified_aligned", "static_ensemble"]
-    assert list(experts.aa_sweep.variants) == ["unified_aligned"]  # A/A: the row before, again
-    assert alignment.sweep.seeds == [0, 1, 2] and alignment.aa_sweep.seeds == [3, 4, 5]
-    assert len(grid_points(alignment.sweep)) == 6 and len(grid_points(alignment.aa_sweep)) == 3
-    assert [r.label for r in experts.sweep.paper.rows] == ["#2 + textual domain alignment", "#3 + static ensemble"]
-    assert experts.aa_sweep.name == "platform-experts-planted-aa"
+    default, gap, conflict, cue = runs[0], runs[1], runs[2], runs[7]  # the four worlds
+    assert [r.sweep for r in runs[3:7:3]] == [default.sweep] * 2 and runs[4].sweep is conflict.sweep  # shared
+    assert {r.sweep.name for r in runs} == {
+        f"caption_gap-{g}_platform_conflict-{c}_query_platform_cue-{q}" for g, c, q in ("101", "001", "111", "100")
+    }
+    assert runs[4].rows == ("#2 + textual domain alignment", "#4 + dynamic gating")  # against row 2, not row 3
+    assert default.rows == ("#1 unified w/o preprocessing", "#2 + textual domain alignment")
+    # each world trains every row any mechanism compares there, once; the A/A sweep the rows compared against
+    assert list(default.sweep.variants) == ["unified_raw", "unified_aligned", "static_ensemble", "dynamic_gating"]
+    assert list(default.aa_sweep.variants) == ["unified_raw", "unified_aligned", "static_ensemble"]
+    assert list(conflict.sweep.variants) == ["unified_aligned", "static_ensemble", "dynamic_gating"]
+    assert list(conflict.aa_sweep.variants) == ["unified_aligned"]
+    assert list(gap.sweep.variants) == ["unified_raw", "unified_aligned"] and list(gap.aa_sweep.variants) == [
+        "unified_raw"
+    ]
+    assert list(cue.sweep.variants) == ["static_ensemble", "dynamic_gating"]
+    assert default.sweep.seeds == [0, 1, 2] and default.aa_sweep.seeds == [3, 4, 5]
+    distinct = {s.name: s for r in runs for s in r.sweeps}.values()
+    assert sum(len(grid_points(s)) for s in distinct) == 51  # 72 when each mechanism swept its own rows
+    assert [r.label for r in conflict.sweep.paper.rows] == [
+        f"#{k} {row}"
+        for k, row in ((2, "+ textual domain alignment"), (3, "+ static ensemble"), (4, "+ dynamic gating"))
+    ]
+    assert conflict.aa_sweep.name == conflict.sweep.name + "-aa"
     roots = [next(o for o in r.sweep.overrides if o.startswith("data.root=")) for r in runs]
     assert roots[0] == roots[3] == roots[5] == roots[6] and len(set(roots)) == 4  # the default world is shared
-    assert "data.synthesize.planted.platform_conflict=1.0" in experts.sweep.overrides
+    assert "data.synthesize.planted.platform_conflict=1.0" in conflict.sweep.overrides
     on_s3 = calibration.plan(sweep.model_copy(update={"output_root": "s3://bucket/sweeps"}), base)[2].sweep.overrides
     world = "s3://bucket/sweeps/pe_moe_ablation-quickstart-calibration/worlds/caption_gap-1_platform_conflict-1_query"
     assert [o.split("=", 1)[1].startswith(world) for o in on_s3[-5:-2]] == [True] * 3  # the worlds go where outputs go
@@ -117,6 +132,7 @@ def test_the_plan_sweeps_each_mechanisms_two_rows_on_both_worlds() -> None:
     assert tiny == [f"model.text.source={local}/text", f"model.image.pretrained={local}/image.pt"]
     quick = calibration.plan(sweep, base, quick=True)
     assert quick[0].sweep.seeds == [0] and quick[0].aa_sweep.seeds == [3]
+    assert sum(len(grid_points(s)) for s in {s.name: s for r in quick for s in r.sweeps}.values()) == 17  # was 24
 
 
 def _write_trial(experiment: Path, point: dict, hits: np.ndarray) -> None:

@@ -30,18 +30,19 @@ def run_calibration(
     folder = calibration.location(sweep, root)
     ownership.claim_dir(folder, ownership.Claim("output_root", f"{sweep.name}-calibration", "calibrate"))
     seeds, aa = calibration.main_seeds(sweep, quick), calibration.aa_seeds(sweep, quick)
-    entries, runs = [], calibration.plan(sweep, base_path, quick)
+    runs = calibration.plan(sweep, base_path, quick)
+    for world_sweep in {s.name: s for run in runs for s in run.sweeps}.values():  # each world's sweeps once
+        experiment = experiment_location(world_sweep, root)
+        saved = storage.read_json_if_exists(storage.join(experiment, "sweep.json"))
+        if saved is not None and saved["sweep"]["seeds"] != world_sweep.seeds:  # Tune would keep the old grid
+            raise ExperimentError(
+                f"{experiment} ran seeds {saved['sweep']['seeds']}, this calibration asks for {world_sweep.seeds} "
+                "(--quick takes the first of each): run it as it was, or remove that folder"
+            )
+        run_loaded_sweep(world_sweep, base_path, resume=resume and saved is not None, quiet=quiet)
+    entries = []
     for run in runs:
-        experiments = [experiment_location(s, root) for s in run.sweeps]
-        for world_sweep, experiment in zip(run.sweeps, experiments, strict=True):
-            saved = storage.read_json_if_exists(storage.join(experiment, "sweep.json"))
-            if saved is not None and saved["sweep"]["seeds"] != world_sweep.seeds:  # Tune would keep the old grid
-                raise ExperimentError(
-                    f"{experiment} ran seeds {saved['sweep']['seeds']}, this calibration asks for {world_sweep.seeds} "
-                    "(--quick takes the first of each): run it as it was, or remove that folder"
-                )
-            run_loaded_sweep(world_sweep, base_path, resume=resume and saved is not None, quiet=quiet)
-        entries += calibration.analyse(run, *experiments)
+        entries += calibration.analyse(run, *[experiment_location(s, root) for s in run.sweeps])
     result = {
         "sweep": sweep.name,
         "seeds": seeds,

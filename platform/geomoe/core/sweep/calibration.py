@@ -37,18 +37,26 @@ RESULT_MD = "calibration.md"
 
 @dataclass(frozen=True)
 class WorldRun:
-    """One mechanism on one world: the sweep of its two rows on the sweep's seeds, and the A/A sweep of the row
-    before (the baseline) on ``aa_seeds``."""
+    """One mechanism on one world: its two rows (``rows``: the labels of the row compared against and of its own
+    row), read from the world's sweep (every row any mechanism compares on that world, on the sweep's seeds) and
+    its A/A sweep (every row compared against there, on ``aa_seeds``). Mechanisms on the same world share both:
+    a configuration is trained once per world and seed, whoever compares it."""
 
     mechanism: CalibratedMechanism
     world: str
     strength: float
+    rows: tuple[str, str]
     sweep: SweepSpec
     aa_sweep: SweepSpec | None  # None without A/A seeds
 
     @property
     def sweeps(self) -> list[SweepSpec]:
         return [self.sweep] + ([self.aa_sweep] if self.aa_sweep else [])
+
+    def paper_rows(self) -> tuple[PaperRow, PaperRow]:
+        """(the row compared against, the mechanism's row) with their paper numbers."""
+        by_label = {r.label: r for r in self.sweep.paper.rows} if self.sweep.paper else {}
+        return by_label[self.rows[0]], by_label[self.rows[1]]
 
 
 def location(sweep: SweepSpec, root: Path) -> str:
@@ -85,11 +93,11 @@ def _narrowed(sweep: SweepSpec, rows: list[PaperRow]) -> dict[str, Any]:
     return {"variants": variants, "params": params}
 
 
-def _world_folders(base_path: Path, overrides: list[str], sweep: SweepSpec) -> list[str]:
-    """Overrides that give a world its own synthgeo and prepared folders (the base job's layout kept), named by
-    every planted knob's value (two mechanisms whose worlds coincide share them), inside the calibration's folder:
-    the sweep's storage, an object store on a cluster whose machines share no disk. Tiny random models, built from
-    a world's own captions, go to a folder of that name beside the base job's."""
+def _world_folders(base_path: Path, overrides: list[str], sweep: SweepSpec) -> tuple[str, list[str]]:
+    """The world's name and the overrides that give it its own synthgeo and prepared folders (the base job's
+    layout kept), named by every planted knob's value (two mechanisms whose worlds coincide share them), inside
+    the calibration's folder: the sweep's storage, an object store on a cluster whose machines share no disk. Tiny
+    random models, built from a world's own captions, go to a folder of that name beside the base job's."""
     base = load_job(base_path, overrides)
     synth = base.data.synthesize
     if synth is None or synth.output_dir is None:
@@ -100,7 +108,7 @@ def _world_folders(base_path: Path, overrides: list[str], sweep: SweepSpec) -> l
         raise SpecError(str(base_path), "data.root", "must lie inside data.synthesize.output_dir") from err
     world_name = "_".join(f"{k}-{v:g}" for k, v in synth.planted.model_dump().items())
     world = storage.join(sweep.output_root, f"{sweep.name}-calibration", "worlds", world_name)
-    return [
+    return world_name, [
         f"data.synthesize.output_dir={storage.join(world, 'data')}",
         f"data.root={storage.join(world, 'data', str(inside))}",
         f"preprocess.output_dir={storage.join(world, 'prepared')}",
@@ -109,31 +117,48 @@ def _world_folders(base_path: Path, overrides: list[str], sweep: SweepSpec) -> l
 
 
 def plan(sweep: SweepSpec, base_path: Path, quick: bool = False) -> list[WorldRun]:
-    """Every mechanism's planted and null world sweeps; ``quick``: the first seed and first A/A seed only."""
+    """Every mechanism's planted and null world, each world swept once: the rows its mechanisms compare on the
+    sweep's seeds, and the rows they compare against on the A/A seeds; ``quick``: the first seed of each."""
     calibration = sweep.calibration
     if calibration is None:
         raise SpecError(sweep.name, "calibration", "this sweep has no calibration section")
-    seeds, aa = main_seeds(sweep, quick), aa_seeds(sweep, quick)
     names = [slug(m.name) for m in calibration.mechanisms]
     if len(set(names)) < len(names):
-        raise SpecError(sweep.name, "calibration.mechanisms", f"two mechanisms share a folder name: {names}")
-    runs = []
+        raise SpecError(sweep.name, "calibration.mechanisms", f"two mechanisms share a name: {names}")
+    worlds: dict[str, tuple[list[str], set[str], set[str]]] = {}  # name -> overrides, its rows, its A/A rows
+    planned = []
     for mechanism in calibration.mechanisms:
         before, row = _rows(sweep, mechanism)
         for world, strength in zip(WORLDS, (mechanism.planted, mechanism.unplanted), strict=True):
             overrides = [*sweep.overrides, *calibration.overrides, f"{mechanism.knob}={strength}"]
-            overrides += _world_folders(base_path, overrides, sweep)
-            common = {
-                "output_root": storage.join(sweep.output_root, f"{sweep.name}-calibration"),
-                "overrides": overrides,
-                "calibration": None,
-                "quickstart": None,
-            }
-            name = f"{slug(mechanism.name)}-{world}"
-            main = _world_sweep(sweep, common | {"name": name, "seeds": seeds}, [before, row])
-            again = _world_sweep(sweep, common | {"name": f"{name}-aa", "seeds": aa}, [before]) if aa else None
-            runs.append(WorldRun(mechanism, world, strength, main, again))
-    return runs
+            name, folders = _world_folders(base_path, overrides, sweep)
+            _, rows, aa_rows = worlds.setdefault(name, ([*overrides, *folders], set(), set()))
+            rows.update((before.label, row.label))
+            aa_rows.add(before.label)
+            planned.append((mechanism, world, strength, (before.label, row.label), name))
+    sweeps = {name: _world_sweeps(sweep, name, *world, quick) for name, world in worlds.items()}
+    return [WorldRun(m, world, strength, rows, *sweeps[name]) for m, world, strength, rows, name in planned]
+
+
+def _world_sweeps(
+    sweep: SweepSpec, name: str, overrides: list[str], rows: set[str], aa_rows: set[str], quick: bool
+) -> tuple[SweepSpec, SweepSpec | None]:
+    """A world's sweep of ``rows`` on the sweep's seeds and its A/A sweep of ``aa_rows`` on the A/A seeds (rows
+    in the paper's order). A grid sweep trains the product of the rows' values: rows that differ in several keys
+    at once may add points no row names."""
+    common = {
+        "output_root": storage.join(sweep.output_root, f"{sweep.name}-calibration"),
+        "overrides": overrides,
+        "calibration": None,
+        "quickstart": None,
+    }
+    ordered = [r for r in (sweep.paper.rows if sweep.paper else []) if r.label in rows]
+    main = _world_sweep(sweep, common | {"name": name, "seeds": main_seeds(sweep, quick)}, ordered)
+    aa = aa_seeds(sweep, quick)
+    if not aa:
+        return main, None
+    again = [r for r in ordered if r.label in aa_rows]
+    return main, _world_sweep(sweep, common | {"name": f"{name}-aa", "seeds": aa}, again)
 
 
 def _world_sweep(sweep: SweepSpec, update: dict[str, Any], rows: list[PaperRow]) -> SweepSpec:
@@ -165,7 +190,7 @@ def _entry(run: WorldRun, comparison: str, metric: str, ours: Difference | None,
         "more_data": _more_data(ours, claimed) if kind == "planted" and not as_expected else None,
         "mechanism": run.mechanism.name,
         "row": run.mechanism.row,
-        "against": run.sweep.paper.rows[0].label if run.sweep.paper else "",
+        "against": run.rows[0],
         "world_data": _world_data(run.sweep),
         "world": run.world,
         "knob": run.mechanism.knob,
@@ -206,10 +231,10 @@ def analyse(run: WorldRun, experiment: str, aa_experiment: str | None = None) ->
     before, on the sweep's seeds), then A/A (the row before on the sweep's seeds against itself on the A/A
     seeds). A configuration that did not finish gives "no paired values"."""
     sweep = run.sweep
-    assert sweep.paper is not None and len(sweep.paper.rows) == 2, "a calibration world sweeps two paper rows"
-    before, row = sweep.paper.rows
+    before, row = run.paper_rows()
     metrics = [m for m in [sweep.metric, *sweep.report_metrics] if m in row.metrics and m in before.metrics]
-    min_change = sweep.paper.min_change  # a published change below it reads as none, as in the sweep's verdicts
+    # a published change below min_change reads as none, as in the sweep's verdicts
+    min_change = sweep.paper.min_change if sweep.paper else 0.0
     configs = configurations(*report_rows(experiment))
     a, b = _one(configs, row), _one(configs, before)
     entries = []
@@ -234,6 +259,7 @@ def record(runs: list[WorldRun]) -> list[dict[str, Any]]:
             "mechanism": r.mechanism.model_dump(),
             "world": r.world,
             "strength": r.strength,
+            "rows": list(r.rows),
             "sweeps": [s.name for s in r.sweeps],
         }
         for r in runs
@@ -251,7 +277,10 @@ def rebuild(folder: str) -> dict[str, Any]:
             SweepSpec.model_validate(storage.read_json(storage.join(e, "sweep.json"))["sweep"]) for e in experiments
         ]
         mechanism = CalibratedMechanism.model_validate(done["mechanism"])
-        run = WorldRun(mechanism, done["world"], done["strength"], sweeps[0], sweeps[1] if len(sweeps) > 1 else None)
+        # a calibration from before worlds were shared swept each mechanism's two rows alone, in order
+        rows = done.get("rows") or [r.label for r in (sweeps[0].paper.rows if sweeps[0].paper else [])]
+        again = sweeps[1] if len(sweeps) > 1 else None
+        run = WorldRun(mechanism, done["world"], done["strength"], (rows[0], rows[1]), sweeps[0], again)
         entries += analyse(run, *experiments)
     return saved | {"entries": entries, "summary": summary(entries, saved.get("metric"))}
 
