@@ -128,7 +128,8 @@ def test_the_plan_sweeps_each_world_once_with_every_row_its_mechanisms_compare()
     assert [o.split("=", 1)[1].startswith(world) for o in on_s3[-5:-2]] == [True] * 3  # the worlds go where outputs go
     # each world's tiny backbones are built from its own captions, in a local folder of its own beside the job's
     tiny = [o for o in on_s3 if o.startswith(("model.text.source=", "model.image.pretrained="))]
-    local = "runs/quickstart/tiny/caption_gap-1_platform_conflict-1_query_platform_cue-1"  # as relative as the job's
+    world = "caption_gap-1_platform_conflict-1_query_platform_cue-1"
+    local = f"runs/quickstart/tiny/pe_moe_ablation-quickstart-calibration/{world}"  # as relative as the job's
     assert tiny == [f"model.text.source={local}/text", f"model.image.pretrained={local}/image.pt"]
     quick = calibration.plan(sweep, base, quick=True)
     assert quick[0].sweep.seeds == [0] and quick[0].aa_sweep.seeds == [3]

@@ -97,7 +97,7 @@ def _world_folders(base_path: Path, overrides: list[str], sweep: SweepSpec) -> t
     """The world's name and the overrides that give it its own synthgeo and prepared folders (the base job's
     layout kept), named by every planted knob's value (two mechanisms whose worlds coincide share them), inside
     the calibration's folder: the sweep's storage, an object store on a cluster whose machines share no disk. Tiny
-    random models, built from a world's own captions, go to a folder of that name beside the base job's."""
+    random models, built from a world's own captions, go to <calibration>/<world> beside the base job's."""
     base = load_job(base_path, overrides)
     synth = base.data.synthesize
     if synth is None or synth.output_dir is None:
@@ -112,7 +112,7 @@ def _world_folders(base_path: Path, overrides: list[str], sweep: SweepSpec) -> t
         f"data.synthesize.output_dir={storage.join(world, 'data')}",
         f"data.root={storage.join(world, 'data', str(inside))}",
         f"preprocess.output_dir={storage.join(world, 'prepared')}",
-        *base.model.tiny_models_in(world_name),  # local: model weights load from local folders
+        *base.model.tiny_models_in(f"{sweep.name}-calibration/{world_name}"),  # local: weights load from local folders
     ]
 
 
