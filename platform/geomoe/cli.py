@@ -150,8 +150,9 @@ def _cmd_calibrate(args: argparse.Namespace) -> None:
     verbose = bool(getattr(args, "verbose", False))
     if not verbose:
         _quiet_libraries()
-    trials = sum(trial_count(s) for r in runs for s in r.sweeps)
-    print(f"calibrate {sweep.name}: {len(runs)} worlds, {trials} trials; logs: {folder}/logs",
+    sweeps = calibration.world_sweeps(runs)
+    trials, worlds = sum(trial_count(s) for s in sweeps), len({r.sweep.name for r in runs})
+    print(f"calibrate {sweep.name}: {worlds} worlds, {trials} trials; logs: {folder}/logs",
           file=sys.stderr, flush=True)  # fmt: skip
     with run_logs(folder, verbose, _ray_session_logs):
         folder, result = run_calibration(

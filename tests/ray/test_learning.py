@@ -108,7 +108,7 @@ def retrieval(tmp_path_factory: pytest.TempPathFactory) -> tuple[JobSpec, Prepar
     ]
     spec = quickstart("quickstart.yaml", out, scaled + paths)
     prepared = PreparedDataset.of(synthesized_and_prepared(spec))
-    ensure_tiny(spec.model_as(PEMoEModelSpec), spec.seed, prepared)
+    ensure_tiny(spec.model_as(PEMoEModelSpec), prepared, spec.preprocess.max_words_train)
     return spec, prepared
 
 

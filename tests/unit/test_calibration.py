@@ -1,5 +1,5 @@
 """Planted-effect worlds and the calibration table, without Ray: each knob plants only its own premise, the plan
-sweeps each mechanism's two rows on both worlds, and the table scores detections and false alarms from the
+sweeps each world once with every row its mechanisms compare, and the table scores detections and false alarms from the
 trials' per-query values as the sweep report does."""
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import pytest
 from geomoe.core.config import SynthSpec
 from geomoe.core.data.synthgeo import generate
 from geomoe.core.data.synthgeo.captions import FILLERS
+from geomoe.core.errors import ExperimentError
 from geomoe.core.ownership import Claim, claim_dir
 from geomoe.core.storage import write_json_atomic
 from geomoe.core.sweep import VARIANT, calibration, grid_points, load_sweep, trial_key
@@ -97,7 +98,7 @@ def test_the_plan_sweeps_each_world_once_with_every_row_its_mechanisms_compare()
         for world, strength in (("planted", 1.0), ("null", 0.0))
     ]
     default, gap, conflict, cue = runs[0], runs[1], runs[2], runs[7]  # the four worlds
-    assert [r.sweep for r in runs[3:7:3]] == [default.sweep] * 2 and runs[4].sweep is conflict.sweep  # shared
+    assert runs[3].sweep is runs[6].sweep is default.sweep and runs[4].sweep is conflict.sweep  # shared
     assert {r.sweep.name for r in runs} == {
         f"caption_gap-{g}_platform_conflict-{c}_query_platform_cue-{q}" for g, c, q in ("101", "001", "111", "100")
     }
@@ -134,6 +135,24 @@ def test_the_plan_sweeps_each_world_once_with_every_row_its_mechanisms_compare()
     quick = calibration.plan(sweep, base, quick=True)
     assert quick[0].sweep.seeds == [0] and quick[0].aa_sweep.seeds == [3]
     assert sum(len(grid_points(s)) for s in {s.name: s for r in quick for s in r.sweeps}.values()) == 17  # was 24
+
+
+def test_a_world_sweep_that_ran_other_trials_is_refused_not_mixed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Tune's restore keeps the grid a sweep started with: a world swept with other seeds (or for other mechanisms,
+    whose rows it holds) would silently lack the trials this calibration compares."""
+    from geomoe.on_ray.calibrate import run_calibration
+
+    monkeypatch.chdir(tmp_path)
+    sweep, base = load_sweep(ABLATION, quickstart=True)
+    folder = calibration.location(sweep, tmp_path)
+    claim_dir(folder, Claim("output_root", f"{sweep.name}-calibration", "calibrate"))
+    quick = calibration.world_sweeps(calibration.plan(sweep, base, quick=True))[0]
+    keys = [trial_key(p) for p in grid_points(quick)]
+    write_json_atomic(f"{folder}/{quick.name}/sweep.json", {"sweep": quick.model_dump(mode="json"), "expected": keys})
+    with pytest.raises(ExperimentError, match=r"ran trials .* this calibration asks for"):
+        run_calibration(ABLATION, quickstart=True, resume=True)  # all three seeds: refused before Ray starts
 
 
 def _write_trial(experiment: Path, point: dict, hits: np.ndarray) -> None:

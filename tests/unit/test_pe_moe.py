@@ -10,7 +10,7 @@ import torch
 
 from geomoe.core.data.transforms import normalize_caption
 from geomoe.core.errors import ModelError
-from geomoe.core.models.tiny import RECIPE_FILE, built_recipe, text_model_recipe
+from geomoe.core.models.tiny import RECIPE_FILE, built_recipe, text_model_recipe, text_settings
 from geomoe.families.pe_moe.driver import backbone_corpus
 from geomoe.families.pe_moe.factory import build_pe_moe, ensure_tiny_models, tokenize
 from geomoe.families.pe_moe.losses import gate_loss, hard_negative_loss, multi_positive_info_nce
@@ -183,18 +183,25 @@ def test_caption_similarity_uses_the_text_models_own_dense_embedding(tiny_dir: P
 
 def test_a_tiny_model_folder_serves_only_the_captions_it_was_built_from(tmp_path: Path) -> None:
     ensure_tiny_models(spec(tmp_path), CORPUS)
-    weights = tmp_path / "text" / "model.safetensors"
-    built = weights.stat().st_mtime_ns
+    weights, image = tmp_path / "text" / "model.safetensors", tmp_path / "image.pt"
+    built = weights.stat().st_mtime_ns, image.stat().st_mtime_ns
     ensure_tiny_models(spec(tmp_path), CORPUS[::-1])  # the same captions in another order: the same model, reused
-    assert weights.stat().st_mtime_ns == built
+    assert (weights.stat().st_mtime_ns, image.stat().st_mtime_ns) == built
     with pytest.raises(ModelError, match=r"model\.text\.source: .* built from other captions"):
         ensure_tiny_models(spec(tmp_path), [*CORPUS, "a blue domed roof"])  # another job's data: never reused
-    (tmp_path / "text" / RECIPE_FILE).unlink()  # as an older geomoe left it: rebuilt, with its recipe
+    with pytest.raises(ModelError, match="other captions or settings"):  # nor another seed
+        ensure_tiny_models(spec(tmp_path, tiny=TinyModelsSpec(text_hidden=32, text_layers=3, seed=1)), CORPUS)
+    (tmp_path / "text" / RECIPE_FILE).unlink()  # as an older geomoe left it: both rebuilt, with the recipe
     ensure_tiny_models(spec(tmp_path), [*CORPUS, "a blue domed roof"])
-    assert built_recipe(tmp_path / "text") == text_model_recipe([*CORPUS, "a blue domed roof"], 32, 3, 2, 16, 0, None)
+    settings = text_settings(32, 3, 2, 16, 0, None) | {"image": "geomoe-eva02-micro"}
+    assert built_recipe(tmp_path / "text") == text_model_recipe([*CORPUS, "a blue domed roof"], settings)
+    assert image.stat().st_mtime_ns != built[1]
 
 
 def test_the_backbone_learns_the_datasets_captions_not_the_refined_ones() -> None:
+    """The corpus reads the raw captions only (that prepare and refine keep them is the pipelines' part: the
+    e2e calibration test trains an unrefined and a refined row on one world, which the recipe check would refuse
+    if their corpora differed)."""
     raw = ["In this picture we can see a red roof. The building has 8 floors.", "A brick facade; a pond."]
     rows = {"caption_raw": [*raw, raw[0]], "augment": ["", "", "rot90"]}
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from geomoe.core import ownership, storage
 from geomoe.core.errors import ExperimentError
-from geomoe.core.sweep import calibration, experiment_location, load_sweep
+from geomoe.core.sweep import calibration, experiment_location, grid_points, load_sweep, trial_key
 from geomoe.on_ray.tune import run_loaded_sweep
 
 
@@ -31,13 +31,15 @@ def run_calibration(
     ownership.claim_dir(folder, ownership.Claim("output_root", f"{sweep.name}-calibration", "calibrate"))
     seeds, aa = calibration.main_seeds(sweep, quick), calibration.aa_seeds(sweep, quick)
     runs = calibration.plan(sweep, base_path, quick)
-    for world_sweep in {s.name: s for run in runs for s in run.sweeps}.values():  # each world's sweeps once
+    for world_sweep in calibration.world_sweeps(runs):
         experiment = experiment_location(world_sweep, root)
         saved = storage.read_json_if_exists(storage.join(experiment, "sweep.json"))
-        if saved is not None and saved["sweep"]["seeds"] != world_sweep.seeds:  # Tune would keep the old grid
+        planned = [trial_key(point) for point in grid_points(world_sweep)]
+        if saved is not None and sorted(saved["expected"]) != sorted(planned):  # Tune would keep the old grid
             raise ExperimentError(
-                f"{experiment} ran seeds {saved['sweep']['seeds']}, this calibration asks for {world_sweep.seeds} "
-                "(--quick takes the first of each): run it as it was, or remove that folder"
+                f"{experiment} ran trials {saved['expected']}, this calibration asks for {planned} (other seeds: "
+                "--quick takes the first of each; or other mechanisms on this world): run it as it was, or remove "
+                "that folder"
             )
         run_loaded_sweep(world_sweep, base_path, resume=resume and saved is not None, quiet=quiet)
     entries = []

@@ -112,9 +112,11 @@ def save_tiny_text_model(
     max_length: int = 64,
     seed: int = 0,
     intermediate: int | None = None,
+    also: dict[str, Any] | None = None,
 ) -> Path:
     """Write a random XLM-R model and its tokenizer to ``out`` (a folder AutoModel and BGE-M3 loaders accept);
-    ``intermediate``: the FFN width (default 2 x hidden; XLM-R's own is 4 x)."""
+    ``intermediate``: the FFN width (default 2 x hidden; XLM-R's own is 4 x). Its recipe (``RECIPE_FILE``) records
+    the corpus, these settings and ``also`` (what was built with it, e.g. the image model)."""
     import torch
     from transformers import XLMRobertaConfig, XLMRobertaModel
 
@@ -140,7 +142,9 @@ def save_tiny_text_model(
         # word identity dominant, so short queries and long captions with the same words land close together.
         model.embeddings.position_embeddings.weight.mul_(0.1)
         model.embeddings.token_type_embeddings.weight.mul_(0.1)
-    recipe = text_model_recipe(corpus, hidden, layers, heads, max_length, seed, intermediate)
+    recipe = text_model_recipe(
+        corpus, text_settings(hidden, layers, heads, max_length, seed, intermediate) | (also or {})
+    )
     with atomic_dir(out, TINY_MODEL) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
@@ -148,12 +152,25 @@ def save_tiny_text_model(
     return Path(out)
 
 
-def text_model_recipe(corpus: Iterable[str], *config: int | None) -> dict[str, Any]:
+def text_settings(
+    hidden: int, layers: int, heads: int, max_length: int, seed: int, intermediate: int | None
+) -> dict[str, Any]:
+    return {
+        "hidden": hidden,
+        "layers": layers,
+        "heads": heads,
+        "max_length": max_length,
+        "seed": seed,
+        "intermediate": intermediate,
+    }
+
+
+def text_model_recipe(corpus: Iterable[str], settings: dict[str, Any]) -> dict[str, Any]:
     """What a tiny text model is a function of: its corpus (as a multiset: the tokenizer counts words) and its
-    configuration. Two builds with the same recipe write the same model."""
+    settings. Two builds with the same recipe write the same model."""
     lines = sorted(corpus)
     digest = hashlib.sha256("\n".join(lines).encode()).hexdigest()
-    return {"corpus_sha256": digest, "corpus_texts": len(lines), "config": list(config)}
+    return {"corpus_sha256": digest, "corpus_texts": len(lines), "settings": settings}
 
 
 def built_recipe(folder: str | Path) -> dict[str, Any] | None:

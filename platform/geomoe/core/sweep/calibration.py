@@ -97,7 +97,8 @@ def _world_folders(base_path: Path, overrides: list[str], sweep: SweepSpec) -> t
     """The world's name and the overrides that give it its own synthgeo and prepared folders (the base job's
     layout kept), named by every planted knob's value (two mechanisms whose worlds coincide share them), inside
     the calibration's folder: the sweep's storage, an object store on a cluster whose machines share no disk. Tiny
-    random models, built from a world's own captions, go to <calibration>/<world> beside the base job's."""
+    random models, built from a world's own captions, go to ``<sweep>-calibration/<world>`` in the folder of the
+    base job's own (``FamilyModelSpec.tiny_models_in``)."""
     base = load_job(base_path, overrides)
     synth = base.data.synthesize
     if synth is None or synth.output_dir is None:
@@ -125,19 +126,20 @@ def plan(sweep: SweepSpec, base_path: Path, quick: bool = False) -> list[WorldRu
     names = [slug(m.name) for m in calibration.mechanisms]
     if len(set(names)) < len(names):
         raise SpecError(sweep.name, "calibration.mechanisms", f"two mechanisms share a name: {names}")
-    worlds: dict[str, tuple[list[str], set[str], set[str]]] = {}  # name -> overrides, its rows, its A/A rows
+    worlds: dict[str, tuple[list[str], set[str], set[str]]] = {}  # world name -> overrides, rows, A/A rows
     planned = []
     for mechanism in calibration.mechanisms:
         before, row = _rows(sweep, mechanism)
-        for world, strength in zip(WORLDS, (mechanism.planted, mechanism.unplanted), strict=True):
+        pair = (before.label, row.label)
+        for kind, strength in zip(WORLDS, (mechanism.planted, mechanism.unplanted), strict=True):
             overrides = [*sweep.overrides, *calibration.overrides, f"{mechanism.knob}={strength}"]
-            name, folders = _world_folders(base_path, overrides, sweep)
-            _, rows, aa_rows = worlds.setdefault(name, ([*overrides, *folders], set(), set()))
-            rows.update((before.label, row.label))
+            world_name, folders = _world_folders(base_path, overrides, sweep)
+            _, rows, aa_rows = worlds.setdefault(world_name, ([*overrides, *folders], set(), set()))
+            rows.update(pair)
             aa_rows.add(before.label)
-            planned.append((mechanism, world, strength, (before.label, row.label), name))
+            planned.append((mechanism, kind, strength, pair, world_name))
     sweeps = {name: _world_sweeps(sweep, name, *world, quick) for name, world in worlds.items()}
-    return [WorldRun(m, world, strength, rows, *sweeps[name]) for m, world, strength, rows, name in planned]
+    return [WorldRun(m, kind, strength, pair, *sweeps[name]) for m, kind, strength, pair, name in planned]
 
 
 def _world_sweeps(
@@ -159,6 +161,11 @@ def _world_sweeps(
         return main, None
     again = [r for r in ordered if r.label in aa_rows]
     return main, _world_sweep(sweep, common | {"name": f"{name}-aa", "seeds": aa}, again)
+
+
+def world_sweeps(runs: list[WorldRun]) -> list[SweepSpec]:
+    """Every sweep the runs read, once (mechanisms on one world share its sweeps), in the plan's order."""
+    return list({s.name: s for run in runs for s in run.sweeps}.values())
 
 
 def _world_sweep(sweep: SweepSpec, update: dict[str, Any], rows: list[PaperRow]) -> SweepSpec:
@@ -252,8 +259,8 @@ def analyse(run: WorldRun, experiment: str, aa_experiment: str | None = None) ->
 
 
 def record(runs: list[WorldRun]) -> list[dict[str, Any]]:
-    """What ``rebuild`` needs to analyse the worlds again: each mechanism, world, strength and its sweeps' names
-    (their folders, inside the calibration's)."""
+    """What ``rebuild`` needs to analyse the worlds again: each mechanism, world, strength, the two rows it
+    compares and its world's sweeps' names (their folders, inside the calibration's)."""
     return [
         {
             "mechanism": r.mechanism.model_dump(),

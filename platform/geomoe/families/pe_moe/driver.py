@@ -255,13 +255,16 @@ def train_and_evaluate(spec: JobSpec, prepared: PreparedDataset, run_dir: str) -
 
 def ensure_tiny(model: PEMoEModelSpec, prepared: PreparedDataset, max_words: int) -> None:
     """Build the tiny models ``model.tiny`` asks for, their tokenizer on ``backbone_corpus``."""
-    ensure_tiny_models(model, backbone_corpus(prepared, max_words))
+    if model.tiny is not None:  # real backbones: nothing to read
+        ensure_tiny_models(model, backbone_corpus(prepared, max_words))
 
 
 def backbone_corpus(prepared: PreparedDataset, max_words: int) -> list[str]:
     """The training captions as the dataset wrote them (normalised, cut at ``max_words``: the training length),
     not as preprocessing refined them: a frozen backbone is the same for every row of an ablation, with or
-    without refinement, so one tiny model folder serves them all."""
+    without refinement, so one tiny model folder serves them all. A record that refinement rejects (the rules
+    can leave a caption empty) is missing from a refined row's corpus: such rows are refused by the recipe check,
+    not given different backbones."""
     table = prepared.read_split("train", columns=["caption_raw", "augment"])
     originals = table.filter(pc.equal(table["augment"], ""))["caption_raw"].to_pylist()
     return [normalize_caption(text, max_words) for text in originals]

@@ -20,44 +20,44 @@ log = logging.getLogger(__name__)
 def ensure_tiny_models(spec: PEMoEModelSpec, corpus: Iterable[str]) -> None:
     """With ``spec.tiny``, write a random text model at text.source and image weights at image.pretrained.
 
-    A text model already there is reused only if it was built from the same corpus and configuration (its
-    recorded recipe): a path names one backbone, so a job never trains on one that another job's captions built.
-    One without a recipe (an older geomoe's) is rebuilt; one with another recipe is an error.
+    They are reused only if the text folder's recorded recipe (the corpus, both models' settings and their seed)
+    is this job's: a path names one backbone, so a job never trains on one that another job's captions built. A
+    folder without a recipe (an older geomoe's) is rebuilt, the image weights with it; another recipe is an error.
     """
-    from geomoe.core.models.tiny import built_recipe, save_tiny_text_model, text_model_recipe
+    from geomoe.core.models.tiny import (
+        built_recipe,
+        save_tiny_image_model,
+        save_tiny_text_model,
+        text_model_recipe,
+        text_settings,
+    )
 
     tiny = spec.tiny
     if tiny is None:
         return
     corpus = list(corpus)
-    text_dir = Path(spec.text.source)
-    config = (tiny.text_hidden, tiny.text_layers, tiny.text_heads, spec.text.max_length, tiny.seed, None)
-    wanted = text_model_recipe(corpus, *config)
-    if (text_dir / "config.json").is_file():
-        built = built_recipe(text_dir)
-        if built == wanted:
-            return _ensure_tiny_image(spec, tiny.seed)
-        if built is not None:
-            raise ModelError(
-                f"model.text.source: {text_dir} holds a tiny text model built from other captions or settings "
-                f"({built['corpus_texts']} texts, sha256 {built['corpus_sha256'][:12]}; this job's: "
-                f"{wanted['corpus_texts']}, {wanted['corpus_sha256'][:12]}, config {built['config']} vs "
-                f"{wanted['config']}): point model.text.source (and model.image.pretrained) at another folder, "
-                "or remove it to rebuild"
-            )
-    log.info("building a tiny random text model at %s", text_dir)
-    save_tiny_text_model(text_dir, corpus, *config[:5])
-    _ensure_tiny_image(spec, tiny.seed)
+    text_dir, image_file = Path(spec.text.source), Path(spec.image.pretrained or "")
+    text = (tiny.text_hidden, tiny.text_layers, tiny.text_heads, spec.text.max_length, tiny.seed)
+    also = {"image": spec.image.name}
+    wanted = text_model_recipe(corpus, text_settings(*text, None) | also)
+    built = built_recipe(text_dir) if (text_dir / "config.json").is_file() else None
+    if built == wanted and image_file.is_file():
+        return
+    if built is not None and built != wanted:
+        raise ModelError(
+            f"model.text.source: {text_dir} holds a tiny text model built from other captions or settings "
+            f"({_described(built)}; this job's: {_described(wanted)}): point model.text.source and "
+            "model.image.pretrained at other folders, or remove them to rebuild"
+        )
+    log.info("building tiny random models at %s and %s", text_dir, image_file)
+    save_tiny_text_model(text_dir, corpus, *text, also=also)
+    save_tiny_image_model(image_file, spec.image.name, tiny.seed)
 
 
-def _ensure_tiny_image(spec: PEMoEModelSpec, seed: int) -> None:
-    from geomoe.core.models.tiny import save_tiny_image_model
-
-    assert spec.image.pretrained is not None  # PEMoEModelSpec: tiny needs image.pretrained
-    image_file = Path(spec.image.pretrained)
-    if not image_file.is_file():
-        log.info("building a tiny random image model at %s", image_file)
-        save_tiny_image_model(image_file, spec.image.name, seed)
+def _described(recipe: dict[str, Any]) -> str:
+    return (
+        f"{recipe.get('corpus_texts')} texts, sha256 {str(recipe.get('corpus_sha256'))[:12]}, {recipe.get('settings')}"
+    )
 
 
 def build_pe_moe(spec: PEMoEModelSpec) -> tuple[PEMoE, Any]:

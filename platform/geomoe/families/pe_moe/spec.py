@@ -45,7 +45,8 @@ def _platform_experts() -> list[ExpertSpec]:
 
 
 class TinyModelsSpec(Strict):
-    """Build random tiny models at text.source / image.pretrained when absent (demo and tests; no downloads)."""
+    """Build random tiny models at text.source / image.pretrained (demo and tests; no downloads): when absent or
+    left by an older geomoe; reused when their recorded recipe is this job's; refused when it is another's."""
 
     text_hidden: int = Field(64, ge=8)
     text_layers: int = Field(4, ge=2)
