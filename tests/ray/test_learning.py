@@ -5,9 +5,10 @@ clipping, the schedule; Ray Train adds only DDP and reports around it) on synthg
 prepare stage, with the quickstart jobs' model and train sections. Every claim has a stated margin, and a twin
 run at learning rate 0 must fail it, so an optimizer that never steps fails this module.
 
-Measured on this 2-core machine with the backbone built from refined captions, before 1bdd4b8 (the test passes
-with today's, built from the raw ones; not measured again) (the models are seeded, so a run repeats these; seeds 1 and 2 show the spread a
-change of CPU or library may bring; the tightest margin is SMGeo's acc@0.5, which seed 0 clears by 3 points).
+Measured on this 2-core machine (the models are seeded, so a run repeats these; seeds 1 and 2 show the spread a
+change of CPU or library may bring; the tightest margin is SMGeo's acc@0.5, which seed 0 clears by 3 points). The
+PE-MoE numbers are from before 1bdd4b8, with the backbone built from refined captions; the test passes with
+today's, built from the raw ones (not measured again).
 PE-MoE, 8 epochs on 96 training buildings, test gallery of 24 buildings: R@10 23.5 / 20.8 / 19.0 for torch seeds
 0 / 1 / 2 against chance 5.95; routing 95.5 / 94.0 / 95.5%; the loss 8.19 -> 5.94. At lr 0: R@10 5.65, routing
 30.4%, loss 8.79 -> 8.87. SMGeo, 3 epochs on 400 pairs, 300 test pairs: acc@0.5 15.3 / 25.7 / 21.0 and mIoU

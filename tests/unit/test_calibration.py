@@ -145,10 +145,12 @@ def test_a_world_sweep_that_ran_other_trials_is_refused_not_mixed(
     from geomoe.on_ray.calibrate import run_calibration
 
     monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("GEOMOE_STORAGE", raising=False)  # the sweep's output_root: here
+    monkeypatch.setattr("geomoe.on_ray.calibrate.run_loaded_sweep", lambda *_, **__: pytest.fail("a sweep ran"))
     sweep, base = load_sweep(ABLATION, quickstart=True)
     folder = calibration.location(sweep, tmp_path)
     claim_dir(folder, Claim("output_root", f"{sweep.name}-calibration", "calibrate"))
-    quick = calibration.world_sweeps(calibration.plan(sweep, base, quick=True))[0]
+    quick = calibration.world_sweeps(calibration.plan(sweep, base, quick=True))[-1]  # the last: none runs first
     keys = [trial_key(p) for p in grid_points(quick)]
     write_json_atomic(f"{folder}/{quick.name}/sweep.json", {"sweep": quick.model_dump(mode="json"), "expected": keys})
     with pytest.raises(ExperimentError, match=r"ran trials .* this calibration asks for"):

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from geomoe.core import ownership, storage
+from geomoe.core.config import SweepSpec
 from geomoe.core.errors import ExperimentError
 from geomoe.core.sweep import calibration, experiment_location, grid_points, load_sweep, trial_key
 from geomoe.on_ray.tune import run_loaded_sweep
@@ -31,17 +32,10 @@ def run_calibration(
     ownership.claim_dir(folder, ownership.Claim("output_root", f"{sweep.name}-calibration", "calibrate"))
     seeds, aa = calibration.main_seeds(sweep, quick), calibration.aa_seeds(sweep, quick)
     runs = calibration.plan(sweep, base_path, quick)
-    for world_sweep in calibration.world_sweeps(runs):
-        experiment = experiment_location(world_sweep, root)
-        saved = storage.read_json_if_exists(storage.join(experiment, "sweep.json"))
-        planned = [trial_key(point) for point in grid_points(world_sweep)]
-        if saved is not None and sorted(saved["expected"]) != sorted(planned):  # Tune would keep the old grid
-            raise ExperimentError(
-                f"{experiment} ran trials {saved['expected']}, this calibration asks for {planned} (other seeds: "
-                "--quick takes the first of each; or other mechanisms on this world): run it as it was, or remove "
-                "that folder"
-            )
-        run_loaded_sweep(world_sweep, base_path, resume=resume and saved is not None, quiet=quiet)
+    sweeps = calibration.world_sweeps(runs)
+    saved = [_refuse_other_trials(s, root) for s in sweeps]  # all before any trains: a refusal costs nothing
+    for world_sweep, before in zip(sweeps, saved, strict=True):
+        run_loaded_sweep(world_sweep, base_path, resume=resume and before, quiet=quiet)
     entries = []
     for run in runs:
         entries += calibration.analyse(run, *[experiment_location(s, root) for s in run.sweeps])
@@ -57,3 +51,20 @@ def run_calibration(
     }
     calibration.write(folder, result)
     return folder, result
+
+
+def _refuse_other_trials(world_sweep: SweepSpec, root: Path) -> bool:
+    """Whether the world's sweep ran before; an ExperimentError when it ran other trials than it plans now (other
+    seeds, or rows of other mechanisms): Tune's restore would keep the old grid and the new trials never run."""
+    experiment = experiment_location(world_sweep, root)
+    saved = storage.read_json_if_exists(storage.join(experiment, "sweep.json"))
+    if saved is None:
+        return False
+    planned = [trial_key(point) for point in grid_points(world_sweep)]
+    if sorted(saved.get("expected", [])) != sorted(planned):
+        raise ExperimentError(
+            f"{experiment} ran trials {saved.get('expected')}, this calibration asks for {planned} (other seeds: "
+            "--quick takes the first of each; or other mechanisms on this world): run it as it was, or remove "
+            "that folder"
+        )
+    return True

@@ -81,7 +81,7 @@ def _train_once(spec: JobSpec, prepared: PreparedDataset, run_dir: str, seconds:
     for name in spec.baselines:
         baseline = spec.baseline(name)
         data = prepared if baseline.preprocess == spec.preprocess else PreparedDataset.of(_prepare(baseline))
-        family.prepare_inputs(baseline, data)  # the same tiny backbone, or an error if its data would build another
+        family_of(baseline).prepare_inputs(baseline, data)  # the same tiny backbone, or an error: it would differ
         runs[name] = (baseline, data, storage.join(run_dir, "baselines", name))
     if spec.resources.concurrent_models and len(runs) > 1:
         return _train_concurrently(runs, seconds)

@@ -175,9 +175,10 @@ def text_model_recipe(corpus: Iterable[str], settings: dict[str, Any]) -> dict[s
 
 def built_recipe(folder: str | Path) -> dict[str, Any] | None:
     """The recipe a tiny text model in ``folder`` was built from; None when it has none (built by a geomoe
-    before recipes were recorded)."""
+    before recipes were recorded, or in their first format): such a folder is rebuilt."""
     path = Path(folder) / RECIPE_FILE
-    return json.loads(path.read_text()) if path.is_file() else None
+    recipe = json.loads(path.read_text()) if path.is_file() else None
+    return recipe if isinstance(recipe, dict) and "settings" in recipe else None  # an earlier format: none
 
 
 def save_tiny_image_model(out: str | Path, name: str = "geomoe-eva02-micro", seed: int = 0) -> Path:

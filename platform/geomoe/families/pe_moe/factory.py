@@ -41,9 +41,11 @@ def ensure_tiny_models(spec: PEMoEModelSpec, corpus: Iterable[str]) -> None:
     also = {"image": spec.image.name}
     wanted = text_model_recipe(corpus, text_settings(*text, None) | also)
     built = built_recipe(text_dir) if (text_dir / "config.json").is_file() else None
-    if built == wanted and image_file.is_file():
+    if built == wanted:
+        if not image_file.is_file():
+            save_tiny_image_model(image_file, spec.image.name, tiny.seed)
         return
-    if built is not None and built != wanted:
+    if built is not None:
         raise ModelError(
             f"model.text.source: {text_dir} holds a tiny text model built from other captions or settings "
             f"({_described(built)}; this job's: {_described(wanted)}): point model.text.source and "
