@@ -36,9 +36,9 @@ def run_calibration(
     saved = [_refuse_other_trials(s, root) for s in sweeps]  # all before any trains: a refusal costs nothing
     for world_sweep, before in zip(sweeps, saved, strict=True):
         run_loaded_sweep(world_sweep, base_path, resume=resume and before, quiet=quiet)
-    entries = []
+    entries, read = [], calibration.reader()
     for run in runs:
-        entries += calibration.analyse(run, *[experiment_location(s, root) for s in run.sweeps])
+        entries += calibration.analyse(run, *[experiment_location(s, root) for s in run.sweeps], read=read)
     result = {
         "sweep": sweep.name,
         "seeds": seeds,

@@ -16,8 +16,10 @@ mechanism's two rows (that row and the one before it, or ``against``) are swept 
 
 from __future__ import annotations
 
+import functools
 import json
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -233,16 +235,29 @@ def _more_data(ours: Difference | None, claimed: float) -> float | None:
     return round((2.8 * ours.se / abs(ours.delta)) ** 2, 1)
 
 
-def analyse(run: WorldRun, experiment: str, aa_experiment: str | None = None) -> list[dict[str, Any]]:
+Read = Callable[[str], list[Configuration]]
+
+
+def reader() -> Read:
+    """A sweep folder's configurations (its finished trials' per-query values), each folder read once: the
+    mechanisms on one world share its sweeps."""
+    return functools.cache(lambda experiment: configurations(*report_rows(experiment)))
+
+
+def analyse(
+    run: WorldRun, experiment: str, aa_experiment: str | None = None, *, read: Read | None = None
+) -> list[dict[str, Any]]:
     """The world's comparisons, from the two sweeps' finished trials: the mechanism (its row against the row
     before, on the sweep's seeds), then A/A (the row before on the sweep's seeds against itself on the A/A
-    seeds). A configuration that did not finish gives "no paired values"."""
+    seeds). A configuration that did not finish gives "no paired values". ``read``: a ``reader()`` shared by the
+    runs of one calibration."""
+    read = read or reader()
     sweep = run.sweep
     before, row = run.paper_rows()
     metrics = [m for m in [sweep.metric, *sweep.report_metrics] if m in row.metrics and m in before.metrics]
     # a published change below min_change reads as none, as in the sweep's verdicts
     min_change = sweep.paper.min_change if sweep.paper else 0.0
-    configs = configurations(*report_rows(experiment))
+    configs = read(experiment)
     a, b = _one(configs, row), _one(configs, before)
     entries = []
     for metric in dict.fromkeys(metrics):
@@ -251,7 +266,7 @@ def analyse(run: WorldRun, experiment: str, aa_experiment: str | None = None) ->
         entries.append(_entry(run, "mechanism", metric, diff, change if abs(change) >= min_change else 0.0))
     if aa_experiment is None:
         return entries
-    b_again = _one(configurations(*report_rows(aa_experiment)), before)
+    b_again = _one(read(aa_experiment), before)
     for metric in dict.fromkeys(metrics):
         diff = compare(b, b_again, metric) if b and b_again else None
         entries.append(_entry(run, f"A/A: {before.label}", metric, diff, 0.0))
@@ -277,7 +292,7 @@ def rebuild(folder: str) -> dict[str, Any]:
     """The calibration's result computed again from the files in its folder: each world's sweeps (sweep.json, each
     trial's result and per-query values) analysed as ``geomoe calibrate`` did. The docs' table is this, tested."""
     saved = dict(storage.read_json(storage.join(folder, RESULT_JSON)))
-    entries = []
+    entries, read = [], reader()
     for done in saved["runs"]:
         experiments = [storage.join(folder, name) for name in done["sweeps"]]
         sweeps = [
@@ -288,7 +303,7 @@ def rebuild(folder: str) -> dict[str, Any]:
         rows = done.get("rows") or [r.label for r in (sweeps[0].paper.rows if sweeps[0].paper else [])]
         again = sweeps[1] if len(sweeps) > 1 else None
         run = WorldRun(mechanism, done["world"], done["strength"], (rows[0], rows[1]), sweeps[0], again)
-        entries += analyse(run, *experiments)
+        entries += analyse(run, *experiments, read=read)
     return saved | {"entries": entries, "summary": summary(entries, saved.get("metric"))}
 
 
