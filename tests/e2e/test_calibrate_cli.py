@@ -92,11 +92,11 @@ def test_the_routed_experts_calibration_trains_the_readmes_trials_again_to_the_l
     folder, _ = calibrate(tmp_path, one_mechanism("routed", "platform experts routed", rows, []))
     # The same rows, trained here in a fresh folder, equal the README's calibration number for number: a trial
     # depends on its spec, not on its folder or on which job built the tiny backbone first
-    for world, conflict in (("planted", 1), ("null", 0)):
+    for conflict in (1, 0):  # the planted world and the null one: the stored run has the same world sweeps
+        world_sweep = f"caption_gap-1_platform_conflict-{conflict}_query_platform_cue-1"
         for variant in ("unified_aligned", "dynamic_gating"):
-            here = _metrics(folder / f"caption_gap-1_platform_conflict-{conflict}_query_platform_cue-1", variant)
-            stored = _metrics(STORED / f"platform-experts-routed-{world}", variant)
-            assert here == stored, (world, variant, here, stored)
+            here, stored = _metrics(folder / world_sweep, variant), _metrics(STORED / world_sweep, variant)
+            assert here == stored, (world_sweep, variant, here, stored)
 
 
 def _metrics(sweep: Path, variant: str) -> dict[str, float]:
