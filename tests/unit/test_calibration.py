@@ -9,11 +9,13 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 
 from geomoe.core.config import SynthSpec
 from geomoe.core.data.synthgeo import generate
 from geomoe.core.data.synthgeo.captions import FILLERS
+from geomoe.core.data.synthgeo.scene import sample_building, twin_of
 from geomoe.core.errors import ExperimentError
 from geomoe.core.ownership import Claim, claim_dir
 from geomoe.core.storage import write_json_atomic
@@ -89,24 +91,71 @@ def test_each_knob_plants_its_own_premise_and_nothing_else(tmp_path: Path) -> No
     assert not words & {"satellite", "top-down", "drone", "street", "ground", "entrance", "sign", "footprint", "road"}
 
 
+def test_attribute_twins_copy_a_building_but_the_colours_each_platform_shows(tmp_path: Path) -> None:
+    default, twins = _world(tmp_path, "default"), _world(tmp_path, "twins", attribute_twins=1.0)
+    manifest = json.loads((tmp_path / "twins" / "synthgeo.json").read_text())["counts"]["geotext"]
+    assert (manifest["train"]["twins"], manifest["test"]["twins"]) == (2, 1)  # the second of each pair (4 + 2)
+    assert json.loads((tmp_path / "default" / "synthgeo.json").read_text())["counts"]["geotext"]["train"]["twins"] == 0
+    # the first of each pair is the default world's, pixel for pixel and word for word
+    for first in ("0001", "0003", "0005"):
+        assert _files(twins, f"images/*/{first}/*") == _files(default, f"images/*/{first}/*")
+    captions = {
+        world: {e["image_id"]: e["caption"] for name in ("train.json", "test_951_version.json")
+                for e in json.loads((root / name).read_text())}
+        for world, root in (("default", default), ("twins", twins))
+    }  # fmt: skip
+    assert {k: v for k, v in captions["twins"].items() if k.startswith("0001/")} == {
+        k: v for k, v in captions["default"].items() if k.startswith("0001/")
+    }
+    # a twin: the original's building but roof colour and facade, each another than the original's
+    original = sample_building("0005", np.random.default_rng([0, 5]))
+    twin = twin_of(original, "0006", np.random.default_rng(1))
+    assert twin.roof_color != original.roof_color and twin.facade != original.facade
+    same = {f for f in original.__dataclass_fields__ if f not in ("building_id", "roof_color", "facade")}
+    assert all(getattr(twin, f) == getattr(original, f) for f in same)
+    gallery = pq.read_table(twins / "gallery_captions.parquet").to_pylist()  # the scene graph's own captions
+    described = {r["image_id"]: r["caption"] for r in gallery}
+    satellite = [described["0005/0005.jpg"].split(), described["0006/0006.jpg"].split()]
+    assert len(satellite[0]) == len(satellite[1]) and sum(a != b for a, b in zip(*satellite, strict=True)) == 1
+
+
 def test_the_plan_sweeps_each_world_once_with_every_row_its_mechanisms_compare() -> None:
     sweep, base = load_sweep(ABLATION, quickstart=True)
     runs = calibration.plan(sweep, base)
     assert [(r.mechanism.name, r.world, r.strength) for r in runs] == [
         (name, world, strength)
-        for name in ("textual domain alignment", "platform experts", "platform experts routed", "dynamic gating")
+        for name in (
+            "textual domain alignment",
+            "platform experts",
+            "platform experts routed",
+            "dynamic gating",
+            "hard-negative mining",
+        )
         for world, strength in (("planted", 1.0), ("null", 0.0))
     ]
-    default, gap, conflict, cue = runs[0], runs[1], runs[2], runs[7]  # the four worlds
+    default, gap, conflict, cue, twins = runs[0], runs[1], runs[2], runs[7], runs[8]  # the five worlds
     assert runs[3].sweep is runs[6].sweep is default.sweep and runs[4].sweep is conflict.sweep  # shared
-    assert {r.sweep.name for r in runs} == {
-        f"caption_gap-{g}_platform_conflict-{c}_query_platform_cue-{q}" for g, c, q in ("101", "001", "111", "100")
-    }
+    assert [r.sweep.name for r in (default, gap, conflict, cue, twins)] == [
+        "default",
+        "caption_gap-0",
+        "platform_conflict-1",
+        "query_platform_cue-0",
+        "attribute_twins-1",
+    ]  # named by the knobs away from synthgeo's defaults
+    # hard-negative mining has no paper row: row 4 against itself less stage 2's mined negatives, a variant of its own
+    assert runs[9].sweep is default.sweep
+    less = "dynamic_gating-without-hard-negative-mining"
+    assert twins.rows == ("#4 + dynamic gating w/o hard-negative mining", "#4 + dynamic gating")
+    assert twins.sweep.variants == {"dynamic_gating": ["model.fusion=dynamic"],
+                                    less: ["model.fusion=dynamic", "train.stage2_hard_weight=0"]}  # fmt: skip
+    assert [r.label for r in twins.sweep.paper.rows] == ["#4 + dynamic gating"] and list(twins.aa_sweep.variants) == [
+        less
+    ]
     assert runs[4].rows == ("#2 + textual domain alignment", "#4 + dynamic gating")  # against row 2, not row 3
     assert default.rows == ("#1 unified w/o preprocessing", "#2 + textual domain alignment")
     # each world trains every row any mechanism compares there, once; the A/A sweep the rows compared against
-    assert list(default.sweep.variants) == ["unified_raw", "unified_aligned", "static_ensemble", "dynamic_gating"]
-    assert list(default.aa_sweep.variants) == ["unified_raw", "unified_aligned", "static_ensemble"]
+    assert list(default.sweep.variants) == ["unified_raw", "unified_aligned", "static_ensemble", "dynamic_gating", less]
+    assert list(default.aa_sweep.variants) == ["unified_raw", "unified_aligned", "static_ensemble", less]
     assert list(conflict.sweep.variants) == ["unified_aligned", "static_ensemble", "dynamic_gating"]
     assert list(conflict.aa_sweep.variants) == ["unified_aligned"]
     assert list(gap.sweep.variants) == ["unified_raw", "unified_aligned"] and list(gap.aa_sweep.variants) == [
@@ -115,26 +164,26 @@ def test_the_plan_sweeps_each_world_once_with_every_row_its_mechanisms_compare()
     assert list(cue.sweep.variants) == ["static_ensemble", "dynamic_gating"]
     assert default.sweep.seeds == [0, 1, 2] and default.aa_sweep.seeds == [3, 4, 5]
     distinct = {s.name: s for r in runs for s in r.sweeps}.values()
-    assert sum(len(grid_points(s)) for s in distinct) == 51  # 72 when each mechanism swept its own rows
+    assert sum(len(grid_points(s)) for s in distinct) == 66  # 87 when each mechanism swept its own rows
     assert [r.label for r in conflict.sweep.paper.rows] == [
         f"#{k} {row}"
         for k, row in ((2, "+ textual domain alignment"), (3, "+ static ensemble"), (4, "+ dynamic gating"))
     ]
     assert conflict.aa_sweep.name == conflict.sweep.name + "-aa"
     roots = [next(o for o in r.sweep.overrides if o.startswith("data.root=")) for r in runs]
-    assert roots[0] == roots[3] == roots[5] == roots[6] and len(set(roots)) == 4  # the default world is shared
+    assert roots[0] == roots[3] == roots[5] == roots[6] == roots[9] and len(set(roots)) == 5  # the default is shared
     assert "data.synthesize.planted.platform_conflict=1.0" in conflict.sweep.overrides
     on_s3 = calibration.plan(sweep.model_copy(update={"output_root": "s3://bucket/sweeps"}), base)[2].sweep.overrides
-    world = "s3://bucket/sweeps/pe_moe_ablation-quickstart-calibration/worlds/caption_gap-1_platform_conflict-1_query"
+    world = "s3://bucket/sweeps/pe_moe_ablation-quickstart-calibration/worlds/platform_conflict-1/"
     assert [o.split("=", 1)[1].startswith(world) for o in on_s3[-5:-2]] == [True] * 3  # the worlds go where outputs go
     # each world's tiny backbones are built from its own captions, in a local folder of its own beside the job's
     tiny = [o for o in on_s3 if o.startswith(("model.text.source=", "model.image.pretrained="))]
-    world = "caption_gap-1_platform_conflict-1_query_platform_cue-1"
+    world = "platform_conflict-1"
     local = f"runs/quickstart/tiny/pe_moe_ablation-quickstart-calibration/{world}"  # as relative as the job's
     assert tiny == [f"model.text.source={local}/text", f"model.image.pretrained={local}/image.pt"]
     quick = calibration.plan(sweep, base, quick=True)
     assert quick[0].sweep.seeds == [0] and quick[0].aa_sweep.seeds == [3]
-    assert sum(len(grid_points(s)) for s in {s.name: s for r in quick for s in r.sweeps}.values()) == 17  # was 24
+    assert sum(len(grid_points(s)) for s in {s.name: s for r in quick for s in r.sweeps}.values()) == 22  # 29 unshared
 
 
 def test_a_world_sweep_that_ran_other_trials_is_refused_not_mixed(
@@ -172,11 +221,18 @@ def _hits(rng: np.random.Generator, share: float, n: int = 2000) -> np.ndarray:
 
 
 @pytest.mark.parametrize("world", ["planted", "null"])
-def test_the_table_scores_a_planted_effect_and_stays_quiet_without_one(tmp_path: Path, world: str) -> None:
-    """Experts' rows on fake trials: static beats unified by 20 points in the planted world, ties in the null
-    one; every seed's values are independent draws, so each A/A comparison has a true difference of 0."""
+@pytest.mark.parametrize(
+    ("name", "better"), [("platform experts", "static_ensemble"), ("hard-negative mining", "dynamic_gating")]
+)
+def test_the_table_scores_a_planted_effect_and_stays_quiet_without_one(
+    tmp_path: Path, world: str, name: str, better: str
+) -> None:
+    """A mechanism's rows on fake trials: its row beats the one compared against by 20 points in the planted world,
+    ties in the null one; every seed's values are independent draws, so each A/A comparison has a true difference
+    of 0. Hard-negative mining has no paper row: the full model against itself less stage 2's mined negatives,
+    the paper's claim a direction without a number."""
     sweep, base = load_sweep(ABLATION, quickstart=True)
-    run = next(r for r in calibration.plan(sweep, base) if r.mechanism.name == "platform experts" and r.world == world)
+    run = next(r for r in calibration.plan(sweep, base) if r.mechanism.name == name and r.world == world)
     rng = np.random.default_rng(0)
     queries = rng.random(2000)  # the same queries for every trial: a query is easy or hard for every model
     experiments = []
@@ -187,7 +243,7 @@ def test_the_table_scores_a_planted_effect_and_stays_quiet_without_one(tmp_path:
         saved = {"sweep": world_sweep.model_dump(mode="json"), "expected": [trial_key(p) for p in points]}
         write_json_atomic(experiment / "sweep.json", saved)
         for point in points:
-            share = 0.5 if point[VARIANT] == "static_ensemble" and world == "planted" else 0.3
+            share = 0.5 if point[VARIANT] == better and world == "planted" else 0.3
             _write_trial(experiment, point, 100.0 * (queries < share + 0.05 * rng.standard_normal()))
         experiments.append(str(experiment))
     entries = calibration.analyse(run, *experiments)
@@ -202,7 +258,10 @@ def test_the_table_scores_a_planted_effect_and_stays_quiet_without_one(tmp_path:
     result = {"sweep": "s", "seeds": [0, 1, 2], "aa_seeds": [3, 4, 5], "entries": entries, "wall_s": 1.0}
     result |= {"metric": "R@1", "summary": calibration.summary(entries, "R@1")}
     text = calibration.markdown(result)
-    assert text.count("| platform experts |") == 8
+    assert text.count(f"| {name} |") == 8
+    published = name == "platform experts"
+    assert all((e["paper_delta"] is not None) == published and e["claimed"] == 1 for e in mechanism)
+    assert ("| + (no number) |" in text) != published
     rates = result["summary"]
     assert rates["power"]["of"] == (4 if world == "planted" else 0) and rates["power_primary"]["of"] == (
         world == "planted"

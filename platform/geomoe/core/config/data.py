@@ -57,6 +57,16 @@ class PlantedSpec(Strict):
         "and what that platform shows), from which a gate can tell the platform; the rest are neutral (no platform "
         "phrase, attributes several platforms show, the same for every platform). 0: no query tells its platform",
     )
+    attribute_twins: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="hard-negative mining (stage 2): the share of buildings (the second of each pair in a split) "
+        "built as the twin of the building before: the same shape, layout, surroundings, floors and ground details, "
+        "another roof colour and facade, so each platform's view and caption differ from the twin's in one attribute "
+        "it shows. Random in-batch negatives rarely hold a twin; mined ones do. 0: no twins (synthgeo's own chance "
+        "look-alikes stay)",
+    )
 
 
 class SynthSpec(Strict):

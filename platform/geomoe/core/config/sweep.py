@@ -70,13 +70,25 @@ class CalibratedMechanism(Strict):
     (``unplanted``: the null world; a YAML key ``null`` would read as None)."""
 
     name: str
-    row: str = Field(description="the label of the paper row that adds the mechanism")
+    row: str = Field(description="the label of the paper row that adds the mechanism (or has it: ``without``)")
     against: str | None = Field(
         None, description="the paper row it is compared with (default: the row before it, as in the verdicts)"
+    )
+    without: list[str] = Field(
+        default_factory=list,
+        description="overrides that take the mechanism out of ``row``, for a mechanism the paper claims but no table "
+        "row ablates (stage 2's hard negatives): ``row`` is then compared with itself under them (a variant "
+        "'<its variant>-without-<name>'), and the paper's claim is a direction (the sweep's mode) with no number",
     )
     knob: str = Field(pattern=r"^data\.synthesize\.planted\.[a-z_]+$", description="data.synthesize.planted.<effect>")
     planted: float = Field(gt=0, le=1, description="the knob in the planted world")
     unplanted: float = Field(0.0, ge=0, le=1, description="the knob in the null world, where the premise is false")
+
+    @model_validator(mode="after")
+    def _one_baseline(self) -> CalibratedMechanism:
+        if self.without and self.against:
+            raise ValueError("give `against` (another paper row) or `without` (the row less the mechanism), not both")
+        return self
 
 
 class CalibrationSpec(Strict):

@@ -26,6 +26,7 @@ from typing import Any
 
 from geomoe.core import storage
 from geomoe.core.config import SweepSpec, load_job
+from geomoe.core.config.data import PlantedSpec
 from geomoe.core.config.sweep import CalibratedMechanism, PaperRow, SearchSpec
 from geomoe.core.errors import SpecError
 from geomoe.core.stats import Difference, verdict
@@ -56,9 +57,11 @@ class WorldRun:
         return [self.sweep] + ([self.aa_sweep] if self.aa_sweep else [])
 
     def paper_rows(self) -> tuple[PaperRow, PaperRow]:
-        """(the row compared against, the mechanism's row) with their paper numbers."""
+        """(the row compared against, the mechanism's row) with their paper numbers (none for a row less the
+        mechanism: ``without``)."""
         by_label = {r.label: r for r in self.sweep.paper.rows} if self.sweep.paper else {}
-        return by_label[self.rows[0]], by_label[self.rows[1]]
+        row = by_label[self.rows[1]]
+        return by_label.get(self.rows[0]) or unpublished_row(self.mechanism, row), row
 
 
 def location(sweep: SweepSpec, root: Path) -> str:
@@ -70,13 +73,40 @@ def slug(name: str) -> str:
     return "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-")
 
 
+def unpublished_row(mechanism: CalibratedMechanism, row: PaperRow) -> PaperRow:
+    """``row`` less the mechanism (its ``without`` overrides, as a variant of their own); no published numbers."""
+    variant = f"{row.params.get(VARIANT)}-without-{slug(mechanism.name)}"
+    return PaperRow(label=f"{row.label} w/o {mechanism.name}", params=row.params | {VARIANT: variant}, metrics={})
+
+
+def _with_unpublished(sweep: SweepSpec) -> SweepSpec:
+    """The sweep with a variant per ``without`` mechanism: its row's variant, then the overrides taking it out."""
+    mechanisms = [m for m in (sweep.calibration.mechanisms if sweep.calibration else []) if m.without]
+    rows = {r.label: r for r in (sweep.paper.rows if sweep.paper else [])}
+    variants = dict(sweep.variants)
+    for mechanism in mechanisms:
+        row = rows.get(mechanism.row)
+        if row is None or row.params.get(VARIANT) not in sweep.variants:
+            raise SpecError(sweep.name, "calibration.mechanisms.without", "needs a paper row of the sweep's variants")
+        variants[unpublished_row(mechanism, row).params[VARIANT]] = [
+            *sweep.variants[row.params[VARIANT]],
+            *mechanism.without,
+        ]
+    return sweep.model_copy(update={"variants": variants})
+
+
 def _rows(sweep: SweepSpec, mechanism: CalibratedMechanism) -> tuple[PaperRow, PaperRow]:
-    """(the row compared against, the mechanism's row): the row before it unless ``against`` names another."""
+    """(the row compared against, the mechanism's row): the row before it unless ``against`` names another, or
+    the row less the mechanism (``without``)."""
     rows = sweep.paper.rows if sweep.paper else []
     labels = [r.label for r in rows]
-    if mechanism.row not in labels[1:]:
-        raise SpecError(sweep.name, "calibration.mechanisms.row", f"{mechanism.row!r}: not a paper row after the first")
+    first = 0 if mechanism.without else 1
+    if mechanism.row not in labels[first:]:
+        where = "a paper row" + (" after the first" if first else "")
+        raise SpecError(sweep.name, "calibration.mechanisms.row", f"{mechanism.row!r}: not {where}")
     at = labels.index(mechanism.row)
+    if mechanism.without:
+        return unpublished_row(mechanism, rows[at]), rows[at]
     if mechanism.against is None:
         return rows[at - 1], rows[at]
     if mechanism.against not in labels[:at]:
@@ -95,6 +125,14 @@ def _narrowed(sweep: SweepSpec, rows: list[PaperRow]) -> dict[str, Any]:
     return {"variants": variants, "params": params}
 
 
+def world_of(planted: PlantedSpec) -> str:
+    """A world's name: its knobs away from synthgeo's defaults (``caption_gap-0``), or ``default``; a knob added
+    later leaves the names of worlds that do not turn it as they were."""
+    defaults = PlantedSpec().model_dump()
+    turned = [f"{k}-{v:g}" for k, v in planted.model_dump().items() if v != defaults[k]]
+    return "_".join(turned) or "default"
+
+
 def _world_folders(base_path: Path, overrides: list[str], sweep: SweepSpec) -> tuple[str, list[str]]:
     """The world's name and the overrides that give it its own synthgeo and prepared folders (the base job's
     layout kept), named by every planted knob's value (two mechanisms whose worlds coincide share them), inside
@@ -109,7 +147,7 @@ def _world_folders(base_path: Path, overrides: list[str], sweep: SweepSpec) -> t
         inside = PurePosixPath(base.data.root).relative_to(PurePosixPath(synth.output_dir))
     except ValueError as err:
         raise SpecError(str(base_path), "data.root", "must lie inside data.synthesize.output_dir") from err
-    world_name = "_".join(f"{k}-{v:g}" for k, v in synth.planted.model_dump().items())
+    world_name = world_of(synth.planted)
     world = storage.join(sweep.output_root, f"{sweep.name}-calibration", "worlds", world_name)
     return world_name, [
         f"data.synthesize.output_dir={storage.join(world, 'data')}",
@@ -128,6 +166,7 @@ def plan(sweep: SweepSpec, base_path: Path, quick: bool = False) -> list[WorldRu
     names = [slug(m.name) for m in calibration.mechanisms]
     if len(set(names)) < len(names):
         raise SpecError(sweep.name, "calibration.mechanisms", f"two mechanisms share a name: {names}")
+    sweep = _with_unpublished(sweep)
     worlds: dict[str, tuple[list[str], set[str], set[str]]] = {}  # world name -> overrides, rows, A/A rows
     planned = []
     for mechanism in calibration.mechanisms:
@@ -145,18 +184,23 @@ def plan(sweep: SweepSpec, base_path: Path, quick: bool = False) -> list[WorldRu
 
 
 def _world_sweeps(
-    sweep: SweepSpec, name: str, overrides: list[str], rows: set[str], aa_rows: set[str], quick: bool
+    sweep: SweepSpec,
+    name: str,
+    overrides: list[str],
+    rows: set[str],
+    aa_rows: set[str],
+    quick: bool,
 ) -> tuple[SweepSpec, SweepSpec | None]:
     """A world's sweep of ``rows`` on the sweep's seeds and its A/A sweep of ``aa_rows`` on the A/A seeds (rows
-    in the paper's order). A grid sweep trains the product of the rows' values: rows that differ in several keys
-    at once may add points no row names."""
+    in the paper's order, a row less a mechanism just before its row). A grid sweep trains the product of the rows'
+    values: rows that differ in several keys at once may add points no row names."""
     common = {
         "output_root": storage.join(sweep.output_root, f"{sweep.name}-calibration"),
         "overrides": overrides,
         "calibration": None,
         "quickstart": None,
     }
-    ordered = [r for r in (sweep.paper.rows if sweep.paper else []) if r.label in rows]
+    ordered = [r for r in _every_row(sweep) if r.label in rows]
     main = _world_sweep(sweep, common | {"name": name, "seeds": main_seeds(sweep, quick)}, ordered)
     aa = aa_seeds(sweep, quick)
     if not aa:
@@ -165,14 +209,26 @@ def _world_sweeps(
     return main, _world_sweep(sweep, common | {"name": f"{name}-aa", "seeds": aa}, again)
 
 
+def _every_row(sweep: SweepSpec) -> list[PaperRow]:
+    """Every row a calibration may compare, in order: the paper's, each preceded by itself less each ``without``
+    mechanism of it."""
+    mechanisms = [m for m in (sweep.calibration.mechanisms if sweep.calibration else []) if m.without]
+    ordered = []
+    for row in sweep.paper.rows if sweep.paper else []:
+        ordered += [unpublished_row(m, row) for m in mechanisms if m.row == row.label]
+        ordered.append(row)
+    return ordered
+
+
 def world_sweeps(runs: list[WorldRun]) -> list[SweepSpec]:
     """Every sweep the runs read, once (mechanisms on one world share its sweeps), in the plan's order."""
     return list({s.name: s for run in runs for s in run.sweeps}.values())
 
 
 def _world_sweep(sweep: SweepSpec, update: dict[str, Any], rows: list[PaperRow]) -> SweepSpec:
-    """The sweep narrowed to ``rows`` (their variants or grid values, and their paper numbers)."""
-    paper = sweep.paper.model_copy(update={"rows": rows}).model_dump() if sweep.paper else None
+    """The sweep narrowed to ``rows`` (their variants or grid values, and the published ones' numbers)."""
+    published = [r for r in rows if sweep.paper and r in sweep.paper.rows]
+    paper = sweep.paper.model_copy(update={"rows": published}).model_dump() if sweep.paper else None
     return SweepSpec.model_validate(sweep.model_dump() | update | _narrowed(sweep, rows) | {"paper": paper})
 
 
@@ -186,8 +242,11 @@ def aa_seeds(sweep: SweepSpec, quick: bool = False) -> list[int]:
     return seeds[:1] if quick else seeds
 
 
-def _entry(run: WorldRun, comparison: str, metric: str, ours: Difference | None, claimed: float) -> dict[str, Any]:
-    """One comparison's row; ``claimed``: the paper's change (0 for an A/A comparison)."""
+def _entry(
+    run: WorldRun, comparison: str, metric: str, ours: Difference | None, claimed: float, published: bool = True
+) -> dict[str, Any]:
+    """One comparison's row; ``claimed``: the paper's change (0 for an A/A comparison; its sign alone when the
+    paper gives no number: ``published`` false)."""
     found = verdict(claimed, ours) if ours is not None else "no paired values"
     if comparison != "mechanism":
         kind, as_expected = "aa", found == "inconclusive"  # the true difference is 0 by construction
@@ -206,7 +265,8 @@ def _entry(run: WorldRun, comparison: str, metric: str, ours: Difference | None,
         "strength": run.strength,
         "comparison": comparison,
         "metric": metric,
-        "paper_delta": round(claimed, 2),
+        "paper_delta": round(claimed, 2) if published else None,
+        "claimed": math.copysign(1.0, claimed) if claimed else 0.0,
         "ours": None if ours is None else asdict(ours),
         "verdict": found,
         "kind": kind,
@@ -254,16 +314,17 @@ def analyse(
     read = read or reader()
     sweep = run.sweep
     before, row = run.paper_rows()
-    metrics = [m for m in [sweep.metric, *sweep.report_metrics] if m in row.metrics and m in before.metrics]
-    # a published change below min_change reads as none, as in the sweep's verdicts
-    min_change = sweep.paper.min_change if sweep.paper else 0.0
+    published = bool(before.metrics)  # a row less a mechanism (``without``) has no numbers: the claim is a sign
+    metrics = [
+        m for m in [sweep.metric, *sweep.report_metrics] if m in row.metrics and (m in before.metrics or not published)
+    ]
     configs = read(experiment)
     a, b = _one(configs, row), _one(configs, before)
     entries = []
     for metric in dict.fromkeys(metrics):
         diff = compare(a, b, metric) if a and b else None
-        change = row.metrics[metric] - before.metrics[metric]
-        entries.append(_entry(run, "mechanism", metric, diff, change if abs(change) >= min_change else 0.0))
+        claimed = _claimed(sweep, before, row, metric) if published else (1.0 if sweep.mode == "max" else -1.0)
+        entries.append(_entry(run, "mechanism", metric, diff, claimed, published))
     if aa_experiment is None:
         return entries
     b_again = _one(read(aa_experiment), before)
@@ -271,6 +332,12 @@ def analyse(
         diff = compare(b, b_again, metric) if b and b_again else None
         entries.append(_entry(run, f"A/A: {before.label}", metric, diff, 0.0))
     return entries
+
+
+def _claimed(sweep: SweepSpec, before: PaperRow, row: PaperRow, metric: str) -> float:
+    """The paper's change from ``before`` to ``row``; below ``min_change`` none, as in the sweep's verdicts."""
+    change = row.metrics[metric] - before.metrics[metric]
+    return change if abs(change) >= (sweep.paper.min_change if sweep.paper else 0.0) else 0.0
 
 
 def record(runs: list[WorldRun]) -> list[dict[str, Any]]:
@@ -346,6 +413,13 @@ def summary(entries: list[dict[str, Any]], primary: str | None = None) -> dict[s
     return out
 
 
+def _paper(e: dict[str, Any]) -> str:
+    """The paper's change, or the direction it claims without a number (a mechanism no table row ablates)."""
+    if e["paper_delta"] is not None:
+        return f"{e['paper_delta']:+.2f}"
+    return f"{'+' if e['claimed'] > 0 else '-'} (no number)"
+
+
 def _ours(e: dict[str, Any]) -> str:
     """The difference; "†" marks an interval over queries only (one seed a side: training randomness not in it)."""
     if not e["ours"]:
@@ -360,7 +434,7 @@ def markdown(result: dict[str, Any]) -> str:
     lines = ["| " + " | ".join([*head, "as expected"]) + " |", "|---|---|---|---|---|---|---|---|---|"]
     for e in result["entries"]:
         cells = [e["mechanism"], e["world"], f"{e['knob'].rsplit('.', 1)[-1]}={e['strength']:g}", e["comparison"]]
-        cells += [e["metric"], f"{e['paper_delta']:+.2f}", _ours(e), e["verdict"]]
+        cells += [e["metric"], _paper(e), _ours(e), e["verdict"]]
         cells.append(
             "yes" if e["as_expected"] else "**no**" + (f" (x{e['more_data']:g} data)" if e["more_data"] else "")
         )

@@ -36,7 +36,7 @@ from geomoe.core.data.synthgeo.captions import (
     vocabulary_overlap,
 )
 from geomoe.core.data.synthgeo.render import render_drone, render_ground, render_satellite
-from geomoe.core.data.synthgeo.scene import CONFLICTING_FACADE, CONFLICTING_ROOF, Building, sample_building
+from geomoe.core.data.synthgeo.scene import CONFLICTING_FACADE, CONFLICTING_ROOF, Building, sample_building, twin_of
 from geomoe.core.data.synthgeo.tiles import render_query, render_tile, sample_tile
 from geomoe.core.data.track4 import write_queries
 from geomoe.core.data.transforms import split_sentences
@@ -47,7 +47,7 @@ MANIFEST = "synthgeo.json"
 GEOTEXT_TEST_FILE = "test_951_version.json"
 GALLERY_CAPTIONS = "gallery_captions.parquet"
 VERSION = 3  # 2: + gallery_captions.parquet; 3: platform-specific attributes and captions. Another is regenerated
-PLANTED_CAPTION_GAP, PLANTED_CONFLICT, PLANTED_QUERY_CUE = 1, 2, 3  # the planted effects' generator tags
+PLANTED_CAPTION_GAP, PLANTED_CONFLICT, PLANTED_QUERY_CUE, PLANTED_TWINS = 1, 2, 3, 4  # planted effects' generator tags
 
 
 def _views(
@@ -81,6 +81,16 @@ def _mixed(
     return [usual() if share >= 1 or coins.random() < share else other() for _ in range(count)]
 
 
+def _twin_or_own(spec: SynthSpec, before: Building, own: Building) -> tuple[Building, bool]:
+    """The second building of a pair: the first's attribute twin with probability ``planted.attribute_twins``
+    (nothing drawn at 0), else its own; and whether it is a twin."""
+    share = spec.planted.attribute_twins
+    draw = _planted_draw(spec, own.building_id, PLANTED_TWINS)
+    if share <= 0 or draw.random() >= share:
+        return own, False
+    return twin_of(before, own.building_id, draw), True
+
+
 def _train_captions(
     b: Building, platform: str, spec: SynthSpec, rng: np.random.Generator, coins: np.random.Generator
 ) -> list[str]:
@@ -108,9 +118,14 @@ def _write_retrieval_split(
     """Annotation entries of one split, and scene-graph captions of its images (one per image)."""
     entries: list[dict[str, Any]] = []
     described: list[dict[str, str]] = []
-    for building_id in ids:
+    before: Building | None = None
+    for at, building_id in enumerate(ids):
         rng = np.random.default_rng([spec.seed, int(building_id)])
-        building = sample_building(building_id, rng)
+        building = sample_building(building_id, rng)  # drawn always: a twin's views and captions draw as before
+        if at % 2 == 1 and before is not None:
+            building, twinned = _twin_or_own(spec, before, building)
+            counts[split]["twins"] += twinned
+        before = building
         conflict = spec.planted.platform_conflict
         conflicted = conflict > 0 and _planted_draw(spec, building_id, PLANTED_CONFLICT).random() < conflict
         caption_coins = _planted_draw(spec, building_id, PLANTED_CAPTION_GAP)
@@ -241,7 +256,8 @@ def generate(
     train_ids = [f"{i + 1:04d}" for i in range(n_train)]
     test_ids = [f"{i + 1:04d}" for i in range(n_train, n_train + n_test)]
     counts: dict[str, Any] = {
-        s: {"buildings": 0, "pairs": 0, "images": {"satellite": 0, "drone": 0, "ground": 0}} for s in ("train", "test")
+        s: {"buildings": 0, "twins": 0, "pairs": 0, "images": {"satellite": 0, "drone": 0, "ground": 0}}
+        for s in ("train", "test")
     }
     with ownership.atomic_dir(out, claim, MANIFEST) as tmp:  # written locally, then published (the manifest last)
         geotext = tmp / "geotext"

@@ -13,7 +13,7 @@ furniture in front, none of which shows from above.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -145,6 +145,15 @@ def _side_center(side: str, offset: float) -> tuple[float, float]:
         "west": (offset, 0.5),
         "east": (1 - offset, 0.5),
     }[side]
+
+
+def twin_of(original: Building, building_id: str, rng: np.random.Generator) -> Building:
+    """The attribute-twin world's (``planted.attribute_twins``) near-duplicate of ``original``: everything the
+    same but the roof colour (seen by satellite and drone) and the facade (drone and ground), each drawn from the
+    other values, so every platform's view differs from the original's in one attribute it shows."""
+    roof = str(rng.choice([c for c in ROOF_COLORS if c != original.roof_color]))
+    facade = str(rng.choice([c for c in FACADE_COLORS if c != original.facade]))
+    return replace(original, building_id=building_id, roof_color=roof, facade=facade)
 
 
 def sample_building(building_id: str, rng: np.random.Generator) -> Building:
