@@ -95,7 +95,9 @@ def test_attribute_twins_copy_a_building_but_the_colours_each_platform_shows(tmp
     default, twins = _world(tmp_path, "default"), _world(tmp_path, "twins", attribute_twins=1.0)
     manifest = json.loads((tmp_path / "twins" / "synthgeo.json").read_text())["counts"]["geotext"]
     assert (manifest["train"]["twins"], manifest["test"]["twins"]) == (2, 1)  # the second of each pair (4 + 2)
-    assert json.loads((tmp_path / "default" / "synthgeo.json").read_text())["counts"]["geotext"]["train"]["twins"] == 0
+    default_manifest = json.loads((tmp_path / "default" / "synthgeo.json").read_text())
+    assert default_manifest["counts"]["geotext"]["train"]["twins"] == 0
+    assert "attribute_twins" not in default_manifest["spec"]["planted"]  # a world from before the knob is reused
     # the first of each pair is the default world's, pixel for pixel and word for word
     for first in ("0001", "0003", "0005"):
         assert _files(twins, f"images/*/{first}/*") == _files(default, f"images/*/{first}/*")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
@@ -69,6 +69,9 @@ class PlantedSpec(Strict):
     )
 
 
+PLANTED_ADDED_LATER = {"attribute_twins": 0.0}  # knob -> its default (left out of keys there: SynthSpec.keyed_dump)
+
+
 class SynthSpec(Strict):
     """Size of a generated synthgeo benchmark (see ``geomoe.core.data.synthgeo``)."""
 
@@ -91,6 +94,15 @@ class SynthSpec(Strict):
     tile_size: int = Field(128, ge=32, description="satellite tile side for the localization layout")
     query_size: int = Field(64, ge=16, description="drone query side for the localization layout")
     planted: PlantedSpec = Field(default_factory=PlantedSpec, description="planted effects (calibration worlds)")
+
+    def keyed_dump(self) -> dict[str, Any]:
+        """The spec as what was generated from it is keyed on it (synthgeo's manifest, a job's fingerprints): a
+        knob added after such keys were written is left out at its default, so they keep matching."""
+        dump = self.model_dump(mode="json")
+        for knob, default in PLANTED_ADDED_LATER.items():
+            if dump["planted"].get(knob) == default:
+                del dump["planted"][knob]
+        return dump
 
 
 class DataSpec(Strict):

@@ -421,11 +421,14 @@ class JobSpec(Strict):
         return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
 
     def _keyed_dump(self) -> dict[str, Any]:
-        """The spec as results are keyed on it. ``train.batch_per`` at its default is left out: a result from
-        before the field existed (a trained stage, a finished sweep trial) keeps its key."""
+        """The spec as results are keyed on it. Fields added later are left out at their default
+        (``train.batch_per``, synthgeo's newer planted knobs): a result from before they existed (a trained stage,
+        a finished sweep trial) keeps its key."""
         dump = self.model_dump(mode="json")
         if dump["train"].get("batch_per") == "global":
             del dump["train"]["batch_per"]
+        if self.data.synthesize is not None:
+            dump["data"]["synthesize"] = self.data.synthesize.keyed_dump()
         return dump
 
 

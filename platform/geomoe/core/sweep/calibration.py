@@ -61,7 +61,7 @@ class WorldRun:
         mechanism: ``without``)."""
         by_label = {r.label: r for r in self.sweep.paper.rows} if self.sweep.paper else {}
         row = by_label[self.rows[1]]
-        return by_label.get(self.rows[0]) or unpublished_row(self.mechanism, row), row
+        return unpublished_row(self.mechanism, row) if self.mechanism.without else by_label[self.rows[0]], row
 
 
 def location(sweep: SweepSpec, root: Path) -> str:
@@ -314,7 +314,7 @@ def analyse(
     read = read or reader()
     sweep = run.sweep
     before, row = run.paper_rows()
-    published = bool(before.metrics)  # a row less a mechanism (``without``) has no numbers: the claim is a sign
+    published = not run.mechanism.without  # a row less a mechanism has no numbers: the claim is a direction
     metrics = [
         m for m in [sweep.metric, *sweep.report_metrics] if m in row.metrics and (m in before.metrics or not published)
     ]

@@ -246,7 +246,8 @@ def generate(
     claim = claim or ownership.Claim("data.synthesize.output_dir", stage="synth")
     ownership.check_dir(out, claim)
     existing = storage.read_json_if_exists(storage.join(out, MANIFEST))
-    generated = spec.model_dump(exclude={"output_dir"})  # where it is written does not change what is written
+    generated = spec.keyed_dump()
+    del generated["output_dir"]  # where it is written does not change what is written
     fresh = existing is not None and existing.get("spec") == generated and existing.get("version") == VERSION
     if fresh and not force:
         assert existing is not None
