@@ -28,7 +28,7 @@ DEFAULT_PLATFORM_RULES = [
 
 
 class PlantedSpec(Strict):
-    """Planted effects (``geomoe calibrate``): each makes the premise of one mechanism a paper ablates true by
+    """Planted effects (``geomoe calibrate``): each makes the premise of one mechanism a paper ablates or claims true by
     construction, to the degree its strength in [0, 1] says; strength 0 is that mechanism's null world. The
     defaults are synthgeo as it always was (v3), draw for draw."""
 
@@ -63,8 +63,9 @@ class PlantedSpec(Strict):
         le=1,
         description="hard-negative mining (stage 2): the share of buildings (the second of each pair in a split) "
         "built as the twin of the building before: the same shape, layout, surroundings, floors and ground details, "
-        "another roof colour and facade, so each platform's view and caption differ from the twin's in one attribute "
-        "it shows. Random in-batch negatives rarely hold a twin; mined ones do. 0: no twins (synthgeo's own chance "
+        "another roof colour and facade, so the satellite's and the ground's views and captions differ from the "
+        "twin's in one attribute, the drone's in both. Random in-batch negatives rarely hold a twin; mined ones may "
+        "(semi-hard mining keeps only those scoring below the query's own image). 0: no twins (synthgeo's chance "
         "look-alikes stay)",
     )
 

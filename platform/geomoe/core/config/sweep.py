@@ -66,8 +66,9 @@ class PaperSpec(Strict):
 
 class CalibratedMechanism(Strict):
     """One ablated mechanism and its planted world: the paper row that adds the mechanism (compared, as in the
-    verdicts, with the row before it) and the synthgeo knob that makes its premise true (``planted``) or false
-    (``unplanted``: the null world; a YAML key ``null`` would read as None)."""
+    verdicts, with the row before it, with ``against``, or with itself less the mechanism: ``without``) and the
+    synthgeo knob that makes its premise true (``planted``) or false (``unplanted``: the null world; a YAML key
+    ``null`` would read as None)."""
 
     name: str
     row: str = Field(description="the label of the paper row that adds the mechanism (or has it: ``without``)")

@@ -2,7 +2,8 @@
 there is one, and does it stay quiet when there is none?
 
 For each mechanism of ``sweep.calibration`` (a paper row and the synthgeo knob that plants its premise), the
-mechanism's two rows (that row and the one before it, or ``against``) are swept on two worlds: the planted one
+mechanism's two rows (that row and the one before it, or ``against``, or the row less the mechanism: ``without``,
+for a mechanism the paper claims but no table row ablates) are swept on two worlds: the planted one
 (the premise true) and the null one (false), on the sweep's seeds; the row compared against runs again on
 ``aa_seeds``. From the finished trials, with the report's own machinery (seed pooling, paired intervals, verdicts):
 - the mechanism's comparison on each world, against the paper's direction: on the planted world "reproduced" is a
@@ -135,7 +136,7 @@ def world_of(planted: PlantedSpec) -> str:
 
 def _world_folders(base_path: Path, overrides: list[str], sweep: SweepSpec) -> tuple[str, list[str]]:
     """The world's name and the overrides that give it its own synthgeo and prepared folders (the base job's
-    layout kept), named by every planted knob's value (two mechanisms whose worlds coincide share them), inside
+    layout kept), named by its planted knobs (``world_of``: two mechanisms whose worlds coincide share them), inside
     the calibration's folder: the sweep's storage, an object store on a cluster whose machines share no disk. Tiny
     random models, built from a world's own captions, go to ``<sweep>-calibration/<world>`` in the folder of the
     base job's own (``FamilyModelSpec.tiny_models_in``)."""
@@ -191,9 +192,9 @@ def _world_sweeps(
     aa_rows: set[str],
     quick: bool,
 ) -> tuple[SweepSpec, SweepSpec | None]:
-    """A world's sweep of ``rows`` on the sweep's seeds and its A/A sweep of ``aa_rows`` on the A/A seeds (rows
-    in the paper's order, a row less a mechanism just before its row). A grid sweep trains the product of the rows'
-    values: rows that differ in several keys at once may add points no row names."""
+    """A world's sweep of ``rows`` on the sweep's seeds and its A/A sweep of ``aa_rows`` on the A/A seeds (the
+    trials in the order of the sweep's variants, a row less a mechanism last). A grid sweep trains the product of
+    the rows' values: rows that differ in several keys at once may add points no row names."""
     common = {
         "output_root": storage.join(sweep.output_root, f"{sweep.name}-calibration"),
         "overrides": overrides,
@@ -210,8 +211,8 @@ def _world_sweeps(
 
 
 def _every_row(sweep: SweepSpec) -> list[PaperRow]:
-    """Every row a calibration may compare, in order: the paper's, each preceded by itself less each ``without``
-    mechanism of it."""
+    """Every row a calibration may compare: the paper's, each preceded by itself less each ``without`` mechanism
+    of it."""
     mechanisms = [m for m in (sweep.calibration.mechanisms if sweep.calibration else []) if m.without]
     ordered = []
     for row in sweep.paper.rows if sweep.paper else []:

@@ -150,7 +150,8 @@ def _side_center(side: str, offset: float) -> tuple[float, float]:
 def twin_of(original: Building, building_id: str, rng: np.random.Generator) -> Building:
     """The attribute-twin world's (``planted.attribute_twins``) near-duplicate of ``original``: everything the
     same but the roof colour (seen by satellite and drone) and the facade (drone and ground), each drawn from the
-    other values, so every platform's view differs from the original's in one attribute it shows."""
+    other values: the satellite's and the ground's views differ from the original's in one attribute each, the
+    drone's (which shows both) in two."""
     roof = str(rng.choice([c for c in ROOF_COLORS if c != original.roof_color]))
     facade = str(rng.choice([c for c in FACADE_COLORS if c != original.facade]))
     return replace(original, building_id=building_id, roof_color=roof, facade=facade)
