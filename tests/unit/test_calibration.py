@@ -11,11 +11,13 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from PIL import Image
 
 from geomoe.core.config import SynthSpec
 from geomoe.core.data.synthgeo import generate
 from geomoe.core.data.synthgeo.captions import FILLERS
 from geomoe.core.data.synthgeo.scene import sample_building, twin_of
+from geomoe.core.data.synthgeo.tiles import CELL_KINDS, cell_kinds, with_cell_kinds
 from geomoe.core.errors import ExperimentError
 from geomoe.core.ownership import Claim, claim_dir
 from geomoe.core.storage import write_json_atomic
@@ -123,6 +125,25 @@ def test_attribute_twins_copy_a_building_but_the_colours_each_platform_shows(tmp
         assert described[f"0005/{view}"] != described[f"0006/{view}"]
 
 
+def test_cell_kinds_repaint_each_tile_cell_by_its_kind_and_leave_the_queries(tmp_path: Path) -> None:
+    sizes = {"train_buildings": 1, "test_buildings": 1, "localization_train": 3, "localization_val": 0}
+    generate(tmp_path / "plain", SynthSpec(**sizes, localization_test=0))
+    generate(tmp_path / "kinds", SynthSpec(**sizes, localization_test=0, planted={"cell_kinds": 1.0}))
+    plain, kinds = (tmp_path / world / "cvogl" / "CVOGL_DroneAerial" for world in ("plain", "kinds"))
+    assert _files(kinds, "query/*") == _files(plain, "query/*")  # the drone sees true colours
+    tiles = [_files(world, "satellite/*") for world in (plain, kinds)]
+    assert tiles[0].keys() == tiles[1].keys() and all(tiles[0][k] != tiles[1][k] for k in tiles[0])
+    assert set(cell_kinds(1.0, np.random.default_rng(0))) <= set(CELL_KINDS[1:])
+    assert cell_kinds(0.0, np.random.default_rng(0)) == ["plain"] * 9
+    # each cell through its own kind's transform, the others as they were
+    colours = np.random.default_rng(1).integers(0, 256, size=(30, 30, 3), dtype=np.uint8)
+    shown = np.asarray(with_cell_kinds(Image.fromarray(colours), ["plain"] * 4 + ["inverted rotated"] + ["plain"] * 4))
+    assert (shown[10:20, 10:20] == 255 - colours[10:20, 10:20][..., [1, 2, 0]]).all()
+    outside = np.ones((30, 30), dtype=bool)
+    outside[10:20, 10:20] = False
+    assert (shown[outside] == colours[outside]).all()
+
+
 def test_the_plan_sweeps_each_world_once_with_every_row_its_mechanisms_compare() -> None:
     sweep, base = load_sweep(ABLATION, quickstart=True)
     runs = calibration.plan(sweep, base)
@@ -188,6 +209,17 @@ def test_the_plan_sweeps_each_world_once_with_every_row_its_mechanisms_compare()
     quick = calibration.plan(sweep, base, quick=True)
     assert quick[0].sweep.seeds == [0] and quick[0].aa_sweep.seeds == [3]
     assert sum(len(grid_points(s)) for s in {s.name: s for r in quick for s in r.sweeps}.values()) == 22  # 30 unshared
+
+
+def test_smgeos_experts_are_calibrated_on_tile_cells_of_four_kinds() -> None:
+    """A grid-swept ablation (SMGeo Table II): each world's sweep narrows the grid to the two rows' values."""
+    sweep, base = load_sweep(REPO / "search_spaces" / "smgeo_experts.yaml", quickstart=True)
+    planted, null = calibration.plan(sweep, base)
+    assert (planted.sweep.name, null.sweep.name) == ("cell_kinds-1", "default")
+    assert planted.rows == ("2 experts", "4 experts") and planted.sweep.params["model.gmoe.experts"].grid == [2, 4]
+    assert planted.aa_sweep.params["model.gmoe.experts"].grid == [2] and planted.aa_sweep.seeds == [3, 4, 5]
+    assert "data.synthesize.planted.cell_kinds=1.0" in planted.sweep.overrides
+    assert sum(len(grid_points(s)) for s in calibration.world_sweeps(calibration.plan(sweep, base, quick=True))) == 6
 
 
 def test_a_world_sweep_that_ran_other_trials_is_refused_not_mixed(

@@ -133,12 +133,13 @@ def test_a_trained_stage_depends_on_the_workers_only_when_the_batch_is_per_worke
 
 
 def test_a_planted_knob_added_later_leaves_the_keys_of_results_from_before_it() -> None:
-    """synthgeo's attribute_twins at its default (0) is left out of a job's fingerprints and of synthgeo's manifest:
-    a trained stage, a finished sweep trial or a generated world from before it existed is still found."""
+    """synthgeo's attribute_twins and cell_kinds at their default (0) are left out of a job's fingerprints and of
+    synthgeo's manifest: a trained stage, a finished sweep trial or a generated world from before them is found."""
     raw = {"name": "x", "stages": [], "data": {"root": "r", "synthesize": {}}, "preprocess": {"output_dir": "o"}}
     spec = parse_spec(JobSpec, raw, "t")
     dump = spec.model_dump(mode="json")
-    del dump["train"]["batch_per"], dump["data"]["synthesize"]["planted"]["attribute_twins"]  # as hashed before
+    planted = dump["data"]["synthesize"]["planted"]
+    del dump["train"]["batch_per"], planted["attribute_twins"], planted["cell_kinds"]  # as hashed before them
     assert spec.fingerprint() == hashlib.sha256(json.dumps(dump, sort_keys=True).encode()).hexdigest()[:16]
     assert "attribute_twins" not in spec.data.synthesize.keyed_dump()["planted"]
     twins = parse_spec(JobSpec, raw, "t", ["data.synthesize.planted.attribute_twins=1"])

@@ -68,9 +68,22 @@ class PlantedSpec(Strict):
         "(semi-hard mining keeps only those scoring below the query's own image). 0: no twins (synthgeo's chance "
         "look-alikes stay)",
     )
+    cell_kinds: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="SMGeo's grid-level experts (CVOGL layout): the share of a satellite tile's 3 x 3 cells drawn "
+        "as one of three other kinds, each with its own colour transform of everything in the cell (inverted, "
+        "channels rotated, both), while the drone query shows true colours: matching a query to a cell takes a "
+        "transform per kind, which a cell's own experts can learn and one shared FFN must share out. The kind shows "
+        "in the cell's ground colour. 0: every cell plain (homogeneous)",
+    )
 
 
-PLANTED_ADDED_LATER = {"attribute_twins": 0.0}  # knob -> its default (left out of keys there: SynthSpec.keyed_dump)
+PLANTED_ADDED_LATER = {
+    "attribute_twins": 0.0,
+    "cell_kinds": 0.0,
+}  # knob -> its default (left out of keys there: SynthSpec.keyed_dump)
 
 
 class SynthSpec(Strict):

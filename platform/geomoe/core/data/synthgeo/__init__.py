@@ -37,7 +37,7 @@ from geomoe.core.data.synthgeo.captions import (
 )
 from geomoe.core.data.synthgeo.render import render_drone, render_ground, render_satellite
 from geomoe.core.data.synthgeo.scene import CONFLICTING_FACADE, CONFLICTING_ROOF, Building, sample_building, twin_of
-from geomoe.core.data.synthgeo.tiles import render_query, render_tile, sample_tile
+from geomoe.core.data.synthgeo.tiles import cell_kinds, render_query, render_tile, sample_tile, with_cell_kinds
 from geomoe.core.data.track4 import write_queries
 from geomoe.core.data.transforms import split_sentences
 from geomoe.core.storage import write_json_atomic
@@ -47,7 +47,13 @@ MANIFEST = "synthgeo.json"
 GEOTEXT_TEST_FILE = "test_951_version.json"
 GALLERY_CAPTIONS = "gallery_captions.parquet"
 VERSION = 3  # 2: + gallery_captions.parquet; 3: platform-specific attributes and captions. Another is regenerated
-PLANTED_CAPTION_GAP, PLANTED_CONFLICT, PLANTED_QUERY_CUE, PLANTED_TWINS = 1, 2, 3, 4  # planted effects' generator tags
+PLANTED_CAPTION_GAP, PLANTED_CONFLICT, PLANTED_QUERY_CUE, PLANTED_TWINS, PLANTED_CELL_KINDS = (
+    1,
+    2,
+    3,
+    4,
+    5,
+)  # generator tags
 
 
 def _views(
@@ -211,7 +217,13 @@ def _write_cvogl(root: Path, spec: SynthSpec) -> dict[str, int]:
             target = objects[int(rng.integers(0, len(objects)))]
             east, north = 500_000 + 300 * sample_id % 90_000, 4_800_000 + 7 * sample_id % 90_000
             tile_name, query_name = f"{east}_{north}_300_32615.jpg", f"{sample_id}_{east}_{north}.jpg"
-            render_tile(objects, spec.tile_size, rng).save(base / "satellite" / tile_name, quality=92)
+            tile = render_tile(objects, spec.tile_size, rng)
+            if spec.planted.cell_kinds > 0:  # its own generator: the default world's draws stay as they were
+                kinds = cell_kinds(
+                    spec.planted.cell_kinds, np.random.default_rng([spec.seed, sample_id, PLANTED_CELL_KINDS])
+                )
+                tile = with_cell_kinds(tile, kinds)
+            tile.save(base / "satellite" / tile_name, quality=92)
             query, (cx, cy) = render_query(objects, target, spec.tile_size, spec.query_size, rng)
             query.save(base / "query" / query_name, quality=92)
             x1, y1, x2, y2 = (v * spec.tile_size for v in target.bounds())

@@ -96,6 +96,33 @@ def render_tile(objects: list[TileObject], size: int, rng: np.random.Generator) 
     return draw_tile(objects, size * SUPERSAMPLE, rng).resize((size, size), Image.Resampling.BILINEAR)
 
 
+# The cell-kinds world (``planted.cell_kinds``): a tile cell of a kind other than plain shows everything in it
+# through its kind's colour transform; a drone query shows true colours. Three transforms no one linear map
+# undoes together.
+CELL_KINDS = ("plain", "inverted", "rotated", "inverted rotated")
+
+
+def _transformed(cell: np.ndarray, kind: str) -> np.ndarray:
+    if "rotated" in kind:
+        cell = cell[..., [1, 2, 0]]
+    return 255 - cell if "inverted" in kind else cell
+
+
+def cell_kinds(share: float, rng: np.random.Generator) -> list[str]:
+    """Each of the tile's GRID x GRID cells (row-major): plain, or with probability ``share`` another kind."""
+    return [str(rng.choice(CELL_KINDS[1:])) if rng.random() < share else "plain" for _ in range(GRID * GRID)]
+
+
+def with_cell_kinds(tile: Image.Image, kinds: list[str]) -> Image.Image:
+    """The tile with each cell (a GRID x GRID split of its pixels, the layout's cells) shown as its kind."""
+    pixels = np.asarray(tile.convert("RGB")).copy()
+    edges = [round(k * pixels.shape[0] / GRID) for k in range(GRID + 1)]
+    for at, kind in enumerate(kinds):
+        (y0, y1), (x0, x1) = edges[at // GRID : at // GRID + 2], edges[at % GRID : at % GRID + 2]
+        pixels[y0:y1, x0:x1] = _transformed(pixels[y0:y1, x0:x1], kind)
+    return Image.fromarray(pixels)
+
+
 def render_query(
     objects: list[TileObject], target: TileObject, tile_size: int, query_size: int, rng: np.random.Generator
 ) -> tuple[Image.Image, tuple[float, float]]:
