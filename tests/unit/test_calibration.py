@@ -215,10 +215,10 @@ def test_smgeos_experts_are_calibrated_on_tile_cells_of_four_kinds() -> None:
     """A grid-swept ablation (SMGeo Table II): each world's sweep narrows the grid to the two rows' values."""
     sweep, base = load_sweep(REPO / "search_spaces" / "smgeo_experts.yaml", quickstart=True)
     planted, null = calibration.plan(sweep, base)
-    assert (planted.sweep.name, null.sweep.name) == ("cell_kinds-1", "default")
+    assert (planted.sweep.name, null.sweep.name) == ("cell_kinds-0.75", "default")  # plain and 3 others, a quarter each
     assert planted.rows == ("2 experts", "4 experts") and planted.sweep.params["model.gmoe.experts"].grid == [2, 4]
     assert planted.aa_sweep.params["model.gmoe.experts"].grid == [2] and planted.aa_sweep.seeds == [3, 4, 5]
-    assert "data.synthesize.planted.cell_kinds=1.0" in planted.sweep.overrides
+    assert "data.synthesize.planted.cell_kinds=0.75" in planted.sweep.overrides
     assert sum(len(grid_points(s)) for s in calibration.world_sweeps(calibration.plan(sweep, base, quick=True))) == 6
 
 
