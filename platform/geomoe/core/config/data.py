@@ -80,10 +80,9 @@ class PlantedSpec(Strict):
     )
 
 
-PLANTED_ADDED_LATER = {
-    "attribute_twins": 0.0,
-    "cell_kinds": 0.0,
-}  # knob -> its default (left out of keys there: SynthSpec.keyed_dump)
+# Planted knobs added after results were keyed on synthgeo specs, with their defaults: SynthSpec.keyed_dump leaves
+# them out there, so those results keep their keys
+PLANTED_ADDED_LATER = {"attribute_twins": 0.0, "cell_kinds": 0.0}
 
 
 class SynthSpec(Strict):

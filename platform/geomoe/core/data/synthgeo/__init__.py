@@ -47,13 +47,8 @@ MANIFEST = "synthgeo.json"
 GEOTEXT_TEST_FILE = "test_951_version.json"
 GALLERY_CAPTIONS = "gallery_captions.parquet"
 VERSION = 3  # 2: + gallery_captions.parquet; 3: platform-specific attributes and captions. Another is regenerated
-PLANTED_CAPTION_GAP, PLANTED_CONFLICT, PLANTED_QUERY_CUE, PLANTED_TWINS, PLANTED_CELL_KINDS = (
-    1,
-    2,
-    3,
-    4,
-    5,
-)  # generator tags
+PLANTED_CAPTION_GAP, PLANTED_CONFLICT, PLANTED_QUERY_CUE = 1, 2, 3  # the planted effects' generator tags
+PLANTED_TWINS, PLANTED_CELL_KINDS = 4, 5
 
 
 def _views(
