@@ -219,7 +219,11 @@ def test_smgeos_experts_are_calibrated_on_tile_cells_of_four_kinds() -> None:
     assert planted.rows == ("2 experts", "4 experts") and planted.sweep.params["model.gmoe.experts"].grid == [2, 4]
     assert planted.aa_sweep.params["model.gmoe.experts"].grid == [2] and planted.aa_sweep.seeds == [3, 4, 5]
     assert "data.synthesize.planted.cell_kinds=0.75" in planted.sweep.overrides
-    assert sum(len(grid_points(s)) for s in calibration.world_sweeps(calibration.plan(sweep, base, quick=True))) == 6
+    worlds = calibration.world_sweeps(calibration.plan(sweep, base, quick=True))
+    assert sum(len(grid_points(s)) for s in worlds) == 6
+    # the router's cells on the kinds' 3 x 3 layout, in every world and A/A sweep alike (the calibration's overrides)
+    assert all("model.gmoe.grid=[3,3]" in s.overrides for s in worlds)
+    assert "model.gmoe.grid=[3,3]" not in sweep.overrides  # the Table II sweep itself keeps its grid
 
 
 def test_a_world_sweep_that_ran_other_trials_is_refused_not_mixed(

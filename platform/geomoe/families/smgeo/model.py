@@ -28,7 +28,7 @@ from torch import nn
 
 from geomoe.core.config import JobSpec
 from geomoe.families.smgeo.gmoe import ExpertFFN, GridMoE
-from geomoe.families.smgeo.spec import SMGeoModelSpec, SwinSpec
+from geomoe.families.smgeo.spec import GMoESpec, SMGeoModelSpec, SwinSpec
 
 
 class SMGeoOutput(NamedTuple):
@@ -68,7 +68,7 @@ def build_swin(spec: SwinSpec, image_size: int, channels: int = 3) -> Any:
     )
 
 
-class _TokenMoE(nn.Module):
+class TokenMoE(nn.Module):
     """Stands in for a Swin block's MLP: the block hands it (B, H*W, C); the map shape comes from a hook.
     With ``dense`` (the block's own FFN, kept), the output is dense(x) + MoE(x)."""
 
@@ -87,10 +87,9 @@ def _remember_map_shape(block: Any, args: tuple[torch.Tensor, ...]) -> None:
     block.mlp.hw = tuple(args[0].shape[1:3])  # Swin blocks take (B, H, W, C)
 
 
-def _expert_pool(dense: Any, spec: SMGeoModelSpec) -> nn.ModuleList:
+def expert_pool(dense: Any, g: GMoESpec) -> nn.ModuleList:
     """E experts for a block whose FFN is ``dense``. Beside a kept FFN they start at output 0 (the block is the
     pretrained one at first); in its place they start as copies of it (upcycling)."""
-    g = spec.gmoe
     dim = dense.fc1.in_features
     hidden = dense.fc1.out_features if g.expert_mlp_ratio is None else round(dim * g.expert_mlp_ratio)
     experts = [ExpertFFN(dim, hidden) for _ in range(g.experts)]
@@ -113,9 +112,9 @@ def insert_gmoe(backbone: Any, spec: SMGeoModelSpec) -> list[GridMoE]:
             block: Any = stage.blocks[index]
             dense = block.mlp
             if pool is None or not g.share_per_stage:
-                pool = _expert_pool(dense, spec)
+                pool = expert_pool(dense, g)
             moe = GridMoE(dense.fc1.in_features, pool, g.top_k, (g.grid[0], g.grid[1]), g.noise_std, views)
-            block.mlp = _TokenMoE(moe, dense if g.dense_path else None)
+            block.mlp = TokenMoE(moe, dense if g.dense_path else None)
             block.register_forward_pre_hook(_remember_map_shape)
             layers.append(moe)
     return layers
