@@ -3,17 +3,19 @@
 The end-to-end calibration (``geomoe calibrate search_spaces/smgeo_experts.yaml``) asks whether a whole sweep sees
 the experts; at the quickstart's size it does not, and that cannot say whether the code lacks the mechanism or the
 run is too small. This isolates the mechanism: one Swin block's FFN as SMGeo's model builds it (``insert_gmoe``:
-the block's dense FFN kept, beside it the top-k of E experts of half width, starting at output 0), trained
-alone to map a token map to a target, on two worlds (the calibration's premise for GMoE):
+the block's dense FFN, hidden 4C, kept; beside it the top-k of E experts of hidden C/2, starting at output 0),
+trained alone to map a token map to a target, on three worlds (``WORLDS``):
 
 - planted: each cell of a 3 x 3 layout is one of ``kinds`` kinds, and a kind needs its own transform of the
-  tokens (target = rotation_kind(content)). A token alone hardly tells its kind (a small shift of its mean,
-  under noise of std 1); a whole cell's mean does, and that is what the router sees (Eq. 8 pools cells).
+  tokens (target = rotation_kind(content)). A kind also shifts its tokens' mean (a draw of std 0.5 a channel;
+  token noise: std 1): the nearest shift names one token's kind 74% of the time, a cell's mean (16 tokens) every
+  time (measured on 100,000 draws), and the cell's mean is what the router sees (Eq. 8 pools cells).
+- kinds without cells: the same kinds, rotations and shifts, each token drawn on its own. Routing by cells has
+  nothing to go on, so a block that gains here gains by capacity, not by the mechanism.
 - null: one kind (one rotation, no shift): nothing for experts to divide.
 
 Reported: the held-out error relative to the target's power, per configuration and world, over seeds. If the
-mechanism is there, error falls as experts reach the number of kinds on the planted world, and the
-configurations tie on the null world.
+mechanism is there, experts gain on the planted world and not on the other two.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ class PlantedCells:
     size: int = 12
     layout: int = 3
     shift: float = 0.5  # how far a kind moves its tokens' mean (token noise has std 1)
+    per_token: bool = False  # each token its own kind: the kinds without the cells a router could see
 
     def transforms(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(kinds, C, C) one rotation per kind and (kinds, C) each kind's shift, fixed by the world itself."""
@@ -50,9 +53,12 @@ class PlantedCells:
     def sample(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """(input, target) maps (n, size, size, channels): content + the cell kind's shift -> rotated content."""
         rotations, shifts = self.transforms()
-        kinds = torch.randint(0, self.kinds, (n, self.layout, self.layout), generator=generator)
-        per_cell = self.size // self.layout
-        kind_map = kinds.repeat_interleave(per_cell, 1).repeat_interleave(per_cell, 2)
+        if self.per_token:  # no cell structure: a cell's mean says nothing a token does not
+            kind_map = torch.randint(0, self.kinds, (n, self.size, self.size), generator=generator)
+        else:
+            kinds = torch.randint(0, self.kinds, (n, self.layout, self.layout), generator=generator)
+            per_cell = self.size // self.layout
+            kind_map = kinds.repeat_interleave(per_cell, 1).repeat_interleave(per_cell, 2)
         content = torch.randn(n, self.size, self.size, self.channels, generator=generator)
         target = torch.einsum("nhwc,nhwdc->nhwd", content, rotations[kind_map])
         return content + shifts[kind_map], target
@@ -119,12 +125,18 @@ CONFIGURATIONS: dict[str, GMoESpec | None] = {
 }
 
 
+WORLDS = {
+    "planted": PlantedCells(kinds=4),  # 4 kinds, each over whole cells
+    "kinds without cells": PlantedCells(kinds=4, per_token=True),  # the null that extra capacity alone would pass
+    "null": PlantedCells(kinds=1),  # one transform for every token
+}
+
+
 def probe(seeds: int = 3, steps: int = 400, configurations: dict[str, GMoESpec | None] | None = None) -> dict[str, Any]:
-    """Every configuration on the planted (4 kinds) and the null (1 kind) world: relative error, mean and std
-    over ``seeds``."""
+    """Every configuration on each of ``WORLDS``: relative error, mean and std over ``seeds``."""
     rows = []
     for name, gmoe in (configurations or CONFIGURATIONS).items():
-        for world_name, world in (("planted", PlantedCells(kinds=4)), ("null", PlantedCells(kinds=1))):
+        for world_name, world in WORLDS.items():
             errors = [relative_error(world, gmoe, seed, steps) for seed in range(seeds)]
             rows.append({"configuration": name, "world": world_name, "errors": [round(e, 4) for e in errors],
                          "mean": round(float(np.mean(errors)), 4), "std": round(float(np.std(errors)), 4)})  # fmt: skip
@@ -134,6 +146,6 @@ def probe(seeds: int = 3, steps: int = 400, configurations: dict[str, GMoESpec |
 def run_probe(out: str, overrides: list[str]) -> dict[str, Any]:
     given = options(overrides)
     result = probe(int(given.get("seeds", 3)), int(given.get("steps", 400)))
-    lines = [f"{r['configuration']:<30} {r['world']:<8} {r['mean']:.3f} ± {r['std']:.3f}" for r in result["rows"]]
+    lines = [f"{r['configuration']:<30} {r['world']:<20} {r['mean']:.3f} ± {r['std']:.3f}" for r in result["rows"]]
     title = "gmoe_planted: held-out error / target power, mean ± std over seeds"
     return result | {"summary": "\n".join([title, *lines])}
