@@ -14,7 +14,7 @@ def test_a_planted_cell_is_one_kind_whose_rotation_of_the_content_is_the_target(
     world = PlantedCells(kinds=4)
     x, y = world.sample(2, torch.Generator().manual_seed(0))
     assert x.shape == y.shape == (2, 12, 12, 16)
-    rotations, shifts = world.transforms()
+    rotations, shifts = world.transforms
     for row in range(3):
         for col in range(3):
             cell = (0, slice(4 * row, 4 * row + 4), slice(4 * col, 4 * col + 4))
@@ -24,7 +24,7 @@ def test_a_planted_cell_is_one_kind_whose_rotation_of_the_content_is_the_target(
                 if torch.allclose(torch.einsum("hwc,dc->hwd", x[cell] - shifts[k], rotations[k]), y[cell], atol=1e-5)
             ]
             assert len(fits) == 1, (row, col, fits)
-    _, null_shifts = PlantedCells(kinds=1).transforms()
+    _, null_shifts = PlantedCells(kinds=1).transforms
     assert null_shifts.abs().sum() == 0
 
 

@@ -21,6 +21,7 @@ mechanism is there, experts gain on the planted world and not on the other two.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -43,6 +44,7 @@ class PlantedCells:
     shift: float = 0.5  # how far a kind moves its tokens' mean (token noise has std 1)
     per_token: bool = False  # each token its own kind: the kinds without the cells a router could see
 
+    @cached_property  # drawn once per world, not at every training step's sample
     def transforms(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(kinds, C, C) one rotation per kind and (kinds, C) each kind's shift, fixed by the world itself."""
         generator = torch.Generator().manual_seed(1000 + self.kinds)
@@ -52,7 +54,7 @@ class PlantedCells:
 
     def sample(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """(input, target) maps (n, size, size, channels): content + the cell kind's shift -> rotated content."""
-        rotations, shifts = self.transforms()
+        rotations, shifts = self.transforms
         if self.per_token:  # no cell structure: a cell's mean says nothing a token does not
             kind_map = torch.randint(0, self.kinds, (n, self.size, self.size), generator=generator)
         else:
@@ -132,10 +134,10 @@ WORLDS = {
 }
 
 
-def probe(seeds: int = 3, steps: int = 400, configurations: dict[str, GMoESpec | None] | None = None) -> dict[str, Any]:
+def probe(seeds: int = 3, steps: int = 400) -> dict[str, Any]:
     """Every configuration on each of ``WORLDS``: relative error, mean and std over ``seeds``."""
     rows = []
-    for name, gmoe in (configurations or CONFIGURATIONS).items():
+    for name, gmoe in CONFIGURATIONS.items():
         for world_name, world in WORLDS.items():
             errors = [relative_error(world, gmoe, seed, steps) for seed in range(seeds)]
             rows.append({"configuration": name, "world": world_name, "errors": [round(e, 4) for e in errors],
