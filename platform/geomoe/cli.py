@@ -124,15 +124,15 @@ def _cmd_sweep(args: argparse.Namespace) -> None:
         return
     sweep, _ = load_sweep(args.sweep, args.quickstart, overrides)
     experiment = experiment_location(sweep, Path.cwd().resolve())
-    verbose = bool(getattr(args, "verbose", False))
-    if not verbose:
+    quiet = not getattr(args, "verbose", False)
+    if quiet:
         _quiet_libraries()
     count = f"{trial_count(sweep)} trials, at most {sweep.max_concurrent} at once"
     print(f"sweep {sweep.name}: {count}, ranked by {sweep.metric} ({sweep.mode}); logs: {experiment}/logs",
           file=sys.stderr, flush=True)  # fmt: skip
     started = time.perf_counter()
-    with run_logs(experiment, verbose, _ray_session_logs):
-        location = run_sweep(args.sweep, args.quickstart, args.resume, overrides, quiet=not verbose)
+    with run_logs(experiment, not quiet, _ray_session_logs):
+        location = run_sweep(args.sweep, args.quickstart, args.resume, overrides, quiet=quiet)
     print(write_report(location))
     print(f"sweep took {time.perf_counter() - started:.1f} s")
 
@@ -143,21 +143,20 @@ def _cmd_calibrate(args: argparse.Namespace) -> None:
     from geomoe.core.sweep import calibration, load_sweep, trial_count
     from geomoe.on_ray.calibrate import run_calibration
 
-    overrides = _sweep_overrides(args)
-    sweep, base_path = load_sweep(args.sweep, args.quickstart, overrides)
+    sets = _sweep_overrides(args)
+    sweep, base_path = load_sweep(args.sweep, args.quickstart, sets)
+    sweep = calibration.selected(sweep, args.only)
     runs = calibration.plan(sweep, base_path, args.quick)  # a spec error stops here, before Ray starts
     folder = calibration.location(sweep, Path.cwd().resolve())
-    verbose = bool(getattr(args, "verbose", False))
-    if not verbose:
+    quiet = not getattr(args, "verbose", False)
+    if quiet:
         _quiet_libraries()
     sweeps = calibration.world_sweeps(runs)
     trials, worlds = sum(trial_count(s) for s in sweeps), len({r.sweep.name for r in runs})
     print(f"calibrate {sweep.name}: {worlds} worlds, {trials} trials; logs: {folder}/logs",
           file=sys.stderr, flush=True)  # fmt: skip
-    with run_logs(folder, verbose, _ray_session_logs):
-        folder, result = run_calibration(
-            args.sweep, args.quickstart, args.resume, overrides, quick=args.quick, quiet=not verbose
-        )
+    with run_logs(folder, not quiet, _ray_session_logs):
+        folder, result = run_calibration(args.sweep, args.quickstart, args.resume, sets, args.quick, args.only, quiet)
     print(calibration.markdown(result), end="")
     print(f"written to {folder}/{calibration.RESULT_MD}")
 
@@ -359,6 +358,7 @@ def _calibrate_parser(sub: Any) -> Any:
     calibrate.add_argument("sweep", help="a sweep with a calibration section (search_spaces/pe_moe_ablation.yaml)")
     calibrate.add_argument("--quickstart", action="store_true", help="the sweep's 2-core variant")
     calibrate.add_argument("--quick", action="store_true", help="one seed and one A/A seed per configuration")
+    calibrate.add_argument("--only", action="append", default=[], metavar="MECHANISM", help="this one (repeatable)")
     calibrate.add_argument("--resume", action="store_true", help="continue; finished trials stay")
     calibrate.add_argument("--address", help="join this Ray cluster (the base job's resources.address)")
     calibrate.add_argument(

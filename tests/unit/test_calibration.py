@@ -18,7 +18,7 @@ from geomoe.core.data.synthgeo import generate
 from geomoe.core.data.synthgeo.captions import FILLERS
 from geomoe.core.data.synthgeo.scene import sample_building, twin_of
 from geomoe.core.data.synthgeo.tiles import CELL_KINDS, cell_kinds, with_cell_kinds
-from geomoe.core.errors import ExperimentError
+from geomoe.core.errors import ExperimentError, SpecError
 from geomoe.core.ownership import Claim, claim_dir
 from geomoe.core.storage import write_json_atomic
 from geomoe.core.sweep import VARIANT, calibration, grid_points, load_sweep, trial_key
@@ -209,6 +209,30 @@ def test_the_plan_sweeps_each_world_once_with_every_row_its_mechanisms_compare()
     quick = calibration.plan(sweep, base, quick=True)
     assert quick[0].sweep.seeds == [0] and quick[0].aa_sweep.seeds == [3]
     assert sum(len(grid_points(s)) for s in {s.name: s for r in quick for s in r.sweeps}.values()) == 22  # 30 unshared
+
+
+def test_a_part_of_the_calibration_runs_its_mechanisms_own_worlds_in_folders_of_its_own() -> None:
+    """``--only``: one mechanism's worlds and rows (6 trials at --quick, a quarter of the 22), renamed so the
+    whole calibration's world sweeps, which train more rows, never meet a part's folders."""
+    sweep, base = load_sweep(ABLATION, quickstart=True)
+    part = calibration.selected(sweep, ["dynamic gating"])
+    assert part.name == "pe_moe_ablation-quickstart-dynamic-gating"
+    runs = calibration.plan(part, base, quick=True)
+    assert [(r.mechanism.name, r.world) for r in runs] == [("dynamic gating", "planted"), ("dynamic gating", "null")]
+    worlds = calibration.world_sweeps(runs)
+    assert [s.name for s in worlds] == ["default", "default-aa", "query_platform_cue-0", "query_platform_cue-0-aa"]
+    assert [list(s.variants) for s in worlds[::2]] == [["static_ensemble", "dynamic_gating"]] * 2
+    assert sum(len(grid_points(s)) for s in worlds) == 6
+    whole = calibration.location(sweep, REPO)
+    assert calibration.location(part, REPO) != whole and not calibration.location(part, REPO).startswith(whole + "/")
+    assert all(f"{part.name}-calibration/worlds/" in next(o for o in r.sweep.overrides if o.startswith("data.root="))
+               for r in runs)  # fmt: skip
+    # slugs work too, in any order: the spec's order is kept; a name it does not have is refused with the list
+    both = calibration.selected(sweep, ["platform-experts-routed", "platform experts"])
+    assert [m.name for m in both.calibration.mechanisms] == ["platform experts", "platform experts routed"]
+    assert calibration.selected(sweep, []) is sweep
+    with pytest.raises(SpecError, match="no mechanism \\['gating'\\]; it has \\['dynamic-gating'"):
+        calibration.selected(sweep, ["gating"])
 
 
 def test_smgeos_experts_are_calibrated_on_tile_cells_of_four_kinds() -> None:

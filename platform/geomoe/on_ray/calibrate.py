@@ -21,12 +21,14 @@ def run_calibration(
     resume: bool = False,
     overrides: Sequence[str] = (),
     quick: bool = False,
+    only: Sequence[str] = (),
     quiet: bool = False,
 ) -> tuple[str, dict[str, Any]]:
     """Run every world's sweep (``resume``: continue them), then write and return the calibration (its folder and
-    result); ``quick``: one seed and one A/A seed per configuration."""
+    result); ``quick``: one seed and one A/A seed per configuration; ``only``: these mechanisms (``selected``)."""
     started = time.perf_counter()
     sweep, base_path = load_sweep(path, quickstart, overrides)
+    sweep = calibration.selected(sweep, only)
     root = Path.cwd().resolve()
     folder = calibration.location(sweep, root)
     ownership.claim_dir(folder, ownership.Claim("output_root", f"{sweep.name}-calibration", "calibrate"))

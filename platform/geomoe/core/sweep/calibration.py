@@ -20,7 +20,7 @@ from __future__ import annotations
 import functools
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -75,6 +75,23 @@ def location(sweep: SweepSpec, root: Path) -> str:
 
 def slug(name: str) -> str:
     return "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-")
+
+
+def selected(sweep: SweepSpec, only: Sequence[str] = ()) -> SweepSpec:
+    """The sweep calibrating just the mechanisms ``only`` names (names or their slugs; every one when empty), renamed
+    ``<sweep>-<their slugs>``: a part has folders of its own, since a world's sweep trains one grid of rows and the
+    whole calibration's would refuse (or its rows outnumber) a folder that ran a part's."""
+    if not only:
+        return sweep
+    if sweep.calibration is None:
+        raise SpecError(sweep.name, "calibration", "this sweep has no calibration section")
+    known = {slug(m.name): m for m in sweep.calibration.mechanisms}
+    unknown = sorted({slug(n) for n in only} - set(known))
+    if unknown:
+        raise SpecError(sweep.name, "calibration.mechanisms", f"no mechanism {unknown}; it has {sorted(known)}")
+    kept = [name for name in known if name in {slug(n) for n in only}]  # in the spec's order
+    part = sweep.calibration.model_copy(update={"mechanisms": [known[name] for name in kept]})
+    return sweep.model_copy(update={"calibration": part, "name": "-".join([sweep.name, *kept])})
 
 
 def unpublished_row(mechanism: CalibratedMechanism, row: PaperRow) -> PaperRow:
