@@ -32,7 +32,7 @@ from geomoe.core.config import JobSpec, load_job
 from geomoe.core.data.prepared import PreparedDataset
 from geomoe.on_ray.pipelines.image_store import PreparedImages
 from geomoe.on_ray.pipelines.prepare import prepare
-from geomoe.on_ray.train.loop import LoopConfig, TrainingTask, optimization, train_epoch
+from geomoe.on_ray.train.loop import LoopConfig, TrainingTask, hold_frozen_for, optimization, train_epoch
 
 REPO = Path(__file__).resolve().parents[2]
 CPU = torch.device("cpu")
@@ -71,6 +71,7 @@ def shuffled_batches(columns: dict[str, np.ndarray], batch: int, seed: int, deco
 
 def train_in_process(task: TrainingTask, loop: LoopConfig, epoch_batches: Any) -> list[float]:
     """``loop.epochs`` epochs of ``task`` through the engine's epoch; each epoch's mean loss."""
+    hold_frozen_for(task.model, loop, CPU)  # as the engine's fit: under autocast, the frozen layers held in bf16
     params, optimizer, schedule = optimization(task.model, loop)
     losses = []
     for epoch in range(loop.epochs):
@@ -258,16 +259,22 @@ def test_each_family_trains_under_bf16_autocast_as_on_a_gpu(
         assert loop.mixed_precision
         batches = list(itertools.islice(shuffled_batches(columns, loop.batch_size, 7, decode), 3))
         monkeypatch.setattr(training_loop, "AUTOCAST_DEVICES", ("cuda",))
-        fp32, off = three_steps(spec, make_task, loop, batches, name)
+        fp32, off, _ = three_steps(spec, make_task, loop, batches, name)
         monkeypatch.setattr(training_loop, "AUTOCAST_DEVICES", ("cuda", "cpu"))
-        bf16, on = three_steps(spec, make_task, loop, batches, name)
+        bf16, on, model = three_steps(spec, make_task, loop, batches, name)
         assert off == [False] * 3 and on == [True] * 3, (name, off, on)
+        if name == "pe_moe":  # its frozen trunks were held in bf16 (hold_frozen_in), and trained through so
+            held = {p.dtype for m in model.text_trunk.modules() if isinstance(m, torch.nn.Linear)
+                    for p in m.parameters()}  # fmt: skip
+            assert held == {torch.bfloat16}, held
         assert np.isfinite(bf16) and bf16 == pytest.approx(fp32, rel=0.05), (name, fp32, bf16)
 
 
-def three_steps(spec: JobSpec, make_task: Any, loop: LoopConfig, batches: list[dict], name: str) -> tuple[float, list]:
-    """The mean loss of one epoch over ``batches`` from the seeded initialisation, and whether autocast was on in
-    each step; the weights must move."""
+def three_steps(
+    spec: JobSpec, make_task: Any, loop: LoopConfig, batches: list[dict], name: str
+) -> tuple[float, list, Any]:
+    """The mean loss of one epoch over ``batches`` from the seeded initialisation, whether autocast was on in each
+    step, and the model; the weights must move."""
     torch.manual_seed(spec.seed)
     task = make_task(spec, loop, 0)
     before = [p.detach().clone() for p in task.model.parameters()]
@@ -280,4 +287,4 @@ def three_steps(spec: JobSpec, make_task: Any, loop: LoopConfig, batches: list[d
     task.step = recorded
     loss = train_in_process(task, loop, lambda _: iter(batches))[0]
     assert any(not torch.equal(a, b.detach()) for a, b in zip(before, task.model.parameters(), strict=True)), name
-    return loss, autocast
+    return loss, autocast, task.model

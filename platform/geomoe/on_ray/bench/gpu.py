@@ -78,7 +78,14 @@ def train_step_report(
     """samples/s, peak memory and MFU of ``step`` (forward + backward + AdamW update on the trainable parameters)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-5)
+    from geomoe.core.models.precision import DispatchCount, frozen_parameters, hold_frozen_in
+
+    cuda = device.type == "cuda"
+    frozen = frozen_parameters(model)
+    if cuda:  # as the training engine runs a step under autocast: frozen layers held in bf16, fused AdamW
+        hold_frozen_in(model, torch.bfloat16)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=2e-5, foreach=not cuda, fused=cuda)
 
     def train_step() -> None:
         optimizer.zero_grad(set_to_none=True)
@@ -87,7 +94,7 @@ def train_step_report(
         loss.backward()
         optimizer.step()
 
-    with FlopCounterMode(display=False) as counter:
+    with FlopCounterMode(display=False) as counter, DispatchCount(frozen_parameters(model)) as dispatch:
         train_step()  # also the warm-up
     flops = counter.get_total_flops()
     if device.type == "cuda":
@@ -104,7 +111,9 @@ def train_step_report(
         "mfu": None if peak is None else round(achieved / peak, 3),
         "peak_memory_GiB": round(torch.cuda.max_memory_allocated(device) / 2**30, 2) if device.type == "cuda" else None,
         "trainable_M": round(sum(p.numel() for p in model.parameters() if p.requires_grad) / 1e6, 1),
-        "frozen_M": round(sum(p.numel() for p in model.parameters() if not p.requires_grad) / 1e6, 1),
+        "frozen_M": round(sum(p.numel() for p in frozen) / 1e6, 1),
+        "aten_ops_per_step": dispatch.ops,  # about the kernels a GPU launches
+        "frozen_cast_MiB_per_step": round(dispatch.cast_bytes / 2**20, 1),  # goal 0
     }
 
 
