@@ -33,6 +33,7 @@ def test_every_part_runs_at_toy_sizes_on_the_cpu() -> None:
         assert step["samples_per_s"] > 0 and step["flop_per_step"] > 0 and step["trainable_M"] > 0
         assert step["mfu"] is None and step["peak_memory_GiB"] is None  # no GPU peak to divide by
     assert result["pe_moe_step"]["frozen_M"] > 0  # the trunks stay frozen
+    assert result["pe_moe_step"]["aten_ops_per_step"] > 0 and result["pe_moe_step"]["frozen_cast_MiB_per_step"] == 0
     search = result["exact_search"]
     assert search["rows"] == gpu.TINY_SEARCH.gallery and 0 <= search["q1"]["bandwidth_fraction"] < 10
     assert result["serve_encoder"]["batch32"]["queries_per_s"] > 0
@@ -72,3 +73,15 @@ def test_gpu_smokes_serve_config_puts_the_models_on_the_gpu_and_adds_the_localiz
     gpus = {d["name"]: d["ray_actor_options"].get("num_gpus", 0) for d in app["deployments"]}
     assert gpus == {"QueryEncoder": 0.25, "GallerySearch": 0.25, "Reranker": 0, "Captioner": 0, "Ingress": 0,
                     "Localizer": 0.25}  # fmt: skip
+
+
+def test_the_gmoe_bench_times_the_backbone_with_its_experts_against_without() -> None:
+    """``geomoe bench gmoe``'s ratio for the GPU goal (GMoE at most 1.3x the model without it), at toy size."""
+    from geomoe.families.smgeo.bench import backbone_ratio
+    from geomoe.families.smgeo.spec import SMGeoModelSpec
+
+    spec = SMGeoModelSpec.model_validate(smgeo_gpu.TINY.smgeo)
+    ratio = backbone_ratio(spec, 64, repeats=1)
+    assert ratio["params_M"]["with_gmoe"] > ratio["params_M"]["without_gmoe"]  # the experts and routers are in
+    assert any(ratio["gmoe_blocks"]) and ratio["with_gmoe_s"] > 0 and ratio["without_gmoe_s"] > 0
+    assert ratio["ratio"] > 0

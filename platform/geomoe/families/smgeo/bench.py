@@ -16,6 +16,9 @@ from typing import Any
 import torch
 
 from geomoe.families.smgeo.gmoe import ExpertFFN, GridMoE
+from geomoe.families.smgeo.model import build_swin, insert_gmoe
+from geomoe.families.smgeo.spec import SMGeoModelSpec
+from geomoe.on_ray.bench import options
 
 
 def _saved_bytes(fn: Any) -> tuple[Any, int]:
@@ -101,5 +104,49 @@ def bench_gmoe(
     return result
 
 
+def backbone_ratio(spec: SMGeoModelSpec, image_size: int, repeats: int = 3) -> dict[str, Any]:
+    """Median forward + backward seconds of SMGeo's Swin backbone with its GMoE layers (where ``spec`` puts them)
+    over the same backbone without them, on one image at ``image_size``: the ratio issue 38's GPU goal names (at
+    most 1.3x; 2.0x for the whole step on one H200). Training mode, so the routers' noise is on as in a step. The
+    two ways alternate, run by run, so a slower stretch of a shared machine falls on both."""
+    models = {}
+    for way in ("with_gmoe", "without_gmoe"):
+        torch.manual_seed(0)
+        models[way] = build_swin(spec.backbone, image_size)
+        if way == "with_gmoe":
+            insert_gmoe(models[way], spec)
+        models[way].train()
+    image = torch.randn(1, 3, image_size, image_size)
+
+    def once(model: Any) -> float:
+        start = time.perf_counter()
+        model.forward_features(image).square().mean().backward()
+        model.zero_grad(set_to_none=True)
+        return time.perf_counter() - start
+
+    runs: dict[str, list[float]] = {way: [] for way in models}
+    for turn in range(repeats + 1):  # the first turn warms up
+        for way, model in models.items():
+            seconds = once(model)
+            if turn:
+                runs[way].append(seconds)
+    median = {way: sorted(times)[repeats // 2] for way, times in runs.items()}
+    return {
+        "image_size": image_size,
+        "gmoe_blocks": spec.moe_blocks(),
+        "with_gmoe_s": round(median["with_gmoe"], 3),
+        "without_gmoe_s": round(median["without_gmoe"], 3),
+        "ratio": round(median["with_gmoe"] / median["without_gmoe"], 2),
+        "params_M": {way: round(sum(p.numel() for p in m.parameters()) / 1e6, 2) for way, m in models.items()},
+    }
+
+
 def run_gmoe(out: str, overrides: list[str]) -> dict[str, Any]:
-    return bench_gmoe()
+    result = bench_gmoe()
+    size = int(options(overrides).get("image_size", 1024))
+    ratio = result["backbone_ratio"] = backbone_ratio(SMGeoModelSpec(), size)
+    result["summary"] += (
+        f"; the Swin-T backbone with GMoE over without, fwd+bwd at {size} px: {ratio['with_gmoe_s']} / "
+        f"{ratio['without_gmoe_s']} s = {ratio['ratio']}x"
+    )
+    return result
