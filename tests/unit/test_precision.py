@@ -1,11 +1,13 @@
 """Frozen layers held in bf16 (geomoe.core.models.precision): under bf16 autocast a PE-MoE training step then casts
-no frozen weight, and computes exactly what it computed when autocast cast them at every use."""
+no frozen weight, and computes exactly what it computed when autocast cast them at every use; a checkpoint still
+saves the weights as they were loaded."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
+from geomoe.core.models.checkpoint import trainable_state
 from geomoe.core.models.precision import dispatched, frozen_parameters, hold_frozen_in
 from geomoe.families.pe_moe.bench import CORPUS, _tiny_spec, dispatch_proxies, flop_ratio
 from geomoe.families.pe_moe.factory import build_pe_moe, ensure_tiny_models, tokenize
@@ -39,6 +41,7 @@ def test_a_step_casts_no_frozen_weight_once_they_are_held_and_computes_the_same(
     loss, grads = bf16_step(model, batch)
     assert casting.cast_bytes > 0  # autocast casts each frozen fp32 weight again at every use
 
+    loaded = {k: v.clone() for k, v in model.state_dict().items()}
     held = hold_frozen_in(model, torch.bfloat16)
     trunks = [model.text_trunk, model.image_trunk]
     in_layers = {p.dtype for t in trunks for m in t.modules() if isinstance(m, torch.nn.Linear) for p in m.parameters()}
@@ -47,6 +50,9 @@ def test_a_step_casts_no_frozen_weight_once_they_are_held_and_computes_the_same(
     norms = [p for t in trunks for m in t.modules() if isinstance(m, torch.nn.LayerNorm) for p in m.parameters()]
     assert norms and {p.dtype for p in norms} == {torch.float32}  # autocast runs norms in fp32: left as they are
 
+    saved = trainable_state(model)  # a checkpoint keeps the weights as loaded, not their bf16 rounding
+    assert saved.keys() == loaded.keys() and all(torch.equal(saved[k], v) for k, v in loaded.items())
+    assert {v.dtype for v in saved.values() if v.is_floating_point()} == {torch.float32}
     holding = dispatched(lambda: bf16_step(model, batch), frozen_parameters(model))
     assert holding.cast_bytes == 0 and holding.ops < casting.ops
     loss_held, grads_held = bf16_step(model, batch)

@@ -33,6 +33,7 @@ from torch import nn
 from geomoe.core import ownership, storage
 from geomoe.core.config import JobSpec
 from geomoe.core.errors import ModelError
+from geomoe.core.models.precision import originals
 
 FORMAT = "geomoe-checkpoint"
 VERSION = 2
@@ -48,8 +49,10 @@ def frozen_prefixes(model: nn.Module) -> tuple[str, ...]:
 
 
 def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    frozen = frozen_prefixes(model)
-    return {k: v.detach().cpu() for k, v in model.state_dict().items() if not frozen or not k.startswith(frozen)}
+    """The state to save: frozen layers held in bf16 for training (``hold_frozen_in``) as they were loaded."""
+    frozen, kept = frozen_prefixes(model), originals(model)
+    state = model.state_dict()
+    return {k: kept.get(k, v).detach().cpu() for k, v in state.items() if not frozen or not k.startswith(frozen)}
 
 
 def save_checkpoint(

@@ -114,10 +114,11 @@ def encoder_throughput(model: PEMoE, sizes: Sizes, device: torch.device) -> dict
 
 
 def gpu_check(tiny: bool, device: torch.device) -> tuple[dict[str, Any], str]:
-    """The model built once (about 1 B parameters at the real size): a few training steps, then encoding."""
+    """The model built once (about 1 B parameters at the real size): encoding, then a few training steps."""
     sizes = TINY if tiny else REAL
     model = _pe_moe(sizes, device)
-    step, encoder = pe_moe_step(model, sizes, device), encoder_throughput(model, sizes, device)
+    encoder = encoder_throughput(model, sizes, device)  # first: the step holds the frozen layers in bf16 after
+    step = pe_moe_step(model, sizes, device)
     line = (
         f"PE-MoE step {step['samples_per_s']} samples/s (MFU {step['mfu']}, peak {step['peak_memory_GiB']} GiB); "
         f"encoder {encoder['batch32']['queries_per_s']} q/s at batch 32"

@@ -94,8 +94,9 @@ def train_step_report(
         loss.backward()
         optimizer.step()
 
+    train_step()  # the warm-up, which also makes the optimizer's state
     with FlopCounterMode(display=False) as counter, DispatchCount(frozen_parameters(model)) as dispatch:
-        train_step()  # also the warm-up
+        train_step()
     flops = counter.get_total_flops()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)

@@ -113,8 +113,8 @@ def make_optimizer(loop: LoopConfig, params: list[torch.nn.Parameter]) -> torch.
     # foreach: one multi-tensor update instead of a Python loop over parameters (torch picks it only on CUDA);
     # measured on the demo's tiny PE-MoE (274 trainable tensors) on CPU: the step 111.7 -> 102.7 ms. On a GPU the
     # fused kernel: one launch for every tensor's whole update, not several per group of tensors. The CPU keeps
-    # foreach, though fused is faster there too (the optimizer 16.8 -> 4.3 ms of a 167 ms step: bench pe_moe_step):
-    # its rounding differs, and the stored runs and calibrations replay bit for bit on CPU
+    # foreach, though fused is faster there too (bench pe_moe_step: the update 3.4x faster): its rounding differs
+    # in the last bits, and the stored runs and calibrations replay bit for bit on CPU
     fused = bool(params) and params[0].is_cuda
     return kind(params, lr=loop.lr, weight_decay=loop.weight_decay, foreach=not fused, fused=fused)
 
