@@ -1,7 +1,8 @@
 """``geomoe bench pe_moe_step`` and ``geomoe bench mining``.
 
 pe_moe_step: training samples/s of PE-MoE with K=3 experts on one shared trunk (trunk once per batch)
-against a naive ensemble of three independent full encoders (each runs its own whole backbone), same batch.
+against a naive ensemble of three independent full encoders (each runs its own whole backbone), same batch; and
+the CPU proxies of the GPU goals (``dispatch_proxies``, ``flop_ratio``).
 mining: time and peak memory of chunked hard-negative mining against scoring the full query x gallery matrix.
 """
 
