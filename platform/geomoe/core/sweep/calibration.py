@@ -85,11 +85,11 @@ def selected(sweep: SweepSpec, only: Sequence[str] = ()) -> SweepSpec:
         return sweep
     if sweep.calibration is None:
         raise SpecError(sweep.name, "calibration", "this sweep has no calibration section")
-    known = {slug(m.name): m for m in sweep.calibration.mechanisms}
-    unknown = sorted({slug(n) for n in only} - set(known))
+    known, wanted = {slug(m.name): m for m in sweep.calibration.mechanisms}, {slug(n) for n in only}
+    unknown = sorted(wanted - set(known))
     if unknown:
         raise SpecError(sweep.name, "calibration.mechanisms", f"no mechanism {unknown}; it has {sorted(known)}")
-    kept = [name for name in known if name in {slug(n) for n in only}]  # in the spec's order
+    kept = [name for name in known if name in wanted]  # in the spec's order
     part = sweep.calibration.model_copy(update={"mechanisms": [known[name] for name in kept]})
     return sweep.model_copy(update={"calibration": part, "name": "-".join([sweep.name, *kept])})
 
