@@ -259,7 +259,7 @@ def test_a_world_sweep_that_ran_other_trials_is_refused_not_mixed(
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("GEOMOE_STORAGE", raising=False)  # the sweep's output_root: here
-    monkeypatch.setattr("geomoe.on_ray.calibrate.run_loaded_sweep", lambda *_, **__: pytest.fail("a sweep ran"))
+    monkeypatch.setattr("geomoe.on_ray.calibrate._fit_worlds", lambda *_, **__: pytest.fail("a sweep ran"))
     sweep, base = load_sweep(ABLATION, quickstart=True)
     folder = calibration.location(sweep, tmp_path)
     claim_dir(folder, Claim("output_root", f"{sweep.name}-calibration", "calibrate"))
@@ -268,6 +268,25 @@ def test_a_world_sweep_that_ran_other_trials_is_refused_not_mixed(
     write_json_atomic(f"{folder}/{quick.name}/sweep.json", {"sweep": quick.model_dump(mode="json"), "expected": keys})
     with pytest.raises(ExperimentError, match=r"ran trials .* this calibration asks for"):
         run_calibration(ABLATION, quickstart=True, resume=True)  # all three seeds: refused before Ray starts
+
+
+def test_a_calibration_that_ran_is_continued_only_with_resume(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """All world sweeps train in one Tune run: run again without --resume, a world that holds trials is not
+    silently retrained or mixed; the refusal comes before Ray starts."""
+    from geomoe.on_ray.calibrate import run_calibration
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("GEOMOE_STORAGE", raising=False)
+    monkeypatch.setattr("geomoe.on_ray.calibrate.start_ray", lambda *_, **__: pytest.fail("Ray started"))
+    sweep, base = load_sweep(ABLATION, quickstart=True)
+    folder = calibration.location(sweep, tmp_path)
+    claim_dir(folder, Claim("output_root", f"{sweep.name}-calibration", "calibrate"))
+    ran = calibration.world_sweeps(calibration.plan(sweep, base, quick=True))[0]
+    keys = [trial_key(p) for p in grid_points(ran)]
+    claim_dir(f"{folder}/{ran.name}", Claim("output_root", ran.name, "sweep"))  # as that run claimed it
+    write_json_atomic(f"{folder}/{ran.name}/sweep.json", {"sweep": ran.model_dump(mode="json"), "expected": keys})
+    with pytest.raises(ExperimentError, match=r"holds this calibration already: add --resume"):
+        run_calibration(ABLATION, quickstart=True, quick=True)
 
 
 def _write_trial(experiment: Path, point: dict, hits: np.ndarray) -> None:

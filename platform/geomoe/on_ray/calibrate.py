@@ -1,10 +1,16 @@
-"""``geomoe calibrate``: a sweep's mechanisms on their planted and null synthgeo worlds, through Ray Tune exactly
-as ``geomoe sweep`` runs them, then the calibration table (geomoe.core.sweep.calibration)."""
+"""``geomoe calibrate``: a sweep's mechanisms on their planted and null synthgeo worlds, each world's trials as
+``geomoe sweep`` runs them, then the calibration table (geomoe.core.sweep.calibration).
+
+Every world's sweep (and its A/A sweep) keeps its own folder, its sweep.json and trials/, which the table is read
+from; but all their trials run in one Ray Tune run (the calibration's tune/), so a world with one trial left does
+not leave a slot idle while the next world waits: one mechanism at ``--quick`` is 6 trials in 3 rounds of 2, where
+one Tuner per world sweep took 4 rounds."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +18,9 @@ from geomoe.core import ownership, storage
 from geomoe.core.config import SweepSpec
 from geomoe.core.errors import ExperimentError
 from geomoe.core.sweep import calibration, experiment_location, grid_points, load_sweep, trial_key
-from geomoe.on_ray.tune import run_loaded_sweep
+from geomoe.core.sweep.calibration import WORLD_TRIAL
+from geomoe.on_ray.tune import fit_tuner, ready_sweep, run_trial, start_ray, tune_folder
+from geomoe.on_ray.tune_runs import sweep_run
 
 
 def run_calibration(
@@ -35,9 +43,8 @@ def run_calibration(
     seeds, aa = calibration.main_seeds(sweep, quick), calibration.aa_seeds(sweep, quick)
     runs = calibration.plan(sweep, base_path, quick)
     sweeps = calibration.world_sweeps(runs)
-    saved = [_refuse_other_trials(s, root) for s in sweeps]  # all before any trains: a refusal costs nothing
-    for world_sweep, before in zip(sweeps, saved, strict=True):
-        run_loaded_sweep(world_sweep, base_path, resume=resume and before, quiet=quiet)
+    ran = [_refuse_other_trials(s, root) for s in sweeps]  # all before any trains: a refusal costs nothing
+    _fit_worlds(sweep, sweeps, base_path, folder, resume=resume, ran=any(ran), quiet=quiet)
     entries, read = [], calibration.reader()
     for run in runs:
         entries += calibration.analyse(run, *[experiment_location(s, root) for s in run.sweeps], read=read)
@@ -70,3 +77,45 @@ def _refuse_other_trials(world_sweep: SweepSpec, root: Path) -> bool:
             "that folder"
         )
     return True
+
+
+def _fit_worlds(
+    sweep: SweepSpec, sweeps: list[SweepSpec], base_path: Path, folder: str, resume: bool, ran: bool, quiet: bool
+) -> None:
+    """Every world sweep's trials in one Tune run in ``folder``/tune (``resume``: the interrupted one continued;
+    ``ran``: some world sweep ran before), each trial writing into its world sweep's folder as ``geomoe sweep``
+    would; one MLflow parent run for the calibration, a child per trial."""
+    from ray import tune
+
+    root = Path.cwd().resolve()
+    experiments = [experiment_location(s, root) for s in sweeps]
+    for world_sweep, experiment in zip(sweeps, experiments, strict=True):
+        ownership.claim_dir(experiment, ownership.Claim("output_root", world_sweep.name, "sweep"))
+    tune_dir, fs, restorable = tune_folder(folder)
+    if (restorable or ran) and not resume:
+        raise ExperimentError(f"{folder} holds this calibration already: add --resume to continue it, or remove it")
+    start_ray(sweep, base_path)
+    for world_sweep, experiment in zip(sweeps, experiments, strict=True):
+        ready_sweep(world_sweep, base_path, experiment, root)
+    trials = {
+        f"{s.name}/{trial_key(point)}": (s.model_dump(mode="json"), point, experiment)
+        for s, experiment in zip(sweeps, experiments, strict=True)
+        for point in grid_points(s)
+    }
+    trainable = partial(run_world_trial, trials=trials, base_path=str(base_path), root=str(root))
+    space = {WORLD_TRIAL: tune.grid_search(list(trials))}
+    with sweep_run(f"{sweep.name}-calibration", folder, sweep.output_root) as (_, callbacks):
+        if quiet:
+            from geomoe.on_ray.tune_console import CalibrationConsole
+
+            callbacks = [*callbacks, CalibrationConsole(sweep, trials)]
+        resources = {"cpu": sweep.trial_cpus}
+        fit_tuner(sweep, tune.with_resources(trainable, resources), space, (tune_dir, fs, restorable), callbacks, quiet)
+
+
+def run_world_trial(
+    config: dict[str, Any], trials: dict[str, tuple[dict[str, Any], dict[str, Any], str]], base_path: str, root: str
+) -> None:
+    """Tune trainable: the world sweep's trial that ``config`` names (``trials``: its sweep, values and folder)."""
+    sweep_raw, point, experiment = trials[config[WORLD_TRIAL]]
+    run_trial(point, sweep_raw=sweep_raw, base_path=base_path, experiment=experiment, root=root)

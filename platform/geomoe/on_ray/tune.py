@@ -157,32 +157,17 @@ def run_sweep(
 
 
 def run_loaded_sweep(sweep: SweepSpec, base_path: Path, resume: bool = False, quiet: bool = False) -> str:
-    """``run_sweep`` of a sweep spec already loaded (calibration runs derived sweeps this way)."""
-    from geomoe.on_ray.ray_env import ensure_ray
+    """``run_sweep`` of a sweep spec already loaded."""
     from ray import tune
 
     root = Path.cwd().resolve()
     experiment = experiment_location(sweep, root)
     ownership.claim_dir(experiment, ownership.Claim("output_root", sweep.name, "sweep"))  # before Tune writes there
-    tune_fs, tune_dir = storage.filesystem_and_path(storage.join(experiment, "tune"))
-    fs = None if storage.is_local(experiment) else tune_fs  # Tune's storage_filesystem for an object store
-    restorable = tune.Tuner.can_restore(tune_dir, storage_filesystem=fs)
+    tune_dir, fs, restorable = tune_folder(experiment)
     if restorable and not resume:
         raise ExperimentError(f"{experiment} holds this sweep already: add --resume to continue it, or remove it")
-    base = load_job(base_path, list(sweep.overrides))
-    ensure_ray(base.resources, dashboard=True)
-    prepare_inputs(sweep, base_path, experiment, root)
-    expected = [trial_key(p) for p in grid_points(sweep)] if sweep.searcher == "grid" else []
-    storage.write_json_atomic(
-        storage.join(experiment, "sweep.json"),
-        {
-            "sweep": sweep.model_dump(mode="json"),
-            "base": str(base_path),
-            "root": str(root),
-            "expected": expected,
-            "benchmark": benchmark(base),
-        },
-    )
+    start_ray(sweep, base_path)
+    ready_sweep(sweep, base_path, experiment, root)
     trainable = tune.with_resources(
         partial(
             run_trial,
@@ -198,15 +183,67 @@ def run_loaded_sweep(sweep: SweepSpec, base_path: Path, resume: bool = False, qu
             from geomoe.on_ray.tune_console import SweepConsole
 
             callbacks = [*callbacks, SweepConsole(sweep, experiment, trial_count(sweep))]
-        with sigint_kept():  # Tune's handler stays installed after fit() otherwise
-            _tuner(sweep, trainable, tune_dir, fs, restorable, callbacks, quiet).fit()
+        fit_tuner(sweep, trainable, param_space(sweep), (tune_dir, fs, restorable), callbacks, quiet)
         if tracker is not None:
             register_best(tracker, sweep, experiment)
     return experiment
 
 
+def tune_folder(experiment: str) -> tuple[str, Any, bool]:
+    """(Tune's folder inside ``experiment``, its storage_filesystem: None when local, whether it can be restored)."""
+    from ray import tune
+
+    tune_fs, tune_dir = storage.filesystem_and_path(storage.join(experiment, "tune"))
+    fs = None if storage.is_local(experiment) else tune_fs  # Tune's storage_filesystem for an object store
+    return tune_dir, fs, tune.Tuner.can_restore(tune_dir, storage_filesystem=fs)
+
+
+def start_ray(sweep: SweepSpec, base_path: Path) -> None:
+    """A Ray cluster for the sweep's base job's resources (the running one when there is one)."""
+    from geomoe.on_ray.ray_env import ensure_ray
+
+    ensure_ray(load_job(base_path, list(sweep.overrides)).resources, dashboard=True)
+
+
+def ready_sweep(sweep: SweepSpec, base_path: Path, experiment: str, root: Path) -> None:
+    """The trials' shared inputs made (``prepare_inputs``) and sweep.json written: the sweep's spec, its expected
+    trials and the benchmark, which the report and ``--resume`` read."""
+    prepare_inputs(sweep, base_path, experiment, root)
+    expected = [trial_key(p) for p in grid_points(sweep)] if sweep.searcher == "grid" else []
+    storage.write_json_atomic(
+        storage.join(experiment, "sweep.json"),
+        {
+            "sweep": sweep.model_dump(mode="json"),
+            "base": str(base_path),
+            "root": str(root),
+            "expected": expected,
+            "benchmark": benchmark(load_job(base_path, list(sweep.overrides))),
+        },
+    )
+
+
+def fit_tuner(
+    sweep: SweepSpec,
+    trainable: Any,
+    space: dict[str, Any],
+    folder: tuple[str, Any, bool],
+    callbacks: list[Any],
+    quiet: bool,
+) -> None:
+    """Fit a new Tuner over ``space``, or the interrupted one restored (``folder``: ``tune_folder``'s answer)."""
+    with sigint_kept():  # Tune's handler stays installed after fit() otherwise
+        _tuner(sweep, trainable, space, *folder, callbacks, quiet).fit()
+
+
 def _tuner(
-    sweep: SweepSpec, trainable: Any, tune_dir: str, fs: Any, restorable: bool, callbacks: list[Any], quiet: bool
+    sweep: SweepSpec,
+    trainable: Any,
+    space: dict[str, Any],
+    tune_dir: str,
+    fs: Any,
+    restorable: bool,
+    callbacks: list[Any],
+    quiet: bool,
 ) -> Any:
     """A new Tuner, or the interrupted one restored (Tune restores its run config, callbacks included, from the
     experiment: a resumed sweep's console starts its counts again from the restored trials)."""
@@ -222,7 +259,7 @@ def _tuner(
         verbose=0 if quiet else 1,
         callbacks=callbacks,
     )
-    return tune.Tuner(trainable, param_space=param_space(sweep), tune_config=_tune_config(sweep), run_config=run_config)
+    return tune.Tuner(trainable, param_space=space, tune_config=_tune_config(sweep), run_config=run_config)
 
 
 def _tune_config(sweep: SweepSpec) -> Any:

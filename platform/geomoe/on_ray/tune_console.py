@@ -13,6 +13,7 @@ from tqdm import tqdm
 from geomoe.core import storage
 from geomoe.core.config import SweepSpec
 from geomoe.core.sweep import ordered_point, trial_key
+from geomoe.core.sweep.calibration import WORLD_TRIAL
 from geomoe.core.sweep.tables import RESULT_FILE
 
 
@@ -44,7 +45,7 @@ class SweepConsole(Callback):
     def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         self.running.discard(trial.trial_id)
         key = self._key(trial)
-        recorded = storage.read_json_if_exists(storage.join(self.experiment, "trials", key, RESULT_FILE)) or {}
+        recorded = storage.read_json_if_exists(self._result_path(trial)) or {}
         error = str(recorded.get("error", "see the sweep's logs")).splitlines()[0][:160]
         self._ended(f"trial {key}: failed: {error}", failed=True)
 
@@ -54,6 +55,9 @@ class SweepConsole(Callback):
 
     def _key(self, trial: Any) -> str:
         return trial_key(ordered_point(self.sweep, dict(trial.config)))
+
+    def _result_path(self, trial: Any) -> str:
+        return storage.join(self.experiment, "trials", self._key(trial), RESULT_FILE)
 
     def _ended(self, line: str, failed: bool) -> None:
         self.failed += failed
@@ -72,3 +76,19 @@ class SweepConsole(Callback):
         summary = f"finished {self.finished}, running {len(self.running)}, failed {self.failed}{best}"
         if self.bar is not None:
             self.bar.set_postfix_str(summary, refresh=True)
+
+
+class CalibrationConsole(SweepConsole):
+    """The console of a calibration's one Tune run over its world sweeps' trials (geomoe.on_ray.calibrate):
+    ``trials`` maps a trial's name, ``<world sweep>/<trial key>``, to (its sweep, its values, its sweep's folder)."""
+
+    def __init__(self, sweep: SweepSpec, trials: dict[str, tuple[Any, Any, str]], stream: TextIO | None = None) -> None:
+        super().__init__(sweep, "", len(trials), stream)
+        self.trials = trials
+
+    def _key(self, trial: Any) -> str:
+        return str(trial.config[WORLD_TRIAL])
+
+    def _result_path(self, trial: Any) -> str:
+        _, point, experiment = self.trials[self._key(trial)]
+        return storage.join(experiment, "trials", trial_key(point), RESULT_FILE)

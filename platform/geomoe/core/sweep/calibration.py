@@ -40,6 +40,7 @@ from geomoe.core.sweep.tables import Configuration, compare, configurations, rep
 WORLDS = ("planted", "null")
 RESULT_JSON = "calibration.json"
 RESULT_MD = "calibration.md"
+WORLD_TRIAL = "world_trial"  # the one key of a calibration trial's Tune config: "<world sweep>/<trial key>"
 
 
 @dataclass(frozen=True)
