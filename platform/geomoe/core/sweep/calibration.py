@@ -155,12 +155,17 @@ def world_of(planted: PlantedSpec) -> str:
     return "_".join(turned) or "default"
 
 
-def _world_folders(base_path: Path, overrides: list[str], sweep: SweepSpec) -> tuple[str, list[str]]:
-    """The world's name and the overrides that give it its own synthgeo and prepared folders (the base job's
-    layout kept), named by its planted knobs (``world_of``: two mechanisms whose worlds coincide share them), inside
-    the calibration's folder: the sweep's storage, an object store on a cluster whose machines share no disk. Tiny
-    random models, built from a world's own captions, go to ``<sweep>-calibration/<world>`` in the folder of the
-    base job's own (``FamilyModelSpec.tiny_models_in``)."""
+def _world_folders(base_path: Path, overrides: list[str], sweep: SweepSpec) -> tuple[str, list[str], list[str]]:
+    """The world's name, the overrides that give it its own synthgeo and prepared folders (the base job's layout
+    kept), named by its planted knobs (``world_of``: two mechanisms whose worlds coincide share them), inside the
+    calibration's folder: the sweep's storage, an object store on a cluster whose machines share no disk; and the
+    overrides that give its A/A sweep prepared folders of its own. Tiny random models, built from a world's own
+    captions, go to ``<sweep>-calibration/<world>`` (``-aa``) in the folder of the base job's own
+    (``FamilyModelSpec.tiny_models_in``).
+
+    Why the A/A sweep prepares apart: preparing is seeded (the augmented copies), a sweep prepares with its first
+    seed, and the A/A seeds are other seeds; in one folder the A/A sweep's preparation would replace the one the
+    world's own trials train on, and which one a trial read would depend on the order the two were prepared in."""
     base = load_job(base_path, overrides)
     synth = base.data.synthesize
     if synth is None or synth.output_dir is None:
@@ -171,12 +176,14 @@ def _world_folders(base_path: Path, overrides: list[str], sweep: SweepSpec) -> t
         raise SpecError(str(base_path), "data.root", "must lie inside data.synthesize.output_dir") from err
     world_name = world_of(synth.planted)
     world = storage.join(sweep.output_root, f"{sweep.name}-calibration", "worlds", world_name)
-    return world_name, [
+    tiny = f"{sweep.name}-calibration/{world_name}"  # local: weights load from local folders
+    own = [f"preprocess.output_dir={storage.join(world, 'prepared')}", *base.model.tiny_models_in(tiny)]
+    aa = [f"preprocess.output_dir={storage.join(world, 'prepared-aa')}", *base.model.tiny_models_in(f"{tiny}-aa")]
+    data = [
         f"data.synthesize.output_dir={storage.join(world, 'data')}",
         f"data.root={storage.join(world, 'data', str(inside))}",
-        f"preprocess.output_dir={storage.join(world, 'prepared')}",
-        *base.model.tiny_models_in(f"{sweep.name}-calibration/{world_name}"),  # local: weights load from local folders
     ]
+    return world_name, data + own, data + aa
 
 
 def plan(sweep: SweepSpec, base_path: Path, quick: bool = False) -> list[WorldRun]:
@@ -189,15 +196,17 @@ def plan(sweep: SweepSpec, base_path: Path, quick: bool = False) -> list[WorldRu
     if len(set(names)) < len(names):
         raise SpecError(sweep.name, "calibration.mechanisms", f"two mechanisms share a name: {names}")
     sweep = _with_unpublished(sweep)
-    worlds: dict[str, tuple[list[str], set[str], set[str]]] = {}  # world name -> overrides, rows, A/A rows
+    worlds: dict[str, tuple[list[str], list[str], set[str], set[str]]] = {}  # name -> overrides (its A/A's), rows
     planned = []
     for mechanism in calibration.mechanisms:
         before, row = _rows(sweep, mechanism)
         pair = (before.label, row.label)
         for kind, strength in zip(WORLDS, (mechanism.planted, mechanism.unplanted), strict=True):
             overrides = [*sweep.overrides, *calibration.overrides, f"{mechanism.knob}={strength}"]
-            world_name, folders = _world_folders(base_path, overrides, sweep)
-            _, rows, aa_rows = worlds.setdefault(world_name, ([*overrides, *folders], set(), set()))
+            world_name, folders, aa_folders = _world_folders(base_path, overrides, sweep)
+            no_rows: tuple[set[str], set[str]] = (set(), set())
+            world = ([*overrides, *folders], [*overrides, *aa_folders], *no_rows)
+            _, _, rows, aa_rows = worlds.setdefault(world_name, world)
             rows.update(pair)
             aa_rows.add(before.label)
             planned.append((mechanism, kind, strength, pair, world_name))
@@ -209,13 +218,15 @@ def _world_sweeps(
     sweep: SweepSpec,
     name: str,
     overrides: list[str],
+    aa_overrides: list[str],
     rows: set[str],
     aa_rows: set[str],
     quick: bool,
 ) -> tuple[SweepSpec, SweepSpec | None]:
-    """A world's sweep of ``rows`` on the sweep's seeds and its A/A sweep of ``aa_rows`` on the A/A seeds (the
-    trials in the order of the sweep's variants, a row less a mechanism last). A grid sweep trains the product of
-    the rows' values: rows that differ in several keys at once may add points no row names."""
+    """A world's sweep of ``rows`` on the sweep's seeds and its A/A sweep of ``aa_rows`` on the A/A seeds, with
+    ``aa_overrides`` (its own prepared folders: ``_world_folders``). The trials are in the order of the sweep's
+    variants, a row less a mechanism last. A grid sweep trains the product of the rows' values: rows that differ in
+    several keys at once may add points no row names."""
     common = {
         "output_root": storage.join(sweep.output_root, f"{sweep.name}-calibration"),
         "overrides": overrides,
@@ -228,7 +239,7 @@ def _world_sweeps(
     if not aa:
         return main, None
     again = [r for r in ordered if r.label in aa_rows]
-    return main, _world_sweep(sweep, common | {"name": f"{name}-aa", "seeds": aa}, again)
+    return main, _world_sweep(sweep, common | {"name": f"{name}-aa", "seeds": aa, "overrides": aa_overrides}, again)
 
 
 def _every_row(sweep: SweepSpec) -> list[PaperRow]:
