@@ -306,6 +306,20 @@ def test_a_calibration_that_ran_is_continued_only_with_resume(tmp_path: Path, mo
         run_calibration(ABLATION, quickstart=True, quick=True)
 
 
+def test_a_resumed_calibration_refuses_worlds_its_tune_run_never_had(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Tune restores the trials a run started with: a world added since (a new mechanism) would never train."""
+    from geomoe.on_ray.calibrate import run_calibration
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("GEOMOE_STORAGE", raising=False)
+    monkeypatch.setattr("geomoe.on_ray.calibrate.tune_folder", lambda _: ("tune", None, True))  # restorable
+    monkeypatch.setattr("geomoe.on_ray.calibrate.start_ray", lambda *_, **__: pytest.fail("Ray started"))
+    with pytest.raises(ExperimentError, match=r"lacks the worlds of mechanisms added since"):
+        run_calibration(ABLATION, quickstart=True, resume=True, quick=True)
+
+
 def _write_trial(experiment: Path, point: dict, hits: np.ndarray) -> None:
     values = {"R@1": hits, "R@5": hits, "R@10": hits, "Score": hits}
     run_dir = str(experiment / "trials" / trial_key(point))

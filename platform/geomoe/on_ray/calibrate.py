@@ -44,7 +44,7 @@ def run_calibration(
     runs = calibration.plan(sweep, base_path, quick)
     sweeps = calibration.world_sweeps(runs)
     ran = [_refuse_other_trials(s, root) for s in sweeps]  # all before any trains: a refusal costs nothing
-    _fit_worlds(sweep, sweeps, base_path, folder, resume=resume, ran=any(ran), quiet=quiet)
+    _fit_worlds(sweep, sweeps, base_path, folder, resume=resume, ran=ran, quiet=quiet)
     entries, read = [], calibration.reader()
     for run in runs:
         entries += calibration.analyse(run, *[experiment_location(s, root) for s in run.sweeps], read=read)
@@ -80,10 +80,10 @@ def _refuse_other_trials(world_sweep: SweepSpec, root: Path) -> bool:
 
 
 def _fit_worlds(
-    sweep: SweepSpec, sweeps: list[SweepSpec], base_path: Path, folder: str, resume: bool, ran: bool, quiet: bool
+    sweep: SweepSpec, sweeps: list[SweepSpec], base_path: Path, folder: str, resume: bool, ran: list[bool], quiet: bool
 ) -> None:
     """Every world sweep's trials in one Tune run in ``folder``/tune (``resume``: the interrupted one continued;
-    ``ran``: some world sweep ran before), each trial writing into its world sweep's folder as ``geomoe sweep``
+    ``ran``: which world sweeps ran before), each trial writing into its world sweep's folder as ``geomoe sweep``
     would; one MLflow parent run for the calibration, a child per trial."""
     from ray import tune
 
@@ -92,8 +92,13 @@ def _fit_worlds(
     for world_sweep, experiment in zip(sweeps, experiments, strict=True):
         ownership.claim_dir(experiment, ownership.Claim("output_root", world_sweep.name, "sweep"))
     tune_dir, fs, restorable = tune_folder(folder)
-    if (restorable or ran) and not resume:
+    if (restorable or any(ran)) and not resume:
         raise ExperimentError(f"{folder} holds this calibration already: add --resume to continue it, or remove it")
+    if restorable and not all(ran):  # every world is readied before Tune starts: these worlds came later
+        raise ExperimentError(
+            f"{folder}: its Tune run lacks the worlds of mechanisms added since it started (Tune restores the trials "
+            "it started with): calibrate those with --only, or remove that folder"
+        )
     start_ray(sweep, base_path)
     for world_sweep, experiment in zip(sweeps, experiments, strict=True):
         ready_sweep(world_sweep, base_path, experiment, root)
