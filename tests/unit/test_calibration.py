@@ -200,7 +200,8 @@ def test_the_plan_sweeps_each_world_once_with_every_row_its_mechanisms_compare()
     assert "data.synthesize.planted.platform_conflict=1.0" in conflict.sweep.overrides
     on_s3 = calibration.plan(sweep.model_copy(update={"output_root": "s3://bucket/sweeps"}), base)[2].sweep.overrides
     world = "s3://bucket/sweeps/pe_moe_ablation-quickstart-calibration/worlds/platform_conflict-1/"
-    assert [o.split("=", 1)[1].startswith(world) for o in on_s3[-5:-2]] == [True] * 3  # the worlds go where outputs go
+    stored = [o for o in on_s3 if o.startswith(("data.synthesize.output_dir=", "data.root=", "preprocess.output_dir="))]
+    assert [o.split("=", 1)[1].startswith(world) for o in stored] == [True] * 3  # the worlds go where outputs go
     # each world's tiny backbones are built from its own captions, in a local folder of its own beside the job's
     tiny = [o for o in on_s3 if o.startswith(("model.text.source=", "model.image.pretrained="))]
     world = "platform_conflict-1"
@@ -270,21 +271,31 @@ def test_a_world_sweep_that_ran_other_trials_is_refused_not_mixed(
         run_calibration(ABLATION, quickstart=True, resume=True)  # all three seeds: refused before Ray starts
 
 
-def test_sweeps_that_prepare_with_other_seeds_never_share_a_prepared_folder() -> None:
+def test_sweeps_that_prepare_with_other_seeds_never_share_a_prepared_folder(tmp_path: Path) -> None:
     """Preparing is seeded (augmented copies) and each sweep prepares with its first seed: a world's A/A sweep in
     its world's folder would replace the preparation the world's own trials read (measured: 4 of 6 trials of one
-    mechanism changed when every world was prepared before any trained)."""
-    from geomoe.core.config import load_job
+    mechanism changed when every world was prepared before any trained). Every trial's folders, a variant's own
+    prepared folder included, belong to one sweep's first seed."""
+    from geomoe.core.sweep import trial_spec
 
     sweep, base = load_sweep(ABLATION, quickstart=True)
-    owners: dict[str, tuple[int, str]] = {}
+    owners: dict[str, int] = {}
     for world_sweep in calibration.world_sweeps(calibration.plan(sweep, base)):
-        job = load_job(base, list(world_sweep.overrides))
-        model = job.model.model_dump()
-        first = (world_sweep.seeds[0], json.dumps([model["text"]["source"], model["image"]["pretrained"]]))
-        assert owners.setdefault(job.preprocess.output_dir, first) == first, world_sweep.name
-    assert len(owners) == 10  # five worlds, each prepared for its sweep and for its A/A sweep
-    assert len({tiny for _, tiny in owners.values()}) == 10  # tiny models are built from the prepared captions
+        for point in grid_points(world_sweep):
+            spec = trial_spec(world_sweep, base, point, str(tmp_path / world_sweep.name), tmp_path)
+            folders = [spec.preprocess.output_dir] + ([spec.refine.output_dir] if spec.refine else [])
+            for folder in folders:
+                assert owners.setdefault(folder, world_sweep.seeds[0]) == world_sweep.seeds[0], (folder, point)
+    # the raw row prepares apart (no refinement, no copies): default 4 folders, caption_gap-0 3 (its A/A trains the
+    # raw row only), the three others 2
+    assert len(owners) == 4 + 3 + 2 * 3
+
+
+def test_a_calibration_refuses_an_asha_scheduler() -> None:
+    sweep, base = load_sweep(ABLATION, quickstart=True)
+    with_asha = sweep.model_copy(update={"scheduler": {"max_t": 5, "grace_period": 2, "reduction_factor": 2}})
+    with pytest.raises(SpecError, match="remove the scheduler"):
+        calibration.plan(with_asha, base)
 
 
 def test_a_calibration_that_ran_is_continued_only_with_resume(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -306,17 +317,24 @@ def test_a_calibration_that_ran_is_continued_only_with_resume(tmp_path: Path, mo
         run_calibration(ABLATION, quickstart=True, quick=True)
 
 
-def test_a_resumed_calibration_refuses_worlds_its_tune_run_never_had(
+def test_a_resumed_calibration_refuses_other_trials_than_its_tune_run_started_with(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Tune restores the trials a run started with: a world added since (a new mechanism) would never train."""
-    from geomoe.on_ray.calibrate import run_calibration
+    """Tune restores the trials a run started with: a world added since (a new mechanism) would never train, and
+    a trial no longer planned would fail on every resume."""
+    from geomoe.on_ray.calibrate import TRIALS_FILE, run_calibration
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("GEOMOE_STORAGE", raising=False)
     monkeypatch.setattr("geomoe.on_ray.calibrate.tune_folder", lambda _: ("tune", None, True))  # restorable
     monkeypatch.setattr("geomoe.on_ray.calibrate.start_ray", lambda *_, **__: pytest.fail("Ray started"))
-    with pytest.raises(ExperimentError, match=r"lacks the worlds of mechanisms added since"):
+    sweep, base = load_sweep(ABLATION, quickstart=True)
+    folder = calibration.location(sweep, tmp_path)
+    claim_dir(folder, Claim("output_root", f"{sweep.name}-calibration", "calibrate"))
+    planned = [f"{s.name}/{trial_key(p)}" for s in calibration.world_sweeps(calibration.plan(sweep, base, True))
+               for p in grid_points(s)]  # fmt: skip
+    write_json_atomic(f"{folder}/{TRIALS_FILE}", [*planned[1:], "gone/trial"])
+    with pytest.raises(ExperimentError, match=rf"added since: \['{planned[0]}'\]; no longer planned: \['gone/trial'\]"):
         run_calibration(ABLATION, quickstart=True, resume=True, quick=True)
 
 

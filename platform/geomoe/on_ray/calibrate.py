@@ -22,6 +22,8 @@ from geomoe.core.sweep.calibration import WORLD_TRIAL
 from geomoe.on_ray.tune import fit_tuner, ready_sweep, run_trial, start_ray, tune_folder
 from geomoe.on_ray.tune_runs import sweep_run
 
+TRIALS_FILE = "world_trials.json"  # the names of the trials the calibration's Tune run started with
+
 
 def run_calibration(
     path: str | Path,
@@ -44,7 +46,7 @@ def run_calibration(
     runs = calibration.plan(sweep, base_path, quick)
     sweeps = calibration.world_sweeps(runs)
     ran = [_refuse_other_trials(s, root) for s in sweeps]  # all before any trains: a refusal costs nothing
-    _fit_worlds(sweep, sweeps, base_path, folder, resume=resume, ran=ran, quiet=quiet)
+    _fit_worlds(sweep, sweeps, base_path, folder, resume=resume, ran=any(ran), quiet=quiet)
     entries, read = [], calibration.reader()
     for run in runs:
         entries += calibration.analyse(run, *[experiment_location(s, root) for s in run.sweeps], read=read)
@@ -74,16 +76,16 @@ def _refuse_other_trials(world_sweep: SweepSpec, root: Path) -> bool:
         raise ExperimentError(
             f"{experiment} ran trials {saved.get('expected')}, this calibration asks for {planned} (other seeds: "
             "--quick takes the first of each; or other mechanisms on this world): run it as it was, or remove "
-            "that folder"
+            "the calibration's folder"
         )
     return True
 
 
 def _fit_worlds(
-    sweep: SweepSpec, sweeps: list[SweepSpec], base_path: Path, folder: str, resume: bool, ran: list[bool], quiet: bool
+    sweep: SweepSpec, sweeps: list[SweepSpec], base_path: Path, folder: str, resume: bool, ran: bool, quiet: bool
 ) -> None:
     """Every world sweep's trials in one Tune run in ``folder``/tune (``resume``: the interrupted one continued;
-    ``ran``: which world sweeps ran before), each trial writing into its world sweep's folder as ``geomoe sweep``
+    ``ran``: some world sweep started before), each trial writing into its world sweep's folder as ``geomoe sweep``
     would; one MLflow parent run for the calibration, a child per trial."""
     from ray import tune
 
@@ -92,21 +94,17 @@ def _fit_worlds(
     for world_sweep, experiment in zip(sweeps, experiments, strict=True):
         ownership.claim_dir(experiment, ownership.Claim("output_root", world_sweep.name, "sweep"))
     tune_dir, fs, restorable = tune_folder(folder)
-    if (restorable or any(ran)) and not resume:
+    if (restorable or ran) and not resume:
         raise ExperimentError(f"{folder} holds this calibration already: add --resume to continue it, or remove it")
-    if restorable and not all(ran):  # every world is readied before Tune starts: these worlds came later
-        raise ExperimentError(
-            f"{folder}: its Tune run lacks the worlds of mechanisms added since it started (Tune restores the trials "
-            "it started with): calibrate those with --only, or remove that folder"
-        )
-    start_ray(sweep, base_path)
-    for world_sweep, experiment in zip(sweeps, experiments, strict=True):
-        ready_sweep(world_sweep, base_path, experiment, root)
     trials = {
         f"{s.name}/{trial_key(point)}": (s.model_dump(mode="json"), point, experiment)
         for s, experiment in zip(sweeps, experiments, strict=True)
         for point in grid_points(s)
     }
+    _refuse_other_tune_trials(folder, list(trials), restorable)
+    start_ray(sweeps[0], base_path)  # a world sweep's overrides: the calibration's own ones included
+    for world_sweep, experiment in zip(sweeps, experiments, strict=True):
+        ready_sweep(world_sweep, base_path, experiment, root)
     trainable = partial(run_world_trial, trials=trials, base_path=str(base_path), root=str(root))
     space = {WORLD_TRIAL: tune.grid_search(list(trials))}
     with sweep_run(f"{sweep.name}-calibration", folder, sweep.output_root) as (_, callbacks):
@@ -116,6 +114,22 @@ def _fit_worlds(
             callbacks = [*callbacks, CalibrationConsole(sweep, trials)]
         resources = {"cpu": sweep.trial_cpus}
         fit_tuner(sweep, tune.with_resources(trainable, resources), space, (tune_dir, fs, restorable), callbacks, quiet)
+
+
+def _refuse_other_tune_trials(folder: str, names: list[str], restorable: bool) -> None:
+    """Tune restores the trials its run started with: a resume that plans others (a mechanism added or removed
+    since) is refused, naming them; a new run records its trials (``TRIALS_FILE``)."""
+    path = storage.join(folder, TRIALS_FILE)
+    saved = storage.read_json_if_exists(path) if restorable else None
+    if saved is None:
+        storage.write_json_atomic(path, names)
+        return
+    added, gone = sorted(set(names) - set(saved)), sorted(set(saved) - set(names))
+    if added or gone:
+        raise ExperimentError(
+            f"{folder}: its Tune run holds other trials than this calibration plans (added since: {added}; no longer "
+            f"planned: {gone}); calibrate new mechanisms with --only, or remove that folder"
+        )
 
 
 def run_world_trial(

@@ -159,9 +159,9 @@ def _world_folders(base_path: Path, overrides: list[str], sweep: SweepSpec) -> t
     """The world's name, the overrides that give it its own synthgeo and prepared folders (the base job's layout
     kept), named by its planted knobs (``world_of``: two mechanisms whose worlds coincide share them), inside the
     calibration's folder: the sweep's storage, an object store on a cluster whose machines share no disk; and the
-    overrides that give its A/A sweep prepared folders of its own. Tiny random models, built from a world's own
-    captions, go to ``<sweep>-calibration/<world>`` (``-aa``) in the folder of the base job's own
-    (``FamilyModelSpec.tiny_models_in``).
+    overrides that give its A/A sweep prepared (and refined) folders of its own. Tiny random models, built from a
+    world's own captions (the originals, which no seed changes), go to ``<sweep>-calibration/<world>`` in the folder
+    of the base job's own (``FamilyModelSpec.tiny_models_in``).
 
     Why the A/A sweep prepares apart: preparing is seeded (the augmented copies), a sweep prepares with its first
     seed, and the A/A seeds are other seeds; in one folder the A/A sweep's preparation would replace the one the
@@ -176,13 +176,15 @@ def _world_folders(base_path: Path, overrides: list[str], sweep: SweepSpec) -> t
         raise SpecError(str(base_path), "data.root", "must lie inside data.synthesize.output_dir") from err
     world_name = world_of(synth.planted)
     world = storage.join(sweep.output_root, f"{sweep.name}-calibration", "worlds", world_name)
-    tiny = f"{sweep.name}-calibration/{world_name}"  # local: weights load from local folders
-    own = [f"preprocess.output_dir={storage.join(world, 'prepared')}", *base.model.tiny_models_in(tiny)]
-    aa = [f"preprocess.output_dir={storage.join(world, 'prepared-aa')}", *base.model.tiny_models_in(f"{tiny}-aa")]
     data = [
         f"data.synthesize.output_dir={storage.join(world, 'data')}",
         f"data.root={storage.join(world, 'data', str(inside))}",
+        *base.model.tiny_models_in(f"{sweep.name}-calibration/{world_name}"),  # local: weights load from local folders
     ]
+    own, aa = ([f"preprocess.output_dir={storage.join(world, name)}"] for name in ("prepared", "prepared-aa"))
+    if base.refine is not None:  # refined from the prepared captions: as seeded as they are
+        own.append(f"refine.output_dir={storage.join(world, 'refined')}")
+        aa.append(f"refine.output_dir={storage.join(world, 'refined-aa')}")
     return world_name, data + own, data + aa
 
 
@@ -192,6 +194,8 @@ def plan(sweep: SweepSpec, base_path: Path, quick: bool = False) -> list[WorldRu
     calibration = sweep.calibration
     if calibration is None:
         raise SpecError(sweep.name, "calibration", "this sweep has no calibration section")
+    if sweep.scheduler is not None:  # one Tune run trains every world's trials: ASHA would stop some by others
+        raise SpecError(sweep.name, "scheduler", "a calibration trains every trial to its end: remove the scheduler")
     names = [slug(m.name) for m in calibration.mechanisms]
     if len(set(names)) < len(names):
         raise SpecError(sweep.name, "calibration.mechanisms", f"two mechanisms share a name: {names}")
